@@ -1,0 +1,30 @@
+/* Error reporting inside the C core.
+ *
+ * Core functions return 0 on success and -1 on failure, with a readable
+ * message in a caller-owned jwke_error. Messages never contain secrets: a
+ * PIN or key material must never be passed to jwke_fail. */
+#ifndef JWKE_ERROR_H
+#define JWKE_ERROR_H
+
+#include <stddef.h>
+#include "pkcs11_header.h"
+
+typedef struct jwke_error {
+    char message[512];
+    /* Set for PKCS#11 failures so policy code can tell "not found" and
+     * recoverable classes apart; 0 (CKR_OK) otherwise. */
+    CK_RV ckr;
+} jwke_error;
+
+/* printf-style; always returns -1 so callers can `return jwke_fail(...)`. */
+int jwke_fail(jwke_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* "C_Login: CKR_PIN_INCORRECT" (or "CKR_0x80000001 (vendor defined)"). */
+int jwke_fail_ckr(jwke_error *err, const char *function, CK_RV rv);
+
+/* Appends OpenSSL's error queue (and clears it) to a message that starts with
+ * `what`, so a failure says which step failed and what OpenSSL thought. */
+int jwke_fail_openssl(jwke_error *err, const char *what);
+
+#endif

@@ -1,0 +1,29 @@
+/* JWS signatures computed and checked by OpenSSL EVP.
+ *
+ * Signatures are always in JWS form: RSA as-is, ECDSA as raw R || S of a
+ * fixed size (never DER), EdDSA as its 64 bytes. */
+#ifndef JWKE_EVP_SIG_H
+#define JWKE_EVP_SIG_H
+
+#include <stddef.h>
+#include <openssl/evp.h>
+
+#include "alg.h"
+#include "error.h"
+
+/* 1 when the signature is valid, 0 when it is not (err says why, e.g. a
+ * wrong length), -1 when the check itself failed. The caller has already
+ * made sure the key fits the algorithm (jwke_pkey_fits_alg). */
+int jwke_evp_verify(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *input,
+                    size_t input_len, const unsigned char *sig, size_t sig_len,
+                    jwke_error *err);
+
+/* Signs with a private EVP_PKEY into sig (room for
+ * jwke_alg_signature_size bytes); *sig_len receives the length. */
+int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *input,
+                  size_t input_len, unsigned char *sig, size_t *sig_len, jwke_error *err);
+
+/* The digest of an algorithm, looked up once. */
+const EVP_MD *jwke_alg_md(const jwke_alg *alg);
+
+#endif

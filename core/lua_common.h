@@ -1,0 +1,46 @@
+/* Shared by the Lua binding files: error returns, classes, and the pieces
+ * that HSM keys, software keys and public keys have in common. */
+#ifndef JWKE_LUA_COMMON_H
+#define JWKE_LUA_COMMON_H
+
+#include <openssl/evp.h>
+
+#include "alg.h"
+#include "error.h"
+#include "jws.h"
+#include "lua_compat.h"
+
+#define JWKE_TOKEN_CLASS "jwkengine.token"
+#define JWKE_HSM_KEY_CLASS "jwkengine.hsm_key"
+#define JWKE_PUBLIC_KEY_CLASS "jwkengine.public_key"
+
+/* Pushes nil, message and (for PKCS#11 failures) the CKR name: the
+ * `value, err` convention. Returns the number of values pushed. */
+int jwke_push_error(lua_State *L, const jwke_error *err);
+
+/* Creates a class metatable named `name` whose __index holds methods. */
+void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                    const luaL_Reg *metamethods);
+
+/* The algorithm named by argument `arg`, or a Lua error for unknown names
+ * (a programming error, not an operational failure). */
+const jwke_alg *jwke_check_alg(lua_State *L, int arg);
+
+/* Pushes a table with the public JWK members of pkey (kty, n/e or crv/x/y). */
+int jwke_push_public_members(lua_State *L, const EVP_PKEY *pkey, jwke_error *err);
+
+/* Pushes a new public-key object sharing pkey (takes its own reference). */
+void jwke_push_public_key(lua_State *L, EVP_PKEY *pkey);
+
+/* Pushes the compact JWS made by `sign`, or nil, err. Arguments at
+ * header_arg and header_arg + 1: encoded header, payload bytes. */
+int jwke_push_compact(lua_State *L, int header_arg, size_t sig_max, jwke_sign_fn sign,
+                      void *signer);
+
+/* Pushes a base64url (no padding) string of bytes. */
+void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len);
+
+void jwke_open_token(lua_State *L);      /* adds open_token, slots */
+void jwke_open_public_key(lua_State *L); /* adds public_key */
+
+#endif

@@ -1,0 +1,225 @@
+/* Public keys in Lua: built from a JWK table, used to verify JWS signatures
+ * and to export public JWK members. HSM keys hand out the same object for
+ * their public half. */
+#include <string.h>
+
+#include "b64url.h"
+#include "evp_sig.h"
+#include "lua_common.h"
+#include "pkey.h"
+
+typedef struct public_key {
+    EVP_PKEY *pkey;
+} public_key;
+
+void jwke_push_public_key(lua_State *L, EVP_PKEY *pkey)
+{
+    public_key *pk = lua_newuserdatauv(L, sizeof *pk, 0);
+    pk->pkey = NULL;
+    luaL_setmetatable(L, JWKE_PUBLIC_KEY_CLASS);
+    EVP_PKEY_up_ref(pkey);
+    pk->pkey = pkey;
+}
+
+int jwke_push_public_members(lua_State *L, const EVP_PKEY *pkey, jwke_error *err)
+{
+    jwke_public_members m;
+    if (jwke_pkey_public_members(pkey, &m, err) != 0)
+        return -1;
+    lua_createtable(L, 0, 4);
+    switch (m.kind) {
+    case JWKE_KIND_RSA:
+        lua_pushliteral(L, "RSA");
+        lua_setfield(L, -2, "kty");
+        jwke_push_b64url(L, m.n, m.n_len);
+        lua_setfield(L, -2, "n");
+        jwke_push_b64url(L, m.e, m.e_len);
+        lua_setfield(L, -2, "e");
+        break;
+    case JWKE_KIND_EC:
+    case JWKE_KIND_OKP:
+        lua_pushstring(L, m.kind == JWKE_KIND_EC ? "EC" : "OKP");
+        lua_setfield(L, -2, "kty");
+        lua_pushstring(L, m.crv);
+        lua_setfield(L, -2, "crv");
+        jwke_push_b64url(L, m.x, m.coordinate_len);
+        lua_setfield(L, -2, "x");
+        if (m.kind == JWKE_KIND_EC) {
+            jwke_push_b64url(L, m.y, m.coordinate_len);
+            lua_setfield(L, -2, "y");
+        }
+        break;
+    }
+    jwke_public_members_clear(&m);
+    return 0;
+}
+
+/* A JWK member decoded from base64url, or a message naming it. */
+static int jwk_member(lua_State *L, int jwk, const char *name, unsigned char *out,
+                      size_t out_max, size_t *out_len, jwke_error *err)
+{
+    lua_getfield(L, jwk, name);
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        return jwke_fail(err, "JWK member '%s' is missing or not a string", name);
+    }
+    size_t len;
+    const char *text = lua_tolstring(L, -1, &len);
+    if (jwke_b64url_decoded_max(len) > out_max + 3) {
+        lua_pop(L, 1);
+        return jwke_fail(err, "JWK member '%s' is too long", name);
+    }
+    const char *why;
+    long n = jwke_b64url_decode(text, len, out, JWKE_B64_NOPAD, &why);
+    lua_pop(L, 1);
+    if (n < 0)
+        return jwke_fail(err, "JWK member '%s' is not valid base64url: %s", name, why);
+    *out_len = (size_t)n;
+    return 0;
+}
+
+static EVP_PKEY *pkey_from_jwk(lua_State *L, int jwk, jwke_error *err)
+{
+    lua_getfield(L, jwk, "kty");
+    const char *kty = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    lua_pop(L, 1); /* kty stays valid: the table still holds it */
+    if (!kty) {
+        jwke_fail(err, "JWK member 'kty' is missing or not a string");
+        return NULL;
+    }
+    unsigned char a[2048 + 3], b[2048 + 3];
+    size_t a_len, b_len;
+    if (strcmp(kty, "RSA") == 0) {
+        if (jwk_member(L, jwk, "n", a, 2048, &a_len, err) ||
+            jwk_member(L, jwk, "e", b, 16, &b_len, err))
+            return NULL;
+        return jwke_pkey_rsa_public(a, a_len, b, b_len, err);
+    }
+    if (strcmp(kty, "EC") == 0 || strcmp(kty, "OKP") == 0) {
+        lua_getfield(L, jwk, "crv");
+        const char *crv = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        lua_pop(L, 1);
+        if (!crv) {
+            jwke_fail(err, "JWK member 'crv' is missing or not a string");
+            return NULL;
+        }
+        if (jwk_member(L, jwk, "x", a, 66, &a_len, err))
+            return NULL;
+        if (kty[0] == 'O')
+            return jwke_pkey_okp_public(crv, a, a_len, err);
+        if (jwk_member(L, jwk, "y", b, 66, &b_len, err))
+            return NULL;
+        return jwke_pkey_ec_public(crv, a, a_len, b, b_len, err);
+    }
+    if (strcmp(kty, "oct") == 0)
+        jwke_fail(err, "symmetric keys (kty 'oct') are not supported");
+    else
+        jwke_fail(err, "unsupported JWK kty '%s'", kty);
+    return NULL;
+}
+
+/* public_key(jwk_table) -> key | nil, err */
+static int l_public_key(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    jwke_error err;
+    EVP_PKEY *pkey = pkey_from_jwk(L, 1, &err);
+    if (!pkey)
+        return jwke_push_error(L, &err);
+    jwke_push_public_key(L, pkey);
+    EVP_PKEY_free(pkey); /* the Lua object holds its own reference */
+    return 1;
+}
+
+static public_key *check_public_key(lua_State *L)
+{
+    public_key *pk = luaL_checkudata(L, 1, JWKE_PUBLIC_KEY_CLASS);
+    if (!pk->pkey)
+        luaL_error(L, "public key is released");
+    return pk;
+}
+
+/* key:verify(alg, signing_input, signature [, min_rsa_bits]) -> true | false, err */
+static int l_verify(lua_State *L)
+{
+    public_key *pk = check_public_key(L);
+    const jwke_alg *alg = jwke_check_alg(L, 2);
+    size_t input_len, sig_len;
+    const char *input = luaL_checklstring(L, 3, &input_len);
+    const char *sig = luaL_checklstring(L, 4, &sig_len);
+    int min_rsa_bits = (int)luaL_optinteger(L, 5, 2048);
+    jwke_error err;
+    if (jwke_pkey_fits_alg(pk->pkey, alg, min_rsa_bits, &err) != 0) {
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, err.message);
+        return 2;
+    }
+    int ok = jwke_evp_verify(pk->pkey, alg, (const unsigned char *)input, input_len,
+                             (const unsigned char *)sig, sig_len, &err);
+    if (ok == 1) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, err.message);
+    return 2;
+}
+
+/* key:fits(alg [, min_rsa_bits]) -> true | false, err */
+static int l_fits(lua_State *L)
+{
+    public_key *pk = check_public_key(L);
+    const jwke_alg *alg = jwke_check_alg(L, 2);
+    jwke_error err;
+    if (jwke_pkey_fits_alg(pk->pkey, alg, (int)luaL_optinteger(L, 3, 2048), &err) != 0) {
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, err.message);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* key:jwk() -> table of public members (kty, n, e / crv, x, y) */
+static int l_jwk(lua_State *L)
+{
+    public_key *pk = check_public_key(L);
+    jwke_error err;
+    if (jwke_push_public_members(L, pk->pkey, &err) != 0)
+        return jwke_push_error(L, &err);
+    return 1;
+}
+
+static int l_bits(lua_State *L)
+{
+    lua_pushinteger(L, EVP_PKEY_get_bits(check_public_key(L)->pkey));
+    return 1;
+}
+
+static int l_gc(lua_State *L)
+{
+    public_key *pk = luaL_checkudata(L, 1, JWKE_PUBLIC_KEY_CLASS);
+    EVP_PKEY_free(pk->pkey);
+    pk->pkey = NULL;
+    return 0;
+}
+
+static const luaL_Reg methods[] = {
+    {"verify", l_verify},
+    {"fits", l_fits},
+    {"jwk", l_jwk},
+    {"bits", l_bits},
+    {NULL, NULL},
+};
+
+static const luaL_Reg metamethods[] = {
+    {"__gc", l_gc},
+    {NULL, NULL},
+};
+
+void jwke_open_public_key(lua_State *L)
+{
+    jwke_new_class(L, JWKE_PUBLIC_KEY_CLASS, methods, metamethods);
+    lua_pushcfunction(L, l_public_key);
+    lua_setfield(L, -2, "public_key");
+}

@@ -1,0 +1,355 @@
+/* Tokens and HSM keys in Lua.
+ *
+ * A token object owns one PKCS#11 session. HSM key objects returned by
+ * load_set keep their token object alive (through a user value) and cache
+ * the object handle, the algorithm and the public key, so signing never
+ * searches the token. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "evp_sig.h"
+#include "lua_common.h"
+#include "p11_token.h"
+#include "pkey.h"
+
+typedef struct token_object {
+    jwke_p11_token *token; /* NULL once closed */
+} token_object;
+
+typedef struct hsm_key_object {
+    token_object *owner;
+    jwke_p11_key key;
+} hsm_key_object;
+
+/* slots(library) -> { {id=, token_present=, label=, serial=, ...}, ... } | nil, err */
+static int l_slots(lua_State *L)
+{
+    const char *library = luaL_checkstring(L, 1);
+    jwke_error err;
+    jwke_p11_module *module = jwke_p11_module_acquire(library, &err);
+    if (!module)
+        return jwke_push_error(L, &err);
+    jwke_p11_slot *slots;
+    size_t count;
+    int rc = jwke_p11_list_slots(module, &slots, &count, &err);
+    jwke_p11_module_release(module);
+    if (rc != 0)
+        return jwke_push_error(L, &err);
+
+    lua_createtable(L, (int)count, 0);
+    for (size_t i = 0; i < count; i++) {
+        lua_createtable(L, 0, 10);
+        lua_pushinteger(L, (lua_Integer)slots[i].id);
+        lua_setfield(L, -2, "id");
+        lua_pushboolean(L, slots[i].token_present);
+        lua_setfield(L, -2, "token_present");
+        if (slots[i].token_present) {
+            lua_pushstring(L, slots[i].label);
+            lua_setfield(L, -2, "label");
+            lua_pushstring(L, slots[i].serial);
+            lua_setfield(L, -2, "serial");
+            lua_pushstring(L, slots[i].manufacturer);
+            lua_setfield(L, -2, "manufacturer");
+            lua_pushstring(L, slots[i].model);
+            lua_setfield(L, -2, "model");
+            lua_pushinteger(L, (lua_Integer)slots[i].token_flags);
+            lua_setfield(L, -2, "flags");
+            lua_pushboolean(L, (slots[i].token_flags & CKF_TOKEN_INITIALIZED) != 0);
+            lua_setfield(L, -2, "initialized");
+            lua_pushboolean(L, (slots[i].token_flags & CKF_USER_PIN_INITIALIZED) != 0);
+            lua_setfield(L, -2, "user_pin_initialized");
+        }
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    free(slots);
+    return 1;
+}
+
+/* open_token(library, slot_id) -> token | nil, err */
+static int l_open_token(lua_State *L)
+{
+    const char *library = luaL_checkstring(L, 1);
+    lua_Integer slot = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, slot >= 0, 2, "slot id must not be negative");
+
+    token_object *t = lua_newuserdatauv(L, sizeof *t, 0);
+    t->token = NULL;
+    luaL_setmetatable(L, JWKE_TOKEN_CLASS);
+
+    jwke_error err;
+    jwke_p11_module *module = jwke_p11_module_acquire(library, &err);
+    if (!module)
+        return jwke_push_error(L, &err);
+    t->token = jwke_p11_token_open(module, (CK_SLOT_ID)slot, &err);
+    jwke_p11_module_release(module); /* the token holds its own reference */
+    if (!t->token)
+        return jwke_push_error(L, &err);
+    return 1;
+}
+
+static token_object *check_open_token(lua_State *L, int arg)
+{
+    token_object *t = luaL_checkudata(L, arg, JWKE_TOKEN_CLASS);
+    if (!t->token)
+        luaL_error(L, "the token session is closed");
+    return t;
+}
+
+/* token:login(pin) -> true | nil, err */
+static int l_login(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    size_t pin_len;
+    const char *pin = luaL_checklstring(L, 2, &pin_len);
+    jwke_error err;
+    if (jwke_p11_login(t->token, pin, pin_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* token:load_set(label, min_rsa_bits) -> { key, ... } (empty when absent) | nil, err */
+static int l_load_set(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    size_t label_len;
+    const char *label = luaL_checklstring(L, 2, &label_len);
+    int min_rsa_bits = (int)luaL_optinteger(L, 3, 4096);
+    jwke_p11_key *keys;
+    size_t count;
+    jwke_error err;
+    if (jwke_p11_load_set(t->token, label, label_len, min_rsa_bits, &keys, &count, &err) != 0)
+        return jwke_push_error(L, &err);
+
+    lua_createtable(L, (int)count, 0);
+    for (size_t i = 0; i < count; i++) {
+        hsm_key_object *k = lua_newuserdatauv(L, sizeof *k, 1);
+        k->owner = t;
+        k->key = keys[i];
+        keys[i].public_key = NULL; /* ownership moves to the Lua object */
+        luaL_setmetatable(L, JWKE_HSM_KEY_CLASS);
+        lua_newtable(L);
+        lua_pushvalue(L, 1);
+        lua_rawseti(L, -2, 1); /* keeps the token object alive */
+        lua_setuservalue(L, -2);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    jwke_p11_keys_free(keys, count);
+    return 1;
+}
+
+static enum jwke_key_use check_use(lua_State *L, int arg)
+{
+    const char *use = luaL_optstring(L, arg, "sig");
+    if (strcmp(use, "sig") == 0)
+        return JWKE_USE_SIG;
+    if (strcmp(use, "enc") == 0)
+        return JWKE_USE_ENC;
+    luaL_argerror(L, arg, "use must be 'sig' or 'enc'");
+    return 0;
+}
+
+/* token:generate(label, alg, kid, use, rsa_bits) -> true | nil, err */
+static int l_generate(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    size_t label_len, kid_len;
+    const char *label = luaL_checklstring(L, 2, &label_len);
+    const jwke_alg *alg = jwke_check_alg(L, 3);
+    const char *kid = luaL_checklstring(L, 4, &kid_len);
+    enum jwke_key_use use = check_use(L, 5);
+    int rsa_bits = (int)luaL_optinteger(L, 6, 4096);
+    jwke_error err;
+    if (jwke_p11_generate(t->token, label, label_len, (const unsigned char *)kid, kid_len, alg, use,
+                          rsa_bits, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* token:delete(label [, kid]) -> number of objects destroyed | nil, err */
+static int l_delete(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    size_t label_len, kid_len = 0;
+    const char *label = luaL_checklstring(L, 2, &label_len);
+    const char *kid = luaL_optlstring(L, 3, NULL, &kid_len);
+    size_t destroyed;
+    jwke_error err;
+    if (jwke_p11_delete(t->token, label, label_len, (const unsigned char *)kid, kid_len,
+                        &destroyed, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushinteger(L, (lua_Integer)destroyed);
+    return 1;
+}
+
+static int l_token_close(lua_State *L)
+{
+    token_object *t = luaL_checkudata(L, 1, JWKE_TOKEN_CLASS);
+    if (t->token) {
+        jwke_p11_token_close(t->token);
+        free(t->token);
+        t->token = NULL;
+    }
+    return 0;
+}
+
+static hsm_key_object *check_key(lua_State *L)
+{
+    return luaL_checkudata(L, 1, JWKE_HSM_KEY_CLASS);
+}
+
+static int l_key_kid(lua_State *L)
+{
+    hsm_key_object *k = check_key(L);
+    lua_pushlstring(L, (const char *)k->key.id, k->key.id_len);
+    return 1;
+}
+
+static int l_key_alg(lua_State *L)
+{
+    lua_pushstring(L, check_key(L)->key.alg->name);
+    return 1;
+}
+
+static int l_key_use(lua_State *L)
+{
+    lua_pushstring(L, check_key(L)->key.use == JWKE_USE_SIG ? "sig" : "enc");
+    return 1;
+}
+
+static int l_key_bits(lua_State *L)
+{
+    lua_pushinteger(L, EVP_PKEY_get_bits(check_key(L)->key.public_key));
+    return 1;
+}
+
+static int l_key_public_key(lua_State *L)
+{
+    jwke_push_public_key(L, check_key(L)->key.public_key);
+    return 1;
+}
+
+/* key:jwk() -> the public JWK: kty, kid, use, alg and the key members */
+static int l_key_jwk(lua_State *L)
+{
+    hsm_key_object *k = check_key(L);
+    jwke_error err;
+    if (jwke_push_public_members(L, k->key.public_key, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, (const char *)k->key.id, k->key.id_len);
+    lua_setfield(L, -2, "kid");
+    lua_pushstring(L, k->key.use == JWKE_USE_SIG ? "sig" : "enc");
+    lua_setfield(L, -2, "use");
+    lua_pushstring(L, k->key.alg->name);
+    lua_setfield(L, -2, "alg");
+    return 1;
+}
+
+typedef struct hsm_signer {
+    hsm_key_object *key;
+    const jwke_alg *alg;
+} hsm_signer;
+
+static int hsm_sign(void *signer, const unsigned char *input, size_t input_len,
+                    unsigned char *sig, size_t *sig_len, jwke_error *err)
+{
+    hsm_signer *s = signer;
+    return jwke_p11_sign(s->key->owner->token, s->key->key.private_handle, s->alg, input,
+                         input_len, sig, sig_len, err);
+}
+
+/* The algorithm to sign with: the key's own, or (arg given) one that fits
+ * it, e.g. PS256 for an RSA key. Fails for keys that cannot sign. */
+static int signing_setup(lua_State *L, int alg_arg, hsm_signer *s, size_t *sig_max,
+                         jwke_error *err)
+{
+    hsm_key_object *k = check_key(L);
+    if (!k->owner->token)
+        return jwke_fail(err, "the engine that loaded this key is closed");
+    if (k->key.use != JWKE_USE_SIG)
+        return jwke_fail(err, "key '%.*s' is an encryption key (use 'enc') and cannot sign",
+                         (int)k->key.id_len, (const char *)k->key.id);
+    s->key = k;
+    s->alg = lua_isnoneornil(L, alg_arg) ? k->key.alg : jwke_check_alg(L, alg_arg);
+    if (s->alg != k->key.alg && jwke_pkey_fits_alg(k->key.public_key, s->alg, 0, err) != 0)
+        return -1;
+    *sig_max = jwke_alg_signature_size(s->alg, EVP_PKEY_get_bits(k->key.public_key));
+    return 0;
+}
+
+/* key:sign(input [, alg]) -> signature bytes | nil, err */
+static int l_key_sign(lua_State *L)
+{
+    size_t input_len;
+    const char *input = luaL_checklstring(L, 2, &input_len);
+    hsm_signer s;
+    size_t sig_len;
+    jwke_error err;
+    unsigned char sig[1024];
+    if (signing_setup(L, 3, &s, &sig_len, &err) != 0 ||
+        hsm_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, (const char *)sig, sig_len);
+    return 1;
+}
+
+/* key:sign_compact(header_b64, payload [, alg]) -> compact JWS | nil, err */
+static int l_key_sign_compact(lua_State *L)
+{
+    hsm_signer s;
+    size_t sig_max;
+    jwke_error err;
+    if (signing_setup(L, 4, &s, &sig_max, &err) != 0)
+        return jwke_push_error(L, &err);
+    return jwke_push_compact(L, 2, sig_max, hsm_sign, &s);
+}
+
+static int l_key_gc(lua_State *L)
+{
+    hsm_key_object *k = check_key(L);
+    EVP_PKEY_free(k->key.public_key);
+    k->key.public_key = NULL;
+    return 0;
+}
+
+static const luaL_Reg token_methods[] = {
+    {"login", l_login},
+    {"load_set", l_load_set},
+    {"generate", l_generate},
+    {"delete", l_delete},
+    {"close", l_token_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg token_metamethods[] = {
+    {"__gc", l_token_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg key_methods[] = {
+    {"kid", l_key_kid},
+    {"alg", l_key_alg},
+    {"use", l_key_use},
+    {"bits", l_key_bits},
+    {"jwk", l_key_jwk},
+    {"public_key", l_key_public_key},
+    {"sign", l_key_sign},
+    {"sign_compact", l_key_sign_compact},
+    {NULL, NULL},
+};
+
+static const luaL_Reg key_metamethods[] = {
+    {"__gc", l_key_gc},
+    {NULL, NULL},
+};
+
+void jwke_open_token(lua_State *L)
+{
+    jwke_new_class(L, JWKE_TOKEN_CLASS, token_methods, token_metamethods);
+    jwke_new_class(L, JWKE_HSM_KEY_CLASS, key_methods, key_metamethods);
+    lua_pushcfunction(L, l_slots);
+    lua_setfield(L, -2, "slots");
+    lua_pushcfunction(L, l_open_token);
+    lua_setfield(L, -2, "open_token");
+}

@@ -1,0 +1,179 @@
+#include "p11_module.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
+static jwke_p11_module *modules;
+
+static int load_and_initialize(jwke_p11_module *m, const char *path, jwke_error *err)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return jwke_fail(err, "PKCS#11 module '%s' cannot be read: %s", path, strerror(errno));
+
+    m->library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!m->library)
+        return jwke_fail(err, "PKCS#11 module '%s' cannot be loaded: %s", path, dlerror());
+
+    CK_C_GetFunctionList get_function_list =
+        (CK_C_GetFunctionList)dlsym(m->library, "C_GetFunctionList");
+    if (!get_function_list) {
+        jwke_fail(err, "'%s' is not a PKCS#11 module: it has no C_GetFunctionList", path);
+        goto fail;
+    }
+    CK_RV rv = get_function_list(&m->fn);
+    if (rv != CKR_OK || !m->fn) {
+        jwke_fail_ckr(err, "C_GetFunctionList", rv);
+        goto fail;
+    }
+
+    /* The module may be called from several threads (a C host, OpenResty's
+     * thread pool): let it use the OS's locks. */
+    CK_C_INITIALIZE_ARGS args;
+    memset(&args, 0, sizeof args);
+    args.flags = CKF_OS_LOCKING_OK;
+    rv = m->fn->C_Initialize(&args);
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        jwke_fail_ckr(err, "C_Initialize", rv);
+        goto fail;
+    }
+    return 0;
+fail:
+    dlclose(m->library);
+    m->library = NULL;
+    return -1;
+}
+
+jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err)
+{
+    pthread_mutex_lock(&modules_lock);
+    jwke_p11_module *m;
+    for (m = modules; m; m = m->next) {
+        if (strcmp(m->path, path) == 0) {
+            m->references++;
+            pthread_mutex_unlock(&modules_lock);
+            return m;
+        }
+    }
+    m = calloc(1, sizeof *m);
+    if (!m || !(m->path = strdup(path))) {
+        free(m);
+        pthread_mutex_unlock(&modules_lock);
+        jwke_fail(err, "out of memory loading PKCS#11 module");
+        return NULL;
+    }
+    if (load_and_initialize(m, path, err) != 0) {
+        free(m->path);
+        free(m);
+        pthread_mutex_unlock(&modules_lock);
+        return NULL;
+    }
+    m->references = 1;
+    m->next = modules;
+    modules = m;
+    pthread_mutex_unlock(&modules_lock);
+    return m;
+}
+
+void jwke_p11_module_release(jwke_p11_module *module)
+{
+    if (!module)
+        return;
+    pthread_mutex_lock(&modules_lock);
+    if (--module->references > 0) {
+        pthread_mutex_unlock(&modules_lock);
+        return;
+    }
+    for (jwke_p11_module **p = &modules; *p; p = &(*p)->next) {
+        if (*p == module) {
+            *p = module->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&modules_lock);
+    module->fn->C_Finalize(NULL);
+    dlclose(module->library);
+    free(module->path);
+    free(module);
+}
+
+void jwke_p11_copy_padded(char *dst, const unsigned char *src, size_t src_len)
+{
+    size_t len = src_len;
+    while (len > 0 && (src[len - 1] == ' ' || src[len - 1] == '\0'))
+        len--;
+    memcpy(dst, src, len);
+    dst[len] = '\0';
+}
+
+int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
+                        jwke_error *err)
+{
+    CK_ULONG n = 0;
+    CK_SLOT_ID *ids = NULL;
+    CK_RV rv;
+    /* The slot count can change between the two calls (hot-plug): retry. */
+    for (;;) {
+        rv = module->fn->C_GetSlotList(CK_FALSE, NULL, &n);
+        if (rv != CKR_OK)
+            return jwke_fail_ckr(err, "C_GetSlotList", rv);
+        free(ids);
+        ids = calloc(n ? n : 1, sizeof *ids);
+        if (!ids)
+            return jwke_fail(err, "out of memory listing slots");
+        rv = module->fn->C_GetSlotList(CK_FALSE, ids, &n);
+        if (rv == CKR_BUFFER_TOO_SMALL)
+            continue;
+        if (rv != CKR_OK) {
+            free(ids);
+            return jwke_fail_ckr(err, "C_GetSlotList", rv);
+        }
+        break;
+    }
+
+    jwke_p11_slot *out = calloc(n ? n : 1, sizeof *out);
+    if (!out) {
+        free(ids);
+        return jwke_fail(err, "out of memory listing slots");
+    }
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_SLOT_INFO slot_info;
+        out[i].id = ids[i];
+        rv = module->fn->C_GetSlotInfo(ids[i], &slot_info);
+        if (rv != CKR_OK) {
+            free(ids);
+            free(out);
+            return jwke_fail_ckr(err, "C_GetSlotInfo", rv);
+        }
+        out[i].slot_flags = slot_info.flags;
+        out[i].token_present = (slot_info.flags & CKF_TOKEN_PRESENT) != 0;
+        if (!out[i].token_present)
+            continue;
+        CK_TOKEN_INFO token_info;
+        rv = module->fn->C_GetTokenInfo(ids[i], &token_info);
+        if (rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_TOKEN_NOT_RECOGNIZED) {
+            out[i].token_present = 0; /* removed between the two calls */
+            continue;
+        }
+        if (rv != CKR_OK) {
+            free(ids);
+            free(out);
+            return jwke_fail_ckr(err, "C_GetTokenInfo", rv);
+        }
+        jwke_p11_copy_padded(out[i].label, token_info.label, sizeof token_info.label);
+        jwke_p11_copy_padded(out[i].serial, token_info.serialNumber, sizeof token_info.serialNumber);
+        jwke_p11_copy_padded(out[i].manufacturer, token_info.manufacturerID,
+                             sizeof token_info.manufacturerID);
+        jwke_p11_copy_padded(out[i].model, token_info.model, sizeof token_info.model);
+        out[i].token_flags = token_info.flags;
+    }
+    free(ids);
+    *slots = out;
+    *count = n;
+    return 0;
+}

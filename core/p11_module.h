@@ -1,0 +1,45 @@
+/* Loading a PKCS#11 module and listing its slots.
+ *
+ * A module is initialized once per process however many engines use it
+ * (C_Initialize is process-wide), and finalized when the last one lets go. */
+#ifndef JWKE_P11_MODULE_H
+#define JWKE_P11_MODULE_H
+
+#include <stddef.h>
+#include "error.h"
+#include "pkcs11_header.h"
+
+typedef struct jwke_p11_module {
+    char *path;
+    void *library;            /* dlopen handle */
+    CK_FUNCTION_LIST_PTR fn;
+    int references;
+    struct jwke_p11_module *next;
+} jwke_p11_module;
+
+typedef struct jwke_p11_slot {
+    CK_SLOT_ID id;
+    int token_present;
+    /* Token fields, blank-trimmed and NUL-terminated (empty without a token). */
+    char label[33];
+    char serial[17];
+    char manufacturer[33];
+    char model[17];
+    CK_FLAGS token_flags;
+    CK_FLAGS slot_flags;
+} jwke_p11_slot;
+
+/* Loads (or re-uses) the module at path and initializes it with
+ * CKF_OS_LOCKING_OK. Each successful call needs one jwke_p11_module_release. */
+jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err);
+void jwke_p11_module_release(jwke_p11_module *module);
+
+/* Every slot (with or without a token), in the module's order. The caller
+ * frees *slots. */
+int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
+                        jwke_error *err);
+
+/* Copies a blank-padded PKCS#11 string field into a C string. */
+void jwke_p11_copy_padded(char *dst, const unsigned char *src, size_t src_len);
+
+#endif

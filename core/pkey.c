@@ -1,0 +1,240 @@
+#include "pkey.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/param_build.h>
+
+/* Smallest RSA modulus we will even build a key object for; policy minimums
+ * (2048 to verify, 4096 on the HSM by default) are applied on top. */
+#define RSA_ABSOLUTE_MIN_BITS 512
+#define RSA_ABSOLUTE_MAX_BITS 16384
+
+static EVP_PKEY *pkey_from_params(const char *type, OSSL_PARAM_BLD *bld, jwke_error *err)
+{
+    EVP_PKEY *pkey = NULL;
+    OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, type, NULL);
+    if (!params || !ctx || EVP_PKEY_fromdata_init(ctx) <= 0 ||
+        EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
+        jwke_fail_openssl(err, "cannot build public key");
+        pkey = NULL;
+    }
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    return pkey;
+}
+
+EVP_PKEY *jwke_pkey_rsa_public(const unsigned char *n, size_t n_len,
+                               const unsigned char *e, size_t e_len, jwke_error *err)
+{
+    /* Leading zero bytes do not count towards the size of the modulus. */
+    while (n_len > 0 && n[0] == 0) { n++; n_len--; }
+    while (e_len > 0 && e[0] == 0) { e++; e_len--; }
+    if (n_len == 0 || e_len == 0) {
+        jwke_fail(err, "RSA key has an empty modulus or exponent");
+        return NULL;
+    }
+    if (n_len * 8 < RSA_ABSOLUTE_MIN_BITS || n_len * 8 > RSA_ABSOLUTE_MAX_BITS + 8) {
+        jwke_fail(err, "RSA modulus of %zu bytes is outside %d..%d bits", n_len,
+                  RSA_ABSOLUTE_MIN_BITS, RSA_ABSOLUTE_MAX_BITS);
+        return NULL;
+    }
+    if ((n[n_len - 1] & 1) == 0) {
+        jwke_fail(err, "RSA modulus is even");
+        return NULL;
+    }
+    if ((e[e_len - 1] & 1) == 0 || (e_len == 1 && e[0] < 3) || e_len > 8) {
+        jwke_fail(err, "RSA public exponent is invalid");
+        return NULL;
+    }
+
+    EVP_PKEY *pkey = NULL;
+    BIGNUM *bn_n = BN_bin2bn(n, (int)n_len, NULL);
+    BIGNUM *bn_e = BN_bin2bn(e, (int)e_len, NULL);
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    if (!bn_n || !bn_e || !bld || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) ||
+        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e))
+        jwke_fail_openssl(err, "cannot build RSA public key");
+    else
+        pkey = pkey_from_params("RSA", bld, err);
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(bn_n);
+    BN_free(bn_e);
+    return pkey;
+}
+
+/* JWK curve names to OpenSSL group names. */
+static const char *ec_group_name(const char *crv)
+{
+    if (strcmp(crv, "P-256") == 0) return "prime256v1";
+    if (strcmp(crv, "P-384") == 0) return "secp384r1";
+    if (strcmp(crv, "P-521") == 0) return "secp521r1";
+    return NULL;
+}
+
+EVP_PKEY *jwke_pkey_ec_public(const char *crv, const unsigned char *x, size_t x_len,
+                              const unsigned char *y, size_t y_len, jwke_error *err)
+{
+    const jwke_alg *curve = jwke_alg_for_curve(crv);
+    const char *group = ec_group_name(crv);
+    if (!curve || !group) {
+        jwke_fail(err, "unsupported EC curve '%s'", crv);
+        return NULL;
+    }
+    size_t size = curve->coordinate_size;
+    if (x_len != size || y_len != size) {
+        jwke_fail(err, "EC coordinates for %s must be %zu bytes each, got x=%zu y=%zu", crv,
+                  size, x_len, y_len);
+        return NULL;
+    }
+    unsigned char point[1 + 2 * 66];
+    point[0] = 0x04; /* uncompressed */
+    memcpy(point + 1, x, size);
+    memcpy(point + 1 + size, y, size);
+
+    EVP_PKEY *pkey = NULL;
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    if (!bld ||
+        !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
+        !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, 1 + 2 * size)) {
+        jwke_fail_openssl(err, "cannot build EC public key");
+    } else {
+        pkey = pkey_from_params("EC", bld, err);
+        if (!pkey)
+            jwke_fail(err, "EC point is not on curve %s", crv);
+    }
+    OSSL_PARAM_BLD_free(bld);
+    return pkey;
+}
+
+EVP_PKEY *jwke_pkey_okp_public(const char *crv, const unsigned char *x, size_t x_len,
+                               jwke_error *err)
+{
+    if (strcmp(crv, "Ed25519") != 0) {
+        jwke_fail(err, "unsupported OKP curve '%s'", crv);
+        return NULL;
+    }
+    if (x_len != 32) {
+        jwke_fail(err, "Ed25519 public key must be 32 bytes, got %zu", x_len);
+        return NULL;
+    }
+    EVP_PKEY *pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, x, x_len);
+    if (!pkey)
+        jwke_fail_openssl(err, "cannot build Ed25519 public key");
+    return pkey;
+}
+
+enum jwke_key_kind jwke_pkey_kind(const EVP_PKEY *pkey)
+{
+    if (EVP_PKEY_is_a(pkey, "RSA")) return JWKE_KIND_RSA;
+    if (EVP_PKEY_is_a(pkey, "EC")) return JWKE_KIND_EC;
+    if (EVP_PKEY_is_a(pkey, "ED25519")) return JWKE_KIND_OKP;
+    return 0;
+}
+
+const jwke_alg *jwke_pkey_curve(const EVP_PKEY *pkey)
+{
+    switch (jwke_pkey_kind(pkey)) {
+    case JWKE_KIND_OKP:
+        return jwke_alg_for_curve("Ed25519");
+    case JWKE_KIND_EC: {
+        char group[64];
+        size_t len = 0;
+        if (!EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, group,
+                                            sizeof group, &len))
+            return NULL;
+        if (strcmp(group, "prime256v1") == 0) return jwke_alg_for_curve("P-256");
+        if (strcmp(group, "secp384r1") == 0) return jwke_alg_for_curve("P-384");
+        if (strcmp(group, "secp521r1") == 0) return jwke_alg_for_curve("P-521");
+        return NULL;
+    }
+    default:
+        return NULL;
+    }
+}
+
+int jwke_pkey_fits_alg(const EVP_PKEY *pkey, const jwke_alg *alg, int min_rsa_bits,
+                       jwke_error *err)
+{
+    enum jwke_key_kind kind = jwke_pkey_kind(pkey);
+    if (kind != alg->kind)
+        return jwke_fail(err, "algorithm %s does not fit a %s key", alg->name,
+                         kind == JWKE_KIND_RSA ? "RSA" : kind == JWKE_KIND_EC ? "EC" : "OKP");
+    if (kind == JWKE_KIND_RSA) {
+        int bits = EVP_PKEY_get_bits(pkey);
+        if (bits < min_rsa_bits)
+            return jwke_fail(err, "RSA key of %d bits is below the minimum of %d bits", bits,
+                             min_rsa_bits);
+        return 0;
+    }
+    const jwke_alg *curve = jwke_pkey_curve(pkey);
+    if (curve != alg)
+        return jwke_fail(err, "algorithm %s needs curve %s, the key is on %s", alg->name,
+                         alg->curve, curve ? curve->curve : "an unsupported curve");
+    return 0;
+}
+
+int jwke_pkey_public_members(const EVP_PKEY *pkey, jwke_public_members *out, jwke_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->kind = jwke_pkey_kind(pkey);
+    switch (out->kind) {
+    case JWKE_KIND_RSA: {
+        BIGNUM *n = NULL, *e = NULL;
+        int ok = EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_N, &n) &&
+                 EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_E, &e) &&
+                 BN_num_bytes(e) <= (int)sizeof out->e;
+        if (ok) {
+            out->n_len = (size_t)BN_num_bytes(n);
+            out->n = malloc(out->n_len ? out->n_len : 1);
+            ok = out->n != NULL;
+        }
+        if (ok) {
+            BN_bn2bin(n, out->n);
+            out->e_len = (size_t)BN_bn2bin(e, out->e);
+        }
+        BN_free(n);
+        BN_free(e);
+        if (!ok) {
+            jwke_public_members_clear(out);
+            return jwke_fail_openssl(err, "cannot read RSA public key");
+        }
+        return 0;
+    }
+    case JWKE_KIND_EC: {
+        const jwke_alg *curve = jwke_pkey_curve(pkey);
+        unsigned char point[1 + 2 * 66];
+        size_t len = 0;
+        if (!curve)
+            return jwke_fail(err, "EC key is on an unsupported curve");
+        if (!EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point,
+                                             sizeof point, &len) ||
+            len != 1 + 2 * curve->coordinate_size || point[0] != 0x04)
+            return jwke_fail_openssl(err, "cannot read EC public point");
+        out->crv = curve->curve;
+        out->coordinate_len = curve->coordinate_size;
+        memcpy(out->x, point + 1, out->coordinate_len);
+        memcpy(out->y, point + 1 + out->coordinate_len, out->coordinate_len);
+        return 0;
+    }
+    case JWKE_KIND_OKP: {
+        size_t len = sizeof out->x;
+        if (!EVP_PKEY_get_raw_public_key(pkey, out->x, &len))
+            return jwke_fail_openssl(err, "cannot read Ed25519 public key");
+        out->crv = "Ed25519";
+        out->coordinate_len = len;
+        return 0;
+    }
+    default:
+        return jwke_fail(err, "unsupported key type");
+    }
+}
+
+void jwke_public_members_clear(jwke_public_members *members)
+{
+    free(members->n);
+    members->n = NULL;
+}

@@ -1,0 +1,51 @@
+#include "b64url.h"
+#include "check.h"
+
+static long decode(const char *in, unsigned char *out, int pad, const char **why)
+{
+    return jwke_b64url_decode(in, strlen(in), out, pad ? JWKE_B64_PAD : JWKE_B64_NOPAD, why);
+}
+
+static int round_trip(const char *bytes, size_t n, const char *expected, int pad)
+{
+    char enc[64];
+    unsigned char dec[64];
+    const char *why = NULL;
+    size_t len = jwke_b64url_encode((const unsigned char *)bytes, n, enc,
+                                    pad ? JWKE_B64_PAD : JWKE_B64_NOPAD);
+    enc[len] = '\0';
+    if (strcmp(enc, expected) != 0 || len != jwke_b64url_encoded_len(n, pad))
+        return 0;
+    long got = decode(enc, dec, pad, &why);
+    return got == (long)n && memcmp(dec, bytes, n) == 0;
+}
+
+int main(void)
+{
+    /* RFC 4648 §10 vectors, URL alphabet. */
+    CHECK(round_trip("", 0, "", 0));
+    CHECK(round_trip("f", 1, "Zg", 0));
+    CHECK(round_trip("fo", 2, "Zm8", 0));
+    CHECK(round_trip("foo", 3, "Zm9v", 0));
+    CHECK(round_trip("foob", 4, "Zm9vYg", 0));
+    CHECK(round_trip("fooba", 5, "Zm9vYmE", 0));
+    CHECK(round_trip("foobar", 6, "Zm9vYmFy", 0));
+    CHECK(round_trip("f", 1, "Zg==", 1));
+    CHECK(round_trip("fo", 2, "Zm8=", 1));
+    CHECK(round_trip("\xfb\xff", 2, "-_8", 0)); /* URL alphabet, not + / */
+
+    unsigned char out[64];
+    const char *why = NULL;
+    CHECK(decode("Zm8+", out, 0, &why) < 0);            /* standard alphabet */
+    CHECK(decode("Zm8/", out, 0, &why) < 0);
+    CHECK(decode("Zm8=", out, 0, &why) < 0);            /* padding where none is allowed */
+    CHECK(decode("Z", out, 0, &why) < 0);               /* impossible length */
+    CHECK(decode("Zh", out, 0, &why) < 0);              /* non-zero trailing bits */
+    CHECK(strcmp(why, "non-zero trailing bits") == 0);
+    CHECK(decode("Zm 8", out, 0, &why) < 0);            /* whitespace */
+    CHECK(decode("Zm8", out, 1, &why) < 0);             /* missing padding */
+    CHECK(decode("Zm9v====", out, 1, &why) < 0);        /* too much padding */
+    CHECK(decode("Zg=a", out, 1, &why) < 0);            /* padding in the middle */
+    CHECK(decode("Zm9v", out, 1, &why) == 3);
+    return check_summary();
+}
