@@ -310,15 +310,19 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
     if (id_len > JWKE_MAX_ID_LEN)
         return jwke_fail(err, "kid is longer than %d bytes", JWKE_MAX_ID_LEN);
 
-    CK_ATTRIBUTE public_template[8] = {
+    /* Tokens default other usages (wrap, unwrap, derive) to true; a JWT
+     * signing key gets exactly the one usage it needs. */
+    CK_ATTRIBUTE public_template[10] = {
         {CKA_TOKEN, &yes, sizeof yes},
         {CKA_PRIVATE, &no, sizeof no},
         {CKA_LABEL, (void *)label, (CK_ULONG)label_len},
         {CKA_ID, (void *)id, (CK_ULONG)id_len},
         {CKA_VERIFY, &sign, sizeof sign},
         {CKA_ENCRYPT, &decrypt, sizeof decrypt},
+        {CKA_WRAP, &no, sizeof no},
+        {CKA_DERIVE, &no, sizeof no},
     };
-    CK_ULONG public_count = 6;
+    CK_ULONG public_count = 8;
     CK_ATTRIBUTE private_template[] = {
         {CKA_TOKEN, &yes, sizeof yes},
         {CKA_PRIVATE, &yes, sizeof yes},
@@ -328,6 +332,8 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
         {CKA_ID, (void *)id, (CK_ULONG)id_len},
         {CKA_SIGN, &sign, sizeof sign},
         {CKA_DECRYPT, &decrypt, sizeof decrypt},
+        {CKA_UNWRAP, &no, sizeof no},
+        {CKA_DERIVE, &no, sizeof no},
     };
 
     if (alg->kind == JWKE_KIND_RSA) {

@@ -74,10 +74,18 @@ jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err)
         return NULL;
     }
     m->references = 1;
+    pthread_mutex_init(&m->lock, NULL);
     m->next = modules;
     modules = m;
     pthread_mutex_unlock(&modules_lock);
     return m;
+}
+
+void jwke_p11_module_retain(jwke_p11_module *module)
+{
+    pthread_mutex_lock(&modules_lock);
+    module->references++;
+    pthread_mutex_unlock(&modules_lock);
 }
 
 void jwke_p11_module_release(jwke_p11_module *module)
@@ -98,6 +106,12 @@ void jwke_p11_module_release(jwke_p11_module *module)
     pthread_mutex_unlock(&modules_lock);
     module->fn->C_Finalize(NULL);
     dlclose(module->library);
+    while (module->logins) {
+        jwke_p11_login_record *next = module->logins->next;
+        free(module->logins);
+        module->logins = next;
+    }
+    pthread_mutex_destroy(&module->lock);
     free(module->path);
     free(module);
 }

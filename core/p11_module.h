@@ -5,12 +5,28 @@
 #ifndef JWKE_P11_MODULE_H
 #define JWKE_P11_MODULE_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include "error.h"
 #include "pkcs11_header.h"
 
+/* PKCS#11 login state belongs to the process, not the session: while one
+ * of our sessions on a slot is logged in, C_Login answers "already logged
+ * in" whatever PIN it is given. To keep a second engine with a wrong PIN
+ * out, we remember a keyed fingerprint (never the PIN) of the PIN that
+ * logged the slot in, for as long as we hold sessions on it. */
+typedef struct jwke_p11_login_record {
+    CK_SLOT_ID slot;
+    int sessions;
+    int logged_in;
+    unsigned char pin_fingerprint[32];
+    struct jwke_p11_login_record *next;
+} jwke_p11_login_record;
+
 typedef struct jwke_p11_module {
     char *path;
+    pthread_mutex_t lock;     /* guards logins and references */
+    jwke_p11_login_record *logins;
     void *library;            /* dlopen handle */
     CK_FUNCTION_LIST_PTR fn;
     int references;
@@ -33,6 +49,9 @@ typedef struct jwke_p11_slot {
  * CKF_OS_LOCKING_OK. Each successful call needs one jwke_p11_module_release. */
 jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err);
 void jwke_p11_module_release(jwke_p11_module *module);
+
+/* One more reference to a module already acquired. */
+void jwke_p11_module_retain(jwke_p11_module *module);
 
 /* Every slot (with or without a token), in the module's order. The caller
  * frees *slots. */

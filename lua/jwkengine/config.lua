@@ -1,0 +1,223 @@
+-- Configuration: defaults < config file < environment < the table given to
+-- jwkengine.open. The file is JSON or YAML with Hydra's `hsm:` block; the
+-- environment variables are Hydra's (HSM_ENABLED, HSM_LIBRARY, ...).
+local util = require "jwkengine.util"
+
+local M = {}
+
+M.DEFAULT_STARTUP_SETS = {
+  { set = "hydra.openid.id-token", alg = "RS256" },
+  { set = "hydra.jwt.access-token", alg = "RS256" },
+}
+
+local function defaults()
+  return {
+    hsm = {
+      enabled = false,
+      library = nil,
+      token_label = nil,
+      slot = 0,
+      pin = nil,
+      key_set_prefix = "",
+      min_rsa_bits = 4096,
+    },
+    startup_sets = M.DEFAULT_STARTUP_SETS,
+  }
+end
+
+-- The type each `hsm` key must have once parsed; anything else is a typo
+-- or a mistake and is reported rather than ignored.
+local hsm_schema = {
+  enabled = "boolean",
+  library = "string",
+  token_label = "string",
+  slot = "integer",
+  pin = "string",
+  key_set_prefix = "string",
+  min_rsa_bits = "integer",
+}
+
+-- Environment variable -> hsm key.
+local hsm_environment = {
+  HSM_ENABLED = "enabled",
+  HSM_LIBRARY = "library",
+  HSM_TOKEN_LABEL = "token_label",
+  HSM_SLOT = "slot",
+  HSM_PIN = "pin",
+  HSM_KEY_SET_PREFIX = "key_set_prefix",
+  HSM_MIN_RSA_BITS = "min_rsa_bits",
+}
+
+local function is_integer(v)
+  return type(v) == "number" and v == math.floor(v) and v >= 0
+end
+
+-- Converts text (from the environment, or a YAML/JSON scalar) to the type
+-- the schema wants; nil when it cannot.
+local function coerce(kind, value)
+  if kind == "boolean" then
+    if type(value) == "boolean" then return value end
+    local s = tostring(value):lower()
+    if s == "true" or s == "1" or s == "yes" then return true end
+    if s == "false" or s == "0" or s == "no" or s == "" then return false end
+    return nil
+  elseif kind == "integer" then
+    local n = tonumber(value)
+    if n and is_integer(n) then return math.floor(n) end
+    return nil
+  else
+    if type(value) == "string" then return value end
+    if type(value) == "number" then return tostring(value) end -- a YAML pin such as 1234
+    return nil
+  end
+end
+
+local function describe(value)
+  if type(value) == "string" then return string.format("%q", value) end
+  return type(value)
+end
+
+-- Applies `source` (a table of hsm keys) over cfg.hsm, checking each.
+-- `origin` names where the values came from, for error messages; secret
+-- values are never echoed back.
+local function apply_hsm(cfg, source, origin, names)
+  for key, value in pairs(source) do
+    local kind = hsm_schema[key]
+    local name = names and names[key] or ("hsm." .. tostring(key))
+    if not kind then
+      return util.fail("ERR_CONFIG", "%s: unknown setting '%s' (known: %s)", origin, name,
+        table.concat(util.sorted_keys(hsm_schema), ", "))
+    end
+    local parsed = coerce(kind, value)
+    if parsed == nil then
+      local shown = key == "pin" and "a value" or describe(value)
+      return util.fail("ERR_CONFIG", "%s: %s must be %s, got %s", origin, name,
+        kind == "integer" and "a non-negative integer" or ("a " .. kind), shown)
+    end
+    cfg.hsm[key] = parsed
+  end
+  return true
+end
+
+-- Startup sets may be written as a list of {set=, alg=} or as a map
+-- set -> alg; the result is a list in a stable order.
+local function normalize_startup_sets(value, origin)
+  if type(value) ~= "table" then
+    return util.fail("ERR_CONFIG", "%s: startup_sets must be a list or a map", origin)
+  end
+  local sets = {}
+  if #value > 0 then
+    for i, entry in ipairs(value) do
+      if type(entry) ~= "table" or type(entry.set) ~= "string" then
+        return util.fail("ERR_CONFIG", "%s: startup_sets[%d] needs a string 'set'", origin, i)
+      end
+      sets[#sets + 1] = { set = entry.set, alg = entry.alg or "RS256" }
+    end
+  else
+    for _, set in ipairs(util.sorted_keys(value)) do
+      sets[#sets + 1] = { set = set, alg = value[set] }
+    end
+  end
+  for _, entry in ipairs(sets) do
+    if type(entry.alg) ~= "string" then
+      return util.fail("ERR_CONFIG", "%s: the algorithm of startup set '%s' must be a string",
+        origin, entry.set)
+    end
+  end
+  return sets
+end
+
+local function decode_file(path)
+  local text, err = util.read_file(path)
+  if not text then
+    return util.fail("ERR_CONFIG", "cannot read config file: %s", err)
+  end
+  if path:match("%.json$") or text:match("^%s*{") then
+    local cjson = require "cjson.safe"
+    local data, perr = cjson.decode(text)
+    if type(data) ~= "table" then
+      return util.fail("ERR_CONFIG", "config file %s is not a JSON object: %s", path,
+        perr or "not an object")
+    end
+    return data
+  end
+  local ok, lyaml = pcall(require, "lyaml")
+  if not ok then
+    return util.fail("ERR_CONFIG", "config file %s is YAML, which needs lyaml (Debian: lua-yaml)", path)
+  end
+  local parsed_ok, data = pcall(lyaml.load, text)
+  if not parsed_ok then
+    return util.fail("ERR_CONFIG", "config file %s is not valid YAML: %s", path, tostring(data))
+  end
+  if data == nil then data = {} end
+  if type(data) ~= "table" then
+    return util.fail("ERR_CONFIG", "config file %s must hold a mapping at the top", path)
+  end
+  return data
+end
+
+-- Hydra config files carry much more than `hsm:`; jwkengine reads its own
+-- sections and leaves the rest alone.
+local function apply_document(cfg, doc, origin)
+  if doc.hsm ~= nil then
+    if type(doc.hsm) ~= "table" then
+      return util.fail("ERR_CONFIG", "%s: hsm must be a mapping", origin)
+    end
+    local ok, err, code = apply_hsm(cfg, doc.hsm, origin)
+    if not ok then return nil, err, code end
+  end
+  if doc.startup_sets ~= nil then
+    local sets, err, code = normalize_startup_sets(doc.startup_sets, origin)
+    if not sets then return nil, err, code end
+    cfg.startup_sets = sets
+  end
+  for key, value in pairs(doc) do
+    if key ~= "hsm" and key ~= "startup_sets" then cfg[key] = value end
+  end
+  return true
+end
+
+-- Loads the configuration.
+--   options.config       path of the config file (else JWKENGINE_CONFIG)
+--   options.environment  a table standing in for os.getenv (tests)
+--   options.hsm, options.startup_sets, ...: applied last
+function M.load(options)
+  options = options or {}
+  local getenv = os.getenv
+  if options.environment then
+    local env = options.environment
+    getenv = function(name) return env[name] end
+  end
+  local cfg = defaults()
+
+  local path = options.config or getenv("JWKENGINE_CONFIG")
+  if path and path ~= "" then
+    local doc, err, code = decode_file(path)
+    if not doc then return nil, err, code end
+    local ok, aerr, acode = apply_document(cfg, doc, "config file " .. path)
+    if not ok then return nil, aerr, acode end
+  end
+
+  local from_env, names = {}, {}
+  for variable, key in pairs(hsm_environment) do
+    local value = getenv(variable)
+    if value ~= nil then
+      from_env[key] = value
+      names[key] = variable
+    end
+  end
+  local ok, err, code = apply_hsm(cfg, from_env, "environment", names)
+  if not ok then return nil, err, code end
+
+  local overrides = {}
+  for key, value in pairs(options) do
+    if key ~= "config" and key ~= "environment" and key ~= "logger" and key ~= "select_slot" then
+      overrides[key] = value
+    end
+  end
+  ok, err, code = apply_document(cfg, overrides, "options")
+  if not ok then return nil, err, code end
+  return cfg
+end
+
+return M

@@ -1,0 +1,184 @@
+-- The HSM key manager: key sets on a PKCS#11 token.
+--
+-- A set name maps to CKA_LABEL = key_set_prefix .. set on both halves of each
+-- pair; the prefix never shows outside this file. Loaded sets are cached with
+-- their key objects (object handles and public keys), so signing never
+-- searches the token; generate and delete refresh the set they touch.
+local core = require "jwkengine.core"
+local jws = require "jwkengine.jws"
+local slots = require "jwkengine.slots"
+local util = require "jwkengine.util"
+
+local M = {}
+local Manager = {}
+Manager.__index = Manager
+
+-- The algorithms the HSM can generate (with the key each one gets).
+M.GENERATE_ALGORITHMS = { RS256 = true, ES256 = true, ES384 = true, ES512 = true, EdDSA = true }
+
+-- Opens the token the configuration names and logs in.
+--   hsm_config: the `hsm` table of jwkengine.config
+--   options.select_slot(slot_list, hsm_config) -> slot | nil, err: slot policy
+function M.open(hsm_config, options)
+  options = options or {}
+  if not hsm_config.library or hsm_config.library == "" then
+    return util.fail("ERR_CONFIG", "the HSM is enabled but HSM_LIBRARY (hsm.library) is not set")
+  end
+  if not hsm_config.pin then
+    return util.fail("ERR_CONFIG", "the HSM is enabled but HSM_PIN (hsm.pin) is not set")
+  end
+  local list, err, code = core.slots(hsm_config.library)
+  if not list then return nil, err, code end
+  local select_slot = options.select_slot or slots.select
+  local slot
+  slot, err, code = select_slot(list, hsm_config)
+  if not slot then return nil, err, code end
+
+  local token
+  token, err, code = core.open_token(hsm_config.library, slot.id)
+  if not token then return nil, err, code end
+  local ok
+  ok, err, code = token:login(hsm_config.pin)
+  if not ok then
+    token:close()
+    return nil, err, code
+  end
+  return setmetatable({
+    token = token,
+    slot = slot,
+    prefix = hsm_config.key_set_prefix or "",
+    min_rsa_bits = hsm_config.min_rsa_bits or 4096,
+    sets = {},
+  }, Manager)
+end
+
+-- Loads a set (from the cache unless refresh). An empty set is "not found".
+function Manager:load(set, refresh)
+  local entry = self.sets[set]
+  if entry and not refresh then return entry end
+  local keys, err, code = self.token:load_set(self.prefix .. set, self.min_rsa_bits)
+  if not keys then return nil, string.format("key set '%s': %s", set, err), code end
+  if #keys == 0 then
+    self.sets[set] = nil
+    return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
+  end
+  entry = { keys = keys, by_kid = {}, jwks = { keys = {} }, headers = {} }
+  for i, key in ipairs(keys) do
+    local jwk = key:jwk()
+    entry.jwks.keys[i] = jwk
+    entry.by_kid[key:kid()] = key
+  end
+  self.sets[set] = entry
+  return entry
+end
+
+function Manager:key_set(set)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  return entry.jwks
+end
+
+function Manager:key(set, kid)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  local key = entry.by_kid[kid]
+  if not key then
+    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
+  end
+  return key:jwk()
+end
+
+function Manager:generate(set, alg, options)
+  options = options or {}
+  if not M.GENERATE_ALGORITHMS[alg] then
+    return util.fail("ERR_UNSUPPORTED_ALG",
+      "the HSM cannot generate keys for algorithm '%s' (RS256, ES256, ES384, ES512, EdDSA)",
+      tostring(alg))
+  end
+  local use = options.use or "sig"
+  if use ~= "sig" and use ~= "enc" then
+    return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got '%s'", tostring(use))
+  end
+  local kid = options.kid or core.uuid()
+  local ok, err, code = self.token:generate(self.prefix .. set, alg, kid, use, options.rsa_bits)
+  if not ok then return nil, err, code end
+  local entry
+  entry, err, code = self:load(set, true)
+  if not entry then return nil, err, code end
+  return entry.by_kid[kid]:jwk()
+end
+
+function Manager:delete(set, kid)
+  local destroyed, err, code = self.token:delete(self.prefix .. set, kid)
+  if not destroyed then return nil, err, code end
+  self.sets[set] = nil
+  if destroyed == 0 then
+    if kid then
+      return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
+    end
+    return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
+  end
+  return true
+end
+
+-- The key that signs for a set: the one with `kid`, or else the set's only
+-- signing key. With several signing keys and no kid the choice would be a
+-- guess (PKCS#11 has no creation time), so it is an error.
+function Manager:signing_key(set, kid)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  if kid then
+    local key = entry.by_kid[kid]
+    if not key then
+      return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
+    end
+    return key, entry
+  end
+  local found
+  for _, key in ipairs(entry.keys) do
+    if key:use() == "sig" then
+      if found then
+        return util.fail("ERR_JWKS_MULTIPLE_MATCHING_KEYS",
+          "HSM key set '%s' has several signing keys: pass a kid to choose one", set)
+      end
+      found = key
+    end
+  end
+  if not found then
+    return util.fail("ERR_KEY_NOT_FOUND", "HSM key set '%s' has no signing key (use 'sig')", set)
+  end
+  return found, entry
+end
+
+-- Signs payload bytes as a compact JWS. options: kid, typ, alg.
+function Manager:sign(set, payload, options)
+  options = options or {}
+  local key, entry, code = self:signing_key(set, options.kid)
+  if not key then return nil, entry, code end
+  local alg = options.alg or key:alg()
+  local cache_key = key:kid() .. "\0" .. alg .. "\0" .. (options.typ or "")
+  local header = entry.headers[cache_key]
+  if not header then
+    header = jws.encode_header(alg, key:kid(), options.typ)
+    entry.headers[cache_key] = header
+  end
+  return key:sign_compact(header, payload, alg)
+end
+
+-- Verification candidates for a set: its keys' public halves.
+function Manager:verification_keys(set)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  local candidates = {}
+  for i, key in ipairs(entry.keys) do
+    candidates[i] = { kid = key:kid(), alg = key:alg(), use = key:use(), public_key = key:public_key() }
+  end
+  return candidates
+end
+
+function Manager:close()
+  self.sets = {}
+  if self.token then self.token:close() end
+end
+
+return M

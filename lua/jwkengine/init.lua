@@ -1,0 +1,140 @@
+-- jwkengine: JSON Web Keys kept in an HSM over PKCS#11, as a Lua module.
+--
+--   local jwkengine = require "jwkengine"
+--   local engine, err = jwkengine.open()            -- config file + environment
+--   print(engine:key_set_json("hydra.openid.id-token"))
+--   local token = engine:sign_jwt("hydra.openid.id-token", { sub = "alice" }, { lifetime = 300 })
+--
+-- Every operation returns `value` or `nil, message, code`; only programming
+-- errors (wrong argument types, a missing algorithm list) raise.
+local core = require "jwkengine.core"
+local cjson = require "cjson.safe"
+local config = require "jwkengine.config"
+local hsm = require "jwkengine.hsm"
+local jws = require "jwkengine.jws"
+local log = require "jwkengine.log"
+local startup = require "jwkengine.startup"
+local util = require "jwkengine.util"
+
+local M = {
+  _VERSION = core._VERSION,
+  core = core,
+  config = config,
+  jws = jws,
+}
+
+local Engine = {}
+Engine.__index = Engine
+
+-- Every slot of a PKCS#11 module, with its token's label, serial and flags.
+function M.slots(library)
+  return core.slots(library)
+end
+
+-- Opens the engine: loads the configuration, opens and logs in to the HSM
+-- when enabled, and generates the startup sets that are missing.
+--   options: see jwkengine.config.load, plus
+--     logger       function(level, message), or false for silence
+--     select_slot  function(slots, hsm_config) -> slot: slot policy
+--     startup      false to skip generation on startup
+function M.open(options)
+  options = options or {}
+  local cfg, err, code = config.load(options)
+  if not cfg then return nil, err, code end
+  local logger = log.new(options.logger)
+
+  if not cfg.hsm.enabled then
+    return util.fail("ERR_CONFIG",
+      "no key store is enabled: set HSM_ENABLED=true (hsm.enabled) and configure the HSM")
+  end
+  local keys
+  keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot })
+  if not keys then return nil, err, code end
+  logger("info", "Hardware Security Module is configured.")
+
+  local engine = setmetatable({ config = cfg, keys = keys, hsm = keys, log = logger,
+    json_cache = setmetatable({}, { __mode = "k" }) }, Engine)
+  if options.startup ~= false then
+    local ok
+    ok, err, code = startup.ensure_sets(keys, cfg.startup_sets, logger)
+    if not ok then
+      engine:close()
+      return nil, err, code
+    end
+  end
+  return engine
+end
+
+-- The public JWK Set of a set, as a table { keys = { ... } }.
+function Engine:key_set(set)
+  return self.keys:key_set(set)
+end
+
+-- The same, as JSON; serialized once per loaded set.
+function Engine:key_set_json(set)
+  local jwks, err, code = self.keys:key_set(set)
+  if not jwks then return nil, err, code end
+  local json = self.json_cache[jwks]
+  if not json then
+    json = cjson.encode(jwks)
+    self.json_cache[jwks] = json
+  end
+  return json
+end
+
+-- One public JWK.
+function Engine:key(set, kid)
+  return self.keys:key(set, kid)
+end
+
+-- Generates a key pair; options: kid, use ("sig" | "enc"). Returns the public JWK.
+function Engine:generate(set, alg, options)
+  return self.keys:generate(set, alg, options)
+end
+
+-- Deletes one key (kid given) or the whole set.
+function Engine:delete(set, kid)
+  return self.keys:delete(set, kid)
+end
+
+-- Signs payload bytes as a compact JWS; options: kid, typ, alg.
+function Engine:sign(set, payload, options)
+  if type(payload) ~= "string" then error("payload must be a string", 2) end
+  return self.keys:sign(set, payload, options)
+end
+
+-- Signs a JWT: claims as a table; sets iat (and exp from options.lifetime,
+-- in seconds) unless present; typ defaults to "JWT".
+function Engine:sign_jwt(set, claims, options)
+  if type(claims) ~= "table" then error("claims must be a table", 2) end
+  options = options or {}
+  local now = options.now or os.time()
+  local body = {}
+  for k, v in pairs(claims) do body[k] = v end
+  if body.iat == nil then body.iat = now end
+  if options.lifetime and body.exp == nil then body.exp = now + options.lifetime end
+  local payload, err = cjson.encode(body)
+  if not payload then return util.fail("ERR_JWT_CLAIMS", "claims cannot be encoded: %s", err) end
+  return self.keys:sign(set, payload, { kid = options.kid, alg = options.alg, typ = options.typ or "JWT" })
+end
+
+-- Verifies a compact JWS against a set's keys. options.algorithms defaults
+-- to the algorithms of the set's own keys. Returns payload, header.
+function Engine:verify(set, token, options)
+  options = options or {}
+  local candidates, err, code = self.keys:verification_keys(set)
+  if not candidates then return nil, err, code end
+  local algorithms = options.algorithms
+  if not algorithms then
+    algorithms = {}
+    for _, c in ipairs(candidates) do algorithms[#algorithms + 1] = c.alg end
+  end
+  return jws.verify(token, candidates, { algorithms = algorithms, min_rsa_bits = options.min_rsa_bits })
+end
+
+function Engine:close()
+  if self.keys then self.keys:close() end
+  self.keys = nil
+end
+
+return M

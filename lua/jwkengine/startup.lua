@@ -1,0 +1,24 @@
+-- Generation on startup: the configured sets (by default Hydra's
+-- hydra.openid.id-token and hydra.jwt.access-token, RS256) are generated
+-- when missing. Any error other than "not found" stops the start: creating a
+-- second key because a token hiccuped would be worse than not starting.
+local M = {}
+
+function M.ensure_sets(keys, startup_sets, log)
+  for _, entry in ipairs(startup_sets) do
+    local jwks, err, code = keys:key_set(entry.set)
+    if not jwks then
+      if code ~= "ERR_KEY_SET_NOT_FOUND" then return nil, err, code end
+      log("info", string.format("JSON Web Key Set '%s' doesn't exist yet, generating new key pair...",
+        entry.set))
+      local jwk
+      jwk, err, code = keys:generate(entry.set, entry.alg, { use = "sig" })
+      if not jwk then
+        return nil, string.format("generating startup key set '%s': %s", entry.set, err), code
+      end
+    end
+  end
+  return true
+end
+
+return M

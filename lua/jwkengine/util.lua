@@ -1,0 +1,30 @@
+-- Small helpers shared by the Lua modules. Written for Lua 5.1 through 5.4
+-- (LuaJIT in OpenResty runs the same files).
+local M = {}
+
+M.unpack = table.unpack or unpack
+
+-- Turns a failure into the `nil, message, code` triple every public
+-- function returns. The code is stable (ERR_* or a CKR_* name); the message
+-- is for people.
+function M.fail(code, fmt, ...)
+  local message = select("#", ...) > 0 and string.format(fmt, ...) or fmt
+  return nil, message, code
+end
+
+function M.sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  return keys
+end
+
+function M.read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local data = f:read("*a")
+  f:close()
+  return data
+end
+
+return M

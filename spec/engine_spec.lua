@@ -1,0 +1,339 @@
+-- The engine core against a real SoftHSM token: mapping pkcs11-tool keys to
+-- JWKs, generation, prefixes, slot choice, startup, signing and errors.
+local jwkengine = require "jwkengine"
+local core = require "jwkengine.core"
+local softhsm = require "helpers.softhsm"
+local verifier = require "helpers.verifier"
+
+local function hex_of_b64url(s)
+  return softhsm.hex(assert(core.b64url_decode(s)))
+end
+
+-- The public key the token reports, through pkcs11-tool and openssl: the
+-- hex of the EC point / Ed25519 key, or of the RSA modulus.
+local function token_public_hex(token, label, kind)
+  local path = os.tmpname()
+  local out, ok = softhsm.pkcs11_tool(token, string.format(
+    "--read-object --type pubkey --label %s -o %s", softhsm.quote(label), path))
+  assert(ok, out)
+  if kind == "RSA" then
+    out = softhsm.run(string.format("openssl rsa -pubin -inform DER -in %s -modulus -noout", path))
+    os.remove(path)
+    return (out:match("Modulus=(%x+)")):lower()
+  end
+  -- pkcs11-tool writes EC keys as DER and Ed25519 keys as PEM
+  out = softhsm.run(string.format(
+    "openssl pkey -pubin -inform DER -in %s -text -noout || openssl pkey -pubin -in %s -text -noout",
+    path, path))
+  os.remove(path)
+  local block = assert(out:match("pub:%s*(.-)\n%S") or out:match("pub:%s*(.*)$"), out)
+  return (block:gsub("[%s:]", ""))
+end
+
+local function open_engine(token, extra, options)
+  options = options or {}
+  options.environment = softhsm.environment(token, extra)
+  if options.logger == nil then options.logger = false end
+  if options.startup == nil then options.startup = false end
+  return jwkengine.open(options)
+end
+
+describe("engine core on SoftHSM", function()
+  local token, engine
+
+  setup(function()
+    token = softhsm.new_token("core")
+    engine = assert(open_engine(token))
+  end)
+
+  teardown(function()
+    engine:close()
+  end)
+
+  it("maps the documented pkcs11-tool RSA example to kid test-key-id, RS256, sig", function()
+    local out, ok = softhsm.pkcs11_tool(token,
+      "--keypairgen --key-type rsa:4096 --usage-sign --label hydra.openid.id-token --id 746573742d6b65792d6964")
+    assert.is_true(ok, out)
+    -- SoftHSM also sets CKA_DECRYPT on such a pair: that is what makes this a real test
+    local listing = softhsm.pkcs11_tool(token, "--list-objects --type privkey --label hydra.openid.id-token")
+    assert.matches("decrypt", listing)
+
+    local jwks = assert(engine:key_set("hydra.openid.id-token"))
+    assert.equals(1, #jwks.keys)
+    local jwk = jwks.keys[1]
+    assert.equals("test-key-id", jwk.kid)
+    assert.equals("RS256", jwk.alg)
+    assert.equals("sig", jwk.use)
+    assert.equals("RSA", jwk.kty)
+    assert.equals("AQAB", jwk.e)
+    assert.equals(token_public_hex(token, "hydra.openid.id-token", "RSA"), hex_of_b64url(jwk.n))
+    assert.is_nil(jwk.d)
+  end)
+
+  for _, case in ipairs({
+    { key_type = "EC:prime256v1", alg = "ES256", crv = "P-256", size = 32, id = "01" },
+    { key_type = "EC:secp521r1", alg = "ES512", crv = "P-521", size = 66, id = "02" },
+    { key_type = "EC:edwards25519", alg = "EdDSA", crv = "Ed25519", size = 32, id = "03" },
+  }) do
+    it("maps a pkcs11-tool " .. case.key_type .. " pair to " .. case.alg, function()
+      local label = "tool-" .. case.alg
+      local out, ok = softhsm.pkcs11_tool(token, string.format(
+        "--keypairgen --key-type %s --usage-sign --label %s --id %s", case.key_type, label, case.id))
+      assert.is_true(ok, out)
+      local jwk = assert(engine:key_set(label)).keys[1]
+      assert.equals(case.alg, jwk.alg)
+      assert.equals(case.crv, jwk.crv)
+      assert.equals("sig", jwk.use)
+      assert.equals(string.char(tonumber(case.id, 16)), jwk.kid)
+      local reported = token_public_hex(token, label, "EC")
+      if case.alg == "EdDSA" then
+        assert.equals("OKP", jwk.kty)
+        assert.is_nil(jwk.y)
+        assert.equals(reported, hex_of_b64url(jwk.x))
+      else
+        assert.equals("EC", jwk.kty)
+        assert.equals(case.size, #core.b64url_decode(jwk.x))
+        assert.equals(reported, "04" .. hex_of_b64url(jwk.x) .. hex_of_b64url(jwk.y))
+      end
+      -- and it signs: the token's key, our verifier and jwcrypto agree
+      local jwt = assert(engine:sign_jwt(label, { sub = "tool" }))
+      assert.truthy(engine:verify(label, jwt))
+      assert.is_true((verifier.jwcrypto(engine:key_set_json(label), jwt)))
+    end)
+  end
+
+  it("maps a pair generated with use enc to enc and refuses to sign with it", function()
+    local jwk = assert(engine:generate("encryption", "RS256", { use = "enc", kid = "enc-1", rsa_bits = 4096 }))
+    assert.equals("enc", jwk.use)
+    local listing = softhsm.pkcs11_tool(token, "--list-objects --type privkey --label encryption")
+    assert.matches("Usage:%s+decrypt\n", listing)
+    local jws, err = engine:sign("encryption", "payload", { kid = "enc-1" })
+    assert.is_nil(jws)
+    assert.matches("encryption key", err)
+  end)
+
+  it("generates private keys that are sensitive, private and not extractable", function()
+    for _, alg in ipairs({ "ES256", "ES512", "EdDSA" }) do
+      local jwk = assert(engine:generate("attrs-" .. alg, alg, { kid = "k-" .. alg }))
+      assert.equals("k-" .. alg, jwk.kid)
+      local listing = softhsm.pkcs11_tool(token, "--list-objects --type privkey --label attrs-" .. alg)
+      assert.matches("Access:%s+sensitive, always sensitive, never extractable, local", listing)
+      assert.matches("Usage:%s+sign\n", listing)
+      -- CKA_PRIVATE: without logging in the private half is invisible
+      local anonymous = softhsm.run(string.format(
+        "pkcs11-tool --module %s --token-label %s --list-objects --type privkey",
+        softhsm.LIBRARY, softhsm.quote(token.label)))
+      assert.not_matches("attrs%-" .. alg, anonymous)
+    end
+  end)
+
+  it("gives generated keys a random UUID kid when none is given", function()
+    local a = assert(engine:generate("uuid-set", "ES256"))
+    assert.matches("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x+$", a.kid)
+    assert.equals(36, #a.kid)
+  end)
+
+  for _, alg in ipairs({ "RS256", "ES256", "ES512", "EdDSA" }) do
+    it("signs " .. alg .. " JWS that our verifier and jwcrypto accept, and both reject tampering", function()
+      local set = "sign-" .. alg
+      assert(engine:generate(set, alg, { kid = "kid-" .. alg }))
+      local jws = assert(engine:sign(set, "hello " .. alg, { typ = "JOSE" }))
+      local payload, header = engine:verify(set, jws)
+      assert.equals("hello " .. alg, payload)
+      assert.same({ alg = alg, kid = "kid-" .. alg, typ = "JOSE" }, header)
+
+      local jwks = engine:key_set_json(set)
+      local ok, out = verifier.jwcrypto(jwks, jws)
+      assert.is_true(ok, out)
+      assert.matches("hello " .. alg, out)
+
+      -- flip one bit of the payload's first character
+      local dot = jws:find(".", 1, true)
+      local c = jws:sub(dot + 1, dot + 1)
+      local tampered = jws:sub(1, dot) .. (c == "a" and "b" or "a") .. jws:sub(dot + 2)
+      local bad, err, code = engine:verify(set, tampered)
+      assert.is_nil(bad)
+      assert.equals("ERR_JWS_SIGNATURE_INVALID", code, err)
+      assert.is_false((verifier.jwcrypto(jwks, tampered)))
+    end)
+  end
+
+  it("signs with the kid asked for when a set has several keys", function()
+    assert(engine:generate("multi", "ES256", { kid = "one" }))
+    assert(engine:generate("multi", "ES256", { kid = "two" }))
+    local _, err, code = engine:sign("multi", "x")
+    assert.equals("ERR_JWKS_MULTIPLE_MATCHING_KEYS", code, err)
+    local jws = assert(engine:sign("multi", "x", { kid = "two" }))
+    local _, header = assert(engine:verify("multi", jws))
+    assert.equals("two", header.kid)
+  end)
+
+  it("deletes one key and then the whole set", function()
+    assert(engine:generate("doomed", "ES256", { kid = "a" }))
+    assert(engine:generate("doomed", "ES256", { kid = "b" }))
+    assert.is_true(engine:delete("doomed", "a"))
+    local jwks = assert(engine:key_set("doomed"))
+    assert.equals(1, #jwks.keys)
+    assert.equals("b", jwks.keys[1].kid)
+    assert.is_true(engine:delete("doomed"))
+    local none, _, code = engine:key_set("doomed")
+    assert.is_nil(none)
+    assert.equals("ERR_KEY_SET_NOT_FOUND", code)
+    local _, _, code2 = engine:delete("doomed")
+    assert.equals("ERR_KEY_SET_NOT_FOUND", code2)
+  end)
+
+  it("refuses an unsupported algorithm with a clear error", function()
+    local jwk, err, code = engine:generate("bad-alg", "HS256")
+    assert.is_nil(jwk)
+    assert.equals("ERR_UNSUPPORTED_ALG", code)
+    assert.matches("HS256", err)
+  end)
+
+  it("refuses an RSA-2048 pair under the default minimum, and accepts it when lowered", function()
+    local out, ok = softhsm.pkcs11_tool(token,
+      "--keypairgen --key-type rsa:2048 --usage-sign --label small-rsa --id 0a")
+    assert.is_true(ok, out)
+    local jwks, err = engine:key_set("small-rsa")
+    assert.is_nil(jwks)
+    assert.matches("2048 bits is below the minimum of 4096", err)
+    engine:close()
+    engine = assert(open_engine(token, { HSM_MIN_RSA_BITS = "2048" }))
+    jwks = assert(engine:key_set("small-rsa"))
+    assert.equals("RS256", jwks.keys[1].alg)
+  end)
+
+  it("reports a set whose private half has no public half", function()
+    local out, ok = softhsm.pkcs11_tool(token,
+      "--keypairgen --key-type EC:prime256v1 --usage-sign --label lonely --id 0b")
+    assert.is_true(ok, out)
+    out, ok = softhsm.pkcs11_tool(token, "--delete-object --type pubkey --label lonely")
+    assert.is_true(ok, out)
+    local jwks, err = engine:key_set("lonely")
+    assert.is_nil(jwks)
+    assert.matches("private half but no public half", err)
+  end)
+end)
+
+describe("key set prefix", function()
+  it("stores sets as prefix..set on the token while callers see the set name", function()
+    local token = softhsm.new_token("prefix")
+    local engine = assert(open_engine(token, { HSM_KEY_SET_PREFIX = "app1." }))
+    local jwk = assert(engine:generate("hydra.jwt.access-token", "ES256", { kid = "p1" }))
+    assert.equals("p1", jwk.kid)
+    local listing = softhsm.pkcs11_tool(token, "--list-objects")
+    assert.matches("label:%s+app1%.hydra%.jwt%.access%-token", listing)
+    assert.not_matches("label:%s+hydra%.jwt%.access%-token", listing)
+    assert.equals("p1", assert(engine:key_set("hydra.jwt.access-token")).keys[1].kid)
+    engine:close()
+
+    -- without the prefix, the same engine sees nothing
+    local plain = assert(open_engine(token))
+    local none, _, code = plain:key_set("hydra.jwt.access-token")
+    assert.is_nil(none)
+    assert.equals("ERR_KEY_SET_NOT_FOUND", code)
+    plain:close()
+  end)
+end)
+
+describe("token choice", function()
+  it("uses the token label over the slot when both are set, with two tokens present", function()
+    local first = softhsm.new_token("first")
+    local second = softhsm.new_token("second")
+    -- mark each token with a set of its own
+    assert.is_true(select(2, softhsm.pkcs11_tool(first,
+      "--keypairgen --key-type EC:prime256v1 --label marker --id 01")))
+    assert.is_true(select(2, softhsm.pkcs11_tool(second,
+      "--keypairgen --key-type EC:prime256v1 --label marker --id 02")))
+
+    local engine = assert(open_engine(second, { HSM_SLOT = tostring(first.slot) }))
+    assert.equals("\2", assert(engine:key_set("marker")).keys[1].kid)
+    engine:close()
+
+    -- with no label, the slot decides
+    local env = softhsm.environment(first, { HSM_SLOT = tostring(first.slot) })
+    env.HSM_TOKEN_LABEL = nil
+    engine = assert(jwkengine.open({ environment = env, logger = false, startup = false }))
+    assert.equals("\1", assert(engine:key_set("marker")).keys[1].kid)
+    engine:close()
+  end)
+end)
+
+describe("startup generation", function()
+  it("creates both default sets on an empty token and nothing on a second start", function()
+    local token = softhsm.new_token("startup")
+    local lines = {}
+    local function logger(level, message) lines[#lines + 1] = message end
+    local engine = assert(open_engine(token, nil, { logger = logger, startup = true }))
+    assert.same({
+      "Hardware Security Module is configured.",
+      "JSON Web Key Set 'hydra.openid.id-token' doesn't exist yet, generating new key pair...",
+      "JSON Web Key Set 'hydra.jwt.access-token' doesn't exist yet, generating new key pair...",
+    }, lines)
+    for _, set in ipairs({ "hydra.openid.id-token", "hydra.jwt.access-token" }) do
+      local jwks = assert(engine:key_set(set))
+      assert.equals(1, #jwks.keys)
+      assert.equals("RS256", jwks.keys[1].alg)
+      assert.equals(4096, #core.b64url_decode(jwks.keys[1].n) * 8)
+    end
+    engine:close()
+
+    lines = {}
+    engine = assert(open_engine(token, nil, { logger = logger, startup = true }))
+    assert.same({ "Hardware Security Module is configured." }, lines)
+    local listing = softhsm.pkcs11_tool(token, "--list-objects --type privkey")
+    local _, count = listing:gsub("Private Key Object", "")
+    assert.equals(2, count)
+    engine:close()
+  end)
+
+  it("generates startup sets with the configured algorithm", function()
+    local token = softhsm.new_token("startup-alg")
+    local engine = assert(open_engine(token, nil, { startup = true,
+      startup_sets = { { set = "edge", alg = "EdDSA" } } }))
+    assert.equals("EdDSA", assert(engine:key_set("edge")).keys[1].alg)
+    engine:close()
+  end)
+end)
+
+describe("clear errors", function()
+  local token
+  setup(function() token = softhsm.new_token("errors") end)
+
+  it("names a missing module file", function()
+    local engine, err = open_engine(token, { HSM_LIBRARY = "/nonexistent/libpkcs11.so" })
+    assert.is_nil(engine)
+    assert.matches("PKCS#11 module '/nonexistent/libpkcs11.so' cannot be read", err, 1, true)
+  end)
+
+  it("names an unknown token label and lists the tokens present", function()
+    local engine, err, code = open_engine(token, { HSM_TOKEN_LABEL = "no-such-token" })
+    assert.is_nil(engine)
+    assert.equals("ERR_TOKEN_NOT_FOUND", code)
+    assert.matches("no token with label 'no-such-token'", err, 1, true)
+    assert.matches(token.label, err, 1, true)
+  end)
+
+  it("says CKR_PIN_INCORRECT for a wrong PIN and never shows the PIN", function()
+    local engine, err, code = open_engine(token, { HSM_PIN = "98765" })
+    assert.is_nil(engine)
+    assert.equals("C_Login: CKR_PIN_INCORRECT", err)
+    assert.equals("CKR_PIN_INCORRECT", code)
+    assert.not_matches("98765", err)
+  end)
+
+  it("refuses a wrong PIN even while another engine is logged in", function()
+    local good = assert(open_engine(token))
+    local engine, err = open_engine(token, { HSM_PIN = "98765" })
+    good:close()
+    assert.is_nil(engine)
+    assert.matches("PIN", err)
+    assert.not_matches("98765", err)
+  end)
+
+  it("rejects a malformed setting and names it", function()
+    local engine, err = open_engine(token, { HSM_SLOT = "first" })
+    assert.is_nil(engine)
+    assert.matches("HSM_SLOT must be a non-negative integer", err, 1, true)
+  end)
+end)

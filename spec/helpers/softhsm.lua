@@ -1,0 +1,80 @@
+-- Throwaway SoftHSM tokens for the specs.
+--
+-- The test command gives each run its own SOFTHSM2_CONF (a temp token
+-- folder). SoftHSM only sees tokens that existed when the module was
+-- initialized, so tokens are made while no engine holds the module: specs
+-- close their engines, and new_token collects garbage first.
+local M = {}
+
+M.LIBRARY = os.getenv("SOFTHSM2_LIBRARY") or "/usr/lib/softhsm/libsofthsm2.so"
+M.PIN = "1234"
+M.SO_PIN = "0000"
+
+local counter = 0
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+M.quote = shell_quote
+
+-- Runs a shell command; returns its output (stdout and stderr) and success.
+function M.run(command)
+  local pipe = assert(io.popen(command .. " 2>&1"))
+  local out = pipe:read("*a")
+  local ok = pipe:close()
+  return out, ok == true or ok == 0
+end
+
+function M.check_environment()
+  local conf = os.getenv("SOFTHSM2_CONF")
+  assert(conf and conf ~= "", "SOFTHSM2_CONF is not set: run the specs through scripts/test.sh")
+end
+
+-- Initializes a new token with a unique label; returns { label, slot, pin }.
+function M.new_token(prefix)
+  M.check_environment()
+  collectgarbage()
+  collectgarbage()
+  counter = counter + 1
+  local label = string.format("%s-%d-%d", prefix or "spec", os.time() % 100000, counter)
+  local out, ok = M.run(string.format("softhsm2-util --init-token --free --label %s --so-pin %s --pin %s",
+    shell_quote(label), M.SO_PIN, M.PIN))
+  assert(ok, "softhsm2-util failed: " .. out)
+  local slot = tonumber(out:match("reassigned to slot (%d+)"))
+  return { label = label, slot = slot, pin = M.PIN }
+end
+
+-- pkcs11-tool on a token; returns output and success.
+function M.pkcs11_tool(token, args)
+  return M.run(string.format("pkcs11-tool --module %s --token-label %s --pin %s %s",
+    shell_quote(M.LIBRARY), shell_quote(token.label), token.pin, args))
+end
+
+-- The environment table an engine is opened with (instead of os.getenv).
+function M.environment(token, extra)
+  local env = {
+    HSM_ENABLED = "true",
+    HSM_LIBRARY = M.LIBRARY,
+    HSM_TOKEN_LABEL = token.label,
+    HSM_PIN = token.pin,
+  }
+  for k, v in pairs(extra or {}) do env[k] = v end
+  return env
+end
+
+-- Bytes as lowercase hex (pkcs11-tool --id wants hex).
+function M.hex(bytes)
+  return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+function M.write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+function M.tmpname()
+  return os.tmpname()
+end
+
+return M
