@@ -23,7 +23,7 @@ local function token_public_hex(token, label, kind)
   end
   -- pkcs11-tool writes EC keys as DER and Ed25519 keys as PEM
   out = softhsm.run(string.format(
-    "openssl pkey -pubin -inform DER -in %s -text -noout || openssl pkey -pubin -in %s -text -noout",
+    "openssl pkey -pubin -inform DER -in %s -text -noout 2>/dev/null || openssl pkey -pubin -in %s -text -noout",
     path, path))
   os.remove(path)
   local block = assert(out:match("pub:%s*(.-)\n%S") or out:match("pub:%s*(.*)$"), out)

@@ -1,0 +1,102 @@
+-- jwkengine's admin CLI: build/jwkengine scripts/keys.lua COMMAND ...
+-- Configured like the engine (config file from JWKENGINE_CONFIG, HSM_*
+-- environment). Any failure: one line on stderr and a non-zero exit.
+local jwkengine = require "jwkengine"
+
+local USAGE = [[
+usage: jwkengine scripts/keys.lua COMMAND ...
+  get SET                                     print the set's public JWK Set
+  create SET ALG [--use sig|enc] [--kid KID]  generate a key pair, print its public JWK
+  delete SET [KID]                            delete one key, or the whole set
+  sign SET [--typ TYP] [--kid KID]            sign stdin as the payload, print the compact JWS
+  verify SET                                  verify a compact JWS from stdin, print its payload]]
+
+local function die(message, status)
+  io.stderr:write("keys.lua: ", message, "\n")
+  os.exit(status or 1)
+end
+
+local function usage_error(message)
+  io.stderr:write("keys.lua: ", message, "\n", USAGE, "\n")
+  os.exit(2)
+end
+
+-- Splits argv into positional arguments and --name value options.
+local function parse(argv, allowed)
+  local positional, options = {}, {}
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    local name = a:match("^%-%-(.+)$")
+    if name then
+      if not allowed[name] then usage_error("unknown option --" .. name) end
+      if argv[i + 1] == nil then usage_error("option --" .. name .. " needs a value") end
+      options[name] = argv[i + 1]
+      i = i + 2
+    else
+      positional[#positional + 1] = a
+      i = i + 1
+    end
+  end
+  return positional, options
+end
+
+local commands = {}
+
+function commands.get(engine, args)
+  local p = parse(args, {})
+  if #p ~= 1 then usage_error("get takes SET") end
+  local json, err = engine:key_set_json(p[1])
+  if not json then die(err) end
+  print(json)
+end
+
+function commands.create(engine, args)
+  local p, o = parse(args, { use = true, kid = true })
+  if #p ~= 2 then usage_error("create takes SET ALG") end
+  local jwk, err = engine:generate(p[1], p[2], { use = o.use, kid = o.kid })
+  if not jwk then die(err) end
+  print(require("cjson").encode(jwk))
+end
+
+function commands.delete(engine, args)
+  local p = parse(args, {})
+  if #p < 1 or #p > 2 then usage_error("delete takes SET [KID]") end
+  local ok, err = engine:delete(p[1], p[2])
+  if not ok then die(err) end
+end
+
+function commands.sign(engine, args)
+  local p, o = parse(args, { typ = true, kid = true })
+  if #p ~= 1 then usage_error("sign takes SET") end
+  local payload = io.read("*a")
+  local jws, err = engine:sign(p[1], payload, { typ = o.typ, kid = o.kid })
+  if not jws then die(err) end
+  print(jws)
+end
+
+function commands.verify(engine, args)
+  local p = parse(args, {})
+  if #p ~= 1 then usage_error("verify takes SET") end
+  local token = io.read("*a"):gsub("%s+$", "")
+  local payload, err = engine:verify(p[1], token)
+  if not payload then die(err) end
+  io.write(payload)
+  if payload:sub(-1) ~= "\n" then io.write("\n") end
+end
+
+local command = arg[1]
+if not command or command == "-h" or command == "--help" then
+  print(USAGE)
+  os.exit(command and 0 or 2)
+end
+local run = commands[command]
+if not run then usage_error("unknown command '" .. command .. "'") end
+
+local engine, err = jwkengine.open({ logger = false, startup = false })
+if not engine then die(err) end
+local rest = {}
+for i = 2, #arg do rest[#rest + 1] = arg[i] end
+local ok, failure = pcall(run, engine, rest)
+engine:close()
+if not ok then die(tostring(failure)) end

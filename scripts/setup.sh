@@ -1,0 +1,22 @@
+#!/bin/sh
+# Installs what jwkengine needs from Debian and builds it into build/.
+# Used by both README commands; safe to run again.
+set -eu
+cd "$(dirname "$0")/.."
+
+PACKAGES="build-essential cmake pkg-config lua5.4 liblua5.4-dev libssl-dev openssl
+  libp11-kit-dev lua-cjson lua-yaml lua-busted softhsm2 opensc python3 python3-jwcrypto"
+
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $missing
+fi
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$(nproc)"

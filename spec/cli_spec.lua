@@ -1,0 +1,132 @@
+-- scripts/keys.lua, run through the real runner as an operator would.
+local cjson = require "cjson"
+local softhsm = require "helpers.softhsm"
+local verifier = require "helpers.verifier"
+
+local function env_prefix(token, extra)
+  local parts = {}
+  for k, v in pairs(softhsm.environment(token, extra)) do
+    parts[#parts + 1] = k .. "=" .. softhsm.quote(v)
+  end
+  table.sort(parts)
+  return "env " .. table.concat(parts, " ")
+end
+
+-- Runs the CLI; returns stdout, stderr, exit status.
+local function keys(token, args, stdin, extra)
+  local out, err = os.tmpname(), os.tmpname()
+  local input = os.tmpname()
+  softhsm.write_file(input, stdin or "")
+  local ok, _, status = os.execute(string.format("%s build/jwkengine scripts/keys.lua %s < %s > %s 2> %s",
+    env_prefix(token, extra), args, input, out, err))
+  local stdout = assert(io.open(out)):read("*a")
+  local stderr = assert(io.open(err)):read("*a")
+  os.remove(out); os.remove(err); os.remove(input)
+  return stdout, stderr, ok and 0 or status
+end
+
+describe("keys.lua", function()
+  local token
+  setup(function() token = softhsm.new_token("cli") end)
+
+  it("creates, gets, signs, verifies and deletes", function()
+    local out, err, status = keys(token, "create app ES256 --kid cli-1")
+    assert.equals(0, status, err)
+    local jwk = cjson.decode(out)
+    assert.same({ "alg", "crv", "kid", "kty", "use", "x", "y" }, (function()
+      local names = {}
+      for k in pairs(jwk) do names[#names + 1] = k end
+      table.sort(names)
+      return names
+    end)())
+    assert.equals("cli-1", jwk.kid)
+
+    out, err, status = keys(token, "get app")
+    assert.equals(0, status, err)
+    local jwks = cjson.decode(out)
+    assert.equals("cli-1", jwks.keys[1].kid)
+
+    local jws
+    jws, err, status = keys(token, "sign app --typ JWT", '{"sub":"cli"}')
+    assert.equals(0, status, err)
+    jws = jws:gsub("%s+$", "")
+    assert.is_true((verifier.jwcrypto(out, jws)))
+
+    out, err, status = keys(token, "verify app", jws)
+    assert.equals(0, status, err)
+    assert.equals('{"sub":"cli"}\n', out)
+
+    out, err, status = keys(token, "verify app", jws:sub(1, -5) .. "AAAA")
+    assert.equals(1, status)
+    assert.matches("signature", err)
+    assert.equals("", out)
+
+    out, err, status = keys(token, "delete app cli-1")
+    assert.equals(0, status, err)
+    out, err, status = keys(token, "get app")
+    assert.equals(1, status)
+    assert.matches("key set 'app' not found", err)
+  end)
+
+  it("fails with one clear line for bad input", function()
+    local _, err, status = keys(token, "create app HS256")
+    assert.equals(1, status)
+    assert.matches("^keys.lua: the HSM cannot generate keys for algorithm 'HS256'", err)
+    local _, nerr = err:gsub("\n", "")
+    assert.equals(1, nerr)
+
+    _, err, status = keys(token, "frobnicate")
+    assert.equals(2, status)
+    assert.matches("unknown command 'frobnicate'", err)
+
+    _, err, status = keys(token, "get app", nil, { HSM_PIN = "4321" })
+    assert.equals(1, status)
+    assert.equals("keys.lua: C_Login: CKR_PIN_INCORRECT\n", err)
+  end)
+end)
+
+describe("the runner", function()
+  it("prints versions, runs -e, passes arg, and reports errors with a traceback", function()
+    local out = softhsm.run("build/jwkengine -v")
+    assert.matches("^jwkengine %d+%.%d+%.%d+\nLua 5%.4", out)
+    assert.matches("OpenSSL 3", out)
+
+    out = softhsm.run([[build/jwkengine -e 'print(require("jwkengine")._VERSION)']])
+    assert.matches("^%d+%.%d+%.%d+", out)
+
+    local script = os.tmpname()
+    softhsm.write_file(script, "print(arg[0], arg[1], arg[2], select('#', ...))\n")
+    out = softhsm.run("build/jwkengine " .. script .. " one two")
+    assert.equals(script .. "\tone\ttwo\t2\n", out)
+
+    softhsm.write_file(script, "local function inner() error('boom') end\ninner()\n")
+    local ok
+    out, ok = softhsm.run("build/jwkengine " .. script)
+    assert.is_false(ok)
+    assert.matches("boom", out)
+    assert.matches("stack traceback", out)
+    os.remove(script)
+  end)
+
+  it("finds its Lua files and C module after cmake --install, with no LUA_PATH set", function()
+    local prefix = os.tmpname()
+    os.remove(prefix)
+    local out, ok = softhsm.run("cmake --install build --prefix " .. prefix)
+    assert.is_true(ok, out)
+    out, ok = softhsm.run("cd / && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 "
+      .. prefix .. [[/bin/jwkengine -e 'local j = require("jwkengine"); print(j._VERSION, package.searchpath("jwkengine", package.path))']])
+    assert.is_true(ok, out)
+    assert.matches(prefix .. "/bin/../share/lua/5.4/jwkengine/init.lua", out, 1, true)
+    -- the installed C module loads in plain lua5.4 from the standard layout
+    out, ok = softhsm.run(string.format([[cd / && LUA_PATH='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua;;' LUA_CPATH='%s/lib/lua/5.4/?.so;;' lua5.4 -e 'print(require("jwkengine.core")._VERSION)']],
+      prefix, prefix, prefix))
+    assert.is_true(ok, out)
+    softhsm.run("rm -rf " .. prefix)
+  end)
+
+  it("finds the module from plain lua5.4 with the paths set", function()
+    local out, ok = softhsm.run([[LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/lib/?.so;;' lua5.4 -e 'print(require("jwkengine")._VERSION)']])
+    assert.is_true(ok, out)
+    assert.matches("^%d+%.%d+%.%d+", out)
+  end)
+end)
