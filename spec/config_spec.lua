@@ -1,0 +1,112 @@
+-- Configuration: defaults < file (JSON or YAML) < environment < options.
+local config = require "jwkengine.config"
+local softhsm = require "helpers.softhsm"
+
+local function write(ext, text)
+  local path = os.tmpname() .. ext
+  softhsm.write_file(path, text)
+  return path
+end
+
+describe("configuration", function()
+  it("has Hydra's defaults", function()
+    local cfg = assert(config.load({ environment = {} }))
+    assert.is_false(cfg.hsm.enabled)
+    assert.equals(0, cfg.hsm.slot)
+    assert.equals("", cfg.hsm.key_set_prefix)
+    assert.equals(4096, cfg.hsm.min_rsa_bits)
+    assert.same({
+      { set = "hydra.openid.id-token", alg = "RS256" },
+      { set = "hydra.jwt.access-token", alg = "RS256" },
+    }, cfg.startup_sets)
+  end)
+
+  it("reads Hydra's hsm block from YAML, ignoring the rest of a Hydra config", function()
+    local path = write(".yaml", [[
+dsn: memory
+serve:
+  public:
+    port: 4444
+hsm:
+  enabled: true
+  library: /usr/lib/softhsm/libsofthsm2.so
+  token_label: hydra
+  slot: 3
+  pin: 1234
+  key_set_prefix: app1.
+startup_sets:
+  hydra.openid.id-token: ES256
+  hydra.jwt.access-token: EdDSA
+]])
+    local cfg = assert(config.load({ config = path, environment = {} }))
+    os.remove(path)
+    assert.is_true(cfg.hsm.enabled)
+    assert.equals("/usr/lib/softhsm/libsofthsm2.so", cfg.hsm.library)
+    assert.equals("hydra", cfg.hsm.token_label)
+    assert.equals(3, cfg.hsm.slot)
+    assert.equals("1234", cfg.hsm.pin)
+    assert.equals("app1.", cfg.hsm.key_set_prefix)
+    assert.same({
+      { set = "hydra.jwt.access-token", alg = "EdDSA" },
+      { set = "hydra.openid.id-token", alg = "ES256" },
+    }, cfg.startup_sets)
+  end)
+
+  it("reads JSON, found through JWKENGINE_CONFIG, and lets the environment override it", function()
+    local path = write(".json", [[{"hsm": {"enabled": false, "token_label": "file", "slot": 1, "pin": "from-file"}}]])
+    local cfg = assert(config.load({ environment = {
+      JWKENGINE_CONFIG = path,
+      HSM_ENABLED = "true",
+      HSM_TOKEN_LABEL = "env",
+      HSM_PIN = "from-env",
+    } }))
+    os.remove(path)
+    assert.is_true(cfg.hsm.enabled)
+    assert.equals("env", cfg.hsm.token_label)
+    assert.equals(1, cfg.hsm.slot) -- only in the file
+    assert.equals("from-env", cfg.hsm.pin)
+  end)
+
+  it("lets options override the environment", function()
+    local cfg = assert(config.load({ environment = { HSM_SLOT = "2" }, hsm = { slot = 5 } }))
+    assert.equals(5, cfg.hsm.slot)
+  end)
+
+  it("names a missing or malformed file", function()
+    local cfg, err, code = config.load({ config = "/nonexistent/jwkengine.yaml", environment = {} })
+    assert.is_nil(cfg)
+    assert.equals("ERR_CONFIG", code)
+    assert.matches("/nonexistent/jwkengine.yaml", err, 1, true)
+
+    local path = write(".yaml", "hsm: [unclosed\n")
+    cfg, err = config.load({ config = path, environment = {} })
+    assert.is_nil(cfg)
+    assert.matches("not valid YAML", err)
+    os.remove(path)
+
+    path = write(".json", '{"hsm": ')
+    cfg, err = config.load({ config = path, environment = {} })
+    assert.is_nil(cfg)
+    assert.matches("not a JSON object", err)
+    os.remove(path)
+  end)
+
+  it("rejects unknown hsm keys and wrong types, naming them, without echoing a PIN", function()
+    local path = write(".yaml", "hsm:\n  librar: /x.so\n")
+    local cfg, err = config.load({ config = path, environment = {} })
+    os.remove(path)
+    assert.is_nil(cfg)
+    assert.matches("unknown setting 'hsm.librar'", err, 1, true)
+
+    cfg, err = config.load({ environment = { HSM_ENABLED = "maybe" } })
+    assert.is_nil(cfg)
+    assert.matches("HSM_ENABLED must be a boolean", err, 1, true)
+
+    path = write(".json", '{"hsm": {"pin": {"secret": "hunter2"}}}')
+    cfg, err = config.load({ config = path, environment = {} })
+    os.remove(path)
+    assert.is_nil(cfg)
+    assert.matches("hsm.pin must be a string", err, 1, true)
+    assert.not_matches("hunter2", err)
+  end)
+end)
