@@ -13,6 +13,7 @@
 #define JWKE_TOKEN_CLASS "jwkengine.token"
 #define JWKE_HSM_KEY_CLASS "jwkengine.hsm_key"
 #define JWKE_PUBLIC_KEY_CLASS "jwkengine.public_key"
+#define JWKE_SOFTWARE_KEY_CLASS "jwkengine.software_key"
 
 /* Pushes nil, message and (for PKCS#11 failures) the CKR name: the
  * `value, err` convention. Returns the number of values pushed. */
@@ -42,5 +43,7 @@ void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len);
 
 void jwke_open_token(lua_State *L);      /* adds open_token, slots */
 void jwke_open_public_key(lua_State *L); /* adds public_key */
+/* adds generate_software_key, import_jwk, import_pem, aes_gcm_seal, aes_gcm_open */
+void jwke_open_software_key(lua_State *L);
 
 #endif

@@ -191,6 +191,7 @@ int luaopen_jwkengine_core(lua_State *L)
     luaL_newlib(L, functions);
     jwke_open_token(L);
     jwke_open_public_key(L);
+    jwke_open_software_key(L);
     lua_pushstring(L, JWKENGINE_VERSION);
     lua_setfield(L, -2, "_VERSION");
     return 1;

@@ -1,0 +1,409 @@
+/* Software keys and the store's AES-GCM sealing in Lua.
+ *
+ * A software key object owns its EVP_PKEYs until it is collected. Its
+ * public_key() is a separate public-only object, so verifiers never keep
+ * private material alive. */
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "aesgcm.h"
+#include "b64url.h"
+#include "evp_sig.h"
+#include "lua_common.h"
+#include "pkey.h"
+#include "swkey.h"
+
+/* The minimum RSA size a software key may sign with. */
+#define SIGN_MIN_RSA_BITS 2048
+/* Largest decoded JWK member: a 16384-bit modulus. */
+#define MAX_MEMBER_LEN 2048
+
+typedef struct swkey_object {
+    jwke_swkey key; /* pkey NULL until filled in */
+} swkey_object;
+
+/* A new, empty key object on the stack: __gc is safe from the start. */
+static swkey_object *new_key(lua_State *L)
+{
+    swkey_object *k = lua_newuserdatauv(L, sizeof *k, 0);
+    memset(k, 0, sizeof *k);
+    luaL_setmetatable(L, JWKE_SOFTWARE_KEY_CLASS);
+    return k;
+}
+
+/* Pushes the key object filled by `rc == 0`, or nil, err. */
+static int push_result(lua_State *L, int rc, const jwke_error *err)
+{
+    if (rc != 0)
+        return jwke_push_error(L, err);
+    return 1;
+}
+
+/* generate_software_key(alg [, {bits = N}]) -> key | nil, err */
+static int l_generate(lua_State *L)
+{
+    const jwke_alg *alg = jwke_check_alg(L, 1);
+    int bits = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_getfield(L, 2, "bits");
+        if (!lua_isnil(L, -1)) {
+            luaL_argcheck(L, lua_type(L, -1) == LUA_TNUMBER, 2, "bits must be an integer");
+            lua_Integer b = lua_tointeger(L, -1);
+            luaL_argcheck(L, b > 0 && b <= JWKE_SWKEY_RSA_MAX_BITS, 2, "bits is out of range");
+            bits = (int)b;
+        }
+        lua_pop(L, 1);
+    }
+    swkey_object *k = new_key(L);
+    jwke_error err;
+    return push_result(L, jwke_swkey_generate(alg, bits, &k->key, &err), &err);
+}
+
+/* ---- JWK tables ----------------------------------------------------- */
+
+static const struct {
+    const char *name;
+    size_t offset;
+} binary_members[] = {
+    {"n", offsetof(jwke_jwk_members, n)},   {"e", offsetof(jwke_jwk_members, e)},
+    {"d", offsetof(jwke_jwk_members, d)},   {"p", offsetof(jwke_jwk_members, p)},
+    {"q", offsetof(jwke_jwk_members, q)},   {"dp", offsetof(jwke_jwk_members, dp)},
+    {"dq", offsetof(jwke_jwk_members, dq)}, {"qi", offsetof(jwke_jwk_members, qi)},
+    {"x", offsetof(jwke_jwk_members, x)},   {"y", offsetof(jwke_jwk_members, y)},
+};
+#define N_BINARY_MEMBERS (sizeof binary_members / sizeof binary_members[0])
+
+static jwke_bytes *member_at(jwke_jwk_members *m, size_t i)
+{
+    return (jwke_bytes *)((char *)m + binary_members[i].offset);
+}
+
+/* A string member (kty, crv) or NULL when absent. The string stays valid
+ * while the table holds it. */
+static int text_member(lua_State *L, int jwk, const char *name, const char **out,
+                       jwke_error *err)
+{
+    lua_getfield(L, jwk, name);
+    int type = lua_type(L, -1);
+    *out = type == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    lua_pop(L, 1);
+    if (type != LUA_TNIL && type != LUA_TSTRING)
+        return jwke_fail(err, "JWK member '%s' must be a string, got %s", name,
+                         lua_typename(L, type));
+    return 0;
+}
+
+/* Decodes the members present in the table; absent ones stay NULL. */
+static int read_members(lua_State *L, int jwk, jwke_jwk_members *m, jwke_error *err)
+{
+    memset(m, 0, sizeof *m);
+    if (text_member(L, jwk, "kty", &m->kty, err) || text_member(L, jwk, "crv", &m->crv, err))
+        return -1;
+    lua_getfield(L, jwk, "oth");
+    int has_oth = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (has_oth)
+        return jwke_fail(err, "multi-prime RSA keys (JWK member 'oth') are not supported");
+    for (size_t i = 0; i < N_BINARY_MEMBERS; i++) {
+        const char *name = binary_members[i].name;
+        lua_getfield(L, jwk, name);
+        int type = lua_type(L, -1);
+        if (type == LUA_TNIL) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (type != LUA_TSTRING) {
+            lua_pop(L, 1);
+            return jwke_fail(err, "JWK member '%s' must be a base64url string, got %s", name,
+                             lua_typename(L, type));
+        }
+        size_t len;
+        const char *text = lua_tolstring(L, -1, &len);
+        size_t max = jwke_b64url_decoded_max(len);
+        if (max > MAX_MEMBER_LEN) {
+            lua_pop(L, 1);
+            return jwke_fail(err, "JWK member '%s' is too long", name);
+        }
+        jwke_bytes *b = member_at(m, i);
+        b->data = OPENSSL_malloc(max ? max : 1); /* wiped by jwke_jwk_members_clear */
+        if (!b->data) {
+            lua_pop(L, 1);
+            return jwke_fail(err, "out of memory reading JWK member '%s'", name);
+        }
+        b->len = max; /* so a failure below still wipes the whole buffer */
+        const char *why;
+        long n = jwke_b64url_decode(text, len, b->data, JWKE_B64_NOPAD, &why);
+        lua_pop(L, 1);
+        if (n < 0)
+            return jwke_fail(err, "JWK member '%s' is not valid base64url: %s", name, why);
+        if (n == 0)
+            return jwke_fail(err, "JWK member '%s' is empty", name);
+        OPENSSL_cleanse(b->data + n, max - (size_t)n);
+        b->len = (size_t)n;
+    }
+    return 0;
+}
+
+/* import_jwk(jwk_table) -> key | nil, err */
+static int l_import_jwk(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    jwke_jwk_members m;
+    jwke_error err;
+    swkey_object *k = new_key(L);
+    int rc = read_members(L, 1, &m, &err);
+    if (rc == 0)
+        rc = jwke_swkey_from_jwk(&m, &k->key, &err);
+    jwke_jwk_members_clear(&m);
+    return push_result(L, rc, &err);
+}
+
+/* import_pem(pem_text) -> key | nil, err */
+static int l_import_pem(lua_State *L)
+{
+    size_t len;
+    const char *pem = luaL_checklstring(L, 1, &len);
+    swkey_object *k = new_key(L);
+    jwke_error err;
+    return push_result(L, jwke_swkey_from_pem(pem, len, &k->key, &err), &err);
+}
+
+/* ---- AES-GCM --------------------------------------------------------- */
+
+/* aes_gcm_seal(secret, plaintext) -> text | nil, err */
+static int l_aes_gcm_seal(lua_State *L)
+{
+    size_t secret_len, plaintext_len;
+    const char *secret = luaL_checklstring(L, 1, &secret_len);
+    const char *plaintext = luaL_checklstring(L, 2, &plaintext_len);
+    char *text;
+    size_t text_len;
+    jwke_error err;
+    if (jwke_aesgcm_seal((const unsigned char *)secret, secret_len,
+                         (const unsigned char *)plaintext, plaintext_len, &text, &text_len,
+                         &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, text, text_len);
+    free(text);
+    return 1;
+}
+
+/* aes_gcm_open({secret, ...}, text) -> plaintext, index | nil, err */
+static int l_aes_gcm_open(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    size_t text_len;
+    const char *text = luaL_checklstring(L, 2, &text_len);
+    size_t count = (size_t)lua_rawlen(L, 1);
+    luaL_argcheck(L, count <= 64, 1, "at most 64 secrets");
+    jwke_secret secrets[64];
+    for (size_t i = 0; i < count; i++) {
+        lua_rawgeti(L, 1, (lua_Integer)i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_argerror(L, 1, "secrets must be strings");
+        /* The table keeps each string alive while we use it. */
+        secrets[i].data = (const unsigned char *)lua_tolstring(L, -1, &secrets[i].len);
+        lua_pop(L, 1);
+    }
+    unsigned char *plaintext;
+    size_t plaintext_len, used;
+    jwke_error err;
+    if (jwke_aesgcm_open(secrets, count, text, text_len, &plaintext, &plaintext_len, &used,
+                         &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, (const char *)plaintext, plaintext_len);
+    jwke_aesgcm_free(plaintext, plaintext_len);
+    lua_pushinteger(L, (lua_Integer)used + 1);
+    return 2;
+}
+
+/* ---- methods --------------------------------------------------------- */
+
+static swkey_object *check_key(lua_State *L)
+{
+    swkey_object *k = luaL_checkudata(L, 1, JWKE_SOFTWARE_KEY_CLASS);
+    if (!k->key.pkey)
+        luaL_error(L, "the software key is empty or released");
+    return k;
+}
+
+static int l_is_private(lua_State *L)
+{
+    lua_pushboolean(L, check_key(L)->key.is_private);
+    return 1;
+}
+
+static int l_kty(lua_State *L)
+{
+    switch (jwke_pkey_kind(check_key(L)->key.pkey)) {
+    case JWKE_KIND_RSA: lua_pushliteral(L, "RSA"); break;
+    case JWKE_KIND_EC: lua_pushliteral(L, "EC"); break;
+    case JWKE_KIND_OKP: lua_pushliteral(L, "OKP"); break;
+    default: lua_pushnil(L); break;
+    }
+    return 1;
+}
+
+static int l_bits(lua_State *L)
+{
+    lua_pushinteger(L, EVP_PKEY_get_bits(check_key(L)->key.pkey));
+    return 1;
+}
+
+static int l_public_key(lua_State *L)
+{
+    jwke_push_public_key(L, check_key(L)->key.public_pkey);
+    return 1;
+}
+
+/* key:public_jwk() -> {kty, n, e} | {kty, crv, x[, y]} */
+static int l_public_jwk(lua_State *L)
+{
+    jwke_error err;
+    if (jwke_push_public_members(L, check_key(L)->key.public_pkey, &err) != 0)
+        return jwke_push_error(L, &err);
+    return 1;
+}
+
+/* key:private_jwk() -> all members, base64url. For the encrypted store
+ * only: the result holds the private key in plain Lua strings. */
+static int l_private_jwk(lua_State *L)
+{
+    swkey_object *k = check_key(L);
+    jwke_jwk_members m;
+    jwke_error err;
+    if (jwke_swkey_private_members(&k->key, &m, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_createtable(L, 0, 10);
+    lua_pushstring(L, m.kty);
+    lua_setfield(L, -2, "kty");
+    if (m.crv) {
+        lua_pushstring(L, m.crv);
+        lua_setfield(L, -2, "crv");
+    }
+    for (size_t i = 0; i < N_BINARY_MEMBERS; i++) {
+        const jwke_bytes *b = member_at(&m, i);
+        if (!b->data)
+            continue;
+        jwke_push_b64url(L, b->data, b->len);
+        lua_setfield(L, -2, binary_members[i].name);
+    }
+    jwke_jwk_members_clear(&m);
+    return 1;
+}
+
+/* key:fits(alg [, min_rsa_bits]) -> true | false, err */
+static int l_fits(lua_State *L)
+{
+    swkey_object *k = check_key(L);
+    const jwke_alg *alg = jwke_check_alg(L, 2);
+    int min_bits = (int)luaL_optinteger(L, 3, SIGN_MIN_RSA_BITS);
+    jwke_error err;
+    if (jwke_pkey_fits_alg(k->key.pkey, alg, min_bits, &err) != 0) {
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, err.message);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+typedef struct sw_signer {
+    EVP_PKEY *pkey;
+    const jwke_alg *alg;
+} sw_signer;
+
+static int sw_sign(void *signer, const unsigned char *input, size_t input_len,
+                   unsigned char *sig, size_t *sig_len, jwke_error *err)
+{
+    sw_signer *s = signer;
+    return jwke_evp_sign(s->pkey, s->alg, input, input_len, sig, sig_len, err);
+}
+
+/* Checks that the key can sign with the algorithm at alg_arg. */
+static int signing_setup(lua_State *L, int alg_arg, sw_signer *s, size_t *sig_max,
+                         jwke_error *err)
+{
+    swkey_object *k = check_key(L);
+    s->alg = jwke_check_alg(L, alg_arg);
+    s->pkey = k->key.pkey;
+    if (!k->key.is_private)
+        return jwke_fail(err, "the key is public only and cannot sign");
+    if (jwke_pkey_fits_alg(s->pkey, s->alg, SIGN_MIN_RSA_BITS, err) != 0)
+        return -1;
+    *sig_max = jwke_alg_signature_size(s->alg, EVP_PKEY_get_bits(s->pkey));
+    return 0;
+}
+
+/* key:sign(input, alg) -> signature bytes | nil, err */
+static int l_sign(lua_State *L)
+{
+    size_t input_len;
+    const char *input = luaL_checklstring(L, 2, &input_len);
+    sw_signer s;
+    size_t sig_len;
+    unsigned char sig[JWKE_SWKEY_RSA_MAX_BITS / 8];
+    jwke_error err;
+    if (signing_setup(L, 3, &s, &sig_len, &err) != 0 ||
+        sw_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, (const char *)sig, sig_len);
+    return 1;
+}
+
+/* key:sign_compact(header_b64, payload, alg) -> compact JWS | nil, err */
+static int l_sign_compact(lua_State *L)
+{
+    sw_signer s;
+    size_t sig_max;
+    jwke_error err;
+    luaL_checkstring(L, 2);
+    luaL_checkstring(L, 3);
+    if (signing_setup(L, 4, &s, &sig_max, &err) != 0)
+        return jwke_push_error(L, &err);
+    return jwke_push_compact(L, 2, sig_max, sw_sign, &s);
+}
+
+static int l_gc(lua_State *L)
+{
+    swkey_object *k = luaL_checkudata(L, 1, JWKE_SOFTWARE_KEY_CLASS);
+    jwke_swkey_free(&k->key);
+    return 0;
+}
+
+static const luaL_Reg methods[] = {
+    {"is_private", l_is_private},
+    {"kty", l_kty},
+    {"bits", l_bits},
+    {"public_key", l_public_key},
+    {"public_jwk", l_public_jwk},
+    {"private_jwk", l_private_jwk},
+    {"fits", l_fits},
+    {"sign", l_sign},
+    {"sign_compact", l_sign_compact},
+    {NULL, NULL},
+};
+
+static const luaL_Reg metamethods[] = {
+    {"__gc", l_gc},
+    {NULL, NULL},
+};
+
+static const luaL_Reg functions[] = {
+    {"generate_software_key", l_generate},
+    {"import_jwk", l_import_jwk},
+    {"import_pem", l_import_pem},
+    {"aes_gcm_seal", l_aes_gcm_seal},
+    {"aes_gcm_open", l_aes_gcm_open},
+    {NULL, NULL},
+};
+
+void jwke_open_software_key(lua_State *L)
+{
+    jwke_new_class(L, JWKE_SOFTWARE_KEY_CLASS, methods, metamethods);
+    luaL_setfuncs(L, functions, 0);
+}

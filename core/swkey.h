@@ -1,0 +1,66 @@
+/* Software keys: private (or public-only) keys held as OpenSSL EVP_PKEYs,
+ * for the encrypted key store and for keys added by an administrator.
+ *
+ * Only what JWS signing can use is accepted: RSA, EC on P-256/P-384/P-521
+ * and Ed25519. Symmetric keys are refused. Every import is checked: EC
+ * points lie on the curve and match d, Ed25519 x matches d, RSA d matches
+ * n and e (and the CRT members agree when given). */
+#ifndef JWKE_SWKEY_H
+#define JWKE_SWKEY_H
+
+#include <stddef.h>
+#include <openssl/evp.h>
+
+#include "alg.h"
+#include "error.h"
+
+/* Generated RSA keys: size when the caller gives none, and the range allowed. */
+#define JWKE_SWKEY_RSA_DEFAULT_BITS 4096
+#define JWKE_SWKEY_RSA_MIN_BITS 2048
+#define JWKE_SWKEY_RSA_MAX_BITS 16384
+
+typedef struct jwke_swkey {
+    EVP_PKEY *pkey;        /* the key itself; holds the private half if any */
+    EVP_PKEY *public_pkey; /* a public-only copy, safe to hand to verifiers */
+    int is_private;
+} jwke_swkey;
+
+/* A byte string owned by the structure that holds it. */
+typedef struct jwke_bytes {
+    unsigned char *data; /* OPENSSL_malloc'd; NULL when the member is absent */
+    size_t len;
+} jwke_bytes;
+
+/* JWK members (RFC 7517/7518/8037) as raw big-endian bytes, used both to
+ * import and to export. Release with jwke_jwk_members_clear, which wipes. */
+typedef struct jwke_jwk_members {
+    const char *kty;                 /* "RSA", "EC", "OKP" */
+    const char *crv;                 /* EC/OKP */
+    jwke_bytes n, e, d, p, q, dp, dq, qi; /* RSA (d: also EC and OKP) */
+    jwke_bytes x, y;                 /* EC; OKP: x only */
+} jwke_jwk_members;
+
+void jwke_jwk_members_clear(jwke_jwk_members *m);
+
+/* A fresh key for alg: RSA (rsa_bits, 0 for the default; e = 65537), the
+ * curve of an ES* algorithm, or Ed25519 for EdDSA. */
+int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke_error *err);
+
+/* A key from decoded JWK members: private when d is present, else public. */
+int jwke_swkey_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *err);
+
+/* A key from PEM text holding one unencrypted key: PKCS#8 "PRIVATE KEY",
+ * "RSA PRIVATE KEY", "EC PRIVATE KEY" (an "EC PARAMETERS" block before it
+ * is skipped) or SubjectPublicKeyInfo "PUBLIC KEY". Encrypted keys are
+ * refused; OpenSSL is never allowed to ask for a passphrase. */
+int jwke_swkey_from_pem(const char *pem, size_t pem_len, jwke_swkey *out, jwke_error *err);
+
+/* All members of a private key, for the encrypted store only: RSA n, e, d
+ * and (when the key has them) p, q, dp, dq, qi; EC crv, x, y, d; OKP crv,
+ * x, d. */
+int jwke_swkey_private_members(const jwke_swkey *key, jwke_jwk_members *out, jwke_error *err);
+
+/* Frees both EVP_PKEYs (OpenSSL wipes private material on free). */
+void jwke_swkey_free(jwke_swkey *key);
+
+#endif
