@@ -9,7 +9,10 @@ usage: jwkengine scripts/keys.lua COMMAND ...
   create SET ALG [--use sig|enc] [--kid KID]  generate a key pair, print its public JWK
   delete SET [KID]                            delete one key, or the whole set
   sign SET [--typ TYP] [--kid KID]            sign stdin as the payload, print the compact JWS
-  verify SET                                  verify a compact JWS from stdin, print its payload]]
+  verify SET                                  verify a compact JWS from stdin, print its payload
+  import SET [--kid KID] [--alg ALG] [--use sig|enc]
+                                              add a JWK or PEM from stdin to the software store
+  rotate-secrets                              re-seal every software key with the first secret]]
 
 local function die(message, status)
   io.stderr:write("keys.lua: ", message, "\n")
@@ -83,6 +86,21 @@ function commands.verify(engine, args)
   if not payload then die(err) end
   io.write(payload)
   if payload:sub(-1) ~= "\n" then io.write("\n") end
+end
+
+commands.import = function(engine, args)
+  local p, o = parse(args, { kid = true, alg = true, use = true })
+  if #p ~= 1 then usage_error("import takes SET") end
+  local jwk, err = engine:import(p[1], io.read("*a"), { kid = o.kid, alg = o.alg, use = o.use })
+  if not jwk then die(err) end
+  print(require("cjson").encode(jwk))
+end
+
+commands["rotate-secrets"] = function(engine, args)
+  if #args ~= 0 then usage_error("rotate-secrets takes no arguments") end
+  local count, err = engine:rotate_secrets()
+  if not count then die(err) end
+  io.stderr:write(string.format("keys.lua: re-sealed %d keys with the first secret\n", count))
 end
 
 local command = arg[1]

@@ -5,7 +5,8 @@ set -eu
 cd "$(dirname "$0")/.."
 
 PACKAGES="build-essential cmake pkg-config lua5.4 liblua5.4-dev libssl-dev openssl
-  libp11-kit-dev lua-cjson lua-yaml lua-busted softhsm2 opensc python3 python3-jwcrypto"
+  libp11-kit-dev lua-cjson lua-yaml lua-busted lua-sql-sqlite3 lua-sql-postgres softhsm2 opensc
+  postgresql python3 python3-jwcrypto python3-cryptography"
 
 missing=""
 for p in $PACKAGES; do

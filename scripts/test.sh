@@ -6,7 +6,8 @@ set -u
 cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
 . scripts/softhsm-env.sh
-trap 'rm -rf "$JWKE_TMP"' EXIT
+. scripts/postgres-env.sh
+trap 'postgres_stop; rm -rf "$JWKE_TMP"' EXIT
 
 log="$JWKE_TMP/test.log"
 (cd build && ctest --output-on-failure) 2>&1 | tee "$log"
@@ -14,7 +15,8 @@ c_passed=$(sed -n 's/.* tests passed, \([0-9]*\) tests failed out of \([0-9]*\).
 c_failed=$(sed -n 's/.* tests passed, \([0-9]*\) tests failed out of.*/\1/p' "$log")
 
 # Unset HSM_* so a developer's own settings cannot leak into the specs.
-unset HSM_ENABLED HSM_LIBRARY HSM_TOKEN_LABEL HSM_SLOT HSM_PIN HSM_KEY_SET_PREFIX JWKENGINE_CONFIG
+unset HSM_ENABLED HSM_LIBRARY HSM_TOKEN_LABEL HSM_SLOT HSM_PIN HSM_KEY_SET_PREFIX JWKENGINE_CONFIG \
+  DSN SECRETS_SYSTEM
 lua5.4 /usr/bin/busted -o utfTerminal "$@" 2>&1 | tee "$log"
 summary=$(grep -E '[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' "$log" | tail -n 1)
 b_passed=$(echo "$summary" | sed -n 's/^\([0-9]*\) success.*/\1/p')

@@ -22,8 +22,17 @@ local function defaults()
       min_rsa_bits = 4096,
     },
     startup_sets = M.DEFAULT_STARTUP_SETS,
+    dsn = nil,          -- nil: the store's default (sqlite://jwkengine.sqlite)
+    secrets = { system = {} },
+    store = { cache_ttl = 30 },
   }
 end
+
+M.MIN_SECRET_LENGTH = 16
+
+-- Options of jwkengine.open that steer opening rather than configure.
+M.OPEN_OPTIONS = { config = true, environment = true, logger = true, select_slot = true,
+  startup = true, store_driver = true }
 
 -- The type each `hsm` key must have once parsed; anything else is a typo
 -- or a mistake and is reported rather than ignored.
@@ -171,10 +180,52 @@ local function apply_document(cfg, doc, origin)
     if not sets then return nil, err, code end
     cfg.startup_sets = sets
   end
+  if doc.dsn ~= nil then
+    if type(doc.dsn) ~= "string" then
+      return util.fail("ERR_CONFIG", "%s: dsn must be a string", origin)
+    end
+    cfg.dsn = doc.dsn
+  end
+  if doc.secrets ~= nil then
+    if type(doc.secrets) ~= "table" or (doc.secrets.system ~= nil and type(doc.secrets.system) ~= "table") then
+      return util.fail("ERR_CONFIG", "%s: secrets.system must be a list of strings", origin)
+    end
+    if doc.secrets.system ~= nil then cfg.secrets.system = doc.secrets.system end
+  end
+  if doc.store ~= nil then
+    local ttl = type(doc.store) == "table" and doc.store.cache_ttl
+    if ttl ~= nil and (type(ttl) ~= "number" or ttl < 0) then
+      return util.fail("ERR_CONFIG", "%s: store.cache_ttl must be a non-negative number of seconds", origin)
+    end
+    if ttl then cfg.store.cache_ttl = ttl end
+  end
   for key, value in pairs(doc) do
-    if key ~= "hsm" and key ~= "startup_sets" then cfg[key] = value end
+    if cfg[key] == nil then cfg[key] = value end
   end
   return true
+end
+
+-- Secrets seal the software store: the first one encrypts, every one is
+-- tried to decrypt. Values are never echoed in errors.
+local function check_secrets(secrets, origin)
+  for i, secret in ipairs(secrets) do
+    if type(secret) ~= "string" then
+      return util.fail("ERR_CONFIG", "%s: secret #%d must be a string", origin, i)
+    end
+    if #secret < M.MIN_SECRET_LENGTH then
+      return util.fail("ERR_CONFIG", "%s: secret #%d is shorter than %d characters", origin, i,
+        M.MIN_SECRET_LENGTH)
+    end
+  end
+  return true
+end
+
+local function split_secrets(text)
+  local secrets = {}
+  for secret in (text .. ","):gmatch("([^,]*),") do
+    if secret ~= "" then secrets[#secrets + 1] = secret end
+  end
+  return secrets
 end
 
 -- Loads the configuration.
@@ -208,14 +259,22 @@ function M.load(options)
   end
   local ok, err, code = apply_hsm(cfg, from_env, "environment", names)
   if not ok then return nil, err, code end
+  local dsn = getenv("DSN")
+  if dsn and dsn ~= "" then cfg.dsn = dsn end
+  local secrets_origin = "secrets.system"
+  local secrets_text = getenv("SECRETS_SYSTEM")
+  if secrets_text and secrets_text ~= "" then
+    cfg.secrets.system = split_secrets(secrets_text)
+    secrets_origin = "SECRETS_SYSTEM"
+  end
 
   local overrides = {}
   for key, value in pairs(options) do
-    if key ~= "config" and key ~= "environment" and key ~= "logger" and key ~= "select_slot" then
-      overrides[key] = value
-    end
+    if not M.OPEN_OPTIONS[key] then overrides[key] = value end
   end
   ok, err, code = apply_document(cfg, overrides, "options")
+  if not ok then return nil, err, code end
+  ok, err, code = check_secrets(cfg.secrets.system, overrides.secrets and "options" or secrets_origin)
   if not ok then return nil, err, code end
   return cfg
 end

@@ -165,6 +165,24 @@ function Manager:sign(set, payload, options)
   return key:sign_compact(header, payload, alg)
 end
 
+-- Keys cannot be added to an HSM from outside (Hydra's rule): adding and
+-- updating go to the software store.
+function Manager:import()
+  return util.fail("ERR_HSM_IMPORT_UNSUPPORTED",
+    "the HSM does not accept imported keys: adding and updating keys go to the software store")
+end
+
+-- Startup generation: only when the set is missing.
+function Manager:generate_if_missing(set, alg)
+  local entry, err, code = self:load(set)
+  if entry then return "exists" end
+  if code ~= "ERR_KEY_SET_NOT_FOUND" then return nil, err, code end
+  local jwk
+  jwk, err, code = self:generate(set, alg, { use = "sig" })
+  if not jwk then return nil, err, code end
+  return "generated"
+end
+
 -- Verification candidates for a set: its keys' public halves.
 function Manager:verification_keys(set)
   local entry, err, code = self:load(set)

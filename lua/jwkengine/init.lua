@@ -10,10 +10,13 @@
 local core = require "jwkengine.core"
 local cjson = require "cjson.safe"
 local config = require "jwkengine.config"
+local fallback = require "jwkengine.fallback"
 local hsm = require "jwkengine.hsm"
 local jws = require "jwkengine.jws"
 local log = require "jwkengine.log"
+local software = require "jwkengine.software"
 local startup = require "jwkengine.startup"
+local store = require "jwkengine.store"
 local util = require "jwkengine.util"
 
 local M = {
@@ -31,29 +34,47 @@ function M.slots(library)
   return core.slots(library)
 end
 
--- Opens the engine: loads the configuration, opens and logs in to the HSM
--- when enabled, and generates the startup sets that are missing.
+-- Opens the key stores the configuration names: the HSM (logged in) when
+-- enabled, the AES-GCM software store when secrets are set (its DSN, or a
+-- driver handed in as options.store_driver), with Hydra's fallback rules
+-- between them; then generates the startup sets that are missing.
 --   options: see jwkengine.config.load, plus
---     logger       function(level, message), or false for silence
---     select_slot  function(slots, hsm_config) -> slot: slot policy
---     startup      false to skip generation on startup
+--     logger        function(level, message), or false for silence
+--     select_slot   function(slots, hsm_config) -> slot: slot policy
+--     startup       false to skip generation on startup
+--     store_driver  a SQL driver (see jwkengine.store.luasql) instead of the DSN
 function M.open(options)
   options = options or {}
   local cfg, err, code = config.load(options)
   if not cfg then return nil, err, code end
   local logger = log.new(options.logger)
 
-  if not cfg.hsm.enabled then
-    return util.fail("ERR_CONFIG",
-      "no key store is enabled: set HSM_ENABLED=true (hsm.enabled) and configure the HSM")
+  local hsm_keys, software_keys
+  if cfg.hsm.enabled then
+    hsm_keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot })
+    if not hsm_keys then return nil, err, code end
+    logger("info", "Hardware Security Module is configured.")
   end
-  local keys
-  keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot })
-  if not keys then return nil, err, code end
-  logger("info", "Hardware Security Module is configured.")
+  if #cfg.secrets.system > 0 then
+    local key_store
+    key_store, err, code = store.open(options.store_driver or cfg.dsn)
+    if not key_store then
+      if hsm_keys then hsm_keys:close() end
+      return nil, err, code
+    end
+    software_keys = software.new(key_store, cfg.secrets.system, { cache_ttl = cfg.store.cache_ttl })
+  elseif cfg.dsn or options.store_driver then
+    if hsm_keys then hsm_keys:close() end
+    return util.fail("ERR_CONFIG", "a DSN is configured but SECRETS_SYSTEM (secrets.system) is not set")
+  end
+  if not hsm_keys and not software_keys then
+    return util.fail("ERR_CONFIG",
+      "no key store is enabled: set HSM_ENABLED=true for the HSM and/or SECRETS_SYSTEM for the software store")
+  end
 
-  local engine = setmetatable({ config = cfg, keys = keys, hsm = keys, log = logger,
-    json_cache = setmetatable({}, { __mode = "k" }) }, Engine)
+  local keys = fallback.new(hsm_keys, software_keys)
+  local engine = setmetatable({ config = cfg, keys = keys, hsm = hsm_keys, software = software_keys,
+    log = logger, json_cache = setmetatable({}, { __mode = "k" }) }, Engine)
   if options.startup ~= false then
     local ok
     ok, err, code = startup.ensure_sets(keys, cfg.startup_sets, logger)
@@ -90,6 +111,25 @@ end
 -- Generates a key pair; options: kid, use ("sig" | "enc"). Returns the public JWK.
 function Engine:generate(set, alg, options)
   return self.keys:generate(set, alg, options)
+end
+
+-- Adds a key to the software store (never the HSM): a JWK (table or JSON)
+-- or a PEM block. options: kid, alg, use. Returns the public JWK.
+function Engine:import(set, input, options)
+  return self.keys:import(set, input, options)
+end
+
+-- Replaces an existing software key with the same kid.
+function Engine:update(set, input, options)
+  local o = {}
+  for k, v in pairs(options or {}) do o[k] = v end
+  o.replace = true
+  return self.keys:import(set, input, o)
+end
+
+-- Re-seals every software key with the first secret, in one transaction.
+function Engine:rotate_secrets()
+  return self.keys:rotate_secrets()
 end
 
 -- Deletes one key (kid given) or the whole set.

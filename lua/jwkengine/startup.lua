@@ -1,7 +1,9 @@
 -- Generation on startup: the configured sets (by default Hydra's
 -- hydra.openid.id-token and hydra.jwt.access-token, RS256) are generated
--- when missing. Any error other than "not found" stops the start: creating a
--- second key because a token hiccuped would be worse than not starting.
+-- when missing, in the HSM when it is enabled, else in the software store.
+-- A set found in either place counts as present (Hydra's fallback rule).
+-- Any error other than "not found" stops the start: creating a second key
+-- because a token hiccuped would be worse than not starting.
 local M = {}
 
 function M.ensure_sets(keys, startup_sets, log)
@@ -11,10 +13,14 @@ function M.ensure_sets(keys, startup_sets, log)
       if code ~= "ERR_KEY_SET_NOT_FOUND" then return nil, err, code end
       log("info", string.format("JSON Web Key Set '%s' doesn't exist yet, generating new key pair...",
         entry.set))
-      local jwk
-      jwk, err, code = keys:generate(entry.set, entry.alg, { use = "sig" })
-      if not jwk then
+      local result
+      result, err, code = keys:generator():generate_if_missing(entry.set, entry.alg)
+      if not result then
         return nil, string.format("generating startup key set '%s': %s", entry.set, err), code
+      end
+      if result == "exists" then
+        log("info", string.format("JSON Web Key Set '%s' was created by another instance meanwhile",
+          entry.set))
       end
     end
   end

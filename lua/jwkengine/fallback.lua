@@ -1,0 +1,75 @@
+-- The fallback manager: Ory Hydra's rules between the HSM and the software
+-- store.
+--
+--   generate           the HSM when it is enabled, else software
+--   get, sign, delete  the HSM first; software only when the HSM says
+--                      "not found" (any other HSM error is returned as is)
+--   import / update    always software (the HSM refuses added keys)
+--
+-- Either side may be absent: with no HSM everything is software; with no
+-- store (no secrets configured) nothing falls back.
+local util = require "jwkengine.util"
+
+local M = {}
+local Manager = {}
+Manager.__index = Manager
+
+local function not_found(code)
+  return code == "ERR_KEY_SET_NOT_FOUND" or code == "ERR_KEY_NOT_FOUND"
+end
+
+function M.new(hsm, software)
+  return setmetatable({ hsm = hsm, software = software }, Manager)
+end
+
+-- Calls method on the HSM, then on software when the HSM does not have it.
+function Manager:lookup(method, ...)
+  if self.hsm then
+    local a, b, c = self.hsm[method](self.hsm, ...)
+    if a ~= nil or not not_found(c) or not self.software then return a, b, c end
+  end
+  if self.software then return self.software[method](self.software, ...) end
+  return util.fail("ERR_CONFIG", "no key store is configured")
+end
+
+function Manager:key_set(set) return self:lookup("key_set", set) end
+function Manager:key(set, kid) return self:lookup("key", set, kid) end
+function Manager:delete(set, kid) return self:lookup("delete", set, kid) end
+function Manager:sign(set, payload, options) return self:lookup("sign", set, payload, options) end
+function Manager:verification_keys(set) return self:lookup("verification_keys", set) end
+
+-- Where new keys go.
+function Manager:generator()
+  return self.hsm or self.software
+end
+
+function Manager:generate(set, alg, options)
+  return self:generator():generate(set, alg, options)
+end
+
+function Manager:software_store()
+  if not self.software then
+    return util.fail("ERR_CONFIG",
+      "adding or updating keys needs the software store: set SECRETS_SYSTEM (secrets.system)")
+  end
+  return self.software
+end
+
+function Manager:import(set, input, options)
+  local software, err, code = self:software_store()
+  if not software then return nil, err, code end
+  return software:import(set, input, options)
+end
+
+function Manager:rotate_secrets()
+  local software, err, code = self:software_store()
+  if not software then return nil, err, code end
+  return software:rotate_secrets()
+end
+
+function Manager:close()
+  if self.hsm then self.hsm:close() end
+  if self.software then self.software:close() end
+end
+
+return M

@@ -1,0 +1,337 @@
+-- The software key manager: keys kept in the store, sealed with AES-256-GCM
+-- in Ory Hydra's format (keydata = sealed JSON of the private JWK).
+--
+-- Decrypted keys are held as OpenSSL keys while their set is cached (never
+-- decrypted again per signature) and freed when the cache lets go of them.
+-- The cache lives `cache_ttl` seconds, so instances sharing a PostgreSQL
+-- store pick up each other's new keys.
+local core = require "jwkengine.core"
+local cjson = require "cjson.safe"
+local jws = require "jwkengine.jws"
+local util = require "jwkengine.util"
+
+local M = {}
+local Manager = {}
+Manager.__index = Manager
+
+M.GENERATE_ALGORITHMS = {
+  RS256 = true, RS384 = true, RS512 = true, PS256 = true, PS384 = true, PS512 = true,
+  ES256 = true, ES384 = true, ES512 = true, EdDSA = true,
+}
+
+-- The algorithm a key implies when its JWK names none.
+local DEFAULT_ALG = { RSA = "RS256", ["P-256"] = "ES256", ["P-384"] = "ES384",
+  ["P-521"] = "ES512", Ed25519 = "EdDSA" }
+
+local function implied_alg(jwk)
+  return DEFAULT_ALG[jwk.kty == "RSA" and "RSA" or jwk.crv]
+end
+
+-- store: jwkengine.store; secrets: list of secret strings (first seals).
+-- options.cache_ttl: seconds a loaded set is trusted (default 30).
+function M.new(store, secrets, options)
+  options = options or {}
+  return setmetatable({
+    store = store,
+    secrets = secrets,
+    cache_ttl = options.cache_ttl or 30,
+    now = options.now or os.time,
+    sets = {},
+  }, Manager)
+end
+
+function Manager:seal(jwk)
+  local text = assert(cjson.encode(jwk))
+  return core.aes_gcm_seal(self.secrets[1], text)
+end
+
+-- Decrypts one row into { kid, alg, use, key, private, jwk (public) }.
+function Manager:open_row(row)
+  local plaintext, err = core.aes_gcm_open(self.secrets, row.keydata)
+  if not plaintext then
+    return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, err)
+  end
+  local jwk = cjson.decode(plaintext)
+  if type(jwk) ~= "table" then
+    return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': key data is not a JSON object",
+      row.sid, row.kid)
+  end
+  local key
+  key, err = core.import_jwk(jwk)
+  if not key then
+    return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, err)
+  end
+  local public = key:public_jwk()
+  public.kid = row.kid
+  public.alg = jwk.alg or implied_alg(jwk)
+  public.use = jwk.use or "sig"
+  return { kid = row.kid, alg = public.alg, use = public.use, key = key,
+    private = key:is_private(), jwk = public }
+end
+
+-- Loads a set: every row decrypted, newest first. A row that cannot be
+-- decrypted is kept as `broken` with its error, so the other keys still
+-- work and the broken one is reported wherever it matters.
+function Manager:load(set, refresh)
+  local entry = self.sets[set]
+  if entry and not refresh and self.now() - entry.loaded_at < self.cache_ttl then return entry end
+  local rows, err, code = self.store:rows(set)
+  if not rows then return nil, err, code end
+  if #rows == 0 then
+    self.sets[set] = nil
+    return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found", set)
+  end
+  entry = { keys = {}, by_kid = {}, broken = {}, headers = {}, loaded_at = self.now() }
+  for i, row in ipairs(rows) do
+    local key, kerr, kcode = self:open_row(row)
+    if key then
+      entry.keys[i] = key
+      entry.by_kid[row.kid] = key
+    else
+      entry.keys[i] = { kid = row.kid, broken = kerr, code = kcode }
+      entry.broken[#entry.broken + 1] = entry.keys[i]
+    end
+  end
+  self.sets[set] = entry
+  return entry
+end
+
+function Manager:key_set(set)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  if #entry.broken > 0 then
+    return nil, entry.broken[1].broken, entry.broken[1].code
+  end
+  if not entry.jwks then
+    entry.jwks = { keys = {} }
+    for i, key in ipairs(entry.keys) do entry.jwks.keys[i] = key.jwk end
+  end
+  return entry.jwks
+end
+
+function Manager:find(set, kid)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  for _, key in ipairs(entry.keys) do
+    if key.kid == kid then
+      if key.broken then return nil, key.broken, key.code end
+      return key, entry
+    end
+  end
+  return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set)
+end
+
+function Manager:key(set, kid)
+  local key, err, code = self:find(set, kid)
+  if not key then return nil, err, code end
+  return key.jwk
+end
+
+local function check_use(use)
+  if use ~= "sig" and use ~= "enc" then
+    return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got '%s'", tostring(use))
+  end
+  return true
+end
+
+-- Seals and inserts a key; returns its public JWK.
+function Manager:store_key(set, key, kid, alg, use, replace)
+  local jwk = key:is_private() and key:private_jwk() or key:public_jwk()
+  jwk.kid, jwk.alg, jwk.use = kid, alg, use
+  local keydata, err = self:seal(jwk)
+  if not keydata then return util.fail("ERR_KEY_ENCRYPT", "cannot seal key '%s': %s", kid, err) end
+  local ok, code
+  if replace then
+    ok, err, code = self.store:transaction(function(store)
+      local rows, rerr, rcode = store:rows(set)
+      if not rows then return nil, rerr, rcode end
+      for _, row in ipairs(rows) do
+        if row.kid == kid then return store:update_keydata(row.pk, keydata) end
+      end
+      return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set)
+    end)
+  else
+    ok, err, code = self.store:transaction(function(store) return store:insert(set, kid, keydata) end)
+  end
+  self.sets[set] = nil
+  if not ok then return nil, err, code end
+  local public = key:public_jwk()
+  public.kid, public.alg, public.use = kid, alg, use
+  return public
+end
+
+function Manager:generate(set, alg, options)
+  options = options or {}
+  if not M.GENERATE_ALGORITHMS[alg] then
+    return util.fail("ERR_UNSUPPORTED_ALG", "cannot generate keys for algorithm '%s'", tostring(alg))
+  end
+  local use = options.use or "sig"
+  local ok, err, code = check_use(use)
+  if not ok then return nil, err, code end
+  if use == "enc" and alg:sub(1, 1) ~= "R" and alg:sub(1, 1) ~= "P" then
+    return util.fail("ERR_INVALID_ARGUMENT", "%s keys can only sign: use must be 'sig'", alg)
+  end
+  local key
+  key, err = core.generate_software_key(alg, { bits = options.rsa_bits })
+  if not key then return util.fail("ERR_KEY_GENERATE", "%s", err) end
+  return self:store_key(set, key, options.kid or core.uuid(), alg, use)
+end
+
+-- Generates a key for a set only if the set has none, atomically across
+-- processes sharing the store. Returns "generated" or "exists".
+function Manager:generate_if_missing(set, alg)
+  if not M.GENERATE_ALGORITHMS[alg] then
+    return util.fail("ERR_UNSUPPORTED_ALG", "cannot generate keys for algorithm '%s'", tostring(alg))
+  end
+  local exists, err, code = self.store:set_exists(set)
+  if exists == nil then return nil, err, code end
+  if exists then return "exists" end
+  -- Generating can take a second (RSA 4096): do it outside the lock.
+  local key
+  key, err = core.generate_software_key(alg)
+  if not key then return util.fail("ERR_KEY_GENERATE", "%s", err) end
+  local kid = core.uuid()
+  local jwk = key:private_jwk()
+  jwk.kid, jwk.alg, jwk.use = kid, alg, "sig"
+  local keydata
+  keydata, err = self:seal(jwk)
+  if not keydata then return util.fail("ERR_KEY_ENCRYPT", "cannot seal key: %s", err) end
+  local result
+  result, err, code = self.store:transaction(function(store)
+    local present, perr, pcode = store:set_exists(set)
+    if present == nil then return nil, perr, pcode end
+    if present then return "exists" end
+    local ok, ierr, icode = store:insert(set, kid, keydata)
+    if not ok then return nil, ierr, icode end
+    return "generated"
+  end)
+  self.sets[set] = nil
+  return result, err, code
+end
+
+-- Adds (or with options.replace, updates) a key from a JWK (table or JSON
+-- text) or PEM. options: kid, alg, use.
+function Manager:import(set, input, options)
+  options = options or {}
+  local key, err, jwk
+  if type(input) == "string" and input:match("^%s*%-%-%-%-%-BEGIN") then
+    key, err = core.import_pem(input)
+    jwk = {}
+  else
+    if type(input) == "string" then
+      jwk = cjson.decode(input)
+      if type(jwk) ~= "table" then
+        return util.fail("ERR_KEY_IMPORT", "input is neither a PEM block nor a JSON Web Key")
+      end
+    elseif type(input) == "table" then
+      jwk = input
+    else
+      error("import takes a JWK (table or JSON) or a PEM string", 2)
+    end
+    if jwk.keys then
+      return util.fail("ERR_KEY_IMPORT", "input is a JWK Set: import one key at a time")
+    end
+    key, err = core.import_jwk(jwk)
+  end
+  if not key then return util.fail("ERR_KEY_IMPORT", "cannot import key: %s", err) end
+  local alg = options.alg or jwk.alg or implied_alg(key:public_jwk())
+  if not alg then return util.fail("ERR_KEY_IMPORT", "cannot tell the key's algorithm: pass alg") end
+  local fits, ferr = key:fits(alg)
+  if not fits then return util.fail("ERR_KEY_IMPORT", "cannot import key: %s", ferr) end
+  local use = options.use or jwk.use or "sig"
+  local ok, uerr, ucode = check_use(use)
+  if not ok then return nil, uerr, ucode end
+  local kid = options.kid or jwk.kid or core.uuid()
+  return self:store_key(set, key, kid, alg, use, options.replace)
+end
+
+function Manager:delete(set, kid)
+  local count, err, code = self.store:delete(set, kid)
+  self.sets[set] = nil
+  if not count then return nil, err, code end
+  if count == 0 then
+    if kid then return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set) end
+    return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found", set)
+  end
+  return true
+end
+
+-- The signing key: the one with kid, or the newest private `sig` key. A
+-- broken row newer than that key stops the choice: it might be the newest.
+function Manager:signing_key(set, kid)
+  if kid then
+    local key, entry, code = self:find(set, kid)
+    if not key then return nil, entry, code end
+    if not key.private then
+      return util.fail("ERR_KEY_NOT_PRIVATE", "key '%s' in key set '%s' is public only", kid, set)
+    end
+    if key.use ~= "sig" then
+      return util.fail("ERR_KEY_USE", "key '%s' is an encryption key (use 'enc') and cannot sign", kid)
+    end
+    return key, entry
+  end
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  for _, key in ipairs(entry.keys) do
+    if key.broken then return nil, key.broken, key.code end
+    if key.private and key.use == "sig" then return key, entry end
+  end
+  return util.fail("ERR_KEY_NOT_FOUND", "key set '%s' has no private signing key", set)
+end
+
+function Manager:sign(set, payload, options)
+  options = options or {}
+  local key, entry, code = self:signing_key(set, options.kid)
+  if not key then return nil, entry, code end
+  local alg = options.alg or key.alg
+  local cache_key = key.kid .. "\0" .. alg .. "\0" .. (options.typ or "")
+  local header = entry.headers[cache_key]
+  if not header then
+    header = jws.encode_header(alg, key.kid, options.typ)
+    entry.headers[cache_key] = header
+  end
+  return key.key:sign_compact(header, payload, alg)
+end
+
+function Manager:verification_keys(set)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  local candidates = {}
+  for _, key in ipairs(entry.keys) do
+    if not key.broken then
+      candidates[#candidates + 1] = { kid = key.kid, alg = key.alg, use = key.use,
+        public_key = key.key:public_key() }
+    end
+  end
+  return candidates
+end
+
+-- Re-seals every row with the first secret, in one transaction: a crash
+-- part-way leaves every row as it was. Returns the number of rows.
+function Manager:rotate_secrets()
+  local count, err, code = self.store:transaction(function(store)
+    local rows, rerr, rcode = store:all_rows()
+    if not rows then return nil, rerr, rcode end
+    for _, row in ipairs(rows) do
+      local plaintext, oerr = core.aes_gcm_open(self.secrets, row.keydata)
+      if not plaintext then
+        return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, oerr)
+      end
+      local sealed, serr = core.aes_gcm_seal(self.secrets[1], plaintext)
+      if not sealed then return util.fail("ERR_KEY_ENCRYPT", "cannot seal: %s", serr) end
+      local ok, uerr, ucode = store:update_keydata(row.pk, sealed)
+      if not ok then return nil, uerr, ucode end
+    end
+    return #rows
+  end)
+  self.sets = {}
+  return count, err, code
+end
+
+function Manager:close()
+  self.sets = {}
+  if self.store then self.store:close() end
+  self.store = nil
+end
+
+return M

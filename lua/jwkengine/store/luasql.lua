@@ -1,0 +1,117 @@
+-- The SQL driver over LuaSQL (Debian's lua-sql-sqlite3 and lua-sql-postgres).
+--
+-- A driver is the small interface the store needs, so a host such as
+-- OpenResty can hand in its own connection instead:
+--   driver.dialect          "sqlite" | "postgres"
+--   driver:exec(sql)        -> rows affected (or true) | nil, err  (statements)
+--   driver:query(sql)       -> { row, ... } | nil, err  (rows as name -> string)
+--   driver:quote(text)      -> a quoted SQL string literal
+--   driver:close()
+-- LuaSQL has no parameter binding, so every value goes through quote().
+local util = require "jwkengine.util"
+
+local M = {}
+local Driver = {}
+Driver.__index = Driver
+
+-- Errors from the database never carry the DSN's password.
+local function scrub(self, message)
+  message = tostring(message)
+  if self.password and self.password ~= "" then
+    message = message:gsub(self.password:gsub("%p", "%%%0"), "***")
+  end
+  return message
+end
+
+function Driver:exec(sql)
+  local result, err = self.connection:execute(sql)
+  if not result then return nil, scrub(self, err) end
+  if type(result) == "userdata" then
+    result:close()
+    return true
+  end
+  return result
+end
+
+function Driver:query(sql)
+  local cursor, err = self.connection:execute(sql)
+  if not cursor then return nil, scrub(self, err) end
+  local rows = {}
+  if type(cursor) ~= "userdata" then return rows end
+  local row = cursor:fetch({}, "a")
+  while row do
+    rows[#rows + 1] = row
+    row = cursor:fetch({}, "a")
+  end
+  cursor:close()
+  return rows
+end
+
+function Driver:quote(text)
+  return "'" .. self.connection:escape(text) .. "'"
+end
+
+function Driver:close()
+  if self.connection then self.connection:close() end
+  if self.environment then self.environment:close() end
+  self.connection, self.environment = nil, nil
+end
+
+function M.sqlite(path)
+  local ok, luasql = pcall(require, "luasql.sqlite3")
+  if not ok then
+    return util.fail("ERR_STORE", "sqlite store needs LuaSQL for SQLite (Debian: lua-sql-sqlite3)")
+  end
+  local environment = luasql.sqlite3()
+  local connection, err = environment:connect(path)
+  if not connection then
+    environment:close()
+    return util.fail("ERR_STORE", "cannot open SQLite database %s: %s", path, tostring(err))
+  end
+  local driver = setmetatable({ dialect = "sqlite", connection = connection,
+    environment = environment }, Driver)
+  -- Several processes share the file: wait for a writer instead of failing.
+  local pragma_ok, perr = driver:query("PRAGMA busy_timeout = 30000")
+  if not pragma_ok then
+    driver:close()
+    return util.fail("ERR_STORE", "cannot configure SQLite database %s: %s", path, perr)
+  end
+  return driver
+end
+
+-- settings: user, password, host, port, database, options (name -> value)
+function M.postgres(settings)
+  local ok, luasql = pcall(require, "luasql.postgres")
+  if not ok then
+    return util.fail("ERR_STORE", "postgres store needs LuaSQL for PostgreSQL (Debian: lua-sql-postgres)")
+  end
+  -- A libpq conninfo string carries options such as sslmode as well.
+  local function value(v) return "'" .. tostring(v):gsub("\\", "\\\\"):gsub("'", "\\'") .. "'" end
+  local parts = { "dbname=" .. value(settings.database) }
+  if settings.user then parts[#parts + 1] = "user=" .. value(settings.user) end
+  if settings.password then parts[#parts + 1] = "password=" .. value(settings.password) end
+  if settings.host then parts[#parts + 1] = "host=" .. value(settings.host) end
+  if settings.port then parts[#parts + 1] = "port=" .. value(settings.port) end
+  for _, name in ipairs(util.sorted_keys(settings.options or {})) do
+    parts[#parts + 1] = name .. "=" .. value(settings.options[name])
+  end
+  local environment = luasql.postgres()
+  local driver = setmetatable({ dialect = "postgres", environment = environment,
+    password = settings.password }, Driver)
+  local connection, err = environment:connect(table.concat(parts, " "))
+  if not connection then
+    environment:close()
+    return util.fail("ERR_STORE", "cannot connect to PostgreSQL %s@%s:%s/%s: %s",
+      tostring(settings.user), tostring(settings.host), tostring(settings.port),
+      tostring(settings.database), scrub(driver, err))
+  end
+  driver.connection = connection
+  local set_ok, serr = driver:exec("SET client_min_messages TO WARNING")
+  if not set_ok then
+    driver:close()
+    return util.fail("ERR_STORE", "cannot configure PostgreSQL session: %s", serr)
+  end
+  return driver
+end
+
+return M

@@ -1,0 +1,397 @@
+-- The AES-GCM software store and Hydra's fallback rules, on a real SQLite
+-- file and a real PostgreSQL server (the same suite runs on both).
+local cjson = require "cjson"
+local jwkengine = require "jwkengine"
+local core = require "jwkengine.core"
+local store_module = require "jwkengine.store"
+local softhsm = require "helpers.softhsm"
+local stores = require "helpers.stores"
+local verifier = require "helpers.verifier"
+
+local SECRET = "first-secret-0123456789"
+local OLD_SECRET = "older-secret-0123456789"
+
+local function open(dsn, extra, options)
+  options = options or {}
+  local env = { SECRETS_SYSTEM = SECRET, DSN = dsn }
+  for k, v in pairs(extra or {}) do env[k] = v end
+  options.environment = env
+  if options.logger == nil then options.logger = false end
+  if options.startup == nil then options.startup = false end
+  return jwkengine.open(options)
+end
+
+local function with_hsm(token, dsn, extra)
+  local env = softhsm.environment(token, { SECRETS_SYSTEM = SECRET, DSN = dsn })
+  for k, v in pairs(extra or {}) do env[k] = v end
+  return jwkengine.open({ environment = env, logger = false, startup = false })
+end
+
+local function hydra_aead(mode, secret, input)
+  local path = os.tmpname()
+  softhsm.write_file(path, input)
+  local out, ok = softhsm.run(string.format("/usr/bin/python3 spec/helpers/hydra_aead.py %s %s < %s",
+    mode, softhsm.quote(secret), path))
+  os.remove(path)
+  assert(ok, out)
+  return out
+end
+
+-- Runs the CLI with an environment; returns output and success.
+local function keys_cli(env, args, stdin)
+  local parts = {}
+  for k, v in pairs(env) do parts[#parts + 1] = k .. "=" .. softhsm.quote(v) end
+  local input = os.tmpname()
+  softhsm.write_file(input, stdin or "")
+  local out, ok = softhsm.run(string.format("env %s build/jwkengine scripts/keys.lua %s < %s",
+    table.concat(parts, " "), args, input))
+  os.remove(input)
+  return out, ok
+end
+
+for _, backend in ipairs(stores.backends()) do
+  describe("software store on " .. backend.name, function()
+    local dsn, drop
+
+    before_each(function() dsn, drop = backend.fresh() end)
+    after_each(function() drop() end)
+
+    it("creates the table by versioned migrations, once", function()
+      local s = assert(store_module.open(dsn))
+      assert.equals(store_module.SCHEMA_VERSION, s:schema_version())
+      s:close()
+      s = assert(store_module.open(dsn))
+      assert.equals(store_module.SCHEMA_VERSION, s:schema_version())
+      assert.same({}, assert(s:rows("anything")))
+      s:close()
+    end)
+
+    it("generates, signs, verifies and deletes software keys for every algorithm", function()
+      local engine = assert(open(dsn))
+      for _, alg in ipairs({ "RS256", "PS256", "ES256", "ES384", "ES512", "EdDSA" }) do
+        local set = "sw-" .. alg
+        local jwk = assert(engine:generate(set, alg, { kid = "k-" .. alg, rsa_bits = 2048 }))
+        assert.equals(alg, jwk.alg)
+        assert.is_nil(jwk.d)
+        local token = assert(engine:sign_jwt(set, { sub = alg }))
+        assert.truthy(engine:verify(set, token))
+        assert.is_true((verifier.jwcrypto(engine:key_set_json(set), token)))
+      end
+      assert.is_true(engine:delete("sw-ES256", "k-ES256"))
+      local _, _, code = engine:key_set("sw-ES256")
+      assert.equals("ERR_KEY_SET_NOT_FOUND", code)
+      engine:close()
+    end)
+
+    it("reads newest first and signs with the newest private key", function()
+      local engine = assert(open(dsn))
+      assert(engine:generate("rot", "ES256", { kid = "old" }))
+      assert(engine:generate("rot", "ES256", { kid = "new" }))
+      assert.same({ "new", "old" }, { engine:key_set("rot").keys[1].kid, engine:key_set("rot").keys[2].kid })
+      local _, header = assert(engine:verify("rot", assert(engine:sign("rot", "x"))))
+      assert.equals("new", header.kid)
+      -- a public-only key newer than both does not sign
+      local pub = assert(core.generate_software_key("ES256")):public_jwk()
+      assert(engine:import("rot", pub, { kid = "public-only" }))
+      _, header = assert(engine:verify("rot", assert(engine:sign("rot", "x"))))
+      assert.equals("new", header.kid)
+      engine:close()
+    end)
+
+    it("decrypts rows sealed by an independent implementation, and they decrypt ours", function()
+      local engine = assert(open(dsn))
+      local key = assert(core.generate_software_key("ES256"))
+      local jwk = key:private_jwk()
+      jwk.kid, jwk.alg, jwk.use = "from-python", "ES256", "sig"
+      local sealed = hydra_aead("seal", SECRET, cjson.encode(jwk))
+      local s = assert(store_module.open(dsn))
+      assert(s:insert("interop", "from-python", sealed))
+      assert.equals(key:public_jwk().x, assert(engine:key("interop", "from-python")).x)
+      assert.truthy(engine:verify("interop", assert(engine:sign("interop", "x"))))
+
+      assert(engine:generate("interop", "ES256", { kid = "ours" }))
+      local row
+      for _, r in ipairs(assert(s:rows("interop"))) do if r.kid == "ours" then row = r end end
+      local plain = cjson.decode(hydra_aead("open", SECRET, row.keydata))
+      assert.equals("ours", plain.kid)
+      assert.equals("ES256", plain.alg)
+      assert.is_string(plain.d)
+      s:close()
+      engine:close()
+    end)
+
+    it("names the set and kid of a tampered row, and every other key still works", function()
+      local engine = assert(open(dsn))
+      assert(engine:generate("t", "ES256", { kid = "good" }))
+      assert(engine:generate("t", "ES256", { kid = "bad" }))
+      assert(engine:generate("other", "ES256", { kid = "fine" }))
+      local s = assert(store_module.open(dsn))
+      for _, row in ipairs(assert(s:rows("t"))) do
+        if row.kid == "bad" then
+          local i = 30
+          local c = row.keydata:sub(i, i)
+          local flipped = row.keydata:sub(1, i - 1) .. (c == "A" and "B" or "A") .. row.keydata:sub(i + 1)
+          assert(s:update_keydata(row.pk, flipped))
+        end
+      end
+      s:close()
+      engine:close()
+      engine = assert(open(dsn))
+      local jwk, err, code = engine:key("t", "bad")
+      assert.is_nil(jwk)
+      assert.equals("ERR_KEY_DECRYPT", code)
+      assert.matches("key set 't' key 'bad'", err, 1, true)
+      local jwks
+      jwks, err = engine:key_set("t")
+      assert.is_nil(jwks)
+      assert.matches("key 'bad'", err, 1, true)
+      assert.truthy(engine:key("t", "good"))
+      assert.truthy(engine:verify("t", assert(engine:sign("t", "x", { kid = "good" }))))
+      assert.truthy(engine:verify("other", assert(engine:sign("other", "x"))))
+      engine:close()
+    end)
+
+    it("reports a wrong secret clearly", function()
+      local engine = assert(open(dsn))
+      assert(engine:generate("w", "ES256", { kid = "k" }))
+      engine:close()
+      engine = assert(open(dsn, { SECRETS_SYSTEM = "some-other-secret-xyz" }))
+      local jwk, err, code = engine:key("w", "k")
+      assert.is_nil(jwk)
+      assert.equals("ERR_KEY_DECRYPT", code)
+      assert.matches("key set 'w' key 'k'", err, 1, true)
+      assert.not_matches("some%-other%-secret", err)
+      engine:close()
+    end)
+
+    it("refuses a secret under 16 characters", function()
+      local engine, err, code = open(dsn, { SECRETS_SYSTEM = "short-secret" })
+      assert.is_nil(engine)
+      assert.equals("ERR_CONFIG", code)
+      assert.matches("secret #1 is shorter than 16 characters", err, 1, true)
+      assert.not_matches("short%-secret", err)
+    end)
+
+    it("rotates secrets: every row readable with the new first secret, also after the old one is dropped", function()
+      local engine = assert(open(dsn, { SECRETS_SYSTEM = OLD_SECRET }))
+      for i = 1, 5 do assert(engine:generate("r" .. (i % 2), "ES256", { kid = "k" .. i })) end
+      engine:close()
+      local out, ok = keys_cli({ SECRETS_SYSTEM = SECRET .. "," .. OLD_SECRET, DSN = dsn }, "rotate-secrets")
+      assert.is_true(ok, out)
+      assert.matches("re%-sealed 5 keys", out)
+      engine = assert(open(dsn, { SECRETS_SYSTEM = SECRET }))
+      for i = 1, 5 do assert.truthy(engine:key("r" .. (i % 2), "k" .. i)) end
+      engine:close()
+    end)
+
+    it("leaves every row readable when rotate-secrets is killed with SIGKILL mid-transaction", function()
+      local engine = assert(open(dsn, { SECRETS_SYSTEM = OLD_SECRET }))
+      assert(engine:generate("bulk", "ES256", { kid = "seed" }))
+      engine:close()
+      -- many copies of the sealed row make the rotation last long enough to
+      -- be caught inside its transaction
+      local ROWS = 20000
+      local s = assert(store_module.open(dsn))
+      local keydata = s.driver:quote(s:rows("bulk")[1].keydata)
+      for first = 1, ROWS, 1000 do
+        local values = {}
+        for i = first, first + 999 do
+          values[#values + 1] = string.format("('bulk', 'copy-%d', 0, %s)", i, keydata)
+        end
+        assert(s.driver:exec("INSERT INTO hydra_jwk (sid, kid, version, keydata) VALUES " .. table.concat(values, ",")))
+      end
+      s:close()
+
+      -- wait until the writer is provably inside its transaction, then kill it
+      local in_transaction
+      if backend.name == "SQLite" then
+        in_transaction = string.format("[ -e %s ]", softhsm.quote(dsn:match("^sqlite://(.*)$") .. "-journal"))
+      else
+        in_transaction = string.format([=[[ "$(%s -Atc "SELECT count(*) FROM pg_stat_activity WHERE usename = 'jwke' AND query LIKE 'UPDATE hydra_jwk%%'")" -gt 0 ]]=],
+          os.getenv("JWKE_TEST_POSTGRES_ADMIN"))
+      end
+      local env = string.format("SECRETS_SYSTEM=%s DSN=%s", softhsm.quote(SECRET .. "," .. OLD_SECRET),
+        softhsm.quote(dsn))
+      local out = softhsm.run(string.format([[env %s build/jwkengine scripts/keys.lua rotate-secrets & pid=$!
+        i=0; until %s || [ $i -ge 2000 ]; do i=$((i+1)); sleep 0.002; done
+        if %s; then kill -9 $pid && echo killed-in-transaction; fi; wait $pid]], env, in_transaction, in_transaction))
+      assert.matches("killed%-in%-transaction", out)
+
+      -- the transaction rolled back: every row is still sealed with the old secret
+      s = assert(store_module.open(dsn))
+      local rows = assert(s:rows("bulk"))
+      assert.equals(ROWS + 1, #rows)
+      local unreadable = 0
+      for _, row in ipairs(rows) do
+        if not core.aes_gcm_open({ OLD_SECRET }, row.keydata) then unreadable = unreadable + 1 end
+      end
+      assert.equals(0, unreadable)
+      s:close()
+
+      -- and a rotation left to finish moves every row to the new secret
+      local _, ok = softhsm.run("env " .. env .. " build/jwkengine scripts/keys.lua rotate-secrets")
+      assert.is_true(ok)
+      s = assert(store_module.open(dsn))
+      for _, row in ipairs(assert(s:rows("bulk"))) do
+        if not core.aes_gcm_open({ SECRET }, row.keydata) then unreadable = unreadable + 1 end
+      end
+      assert.equals(0, unreadable)
+      s:close()
+    end)
+
+    it("ends with exactly one key per startup set when two processes start at once", function()
+      local script = os.tmpname()
+      softhsm.write_file(script, [[
+local engine = assert(require("jwkengine").open({ logger = false,
+  startup_sets = { { set = "boot.a", alg = "ES256" }, { set = "boot.b", alg = "EdDSA" } } }))
+engine:close()
+]])
+      local env = string.format("SECRETS_SYSTEM=%s DSN=%s", softhsm.quote(SECRET), softhsm.quote(dsn))
+      local out, ok = softhsm.run(string.format(
+        "env %s build/jwkengine %s & a=$!; env %s build/jwkengine %s & b=$!; wait $a && wait $b",
+        env, script, env, script))
+      os.remove(script)
+      assert.is_true(ok, out)
+      local s = assert(store_module.open(dsn))
+      assert.equals(1, #assert(s:rows("boot.a")))
+      assert.equals(1, #assert(s:rows("boot.b")))
+      s:close()
+    end)
+
+    it("imports JWK and PEM keys through the CLI, and refuses bad input clearly", function()
+      local env = { SECRETS_SYSTEM = SECRET, DSN = dsn }
+      local pem = softhsm.run("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384")
+      local out, ok = keys_cli(env, "import imported --kid pem-1", pem)
+      assert.is_true(ok, out)
+      local jwk = cjson.decode(out)
+      assert.equals("ES384", jwk.alg)
+      assert.equals("pem-1", jwk.kid)
+      local private = assert(core.generate_software_key("EdDSA")):private_jwk()
+      private.kid = "jwk-1"
+      out, ok = keys_cli(env, "import imported", cjson.encode(private))
+      assert.is_true(ok, out)
+      assert.equals("EdDSA", cjson.decode(out).alg)
+      out, ok = keys_cli(env, "sign imported --kid jwk-1", "hello")
+      assert.is_true(ok, out)
+      out, ok = keys_cli(env, "import imported", "not a key")
+      assert.is_false(ok)
+      assert.matches("neither a PEM block nor a JSON Web Key", out)
+      out, ok = keys_cli(env, "import imported --kid pem-1", pem)
+      assert.is_false(ok)
+      assert.matches("already exists", out)
+    end)
+  end)
+
+  describe("HSM fallback on " .. backend.name, function()
+    local dsn, drop, token, engine
+
+    setup(function()
+      token = softhsm.new_token("fallback")
+      dsn, drop = backend.fresh()
+      engine = assert(with_hsm(token, dsn))
+    end)
+    teardown(function()
+      engine:close()
+      drop()
+    end)
+
+    it("finds a set held only in software with the HSM enabled", function()
+      local software = assert(open(dsn))
+      assert(software:generate("soft-only", "ES256", { kid = "s1" }))
+      software:close()
+      local jwks = assert(engine:key_set("soft-only"))
+      assert.equals("s1", jwks.keys[1].kid)
+      assert.truthy(engine:verify("soft-only", assert(engine:sign_jwt("soft-only", { sub = "x" }))))
+    end)
+
+    it("serves a set held in both from the HSM", function()
+      local software = assert(open(dsn))
+      assert(software:generate("both", "ES256", { kid = "in-software" }))
+      software:close()
+      assert(engine:generate("both", "ES256", { kid = "in-hsm" }))
+      assert.equals("in-hsm", assert(engine:key_set("both")).keys[1].kid)
+      local _, header = assert(engine:verify("both", assert(engine:sign("both", "x"))))
+      assert.equals("in-hsm", header.kid)
+    end)
+
+    it("returns an HSM error other than not-found instead of falling back", function()
+      local software = assert(open(dsn))
+      assert(software:generate("masked", "ES256", { kid = "in-software" }))
+      software:close()
+      -- on the token the set exists but is broken: a private half with no public half
+      local out, ok = softhsm.pkcs11_tool(token, "--keypairgen --key-type EC:prime256v1 --usage-sign --label masked --id 01")
+      assert.is_true(ok, out)
+      out, ok = softhsm.pkcs11_tool(token, "--delete-object --type pubkey --label masked")
+      assert.is_true(ok, out)
+      local jwks, err = engine:key_set("masked")
+      assert.is_nil(jwks)
+      assert.matches("no public half", err)
+      local jws
+      jws, err = engine:sign("masked", "x")
+      assert.is_nil(jws)
+      assert.matches("no public half", err)
+    end)
+
+    it("imports into software even with the HSM enabled, and the HSM side refuses imports", function()
+      local pub = assert(core.generate_software_key("ES256")):public_jwk()
+      assert(engine:import("imported", pub, { kid = "imp" }))
+      local s = assert(store_module.open(dsn))
+      assert.equals(1, #assert(s:rows("imported")))
+      s:close()
+      local listing = softhsm.pkcs11_tool(token, "--list-objects")
+      assert.not_matches("imported", listing)
+      local ok, err, code = engine.hsm:import("imported", pub)
+      assert.is_nil(ok)
+      assert.equals("ERR_HSM_IMPORT_UNSUPPORTED", code)
+      assert.matches("software store", err)
+    end)
+
+    it("generates into the HSM when it is enabled and deletes from software on HSM not-found", function()
+      assert(engine:generate("gen", "EdDSA", { kid = "g" }))
+      assert.matches("label:%s+gen", (softhsm.pkcs11_tool(token, "--list-objects")))
+      local s = assert(store_module.open(dsn))
+      assert.equals(0, #assert(s:rows("gen")))
+      local software = assert(open(dsn))
+      assert(software:generate("soft-delete", "ES256", { kid = "d" }))
+      software:close()
+      assert.is_true(engine:delete("soft-delete", "d"))
+      assert.equals(0, #assert(s:rows("soft-delete")))
+      s:close()
+    end)
+  end)
+end
+
+describe("with no HSM at all", function()
+  it("generates the startup sets in the store", function()
+    local path = os.tmpname() .. ".sqlite"
+    local lines = {}
+    local engine = assert(open("sqlite://" .. path, nil, { startup = true,
+      logger = function(_, m) lines[#lines + 1] = m end }))
+    assert.same({
+      "JSON Web Key Set 'hydra.openid.id-token' doesn't exist yet, generating new key pair...",
+      "JSON Web Key Set 'hydra.jwt.access-token' doesn't exist yet, generating new key pair...",
+    }, lines)
+    assert.equals("RS256", assert(engine:key_set("hydra.openid.id-token")).keys[1].alg)
+    engine:close()
+    os.remove(path)
+  end)
+
+  it("says what to configure when neither store is enabled", function()
+    local engine, err = jwkengine.open({ environment = {}, logger = false })
+    assert.is_nil(engine)
+    assert.matches("HSM_ENABLED=true", err, 1, true)
+    assert.matches("SECRETS_SYSTEM", err, 1, true)
+  end)
+
+  it("parses DSNs as Hydra writes them", function()
+    assert.same({ kind = "sqlite", path = "/var/lib/jwk.sqlite" },
+      store_module.parse_dsn("sqlite:///var/lib/jwk.sqlite?_fk=true"))
+    assert.same({ kind = "sqlite", path = ":memory:" }, store_module.parse_dsn("memory"))
+    local pg = store_module.parse_dsn("postgres://hydra:p%40ss@db.local:5433/hydra?sslmode=disable")
+    assert.same({ kind = "postgres", user = "hydra", password = "p@ss", host = "db.local", port = "5433",
+      database = "hydra", options = { sslmode = "disable" } }, pg)
+    local bad, err = store_module.parse_dsn("mysql://x")
+    assert.is_nil(bad)
+    assert.matches("unsupported DSN", err)
+  end)
+end)
