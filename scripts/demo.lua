@@ -27,4 +27,15 @@ if not payload then
   os.exit(1)
 end
 print(string.format("\nVerified: alg=%s kid=%s claims=%s", header.alg, header.kid, payload))
+
+-- Keys added from outside always go to the software store; with the HSM
+-- enabled they are found there because the HSM says "not found".
+if engine.software then
+  local imported = assert(jwkengine.core.generate_software_key("EdDSA"))
+  local jwk = assert(engine:import("demo.imported", imported:private_jwk(), { kid = "imported-1" }))
+  local jws = assert(engine:sign("demo.imported", "signed by an imported software key"))
+  local text = assert(engine:verify("demo.imported", jws))
+  print(string.format("\nImported %s key '%s' into the software store; signed and verified: %s",
+    jwk.alg, jwk.kid, text))
+end
 engine:close()
