@@ -109,4 +109,28 @@ startup_sets:
     assert.matches("hsm.pin must be a string", err, 1, true)
     assert.not_matches("hunter2", err)
   end)
+
+  it("reads DSN and comma-separated SECRETS_SYSTEM, over the file's dsn and secrets.system", function()
+    local path = write(".yaml", [[
+dsn: sqlite:///from/file.sqlite
+secrets:
+  system:
+    - file-secret-0123456789
+]])
+    local cfg = assert(config.load({ config = path, environment = {} }))
+    assert.equals("sqlite:///from/file.sqlite", cfg.dsn)
+    assert.same({ "file-secret-0123456789" }, cfg.secrets.system)
+    cfg = assert(config.load({ config = path, environment = {
+      DSN = "memory", SECRETS_SYSTEM = "new-secret-0123456789,old-secret-0123456789" } }))
+    os.remove(path)
+    assert.equals("memory", cfg.dsn)
+    assert.same({ "new-secret-0123456789", "old-secret-0123456789" }, cfg.secrets.system)
+  end)
+
+  it("refuses a short secret anywhere in the list without echoing it", function()
+    local cfg, err = config.load({ environment = { SECRETS_SYSTEM = "long-enough-secret-123,tiny" } })
+    assert.is_nil(cfg)
+    assert.matches("SECRETS_SYSTEM: secret #2 is shorter than 16 characters", err, 1, true)
+    assert.not_matches("tiny", err)
+  end)
 end)

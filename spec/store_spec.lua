@@ -383,6 +383,25 @@ describe("with no HSM at all", function()
     assert.matches("SECRETS_SYSTEM", err, 1, true)
   end)
 
+  it("uses a driver handed in by the host instead of the DSN", function()
+    local luasql = require "jwkengine.store.luasql"
+    local inner = assert(luasql.sqlite(":memory:"))
+    local statements = 0
+    local driver = {
+      dialect = "sqlite",
+      exec = function(_, sql) statements = statements + 1; return inner:exec(sql) end,
+      query = function(_, sql) statements = statements + 1; return inner:query(sql) end,
+      quote = function(_, text) return inner:quote(text) end,
+      close = function() inner:close() end,
+    }
+    local engine = assert(jwkengine.open({ environment = { SECRETS_SYSTEM = SECRET }, store_driver = driver,
+      logger = false, startup = false }))
+    assert(engine:generate("hosted", "ES256", { kid = "h" }))
+    assert.equals("h", assert(engine:key_set("hosted")).keys[1].kid)
+    assert.is_true(statements > 3)
+    engine:close()
+  end)
+
   it("parses DSNs as Hydra writes them", function()
     assert.same({ kind = "sqlite", path = "/var/lib/jwk.sqlite" },
       store_module.parse_dsn("sqlite:///var/lib/jwk.sqlite?_fk=true"))
