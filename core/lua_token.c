@@ -65,12 +65,42 @@ static int l_slots(lua_State *L)
     return 1;
 }
 
-/* open_token(library, slot_id) -> token | nil, err */
+static int opt_int_field(lua_State *L, int table, const char *name, int fallback)
+{
+    if (lua_isnoneornil(L, table))
+        return fallback;
+    lua_getfield(L, table, name);
+    int value = lua_isnil(L, -1) ? fallback : (int)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    return value;
+}
+
+static const char *opt_string_field(lua_State *L, int table, const char *name)
+{
+    if (lua_isnoneornil(L, table))
+        return NULL;
+    lua_getfield(L, table, name);
+    const char *value = lua_tostring(L, -1); /* kept alive by the table */
+    lua_pop(L, 1);
+    return value;
+}
+
+/* open_token(library, slot_id [, {label=, serial=, max_sessions=,
+ * session_wait_ms=, reinit_interval_ms=}]) -> token | nil, err */
 static int l_open_token(lua_State *L)
 {
     const char *library = luaL_checkstring(L, 1);
     lua_Integer slot = luaL_checkinteger(L, 2);
     luaL_argcheck(L, slot >= 0, 2, "slot id must not be negative");
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    jwke_p11_options options = {
+        opt_int_field(L, 3, "max_sessions", 0),
+        opt_int_field(L, 3, "session_wait_ms", 0),
+        opt_int_field(L, 3, "reinit_interval_ms", 0),
+    };
+    const char *label = opt_string_field(L, 3, "label");
+    const char *serial = opt_string_field(L, 3, "serial");
 
     token_object *t = lua_newuserdatauv(L, sizeof *t, 0);
     t->token = NULL;
@@ -80,7 +110,7 @@ static int l_open_token(lua_State *L)
     jwke_p11_module *module = jwke_p11_module_acquire(library, &err);
     if (!module)
         return jwke_push_error(L, &err);
-    t->token = jwke_p11_token_open(module, (CK_SLOT_ID)slot, &err);
+    t->token = jwke_p11_token_open(module, (CK_SLOT_ID)slot, label, serial, &options, &err);
     jwke_p11_module_release(module); /* the token holds its own reference */
     if (!t->token)
         return jwke_push_error(L, &err);
@@ -108,6 +138,61 @@ static int l_login(lua_State *L)
     return 1;
 }
 
+/* token:login_file(path) -> true | nil, err: the PIN never enters Lua */
+static int l_login_file(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    jwke_error err;
+    if (jwke_p11_login_file(t->token, luaL_checkstring(L, 2), &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* token:stats() -> { recoveries = {session=, login=, object=, reinit=}, ... } */
+static int l_stats(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    jwke_p11_stats st;
+    jwke_p11_token_stats(t->token, &st);
+    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 4);
+    static const char *const names[JWKE_RECOVER_CLASSES] = {NULL, "session", "login", "object",
+                                                            "reinit"};
+    for (int i = 1; i < JWKE_RECOVER_CLASSES; i++) {
+        lua_pushinteger(L, (lua_Integer)st.recoveries[i]);
+        lua_setfield(L, -2, names[i]);
+    }
+    lua_setfield(L, -2, "recoveries");
+    lua_pushinteger(L, (lua_Integer)st.failed_recoveries);
+    lua_setfield(L, -2, "failed_recoveries");
+    lua_pushinteger(L, (lua_Integer)st.sessions_opened);
+    lua_setfield(L, -2, "sessions_opened");
+    lua_pushinteger(L, (lua_Integer)st.session_waits);
+    lua_setfield(L, -2, "session_waits");
+    lua_pushinteger(L, st.sessions_open);
+    lua_setfield(L, -2, "sessions_open");
+    lua_pushinteger(L, st.max_sessions);
+    lua_setfield(L, -2, "max_sessions");
+    return 1;
+}
+
+/* token:events() -> list of queued log lines (usually nil: nothing queued) */
+static int l_events(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    if (t->token->event_count == 0) /* unlocked peek: the common, empty case */
+        return 0;
+    char lines[JWKE_EVENT_QUEUE][160];
+    int n = jwke_p11_take_events(t->token, lines, JWKE_EVENT_QUEUE);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushstring(L, lines[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
 /* token:load_set(label, min_rsa_bits) -> { key, ... } (empty when absent) | nil, err */
 static int l_load_set(lua_State *L)
 {
@@ -127,6 +212,7 @@ static int l_load_set(lua_State *L)
         k->owner = t;
         k->key = keys[i];
         keys[i].public_key = NULL; /* ownership moves to the Lua object */
+        keys[i].label = NULL;
         luaL_setmetatable(L, JWKE_HSM_KEY_CLASS);
         lua_newtable(L);
         lua_pushvalue(L, 1);
@@ -255,8 +341,8 @@ static int hsm_sign(void *signer, const unsigned char *input, size_t input_len,
                     unsigned char *sig, size_t *sig_len, jwke_error *err)
 {
     hsm_signer *s = signer;
-    return jwke_p11_sign(s->key->owner->token, s->key->key.private_handle, s->alg, input,
-                         input_len, sig, sig_len, err);
+    return jwke_p11_sign(s->key->owner->token, &s->key->key, s->alg, input, input_len, sig,
+                         sig_len, err);
 }
 
 /* The algorithm to sign with: the key's own, or (arg given) one that fits
@@ -307,14 +393,15 @@ static int l_key_sign_compact(lua_State *L)
 
 static int l_key_gc(lua_State *L)
 {
-    hsm_key_object *k = check_key(L);
-    EVP_PKEY_free(k->key.public_key);
-    k->key.public_key = NULL;
+    jwke_p11_key_clear(&check_key(L)->key);
     return 0;
 }
 
 static const luaL_Reg token_methods[] = {
     {"login", l_login},
+    {"login_file", l_login_file},
+    {"stats", l_stats},
+    {"events", l_events},
     {"load_set", l_load_set},
     {"generate", l_generate},
     {"delete", l_delete},

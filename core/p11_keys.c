@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ec_der.h"
+#include "p11_internal.h"
 #include "pkey.h"
 
 /* Big enough for every key we accept, so one C_GetAttributeValue per object
@@ -44,7 +45,8 @@ static int present(const object_attributes *o, int which)
 
 /* Reads the attributes a key needs in one call. Attributes that do not apply
  * to the object's class come back unavailable, which is fine. */
-static int read_attributes(jwke_p11_token *token, object_attributes *o, jwke_error *err)
+static CK_RV read_attributes(jwke_p11_token *token, CK_SESSION_HANDLE session,
+                             object_attributes *o, jwke_error *err)
 {
     CK_ATTRIBUTE t[A_COUNT] = {
         {CKA_CLASS, &o->object_class, sizeof o->object_class},
@@ -58,8 +60,7 @@ static int read_attributes(jwke_p11_token *token, object_attributes *o, jwke_err
         {CKA_EC_POINT, o->ec_point, sizeof o->ec_point},
     };
     memcpy(o->template, t, sizeof t);
-    CK_RV rv = token->module->fn->C_GetAttributeValue(token->session, o->handle, o->template,
-                                                      A_COUNT);
+    CK_RV rv = token->module->fn->C_GetAttributeValue(session, o->handle, o->template, A_COUNT);
     switch (rv) {
     case CKR_OK:
     case CKR_ATTRIBUTE_TYPE_INVALID:
@@ -68,18 +69,22 @@ static int read_attributes(jwke_p11_token *token, object_attributes *o, jwke_err
     case CKR_BUFFER_TOO_SMALL:
         for (int i = 0; i < A_COUNT; i++)
             if (o->template[i].ulValueLen != CK_UNAVAILABLE_INFORMATION &&
-                o->template[i].ulValueLen > t[i].ulValueLen)
-                return jwke_fail(err, "object on the token has a %s of %lu bytes, more than the "
-                                 "%lu bytes jwkengine supports", attribute_names[i],
-                                 (unsigned long)o->template[i].ulValueLen,
-                                 (unsigned long)t[i].ulValueLen);
-        return jwke_fail_ckr(err, "C_GetAttributeValue", rv);
+                o->template[i].ulValueLen > t[i].ulValueLen) {
+                jwke_fail(err, "object on the token has a %s of %lu bytes, more than the "
+                          "%lu bytes jwkengine supports", attribute_names[i],
+                          (unsigned long)o->template[i].ulValueLen,
+                          (unsigned long)t[i].ulValueLen);
+                return JWKE_OP_FAILED;
+            }
+        return rv;
     default:
-        return jwke_fail_ckr(err, "C_GetAttributeValue", rv);
+        return rv;
     }
-    if (!present(o, A_CLASS) || !present(o, A_ID))
-        return jwke_fail(err, "object on the token has no readable CKA_CLASS or CKA_ID");
-    return 0;
+    if (!present(o, A_CLASS) || !present(o, A_ID)) {
+        jwke_fail(err, "object on the token has no readable CKA_CLASS or CKA_ID");
+        return JWKE_OP_FAILED;
+    }
+    return CKR_OK;
 }
 
 /* A kid for messages: as-is when printable, else hex. */
@@ -190,12 +195,20 @@ static int map_pair(const object_attributes *priv, const object_attributes *pub,
     }
 }
 
+void jwke_p11_key_clear(jwke_p11_key *key)
+{
+    EVP_PKEY_free(key->public_key);
+    key->public_key = NULL;
+    free(key->label);
+    key->label = NULL;
+}
+
 void jwke_p11_keys_free(jwke_p11_key *keys, size_t count)
 {
     if (!keys)
         return;
     for (size_t i = 0; i < count; i++)
-        EVP_PKEY_free(keys[i].public_key);
+        jwke_p11_key_clear(&keys[i]);
     free(keys);
 }
 
@@ -262,39 +275,90 @@ done:
     return 0;
 }
 
+typedef struct load_context {
+    const char *label;
+    size_t label_len;
+    object_attributes *objects;
+    size_t count;
+} load_context;
+
+static CK_RV load_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
+                     const char **function, jwke_error *err)
+{
+    load_context *c = ctx;
+    CK_ATTRIBUTE search[] = {{CKA_LABEL, (void *)c->label, (CK_ULONG)c->label_len}};
+    CK_OBJECT_HANDLE *handles = NULL;
+    size_t n = 0;
+    free(c->objects); /* from a failed first attempt */
+    c->objects = NULL;
+    c->count = 0;
+    CK_RV rv = jwke_p11_find(token, session, search, 1, &handles, &n, function);
+    if (rv != CKR_OK)
+        return rv;
+    c->objects = malloc((n ? n : 1) * sizeof *c->objects);
+    if (!c->objects) {
+        free(handles);
+        jwke_fail(err, "out of memory reading a key set");
+        return JWKE_OP_FAILED;
+    }
+    *function = "C_GetAttributeValue";
+    for (size_t i = 0; i < n && rv == CKR_OK; i++) {
+        c->objects[i].handle = handles[i];
+        rv = read_attributes(token, session, &c->objects[i], err);
+    }
+    free(handles);
+    c->count = n;
+    return rv;
+}
+
 int jwke_p11_load_set(jwke_p11_token *token, const char *label, size_t label_len,
                       int min_rsa_bits, jwke_p11_key **keys, size_t *count, jwke_error *err)
 {
-    CK_ATTRIBUTE search[] = {{CKA_LABEL, (void *)label, (CK_ULONG)label_len}};
-    CK_OBJECT_HANDLE *handles = NULL;
-    size_t n = 0;
-    object_attributes *objects = NULL;
-    int result = -1;
-
-    pthread_mutex_lock(&token->lock);
-    if (jwke_p11_find(token, search, 1, &handles, &n, err) != 0)
-        goto done;
-    objects = malloc((n ? n : 1) * sizeof *objects);
-    if (!objects) {
-        jwke_fail(err, "out of memory reading a key set");
-        goto done;
+    load_context c = {label, label_len, NULL, 0};
+    int result = jwke_p11_run(token, load_op, &c, err);
+    if (result == 0)
+        result = pair_objects(c.objects, c.count, min_rsa_bits, keys, count, err);
+    if (result == 0) {
+        /* every key remembers where it came from, to be found again */
+        for (size_t i = 0; i < *count; i++) {
+            (*keys)[i].label = malloc(label_len + 1);
+            if (!(*keys)[i].label) {
+                jwke_p11_keys_free(*keys, *count);
+                free(c.objects);
+                return jwke_fail(err, "out of memory reading a key set");
+            }
+            memcpy((*keys)[i].label, label, label_len);
+            (*keys)[i].label[label_len] = '\0';
+            (*keys)[i].label_len = label_len;
+            (*keys)[i].object_epoch = token->object_epoch;
+        }
     }
-    for (size_t i = 0; i < n; i++) {
-        objects[i].handle = handles[i];
-        if (read_attributes(token, &objects[i], err) != 0)
-            goto done;
-    }
-    result = pair_objects(objects, n, min_rsa_bits, keys, count, err);
-done:
-    pthread_mutex_unlock(&token->lock);
-    free(objects);
-    free(handles);
+    free(c.objects);
     return result;
 }
 
 /* Generation is one at a time per process: some tokens cannot run two
  * generations at once, and the startup policy must never race itself. */
 static pthread_mutex_t generation_lock = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct generate_context {
+    CK_MECHANISM *mechanism;
+    CK_ATTRIBUTE *public_template;
+    CK_ULONG public_count;
+    CK_ATTRIBUTE *private_template;
+    CK_ULONG private_count;
+} generate_context;
+
+static CK_RV generate_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
+                         const char **function, jwke_error *err)
+{
+    generate_context *c = ctx;
+    CK_OBJECT_HANDLE public_handle, private_handle;
+    *function = "C_GenerateKeyPair";
+    return token->module->fn->C_GenerateKeyPair(session, c->mechanism, c->public_template,
+                                                c->public_count, c->private_template,
+                                                c->private_count, &public_handle, &private_handle);
+}
 
 int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len,
                       const unsigned char *id, size_t id_len, const jwke_alg *alg,
@@ -357,20 +421,41 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
             (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)params, (CK_ULONG)params_len};
     }
 
-    CK_OBJECT_HANDLE public_handle, private_handle;
+    generate_context c = {&mechanism, public_template, public_count, private_template,
+                          sizeof private_template / sizeof private_template[0]};
     pthread_mutex_lock(&generation_lock);
-    pthread_mutex_lock(&token->lock);
-    CK_RV rv = token->module->fn->C_GenerateKeyPair(
-        token->session, &mechanism, public_template, public_count, private_template,
-        sizeof private_template / sizeof private_template[0], &public_handle, &private_handle);
-    pthread_mutex_unlock(&token->lock);
+    int result = jwke_p11_run(token, generate_op, &c, err);
     pthread_mutex_unlock(&generation_lock);
-    if (rv == CKR_MECHANISM_INVALID)
-        return jwke_fail(err, "C_GenerateKeyPair: CKR_MECHANISM_INVALID (the token cannot "
-                         "generate %s keys)", alg->name);
+    if (result != 0 && err->ckr == CKR_MECHANISM_INVALID)
+        jwke_fail(err, "C_GenerateKeyPair: CKR_MECHANISM_INVALID (the token cannot generate %s "
+                  "keys)", alg->name);
+    return result;
+}
+
+typedef struct delete_context {
+    CK_ATTRIBUTE *search;
+    CK_ULONG search_len;
+    size_t destroyed;
+} delete_context;
+
+static CK_RV delete_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
+                       const char **function, jwke_error *err)
+{
+    delete_context *c = ctx;
+    CK_OBJECT_HANDLE *handles = NULL;
+    size_t n = 0;
+    CK_RV rv = jwke_p11_find(token, session, c->search, c->search_len, &handles, &n, function);
     if (rv != CKR_OK)
-        return jwke_fail_ckr(err, "C_GenerateKeyPair", rv);
-    return 0;
+        return rv;
+    *function = "C_DestroyObject";
+    /* a retry finds only what is left, so the count adds up */
+    for (size_t i = 0; i < n && rv == CKR_OK; i++) {
+        rv = token->module->fn->C_DestroyObject(session, handles[i]);
+        if (rv == CKR_OK)
+            c->destroyed++;
+    }
+    free(handles);
+    return rv;
 }
 
 int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,
@@ -380,25 +465,13 @@ int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,
         {CKA_LABEL, (void *)label, (CK_ULONG)label_len},
         {CKA_ID, (void *)id, (CK_ULONG)id_len},
     };
-    CK_OBJECT_HANDLE *handles = NULL;
-    size_t n = 0;
-    int result = 0;
-
-    *destroyed = 0;
-    pthread_mutex_lock(&token->lock);
-    if (jwke_p11_find(token, search, id ? 2 : 1, &handles, &n, err) != 0) {
-        result = -1;
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            CK_RV rv = token->module->fn->C_DestroyObject(token->session, handles[i]);
-            if (rv != CKR_OK) {
-                result = jwke_fail_ckr(err, "C_DestroyObject", rv);
-                break;
-            }
-            (*destroyed)++;
-        }
+    delete_context c = {search, id ? 2 : 1, 0};
+    int result = jwke_p11_run(token, delete_op, &c, err);
+    *destroyed = c.destroyed;
+    if (result == 0) {
+        pthread_mutex_lock(&token->lock);
+        token->object_epoch++; /* handles of the deleted objects must not be used */
+        pthread_mutex_unlock(&token->lock);
     }
-    pthread_mutex_unlock(&token->lock);
-    free(handles);
     return result;
 }

@@ -10,6 +10,42 @@
 static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
 static jwke_p11_module *modules;
 
+/* Bumped in the child after every fork; nothing else happens there, since
+ * only async-signal-safe work is allowed in an atfork child handler. */
+static volatile unsigned fork_generation;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
+{
+    fork_generation++;
+    /* The module list lock may have been held by another thread at fork
+     * time; the child has one thread, so a fresh lock is the safe state. */
+    pthread_mutex_init(&modules_lock, NULL);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+unsigned jwke_p11_fork_generation(void)
+{
+    return fork_generation;
+}
+
+static CK_RV initialize(jwke_p11_module *m)
+{
+    /* The module may be called from several threads (a C host, OpenResty's
+     * thread pool): let it use the OS's locks. */
+    CK_C_INITIALIZE_ARGS args;
+    memset(&args, 0, sizeof args);
+    args.flags = CKF_OS_LOCKING_OK;
+    CK_RV rv = m->fn->C_Initialize(&args);
+    m->initialized_here = rv == CKR_OK;
+    m->fork_generation = fork_generation;
+    m->epoch++;
+    return rv == CKR_CRYPTOKI_ALREADY_INITIALIZED ? CKR_OK : rv;
+}
 static int load_and_initialize(jwke_p11_module *m, const char *path, jwke_error *err)
 {
     struct stat st;
@@ -32,13 +68,8 @@ static int load_and_initialize(jwke_p11_module *m, const char *path, jwke_error 
         goto fail;
     }
 
-    /* The module may be called from several threads (a C host, OpenResty's
-     * thread pool): let it use the OS's locks. */
-    CK_C_INITIALIZE_ARGS args;
-    memset(&args, 0, sizeof args);
-    args.flags = CKF_OS_LOCKING_OK;
-    rv = m->fn->C_Initialize(&args);
-    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+    rv = initialize(m);
+    if (rv != CKR_OK) {
         jwke_fail_ckr(err, "C_Initialize", rv);
         goto fail;
     }
@@ -51,6 +82,7 @@ fail:
 
 jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err)
 {
+    pthread_once(&atfork_once, register_atfork);
     pthread_mutex_lock(&modules_lock);
     jwke_p11_module *m;
     for (m = modules; m; m = m->next) {
@@ -75,6 +107,11 @@ jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err)
     }
     m->references = 1;
     pthread_mutex_init(&m->lock, NULL);
+    if (m->fork_generation != fork_generation) {
+        /* acquired in a child before any other use: catch up now */
+        jwke_error ignored;
+        jwke_p11_module_check(m, &ignored);
+    }
     m->next = modules;
     modules = m;
     pthread_mutex_unlock(&modules_lock);
@@ -104,8 +141,12 @@ void jwke_p11_module_release(jwke_p11_module *module)
         }
     }
     pthread_mutex_unlock(&modules_lock);
-    module->fn->C_Finalize(NULL);
-    dlclose(module->library);
+    /* Finalizing is only ours to do in the process generation that
+     * initialized the module: a forked child must leave it alone. */
+    if (module->initialized_here && module->fork_generation == fork_generation) {
+        module->fn->C_Finalize(NULL);
+        dlclose(module->library);
+    }
     while (module->logins) {
         jwke_p11_login_record *next = module->logins->next;
         free(module->logins);
@@ -114,6 +155,42 @@ void jwke_p11_module_release(jwke_p11_module *module)
     pthread_mutex_destroy(&module->lock);
     free(module->path);
     free(module);
+}
+
+unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err)
+{
+    if (module->fork_generation == fork_generation)
+        return module->epoch;
+    /* First use in a forked child. Its locks were copied in whatever state
+     * the parent's threads left them; the child is single-threaded here. */
+    pthread_mutex_init(&module->lock, NULL);
+    pthread_mutex_lock(&module->lock);
+    /* Login records describe the parent's sessions: none of them is ours. */
+    while (module->logins) {
+        jwke_p11_login_record *next = module->logins->next;
+        free(module->logins);
+        module->logins = next;
+    }
+    CK_RV rv = initialize(module);
+    unsigned epoch = module->epoch;
+    pthread_mutex_unlock(&module->lock);
+    if (rv != CKR_OK) {
+        jwke_fail_ckr(err, "C_Initialize", rv);
+        return 0;
+    }
+    return epoch;
+}
+
+int jwke_p11_module_reinitialize(jwke_p11_module *module, jwke_error *err)
+{
+    pthread_mutex_lock(&module->lock);
+    if (module->initialized_here && module->fork_generation == fork_generation)
+        module->fn->C_Finalize(NULL);
+    CK_RV rv = initialize(module);
+    pthread_mutex_unlock(&module->lock);
+    if (rv != CKR_OK)
+        return jwke_fail_ckr(err, "C_Initialize", rv);
+    return 0;
 }
 
 void jwke_p11_copy_padded(char *dst, const unsigned char *src, size_t src_len)

@@ -1,7 +1,15 @@
 /* Loading a PKCS#11 module and listing its slots.
  *
  * A module is initialized once per process however many engines use it
- * (C_Initialize is process-wide), and finalized when the last one lets go. */
+ * (C_Initialize is process-wide), and finalized when the last one lets go.
+ *
+ * Fork safety: a pthread_atfork child handler only bumps a process-wide
+ * fork generation. The first use of a module in the child notices the new
+ * generation, calls C_Initialize again (CKR_CRYPTOKI_ALREADY_INITIALIZED is
+ * fine) and bumps the module's epoch, which tells every token that its
+ * sessions, login and object handles are gone. Inherited handles are never
+ * closed, and C_Finalize is only called by the process generation that
+ * initialized the module itself. */
 #ifndef JWKE_P11_MODULE_H
 #define JWKE_P11_MODULE_H
 
@@ -25,11 +33,14 @@ typedef struct jwke_p11_login_record {
 
 typedef struct jwke_p11_module {
     char *path;
-    pthread_mutex_t lock;     /* guards logins and references */
+    pthread_mutex_t lock;     /* guards logins, epoch and re-initialization */
     jwke_p11_login_record *logins;
     void *library;            /* dlopen handle */
     CK_FUNCTION_LIST_PTR fn;
     int references;
+    unsigned fork_generation; /* the process generation this state belongs to */
+    int initialized_here;     /* our C_Initialize returned CKR_OK in that generation */
+    unsigned epoch;           /* bumped by every (re-)initialization */
     struct jwke_p11_module *next;
 } jwke_p11_module;
 
@@ -52,6 +63,19 @@ void jwke_p11_module_release(jwke_p11_module *module);
 
 /* One more reference to a module already acquired. */
 void jwke_p11_module_retain(jwke_p11_module *module);
+
+/* The process's fork generation (bumped in every child). */
+unsigned jwke_p11_fork_generation(void);
+
+/* Brings the module up to date with the current process generation: in a
+ * forked child, calls C_Initialize again and bumps the epoch. Cheap when
+ * nothing changed. Returns the current epoch, or 0 with err set. */
+unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err);
+
+/* Full re-initialization after the device failed (C_Finalize when this
+ * process generation initialized it, then C_Initialize); bumps the epoch.
+ * Other tokens on the same module follow on their next call. */
+int jwke_p11_module_reinitialize(jwke_p11_module *module, jwke_error *err);
 
 /* Every slot (with or without a token), in the module's order. The caller
  * frees *slots. */

@@ -3,9 +3,11 @@
  * allows it, which is faster than streaming the input to the token. */
 #include "p11_token.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "evp_sig.h"
+#include "p11_internal.h"
 
 /* DER DigestInfo prefixes (RFC 8017 §9.2, note 1) for CKM_RSA_PKCS. */
 static const unsigned char digest_info_sha256[] = {
@@ -36,7 +38,63 @@ static CK_MECHANISM_TYPE pss_hash(size_t digest_size, CK_RSA_PKCS_MGF_TYPE *mgf)
     }
 }
 
-int jwke_p11_sign(jwke_p11_token *token, CK_OBJECT_HANDLE private_handle, const jwke_alg *alg,
+typedef struct sign_context {
+    jwke_p11_key *key;
+    CK_MECHANISM *mechanism;
+    const unsigned char *data;
+    size_t data_len;
+    unsigned char *sig;
+    CK_ULONG sig_len;
+} sign_context;
+
+/* Finds the private half again by label and id (after a fork, a device
+ * reset or CKR_OBJECT_HANDLE_INVALID). */
+static CK_RV refind_private(jwke_p11_token *token, CK_SESSION_HANDLE session, jwke_p11_key *key,
+                            unsigned object_epoch, const char **function, jwke_error *err)
+{
+    CK_OBJECT_CLASS private_class = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE search[] = {
+        {CKA_CLASS, &private_class, sizeof private_class},
+        {CKA_LABEL, key->label, (CK_ULONG)key->label_len},
+        {CKA_ID, key->id, (CK_ULONG)key->id_len},
+    };
+    CK_OBJECT_HANDLE *handles = NULL;
+    size_t n = 0;
+    CK_RV rv = jwke_p11_find(token, session, search, 3, &handles, &n, function);
+    if (rv != CKR_OK)
+        return rv;
+    if (n != 1) {
+        free(handles);
+        jwke_fail(err, "key '%.*s' is %s on the token", (int)key->id_len, (const char *)key->id,
+                  n == 0 ? "no longer" : "more than once");
+        return JWKE_OP_FAILED;
+    }
+    key->private_handle = handles[0];
+    key->object_epoch = object_epoch;
+    free(handles);
+    return CKR_OK;
+}
+
+static CK_RV sign_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
+                     const char **function, jwke_error *err)
+{
+    sign_context *c = ctx;
+    CK_FUNCTION_LIST_PTR fn = token->module->fn;
+    unsigned object_epoch = token->object_epoch;
+    if (c->key->object_epoch != object_epoch) {
+        CK_RV rv = refind_private(token, session, c->key, object_epoch, function, err);
+        if (rv != CKR_OK)
+            return rv;
+    }
+    *function = "C_SignInit";
+    CK_RV rv = fn->C_SignInit(session, c->mechanism, c->key->private_handle);
+    if (rv != CKR_OK)
+        return rv;
+    *function = "C_Sign";
+    return fn->C_Sign(session, (CK_BYTE_PTR)c->data, (CK_ULONG)c->data_len, c->sig, &c->sig_len);
+}
+
+int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
                   const unsigned char *input, size_t input_len, unsigned char *sig,
                   size_t *sig_len, jwke_error *err)
 {
@@ -76,20 +134,9 @@ int jwke_p11_sign(jwke_p11_token *token, CK_OBJECT_HANDLE private_handle, const 
         break;
     }
 
-    CK_FUNCTION_LIST_PTR fn = token->module->fn;
-    CK_ULONG out_len = (CK_ULONG)*sig_len;
-    pthread_mutex_lock(&token->lock);
-    CK_RV rv = fn->C_SignInit(token->session, &mechanism, private_handle);
-    if (rv == CKR_OK) {
-        rv = fn->C_Sign(token->session, (CK_BYTE_PTR)data, (CK_ULONG)data_len, sig, &out_len);
-        if (rv != CKR_OK) {
-            pthread_mutex_unlock(&token->lock);
-            return jwke_fail_ckr(err, "C_Sign", rv);
-        }
-    }
-    pthread_mutex_unlock(&token->lock);
-    if (rv != CKR_OK)
-        return jwke_fail_ckr(err, "C_SignInit", rv);
-    *sig_len = out_len;
+    sign_context c = {key, &mechanism, data, data_len, sig, (CK_ULONG)*sig_len};
+    if (jwke_p11_run(token, sign_op, &c, err) != 0)
+        return -1;
+    *sig_len = c.sig_len;
     return 0;
 }

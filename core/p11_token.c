@@ -1,12 +1,21 @@
+/* Opening and closing a token, and logging in (PIN handling). The session
+ * pool and recovery are in p11_session.c. */
 #include "p11_token.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+
+#include "p11_internal.h"
+
+#define MAX_PIN_LEN 256
 
 /* The per-process key of PIN fingerprints: random, never stored. */
 static unsigned char fingerprint_key[32];
@@ -17,12 +26,11 @@ static void make_fingerprint_key(void)
     RAND_bytes(fingerprint_key, sizeof fingerprint_key);
 }
 
-static void pin_fingerprint(const char *pin, size_t pin_len, unsigned char out[32])
+static void pin_fingerprint(const unsigned char *pin, size_t pin_len, unsigned char out[32])
 {
     unsigned int len = 32;
     pthread_once(&fingerprint_key_once, make_fingerprint_key);
-    HMAC(EVP_sha256(), fingerprint_key, sizeof fingerprint_key, (const unsigned char *)pin,
-         pin_len, out, &len);
+    HMAC(EVP_sha256(), fingerprint_key, sizeof fingerprint_key, pin, pin_len, out, &len);
 }
 
 /* The login record of a slot; the caller holds module->lock. */
@@ -42,9 +50,9 @@ static jwke_p11_login_record *login_record(jwke_p11_module *module, CK_SLOT_ID s
     return r;
 }
 
-/* Counts our sessions on a slot; when the last one closes the token logs
- * out (PKCS#11 §5.6) and the record goes. */
-static int track_session(jwke_p11_module *module, CK_SLOT_ID slot, int delta)
+/* Counts our tokens on a slot; when the last one closes the token logs out
+ * (PKCS#11 §5.6) and the record goes. */
+void jwke_p11_track_slot(jwke_p11_module *module, CK_SLOT_ID slot, int delta)
 {
     pthread_mutex_lock(&module->lock);
     jwke_p11_login_record *r = login_record(module, slot, delta > 0);
@@ -62,61 +70,142 @@ static int track_session(jwke_p11_module *module, CK_SLOT_ID slot, int delta)
         }
     }
     pthread_mutex_unlock(&module->lock);
-    return r || delta < 0 ? 0 : -1;
 }
 
-jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, jwke_error *err)
+/* PIN memory: locked so it is never swapped out, kept out of core dumps,
+ * wiped before it is freed. Locking is best effort (RLIMIT_MEMLOCK). */
+static unsigned char *pin_alloc(void)
 {
-    jwke_p11_token *token = calloc(1, sizeof *token);
-    if (!token) {
-        jwke_fail(err, "out of memory opening a token session");
+    unsigned char *p = malloc(MAX_PIN_LEN);
+    if (p) {
+        mlock(p, MAX_PIN_LEN);
+        madvise(p, MAX_PIN_LEN, MADV_DONTDUMP);
+    }
+    return p;
+}
+
+static void pin_free(jwke_p11_token *t)
+{
+    if (!t->pin)
+        return;
+    OPENSSL_cleanse(t->pin, MAX_PIN_LEN);
+    munlock(t->pin, MAX_PIN_LEN);
+    free(t->pin);
+    t->pin = NULL;
+    t->pin_len = 0;
+}
+
+jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, const char *label,
+                                    const char *serial, const jwke_p11_options *options,
+                                    jwke_error *err)
+{
+    jwke_p11_token *t = calloc(1, sizeof *t);
+    if (!t) {
+        jwke_fail(err, "out of memory opening a token");
         return NULL;
     }
+    t->module = module;
+    t->slot = slot;
+    snprintf(t->label, sizeof t->label, "%s", label ? label : "");
+    snprintf(t->serial, sizeof t->serial, "%s", serial ? serial : "");
+    t->max_sessions = options && options->max_sessions > 0 ? options->max_sessions : 4;
+    if (t->max_sessions > JWKE_POOL_LIMIT)
+        t->max_sessions = JWKE_POOL_LIMIT;
+    t->session_wait_ms = options && options->session_wait_ms > 0 ? options->session_wait_ms : 5000;
+    t->reinit_interval_ms =
+        options && options->reinit_interval_ms > 0 ? options->reinit_interval_ms : 1000;
+    t->last_reinit_ms = -1000000;
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->session_free, NULL);
+    t->fork_generation = jwke_p11_fork_generation();
+    t->epoch = module->epoch;
+
     CK_RV rv = module->fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-                                         &token->session);
+                                         &t->login_session);
     if (rv != CKR_OK) {
         jwke_fail_ckr(err, "C_OpenSession", rv);
-        free(token);
+        pthread_mutex_destroy(&t->lock);
+        pthread_cond_destroy(&t->session_free);
+        free(t);
         return NULL;
     }
-    if (track_session(module, slot, +1) != 0) {
-        module->fn->C_CloseSession(token->session);
-        free(token);
-        jwke_fail(err, "out of memory opening a token session");
-        return NULL;
-    }
+    t->have_login_session = 1;
+    t->tracked_generation = t->fork_generation;
+    jwke_p11_track_slot(module, slot, +1);
     jwke_p11_module_retain(module); /* released in jwke_p11_token_close */
-    token->module = module;
-    token->slot = slot;
-    token->open = 1;
-    pthread_mutex_init(&token->lock, NULL);
-    return token;
+    t->stats.max_sessions = t->max_sessions;
+    return t;
 }
 
-void jwke_p11_token_close(jwke_p11_token *token)
+void jwke_p11_token_close(jwke_p11_token *t)
 {
-    if (!token || !token->open)
+    if (!t || t->closed)
         return;
-    token->module->fn->C_CloseSession(token->session);
-    track_session(token->module, token->slot, -1);
-    token->open = 0;
-    pthread_mutex_destroy(&token->lock);
-    jwke_p11_module_release(token->module);
-    token->module = NULL;
+    /* In a forked child the handles belong to the parent: touch nothing. */
+    if (t->fork_generation == jwke_p11_fork_generation() &&
+        t->module->fork_generation == t->fork_generation) {
+        pthread_mutex_lock(&t->lock);
+        CK_FUNCTION_LIST_PTR fn = t->module->fn;
+        if (t->epoch == t->module->epoch) {
+            while (t->idle_count > 0)
+                fn->C_CloseSession(t->idle[--t->idle_count]);
+            if (t->have_login_session)
+                fn->C_CloseSession(t->login_session);
+        }
+        t->have_login_session = 0;
+        pthread_mutex_unlock(&t->lock);
+    }
+    if (t->tracked_generation == jwke_p11_fork_generation())
+        jwke_p11_track_slot(t->module, t->slot, -1);
+    pin_free(t);
+    t->closed = 1;
+    jwke_p11_module_release(t->module);
+    t->module = NULL;
 }
 
-int jwke_p11_login(jwke_p11_token *token, const char *pin, size_t pin_len, jwke_error *err)
+static int refuse_by_flags(CK_FLAGS flags, jwke_error *err)
 {
-    unsigned char fingerprint[32];
-    pin_fingerprint(pin, pin_len, fingerprint);
+    if (flags & CKF_USER_PIN_LOCKED)
+        return jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_LOCKED (the user PIN "
+                         "is locked; unlock it with the security officer PIN)");
+    if (flags & CKF_USER_PIN_FINAL_TRY)
+        return jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_FINAL_TRY (one more "
+                         "wrong PIN locks it; log in by hand to clear the counter)");
+    if (flags & CKF_USER_PIN_TO_BE_CHANGED)
+        return jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_TO_BE_CHANGED "
+                         "(change the user PIN first)");
+    return 0;
+}
 
-    jwke_p11_module *module = token->module;
+/* Logs the login session in with the stored PIN. Caller holds t->lock. */
+int jwke_p11_login_locked(jwke_p11_token *t, jwke_error *err)
+{
+    if (!t->pin)
+        return jwke_fail(err, "C_Login: no PIN is configured");
+    if (t->pin_refused)
+        return jwke_fail(err, "C_Login: the token refused this PIN before (CKR_PIN_INCORRECT); "
+                         "jwkengine never tries a refused PIN again");
+    CK_FUNCTION_LIST_PTR fn = t->module->fn;
+    CK_TOKEN_INFO info;
+    CK_RV rv = fn->C_GetTokenInfo(t->slot, &info);
+    if (rv != CKR_OK)
+        return jwke_fail_ckr(err, "C_GetTokenInfo", rv);
+    if (refuse_by_flags(info.flags, err) != 0)
+        return -1;
+
+    unsigned char fingerprint[32];
+    pin_fingerprint(t->pin, t->pin_len, fingerprint);
+    jwke_p11_module *module = t->module;
     pthread_mutex_lock(&module->lock);
-    pthread_mutex_lock(&token->lock);
-    CK_RV rv = module->fn->C_Login(token->session, CKU_USER, (CK_UTF8CHAR_PTR)pin,
-                                   (CK_ULONG)pin_len);
-    pthread_mutex_unlock(&token->lock);
-    jwke_p11_login_record *record = login_record(module, token->slot, 0);
+    rv = fn->C_Login(t->login_session, CKU_USER, t->pin, (CK_ULONG)t->pin_len);
+    if (rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) {
+        /* the login session itself went away: one new one */
+        rv = fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                               &t->login_session);
+        if (rv == CKR_OK)
+            rv = fn->C_Login(t->login_session, CKU_USER, t->pin, (CK_ULONG)t->pin_len);
+    }
+    jwke_p11_login_record *record = login_record(module, t->slot, rv == CKR_OK);
     int result = 0;
     if (rv == CKR_OK) {
         if (record) {
@@ -133,6 +222,9 @@ int jwke_p11_login(jwke_p11_token *token, const char *pin, size_t pin_len, jwke_
             result = -1;
         }
     } else {
+        if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE ||
+            rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED)
+            t->pin_refused = 1;
         result = jwke_fail_ckr(err, "C_Login", rv);
     }
     pthread_mutex_unlock(&module->lock);
@@ -140,51 +232,71 @@ int jwke_p11_login(jwke_p11_token *token, const char *pin, size_t pin_len, jwke_
     return result;
 }
 
-int jwke_p11_find(jwke_p11_token *token, CK_ATTRIBUTE *template, CK_ULONG template_len,
-                  CK_OBJECT_HANDLE **found, size_t *count, jwke_error *err)
+static int store_pin_and_login(jwke_p11_token *t, jwke_error *err)
 {
-    CK_FUNCTION_LIST_PTR fn = token->module->fn;
-    CK_RV rv = fn->C_FindObjectsInit(token->session, template, template_len);
-    if (rv != CKR_OK)
-        return jwke_fail_ckr(err, "C_FindObjectsInit", rv);
+    pthread_mutex_lock(&t->lock);
+    int rc = jwke_p11_login_locked(t, err);
+    pthread_mutex_unlock(&t->lock);
+    if (rc != 0)
+        pin_free(t); /* a refused PIN is not kept */
+    return rc;
+}
 
-    size_t capacity = 16, n = 0;
-    CK_OBJECT_HANDLE *handles = malloc(capacity * sizeof *handles);
-    int result = 0;
-    for (;;) {
-        if (!handles) {
-            result = jwke_fail(err, "out of memory searching the token");
-            break;
-        }
-        if (n == capacity) {
-            CK_OBJECT_HANDLE *grown = realloc(handles, 2 * capacity * sizeof *handles);
-            if (!grown) {
-                free(handles);
-                handles = NULL;
-                continue;
-            }
-            handles = grown;
-            capacity *= 2;
-        }
-        CK_ULONG got = 0;
-        rv = fn->C_FindObjects(token->session, handles + n, (CK_ULONG)(capacity - n), &got);
-        if (rv != CKR_OK) {
-            result = jwke_fail_ckr(err, "C_FindObjects", rv);
-            break;
-        }
-        if (got == 0)
-            break;
-        n += got;
+int jwke_p11_login(jwke_p11_token *t, const char *pin, size_t pin_len, jwke_error *err)
+{
+    if (pin_len == 0 || pin_len >= MAX_PIN_LEN)
+        return jwke_fail(err, "C_Login: the PIN must be 1 to %d bytes long", MAX_PIN_LEN - 1);
+    pin_free(t);
+    t->pin = pin_alloc();
+    if (!t->pin)
+        return jwke_fail(err, "out of memory storing the PIN");
+    memcpy(t->pin, pin, pin_len);
+    t->pin_len = pin_len;
+    return store_pin_and_login(t, err);
+}
+
+int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return jwke_fail(err, "cannot read the PIN file '%s': %s", path, strerror(errno));
+    pin_free(t);
+    t->pin = pin_alloc();
+    if (!t->pin) {
+        fclose(f);
+        return jwke_fail(err, "out of memory storing the PIN");
     }
-    /* Always end the search, or the session stays busy with it. */
-    rv = fn->C_FindObjectsFinal(token->session);
-    if (result == 0 && rv != CKR_OK)
-        result = jwke_fail_ckr(err, "C_FindObjectsFinal", rv);
-    if (result != 0) {
-        free(handles);
-        return -1;
+    size_t n = fread(t->pin, 1, MAX_PIN_LEN, f);
+    int failed = ferror(f);
+    fclose(f);
+    while (n > 0 && (t->pin[n - 1] == '\n' || t->pin[n - 1] == '\r'))
+        n--;
+    if (failed || n == 0 || n >= MAX_PIN_LEN - 1) {
+        pin_free(t);
+        return jwke_fail(err, "the PIN file '%s' %s", path,
+                         failed ? "cannot be read" : n == 0 ? "is empty" : "is too long");
     }
-    *found = handles;
-    *count = n;
-    return 0;
+    t->pin_len = n;
+    return store_pin_and_login(t, err);
+}
+
+void jwke_p11_token_stats(jwke_p11_token *t, jwke_p11_stats *out)
+{
+    pthread_mutex_lock(&t->lock);
+    *out = t->stats;
+    out->sessions_open = t->open_count;
+    out->max_sessions = t->max_sessions;
+    pthread_mutex_unlock(&t->lock);
+}
+
+int jwke_p11_take_events(jwke_p11_token *t, char (*out)[160], int max)
+{
+    pthread_mutex_lock(&t->lock);
+    int n = t->event_count < max ? t->event_count : max;
+    for (int i = 0; i < n; i++)
+        memcpy(out[i], t->events[i], sizeof out[i]);
+    memmove(t->events, t->events + n, (size_t)(t->event_count - n) * sizeof t->events[0]);
+    t->event_count -= n;
+    pthread_mutex_unlock(&t->lock);
+    return n;
 }

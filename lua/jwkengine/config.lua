@@ -18,8 +18,12 @@ local function defaults()
       token_label = nil,
       slot = 0,
       pin = nil,
+      pin_file = nil,
       key_set_prefix = "",
       min_rsa_bits = 4096,
+      max_sessions = 4,
+      session_wait_ms = 5000,
+      reinit_interval_ms = 1000,
     },
     startup_sets = M.DEFAULT_STARTUP_SETS,
     dsn = nil,          -- nil: the store's default (sqlite://jwkengine.sqlite)
@@ -42,8 +46,13 @@ local hsm_schema = {
   token_label = "string",
   slot = "integer",
   pin = "string",
+  pin_file = "string",
   key_set_prefix = "string",
   min_rsa_bits = "integer",
+  max_sessions = "integer",
+  session_wait_ms = "integer",
+  reinit_interval_ms = "integer",
+  uri = "string",
 }
 
 -- Environment variable -> hsm key.
@@ -53,8 +62,11 @@ local hsm_environment = {
   HSM_TOKEN_LABEL = "token_label",
   HSM_SLOT = "slot",
   HSM_PIN = "pin",
+  HSM_PIN_FILE = "pin_file",
   HSM_KEY_SET_PREFIX = "key_set_prefix",
   HSM_MIN_RSA_BITS = "min_rsa_bits",
+  HSM_MAX_SESSIONS = "max_sessions",
+  HSM_URI = "uri",
 }
 
 local function is_integer(v)

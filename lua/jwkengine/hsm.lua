@@ -19,13 +19,20 @@ M.GENERATE_ALGORITHMS = { RS256 = true, ES256 = true, ES384 = true, ES512 = true
 -- Opens the token the configuration names and logs in.
 --   hsm_config: the `hsm` table of jwkengine.config
 --   options.select_slot(slot_list, hsm_config) -> slot | nil, err: slot policy
+--   options.logger(level, message): where recoveries are logged
 function M.open(hsm_config, options)
   options = options or {}
   if not hsm_config.library or hsm_config.library == "" then
     return util.fail("ERR_CONFIG", "the HSM is enabled but HSM_LIBRARY (hsm.library) is not set")
   end
-  if not hsm_config.pin then
-    return util.fail("ERR_CONFIG", "the HSM is enabled but HSM_PIN (hsm.pin) is not set")
+  if hsm_config.pin and hsm_config.pin_file then
+    return util.fail("ERR_CONFIG", "set either HSM_PIN (hsm.pin) or HSM_PIN_FILE (hsm.pin_file), not both")
+  end
+  if not hsm_config.pin and not hsm_config.pin_file then
+    return util.fail("ERR_CONFIG", "the HSM is enabled but neither HSM_PIN nor HSM_PIN_FILE is set")
+  end
+  if hsm_config.max_sessions < 1 then
+    return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 1")
   end
   local list, err, code = core.slots(hsm_config.library)
   if not list then return nil, err, code end
@@ -35,10 +42,19 @@ function M.open(hsm_config, options)
   if not slot then return nil, err, code end
 
   local token
-  token, err, code = core.open_token(hsm_config.library, slot.id)
+  token, err, code = core.open_token(hsm_config.library, slot.id, {
+    label = slot.label, serial = slot.serial,
+    max_sessions = hsm_config.max_sessions,
+    session_wait_ms = hsm_config.session_wait_ms,
+    reinit_interval_ms = hsm_config.reinit_interval_ms,
+  })
   if not token then return nil, err, code end
   local ok
-  ok, err, code = token:login(hsm_config.pin)
+  if hsm_config.pin_file then
+    ok, err, code = token:login_file(hsm_config.pin_file)
+  else
+    ok, err, code = token:login(hsm_config.pin)
+  end
   if not ok then
     token:close()
     return nil, err, code
@@ -46,17 +62,32 @@ function M.open(hsm_config, options)
   return setmetatable({
     token = token,
     slot = slot,
+    log = options.logger or function() end,
     prefix = hsm_config.key_set_prefix or "",
     min_rsa_bits = hsm_config.min_rsa_bits or 4096,
     sets = {},
   }, Manager)
 end
 
+-- Logs what the C layer queued (recoveries, a learned session limit).
+-- Returns its arguments so calls can be wrapped.
+function Manager:drain(...)
+  local events = self.token:events()
+  if events then
+    for _, line in ipairs(events) do self.log("warn", line) end
+  end
+  return ...
+end
+
+function Manager:stats()
+  return self.token:stats()
+end
+
 -- Loads a set (from the cache unless refresh). An empty set is "not found".
 function Manager:load(set, refresh)
   local entry = self.sets[set]
   if entry and not refresh then return entry end
-  local keys, err, code = self.token:load_set(self.prefix .. set, self.min_rsa_bits)
+  local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits))
   if not keys then return nil, string.format("key set '%s': %s", set, err), code end
   if #keys == 0 then
     self.sets[set] = nil
@@ -100,7 +131,7 @@ function Manager:generate(set, alg, options)
     return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got '%s'", tostring(use))
   end
   local kid = options.kid or core.uuid()
-  local ok, err, code = self.token:generate(self.prefix .. set, alg, kid, use, options.rsa_bits)
+  local ok, err, code = self:drain(self.token:generate(self.prefix .. set, alg, kid, use, options.rsa_bits))
   if not ok then return nil, err, code end
   local entry
   entry, err, code = self:load(set, true)
@@ -109,7 +140,7 @@ function Manager:generate(set, alg, options)
 end
 
 function Manager:delete(set, kid)
-  local destroyed, err, code = self.token:delete(self.prefix .. set, kid)
+  local destroyed, err, code = self:drain(self.token:delete(self.prefix .. set, kid))
   if not destroyed then return nil, err, code end
   self.sets[set] = nil
   if destroyed == 0 then
@@ -162,7 +193,7 @@ function Manager:sign(set, payload, options)
     header = jws.encode_header(alg, key:kid(), options.typ)
     entry.headers[cache_key] = header
   end
-  return key:sign_compact(header, payload, alg)
+  return self:drain(key:sign_compact(header, payload, alg))
 end
 
 -- Keys cannot be added to an HSM from outside (Hydra's rule): adding and

@@ -51,8 +51,9 @@ function M.open(options)
 
   local hsm_keys, software_keys
   if cfg.hsm.enabled then
-    hsm_keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot })
+    hsm_keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger })
     if not hsm_keys then return nil, err, code end
+    cfg.hsm.pin = nil -- the token keeps it in locked memory; no copy stays in Lua's config
     logger("info", "Hardware Security Module is configured.")
   end
   if #cfg.secrets.system > 0 then
