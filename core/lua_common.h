@@ -41,6 +41,15 @@ int jwke_push_compact(lua_State *L, int header_arg, size_t sig_max, jwke_sign_fn
 /* Pushes a base64url (no padding) string of bytes. */
 void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len);
 
+/* For C code that shares the process with the binding (the benchmark's raw
+ * baselines, C hosts): the C objects behind Lua key objects, or NULL when
+ * the value at idx is something else. */
+struct jwke_swkey;
+struct jwke_p11_token;
+struct jwke_p11_key;
+struct jwke_swkey *jwke_lua_software_key(lua_State *L, int idx);
+struct jwke_p11_key *jwke_lua_hsm_key(lua_State *L, int idx, struct jwke_p11_token **token);
+
 void jwke_open_token(lua_State *L);      /* adds open_token, slots */
 void jwke_open_public_key(lua_State *L); /* adds public_key */
 /* adds generate_software_key, import_jwk, import_pem, aes_gcm_seal, aes_gcm_open */

@@ -10,12 +10,30 @@
 
 typedef struct public_key {
     EVP_PKEY *pkey;
+    /* The last (algorithm, minimum RSA size) this key was found to fit: a
+     * verifier checks the same pair token after token. */
+    const jwke_alg *fits_alg;
+    int fits_min_rsa_bits;
 } public_key;
+
+/* 0 when the key fits alg, else -1 with err; remembers a success. */
+static int check_fits(public_key *pk, const jwke_alg *alg, int min_rsa_bits, jwke_error *err)
+{
+    if (pk->fits_alg == alg && pk->fits_min_rsa_bits == min_rsa_bits)
+        return 0;
+    if (jwke_pkey_fits_alg(pk->pkey, alg, min_rsa_bits, err) != 0)
+        return -1;
+    pk->fits_alg = alg;
+    pk->fits_min_rsa_bits = min_rsa_bits;
+    return 0;
+}
 
 void jwke_push_public_key(lua_State *L, EVP_PKEY *pkey)
 {
     public_key *pk = lua_newuserdatauv(L, sizeof *pk, 0);
     pk->pkey = NULL;
+    pk->fits_alg = NULL;
+    pk->fits_min_rsa_bits = 0;
     luaL_setmetatable(L, JWKE_PUBLIC_KEY_CLASS);
     EVP_PKEY_up_ref(pkey);
     pk->pkey = pkey;
@@ -149,7 +167,7 @@ static int l_verify(lua_State *L)
     const char *sig = luaL_checklstring(L, 4, &sig_len);
     int min_rsa_bits = (int)luaL_optinteger(L, 5, 2048);
     jwke_error err;
-    if (jwke_pkey_fits_alg(pk->pkey, alg, min_rsa_bits, &err) != 0) {
+    if (check_fits(pk, alg, min_rsa_bits, &err) != 0) {
         lua_pushboolean(L, 0);
         lua_pushstring(L, err.message);
         return 2;
@@ -171,7 +189,7 @@ static int l_fits(lua_State *L)
     public_key *pk = check_public_key(L);
     const jwke_alg *alg = jwke_check_alg(L, 2);
     jwke_error err;
-    if (jwke_pkey_fits_alg(pk->pkey, alg, (int)luaL_optinteger(L, 3, 2048), &err) != 0) {
+    if (check_fits(pk, alg, (int)luaL_optinteger(L, 3, 2048), &err) != 0) {
         lua_pushboolean(L, 0);
         lua_pushstring(L, err.message);
         return 2;

@@ -23,7 +23,17 @@
 
 typedef struct swkey_object {
     jwke_swkey key; /* pkey NULL until filled in */
+    /* The last algorithm this key was checked to fit, and its signature
+     * size: a key never changes, so the check runs once, not per signature. */
+    const jwke_alg *fits_alg;
+    size_t fits_sig_size;
 } swkey_object;
+
+struct jwke_swkey *jwke_lua_software_key(lua_State *L, int idx)
+{
+    swkey_object *k = luaL_testudata(L, idx, JWKE_SOFTWARE_KEY_CLASS);
+    return k && k->key.pkey ? &k->key : NULL;
+}
 
 /* A new, empty key object on the stack: __gc is safe from the start. */
 static swkey_object *new_key(lua_State *L)
@@ -333,9 +343,13 @@ static int signing_setup(lua_State *L, int alg_arg, sw_signer *s, size_t *sig_ma
     s->pkey = k->key.pkey;
     if (!k->key.is_private)
         return jwke_fail(err, "the key is public only and cannot sign");
-    if (jwke_pkey_fits_alg(s->pkey, s->alg, SIGN_MIN_RSA_BITS, err) != 0)
-        return -1;
-    *sig_max = jwke_alg_signature_size(s->alg, EVP_PKEY_get_bits(s->pkey));
+    if (k->fits_alg != s->alg) {
+        if (jwke_pkey_fits_alg(s->pkey, s->alg, SIGN_MIN_RSA_BITS, err) != 0)
+            return -1;
+        k->fits_alg = s->alg;
+        k->fits_sig_size = jwke_alg_signature_size(s->alg, EVP_PKEY_get_bits(s->pkey));
+    }
+    *sig_max = k->fits_sig_size;
     return 0;
 }
 

@@ -21,6 +21,15 @@ typedef struct hsm_key_object {
     jwke_p11_key key;
 } hsm_key_object;
 
+struct jwke_p11_key *jwke_lua_hsm_key(lua_State *L, int idx, struct jwke_p11_token **token)
+{
+    hsm_key_object *k = luaL_testudata(L, idx, JWKE_HSM_KEY_CLASS);
+    if (!k || !k->owner->token)
+        return NULL;
+    *token = k->owner->token;
+    return &k->key;
+}
+
 /* slots(library) -> { {id=, token_present=, label=, serial=, ...}, ... } | nil, err */
 static int l_slots(lua_State *L)
 {

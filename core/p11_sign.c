@@ -94,47 +94,53 @@ static CK_RV sign_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
     return fn->C_Sign(session, (CK_BYTE_PTR)c->data, (CK_ULONG)c->data_len, c->sig, &c->sig_len);
 }
 
-int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
-                  const unsigned char *input, size_t input_len, unsigned char *sig,
-                  size_t *sig_len, jwke_error *err)
+int jwke_p11_prepare_sign(const jwke_alg *alg, const unsigned char *input, size_t input_len,
+                          jwke_p11_prepared *out, jwke_error *err)
 {
-    unsigned char to_sign[19 + 64]; /* DigestInfo prefix + the largest digest */
-    const unsigned char *data = input;
-    size_t data_len = input_len;
-    CK_MECHANISM mechanism = {0, NULL, 0};
-    CK_RSA_PKCS_PSS_PARAMS pss;
-
+    out->data = input;
+    out->data_len = input_len;
+    out->mechanism = (CK_MECHANISM){0, NULL, 0};
     if (alg->scheme != JWKE_SCHEME_EDDSA) {
         size_t offset = 0;
         if (alg->scheme == JWKE_SCHEME_RSA_PKCS1) {
             const unsigned char *prefix;
             digest_info_prefix(alg->digest_size, &prefix, &offset);
-            memcpy(to_sign, prefix, offset);
+            memcpy(out->buffer, prefix, offset);
         }
         unsigned int digest_len = 0;
-        if (!EVP_Digest(input, input_len, to_sign + offset, &digest_len, jwke_alg_md(alg), NULL))
+        if (!EVP_Digest(input, input_len, out->buffer + offset, &digest_len, jwke_alg_md(alg), NULL))
             return jwke_fail_openssl(err, "cannot hash the signing input");
-        data = to_sign;
-        data_len = offset + digest_len;
+        out->data = out->buffer;
+        out->data_len = offset + digest_len;
     }
     switch (alg->scheme) {
     case JWKE_SCHEME_RSA_PKCS1:
-        mechanism.mechanism = CKM_RSA_PKCS;
+        out->mechanism.mechanism = CKM_RSA_PKCS;
         break;
     case JWKE_SCHEME_RSA_PSS:
-        pss.hashAlg = pss_hash(alg->digest_size, &pss.mgf);
-        pss.sLen = alg->digest_size;
-        mechanism = (CK_MECHANISM){CKM_RSA_PKCS_PSS, &pss, sizeof pss};
+        out->pss.hashAlg = pss_hash(alg->digest_size, &out->pss.mgf);
+        out->pss.sLen = alg->digest_size;
+        out->mechanism = (CK_MECHANISM){CKM_RSA_PKCS_PSS, &out->pss, sizeof out->pss};
         break;
     case JWKE_SCHEME_ECDSA:
-        mechanism.mechanism = CKM_ECDSA; /* returns raw R || S, as JWS wants */
+        out->mechanism.mechanism = CKM_ECDSA; /* returns raw R || S, as JWS wants */
         break;
     case JWKE_SCHEME_EDDSA:
-        mechanism.mechanism = CKM_EDDSA;
+        out->mechanism.mechanism = CKM_EDDSA;
         break;
     }
+    return 0;
+}
 
-    sign_context c = {key, &mechanism, data, data_len, sig, (CK_ULONG)*sig_len};
+int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
+                  const unsigned char *input, size_t input_len, unsigned char *sig,
+                  size_t *sig_len, jwke_error *err)
+{
+    jwke_p11_prepared prepared;
+    if (jwke_p11_prepare_sign(alg, input, input_len, &prepared, err) != 0)
+        return -1;
+    sign_context c = {key, &prepared.mechanism, prepared.data, prepared.data_len, sig,
+                      (CK_ULONG)*sig_len};
     if (jwke_p11_run(token, sign_op, &c, err) != 0)
         return -1;
     *sig_len = c.sig_len;

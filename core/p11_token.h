@@ -165,6 +165,20 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
 int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,
                     const unsigned char *id, size_t id_len, size_t *destroyed, jwke_error *err);
 
+/* What C_Sign gets for an algorithm: the mechanism and the data (the
+ * host-computed digest, with a DigestInfo prefix for RS*, or the input
+ * itself for EdDSA). `data` may point into `buffer` or at the input. */
+typedef struct jwke_p11_prepared {
+    CK_MECHANISM mechanism;
+    CK_RSA_PKCS_PSS_PARAMS pss;
+    unsigned char buffer[19 + 64];
+    const unsigned char *data;
+    size_t data_len;
+} jwke_p11_prepared;
+
+int jwke_p11_prepare_sign(const jwke_alg *alg, const unsigned char *input, size_t input_len,
+                          jwke_p11_prepared *out, jwke_error *err);
+
 /* Signs input with the key's private half: hashing happens on the host
  * where the mechanism allows it; the result is in JWS form (raw R || S for
  * ECDSA). The key's handle is found again when stale. */

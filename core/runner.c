@@ -5,8 +5,10 @@
  *   jwkengine -v                 print jwkengine, Lua and OpenSSL versions
  *
  * `require "jwkengine"` works without LUA_PATH/LUA_CPATH: the C core is
- * linked in, and the Lua files are found next to the executable, both in the
- * build tree (build/lua) and after `cmake --install` (../share/lua/5.4). */
+ * linked in, and the Lua files (and optional C modules such as the
+ * benchmark's baselines) are found next to the executable, both in the build
+ * tree (build/lua, build/lib) and after `cmake --install` (../share/lua/5.4,
+ * ../lib/lua/5.4). */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,11 +54,14 @@ static void set_search_paths(lua_State *L)
     snprintf(probe, sizeof probe, "%s/lua/jwkengine/init.lua", exe);
     if (file_exists(probe)) { /* build tree */
         lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua", exe, exe);
+        lua_pushfstring(L, "%s/lib/?.so", exe);
     } else { /* installed: PREFIX/bin/jwkengine, PREFIX/share/lua/5.4 */
         lua_pushfstring(L, "%s/../share/lua/5.4/?.lua;%s/../share/lua/5.4/?/init.lua", exe, exe);
+        lua_pushfstring(L, "%s/../lib/lua/5.4/?.so", exe);
     }
-    prepend_path(L, "path", lua_tostring(L, -1));
-    lua_pop(L, 1);
+    prepend_path(L, "cpath", lua_tostring(L, -1));
+    prepend_path(L, "path", lua_tostring(L, -2));
+    lua_pop(L, 2);
 }
 
 static void preload_core(lua_State *L)

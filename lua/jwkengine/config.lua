@@ -24,6 +24,7 @@ local function defaults()
       max_sessions = 4,
       session_wait_ms = 5000,
       reinit_interval_ms = 1000,
+      negative_cache_ttl = 30,
     },
     startup_sets = M.DEFAULT_STARTUP_SETS,
     dsn = nil,          -- nil: the store's default (sqlite://jwkengine.sqlite)
@@ -52,6 +53,7 @@ local hsm_schema = {
   max_sessions = "integer",
   session_wait_ms = "integer",
   reinit_interval_ms = "integer",
+  negative_cache_ttl = "integer",
   uri = "string",
 }
 

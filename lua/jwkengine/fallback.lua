@@ -23,20 +23,29 @@ function M.new(hsm, software)
 end
 
 -- Calls method on the HSM, then on software when the HSM does not have it.
-function Manager:lookup(method, ...)
-  if self.hsm then
-    local a, b, c = self.hsm[method](self.hsm, ...)
+function Manager:lookup(method, set, ...)
+  if self.hsm and not (self.software and self.hsm:known_missing(set)) then
+    local a, b, c = self.hsm[method](self.hsm, set, ...)
     if a ~= nil or not not_found(c) or not self.software then return a, b, c end
   end
-  if self.software then return self.software[method](self.software, ...) end
+  if self.software then return self.software[method](self.software, set, ...) end
   return util.fail("ERR_CONFIG", "no key store is configured")
 end
 
 function Manager:key_set(set) return self:lookup("key_set", set) end
 function Manager:key(set, kid) return self:lookup("key", set, kid) end
 function Manager:delete(set, kid) return self:lookup("delete", set, kid) end
-function Manager:sign(set, payload, options) return self:lookup("sign", set, payload, options) end
 function Manager:verification_keys(set) return self:lookup("verification_keys", set) end
+
+-- The signing path, written out: no varargs, no method-name lookups.
+function Manager:sign(set, payload, options)
+  local hsm, software = self.hsm, self.software
+  if hsm and not (software and hsm:known_missing(set)) then
+    local jws, err, code = hsm:sign(set, payload, options)
+    if jws or not software or not not_found(code) then return jws, err, code end
+  end
+  return software:sign(set, payload, options)
+end
 
 -- Where new keys go.
 function Manager:generator()

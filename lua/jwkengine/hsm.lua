@@ -5,7 +5,7 @@
 -- their key objects (object handles and public keys), so signing never
 -- searches the token; generate and delete refresh the set they touch.
 local core = require "jwkengine.core"
-local jws = require "jwkengine.jws"
+local keyset = require "jwkengine.keyset"
 local slots = require "jwkengine.slots"
 local util = require "jwkengine.util"
 
@@ -63,6 +63,8 @@ function M.open(hsm_config, options)
     token = token,
     slot = slot,
     log = options.logger or function() end,
+    negative_ttl = hsm_config.negative_cache_ttl or 30,
+    missing = {},
     prefix = hsm_config.key_set_prefix or "",
     min_rsa_bits = hsm_config.min_rsa_bits or 4096,
     sets = {},
@@ -70,12 +72,15 @@ function M.open(hsm_config, options)
 end
 
 -- Logs what the C layer queued (recoveries, a learned session limit).
--- Returns its arguments so calls can be wrapped.
-function Manager:drain(...)
-  local events = self.token:events()
+function Manager:log_events(events)
   if events then
     for _, line in ipairs(events) do self.log("warn", line) end
   end
+end
+
+-- Logs queued events, then returns its arguments, so calls can be wrapped.
+function Manager:drain(...)
+  self:log_events(self.token:events())
   return ...
 end
 
@@ -83,30 +88,51 @@ function Manager:stats()
   return self.token:stats()
 end
 
--- Loads a set (from the cache unless refresh). An empty set is "not found".
+-- Loads a set (from the cache unless refresh). An empty set is "not found";
+-- that answer is cached too (for negative_ttl seconds, or until this engine
+-- generates into the set), since every software set is looked up here
+-- first and a token search per signature would cost more than the signature.
 function Manager:load(set, refresh)
   local entry = self.sets[set]
   if entry and not refresh then return entry end
+  local missing = self.missing[set]
+  if missing and not refresh then
+    if os.time() < missing.expires then return nil, missing.message, "ERR_KEY_SET_NOT_FOUND" end
+    self.missing[set] = nil
+  end
   local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits))
   if not keys then return nil, string.format("key set '%s': %s", set, err), code end
   if #keys == 0 then
     self.sets[set] = nil
-    return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
+    local message = string.format("key set '%s' not found in the HSM", set)
+    self.missing[set] = { expires = os.time() + self.negative_ttl, message = message }
+    return nil, message, "ERR_KEY_SET_NOT_FOUND"
   end
-  entry = { keys = keys, by_kid = {}, jwks = { keys = {} }, headers = {} }
-  for i, key in ipairs(keys) do
-    local jwk = key:jwk()
-    entry.jwks.keys[i] = jwk
-    entry.by_kid[key:kid()] = key
+  entry = { keys = {} }
+  for i, object in ipairs(keys) do
+    entry.keys[i] = { kid = object:kid(), alg = object:alg(), use = object:use(), private = true,
+      object = object, jwk = object:jwk() }
   end
-  self.sets[set] = entry
+  self.sets[set] = keyset.prepare(entry, set, "HSM", "only")
   return entry
+end
+
+-- True while the HSM is known not to hold the set (the negative cache), so
+-- the fallback can go straight to software.
+function Manager:known_missing(set)
+  local missing = self.missing[set]
+  return missing ~= nil and os.time() < missing.expires
+end
+
+function Manager:forget(set)
+  self.sets[set] = nil
+  self.missing[set] = nil
 end
 
 function Manager:key_set(set)
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end
-  return entry.jwks
+  return keyset.jwks(entry)
 end
 
 function Manager:key(set, kid)
@@ -116,7 +142,7 @@ function Manager:key(set, kid)
   if not key then
     return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
   end
-  return key:jwk()
+  return key.jwk
 end
 
 function Manager:generate(set, alg, options)
@@ -132,17 +158,18 @@ function Manager:generate(set, alg, options)
   end
   local kid = options.kid or core.uuid()
   local ok, err, code = self:drain(self.token:generate(self.prefix .. set, alg, kid, use, options.rsa_bits))
+  self:forget(set)
   if not ok then return nil, err, code end
   local entry
-  entry, err, code = self:load(set, true)
+  entry, err, code = self:load(set)
   if not entry then return nil, err, code end
-  return entry.by_kid[kid]:jwk()
+  return entry.by_kid[kid].jwk
 end
 
 function Manager:delete(set, kid)
   local destroyed, err, code = self:drain(self.token:delete(self.prefix .. set, kid))
+  self:forget(set)
   if not destroyed then return nil, err, code end
-  self.sets[set] = nil
   if destroyed == 0 then
     if kid then
       return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
@@ -158,42 +185,24 @@ end
 function Manager:signing_key(set, kid)
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end
-  if kid then
-    local key = entry.by_kid[kid]
-    if not key then
-      return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
-    end
-    return key, entry
-  end
-  local found
-  for _, key in ipairs(entry.keys) do
-    if key:use() == "sig" then
-      if found then
-        return util.fail("ERR_JWKS_MULTIPLE_MATCHING_KEYS",
-          "HSM key set '%s' has several signing keys: pass a kid to choose one", set)
-      end
-      found = key
-    end
-  end
-  if not found then
-    return util.fail("ERR_KEY_NOT_FOUND", "HSM key set '%s' has no signing key (use 'sig')", set)
-  end
-  return found, entry
+  local key
+  key, err, code = keyset.signing_key(entry, set, kid, "HSM")
+  if not key then return nil, err, code end
+  return key.object, entry
 end
 
 -- Signs payload bytes as a compact JWS. options: kid, typ, alg.
 function Manager:sign(set, payload, options)
-  options = options or {}
-  local key, entry, code = self:signing_key(set, options.kid)
-  if not key then return nil, entry, code end
-  local alg = options.alg or key:alg()
-  local cache_key = key:kid() .. "\0" .. alg .. "\0" .. (options.typ or "")
-  local header = entry.headers[cache_key]
-  if not header then
-    header = jws.encode_header(alg, key:kid(), options.typ)
-    entry.headers[cache_key] = header
+  local entry = self.sets[set]
+  if not entry then
+    local err, code
+    entry, err, code = self:load(set)
+    if not entry then return nil, err, code end
   end
-  return self:drain(key:sign_compact(header, payload, alg))
+  local jws, err, code = keyset.sign(entry, set, payload, options, "HSM")
+  local events = self.token:events() -- nil unless a recovery happened
+  if events then self:log_events(events) end
+  return jws, err, code
 end
 
 -- Keys cannot be added to an HSM from outside (Hydra's rule): adding and
@@ -218,15 +227,12 @@ end
 function Manager:verification_keys(set)
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end
-  local candidates = {}
-  for i, key in ipairs(entry.keys) do
-    candidates[i] = { kid = key:kid(), alg = key:alg(), use = key:use(), public_key = key:public_key() }
-  end
-  return candidates
+  return keyset.candidates(entry)
 end
 
 function Manager:close()
   self.sets = {}
+  self.missing = {}
   if self.token then self.token:close() end
 end
 

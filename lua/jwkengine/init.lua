@@ -29,6 +29,8 @@ local M = {
 local Engine = {}
 Engine.__index = Engine
 
+local DEFAULT_JWT_OPTIONS = { typ = "JWT" }
+
 -- Every slot of a PKCS#11 module, with its token's label, serial and flags.
 function M.slots(library)
   return core.slots(library)
@@ -148,29 +150,48 @@ end
 -- in seconds) unless present; typ defaults to "JWT".
 function Engine:sign_jwt(set, claims, options)
   if type(claims) ~= "table" then error("claims must be a table", 2) end
-  options = options or {}
-  local now = options.now or os.time()
-  local body = {}
-  for k, v in pairs(claims) do body[k] = v end
-  if body.iat == nil then body.iat = now end
-  if options.lifetime and body.exp == nil then body.exp = now + options.lifetime end
-  local payload, err = cjson.encode(body)
-  if not payload then return util.fail("ERR_JWT_CLAIMS", "claims cannot be encoded: %s", err) end
-  return self.keys:sign(set, payload, { kid = options.kid, alg = options.alg, typ = options.typ or "JWT" })
+  local now, lifetime, kid, alg, typ
+  if options then
+    now, lifetime, kid, alg, typ = options.now, options.lifetime, options.kid, options.alg, options.typ
+  end
+  local payload, err = cjson.encode(claims)
+  if not payload or payload:byte(1) ~= 123 then -- 123 is "{"
+    return util.fail("ERR_JWT_CLAIMS", "claims cannot be encoded as a JSON object: %s", err or "not an object")
+  end
+  -- iat and exp are spliced into the encoded claims rather than copied into
+  -- a new table: the caller's table is never changed, and nothing is copied.
+  local add_iat = claims.iat == nil
+  local add_exp = lifetime ~= nil and claims.exp == nil
+  if add_iat or add_exp then
+    now = now or os.time()
+    local extra = add_iat and ('"iat":' .. now) or ""
+    if add_exp then extra = extra .. (add_iat and "," or "") .. '"exp":' .. (now + lifetime) end
+    payload = "{" .. extra .. (payload == "{}" and "}" or "," .. payload:sub(2))
+  end
+  local sign_options
+  if kid == nil and alg == nil and typ == nil then
+    sign_options = DEFAULT_JWT_OPTIONS
+  else
+    sign_options = { kid = kid, alg = alg, typ = typ or "JWT" }
+  end
+  return self.keys:sign(set, payload, sign_options)
 end
 
 -- Verifies a compact JWS against a set's keys. options.algorithms defaults
 -- to the algorithms of the set's own keys. Returns payload, header.
 function Engine:verify(set, token, options)
-  options = options or {}
   local candidates, err, code = self.keys:verification_keys(set)
   if not candidates then return nil, err, code end
-  local algorithms = options.algorithms
-  if not algorithms then
-    algorithms = {}
-    for _, c in ipairs(candidates) do algorithms[#algorithms + 1] = c.alg end
+  if options == nil or options.algorithms == nil then
+    -- the set's own algorithms; the options table is built once per set
+    local defaults = candidates.verify_options
+    if not defaults then
+      defaults = { algorithms = candidates.algorithms, min_rsa_bits = options and options.min_rsa_bits }
+      if not (options and options.min_rsa_bits) then candidates.verify_options = defaults end
+    end
+    return jws.verify(token, candidates, defaults)
   end
-  return jws.verify(token, candidates, { algorithms = algorithms, min_rsa_bits = options.min_rsa_bits })
+  return jws.verify(token, candidates, { algorithms = options.algorithms, min_rsa_bits = options.min_rsa_bits })
 end
 
 function Engine:close()

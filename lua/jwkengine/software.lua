@@ -7,7 +7,7 @@
 -- store pick up each other's new keys.
 local core = require "jwkengine.core"
 local cjson = require "cjson.safe"
-local jws = require "jwkengine.jws"
+local keyset = require "jwkengine.keyset"
 local util = require "jwkengine.util"
 
 local M = {}
@@ -65,7 +65,7 @@ function Manager:open_row(row)
   public.kid = row.kid
   public.alg = jwk.alg or implied_alg(jwk)
   public.use = jwk.use or "sig"
-  return { kid = row.kid, alg = public.alg, use = public.use, key = key,
+  return { kid = row.kid, alg = public.alg, use = public.use, object = key,
     private = key:is_private(), jwk = public }
 end
 
@@ -81,49 +81,29 @@ function Manager:load(set, refresh)
     self.sets[set] = nil
     return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found", set)
   end
-  entry = { keys = {}, by_kid = {}, broken = {}, headers = {}, loaded_at = self.now() }
+  entry = { keys = {}, loaded_at = self.now() }
   for i, row in ipairs(rows) do
     local key, kerr, kcode = self:open_row(row)
-    if key then
-      entry.keys[i] = key
-      entry.by_kid[row.kid] = key
-    else
-      entry.keys[i] = { kid = row.kid, broken = kerr, code = kcode }
-      entry.broken[#entry.broken + 1] = entry.keys[i]
-    end
+    entry.keys[i] = key or { kid = row.kid, broken = kerr, code = kcode }
   end
-  self.sets[set] = entry
+  self.sets[set] = keyset.prepare(entry, set, "software", "newest")
   return entry
 end
 
 function Manager:key_set(set)
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end
-  if #entry.broken > 0 then
-    return nil, entry.broken[1].broken, entry.broken[1].code
-  end
-  if not entry.jwks then
-    entry.jwks = { keys = {} }
-    for i, key in ipairs(entry.keys) do entry.jwks.keys[i] = key.jwk end
-  end
-  return entry.jwks
-end
-
-function Manager:find(set, kid)
-  local entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  for _, key in ipairs(entry.keys) do
-    if key.kid == kid then
-      if key.broken then return nil, key.broken, key.code end
-      return key, entry
-    end
-  end
-  return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set)
+  return keyset.jwks(entry)
 end
 
 function Manager:key(set, kid)
-  local key, err, code = self:find(set, kid)
-  if not key then return nil, err, code end
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  local key = entry.by_kid[kid]
+  if not key then
+    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set)
+  end
+  if key.broken then return nil, key.broken, key.code end
   return key.jwk
 end
 
@@ -259,51 +239,24 @@ end
 -- The signing key: the one with kid, or the newest private `sig` key. A
 -- broken row newer than that key stops the choice: it might be the newest.
 function Manager:signing_key(set, kid)
-  if kid then
-    local key, entry, code = self:find(set, kid)
-    if not key then return nil, entry, code end
-    if not key.private then
-      return util.fail("ERR_KEY_NOT_PRIVATE", "key '%s' in key set '%s' is public only", kid, set)
-    end
-    if key.use ~= "sig" then
-      return util.fail("ERR_KEY_USE", "key '%s' is an encryption key (use 'enc') and cannot sign", kid)
-    end
-    return key, entry
-  end
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end
-  for _, key in ipairs(entry.keys) do
-    if key.broken then return nil, key.broken, key.code end
-    if key.private and key.use == "sig" then return key, entry end
-  end
-  return util.fail("ERR_KEY_NOT_FOUND", "key set '%s' has no private signing key", set)
+  local key
+  key, err, code = keyset.signing_key(entry, set, kid, "software")
+  if not key then return nil, err, code end
+  return key, entry
 end
 
 function Manager:sign(set, payload, options)
-  options = options or {}
-  local key, entry, code = self:signing_key(set, options.kid)
-  if not key then return nil, entry, code end
-  local alg = options.alg or key.alg
-  local cache_key = key.kid .. "\0" .. alg .. "\0" .. (options.typ or "")
-  local header = entry.headers[cache_key]
-  if not header then
-    header = jws.encode_header(alg, key.kid, options.typ)
-    entry.headers[cache_key] = header
-  end
-  return key.key:sign_compact(header, payload, alg)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  return keyset.sign(entry, set, payload, options, "software")
 end
 
 function Manager:verification_keys(set)
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end
-  local candidates = {}
-  for _, key in ipairs(entry.keys) do
-    if not key.broken then
-      candidates[#candidates + 1] = { kid = key.kid, alg = key.alg, use = key.use,
-        public_key = key.key:public_key() }
-    end
-  end
-  return candidates
+  return keyset.candidates(entry)
 end
 
 -- Re-seals every row with the first secret, in one transaction: a crash

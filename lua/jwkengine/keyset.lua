@@ -1,0 +1,117 @@
+-- What HSM and software key sets share once loaded: choosing the signing
+-- key, cached protected headers, signing, and verification candidates.
+--
+-- A loaded set (an "entry") is { keys = { key, ... } } with each key
+--   { kid, alg, use, private = bool, object = <C key with sign_compact and
+--     public_key>, jwk = public JWK } or { kid, broken = message, code }.
+-- Everything the signing path needs is computed once per load, so signing a
+-- token costs one table lookup and one C call on top of the signature.
+local jws = require "jwkengine.jws"
+local util = require "jwkengine.util"
+
+local M = {}
+
+-- Prepares an entry: kid index and the default signer.
+--   choose: "newest" (the first private sig key, stopping at a broken row:
+--   it might be the newest) or "only" (exactly one sig key, else an error)
+function M.prepare(entry, set, where, choose)
+  entry.by_kid = {}
+  entry.headers = {}
+  for _, key in ipairs(entry.keys) do entry.by_kid[key.kid] = key end
+  local signer, problem
+  for _, key in ipairs(entry.keys) do
+    if key.broken then
+      if choose == "newest" and not signer then problem = { key.broken, key.code } end
+    elseif key.private and key.use == "sig" then
+      if choose == "newest" then
+        if not signer and not problem then signer = key end
+      elseif signer then
+        problem = { string.format("%s key set '%s' has several signing keys: pass a kid to choose one",
+          where, set), "ERR_JWKS_MULTIPLE_MATCHING_KEYS" }
+      else
+        signer = key
+      end
+    end
+  end
+  if not signer and not problem then
+    problem = { string.format("%s key set '%s' has no private signing key", where, set), "ERR_KEY_NOT_FOUND" }
+  end
+  entry.signer = problem == nil and signer or nil
+  entry.signer_problem = problem
+  return entry
+end
+
+-- The key that signs: by kid, or the entry's default signer.
+function M.signing_key(entry, set, kid, where)
+  if kid == nil then
+    if entry.signer then return entry.signer end
+    return nil, entry.signer_problem[1], entry.signer_problem[2]
+  end
+  local key = entry.by_kid[kid]
+  if not key then
+    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in %s key set '%s'", kid, where, set)
+  end
+  if key.broken then return nil, key.broken, key.code end
+  if not key.private then
+    return util.fail("ERR_KEY_NOT_PRIVATE", "key '%s' in key set '%s' is public only", kid, set)
+  end
+  if key.use ~= "sig" then
+    return util.fail("ERR_KEY_USE", "key '%s' is an encryption key (use 'enc') and cannot sign", kid)
+  end
+  return key
+end
+
+-- Signs payload with the entry's keys. options: kid, alg, typ.
+function M.sign(entry, set, payload, options, where)
+  local kid, alg, typ
+  if options then kid, alg, typ = options.kid, options.alg, options.typ end
+  local key, err, code = M.signing_key(entry, set, kid, where)
+  if not key then return nil, err, code end
+  alg = alg or key.alg
+  -- headers[key][alg][typ]: nested tables, no string building per call
+  local by_key = entry.headers[key]
+  if not by_key then by_key = {}; entry.headers[key] = by_key end
+  local by_alg = by_key[alg]
+  if not by_alg then by_alg = {}; by_key[alg] = by_alg end
+  local header = by_alg[typ or false]
+  if not header then
+    header = jws.encode_header(alg, key.kid, typ)
+    by_alg[typ or false] = header
+  end
+  return key.object:sign_compact(header, payload, alg)
+end
+
+-- Verification candidates (public halves), built once per load.
+function M.candidates(entry)
+  local candidates = entry.candidates
+  if not candidates then
+    candidates = { algorithms = {} }
+    local seen = {}
+    for _, key in ipairs(entry.keys) do
+      if not key.broken then
+        candidates[#candidates + 1] = { kid = key.kid, alg = key.alg, use = key.use,
+          public_key = key.object:public_key() }
+        if not seen[key.alg] then
+          seen[key.alg] = true
+          candidates.algorithms[#candidates.algorithms + 1] = key.alg
+        end
+      end
+    end
+    entry.candidates = candidates
+  end
+  return candidates
+end
+
+-- The public JWK Set, built once per load; broken rows make it an error.
+function M.jwks(entry)
+  for _, key in ipairs(entry.keys) do
+    if key.broken then return nil, key.broken, key.code end
+  end
+  if not entry.jwks then
+    entry.jwks = { keys = {} }
+    for i, key in ipairs(entry.keys) do entry.jwks.keys[i] = key.jwk end
+  end
+  return entry.jwks
+end
+
+return M

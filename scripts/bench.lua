@@ -1,0 +1,258 @@
+-- jwkengine's benchmark: build/jwkengine scripts/bench.lua [--round SECONDS]
+--
+-- Measures the engine against the floor, the raw PKCS#11 and OpenSSL calls
+-- on the same keys in the same process (scripts/bench/baseline.c), rounds
+-- interleaved so both sides see the same machine state. Everything runs on
+-- a throwaway SoftHSM token folder and an in-memory software store; nothing
+-- outside a temporary folder is touched. See BENCHMARKS.md.
+local ROUND = 0.25 -- seconds per measurement round
+local ROUNDS = 4   -- interleaved rounds per figure (raw, engine, raw, engine, ...)
+
+for i = 1, #arg do
+  if arg[i] == "--round" then ROUND = tonumber(arg[i + 1]) end
+end
+
+local function shell(command)
+  local pipe = assert(io.popen(command .. " 2>&1"))
+  local out = pipe:read("*a")
+  local ok = pipe:close()
+  if not ok then error(command .. " failed: " .. out, 2) end
+  return out
+end
+
+-- SoftHSM reads SOFTHSM2_CONF when the module initializes, and Lua cannot
+-- set environment variables: the first run makes the folder and runs the
+-- benchmark again with it.
+if not os.getenv("JWKE_BENCH_DIR") then
+  local dir = shell("mktemp -d /tmp/jwkengine-bench.XXXXXX"):gsub("%s+$", "")
+  shell("mkdir -p " .. dir .. "/tokens")
+  local conf = io.open(dir .. "/softhsm2.conf", "w")
+  conf:write("directories.tokendir = ", dir, "/tokens\nobjectstore.backend = file\nlog.level = ERROR\n")
+  conf:close()
+  local args = {}
+  for i = 1, #arg do args[#args + 1] = string.format("%q", arg[i]) end
+  local ok = os.execute(string.format("SOFTHSM2_CONF=%s/softhsm2.conf JWKE_BENCH_DIR=%s %s %s %s",
+    dir, dir, arg[-1], arg[0], table.concat(args, " ")))
+  shell("rm -rf " .. dir)
+  os.exit(ok and 0 or 1)
+end
+
+local jwkengine = require "jwkengine"
+local bench = require "jwkengine_bench"
+local cjson = require "cjson"
+
+local DIR = os.getenv("JWKE_BENCH_DIR")
+local LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
+local PIN = "1234"
+local SECRET = "bench-secret-0123456789abcdef"
+local CLAIMS = { iss = "https://issuer.example", sub = "user-1234567890", aud = "client-app",
+  scope = "openid profile", exp = 1900000000, iat = 1800000000 }
+
+local function new_token(label)
+  shell(string.format("softhsm2-util --init-token --free --label %s --so-pin 0000 --pin %s", label, PIN))
+end
+
+local function environment(label, extra)
+  local env = { HSM_ENABLED = "true", HSM_LIBRARY = LIBRARY, HSM_TOKEN_LABEL = label, HSM_PIN = PIN,
+    SECRETS_SYSTEM = SECRET, DSN = "memory" }
+  for k, v in pairs(extra or {}) do env[k] = v end
+  return env
+end
+
+local function open(label, extra)
+  return assert(jwkengine.open({ environment = environment(label, extra), logger = false,
+    startup = false }))
+end
+
+-- Calls fn repeatedly for `seconds`; returns calls per second.
+local function rate(seconds, fn)
+  local n, start = 0, bench.now()
+  local elapsed = 0
+  while elapsed < seconds do
+    for _ = 1, 16 do fn() end
+    n = n + 16
+    elapsed = bench.now() - start
+  end
+  return n / elapsed
+end
+
+-- Interleaves raw() and engine() rounds; returns the summed rates' means.
+local function compare(raw, engine)
+  local raw_total, engine_total = 0, 0
+  for _ = 1, ROUNDS do
+    raw_total = raw_total + raw()
+    engine_total = engine_total + engine()
+  end
+  return raw_total / ROUNDS, engine_total / ROUNDS
+end
+
+local out = {}
+local function say(fmt, ...)
+  local line = string.format(fmt, ...)
+  out[#out + 1] = line
+  print(line)
+  io.stdout:flush()
+end
+
+-- A worker of the multi-process figure: signs on the shared token for the
+-- given seconds with an engine (and so a session) of its own.
+if arg[1] == "--worker" then
+  local e = open("bench")
+  print(rate(tonumber(arg[2]), function() e:sign_jwt("hsm-ES256", CLAIMS) end))
+  e:close()
+  os.exit(0)
+end
+
+local started = bench.now()
+say("jwkengine %s benchmark, %s, %d rounds of %.2f s interleaved", jwkengine._VERSION,
+  jwkengine.core.versions().openssl, ROUNDS, ROUND)
+
+-- Keys: one set per algorithm on the token and in the software store.
+new_token("bench")
+local engine = open("bench")
+local ALGS = { "RS256", "ES256", "ES512", "EdDSA" }
+for _, alg in ipairs(ALGS) do
+  assert(engine:generate("hsm-" .. alg, alg, { kid = "hsm-" .. alg }))
+  assert(engine.software:generate("sw-" .. alg, alg, { kid = "sw-" .. alg }))
+end
+
+-- The JWS signing input both sides sign: what sign_jwt produces.
+local function signing_input(set)
+  local jwt = assert(engine:sign_jwt(set, CLAIMS))
+  return jwt:match("^(.*)%."), jwt
+end
+
+say("")
+say("JWT signing (operations per second; engine = sign_jwt from Lua: claims encoded, signed, serialized)")
+say("")
+say("| alg | keys | raw floor | jwkengine | ratio | target |")
+say("|---|---|---:|---:|---:|---:|")
+local SIGN_TARGETS = {
+  hsm = { RS256 = 0.98, ES256 = 0.95, ES512 = 0.98, EdDSA = 0.98 },
+  software = { RS256 = 0.97, ES256 = 0.90, ES512 = 0.97, EdDSA = 0.90 },
+}
+local results = { misses = {} }
+for _, alg in ipairs(ALGS) do
+  for _, side in ipairs({ "hsm", "software" }) do
+    local set = (side == "hsm" and "hsm-" or "sw-") .. alg
+    local input = signing_input(set)
+    local raw_key, raw
+    if side == "hsm" then
+      raw_key = assert(engine.hsm:signing_key(set))
+      raw = function() return bench.p11_sign(raw_key, alg, input, ROUND) end
+    else
+      raw_key = assert(engine.software:signing_key(set)).object
+      raw = function() return bench.evp_sign(raw_key, alg, input, ROUND) end
+    end
+    local seconds = alg == "RS256" and side == "hsm" and ROUND * 4 or ROUND
+    if alg == "RS256" and side == "hsm" then
+      raw = function() return bench.p11_sign(raw_key, alg, input, seconds) end
+    end
+    local raw_rate, engine_rate = compare(raw, function()
+      return rate(seconds, function() engine:sign_jwt(set, CLAIMS) end)
+    end)
+    local ratio = engine_rate / raw_rate
+    local target = SIGN_TARGETS[side][alg]
+    say("| %s | %s | %.0f | %.0f | %.3f | %.2f%s |", alg, side, raw_rate, engine_rate, ratio, target,
+      ratio >= target and "" or " (missed)")
+    if ratio < target then results.misses[#results.misses + 1] = alg .. " " .. side .. " signing" end
+  end
+end
+
+say("")
+say("JWS verification (software keys; engine = engine:verify: parse, header, key choice, signature)")
+say("")
+say("| alg | raw EVP verify | jwkengine | ratio | target |")
+say("|---|---:|---:|---:|---:|")
+for _, alg in ipairs(ALGS) do
+  local set = "sw-" .. alg
+  local input, jwt = signing_input(set)
+  local signature = assert(jwkengine.core.b64url_decode(jwt:match("[^.]+$")))
+  local key = assert(engine.software:signing_key(set)).object
+  local raw_rate, engine_rate = compare(function()
+    return bench.evp_verify(key, alg, input, signature, ROUND)
+  end, function()
+    return rate(ROUND, function() assert(engine:verify(set, jwt)) end)
+  end)
+  local ratio = engine_rate / raw_rate
+  say("| %s | %.0f | %.0f | %.3f | 0.90%s |", alg, raw_rate, engine_rate, ratio,
+    ratio >= 0.90 and "" or " (missed)")
+  if ratio < 0.90 then results.misses[#results.misses + 1] = alg .. " verification" end
+end
+
+say("")
+local jwks_rate = rate(ROUND * 2, function() engine:key_set_json("hsm-ES256") end)
+say("JWK Set serialization (cached key_set_json): %.0f per second", jwks_rate)
+engine:close()
+
+-- Loading a set and opening the engine as the token grows.
+say("")
+say("| key pairs on the token | generate them | load a set of them | open the engine |")
+say("|---:|---:|---:|---:|")
+for _, pairs_count in ipairs({ 100, 1000 }) do
+  local label = "bench-" .. pairs_count
+  new_token(label)
+  local e = open(label)
+  local t0 = bench.now()
+  for i = 1, pairs_count do
+    assert(e:generate(i <= 2 and ({ "hydra.openid.id-token", "hydra.jwt.access-token" })[i] or "big",
+      "ES256", { kid = "k" .. i }))
+  end
+  local generate_s = bench.now() - t0
+  e:close()
+  t0 = bench.now()
+  e = assert(jwkengine.open({ environment = environment(label), logger = false,
+    startup_sets = { { set = "hydra.openid.id-token", alg = "ES256" },
+      { set = "hydra.jwt.access-token", alg = "ES256" } } }))
+  local open_ms = (bench.now() - t0) * 1000
+  local loads, load_start = 0, bench.now()
+  local jwks
+  repeat
+    jwks = assert(e.hsm:load("big", true))
+    loads = loads + 1
+  until bench.now() - load_start > 1 and loads >= 3
+  local load_ms = (bench.now() - load_start) * 1000 / loads
+  assert(#jwks.keys == pairs_count - 2)
+  say("| %d | %.1f s | %.1f ms (%d pairs) | %.1f ms |", pairs_count, generate_s, load_ms,
+    pairs_count - 2, open_ms)
+  e:close()
+end
+
+-- Resident memory with 1,000 software keys decrypted and held.
+collectgarbage()
+local before = bench.rss_kb()
+local sw = open("bench", { HSM_ENABLED = "false" })
+for i = 1, 1000 do assert(sw.software:generate("many", "ES256", { kid = "m" .. i })) end
+local jwks = assert(sw:key_set("many"))
+assert(#jwks.keys == 1000)
+collectgarbage()
+local after = bench.rss_kb()
+say("")
+say("Resident memory: %d kB before, %d kB with 1,000 software ES256 keys loaded (%.1f kB per key)",
+  before, after, (after - before) / 1000)
+sw:close()
+
+-- Aggregate ES256 signing with 1 and 2 processes, each with its own session.
+local worker_seconds = ROUND * 6
+local function workers(n)
+  local pipes = {}
+  for i = 1, n do
+    pipes[i] = assert(io.popen(string.format("%s %s --worker %s", arg[-1], arg[0], worker_seconds)))
+  end
+  local total = 0
+  for _, pipe in ipairs(pipes) do
+    total = total + tonumber(pipe:read("*a"):match("([%d.]+)"))
+    pipe:close()
+  end
+  return total
+end
+local one = workers(1)
+local two = workers(2)
+say("")
+say("Aggregate HSM ES256 JWT signing: 1 process %.0f/s, 2 processes %.0f/s (x%.2f, target x1.80%s)",
+  one, two, two / one, two / one >= 1.8 and "" or ", missed")
+if two / one < 1.8 then results.misses[#results.misses + 1] = "2-process scaling" end
+
+say("")
+say("Total benchmark time: %.0f s. Targets missed: %s", bench.now() - started,
+  #results.misses == 0 and "none" or table.concat(results.misses, ", "))
