@@ -1,7 +1,13 @@
-/* The few Lua C API differences between Lua 5.1 (LuaJIT, OpenResty) and
- * 5.4, so the binding is written once against the 5.4 names. */
+/* The few Lua C API differences between Lua 5.4 and LuaJIT 2.1 (the Lua 5.1
+ * ABI of OpenResty), so the binding is written once against the 5.4 names.
+ *
+ * LuaJIT 2.1 already has luaL_setfuncs, luaL_testudata, luaL_setmetatable,
+ * luaL_newlib and luaL_traceback from 5.2; what it lacks is filled in
+ * below. Plain Lua 5.1 is not a target. */
 #ifndef JWKE_LUA_COMPAT_H
 #define JWKE_LUA_COMPAT_H
+
+#include <string.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -10,37 +16,41 @@
 #if LUA_VERSION_NUM < 502
 
 #define lua_rawlen(L, i) lua_objlen((L), (i))
-#define luaL_newlibtable(L, l) lua_createtable((L), 0, sizeof(l) / sizeof((l)[0]) - 1)
-#define luaL_newlib(L, l) (luaL_newlibtable((L), (l)), luaL_setfuncs((L), (l), 0))
-
-static inline void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
-{
-    for (; l->name; l++) {
-        for (int i = 0; i < nup; i++)
-            lua_pushvalue(L, -nup);
-        lua_pushcclosure(L, l->func, nup);
-        lua_setfield(L, -(nup + 2), l->name);
-    }
-    lua_pop(L, nup);
-}
-
-static inline void *luaL_testudata(lua_State *L, int i, const char *tname)
-{
-    void *p = lua_touserdata(L, i);
-    if (!p || !lua_getmetatable(L, i))
-        return NULL;
-    luaL_getmetatable(L, tname);
-    int same = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    return same ? p : NULL;
-}
+#define lua_newuserdatauv(L, size, nuv) lua_newuserdata((L), (size))
 
 /* 5.1 keeps one table per userdata (its environment) where 5.4 has user
- * values; we only ever need one slot, holding a table. */
-static inline void lua_setuservalue(lua_State *L, int i) { lua_setfenv(L, i); }
-static inline void lua_getuservalue(lua_State *L, int i) { lua_getfenv(L, i); }
+ * values; the binding only ever stores one table there. */
+#define lua_setuservalue(L, i) lua_setfenv((L), (i))
+#define lua_getuservalue(L, i) lua_getfenv((L), (i))
 
-#define lua_newuserdatauv(L, size, nuv) lua_newuserdata((L), (size))
+/* A scratch area that becomes a Lua string, sized up front (5.4's
+ * luaL_buffinitsize / luaL_pushresultsize). Here: a userdata on the stack,
+ * copied into a string and dropped. */
+static inline char *jwke_buffer_init(lua_State *L, luaL_Buffer *b, size_t size)
+{
+    (void)b;
+    return (char *)lua_newuserdata(L, size ? size : 1);
+}
+
+static inline void jwke_buffer_push(lua_State *L, luaL_Buffer *b, size_t len)
+{
+    (void)b;
+    lua_pushlstring(L, (const char *)lua_touserdata(L, -1), len);
+    lua_remove(L, -2);
+}
+
+#else
+
+static inline char *jwke_buffer_init(lua_State *L, luaL_Buffer *b, size_t size)
+{
+    return luaL_buffinitsize(L, b, size);
+}
+
+static inline void jwke_buffer_push(lua_State *L, luaL_Buffer *b, size_t len)
+{
+    (void)L;
+    luaL_pushresultsize(b, len);
+}
 
 #endif /* LUA_VERSION_NUM < 502 */
 

@@ -53,9 +53,9 @@ void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len)
 {
     luaL_Buffer b;
     size_t out_len = jwke_b64url_encoded_len(len, JWKE_B64_NOPAD);
-    char *out = luaL_buffinitsize(L, &b, out_len);
+    char *out = jwke_buffer_init(L, &b, out_len);
     jwke_b64url_encode(bytes, len, out, JWKE_B64_NOPAD);
-    luaL_pushresultsize(&b, out_len);
+    jwke_buffer_push(L, &b, out_len);
 }
 
 int jwke_push_compact(lua_State *L, int header_arg, size_t sig_max, jwke_sign_fn sign,
@@ -88,9 +88,9 @@ static int l_b64url_encode(lua_State *L)
     enum jwke_b64_padding pad = b64_mode(L, 2);
     luaL_Buffer b;
     size_t out_len = jwke_b64url_encoded_len(len, pad);
-    char *out = luaL_buffinitsize(L, &b, out_len);
+    char *out = jwke_buffer_init(L, &b, out_len);
     jwke_b64url_encode(in, len, out, pad);
-    luaL_pushresultsize(&b, out_len);
+    jwke_buffer_push(L, &b, out_len);
     return 1;
 }
 
@@ -101,7 +101,7 @@ static int l_b64url_decode(lua_State *L)
     const char *in = luaL_checklstring(L, 1, &len);
     enum jwke_b64_padding pad = b64_mode(L, 2); /* read before the buffer takes a stack slot */
     luaL_Buffer b;
-    unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, jwke_b64url_decoded_max(len));
+    unsigned char *out = (unsigned char *)jwke_buffer_init(L, &b, jwke_b64url_decoded_max(len));
     const char *why = NULL;
     long n = jwke_b64url_decode(in, len, out, pad, &why);
     if (n < 0) {
@@ -109,7 +109,7 @@ static int l_b64url_decode(lua_State *L)
         lua_pushfstring(L, "invalid base64url: %s", why);
         return 2;
     }
-    luaL_pushresultsize(&b, (size_t)n);
+    jwke_buffer_push(L, &b, (size_t)n);
     return 1;
 }
 
@@ -118,10 +118,10 @@ static int l_random_bytes(lua_State *L)
     lua_Integer n = luaL_checkinteger(L, 1);
     luaL_argcheck(L, n >= 0 && n <= 4096, 1, "between 0 and 4096 bytes");
     luaL_Buffer b;
-    unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, (size_t)n);
+    unsigned char *out = (unsigned char *)jwke_buffer_init(L, &b, (size_t)n);
     if (RAND_bytes(out, (int)n) != 1)
         return luaL_error(L, "the random generator failed");
-    luaL_pushresultsize(&b, (size_t)n);
+    jwke_buffer_push(L, &b, (size_t)n);
     return 1;
 }
 
