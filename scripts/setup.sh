@@ -18,6 +18,8 @@ if [ -n "$missing" ]; then
   [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $missing
+  # Debian starts the packaged nginx on port 80; the tests run their own.
+  case "$missing" in *nginx*) $SUDO service nginx stop >/dev/null 2>&1 || true ;; esac
 fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
