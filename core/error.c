@@ -15,6 +15,7 @@ int jwke_fail(jwke_error *err, const char *fmt, ...)
     vsnprintf(err->message, sizeof err->message, fmt, ap);
     va_end(ap);
     err->ckr = CKR_OK;
+    err->code = NULL;
     return -1;
 }
 
@@ -26,6 +27,7 @@ int jwke_fail_ckr(jwke_error *err, const char *function, CK_RV rv)
     else
         jwke_fail(err, "%s: CKR_0x%08lx (vendor defined)", function, (unsigned long)rv);
     err->ckr = rv;
+    err->code = NULL;
     return -1;
 }
 
@@ -45,5 +47,6 @@ int jwke_fail_openssl(jwke_error *err, const char *what)
         first = 0;
     }
     err->ckr = CKR_OK;
+    err->code = NULL;
     return -1;
 }

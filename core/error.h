@@ -14,6 +14,9 @@ typedef struct jwke_error {
     /* Set for PKCS#11 failures so policy code can tell "not found" and
      * recoverable classes apart; 0 (CKR_OK) otherwise. */
     CK_RV ckr;
+    /* A stable ERR_* code for failures that have no CKR of their own (a
+     * login refused by policy); NULL otherwise. Static strings only. */
+    const char *code;
 } jwke_error;
 
 /* printf-style; always returns -1 so callers can `return jwke_fail(...)`. */

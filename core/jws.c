@@ -5,7 +5,7 @@
 
 #include "b64url.h"
 
-#define MAX_SIGNATURE 1024 /* an 8192-bit RSA signature */
+#define MAX_SIGNATURE 2048 /* a 16384-bit RSA signature, the largest key we accept */
 
 int jwke_jws_compact(const char *header_b64, size_t header_len, const unsigned char *payload,
                      size_t payload_len, size_t sig_max, jwke_sign_fn sign, void *signer,

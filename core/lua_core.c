@@ -15,6 +15,10 @@ int jwke_push_error(lua_State *L, const jwke_error *err)
 {
     lua_pushnil(L);
     lua_pushstring(L, err->message);
+    if (err->code) {
+        lua_pushstring(L, err->code);
+        return 3;
+    }
     if (err->ckr != CKR_OK) {
         const char *name = jwke_ckr_name(err->ckr);
         if (name)
@@ -192,6 +196,7 @@ int luaopen_jwkengine_core(lua_State *L)
     jwke_open_token(L);
     jwke_open_public_key(L);
     jwke_open_software_key(L);
+    jwke_open_jose(L);
     lua_pushstring(L, JWKENGINE_VERSION);
     lua_setfield(L, -2, "_VERSION");
     return 1;

@@ -218,7 +218,10 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
     case JWKE_RECOVER_SESSION:
         break; /* the failed session was closed when it came back */
     case JWKE_RECOVER_LOGIN:
+        /* Tokens may drop private-object handles at logout (SoftHSM does),
+         * so keys find theirs again before the retry. */
         result = jwke_p11_login_locked(t, err);
+        t->object_epoch++;
         break;
     case JWKE_RECOVER_OBJECT:
         t->object_epoch++; /* keys find their handles again before use */
@@ -254,17 +257,30 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
     return result;
 }
 
+/* The retry could not even start (the repair left no usable token): the
+ * message keeps the failure that started it all. */
+static int fail_after(jwke_error *err, const char *function, CK_RV rv)
+{
+    jwke_error why = *err;
+    jwke_fail(err, "%s: %s (recovery failed: %s)", function, ckr(rv), why.message);
+    err->ckr = rv;
+    err->code = why.code; /* a refused login stays recognizable */
+    return -1;
+}
+
 int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
 {
+    const char *failed_function = NULL;
+    CK_RV failed_rv = CKR_OK;
     for (int attempt = 0;; attempt++) {
         CK_SESSION_HANDLE session;
         if (lock_current(t, err) != 0)
-            return -1;
+            return attempt ? fail_after(err, failed_function, failed_rv) : -1;
         unsigned epoch = t->epoch;
         int borrowed = borrow_locked(t, &session, err);
         pthread_mutex_unlock(&t->lock);
         if (borrowed != 0)
-            return -1;
+            return attempt ? fail_after(err, failed_function, failed_rv) : -1;
 
         const char *function = "(no call)";
         CK_RV rv = op(t, session, ctx, &function, err);
@@ -283,12 +299,10 @@ int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
             }
             return jwke_fail_ckr(err, function, rv);
         }
-        jwke_error why;
-        if (recover(t, kind, function, rv, &why) != 0) {
-            jwke_fail(err, "%s: %s (recovery failed: %s)", function, ckr(rv), why.message);
-            err->ckr = rv;
-            return -1;
-        }
+        if (recover(t, kind, function, rv, err) != 0)
+            return fail_after(err, function, rv);
+        failed_function = function;
+        failed_rv = rv;
     }
 }
 

@@ -166,15 +166,18 @@ void jwke_p11_token_close(jwke_p11_token *t)
 static int refuse_by_flags(CK_FLAGS flags, jwke_error *err)
 {
     if (flags & CKF_USER_PIN_LOCKED)
-        return jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_LOCKED (the user PIN "
-                         "is locked; unlock it with the security officer PIN)");
-    if (flags & CKF_USER_PIN_FINAL_TRY)
-        return jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_FINAL_TRY (one more "
-                         "wrong PIN locks it; log in by hand to clear the counter)");
-    if (flags & CKF_USER_PIN_TO_BE_CHANGED)
-        return jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_TO_BE_CHANGED "
-                         "(change the user PIN first)");
-    return 0;
+        jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_LOCKED (the user PIN "
+                  "is locked; unlock it with the security officer PIN)");
+    else if (flags & CKF_USER_PIN_FINAL_TRY)
+        jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_FINAL_TRY (one more "
+                  "wrong PIN locks it; log in by hand to clear the counter)");
+    else if (flags & CKF_USER_PIN_TO_BE_CHANGED)
+        jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_TO_BE_CHANGED "
+                  "(change the user PIN first)");
+    else
+        return 0;
+    err->code = "ERR_LOGIN_REFUSED";
+    return -1;
 }
 
 /* Logs the login session in with the stored PIN. Caller holds t->lock. */
@@ -182,9 +185,12 @@ int jwke_p11_login_locked(jwke_p11_token *t, jwke_error *err)
 {
     if (!t->pin)
         return jwke_fail(err, "C_Login: no PIN is configured");
-    if (t->pin_refused)
-        return jwke_fail(err, "C_Login: the token refused this PIN before (CKR_PIN_INCORRECT); "
-                         "jwkengine never tries a refused PIN again");
+    if (t->pin_refused) {
+        jwke_fail(err, "C_Login: the token refused this PIN before (CKR_PIN_INCORRECT); "
+                  "jwkengine never tries a refused PIN again");
+        err->code = "ERR_LOGIN_REFUSED";
+        return -1;
+    }
     CK_FUNCTION_LIST_PTR fn = t->module->fn;
     CK_TOKEN_INFO info;
     CK_RV rv = fn->C_GetTokenInfo(t->slot, &info);

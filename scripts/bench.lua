@@ -12,45 +12,22 @@ for i = 1, #arg do
   if arg[i] == "--round" then ROUND = tonumber(arg[i + 1]) end
 end
 
-local function shell(command)
-  local pipe = assert(io.popen(command .. " 2>&1"))
-  local out = pipe:read("*a")
-  local ok = pipe:close()
-  if not ok then error(command .. " failed: " .. out, 2) end
-  return out
-end
-
--- SoftHSM reads SOFTHSM2_CONF when the module initializes, and Lua cannot
--- set environment variables: the first run makes the folder and runs the
--- benchmark again with it.
-if not os.getenv("JWKE_BENCH_DIR") then
-  local dir = shell("mktemp -d /tmp/jwkengine-bench.XXXXXX"):gsub("%s+$", "")
-  shell("mkdir -p " .. dir .. "/tokens")
-  local conf = io.open(dir .. "/softhsm2.conf", "w")
-  conf:write("directories.tokendir = ", dir, "/tokens\nobjectstore.backend = file\nlog.level = ERROR\n")
-  conf:close()
-  local args = {}
-  for i = 1, #arg do args[#args + 1] = string.format("%q", arg[i]) end
-  local ok = os.execute(string.format("SOFTHSM2_CONF=%s/softhsm2.conf JWKE_BENCH_DIR=%s %s %s %s",
-    dir, dir, arg[-1], arg[0], table.concat(args, " ")))
-  shell("rm -rf " .. dir)
-  os.exit(ok and 0 or 1)
-end
+package.path = arg[0]:gsub("[^/]*$", "") .. "lib/?.lua;" .. package.path
+local sandbox = require "sandbox"
+local shell = sandbox.shell
+sandbox.enter()
 
 local jwkengine = require "jwkengine"
 local bench = require "jwkengine_bench"
 local cjson = require "cjson"
 
-local DIR = os.getenv("JWKE_BENCH_DIR")
 local LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
 local PIN = "1234"
 local SECRET = "bench-secret-0123456789abcdef"
 local CLAIMS = { iss = "https://issuer.example", sub = "user-1234567890", aud = "client-app",
   scope = "openid profile", exp = 1900000000, iat = 1800000000 }
 
-local function new_token(label)
-  shell(string.format("softhsm2-util --init-token --free --label %s --so-pin 0000 --pin %s", label, PIN))
-end
+local new_token = sandbox.new_token
 
 local function environment(label, extra)
   local env = { HSM_ENABLED = "true", HSM_LIBRARY = LIBRARY, HSM_TOKEN_LABEL = label, HSM_PIN = PIN,

@@ -1,7 +1,17 @@
 #!/bin/sh
-# The README's second command: set up, then run every test (C unit tests
-# through ctest, the busted specs under Lua 5.4 against a throwaway SoftHSM
-# token folder). Ends with one "N passed, N failed" line over everything.
+# The README's second command: set up, then run every test.
+#
+#   1. C unit tests (ctest)
+#   2. the busted specs under Lua 5.4, against throwaway SoftHSM tokens, a
+#      throwaway PostgreSQL cluster and real nginx, all on loopback
+#   3. the same busted suite against an AddressSanitizer + UBSan build
+#      (except the nginx spec: nginx cannot load a sanitized module)
+#   4. the libFuzzer targets, each for a bounded time
+#   5. valgrind memcheck over the C core
+#
+# Ends with one "N passed, N failed" line over everything. Extra arguments go
+# to the busted runs (e.g. scripts/test.sh spec/engine_spec.lua); set
+# JWKE_QUICK=1 to run only steps 1 and 2.
 set -u
 cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
@@ -9,23 +19,91 @@ scripts/setup.sh || exit 1
 . scripts/postgres-env.sh
 trap 'postgres_stop; rm -rf "$JWKE_TMP"' EXIT
 
-log="$JWKE_TMP/test.log"
+# A developer's own settings must not leak into the specs.
+unset HSM_ENABLED HSM_LIBRARY HSM_TOKEN_LABEL HSM_SLOT HSM_PIN HSM_PIN_FILE HSM_KEY_SET_PREFIX \
+  HSM_MIN_RSA_BITS HSM_MAX_SESSIONS HSM_URI JWKENGINE_CONFIG DSN SECRETS_SYSTEM LD_PRELOAD \
+  JWKE_FAULTS JWKE_FAULT_LATENCY_US JWKE_FAULT_REMOVED JWKE_FAULT_TOKEN_FLAGS JWKE_FAULT_FORK_STRICT
+# The fault module reads these when a spec loads it in-process.
+export JWKE_FAULT_CONTROL="$JWKE_TMP/faults.ctl" JWKE_FAULT_STATS="$JWKE_TMP/faults-%p.stats"
+
+# The npm `jose` package for the interop spec, pinned by scripts/npm-jose.
+mkdir -p "$JWKE_TMP/npm-jose"
+cp scripts/npm-jose/package.json scripts/npm-jose/*.mjs "$JWKE_TMP/npm-jose/"
+(cd "$JWKE_TMP/npm-jose" && npm install --no-audit --no-fund --loglevel=error >/dev/null) ||
+  echo "npm install of jose failed: spec/jose_interop_spec.lua will report it"
+export JWKE_NPM_JOSE_DIR="$JWKE_TMP/npm-jose"
+
+passed=0
+failed=0
+summary=""
+log="$JWKE_TMP/step.log"
+add() { # label passed failed
+  passed=$((passed + $2))
+  failed=$((failed + $3))
+  summary="$summary$1: $2 passed, $3 failed
+"
+}
+
+# Runs busted with the given build folder; counts its summary line.
+busted_run() { # label build_dir [busted args...]
+  label=$1 build=$2
+  shift 2
+  JWKE_BUILD_DIR=$build "$@" 2>&1 | tee "$log"
+  line=$(grep -E '[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' "$log" | tail -n 1)
+  if [ -z "$line" ]; then
+    add "$label" 0 1
+    return
+  fi
+  ok=$(echo "$line" | sed -n 's/^\([0-9]*\) success.*/\1/p')
+  bad=$(echo "$line" | sed -n 's/.* \([0-9]*\) failures\{0,1\} \/ \([0-9]*\) errors\{0,1\}.*/\1 \2/p' |
+    awk '{print $1 + $2}')
+  add "$label" "${ok:-0}" "${bad:-1}"
+}
+
+echo "== 1. C unit tests"
 (cd build && ctest --output-on-failure) 2>&1 | tee "$log"
-c_passed=$(sed -n 's/.* tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2 \1/p' "$log" | awk '{print $1-$2}')
+c_total=$(sed -n 's/.* tests failed out of \([0-9]*\).*/\1/p' "$log")
 c_failed=$(sed -n 's/.* tests passed, \([0-9]*\) tests failed out of.*/\1/p' "$log")
+add "ctest" "$(( ${c_total:-0} - ${c_failed:-0} ))" "${c_failed:-1}"
 
-# Unset HSM_* so a developer's own settings cannot leak into the specs.
-unset HSM_ENABLED HSM_LIBRARY HSM_TOKEN_LABEL HSM_SLOT HSM_PIN HSM_KEY_SET_PREFIX JWKENGINE_CONFIG \
-  DSN SECRETS_SYSTEM
-lua5.4 /usr/bin/busted -o utfTerminal "$@" 2>&1 | tee "$log"
-summary=$(grep -E '[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' "$log" | tail -n 1)
-b_passed=$(echo "$summary" | sed -n 's/^\([0-9]*\) success.*/\1/p')
-b_failed=$(echo "$summary" | sed -n 's/.* \([0-9]*\) failures\{0,1\} \/ \([0-9]*\) errors\{0,1\}.*/\1 \2/p' | awk '{print $1+$2}')
+echo "== 2. busted (Lua 5.4, build/)"
+busted_run "busted" build lua5.4 /usr/bin/busted -o utfTerminal "$@"
 
-passed=$(( ${c_passed:-0} + ${b_passed:-0} ))
-failed=$(( ${c_failed:-1} + ${b_failed:-1} ))
-[ -n "$summary" ] || { echo "busted printed no summary"; failed=$((failed + 1)); }
+if [ "${JWKE_QUICK:-0}" != 1 ]; then
+  echo "== 3. busted against the AddressSanitizer + UBSan build (build-asan/)"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DJWKE_SANITIZE=ON >/dev/null &&
+    cmake --build build-asan -j"$(nproc)" >/dev/null
+  # The sanitized runner hosts busted: it links the sanitizer runtime first,
+  # so nothing is preloaded into the specs' other processes. A plain lua5.4
+  # that loads the sanitized module gets the runtime through JWKE_PRELOAD.
+  export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  export JWKE_PRELOAD="$(gcc -print-file-name=libasan.so)"
+  busted_run "busted (ASan+UBSan)" build-asan build-asan/jwkengine /usr/bin/busted -o utfTerminal \
+    --cpath='build-asan/lib/?.so' --exclude-pattern=nginx "$@"
+  unset ASAN_OPTIONS UBSAN_OPTIONS JWKE_PRELOAD
+  if grep -qE "ERROR: AddressSanitizer|runtime error:" "$log"; then
+    echo "the sanitizers reported an error (above)"
+    add "sanitizer reports" 0 1
+  fi
+
+  echo "== 4. fuzzers"
+  JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} scripts/fuzz.sh >"$log" 2>&1
+  fuzz_rc=$?
+  grep -E '^(== |Done |fuzz: )' "$log"
+  if [ "$fuzz_rc" -eq 0 ]; then add "fuzzers" 1 0; else tail -n 60 "$log"; add "fuzzers" 0 1; fi
+
+  echo "== 5. valgrind memcheck over the core"
+  scripts/memcheck.sh build >"$log" 2>&1
+  mc_rc=$?
+  cat "$log"
+  mc_ok=$(grep -c "^memcheck .*: 0 errors, 0 leak records" "$log")
+  mc_bad=$(( $(grep -c "^memcheck .*errors" "$log") - mc_ok ))
+  [ "$mc_rc" -eq 0 ] || [ "$mc_bad" -gt 0 ] || mc_bad=1
+  add "memcheck" "$mc_ok" "$mc_bad"
+fi
+
 echo
-echo "ctest: ${c_passed:-0} passed, ${c_failed:-?} failed; busted: ${b_passed:-0} passed, ${b_failed:-?} failed"
+printf "%s" "$summary"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -17,8 +17,8 @@ local function keys(token, args, stdin, extra)
   local out, err = os.tmpname(), os.tmpname()
   local input = os.tmpname()
   softhsm.write_file(input, stdin or "")
-  local ok, _, status = os.execute(string.format("%s build/jwkengine scripts/keys.lua %s < %s > %s 2> %s",
-    env_prefix(token, extra), args, input, out, err))
+  local ok, _, status = os.execute(string.format("%s %s/jwkengine scripts/keys.lua %s < %s > %s 2> %s",
+    env_prefix(token, extra), softhsm.BUILD, args, input, out, err))
   local stdout = assert(io.open(out)):read("*a")
   local stderr = assert(io.open(err)):read("*a")
   os.remove(out); os.remove(err); os.remove(input)
@@ -87,21 +87,21 @@ end)
 
 describe("the runner", function()
   it("prints versions, runs -e, passes arg, and reports errors with a traceback", function()
-    local out = softhsm.run("build/jwkengine -v")
+    local out = softhsm.run(softhsm.BUILD .. "/jwkengine -v")
     assert.matches("^jwkengine %d+%.%d+%.%d+\nLua 5%.4", out)
     assert.matches("OpenSSL 3", out)
 
-    out = softhsm.run([[build/jwkengine -e 'print(require("jwkengine")._VERSION)']])
+    out = softhsm.run(softhsm.BUILD .. [[/jwkengine -e 'print(require("jwkengine")._VERSION)']])
     assert.matches("^%d+%.%d+%.%d+", out)
 
     local script = os.tmpname()
     softhsm.write_file(script, "print(arg[0], arg[1], arg[2], select('#', ...))\n")
-    out = softhsm.run("build/jwkengine " .. script .. " one two")
+    out = softhsm.run(softhsm.BUILD .. "/jwkengine " .. script .. " one two")
     assert.equals(script .. "\tone\ttwo\t2\n", out)
 
     softhsm.write_file(script, "local function inner() error('boom') end\ninner()\n")
     local ok
-    out, ok = softhsm.run("build/jwkengine " .. script)
+    out, ok = softhsm.run(softhsm.BUILD .. "/jwkengine " .. script)
     assert.is_false(ok)
     assert.matches("boom", out)
     assert.matches("stack traceback", out)
@@ -111,21 +111,22 @@ describe("the runner", function()
   it("finds its Lua files and C module after cmake --install, with no LUA_PATH set", function()
     local prefix = os.tmpname()
     os.remove(prefix)
-    local out, ok = softhsm.run("cmake --install build --prefix " .. prefix)
+    local out, ok = softhsm.run("cmake --install " .. softhsm.BUILD .. " --prefix " .. prefix)
     assert.is_true(ok, out)
     out, ok = softhsm.run("cd / && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 "
       .. prefix .. [[/bin/jwkengine -e 'local j = require("jwkengine"); print(j._VERSION, package.searchpath("jwkengine", package.path))']])
     assert.is_true(ok, out)
     assert.matches(prefix .. "/bin/../share/lua/5.4/jwkengine/init.lua", out, 1, true)
     -- the installed C module loads in plain lua5.4 from the standard layout
-    out, ok = softhsm.run(string.format([[cd / && LUA_PATH='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua;;' LUA_CPATH='%s/lib/lua/5.4/?.so;;' lua5.4 -e 'print(require("jwkengine.core")._VERSION)']],
-      prefix, prefix, prefix))
+    out, ok = softhsm.run(string.format([[cd / && LUA_PATH='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua;;' LUA_CPATH='%s/lib/lua/5.4/?.so;;' %s -e 'print(require("jwkengine.core")._VERSION)']],
+      prefix, prefix, prefix, softhsm.LUA))
     assert.is_true(ok, out)
     softhsm.run("rm -rf " .. prefix)
   end)
 
   it("finds the module from plain lua5.4 with the paths set", function()
-    local out, ok = softhsm.run([[LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/lib/?.so;;' lua5.4 -e 'print(require("jwkengine")._VERSION)']])
+    local out, ok = softhsm.run([[LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH=']] .. softhsm.BUILD .. [[/lib/?.so;;' ]]
+      .. softhsm.LUA .. [[ -e 'print(require("jwkengine")._VERSION)']])
     assert.is_true(ok, out)
     assert.matches("^%d+%.%d+%.%d+", out)
   end)

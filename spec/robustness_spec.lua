@@ -14,7 +14,7 @@ describe("session pool", function()
     local out, ok = softhsm.pkcs11_tool(token,
       "--keypairgen --key-type EC:prime256v1 --usage-sign --label pooled --id 01")
     assert.is_true(ok, out)
-    out, ok = softhsm.run(string.format("build/pool_threads %s %s %s pooled 8 500 2",
+    out, ok = softhsm.run(string.format("%s/pool_threads %s %s %s pooled 8 500 2", softhsm.BUILD,
       softhsm.LIBRARY, softhsm.quote(token.label), token.pin))
     assert.is_true(ok, out)
     assert.matches("signatures=4000 failures=0", out)

@@ -43,8 +43,8 @@ local function keys_cli(env, args, stdin)
   for k, v in pairs(env) do parts[#parts + 1] = k .. "=" .. softhsm.quote(v) end
   local input = os.tmpname()
   softhsm.write_file(input, stdin or "")
-  local out, ok = softhsm.run(string.format("env %s build/jwkengine scripts/keys.lua %s < %s",
-    table.concat(parts, " "), args, input))
+  local out, ok = softhsm.run(string.format("env %s %s/jwkengine scripts/keys.lua %s < %s",
+    table.concat(parts, " "), softhsm.BUILD, args, input))
   os.remove(input)
   return out, ok
 end
@@ -212,7 +212,7 @@ for _, backend in ipairs(stores.backends()) do
       end
       local env = string.format("SECRETS_SYSTEM=%s DSN=%s", softhsm.quote(SECRET .. "," .. OLD_SECRET),
         softhsm.quote(dsn))
-      local out = softhsm.run(string.format([[env %s build/jwkengine scripts/keys.lua rotate-secrets & pid=$!
+      local out = softhsm.run(string.format([[env %s ]] .. softhsm.BUILD .. [[/jwkengine scripts/keys.lua rotate-secrets & pid=$!
         i=0; until %s || [ $i -ge 2000 ]; do i=$((i+1)); sleep 0.002; done
         if %s; then kill -9 $pid && echo killed-in-transaction; fi; wait $pid]], env, in_transaction, in_transaction))
       assert.matches("killed%-in%-transaction", out)
@@ -229,7 +229,7 @@ for _, backend in ipairs(stores.backends()) do
       s:close()
 
       -- and a rotation left to finish moves every row to the new secret
-      local _, ok = softhsm.run("env " .. env .. " build/jwkengine scripts/keys.lua rotate-secrets")
+      local _, ok = softhsm.run("env " .. env .. " " .. softhsm.BUILD .. "/jwkengine scripts/keys.lua rotate-secrets")
       assert.is_true(ok)
       s = assert(store_module.open(dsn))
       for _, row in ipairs(assert(s:rows("bulk"))) do
@@ -248,8 +248,8 @@ engine:close()
 ]])
       local env = string.format("SECRETS_SYSTEM=%s DSN=%s", softhsm.quote(SECRET), softhsm.quote(dsn))
       local out, ok = softhsm.run(string.format(
-        "env %s build/jwkengine %s & a=$!; env %s build/jwkengine %s & b=$!; wait $a && wait $b",
-        env, script, env, script))
+        "env %s %s/jwkengine %s & a=$!; env %s %s/jwkengine %s & b=$!; wait $a && wait $b",
+        env, softhsm.BUILD, script, env, softhsm.BUILD, script))
       os.remove(script)
       assert.is_true(ok, out)
       local s = assert(store_module.open(dsn))

@@ -156,6 +156,11 @@ function Manager:generate(set, alg, options)
   if use ~= "sig" and use ~= "enc" then
     return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got '%s'", tostring(use))
   end
+  -- a key the engine would then refuse to load is never made
+  if alg == "RS256" and options.rsa_bits and options.rsa_bits < self.min_rsa_bits then
+    return util.fail("ERR_INVALID_ARGUMENT", "an RSA key of %d bits is below hsm.min_rsa_bits (%d)",
+      options.rsa_bits, self.min_rsa_bits)
+  end
   local kid = options.kid or core.uuid()
   local ok, err, code = self:drain(self.token:generate(self.prefix .. set, alg, kid, use, options.rsa_bits))
   self:forget(set)

@@ -7,6 +7,7 @@
 -- store pick up each other's new keys.
 local core = require "jwkengine.core"
 local cjson = require "cjson.safe"
+local jwk_module = require "jwkengine.jwk"
 local keyset = require "jwkengine.keyset"
 local util = require "jwkengine.util"
 
@@ -199,9 +200,12 @@ function Manager:import(set, input, options)
     jwk = {}
   else
     if type(input) == "string" then
-      jwk = cjson.decode(input)
+      -- strict JSON: a duplicated member (two "d"s) is refused, not resolved
+      local derr
+      jwk, derr = jwk_module.decode_json(input)
       if type(jwk) ~= "table" then
-        return util.fail("ERR_KEY_IMPORT", "input is neither a PEM block nor a JSON Web Key")
+        return util.fail("ERR_KEY_IMPORT", "input is neither a PEM block nor a JSON Web Key%s",
+          input:match("^%s*[{%[]") and (": " .. tostring(derr)) or "")
       end
     elseif type(input) == "table" then
       jwk = input

@@ -8,6 +8,13 @@ local M = {}
 
 M.LIBRARY = os.getenv("SOFTHSM2_LIBRARY") or "/usr/lib/softhsm/libsofthsm2.so"
 M.PIN = "1234"
+-- The build folder under test (scripts/test.sh also runs the suite against
+-- a sanitizer build in another folder).
+M.BUILD = os.getenv("JWKE_BUILD_DIR") or "build"
+-- A plain lua5.4 that loads a sanitizer build of the module needs the
+-- sanitizer runtime preloaded (the runner links it itself).
+M.LUA = (os.getenv("JWKE_PRELOAD") and ("env LD_PRELOAD=" .. os.getenv("JWKE_PRELOAD") .. " ") or "")
+  .. "lua5.4"
 M.SO_PIN = "0000"
 
 local counter = 0

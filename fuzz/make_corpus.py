@@ -1,0 +1,172 @@
+#!/usr/bin/python3
+"""Writes the seed corpus of the libFuzzer targets into fuzz/corpus/<target>/.
+
+The seeds are the RFC examples (spec/vectors), well-formed and malformed
+tokens, JSON texts and keys in the byte layout each target reads
+(fuzz/fuzz_input.h: a selector byte, then fields with a two-byte length).
+Run it again after changing a target's input layout:
+
+    /usr/bin/python3 fuzz/make_corpus.py
+"""
+import base64
+import json
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def field(data):
+    return struct.pack(">H", len(data)) + data
+
+
+def write(target, name, data):
+    folder = os.path.join(HERE, "corpus", target)
+    os.makedirs(folder, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(folder, name), "wb") as f:
+        f.write(data)
+
+
+def vector(name):
+    with open(os.path.join(ROOT, "spec", "vectors", name + ".json")) as f:
+        return json.load(f)
+
+
+def examples():
+    """(name, jwk, protected, payload, signature) of every RFC example."""
+    out = []
+    for e in vector("rfc7515")["examples"]:
+        out.append(("rfc7515-" + e["section"], e["jwk"], e["protected"], e["payload"], e["signature"]))
+    v = vector("rfc7520")
+    for e in v["examples"]:
+        out.append(("rfc7520-" + e["section"], v["keys"][e["key"]], e["protected"], e["payload"], e["signature"]))
+    v = vector("rfc8037")
+    for e in v["examples"]:
+        out.append(("rfc8037-" + e["section"], v["jwk"], e["protected"], e["payload"], e["signature"]))
+    return out
+
+
+def b64url_seeds():
+    for i, text in enumerate(["", "A", "AA", "AAA", "AAAA", "QQ", "QQ==", "QUI", "QUI=", "QUJD",
+                              "-_-_", "a+b/", "AB==", "AQ", "AR", "____", "eyJhbGciOiJFUzI1NiJ9",
+                              "Zm9v\n", "Zm9v=", "Zm9=v", "=", "=="]):
+        write("b64url", "seed-%02d" % i, text)
+    for name, _, protected, payload, signature in examples():
+        write("b64url", name + "-signature", signature)
+
+
+def jws_seeds():
+    for name, _, protected, payload, signature in examples():
+        write("jws", name + ".jws", "%s.%s.%s" % (protected, payload, signature))
+    h = b64(b'{"alg":"ES256","kid":"k1"}')
+    p = b64(b'{"sub":"a","exp":1700000000}')
+    s = b64(bytes(range(64)))
+    tokens = {
+        "good": "%s.%s.%s" % (h, p, s),
+        "padded": "%s.%s.%s==" % (h, p, s),
+        "two-segments": "%s.%s" % (h, p),
+        "four-segments": "%s.%s.%s.%s" % (h, p, s, s),
+        "jwe": "a.b.c.d.e",
+        "empty-payload": "%s..%s" % (h, s),
+        "empty-signature": "%s.%s." % (h, p),
+        "whitespace": "%s.%s.%s\n" % (h, p, s),
+        "json-serialization": '{"payload":"%s","signatures":[]}' % p,
+        "duplicate-alg": "%s.%s.%s" % (b64(b'{"alg":"ES256","alg":"none"}'), p, s),
+        "escaped-duplicate": "%s.%s.%s" % (b64(b'{"alg":"ES256","\\u0061lg":"none"}'), p, s),
+        "array-header": "%s.%s.%s" % (b64(b"[1,2]"), p, s),
+        "nested-header": "%s.%s.%s" % (b64(b'{"a":' + b"[" * 40 + b"]" * 40 + b"}"), p, s),
+        "utf8-header": "%s.%s.%s" % (b64('{"alg":"ES256","x":"\u00e9\U0001F600"}'.encode()), p, s),
+        "surrogates": "%s.%s.%s" % (b64(b'{"x":"\\ud83d\\ude00","y":"\\ud800"}'), p, s),
+    }
+    for name, token in tokens.items():
+        write("jws", name + ".jws", token)
+    texts = {
+        "header": '{"alg":"RS256","kid":"2011-04-29","typ":"JWT","crit":["exp"],"exp":1}',
+        "claims": '{"iss":"joe",\r\n "exp":1300819380,\r\n "aud":["a","b"],"n":-1.5e+3,"t":true,"f":false,"z":null}',
+        "jwks": json.dumps({"keys": [vector("rfc7638")["jwk"], {"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}),
+        "numbers": '[0,-0,1e5,1E-5,0.5,-12.25e+10,123456789012345678901234567890]',
+        "bad-number": '{"a":01}',
+        "nan": '{"a":NaN}',
+        "trailing": '{"a":1} x',
+        "control": '{"a":"\x01"}',
+        "escapes": '{"a":"\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9"}',
+    }
+    for name, text in texts.items():
+        write("jws", name + ".json", text)
+
+
+def jwk_seeds():
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    for name, key, protected, payload, signature in examples():
+        sig = unb64(signature)
+        data = (protected + "." + payload).encode()[:256]
+        if key["kty"] == "RSA":
+            write("jwk", name + "-rsa", b"\x00" + field(unb64(key["n"])) + field(unb64(key["e"])) + field(sig) + field(data))
+        elif key["kty"] == "EC":
+            curve = {"P-256": 0, "P-384": 1, "P-521": 2}[key["crv"]]
+            write("jwk", name + "-ec", bytes([1 | curve << 2]) + field(unb64(key["x"])) + field(unb64(key["y"])) + field(sig) + field(data))
+            # the private key, through the software key import
+            members = [b"", b"", unb64(key["d"]), unb64(key["x"]), unb64(key["y"])]
+            write("jwk", name + "-ec-private", b"\x03" + bytes([1 | curve << 2]) + b"".join(field(m) for m in members))
+        else:
+            write("jwk", name + "-okp", b"\x02" + field(unb64(key["x"])) + field(sig) + field(data))
+            members = [b"", b"", unb64(key["d"]), unb64(key["x"]), b""]
+            write("jwk", name + "-okp-private", b"\x03" + bytes([2 | 3 << 2]) + b"".join(field(m) for m in members))
+    # a small RSA private key with its CRT members (RSA imports sign once, so they stay small)
+    k = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    nums = k.private_numbers()
+
+    def be(i):
+        return i.to_bytes((i.bit_length() + 7) // 8, "big")
+    pub = nums.public_numbers
+    crt = [be(nums.p), be(nums.q), be(nums.dmp1), be(nums.dmq1), be(nums.iqmp)]
+    write("jwk", "rsa1024-private", b"\x03" + bytes([0]) + field(be(pub.n)) + field(be(pub.e)) + field(be(nums.d)) + field(b"") + field(b""))
+    write("jwk", "rsa1024-private-crt", b"\x03" + bytes([0x40]) + field(be(pub.n)) + field(be(pub.e)) + field(be(nums.d)) + b"".join(field(c) for c in crt) + field(b"") + field(b""))
+    write("jwk", "rsa-even", b"\x00" + field(be(pub.n - 1)) + field(be(pub.e)))
+    write("jwk", "rsa-tiny", b"\x00" + field(b"\xc1\x02\x03\x05") + field(b"\x01\x00\x01"))
+    write("jwk", "ec-zero", b"\x01" + field(b"\x00" * 32) + field(b"\x00" * 32))
+    write("jwk", "okp-x25519", b"\x06" + field(b"\x09" * 32))
+
+
+def ec_seeds():
+    oids = {
+        "P-256": bytes.fromhex("06082a8648ce3d030107"),
+        "P-384": bytes.fromhex("06052b81040022"),
+        "P-521": bytes.fromhex("06052b81040023"),
+        "Ed25519": bytes.fromhex("06032b6570"),
+    }
+    printable = b"\x13\x0cedwards25519"
+    for name, key, protected, payload, signature in examples():
+        if key["kty"] == "RSA":
+            continue
+        sig = unb64(signature)
+        if key["kty"] == "EC":
+            point = b"\x04" + unb64(key["x"]) + unb64(key["y"])
+            params = oids[key["crv"]]
+        else:
+            point = unb64(key["x"])
+            params = printable
+        wrapped = bytes([0x04]) + (bytes([len(point)]) if len(point) < 128 else bytes([0x81, len(point)])) + point
+        write("ec", name + "-der", b"\x00" + field(params) + field(wrapped) + field(sig))
+        write("ec", name + "-raw", b"\x00" + field(params) + field(point) + field(sig))
+    write("ec", "ed448", b"\x03" + field(b"\x13\x0aedwards448") + field(b"\x00" * 57) + field(b""))
+    write("ec", "unknown-oid", b"\x00" + field(bytes.fromhex("06082a8648ce3d030106")) + field(b"\x04" * 65) + field(b""))
+    write("ec", "long-length", b"\x01" + field(b"") + field(b"\x04\x82\x00\x41" + b"\x04" * 65) + field(b""))
+
+
+if __name__ == "__main__":
+    b64url_seeds()
+    jws_seeds()
+    jwk_seeds()
+    ec_seeds()

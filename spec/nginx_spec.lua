@@ -1,0 +1,326 @@
+-- jwkengine in real nginx (Debian's nginx + libnginx-mod-http-lua, LuaJIT):
+-- the documented examples/nginx.conf with 4 workers on a loopback port and
+-- a throwaway SoftHSM token. The master must never touch PKCS#11; the
+-- workers open the engine after the fork, generate the startup sets once,
+-- serve the same JWK Set, and sign tokens that python3-jwcrypto accepts,
+-- also after a reload and after a worker is killed.
+--
+-- Needs: nginx, libnginx-mod-http-lua, a LuaJIT build of the C module
+-- ($JWKE_BUILD_DIR/lib-luajit, default build/), softhsm2, opensc
+-- (pkcs11-tool), python3-jwcrypto.
+local cjson = require "cjson"
+local softhsm = require "helpers.softhsm"
+local nginx = require "helpers.nginx"
+
+local ID_SET, ACCESS_SET, EXTRA_SET = "hydra.openid.id-token", "hydra.jwt.access-token", "nginx.extra"
+local PKCS11_ERRORS = { "CKR_", "PKCS#11" }
+
+-- Objects of one class on the token, counted by label.
+local function count_objects(token, class)
+  local out, ok = softhsm.pkcs11_tool(token, "--login --list-objects --type " .. class)
+  assert(ok, out)
+  local counts = {}
+  for label in out:gmatch("label:%s*([^\n]-)%s*\n") do counts[label] = (counts[label] or 0) + 1 end
+  return counts
+end
+
+local function maps_softhsm(pid)
+  local maps = nginx.read_file("/proc/" .. pid .. "/maps") or ""
+  return maps:find("libsofthsm2", 1, true) ~= nil
+end
+
+local function tail(text, n)
+  local lines = {}
+  for line in text:gmatch("[^\n]+") do lines[#lines + 1] = line end
+  return table.concat(lines, "\n", math.max(1, #lines - (n or 40) + 1))
+end
+
+describe("nginx integration (4 workers, SoftHSM)", function()
+  local server, token
+
+  local function no_pkcs11_errors(text, where)
+    local bad = nginx.lines_matching(text, PKCS11_ERRORS)
+    assert.are.same({}, bad, "PKCS#11 errors in the error log " .. where)
+  end
+
+  local function all_valid(result, n, what)
+    assert.are.equal(n, result.valid, what .. ": " .. cjson.encode(result) .. "\n" .. tail(server:log()))
+    assert.are.equal(0, result.problem_count)
+  end
+
+  setup(function()
+    token = softhsm.new_token("nginx")
+    server = nginx.new({ token = token, workers = 4, refresh = 2,
+      sets = { ID_SET, ACCESS_SET, EXTRA_SET } })
+    server:start(60)
+    -- every worker has opened its engine (each logs it once)
+    local deadline = os.time() + 30
+    while nginx.count(server:log(), "the engine is open in worker") < 4 do
+      assert(os.time() < deadline, "not every worker opened the engine:\n" .. tail(server:log()))
+      nginx.sleep(0.1)
+    end
+  end)
+
+  teardown(function()
+    if server then
+      server:stop()
+      if not os.getenv("JWKE_KEEP_NGINX") then server:remove() end
+    end
+  end)
+
+  it("never loads the PKCS#11 module in the master, only in the workers", function()
+    assert.is_false(maps_softhsm(server.master), "the master process mapped libsofthsm2")
+    local workers = server:worker_pids()
+    assert.are.equal(4, #workers)
+    for _, pid in ipairs(workers) do
+      assert.is_true(maps_softhsm(pid), "worker " .. pid .. " has no PKCS#11 module")
+    end
+  end)
+
+  it("generates each startup set exactly once when 4 workers start on an empty token", function()
+    local log = server:log()
+    assert.are.equal(1, nginx.count(log,
+      "JSON Web Key Set '" .. ID_SET .. "' doesn't exist yet, generating new key pair..."), tail(log))
+    assert.are.equal(1, nginx.count(log,
+      "JSON Web Key Set '" .. ACCESS_SET .. "' doesn't exist yet, generating new key pair..."), tail(log))
+    local private = count_objects(token, "privkey")
+    local public = count_objects(token, "pubkey")
+    assert.are.same({ [ID_SET] = 1, [ACCESS_SET] = 1 }, private)
+    assert.are.same({ [ID_SET] = 1, [ACCESS_SET] = 1 }, public)
+    no_pkcs11_errors(log, "at startup")
+  end)
+
+  it("signs 2,000 tokens for concurrent clients, each valid for jwcrypto under the served JWK Set", function()
+    local started = os.time()
+    local result = server:tokens("/token", 2000, 16, 300)
+    all_valid(result, 2000, "POST /token")
+    assert.are.same({ ["200"] = 2000 }, result.statuses)
+    assert.are.same({ ES256 = 2000 }, result.algs) -- the access-token set, as configured
+    assert.are.equal(4, #result.workers, "not every worker signed: " .. cjson.encode(result.workers))
+    print(string.format("\n  nginx: 2000 tokens in %.2f s of requests (%d s with verification)",
+      result.seconds, os.time() - started))
+  end)
+
+  it("serves the same JWK Set, byte for byte and with one ETag, from every worker", function()
+    local result = server:jwks(400, 16)
+    assert.are.same({ ["200"] = 400 }, result.statuses)
+    assert.are.equal(4, #result.workers, "not every worker answered: " .. cjson.encode(result.workers))
+    assert.are.equal(1, #result.bodies, cjson.encode(result))
+    assert.are.equal(1, #result.etags, cjson.encode(result))
+    local jwks = cjson.decode(server:requests({ { path = "/.well-known/jwks.json" } })[1].body)
+    local algs = {}
+    for _, key in ipairs(jwks.keys) do
+      algs[#algs + 1] = key.alg
+      assert.is_nil(key.d, "a private member is published")
+    end
+    table.sort(algs)
+    assert.are.same({ "ES256", "RS256" }, algs)
+  end)
+
+  it("answers with Cache-Control and a strong ETag, and 304 to a matching If-None-Match", function()
+    local first = server:requests({ { path = "/.well-known/jwks.json" } })[1]
+    assert.are.equal(200, first.status)
+    assert.are.equal("application/json", first.headers["content-type"])
+    assert.are.equal("public, max-age=300", first.headers["cache-control"])
+    local etag = first.headers["etag"]
+    assert.is_truthy(etag and etag:match('^"[%w_%-]+"$'), "not a strong ETag: " .. tostring(etag))
+    local r = server:requests({
+      { path = "/.well-known/jwks.json", headers = { ["If-None-Match"] = etag } },
+      { path = "/.well-known/jwks.json", headers = { ["If-None-Match"] = '"other", W/' .. etag } },
+      { path = "/.well-known/jwks.json", headers = { ["If-None-Match"] = "*" } },
+      { path = "/.well-known/jwks.json", headers = { ["If-None-Match"] = '"other"' } },
+      { method = "HEAD", path = "/.well-known/jwks.json" },
+    })
+    assert.are.equal(304, r[1].status)
+    assert.are.equal("", r[1].body)
+    assert.are.equal(etag, r[1].headers["etag"])
+    assert.are.equal("public, max-age=300", r[1].headers["cache-control"])
+    assert.are.equal(304, r[2].status)
+    assert.are.equal(304, r[3].status)
+    assert.are.equal(200, r[4].status)
+    assert.are.equal(first.body, r[4].body)
+    assert.are.equal(200, r[5].status)
+    assert.are.equal("", r[5].body)
+    assert.are.equal(etag, r[5].headers["etag"])
+  end)
+
+  it("answers bad token requests with clear 4xx errors", function()
+    local json = { ["Content-Type"] = "application/json" }
+    local r = server:requests({
+      { method = "GET", path = "/token" },
+      { method = "POST", path = "/token", headers = { ["Content-Type"] = "text/plain" }, body = '{"sub":"a"}' },
+      { method = "POST", path = "/token", body = '{"sub":"a"}' },
+      { method = "POST", path = "/token", headers = json, body = "[1, 2]" },
+      { method = "POST", path = "/token", headers = json, body = '"a string"' },
+      { method = "POST", path = "/token", headers = json, body = '{"sub":' },
+      { method = "POST", path = "/token", headers = json, body = "" },
+      { method = "POST", path = "/token", headers = json, body = '{"pad":"' .. string.rep("x", 20000) .. '"}' },
+      { method = "POST", path = "/token", headers = json, body = '{"pad":"' .. string.rep("x", 100000) .. '"}' },
+      { method = "POST", path = "/.well-known/jwks.json", headers = json, body = "{}" },
+      { method = "POST", path = "/token", headers = { ["Content-Type"] = "application/json; charset=utf-8" },
+        body = ' {"sub":"ok"}' },
+    })
+    local function check(i, status, pattern)
+      assert.are.equal(status, r[i].status, "request " .. i .. ": " .. r[i].body)
+      if pattern then
+        assert.are.equal("application/json", r[i].headers["content-type"], "request " .. i)
+        local body = cjson.decode(r[i].body)
+        assert.is_truthy(body.error_description:find(pattern), "request " .. i .. ": " .. r[i].body)
+      end
+    end
+    check(1, 405, "POST")
+    assert.are.equal("POST", r[1].headers["allow"])
+    check(2, 415, "application/json")
+    check(3, 415, "application/json")
+    check(4, 400, "JSON object")
+    check(5, 400, "JSON object")
+    check(6, 400, "not valid JSON")
+    check(7, 400, "empty")
+    check(8, 413, "larger than 16384")
+    check(9, 413) -- nginx's own client_max_body_size
+    check(10, 405, "GET")
+    check(11, 200)
+    assert.are.equal("application/jwt", r[11].headers["content-type"])
+    assert.are.equal("no-store", r[11].headers["cache-control"])
+  end)
+
+  it("publishes a key added to the token on the next refresh, with a new ETag, in every worker", function()
+    local before = server:requests({ { path = "/.well-known/jwks.json" } })[1]
+    local out, ok = softhsm.pkcs11_tool(token, "--login --keypairgen --key-type EC:prime256v1 --usage-sign " ..
+      "--label " .. EXTRA_SET .. " --id " .. softhsm.hex("nginx-extra"))
+    assert(ok, out)
+    local deadline, result = os.time() + 20, nil
+    repeat
+      nginx.sleep(0.5)
+      result = server:jwks(100, 8)
+    until (#result.etags == 1 and result.etags[1] ~= before.headers["etag"]) or os.time() > deadline
+    assert.are.equal(1, #result.etags, cjson.encode(result))
+    assert.are_not.equal(before.headers["etag"], result.etags[1])
+    assert.are.equal(4, #result.workers)
+    local jwks = cjson.decode(server:requests({ { path = "/.well-known/jwks.json" } })[1].body)
+    local kids = {}
+    for _, key in ipairs(jwks.keys) do kids[key.kid] = true end
+    assert.is_true(kids["nginx-extra"], "the new key is not published")
+    assert.are.equal(3, #jwks.keys)
+  end)
+
+  it("signs in nginx's worker threads when thread_pool is set", function()
+    local probe = server:requests({ { method = "POST", path = "/token-threaded",
+      headers = { ["Content-Type"] = "application/json" }, body = "{}" } })[1]
+    if probe.status == 501 then
+      pending("this nginx Lua module has no ngx.run_worker_thread")
+      return
+    end
+    local result = server:tokens("/token-threaded", 200, 8, 300)
+    all_valid(result, 200, "POST /token-threaded")
+    assert.are.same({ RS256 = 200 }, result.algs) -- the id-token set, RSA 4096 on the token
+    assert.is_truthy(server:log():find("a worker-thread Lua VM opened its engine", 1, true))
+    no_pkcs11_errors(server:log(), "after thread signing")
+  end)
+
+  it("keeps signing valid tokens after nginx -s reload, without PKCS#11 errors", function()
+    local offset = #server:log()
+    local old = server:worker_pids()
+    local new = server:reload(30)
+    assert.are.equal(4, #new)
+    for _, pid in ipairs(new) do
+      for _, o in ipairs(old) do assert.are_not.equal(o, pid) end
+    end
+    assert.is_false(maps_softhsm(server.master), "the master mapped libsofthsm2 on reload")
+    local result = server:tokens("/token", 300, 8, 300)
+    all_valid(result, 300, "after reload")
+    local since = server:log():sub(offset + 1)
+    no_pkcs11_errors(since, "after the reload")
+    assert.are.equal(0, nginx.count(since, "doesn't exist yet"), "the reload generated keys again")
+  end)
+
+  it("keeps signing valid tokens after a worker is killed with SIGKILL, without PKCS#11 errors", function()
+    local offset = #server:log()
+    local old = server:worker_pids()
+    local victim = old[1]
+    assert(os.execute("kill -9 " .. victim))
+    local pids = server:wait_replaced(victim, 30)
+    local was = {}
+    for _, pid in ipairs(old) do was[pid] = true end
+    local replacement
+    for _, pid in ipairs(pids) do
+      if not was[pid] then replacement = pid end
+    end
+    assert.is_not_nil(replacement, "no new worker")
+    local result = server:tokens("/token", 300, 8, 300)
+    all_valid(result, 300, "after SIGKILL")
+    local served = false
+    for _, w in ipairs(result.workers) do
+      if tonumber(w) == replacement then served = true end
+    end
+    assert.is_true(served, "the replacement worker did not sign: " .. cjson.encode(result.workers))
+    local since = server:log():sub(offset + 1)
+    no_pkcs11_errors(since, "after SIGKILL")
+    assert.is_truthy(since:find("exited on signal 9", 1, true), "nginx did not see the kill")
+  end)
+
+  it("logged no PKCS#11 error and generated nothing more during the whole run", function()
+    local log = server:log()
+    no_pkcs11_errors(log, "of the whole run")
+    assert.are.equal(2, nginx.count(log, "doesn't exist yet, generating new key pair"))
+    assert.are.same({ [ID_SET] = 1, [ACCESS_SET] = 1, [EXTRA_SET] = 1 }, count_objects(token, "privkey"))
+  end)
+end)
+
+describe("nginx integration: configuration and PIN failures", function()
+  local token, server
+
+  setup(function()
+    token = softhsm.new_token("nginx-pin")
+  end)
+
+  teardown(function()
+    if server then
+      server:stop()
+      if not os.getenv("JWKE_KEEP_NGINX") then server:remove() end
+    end
+  end)
+
+  it("refuses to start without a PIN, from the master, before any PKCS#11 call", function()
+    server = nginx.new({ token = token, workers = 4 })
+    local out, ok = softhsm.run(server:command("", { HSM_PIN = false }))
+    assert.is_false(ok, out)
+    local log = out .. server:log()
+    assert.is_truthy(log:find("neither HSM_PIN nor HSM_PIN_FILE is set", 1, true), log)
+    assert.is_nil(server:master_pid(), "nginx runs anyway")
+    assert.are.equal(0, nginx.count(log, "Hardware Security Module is configured"))
+    server:remove()
+    server = nil
+  end)
+
+  it("tries a wrong PIN once per start or reload, not once per worker, and answers 503", function()
+    server = nginx.new({ token = token, workers = 4, pin = "999999" })
+    server:start(30, true)
+    local function wait_for(needle, n)
+      local deadline = os.time() + 20
+      while nginx.count(server:log(), needle) < n do
+        assert(os.time() < deadline, "waiting for " .. n .. " x " .. needle .. ":\n" .. tail(server:log()))
+        nginx.sleep(0.1)
+      end
+    end
+    local WRONG, SKIPPED = "C_Login: CKR_PIN_INCORRECT", "another worker's login was refused"
+    wait_for(SKIPPED, 3)
+    assert.are.equal(1, nginx.count(server:log(), WRONG), tail(server:log()))
+    local r = server:requests({ { path = "/.well-known/jwks.json" },
+      { method = "POST", path = "/token", headers = { ["Content-Type"] = "application/json" }, body = "{}" } })
+    assert.are.equal(503, r[1].status)
+    assert.are.equal(503, r[2].status)
+    assert.is_falsy(r[1].body:find("999999", 1, true))
+    assert.is_falsy(server:log():find("999999", 1, true), "the PIN is in the error log")
+    -- a reload may carry a fixed PIN: one more attempt
+    server:reload(30)
+    wait_for(SKIPPED, 6)
+    assert.are.equal(2, nginx.count(server:log(), WRONG), tail(server:log()))
+    -- a worker that replaces a dead one does not try it again
+    local victim = server:worker_pids()[1]
+    assert(os.execute("kill -9 " .. victim))
+    server:wait_replaced(victim, 30)
+    wait_for(SKIPPED, 7)
+    assert.are.equal(2, nginx.count(server:log(), WRONG), tail(server:log()))
+  end)
+end)

@@ -1,0 +1,176 @@
+-- Recovery in the PKCS#11 layer, proven against the fault-injecting module
+-- (spec/faultmod) in front of a real SoftHSM token: every recoverable class
+-- recovers with at most one retry, and the rest fail clearly.
+local jwkengine = require "jwkengine"
+local faults = require "helpers.faults"
+local softhsm = require "helpers.softhsm"
+
+describe("PKCS#11 recovery", function()
+  local token, engine, lines
+
+  -- A short re-initialization interval, so each test may re-initialize.
+  local function open(interval_ms)
+    lines = {}
+    return assert(jwkengine.open({ environment = faults.environment(token), startup = false,
+      hsm = { reinit_interval_ms = interval_ms or 1 },
+      logger = function(level, message) lines[#lines + 1] = level .. " " .. message end }))
+  end
+
+  setup(function()
+    faults.check_environment()
+    faults.set({})
+    token = softhsm.new_token("recovery")
+    engine = open()
+    assert(engine:generate("r", "ES256", { kid = "r1" }))
+    assert(engine:sign("r", "warm-up"))
+  end)
+
+  teardown(function()
+    faults.set({})
+    engine:close()
+  end)
+
+  before_each(function()
+    faults.counts() -- starts a fresh count window with no faults
+    lines = {}
+  end)
+
+  local function sign_and_verify()
+    local jws, err, code = engine:sign("r", "payload")
+    if jws then assert.truthy(engine:verify("r", jws)) end
+    return jws, err, code
+  end
+
+  local cases = {
+    { rule = "C_Sign:CKR_SESSION_HANDLE_INVALID@1", class = "session", by = "opening a new session",
+      calls = { ["window.C_Sign"] = 2, ["window.C_OpenSession"] = 1 } },
+    { rule = "C_SignInit:CKR_SESSION_CLOSED@1", class = "session", by = "opening a new session",
+      calls = { ["window.C_SignInit"] = 2 } },
+    { rule = "C_SignInit:CKR_USER_NOT_LOGGED_IN@1", class = "login", by = "logging in again",
+      calls = { ["window.C_SignInit"] = 2, ["window.C_Login"] = 1 } },
+    { rule = "C_SignInit:CKR_OBJECT_HANDLE_INVALID@1~", class = "object", by = "finding the object again",
+      calls = { ["window.C_SignInit"] = 2, ["window.C_FindObjectsInit"] = 1 } },
+    { rule = "C_Sign:CKR_DEVICE_ERROR@1", class = "reinit", by = "re-initializing the module",
+      calls = { ["window.C_Sign"] = 2, ["window.C_Initialize"] = 1, ["window.C_Finalize"] = 1 } },
+    { rule = "C_SignInit:CKR_CRYPTOKI_NOT_INITIALIZED@1~", class = "reinit", by = "re-initializing the module",
+      calls = {} },
+  }
+  for _, case in ipairs(cases) do
+    it("recovers from " .. case.rule .. " with one retry, logged once and counted", function()
+      local before = engine.hsm:stats().recoveries[case.class]
+      faults.set({ faults = case.rule })
+      local jws, err = sign_and_verify()
+      assert.truthy(jws, err)
+      assert.equals(before + 1, engine.hsm:stats().recoveries[case.class])
+      assert.equals(1, #lines)
+      assert.matches("recovered by " .. case.by, lines[1], 1, true)
+      assert.not_matches(softhsm.PIN, lines[1], 1, true)
+      local counts = faults.counts()
+      for name, expected in pairs(case.calls) do
+        assert.equals(expected, counts[name] or 0, name)
+      end
+      -- and the next signature needs no recovery
+      assert.truthy(sign_and_verify())
+      assert.equals(1, #lines)
+    end)
+  end
+
+  it("rate-limits full re-initialization", function()
+    engine:close()
+    engine = open(60000)
+    faults.set({ faults = "C_Sign:CKR_DEVICE_ERROR@1;C_SignInit:CKR_DEVICE_ERROR@3" })
+    assert.truthy(engine:sign("r", "first")) -- recovers: the first re-initialization
+    local jws, err, code = engine:sign("r", "second") -- fails again within the interval
+    assert.is_nil(jws)
+    assert.equals("CKR_DEVICE_ERROR", code)
+    assert.matches("C_SignInit: CKR_DEVICE_ERROR", err, 1, true)
+    assert.matches("not re-initializing again within 60000 ms", err, 1, true)
+    faults.set({})
+    assert.truthy(engine:sign("r", "third"))
+    engine:close()
+    engine = open()
+  end)
+
+  it("fails at once, with no retry, on an error that is not recoverable", function()
+    faults.set({ faults = "C_Sign:CKR_FUNCTION_FAILED@1" })
+    local jws, err, code = sign_and_verify()
+    assert.is_nil(jws)
+    assert.equals("C_Sign: CKR_FUNCTION_FAILED", err)
+    assert.equals("CKR_FUNCTION_FAILED", code)
+    assert.equals(1, faults.counts()["window.C_Sign"])
+    assert.truthy(sign_and_verify())
+  end)
+
+  it("retries only once: a second fault in a row fails clearly", function()
+    local failed_before = engine.hsm:stats().failed_recoveries
+    faults.set({ faults = "C_Sign:CKR_SESSION_HANDLE_INVALID@1*2" })
+    local jws, err = sign_and_verify()
+    assert.is_nil(jws)
+    assert.equals("C_Sign: CKR_SESSION_HANDLE_INVALID", err)
+    assert.equals(2, faults.counts()["window.C_Sign"])
+    assert.equals(failed_before + 1, engine.hsm:stats().failed_recoveries)
+    assert.truthy(sign_and_verify())
+  end)
+
+  it("fails clearly while the token is removed and recovers once it is back", function()
+    faults.set({ removed = 1 })
+    local jws, err = sign_and_verify()
+    assert.is_nil(jws)
+    assert.matches("CKR_DEVICE_REMOVED", err, 1, true)
+    assert.matches("is not present", err, 1, true)
+    faults.set({ removed = 0 })
+    jws, err = sign_and_verify()
+    assert.truthy(jws, err)
+    assert.truthy(engine:key_set("r"))
+  end)
+
+  it("learns a lower session limit from CKR_SESSION_COUNT", function()
+    local out, ok = softhsm.run(string.format(
+      "JWKE_FAULT_MAX_SESSIONS=3 %s/pool_threads %s %s %s r 6 200 8",
+      softhsm.BUILD, faults.MODULE, softhsm.quote(token.label), token.pin))
+    assert.is_true(ok, out)
+    assert.matches("signatures=1200 failures=0", out)
+    -- one session holds the login; two are left for the pool
+    assert.matches("max_sessions=2 ", out)
+  end)
+end)
+
+describe("PIN hygiene against the token's PIN flags", function()
+  local token
+  setup(function()
+    faults.check_environment()
+    faults.set({})
+    token = softhsm.new_token("pinflags")
+  end)
+  teardown(function() faults.set({}) end)
+
+  for _, flag in ipairs({ "CKF_USER_PIN_LOCKED", "CKF_USER_PIN_FINAL_TRY", "CKF_USER_PIN_TO_BE_CHANGED" }) do
+    it("refuses to log in while the token reports " .. flag, function()
+      faults.set({ token_flags = flag })
+      local engine, err, code = jwkengine.open({ environment = faults.environment(token), logger = false,
+        startup = false })
+      assert.is_nil(engine)
+      assert.matches("C_Login refused: the token reports " .. flag, err, 1, true)
+      assert.equals("ERR_LOGIN_REFUSED", code)
+      faults.set({})
+    end)
+  end
+
+  it("never retries a PIN the token refused", function()
+    local engine = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
+      startup = false }))
+    assert(engine:generate("p", "ES256"))
+    -- the session is logged out, and the re-login is refused
+    faults.set({ faults = "C_SignInit:CKR_USER_NOT_LOGGED_IN@1+~;C_Login:CKR_PIN_INCORRECT@1" })
+    local jws, err = engine:sign("p", "x")
+    assert.is_nil(jws)
+    assert.matches("CKR_PIN_INCORRECT", err, 1, true)
+    local code
+    jws, err, code = engine:sign("p", "x")
+    assert.is_nil(jws)
+    assert.matches("never tries a refused PIN again", err, 1, true)
+    assert.equals("ERR_LOGIN_REFUSED", code)
+    assert.equals(1, faults.counts()["window.C_Login"])
+    engine:close()
+  end)
+end)

@@ -1,0 +1,32 @@
+-- Proof under load (issue: production PKCS#11): scripts/soak.lua runs in its
+-- own process with its own token folder and prints its figures, which this
+-- spec shows and checks.
+local softhsm = require "helpers.softhsm"
+
+local function soak(args)
+  local out, ok = softhsm.run(softhsm.BUILD .. "/jwkengine scripts/soak.lua " .. args)
+  io.write("\n", out)
+  return out, ok
+end
+
+describe("under load", function()
+  it("signs 100,000 times with 1% recoverable faults, none failing, memory flat", function()
+    local out, ok = soak("soak 100000")
+    assert.is_true(ok, out)
+    assert.matches("soak: 100000 signatures in [%d.]+ s %(%d+/s%), 0 failed, 0 did not verify", out)
+    local session, login, object = out:match("recoveries: session (%d+), login (%d+), object (%d+)")
+    -- 1% of the signatures met a fault: a third each of the three classes
+    assert.is_true(tonumber(session) > 300 and tonumber(login) > 300 and tonumber(object) > 300, out)
+    assert.matches("failed recoveries 0", out)
+    local growth = tonumber(out:match("growth after the first tenth: (%-?%d+) kB"))
+    assert.is_true(growth < 2048, "resident memory grew by " .. growth .. " kB")
+  end)
+
+  it("signs in 8 forked children and the parent, every signature verifying", function()
+    local out, ok = soak("fork 8 1000")
+    assert.is_true(ok, out)
+    assert.matches("fork: 8 children x 1000 signatures and 2001 by the parent", out)
+    assert.matches("10001 verified, 0 failed", out)
+    assert.matches("recoveries the children needed: 0", out)
+  end)
+end)
