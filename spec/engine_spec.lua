@@ -267,6 +267,29 @@ describe("token choice", function()
   end)
 end)
 
+describe("PKCS#11 URIs", function()
+  it("names token, module and PIN by an RFC 7512 URI, and picks a token by its serial", function()
+    local token = softhsm.new_token("uri")
+    local serial
+    for _, slot in ipairs(assert(jwkengine.slots(softhsm.LIBRARY))) do
+      if slot.label == token.label then serial = slot.serial end
+    end
+    local uri = string.format("pkcs11:serial=%s?module-path=%s&pin-value=%s", serial, softhsm.LIBRARY, token.pin)
+    local engine = assert(jwkengine.open({ environment = { HSM_ENABLED = "true", HSM_URI = uri },
+      logger = false, startup = false }))
+    assert(engine:generate("by-uri", "ES256", { kid = "u" }))
+    engine:close()
+    assert.matches("label:%s+by%-uri", (softhsm.pkcs11_tool(token, "--list-objects")))
+
+    local missing, err, code = jwkengine.open({ environment = { HSM_ENABLED = "true",
+      HSM_URI = "pkcs11:serial=ffffffffffffffff?module-path=" .. softhsm.LIBRARY .. "&pin-value=1234" },
+      logger = false, startup = false })
+    assert.is_nil(missing)
+    assert.equals("ERR_TOKEN_NOT_FOUND", code)
+    assert.matches("no token with serial 'ffffffffffffffff'", err, 1, true)
+  end)
+end)
+
 describe("startup generation", function()
   it("creates both default sets on an empty token and nothing on a second start", function()
     local token = softhsm.new_token("startup")

@@ -16,7 +16,7 @@ local function defaults()
       enabled = false,
       library = nil,
       token_label = nil,
-      slot = 0,
+      slot = nil,         -- unset: slot 0, unless a token label (or URI) names the token
       pin = nil,
       pin_file = nil,
       key_set_prefix = "",
@@ -55,6 +55,9 @@ local hsm_schema = {
   reinit_interval_ms = "integer",
   negative_cache_ttl = "integer",
   uri = "string",
+  token_serial = "string",
+  token_manufacturer = "string",
+  token_model = "string",
 }
 
 -- Environment variable -> hsm key.
@@ -69,6 +72,7 @@ local hsm_environment = {
   HSM_MIN_RSA_BITS = "min_rsa_bits",
   HSM_MAX_SESSIONS = "max_sessions",
   HSM_URI = "uri",
+  HSM_TOKEN_SERIAL = "token_serial",
 }
 
 local function is_integer(v)
@@ -234,6 +238,33 @@ local function check_secrets(secrets, origin)
   return true
 end
 
+-- An RFC 7512 PKCS#11 URI (hsm.uri, HSM_URI) is another way to name the
+-- token, module and PIN. What it names must not also be set on its own: two
+-- answers to "which token" would be a guess.
+local URI_KEYS = { "token_label", "token_serial", "token_manufacturer", "token_model", "slot",
+  "library", "pin", "pin_file" }
+
+function M.apply_uri(hsm)
+  if not hsm.uri or hsm.uri == "" then return true end
+  local pkcs11_uri = require "jwkengine.pkcs11_uri"
+  local parsed, err, code = pkcs11_uri.parse(hsm.uri)
+  if not parsed then return nil, err, code end
+  local named
+  named, err, code = pkcs11_uri.to_hsm_config(parsed)
+  if not named then return nil, err, code end
+  for _, key in ipairs(URI_KEYS) do
+    if named[key] ~= nil then
+      local explicit = hsm[key]
+      if explicit ~= nil then
+        return util.fail("ERR_CONFIG", "hsm.uri and hsm.%s both set the %s: use one of them", key,
+          key == "pin" and "PIN" or key:gsub("_", " "))
+      end
+      hsm[key] = named[key]
+    end
+  end
+  return true
+end
+
 local function split_secrets(text)
   local secrets = {}
   for secret in (text .. ","):gmatch("([^,]*),") do
@@ -289,6 +320,8 @@ function M.load(options)
   ok, err, code = apply_document(cfg, overrides, "options")
   if not ok then return nil, err, code end
   ok, err, code = check_secrets(cfg.secrets.system, overrides.secrets and "options" or secrets_origin)
+  if not ok then return nil, err, code end
+  ok, err, code = M.apply_uri(cfg.hsm)
   if not ok then return nil, err, code end
   return cfg
 end

@@ -2,7 +2,9 @@
 -- deployment can script another choice (pass `select_slot` to
 -- jwkengine.open). Hydra's rule: a token label wins over the slot, and the
 -- first slot holding a token with that label is used; otherwise the slot
--- (a CK_SLOT_ID, as pkcs11-tool's --slot) is used, default 0.
+-- (a CK_SLOT_ID, as pkcs11-tool's --slot) is used, default 0. A serial,
+-- manufacturer or model (from the configuration or a PKCS#11 URI) narrows
+-- the choice further; a URI's slot-id with no label must match too.
 local util = require "jwkengine.util"
 
 local M = {}
@@ -17,24 +19,40 @@ local function describe_tokens(slots)
   return #seen > 0 and table.concat(seen, ", ") or "none"
 end
 
+-- Token fields a configuration (or a PKCS#11 URI) may pin down.
+local FILTERS = { { "token_label", "label", "label" }, { "token_serial", "serial", "serial" },
+  { "token_manufacturer", "manufacturer", "manufacturer" }, { "token_model", "model", "model" } }
+
 function M.select(slots, hsm)
-  if hsm.token_label and hsm.token_label ~= "" then
-    for _, slot in ipairs(slots) do
-      if slot.token_present and slot.label == hsm.token_label then return slot end
+  local wanted, described = {}, {}
+  for _, f in ipairs(FILTERS) do
+    local value = hsm[f[1]]
+    if value and value ~= "" then
+      wanted[#wanted + 1] = { field = f[2], value = value }
+      described[#described + 1] = string.format("%s '%s'", f[3], value)
     end
-    return util.fail("ERR_TOKEN_NOT_FOUND", "no token with label '%s' (tokens present: %s)",
-      hsm.token_label, describe_tokens(slots))
   end
-  local wanted = hsm.slot or 0
+  if #wanted > 0 then
+    for _, slot in ipairs(slots) do
+      local match = slot.token_present
+      for _, w in ipairs(wanted) do
+        if slot[w.field] ~= w.value then match = false end
+      end
+      if match and (hsm.slot == nil or hsm.token_label or slot.id == hsm.slot) then return slot end
+    end
+    return util.fail("ERR_TOKEN_NOT_FOUND", "no token with %s (tokens present: %s)",
+      table.concat(described, " and "), describe_tokens(slots))
+  end
+  local wanted_slot = hsm.slot or 0
   for _, slot in ipairs(slots) do
-    if slot.id == wanted then
+    if slot.id == wanted_slot then
       if not slot.token_present then
-        return util.fail("ERR_TOKEN_NOT_FOUND", "slot %d has no token", wanted)
+        return util.fail("ERR_TOKEN_NOT_FOUND", "slot %d has no token", wanted_slot)
       end
       return slot
     end
   end
-  return util.fail("ERR_TOKEN_NOT_FOUND", "there is no slot %d (tokens present: %s)", wanted,
+  return util.fail("ERR_TOKEN_NOT_FOUND", "there is no slot %d (tokens present: %s)", wanted_slot,
     describe_tokens(slots))
 end
 
