@@ -115,7 +115,7 @@ for _, alg in ipairs(ALGS) do
     local input = signing_input(set)
     local raw_key, raw
     if side == "hsm" then
-      raw_key = assert(engine.hsm:signing_key(set))
+      raw_key = assert(engine.hsm:signing_key(set)).object
       raw = function() return bench.p11_sign(raw_key, alg, input, ROUND) end
     else
       raw_key = assert(engine.software:signing_key(set)).object

@@ -76,7 +76,9 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   # The sanitized runner hosts busted: it links the sanitizer runtime first,
   # so nothing is preloaded into the specs' other processes. A plain lua5.4
   # that loads the sanitized module gets the runtime through JWKE_PRELOAD.
-  export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0
+  # a small quarantine: freed blocks held by ASan would otherwise look like
+  # growth to the soak's flat-memory check
+  export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:quarantine_size_mb=8
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   export JWKE_PRELOAD="$(gcc -print-file-name=libasan.so)"
   busted_run "busted (ASan+UBSan)" build-asan build-asan/jwkengine /usr/bin/busted -o utfTerminal \

@@ -42,13 +42,7 @@ local function tool(env, args, module)
     q(module or MODULE), args))
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local data = f:read("*a")
-  f:close()
-  return data
-end
+local read_file = require("jwkengine.util").read_file
 
 -- The stats file: { name = number or string }.
 local function read_stats(path)

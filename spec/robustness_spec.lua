@@ -1,5 +1,5 @@
 -- The PKCS#11 layer under production conditions, on SoftHSM: threads
--- sharing a small session pool, a pre-forking host, PIN files.
+-- sharing a small session pool, PIN files.
 local jwkengine = require "jwkengine"
 local softhsm = require "helpers.softhsm"
 
@@ -24,67 +24,8 @@ describe("session pool", function()
   end)
 end)
 
-describe("a pre-forking host", function()
-  local testproc = require "testproc"
-
-  it("signs in 8 forked children and the parent at once, and every signature verifies", function()
-    local token = softhsm.new_token("fork")
-    local engine = assert(open_engine(token))
-    assert(engine:generate("forked", "ES256", { kid = "f1" }))
-    assert(engine:sign("forked", "warm-up")) -- sessions and handles exist before the fork
-
-    local dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p " .. dir))
-    local children = {}
-    for child = 1, 8 do
-      local pid = testproc.fork()
-      if pid == 0 then
-        local f = io.open(dir .. "/child-" .. child, "w")
-        local status = 0
-        for i = 1, 1000 do
-          local jws, err = engine:sign("forked", "child " .. child .. " #" .. i)
-          if not jws then
-            f:write("ERROR ", tostring(err), "\n")
-            status = 1
-            break
-          end
-          f:write(jws, "\n")
-        end
-        f:close()
-        -- closing in the child must leave the parent's sessions alone
-        engine:close()
-        testproc._exit(status)
-      end
-      children[#children + 1] = pid
-    end
-    local parent_tokens = {}
-    for i = 1, 2000 do parent_tokens[i] = assert(engine:sign("forked", "parent #" .. i)) end
-    for _, pid in ipairs(children) do assert.equals(0, testproc.wait(pid)) end
-
-    -- the parent's sessions survived the children's closes
-    parent_tokens[#parent_tokens + 1] = assert(engine:sign("forked", "after the children"))
-    local verified = 0
-    for _, jws in ipairs(parent_tokens) do
-      assert.truthy(engine:verify("forked", jws))
-      verified = verified + 1
-    end
-    for child = 1, 8 do
-      local count = 0
-      for line in io.lines(dir .. "/child-" .. child) do
-        assert.not_matches("^ERROR", line)
-        local payload = assert(engine:verify("forked", line))
-        assert.matches("^child " .. child .. " #", payload)
-        count = count + 1
-      end
-      assert.equals(1000, count)
-      verified = verified + count
-    end
-    assert.equals(10001, verified)
-    os.execute("rm -rf " .. dir)
-    engine:close()
-  end)
-end)
+-- The pre-forking host (8 children signing beside the parent) is proven by
+-- scripts/soak.lua's fork check, run from spec/soak_spec.lua.
 
 describe("PIN hygiene", function()
   local token

@@ -19,7 +19,11 @@ describe("under load", function()
     assert.is_true(tonumber(session) > 300 and tonumber(login) > 300 and tonumber(object) > 300, out)
     assert.matches("failed recoveries 0", out)
     local growth = tonumber(out:match("growth after the first tenth: (%-?%d+) kB"))
-    assert.is_true(growth < 2048, "resident memory grew by " .. growth .. " kB")
+    -- Under AddressSanitizer the sanitizer's own bookkeeping (its stack
+    -- depot and shadow memory) grows slowly on top of ours: a looser bound
+    -- there; the plain build is held to 2 MB (it grows by a few kB).
+    local bound = os.getenv("ASAN_OPTIONS") and 8192 or 2048
+    assert.is_true(growth < bound, "resident memory grew by " .. growth .. " kB")
   end)
 
   it("signs in 8 forked children and the parent, every signature verifying", function()

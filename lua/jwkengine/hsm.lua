@@ -12,6 +12,7 @@ local util = require "jwkengine.util"
 local M = {}
 local Manager = {}
 Manager.__index = Manager
+keyset.install(Manager, "HSM")
 
 -- The algorithms the HSM can generate (with the key each one gets).
 M.GENERATE_ALGORITHMS = { RS256 = true, ES256 = true, ES384 = true, ES512 = true, EdDSA = true }
@@ -129,22 +130,6 @@ function Manager:forget(set)
   self.missing[set] = nil
 end
 
-function Manager:key_set(set)
-  local entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  return keyset.jwks(entry)
-end
-
-function Manager:key(set, kid)
-  local entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  local key = entry.by_kid[kid]
-  if not key then
-    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
-  end
-  return key.jwk
-end
-
 function Manager:generate(set, alg, options)
   options = options or {}
   if not M.GENERATE_ALGORITHMS[alg] then
@@ -184,18 +169,6 @@ function Manager:delete(set, kid)
   return true
 end
 
--- The key that signs for a set: the one with `kid`, or else the set's only
--- signing key. With several signing keys and no kid the choice would be a
--- guess (PKCS#11 has no creation time), so it is an error.
-function Manager:signing_key(set, kid)
-  local entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  local key
-  key, err, code = keyset.signing_key(entry, set, kid, "HSM")
-  if not key then return nil, err, code end
-  return key.object, entry
-end
-
 -- Signs payload bytes as a compact JWS. options: kid, typ, alg.
 function Manager:sign(set, payload, options)
   local entry = self.sets[set]
@@ -226,13 +199,6 @@ function Manager:generate_if_missing(set, alg)
   jwk, err, code = self:generate(set, alg, { use = "sig" })
   if not jwk then return nil, err, code end
   return "generated"
-end
-
--- Verification candidates for a set: its keys' public halves.
-function Manager:verification_keys(set)
-  local entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  return keyset.candidates(entry)
 end
 
 function Manager:close()

@@ -114,4 +114,41 @@ function M.jwks(entry)
   return entry.jwks
 end
 
+-- The lookups HSM and software managers share, given self:load(set) and the
+-- name of the side ("HSM" or "software") for messages.
+function M.install(Manager, where)
+  function Manager:key_set(set)
+    local entry, err, code = self:load(set)
+    if not entry then return nil, err, code end
+    return M.jwks(entry)
+  end
+
+  function Manager:key(set, kid)
+    local entry, err, code = self:load(set)
+    if not entry then return nil, err, code end
+    local key = entry.by_kid[kid]
+    if not key then
+      return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in %s key set '%s'", kid, where, set)
+    end
+    if key.broken then return nil, key.broken, key.code end
+    return key.jwk
+  end
+
+  -- The key entry that signs ({ kid, alg, object, ... }) and the set entry.
+  function Manager:signing_key(set, kid)
+    local entry, err, code = self:load(set)
+    if not entry then return nil, err, code end
+    local key
+    key, err, code = M.signing_key(entry, set, kid, where)
+    if not key then return nil, err, code end
+    return key, entry
+  end
+
+  function Manager:verification_keys(set)
+    local entry, err, code = self:load(set)
+    if not entry then return nil, err, code end
+    return M.candidates(entry)
+  end
+end
+
 return M

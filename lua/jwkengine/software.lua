@@ -14,6 +14,7 @@ local util = require "jwkengine.util"
 local M = {}
 local Manager = {}
 Manager.__index = Manager
+keyset.install(Manager, "software")
 
 M.GENERATE_ALGORITHMS = {
   RS256 = true, RS384 = true, RS512 = true, PS256 = true, PS384 = true, PS512 = true,
@@ -89,23 +90,6 @@ function Manager:load(set, refresh)
   end
   self.sets[set] = keyset.prepare(entry, set, "software", "newest")
   return entry
-end
-
-function Manager:key_set(set)
-  local entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  return keyset.jwks(entry)
-end
-
-function Manager:key(set, kid)
-  local entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  local key = entry.by_kid[kid]
-  if not key then
-    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set)
-  end
-  if key.broken then return nil, key.broken, key.code end
-  return key.jwk
 end
 
 local function check_use(use)
@@ -240,27 +224,10 @@ function Manager:delete(set, kid)
   return true
 end
 
--- The signing key: the one with kid, or the newest private `sig` key. A
--- broken row newer than that key stops the choice: it might be the newest.
-function Manager:signing_key(set, kid)
-  local entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  local key
-  key, err, code = keyset.signing_key(entry, set, kid, "software")
-  if not key then return nil, err, code end
-  return key, entry
-end
-
 function Manager:sign(set, payload, options)
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end
   return keyset.sign(entry, set, payload, options, "software")
-end
-
-function Manager:verification_keys(set)
-  local entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  return keyset.candidates(entry)
 end
 
 -- Re-seals every row with the first secret, in one transaction: a crash

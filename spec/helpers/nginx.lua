@@ -16,13 +16,7 @@ local function run(command)
   return softhsm.run(command)
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local data = f:read("*a")
-  f:close()
-  return data
-end
+local read_file = require("jwkengine.util").read_file
 M.read_file = read_file
 
 local function sleep(seconds)
