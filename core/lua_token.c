@@ -278,6 +278,22 @@ static int l_delete(lua_State *L)
     return 1;
 }
 
+/* token:set_id(label, old_kid, new_kid) -> objects changed | nil, err */
+static int l_set_id(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    size_t label_len, old_len, new_len, changed;
+    const char *label = luaL_checklstring(L, 2, &label_len);
+    const char *old_id = luaL_checklstring(L, 3, &old_len);
+    const char *new_id = luaL_checklstring(L, 4, &new_len);
+    jwke_error err;
+    if (jwke_p11_set_id(t->token, label, label_len, (const unsigned char *)old_id, old_len,
+                        (const unsigned char *)new_id, new_len, &changed, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushinteger(L, (lua_Integer)changed);
+    return 1;
+}
+
 static int l_token_close(lua_State *L)
 {
     token_object *t = luaL_checkudata(L, 1, JWKE_TOKEN_CLASS);
@@ -414,6 +430,7 @@ static const luaL_Reg token_methods[] = {
     {"load_set", l_load_set},
     {"generate", l_generate},
     {"delete", l_delete},
+    {"set_id", l_set_id},
     {"close", l_token_close},
     {NULL, NULL},
 };

@@ -475,3 +475,50 @@ int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,
     }
     return result;
 }
+
+typedef struct set_id_context {
+    CK_ATTRIBUTE *search;
+    const unsigned char *new_id;
+    size_t new_id_len;
+    size_t changed;
+} set_id_context;
+
+static CK_RV set_id_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
+                       const char **function, jwke_error *err)
+{
+    set_id_context *c = ctx;
+    CK_OBJECT_HANDLE *handles = NULL;
+    size_t n = 0;
+    CK_RV rv = jwke_p11_find(token, session, c->search, 2, &handles, &n, function);
+    if (rv != CKR_OK)
+        return rv;
+    CK_ATTRIBUTE id = {CKA_ID, (void *)c->new_id, (CK_ULONG)c->new_id_len};
+    *function = "C_SetAttributeValue";
+    /* a retry finds only the halves still carrying the old id */
+    for (size_t i = 0; i < n && rv == CKR_OK; i++) {
+        rv = token->module->fn->C_SetAttributeValue(session, handles[i], &id, 1);
+        if (rv == CKR_OK)
+            c->changed++;
+    }
+    free(handles);
+    return rv;
+}
+
+int jwke_p11_set_id(jwke_p11_token *token, const char *label, size_t label_len,
+                    const unsigned char *old_id, size_t old_id_len, const unsigned char *new_id,
+                    size_t new_id_len, size_t *changed, jwke_error *err)
+{
+    if (new_id_len > JWKE_MAX_ID_LEN)
+        return jwke_fail(err, "kid is longer than %d bytes", JWKE_MAX_ID_LEN);
+    CK_ATTRIBUTE search[] = {
+        {CKA_LABEL, (void *)label, (CK_ULONG)label_len},
+        {CKA_ID, (void *)old_id, (CK_ULONG)old_id_len},
+    };
+    set_id_context c = {search, new_id, new_id_len, 0};
+    int result = jwke_p11_run(token, set_id_op, &c, err);
+    *changed = c.changed;
+    pthread_mutex_lock(&token->lock);
+    token->object_epoch++;
+    pthread_mutex_unlock(&token->lock);
+    return result;
+}

@@ -160,6 +160,13 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
                       const unsigned char *id, size_t id_len, const jwke_alg *alg,
                       enum jwke_key_use use, int rsa_bits, jwke_error *err);
 
+/* Gives both halves of the pair (label, old_id) the CKA_ID new_id: how a
+ * new key gets a kid that depends on its public key (an RFC 7638
+ * thumbprint). *changed is how many objects took the new id. */
+int jwke_p11_set_id(jwke_p11_token *token, const char *label, size_t label_len,
+                    const unsigned char *old_id, size_t old_id_len, const unsigned char *new_id,
+                    size_t new_id_len, size_t *changed, jwke_error *err);
+
 /* Destroys every object labelled `label` (and with CKA_ID `id`, when id is
  * not NULL). *destroyed is how many objects went. */
 int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,

@@ -1,25 +1,17 @@
 -- The JOSE layer through the engine: sign_jwt / verify_jwt with claim
 -- checks on HSM keys, thumbprints of a set's keys, and thumbprints as the
--- kid of new software keys. Pending until init.lua wires these methods in.
+-- kid of new software and HSM keys.
 local jwkengine = require "jwkengine"
 local jwk = require "jwkengine.jwk"
 local softhsm = require "helpers.softhsm"
 
 local SECRET = "jose-engine-spec-secret-0123456789abcdef"
 
-local function wired(engine)
-  if not engine.verify_jwt or not engine.thumbprint then
-    pending("engine:verify_jwt / engine:thumbprint are not wired into init.lua yet")
-    return false
-  end
-  return true
-end
-
 describe("JOSE through the engine", function()
-  local hsm_engine, sw_engine, db
+  local hsm_engine, sw_engine, db, token
 
   setup(function()
-    local token = softhsm.new_token("jose-engine")
+    token = softhsm.new_token("jose-engine")
     hsm_engine = assert(jwkengine.open({ environment = softhsm.environment(token), logger = false, startup = false }))
     assert(hsm_engine:generate("jose.es256", "ES256", { kid = "e1" }))
     assert(hsm_engine:generate("jose.eddsa", "EdDSA", { kid = "d1" }))
@@ -35,7 +27,6 @@ describe("JOSE through the engine", function()
   end)
 
   it("signs and verifies JWTs with the claim checks, allowing the set's own algorithms", function()
-    if not wired(hsm_engine) then return end
     local now = os.time()
     local token = assert(hsm_engine:sign_jwt("jose.es256", { sub = "alice" },
       { lifetime = 60, issuer = "https://issuer.example", audience = "api", now = now }))
@@ -62,14 +53,12 @@ describe("JOSE through the engine", function()
   end)
 
   it("refuses wrongly typed claims when signing", function()
-    if not wired(hsm_engine) then return end
     local ok, _, code = hsm_engine:sign_jwt("jose.es256", { exp = "soon" })
     assert.is_nil(ok)
     assert.equals("ERR_JWT_CLAIM_INVALID", code)
   end)
 
   it("gives the thumbprint of a set's key", function()
-    if not wired(hsm_engine) then return end
     local key = assert(hsm_engine:key("jose.eddsa", "d1"))
     assert.equals(jwk.thumbprint(key), hsm_engine:thumbprint("jose.eddsa", "d1"))
     assert.equals(jwk.thumbprint(key, "SHA-512"), hsm_engine:thumbprint("jose.eddsa", "d1", "SHA-512"))
@@ -79,7 +68,6 @@ describe("JOSE through the engine", function()
   end)
 
   it("uses the thumbprint as the kid of new software keys", function()
-    if not wired(sw_engine) then return end
     local public = assert(sw_engine:generate("jose.sw", "ES384", { thumbprint_kid = true }))
     assert.equals(jwk.thumbprint(public), public.kid)
     local rsa = assert(sw_engine:generate("jose.sw2", "PS256", { thumbprint_kid = "SHA-512", rsa_bits = 2048 }))
@@ -93,11 +81,19 @@ describe("JOSE through the engine", function()
     assert.has_error(function() sw_engine:generate("jose.sw3", "ES256", { kid = "x", thumbprint_kid = true }) end)
   end)
 
-  it("says when the HSM cannot name keys by thumbprint", function()
-    if not wired(hsm_engine) then return end
-    local ok, err, code = hsm_engine:generate("jose.thumb", "ES256", { thumbprint_kid = true })
-    assert.is_nil(ok)
-    assert.equals("ERR_UNSUPPORTED", code)
-    assert.matches("software keys", err)
+  it("uses the thumbprint as the kid of new HSM keys (CKA_ID set on both halves)", function()
+    local public = assert(hsm_engine:generate("jose.thumb", "ES256", { thumbprint_kid = true }))
+    assert.equals(jwk.thumbprint(public), public.kid)
+    -- the token itself carries the thumbprint as CKA_ID, on both halves
+    local listing = softhsm.pkcs11_tool(token, "--list-objects --label jose.thumb")
+    local _, ids = listing:gsub("ID:%s+" .. softhsm.hex(public.kid), "")
+    assert.equals(2, ids)
+    assert.equals(1, #assert(hsm_engine:key_set("jose.thumb")).keys)
+    local jws = assert(hsm_engine:sign("jose.thumb", "named by its thumbprint"))
+    local payload, header = assert(hsm_engine:verify("jose.thumb", jws))
+    assert.equals("named by its thumbprint", payload)
+    assert.equals(public.kid, header.kid)
+    local sha512 = assert(hsm_engine:generate("jose.thumb512", "EdDSA", { thumbprint_kid = "SHA-512" }))
+    assert.equals(jwk.thumbprint(sha512, "SHA-512"), sha512.kid)
   end)
 end)

@@ -14,7 +14,6 @@ M.codes = {
   ERR_JWS_SIGNATURE_INVALID = "the signature does not verify, or has the wrong length for the key",
   ERR_JWS_SIGN = "signing failed",
   ERR_UNSUPPORTED_ALG = "the algorithm is not one jwkengine signs with (RS*, PS*, ES*, EdDSA)",
-  ERR_UNSUPPORTED = "the configured key store cannot do this (e.g. thumbprint kids for HSM keys)",
   -- keys and key sets
   ERR_JWKS_NO_MATCHING_KEY = "no key of the set fits the token (kid, alg, use, key_ops, key type and size)",
   ERR_JWKS_MULTIPLE_MATCHING_KEYS = "several keys fit the token and it names none of them by kid",

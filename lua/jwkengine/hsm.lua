@@ -5,6 +5,7 @@
 -- their key objects (object handles and public keys), so signing never
 -- searches the token; generate and delete refresh the set they touch.
 local core = require "jwkengine.core"
+local jwk = require "jwkengine.jwk"
 local keyset = require "jwkengine.keyset"
 local slots = require "jwkengine.slots"
 local util = require "jwkengine.util"
@@ -146,14 +147,33 @@ function Manager:generate(set, alg, options)
     return util.fail("ERR_INVALID_ARGUMENT", "an RSA key of %d bits is below hsm.min_rsa_bits (%d)",
       options.rsa_bits, self.min_rsa_bits)
   end
+  local hash = options.thumbprint_kid
+  if hash and options.kid ~= nil then error("pass kid or thumbprint_kid, not both", 2) end
   local kid = options.kid or core.uuid()
-  local ok, err, code = self:drain(self.token:generate(self.prefix .. set, alg, kid, use, options.rsa_bits))
+  local label = self.prefix .. set
+  local ok, err, code = self:drain(self.token:generate(label, alg, kid, use, options.rsa_bits))
   self:forget(set)
   if not ok then return nil, err, code end
   local entry
   entry, err, code = self:load(set)
   if not entry then return nil, err, code end
-  return entry.by_kid[kid].jwk
+  if not hash then return entry.by_kid[kid].jwk end
+
+  -- The kid is the key's RFC 7638 thumbprint: only known once the token has
+  -- made the key, so the pair is generated under a temporary id and renamed.
+  local thumbprint
+  thumbprint, err, code = jwk.thumbprint(entry.by_kid[kid].jwk, hash == true and "SHA-256" or hash)
+  if thumbprint then
+    ok, err, code = self:drain(self.token:set_id(label, kid, thumbprint))
+  end
+  self:forget(set)
+  if not thumbprint or not ok then
+    self.token:delete(label, kid) -- never leave a key under the temporary id
+    return nil, err, code
+  end
+  entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  return entry.by_kid[thumbprint].jwk
 end
 
 function Manager:delete(set, kid)

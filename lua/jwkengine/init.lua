@@ -130,25 +130,7 @@ end
 -- thumbprint_kid (true, or "SHA-256" / "SHA-384" / "SHA-512"): the new
 -- key's kid is its RFC 7638 thumbprint. Returns the public JWK.
 function Engine:generate(set, alg, options)
-  local hash = options and options.thumbprint_kid
-  if not hash then return self.keys:generate(set, alg, options) end
-  if options.kid ~= nil then error("pass kid or thumbprint_kid, not both", 2) end
-  if hash == true then hash = "SHA-256" end
-  local use = options.use or "sig"
-  if use ~= "sig" and not alg:match("^[RP]S") then
-    return util.fail("ERR_INVALID_ARGUMENT", "%s keys can only sign: use must be 'sig'", alg)
-  end
-  if self.keys:generator() ~= self.software then
-    -- a token's CKA_ID is chosen before the key exists; renaming it needs
-    -- C_SetAttributeValue in the PKCS#11 layer (not there yet)
-    return util.fail("ERR_UNSUPPORTED", "thumbprint kids are only available for software keys for now")
-  end
-  local key, err = core.generate_software_key(alg, { bits = options.rsa_bits })
-  if not key then return util.fail("ERR_KEY_GENERATE", "%s", err) end
-  local kid
-  kid, err = jwk.thumbprint(key, hash)
-  if not kid then return util.fail("ERR_KEY_GENERATE", "%s", err) end
-  return self.software:import(set, key:private_jwk(), { kid = kid, alg = alg, use = use })
+  return self.keys:generate(set, alg, options)
 end
 
 -- Adds a key to the software store (never the HSM): a JWK (table or JSON)

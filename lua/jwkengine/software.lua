@@ -139,7 +139,14 @@ function Manager:generate(set, alg, options)
   local key
   key, err = core.generate_software_key(alg, { bits = options.rsa_bits })
   if not key then return util.fail("ERR_KEY_GENERATE", "%s", err) end
-  return self:store_key(set, key, options.kid or core.uuid(), alg, use)
+  local kid = options.kid
+  if options.thumbprint_kid then
+    if kid ~= nil then error("pass kid or thumbprint_kid, not both", 2) end
+    local hash = options.thumbprint_kid == true and "SHA-256" or options.thumbprint_kid
+    kid, err, code = jwk_module.thumbprint(key, hash)
+    if not kid then return nil, err, code end
+  end
+  return self:store_key(set, key, kid or core.uuid(), alg, use)
 end
 
 -- Generates a key for a set only if the set has none, atomically across

@@ -9,6 +9,9 @@
  *   evp_verify(software_key, alg, input, signature, seconds) -> ops/s
  *       EVP_DigestSign / EVP_DigestVerify, contexts set up per operation
  *       exactly as a careful caller would
+ *   p11_load(hsm_key, label)                     -> ms, objects
+ *       the raw floor of loading a set: one search, one attribute read
+ *       per object
  *   rss_kb()                                     -> resident memory
  *   now()                                        -> monotonic seconds
  *
@@ -78,6 +81,49 @@ static int l_p11_sign(lua_State *L)
     return 1;
 }
 
+/* p11_load(hsm_key, label) -> milliseconds for the raw floor of loading a
+ * set: one C_FindObjects search by label and one C_GetAttributeValue per
+ * object (with the attributes the engine reads), on a session of its own. */
+static int l_p11_load(lua_State *L)
+{
+    jwke_p11_token *token;
+    jwke_p11_key *key = jwke_lua_hsm_key(L, 1, &token);
+    luaL_argcheck(L, key != NULL, 1, "an HSM key (for its token)");
+    size_t label_len;
+    const char *label = luaL_checklstring(L, 2, &label_len);
+    CK_FUNCTION_LIST_PTR fn = token->module->fn;
+    CK_SESSION_HANDLE session;
+    if (fn->C_OpenSession(token->slot, CKF_SERIAL_SESSION, NULL, NULL, &session) != CKR_OK)
+        return luaL_error(L, "C_OpenSession failed");
+    double start = now();
+    CK_ATTRIBUTE search[] = {{CKA_LABEL, (void *)label, (CK_ULONG)label_len}};
+    static CK_OBJECT_HANDLE handles[8192];
+    CK_ULONG n = 0, got;
+    fn->C_FindObjectsInit(session, search, 1);
+    while (fn->C_FindObjects(session, handles + n, 8192 - n, &got) == CKR_OK && got > 0 && n < 8192)
+        n += got;
+    fn->C_FindObjectsFinal(session);
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_OBJECT_CLASS cls;
+        CK_KEY_TYPE type;
+        CK_BBOOL sign, decrypt;
+        unsigned char id[128], modulus[2048], exponent[16], params[64], point[160];
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_KEY_TYPE, &type, sizeof type},
+                            {CKA_ID, id, sizeof id}, {CKA_SIGN, &sign, sizeof sign},
+                            {CKA_DECRYPT, &decrypt, sizeof decrypt},
+                            {CKA_MODULUS, modulus, sizeof modulus},
+                            {CKA_PUBLIC_EXPONENT, exponent, sizeof exponent},
+                            {CKA_EC_PARAMS, params, sizeof params},
+                            {CKA_EC_POINT, point, sizeof point}};
+        fn->C_GetAttributeValue(session, handles[i], t, sizeof t / sizeof t[0]);
+    }
+    double ms = (now() - start) * 1000;
+    fn->C_CloseSession(session);
+    lua_pushnumber(L, ms);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 2;
+}
+
 static jwke_swkey *check_software_key(lua_State *L, int idx)
 {
     jwke_swkey *key = jwke_lua_software_key(L, idx);
@@ -143,6 +189,7 @@ static int l_rss_kb(lua_State *L)
 int luaopen_jwkengine_bench(lua_State *L)
 {
     static const luaL_Reg functions[] = {{"p11_sign", l_p11_sign},
+                                         {"p11_load", l_p11_load},
                                          {"evp_sign", l_evp_sign},
                                          {"evp_verify", l_evp_verify},
                                          {"rss_kb", l_rss_kb},
