@@ -158,7 +158,15 @@ end
 local KNOWN = { RS256 = true, RS384 = true, RS512 = true, PS256 = true, PS384 = true, PS512 = true,
   ES256 = true, ES384 = true, ES512 = true, EdDSA = true }
 
-local function allowed_set(algorithms)
+-- Validated allow-lists and candidate lists, by the caller's table: a
+-- verifier passes the same ones token after token, and building the set
+-- again each time is a measurable share of a verification. Weak keys: the
+-- memo never keeps a caller's table alive. (A caller that changes a list
+-- in place after using it must pass a new table.)
+local allowed_memo = setmetatable({}, { __mode = "k" })
+local candidates_memo = setmetatable({}, { __mode = "k" })
+
+local function build_allowed_set(algorithms)
   if type(algorithms) ~= "table" or #algorithms == 0 then
     error("JWS verification needs an explicit, non-empty list of allowed algorithms", 3)
   end
@@ -174,6 +182,14 @@ local function allowed_set(algorithms)
     if not KNOWN[alg] then error("unknown algorithm '" .. alg .. "' in the allow-list", 3) end
     set[alg] = true
   end
+  return set
+end
+
+local function allowed_set(algorithms)
+  local set = type(algorithms) == "table" and allowed_memo[algorithms]
+  if set then return set end
+  set = build_allowed_set(algorithms)
+  allowed_memo[algorithms] = set
   return set
 end
 
@@ -201,11 +217,13 @@ function M.candidates(keys, options)
     if not candidate then return util.fail("ERR_JWK_INVALID", "JWK %s", reason) end
     return { candidate }
   end
+  if candidates_memo[keys] then return keys end
   for i, c in ipairs(keys) do
     if type(c) ~= "table" or c.public_key == nil then
       error("candidate #" .. i .. " has no public_key", 3)
     end
   end
+  candidates_memo[keys] = true
   return keys
 end
 
@@ -214,18 +232,11 @@ local ECDSA_SIZES = { ES256 = 64, ES384 = 96, ES512 = 132 }
 -- The size a signature by alg with this key has; a wrong size gets a
 -- precise message (and a hint when an ECDSA signature is DER).
 local function check_signature_size(alg, public_key, signature)
-  local expected
-  local prefix = alg:sub(1, 2)
-  if prefix == "ES" then
-    expected = ECDSA_SIZES[alg]
-  elseif prefix == "Ed" then
-    expected = 64
-  else
-    expected = math.floor((public_key:bits() + 7) / 8)
-  end
+  local expected = ECDSA_SIZES[alg] or (alg == "EdDSA" and 64)
+    or math.floor((public_key:bits() + 7) / 8)
   if #signature == expected then return true end
   local hint = ""
-  if prefix == "ES" and signature:byte(1) == 0x30 then
+  if ECDSA_SIZES[alg] and signature:byte(1) == 0x30 then
     hint = " (it looks DER-encoded; a JWS carries raw R || S)"
   end
   return util.fail("ERR_JWS_SIGNATURE_INVALID", "%s signature must be %d bytes, got %d%s", alg,
