@@ -54,6 +54,7 @@ void jwke_open_token(lua_State *L);      /* adds open_token, slots */
 void jwke_open_public_key(lua_State *L); /* adds public_key */
 /* adds generate_software_key, import_jwk, import_pem, aes_gcm_seal, aes_gcm_open */
 void jwke_open_software_key(lua_State *L);
-void jwke_open_jose(lua_State *L);         /* adds json_check, jws_decode, digest */
+void jwke_open_jose(lua_State *L);
+void jwke_open_json(lua_State *L);         /* adds json_claims */         /* adds json_check, jws_decode, digest */
 
 #endif

@@ -197,6 +197,7 @@ int luaopen_jwkengine_core(lua_State *L)
     jwke_open_public_key(L);
     jwke_open_software_key(L);
     jwke_open_jose(L);
+    jwke_open_json(L);
     lua_pushstring(L, JWKENGINE_VERSION);
     lua_setfield(L, -2, "_VERSION");
     return 1;

@@ -163,28 +163,24 @@ function Engine:sign(set, payload, options)
   return self.keys:sign(set, payload, options)
 end
 
--- The common case of sign_jwt: iat (and exp from a lifetime) are spliced
--- into the encoded claims instead of copying the caller's table, which
--- keeps the engine's cost per token well under a microsecond.
+-- The common case of sign_jwt: the registered claims are type-checked and
+-- the claims encoded in C (core.json_claims: numbers exact, iat and exp
+-- written in when missing), without copying the caller's table.
 local function encode_claims_fast(claims, lifetime)
-  local ok, err, code = jwt.check_claims_for_signing(claims)
+  local ok, err, code = jwt.check_types(claims)
   if not ok then return nil, err, code end
   if lifetime ~= nil and (type(lifetime) ~= "number" or lifetime <= 0) then
     error("options.lifetime must be a positive number of seconds", 3)
   end
-  local payload
-  payload, err = cjson.encode(claims)
-  if not payload or payload:byte(1) ~= 123 then -- 123 is "{"
-    return util.fail("ERR_JWT_CLAIMS", "claims cannot be encoded as a JSON object: %s", err or "not an object")
-  end
-  local add_iat = claims.iat == nil
-  local add_exp = lifetime ~= nil and claims.exp == nil
-  if add_iat or add_exp then
+  local iat, exp
+  if claims.iat == nil or (lifetime and claims.exp == nil) then
     local now = os.time()
-    local extra = add_iat and ('"iat":' .. now) or ""
-    if add_exp then extra = extra .. (add_iat and "," or "") .. '"exp":' .. (now + math.floor(lifetime)) end
-    payload = "{" .. extra .. (payload == "{}" and "}" or "," .. payload:sub(2))
+    iat = now
+    if lifetime then exp = now + math.floor(lifetime) end
   end
+  local payload
+  payload, err = core.json_claims(claims, iat, exp)
+  if not payload then return util.fail("ERR_JWT_CLAIMS", "claims cannot be encoded: %s", err) end
   return payload
 end
 

@@ -70,77 +70,6 @@ end
 --   options.now: number or function (default os.time)
 M.check_types = check_types
 
--- lua-cjson (2.1.0, as Debian ships it) writes numbers with at most 14
--- significant digits: a longer one would be rounded without a word. Such a
--- claim is refused instead (pass big identifiers as strings).
-local function lossless(value, path, depth)
-  local kind = type(value)
-  if kind == "number" then
-    if value ~= value or value == math.huge or value == -math.huge then
-      return util.fail("ERR_JWT_CLAIM_INVALID", "claim '%s' is not a finite number", path)
-    end
-    if (value % 1 ~= 0 or value >= 1e14 or value <= -1e14)
-        and tonumber(string.format("%.14g", value)) ~= value then
-      return util.fail("ERR_JWT_CLAIM_INVALID",
-        "claim '%s' has more than 14 significant digits, which JSON encoding here would round: pass it as a string",
-        path)
-    end
-  elseif kind == "table" and depth < 32 then
-    for k, v in pairs(value) do
-      local ok, err, code = lossless(v, path .. "." .. tostring(k), depth + 1)
-      if not ok then return nil, err, code end
-    end
-  end
-  return true
-end
-
--- Every number in the claims survives encoding.
-function M.check_numbers(claims)
-  for k, v in pairs(claims) do
-    local kind = type(v)
-    if kind == "number" or kind == "table" then
-      local ok, err, code = lossless(v, tostring(k), 1)
-      if not ok then return nil, err, code end
-    end
-  end
-  return true
-end
-
--- What each registered claim must be (RFC 7519 section 4.1).
-local REGISTERED = { exp = "date", nbf = "date", iat = "date", iss = "string", sub = "string",
-  jti = "string", aud = "audience" }
-
--- check_types and check_numbers in one pass over the claims: the signing
--- path runs it per token, and a second walk of the table is a measurable
--- part of the engine's cost per signature.
-function M.check_claims_for_signing(claims)
-  for k, v in pairs(claims) do
-    local rule = REGISTERED[k]
-    local kind = type(v)
-    if rule then
-      -- the common, valid shapes inline; anything else gets the full check
-      -- (and its message)
-      if rule == "date" then
-        if kind ~= "number" or v ~= v or v == math.huge or v == -math.huge then
-          return check_types(claims)
-        end
-      elseif kind ~= "string" and (rule == "string" or not string_list(v)) then
-        return check_types(claims)
-      end
-    end
-    if kind == "number" then
-      if (v % 1 ~= 0 or v >= 1e14 or v <= -1e14 or v ~= v) then
-        local ok, err, code = lossless(v, tostring(k), 1)
-        if not ok then return nil, err, code end
-      end
-    elseif kind == "table" then
-      local ok, err, code = lossless(v, tostring(k), 1)
-      if not ok then return nil, err, code end
-    end
-  end
-  return true
-end
-
 function M.encode_claims(claims, options)
   if type(claims) ~= "table" then error("claims must be a table", 2) end
   if next(claims) ~= nil and jwk.is_array(claims) then error("claims must be a table of names, not a list", 2) end
@@ -163,10 +92,10 @@ function M.encode_claims(claims, options)
   end
   local ok, err, code = check_types(body)
   if not ok then return nil, err, code end
-  ok, err, code = M.check_numbers(body)
-  if not ok then return nil, err, code end
+  -- core.json_claims, not cjson: numbers come out exactly (Debian's cjson
+  -- keeps 14 significant digits) and "/" unescaped
   local payload
-  payload, err = cjson.encode(body)
+  payload, err = core.json_claims(body)
   if not payload then return util.fail("ERR_JWT_CLAIMS", "claims cannot be encoded: %s", err) end
   return payload
 end

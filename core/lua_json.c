@@ -1,0 +1,286 @@
+/* A JSON encoder for JWT claims: core.json_claims(claims [, iat [, exp]]).
+ *
+ * Why not lua-cjson: Debian's writes every number with 14 significant
+ * digits (a longer integer or a precise double is rounded without a word),
+ * escapes "/" and formats integers through the floating-point path. Claims
+ * are encoded once per token on the signing path, so this encoder is also
+ * about speed. Numbers come out exactly: integers as integers, other
+ * doubles in the shortest form that reads back to the same value.
+ *
+ * Tables are objects (string keys) or arrays (keys 1..n); cjson.null (a
+ * NULL light userdata) is null; an empty table is {}. iat and exp, when
+ * given and absent from the claims, are written first. Errors name the
+ * claim: a non-finite number, a key that is not a string, a value that has
+ * no JSON form, nesting deeper than 32. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lua_common.h"
+
+#define MAX_DEPTH 32
+
+typedef struct json_buffer {
+    char *data;
+    size_t len, cap;
+    char inline_data[512];
+    const char *error; /* static text, set on failure */
+    char path[128];    /* the claim that failed */
+} json_buffer;
+
+static int reserve(json_buffer *b, size_t more)
+{
+    if (b->len + more <= b->cap)
+        return 1;
+    size_t cap = b->cap * 2;
+    while (cap < b->len + more)
+        cap *= 2;
+    char *grown = b->data == b->inline_data ? malloc(cap) : realloc(b->data, cap);
+    if (!grown) {
+        b->error = "out of memory";
+        return 0;
+    }
+    if (b->data == b->inline_data)
+        memcpy(grown, b->data, b->len);
+    b->data = grown;
+    b->cap = cap;
+    return 1;
+}
+
+static int put(json_buffer *b, const char *s, size_t n)
+{
+    if (!reserve(b, n))
+        return 0;
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    return 1;
+}
+
+static int put_string(json_buffer *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (!reserve(b, n + 2))
+        return 0;
+    b->data[b->len++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            if (!reserve(b, 2))
+                return 0;
+            b->data[b->len++] = (char)c;
+            continue;
+        }
+        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+        const char *text = esc;
+        size_t len = 6;
+        switch (c) {
+        case '"': text = "\\\""; len = 2; break;
+        case '\\': text = "\\\\"; len = 2; break;
+        case '\n': text = "\\n"; len = 2; break;
+        case '\r': text = "\\r"; len = 2; break;
+        case '\t': text = "\\t"; len = 2; break;
+        case '\b': text = "\\b"; len = 2; break;
+        case '\f': text = "\\f"; len = 2; break;
+        }
+        if (!put(b, text, len))
+            return 0;
+    }
+    if (!reserve(b, 1))
+        return 0;
+    b->data[b->len++] = '"';
+    return 1;
+}
+
+static int put_number(json_buffer *b, lua_State *L, int idx)
+{
+    char text[32];
+    int n;
+#if LUA_VERSION_NUM >= 503
+    if (lua_isinteger(L, idx)) {
+        n = snprintf(text, sizeof text, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
+        return put(b, text, (size_t)n);
+    }
+#endif
+    double d = (double)lua_tonumber(L, idx);
+    if (!isfinite(d)) {
+        b->error = "is not a finite number";
+        return 0;
+    }
+    if (d == floor(d) && fabs(d) < 9007199254740992.0) { /* an integer a double holds exactly */
+        n = snprintf(text, sizeof text, "%.0f", d);
+    } else {
+        /* the shortest of 15..17 significant digits that reads back exactly */
+        n = snprintf(text, sizeof text, "%.15g", d);
+        if (strtod(text, NULL) != d)
+            n = snprintf(text, sizeof text, "%.16g", d);
+        if (strtod(text, NULL) != d)
+            n = snprintf(text, sizeof text, "%.17g", d);
+    }
+    return put(b, text, (size_t)n);
+}
+
+static void note_path(json_buffer *b, lua_State *L, int key_idx)
+{
+    if (b->path[0] != '\0')
+        return; /* the innermost name is already there */
+    if (lua_type(L, key_idx) == LUA_TSTRING)
+        snprintf(b->path, sizeof b->path, "%s", lua_tostring(L, key_idx));
+    else if (lua_type(L, key_idx) == LUA_TNUMBER)
+        snprintf(b->path, sizeof b->path, "[%lld]", (long long)lua_tonumber(L, key_idx));
+}
+
+static int put_value(json_buffer *b, lua_State *L, int idx, int depth);
+
+/* A table with exactly the keys 1..n (n > 0) is an array. */
+static size_t array_length(lua_State *L, int idx)
+{
+    size_t n = (size_t)lua_rawlen(L, idx);
+    if (n == 0)
+        return 0;
+    size_t count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        lua_pop(L, 1);
+        count++;
+    }
+    return count == n ? n : 0;
+}
+
+static int put_table(json_buffer *b, lua_State *L, int idx, int depth)
+{
+    if (depth > MAX_DEPTH) {
+        b->error = "is nested deeper than 32 levels";
+        return 0;
+    }
+    luaL_checkstack(L, 4, "claims too deep");
+    size_t n = array_length(L, idx);
+    if (n > 0) {
+        if (!put(b, "[", 1))
+            return 0;
+        for (size_t i = 1; i <= n; i++) {
+            if (i > 1 && !put(b, ",", 1))
+                return 0;
+            lua_rawgeti(L, idx, (int)i);
+            int ok = put_value(b, L, lua_gettop(L), depth + 1);
+            lua_pop(L, 1);
+            if (!ok)
+                return 0;
+        }
+        return put(b, "]", 1);
+    }
+    if (!put(b, "{", 1))
+        return 0;
+    int first = 1;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        int key = lua_gettop(L) - 1;
+        if (lua_type(L, key) != LUA_TSTRING) {
+            b->error = "has a member name that is not a string";
+            lua_pop(L, 2);
+            return 0;
+        }
+        size_t klen;
+        const char *k = lua_tolstring(L, key, &klen);
+        int ok = (first || put(b, ",", 1)) && put_string(b, k, klen) && put(b, ":", 1) &&
+                 put_value(b, L, key + 1, depth + 1);
+        if (!ok) {
+            note_path(b, L, key);
+            lua_pop(L, 2);
+            return 0;
+        }
+        first = 0;
+        lua_pop(L, 1);
+    }
+    return put(b, "}", 1);
+}
+
+static int put_value(json_buffer *b, lua_State *L, int idx, int depth)
+{
+    switch (lua_type(L, idx)) {
+    case LUA_TSTRING: {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        return put_string(b, s, n);
+    }
+    case LUA_TNUMBER:
+        return put_number(b, L, idx);
+    case LUA_TBOOLEAN:
+        return lua_toboolean(L, idx) ? put(b, "true", 4) : put(b, "false", 5);
+    case LUA_TTABLE:
+        return put_table(b, L, idx, depth);
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == NULL) /* cjson.null */
+            return put(b, "null", 4);
+        /* fall through */
+    default:
+        b->error = "has no JSON form";
+        return 0;
+    }
+}
+
+/* json_claims(claims [, iat [, exp]]) -> JSON text | nil, message */
+static int l_json_claims(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    json_buffer b;
+    b.data = b.inline_data;
+    b.len = 0;
+    b.cap = sizeof b.inline_data;
+    b.error = NULL;
+    b.path[0] = '\0';
+
+    int ok = 1;
+    if (array_length(L, 1) > 0) {
+        ok = 0;
+        b.error = "must be an object, not a list";
+    }
+    /* iat and exp, when given and missing, lead the object */
+    int extra = 0;
+    static const char *const names[2] = {"iat", "exp"};
+    for (int i = 0; i < 2 && ok; i++) {
+        if (lua_isnoneornil(L, 2 + i))
+            continue;
+        lua_getfield(L, 1, names[i]);
+        int present = !lua_isnil(L, -1);
+        lua_pop(L, 1);
+        if (present)
+            continue;
+        ok = put(&b, extra ? "," : "{", 1) && put_string(&b, names[i], 3) && put(&b, ":", 1) &&
+             put_number(&b, L, 2 + i);
+        extra = 1;
+    }
+    if (ok) {
+        size_t mark = b.len;
+        ok = put_table(&b, L, 1, 1);
+        if (ok && extra) {
+            /* splice: drop the object's own "{" (or turn "{}" into "}") */
+            if (b.len - mark == 2) {
+                b.len = mark;
+                ok = put(&b, "}", 1);
+            } else {
+                b.data[mark] = ',';
+            }
+        }
+    }
+    if (!ok) {
+        if (b.data != b.inline_data)
+            free(b.data);
+        lua_pushnil(L);
+        if (b.path[0])
+            lua_pushfstring(L, "claim '%s' %s", b.path, b.error);
+        else
+            lua_pushfstring(L, "claims %s", b.error);
+        return 2;
+    }
+    lua_pushlstring(L, b.data, b.len);
+    if (b.data != b.inline_data)
+        free(b.data);
+    return 1;
+}
+
+void jwke_open_json(lua_State *L)
+{
+    lua_pushcfunction(L, l_json_claims);
+    lua_setfield(L, -2, "json_claims");
+}
