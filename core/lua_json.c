@@ -60,36 +60,51 @@ static int put(json_buffer *b, const char *s, size_t n)
 static int put_string(json_buffer *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    if (!reserve(b, n + 2))
+    /* room for the worst case (every byte as \u00XX) once, not per byte */
+    if (!reserve(b, 6 * n + 2))
         return 0;
-    b->data[b->len++] = '"';
+    char *o = b->data + b->len;
+    *o++ = '"';
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\') {
-            if (!reserve(b, 2))
-                return 0;
-            b->data[b->len++] = (char)c;
+            *o++ = (char)c;
             continue;
         }
-        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-        const char *text = esc;
-        size_t len = 6;
+        *o++ = '\\';
         switch (c) {
-        case '"': text = "\\\""; len = 2; break;
-        case '\\': text = "\\\\"; len = 2; break;
-        case '\n': text = "\\n"; len = 2; break;
-        case '\r': text = "\\r"; len = 2; break;
-        case '\t': text = "\\t"; len = 2; break;
-        case '\b': text = "\\b"; len = 2; break;
-        case '\f': text = "\\f"; len = 2; break;
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
         }
-        if (!put(b, text, len))
-            return 0;
     }
-    if (!reserve(b, 1))
-        return 0;
-    b->data[b->len++] = '"';
+    *o++ = '"';
+    b->len = (size_t)(o - b->data);
     return 1;
+}
+
+/* Decimal digits of an integer, without printf's machinery. */
+static int put_integer(json_buffer *b, long long v)
+{
+    char text[24], *p = text + sizeof text;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    return put(b, p, (size_t)(text + sizeof text - p));
 }
 
 static int put_number(json_buffer *b, lua_State *L, int idx)
@@ -97,19 +112,17 @@ static int put_number(json_buffer *b, lua_State *L, int idx)
     char text[32];
     int n;
 #if LUA_VERSION_NUM >= 503
-    if (lua_isinteger(L, idx)) {
-        n = snprintf(text, sizeof text, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
-        return put(b, text, (size_t)n);
-    }
+    if (lua_isinteger(L, idx))
+        return put_integer(b, (long long)lua_tointeger(L, idx));
 #endif
     double d = (double)lua_tonumber(L, idx);
     if (!isfinite(d)) {
         b->error = "is not a finite number";
         return 0;
     }
-    if (d == floor(d) && fabs(d) < 9007199254740992.0) { /* an integer a double holds exactly */
-        n = snprintf(text, sizeof text, "%.0f", d);
-    } else {
+    if (d == floor(d) && fabs(d) < 9007199254740992.0) /* an integer a double holds exactly */
+        return put_integer(b, (long long)d);
+    {
         /* the shortest of 15..17 significant digits that reads back exactly */
         n = snprintf(text, sizeof text, "%.15g", d);
         if (strtod(text, NULL) != d)
