@@ -165,6 +165,8 @@ local KNOWN = { RS256 = true, RS384 = true, RS512 = true, PS256 = true, PS384 = 
 -- in place after using it must pass a new table.)
 local allowed_memo = setmetatable({}, { __mode = "k" })
 local candidates_memo = setmetatable({}, { __mode = "k" })
+local selections = setmetatable({}, { __mode = "k" })
+local valid_headers, valid_header_count = {}, 0
 
 local function build_allowed_set(algorithms)
   if type(algorithms) ~= "table" or #algorithms == 0 then
@@ -275,15 +277,37 @@ function M.verify(token, keys, options)
     return util.fail("ERR_JOSE_ALG_NOT_ALLOWED", "algorithm '%s' is not allowed", jwk.shown(alg))
   end
   local ok
-  ok, err, code = check_header(header, understood)
-  if not ok then return nil, err, code end
+  -- A verifier sees the same few headers token after token: one that passed
+  -- the member checks (with no caller-specific crit list) is not checked
+  -- again. Bounded, and emptied when full.
+  local memo_header = understood == NOTHING and jws.header_json
+  if not (memo_header and valid_headers[memo_header]) then
+    ok, err, code = check_header(header, understood)
+    if not ok then return nil, err, code end
+    if memo_header then
+      if valid_header_count >= 256 then valid_headers, valid_header_count = {}, 0 end
+      valid_headers[memo_header] = true
+      valid_header_count = valid_header_count + 1
+    end
+  end
 
   local candidates
   candidates, err, code = M.candidates(keys, options)
   if not candidates then return nil, err, code end
-  local key
-  key, err, code = jwk.select(candidates, header.kid, alg, { min_rsa_bits = min_rsa_bits })
-  if not key then return nil, err, code end
+  -- the key a (kid, alg, minimum) picks from a candidate list is the same
+  -- every time: chosen once per list
+  local chosen = selections[candidates]
+  if not chosen then
+    chosen = {}
+    selections[candidates] = chosen
+  end
+  local selection_key = (header.kid or "") .. "\0" .. alg .. "\0" .. min_rsa_bits
+  local key = chosen[selection_key]
+  if not key then
+    key, err, code = jwk.select(candidates, header.kid, alg, { min_rsa_bits = min_rsa_bits })
+    if not key then return nil, err, code end
+    chosen[selection_key] = key
+  end
 
   ok, err, code = check_signature_size(alg, key.public_key, jws.signature)
   if not ok then return nil, err, code end
