@@ -432,30 +432,52 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
     return result;
 }
 
-typedef struct delete_context {
+/* An operation on every object a search finds (deleting, renaming). A
+ * retry after a recoverable failure searches again and finds only what is
+ * left, so `done` adds up across attempts. */
+typedef CK_RV (*object_fn)(jwke_p11_token *token, CK_SESSION_HANDLE session,
+                           CK_OBJECT_HANDLE handle, void *arg);
+
+typedef struct each_object_context {
     CK_ATTRIBUTE *search;
     CK_ULONG search_len;
-    size_t destroyed;
-} delete_context;
+    const char *function; /* the call `apply` makes, for error messages */
+    object_fn apply;
+    void *arg;
+    size_t done;
+} each_object_context;
 
-static CK_RV delete_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
-                       const char **function, jwke_error *err)
+static CK_RV each_object_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
+                            const char **function, jwke_error *err)
 {
-    delete_context *c = ctx;
+    each_object_context *c = ctx;
     CK_OBJECT_HANDLE *handles = NULL;
     size_t n = 0;
     CK_RV rv = jwke_p11_find(token, session, c->search, c->search_len, &handles, &n, function);
     if (rv != CKR_OK)
         return rv;
-    *function = "C_DestroyObject";
-    /* a retry finds only what is left, so the count adds up */
+    *function = c->function;
     for (size_t i = 0; i < n && rv == CKR_OK; i++) {
-        rv = token->module->fn->C_DestroyObject(session, handles[i]);
+        rv = c->apply(token, session, handles[i], c->arg);
         if (rv == CKR_OK)
-            c->destroyed++;
+            c->done++;
     }
     free(handles);
     return rv;
+}
+
+/* Cached handles of the objects touched must not be used again. */
+static void objects_changed(jwke_p11_token *token)
+{
+    pthread_mutex_lock(&token->lock);
+    token->object_epoch++;
+    pthread_mutex_unlock(&token->lock);
+}
+
+static CK_RV destroy_object(jwke_p11_token *token, CK_SESSION_HANDLE session,
+                            CK_OBJECT_HANDLE handle, void *arg)
+{
+    return token->module->fn->C_DestroyObject(session, handle);
 }
 
 int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,
@@ -465,43 +487,18 @@ int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,
         {CKA_LABEL, (void *)label, (CK_ULONG)label_len},
         {CKA_ID, (void *)id, (CK_ULONG)id_len},
     };
-    delete_context c = {search, id ? 2 : 1, 0};
-    int result = jwke_p11_run(token, delete_op, &c, err);
-    *destroyed = c.destroyed;
-    if (result == 0) {
-        pthread_mutex_lock(&token->lock);
-        token->object_epoch++; /* handles of the deleted objects must not be used */
-        pthread_mutex_unlock(&token->lock);
-    }
+    each_object_context c = {search, id ? 2 : 1, "C_DestroyObject", destroy_object, NULL, 0};
+    int result = jwke_p11_run(token, each_object_op, &c, err);
+    *destroyed = c.done;
+    if (result == 0)
+        objects_changed(token);
     return result;
 }
 
-typedef struct set_id_context {
-    CK_ATTRIBUTE *search;
-    const unsigned char *new_id;
-    size_t new_id_len;
-    size_t changed;
-} set_id_context;
-
-static CK_RV set_id_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
-                       const char **function, jwke_error *err)
+static CK_RV set_id(jwke_p11_token *token, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE handle,
+                    void *arg)
 {
-    set_id_context *c = ctx;
-    CK_OBJECT_HANDLE *handles = NULL;
-    size_t n = 0;
-    CK_RV rv = jwke_p11_find(token, session, c->search, 2, &handles, &n, function);
-    if (rv != CKR_OK)
-        return rv;
-    CK_ATTRIBUTE id = {CKA_ID, (void *)c->new_id, (CK_ULONG)c->new_id_len};
-    *function = "C_SetAttributeValue";
-    /* a retry finds only the halves still carrying the old id */
-    for (size_t i = 0; i < n && rv == CKR_OK; i++) {
-        rv = token->module->fn->C_SetAttributeValue(session, handles[i], &id, 1);
-        if (rv == CKR_OK)
-            c->changed++;
-    }
-    free(handles);
-    return rv;
+    return token->module->fn->C_SetAttributeValue(session, handle, arg, 1);
 }
 
 int jwke_p11_set_id(jwke_p11_token *token, const char *label, size_t label_len,
@@ -514,11 +511,10 @@ int jwke_p11_set_id(jwke_p11_token *token, const char *label, size_t label_len,
         {CKA_LABEL, (void *)label, (CK_ULONG)label_len},
         {CKA_ID, (void *)old_id, (CK_ULONG)old_id_len},
     };
-    set_id_context c = {search, new_id, new_id_len, 0};
-    int result = jwke_p11_run(token, set_id_op, &c, err);
-    *changed = c.changed;
-    pthread_mutex_lock(&token->lock);
-    token->object_epoch++;
-    pthread_mutex_unlock(&token->lock);
+    CK_ATTRIBUTE id = {CKA_ID, (void *)new_id, (CK_ULONG)new_id_len};
+    each_object_context c = {search, 2, "C_SetAttributeValue", set_id, &id, 0};
+    int result = jwke_p11_run(token, each_object_op, &c, err);
+    *changed = c.done;
+    objects_changed(token);
     return result;
 }

@@ -2,6 +2,7 @@
 -- implementations (python3-jwcrypto from Debian, the npm `jose` package).
 local cjson = require "cjson"
 local core = require "jwkengine.core"
+local softhsm = require "helpers.softhsm"
 
 local M = {}
 
@@ -9,30 +10,14 @@ local M = {}
 M.PYTHON = io.open("/usr/bin/python3") and "/usr/bin/python3" or "python3"
 M.ALGORITHMS = { "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA" }
 
-function M.quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+M.quote = softhsm.quote
 
 function M.read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("*a")
-  f:close()
-  return text
+  return assert(require("jwkengine.util").read_file(path))
 end
 
-function M.write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
--- Runs a shell command; returns its output (stdout and stderr) and success.
-function M.run(command)
-  local pipe = assert(io.popen(command .. " 2>&1"))
-  local out = pipe:read("*a")
-  local ok = pipe:close()
-  return out, ok == true or ok == 0
-end
+M.write_file = softhsm.write_file
+M.run = softhsm.run
 
 -- An RFC example file from spec/vectors.
 function M.vector(name)
