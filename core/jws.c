@@ -5,13 +5,12 @@
 
 #include "b64url.h"
 
-#define MAX_SIGNATURE 2048 /* a 16384-bit RSA signature, the largest key we accept */
 
 int jwke_jws_compact(const char *header_b64, size_t header_len, const unsigned char *payload,
                      size_t payload_len, size_t sig_max, jwke_sign_fn sign, void *signer,
                      char **out, size_t *out_len, jwke_error *err)
 {
-    if (sig_max > MAX_SIGNATURE)
+    if (sig_max > JWKE_MAX_SIGNATURE)
         return jwke_fail(err, "signature of %zu bytes is larger than supported", sig_max);
     size_t payload_b64 = jwke_b64url_encoded_len(payload_len, JWKE_B64_NOPAD);
     size_t total = header_len + 1 + payload_b64 + 1 + jwke_b64url_encoded_len(sig_max, JWKE_B64_NOPAD);
@@ -25,7 +24,7 @@ int jwke_jws_compact(const char *header_b64, size_t header_len, const unsigned c
     buf[used++] = '.';
     used += jwke_b64url_encode(payload, payload_len, buf + used, JWKE_B64_NOPAD);
 
-    unsigned char sig[MAX_SIGNATURE];
+    unsigned char sig[JWKE_MAX_SIGNATURE];
     size_t sig_len = sig_max;
     if (sign(signer, (const unsigned char *)buf, used, sig, &sig_len, err) != 0) {
         free(buf);

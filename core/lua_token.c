@@ -84,12 +84,16 @@ static int opt_int_field(lua_State *L, int table, const char *name, int fallback
     return value;
 }
 
+/* A string option (only a string: its text stays alive in the table; a
+ * number would be converted into a temporary that the pop frees). */
 static const char *opt_string_field(lua_State *L, int table, const char *name)
 {
     if (lua_isnoneornil(L, table))
         return NULL;
     lua_getfield(L, table, name);
-    const char *value = lua_tostring(L, -1); /* kept alive by the table */
+    const char *value = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    if (!value && !lua_isnil(L, -1))
+        luaL_error(L, "open_token: option '%s' must be a string", name);
     lua_pop(L, 1);
     return value;
 }
@@ -397,9 +401,14 @@ static int l_key_sign(lua_State *L)
     hsm_signer s;
     size_t sig_len;
     jwke_error err;
-    unsigned char sig[1024];
-    if (signing_setup(L, 3, &s, &sig_len, &err) != 0 ||
-        hsm_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
+    unsigned char sig[JWKE_MAX_SIGNATURE];
+    if (signing_setup(L, 3, &s, &sig_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    if (sig_len > sizeof sig) {
+        jwke_fail(&err, "a signature of %zu bytes is larger than supported", sig_len);
+        return jwke_push_error(L, &err);
+    }
+    if (hsm_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
         return jwke_push_error(L, &err);
     lua_pushlstring(L, (const char *)sig, sig_len);
     return 1;

@@ -33,6 +33,16 @@ unsigned jwke_p11_fork_generation(void)
     return fork_generation;
 }
 
+void jwke_p11_fork_lock(void)
+{
+    pthread_mutex_lock(&modules_lock);
+}
+
+void jwke_p11_fork_unlock(void)
+{
+    pthread_mutex_unlock(&modules_lock);
+}
+
 static CK_RV initialize(jwke_p11_module *m)
 {
     /* The module may be called from several threads (a C host, OpenResty's
@@ -89,6 +99,11 @@ jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err)
         if (strcmp(m->path, path) == 0) {
             m->references++;
             pthread_mutex_unlock(&modules_lock);
+            /* in a forked child, the first use re-initializes */
+            if (jwke_p11_module_check(m, err) == 0) {
+                jwke_p11_module_release(m);
+                return NULL;
+            }
             return m;
         }
     }
@@ -107,11 +122,7 @@ jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err)
     }
     m->references = 1;
     pthread_mutex_init(&m->lock, NULL);
-    if (m->fork_generation != fork_generation) {
-        /* acquired in a child before any other use: catch up now */
-        jwke_error ignored;
-        jwke_p11_module_check(m, &ignored);
-    }
+    pthread_rwlock_init(&m->use_lock, NULL);
     m->next = modules;
     modules = m;
     pthread_mutex_unlock(&modules_lock);
@@ -153,6 +164,7 @@ void jwke_p11_module_release(jwke_p11_module *module)
         module->logins = next;
     }
     pthread_mutex_destroy(&module->lock);
+    pthread_rwlock_destroy(&module->use_lock);
     free(module->path);
     free(module);
 }
@@ -161,19 +173,24 @@ unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err)
 {
     if (module->fork_generation == fork_generation)
         return module->epoch;
-    /* First use in a forked child. Its locks were copied in whatever state
-     * the parent's threads left them; the child is single-threaded here. */
-    pthread_mutex_init(&module->lock, NULL);
-    pthread_mutex_lock(&module->lock);
-    /* Login records describe the parent's sessions: none of them is ours. */
-    while (module->logins) {
-        jwke_p11_login_record *next = module->logins->next;
-        free(module->logins);
-        module->logins = next;
+    /* First use in a forked child; several threads may get here at once,
+     * so the catch-up is done once, under the process-wide lock. */
+    pthread_mutex_lock(&modules_lock);
+    CK_RV rv = CKR_OK;
+    if (module->fork_generation != fork_generation) {
+        /* The locks were copied in whatever state the parent's threads
+         * left them; the login records describe the parent's sessions. */
+        pthread_mutex_init(&module->lock, NULL);
+        pthread_rwlock_init(&module->use_lock, NULL);
+        while (module->logins) {
+            jwke_p11_login_record *next = module->logins->next;
+            free(module->logins);
+            module->logins = next;
+        }
+        rv = initialize(module);
     }
-    CK_RV rv = initialize(module);
     unsigned epoch = module->epoch;
-    pthread_mutex_unlock(&module->lock);
+    pthread_mutex_unlock(&modules_lock);
     if (rv != CKR_OK) {
         jwke_fail_ckr(err, "C_Initialize", rv);
         return 0;
@@ -183,11 +200,14 @@ unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err)
 
 int jwke_p11_module_reinitialize(jwke_p11_module *module, jwke_error *err)
 {
+    /* waits for every operation in flight on this module to finish */
+    pthread_rwlock_wrlock(&module->use_lock);
     pthread_mutex_lock(&module->lock);
     if (module->initialized_here && module->fork_generation == fork_generation)
         module->fn->C_Finalize(NULL);
     CK_RV rv = initialize(module);
     pthread_mutex_unlock(&module->lock);
+    pthread_rwlock_unlock(&module->use_lock);
     if (rv != CKR_OK)
         return jwke_fail_ckr(err, "C_Initialize", rv);
     return 0;

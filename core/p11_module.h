@@ -34,6 +34,10 @@ typedef struct jwke_p11_login_record {
 typedef struct jwke_p11_module {
     char *path;
     pthread_mutex_t lock;     /* guards logins, epoch and re-initialization */
+    /* Held for reading by every operation in flight and for writing by a
+     * full re-initialization, so C_Finalize never runs under another
+     * thread's C_Sign. */
+    pthread_rwlock_t use_lock;
     jwke_p11_login_record *logins;
     void *library;            /* dlopen handle */
     CK_FUNCTION_LIST_PTR fn;
@@ -71,6 +75,11 @@ unsigned jwke_p11_fork_generation(void);
  * forked child, calls C_Initialize again and bumps the epoch. Cheap when
  * nothing changed. Returns the current epoch, or 0 with err set. */
 unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err);
+
+/* Serializes the first-use catch-up of modules and tokens in a forked
+ * child (several threads of the child may get there at once). */
+void jwke_p11_fork_lock(void);
+void jwke_p11_fork_unlock(void);
 
 /* Full re-initialization after the device failed (C_Finalize when this
  * process generation initialized it, then C_Initialize); bumps the epoch.

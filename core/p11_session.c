@@ -94,17 +94,28 @@ static int find_slot_again(jwke_p11_token *t, jwke_error *err)
  * Cached object handles become stale. Caller holds t->lock. */
 static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
 {
-    t->idle_count = 0;
-    t->open_count = 0;
-    t->have_login_session = 0;
-    t->object_epoch++;
-    if (find_slot_again(t, err) != 0)
-        return -1;
-    CK_RV rv = t->module->fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
-                                            NULL, &t->login_session);
-    if (rv != CKR_OK)
-        return jwke_fail_ckr(err, "C_OpenSession", rv);
-    t->have_login_session = 1;
+    /* A reset that failed at login keeps the login session it opened for
+     * this epoch: trying again must not open (and leak) another one. */
+    int reuse = t->have_login_session && t->login_session_epoch == epoch &&
+                t->fork_generation == jwke_p11_fork_generation();
+    if (!reuse) {
+        t->idle_count = 0;
+        t->open_count = 0;
+        t->have_login_session = 0;
+        t->object_epoch++;
+    }
+    if (t->pin_refused)
+        return jwke_p11_login_locked(t, err); /* fails at once, saying why */
+    if (!reuse) {
+        if (find_slot_again(t, err) != 0)
+            return -1;
+        CK_RV rv = t->module->fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                                                NULL, NULL, &t->login_session);
+        if (rv != CKR_OK)
+            return jwke_fail_ckr(err, "C_OpenSession", rv);
+        t->have_login_session = 1;
+        t->login_session_epoch = epoch;
+    }
     if (t->tracked_generation != jwke_p11_fork_generation()) {
         t->tracked_generation = jwke_p11_fork_generation();
         jwke_p11_track_slot(t->module, t->slot, +1);
@@ -121,11 +132,16 @@ static int lock_current(jwke_p11_token *t, jwke_error *err)
     unsigned generation = jwke_p11_fork_generation();
     if (t->fork_generation != generation) {
         /* First call in a forked child: our locks were copied in whatever
-         * state the parent's threads left them. */
-        pthread_mutex_init(&t->lock, NULL);
-        pthread_cond_init(&t->session_free, NULL);
-        t->fork_generation = generation;
-        t->epoch = 0;
+         * state the parent's threads left them. Done once, even when
+         * several threads of the child get here together. */
+        jwke_p11_fork_lock();
+        if (t->fork_generation != generation) {
+            pthread_mutex_init(&t->lock, NULL);
+            pthread_cond_init(&t->session_free, NULL);
+            t->epoch = 0;
+            t->fork_generation = generation;
+        }
+        jwke_p11_fork_unlock();
     }
     pthread_mutex_lock(&t->lock);
     if (t->closed) {
@@ -249,7 +265,6 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
         queue_event(t, "PKCS#11 recovery: %s failed with %s; recovered by %s", function, ckr(rv),
                     recovery_names[kind]);
     } else {
-        t->stats.failed_recoveries++;
         queue_event(t, "PKCS#11 recovery failed: %s failed with %s and %s did not work", function,
                     ckr(rv), recovery_names[kind]);
     }
@@ -259,8 +274,11 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
 
 /* The retry could not even start (the repair left no usable token): the
  * message keeps the failure that started it all. */
-static int fail_after(jwke_error *err, const char *function, CK_RV rv)
+static int fail_after(jwke_p11_token *t, jwke_error *err, const char *function, CK_RV rv)
 {
+    pthread_mutex_lock(&t->lock);
+    t->stats.failed_recoveries++;
+    pthread_mutex_unlock(&t->lock);
     jwke_error why = *err;
     jwke_fail(err, "%s: %s (recovery failed: %s)", function, ckr(rv), why.message);
     err->ckr = rv;
@@ -274,17 +292,29 @@ int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
     CK_RV failed_rv = CKR_OK;
     for (int attempt = 0;; attempt++) {
         CK_SESSION_HANDLE session;
-        if (lock_current(t, err) != 0)
-            return attempt ? fail_after(err, failed_function, failed_rv) : -1;
+        /* In a forked child the module catches up first (that renews its
+         * locks); then the module stays initialized while this attempt uses
+         * it: a re-initialization waits for the read lock to go. */
+        if (jwke_p11_module_check(t->module, err) == 0)
+            return attempt ? fail_after(t, err, failed_function, failed_rv) : -1;
+        pthread_rwlock_t *use_lock = &t->module->use_lock;
+        pthread_rwlock_rdlock(use_lock);
+        if (lock_current(t, err) != 0) {
+            pthread_rwlock_unlock(use_lock);
+            return attempt ? fail_after(t, err, failed_function, failed_rv) : -1;
+        }
         unsigned epoch = t->epoch;
         int borrowed = borrow_locked(t, &session, err);
         pthread_mutex_unlock(&t->lock);
-        if (borrowed != 0)
-            return attempt ? fail_after(err, failed_function, failed_rv) : -1;
+        if (borrowed != 0) {
+            pthread_rwlock_unlock(use_lock);
+            return attempt ? fail_after(t, err, failed_function, failed_rv) : -1;
+        }
 
         const char *function = "(no call)";
         CK_RV rv = op(t, session, ctx, &function, err);
         give_back(t, session, epoch, rv == CKR_OK);
+        pthread_rwlock_unlock(use_lock);
         if (rv == CKR_OK)
             return 0;
         if (rv == JWKE_OP_FAILED)
@@ -300,7 +330,7 @@ int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
             return jwke_fail_ckr(err, function, rv);
         }
         if (recover(t, kind, function, rv, err) != 0)
-            return fail_after(err, function, rv);
+            return fail_after(t, err, function, rv);
         failed_function = function;
         failed_rv = rv;
     }

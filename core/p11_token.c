@@ -130,6 +130,7 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
         return NULL;
     }
     t->have_login_session = 1;
+    t->login_session_epoch = t->epoch;
     t->tracked_generation = t->fork_generation;
     jwke_p11_track_slot(module, slot, +1);
     jwke_p11_module_retain(module); /* released in jwke_p11_token_close */
@@ -253,6 +254,7 @@ int jwke_p11_login(jwke_p11_token *t, const char *pin, size_t pin_len, jwke_erro
     if (pin_len == 0 || pin_len >= MAX_PIN_LEN)
         return jwke_fail(err, "C_Login: the PIN must be 1 to %d bytes long", MAX_PIN_LEN - 1);
     pin_free(t);
+    t->pin_refused = 0; /* a PIN given anew gets one try */
     t->pin = pin_alloc();
     if (!t->pin)
         return jwke_fail(err, "out of memory storing the PIN");
@@ -267,6 +269,7 @@ int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)
     if (!f)
         return jwke_fail(err, "cannot read the PIN file '%s': %s", path, strerror(errno));
     pin_free(t);
+    t->pin_refused = 0;
     t->pin = pin_alloc();
     if (!t->pin) {
         fclose(f);
@@ -277,7 +280,7 @@ int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)
     fclose(f);
     while (n > 0 && (t->pin[n - 1] == '\n' || t->pin[n - 1] == '\r'))
         n--;
-    if (failed || n == 0 || n >= MAX_PIN_LEN - 1) {
+    if (failed || n == 0 || n >= MAX_PIN_LEN) {
         pin_free(t);
         return jwke_fail(err, "the PIN file '%s' %s", path,
                          failed ? "cannot be read" : n == 0 ? "is empty" : "is too long");

@@ -64,6 +64,7 @@ typedef struct jwke_p11_token {
     unsigned object_epoch; /* bumped whenever cached object handles go stale */
     CK_SESSION_HANDLE login_session;
     int have_login_session;
+    unsigned login_session_epoch; /* module epoch the login session was opened in */
     CK_SESSION_HANDLE idle[JWKE_POOL_LIMIT];
     int idle_count;
     int open_count;        /* pooled sessions open (idle + borrowed) */

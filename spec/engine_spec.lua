@@ -168,6 +168,15 @@ describe("engine core on SoftHSM", function()
     assert.equals("two", header.kid)
   end)
 
+  it("refuses to generate a second pair with a kid the set already has", function()
+    assert(engine:generate("dup", "ES256", { kid = "same" }))
+    local jwk, err, code = engine:generate("dup", "ES256", { kid = "same" })
+    assert.is_nil(jwk)
+    assert.equals("ERR_KEY_EXISTS", code)
+    assert.matches("key 'same' already exists", err, 1, true)
+    assert.equals(1, #assert(engine:key_set("dup")).keys)
+  end)
+
   it("deletes one key and then the whole set", function()
     assert(engine:generate("doomed", "ES256", { kid = "a" }))
     assert(engine:generate("doomed", "ES256", { kid = "b" }))
@@ -280,6 +289,13 @@ describe("PKCS#11 URIs", function()
     assert(engine:generate("by-uri", "ES256", { kid = "u" }))
     engine:close()
     assert.matches("label:%s+by%-uri", (softhsm.pkcs11_tool(token, "--list-objects")))
+
+    engine = assert(jwkengine.open({ environment = { HSM_ENABLED = "true", HSM_URI = uri },
+      logger = false, startup = false }))
+    -- the PIN the URI carried is not kept in the engine's configuration
+    assert.not_matches("pin%-value=" .. token.pin, engine.config.hsm.uri)
+    assert.is_nil(engine.config.hsm.pin)
+    engine:close()
 
     local missing, err, code = jwkengine.open({ environment = { HSM_ENABLED = "true",
       HSM_URI = "pkcs11:serial=ffffffffffffffff?module-path=" .. softhsm.LIBRARY .. "&pin-value=1234" },

@@ -78,6 +78,18 @@ describe("JWS verification policy", function()
         jws.verify(token, { keys = { public(es256) } }, { algorithms = { "ES384", "RS256" } }))
     end)
 
+    it("notices a list narrowed in place after it was used", function()
+      local token = signed(es256, { alg = "ES256" })
+      local keys = { keys = { public(es256) } }
+      local allowed = { "RS256", "ES256" }
+      assert.truthy(jws.verify(token, keys, { algorithms = allowed }))
+      allowed[2] = "ES384" -- the same table, no longer allowing ES256
+      refused("ERR_JOSE_ALG_NOT_ALLOWED", "'ES256' is not allowed",
+        jws.verify(token, keys, { algorithms = allowed }))
+      allowed[3] = "ES256"
+      assert.truthy(jws.verify(token, keys, { algorithms = allowed }))
+    end)
+
     it("never accepts none, in any spelling, signed or not", function()
       for _, alg in ipairs({ "none", "None", "NONE", "nOnE" }) do
         local token = header_b64({ alg = alg }) .. ".aGVsbG8.AAAA"

@@ -156,6 +156,25 @@ describe("PIN hygiene against the token's PIN flags", function()
     end)
   end
 
+  it("opens no new sessions while a re-login after a reset keeps failing", function()
+    local engine = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
+      startup = false, hsm = { reinit_interval_ms = 1 } }))
+    assert(engine:generate("leak", "ES256"))
+    faults.counts()
+    -- the device fails once; the re-login after the re-initialization is refused
+    faults.set({ faults = "C_Sign:CKR_DEVICE_ERROR@1;C_Login:CKR_PIN_INCORRECT@1+" })
+    for _ = 1, 10 do
+      local jws, err = engine:sign("leak", "x")
+      assert.is_nil(jws)
+      assert.matches("PIN", err, 1, true)
+    end
+    local counts = faults.counts()
+    assert.is_true((counts["window.C_OpenSession"] or 0) <= 1, "sessions opened: " .. tostring(counts["window.C_OpenSession"]))
+    assert.equals(1, counts["window.C_Login"])
+    assert.is_true(engine.hsm:stats().failed_recoveries >= 1)
+    engine:close()
+  end)
+
   it("never retries a PIN the token refused", function()
     local engine = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
       startup = false }))

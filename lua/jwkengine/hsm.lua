@@ -149,6 +149,13 @@ function Manager:generate(set, alg, options)
   end
   local hash = options.thumbprint_kid
   if hash and options.kid ~= nil then error("pass kid or thumbprint_kid, not both", 2) end
+  if options.kid ~= nil then
+    -- a second pair with the same CKA_ID would make the whole set unusable
+    local existing = self:load(set, true)
+    if existing and existing.by_kid[options.kid] then
+      return util.fail("ERR_KEY_EXISTS", "key '%s' already exists in HSM key set '%s'", options.kid, set)
+    end
+  end
   local kid = options.kid or core.uuid()
   local label = self.prefix .. set
   local ok, err, code = self:drain(self.token:generate(label, alg, kid, use, options.rsa_bits))
@@ -163,6 +170,10 @@ function Manager:generate(set, alg, options)
   -- made the key, so the pair is generated under a temporary id and renamed.
   local thumbprint
   thumbprint, err, code = jwk.thumbprint(entry.by_kid[kid].jwk, hash == true and "SHA-256" or hash)
+  if thumbprint and entry.by_kid[thumbprint] then
+    thumbprint, err, code = nil, string.format("key '%s' already exists in HSM key set '%s'", thumbprint, set),
+      "ERR_KEY_EXISTS"
+  end
   if thumbprint then
     ok, err, code = self:drain(self.token:set_id(label, kid, thumbprint))
   end

@@ -61,7 +61,9 @@ function M.open(options)
   if cfg.hsm.enabled then
     hsm_keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger })
     if not hsm_keys then return nil, err, code end
-    cfg.hsm.pin = nil -- the token keeps it in locked memory; no copy stays in Lua's config
+    -- the token keeps the PIN in locked memory; no copy stays in the config
+    cfg.hsm.pin = nil
+    if cfg.hsm.uri then cfg.hsm.uri = require("jwkengine.pkcs11_uri").redact(cfg.hsm.uri) end
     logger("info", "Hardware Security Module is configured.")
   end
   if #cfg.secrets.system > 0 then
@@ -72,6 +74,7 @@ function M.open(options)
       return nil, err, code
     end
     software_keys = software.new(key_store, cfg.secrets.system, { cache_ttl = cfg.store.cache_ttl })
+    cfg.secrets = nil -- the software manager holds them; engine.config does not
   elseif cfg.dsn or options.store_driver then
     if hsm_keys then hsm_keys:close() end
     return util.fail("ERR_CONFIG", "a DSN is configured but SECRETS_SYSTEM (secrets.system) is not set")

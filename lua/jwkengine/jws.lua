@@ -188,10 +188,21 @@ local function build_allowed_set(algorithms)
 end
 
 local function allowed_set(algorithms)
-  local set = type(algorithms) == "table" and allowed_memo[algorithms]
-  if set then return set end
-  set = build_allowed_set(algorithms)
-  allowed_memo[algorithms] = set
+  local memo = type(algorithms) == "table" and allowed_memo[algorithms]
+  if memo then
+    -- the list may have been changed in place since: compare its entries
+    local n = #algorithms
+    local same = n == memo.n
+    for i = 1, n do
+      if not same then break end
+      same = memo.list[i] == algorithms[i]
+    end
+    if same then return memo.set end
+  end
+  local set = build_allowed_set(algorithms)
+  local list = {}
+  for i, alg in ipairs(algorithms) do list[i] = alg end
+  allowed_memo[algorithms] = { set = set, list = list, n = #list }
   return set
 end
 

@@ -34,7 +34,9 @@ function M.prepare(entry, set, where, choose)
     end
   end
   if not signer and not problem then
-    problem = { string.format("%s key set '%s' has no private signing key", where, set), "ERR_KEY_NOT_FOUND" }
+    -- not ERR_KEY_NOT_FOUND: the set exists, so the fallback must not go
+    -- looking for a same-named set elsewhere
+    problem = { string.format("%s key set '%s' has no private signing key", where, set), "ERR_NO_SIGNING_KEY" }
   end
   entry.signer = problem == nil and signer or nil
   entry.signer_problem = problem
