@@ -168,6 +168,18 @@ describe("engine core on SoftHSM", function()
     assert.equals("two", header.kid)
   end)
 
+  it("signs with whatever typ the caller names, however many (the header cache is bounded)", function()
+    assert(engine:generate("typs", "ES256", { kid = "t" }))
+    for i = 1, 40 do
+      local _, header = assert(engine:verify("typs", assert(engine:sign("typs", "x", { typ = "t" .. i }))))
+      assert.equals("t" .. i, header.typ)
+    end
+    for _, typ in ipairs({ "count", "t1", "t40", "JWT" }) do
+      local _, header = assert(engine:verify("typs", assert(engine:sign("typs", "x", { typ = typ }))))
+      assert.equals(typ, header.typ)
+    end
+  end)
+
   it("refuses to generate a second pair with a kid the set already has", function()
     assert(engine:generate("dup", "ES256", { kid = "same" }))
     local jwk, err, code = engine:generate("dup", "ES256", { kid = "same" })

@@ -11,6 +11,8 @@ local util = require "jwkengine.util"
 
 local M = {}
 
+local HEADER_COUNT = {} -- a table key: never equal to a caller's typ
+
 -- Prepares an entry: kid index and the default signer.
 --   choose: "newest" (the first private sig key, stopping at a broken row:
 --   it might be the newest) or "only" (exactly one sig key, else an error)
@@ -78,7 +80,11 @@ function M.sign(entry, set, payload, options, where)
   local header = by_alg[typ or false]
   if not header then
     header = jws.encode_header(alg, key.kid, typ)
-    by_alg[typ or false] = header
+    -- callers choose typ: a bounded number of headers is kept per key and
+    -- alg (counted under a key no typ string can be)
+    local count = (by_alg[HEADER_COUNT] or 0) + 1
+    by_alg[HEADER_COUNT] = count
+    if count <= 32 then by_alg[typ or false] = header end
   end
   return key.object:sign_compact(header, payload, alg)
 end
