@@ -206,17 +206,20 @@ static int l_events(lua_State *L)
     return 1;
 }
 
-/* token:load_set(label, min_rsa_bits) -> { key, ... } (empty when absent) | nil, err */
+/* token:load_set(label, min_rsa_bits [, kid]) -> { key, ... } (empty when
+ * absent) | nil, err. With kid, only that pair is read. */
 static int l_load_set(lua_State *L)
 {
     token_object *t = check_open_token(L, 1);
-    size_t label_len;
+    size_t label_len, kid_len = 0;
     const char *label = luaL_checklstring(L, 2, &label_len);
     int min_rsa_bits = (int)luaL_optinteger(L, 3, 4096);
+    const char *kid = luaL_optlstring(L, 4, NULL, &kid_len);
     jwke_p11_key *keys;
     size_t count;
     jwke_error err;
-    if (jwke_p11_load_set(t->token, label, label_len, min_rsa_bits, &keys, &count, &err) != 0)
+    if (jwke_p11_load_set(t->token, label, label_len, (const unsigned char *)kid, kid_len,
+                          min_rsa_bits, &keys, &count, &err) != 0)
         return jwke_push_error(L, &err);
 
     lua_createtable(L, (int)count, 0);

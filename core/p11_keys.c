@@ -278,6 +278,8 @@ done:
 typedef struct load_context {
     const char *label;
     size_t label_len;
+    const unsigned char *id; /* NULL: the whole set */
+    size_t id_len;
     object_attributes *objects;
     size_t count;
 } load_context;
@@ -286,13 +288,14 @@ static CK_RV load_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
                      const char **function, jwke_error *err)
 {
     load_context *c = ctx;
-    CK_ATTRIBUTE search[] = {{CKA_LABEL, (void *)c->label, (CK_ULONG)c->label_len}};
+    CK_ATTRIBUTE search[] = {{CKA_LABEL, (void *)c->label, (CK_ULONG)c->label_len},
+                             {CKA_ID, (void *)c->id, (CK_ULONG)c->id_len}};
     CK_OBJECT_HANDLE *handles = NULL;
     size_t n = 0;
     free(c->objects); /* from a failed first attempt */
     c->objects = NULL;
     c->count = 0;
-    CK_RV rv = jwke_p11_find(token, session, search, 1, &handles, &n, function);
+    CK_RV rv = jwke_p11_find(token, session, search, c->id ? 2 : 1, &handles, &n, function);
     if (rv != CKR_OK)
         return rv;
     c->objects = malloc((n ? n : 1) * sizeof *c->objects);
@@ -312,9 +315,10 @@ static CK_RV load_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
 }
 
 int jwke_p11_load_set(jwke_p11_token *token, const char *label, size_t label_len,
-                      int min_rsa_bits, jwke_p11_key **keys, size_t *count, jwke_error *err)
+                      const unsigned char *id, size_t id_len, int min_rsa_bits,
+                      jwke_p11_key **keys, size_t *count, jwke_error *err)
 {
-    load_context c = {label, label_len, NULL, 0};
+    load_context c = {label, label_len, id, id_len, NULL, 0};
     int result = jwke_p11_run(token, load_op, &c, err);
     if (result == 0)
         result = pair_objects(c.objects, c.count, min_rsa_bits, keys, count, err);

@@ -144,12 +144,13 @@ CK_RV jwke_p11_find(jwke_p11_token *token, CK_SESSION_HANDLE session, CK_ATTRIBU
                     const char **function);
 
 /* Reads every key pair labelled `label` (one object search, one attribute
- * read per object). Pairs are matched by CKA_ID; a half without its partner,
+ * read per object), or only the pair with CKA_ID `id` when id is not NULL. Pairs are matched by CKA_ID; a half without its partner,
  * an unsupported key type or an RSA key under min_rsa_bits fails the whole
  * load with a message naming the kid. *count is 0 when the set is empty.
  * Free with jwke_p11_keys_free. */
 int jwke_p11_load_set(jwke_p11_token *token, const char *label, size_t label_len,
-                      int min_rsa_bits, jwke_p11_key **keys, size_t *count, jwke_error *err);
+                      const unsigned char *id, size_t id_len, int min_rsa_bits,
+                      jwke_p11_key **keys, size_t *count, jwke_error *err);
 void jwke_p11_key_clear(jwke_p11_key *key);
 void jwke_p11_keys_free(jwke_p11_key *keys, size_t count);
 

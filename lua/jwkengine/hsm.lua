@@ -5,7 +5,7 @@
 -- their key objects (object handles and public keys), so signing never
 -- searches the token; generate and delete refresh the set they touch.
 local core = require "jwkengine.core"
-local jwk = require "jwkengine.jwk"
+local jwk_module = require "jwkengine.jwk"
 local keyset = require "jwkengine.keyset"
 local slots = require "jwkengine.slots"
 local util = require "jwkengine.util"
@@ -131,6 +131,14 @@ function Manager:forget(set)
   self.missing[set] = nil
 end
 
+-- The public JWK of one pair, read by label and CKA_ID: a generation costs
+-- the same however large its set already is.
+function Manager:pair_jwk(set, kid)
+  local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits, kid))
+  if not keys then return nil, string.format("key set '%s': %s", set, err), code end
+  return keys[1] and keys[1]:jwk()
+end
+
 function Manager:generate(set, alg, options)
   options = options or {}
   if not M.GENERATE_ALGORITHMS[alg] then
@@ -149,42 +157,43 @@ function Manager:generate(set, alg, options)
   end
   local hash = options.thumbprint_kid
   if hash and options.kid ~= nil then error("pass kid or thumbprint_kid, not both", 2) end
+  local label = self.prefix .. set
+  local function exists(kid)
+    local jwk, err, code = self:pair_jwk(set, kid)
+    if jwk == nil and err then return nil, err, code end
+    if jwk then
+      return util.fail("ERR_KEY_EXISTS", "key '%s' already exists in HSM key set '%s'", kid, set)
+    end
+    return true
+  end
   if options.kid ~= nil then
     -- a second pair with the same CKA_ID would make the whole set unusable
-    local existing = self:load(set, true)
-    if existing and existing.by_kid[options.kid] then
-      return util.fail("ERR_KEY_EXISTS", "key '%s' already exists in HSM key set '%s'", options.kid, set)
-    end
+    local ok, err, code = exists(options.kid)
+    if not ok then return nil, err, code end
   end
   local kid = options.kid or core.uuid()
-  local label = self.prefix .. set
   local ok, err, code = self:drain(self.token:generate(label, alg, kid, use, options.rsa_bits))
-  self:forget(set)
+  self:forget(set) -- read again, once, when next used
   if not ok then return nil, err, code end
-  local entry
-  entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  if not hash then return entry.by_kid[kid].jwk end
+  local jwk
+  jwk, err, code = self:pair_jwk(set, kid)
+  if not jwk then return nil, err or "the generated key cannot be read back", code end
+  if not hash then return jwk end
 
   -- The kid is the key's RFC 7638 thumbprint: only known once the token has
   -- made the key, so the pair is generated under a temporary id and renamed.
   local thumbprint
-  thumbprint, err, code = jwk.thumbprint(entry.by_kid[kid].jwk, hash == true and "SHA-256" or hash)
-  if thumbprint and entry.by_kid[thumbprint] then
-    thumbprint, err, code = nil, string.format("key '%s' already exists in HSM key set '%s'", thumbprint, set),
-      "ERR_KEY_EXISTS"
-  end
+  thumbprint, err, code = jwk_module.thumbprint(jwk, hash == true and "SHA-256" or hash)
   if thumbprint then
-    ok, err, code = self:drain(self.token:set_id(label, kid, thumbprint))
+    ok, err, code = exists(thumbprint)
+    if ok then ok, err, code = self:drain(self.token:set_id(label, kid, thumbprint)) end
   end
   self:forget(set)
   if not thumbprint or not ok then
     self.token:delete(label, kid) -- never leave a key under the temporary id
     return nil, err, code
   end
-  entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  return entry.by_kid[thumbprint].jwk
+  return self:pair_jwk(set, thumbprint)
 end
 
 function Manager:delete(set, kid)

@@ -68,7 +68,7 @@ int main(int argc, char **argv)
     token = jwke_p11_token_open(module, slots[s].id, slots[s].label, slots[s].serial, &options, &err);
     size_t n_keys = 0;
     if (!token || jwke_p11_login(token, argv[3], strlen(argv[3]), &err) != 0 ||
-        jwke_p11_load_set(token, argv[4], strlen(argv[4]), 2048, &key, &n_keys, &err) != 0 ||
+        jwke_p11_load_set(token, argv[4], strlen(argv[4]), NULL, 0, 2048, &key, &n_keys, &err) != 0 ||
         n_keys != 1) {
         fprintf(stderr, "setup failed: %s\n", n_keys ? err.message : "no key");
         return 1;
