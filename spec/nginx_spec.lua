@@ -62,10 +62,7 @@ describe("nginx integration (4 workers, SoftHSM)", function()
   end)
 
   teardown(function()
-    if server then
-      server:stop()
-      if not os.getenv("JWKE_KEEP_NGINX") then server:remove() end
-    end
+    if server then server:dispose() end
   end)
 
   it("never loads the PKCS#11 module in the master, only in the workers", function()
@@ -275,10 +272,7 @@ describe("nginx integration: configuration and PIN failures", function()
   end)
 
   teardown(function()
-    if server then
-      server:stop()
-      if not os.getenv("JWKE_KEEP_NGINX") then server:remove() end
-    end
+    if server then server:dispose() end
   end)
 
   it("refuses to start without a PIN, from the master, before any PKCS#11 call", function()

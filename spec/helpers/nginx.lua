@@ -264,6 +264,13 @@ function Server:remove()
   end
 end
 
+-- Stops the server and removes its folder (kept with JWKE_KEEP_NGINX=1,
+-- for looking at the logs after a failure).
+function Server:dispose()
+  self:stop()
+  if not os.getenv("JWKE_KEEP_NGINX") then self:remove() end
+end
+
 function Server:log()
   return read_file(self.error_log) or ""
 end
