@@ -19,7 +19,6 @@ sandbox.enter()
 
 local jwkengine = require "jwkengine"
 local bench = require "jwkengine_bench"
-local cjson = require "cjson"
 
 local LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
 local PIN = "1234"
@@ -223,14 +222,14 @@ for _, pairs_count in ipairs({ 100, 1000 }) do
   until bench.now() - load_start > 1 and loads >= 3
   local load_ms = (bench.now() - load_start) * 1000 / loads
   assert(#jwks.keys == pairs_count - 2)
-  local raw_ms, raw_total = 0, 0
+  local raw_total = 0
   local any_key = assert(e.hsm:signing_key("hydra.openid.id-token")).object
   for _ = 1, loads do
     local ms, objects = bench.p11_load(any_key, "big")
     assert(objects == 2 * (pairs_count - 2))
     raw_total = raw_total + ms
   end
-  raw_ms = raw_total / loads
+  local raw_ms = raw_total / loads
   say("| %d | %.1f s | %.1f ms (%d pairs) | %.1f ms | %.1f ms |", pairs_count, generate_s, load_ms,
     pairs_count - 2, raw_ms, open_ms)
   e:close()

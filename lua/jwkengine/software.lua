@@ -99,27 +99,40 @@ local function check_use(use)
   return true
 end
 
--- Seals and inserts a key; returns its public JWK.
-function Manager:store_key(set, key, kid, alg, use, replace)
+-- How store_key writes a sealed key: a new row, a replaced row, or a new
+-- row only while the set is still empty (startup generation, which several
+-- processes may race for: the transaction holds the store's write lock).
+local WRITES = {
+  insert = function(store, set, kid, keydata) return store:insert(set, kid, keydata) end,
+  replace = function(store, set, kid, keydata)
+    local rows, err, code = store:rows(set)
+    if not rows then return nil, err, code end
+    for _, row in ipairs(rows) do
+      if row.kid == kid then return store:update_keydata(row.pk, keydata) end
+    end
+    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set)
+  end,
+  first_in_set = function(store, set, kid, keydata)
+    local present, err, code = store:set_exists(set)
+    if present == nil then return nil, err, code end
+    if present then return "exists" end
+    return store:insert(set, kid, keydata)
+  end,
+}
+
+-- Seals a key and writes it (mode: a WRITES name, default insert).
+-- Returns its public JWK, or "exists" when first_in_set found the set taken.
+function Manager:store_key(set, key, kid, alg, use, mode)
   local jwk = key:is_private() and key:private_jwk() or key:public_jwk()
   jwk.kid, jwk.alg, jwk.use = kid, alg, use
   local keydata, err = self:seal(jwk)
   if not keydata then return util.fail("ERR_KEY_ENCRYPT", "cannot seal key '%s': %s", kid, err) end
+  local write = WRITES[mode or "insert"]
   local ok, code
-  if replace then
-    ok, err, code = self.store:transaction(function(store)
-      local rows, rerr, rcode = store:rows(set)
-      if not rows then return nil, rerr, rcode end
-      for _, row in ipairs(rows) do
-        if row.kid == kid then return store:update_keydata(row.pk, keydata) end
-      end
-      return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set)
-    end)
-  else
-    ok, err, code = self.store:transaction(function(store) return store:insert(set, kid, keydata) end)
-  end
+  ok, err, code = self.store:transaction(function(store) return write(store, set, kid, keydata) end)
   self.sets[set] = nil
   if not ok then return nil, err, code end
+  if ok == "exists" then return "exists" end
   local public = key:public_jwk()
   public.kid, public.alg, public.use = kid, alg, use
   return public
@@ -158,27 +171,14 @@ function Manager:generate_if_missing(set, alg)
   local exists, err, code = self.store:set_exists(set)
   if exists == nil then return nil, err, code end
   if exists then return "exists" end
-  -- Generating can take a second (RSA 4096): do it outside the lock.
+  -- Generating can take a second (RSA 4096): done before taking the lock.
   local key
   key, err = core.generate_software_key(alg)
   if not key then return util.fail("ERR_KEY_GENERATE", "%s", err) end
-  local kid = core.uuid()
-  local jwk = key:private_jwk()
-  jwk.kid, jwk.alg, jwk.use = kid, alg, "sig"
-  local keydata
-  keydata, err = self:seal(jwk)
-  if not keydata then return util.fail("ERR_KEY_ENCRYPT", "cannot seal key: %s", err) end
   local result
-  result, err, code = self.store:transaction(function(store)
-    local present, perr, pcode = store:set_exists(set)
-    if present == nil then return nil, perr, pcode end
-    if present then return "exists" end
-    local ok, ierr, icode = store:insert(set, kid, keydata)
-    if not ok then return nil, ierr, icode end
-    return "generated"
-  end)
-  self.sets[set] = nil
-  return result, err, code
+  result, err, code = self:store_key(set, key, core.uuid(), alg, "sig", "first_in_set")
+  if not result then return nil, err, code end
+  return result == "exists" and "exists" or "generated"
 end
 
 -- Adds (or with options.replace, updates) a key from a JWK (table or JSON
@@ -217,7 +217,7 @@ function Manager:import(set, input, options)
   local ok, uerr, ucode = check_use(use)
   if not ok then return nil, uerr, ucode end
   local kid = options.kid or jwk.kid or core.uuid()
-  return self:store_key(set, key, kid, alg, use, options.replace)
+  return self:store_key(set, key, kid, alg, use, options.replace and "replace" or "insert")
 end
 
 function Manager:delete(set, kid)
