@@ -216,6 +216,11 @@ local function apply_document(cfg, doc, origin)
       return util.fail("ERR_CONFIG", "%s: store.cache_ttl must be a non-negative number of seconds", origin)
     end
     if ttl then cfg.store.cache_ttl = ttl end
+    local network_id = type(doc.store) == "table" and doc.store.network_id
+    if network_id ~= nil and (type(network_id) ~= "string" or network_id == "") then
+      return util.fail("ERR_CONFIG", "%s: store.network_id must be a non-empty string (a Hydra 2.x network id)", origin)
+    end
+    if network_id then cfg.store.network_id = network_id end
   end
   for key, value in pairs(doc) do
     if cfg[key] == nil then cfg[key] = value end

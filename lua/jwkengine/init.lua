@@ -68,7 +68,7 @@ function M.open(options)
   end
   if #cfg.secrets.system > 0 then
     local key_store
-    key_store, err, code = store.open(options.store_driver or cfg.dsn)
+    key_store, err, code = store.open(options.store_driver or cfg.dsn, { network_id = cfg.store.network_id })
     if not key_store then
       if hsm_keys then hsm_keys:close() end
       return nil, err, code

@@ -1,12 +1,15 @@
 -- The key store: rows shaped like Ory Hydra's `hydra_jwk` table, over SQL.
 --
 --   pk, sid (set), kid, version, keydata (AES-GCM sealed JWK), created_at;
---   unique (sid, kid); reads newest first.
+--   unique (sid, kid); reads newest first. On a Hydra 2.x table (see
+--   store.hydra_schema) rows also carry the network `nid` and a UUID pk.
 --
 -- The DSN picks the database as in Hydra: `sqlite://PATH` (the embedded
 -- default), `postgres://USER:PASS@HOST:PORT/DB?sslmode=disable` for
 -- instances on several machines that share keys, and `memory`. The table is
 -- created and upgraded by versioned migrations run when the store opens.
+local core = require "jwkengine.core"
+local hydra_schema = require "jwkengine.store.hydra_schema"
 local luasql = require "jwkengine.store.luasql"
 local util = require "jwkengine.util"
 
@@ -85,7 +88,9 @@ local MIGRATIONS = {
   },
   {
     version = 2,
-    -- newest-first reads of one set
+    -- newest-first reads of one set; Hydra 2.x's table has its own index
+    -- on (nid, sid, created_at) and stays as Hydra made it
+    skip_on = "hydra2",
     sqlite = "CREATE INDEX IF NOT EXISTS hydra_jwk_sid_created_idx ON hydra_jwk (sid, created_at, pk)",
     postgres = "CREATE INDEX IF NOT EXISTS hydra_jwk_sid_created_idx ON hydra_jwk (sid, created_at, pk)",
   },
@@ -93,7 +98,9 @@ local MIGRATIONS = {
 M.SCHEMA_VERSION = #MIGRATIONS
 
 -- Opens a store from a DSN, or wraps a driver a host hands in.
-function M.open(dsn_or_driver)
+--   options.network_id  the Hydra 2.x network to use (store.network_id)
+function M.open(dsn_or_driver, options)
+  options = options or {}
   local driver, err, code
   if type(dsn_or_driver) == "table" then
     driver = dsn_or_driver
@@ -111,6 +118,7 @@ function M.open(dsn_or_driver)
   local store = setmetatable({ driver = driver, dialect = driver.dialect }, Store)
   local ok
   ok, err, code = store:migrate()
+  if ok then ok, err, code = store:adopt_schema(options.network_id) end
   if not ok then
     store:close()
     return nil, err, code
@@ -165,10 +173,14 @@ function Store:migrate()
       return util.fail("ERR_STORE", "key store schema version %d is newer than this jwkengine (%d)",
         current, M.SCHEMA_VERSION)
     end
+    local schema, serr, scode = hydra_schema.detect(driver)
+    if not schema then return nil, serr, scode end
     for _, migration in ipairs(MIGRATIONS) do
       if migration.version > current then
-        ok, err = driver:exec(migration[store.dialect])
-        if not ok then return store_error("migration " .. migration.version .. " failed", err) end
+        if migration.skip_on ~= schema then
+          ok, err = driver:exec(migration[store.dialect])
+          if not ok then return store_error("migration " .. migration.version .. " failed", err) end
+        end
         ok, err = driver:exec("INSERT INTO jwkengine_migrations (version) VALUES (" .. migration.version .. ")")
         if not ok then return store_error("cannot record migration " .. migration.version, err) end
       end
@@ -183,27 +195,62 @@ function Store:schema_version()
   return tonumber(rows[1].version)
 end
 
+-- Learns which Hydra schema hydra_jwk has, and on Hydra 2.x the network
+-- every read and write is scoped to.
+function Store:adopt_schema(network_id)
+  local schema, err, code = hydra_schema.detect(self.driver)
+  if not schema then return nil, err, code end
+  self.schema = schema
+  if schema == "hydra1" then
+    if network_id then
+      return util.fail("ERR_CONFIG", "store.network_id is set but hydra_jwk is Hydra 1.x's (it has no nid column)")
+    end
+    -- the integer pk grows with each insert and breaks ties within a second
+    self.insertion_order = "pk"
+    return true
+  end
+  self.network, err, code = hydra_schema.network(self.driver, network_id)
+  if not self.network then return nil, err, code end
+  -- the UUID pk is random: ties go to the order rows were written in
+  self.insertion_order = self.dialect == "sqlite" and "rowid" or "pk_deprecated"
+  return true
+end
+
+-- " WHERE ..." from conditions, scoped to the store's network on Hydra 2.x
+-- so rows of another network are never read, changed or deleted.
+function Store:where(...)
+  local conditions = { ... }
+  if self.network then conditions[#conditions + 1] = "nid = " .. self.driver:quote(self.network) end
+  if #conditions == 0 then return "" end
+  return " WHERE " .. table.concat(conditions, " AND ")
+end
+
+function Store:pk_literal(pk)
+  if self.schema == "hydra2" then return self.driver:quote(tostring(pk)) end
+  return string.format("%d", tonumber(pk))
+end
+
 local COLUMNS = "pk, sid, kid, version, keydata, created_at"
 
 -- Every row of a set, newest first.
 function Store:rows(sid)
-  local rows, err = self.driver:query(string.format(
-    "SELECT %s FROM hydra_jwk WHERE sid = %s ORDER BY created_at DESC, pk DESC",
-    COLUMNS, self.driver:quote(sid)))
+  local rows, err = self.driver:query(string.format("SELECT %s FROM hydra_jwk%s ORDER BY created_at DESC, %s DESC",
+    COLUMNS, self:where("sid = " .. self.driver:quote(sid)), self.insertion_order))
   if not rows then return store_error("cannot read key set '" .. sid .. "'", err) end
   return rows
 end
 
 -- Every row of every set (rotation), oldest first.
 function Store:all_rows()
-  local rows, err = self.driver:query("SELECT " .. COLUMNS .. " FROM hydra_jwk ORDER BY pk")
+  local rows, err = self.driver:query(string.format("SELECT %s FROM hydra_jwk%s ORDER BY %s",
+    COLUMNS, self:where(), self.insertion_order))
   if not rows then return store_error("cannot read the keys", err) end
   return rows
 end
 
 function Store:set_exists(sid)
   local rows, err = self.driver:query(string.format(
-    "SELECT 1 AS found FROM hydra_jwk WHERE sid = %s LIMIT 1", self.driver:quote(sid)))
+    "SELECT 1 AS found FROM hydra_jwk%s LIMIT 1", self:where("sid = " .. self.driver:quote(sid))))
   if not rows then return store_error("cannot read key set '" .. sid .. "'", err) end
   return #rows > 0
 end
@@ -212,30 +259,36 @@ end
 function Store:insert(sid, kid, keydata)
   local q = function(v) return self.driver:quote(v) end
   local rows, err = self.driver:query(string.format(
-    "SELECT 1 AS found FROM hydra_jwk WHERE sid = %s AND kid = %s", q(sid), q(kid)))
+    "SELECT 1 AS found FROM hydra_jwk%s", self:where("sid = " .. q(sid), "kid = " .. q(kid))))
   if not rows then return store_error("cannot read key set '" .. sid .. "'", err) end
   if #rows > 0 then
     return util.fail("ERR_KEY_EXISTS", "key '%s' already exists in key set '%s'", kid, sid)
   end
+  local sql = string.format("INSERT INTO hydra_jwk (sid, kid, version, keydata) VALUES (%s, %s, 0, %s)",
+    q(sid), q(kid), q(keydata))
+  if self.network then
+    -- what Hydra 2.x writes: its network and a random UUID primary key
+    sql = string.format("INSERT INTO hydra_jwk (pk, nid, sid, kid, version, keydata) VALUES (%s, %s, %s, %s, 0, %s)",
+      q(core.uuid()), q(self.network), q(sid), q(kid), q(keydata))
+  end
   local ok
-  ok, err = self.driver:exec(string.format(
-    "INSERT INTO hydra_jwk (sid, kid, version, keydata) VALUES (%s, %s, 0, %s)", q(sid), q(kid), q(keydata)))
+  ok, err = self.driver:exec(sql)
   if not ok then return store_error("cannot store key '" .. kid .. "' in set '" .. sid .. "'", err) end
   return true
 end
 
 -- Replaces a row's key data (updates and rotation).
 function Store:update_keydata(pk, keydata)
-  local ok, err = self.driver:exec(string.format("UPDATE hydra_jwk SET keydata = %s WHERE pk = %d",
-    self.driver:quote(keydata), tonumber(pk)))
+  local ok, err = self.driver:exec(string.format("UPDATE hydra_jwk SET keydata = %s%s",
+    self.driver:quote(keydata), self:where("pk = " .. self:pk_literal(pk))))
   if not ok then return store_error("cannot update key row " .. tostring(pk), err) end
   return true
 end
 
 -- Deletes one key or a whole set; returns how many rows went.
 function Store:delete(sid, kid)
-  local sql = "DELETE FROM hydra_jwk WHERE sid = " .. self.driver:quote(sid)
-  if kid then sql = sql .. " AND kid = " .. self.driver:quote(kid) end
+  local sql = "DELETE FROM hydra_jwk" .. self:where("sid = " .. self.driver:quote(sid),
+    kid and "kid = " .. self.driver:quote(kid) or nil)
   local count, err = self.driver:exec(sql)
   if not count then return store_error("cannot delete from key set '" .. sid .. "'", err) end
   return type(count) == "number" and math.floor(count) or 0
