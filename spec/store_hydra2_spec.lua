@@ -218,6 +218,10 @@ for _, backend in ipairs(stores.backends()) do
       assert.is_nil(engine)
       assert.equals("ERR_CONFIG", code)
       assert.matches("store.network_id is set but hydra_jwk is Hydra 1.x's", err, 1, true)
+      engine, err, code = open(dsn, SECRET, { store = { network_id = 7 } })
+      assert.is_nil(engine)
+      assert.equals("ERR_CONFIG", code)
+      assert.matches("store.network_id must be a non-empty string", err, 1, true)
     end)
   end)
 end
