@@ -9,7 +9,10 @@
 #   4. the libFuzzer targets, each for a bounded time
 #   5. valgrind memcheck over the C core
 #
-# Ends with one "N passed, N failed" line over everything. Extra arguments go
+# Ends with one "N passed, N failed" line over the distinct tests and steps
+# (busted's pending tests shown beside it); the sanitizer pass re-runs the
+# same specs, so it has a line of its own, outside that count, and any
+# failure in it still fails the run. Extra arguments go
 # to the busted runs (e.g. scripts/test.sh spec/engine_spec.lua); set
 # JWKE_QUICK=1 to run only steps 1 and 2.
 set -u
@@ -35,29 +38,41 @@ export JWKE_NPM_JOSE_DIR="$JWKE_TMP/npm-jose"
 
 passed=0
 failed=0
+pending=0
+rerun_summary=""
+rerun_failed=0
 summary=""
 log="$JWKE_TMP/step.log"
-add() { # label passed failed
+add() { # label passed failed [pending]
   passed=$((passed + $2))
   failed=$((failed + $3))
-  summary="$summary$1: $2 passed, $3 failed
+  pending=$((pending + ${4:-0}))
+  summary="$summary$1: $2 passed, $3 failed${4:+, $4 pending}
+"
+}
+# A second run of tests already counted: its own line, failures still fail.
+add_rerun() { # label passed failed [pending]
+  rerun_failed=$((rerun_failed + $3))
+  rerun_summary="$rerun_summary$1 (the same tests again, not in the total): $2 passed, $3 failed${4:+, $4 pending}
 "
 }
 
-# Runs busted with the given build folder; counts its summary line.
-busted_run() { # label build_dir [busted args...]
-  label=$1 build=$2
-  shift 2
+# Runs busted with the given build folder; reports its summary line
+# through `record` (add or add_rerun).
+busted_run() { # record label build_dir [busted args...]
+  record=$1 label=$2 build=$3
+  shift 3
   JWKE_BUILD_DIR=$build "$@" 2>&1 | tee "$log"
-  line=$(grep -E '[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' "$log" | tail -n 1)
+  line=$(grep -E '[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors?' "$log" | tail -n 1)
   if [ -z "$line" ]; then
-    add "$label" 0 1
+    $record "$label" 0 1
     return
   fi
   ok=$(echo "$line" | sed -n 's/^\([0-9]*\) success.*/\1/p')
   bad=$(echo "$line" | sed -n 's/.* \([0-9]*\) failures\{0,1\} \/ \([0-9]*\) errors\{0,1\}.*/\1 \2/p' |
     awk '{print $1 + $2}')
-  add "$label" "${ok:-0}" "${bad:-1}"
+  skipped=$(echo "$line" | sed -n 's/.* \([0-9]*\) pending.*/\1/p')
+  $record "$label" "${ok:-0}" "${bad:-1}" "${skipped:-0}"
 }
 
 echo "== 1. C unit tests"
@@ -67,12 +82,20 @@ c_failed=$(sed -n 's/.* tests passed, \([0-9]*\) tests failed out of.*/\1/p' "$l
 add "ctest" "$(( ${c_total:-0} - ${c_failed:-0} ))" "${c_failed:-1}"
 
 echo "== 2. busted (Lua 5.4, build/)"
-busted_run "busted" build lua5.4 /usr/bin/busted -o utfTerminal "$@"
+busted_run add "busted" build lua5.4 /usr/bin/busted -o utfTerminal "$@"
 
 if [ "${JWKE_QUICK:-0}" != 1 ]; then
   echo "== 3. busted against the AddressSanitizer + UBSan build (build-asan/)"
-  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DJWKE_SANITIZE=ON >/dev/null &&
-    cmake --build build-asan -j"$(nproc)" >/dev/null
+  # a failed build must not leave an older build-asan/ to be tested
+  if cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DJWKE_SANITIZE=ON >"$log" 2>&1 &&
+    cmake --build build-asan -j"$(nproc)" >>"$log" 2>&1; then
+    asan_built=1
+  else
+    tail -n 40 "$log"
+    echo "the AddressSanitizer build failed: the sanitizer pass is not run"
+    add_rerun "busted (ASan+UBSan)" 0 1
+    asan_built=0
+  fi
   # The sanitized runner hosts busted: it links the sanitizer runtime first,
   # so nothing is preloaded into the specs' other processes. A plain lua5.4
   # that loads the sanitized module gets the runtime through JWKE_PRELOAD.
@@ -81,13 +104,15 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:quarantine_size_mb=8
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   export JWKE_PRELOAD="$(gcc -print-file-name=libasan.so)"
-  busted_run "busted (ASan+UBSan)" build-asan build-asan/jwkengine /usr/bin/busted -o utfTerminal \
-    --cpath='build-asan/lib/?.so' --exclude-pattern=nginx "$@"
-  unset ASAN_OPTIONS UBSAN_OPTIONS JWKE_PRELOAD
-  if grep -qE "ERROR: AddressSanitizer|runtime error:" "$log"; then
-    echo "the sanitizers reported an error (above)"
-    add "sanitizer reports" 0 1
+  if [ "$asan_built" = 1 ]; then
+    busted_run add_rerun "busted (ASan+UBSan)" build-asan build-asan/jwkengine /usr/bin/busted -o utfTerminal \
+      --cpath='build-asan/lib/?.so' --exclude-pattern=nginx "$@"
+    if grep -qE "ERROR: AddressSanitizer|runtime error:" "$log"; then
+      echo "the sanitizers reported an error (above)"
+      add_rerun "sanitizer reports" 0 1
+    fi
   fi
+  unset ASAN_OPTIONS UBSAN_OPTIONS JWKE_PRELOAD
 
   echo "== 4. fuzzers"
   JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} scripts/fuzz.sh >"$log" 2>&1
@@ -107,5 +132,7 @@ fi
 
 echo
 printf "%s" "$summary"
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+printf "%s" "$rerun_summary"
+echo "$passed passed, $failed failed, $pending pending"
+[ "$rerun_failed" -eq 0 ] || echo "the sanitizer pass failed ($rerun_failed): the run fails"
+[ "$failed" -eq 0 ] && [ "$rerun_failed" -eq 0 ]

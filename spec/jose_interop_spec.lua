@@ -140,6 +140,7 @@ describe("JOSE interop", function()
     end
     assert.equals(#HSM_SETS, #list)
     for _, verdicts in ipairs({ helper.jwcrypto_verify(list), helper.node("verify.mjs", list) }) do
+      assert.equals(#list, #verdicts)
       for i, v in ipairs(verdicts) do
         assert.is_true(v.ok, list[i].alg .. ": " .. tostring(v.error))
       end

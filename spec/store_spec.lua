@@ -4,6 +4,7 @@ local cjson = require "cjson"
 local jwkengine = require "jwkengine"
 local core = require "jwkengine.core"
 local store_module = require "jwkengine.store"
+local faults = require "helpers.faults"
 local softhsm = require "helpers.softhsm"
 local stores = require "helpers.stores"
 local verifier = require "helpers.verifier"
@@ -47,6 +48,22 @@ for _, backend in ipairs(stores.backends()) do
 
     before_each(function() dsn, drop = backend.fresh() end)
     after_each(function() drop() end)
+
+    it("re-reads a set after store.cache_ttl seconds of the engine's clock", function()
+      local clock = 1000
+      local cached = assert(open(dsn, nil, { now = function() return clock end, store = { cache_ttl = 60 } }))
+      assert(cached:generate("cached", "ES256", { kid = "first" }))
+      assert.equals(1, #assert(cached:key_set("cached")).keys)
+      -- another instance sharing the store adds a key
+      local other = assert(open(dsn))
+      assert(other:generate("cached", "ES256", { kid = "second" }))
+      other:close()
+      clock = clock + 59
+      assert.equals(1, #assert(cached:key_set("cached")).keys)
+      clock = clock + 1
+      assert.equals(2, #assert(cached:key_set("cached")).keys)
+      cached:close()
+    end)
 
     it("creates the table by versioned migrations, once", function()
       local s = assert(store_module.open(dsn))
@@ -341,6 +358,61 @@ engine:close()
       jws, err = engine:sign("masked", "x")
       assert.is_nil(jws)
       assert.matches("no public half", err)
+    end)
+
+    it("returns a device error from the HSM (fault module) instead of the software copy", function()
+      faults.set({})
+      local software = assert(open(dsn))
+      assert(software:generate("device-error", "ES256", { kid = "in-software" }))
+      software:close()
+      -- the same token through the fault module; no second re-initialization
+      -- within the test, so the injected error is what comes back
+      local faulty = assert(jwkengine.open({ logger = false, startup = false,
+        hsm = { reinit_interval_ms = 3600000 },
+        environment = faults.environment(token, { SECRETS_SYSTEM = SECRET, DSN = dsn }) }))
+      assert(faulty:generate("device-error", "ES256", { kid = "in-hsm" }))
+      faulty:refresh("device-error")
+      local function refused(value, err, code)
+        assert.is_nil(value)
+        assert.equals("CKR_DEVICE_ERROR", code)
+        assert.matches("CKR_DEVICE_ERROR", err, 1, true)
+      end
+      -- loading the set: every object search fails
+      faults.set({ faults = "C_FindObjectsInit:CKR_DEVICE_ERROR" })
+      refused(faulty:key_set("device-error"))
+      refused(faulty:sign("device-error", "x"))
+      refused(faulty:delete("device-error", "in-software"))
+      -- signing with the set already loaded: every signature fails
+      faults.set({})
+      assert.equals("in-hsm", assert(faulty:key_set("device-error")).keys[1].kid)
+      faults.set({ faults = "C_Sign:CKR_DEVICE_ERROR" })
+      refused(faulty:sign("device-error", "x"))
+      faults.set({})
+      -- the software copy was neither served nor deleted
+      local s = assert(store_module.open(dsn))
+      assert.equals(1, #assert(s:rows("device-error")))
+      s:close()
+      faulty:close()
+    end)
+
+    it("trusts the HSM's 'not found' for hsm.negative_cache_ttl seconds of the engine's clock", function()
+      local clock = 1000
+      local cached = assert(jwkengine.open({ logger = false, startup = false,
+        now = function() return clock end, hsm = { negative_cache_ttl = 60 },
+        environment = softhsm.environment(token, { SECRETS_SYSTEM = SECRET, DSN = dsn }) }))
+      local software = assert(open(dsn))
+      assert(software:generate("negative", "ES256", { kid = "in-software" }))
+      software:close()
+      assert.equals("in-software", assert(cached:key_set("negative")).keys[1].kid)
+      -- an operator adds a pair to the token behind the engine's back (kid "op")
+      local out, ok = softhsm.pkcs11_tool(token,
+        "--keypairgen --key-type EC:prime256v1 --usage-sign --label negative --id 6f70")
+      assert.is_true(ok, out)
+      clock = clock + 59
+      assert.equals("in-software", assert(cached:key_set("negative")).keys[1].kid)
+      clock = clock + 1
+      assert.equals("op", assert(cached:key_set("negative")).keys[1].kid)
+      cached:close()
     end)
 
     it("does not fall back when the HSM holds the set but no signing key in it", function()

@@ -22,6 +22,7 @@ M.GENERATE_ALGORITHMS = { RS256 = true, ES256 = true, ES384 = true, ES512 = true
 --   hsm_config: the `hsm` table of jwkengine.config
 --   options.select_slot(slot_list, hsm_config) -> slot | nil, err: slot policy
 --   options.logger(level, message): where recoveries are logged
+--   options.now() -> seconds: the clock of the negative cache (os.time)
 function M.open(hsm_config, options)
   options = options or {}
   if not hsm_config.library or hsm_config.library == "" then
@@ -66,6 +67,7 @@ function M.open(hsm_config, options)
     slot = slot,
     log = options.logger or function() end,
     negative_ttl = hsm_config.negative_cache_ttl or 30,
+    now = options.now or os.time,
     missing = {},
     prefix = hsm_config.key_set_prefix or "",
     min_rsa_bits = hsm_config.min_rsa_bits or 4096,
@@ -99,7 +101,7 @@ function Manager:load(set, refresh)
   if entry and not refresh then return entry end
   local missing = self.missing[set]
   if missing and not refresh then
-    if os.time() < missing.expires then return nil, missing.message, "ERR_KEY_SET_NOT_FOUND" end
+    if self.now() < missing.expires then return nil, missing.message, "ERR_KEY_SET_NOT_FOUND" end
     self.missing[set] = nil
   end
   local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits))
@@ -107,7 +109,7 @@ function Manager:load(set, refresh)
   if #keys == 0 then
     self.sets[set] = nil
     local message = string.format("key set '%s' not found in the HSM", set)
-    self.missing[set] = { expires = os.time() + self.negative_ttl, message = message }
+    self.missing[set] = { expires = self.now() + self.negative_ttl, message = message }
     return nil, message, "ERR_KEY_SET_NOT_FOUND"
   end
   entry = { keys = {} }
@@ -123,7 +125,7 @@ end
 -- the fallback can go straight to software.
 function Manager:known_missing(set)
   local missing = self.missing[set]
-  return missing ~= nil and os.time() < missing.expires
+  return missing ~= nil and self.now() < missing.expires
 end
 
 function Manager:forget(set)

@@ -51,15 +51,21 @@ end
 --     select_slot   function(slots, hsm_config) -> slot: slot policy
 --     startup       false to skip generation on startup
 --     store_driver  a SQL driver (see jwkengine.store.luasql) instead of the DSN
+--     now           function() -> seconds: the clock of the key caches
+--                   (hsm.negative_cache_ttl, store.cache_ttl); os.time
 function M.open(options)
   options = options or {}
+  if options.now ~= nil and type(options.now) ~= "function" then
+    error("options.now must be a function returning seconds", 2)
+  end
   local cfg, err, code = config.load(options)
   if not cfg then return nil, err, code end
   local logger = log.new(options.logger)
 
   local hsm_keys, software_keys
   if cfg.hsm.enabled then
-    hsm_keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger })
+    hsm_keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger,
+      now = options.now })
     if not hsm_keys then return nil, err, code end
     -- the token keeps the PIN in locked memory; no copy stays in the config
     cfg.hsm.pin = nil
@@ -73,7 +79,8 @@ function M.open(options)
       if hsm_keys then hsm_keys:close() end
       return nil, err, code
     end
-    software_keys = software.new(key_store, cfg.secrets.system, { cache_ttl = cfg.store.cache_ttl })
+    software_keys = software.new(key_store, cfg.secrets.system, { cache_ttl = cfg.store.cache_ttl,
+      now = options.now })
     cfg.secrets = nil -- the software manager holds them; engine.config does not
   elseif cfg.dsn or options.store_driver then
     if hsm_keys then hsm_keys:close() end

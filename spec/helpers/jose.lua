@@ -117,6 +117,21 @@ function M.jwcrypto_sign(cases)
   return M.python(M.JWCRYPTO_SIGN, cases)
 end
 
+-- jwcrypto's RFC 7638 thumbprint of a JWK (a table), under "SHA-256"
+-- (default), "SHA-384" or "SHA-512": an answer jwkengine did not compute.
+M.JWCRYPTO_THUMBPRINT = [=[
+import json, sys
+from cryptography.hazmat.primitives import hashes
+from jwcrypto import jwk
+case = json.load(open(sys.argv[1]))
+hashalg = {"SHA-256": hashes.SHA256(), "SHA-384": hashes.SHA384(), "SHA-512": hashes.SHA512()}[case["hash"]]
+print(json.dumps(jwk.JWK(**case["jwk"]).thumbprint(hashalg)))
+]=]
+
+function M.jwcrypto_thumbprint(jwk, hash)
+  return M.python(M.JWCRYPTO_THUMBPRINT, { jwk = jwk, hash = hash or "SHA-256" })
+end
+
 -- The npm `jose` package, installed once per run into a temp folder from
 -- scripts/npm-jose/package.json (JWKE_NPM_JOSE_DIR reuses an installed one).
 local npm_dir, npm_dir_is_ours
