@@ -262,8 +262,10 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
     }
     if (result == 0) {
         t->stats.recoveries[kind]++;
-        queue_event(t, "PKCS#11 recovery: %s failed with %s; recovered by %s", function, ckr(rv),
-                    recovery_names[kind]);
+        /* Only the repair is done here: whether the retry works is told by
+         * jwke_p11_run, so this line must not claim the recovery. */
+        queue_event(t, "PKCS#11 recovery: %s failed with %s; retrying once after %s", function,
+                    ckr(rv), recovery_names[kind]);
     } else {
         queue_event(t, "PKCS#11 recovery failed: %s failed with %s and %s did not work", function,
                     ckr(rv), recovery_names[kind]);
@@ -290,6 +292,7 @@ int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
 {
     const char *failed_function = NULL;
     CK_RV failed_rv = CKR_OK;
+    enum jwke_recovery repaired_by = JWKE_RECOVER_NONE;
     for (int attempt = 0;; attempt++) {
         CK_SESSION_HANDLE session;
         /* In a forked child the module catches up first (that renews its
@@ -322,15 +325,19 @@ int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
 
         enum jwke_recovery kind = classify(rv);
         if (kind == JWKE_RECOVER_NONE || attempt == 1) {
-            if (attempt == 1 && kind != JWKE_RECOVER_NONE) {
+            if (attempt == 1) {
                 pthread_mutex_lock(&t->lock);
-                t->stats.failed_recoveries++;
+                if (kind != JWKE_RECOVER_NONE)
+                    t->stats.failed_recoveries++;
+                queue_event(t, "PKCS#11 recovery failed: the retry after %s failed with %s: %s",
+                            recovery_names[repaired_by], function, ckr(rv));
                 pthread_mutex_unlock(&t->lock);
             }
             return jwke_fail_ckr(err, function, rv);
         }
         if (recover(t, kind, function, rv, err) != 0)
             return fail_after(t, err, function, rv);
+        repaired_by = kind;
         failed_function = function;
         failed_rv = rv;
     }

@@ -6,12 +6,16 @@ tokens, JSON texts and keys in the byte layout each target reads
 (fuzz/fuzz_input.h: a selector byte, then fields with a two-byte length).
 Run it again after changing a target's input layout:
 
-    /usr/bin/python3 fuzz/make_corpus.py
+    /usr/bin/python3 fuzz/make_corpus.py [OUT_DIR]
+
+Every run writes the same bytes (spec/corpus_spec.lua checks that the
+committed seeds are what it writes); OUT_DIR defaults to fuzz/corpus.
 """
 import base64
 import json
 import os
 import struct
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -29,8 +33,11 @@ def field(data):
     return struct.pack(">H", len(data)) + data
 
 
+OUT = os.path.join(HERE, "corpus")
+
+
 def write(target, name, data):
-    folder = os.path.join(HERE, "corpus", target)
+    folder = os.path.join(OUT, target)
     os.makedirs(folder, exist_ok=True)
     if isinstance(data, str):
         data = data.encode()
@@ -107,7 +114,6 @@ def jws_seeds():
 
 
 def jwk_seeds():
-    from cryptography.hazmat.primitives.asymmetric import rsa
     for name, key, protected, payload, signature in examples():
         sig = unb64(signature)
         data = (protected + "." + payload).encode()[:256]
@@ -123,17 +129,16 @@ def jwk_seeds():
             write("jwk", name + "-okp", b"\x02" + field(unb64(key["x"])) + field(sig) + field(data))
             members = [b"", b"", unb64(key["d"]), unb64(key["x"]), b""]
             write("jwk", name + "-okp-private", b"\x03" + bytes([2 | 3 << 2]) + b"".join(field(m) for m in members))
-    # a small RSA private key with its CRT members (RSA imports sign once, so they stay small)
-    k = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    nums = k.private_numbers()
-
-    def be(i):
-        return i.to_bytes((i.bit_length() + 7) // 8, "big")
-    pub = nums.public_numbers
-    crt = [be(nums.p), be(nums.q), be(nums.dmp1), be(nums.dmq1), be(nums.iqmp)]
-    write("jwk", "rsa1024-private", b"\x03" + bytes([0]) + field(be(pub.n)) + field(be(pub.e)) + field(be(nums.d)) + field(b"") + field(b""))
-    write("jwk", "rsa1024-private-crt", b"\x03" + bytes([0x40]) + field(be(pub.n)) + field(be(pub.e)) + field(be(nums.d)) + b"".join(field(c) for c in crt) + field(b"") + field(b""))
-    write("jwk", "rsa-even", b"\x00" + field(be(pub.n - 1)) + field(be(pub.e)))
+    # an RSA private key with its CRT members: RFC 7515 A.2's, so every run
+    # writes the same bytes (a key generated here would dirty the checkout)
+    rsa_key = next(key for _, key, _, _, _ in examples() if key["kty"] == "RSA" and "p" in key)
+    n, e, d = (unb64(rsa_key[m]) for m in ("n", "e", "d"))
+    crt = [unb64(rsa_key[m]) for m in ("p", "q", "dp", "dq", "qi")]
+    write("jwk", "rsa-private", b"\x03" + bytes([0]) + field(n) + field(e) + field(d) + field(b"") + field(b""))
+    write("jwk", "rsa-private-crt", b"\x03" + bytes([0x40]) + field(n) + field(e) + field(d) + b"".join(field(c) for c in crt) + field(b"") + field(b""))
+    # an even modulus: never a valid RSA key
+    even = (int.from_bytes(n, "big") - 1).to_bytes(len(n), "big")
+    write("jwk", "rsa-even", b"\x00" + field(even) + field(e))
     write("jwk", "rsa-tiny", b"\x00" + field(b"\xc1\x02\x03\x05") + field(b"\x01\x00\x01"))
     write("jwk", "ec-zero", b"\x01" + field(b"\x00" * 32) + field(b"\x00" * 32))
     write("jwk", "okp-x25519", b"\x06" + field(b"\x09" * 32))
@@ -166,6 +171,8 @@ def ec_seeds():
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        OUT = sys.argv[1]
     b64url_seeds()
     jws_seeds()
     jwk_seeds()

@@ -1,10 +1,14 @@
--- jwkengine's admin CLI: build/jwkengine scripts/keys.lua COMMAND ...
+-- jwkengine's admin CLI: `jwkengine keys COMMAND ...` (installed), or
+-- `build/jwkengine scripts/keys.lua COMMAND ...` from a checkout.
 -- Configured like the engine (config file from JWKENGINE_CONFIG, HSM_*
--- environment). Any failure: one line on stderr and a non-zero exit.
+-- environment). Exit status: 0 done, 1 the operation failed, 2 usage error;
+-- every failure is one line on stderr.
 local jwkengine = require "jwkengine"
 
+local EXIT_FAILED, EXIT_USAGE = 1, 2
+
 local USAGE = [[
-usage: jwkengine scripts/keys.lua COMMAND ...
+usage: jwkengine keys COMMAND ...    (from a checkout: build/jwkengine scripts/keys.lua COMMAND ...)
   get SET                                     print the set's public JWK Set
   create SET ALG [--use sig|enc] [--kid KID]  generate a key pair, print its public JWK
   delete SET [KID]                            delete one key, or the whole set
@@ -16,13 +20,16 @@ usage: jwkengine scripts/keys.lua COMMAND ...
 
 local function die(message, status)
   io.stderr:write("keys.lua: ", message, "\n")
-  os.exit(status or 1)
+  os.exit(status or EXIT_FAILED)
 end
 
+-- One line, as every failure; the whole usage is one --help away.
 local function usage_error(message)
-  io.stderr:write("keys.lua: ", message, "\n", USAGE, "\n")
-  os.exit(2)
+  die(message .. " (keys.lua --help for usage)", EXIT_USAGE)
 end
+
+-- Values an option may take, where the set is closed.
+local OPTION_VALUES = { use = { sig = true, enc = true } }
 
 -- Splits argv into positional arguments and --name value options.
 local function parse(argv, allowed)
@@ -33,8 +40,13 @@ local function parse(argv, allowed)
     local name = a:match("^%-%-(.+)$")
     if name then
       if not allowed[name] then usage_error("unknown option --" .. name) end
-      if argv[i + 1] == nil then usage_error("option --" .. name .. " needs a value") end
-      options[name] = argv[i + 1]
+      local value = argv[i + 1]
+      if value == nil then usage_error("option --" .. name .. " needs a value") end
+      local values = OPTION_VALUES[name]
+      if values and not values[value] then
+        usage_error(string.format("option --%s: '%s' is not one of the values it takes", name, value))
+      end
+      options[name] = value
       i = i + 2
     else
       positional[#positional + 1] = a
@@ -104,10 +116,11 @@ commands["rotate-secrets"] = function(engine, args)
 end
 
 local command = arg[1]
-if not command or command == "-h" or command == "--help" then
+if command == "-h" or command == "--help" then
   print(USAGE)
-  os.exit(command and 0 or 2)
+  os.exit(0)
 end
+if not command then usage_error("no command given") end
 local run = commands[command]
 if not run then usage_error("unknown command '" .. command .. "'") end
 

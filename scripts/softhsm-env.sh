@@ -1,5 +1,6 @@
 # Sourced: points SoftHSM at a fresh throwaway token folder in $JWKE_TMP
-# (created here, removed by the caller's trap) and initializes token "hydra".
+# (created here, removed by the caller's trap). It makes no token: each caller
+# initializes its own (scripts/demo.sh makes "hydra"; each spec makes one).
 JWKE_TMP=$(mktemp -d /tmp/jwkengine.XXXXXX)
 mkdir -p "$JWKE_TMP/tokens"
 cat > "$JWKE_TMP/softhsm2.conf" <<CONF

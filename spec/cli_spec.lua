@@ -83,6 +83,30 @@ describe("keys.lua", function()
     assert.equals(1, status)
     assert.equals("keys.lua: C_Login: CKR_PIN_INCORRECT\n", err)
   end)
+
+  -- 0 done, 1 the operation failed, 2 usage; a usage error is one line that
+  -- points to --help, never the whole usage text
+  it("answers usage errors with exit 2 and one line, and --help on stdout", function()
+    local usage_errors = {
+      { "", "no command given" },
+      { "frobnicate", "unknown command 'frobnicate'" },
+      { "get", "get takes SET" },
+      { "create app ES256 --use foo", "option --use: 'foo' is not one of the values it takes" },
+      { "create app ES256 --kid", "option --kid needs a value" },
+      { "sign app --colour red", "unknown option --colour" },
+    }
+    for _, case in ipairs(usage_errors) do
+      local out, err, status = keys(token, case[1])
+      assert.equals(2, status, case[1])
+      assert.equals("", out, case[1])
+      assert.equals("keys.lua: " .. case[2] .. " (keys.lua --help for usage)\n", err)
+    end
+    local out, err, status = keys(token, "--help")
+    assert.equals(0, status)
+    assert.equals("", err)
+    assert.matches("^usage: jwkengine keys COMMAND", out)
+    assert.matches("rotate%-secrets", out)
+  end)
 end)
 
 describe("the runner", function()
@@ -91,6 +115,8 @@ describe("the runner", function()
     assert.matches("^jwkengine %d+%.%d+%.%d+\nLua 5%.4", out)
     assert.matches("OpenSSL 3", out)
 
+    assert.equals(out, (softhsm.run(softhsm.BUILD .. "/jwkengine --version")))
+
     out = softhsm.run(softhsm.BUILD .. [[/jwkengine -e 'print(require("jwkengine")._VERSION)']])
     assert.matches("^%d+%.%d+%.%d+", out)
 
@@ -98,6 +124,10 @@ describe("the runner", function()
     softhsm.write_file(script, "print(arg[0], arg[1], arg[2], select('#', ...))\n")
     out = softhsm.run(softhsm.BUILD .. "/jwkengine " .. script .. " one two")
     assert.equals(script .. "\tone\ttwo\t2\n", out)
+
+    -- "-" reads the script from standard input, as lua(1) does
+    out = softhsm.run("printf 'print(arg[0], arg[1], ...)' | " .. softhsm.BUILD .. "/jwkengine - one two")
+    assert.equals("-\tone\tone\ttwo\n", out)
 
     softhsm.write_file(script, "local function inner() error('boom') end\ninner()\n")
     local ok
@@ -121,7 +151,23 @@ describe("the runner", function()
     out, ok = softhsm.run(string.format([[cd / && LUA_PATH='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua;;' LUA_CPATH='%s/lib/lua/5.4/?.so;;' %s -e 'print(require("jwkengine.core")._VERSION)']],
       prefix, prefix, prefix, softhsm.LUA))
     assert.is_true(ok, out)
+    -- and the admin CLI comes with it: `jwkengine keys ...` against a real token
+    local token = softhsm.new_token("installed")
+    out, ok = softhsm.run(string.format("cd / && %s %s/bin/jwkengine keys create app ES256 --kid inst-1",
+      env_prefix(token), prefix))
+    assert.is_true(ok, out)
+    assert.equals("inst-1", cjson.decode(out).kid)
+    out, ok = softhsm.run(string.format("cd / && %s %s/bin/jwkengine keys get app", env_prefix(token), prefix))
+    assert.is_true(ok, out)
+    assert.equals("inst-1", cjson.decode(out).keys[1].kid)
     softhsm.run("rm -rf " .. prefix)
+  end)
+
+  it("runs the admin CLI as `jwkengine keys` from the build tree", function()
+    local out, ok = softhsm.run("cd / && " .. softhsm.run("pwd"):gsub("%s+$", "") .. "/" .. softhsm.BUILD
+      .. "/jwkengine keys --help")
+    assert.is_true(ok, out)
+    assert.matches("^usage: jwkengine keys COMMAND", out)
   end)
 
   it("finds the module from plain lua5.4 with the paths set", function()

@@ -232,6 +232,41 @@ describe("engine core on SoftHSM", function()
     assert.equals("RS256", jwks.keys[1].alg)
   end)
 
+  it("publishes an unprintable CKA_ID as its bytes (Hydra's rule) and warns once", function()
+    local out, ok = softhsm.pkcs11_tool(token, "--keypairgen --key-type EC:prime256v1 --usage-sign "
+      .. "--label control-kid --id 02")
+    assert.is_true(ok, out)
+    local lines = {}
+    local e = assert(open_engine(token, nil,
+      { logger = function(level, message) lines[#lines + 1] = level .. " " .. message end }))
+    local set = assert(e:key_set("control-kid"))
+    assert.equals("\2", set.keys[1].kid)
+    assert.equals('{"keys":[' , e:key_set_json("control-kid"):sub(1, 9))
+    assert.matches('"kid":"\\u0002"', e:key_set_json("control-kid"), 1, true)
+    local warnings = {}
+    for _, line in ipairs(lines) do
+      if line:find("not printable", 1, true) then warnings[#warnings + 1] = line end
+    end
+    assert.equals(1, #warnings)
+    assert.matches("^warn key set 'control%-kid': a kid is not printable ASCII %(CKA_ID 02%)", warnings[1])
+    -- a reload of the set does not say it again
+    e:refresh("control-kid")
+    assert(e:key_set("control-kid"))
+    local again = 0
+    for _, line in ipairs(lines) do
+      if line:find("not printable", 1, true) then again = again + 1 end
+    end
+    assert.equals(1, again)
+    -- verify names the key that verified (README: payload, header, key)
+    local jws = assert(e:sign("control-kid", "payload"))
+    local payload, header, key = e:verify("control-kid", jws)
+    assert.equals("payload", payload)
+    assert.equals("\2", header.kid)
+    assert.equals("\2", key.kid)
+    assert.equals("ES256", key.alg)
+    e:close()
+  end)
+
   it("reports a set whose private half has no public half", function()
     local out, ok = softhsm.pkcs11_tool(token,
       "--keypairgen --key-type EC:prime256v1 --usage-sign --label lonely --id 0b")

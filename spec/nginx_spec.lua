@@ -156,6 +156,8 @@ describe("nginx integration (4 workers, SoftHSM)", function()
       { method = "POST", path = "/.well-known/jwks.json", headers = json, body = "{}" },
       { method = "POST", path = "/token", headers = { ["Content-Type"] = "application/json; charset=utf-8" },
         body = ' {"sub":"ok"}' },
+      -- the README refuses duplicate member names everywhere: request bodies too
+      { method = "POST", path = "/token", headers = json, body = '{"sub":"a","sub":"b"}' },
     })
     local function check(i, status, pattern)
       assert.are.equal(status, r[i].status, "request " .. i .. ": " .. r[i].body)
@@ -171,7 +173,7 @@ describe("nginx integration (4 workers, SoftHSM)", function()
     check(3, 415, "application/json")
     check(4, 400, "JSON object")
     check(5, 400, "JSON object")
-    check(6, 400, "not valid JSON")
+    check(6, 400, "JSON object of claims")
     check(7, 400, "empty")
     check(8, 413, "larger than 16384")
     check(9, 413) -- nginx's own client_max_body_size
@@ -179,6 +181,7 @@ describe("nginx integration (4 workers, SoftHSM)", function()
     check(11, 200)
     assert.are.equal("application/jwt", r[11].headers["content-type"])
     assert.are.equal("no-store", r[11].headers["cache-control"])
+    check(12, 400, "duplicate")
   end)
 
   it("publishes a key added to the token on the next refresh, with a new ETag, in every worker", function()

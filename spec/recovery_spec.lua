@@ -63,7 +63,7 @@ describe("PKCS#11 recovery", function()
       assert.truthy(jws, err)
       assert.equals(before + 1, engine.hsm:stats().recoveries[case.class])
       assert.equals(1, #lines)
-      assert.matches("recovered by " .. case.by, lines[1], 1, true)
+      assert.matches("retrying once after " .. case.by, lines[1], 1, true)
       assert.not_matches(softhsm.PIN, lines[1], 1, true)
       local counts = faults.counts()
       for name, expected in pairs(case.calls) do
@@ -109,6 +109,12 @@ describe("PKCS#11 recovery", function()
     assert.equals("C_Sign: CKR_SESSION_HANDLE_INVALID", err)
     assert.equals(2, faults.counts()["window.C_Sign"])
     assert.equals(failed_before + 1, engine.hsm:stats().failed_recoveries)
+    -- the log tells the retry failed, and never claims a recovery
+    assert.equals(2, #lines)
+    assert.matches("retrying once after opening a new session", lines[1], 1, true)
+    assert.matches("recovery failed: the retry after opening a new session failed with C_Sign: CKR_SESSION_HANDLE_INVALID",
+      lines[2], 1, true)
+    for _, line in ipairs(lines) do assert.not_matches("recovered", line, 1, true) end
     assert.truthy(sign_and_verify())
   end)
 

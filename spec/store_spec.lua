@@ -477,6 +477,15 @@ describe("with no HSM at all", function()
     assert.matches("SECRETS_SYSTEM", err, 1, true)
   end)
 
+  it("names the host's driver, not a DSN, when a store_driver comes without secrets", function()
+    local driver = assert(require("jwkengine.store.luasql").sqlite(":memory:"))
+    local engine, err, code = jwkengine.open({ environment = {}, store_driver = driver, logger = false })
+    driver:close()
+    assert.is_nil(engine)
+    assert.equals("ERR_CONFIG", code)
+    assert.equals("a store_driver is given but SECRETS_SYSTEM (secrets.system) is not set", err)
+  end)
+
   it("uses a driver handed in by the host instead of the DSN", function()
     local luasql = require "jwkengine.store.luasql"
     local inner = assert(luasql.sqlite(":memory:"))

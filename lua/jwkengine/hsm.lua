@@ -69,6 +69,7 @@ function M.open(hsm_config, options)
     negative_ttl = hsm_config.negative_cache_ttl or 30,
     now = options.now or os.time,
     missing = {},
+    warned_kids = {},
     prefix = hsm_config.key_set_prefix or "",
     min_rsa_bits = hsm_config.min_rsa_bits or 4096,
     sets = {},
@@ -116,9 +117,23 @@ function Manager:load(set, refresh)
   for i, object in ipairs(keys) do
     entry.keys[i] = { kid = object:kid(), alg = object:alg(), use = object:use(), private = true,
       object = object, jwk = object:jwk() }
+    self:warn_unprintable_kid(set, entry.keys[i].kid)
   end
   self.sets[set] = keyset.prepare(entry, set, "HSM", "only")
   return entry
+end
+
+-- The kid is the CKA_ID's bytes as they are (Hydra's rule), so `--id 02`
+-- publishes "kid":"\u0002". Kept, but said once per key: clients compare
+-- kids as strings and an operator rarely means a control character.
+function Manager:warn_unprintable_kid(set, kid)
+  if not kid:find("[^\32-\126]") then return end
+  local key = set .. "\0" .. kid
+  if self.warned_kids[key] then return end
+  self.warned_kids[key] = true
+  self.log("warn", string.format("key set '%s': a kid is not printable ASCII (CKA_ID %s); it is "
+    .. "published as these bytes: give the pair a printable CKA_ID", set,
+    (kid:gsub(".", function(c) return string.format("%02x", c:byte()) end))))
 end
 
 -- True while the HSM is known not to hold the set (the negative cache), so

@@ -84,7 +84,8 @@ function M.open(options)
     cfg.secrets = nil -- the software manager holds them; engine.config does not
   elseif cfg.dsn or options.store_driver then
     if hsm_keys then hsm_keys:close() end
-    return util.fail("ERR_CONFIG", "a DSN is configured but SECRETS_SYSTEM (secrets.system) is not set")
+    return util.fail("ERR_CONFIG", "%s but SECRETS_SYSTEM (secrets.system) is not set",
+      options.store_driver and "a store_driver is given" or "a DSN is configured")
   end
   if not hsm_keys and not software_keys then
     return util.fail("ERR_CONFIG",

@@ -640,12 +640,11 @@ function M.serve_token(options)
   if #body > settings.max_body then
     return send_error(413, "invalid_request", "the body is larger than " .. settings.max_body .. " bytes")
   end
-  if not body:find("^%s*{") then
-    return send_error(400, "invalid_request", "the body must be a JSON object of claims")
-  end
-  local claims, derr = cjson.decode(body)
-  if type(claims) ~= "table" then
-    return send_error(400, "invalid_request", "the body is not valid JSON: " .. tostring(derr))
+  -- as strict as every other JSON the engine reads: duplicate members,
+  -- invalid UTF-8 and NaN are refused, not resolved by whichever wins
+  local claims, derr = require("jwkengine.jwk").decode_json(body)
+  if not claims then
+    return send_error(400, "invalid_request", "the body must be a JSON object of claims: " .. tostring(derr))
   end
   if not wait_ready() then return not_ready() end
 

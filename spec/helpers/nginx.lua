@@ -41,11 +41,20 @@ end
 -- the example changes, this fails loudly instead of testing something else.
 local function replace_once(text, old, new)
   local first = text:find(old, 1, true)
-  assert(first, "examples/nginx.conf no longer contains: " .. old)
-  assert(not text:find(old, first + 1, true), "examples/nginx.conf contains twice: " .. old)
+  assert(first, "the configuration no longer contains: " .. old)
+  assert(not text:find(old, first + 1, true), "the configuration contains twice: " .. old)
   return text:sub(1, first - 1) .. new .. text:sub(first + #old)
 end
 M.replace_once = replace_once
+
+-- The installed Lua paths of a documented configuration, pointed at this
+-- checkout and build instead (as the documentation says to do).
+function M.checkout_paths(text, opts)
+  text = replace_once(text,
+    [["/usr/local/share/lua/5.1/?.lua;/usr/local/share/lua/5.1/?/init.lua;;"]],
+    string.format([["%s/lua/?.lua;%s/lua/?/init.lua;;"]], opts.root, opts.root))
+  return replace_once(text, [["/usr/local/lib/lua/5.1/?.so;;"]], string.format([["%s/?.so;;"]], opts.lib))
+end
 
 -- The example configuration, adapted:
 --   opts.prefix, opts.port, opts.workers, opts.root (repository),
@@ -65,10 +74,7 @@ function M.render_config(opts)
     "    fastcgi_temp_path " .. prefix .. "/tmp/fastcgi;\n" ..
     "    uwsgi_temp_path " .. prefix .. "/tmp/uwsgi;\n" ..
     "    scgi_temp_path " .. prefix .. "/tmp/scgi;")
-  text = replace_once(text,
-    [["/usr/local/share/lua/5.1/?.lua;/usr/local/share/lua/5.1/?/init.lua;;"]],
-    string.format([["%s/lua/?.lua;%s/lua/?/init.lua;;"]], opts.root, opts.root))
-  text = replace_once(text, [["/usr/local/lib/lua/5.1/?.so;;"]], string.format([["%s/?.so;;"]], opts.lib))
+  text = M.checkout_paths(text, opts)
   -- reuseport: the kernel spreads connections over every worker; the
   -- header tells the spec which worker answered
   text = replace_once(text, "listen 127.0.0.1:8080;",
@@ -96,7 +102,9 @@ local Server = {}
 Server.__index = Server
 
 -- opts: token (helpers.softhsm token), workers (4), startup_sets (YAML map
--- text lines), sets (published sets), refresh (seconds)
+-- text lines), sets (published sets), refresh (seconds), render (function
+-- of the render options returning the configuration; default: the example
+-- adapted by render_config)
 function M.new(opts)
   local root = M.root()
   local build = os.getenv("JWKE_BUILD_DIR") or "build"
@@ -122,8 +130,8 @@ function M.new(opts)
   }, Server)
   softhsm.write_file(prefix .. "/jwkengine.yaml", "startup_sets:\n" .. (opts.startup_sets or
     "  hydra.openid.id-token: RS256\n  hydra.jwt.access-token: ES256\n"))
-  softhsm.write_file(self.conf, M.render_config({ prefix = prefix, port = self.port, workers = self.workers,
-    root = root, lib = lib, sets = opts.sets, refresh = opts.refresh }))
+  softhsm.write_file(self.conf, (opts.render or M.render_config)({ prefix = prefix, port = self.port,
+    workers = self.workers, root = root, lib = lib, sets = opts.sets, refresh = opts.refresh }))
   return self
 end
 
