@@ -8,14 +8,32 @@
 
 #include "ckr_names.h"
 
+static int fail_with(jwke_error *err, const char *code, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+static int fail_with(jwke_error *err, const char *code, const char *fmt, va_list ap)
+{
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    err->ckr = CKR_OK;
+    err->code = code;
+    return -1;
+}
+
 int jwke_fail(jwke_error *err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    fail_with(err, NULL, fmt, ap);
     va_end(ap);
-    err->ckr = CKR_OK;
-    err->code = NULL;
+    return -1;
+}
+
+int jwke_fail_code(jwke_error *err, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fail_with(err, code, fmt, ap);
+    va_end(ap);
     return -1;
 }
 

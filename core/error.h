@@ -23,6 +23,11 @@ typedef struct jwke_error {
 int jwke_fail(jwke_error *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* The same with a stable ERR_* code (a static string), for failures that
+ * have no CKR of their own: every failure reaches Lua with a code. */
+int jwke_fail_code(jwke_error *err, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* "C_Login: CKR_PIN_INCORRECT" (or "CKR_0x80000001 (vendor defined)"). */
 int jwke_fail_ckr(jwke_error *err, const char *function, CK_RV rv);
 

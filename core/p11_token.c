@@ -252,7 +252,7 @@ static int store_pin_and_login(jwke_p11_token *t, jwke_error *err)
 int jwke_p11_login(jwke_p11_token *t, const char *pin, size_t pin_len, jwke_error *err)
 {
     if (pin_len == 0 || pin_len >= MAX_PIN_LEN)
-        return jwke_fail(err, "C_Login: the PIN must be 1 to %d bytes long", MAX_PIN_LEN - 1);
+        return jwke_fail_code(err, "ERR_CONFIG", "C_Login: the PIN must be 1 to %d bytes long", MAX_PIN_LEN - 1);
     pin_free(t);
     t->pin_refused = 0; /* a PIN given anew gets one try */
     t->pin = pin_alloc();
@@ -267,7 +267,7 @@ int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
-        return jwke_fail(err, "cannot read the PIN file '%s': %s", path, strerror(errno));
+        return jwke_fail_code(err, "ERR_CONFIG", "cannot read the PIN file '%s': %s", path, strerror(errno));
     pin_free(t);
     t->pin_refused = 0;
     t->pin = pin_alloc();
@@ -282,7 +282,7 @@ int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)
         n--;
     if (failed || n == 0 || n >= MAX_PIN_LEN) {
         pin_free(t);
-        return jwke_fail(err, "the PIN file '%s' %s", path,
+        return jwke_fail_code(err, "ERR_CONFIG", "the PIN file '%s' %s", path,
                          failed ? "cannot be read" : n == 0 ? "is empty" : "is too long");
     }
     t->pin_len = n;

@@ -100,7 +100,7 @@ startup_sets:
 
     cfg, err = config.load({ environment = { HSM_ENABLED = "maybe" } })
     assert.is_nil(cfg)
-    assert.matches("HSM_ENABLED must be a boolean", err, 1, true)
+    assert.matches("HSM_ENABLED must be true or false", err, 1, true)
 
     path = write(".json", '{"hsm": {"pin": {"secret": "hunter2"}}}')
     cfg, err = config.load({ config = path, environment = {} })
@@ -153,5 +153,87 @@ secrets:
     assert.is_nil(cfg)
     assert.equals("ERR_PKCS11_URI", code)
     assert.not_matches("s3cr3t", err)
+  end)
+end)
+
+describe("configuration typos", function()
+  local function refused(expected, options)
+    local cfg, err, code = config.load(options)
+    assert.is_nil(cfg)
+    assert.equals("ERR_CONFIG", code)
+    assert.matches(expected, err, 1, true)
+    return err
+  end
+
+  local function refused_file(expected, text)
+    local path = write(".yaml", text)
+    local err = refused(expected, { config = path, environment = {} })
+    os.remove(path)
+    return err
+  end
+
+  it("names an unknown key anywhere in the file, with the key it probably meant", function()
+    refused_file("unknown setting 'startup_set' (did you mean 'startup_sets'?)",
+      "startup_set:\n  a: ES256\n")
+    refused_file("unknown setting 'store.cache_tll' (did you mean 'store.cache_ttl'?)",
+      "store:\n  cache_tll: 5\n")
+    refused_file("unknown setting 'startup_sets[1].algo' (did you mean 'startup_sets[1].alg'?)",
+      "startup_sets:\n  - {set: a, algo: ES256}\n")
+    refused_file("unknown setting 'secrets.sytem' (did you mean 'secrets.system'?)",
+      "secrets:\n  sytem: [aaaaaaaaaaaaaaaaaaaa]\n")
+    refused_file("unknown setting 'hsm.token_lable' (did you mean 'hsm.token_label'?)",
+      "hsm:\n  token_lable: x\n")
+    -- far from every known name: named, with no guess
+    local err = refused_file("unknown setting 'colour'", "colour: blue\n")
+    assert.not_matches("did you mean", err, 1, true)
+  end)
+
+  it("names an unknown key of the jwkengine.open options table", function()
+    refused("unknown setting 'confg' (did you mean 'config'?)", { confg = "/etc/x.yaml", environment = {} })
+    refused("unknown setting 'startup_sets[1].algo'",
+      { environment = {}, startup_sets = { { set = "a", algo = "ES256" } } })
+    refused("unknown setting 'store.cache_tll'", { environment = {}, store = { cache_tll = 1 } })
+    -- Hydra's sections belong in a Hydra config file, not in the options table
+    refused("unknown setting 'serve'", { environment = {}, serve = {} })
+  end)
+
+  it("says that hsm, store and secrets must be mappings", function()
+    refused_file("hsm must be a mapping", "hsm: [1, 2]\n")
+    refused_file("store must be a mapping", "store: 30\n")
+    refused("hsm must be a mapping", { environment = {}, hsm = { 1, 2 } })
+  end)
+
+  it("reads a whole Hydra config file: Hydra's own sections and secrets.cookie are left alone", function()
+    local path = write(".yaml", table.concat({
+      "serve:\n  public:\n    port: 4444\n",
+      "urls:\n  self:\n    issuer: https://id.example/\n",
+      "log:\n  level: debug\n",
+      "oidc:\n  subject_identifiers:\n    supported_types: [public]\n",
+      "ttl:\n  access_token: 1h\n",
+      "secrets:\n  system: [aaaaaaaaaaaaaaaaaaaaaaaa]\n  cookie: [bbbbbbbbbbbbbbbbbbbbbbbb]\n",
+      "dsn: memory\n",
+      "hsm:\n  enabled: false\n",
+    }))
+    local cfg = assert(config.load({ config = path, environment = {} }))
+    os.remove(path)
+    assert.equals("memory", cfg.dsn)
+    assert.same({ "aaaaaaaaaaaaaaaaaaaaaaaa" }, cfg.secrets.system)
+  end)
+
+  it("takes true/false and 1/0 (any case) for HSM_ENABLED and refuses yes/no", function()
+    for text, expected in pairs({ ["true"] = true, TRUE = true, ["1"] = true, False = false, ["0"] = false }) do
+      local cfg = assert(config.load({ environment = { HSM_ENABLED = text } }))
+      assert.equals(expected, cfg.hsm.enabled)
+    end
+    for _, text in ipairs({ "yes", "no", "on" }) do
+      refused("HSM_ENABLED must be true or false", { environment = { HSM_ENABLED = text } })
+    end
+  end)
+
+  it("refuses an empty HSM_PIN or HSM_PIN_FILE when the HSM is enabled", function()
+    refused("HSM_PIN (hsm.pin) is set but empty",
+      { environment = { HSM_ENABLED = "true", HSM_LIBRARY = "/x.so", HSM_PIN = "" } })
+    refused("HSM_PIN_FILE (hsm.pin_file) is set but empty",
+      { environment = { HSM_ENABLED = "true", HSM_LIBRARY = "/x.so", HSM_PIN_FILE = "" } })
   end)
 end)

@@ -431,3 +431,108 @@ describe("clear errors", function()
     assert.matches("HSM_SLOT must be a non-negative integer", err, 1, true)
   end)
 end)
+
+describe("a code on every failure", function()
+  local token, engine
+  setup(function()
+    token = softhsm.new_token("codes")
+    engine = assert(open_engine(token, { HSM_MIN_RSA_BITS = "2048" }))
+    assert(engine:generate("rsa", "RS256", { kid = "r", rsa_bits = 2048 }))
+    assert(engine:generate("ec", "ES256", { kid = "e" }))
+  end)
+  teardown(function() engine:close() end)
+
+  local function refused(expected_code, ...)
+    local value, err, code = ...
+    assert.is_nil(value)
+    assert.equals("string", type(err))
+    assert.equals(expected_code, code, err)
+    return err
+  end
+
+  it("says ERR_CONFIG for a module file that is missing, not loadable, or not PKCS#11", function()
+    local not_a_library = os.tmpname()
+    softhsm.write_file(not_a_library, "not a shared object")
+    -- a real shared object without C_GetFunctionList
+    local other_library = assert(package.searchpath("cjson", package.cpath))
+    for _, library in ipairs({ "/nonexistent/libpkcs11.so", not_a_library, other_library }) do
+      local err = refused("ERR_CONFIG", open_engine(token, { HSM_LIBRARY = library }))
+      assert.matches(library, err, 1, true)
+      refused("ERR_CONFIG", jwkengine.slots(library))
+    end
+    os.remove(not_a_library)
+  end)
+
+  it("says ERR_CONFIG for a PIN file that is missing, empty or over 255 bytes, never showing it", function()
+    local empty, long = os.tmpname(), os.tmpname()
+    softhsm.write_file(empty, "\n")
+    softhsm.write_file(long, string.rep("7", 300))
+    for _, path in ipairs({ "/nonexistent/pin", empty, long }) do
+      local environment = softhsm.environment(token, { HSM_PIN_FILE = path })
+      environment.HSM_PIN = nil
+      local err = refused("ERR_CONFIG", jwkengine.open({ environment = environment, logger = false,
+        startup = false }))
+      assert.matches(path, err, 1, true)
+      assert.not_matches("7777", err)
+    end
+    os.remove(empty)
+    os.remove(long)
+  end)
+
+  it("refuses an empty HSM_PIN as a configuration error", function()
+    local err = refused("ERR_CONFIG", open_engine(token, { HSM_PIN = "" }))
+    assert.matches("HSM_PIN", err, 1, true)
+  end)
+
+  it("signs with a key's own alg only, on sign, sign_jwt and jws.sign", function()
+    refused("ERR_KEY_USE", engine:sign("rsa", "x", { alg = "ES256" }))
+    refused("ERR_KEY_USE", engine:sign("rsa", "x", { alg = "PS256" }))
+    refused("ERR_KEY_USE", engine:sign_jwt("rsa", { sub = "a" }, { alg = "ES256" }))
+    refused("ERR_KEY_USE", engine:sign("ec", "x", { alg = "ES384" }))
+    local key = assert(engine.hsm:signing_key("rsa"))
+    refused("ERR_KEY_USE", jwkengine.jws.sign(key.object, "x", { alg = "PS256" }))
+    local token_rs = assert(engine:sign("rsa", "x", { alg = "RS256" }))
+    assert.equals("x", (engine:verify("rsa", token_rs)))
+  end)
+
+  it("says ERR_UNSUPPORTED_ALG for an HMAC alg instead of raising", function()
+    refused("ERR_UNSUPPORTED_ALG", engine:sign("rsa", "x", { alg = "HS256" }))
+    refused("ERR_UNSUPPORTED_ALG", engine:sign_jwt("rsa", { sub = "a" }, { alg = "none" }))
+  end)
+
+  it("says ERR_TOKEN_NOT_FOUND when select_slot chooses nothing", function()
+    refused("ERR_TOKEN_NOT_FOUND", open_engine(token, nil, { select_slot = function() return nil end }))
+  end)
+
+  it("hands select_slot the settings without the PIN, and refuses what is not one of its slots", function()
+    local seen
+    local err = refused("ERR_INVALID_ARGUMENT", open_engine(token, nil, { select_slot = function(list, hsm)
+      seen = hsm
+      for _, slot in ipairs(list) do
+        if slot.label == token.label then return slot.id end
+      end
+    end }))
+    assert.matches("one of the slot tables", err, 1, true)
+    assert.is_nil(seen.pin)
+    assert.equals(token.label, seen.token_label)
+    local chosen = assert(open_engine(token, { HSM_MIN_RSA_BITS = "2048" }, { select_slot = function(list)
+      for _, slot in ipairs(list) do
+        if slot.label == token.label then return slot end
+      end
+    end }))
+    assert.equals("r", assert(chosen:key("rsa", "r")).kid)
+    chosen:close()
+  end)
+
+  it("answers ERR_CLOSED after close instead of raising", function()
+    local closed = assert(open_engine(token))
+    closed:close()
+    refused("ERR_CLOSED", closed:sign("rsa", "x"))
+    refused("ERR_CLOSED", closed:sign_jwt("rsa", { sub = "a" }))
+    refused("ERR_CLOSED", closed:key_set("rsa"))
+    refused("ERR_CLOSED", closed:key_set_json("rsa"))
+    refused("ERR_CLOSED", closed:verify("rsa", "a.b.c"))
+    refused("ERR_CLOSED", closed:generate("rsa", "ES256"))
+    closed:close() -- twice is harmless
+  end)
+end)

@@ -12,8 +12,8 @@ local helper = require "helpers.jose"
 
 local ALGORITHMS = helper.ALGORITHMS
 
--- The HSM set and key that signs each algorithm: one RSA key signs all six
--- RSA algorithms, each curve has its own set.
+-- The HSM set of each algorithm: the RSA key (RS256, the only alg it signs
+-- with) stands for the RSA family, each curve has its own set.
 local HSM_SETS = {
   { set = "interop.rsa", alg = "RS256", kid = "hsm-rsa" },
   { set = "interop.es256", alg = "ES256", kid = "hsm-es256" },
@@ -60,14 +60,17 @@ describe("JOSE interop", function()
     end
 
     for _, alg in ipairs(ALGORITHMS) do
-      -- HSM: the engine signs the claims jwt.encode_claims makes
+      -- HSM: the engine signs the claims jwt.encode_claims makes, with
+      -- each key's own alg (the only one a key signs with)
       local s = hsm_set_for(alg)
-      local claims = { sub = "hsm-" .. alg, aud = "interop" }
-      local payload = assert(jwt.encode_claims(claims, { now = now, lifetime = 300, issuer = "jwkengine" }))
-      local signed = assert(engine:sign(s.set, payload, { kid = s.kid, alg = alg, typ = "JWT" }))
-      local jwks = assert(engine:key_set(s.set))
-      ours[#ours + 1] = { source = "HSM", alg = alg, token = signed, payload = payload,
-        jwks = { keys = { for_alg(jwks.keys[1], alg) } } }
+      if s.alg == alg then
+        local claims = { sub = "hsm-" .. alg, aud = "interop" }
+        local payload = assert(jwt.encode_claims(claims, { now = now, lifetime = 300, issuer = "jwkengine" }))
+        local signed = assert(engine:sign(s.set, payload, { kid = s.kid, alg = alg, typ = "JWT" }))
+        local jwks = assert(engine:key_set(s.set))
+        ours[#ours + 1] = { source = "HSM", alg = alg, token = signed, payload = payload,
+          jwks = { keys = { for_alg(jwks.keys[1], alg) } } }
+      end
 
       -- software: jwt.sign with a key object
       local key = software[alg:match("^[RP]S") and "RSA" or alg]
@@ -86,8 +89,8 @@ describe("JOSE interop", function()
     helper.npm_cleanup()
   end)
 
-  it("signed a token for every algorithm with HSM and software keys", function()
-    assert.equals(2 * #ALGORITHMS, #ours)
+  it("signed a token for every algorithm with software keys, and for each HSM key's own alg", function()
+    assert.equals(#ALGORITHMS + #HSM_SETS, #ours)
   end)
 
   -- Our tokens, and one tampered token that must fail, as verify cases.

@@ -99,9 +99,17 @@ for _, backend in ipairs(stores.backends()) do
       assert.same({ "new", "old" }, { engine:key_set("rot").keys[1].kid, engine:key_set("rot").keys[2].kid })
       local _, header = assert(engine:verify("rot", assert(engine:sign("rot", "x"))))
       assert.equals("new", header.kid)
-      -- a public-only key newer than both does not sign
+      -- a public-only row newer than both (import refuses one; another
+      -- writer of the table may not) does not sign
       local pub = assert(core.generate_software_key("ES256")):public_jwk()
-      assert(engine:import("rot", pub, { kid = "public-only" }))
+      local _, _, import_code = engine:import("rot", pub, { kid = "public-only" })
+      assert.equals("ERR_KEY_NOT_PRIVATE", import_code)
+      pub.kid, pub.alg, pub.use = "public-only", "ES256", "sig"
+      local s = assert(store_module.open(dsn))
+      assert(s:insert("rot", "public-only", hydra_aead("seal", SECRET, cjson.encode(pub))))
+      s:close()
+      engine:refresh("rot")
+      assert.equals("public-only", engine:key_set("rot").keys[1].kid)
       _, header = assert(engine:verify("rot", assert(engine:sign("rot", "x"))))
       assert.equals("new", header.kid)
       engine:close()
@@ -427,7 +435,7 @@ engine:close()
     end)
 
     it("imports into software even with the HSM enabled, and the HSM side refuses imports", function()
-      local pub = assert(core.generate_software_key("ES256")):public_jwk()
+      local pub = assert(core.generate_software_key("ES256")):private_jwk()
       assert(engine:import("imported", pub, { kid = "imp" }))
       local s = assert(store_module.open(dsn))
       assert.equals(1, #assert(s:rows("imported")))

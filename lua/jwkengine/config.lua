@@ -1,6 +1,7 @@
 -- Configuration: defaults < config file < environment < the table given to
 -- jwkengine.open. The file is JSON or YAML with Hydra's `hsm:` block; the
 -- environment variables are Hydra's (HSM_ENABLED, HSM_LIBRARY, ...).
+local config_schema = require "jwkengine.config_schema"
 local util = require "jwkengine.util"
 
 local M = {}
@@ -85,8 +86,8 @@ local function coerce(kind, value)
   if kind == "boolean" then
     if type(value) == "boolean" then return value end
     local s = tostring(value):lower()
-    if s == "true" or s == "1" or s == "yes" then return true end
-    if s == "false" or s == "0" or s == "no" or s == "" then return false end
+    if s == "true" or s == "1" then return true end
+    if s == "false" or s == "0" or s == "" then return false end
     return nil
   elseif kind == "integer" then
     local n = tonumber(value)
@@ -119,7 +120,8 @@ local function apply_hsm(cfg, source, origin, names)
     if parsed == nil then
       local shown = key == "pin" and "a value" or describe(value)
       return util.fail("ERR_CONFIG", "%s: %s must be %s, got %s", origin, name,
-        kind == "integer" and "a non-negative integer" or ("a " .. kind), shown)
+        kind == "integer" and "a non-negative integer"
+        or kind == "boolean" and "true or false (or 1 or 0)" or ("a " .. kind), shown)
     end
     cfg.hsm[key] = parsed
   end
@@ -270,6 +272,20 @@ function M.apply_uri(hsm)
   return true
 end
 
+-- An empty PIN or PIN file name is a mistake (HSM_PIN= in a unit file), not
+-- "no PIN": caught here, so a host that checks the configuration before
+-- starting (nginx's master) refuses to start instead of retrying a login.
+local function check_pin_settings(hsm)
+  if not hsm.enabled then return true end
+  if hsm.pin == "" then
+    return util.fail("ERR_CONFIG", "HSM_PIN (hsm.pin) is set but empty")
+  end
+  if hsm.pin_file == "" then
+    return util.fail("ERR_CONFIG", "HSM_PIN_FILE (hsm.pin_file) is set but empty")
+  end
+  return true
+end
+
 local function split_secrets(text)
   local secrets = {}
   for secret in (text .. ","):gmatch("([^,]*),") do
@@ -289,12 +305,16 @@ function M.load(options)
     local env = options.environment
     getenv = function(name) return env[name] end
   end
+  local known, kerr, kcode = config_schema.check_options(options, hsm_schema, M.OPEN_OPTIONS)
+  if not known then return nil, kerr, kcode end
   local cfg = defaults()
 
   local path = options.config or getenv("JWKENGINE_CONFIG")
   if path and path ~= "" then
     local doc, err, code = decode_file(path)
     if not doc then return nil, err, code end
+    local known, kerr, kcode = config_schema.check_file(doc, "config file " .. path, hsm_schema)
+    if not known then return nil, kerr, kcode end
     local ok, aerr, acode = apply_document(cfg, doc, "config file " .. path)
     if not ok then return nil, aerr, acode end
   end
@@ -327,6 +347,8 @@ function M.load(options)
   ok, err, code = check_secrets(cfg.secrets.system, overrides.secrets and "options" or secrets_origin)
   if not ok then return nil, err, code end
   ok, err, code = M.apply_uri(cfg.hsm)
+  if not ok then return nil, err, code end
+  ok, err, code = check_pin_settings(cfg.hsm)
   if not ok then return nil, err, code end
   return cfg
 end

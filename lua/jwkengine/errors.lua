@@ -1,10 +1,36 @@
--- The stable error codes of the JOSE layer (jws, jwt, jwk), each with what
--- it means. Failures return `nil, message, code`: programs branch on the
+-- Every stable error code jwkengine returns, each with what it means (the
+-- one registry: spec/errors_spec.lua checks it against the code and the
+-- README). Failures return `nil, message, code`: programs branch on the
 -- code, people read the message. Codes never change meaning; new ones may
--- be added.
+-- be added. CKR_* names of PKCS#11 failures come on top of these.
 local M = {}
 
 M.codes = {
+  -- opening and configuration
+  ERR_CONFIG = "a setting is missing, unknown, mistyped or contradicts another; or the PKCS#11 module or PIN file it names cannot be used",
+  ERR_TOKEN_NOT_FOUND = "no slot holds the token the configuration names (or select_slot chose none)",
+  ERR_LOGIN_REFUSED = "jwkengine will not log in: the token's PIN flags (locked, final try, to be changed) or a PIN it refused before",
+  ERR_PKCS11_URI = "an RFC 7512 PKCS#11 URI is malformed or names what jwkengine cannot use",
+  ERR_INVALID_ARGUMENT = "an argument has an unusable value (use not sig/enc, an RSA size below the minimum, select_slot's answer)",
+  ERR_CLOSED = "the engine was closed",
+  -- key sets and keys
+  ERR_KEY_SET_NOT_FOUND = "no key set of that name (in the HSM or the software store)",
+  ERR_KEY_NOT_FOUND = "the set has no key with that kid",
+  ERR_KEY_EXISTS = "the set already has a key with that kid",
+  ERR_KEY_GENERATE = "the software key could not be generated",
+  ERR_KEY_IMPORT = "the input is not one usable key (PEM or JWK), or does not fit the alg given",
+  ERR_KEY_NOT_PRIVATE = "the key is public only: it cannot sign, and the store holds private keys",
+  ERR_KEY_USE = "the key cannot be used that way: an encryption key asked to sign, or an alg other than its own",
+  ERR_HSM_IMPORT_UNSUPPORTED = "the HSM does not accept keys from outside: import and update go to the software store",
+  -- the software store
+  ERR_STORE = "the store's database failed (connection, migration, query)",
+  ERR_KEY_DECRYPT = "a stored key cannot be opened with any of the secrets, or is not a key once opened",
+  ERR_KEY_ENCRYPT = "a key cannot be sealed for the store",
+  -- nginx integration
+  ERR_OPEN = "opening the engine in an nginx worker raised",
+  ERR_STARTUP = "startup generation in an nginx worker raised",
+  ERR_STARTUP_LOCK = "the startup lock (a lua_shared_dict) could not be taken",
+  ERR_THREAD = "an nginx worker thread failed to run the signing call",
   -- JWS structure and policy
   ERR_JWS_INVALID = "the token is not a well-formed compact JWS (segments, base64url, header JSON, member types)",
   ERR_JWS_TOO_LARGE = "the token or its header is over the size limit; rejected before decoding",
@@ -36,7 +62,7 @@ M.codes = {
 }
 
 -- The meaning of a code, or nil for codes this module does not define
--- (CKR_* names and the engine's own codes pass through unchanged).
+-- (the CKR_* names of PKCS#11 failures).
 function M.describe(code)
   return M.codes[code]
 end

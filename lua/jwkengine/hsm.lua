@@ -7,6 +7,7 @@
 local core = require "jwkengine.core"
 local jwk_module = require "jwkengine.jwk"
 local keyset = require "jwkengine.keyset"
+local key_rules = require "jwkengine.key_rules"
 local slots = require "jwkengine.slots"
 local util = require "jwkengine.util"
 
@@ -39,9 +40,8 @@ function M.open(hsm_config, options)
   end
   local list, err, code = core.slots(hsm_config.library)
   if not list then return nil, err, code end
-  local select_slot = options.select_slot or slots.select
   local slot
-  slot, err, code = select_slot(list, hsm_config)
+  slot, err, code = slots.choose(list, hsm_config, options.select_slot)
   if not slot then return nil, err, code end
 
   local token
@@ -164,9 +164,8 @@ function Manager:generate(set, alg, options)
       tostring(alg))
   end
   local use = options.use or "sig"
-  if use ~= "sig" and use ~= "enc" then
-    return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got '%s'", tostring(use))
-  end
+  local usable, uerr, ucode = key_rules.check_use(alg, use)
+  if not usable then return nil, uerr, ucode end
   -- a key the engine would then refuse to load is never made
   if alg == "RS256" and options.rsa_bits and options.rsa_bits < self.min_rsa_bits then
     return util.fail("ERR_INVALID_ARGUMENT", "an RSA key of %d bits is below hsm.min_rsa_bits (%d)",

@@ -255,9 +255,15 @@ function Engine:verify(set, token, options)
   return jws.verify(token, candidates, { algorithms = options.algorithms, min_rsa_bits = options.min_rsa_bits })
 end
 
+-- What every call on a closed engine answers: a clear error rather than
+-- "attempt to index a nil value".
+local CLOSED_KEYS = setmetatable({}, { __index = function()
+  return function() return util.fail("ERR_CLOSED", "the engine is closed") end
+end })
+
 function Engine:close()
-  if self.keys then self.keys:close() end
-  self.keys = nil
+  if self.keys ~= CLOSED_KEYS then self.keys:close() end
+  self.keys = CLOSED_KEYS
 end
 
 return M

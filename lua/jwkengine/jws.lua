@@ -17,6 +17,7 @@
 local core = require "jwkengine.core"
 local cjson = require("cjson.safe").new()
 local jwk = require "jwkengine.jwk"
+local key_rules = require "jwkengine.key_rules"
 local util = require "jwkengine.util"
 
 local M = {}
@@ -350,6 +351,12 @@ function M.sign(key, payload, options)
   if type(key) ~= "userdata" or not key.sign_compact then error("key must be a key object", 2) end
   options = options or {}
   local alg = options.alg or M.implied_alg(key)
+  if key.alg then
+    -- an HSM key has an alg of its own and signs with nothing else
+    local err, code
+    alg, err, code = key_rules.signing_alg(key:alg(), options.alg, key:kid())
+    if not alg then return nil, err, code end
+  end
   if not alg or not core.alg_info(alg) then
     return util.fail("ERR_UNSUPPORTED_ALG", "cannot sign with algorithm '%s'", tostring(alg))
   end

@@ -7,6 +7,7 @@
 -- Everything the signing path needs is computed once per load, so signing a
 -- token costs one table lookup and one C call on top of the signature.
 local jws = require "jwkengine.jws"
+local key_rules = require "jwkengine.key_rules"
 local util = require "jwkengine.util"
 
 local M = {}
@@ -71,7 +72,8 @@ function M.sign(entry, set, payload, options, where)
   if options then kid, alg, typ = options.kid, options.alg, options.typ end
   local key, err, code = M.signing_key(entry, set, kid, where)
   if not key then return nil, err, code end
-  alg = alg or key.alg
+  alg, err, code = key_rules.signing_alg(key.alg, alg, key.kid)
+  if not alg then return nil, err, code end
   -- headers[key][alg][typ]: nested tables, no string building per call
   local by_key = entry.headers[key]
   if not by_key then by_key = {}; entry.headers[key] = by_key end

@@ -56,4 +56,32 @@ function M.select(slots, hsm)
     describe_tokens(slots))
 end
 
+-- The hsm settings a select_slot policy sees: everything but the PIN (a
+-- script's policy has no need of it, and could log it).
+local function without_pin(hsm)
+  local copy = {}
+  for key, value in pairs(hsm) do copy[key] = value end
+  copy.pin = nil
+  if copy.uri then copy.uri = require("jwkengine.pkcs11_uri").redact(copy.uri) end
+  return copy
+end
+
+-- Runs the slot policy (a caller's select_slot, else M.select) and checks
+-- that what it chose is one of the slot tables it was given.
+function M.choose(slot_list, hsm, select_slot)
+  if not select_slot then return M.select(slot_list, hsm) end
+  local slot, err, code = select_slot(slot_list, without_pin(hsm))
+  if slot == nil then
+    if err == nil then
+      return util.fail("ERR_TOKEN_NOT_FOUND", "select_slot chose no slot (and gave no reason)")
+    end
+    return nil, err, code or "ERR_TOKEN_NOT_FOUND"
+  end
+  for _, candidate in ipairs(slot_list) do
+    if candidate == slot then return slot end
+  end
+  return util.fail("ERR_INVALID_ARGUMENT",
+    "select_slot must return one of the slot tables it was given, got %s %s", type(slot), tostring(slot))
+end
+
 return M

@@ -9,6 +9,7 @@ local core = require "jwkengine.core"
 local cjson = require "cjson.safe"
 local jwk_module = require "jwkengine.jwk"
 local keyset = require "jwkengine.keyset"
+local key_rules = require "jwkengine.key_rules"
 local util = require "jwkengine.util"
 
 local M = {}
@@ -92,13 +93,6 @@ function Manager:load(set, refresh)
   return entry
 end
 
-local function check_use(use)
-  if use ~= "sig" and use ~= "enc" then
-    return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got '%s'", tostring(use))
-  end
-  return true
-end
-
 -- How store_key writes a sealed key: a new row, a replaced row, or a new
 -- row only while the set is still empty (startup generation, which several
 -- processes may race for: the transaction holds the store's write lock).
@@ -144,11 +138,8 @@ function Manager:generate(set, alg, options)
     return util.fail("ERR_UNSUPPORTED_ALG", "cannot generate keys for algorithm '%s'", tostring(alg))
   end
   local use = options.use or "sig"
-  local ok, err, code = check_use(use)
+  local ok, err, code = key_rules.check_use(alg, use)
   if not ok then return nil, err, code end
-  if use == "enc" and alg:sub(1, 1) ~= "R" and alg:sub(1, 1) ~= "P" then
-    return util.fail("ERR_INVALID_ARGUMENT", "%s keys can only sign: use must be 'sig'", alg)
-  end
   local key
   key, err = core.generate_software_key(alg, { bits = options.rsa_bits })
   if not key then return util.fail("ERR_KEY_GENERATE", "%s", err) end
@@ -209,12 +200,14 @@ function Manager:import(set, input, options)
     key, err = core.import_jwk(jwk)
   end
   if not key then return util.fail("ERR_KEY_IMPORT", "cannot import key: %s", err) end
+  local private, perr, pcode = key_rules.check_private(key)
+  if not private then return nil, perr, pcode end
   local alg = options.alg or jwk.alg or implied_alg(key:public_jwk())
   if not alg then return util.fail("ERR_KEY_IMPORT", "cannot tell the key's algorithm: pass alg") end
   local fits, ferr = key:fits(alg)
   if not fits then return util.fail("ERR_KEY_IMPORT", "cannot import key: %s", ferr) end
   local use = options.use or jwk.use or "sig"
-  local ok, uerr, ucode = check_use(use)
+  local ok, uerr, ucode = key_rules.check_use(alg, use)
   if not ok then return nil, uerr, ucode end
   local kid = options.kid or jwk.kid or core.uuid()
   return self:store_key(set, key, kid, alg, use, options.replace and "replace" or "insert")

@@ -1,0 +1,46 @@
+-- The rules every key path shares (HSM and software; generate, import,
+-- sign, sign_jwt, jws.sign), each decided here once, so a key is never made,
+-- stored or used in a way another path would then refuse.
+local core = require "jwkengine.core"
+local util = require "jwkengine.util"
+
+local M = {}
+
+-- A key signs only with its own alg: a token signed with another one (PS256
+-- by an RS256 key) would be refused by the engine's own verify, which
+-- allows a key only its alg. `requested` nil means the key's own.
+function M.signing_alg(own_alg, requested, kid)
+  if requested == nil or requested == own_alg then return own_alg end
+  if type(requested) ~= "string" then error("options.alg must be a string", 3) end
+  if not core.alg_info(requested) then
+    return util.fail("ERR_UNSUPPORTED_ALG",
+      "cannot sign with algorithm '%s' (jwkengine signs with RS*, PS*, ES* and EdDSA)", requested)
+  end
+  return util.fail("ERR_KEY_USE", "key '%s' is for alg %s and does not sign with %s",
+    tostring(kid), tostring(own_alg), requested)
+end
+
+-- `use` is sig or enc, and only RSA keys can encrypt: an EC or Ed25519 key
+-- marked enc would be stored, published and never usable.
+function M.check_use(alg, use)
+  if use ~= "sig" and use ~= "enc" then
+    return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got '%s'", tostring(use))
+  end
+  local info = core.alg_info(alg)
+  if use == "enc" and not (info and info.kty == "RSA") then
+    return util.fail("ERR_INVALID_ARGUMENT", "%s keys can only sign: use must be 'sig'", tostring(alg))
+  end
+  return true
+end
+
+-- Rows hold private JWKs (Hydra's format): a public key alone could never
+-- sign and would fail only later, as ERR_NO_SIGNING_KEY.
+function M.check_private(key)
+  if not key:is_private() then
+    return util.fail("ERR_KEY_NOT_PRIVATE",
+      "the key is public only: the store holds private keys (a PEM private key, or a JWK with 'd')")
+  end
+  return true
+end
+
+return M
