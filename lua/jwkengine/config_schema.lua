@@ -17,7 +17,7 @@ local SECTIONS = {
   startup_sets = true,
   dsn = true,
   secrets = { system = true },
-  store = { cache_ttl = true },
+  store = { cache_ttl = true, network_id = true },
 }
 
 -- The top-level sections of Ory Hydra's config file (v1.x and v2.x) that
