@@ -379,6 +379,50 @@ int jwke_json_check(const char *text, size_t len, int require_object, int max_de
     return rc;
 }
 
+int jwke_json_members(const char *text, size_t len, jwke_json_member_fn visit, void *ctx,
+                      jwke_error *err)
+{
+    if (jwke_json_check(text, len, 1, 0, err) != 0)
+        return -1;
+    json_parser j = {0};
+    j.start = j.p = (const unsigned char *)text;
+    j.end = j.start + len;
+    j.max_depth = JWKE_JSON_DEFAULT_DEPTH;
+    j.err = err;
+    j.arena = malloc(len); /* names only: values are never copied */
+    if (!j.arena)
+        return jwke_fail(err, "out of memory reading JSON");
+    int rc = 0;
+    skip_ws(&j);
+    j.p++; /* '{': checked above */
+    for (;;) {
+        skip_ws(&j);
+        if (*j.p == '}')
+            break;
+        const unsigned char *member = j.p;
+        name_ref name;
+        j.arena_used = 0;
+        if ((rc = parse_string(&j, &name)) != 0)
+            break;
+        skip_ws(&j);
+        j.p++; /* ':' */
+        skip_ws(&j);
+        const unsigned char *value = j.p;
+        if ((rc = parse_value(&j, 1)) != 0)
+            break;
+        rc = visit(ctx, (const char *)name.ptr, name.len, (const char *)member,
+                   (size_t)(j.p - member), (const char *)value, (size_t)(j.p - value), err);
+        if (rc != 0)
+            break;
+        skip_ws(&j);
+        if (*j.p == ',')
+            j.p++;
+    }
+    free(j.arena);
+    free(j.names);
+    return rc;
+}
+
 /* ---- compact JWS -------------------------------------------------------- */
 
 static int is_b64url(unsigned char c)

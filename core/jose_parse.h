@@ -30,6 +30,17 @@
 int jwke_json_check(const char *text, size_t len, int require_object, int max_depth,
                     jwke_error *err);
 
+/* Called for each member of a top-level object: the unescaped name, the
+ * member as written ("name": value) and the value as written. */
+typedef int (*jwke_json_member_fn)(void *ctx, const char *name, size_t name_len,
+                                   const char *member, size_t member_len, const char *value,
+                                   size_t value_len, jwke_error *err);
+
+/* jwke_json_check (an object, default depth), then visit for each member in
+ * order; stops at the first non-zero return. Copies no value. */
+int jwke_json_members(const char *text, size_t len, jwke_json_member_fn visit, void *ctx,
+                      jwke_error *err);
+
 /* Size limits for a compact JWS; 0 means "no limit". */
 typedef struct jwke_jws_limits {
     size_t max_token;  /* whole token, in characters */

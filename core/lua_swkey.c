@@ -14,12 +14,11 @@
 #include "evp_sig.h"
 #include "lua_common.h"
 #include "pkey.h"
+#include "sealed_key.h"
 #include "swkey.h"
 
 /* The minimum RSA size a software key may sign with. */
 #define SIGN_MIN_RSA_BITS 2048
-/* Largest decoded JWK member: a 16384-bit modulus. */
-#define MAX_MEMBER_LEN 2048
 
 typedef struct swkey_object {
     jwke_swkey key; /* pkey NULL until filled in */
@@ -75,23 +74,6 @@ static int l_generate(lua_State *L)
 
 /* ---- JWK tables ----------------------------------------------------- */
 
-static const struct {
-    const char *name;
-    size_t offset;
-} binary_members[] = {
-    {"n", offsetof(jwke_jwk_members, n)},   {"e", offsetof(jwke_jwk_members, e)},
-    {"d", offsetof(jwke_jwk_members, d)},   {"p", offsetof(jwke_jwk_members, p)},
-    {"q", offsetof(jwke_jwk_members, q)},   {"dp", offsetof(jwke_jwk_members, dp)},
-    {"dq", offsetof(jwke_jwk_members, dq)}, {"qi", offsetof(jwke_jwk_members, qi)},
-    {"x", offsetof(jwke_jwk_members, x)},   {"y", offsetof(jwke_jwk_members, y)},
-};
-#define N_BINARY_MEMBERS (sizeof binary_members / sizeof binary_members[0])
-
-static jwke_bytes *member_at(jwke_jwk_members *m, size_t i)
-{
-    return (jwke_bytes *)((char *)m + binary_members[i].offset);
-}
-
 /* A string member (kty, crv) or NULL when absent. The string stays valid
  * while the table holds it. */
 static int text_member(lua_State *L, int jwk, const char *name, const char **out,
@@ -118,8 +100,8 @@ static int read_members(lua_State *L, int jwk, jwke_jwk_members *m, jwke_error *
     lua_pop(L, 1);
     if (has_oth)
         return jwke_fail(err, "multi-prime RSA keys (JWK member 'oth') are not supported");
-    for (size_t i = 0; i < N_BINARY_MEMBERS; i++) {
-        const char *name = binary_members[i].name;
+    for (size_t i = 0; i < JWKE_JWK_BINARY_MEMBERS; i++) {
+        const char *name = jwke_jwk_binary_members[i];
         lua_getfield(L, jwk, name);
         int type = lua_type(L, -1);
         if (type == LUA_TNIL) {
@@ -133,27 +115,10 @@ static int read_members(lua_State *L, int jwk, jwke_jwk_members *m, jwke_error *
         }
         size_t len;
         const char *text = lua_tolstring(L, -1, &len);
-        size_t max = jwke_b64url_decoded_max(len);
-        if (max > MAX_MEMBER_LEN) {
-            lua_pop(L, 1);
-            return jwke_fail(err, "JWK member '%s' is too long", name);
-        }
-        jwke_bytes *b = member_at(m, i);
-        b->data = OPENSSL_malloc(max ? max : 1); /* wiped by jwke_jwk_members_clear */
-        if (!b->data) {
-            lua_pop(L, 1);
-            return jwke_fail(err, "out of memory reading JWK member '%s'", name);
-        }
-        b->len = max; /* so a failure below still wipes the whole buffer */
-        const char *why;
-        long n = jwke_b64url_decode(text, len, b->data, JWKE_B64_NOPAD, &why);
+        int rc = jwke_jwk_member_decode(name, text, len, jwke_jwk_member_at(m, i), err);
         lua_pop(L, 1);
-        if (n < 0)
-            return jwke_fail(err, "JWK member '%s' is not valid base64url: %s", name, why);
-        if (n == 0)
-            return jwke_fail(err, "JWK member '%s' is empty", name);
-        OPENSSL_cleanse(b->data + n, max - (size_t)n);
-        b->len = (size_t)n;
+        if (rc != 0)
+            return -1;
     }
     return 0;
 }
@@ -202,23 +167,52 @@ static int l_aes_gcm_seal(lua_State *L)
     return 1;
 }
 
-/* aes_gcm_open({secret, ...}, text) -> plaintext, index | nil, err */
-static int l_aes_gcm_open(lua_State *L)
+#define MAX_SECRETS 64
+
+/* The list of secrets at arg (strings the table keeps alive); the count. */
+static size_t check_secrets(lua_State *L, int arg, jwke_secret secrets[MAX_SECRETS])
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    size_t text_len;
-    const char *text = luaL_checklstring(L, 2, &text_len);
-    size_t count = (size_t)lua_rawlen(L, 1);
-    luaL_argcheck(L, count <= 64, 1, "at most 64 secrets");
-    jwke_secret secrets[64];
+    luaL_checktype(L, arg, LUA_TTABLE);
+    size_t count = (size_t)lua_rawlen(L, arg);
+    luaL_argcheck(L, count <= MAX_SECRETS, arg, "at most 64 secrets");
     for (size_t i = 0; i < count; i++) {
-        lua_rawgeti(L, 1, (lua_Integer)i + 1);
+        lua_rawgeti(L, arg, (lua_Integer)i + 1);
         if (lua_type(L, -1) != LUA_TSTRING)
-            return luaL_argerror(L, 1, "secrets must be strings");
-        /* The table keeps each string alive while we use it. */
+            luaL_argerror(L, arg, "secrets must be strings");
         secrets[i].data = (const unsigned char *)lua_tolstring(L, -1, &secrets[i].len);
         lua_pop(L, 1);
     }
+    return count;
+}
+
+/* open_sealed_key({secret, ...}, text) -> key, public_json | nil, err:
+ * decrypts a store row and imports its key in C (sealed_key.h), so the
+ * private members never become Lua strings. */
+static int l_open_sealed_key(lua_State *L)
+{
+    jwke_secret secrets[MAX_SECRETS];
+    size_t count = check_secrets(L, 1, secrets);
+    size_t text_len;
+    const char *text = luaL_checklstring(L, 2, &text_len);
+    swkey_object *k = new_key(L);
+    char *public_json;
+    size_t public_len;
+    jwke_error err;
+    if (jwke_sealed_key_open(secrets, count, text, text_len, &k->key, &public_json, &public_len,
+                             &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, public_json, public_len);
+    free(public_json);
+    return 2;
+}
+
+/* aes_gcm_open({secret, ...}, text) -> plaintext, index | nil, err */
+static int l_aes_gcm_open(lua_State *L)
+{
+    jwke_secret secrets[MAX_SECRETS];
+    size_t count = check_secrets(L, 1, secrets);
+    size_t text_len;
+    const char *text = luaL_checklstring(L, 2, &text_len);
     unsigned char *plaintext;
     size_t plaintext_len, used;
     jwke_error err;
@@ -295,12 +289,12 @@ static int l_private_jwk(lua_State *L)
         lua_pushstring(L, m.crv);
         lua_setfield(L, -2, "crv");
     }
-    for (size_t i = 0; i < N_BINARY_MEMBERS; i++) {
-        const jwke_bytes *b = member_at(&m, i);
+    for (size_t i = 0; i < JWKE_JWK_BINARY_MEMBERS; i++) {
+        const jwke_bytes *b = jwke_jwk_member_at(&m, i);
         if (!b->data)
             continue;
         jwke_push_b64url(L, b->data, b->len);
-        lua_setfield(L, -2, binary_members[i].name);
+        lua_setfield(L, -2, jwke_jwk_binary_members[i]);
     }
     jwke_jwk_members_clear(&m);
     return 1;
@@ -413,6 +407,7 @@ static const luaL_Reg functions[] = {
     {"import_pem", l_import_pem},
     {"aes_gcm_seal", l_aes_gcm_seal},
     {"aes_gcm_open", l_aes_gcm_open},
+    {"open_sealed_key", l_open_sealed_key},
     {NULL, NULL},
 };
 

@@ -162,6 +162,44 @@ static int l_login_file(lua_State *L)
     return 1;
 }
 
+/* token:login_env(name) -> true | nil, err: the PIN goes from the
+ * environment to locked memory, never through Lua; the variable is erased
+ * (jwke_pin_from_env). */
+static int l_login_env(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    jwke_error err;
+    if (jwke_p11_login_from(t->token, jwke_pin_from_env, name, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* token:login_uri(uri) -> true | nil, err: the pin-value of a PKCS#11 URI,
+ * percent-decoded straight into locked memory. */
+static int l_login_uri(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    const char *uri = luaL_checkstring(L, 2);
+    jwke_error err;
+    if (jwke_p11_login_from(t->token, jwke_pin_from_uri, uri, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* env_is_set(name) -> set, set_but_empty: without copying the value into
+ * Lua (an empty value is a configuration mistake worth naming) */
+static int l_env_is_set(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    const char *value = getenv(name);
+    lua_pushboolean(L, jwke_env_is_set(name));
+    lua_pushboolean(L, value != NULL && *value == '\0');
+    return 2;
+}
+
 /* token:stats() -> { recoveries = {session=, login=, object=, reinit=}, ... } */
 static int l_stats(lua_State *L)
 {
@@ -437,6 +475,8 @@ static int l_key_gc(lua_State *L)
 static const luaL_Reg token_methods[] = {
     {"login", l_login},
     {"login_file", l_login_file},
+    {"login_env", l_login_env},
+    {"login_uri", l_login_uri},
     {"stats", l_stats},
     {"events", l_events},
     {"load_set", l_load_set},
@@ -477,4 +517,6 @@ void jwke_open_token(lua_State *L)
     lua_setfield(L, -2, "slots");
     lua_pushcfunction(L, l_open_token);
     lua_setfield(L, -2, "open_token");
+    lua_pushcfunction(L, l_env_is_set);
+    lua_setfield(L, -2, "env_is_set");
 }

@@ -249,18 +249,42 @@ static int store_pin_and_login(jwke_p11_token *t, jwke_error *err)
     return rc;
 }
 
-int jwke_p11_login(jwke_p11_token *t, const char *pin, size_t pin_len, jwke_error *err)
+int jwke_p11_login_from(jwke_p11_token *t, jwke_pin_fill fill, const void *ctx, jwke_error *err)
 {
-    if (pin_len == 0 || pin_len >= MAX_PIN_LEN)
-        return jwke_fail_code(err, "ERR_CONFIG", "C_Login: the PIN must be 1 to %d bytes long", MAX_PIN_LEN - 1);
     pin_free(t);
     t->pin_refused = 0; /* a PIN given anew gets one try */
     t->pin = pin_alloc();
     if (!t->pin)
         return jwke_fail(err, "out of memory storing the PIN");
-    memcpy(t->pin, pin, pin_len);
-    t->pin_len = pin_len;
+    size_t n = 0;
+    if (fill(ctx, t->pin, MAX_PIN_LEN, &n, err) != 0) { /* each filler checks 1 <= n < cap */
+        pin_free(t);
+        return -1;
+    }
+    t->pin_len = n;
     return store_pin_and_login(t, err);
+}
+
+typedef struct pin_bytes {
+    const char *pin;
+    size_t len;
+} pin_bytes;
+
+static int pin_from_bytes(const void *ctx, unsigned char *buf, size_t cap, size_t *len,
+                          jwke_error *err)
+{
+    const pin_bytes *given = ctx;
+    if (given->len == 0 || given->len >= cap)
+        return jwke_fail_code(err, "ERR_CONFIG", "C_Login: the PIN must be 1 to %zu bytes long", cap - 1);
+    memcpy(buf, given->pin, given->len);
+    *len = given->len;
+    return 0;
+}
+
+int jwke_p11_login(jwke_p11_token *t, const char *pin, size_t pin_len, jwke_error *err)
+{
+    pin_bytes given = {pin, pin_len};
+    return jwke_p11_login_from(t, pin_from_bytes, &given, err);
 }
 
 int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)

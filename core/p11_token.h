@@ -34,6 +34,7 @@
 #include "alg.h"
 #include "error.h"
 #include "p11_module.h"
+#include "pin_source.h"
 
 #define JWKE_MAX_ID_LEN 128
 #define JWKE_POOL_LIMIT 64
@@ -117,6 +118,11 @@ void jwke_p11_token_close(jwke_p11_token *token);
 
 /* CKU_USER login with a PIN (copied into locked memory for re-login). */
 int jwke_p11_login(jwke_p11_token *token, const char *pin, size_t pin_len, jwke_error *err);
+
+/* The same with the PIN written by fill straight into the locked buffer
+ * (see pin_source.h), so it never needs a copy elsewhere. */
+int jwke_p11_login_from(jwke_p11_token *token, jwke_pin_fill fill, const void *ctx,
+                        jwke_error *err);
 
 /* The same with the PIN read from a file (one line; a trailing newline is
  * dropped). The PIN never passes through Lua. */

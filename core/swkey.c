@@ -11,6 +11,7 @@
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 
+#include "b64url.h"
 #include "evp_sig.h"
 #include "pkey.h"
 
@@ -101,14 +102,53 @@ void jwke_swkey_free(jwke_swkey *key)
     key->is_private = 0;
 }
 
+const char *const jwke_jwk_binary_members[JWKE_JWK_BINARY_MEMBERS] = {
+    "n", "e", "d", "p", "q", "dp", "dq", "qi", "x", "y"};
+
+jwke_bytes *jwke_jwk_member_at(jwke_jwk_members *m, size_t index)
+{
+    jwke_bytes *all[JWKE_JWK_BINARY_MEMBERS] = {&m->n, &m->e, &m->d,  &m->p, &m->q,
+                                                &m->dp, &m->dq, &m->qi, &m->x, &m->y};
+    return index < JWKE_JWK_BINARY_MEMBERS ? all[index] : NULL;
+}
+
+int jwke_jwk_member_is_private(const char *name, size_t len)
+{
+    static const char *const private_members[] = {"d", "p", "q", "dp", "dq", "qi"};
+    for (size_t i = 0; i < sizeof private_members / sizeof private_members[0]; i++)
+        if (strlen(private_members[i]) == len && memcmp(private_members[i], name, len) == 0)
+            return 1;
+    return 0;
+}
+
+int jwke_jwk_member_decode(const char *name, const char *text, size_t len, jwke_bytes *out,
+                           jwke_error *err)
+{
+    size_t max = jwke_b64url_decoded_max(len);
+    if (max > JWKE_JWK_MEMBER_MAX)
+        return jwke_fail(err, "JWK member '%s' is too long", name);
+    out->data = OPENSSL_malloc(max ? max : 1); /* wiped by jwke_jwk_members_clear */
+    if (!out->data)
+        return jwke_fail(err, "out of memory reading JWK member '%s'", name);
+    out->len = max; /* so a failure below still wipes the whole buffer */
+    const char *why;
+    long n = jwke_b64url_decode(text, len, out->data, JWKE_B64_NOPAD, &why);
+    if (n < 0)
+        return jwke_fail(err, "JWK member '%s' is not valid base64url: %s", name, why);
+    if (n == 0)
+        return jwke_fail(err, "JWK member '%s' is empty", name);
+    OPENSSL_cleanse(out->data + n, max - (size_t)n);
+    out->len = (size_t)n;
+    return 0;
+}
+
 void jwke_jwk_members_clear(jwke_jwk_members *m)
 {
-    jwke_bytes *all[] = {&m->n, &m->e, &m->d, &m->p, &m->q, &m->dp, &m->dq, &m->qi,
-                         &m->x, &m->y};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        OPENSSL_clear_free(all[i]->data, all[i]->len);
-        all[i]->data = NULL;
-        all[i]->len = 0;
+    for (size_t i = 0; i < JWKE_JWK_BINARY_MEMBERS; i++) {
+        jwke_bytes *b = jwke_jwk_member_at(m, i);
+        OPENSSL_clear_free(b->data, b->len);
+        b->data = NULL;
+        b->len = 0;
     }
 }
 

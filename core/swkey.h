@@ -42,6 +42,24 @@ typedef struct jwke_jwk_members {
 
 void jwke_jwk_members_clear(jwke_jwk_members *m);
 
+/* Largest decoded JWK member: a 16384-bit modulus. */
+#define JWKE_JWK_MEMBER_MAX 2048
+
+/* The base64url members of jwke_jwk_members, by name, in one order. */
+#define JWKE_JWK_BINARY_MEMBERS 10
+extern const char *const jwke_jwk_binary_members[JWKE_JWK_BINARY_MEMBERS];
+jwke_bytes *jwke_jwk_member_at(jwke_jwk_members *m, size_t index);
+
+/* 1 when the member named (len bytes) is private key material (d, p, q,
+ * dp, dq, qi), which must never leave C as text. */
+int jwke_jwk_member_is_private(const char *name, size_t len);
+
+/* Decodes one base64url member (no padding) into out, checked against
+ * JWKE_JWK_MEMBER_MAX; out is wiped by jwke_jwk_members_clear even when
+ * this fails part-way. */
+int jwke_jwk_member_decode(const char *name, const char *text, size_t len, jwke_bytes *out,
+                           jwke_error *err);
+
 /* A fresh key for alg: RSA (rsa_bits, 0 for the default; e = 65537), the
  * curve of an ES* algorithm, or Ed25519 for EdDSA. */
 int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke_error *err);

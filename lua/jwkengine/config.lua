@@ -2,6 +2,7 @@
 -- jwkengine.open. The file is JSON or YAML with Hydra's `hsm:` block; the
 -- environment variables are Hydra's (HSM_ENABLED, HSM_LIBRARY, ...).
 local config_schema = require "jwkengine.config_schema"
+local core = require "jwkengine.core"
 local util = require "jwkengine.util"
 
 local M = {}
@@ -254,7 +255,7 @@ local URI_KEYS = { "token_label", "token_serial", "token_manufacturer", "token_m
 function M.apply_uri(hsm)
   if not hsm.uri or hsm.uri == "" then return true end
   local pkcs11_uri = require "jwkengine.pkcs11_uri"
-  local parsed, err, code = pkcs11_uri.parse(hsm.uri)
+  local parsed, err, code = pkcs11_uri.parse(hsm.uri, { pin_stays_encoded = true })
   if not parsed then return nil, err, code end
   local named
   named, err, code = pkcs11_uri.to_hsm_config(parsed)
@@ -262,11 +263,16 @@ function M.apply_uri(hsm)
   for _, key in ipairs(URI_KEYS) do
     if named[key] ~= nil then
       local explicit = hsm[key]
+      if key == "pin" then explicit = explicit or hsm.pin_env end
       if explicit ~= nil then
         return util.fail("ERR_CONFIG", "hsm.uri and hsm.%s both set the %s: use one of them", key,
           key == "pin" and "PIN" or key:gsub("_", " "))
       end
-      hsm[key] = named[key]
+      if key == "pin" then
+        hsm.pin_in_uri = true -- the token reads it from the URI in C (token:login_uri)
+      else
+        hsm[key] = named[key]
+      end
     end
   end
   return true
@@ -284,6 +290,20 @@ local function check_pin_settings(hsm)
     return util.fail("ERR_CONFIG", "HSM_PIN_FILE (hsm.pin_file) is set but empty")
   end
   return true
+end
+
+-- Why the PIN settings cannot be used, or nil: exactly one of hsm.pin,
+-- HSM_PIN, HSM_PIN_FILE (hsm.pin_file) and the URI's pin-value is needed.
+function M.pin_problem(hsm)
+  local given = 0
+  for _, key in ipairs({ "pin", "pin_env", "pin_file", "pin_in_uri" }) do
+    if hsm[key] then given = given + 1 end
+  end
+  if given > 1 then
+    return "set either HSM_PIN (hsm.pin) or HSM_PIN_FILE (hsm.pin_file), not both"
+  elseif given == 0 then
+    return "the HSM is enabled but neither HSM_PIN nor HSM_PIN_FILE is set"
+  end
 end
 
 local function split_secrets(text)
@@ -321,7 +341,9 @@ function M.load(options)
 
   local from_env, names = {}, {}
   for variable, key in pairs(hsm_environment) do
-    local value = getenv(variable)
+    -- the process's own HSM_PIN is never read into Lua: the token takes it
+    -- in C, into locked memory, and erases it (token:login_env)
+    local value = (key ~= "pin" or options.environment) and getenv(variable) or nil
     if value ~= nil then
       from_env[key] = value
       names[key] = variable
@@ -329,6 +351,15 @@ function M.load(options)
   end
   local ok, err, code = apply_hsm(cfg, from_env, "environment", names)
   if not ok then return nil, err, code end
+  if not options.environment then
+    local set, empty = core.env_is_set("HSM_PIN")
+    if set then
+      cfg.hsm.pin = nil -- the environment overrides the file
+      cfg.hsm.pin_env = "HSM_PIN"
+    elseif empty then
+      cfg.hsm.pin = "" -- HSM_PIN= is a mistake check_pin_settings names
+    end
+  end
   local dsn = getenv("DSN")
   if dsn and dsn ~= "" then cfg.dsn = dsn end
   local secrets_origin = "secrets.system"
@@ -344,6 +375,7 @@ function M.load(options)
   end
   ok, err, code = apply_document(cfg, overrides, "options")
   if not ok then return nil, err, code end
+  if type(overrides.hsm) == "table" and overrides.hsm.pin ~= nil then cfg.hsm.pin_env = nil end
   ok, err, code = check_secrets(cfg.secrets.system, overrides.secrets and "options" or secrets_origin)
   if not ok then return nil, err, code end
   ok, err, code = M.apply_uri(cfg.hsm)

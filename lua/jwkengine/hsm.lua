@@ -4,6 +4,7 @@
 -- pair; the prefix never shows outside this file. Loaded sets are cached with
 -- their key objects (object handles and public keys), so signing never
 -- searches the token; generate and delete refresh the set they touch.
+local config = require "jwkengine.config"
 local core = require "jwkengine.core"
 local jwk_module = require "jwkengine.jwk"
 local keyset = require "jwkengine.keyset"
@@ -29,12 +30,8 @@ function M.open(hsm_config, options)
   if not hsm_config.library or hsm_config.library == "" then
     return util.fail("ERR_CONFIG", "the HSM is enabled but HSM_LIBRARY (hsm.library) is not set")
   end
-  if hsm_config.pin and hsm_config.pin_file then
-    return util.fail("ERR_CONFIG", "set either HSM_PIN (hsm.pin) or HSM_PIN_FILE (hsm.pin_file), not both")
-  end
-  if not hsm_config.pin and not hsm_config.pin_file then
-    return util.fail("ERR_CONFIG", "the HSM is enabled but neither HSM_PIN nor HSM_PIN_FILE is set")
-  end
+  local pin_problem = config.pin_problem(hsm_config)
+  if pin_problem then return util.fail("ERR_CONFIG", "%s", pin_problem) end
   if hsm_config.max_sessions < 1 then
     return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 1")
   end
@@ -55,6 +52,10 @@ function M.open(hsm_config, options)
   local ok
   if hsm_config.pin_file then
     ok, err, code = token:login_file(hsm_config.pin_file)
+  elseif hsm_config.pin_env then
+    ok, err, code = token:login_env(hsm_config.pin_env)
+  elseif hsm_config.pin_in_uri then
+    ok, err, code = token:login_uri(hsm_config.uri)
   else
     ok, err, code = token:login(hsm_config.pin)
   end

@@ -67,11 +67,12 @@ function M.open(options)
     hsm_keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger,
       now = options.now })
     if not hsm_keys then return nil, err, code end
-    -- the token keeps the PIN in locked memory; no copy stays in the config
-    cfg.hsm.pin = nil
-    if cfg.hsm.uri then cfg.hsm.uri = require("jwkengine.pkcs11_uri").redact(cfg.hsm.uri) end
     logger("info", "Hardware Security Module is configured.")
   end
+  -- the token keeps the PIN in locked memory; no copy stays in the config,
+  -- whether the HSM is enabled or not
+  cfg.hsm.pin = nil
+  if cfg.hsm.uri then cfg.hsm.uri = require("jwkengine.pkcs11_uri").redact(cfg.hsm.uri) end
   if #cfg.secrets.system > 0 then
     local key_store
     key_store, err, code = store.open(options.store_driver or cfg.dsn, { network_id = cfg.store.network_id })

@@ -190,12 +190,8 @@ function M.init(options)
     local f = io.open(cfg.hsm.library, "rb")
     if not f then fail("HSM_LIBRARY " .. cfg.hsm.library .. " cannot be read", 2) end
     f:close()
-    if cfg.hsm.pin and cfg.hsm.pin_file then
-      fail("set either HSM_PIN (hsm.pin) or HSM_PIN_FILE (hsm.pin_file), not both", 2)
-    end
-    if not cfg.hsm.pin and not cfg.hsm.pin_file then
-      fail("the HSM is enabled but neither HSM_PIN nor HSM_PIN_FILE is set", 2)
-    end
+    local pin_problem = config.pin_problem(cfg.hsm)
+    if pin_problem then fail(pin_problem, 2) end
     cfg.hsm.pin = nil -- the workers read it again; no copy stays here
   elseif #cfg.secrets.system == 0 then
     fail("no key store is enabled: set HSM_ENABLED=true for the HSM and/or SECRETS_SYSTEM for the software store", 2)

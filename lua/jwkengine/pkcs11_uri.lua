@@ -34,6 +34,8 @@
 --   belongs. Unknown names are errors unless they start with "x-" (kept in
 --   `vendor`); options.require_x_prefix = false accepts any name the RFC's
 --   pk11-v-attr-nm-char allows, as the RFC's own example "vendor-aaa" does.
+--   options.pin_stays_encoded = true checks pin-value but leaves it
+--   undecoded (the result holds `true`): the engine decodes it in C.
 -- - slot-id is 1*DIGIT (no escapes), at most 2^53 - 1; library-version is
 --   DIGITS[.DIGITS]; type is one of the five names; these take no escapes.
 -- - Text attributes must decode to valid UTF-8. (Lengths are checked by
@@ -156,9 +158,9 @@ local function ordinal(n)
   return n .. suffix
 end
 
--- Percent-decodes value after checking its characters against allowed.
--- `secret`: never show a character of it.
-local function decode(value, allowed, name, secret)
+-- Checks value's characters against allowed and its percent-encoding,
+-- making no new string. `secret`: never show a character of it.
+local function check_encoding(value, allowed, name, secret)
   for i = 1, #value do
     local b = value:byte(i)
     if not allowed[b] then
@@ -170,18 +172,21 @@ local function decode(value, allowed, name, secret)
         name, shown, b, b)
     end
   end
-  local bad = false
-  local decoded = value:gsub("%%(.?.?)", function(hex)
-    if #hex ~= 2 or not hex:find("^[0-9A-Fa-f][0-9A-Fa-f]$") then
-      bad = true
-      return ""
+  local at = value:find("%", 1, true)
+  while at do
+    if not value:find("^%x%x", at + 1) then
+      return fail("%s has a malformed percent-encoding (%% must be followed by two hex digits)", name)
     end
-    return string.char(tonumber(hex, 16))
-  end)
-  if bad then
-    return fail("%s has a malformed percent-encoding (%% must be followed by two hex digits)", name)
+    at = value:find("%", at + 3, true)
   end
-  return decoded
+  return true
+end
+
+-- Percent-decodes value after check_encoding.
+local function decode(value, allowed, name, secret)
+  local ok, err, code = check_encoding(value, allowed, name, secret)
+  if not ok then return nil, err, code end
+  return (value:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end))
 end
 
 -- Checks and converts one value; `raw` is still percent-encoded.
@@ -277,6 +282,12 @@ local function parse_component(text, component, result, seen, options)
       local value, err, code = decode(raw, allowed, name, false)
       if not value then return nil, err, code end
       result.vendor[name] = value
+    elseif spec.kind == "secret" and options.pin_stays_encoded then
+      -- checked here, decoded only in C (token:login_uri): no Lua string of it
+      local ok, err, code = check_encoding(raw, allowed, name, true)
+      if not ok then return nil, err, code end
+      if raw == "" then return fail("pin-value is empty") end
+      result[name] = true
     else
       local value, err, code = convert(name, spec, raw, allowed)
       if value == nil then return nil, err, code end

@@ -49,21 +49,14 @@ function Manager:seal(jwk)
 end
 
 -- Decrypts one row into { kid, alg, use, key, private, jwk (public) }.
+-- Decryption and import are one C call: the private members never become
+-- Lua strings; `jwk` is the stored JWK without them.
 function Manager:open_row(row)
-  local plaintext, err = core.aes_gcm_open(self.secrets, row.keydata)
-  if not plaintext then
-    return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, err)
-  end
-  local jwk = cjson.decode(plaintext)
-  if type(jwk) ~= "table" then
-    return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': key data is not a JSON object",
-      row.sid, row.kid)
-  end
-  local key
-  key, err = core.import_jwk(jwk)
+  local key, stored = core.open_sealed_key(self.secrets, row.keydata)
   if not key then
-    return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, err)
+    return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, stored)
   end
+  local jwk = cjson.decode(stored)
   local public = key:public_jwk()
   public.kid = row.kid
   public.alg = jwk.alg or implied_alg(jwk)

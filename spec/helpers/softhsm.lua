@@ -37,18 +37,20 @@ function M.check_environment()
   assert(conf and conf ~= "", "SOFTHSM2_CONF is not set: run the specs through scripts/test.sh")
 end
 
--- Initializes a new token with a unique label; returns { label, slot, pin }.
-function M.new_token(prefix)
+-- Initializes a new token with a unique label (and PIN, M.PIN unless
+-- given); returns { label, slot, pin }.
+function M.new_token(prefix, pin)
+  pin = pin or M.PIN
   M.check_environment()
   collectgarbage()
   collectgarbage()
   counter = counter + 1
   local label = string.format("%s-%d-%d", prefix or "spec", os.time() % 100000, counter)
   local out, ok = M.run(string.format("softhsm2-util --init-token --free --label %s --so-pin %s --pin %s",
-    shell_quote(label), M.SO_PIN, M.PIN))
+    shell_quote(label), M.SO_PIN, shell_quote(pin)))
   assert(ok, "softhsm2-util failed: " .. out)
   local slot = tonumber(out:match("reassigned to slot (%d+)"))
-  return { label = label, slot = slot, pin = M.PIN }
+  return { label = label, slot = slot, pin = pin }
 end
 
 -- pkcs11-tool on a token; returns output and success.

@@ -1,0 +1,34 @@
+/* Where a PIN can come from without ever becoming a Lua string: an
+ * environment variable (erased once used) or the pin-value of a PKCS#11
+ * URI (RFC 7512, percent-decoded straight into the caller's buffer). */
+#ifndef JWKE_PIN_SOURCE_H
+#define JWKE_PIN_SOURCE_H
+
+#include <stddef.h>
+
+#include "error.h"
+
+/* Fills buf (cap bytes) with a PIN and sets *len; 0 or -1 with err. The
+ * shape of jwke_p11_login_from's filler. */
+typedef int (*jwke_pin_fill)(const void *ctx, unsigned char *buf, size_t cap, size_t *len,
+                             jwke_error *err);
+
+/* ctx: the variable's name (const char *). The first read moves the value
+ * into locked memory kept for the process and erases the variable (see
+ * jwke_env_erase); later reads get that copy. */
+int jwke_pin_from_env(const void *name, unsigned char *buf, size_t cap, size_t *len,
+                      jwke_error *err);
+
+/* ctx: the URI (const char *, NUL-terminated); reads its query's pin-value. */
+int jwke_pin_from_uri(const void *uri, unsigned char *buf, size_t cap, size_t *len,
+                      jwke_error *err);
+
+/* 1 when the variable is set and not empty (or was taken by
+ * jwke_pin_from_env); its value is not copied. */
+int jwke_env_is_set(const char *name);
+
+/* Overwrites NAME=value where environ holds it (for a variable the process
+ * started with, that is the area /proc/PID/environ shows), then unsets it. */
+void jwke_env_erase(const char *name);
+
+#endif
