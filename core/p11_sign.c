@@ -104,9 +104,8 @@ static CK_RV sign_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
         jwke_fail(err, "C_Sign: token reported %lu bytes for the signature, buffer holds %zu",
                   (unsigned long)c->sig_len, c->sig_size);
     else if (c->sig_len != c->expected_len)
-        jwke_fail(err, "C_Sign: token reported %lu bytes for the signature, a %s signature with "
-                  "this key has %zu", (unsigned long)c->sig_len, c->alg->name,
-                  c->expected_len);
+        jwke_fail(err, "C_Sign: token reported %lu bytes for the signature, but %s with this "
+                  "key makes %zu", (unsigned long)c->sig_len, c->alg->name, c->expected_len);
     else
         return CKR_OK;
     err->code = JWKE_ERR_TOKEN_LENGTH;
