@@ -26,6 +26,7 @@
  *                            the flags C_GetTokenInfo reports, e.g.
  *                            CKF_USER_PIN_LOCKED (the PIN states a login
  *                            policy must respect)
+ *   JWKE_FAULT_LENGTHS       misreported lengths, see below
  *   JWKE_FAULT_FORK_STRICT   1 = a forked child gets CKR_CRYPTOKI_NOT_INITIALIZED
  *                            until it calls C_Initialize, and the sessions it
  *                            inherited are CKR_SESSION_HANDLE_INVALID, as with a
@@ -99,6 +100,26 @@
  *   - Injected PIN errors on C_Login never reach the token, so they do not
  *     count against its real retry counter.
  *
+ * MISREPORTED LENGTHS (JWKE_FAULT_LENGTHS, or lengths= in the control file)
+ *
+ *   lengths := item { ";" item }           (newlines also separate items)
+ *   item    := TARGET "=" LENGTH [ "," CODE ]
+ *   TARGET  := "C_GetAttributeValue:" ATTRIBUTE (a CKA_ name or a number)
+ *            | "C_Sign" | "C_FindObjects" | "C_GetSlotList"
+ *   LENGTH  := "real"       the value's real length where the caller's buffer
+ *                           was too small (attributes only)
+ *            | N | "-" N    that length; -N is (CK_ULONG)-N
+ *            | "+" N        N more than the real length or the count written
+ *            | "buffer+" N  N more than the caller's buffer holds
+ *   CODE                    returned instead of the real code (CKR_OK allowed)
+ *
+ *   After a real call that succeeded with an output buffer (for
+ *   C_GetAttributeValue: CKR_OK, CKR_ATTRIBUTE_TYPE_INVALID,
+ *   CKR_ATTRIBUTE_SENSITIVE or CKR_BUFFER_TOO_SMALL, on attributes the object
+ *   has), the reported length is replaced; nothing is written past the
+ *   caller's buffer. The first item naming a target wins; an injected fault
+ *   wins over them all. Each misreport counts in injected.F.
+ *
  * TOKEN REMOVAL (JWKE_FAULT_REMOVED=1, or removed=1 in the control file)
  *
  *   Every slot reports no token: C_GetSlotList(CK_TRUE, ...) lists no slot,
@@ -120,10 +141,10 @@
  * CONTROL FILE (JWKE_FAULT_CONTROL=path)
  *
  *   Lines "key=value", "#" comment lines and blank lines. Keys: faults,
- *   latency, removed, seed, max_sessions (same syntax as the environment
- *   variables). A key present in the file replaces the environment's value;
- *   absent keys keep it ("faults=" clears the environment's rules). faults and
- *   latency may repeat (their lines add up). The file is checked when calls
+ *   latency, removed, seed, max_sessions, token_flags, lengths (same syntax
+ *   as the environment variables). A key present in the file replaces the environment's value;
+ *   absent keys keep it ("faults=" clears the environment's rules). faults,
+ *   latency and lengths may repeat (their lines add up). The file is checked when calls
  *   come in (see JWKE_FAULT_CONTROL_INTERVAL_MS) and re-read whenever its
  *   mtime, size or inode changes, or it appears or disappears (then only the
  *   environment applies). A reload writes the stats file (reason "reload",
