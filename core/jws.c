@@ -30,6 +30,12 @@ int jwke_jws_compact(const char *header_b64, size_t header_len, const unsigned c
         free(buf);
         return -1;
     }
+    /* buf has room for sig_max bytes of signature, whatever a signer says */
+    if (sig_len > sig_max) {
+        free(buf);
+        return jwke_fail(err, "the signer reported a signature of %zu bytes, more than the %zu "
+                         "bytes it was given", sig_len, sig_max);
+    }
     buf[used++] = '.';
     used += jwke_b64url_encode(sig, sig_len, buf + used, JWKE_B64_NOPAD);
     buf[used] = '\0';

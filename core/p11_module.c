@@ -7,6 +7,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "p11_internal.h"
+
+/* More slots than any device has: a count beyond it is a module's
+ * garbage, not something to allocate for. */
+#define MAX_SLOTS 65536
+
 static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
 static jwke_p11_module *modules;
 
@@ -213,11 +219,15 @@ int jwke_p11_module_reinitialize(jwke_p11_module *module, jwke_error *err)
     return 0;
 }
 
-void jwke_p11_copy_padded(char *dst, const unsigned char *src, size_t src_len)
+void jwke_p11_copy_padded(char *dst, size_t dst_size, const unsigned char *src, size_t src_len)
 {
+    if (dst_size == 0)
+        return;
     size_t len = src_len;
     while (len > 0 && (src[len - 1] == ' ' || src[len - 1] == '\0'))
         len--;
+    if (len > dst_size - 1)
+        len = dst_size - 1;
     memcpy(dst, src, len);
     dst[len] = '\0';
 }
@@ -234,12 +244,27 @@ int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *
         if (rv != CKR_OK)
             return jwke_fail_ckr(err, "C_GetSlotList", rv);
         free(ids);
-        ids = calloc(n ? n : 1, sizeof *ids);
+        if (n > MAX_SLOTS) {
+            jwke_fail(err, "C_GetSlotList: the module reported %lu slots, jwkengine reads at most "
+                      "%d", (unsigned long)n, MAX_SLOTS);
+            err->code = JWKE_ERR_TOKEN_LENGTH;
+            return -1;
+        }
+        CK_ULONG allocated = n ? n : 1;
+        ids = calloc(allocated, sizeof *ids);
         if (!ids)
             return jwke_fail(err, "out of memory listing slots");
+        n = allocated;
         rv = module->fn->C_GetSlotList(CK_FALSE, ids, &n);
         if (rv == CKR_BUFFER_TOO_SMALL)
             continue;
+        if (rv == CKR_OK && n > allocated) {
+            free(ids);
+            jwke_fail(err, "C_GetSlotList: the module reported %lu slots, buffer holds %lu",
+                      (unsigned long)n, (unsigned long)allocated);
+            err->code = JWKE_ERR_TOKEN_LENGTH;
+            return -1;
+        }
         if (rv != CKR_OK) {
             free(ids);
             return jwke_fail_ckr(err, "C_GetSlotList", rv);
@@ -276,11 +301,14 @@ int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *
             free(out);
             return jwke_fail_ckr(err, "C_GetTokenInfo", rv);
         }
-        jwke_p11_copy_padded(out[i].label, token_info.label, sizeof token_info.label);
-        jwke_p11_copy_padded(out[i].serial, token_info.serialNumber, sizeof token_info.serialNumber);
-        jwke_p11_copy_padded(out[i].manufacturer, token_info.manufacturerID,
-                             sizeof token_info.manufacturerID);
-        jwke_p11_copy_padded(out[i].model, token_info.model, sizeof token_info.model);
+        jwke_p11_copy_padded(out[i].label, sizeof out[i].label, token_info.label,
+                             sizeof token_info.label);
+        jwke_p11_copy_padded(out[i].serial, sizeof out[i].serial, token_info.serialNumber,
+                             sizeof token_info.serialNumber);
+        jwke_p11_copy_padded(out[i].manufacturer, sizeof out[i].manufacturer,
+                             token_info.manufacturerID, sizeof token_info.manufacturerID);
+        jwke_p11_copy_padded(out[i].model, sizeof out[i].model, token_info.model,
+                             sizeof token_info.model);
         out[i].token_flags = token_info.flags;
     }
     free(ids);

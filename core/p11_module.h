@@ -91,7 +91,8 @@ int jwke_p11_module_reinitialize(jwke_p11_module *module, jwke_error *err);
 int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
                         jwke_error *err);
 
-/* Copies a blank-padded PKCS#11 string field into a C string. */
-void jwke_p11_copy_padded(char *dst, const unsigned char *src, size_t src_len);
+/* Copies a blank-padded PKCS#11 string field into a C string of at most
+ * dst_size bytes (terminator included). */
+void jwke_p11_copy_padded(char *dst, size_t dst_size, const unsigned char *src, size_t src_len);
 
 #endif

@@ -64,9 +64,9 @@ static enum jwke_recovery classify(CK_RV rv)
 static int find_slot_again(jwke_p11_token *t, jwke_error *err)
 {
     CK_TOKEN_INFO info;
-    char serial[17];
+    char serial[sizeof t->serial];
     if (t->module->fn->C_GetTokenInfo(t->slot, &info) == CKR_OK) {
-        jwke_p11_copy_padded(serial, info.serialNumber, sizeof info.serialNumber);
+        jwke_p11_copy_padded(serial, sizeof serial, info.serialNumber, sizeof info.serialNumber);
         if (strcmp(serial, t->serial) == 0)
             return 0;
     }
@@ -345,7 +345,7 @@ int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
 
 CK_RV jwke_p11_find(jwke_p11_token *t, CK_SESSION_HANDLE session, CK_ATTRIBUTE *template,
                     CK_ULONG template_len, CK_OBJECT_HANDLE **found, size_t *count,
-                    const char **function)
+                    const char **function, jwke_error *err)
 {
     CK_FUNCTION_LIST_PTR fn = t->module->fn;
     *function = "C_FindObjectsInit";
@@ -364,8 +364,14 @@ CK_RV jwke_p11_find(jwke_p11_token *t, CK_SESSION_HANDLE session, CK_ATTRIBUTE *
             handles = grown;
             capacity *= 2;
         }
-        CK_ULONG got = 0;
-        rv = fn->C_FindObjects(session, handles + n, (CK_ULONG)(capacity - n), &got);
+        CK_ULONG got = 0, room = (CK_ULONG)(capacity - n);
+        rv = fn->C_FindObjects(session, handles + n, room, &got);
+        if (rv == CKR_OK && got > room) {
+            jwke_fail(err, "C_FindObjects: token reported %lu handles, buffer holds %lu",
+                      (unsigned long)got, (unsigned long)room);
+            err->code = JWKE_ERR_TOKEN_LENGTH;
+            rv = JWKE_OP_FAILED;
+        }
         if (rv != CKR_OK || got == 0)
             break;
         n += got;

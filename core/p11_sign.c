@@ -40,10 +40,13 @@ static CK_MECHANISM_TYPE pss_hash(size_t digest_size, CK_RSA_PKCS_MGF_TYPE *mgf)
 
 typedef struct sign_context {
     jwke_p11_key *key;
+    const jwke_alg *alg;
     CK_MECHANISM *mechanism;
     const unsigned char *data;
     size_t data_len;
     unsigned char *sig;
+    size_t sig_size;     /* the caller's buffer */
+    size_t expected_len; /* what the algorithm and key make */
     CK_ULONG sig_len;
 } sign_context;
 
@@ -60,7 +63,7 @@ static CK_RV refind_private(jwke_p11_token *token, CK_SESSION_HANDLE session, jw
     };
     CK_OBJECT_HANDLE *handles = NULL;
     size_t n = 0;
-    CK_RV rv = jwke_p11_find(token, session, search, 3, &handles, &n, function);
+    CK_RV rv = jwke_p11_find(token, session, search, 3, &handles, &n, function, err);
     if (rv != CKR_OK)
         return rv;
     if (n != 1) {
@@ -91,7 +94,22 @@ static CK_RV sign_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
     if (rv != CKR_OK)
         return rv;
     *function = "C_Sign";
-    return fn->C_Sign(session, (CK_BYTE_PTR)c->data, (CK_ULONG)c->data_len, c->sig, &c->sig_len);
+    c->sig_len = (CK_ULONG)c->sig_size; /* a failed first attempt may have changed it */
+    rv = fn->C_Sign(session, (CK_BYTE_PTR)c->data, (CK_ULONG)c->data_len, c->sig, &c->sig_len);
+    if (rv != CKR_OK)
+        return rv;
+    /* The token's word on the length is not trusted: it must fit the buffer
+     * and be the algorithm's size, or bytes it never wrote would go out. */
+    if (c->sig_len > c->sig_size)
+        jwke_fail(err, "C_Sign: token reported %lu bytes for the signature, buffer holds %zu",
+                  (unsigned long)c->sig_len, c->sig_size);
+    else if (c->sig_len != c->expected_len)
+        jwke_fail(err, "C_Sign: token reported %lu bytes for the signature, but %s with this "
+                  "key makes %zu", (unsigned long)c->sig_len, c->alg->name, c->expected_len);
+    else
+        return CKR_OK;
+    err->code = JWKE_ERR_TOKEN_LENGTH;
+    return JWKE_OP_FAILED;
 }
 
 int jwke_p11_prepare_sign(const jwke_alg *alg, const unsigned char *input, size_t input_len,
@@ -136,11 +154,15 @@ int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
                   const unsigned char *input, size_t input_len, unsigned char *sig,
                   size_t *sig_len, jwke_error *err)
 {
+    size_t expected_len = jwke_alg_signature_size(alg, EVP_PKEY_get_bits(key->public_key));
+    if (*sig_len < expected_len)
+        return jwke_fail(err, "a %s signature with this key has %zu bytes, more than the %zu-byte "
+                         "buffer", alg->name, expected_len, *sig_len);
     jwke_p11_prepared prepared;
     if (jwke_p11_prepare_sign(alg, input, input_len, &prepared, err) != 0)
         return -1;
-    sign_context c = {key, &prepared.mechanism, prepared.data, prepared.data_len, sig,
-                      (CK_ULONG)*sig_len};
+    sign_context c = {key, alg, &prepared.mechanism, prepared.data, prepared.data_len, sig,
+                      *sig_len, expected_len, 0};
     if (jwke_p11_run(token, sign_op, &c, err) != 0)
         return -1;
     *sig_len = c.sig_len;

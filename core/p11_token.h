@@ -144,10 +144,11 @@ typedef CK_RV (*jwke_p11_op)(jwke_p11_token *token, CK_SESSION_HANDLE session, v
                              const char **function, jwke_error *err);
 int jwke_p11_run(jwke_p11_token *token, jwke_p11_op op, void *ctx, jwke_error *err);
 
-/* Every object matching the template, on the given session. */
+/* Every object matching the template, on the given session. A token that
+ * reports more handles than asked for fails with JWKE_OP_FAILED, err said. */
 CK_RV jwke_p11_find(jwke_p11_token *token, CK_SESSION_HANDLE session, CK_ATTRIBUTE *template,
                     CK_ULONG template_len, CK_OBJECT_HANDLE **found, size_t *count,
-                    const char **function);
+                    const char **function, jwke_error *err);
 
 /* Reads every key pair labelled `label` (one object search, one attribute
  * read per object), or only the pair with CKA_ID `id` when id is not NULL. Pairs are matched by CKA_ID; a half without its partner,
@@ -196,7 +197,9 @@ int jwke_p11_prepare_sign(const jwke_alg *alg, const unsigned char *input, size_
 
 /* Signs input with the key's private half: hashing happens on the host
  * where the mechanism allows it; the result is in JWS form (raw R || S for
- * ECDSA). The key's handle is found again when stale. */
+ * ECDSA). The key's handle is found again when stale. *sig_len is the size
+ * of sig on the way in, the signature's on the way out; a length the token
+ * reports that does not fit sig, or is not the algorithm's size, fails. */
 int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
                   const unsigned char *input, size_t input_len, unsigned char *sig,
                   size_t *sig_len, jwke_error *err);

@@ -4,12 +4,13 @@
 The seeds are the RFC examples (spec/vectors), well-formed and malformed
 tokens, JSON texts and keys in the byte layout each target reads
 (fuzz/fuzz_input.h: a selector byte, then fields with a two-byte length).
-Run it again after changing a target's input layout:
+Run it again after changing a target's input layout (only that target's
+seeds are rewritten when targets are named):
 
-    /usr/bin/python3 fuzz/make_corpus.py [OUT_DIR]
+    /usr/bin/python3 fuzz/make_corpus.py [--out DIR] [TARGET...]
 
 Every run writes the same bytes (spec/corpus_spec.lua checks that the
-committed seeds are what it writes); OUT_DIR defaults to fuzz/corpus.
+committed seeds are what it writes); DIR defaults to fuzz/corpus.
 """
 import base64
 import json
@@ -170,10 +171,56 @@ def ec_seeds():
     write("ec", "long-length", b"\x01" + field(b"") + field(b"\x04\x82\x00\x41" + b"\x04" * 65) + field(b""))
 
 
+def p11_map_seeds():
+    """Key pairs as a token fills the engine's template (core/p11_map.c):
+    CKA_CLASS, CKA_KEY_TYPE, CKA_ID, CKA_SIGN, CKA_DECRYPT, CKA_MODULUS,
+    CKA_PUBLIC_EXPONENT, CKA_EC_PARAMS, CKA_EC_POINT; CK_ULONGs little-endian."""
+    def ulong(v):
+        return struct.pack("<Q", v)
+
+    def attribute(v):
+        # mode 0: the length written; 1 (absent): unavailable; 2: (value, reported length)
+        if v is None:
+            return b"\x01" + field(b"")
+        if isinstance(v, tuple):
+            return b"\x02" + field(v[0]) + struct.pack(">Q", v[1])
+        return b"\x00" + field(v)
+
+    def obj(values, rv=0):
+        return bytes([rv]) + b"".join(attribute(v) for v in values)
+
+    def pair(key_type, kid, public_values, params=None):
+        modulus, exponent, point = public_values
+        private = [ulong(3), ulong(key_type), kid, b"\x01", None, modulus, exponent, params, None]
+        public = [ulong(2), ulong(key_type), kid, None, None, modulus, exponent, params, point]
+        return obj(private) + obj(public)
+
+    p256 = bytes.fromhex("06082a8648ce3d030107")
+    for name, key, protected, payload, signature in examples():
+        if key["kty"] == "EC" and key["crv"] == "P-256":
+            point = b"\x04" + unb64(key["x"]) + unb64(key["y"])
+            write("p11_map", name + "-ec", b"\x02" + pair(3, b"ec-1", (None, None, b"\x04\x41" + point), p256))
+            write("p11_map", name + "-ec-raw-point", b"\x02" + pair(3, b"ec-2", (None, None, point), p256))
+        elif key["kty"] == "OKP":
+            write("p11_map", name + "-ed25519", b"\x02" + pair(0x40, b"ed", (None, None, b"\x04\x20" + unb64(key["x"])), b"\x13\x0cedwards25519"))
+    # RFC 7515 A.2's modulus: every run writes the same bytes
+    n = next(unb64(key["n"]) for _, key, _, _, _ in examples() if key["kty"] == "RSA")
+    write("p11_map", "rsa2048", b"\x02" + pair(0, b"rsa", (n, b"\x01\x00\x01", None)))
+    # the common non-conformance: a real length reported for a too-small
+    # buffer, with CKR_ATTRIBUTE_TYPE_INVALID (the template mixes RSA and EC)
+    private = obj([ulong(3), ulong(0), b"rsa", b"\x01", None, n, b"\x01\x00\x01", None, None])
+    public = obj([ulong(2), ulong(0), b"rsa", None, None, (n, 2060), b"\x01\x00\x01", None, None], rv=1)
+    write("p11_map", "rsa-modulus-real-length", b"\x02" + private + public)
+    write("p11_map", "ec-point-absurd-length", b"\x01" + obj([ulong(2), ulong(3), b"ec", None, None, None, None, p256, (b"\x04" * 67, 2 ** 64 - 2)]))
+
+
+SEEDS = {"b64url": b64url_seeds, "jws": jws_seeds, "jwk": jwk_seeds, "ec": ec_seeds,
+         "p11_map": p11_map_seeds}
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        OUT = sys.argv[1]
-    b64url_seeds()
-    jws_seeds()
-    jwk_seeds()
-    ec_seeds()
+    args = sys.argv[1:]
+    if args[:1] == ["--out"]:
+        OUT, args = args[1], args[2:]
+    # every target, or only those named (seeds of others stay as they are)
+    for target in args or SEEDS:
+        SEEDS[target]()

@@ -9,7 +9,7 @@ describe("fuzz/make_corpus.py", function()
     local out = softhsm.run("mktemp -d"):gsub("%s+$", "")
     finally(function() os.execute("rm -rf " .. softhsm.quote(out)) end)
     for _ = 1, 2 do
-      local log, ok = softhsm.run("/usr/bin/python3 fuzz/make_corpus.py " .. softhsm.quote(out) .. " 2>&1")
+      local log, ok = softhsm.run("/usr/bin/python3 fuzz/make_corpus.py --out " .. softhsm.quote(out) .. " 2>&1")
       assert(ok, log)
       local listing = softhsm.run("cd " .. softhsm.quote(out) .. " && find . -type f | sort")
       local count = 0

@@ -11,6 +11,7 @@ M.codes = {
   ERR_TOKEN_NOT_FOUND = "no slot holds the token the configuration names (or select_slot chose none)",
   ERR_LOGIN_REFUSED = "jwkengine will not log in: the token's PIN flags (locked, final try, to be changed) or a PIN it refused before",
   ERR_PKCS11_URI = "an RFC 7512 PKCS#11 URI is malformed or names what jwkengine cannot use",
+  ERR_TOKEN_LENGTH = "the token reported a length its buffer cannot hold, or a signature of the wrong size",
   ERR_INVALID_ARGUMENT = "an argument has an unusable value (use not sig/enc, an RSA size below the minimum, select_slot's answer)",
   ERR_CLOSED = "the engine was closed",
   -- key sets and keys

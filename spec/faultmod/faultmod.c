@@ -26,6 +26,7 @@
  *                            the flags C_GetTokenInfo reports, e.g.
  *                            CKF_USER_PIN_LOCKED (the PIN states a login
  *                            policy must respect)
+ *   JWKE_FAULT_LENGTHS       misreported lengths, see below
  *   JWKE_FAULT_FORK_STRICT   1 = a forked child gets CKR_CRYPTOKI_NOT_INITIALIZED
  *                            until it calls C_Initialize, and the sessions it
  *                            inherited are CKR_SESSION_HANDLE_INVALID, as with a
@@ -99,6 +100,26 @@
  *   - Injected PIN errors on C_Login never reach the token, so they do not
  *     count against its real retry counter.
  *
+ * MISREPORTED LENGTHS (JWKE_FAULT_LENGTHS, or lengths= in the control file)
+ *
+ *   lengths := item { ";" item }           (newlines also separate items)
+ *   item    := TARGET "=" LENGTH [ "," CODE ]
+ *   TARGET  := "C_GetAttributeValue:" ATTRIBUTE (a CKA_ name or a number)
+ *            | "C_Sign" | "C_FindObjects" | "C_GetSlotList"
+ *   LENGTH  := "real"       the value's real length where the caller's buffer
+ *                           was too small (attributes only)
+ *            | N | "-" N    that length; -N is (CK_ULONG)-N
+ *            | "+" N        N more than the real length or the count written
+ *            | "buffer+" N  N more than the caller's buffer holds
+ *   CODE                    returned instead of the real code (CKR_OK allowed)
+ *
+ *   After a real call that succeeded with an output buffer (for
+ *   C_GetAttributeValue: CKR_OK, CKR_ATTRIBUTE_TYPE_INVALID,
+ *   CKR_ATTRIBUTE_SENSITIVE or CKR_BUFFER_TOO_SMALL, on attributes the object
+ *   has), the reported length is replaced; nothing is written past the
+ *   caller's buffer. The first item naming a target wins; an injected fault
+ *   wins over them all. Each misreport counts in injected.F.
+ *
  * TOKEN REMOVAL (JWKE_FAULT_REMOVED=1, or removed=1 in the control file)
  *
  *   Every slot reports no token: C_GetSlotList(CK_TRUE, ...) lists no slot,
@@ -120,10 +141,10 @@
  * CONTROL FILE (JWKE_FAULT_CONTROL=path)
  *
  *   Lines "key=value", "#" comment lines and blank lines. Keys: faults,
- *   latency, removed, seed, max_sessions (same syntax as the environment
- *   variables). A key present in the file replaces the environment's value;
- *   absent keys keep it ("faults=" clears the environment's rules). faults and
- *   latency may repeat (their lines add up). The file is checked when calls
+ *   latency, removed, seed, max_sessions, token_flags, lengths (same syntax
+ *   as the environment variables). A key present in the file replaces the environment's value;
+ *   absent keys keep it ("faults=" clears the environment's rules). faults,
+ *   latency and lengths may repeat (their lines add up). The file is checked when calls
  *   come in (see JWKE_FAULT_CONTROL_INTERVAL_MS) and re-read whenever its
  *   mtime, size or inode changes, or it appears or disappears (then only the
  *   environment applies). A reload writes the stats file (reason "reload",
@@ -270,9 +291,26 @@ typedef struct {
     unsigned long burst_left;
 } fm_rule;
 
+/* A misreported length (JWKE_FAULT_LENGTHS): what the function says it
+ * wrote, after the real module did the work. */
+enum { LEN_REAL, LEN_EXACT, LEN_OVER_REAL, LEN_OVER_BUFFER };
+
+typedef struct {
+    int fn;                      /* C_GetAttributeValue, C_Sign, C_FindObjects, C_GetSlotList */
+    CK_ATTRIBUTE_TYPE attribute; /* C_GetAttributeValue only */
+    int kind;
+    CK_ULONG n;                  /* LEN_EXACT: the length; LEN_OVER_*: how much more */
+    int has_code;
+    CK_RV code;                  /* replaces the real return code (CKR_OK allowed) */
+} fm_length;
+
+#define FM_MAX_LENGTHS_PER_CALL 16
+
 typedef struct {
     fm_rule *rules;
     size_t nrules;
+    fm_length *lengths;
+    size_t nlengths;
     unsigned long latency_us[FN_COUNT];
     int removed;
     uint64_t seed;
@@ -362,11 +400,24 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-static void config_free(fm_config *c)
+static void rules_free(fm_config *c)
 {
     free(c->rules);
     c->rules = NULL;
     c->nrules = 0;
+}
+
+static void lengths_free(fm_config *c)
+{
+    free(c->lengths);
+    c->lengths = NULL;
+    c->nlengths = 0;
+}
+
+static void config_free(fm_config *c)
+{
+    rules_free(c);
+    lengths_free(c);
 }
 
 static const char *skip_space(const char *p, const char *end)
@@ -678,8 +729,133 @@ static int parse_u64(const char *s, size_t n, uint64_t *out)
     return 0;
 }
 
+/* Attribute names a length rule may use (others as 0x hex or decimal). */
+static const struct {
+    const char *name;
+    CK_ATTRIBUTE_TYPE type;
+} attribute_table[] = {
+    {"CKA_CLASS", CKA_CLASS}, {"CKA_TOKEN", CKA_TOKEN}, {"CKA_PRIVATE", CKA_PRIVATE},
+    {"CKA_LABEL", CKA_LABEL}, {"CKA_VALUE", CKA_VALUE}, {"CKA_KEY_TYPE", CKA_KEY_TYPE},
+    {"CKA_ID", CKA_ID}, {"CKA_SENSITIVE", CKA_SENSITIVE}, {"CKA_ENCRYPT", CKA_ENCRYPT},
+    {"CKA_DECRYPT", CKA_DECRYPT}, {"CKA_SIGN", CKA_SIGN}, {"CKA_VERIFY", CKA_VERIFY},
+    {"CKA_MODULUS", CKA_MODULUS}, {"CKA_MODULUS_BITS", CKA_MODULUS_BITS},
+    {"CKA_PUBLIC_EXPONENT", CKA_PUBLIC_EXPONENT}, {"CKA_EC_PARAMS", CKA_EC_PARAMS},
+    {"CKA_EC_POINT", CKA_EC_POINT},
+};
+
+/* "CKA_NAME", "0xHEX" or decimal: the whole of [p, end). */
+static int parse_attribute(const char *p, const char *end, CK_ATTRIBUTE_TYPE *out)
+{
+    for (size_t i = 0; i < sizeof attribute_table / sizeof attribute_table[0]; i++)
+        if (strlen(attribute_table[i].name) == (size_t)(end - p) &&
+            memcmp(attribute_table[i].name, p, (size_t)(end - p)) == 0)
+            return *out = attribute_table[i].type, 0;
+    uint64_t v;
+    if (parse_u64(p, (size_t)(end - p), &v) != 0)
+        return -1;
+    *out = (CK_ATTRIBUTE_TYPE)v;
+    return 0;
+}
+
+/* One item "TARGET=LEN[,CODE]" in [p, end). */
+static int parse_length(const char *p, const char *end, fm_length *l, char *err, size_t errlen,
+                        const char *where)
+{
+    int len = (int)(end - p);
+    memset(l, 0, sizeof *l);
+    const char *eq = memchr(p, '=', (size_t)(end - p));
+    if (!eq) {
+        set_err(err, errlen, "%s: '%.*s': expected FUNCTION[:ATTRIBUTE]=LENGTH[,CODE]", where,
+                len, p);
+        return -1;
+    }
+    const char *target_end = trim_end(p, eq);
+    const char *colon = memchr(p, ':', (size_t)(target_end - p));
+    const char *name_end = colon ? trim_end(p, colon) : target_end;
+    l->fn = lookup_fn(p, (size_t)(name_end - p));
+    if (l->fn != FN_C_GetAttributeValue && l->fn != FN_C_Sign && l->fn != FN_C_FindObjects &&
+        l->fn != FN_C_GetSlotList) {
+        set_err(err, errlen, "%s: '%.*s': lengths are misreported for C_GetAttributeValue:ATTRIBUTE, "
+                "C_Sign, C_FindObjects and C_GetSlotList only", where, len, p);
+        return -1;
+    }
+    if ((l->fn == FN_C_GetAttributeValue) != (colon != NULL) ||
+        (colon && parse_attribute(skip_space(colon + 1, target_end), target_end, &l->attribute) != 0)) {
+        set_err(err, errlen, "%s: '%.*s': C_GetAttributeValue takes one attribute (CKA_ name or "
+                "number) after ':', the others none", where, len, p);
+        return -1;
+    }
+    const char *q = skip_space(eq + 1, end);
+    const char *comma = q < end ? memchr(q, ',', (size_t)(end - q)) : NULL;
+    const char *value_end = trim_end(q, comma ? comma : end);
+    unsigned long n = 0;
+    uint64_t exact = 0;
+    int ok;
+    if (value_end - q == 4 && memcmp(q, "real", 4) == 0) {
+        l->kind = LEN_REAL;
+        ok = l->fn == FN_C_GetAttributeValue;
+    } else if (value_end - q > 7 && memcmp(q, "buffer+", 7) == 0) {
+        const char *r = q + 7;
+        l->kind = LEN_OVER_BUFFER;
+        ok = parse_ulong(&r, value_end, &n) == 0 && r == value_end;
+    } else if (q < value_end && (*q == '+' || *q == '-')) {
+        const char *r = q + 1;
+        l->kind = *q == '+' ? LEN_OVER_REAL : LEN_EXACT;
+        ok = parse_ulong(&r, value_end, &n) == 0 && r == value_end && (*q == '+' || n > 0);
+        if (*q == '-')
+            n = (unsigned long)((CK_ULONG)0 - (CK_ULONG)n); /* (CK_ULONG)-N */
+    } else {
+        l->kind = LEN_EXACT;
+        ok = parse_u64(q, (size_t)(value_end - q), &exact) == 0 && exact <= (CK_ULONG)-1;
+        n = (unsigned long)exact;
+    }
+    if (!ok) {
+        set_err(err, errlen, "%s: '%.*s': LENGTH is N, -N, +N, buffer+N or (attributes only) "
+                "real", where, len, p);
+        return -1;
+    }
+    l->n = (CK_ULONG)n;
+    if (comma) {
+        const char *c = skip_space(comma + 1, end);
+        if (parse_code(&c, end, &l->code) != 0 || skip_space(c, end) != end) {
+            set_err(err, errlen, "%s: '%.*s': expected a CKR_ name or number after ','", where,
+                    len, p);
+            return -1;
+        }
+        l->has_code = 1;
+    }
+    return 0;
+}
+
+/* Appends the items of a ';'/newline separated list to cfg->lengths. */
+static int parse_lengths(const char *spec, size_t speclen, fm_config *cfg, char *err,
+                         size_t errlen, const char *where)
+{
+    const char *p = spec, *end = spec + speclen;
+    while (p < end) {
+        const char *item_end = p;
+        while (item_end < end && *item_end != ';' && *item_end != '\n')
+            item_end++;
+        const char *a = skip_space(p, item_end), *b = trim_end(a, item_end);
+        if (a < b) {
+            fm_length l;
+            if (parse_length(a, b, &l, err, errlen, where) != 0)
+                return -1;
+            fm_length *grown = realloc(cfg->lengths, (cfg->nlengths + 1) * sizeof *grown);
+            if (!grown) {
+                set_err(err, errlen, "%s: out of memory", where);
+                return -1;
+            }
+            cfg->lengths = grown;
+            cfg->lengths[cfg->nlengths++] = l;
+        }
+        p = item_end < end ? item_end + 1 : end;
+    }
+    return 0;
+}
+
 enum { KEY_FAULTS, KEY_LATENCY, KEY_REMOVED, KEY_SEED, KEY_MAX_SESSIONS, KEY_TOKEN_FLAGS,
-       KEY_COUNT };
+       KEY_LENGTHS, KEY_COUNT };
 
 /* Token flags a test may add to what the real token reports. */
 static const struct {
@@ -754,6 +930,8 @@ static int apply_setting(fm_config *cfg, int key, const char *v, size_t n, char 
         }
         cfg->max_sessions = (unsigned long)u;
         return 0;
+    case KEY_LENGTHS:
+        return parse_lengths(v, n, cfg, err, errlen, where);
     case KEY_TOKEN_FLAGS:
         if (parse_token_flags(v, n, &cfg->token_flags) != 0) {
             set_err(err, errlen, "%s: expected CKF_USER_PIN_* names separated by commas, got '%.*s'",
@@ -767,16 +945,17 @@ static int apply_setting(fm_config *cfg, int key, const char *v, size_t n, char 
 
 static const char *const env_names[KEY_COUNT] = {
     "JWKE_FAULTS", "JWKE_FAULT_LATENCY_US", "JWKE_FAULT_REMOVED", "JWKE_FAULT_SEED",
-    "JWKE_FAULT_MAX_SESSIONS", "JWKE_FAULT_TOKEN_FLAGS",
+    "JWKE_FAULT_MAX_SESSIONS", "JWKE_FAULT_TOKEN_FLAGS", "JWKE_FAULT_LENGTHS",
 };
 static const char *const control_keys[KEY_COUNT] = {
-    "faults", "latency", "removed", "seed", "max_sessions", "token_flags",
+    "faults", "latency", "removed", "seed", "max_sessions", "token_flags", "lengths",
 };
 
 static void reset_key(fm_config *cfg, int key)
 {
     switch (key) {
-    case KEY_FAULTS: config_free(cfg); break;
+    case KEY_FAULTS: rules_free(cfg); break;
+    case KEY_LENGTHS: lengths_free(cfg); break;
     case KEY_LATENCY: memset(cfg->latency_us, 0, sizeof cfg->latency_us); break;
     case KEY_REMOVED: cfg->removed = 0; break;
     case KEY_SEED: cfg->seed = FM_DEFAULT_SEED; break;
@@ -879,14 +1058,14 @@ static int read_control(const char *path, fm_config *cfg, fm_fileid *id, char *e
                 rc = -1;
             } else if (key < 0) {
                 set_err(err, errlen, "%s %s: unknown key '%.*s' (faults, latency, removed, "
-                        "seed, max_sessions)", path, where, (int)(key_end - a), a);
+                        "seed, max_sessions, token_flags, lengths)", path, where, (int)(key_end - a), a);
                 rc = -1;
             } else {
                 const char *v = skip_space(eq + 1, b);
                 if (!seen[key]) {
                     reset_key(cfg, key); /* the file replaces the environment */
                     seen[key] = 1;
-                } else if (key != KEY_FAULTS && key != KEY_LATENCY) {
+                } else if (key != KEY_FAULTS && key != KEY_LATENCY && key != KEY_LENGTHS) {
                     reset_key(cfg, key);
                 }
                 char full[128];
@@ -1197,6 +1376,8 @@ typedef struct {
     CK_RV fault;
     int transient;
     unsigned long number; /* this call's number in the window */
+    fm_length lengths[FM_MAX_LENGTHS_PER_CALL]; /* this function's, as set at the call */
+    size_t nlengths;
 } fm_call;
 
 static void decide_fault_locked(fm_call *c)
@@ -1259,6 +1440,9 @@ static CK_RV enter(int fn, fm_call *c)
     if (initialized) {
         decide_fault_locked(c);
         latency = st.cfg.latency_us[fn];
+        for (size_t i = 0; i < st.cfg.nlengths && c->nlengths < FM_MAX_LENGTHS_PER_CALL; i++)
+            if (st.cfg.lengths[i].fn == fn)
+                c->lengths[c->nlengths++] = st.cfg.lengths[i];
     }
     unlock();
     if (latency)
@@ -1319,6 +1503,81 @@ static CK_RV deliver(fm_call *c, int has_session, CK_SESSION_HANDLE h, CK_SESSIO
     }
     unlock();
     return c->fault;
+}
+
+/* A misreported length: counted with the injected faults. */
+static void note_misreport(fm_call *c, const char *what, CK_ULONG claimed)
+{
+    lock();
+    st.injected[c->fn]++;
+    if (st.verbose)
+        vlog("%s call %lu: reporting %lu for %s", fn_names[c->fn], c->number,
+             (unsigned long)claimed, what);
+    unlock();
+}
+
+/* The length a rule claims, from what was really written and the buffer. */
+static CK_ULONG claimed_length(const fm_length *l, CK_ULONG written, CK_ULONG buffer)
+{
+    switch (l->kind) {
+    case LEN_EXACT: return l->n;
+    case LEN_OVER_REAL: return written + l->n;
+    case LEN_OVER_BUFFER: return buffer + l->n;
+    default: return written; /* LEN_REAL */
+    }
+}
+
+/* C_Sign, C_FindObjects, C_GetSlotList after a real success that wrote
+ * into the caller's buffer (`buffer` entries): *out_len becomes the rule's
+ * claim. Returns the code to give. */
+static CK_RV misreport_output(fm_call *c, int wrote, CK_ULONG_PTR out_len, CK_ULONG buffer,
+                              CK_RV rv)
+{
+    if (!c->nlengths || rv != CKR_OK || !wrote || !out_len)
+        return rv;
+    const fm_length *l = &c->lengths[0];
+    *out_len = claimed_length(l, *out_len, buffer);
+    note_misreport(c, "the output", *out_len);
+    return l->has_code ? l->code : rv;
+}
+
+/* C_GetAttributeValue after the real call: each attribute with a rule
+ * gets the rule's claim, when the object has that attribute. `given`
+ * holds the buffer sizes the caller passed. */
+static CK_RV misreport_attributes(fm_call *c, CK_SESSION_HANDLE real, CK_OBJECT_HANDLE object,
+                                  CK_ATTRIBUTE_PTR t, CK_ULONG count, const CK_ULONG *given,
+                                  CK_RV rv)
+{
+    if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE &&
+        rv != CKR_BUFFER_TOO_SMALL)
+        return rv;
+    CK_RV result = rv;
+    for (CK_ULONG i = 0; i < count; i++) {
+        const fm_length *l = NULL;
+        for (size_t k = 0; k < c->nlengths && !l; k++)
+            if (c->lengths[k].attribute == t[i].type)
+                l = &c->lengths[k];
+        if (!l)
+            continue;
+        CK_ULONG value_len = t[i].ulValueLen;
+        int too_small = 0;
+        if (value_len == CK_UNAVAILABLE_INFORMATION) {
+            /* absent, sensitive or too large: only the last has a length */
+            CK_ATTRIBUTE q = {t[i].type, NULL, 0};
+            if (c->R->C_GetAttributeValue(real, object, &q, 1) != CKR_OK ||
+                q.ulValueLen == CK_UNAVAILABLE_INFORMATION)
+                continue;
+            value_len = q.ulValueLen;
+            too_small = t[i].pValue != NULL && value_len > given[i];
+        }
+        if (l->kind == LEN_REAL && !too_small)
+            continue;
+        t[i].ulValueLen = claimed_length(l, value_len, given[i]);
+        note_misreport(c, "an attribute", t[i].ulValueLen);
+        if (l->has_code)
+            result = l->code;
+    }
+    return result;
 }
 
 /* Finishing a real operation so it is gone, as after a real failure. */
@@ -1414,7 +1673,9 @@ static void terminate_op(CK_FUNCTION_LIST_PTR R, CK_SESSION_HANDLE real, int op)
             }                                                              \
             rv = deliver(&c, 1, hSession, real);                           \
         } else if (rv == CKR_OK) {                                         \
+            CK_ULONG buffer = outlen ? *(outlen) : 0;                      \
             rv = c.R->name(real, in, inlen, out, outlen);                  \
+            rv = misreport_output(&c, (out) != NULL, outlen, buffer, rv);  \
         }                                                                  \
         return finish(&c, rv);                                             \
     } while (0)
@@ -1702,7 +1963,9 @@ static CK_RV w_C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK
                 rv = CKR_OK;
             }
         } else {
+            CK_ULONG buffer = pulCount ? *pulCount : 0;
             rv = c.R->C_GetSlotList(tokenPresent, pSlotList, pulCount);
+            rv = misreport_output(&c, pSlotList != NULL, pulCount, buffer, rv);
         }
     }
     return finish(&c, rv);
@@ -1923,7 +2186,26 @@ static CK_RV w_C_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObj
 static CK_RV w_C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
                                    CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
 {
-    SESSION_CALL(C_GetAttributeValue, (real, hObject, pTemplate, ulCount));
+    fm_call c;
+    CK_SESSION_HANDLE real = 0;
+    CK_RV rv = enter(FN_C_GetAttributeValue, &c);
+    if (rv == CKR_OK)
+        rv = session_real(hSession, &real);
+    if (rv == CKR_OK && c.fault) {
+        rv = deliver(&c, 1, hSession, real);
+    } else if (rv == CKR_OK && c.nlengths && pTemplate && ulCount) {
+        CK_ULONG *given = malloc(ulCount * sizeof *given);
+        if (!given)
+            return finish(&c, CKR_HOST_MEMORY);
+        for (CK_ULONG i = 0; i < ulCount; i++)
+            given[i] = pTemplate[i].ulValueLen;
+        rv = c.R->C_GetAttributeValue(real, hObject, pTemplate, ulCount);
+        rv = misreport_attributes(&c, real, hObject, pTemplate, ulCount, given, rv);
+        free(given);
+    } else if (rv == CKR_OK) {
+        rv = c.R->C_GetAttributeValue(real, hObject, pTemplate, ulCount);
+    }
+    return finish(&c, rv);
 }
 
 static CK_RV w_C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
@@ -1941,7 +2223,18 @@ static CK_RV w_C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pT
 static CK_RV w_C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject,
                              CK_ULONG ulMaxObjectCount, CK_ULONG_PTR pulObjectCount)
 {
-    SESSION_CALL(C_FindObjects, (real, phObject, ulMaxObjectCount, pulObjectCount));
+    fm_call c;
+    CK_SESSION_HANDLE real = 0;
+    CK_RV rv = enter(FN_C_FindObjects, &c);
+    if (rv == CKR_OK)
+        rv = session_real(hSession, &real);
+    if (rv == CKR_OK && c.fault) {
+        rv = deliver(&c, 1, hSession, real);
+    } else if (rv == CKR_OK) {
+        rv = c.R->C_FindObjects(real, phObject, ulMaxObjectCount, pulObjectCount);
+        rv = misreport_output(&c, phObject != NULL, pulObjectCount, ulMaxObjectCount, rv);
+    }
+    return finish(&c, rv);
 }
 
 static CK_RV w_C_FindObjectsFinal(CK_SESSION_HANDLE hSession)

@@ -29,7 +29,7 @@ function M.set(settings)
   generation = generation + 1
   local path = os.getenv("JWKE_FAULT_CONTROL")
   local lines = { "# generation " .. generation }
-  for _, key in ipairs({ "faults", "latency", "removed", "max_sessions", "token_flags" }) do
+  for _, key in ipairs({ "faults", "latency", "removed", "max_sessions", "token_flags", "lengths" }) do
     if settings[key] ~= nil then lines[#lines + 1] = key .. "=" .. tostring(settings[key]) end
   end
   softhsm.write_file(path .. ".tmp", table.concat(lines, "\n") .. "\n")
