@@ -27,15 +27,7 @@ local function with_hsm(token, dsn, extra)
   return jwkengine.open({ environment = env, logger = false, startup = false })
 end
 
-local function hydra_aead(mode, secret, input)
-  local path = os.tmpname()
-  softhsm.write_file(path, input)
-  local out, ok = softhsm.run(string.format("/usr/bin/python3 spec/helpers/hydra_aead.py %s %s < %s",
-    mode, softhsm.quote(secret), path))
-  os.remove(path)
-  assert(ok, out)
-  return out
-end
+local hydra_aead = stores.hydra_aead
 
 -- Runs the CLI with an environment; returns output and success.
 local function keys_cli(env, args, stdin)

@@ -9,6 +9,7 @@ local core = require "jwkengine.core"
 local cjson = require "cjson.safe"
 local jwk_module = require "jwkengine.jwk"
 local keyset = require "jwkengine.keyset"
+local names = require "jwkengine.names"
 local util = require "jwkengine.util"
 
 local M = {}
@@ -47,28 +48,59 @@ function Manager:seal(jwk)
   return core.aes_gcm_seal(self.secrets[1], text)
 end
 
+-- A value from outside, for a message: a string as written (control
+-- characters masked), anything else by its type.
+local function shown(value)
+  if type(value) == "string" then return "'" .. jwk_module.shown(value) .. "'" end
+  return value == cjson.null and "null" or type(value)
+end
+
+local function check_use(use)
+  if use ~= "sig" and use ~= "enc" then
+    return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got %s", shown(use))
+  end
+  return true
+end
+
+-- The algorithm a key is kept with must be one the engine signs with and
+-- fit the key (kty, curve). Imports and stored rows both pass here: a row
+-- is input too, whoever wrote it.
+local function check_alg(key, alg)
+  if type(alg) ~= "string" or not core.alg_info(alg) then
+    return nil, string.format("alg must be one of the algorithms jwkengine signs with, got %s", shown(alg))
+  end
+  local fits, err = key:fits(alg)
+  if not fits then return nil, err end
+  return true
+end
+
 -- Decrypts one row into { kid, alg, use, key, private, jwk (public) }.
+-- Undecryptable is ERR_KEY_DECRYPT; decrypted but not a key jwkengine can
+-- use and publish as stored is ERR_KEY_INVALID.
 function Manager:open_row(row)
   local plaintext, err = core.aes_gcm_open(self.secrets, row.keydata)
   if not plaintext then
     return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, err)
   end
-  local jwk = cjson.decode(plaintext)
-  if type(jwk) ~= "table" then
-    return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': key data is not a JSON object",
-      row.sid, row.kid)
+  local function invalid(why)
+    return util.fail("ERR_KEY_INVALID", "key set '%s' key '%s': %s", row.sid, row.kid, why)
   end
+  local jwk = cjson.decode(plaintext)
+  if type(jwk) ~= "table" then return invalid("key data is not a JSON object") end
   local key
   key, err = core.import_jwk(jwk)
-  if not key then
-    return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, err)
-  end
+  if not key then return invalid(err) end
   local public = key:public_jwk()
-  public.kid = row.kid
-  public.alg = jwk.alg or implied_alg(jwk)
-  public.use = jwk.use or "sig"
-  return { kid = row.kid, alg = public.alg, use = public.use, object = key,
-    private = key:is_private(), jwk = public }
+  local alg, use = jwk.alg, jwk.use
+  if alg == nil then alg = implied_alg(public) end
+  if use == nil then use = "sig" end
+  local ok
+  ok, err = check_alg(key, alg)
+  if not ok then return invalid(err) end
+  ok, err = check_use(use)
+  if not ok then return invalid(err) end
+  public.kid, public.alg, public.use = row.kid, alg, use
+  return { kid = row.kid, alg = alg, use = use, object = key, private = key:is_private(), jwk = public }
 end
 
 -- Loads a set: every row decrypted, newest first. A row that cannot be
@@ -90,13 +122,6 @@ function Manager:load(set, refresh)
   end
   self.sets[set] = keyset.prepare(entry, set, "software", "newest")
   return entry
-end
-
-local function check_use(use)
-  if use ~= "sig" and use ~= "enc" then
-    return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got '%s'", tostring(use))
-  end
-  return true
 end
 
 -- How store_key writes a sealed key: a new row, a replaced row, or a new
@@ -211,12 +236,20 @@ function Manager:import(set, input, options)
   if not key then return util.fail("ERR_KEY_IMPORT", "cannot import key: %s", err) end
   local alg = options.alg or jwk.alg or implied_alg(key:public_jwk())
   if not alg then return util.fail("ERR_KEY_IMPORT", "cannot tell the key's algorithm: pass alg") end
-  local fits, ferr = key:fits(alg)
+  local fits, ferr = check_alg(key, alg)
   if not fits then return util.fail("ERR_KEY_IMPORT", "cannot import key: %s", ferr) end
   local use = options.use or jwk.use or "sig"
   local ok, uerr, ucode = check_use(use)
   if not ok then return nil, uerr, ucode end
-  local kid = options.kid or jwk.kid or core.uuid()
+  local kid = options.kid or jwk.kid
+  if kid == nil then
+    kid = core.uuid()
+  elseif type(kid) ~= "string" then
+    return util.fail("ERR_KEY_IMPORT", "cannot import key: kid must be a string, got %s", shown(kid))
+  else
+    ok, uerr, ucode = names.check(kid, "kid")
+    if not ok then return nil, uerr, ucode end
+  end
   return self:store_key(set, key, kid, alg, use, options.replace and "replace" or "insert")
 end
 

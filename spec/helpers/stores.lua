@@ -35,4 +35,16 @@ function M.backends()
   }
 end
 
+-- Ory Hydra's row sealing done independently (spec/helpers/hydra_aead.py,
+-- python3-cryptography): mode "seal" or "open".
+function M.hydra_aead(mode, secret, input)
+  local path = os.tmpname()
+  softhsm.write_file(path, input)
+  local out, ok = softhsm.run(string.format("/usr/bin/python3 spec/helpers/hydra_aead.py %s %s < %s",
+    mode, softhsm.quote(secret), path))
+  os.remove(path)
+  assert(ok, out)
+  return out
+end
+
 return M
