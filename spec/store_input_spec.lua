@@ -170,5 +170,20 @@ for _, backend in ipairs(stores.backends()) do
       refused("ERR_KEY_SET_NOT_FOUND", "'imp'", engine:key_set("imp"))
       engine:close()
     end)
+
+    it("answers a sign alg jwkengine does not sign with, or one that does not fit the key, with a code", function()
+      local engine = assert(open(dsn))
+      assert(engine:generate("s", "ES256", { kid = "k" }))
+      for _, alg in ipairs({ "HS256", "none", "RSA-OAEP" }) do
+        refused("ERR_UNSUPPORTED_ALG", "cannot sign with algorithm '" .. alg .. "'",
+          engine:sign("s", "x", { alg = alg }))
+        refused("ERR_UNSUPPORTED_ALG", "cannot sign with algorithm '" .. alg .. "'",
+          engine:sign_jwt("s", { sub = "x" }, { alg = alg }))
+      end
+      refused("ERR_JWS_SIGN", "does not fit", engine:sign("s", "x", { alg = "RS256" }))
+      assert.has_error(function() engine:sign("s", "x", { alg = 5 }) end, "options.alg must be a string, got number")
+      assert.has_error(function() engine:sign("s", "x", { typ = {} }) end, "options.typ must be a string, got table")
+      engine:close()
+    end)
   end)
 end

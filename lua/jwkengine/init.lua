@@ -52,6 +52,24 @@ local function option_kid(options)
   return type(options) == "table" and options.kid or nil
 end
 
+-- The rest of what sign and sign_jwt take: typ a string (false: none), alg
+-- one jwkengine signs with. An alg it does not know is ERR_UNSUPPORTED_ALG,
+-- as generate says it, rather than a raise from the C signer.
+local function check_sign_options(options)
+  if type(options) ~= "table" then return true end
+  local alg, typ = options.alg, options.typ
+  if typ ~= nil and typ ~= false and type(typ) ~= "string" then
+    error("options.typ must be a string, got " .. type(typ), 3)
+  end
+  if alg ~= nil then
+    if type(alg) ~= "string" then error("options.alg must be a string, got " .. type(alg), 3) end
+    if not core.alg_info(alg) then
+      return util.fail("ERR_UNSUPPORTED_ALG", "cannot sign with algorithm '%s'", jwk.shown(alg))
+    end
+  end
+  return true
+end
+
 -- Every slot of a PKCS#11 module, with its token's label, serial and flags.
 function M.slots(library)
   return core.slots(library)
@@ -193,6 +211,7 @@ end
 function Engine:sign(set, payload, options)
   if type(payload) ~= "string" then error("payload must be a string", 2) end
   local ok, err, code = check_names(set, option_kid(options), "options.kid")
+  if ok then ok, err, code = check_sign_options(options) end
   if not ok then return nil, err, code end
   return self.keys:sign(set, payload, options)
 end
@@ -225,6 +244,7 @@ end
 function Engine:sign_jwt(set, claims, options)
   if type(claims) ~= "table" then error("claims must be a table", 2) end
   local ok, err, code = check_names(set, option_kid(options), "options.kid")
+  if ok then ok, err, code = check_sign_options(options) end
   if not ok then return nil, err, code end
   local payload
   if options == nil or (options.issuer == nil and options.subject == nil and options.audience == nil

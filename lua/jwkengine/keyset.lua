@@ -86,7 +86,10 @@ function M.sign(entry, set, payload, options, where)
     by_alg[HEADER_COUNT] = count
     if count <= 32 then by_alg[typ or false] = header end
   end
-  return key.object:sign_compact(header, payload, alg)
+  local token
+  token, err, code = key.object:sign_compact(header, payload, alg)
+  if not token then return nil, err, code or "ERR_JWS_SIGN" end
+  return token
 end
 
 -- Verification candidates (public halves), built once per load. A set with
