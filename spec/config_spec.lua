@@ -52,6 +52,80 @@ startup_sets:
     }, cfg.startup_sets)
   end)
 
+  it("takes a YAML PIN exactly as written, however much it looks like a number", function()
+    for _, pin in ipairs({ "01234", "0000", "1e3", "12345678901234567890", "0x1F", "0o17", "1_000",
+        "+12", ".5", "yes", "off" }) do
+      local path = write(".yaml", "hsm:\n  pin: " .. pin .. "\n")
+      local cfg, err = config.load({ config = path, environment = {} })
+      os.remove(path)
+      assert(cfg, err)
+      assert.equals(pin, cfg.hsm.pin)
+    end
+  end)
+
+  it("reads every string setting of a YAML file as written, and typed settings as their type", function()
+    local path = write(".yaml", [[
+dsn: 0123
+hsm:
+  enabled: yes
+  slot: 010
+  library: 0755
+  token_label: 0000
+  token_serial: 12345678901234567890
+  token_manufacturer: true
+  key_set_prefix: 1e3
+  pin_file: 1.50
+secrets:
+  system:
+    - 12345678901234567890
+startup_sets:
+  - set: 2024
+    alg: ES256
+serve:
+  public:
+    port: 4444
+]])
+    local cfg, err = config.load({ config = path, environment = {} })
+    os.remove(path)
+    assert(cfg, err)
+    assert.equals("0123", cfg.dsn)
+    assert.is_true(cfg.hsm.enabled)
+    assert.equals(8, cfg.hsm.slot) -- an integer setting keeps YAML's reading (octal)
+    assert.equals("0755", cfg.hsm.library)
+    assert.equals("0000", cfg.hsm.token_label)
+    assert.equals("12345678901234567890", cfg.hsm.token_serial)
+    assert.equals("true", cfg.hsm.token_manufacturer)
+    assert.equals("1e3", cfg.hsm.key_set_prefix)
+    assert.equals("1.50", cfg.hsm.pin_file)
+    assert.same({ "12345678901234567890" }, cfg.secrets.system)
+    assert.same({ { set = "2024", alg = "ES256" } }, cfg.startup_sets)
+    assert.equals(4444, cfg.serve.public.port) -- other sections as YAML reads them
+  end)
+
+  it("refuses a string setting given as a number where the text is lost, by name, with a hint to quote", function()
+    local path = write(".json", '{"hsm": {"pin": 1234}}')
+    local cfg, err, code = config.load({ config = path, environment = {} })
+    os.remove(path)
+    assert.is_nil(cfg)
+    assert.equals("ERR_CONFIG", code)
+    assert.matches("hsm.pin must be a string: quote it", err, 1, true)
+    assert.not_matches("1234", err)
+    cfg, err, code = config.load({ environment = {}, hsm = { token_label = 7 } })
+    assert.is_nil(cfg)
+    assert.equals("ERR_CONFIG", code)
+    assert.matches("hsm.token_label must be a string: quote it", err, 1, true)
+    path = write(".json", '{"dsn": 5}')
+    cfg, err = config.load({ config = path, environment = {} })
+    os.remove(path)
+    assert.is_nil(cfg)
+    assert.matches("dsn must be a string: quote it", err, 1, true)
+    path = write(".json", '{"secrets": {"system": [12345678901234567890]}}')
+    cfg, err = config.load({ config = path, environment = {} })
+    os.remove(path)
+    assert.is_nil(cfg)
+    assert.matches("secret #1 must be a string: quote it", err, 1, true)
+  end)
+
   it("reads JSON, found through JWKENGINE_CONFIG, and lets the environment override it", function()
     local path = write(".json", [[{"hsm": {"enabled": false, "token_label": "file", "slot": 1, "pin": "from-file"}}]])
     local cfg = assert(config.load({ environment = {

@@ -318,6 +318,29 @@ describe("JWS verification policy", function()
         jws.verify(token, { keys = { a, public(second, { kid = "a" }) } }, { algorithms = { "ES256" } }))
     end)
 
+    it("answers a token without a kid and one with kid \"\" apart, in either order, as a fresh verifier does", function()
+      local second = assert(core.generate_software_key("ES256"))
+      local set = { keys = { public(es256, { kid = "" }), public(second, { kid = "other" }) } }
+      local empty_kid = signed(es256, { alg = "ES256", kid = "" })
+      local no_kid = signed(es256, { alg = "ES256" })
+      local options = { algorithms = { "ES256" } }
+      -- a fresh candidate list per call has no memo: the reference answers
+      local function fresh(token)
+        local payload, _, code = jws.verify(token, assert(jwk.parse_set(set)), options)
+        return { payload ~= nil, payload == nil and code or nil }
+      end
+      local expected = { [empty_kid] = fresh(empty_kid), [no_kid] = fresh(no_kid) }
+      assert.same({ true }, expected[empty_kid])
+      assert.same({ false, "ERR_JWKS_MULTIPLE_MATCHING_KEYS" }, expected[no_kid])
+      for _, order in ipairs({ { empty_kid, no_kid, empty_kid }, { no_kid, empty_kid, no_kid } }) do
+        local shared = assert(jwk.parse_set(set)) -- one list: the memo is used
+        for _, token in ipairs(order) do
+          local payload, err, code = jws.verify(token, shared, options)
+          assert.same(expected[token], { payload ~= nil, payload == nil and code or nil }, err)
+        end
+      end
+    end)
+
     it("matches use sig and key_ops verify, and ignores keys for other algorithms when choosing", function()
       local token = signed(es256, { alg = "ES256" })
       local keys = { public(es256, { key_ops = { "verify" }, use = "sig" }), b, enc }

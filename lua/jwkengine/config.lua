@@ -95,8 +95,9 @@ local function coerce(kind, value)
     if n and is_integer(n) then return math.floor(n) end
     return nil
   else
+    -- a number is not turned back into text: 01234 would come back as 668
+    -- (see decode_file for how a YAML file keeps the text as written)
     if type(value) == "string" then return value end
-    if type(value) == "number" then return tostring(value) end -- a YAML pin such as 1234
     return nil
   end
 end
@@ -109,9 +110,10 @@ end
 -- Applies `source` (a table of hsm keys) over cfg.hsm, checking each.
 -- `origin` names where the values came from, for error messages; secret
 -- values are never echoed back.
-local function apply_hsm(cfg, source, origin, names)
+local function apply_hsm(cfg, source, origin, names, as_written)
   for key, value in pairs(source) do
     local kind = hsm_schema[key]
+    if kind == "string" and as_written then value = as_written[key] end
     local name = names and names[key] or ("hsm." .. tostring(key))
     if not kind then
       return util.fail("ERR_CONFIG", "%s: unknown setting '%s' (known: %s)", origin, name,
@@ -119,10 +121,11 @@ local function apply_hsm(cfg, source, origin, names)
     end
     local parsed = coerce(kind, value)
     if parsed == nil then
-      local shown = key == "pin" and "a value" or describe(value)
-      return util.fail("ERR_CONFIG", "%s: %s must be %s, got %s", origin, name,
-        kind == "integer" and "a non-negative integer"
-        or kind == "boolean" and "true or false (or 1 or 0)" or ("a " .. kind), shown)
+      local shown = key == "pin" and type(value) == "string" and "a value" or describe(value)
+      local wanted = kind == "integer" and "a non-negative integer"
+        or kind == "boolean" and "true or false (or 1 or 0)"
+        or kind == "string" and "a string: quote it" or ("a " .. kind)
+      return util.fail("ERR_CONFIG", "%s: %s must be %s, got %s", origin, name, wanted, shown)
     end
     cfg.hsm[key] = parsed
   end
@@ -139,7 +142,7 @@ local function normalize_startup_sets(value, origin)
   if #value > 0 then
     for i, entry in ipairs(value) do
       if type(entry) ~= "table" or type(entry.set) ~= "string" then
-        return util.fail("ERR_CONFIG", "%s: startup_sets[%d] needs a string 'set'", origin, i)
+        return util.fail("ERR_CONFIG", "%s: startup_sets[%d] needs a string 'set': quote it", origin, i)
       end
       sets[#sets + 1] = { set = entry.set, alg = entry.alg or "RS256" }
     end
@@ -172,6 +175,7 @@ local function decode_file(path)
     return data
   end
   local ok, lyaml = pcall(require, "lyaml")
+  local implicit = ok and require "lyaml.implicit"
   if not ok then
     return util.fail("ERR_CONFIG", "config file %s is YAML, which needs lyaml (Debian: lua-yaml)", path)
   end
@@ -183,35 +187,49 @@ local function decode_file(path)
   if type(data) ~= "table" then
     return util.fail("ERR_CONFIG", "config file %s must hold a mapping at the top", path)
   end
-  return data
+  -- YAML makes numbers of unquoted text that looks like one (pin: 01234 is
+  -- the octal 668, 0000 is 0, a 20-digit PIN loses digits) and booleans of
+  -- yes/no. String settings are read from a second view of the same file
+  -- in which every scalar but null stays the text written.
+  local as_written = lyaml.load(text, { implicit_scalar = function(scalar)
+    local null = implicit.null(scalar)
+    if null ~= nil then return null end
+    return scalar
+  end })
+  return data, as_written
 end
 
 -- Hydra config files carry much more than `hsm:`; jwkengine reads its own
--- sections and leaves the rest alone.
-local function apply_document(cfg, doc, origin)
+-- sections and leaves the rest alone. as_written: the same document with
+-- scalars as the text written (YAML; see decode_file), the source of every
+-- string setting.
+local function apply_document(cfg, doc, origin, as_written)
+  as_written = as_written or doc
   if doc.hsm ~= nil then
     if type(doc.hsm) ~= "table" then
       return util.fail("ERR_CONFIG", "%s: hsm must be a mapping", origin)
     end
-    local ok, err, code = apply_hsm(cfg, doc.hsm, origin)
+    local ok, err, code = apply_hsm(cfg, doc.hsm, origin, nil, as_written.hsm)
     if not ok then return nil, err, code end
   end
   if doc.startup_sets ~= nil then
-    local sets, err, code = normalize_startup_sets(doc.startup_sets, origin)
+    local sets, err, code = normalize_startup_sets(as_written.startup_sets, origin)
     if not sets then return nil, err, code end
     cfg.startup_sets = sets
   end
-  if doc.dsn ~= nil then
-    if type(doc.dsn) ~= "string" then
-      return util.fail("ERR_CONFIG", "%s: dsn must be a string", origin)
+  local dsn = as_written.dsn
+  if dsn ~= nil then
+    if type(dsn) ~= "string" then
+      return util.fail("ERR_CONFIG", "%s: dsn must be a string: quote it", origin)
     end
-    cfg.dsn = doc.dsn
+    cfg.dsn = dsn
   end
-  if doc.secrets ~= nil then
-    if type(doc.secrets) ~= "table" or (doc.secrets.system ~= nil and type(doc.secrets.system) ~= "table") then
+  local secrets = as_written.secrets
+  if secrets ~= nil then
+    if type(secrets) ~= "table" or (secrets.system ~= nil and type(secrets.system) ~= "table") then
       return util.fail("ERR_CONFIG", "%s: secrets.system must be a list of strings", origin)
     end
-    if doc.secrets.system ~= nil then cfg.secrets.system = doc.secrets.system end
+    if secrets.system ~= nil then cfg.secrets.system = secrets.system end
   end
   if doc.store ~= nil then
     local ttl = type(doc.store) == "table" and doc.store.cache_ttl
@@ -236,7 +254,7 @@ end
 local function check_secrets(secrets, origin)
   for i, secret in ipairs(secrets) do
     if type(secret) ~= "string" then
-      return util.fail("ERR_CONFIG", "%s: secret #%d must be a string", origin, i)
+      return util.fail("ERR_CONFIG", "%s: secret #%d must be a string: quote it", origin, i)
     end
     if #secret < M.MIN_SECRET_LENGTH then
       return util.fail("ERR_CONFIG", "%s: secret #%d is shorter than %d characters", origin, i,
@@ -331,11 +349,11 @@ function M.load(options)
 
   local path = options.config or getenv("JWKENGINE_CONFIG")
   if path and path ~= "" then
-    local doc, err, code = decode_file(path)
-    if not doc then return nil, err, code end
+    local doc, as_written_or_err, code = decode_file(path)
+    if not doc then return nil, as_written_or_err, code end
     local known, kerr, kcode = config_schema.check_file(doc, "config file " .. path, hsm_schema)
     if not known then return nil, kerr, kcode end
-    local ok, aerr, acode = apply_document(cfg, doc, "config file " .. path)
+    local ok, aerr, acode = apply_document(cfg, doc, "config file " .. path, as_written_or_err)
     if not ok then return nil, aerr, acode end
   end
 

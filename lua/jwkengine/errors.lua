@@ -26,6 +26,7 @@ M.codes = {
   -- the software store
   ERR_STORE = "the store's database failed (connection, migration, query)",
   ERR_KEY_DECRYPT = "a stored key cannot be opened with any of the secrets, or is not a key once opened",
+  ERR_KEY_INVALID = "a stored row decrypts but is not a key jwkengine can use as stored",
   ERR_KEY_ENCRYPT = "a key cannot be sealed for the store",
   -- nginx integration
   ERR_OPEN = "opening the engine in an nginx worker raised",

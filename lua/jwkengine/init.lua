@@ -17,6 +17,7 @@ local jwk = require "jwkengine.jwk"
 local jws = require "jwkengine.jws"
 local jwt = require "jwkengine.jwt"
 local log = require "jwkengine.log"
+local names = require "jwkengine.names"
 local software = require "jwkengine.software"
 local startup = require "jwkengine.startup"
 local store = require "jwkengine.store"
@@ -36,6 +37,38 @@ local Engine = {}
 Engine.__index = Engine
 
 local DEFAULT_JWT_OPTIONS = { typ = "JWT" }
+
+-- Every method that takes a set name or a kid checks them here first (see
+-- jwkengine.names): a wrong type raises, control characters are
+-- ERR_INVALID_ARGUMENT. kid_name is how the caller passed the kid ("kid",
+-- "options.kid"); kid_required: the method needs one.
+local function check_names(set, kid, kid_name, kid_required)
+  local ok, err, code = names.check(set, "set", false, 4)
+  if ok and kid_name then ok, err, code = names.check(kid, kid_name, not kid_required, 4) end
+  return ok, err, code
+end
+
+local function option_kid(options)
+  return type(options) == "table" and options.kid or nil
+end
+
+-- The rest of what sign and sign_jwt take: typ a string (false: none), alg
+-- one jwkengine signs with. An alg it does not know is ERR_UNSUPPORTED_ALG,
+-- as generate says it, rather than a raise from the C signer.
+local function check_sign_options(options)
+  if type(options) ~= "table" then return true end
+  local alg, typ = options.alg, options.typ
+  if typ ~= nil and typ ~= false and type(typ) ~= "string" then
+    error("options.typ must be a string, got " .. type(typ), 3)
+  end
+  if alg ~= nil then
+    if type(alg) ~= "string" then error("options.alg must be a string, got " .. type(alg), 3) end
+    if not core.alg_info(alg) then
+      return util.fail("ERR_UNSUPPORTED_ALG", "cannot sign with algorithm '%s'", jwk.shown(alg))
+    end
+  end
+  return true
+end
 
 -- Every slot of a PKCS#11 module, with its token's label, serial and flags.
 function M.slots(library)
@@ -109,12 +142,14 @@ end
 
 -- The public JWK Set of a set, as a table { keys = { ... } }.
 function Engine:key_set(set)
+  local ok, err, code = check_names(set)
+  if not ok then return nil, err, code end
   return self.keys:key_set(set)
 end
 
 -- The same, as JSON; serialized once per loaded set.
 function Engine:key_set_json(set)
-  local jwks, err, code = self.keys:key_set(set)
+  local jwks, err, code = self:key_set(set)
   if not jwks then return nil, err, code end
   local json = self.json_cache[jwks]
   if not json then
@@ -128,6 +163,8 @@ end
 -- found"), so the next use reads it again: for keys added or removed by
 -- another process (pkcs11-tool, another instance sharing the store).
 function Engine:refresh(set)
+  local ok, err, code = check_names(set)
+  if not ok then return nil, err, code end
   if self.hsm then self.hsm:forget(set) end
   if self.software then self.software.sets[set] = nil end
   return true
@@ -135,6 +172,8 @@ end
 
 -- One public JWK.
 function Engine:key(set, kid)
+  local ok, err, code = check_names(set, kid, "kid", true)
+  if not ok then return nil, err, code end
   return self.keys:key(set, kid)
 end
 
@@ -142,17 +181,23 @@ end
 -- thumbprint_kid (true, or "SHA-256" / "SHA-384" / "SHA-512"): the new
 -- key's kid is its RFC 7638 thumbprint. Returns the public JWK.
 function Engine:generate(set, alg, options)
+  local ok, err, code = check_names(set, option_kid(options), "options.kid")
+  if not ok then return nil, err, code end
   return self.keys:generate(set, alg, options)
 end
 
 -- Adds a key to the software store (never the HSM): a JWK (table or JSON)
 -- or a PEM block. options: kid, alg, use. Returns the public JWK.
 function Engine:import(set, input, options)
+  local ok, err, code = check_names(set, option_kid(options), "options.kid")
+  if not ok then return nil, err, code end
   return self.keys:import(set, input, options)
 end
 
 -- Replaces an existing software key with the same kid.
 function Engine:update(set, input, options)
+  local ok, err, code = check_names(set, option_kid(options), "options.kid")
+  if not ok then return nil, err, code end
   local o = {}
   for k, v in pairs(options or {}) do o[k] = v end
   o.replace = true
@@ -166,12 +211,17 @@ end
 
 -- Deletes one key (kid given) or the whole set.
 function Engine:delete(set, kid)
+  local ok, err, code = check_names(set, kid, "kid")
+  if not ok then return nil, err, code end
   return self.keys:delete(set, kid)
 end
 
 -- Signs payload bytes as a compact JWS; options: kid, typ, alg.
 function Engine:sign(set, payload, options)
   if type(payload) ~= "string" then error("payload must be a string", 2) end
+  local ok, err, code = check_names(set, option_kid(options), "options.kid")
+  if ok then ok, err, code = check_sign_options(options) end
+  if not ok then return nil, err, code end
   return self.keys:sign(set, payload, options)
 end
 
@@ -202,7 +252,10 @@ end
 -- defaults to "JWT". options.now (a number or function) fixes the clock.
 function Engine:sign_jwt(set, claims, options)
   if type(claims) ~= "table" then error("claims must be a table", 2) end
-  local payload, err, code
+  local ok, err, code = check_names(set, option_kid(options), "options.kid")
+  if ok then ok, err, code = check_sign_options(options) end
+  if not ok then return nil, err, code end
+  local payload
   if options == nil or (options.issuer == nil and options.subject == nil and options.audience == nil
       and options.jti == nil and options.now == nil) then
     payload, err, code = encode_claims_fast(claims, options and options.lifetime)
@@ -221,7 +274,10 @@ end
 -- max_age, clock_tolerance, required_claims, now). options.algorithms
 -- defaults to the algorithms of the set's own keys. Returns claims, header.
 function Engine:verify_jwt(set, token, options)
-  local candidates, err, code = self.keys:verification_keys(set)
+  local ok, err, code = check_names(set)
+  if not ok then return nil, err, code end
+  local candidates
+  candidates, err, code = self.keys:verification_keys(set)
   if not candidates then return nil, err, code end
   local o = {}
   for k, v in pairs(options or {}) do o[k] = v end
@@ -242,7 +298,10 @@ end
 -- Verifies a compact JWS against a set's keys. options.algorithms defaults
 -- to the algorithms of the set's own keys. Returns payload, header.
 function Engine:verify(set, token, options)
-  local candidates, err, code = self.keys:verification_keys(set)
+  local ok, err, code = check_names(set)
+  if not ok then return nil, err, code end
+  local candidates
+  candidates, err, code = self.keys:verification_keys(set)
   if not candidates then return nil, err, code end
   if options == nil or options.algorithms == nil then
     -- the set's own algorithms; the options table is built once per set

@@ -168,6 +168,7 @@ local allowed_memo = setmetatable({}, { __mode = "k" })
 local candidates_memo = setmetatable({}, { __mode = "k" })
 local selections = setmetatable({}, { __mode = "k" })
 local valid_headers, valid_header_count = {}, 0
+local NO_KID = {} -- the selection slot of a token without a kid: equal to no string
 
 local function build_allowed_set(algorithms)
   if type(algorithms) ~= "table" or #algorithms == 0 then
@@ -307,18 +308,31 @@ function M.verify(token, keys, options)
   candidates, err, code = M.candidates(keys, options)
   if not candidates then return nil, err, code end
   -- the key a (kid, alg, minimum) picks from a candidate list is the same
-  -- every time: chosen once per list
-  local chosen = selections[candidates]
-  if not chosen then
-    chosen = {}
-    selections[candidates] = chosen
+  -- every time: chosen once per list. Nested by each part rather than one
+  -- joined string, so no two different inputs share a slot (an absent kid
+  -- and kid "" select differently).
+  local by_alg = selections[candidates]
+  if not by_alg then
+    by_alg = {}
+    selections[candidates] = by_alg
   end
-  local selection_key = (header.kid or "") .. "\0" .. alg .. "\0" .. min_rsa_bits
-  local key = chosen[selection_key]
+  local by_minimum = by_alg[alg]
+  if not by_minimum then
+    by_minimum = {}
+    by_alg[alg] = by_minimum
+  end
+  local by_kid = by_minimum[min_rsa_bits]
+  if not by_kid then
+    by_kid = {}
+    by_minimum[min_rsa_bits] = by_kid
+  end
+  local kid_slot = header.kid
+  if kid_slot == nil then kid_slot = NO_KID end
+  local key = by_kid[kid_slot]
   if not key then
     key, err, code = jwk.select(candidates, header.kid, alg, { min_rsa_bits = min_rsa_bits })
     if not key then return nil, err, code end
-    chosen[selection_key] = key
+    by_kid[kid_slot] = key
   end
 
   ok, err, code = check_signature_size(alg, key.public_key, jws.signature)

@@ -6,6 +6,14 @@ local util = require "jwkengine.util"
 
 local M = {}
 
+-- A value from outside, for a message: a string as written (control
+-- characters masked), anything else by its type.
+local function shown(value)
+  if type(value) == "string" then return "'" .. require("jwkengine.jwk").shown(value) .. "'" end
+  return value == require("cjson.safe").null and "null" or type(value)
+end
+M.shown = shown
+
 -- A key signs only with its own alg: a token signed with another one (PS256
 -- by an RS256 key) would be refused by the engine's own verify, which
 -- allows a key only its alg. `requested` nil means the key's own.
@@ -24,13 +32,24 @@ end
 -- marked enc would be stored, published and never usable.
 function M.check_use(alg, use)
   if use ~= "sig" and use ~= "enc" then
-    return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got '%s'", tostring(use))
+    return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got %s", shown(use))
   end
   local info = core.alg_info(alg)
   if use == "enc" and not (info and info.kty == "RSA") then
     return util.fail("ERR_INVALID_ARGUMENT", "%s keys can only sign: use must be 'sig'", tostring(alg))
   end
   return true
+end
+
+-- The algorithm a key is kept with must be one the engine signs with and
+-- fit the key (kty, curve, size). Imports and stored rows both pass here: a
+-- row is input too, whoever wrote it. Returns true or nil, why (the caller
+-- says which code: an import and a stored row fail differently).
+function M.check_alg(key, alg)
+  if type(alg) ~= "string" or not core.alg_info(alg) then
+    return nil, string.format("alg must be one of the algorithms jwkengine signs with, got %s", shown(alg))
+  end
+  return key:fits(alg)
 end
 
 -- Rows hold private JWKs (Hydra's format): a public key alone could never

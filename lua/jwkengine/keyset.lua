@@ -88,17 +88,24 @@ function M.sign(entry, set, payload, options, where)
     by_alg[HEADER_COUNT] = count
     if count <= 32 then by_alg[typ or false] = header end
   end
-  return key.object:sign_compact(header, payload, alg)
+  local token
+  token, err, code = key.object:sign_compact(header, payload, alg)
+  if not token then return nil, err, code or "ERR_JWS_SIGN" end
+  return token
 end
 
--- Verification candidates (public halves), built once per load.
-function M.candidates(entry)
+-- Verification candidates (public halves), built once per load. A set with
+-- no usable key is the error of its first broken one: an empty list of
+-- algorithms would otherwise reach jws.verify, which raises on it.
+function M.candidates(entry, set, where)
   local candidates = entry.candidates
   if not candidates then
     candidates = { algorithms = {} }
-    local seen = {}
+    local seen, first_broken = {}, nil
     for _, key in ipairs(entry.keys) do
-      if not key.broken then
+      if key.broken then
+        first_broken = first_broken or key
+      else
         candidates[#candidates + 1] = { kid = key.kid, alg = key.alg, use = key.use,
           public_key = key.object:public_key() }
         if not seen[key.alg] then
@@ -106,6 +113,10 @@ function M.candidates(entry)
           candidates.algorithms[#candidates.algorithms + 1] = key.alg
         end
       end
+    end
+    if #candidates == 0 then
+      if first_broken then return nil, first_broken.broken, first_broken.code end
+      return util.fail("ERR_KEY_SET_NOT_FOUND", "%s key set '%s' holds no key", where, set)
     end
     entry.candidates = candidates
   end
@@ -157,7 +168,7 @@ function M.install(Manager, where)
   function Manager:verification_keys(set)
     local entry, err, code = self:load(set)
     if not entry then return nil, err, code end
-    return M.candidates(entry)
+    return M.candidates(entry, set, where)
   end
 end
 

@@ -10,6 +10,7 @@ local cjson = require "cjson.safe"
 local jwk_module = require "jwkengine.jwk"
 local keyset = require "jwkengine.keyset"
 local key_rules = require "jwkengine.key_rules"
+local names = require "jwkengine.names"
 local util = require "jwkengine.util"
 
 local M = {}
@@ -50,19 +51,28 @@ end
 
 -- Decrypts one row into { kid, alg, use, key, private, jwk (public) }.
 -- Decryption and import are one C call: the private members never become
--- Lua strings; `jwk` is the stored JWK without them.
+-- Lua strings; `jwk` is the stored JWK without them. A row that does not
+-- decrypt is ERR_KEY_DECRYPT; one that decrypts but is not a key jwkengine
+-- can use and publish as stored is ERR_KEY_INVALID (C sets which).
 function Manager:open_row(row)
-  local key, stored = core.open_sealed_key(self.secrets, row.keydata)
+  local function invalid(why)
+    return util.fail("ERR_KEY_INVALID", "key set '%s' key '%s': %s", row.sid, row.kid, why)
+  end
+  local key, stored, code = core.open_sealed_key(self.secrets, row.keydata)
   if not key then
-    return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, stored)
+    return util.fail(code or "ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, stored)
   end
   local jwk = cjson.decode(stored)
   local public = key:public_jwk()
-  public.kid = row.kid
-  public.alg = jwk.alg or implied_alg(jwk)
-  public.use = jwk.use or "sig"
-  return { kid = row.kid, alg = public.alg, use = public.use, object = key,
-    private = key:is_private(), jwk = public }
+  local alg, use = jwk.alg, jwk.use
+  if alg == nil then alg = implied_alg(public) end
+  if use == nil then use = "sig" end
+  local ok, err = key_rules.check_alg(key, alg)
+  if not ok then return invalid(err) end
+  ok, err = key_rules.check_use(alg, use)
+  if not ok then return invalid(err) end
+  public.kid, public.alg, public.use = row.kid, alg, use
+  return { kid = row.kid, alg = alg, use = use, object = key, private = key:is_private(), jwk = public }
 end
 
 -- Loads a set: every row decrypted, newest first. A row that cannot be
@@ -197,12 +207,20 @@ function Manager:import(set, input, options)
   if not private then return nil, perr, pcode end
   local alg = options.alg or jwk.alg or implied_alg(key:public_jwk())
   if not alg then return util.fail("ERR_KEY_IMPORT", "cannot tell the key's algorithm: pass alg") end
-  local fits, ferr = key:fits(alg)
+  local fits, ferr = key_rules.check_alg(key, alg)
   if not fits then return util.fail("ERR_KEY_IMPORT", "cannot import key: %s", ferr) end
   local use = options.use or jwk.use or "sig"
   local ok, uerr, ucode = key_rules.check_use(alg, use)
   if not ok then return nil, uerr, ucode end
-  local kid = options.kid or jwk.kid or core.uuid()
+  local kid = options.kid or jwk.kid
+  if kid == nil then
+    kid = core.uuid()
+  elseif type(kid) ~= "string" then
+    return util.fail("ERR_KEY_IMPORT", "cannot import key: kid must be a string, got %s", key_rules.shown(kid))
+  else
+    ok, uerr, ucode = names.check(kid, "kid")
+    if not ok then return nil, uerr, ucode end
+  end
   return self:store_key(set, key, kid, alg, use, options.replace and "replace" or "insert")
 end
 

@@ -232,10 +232,24 @@ end
 
 local COLUMNS = "pk, sid, kid, version, keydata, created_at"
 
+-- The SQL literal of a value (what names it in the message), or
+-- ERR_INVALID_ARGUMENT when the driver cannot write it exactly: the store
+-- must never act on a shortened name, whoever called it.
+local function literal(store, what, value)
+  local sql, err = store.driver:quote(value)
+  if not sql then
+    return util.fail("ERR_INVALID_ARGUMENT", "key store: %s: %s", what, tostring(err))
+  end
+  return sql
+end
+
 -- Every row of a set, newest first.
 function Store:rows(sid)
-  local rows, err = self.driver:query(string.format("SELECT %s FROM hydra_jwk%s ORDER BY created_at DESC, %s DESC",
-    COLUMNS, self:where("sid = " .. self.driver:quote(sid)), self.insertion_order))
+  local sid_sql, err, code = literal(self, "set name", sid)
+  if not sid_sql then return nil, err, code end
+  local rows
+  rows, err = self.driver:query(string.format("SELECT %s FROM hydra_jwk%s ORDER BY created_at DESC, %s DESC",
+    COLUMNS, self:where("sid = " .. sid_sql), self.insertion_order))
   if not rows then return store_error("cannot read key set '" .. sid .. "'", err) end
   return rows
 end
@@ -249,27 +263,36 @@ function Store:all_rows()
 end
 
 function Store:set_exists(sid)
-  local rows, err = self.driver:query(string.format(
-    "SELECT 1 AS found FROM hydra_jwk%s LIMIT 1", self:where("sid = " .. self.driver:quote(sid))))
+  local sid_sql, err, code = literal(self, "set name", sid)
+  if not sid_sql then return nil, err, code end
+  local rows
+  rows, err = self.driver:query(string.format(
+    "SELECT 1 AS found FROM hydra_jwk%s LIMIT 1", self:where("sid = " .. sid_sql)))
   if not rows then return store_error("cannot read key set '" .. sid .. "'", err) end
   return #rows > 0
 end
 
 -- Adds a row; a kid already in the set is ERR_KEY_EXISTS.
 function Store:insert(sid, kid, keydata)
-  local q = function(v) return self.driver:quote(v) end
-  local rows, err = self.driver:query(string.format(
-    "SELECT 1 AS found FROM hydra_jwk%s", self:where("sid = " .. q(sid), "kid = " .. q(kid))))
+  local sid_sql, kid_sql, keydata_sql, err, code
+  sid_sql, err, code = literal(self, "set name", sid)
+  if sid_sql then kid_sql, err, code = literal(self, "kid", kid) end
+  if kid_sql then keydata_sql, err, code = literal(self, "key data", keydata) end
+  if not keydata_sql then return nil, err, code end
+  local rows
+  rows, err = self.driver:query(string.format(
+    "SELECT 1 AS found FROM hydra_jwk%s", self:where("sid = " .. sid_sql, "kid = " .. kid_sql)))
   if not rows then return store_error("cannot read key set '" .. sid .. "'", err) end
   if #rows > 0 then
     return util.fail("ERR_KEY_EXISTS", "key '%s' already exists in key set '%s'", kid, sid)
   end
   local sql = string.format("INSERT INTO hydra_jwk (sid, kid, version, keydata) VALUES (%s, %s, 0, %s)",
-    q(sid), q(kid), q(keydata))
+    sid_sql, kid_sql, keydata_sql)
   if self.network then
     -- what Hydra 2.x writes: its network and a random UUID primary key
+    local q = function(v) return self.driver:quote(v) end
     sql = string.format("INSERT INTO hydra_jwk (pk, nid, sid, kid, version, keydata) VALUES (%s, %s, %s, %s, 0, %s)",
-      q(core.uuid()), q(self.network), q(sid), q(kid), q(keydata))
+      q(core.uuid()), q(self.network), sid_sql, kid_sql, keydata_sql)
   end
   local ok
   ok, err = self.driver:exec(sql)
@@ -279,17 +302,27 @@ end
 
 -- Replaces a row's key data (updates and rotation).
 function Store:update_keydata(pk, keydata)
-  local ok, err = self.driver:exec(string.format("UPDATE hydra_jwk SET keydata = %s%s",
-    self.driver:quote(keydata), self:where("pk = " .. self:pk_literal(pk))))
+  local keydata_sql, err, code = literal(self, "key data", keydata)
+  if not keydata_sql then return nil, err, code end
+  local ok
+  ok, err = self.driver:exec(string.format("UPDATE hydra_jwk SET keydata = %s%s",
+    keydata_sql, self:where("pk = " .. self:pk_literal(pk))))
   if not ok then return store_error("cannot update key row " .. tostring(pk), err) end
   return true
 end
 
 -- Deletes one key or a whole set; returns how many rows went.
 function Store:delete(sid, kid)
-  local sql = "DELETE FROM hydra_jwk" .. self:where("sid = " .. self.driver:quote(sid),
-    kid and "kid = " .. self.driver:quote(kid) or nil)
-  local count, err = self.driver:exec(sql)
+  local sid_sql, kid_sql, err, code
+  sid_sql, err, code = literal(self, "set name", sid)
+  if not sid_sql then return nil, err, code end
+  if kid then
+    kid_sql, err, code = literal(self, "kid", kid)
+    if not kid_sql then return nil, err, code end
+  end
+  local sql = "DELETE FROM hydra_jwk" .. self:where("sid = " .. sid_sql, kid_sql and "kid = " .. kid_sql or nil)
+  local count
+  count, err = self.driver:exec(sql)
   if not count then return store_error("cannot delete from key set '" .. sid .. "'", err) end
   return type(count) == "number" and math.floor(count) or 0
 end

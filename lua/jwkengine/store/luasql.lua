@@ -5,9 +5,11 @@
 --   driver.dialect          "sqlite" | "postgres"
 --   driver:exec(sql)        -> rows affected (or true) | nil, err  (statements)
 --   driver:query(sql)       -> { row, ... } | nil, err  (rows as name -> string)
---   driver:quote(text)      -> a quoted SQL string literal
+--   driver:quote(text)      -> a quoted SQL string literal | nil, err when
+--                              the text cannot be written exactly
 --   driver:close()
--- LuaSQL has no parameter binding, so every value goes through quote().
+-- LuaSQL (2.6, as Debian ships it) has no parameter binding, so every value
+-- goes through quote().
 local util = require "jwkengine.util"
 
 local M = {}
@@ -47,7 +49,11 @@ function Driver:query(sql)
   return rows
 end
 
+-- Both drivers' escape stop at the first NUL byte ("victim\0x" would
+-- become 'victim', another set): such text is refused, not shortened.
 function Driver:quote(text)
+  if type(text) ~= "string" then return nil, "an SQL value must be a string, got " .. type(text) end
+  if text:find("\0", 1, true) then return nil, "an SQL value cannot hold a NUL byte" end
   return "'" .. self.connection:escape(text) .. "'"
 end
 

@@ -1,0 +1,29 @@
+-- Set names and kids as callers may give them to the engine.
+--
+-- They end up in SQL literals, PKCS#11 labels and ids, log lines and JSON.
+-- A NUL byte cuts a C string short (LuaSQL's escape stops there, so
+-- "victim\0x" would act on set "victim"), and other control characters
+-- split log lines: both are refused before anything is looked up.
+local util = require "jwkengine.util"
+
+local M = {}
+
+-- value: the set name or kid; what: the argument as the caller wrote it
+-- ("set", "kid", "options.kid"); optional: nil is allowed.
+-- A value of the wrong type is a programming error and raises (level is the
+-- caller's caller, as error() counts); control characters are bad input and
+-- return nil, message, ERR_INVALID_ARGUMENT.
+function M.check(value, what, optional, level)
+  if value == nil and optional then return true end
+  if type(value) ~= "string" then
+    error(string.format("%s must be a string, got %s", what, type(value)), (level or 2) + 1)
+  end
+  local at = value:find("%c")
+  if at then
+    return util.fail("ERR_INVALID_ARGUMENT",
+      "%s must not contain control characters (byte 0x%02x at position %d)", what, value:byte(at), at)
+  end
+  return true
+end
+
+return M
