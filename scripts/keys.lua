@@ -2,6 +2,8 @@
 -- Configured like the engine (config file from JWKENGINE_CONFIG, HSM_*
 -- environment). Any failure: one line on stderr and a non-zero exit.
 local jwkengine = require "jwkengine"
+local log = require "jwkengine.log"
+local util = require "jwkengine.util"
 
 local USAGE = [[
 usage: jwkengine scripts/keys.lua COMMAND ...
@@ -9,13 +11,13 @@ usage: jwkengine scripts/keys.lua COMMAND ...
   create SET ALG [--use sig|enc] [--kid KID]  generate a key pair, print its public JWK
   delete SET [KID]                            delete one key, or the whole set
   sign SET [--typ TYP] [--kid KID]            sign stdin as the payload, print the compact JWS
-  verify SET                                  verify a compact JWS from stdin, print its payload
+  verify SET                                  verify a compact JWS from stdin, print its payload (as is)
   import SET [--kid KID] [--alg ALG] [--use sig|enc]
                                               add a JWK or PEM from stdin to the software store
   rotate-secrets                              re-seal every software key with the first secret]]
 
 local function die(message, status)
-  io.stderr:write("keys.lua: ", message, "\n")
+  io.stderr:write("keys.lua: ", log.escape(message), "\n") -- one line, whatever the message holds
   os.exit(status or 1)
 end
 
@@ -81,11 +83,12 @@ end
 function commands.verify(engine, args)
   local p = parse(args, {})
   if #p ~= 1 then usage_error("verify takes SET") end
-  local token = io.read("*a"):gsub("%s+$", "")
+  -- the token as echo or a file gives it: whitespace around it is dropped
+  local token = util.trim(io.read("*a"))
   local payload, err = engine:verify(p[1], token)
   if not payload then die(err) end
-  io.write(payload)
-  if payload:sub(-1) ~= "\n" then io.write("\n") end
+  io.write(payload) -- exactly its bytes: a payload is not always text
+  io.stdout:flush()
 end
 
 commands.import = function(engine, args)
