@@ -8,9 +8,9 @@ local util = require "jwkengine.util"
 
 local M = {}
 
--- An If-None-Match longer than this is treated as absent: the full answer
--- is always a correct one, and a real cache sends a few validators, not
--- kilobytes of them.
+-- An If-None-Match longer than this is not read (nginx's own not-modified
+-- filter, in C, may still compare it with the ETag): a real cache sends a
+-- few validators, not kilobytes of them.
 M.MAX_IF_NONE_MATCH = 2048
 
 -- True when a list of entity tags (an If-None-Match value) holds etag or
