@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "b64url.h"
+#include "utf8.h"
 
 /* ---- strict JSON -------------------------------------------------------- */
 
@@ -75,28 +76,6 @@ static size_t put_utf8(unsigned char *o, unsigned cp)
     return 4;
 }
 
-/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong
- * forms, no surrogates, nothing above U+10FFFF), or 0. */
-static size_t utf8_sequence(const unsigned char *p, const unsigned char *end)
-{
-    unsigned char c = p[0];
-    size_t n;
-    unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
-    if (c >= 0xc2 && c <= 0xdf) n = 2;
-    else if (c == 0xe0) { n = 3; lo = 0xa0; }
-    else if (c >= 0xe1 && c <= 0xef) { n = 3; if (c == 0xed) hi = 0x9f; }
-    else if (c == 0xf0) { n = 4; lo = 0x90; }
-    else if (c >= 0xf1 && c <= 0xf3) n = 4;
-    else if (c == 0xf4) { n = 4; hi = 0x8f; }
-    else return 0;
-    if ((size_t)(end - p) < n || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-    return n;
-}
-
 /* Parses a string at j->p (on the opening quote). With `name`, the
  * unescaped bytes are appended to the arena and described there. */
 static int parse_string(json_parser *j, name_ref *name)
@@ -157,7 +136,7 @@ static int parse_string(json_parser *j, name_ref *name)
             j->p++;
             continue;
         }
-        size_t n = utf8_sequence(j->p, j->end);
+        size_t n = jwke_utf8_sequence(j->p, j->end);
         if (!n)
             return fail_at(j, "invalid UTF-8 in a string");
         if (out) {

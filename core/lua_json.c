@@ -10,23 +10,33 @@
  * Tables are objects (string keys) or arrays (keys 1..n); cjson.null (a
  * NULL light userdata) is null; an empty table is {}. iat and exp, when
  * given and absent from the claims, are written first. Errors name the
- * claim: a non-finite number, a key that is not a string, a value that has
- * no JSON form, nesting deeper than 32. */
+ * claim by its path (a.b[0], indexes from 0 as in the JSON): a non-finite
+ * number, a key that is not a string, a value that has no JSON form, a
+ * string or name that is not valid UTF-8 (JSON text is UTF-8, RFC 8259; a
+ * verifier refuses anything else, so signing it would make a token nobody
+ * accepts), nesting deeper than 32. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lua_common.h"
+#include "utf8.h"
 
 #define MAX_DEPTH 32
+
+static const char NOT_UTF8[] = "is not valid UTF-8";
 
 typedef struct json_buffer {
     char *data;
     size_t len, cap;
     char inline_data[512];
     const char *error; /* static text, set on failure */
-    char path[128];    /* the claim that failed */
+    /* The path of the claim that failed, built right to left while the
+     * failure unwinds: path[path_start..] up to the terminating NUL. */
+    char path[160];
+    size_t path_start;
+    int path_cut;
 } json_buffer;
 
 static int reserve(json_buffer *b, size_t more)
@@ -65,8 +75,20 @@ static int put_string(json_buffer *b, const char *s, size_t n)
         return 0;
     char *o = b->data + b->len;
     *o++ = '"';
+    const unsigned char *end = (const unsigned char *)s + n;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (c >= 0x80) {
+            size_t seq = jwke_utf8_sequence((const unsigned char *)s + i, end);
+            if (seq == 0) {
+                b->error = NOT_UTF8;
+                return 0;
+            }
+            memcpy(o, s + i, seq);
+            o += seq;
+            i += seq - 1;
+            continue;
+        }
         if (c >= 0x20 && c != '"' && c != '\\') {
             *o++ = (char)c;
             continue;
@@ -133,14 +155,80 @@ static int put_number(json_buffer *b, lua_State *L, int idx)
     return put(b, text, (size_t)n);
 }
 
-static void note_path(json_buffer *b, lua_State *L, int key_idx)
+#define PATH_EMPTY(b) ((b)->path_start == sizeof (b)->path - 1)
+
+/* Marks the path as cut: "..." stands for the outer names left out (the
+ * innermost ones, nearest the fault, stay). */
+static void cut_path(json_buffer *b)
 {
-    if (b->path[0] != '\0')
-        return; /* the innermost name is already there */
-    if (lua_type(L, key_idx) == LUA_TSTRING)
-        snprintf(b->path, sizeof b->path, "%s", lua_tostring(L, key_idx));
-    else if (lua_type(L, key_idx) == LUA_TNUMBER)
-        snprintf(b->path, sizeof b->path, "[%lld]", (long long)lua_tonumber(L, key_idx));
+    if (b->path_cut)
+        return;
+    b->path_start = b->path_start >= 3 ? b->path_start - 3 : 0;
+    memcpy(b->path + b->path_start, "...", 3);
+    b->path_cut = 1;
+}
+
+/* Puts text in front of the path, or cuts it there when it does not fit. */
+static void prepend_path(json_buffer *b, const char *text, size_t n)
+{
+    if (b->path_cut)
+        return;
+    if (n + 3 > b->path_start) {
+        cut_path(b);
+        return;
+    }
+    b->path_start -= n;
+    memcpy(b->path + b->path_start, text, n);
+}
+
+/* A member name as messages may show it: printable ASCII and well-formed
+ * UTF-8 as they are; control characters, stray bytes and the backslash as
+ * \xNN, so that a hostile name can neither split a log line nor make the
+ * message invalid UTF-8. Returns the length written, or 0 when the name
+ * does not fit in cap. */
+static size_t shown_name(char *out, size_t cap, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    size_t len = 0;
+    while (p < end) {
+        size_t seq = *p >= 0x80 ? jwke_utf8_sequence(p, end) : (*p >= 0x20 && *p < 0x7f && *p != '\\');
+        if (len + (seq ? seq : 4) > cap)
+            return 0;
+        if (seq) {
+            memcpy(out + len, p, seq);
+            len += seq;
+            p += seq;
+        } else {
+            out[len++] = '\\';
+            out[len++] = 'x';
+            out[len++] = hex[*p >> 4];
+            out[len++] = hex[*p & 15];
+            p++;
+        }
+    }
+    return len;
+}
+
+static void note_member(json_buffer *b, const char *name, size_t n)
+{
+    char shown[sizeof b->path];
+    size_t len = shown_name(shown, sizeof shown, name, n);
+    size_t dot = !PATH_EMPTY(b) && b->path[b->path_start] != '[';
+    if ((len == 0 && n > 0) || len + dot + 3 > b->path_start) {
+        cut_path(b);
+        return;
+    }
+    if (dot)
+        prepend_path(b, ".", 1);
+    prepend_path(b, shown, len);
+}
+
+static void note_index(json_buffer *b, size_t index)
+{
+    char text[24];
+    int n = snprintf(text, sizeof text, "[%zu]", index);
+    prepend_path(b, text, (size_t)n);
 }
 
 static int put_value(json_buffer *b, lua_State *L, int idx, int depth);
@@ -177,8 +265,10 @@ static int put_table(json_buffer *b, lua_State *L, int idx, int depth)
             lua_rawgeti(L, idx, (int)i);
             int ok = put_value(b, L, lua_gettop(L), depth + 1);
             lua_pop(L, 1);
-            if (!ok)
+            if (!ok) {
+                note_index(b, i - 1);
                 return 0;
+            }
         }
         return put(b, "]", 1);
     }
@@ -195,10 +285,12 @@ static int put_table(json_buffer *b, lua_State *L, int idx, int depth)
         }
         size_t klen;
         const char *k = lua_tolstring(L, key, &klen);
-        int ok = (first || put(b, ",", 1)) && put_string(b, k, klen) && put(b, ":", 1) &&
-                 put_value(b, L, key + 1, depth + 1);
+        int ok = (first || put(b, ",", 1)) && put_string(b, k, klen);
+        if (!ok && b->error == NOT_UTF8)
+            b->error = "has a name that is not valid UTF-8";
+        ok = ok && put(b, ":", 1) && put_value(b, L, key + 1, depth + 1);
         if (!ok) {
-            note_path(b, L, key);
+            note_member(b, k, klen);
             lua_pop(L, 2);
             return 0;
         }
@@ -241,7 +333,9 @@ static int l_json_claims(lua_State *L)
     b.len = 0;
     b.cap = sizeof b.inline_data;
     b.error = NULL;
-    b.path[0] = '\0';
+    b.path_start = sizeof b.path - 1;
+    b.path_cut = 0;
+    b.path[b.path_start] = '\0';
 
     int ok = 1;
     if (array_length(L, 1) > 0) {
@@ -280,8 +374,8 @@ static int l_json_claims(lua_State *L)
         if (b.data != b.inline_data)
             free(b.data);
         lua_pushnil(L);
-        if (b.path[0])
-            lua_pushfstring(L, "claim '%s' %s", b.path, b.error);
+        if (!PATH_EMPTY(&b))
+            lua_pushfstring(L, "claim '%s' %s", b.path + b.path_start, b.error);
         else
             lua_pushfstring(L, "claims %s", b.error);
         return 2;

@@ -191,8 +191,11 @@ int main(int argc, char **argv)
         lua_setglobal(L, "arg");
         /* "-" is standard input, as for lua(1): luaL_loadfile reads it for NULL. */
         int status = luaL_loadfile(L, strcmp(script, "-") == 0 ? NULL : script);
-        for (int i = 2; i < argc; i++)
-            lua_pushstring(L, argv[i]);
+        /* the script's arguments go on the stack only once it loaded: on a
+         * syntax error the message must stay on top */
+        if (status == LUA_OK)
+            for (int i = 2; i < argc; i++)
+                lua_pushstring(L, argv[i]);
         failed = run_chunk(L, status, status == LUA_OK ? argc - 2 : 0);
     }
     lua_close(L);

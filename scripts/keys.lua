@@ -4,6 +4,8 @@
 -- environment). Exit status: 0 done, 1 the operation failed, 2 usage error;
 -- every failure is one line on stderr.
 local jwkengine = require "jwkengine"
+local log = require "jwkengine.log"
+local util = require "jwkengine.util"
 
 local EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -13,13 +15,13 @@ usage: jwkengine keys COMMAND ...    (from a checkout: build/jwkengine scripts/k
   create SET ALG [--use sig|enc] [--kid KID]  generate a key pair, print its public JWK
   delete SET [KID]                            delete one key, or the whole set
   sign SET [--typ TYP] [--kid KID]            sign stdin as the payload, print the compact JWS
-  verify SET                                  verify a compact JWS from stdin, print its payload
+  verify SET                                  verify a compact JWS from stdin, print its payload (as is)
   import SET [--kid KID] [--alg ALG] [--use sig|enc]
                                               add a JWK or PEM from stdin to the software store
   rotate-secrets                              re-seal every software key with the first secret]]
 
 local function die(message, status)
-  io.stderr:write("keys.lua: ", message, "\n")
+  io.stderr:write("keys.lua: ", log.escape(message), "\n") -- one line, whatever the message holds
   os.exit(status or EXIT_FAILED)
 end
 
@@ -93,11 +95,12 @@ end
 function commands.verify(engine, args)
   local p = parse(args, {})
   if #p ~= 1 then usage_error("verify takes SET") end
-  local token = io.read("*a"):gsub("%s+$", "")
+  -- the token as echo or a file gives it: whitespace around it is dropped
+  local token = util.trim(io.read("*a"))
   local payload, err = engine:verify(p[1], token)
   if not payload then die(err) end
-  io.write(payload)
-  if payload:sub(-1) ~= "\n" then io.write("\n") end
+  io.write(payload) -- exactly its bytes: a payload is not always text
+  io.stdout:flush()
 end
 
 commands.import = function(engine, args)

@@ -12,12 +12,15 @@ local function env_prefix(token, extra)
   return "env " .. table.concat(parts, " ")
 end
 
--- Runs the CLI; returns stdout, stderr, exit status.
-local function keys(token, args, stdin, extra)
+-- Runs the CLI; returns stdout, stderr, exit status. cpu_seconds: a limit
+-- on the CPU time it may use (ulimit -t), not on the wall clock, so a busy
+-- machine does not make it fail.
+local function keys(token, args, stdin, extra, cpu_seconds)
   local out, err = os.tmpname(), os.tmpname()
   local input = os.tmpname()
   softhsm.write_file(input, stdin or "")
-  local ok, _, status = os.execute(string.format("%s %s/jwkengine scripts/keys.lua %s < %s > %s 2> %s",
+  local ok, _, status = os.execute(string.format("%s%s %s/jwkengine scripts/keys.lua %s < %s > %s 2> %s",
+    cpu_seconds and ("ulimit -t " .. cpu_seconds .. "; ") or "",
     env_prefix(token, extra), softhsm.BUILD, args, input, out, err))
   local stdout = assert(io.open(out)):read("*a")
   local stderr = assert(io.open(err)):read("*a")
@@ -54,7 +57,7 @@ describe("keys.lua", function()
 
     out, err, status = keys(token, "verify app", jws)
     assert.equals(0, status, err)
-    assert.equals('{"sub":"cli"}\n', out)
+    assert.equals('{"sub":"cli"}', out)
 
     out, err, status = keys(token, "verify app", jws:sub(1, -5) .. "AAAA")
     assert.equals(1, status)
@@ -66,6 +69,29 @@ describe("keys.lua", function()
     out, err, status = keys(token, "get app")
     assert.equals(1, status)
     assert.matches("key set 'app' not found", err)
+  end)
+
+  it("verify prints the payload's bytes exactly, and reads a token in whitespace in linear time", function()
+    local _, err, status = keys(token, "create exact ES256 --kid exact-1")
+    assert.equals(0, status, err)
+    -- "abc" and "abc\n" are different payloads, and a payload need not be text
+    for _, payload in ipairs({ "abc", "abc\n", "\0\255\r\n\n", " padded " }) do
+      local jws
+      jws, err, status = keys(token, "sign exact", payload)
+      assert.equals(0, status, err)
+      local out
+      out, err, status = keys(token, "verify exact", jws)
+      assert.equals(0, status, err)
+      assert.equals(payload, out)
+    end
+    -- a token in 210 KB of whitespace: a backtracking trim ("%s+$") needs
+    -- minutes of CPU for this, a linear one milliseconds; the CLI may use 10 s
+    local jws = keys(token, "sign exact", "in whitespace")
+    local padding = string.rep(" \n\t", 70000)
+    local out
+    out, err, status = keys(token, "verify exact", padding .. jws .. padding, nil, 10)
+    assert.equals(0, status, err)
+    assert.equals("in whitespace", out)
   end)
 
   it("fails with one clear line for bad input", function()
@@ -128,6 +154,13 @@ describe("the runner", function()
     -- "-" reads the script from standard input, as lua(1) does
     out = softhsm.run("printf 'print(arg[0], arg[1], ...)' | " .. softhsm.BUILD .. "/jwkengine - one two")
     assert.equals("-\tone\tone\ttwo\n", out)
+
+    -- a script that does not compile reports its syntax error, whatever its arguments
+    softhsm.write_file(script, "print('unfinished)\n")
+    local compiled
+    out, compiled = softhsm.run(softhsm.BUILD .. "/jwkengine " .. script .. " one two")
+    assert.is_false(compiled)
+    assert.matches("unfinished string", out, 1, true)
 
     softhsm.write_file(script, "local function inner() error('boom') end\ninner()\n")
     local ok

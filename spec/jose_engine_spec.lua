@@ -58,6 +58,31 @@ describe("JOSE through the engine", function()
     assert.equals("ERR_JWT_CLAIM_INVALID", code)
   end)
 
+  it("refuses claims that are not valid UTF-8, naming the claim, and signs what verify_jwt accepts", function()
+    local cases = {
+      { { sub = "a\255" }, "claim 'sub' is not valid UTF%-8" },
+      { { ["a\255"] = 1 }, "claim 'a\\xff' has a name that is not valid UTF%-8" },
+      { { ctx = { roles = { "ok", "\192\128" } } }, "claim 'ctx%.roles%[1%]' is not valid UTF%-8" }, -- overlong
+      { { x = "\237\160\128" }, "claim 'x' is not valid UTF%-8" }, -- a UTF-16 surrogate
+      { { x = "\244\144\128\128" }, "claim 'x' is not valid UTF%-8" }, -- above U+10FFFF
+      { { x = "ab\226\130" }, "claim 'x' is not valid UTF%-8" }, -- cut short
+    }
+    for _, c in ipairs(cases) do
+      -- both encoders: the fast path and the one that fills in options
+      for _, options in ipairs({ { lifetime = 60 }, { lifetime = 60, issuer = "https://issuer.example" } }) do
+        local token, err, code = hsm_engine:sign_jwt("jose.es256", c[1], options)
+        assert.is_nil(token, c[2])
+        assert.equals("ERR_JWT_CLAIMS", code)
+        assert.matches(c[2], err)
+      end
+    end
+    local text = "h\195\169llo \226\130\172 \240\159\152\128" -- héllo € and an emoji
+    local token = assert(hsm_engine:sign_jwt("jose.es256", { sub = text, [text] = true }, { lifetime = 60 }))
+    local claims = assert(hsm_engine:verify_jwt("jose.es256", token))
+    assert.equals(text, claims.sub)
+    assert.is_true(claims[text])
+  end)
+
   it("gives the thumbprint of a set's key", function()
     local key = assert(hsm_engine:key("jose.eddsa", "d1"))
     assert.equals(helper.jwcrypto_thumbprint(key), hsm_engine:thumbprint("jose.eddsa", "d1"))

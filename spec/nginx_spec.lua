@@ -11,6 +11,7 @@
 local cjson = require "cjson"
 local softhsm = require "helpers.softhsm"
 local nginx = require "helpers.nginx"
+local jose = require "helpers.jose"
 
 local ID_SET, ACCESS_SET, EXTRA_SET = "hydra.openid.id-token", "hydra.jwt.access-token", "nginx.extra"
 local PKCS11_ERRORS = { "CKR_", "PKCS#11" }
@@ -182,6 +183,66 @@ describe("nginx integration (4 workers, SoftHSM)", function()
     assert.are.equal("application/jwt", r[11].headers["content-type"])
     assert.are.equal("no-store", r[11].headers["cache-control"])
     check(12, 400, "duplicate")
+  end)
+
+  it("answers a hostile If-None-Match with the right status, under and over jwkengine's limit", function()
+    local first = server:requests({ { path = "/.well-known/jwks.json" } })[1]
+    local etag = first.headers["etag"]
+    local spaces = string.rep(" ", 900)
+    local r = server:requests({
+      -- under the limit: parsed; a backtracking trim spends its time on "tag, spaces, something"
+      { path = "/.well-known/jwks.json", headers = { ["If-None-Match"] = spaces .. etag .. spaces .. "," } },
+      { path = "/.well-known/jwks.json",
+        headers = { ["If-None-Match"] = '"a"' .. spaces .. "x," .. string.rep(" ,", 400) .. "W/" .. etag } },
+      { path = "/.well-known/jwks.json", headers = { ["If-None-Match"] = '"a"' .. spaces .. "x" } },
+      -- over the limit (7 KB, under nginx's 8 KB header line): jwkengine
+      -- does not read it; nginx's own not-modified filter (linear, in C)
+      -- still compares it with the ETag
+      { path = "/.well-known/jwks.json",
+        headers = { ["If-None-Match"] = etag .. string.rep(" ", 7000) .. "x" } },
+    })
+    assert.are.equal(304, r[1].status, r[1].body)
+    assert.are.equal(304, r[2].status, r[2].body)
+    assert.are.equal(200, r[3].status)
+    assert.are.equal(first.body, r[3].body)
+    assert.are.equal(200, r[4].status)
+    assert.are.equal(first.body, r[4].body)
+    assert.are.equal(etag, r[4].headers["etag"])
+  end)
+
+  it("answers claims the client got wrong with 400 and a JSON error, and logs them on one line", function()
+    local json = { ["Content-Type"] = "application/json" }
+    local r = server:requests({
+      { method = "POST", path = "/token", headers = json, body = '{"exp":null}' },
+      { method = "POST", path = "/token", headers = json, body = '{"exp":"x"}' },
+      { method = "POST", path = "/token", headers = json, body = '{"sub":5}' },
+      { method = "POST", path = "/token", headers = json, body = '{"aud":[1]}' },
+      { method = "POST", path = "/token", headers = json, body = '{"iat":1e999}' },
+      { method = "POST", path = "/token", headers = json, body = '{"x\\ninjected [emerg] fake":1e999}' },
+      { method = "POST", path = "/token", headers = json, body_base64url = jose.b64('{"a":"\255\254"}') },
+      { method = "POST", path = "/token", headers = json, body = '{"a":"\\ud800"}' }, -- a lone surrogate
+      { method = "POST", path = "/token", headers = json, body = '{"a":1,"a":2}' },
+      { method = "POST", path = "/token-threaded", headers = json, body = '{"exp":null}' },
+      { method = "POST", path = "/token-threaded", headers = json, body = '{"x\\ninjected [emerg] fake":1e999}' },
+    })
+    for i, response in ipairs(r) do
+      local threaded_unavailable = i >= 10 and response.status == 501 -- no ngx.run_worker_thread
+      if not threaded_unavailable then
+        assert.are.equal(400, response.status, "request " .. i .. ": " .. response.body)
+        assert.are.equal("application/json", response.headers["content-type"], "request " .. i)
+        local body = cjson.decode(response.body)
+        assert.are.equal("invalid_request", body.error, "request " .. i)
+        assert.is_string(body.error_description, "request " .. i)
+      end
+    end
+    assert.matches("'exp' must be a NumericDate", cjson.decode(r[1].body).error_description)
+    assert.matches("UTF%-8", cjson.decode(r[7].body).error_description)
+    -- the claim name's newline did not start a line of its own
+    local log = server:log()
+    assert.is_truthy(log:find("injected [emerg] fake", 1, true), "the failure was not logged")
+    for line in log:gmatch("[^\n]+") do
+      assert.is_falsy(line:find("^injected"), "a request wrote a log line: " .. line)
+    end
   end)
 
   it("publishes a key added to the token on the next refresh, with a new ETag, in every worker", function()

@@ -50,7 +50,7 @@ M.codes = {
   ERR_JWK_INVALID = "a JWK cannot be used: wrong member types, unsupported kty or curve, invalid key material",
   -- JWT claims
   ERR_JWT_INVALID = "the JWS payload is not a JSON object of claims (or is a nested JWT)",
-  ERR_JWT_CLAIMS = "the claims cannot be encoded as JSON",
+  ERR_JWT_CLAIMS = "the claims cannot be encoded as JSON (no JSON form, a non-finite number, a string or name that is not valid UTF-8)",
   ERR_JWT_CLAIM_INVALID = "a registered claim has the wrong type (exp/nbf/iat numbers, iss/sub/jti strings, aud string or list)",
   ERR_JWT_CLAIM_MISSING = "a required claim is absent",
   ERR_JWT_EXPIRED = "now is at or after exp (plus the clock tolerance)",

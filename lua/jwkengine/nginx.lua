@@ -33,6 +33,9 @@
 -- Written for LuaJIT / Lua 5.1 (OpenResty); thread_sign also runs in the
 -- Lua VMs of nginx's worker threads, where only a few ngx APIs exist.
 local cjson = require "cjson.safe"
+local http = require "jwkengine.http"
+local jwk = require "jwkengine.jwk"
+local log = require "jwkengine.log"
 
 local M = { _VERSION = "0.1.0" }
 
@@ -84,13 +87,16 @@ local function copy(t)
 end
 
 local LEVELS -- engine level -> ngx level, filled lazily (ngx.* constants)
-local function ngx_logger(level, message)
+local function write_ngx_log(level, message)
   if not LEVELS then
     LEVELS = { debug = ngx.DEBUG, info = ngx.NOTICE, notice = ngx.NOTICE, warn = ngx.WARN,
       warning = ngx.WARN, error = ngx.ERR, err = ngx.ERR }
   end
   ngx.log(LEVELS[level] or ngx.NOTICE, "jwkengine: ", message)
 end
+-- Every line this module and the engine log goes through log.new, which
+-- escapes newlines and other control characters.
+local ngx_logger = log.new(write_ngx_log)
 
 local function positive_number(value, name)
   if type(value) ~= "number" or value <= 0 then
@@ -530,6 +536,13 @@ local function send_error(status, error_code, description, headers)
     cjson.encode({ error = error_code, error_description = description }) .. "\n", h)
 end
 
+-- An error response for a failure's code, with the status http.status_of
+-- gives it.
+local function send_failure(code, description, headers)
+  local status, error_code = http.status_of(code)
+  return send_error(status, error_code, description, headers)
+end
+
 -- Waits (yielding) until this worker's engine is open.
 local function wait_ready()
   if engine then return true end
@@ -550,26 +563,12 @@ local function not_ready()
     { ["Retry-After"] = "1" })
 end
 
--- True when an If-None-Match header lists etag (weak comparison, RFC 9110).
-local function none_match(header, etag)
-  if type(header) == "table" then header = table.concat(header, ",") end
-  for candidate in header:gmatch("[^,]+") do
-    candidate = candidate:match("^%s*(.-)%s*$"):gsub("^W/", "")
-    if candidate == "*" or candidate == etag then return true end
-  end
-  return false
-end
-
--- For the specs: nginx's own not_modified filter answers most conditional
--- requests before this code sees them, so it is tested directly.
-M.none_match = none_match
-
 -- GET /.well-known/jwks.json: the public keys of the published sets, from
 -- this worker's cache.
 function M.serve_jwks()
   local method = ngx.req.get_method()
   if method ~= "GET" and method ~= "HEAD" then
-    return send_error(405, "invalid_request", "use GET", { Allow = "GET, HEAD" })
+    return send_failure("ERR_HTTP_METHOD", "use GET", { Allow = "GET, HEAD" })
   end
   if not wait_ready() or not jwks_cache then return not_ready() end
   local cache = jwks_cache
@@ -577,17 +576,10 @@ function M.serve_jwks()
     ETag = cache.etag,
     ["Cache-Control"] = "public, max-age=" .. settings.max_age,
   }
-  local inm = ngx.var.http_if_none_match
-  if inm and none_match(inm, cache.etag) then
+  if http.not_modified(ngx.var.http_if_none_match, cache.etag) then
     return send(304, nil, nil, headers)
   end
   return send(200, "application/json", cache.body, headers)
-end
-
-local function is_json_media_type(value)
-  if type(value) ~= "string" then return false end
-  local media = value:match("^%s*([^;%s]+)")
-  return media ~= nil and media:lower() == "application/json"
 end
 
 -- Signs in a worker thread; returns what thread_sign returns, or nil, err, code.
@@ -616,31 +608,32 @@ function M.serve_token(options)
     if options.thread_pool ~= nil then pool = options.thread_pool or nil end
   end
   if ngx.req.get_method() ~= "POST" then
-    return send_error(405, "invalid_request", "use POST with a JSON object of claims", { Allow = "POST" })
+    return send_failure("ERR_HTTP_METHOD", "use POST with a JSON object of claims", { Allow = "POST" })
   end
-  if not is_json_media_type(ngx.var.content_type) then
-    return send_error(415, "invalid_request", "the body must be application/json")
+  if not http.is_json(ngx.var.content_type) then
+    return send_failure("ERR_HTTP_MEDIA_TYPE", "the body must be application/json")
   end
+  local too_large = "the body is larger than " .. settings.max_body .. " bytes"
   local length = tonumber(ngx.var.content_length)
   if length and length > settings.max_body then
-    return send_error(413, "invalid_request", "the body is larger than " .. settings.max_body .. " bytes")
+    return send_failure("ERR_HTTP_BODY_TOO_LARGE", too_large)
   end
   ngx.req.read_body()
   local body = ngx.req.get_body_data()
   if not body then
     if ngx.req.get_body_file() then -- larger than client_body_buffer_size
-      return send_error(413, "invalid_request", "the body is larger than " .. settings.max_body .. " bytes")
+      return send_failure("ERR_HTTP_BODY_TOO_LARGE", too_large)
     end
-    return send_error(400, "invalid_request", "the body is empty: send a JSON object of claims")
+    return send_failure("ERR_HTTP_BODY_INVALID", "the body is empty: send a JSON object of claims")
   end
   if #body > settings.max_body then
-    return send_error(413, "invalid_request", "the body is larger than " .. settings.max_body .. " bytes")
+    return send_failure("ERR_HTTP_BODY_TOO_LARGE", too_large)
   end
-  -- as strict as every other JSON the engine reads: duplicate members,
-  -- invalid UTF-8 and NaN are refused, not resolved by whichever wins
-  local claims, derr = require("jwkengine.jwk").decode_json(body)
+  -- as strict as every other JSON the engine reads (valid UTF-8, no
+  -- duplicate claim names, no NaN), not resolved by whichever wins
+  local claims, derr = jwk.decode_json(body)
   if not claims then
-    return send_error(400, "invalid_request", "the body must be a JSON object of claims: " .. tostring(derr))
+    return send_failure("ERR_HTTP_BODY_INVALID", "the body must be a JSON object of claims: " .. tostring(derr))
   end
   if not wait_ready() then return not_ready() end
 
@@ -651,17 +644,12 @@ function M.serve_token(options)
     token, err, code = engine:sign_jwt(set, claims, { lifetime = lifetime })
   end
   if not token then
-    ngx_logger("error", string.format("signing with key set '%s' failed: %s (%s)", set, tostring(err), tostring(code)))
-    if code == "ERR_JWT_CLAIMS" then
-      return send_error(400, "invalid_request", tostring(err))
-    end
-    -- the token or the store failing may pass; a missing key or a bad
-    -- configuration will not
-    local transient = type(code) == "string" and (code:find("^CKR_") or code == "ERR_THREAD" or code == "ERR_STORE")
-    if transient then
-      return send_error(503, "temporarily_unavailable", "signing failed (" .. code .. ")", { ["Retry-After"] = "1" })
-    end
-    return send_error(500, "server_error", "signing failed (" .. tostring(code) .. ")")
+    local client_error = http.is_client_error(code)
+    ngx_logger(client_error and "info" or "error", string.format("signing with key set '%s' failed: %s (%s)",
+      set, tostring(err), tostring(code)))
+    if client_error then return send_failure(code, tostring(err)) end
+    local headers = http.status_of(code) == 503 and { ["Retry-After"] = "1" } or nil
+    return send_failure(code, "signing failed (" .. tostring(code) .. ")", headers)
   end
   return send(200, "application/jwt", token, { ["Cache-Control"] = "no-store" })
 end
@@ -674,8 +662,8 @@ end
 local NGX_LEVEL_NAMES = { debug = "debug", info = "notice", notice = "notice", warn = "warn",
   warning = "warn", error = "error", err = "error" }
 local getpid
-local function thread_logger(level, message)
-  if pcall(ngx_logger, level, message) then return end
+local thread_logger = log.new(function(level, message)
+  if pcall(write_ngx_log, level, message) then return end
   if getpid == nil then
     local ok, ffi = pcall(require, "ffi")
     getpid = false
@@ -689,7 +677,7 @@ local function thread_logger(level, message)
   io.stderr:write(string.format("%s [%s] %s#thread: jwkengine (worker thread): %s\n",
     os.date("%Y/%m/%d %H:%M:%S"), NGX_LEVEL_NAMES[level] or "notice",
     getpid and tostring(getpid()) or "?", message))
-end
+end)
 
 -- Runs in a Lua VM of nginx's thread pool (ngx.run_worker_thread). Each VM
 -- opens its own engine on first use (one PKCS#11 session is enough: a VM

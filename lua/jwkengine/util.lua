@@ -19,6 +19,19 @@ function M.sorted_keys(t)
   return keys
 end
 
+-- s:sub(i, j) without the whitespace (Lua's %s) at either end. A byte loop
+-- from each end: linear in the length, where a pattern such as
+-- "^%s*(.-)%s*$" or "%s+$" backtracks into quadratic time on a long run of
+-- spaces (and input from outside may be nothing else).
+local SPACE = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
+function M.trim(s, i, j)
+  i, j = i or 1, j or #s
+  local byte = string.byte
+  while i <= j and SPACE[byte(s, i)] do i = i + 1 end
+  while j >= i and SPACE[byte(s, j)] do j = j - 1 end
+  return s:sub(i, j)
+end
+
 function M.read_file(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end

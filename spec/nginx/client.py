@@ -17,6 +17,7 @@ usage:
       runs the requests listed on stdin ([{method, path, headers, body}]).
 Prints one JSON object on stdout.
 """
+import base64
 import hashlib
 import http.client
 import json
@@ -163,12 +164,15 @@ def wait(port, path, timeout):
 
 def requests_from_stdin(port):
     """Runs the requests listed on stdin (a JSON list of {method, path,
-    headers, body}) one by one; returns status, headers and body of each."""
+    headers, body or body_base64url (bytes that are not UTF-8)}) one by
+    one; returns status, headers and body of each."""
     out = []
     for r in json.load(sys.stdin):
-        status, headers, data = request(port, r.get("method", "GET"), r["path"],
-                                        r.get("body", "").encode() if r.get("body") is not None else None,
-                                        r.get("headers"))
+        body = r.get("body").encode() if r.get("body") is not None else None
+        if r.get("body_base64url") is not None:
+            encoded = r["body_base64url"]
+            body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        status, headers, data = request(port, r.get("method", "GET"), r["path"], body, r.get("headers"))
         out.append({"status": status, "headers": headers, "body": data.decode("utf-8", "replace")})
     return out
 

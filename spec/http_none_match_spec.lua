@@ -1,11 +1,11 @@
--- jwkengine.nginx's If-None-Match test (RFC 9110 13.1.2), called directly:
--- behind nginx, the not_modified filter answers 304 from the ETag header
--- first, so a request through nginx cannot tell whether this code works.
-local nginx = require "jwkengine.nginx"
+-- jwkengine's If-None-Match test (RFC 9110 13.1.2, jwkengine.http), called
+-- directly: behind nginx, the not_modified filter answers 304 from the ETag
+-- header first, so a request through nginx cannot tell whether this code works.
+local http = require "jwkengine.http"
 
 describe("If-None-Match against the JWK Set's ETag", function()
   local ETAG = '"MZs0ZJxP3y_3kTd5yGmUq0AMkyRcG9TkR3Tn4vyQwHc"'
-  local none_match = nginx.none_match
+  local none_match = http.not_modified
 
   local matching = {
     { "the same strong tag", ETAG },
