@@ -9,6 +9,13 @@
 
 #include <stddef.h>
 
+/* The largest RSA key jwkengine accepts (imported, generated or found on a
+ * token), and so the largest signature it makes or checks: every signature
+ * buffer is JWKE_MAX_SIGNATURE bytes, and a larger key is refused before
+ * anything signs with it. */
+#define JWKE_RSA_MAX_BITS 16384
+#define JWKE_MAX_SIGNATURE (JWKE_RSA_MAX_BITS / 8)
+
 enum jwke_key_kind { JWKE_KIND_RSA = 1, JWKE_KIND_EC, JWKE_KIND_OKP };
 
 enum jwke_sig_scheme {

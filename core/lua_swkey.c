@@ -13,13 +13,12 @@
 #include "b64url.h"
 #include "evp_sig.h"
 #include "lua_common.h"
+#include "lua_jwk.h"
 #include "pkey.h"
 #include "swkey.h"
 
 /* The minimum RSA size a software key may sign with. */
 #define SIGN_MIN_RSA_BITS 2048
-/* Largest decoded JWK member: a 16384-bit modulus. */
-#define MAX_MEMBER_LEN 2048
 
 typedef struct swkey_object {
     jwke_swkey key; /* pkey NULL until filled in */
@@ -63,7 +62,7 @@ static int l_generate(lua_State *L)
         if (!lua_isnil(L, -1)) {
             luaL_argcheck(L, lua_type(L, -1) == LUA_TNUMBER, 2, "bits must be an integer");
             lua_Integer b = lua_tointeger(L, -1);
-            luaL_argcheck(L, b > 0 && b <= JWKE_SWKEY_RSA_MAX_BITS, 2, "bits is out of range");
+            luaL_argcheck(L, b > 0 && b <= JWKE_RSA_MAX_BITS, 2, "bits is out of range");
             bits = (int)b;
         }
         lua_pop(L, 1);
@@ -73,91 +72,6 @@ static int l_generate(lua_State *L)
     return push_result(L, jwke_swkey_generate(alg, bits, &k->key, &err), &err);
 }
 
-/* ---- JWK tables ----------------------------------------------------- */
-
-static const struct {
-    const char *name;
-    size_t offset;
-} binary_members[] = {
-    {"n", offsetof(jwke_jwk_members, n)},   {"e", offsetof(jwke_jwk_members, e)},
-    {"d", offsetof(jwke_jwk_members, d)},   {"p", offsetof(jwke_jwk_members, p)},
-    {"q", offsetof(jwke_jwk_members, q)},   {"dp", offsetof(jwke_jwk_members, dp)},
-    {"dq", offsetof(jwke_jwk_members, dq)}, {"qi", offsetof(jwke_jwk_members, qi)},
-    {"x", offsetof(jwke_jwk_members, x)},   {"y", offsetof(jwke_jwk_members, y)},
-};
-#define N_BINARY_MEMBERS (sizeof binary_members / sizeof binary_members[0])
-
-static jwke_bytes *member_at(jwke_jwk_members *m, size_t i)
-{
-    return (jwke_bytes *)((char *)m + binary_members[i].offset);
-}
-
-/* A string member (kty, crv) or NULL when absent. The string stays valid
- * while the table holds it. */
-static int text_member(lua_State *L, int jwk, const char *name, const char **out,
-                       jwke_error *err)
-{
-    lua_getfield(L, jwk, name);
-    int type = lua_type(L, -1);
-    *out = type == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    lua_pop(L, 1);
-    if (type != LUA_TNIL && type != LUA_TSTRING)
-        return jwke_fail(err, "JWK member '%s' must be a string, got %s", name,
-                         lua_typename(L, type));
-    return 0;
-}
-
-/* Decodes the members present in the table; absent ones stay NULL. */
-static int read_members(lua_State *L, int jwk, jwke_jwk_members *m, jwke_error *err)
-{
-    memset(m, 0, sizeof *m);
-    if (text_member(L, jwk, "kty", &m->kty, err) || text_member(L, jwk, "crv", &m->crv, err))
-        return -1;
-    lua_getfield(L, jwk, "oth");
-    int has_oth = !lua_isnil(L, -1);
-    lua_pop(L, 1);
-    if (has_oth)
-        return jwke_fail(err, "multi-prime RSA keys (JWK member 'oth') are not supported");
-    for (size_t i = 0; i < N_BINARY_MEMBERS; i++) {
-        const char *name = binary_members[i].name;
-        lua_getfield(L, jwk, name);
-        int type = lua_type(L, -1);
-        if (type == LUA_TNIL) {
-            lua_pop(L, 1);
-            continue;
-        }
-        if (type != LUA_TSTRING) {
-            lua_pop(L, 1);
-            return jwke_fail(err, "JWK member '%s' must be a base64url string, got %s", name,
-                             lua_typename(L, type));
-        }
-        size_t len;
-        const char *text = lua_tolstring(L, -1, &len);
-        size_t max = jwke_b64url_decoded_max(len);
-        if (max > MAX_MEMBER_LEN) {
-            lua_pop(L, 1);
-            return jwke_fail(err, "JWK member '%s' is too long", name);
-        }
-        jwke_bytes *b = member_at(m, i);
-        b->data = OPENSSL_malloc(max ? max : 1); /* wiped by jwke_jwk_members_clear */
-        if (!b->data) {
-            lua_pop(L, 1);
-            return jwke_fail(err, "out of memory reading JWK member '%s'", name);
-        }
-        b->len = max; /* so a failure below still wipes the whole buffer */
-        const char *why;
-        long n = jwke_b64url_decode(text, len, b->data, JWKE_B64_NOPAD, &why);
-        lua_pop(L, 1);
-        if (n < 0)
-            return jwke_fail(err, "JWK member '%s' is not valid base64url: %s", name, why);
-        if (n == 0)
-            return jwke_fail(err, "JWK member '%s' is empty", name);
-        OPENSSL_cleanse(b->data + n, max - (size_t)n);
-        b->len = (size_t)n;
-    }
-    return 0;
-}
-
 /* import_jwk(jwk_table) -> key | nil, err */
 static int l_import_jwk(lua_State *L)
 {
@@ -165,7 +79,7 @@ static int l_import_jwk(lua_State *L)
     jwke_jwk_members m;
     jwke_error err;
     swkey_object *k = new_key(L);
-    int rc = read_members(L, 1, &m, &err);
+    int rc = jwke_read_jwk(L, 1, 1, &m, &err);
     if (rc == 0)
         rc = jwke_swkey_from_jwk(&m, &k->key, &err);
     jwke_jwk_members_clear(&m);
@@ -295,12 +209,12 @@ static int l_private_jwk(lua_State *L)
         lua_pushstring(L, m.crv);
         lua_setfield(L, -2, "crv");
     }
-    for (size_t i = 0; i < N_BINARY_MEMBERS; i++) {
-        const jwke_bytes *b = member_at(&m, i);
+    for (size_t i = 0; i < jwke_jwk_member_count(); i++) {
+        const jwke_bytes *b = jwke_jwk_member(&m, i);
         if (!b->data)
             continue;
         jwke_push_b64url(L, b->data, b->len);
-        lua_setfield(L, -2, binary_members[i].name);
+        lua_setfield(L, -2, jwke_jwk_member_name(i));
     }
     jwke_jwk_members_clear(&m);
     return 1;
@@ -359,11 +273,13 @@ static int l_sign(lua_State *L)
     size_t input_len;
     const char *input = luaL_checklstring(L, 2, &input_len);
     sw_signer s;
-    size_t sig_len;
-    unsigned char sig[JWKE_SWKEY_RSA_MAX_BITS / 8];
+    size_t sig_max, sig_len;
+    unsigned char sig[JWKE_MAX_SIGNATURE];
     jwke_error err;
-    if (signing_setup(L, 3, &s, &sig_len, &err) != 0 ||
-        sw_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
+    if (signing_setup(L, 3, &s, &sig_max, &err) != 0)
+        return jwke_push_error(L, &err);
+    sig_len = sizeof sig;
+    if (sw_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
         return jwke_push_error(L, &err);
     lua_pushlstring(L, (const char *)sig, sig_len);
     return 1;

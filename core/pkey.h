@@ -13,6 +13,11 @@
 #include "alg.h"
 #include "error.h"
 
+/* 0 when an RSA key of `bits` bits is within what jwkengine supports
+ * (512..JWKE_RSA_MAX_BITS), else -1 with a message giving both sizes.
+ * Every RSA key passes here before anything signs or verifies with it. */
+int jwke_pkey_check_rsa_bits(int bits, jwke_error *err);
+
 /* Big-endian modulus and exponent, as in a JWK's n and e. */
 EVP_PKEY *jwke_pkey_rsa_public(const unsigned char *n, size_t n_len,
                                const unsigned char *e, size_t e_len, jwke_error *err);

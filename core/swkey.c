@@ -53,6 +53,7 @@ static int check_supported(const EVP_PKEY *pkey, jwke_error *err)
 {
     switch (jwke_pkey_kind(pkey)) {
     case JWKE_KIND_RSA:
+        return jwke_pkey_check_rsa_bits(EVP_PKEY_get_bits(pkey), err);
     case JWKE_KIND_OKP:
         return 0;
     case JWKE_KIND_EC:
@@ -190,8 +191,8 @@ static int check_private(EVP_PKEY *pkey, EVP_PKEY *pub, jwke_error *err)
         }
         /* n, e, d alone cannot be checked structurally: one signature can. */
         static const unsigned char probe[] = "jwkengine private key check";
-        unsigned char sig[JWKE_SWKEY_RSA_MAX_BITS / 8];
-        size_t sig_len = 0;
+        unsigned char sig[JWKE_MAX_SIGNATURE];
+        size_t sig_len = sizeof sig;
         const jwke_alg *rs256 = jwke_alg_by_name("RS256");
         if (jwke_evp_sign(pkey, rs256, probe, sizeof probe, sig, &sig_len, err) != 0) {
             ERR_clear_error();
@@ -218,9 +219,9 @@ int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke
     switch (alg->kind) {
     case JWKE_KIND_RSA: {
         int bits = rsa_bits ? rsa_bits : JWKE_SWKEY_RSA_DEFAULT_BITS;
-        if (bits < JWKE_SWKEY_RSA_MIN_BITS || bits > JWKE_SWKEY_RSA_MAX_BITS)
+        if (bits < JWKE_SWKEY_RSA_MIN_BITS || bits > JWKE_RSA_MAX_BITS)
             return jwke_fail(err, "RSA key size %d is outside %d..%d bits", bits,
-                             JWKE_SWKEY_RSA_MIN_BITS, JWKE_SWKEY_RSA_MAX_BITS);
+                             JWKE_SWKEY_RSA_MIN_BITS, JWKE_RSA_MAX_BITS);
         /* The public exponent is OpenSSL's documented default, 65537. */
         EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
         if (!ctx || EVP_PKEY_keygen_init(ctx) <= 0 ||
@@ -247,7 +248,7 @@ static int need(const jwke_bytes *b, const char *kty, const char *name, jwke_err
 {
     if (b->data)
         return 0;
-    return jwke_fail(err, "%s JWK is missing member '%s'", kty, name);
+    return jwke_fail(err, "%s JWK member '%s' is missing", kty, name);
 }
 
 /* Secure-heap BIGNUM for private values. */
@@ -332,7 +333,7 @@ static int rsa_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *
 static int ec_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *err)
 {
     if (!m->crv)
-        return jwke_fail(err, "EC JWK is missing member 'crv'");
+        return jwke_fail(err, "EC JWK member 'crv' is missing");
     if (need(&m->x, "EC", "x", err) || need(&m->y, "EC", "y", err))
         return -1;
     /* Checks the curve, the coordinate sizes and that the point is on it. */
@@ -375,7 +376,7 @@ static int ec_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *e
 static int okp_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *err)
 {
     if (!m->crv)
-        return jwke_fail(err, "OKP JWK is missing member 'crv'");
+        return jwke_fail(err, "OKP JWK member 'crv' is missing");
     if (need(&m->x, "OKP", "x", err))
         return -1;
     EVP_PKEY *pub = jwke_pkey_okp_public(m->crv, m->x.data, m->x.len, err);

@@ -14,10 +14,10 @@
 #include "alg.h"
 #include "error.h"
 
-/* Generated RSA keys: size when the caller gives none, and the range allowed. */
+/* Generated RSA keys: size when the caller gives none, and the smallest
+ * allowed (the largest is JWKE_RSA_MAX_BITS, alg.h). */
 #define JWKE_SWKEY_RSA_DEFAULT_BITS 4096
 #define JWKE_SWKEY_RSA_MIN_BITS 2048
-#define JWKE_SWKEY_RSA_MAX_BITS 16384
 
 typedef struct jwke_swkey {
     EVP_PKEY *pkey;        /* the key itself; holds the private half if any */

@@ -1,0 +1,185 @@
+-- Keys built to break the importers rather than to sign: RSA moduli past
+-- the supported maximum (they once overflowed the signature buffers) and
+-- JWK tables whose metamethods run the garbage collector mid-read (they
+-- once left C reading freed strings). Each must end in a clean
+-- `nil, message[, code]`; the ASan build of scripts/test.sh turns any
+-- stray read or write into a failure of this file.
+local cjson = require "cjson"
+local core = require "jwkengine.core"
+local jwkengine = require "jwkengine"
+local softhsm = require "helpers.softhsm"
+
+local SECRET = "hostile-keys-secret-0123456789"
+local MAX_BITS = 16384
+
+local function b64(bytes)
+  return (core.b64url_encode(bytes))
+end
+
+-- An engine on a fresh SQLite store, no HSM.
+local function open_engine()
+  local path = os.tmpname() .. ".sqlite"
+  local engine = assert(jwkengine.open({ environment = { SECRETS_SYSTEM = SECRET, DSN = "sqlite://" .. path },
+    logger = false, startup = false }))
+  return engine, function() engine:close(); os.remove(path) end
+end
+
+-- An RSA private key whose CRT members agree with n, e and d although p
+-- and q are not prime (OpenSSL only checks primality when asked to), with
+-- a modulus of exactly `bits` bits. Deterministic: the seed is the size.
+local RSA_OF_SIZE = [=[
+import base64, json, math, random, sys
+bits = int(sys.argv[1])
+rng, e = random.Random(bits), 65537
+def odd(size):
+    while True:
+        v = rng.getrandbits(size) | (1 << (size - 1)) | 1
+        if (v - 1) % e:
+            return v
+while True:
+    p, q = odd((bits + 1) // 2), odd(bits // 2 + 1)
+    n = p * q
+    if n.bit_length() == bits and math.gcd(p, q) == 1:
+        break
+d = pow(e, -1, (p - 1) * (q - 1) // math.gcd(p - 1, q - 1))
+members = dict(n=n, e=e, d=d, p=p, q=q, dp=d % (p - 1), dq=d % (q - 1), qi=pow(q, -1, p))
+def der_len(n):
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+def der_int(v):
+    raw = v.to_bytes(v.bit_length() // 8 + 1, "big")  # a leading zero keeps it positive
+    return b"\x02" + der_len(len(raw)) + raw
+body = der_int(0) + b"".join(der_int(members[k]) for k in ("n", "e", "d", "p", "q", "dp", "dq", "qi"))
+der = b"\x30" + der_len(len(body)) + body
+text = base64.encodebytes(der).decode()
+pem = "-----BEGIN RSA PRIVATE KEY-----\n" + text + "-----END RSA PRIVATE KEY-----\n"
+def b64url(v):
+    return base64.urlsafe_b64encode(v.to_bytes((v.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+jwk = {k: b64url(v) for k, v in members.items()}
+jwk["kty"] = "RSA"
+print(json.dumps({"pem": pem, "jwk": jwk}))
+]=]
+
+local function rsa_of_size(bits)
+  local script = os.tmpname()
+  softhsm.write_file(script, RSA_OF_SIZE)
+  local out, ok = softhsm.run("/usr/bin/python3 " .. script .. " " .. bits)
+  os.remove(script)
+  assert(ok, out)
+  return cjson.decode(out)
+end
+
+describe("RSA keys past the supported maximum", function()
+  local too_big, engine, close
+
+  setup(function()
+    too_big = rsa_of_size(MAX_BITS + 7) -- 2049 bytes: one more than a signature buffer
+    engine, close = open_engine()
+  end)
+
+  teardown(function() close() end)
+
+  local expected = string.format("RSA key of %d bits is larger than the supported maximum of %d bits",
+    MAX_BITS + 7, MAX_BITS)
+
+  it("are refused as PEM before anything signs with them", function()
+    local key, err = core.import_pem(too_big.pem)
+    assert.is_nil(key)
+    assert.equals(expected, err)
+  end)
+
+  it("are refused as private and as public JWKs", function()
+    local key, err = core.import_jwk(too_big.jwk)
+    assert.is_nil(key)
+    assert.equals(expected, err)
+    key, err = core.public_key({ kty = "RSA", n = too_big.jwk.n, e = too_big.jwk.e })
+    assert.is_nil(key)
+    assert.equals(expected, err)
+  end)
+
+  it("are refused by engine:import with ERR_KEY_IMPORT, from PEM and from JWK", function()
+    for _, input in ipairs({ too_big.pem, too_big.jwk, cjson.encode(too_big.jwk) }) do
+      local ok, err, code = engine:import("too-big", input, { alg = "RS256" })
+      assert.is_nil(ok)
+      assert.equals("ERR_KEY_IMPORT", code)
+      assert.matches(expected, err, 1, true)
+    end
+    local set, _, code = engine:key_set("too-big")
+    assert.is_nil(set)
+    assert.equals("ERR_KEY_SET_NOT_FOUND", code)
+  end)
+
+  it("stop exactly at the maximum", function()
+    -- a public key needs no primes: any odd modulus of the size builds
+    local odd = function(bytes) return "\128" .. string.rep("\7", bytes - 2) .. "\1" end
+    local at_max = assert(core.public_key({ kty = "RSA", n = b64(odd(MAX_BITS // 8)), e = "AQAB" }))
+    assert.equals(MAX_BITS, at_max:bits())
+    local key, err = core.public_key({ kty = "RSA", n = b64("\1" .. odd(MAX_BITS // 8)), e = "AQAB" })
+    assert.is_nil(key)
+    assert.equals(string.format("RSA key of %d bits is larger than the supported maximum of %d bits",
+      MAX_BITS + 1, MAX_BITS), err)
+    -- a leading zero byte does not count
+    assert.equals(MAX_BITS, assert(core.public_key({ kty = "RSA", n = b64("\0" .. odd(MAX_BITS // 8)),
+      e = "AQAB" })):bits())
+  end)
+end)
+
+describe("JWK tables with metamethods", function()
+  local private, engine, close
+
+  setup(function()
+    private = assert(core.generate_software_key("ES256")):private_jwk()
+    engine, close = open_engine()
+  end)
+
+  teardown(function() close() end)
+
+  -- A table that holds nothing itself: each read goes through __index,
+  -- which collects garbage and answers with a fresh long string, so a
+  -- reader that kept a pointer after popping the value reads freed memory.
+  local function proxy(jwk, counter)
+    return setmetatable({}, { __index = function(_, name)
+      counter.reads = counter.reads + 1
+      collectgarbage()
+      collectgarbage()
+      local value = jwk[name]
+      if name == "kty" or name == "crv" then
+        return value .. string.rep(" ", 64)
+      end
+      return value
+    end })
+  end
+
+  it("are read raw by core.public_key and core.import_jwk: metamethods never run", function()
+    for _, read in ipairs({ core.public_key, core.import_jwk }) do
+      local counter = { reads = 0 }
+      local key, err = read(proxy(private, counter))
+      assert.is_nil(key)
+      assert.equals("JWK member 'kty' is missing", err)
+      assert.equals(0, counter.reads)
+    end
+  end)
+
+  it("are refused by engine:import with ERR_KEY_IMPORT", function()
+    local counter = { reads = 0 }
+    local ok, err, code = engine:import("proxied", proxy(private, counter), { alg = "ES256", kid = "k" })
+    assert.is_nil(ok)
+    assert.equals("ERR_KEY_IMPORT", code)
+    assert.equals("cannot import key: JWK member 'kty' is missing", err)
+  end)
+
+  it("give the right key when the members are the table's own", function()
+    local counter = { reads = 0 }
+    local own = setmetatable({}, { __index = function() counter.reads = counter.reads + 1; collectgarbage() end })
+    for k, v in pairs(private) do own[k] = v end
+    local key = assert(core.import_jwk(own))
+    assert.same(assert(core.import_jwk(private)):public_jwk(), key:public_jwk())
+    assert.same(key:public_jwk(), assert(core.public_key(own)):jwk())
+    assert.equals(0, counter.reads)
+    assert(engine:import("owned", own, { alg = "ES256", kid = "k" }))
+    local set = assert(engine:key_set("owned"))
+    assert.equals(private.x, set.keys[1].x)
+  end)
+end)
