@@ -6,12 +6,14 @@ tokens, JSON texts and keys in the byte layout each target reads
 (fuzz/fuzz_input.h: a selector byte, then fields with a two-byte length).
 Run it again after changing a target's input layout:
 
-    /usr/bin/python3 fuzz/make_corpus.py
+    /usr/bin/python3 fuzz/make_corpus.py          # every target
+    /usr/bin/python3 fuzz/make_corpus.py pem      # only these
 """
 import base64
 import json
 import os
 import struct
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -165,8 +167,45 @@ def ec_seeds():
     write("ec", "long-length", b"\x01" + field(b"") + field(b"\x04\x82\x00\x41" + b"\x04" * 65) + field(b""))
 
 
+def pem_seeds():
+    """Keys as PEM text (selector 0) and as bare DER for the target to wrap
+    in a block of its kind (1 PRIVATE KEY, 2 RSA PRIVATE KEY, 3 EC PRIVATE
+    KEY, 4 PUBLIC KEY); RSA keys stay small, every RSA import signs once."""
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    sys.path.insert(0, os.path.join(ROOT, "spec", "helpers"))
+    import rsa_of_size
+    keys = {
+        "rsa1024": rsa.generate_private_key(public_exponent=65537, key_size=1024),
+        "p256": ec.generate_private_key(ec.SECP256R1()),
+        "p384": ec.generate_private_key(ec.SECP384R1()),
+        "p521": ec.generate_private_key(ec.SECP521R1()),
+        "secp256k1": ec.generate_private_key(ec.SECP256K1()),
+        "ed25519": ed25519.Ed25519PrivateKey.generate(),
+        "ed448": ed448.Ed448PrivateKey.generate(),
+    }
+    for name, key in keys.items():
+        write("pem", name + "-pkcs8.pem", b"\x00" + key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()))
+        write("pem", name + "-public.pem", b"\x00" + key.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+        write("pem", name + "-pkcs8.der", b"\x01" + key.private_bytes(s.Encoding.DER, s.PrivateFormat.PKCS8, s.NoEncryption()))
+        write("pem", name + "-public.der", b"\x04" + key.public_key().public_bytes(s.Encoding.DER, s.PublicFormat.SubjectPublicKeyInfo))
+    for name in ("rsa1024", "p256", "p521"):
+        traditional = (b"\x02" if name.startswith("rsa") else b"\x03") + keys[name].private_bytes(
+            s.Encoding.DER, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption())
+        write("pem", name + "-traditional.der", traditional)
+        write("pem", name + "-traditional.pem", b"\x00" + keys[name].private_bytes(
+            s.Encoding.PEM, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption()))
+    write("pem", "p384-encrypted.pem", b"\x00" + keys["p384"].private_bytes(
+        s.Encoding.PEM, s.PrivateFormat.PKCS8, s.BestAvailableEncryption(b"not-used")))
+    params = "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"
+    write("pem", "p256-with-params.pem", b"\x00" + params.encode() + keys["p256"].private_bytes(
+        s.Encoding.PEM, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption()))
+    # issue 10 defect 1: one bit past the supported maximum, members consistent
+    write("pem", "rsa-16391-bits.pem", b"\x00" + rsa_of_size.pem(rsa_of_size.members(16391)).encode())
+
+
+SEEDS = {"b64url": b64url_seeds, "jws": jws_seeds, "jwk": jwk_seeds, "ec": ec_seeds, "pem": pem_seeds}
+
 if __name__ == "__main__":
-    b64url_seeds()
-    jws_seeds()
-    jwk_seeds()
-    ec_seeds()
+    for target in sys.argv[1:] or SEEDS:
+        SEEDS[target]()

@@ -24,49 +24,10 @@ local function open_engine()
   return engine, function() engine:close(); os.remove(path) end
 end
 
--- An RSA private key whose CRT members agree with n, e and d although p
--- and q are not prime (OpenSSL only checks primality when asked to), with
--- a modulus of exactly `bits` bits. Deterministic: the seed is the size.
-local RSA_OF_SIZE = [=[
-import base64, json, math, random, sys
-bits = int(sys.argv[1])
-rng, e = random.Random(bits), 65537
-def odd(size):
-    while True:
-        v = rng.getrandbits(size) | (1 << (size - 1)) | 1
-        if (v - 1) % e:
-            return v
-while True:
-    p, q = odd((bits + 1) // 2), odd(bits // 2 + 1)
-    n = p * q
-    if n.bit_length() == bits and math.gcd(p, q) == 1:
-        break
-d = pow(e, -1, (p - 1) * (q - 1) // math.gcd(p - 1, q - 1))
-members = dict(n=n, e=e, d=d, p=p, q=q, dp=d % (p - 1), dq=d % (q - 1), qi=pow(q, -1, p))
-def der_len(n):
-    if n < 0x80:
-        return bytes([n])
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
-def der_int(v):
-    raw = v.to_bytes(v.bit_length() // 8 + 1, "big")  # a leading zero keeps it positive
-    return b"\x02" + der_len(len(raw)) + raw
-body = der_int(0) + b"".join(der_int(members[k]) for k in ("n", "e", "d", "p", "q", "dp", "dq", "qi"))
-der = b"\x30" + der_len(len(body)) + body
-text = base64.encodebytes(der).decode()
-pem = "-----BEGIN RSA PRIVATE KEY-----\n" + text + "-----END RSA PRIVATE KEY-----\n"
-def b64url(v):
-    return base64.urlsafe_b64encode(v.to_bytes((v.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
-jwk = {k: b64url(v) for k, v in members.items()}
-jwk["kty"] = "RSA"
-print(json.dumps({"pem": pem, "jwk": jwk}))
-]=]
-
+-- A key of exactly `bits` bits whose members agree although p and q are
+-- not prime: { pem = ..., jwk = ... } (spec/helpers/rsa_of_size.py).
 local function rsa_of_size(bits)
-  local script = os.tmpname()
-  softhsm.write_file(script, RSA_OF_SIZE)
-  local out, ok = softhsm.run("/usr/bin/python3 " .. script .. " " .. bits)
-  os.remove(script)
+  local out, ok = softhsm.run("/usr/bin/python3 spec/helpers/rsa_of_size.py " .. bits)
   assert(ok, out)
   return cjson.decode(out)
 end
