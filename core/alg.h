@@ -16,6 +16,11 @@
 #define JWKE_RSA_MAX_BITS 16384
 #define JWKE_MAX_SIGNATURE (JWKE_RSA_MAX_BITS / 8)
 
+/* The largest coordinate_size in the table (P-521), and the uncompressed
+ * point 0x04 || x || y built from two of them. */
+#define JWKE_EC_MAX_COORDINATE 66
+#define JWKE_EC_MAX_POINT (1 + 2 * JWKE_EC_MAX_COORDINATE)
+
 enum jwke_key_kind { JWKE_KIND_RSA = 1, JWKE_KIND_EC, JWKE_KIND_OKP };
 
 enum jwke_sig_scheme {

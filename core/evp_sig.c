@@ -53,10 +53,13 @@ static int ecdsa_raw_to_der(const unsigned char *raw, size_t half, unsigned char
     return *der_len > 0;
 }
 
-/* OpenSSL's DER signature to fixed-size raw R || S. */
+/* OpenSSL's DER signature to fixed-size raw R || S (2 * half bytes) in
+ * raw, which holds raw_size. */
 static int ecdsa_der_to_raw(const unsigned char *der, size_t der_len, unsigned char *raw,
-                            size_t half)
+                            size_t raw_size, size_t half)
 {
+    if (2 * half > raw_size)
+        return 0;
     const unsigned char *p = der;
     ECDSA_SIG *sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
     if (!sig)
@@ -130,8 +133,7 @@ int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *inpu
             jwke_fail_openssl(err, "ECDSA signing failed");
             goto done;
         }
-        /* writes 2 * coordinate_size = expected bytes, checked above */
-        if (!ecdsa_der_to_raw(der, der_len, sig, alg->coordinate_size)) {
+        if (!ecdsa_der_to_raw(der, der_len, sig, room, alg->coordinate_size)) {
             jwke_fail_openssl(err, "cannot encode ECDSA signature");
             goto done;
         }

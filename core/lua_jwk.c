@@ -126,7 +126,7 @@ static int read_binary(lua_State *L, int jwk, size_t i, jwke_jwk_members *m, jwk
     }
     b->len = room; /* so a failure below still wipes the whole buffer */
     const char *why;
-    long n = jwke_b64url_decode(text, len, b->data, JWKE_B64_NOPAD, &why);
+    long n = jwke_b64url_decode(text, len, b->data, room, JWKE_B64_NOPAD, &why);
     if (n < 0)
         rc = jwke_fail(err, "JWK member '%s' is not valid base64url: %s", name, why);
     else if (n == 0)

@@ -108,7 +108,7 @@ EVP_PKEY *jwke_pkey_ec_public(const char *crv, const unsigned char *x, size_t x_
                   size, x_len, y_len);
         return NULL;
     }
-    unsigned char point[1 + 2 * 66];
+    unsigned char point[JWKE_EC_MAX_POINT]; /* size <= JWKE_EC_MAX_COORDINATE: from the table */
     point[0] = 0x04; /* uncompressed */
     memcpy(point + 1, x, size);
     memcpy(point + 1 + size, y, size);
@@ -224,7 +224,7 @@ int jwke_pkey_public_members(const EVP_PKEY *pkey, jwke_public_members *out, jwk
     }
     case JWKE_KIND_EC: {
         const jwke_alg *curve = jwke_pkey_curve(pkey);
-        unsigned char point[1 + 2 * 66];
+        unsigned char point[JWKE_EC_MAX_POINT];
         size_t len = 0;
         if (!curve)
             return jwke_fail(err, "EC key is on an unsupported curve");

@@ -48,7 +48,7 @@ typedef struct jwke_public_members {
     size_t n_len;
     unsigned char e[16];              /* RSA public exponent */
     size_t e_len;
-    unsigned char x[66], y[66];       /* EC coordinates; OKP: x only */
+    unsigned char x[JWKE_EC_MAX_COORDINATE], y[JWKE_EC_MAX_COORDINATE]; /* EC; OKP: x only */
     size_t coordinate_len;
 } jwke_public_members;
 

@@ -349,7 +349,7 @@ static int ec_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *e
         return jwke_fail(err, "EC private key d for %s must be %zu bytes, got %zu", m->crv, size,
                          m->d.len);
     }
-    unsigned char point[1 + 2 * 66];
+    unsigned char point[JWKE_EC_MAX_POINT]; /* size <= JWKE_EC_MAX_COORDINATE: from the table */
     point[0] = 0x04;
     memcpy(point + 1, m->x.data, size);
     memcpy(point + 1 + size, m->y.data, size);
