@@ -68,13 +68,26 @@ static const char *member_text(lua_State *L, const char *name, int type, size_t 
     return lua_tolstring(L, -1, len);
 }
 
+/* A name member (kty, crv): a string without NUL bytes, which C would
+ * otherwise read as a shorter name. */
+static const char *member_name(lua_State *L, const char *name, int type, size_t *len,
+                               jwke_error *err)
+{
+    const char *text = member_text(L, name, type, len, err);
+    if (text && strlen(text) != *len) {
+        jwke_fail(err, "JWK member '%s' holds a NUL byte", name);
+        return NULL;
+    }
+    return text;
+}
+
 /* kty as one of the static names, NULL when absent; unknown values fail. */
 static int read_kty(lua_State *L, int jwk, const char **out, jwke_error *err)
 {
     *out = NULL;
     int type = raw_member(L, jwk, "kty");
     size_t len;
-    const char *text = type == LUA_TNIL ? NULL : member_text(L, "kty", type, &len, err);
+    const char *text = type == LUA_TNIL ? NULL : member_name(L, "kty", type, &len, err);
     int rc = type == LUA_TNIL || text ? 0 : -1;
     for (size_t i = 0; text && i < sizeof known_ktys / sizeof known_ktys[0]; i++)
         if (len == strlen(known_ktys[i]) && memcmp(text, known_ktys[i], len) == 0)
@@ -92,9 +105,9 @@ static int read_crv(lua_State *L, int jwk, const char *kty, const char **out, jw
     *out = NULL;
     int type = raw_member(L, jwk, "crv");
     size_t len;
-    const char *text = type == LUA_TNIL ? NULL : member_text(L, "crv", type, &len, err);
+    const char *text = type == LUA_TNIL ? NULL : member_name(L, "crv", type, &len, err);
     int rc = type == LUA_TNIL || text ? 0 : -1;
-    const jwke_alg *curve = text && strlen(text) == len ? jwke_alg_for_curve(text) : NULL;
+    const jwke_alg *curve = text ? jwke_alg_for_curve(text) : NULL;
     if (curve)
         *out = curve->curve;
     else if (text)

@@ -131,6 +131,20 @@ describe("JWK tables with metamethods", function()
     assert.equals("cannot import key: JWK member 'kty' is missing", err)
   end)
 
+  it("refuse kty and crv with a NUL byte instead of reading a shorter name", function()
+    local public = { kty = "EC", crv = "P-256", x = private.x, y = private.y }
+    for _, read in ipairs({ core.public_key, core.import_jwk }) do
+      for name, value in pairs({ kty = "EC\0x", crv = "P-256\0" }) do
+        local changed = {}
+        for k, v in pairs(public) do changed[k] = v end
+        changed[name] = value
+        local key, err = read(changed)
+        assert.is_nil(key)
+        assert.equals("JWK member '" .. name .. "' holds a NUL byte", err)
+      end
+    end
+  end)
+
   it("give the right key when the members are the table's own", function()
     local counter = { reads = 0 }
     local own = setmetatable({}, { __index = function() counter.reads = counter.reads + 1; collectgarbage() end })
