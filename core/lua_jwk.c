@@ -18,20 +18,29 @@
  * some encoders put in front of it. */
 #define MAX_MEMBER_LEN (JWKE_MAX_SIGNATURE + 1)
 
+/* The key types, and as bits the ones each member belongs to: members of
+ * other types are ignored (RFC 7517 §4), never decoded. */
+static const char *const known_ktys[] = {"RSA", "EC", "OKP", "oct"};
+enum { KTY_RSA = 1 << 0, KTY_EC = 1 << 1, KTY_OKP = 1 << 2 }; /* known_ktys order */
+
 static const struct {
     const char *name;
     size_t offset;
     int is_private;
+    int ktys;
 } binary_members[] = {
-    {"n", offsetof(jwke_jwk_members, n), 0},   {"e", offsetof(jwke_jwk_members, e), 0},
-    {"d", offsetof(jwke_jwk_members, d), 1},   {"p", offsetof(jwke_jwk_members, p), 1},
-    {"q", offsetof(jwke_jwk_members, q), 1},   {"dp", offsetof(jwke_jwk_members, dp), 1},
-    {"dq", offsetof(jwke_jwk_members, dq), 1}, {"qi", offsetof(jwke_jwk_members, qi), 1},
-    {"x", offsetof(jwke_jwk_members, x), 0},   {"y", offsetof(jwke_jwk_members, y), 0},
+    {"n", offsetof(jwke_jwk_members, n), 0, KTY_RSA},
+    {"e", offsetof(jwke_jwk_members, e), 0, KTY_RSA},
+    {"d", offsetof(jwke_jwk_members, d), 1, KTY_RSA | KTY_EC | KTY_OKP},
+    {"p", offsetof(jwke_jwk_members, p), 1, KTY_RSA},
+    {"q", offsetof(jwke_jwk_members, q), 1, KTY_RSA},
+    {"dp", offsetof(jwke_jwk_members, dp), 1, KTY_RSA},
+    {"dq", offsetof(jwke_jwk_members, dq), 1, KTY_RSA},
+    {"qi", offsetof(jwke_jwk_members, qi), 1, KTY_RSA},
+    {"x", offsetof(jwke_jwk_members, x), 0, KTY_EC | KTY_OKP},
+    {"y", offsetof(jwke_jwk_members, y), 0, KTY_EC},
 };
 #define N_BINARY_MEMBERS (sizeof binary_members / sizeof binary_members[0])
-
-static const char *const known_ktys[] = {"RSA", "EC", "OKP", "oct"};
 
 size_t jwke_jwk_member_count(void)
 {
@@ -81,17 +90,21 @@ static const char *member_name(lua_State *L, const char *name, int type, size_t 
     return text;
 }
 
-/* kty as one of the static names, NULL when absent; unknown values fail. */
-static int read_kty(lua_State *L, int jwk, const char **out, jwke_error *err)
+/* kty as one of the static names (and its bit), NULL when absent; unknown
+ * values fail. */
+static int read_kty(lua_State *L, int jwk, const char **out, int *bit, jwke_error *err)
 {
     *out = NULL;
+    *bit = 0;
     int type = raw_member(L, jwk, "kty");
     size_t len;
     const char *text = type == LUA_TNIL ? NULL : member_name(L, "kty", type, &len, err);
     int rc = type == LUA_TNIL || text ? 0 : -1;
     for (size_t i = 0; text && i < sizeof known_ktys / sizeof known_ktys[0]; i++)
-        if (len == strlen(known_ktys[i]) && memcmp(text, known_ktys[i], len) == 0)
+        if (len == strlen(known_ktys[i]) && memcmp(text, known_ktys[i], len) == 0) {
             *out = known_ktys[i];
+            *bit = 1 << i;
+        }
     if (text && !*out)
         rc = jwke_fail(err, "unsupported JWK kty '%.32s'", text);
     lua_pop(L, 1);
@@ -161,19 +174,20 @@ int jwke_read_jwk(lua_State *L, int jwk, int with_private, jwke_jwk_members *m,
     memset(m, 0, sizeof *m);
     if (jwk < 0) /* the pushes below move relative indices */
         jwk = lua_gettop(L) + jwk + 1;
-    if (read_kty(L, jwk, &m->kty, err) != 0)
+    int kty;
+    if (read_kty(L, jwk, &m->kty, &kty, err) != 0)
         return -1;
-    if (m->kty && (strcmp(m->kty, "EC") == 0 || strcmp(m->kty, "OKP") == 0) &&
-        read_crv(L, jwk, m->kty, &m->crv, err) != 0)
+    if ((kty & (KTY_EC | KTY_OKP)) && read_crv(L, jwk, m->kty, &m->crv, err) != 0)
         return -1;
-    if (with_private) {
+    if (with_private && (kty & KTY_RSA)) {
         int has_oth = raw_member(L, jwk, "oth") != LUA_TNIL;
         lua_pop(L, 1);
         if (has_oth)
             return jwke_fail(err, "multi-prime RSA keys (JWK member 'oth') are not supported");
     }
     for (size_t i = 0; i < N_BINARY_MEMBERS; i++)
-        if ((with_private || !binary_members[i].is_private) && read_binary(L, jwk, i, m, err) != 0)
+        if ((binary_members[i].ktys & kty) && (with_private || !binary_members[i].is_private) &&
+            read_binary(L, jwk, i, m, err) != 0)
             return -1;
     return 0;
 }

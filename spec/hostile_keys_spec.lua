@@ -145,6 +145,14 @@ describe("JWK tables with metamethods", function()
     end
   end)
 
+  it("ignore members of other key types instead of decoding them", function()
+    local junk = {}
+    for k, v in pairs(private) do junk[k] = v end
+    junk.n, junk.p, junk.qi = "not base64url!", 5, {}
+    assert.same(assert(core.import_jwk(private)):public_jwk(), assert(core.import_jwk(junk)):public_jwk())
+    assert.same(assert(core.public_key(private)):jwk(), assert(core.public_key(junk)):jwk())
+  end)
+
   it("give the right key when the members are the table's own", function()
     local counter = { reads = 0 }
     local own = setmetatable({}, { __index = function() counter.reads = counter.reads + 1; collectgarbage() end })
