@@ -109,11 +109,12 @@ int jwke_aesgcm_open(const jwke_secret *secrets, size_t count, const char *text,
 {
     if (count == 0)
         return jwke_fail(err, "cannot decrypt: no secrets are configured");
-    unsigned char *raw = malloc(jwke_b64url_decoded_max(text_len) + 1);
+    size_t raw_size = jwke_b64url_decoded_max(text_len);
+    unsigned char *raw = malloc(raw_size);
     if (!raw)
         return jwke_fail(err, "out of memory opening");
     const char *why;
-    long raw_len = jwke_b64url_decode(text, text_len, raw, JWKE_B64_PAD, &why);
+    long raw_len = jwke_b64url_decode(text, text_len, raw, raw_size, JWKE_B64_PAD, &why);
     if (raw_len < 0) {
         free(raw);
         return jwke_fail(err, "encrypted key data is not valid base64url: %s", why);

@@ -9,6 +9,18 @@
 
 #include <stddef.h>
 
+/* The largest RSA key jwkengine accepts (imported, generated or found on a
+ * token), and so the largest signature it makes or checks: every signature
+ * buffer is JWKE_MAX_SIGNATURE bytes, and a larger key is refused before
+ * anything signs with it. */
+#define JWKE_RSA_MAX_BITS 16384
+#define JWKE_MAX_SIGNATURE (JWKE_RSA_MAX_BITS / 8)
+
+/* The largest coordinate_size in the table (P-521), and the uncompressed
+ * point 0x04 || x || y built from two of them. */
+#define JWKE_EC_MAX_COORDINATE 66
+#define JWKE_EC_MAX_POINT (1 + 2 * JWKE_EC_MAX_COORDINATE)
+
 enum jwke_key_kind { JWKE_KIND_RSA = 1, JWKE_KIND_EC, JWKE_KIND_OKP };
 
 enum jwke_sig_scheme {

@@ -63,7 +63,7 @@ size_t jwke_b64url_decoded_max(size_t n)
     return n / 4 * 3 + 3;
 }
 
-long jwke_b64url_decode(const char *in, size_t n, unsigned char *out,
+long jwke_b64url_decode(const char *in, size_t n, unsigned char *out, size_t out_size,
                         enum jwke_b64_padding pad, const char **why)
 {
     if (pad) {
@@ -88,6 +88,10 @@ long jwke_b64url_decode(const char *in, size_t n, unsigned char *out,
     }
     if (n % 4 == 1) {
         *why = "impossible length";
+        return -1;
+    }
+    if (n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0) > out_size) {
+        *why = "the decoded value is larger than its buffer";
         return -1;
     }
 

@@ -23,9 +23,11 @@ size_t jwke_b64url_encode(const unsigned char *in, size_t n, char *out,
 /* Upper bound of the decoded length of n characters. */
 size_t jwke_b64url_decoded_max(size_t n);
 
-/* Decodes into out (room for jwke_b64url_decoded_max bytes). Returns the
- * decoded length, or -1 with a static reason in *why. */
-long jwke_b64url_decode(const char *in, size_t n, unsigned char *out,
+/* Decodes into out, which holds out_size bytes (jwke_b64url_decoded_max
+ * is always enough). Returns the decoded length, or -1 with a static
+ * reason in *why; a value that would not fit is refused before anything
+ * is written. */
+long jwke_b64url_decode(const char *in, size_t n, unsigned char *out, size_t out_size,
                         enum jwke_b64_padding pad, const char **why);
 
 #endif

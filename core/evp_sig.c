@@ -53,10 +53,13 @@ static int ecdsa_raw_to_der(const unsigned char *raw, size_t half, unsigned char
     return *der_len > 0;
 }
 
-/* OpenSSL's DER signature to fixed-size raw R || S. */
+/* OpenSSL's DER signature to fixed-size raw R || S (2 * half bytes) in
+ * raw, which holds raw_size. */
 static int ecdsa_der_to_raw(const unsigned char *der, size_t der_len, unsigned char *raw,
-                            size_t half)
+                            size_t raw_size, size_t half)
 {
+    if (2 * half > raw_size)
+        return 0;
     const unsigned char *p = der;
     ECDSA_SIG *sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
     if (!sig)
@@ -112,6 +115,11 @@ int jwke_evp_verify(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *in
 int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *input,
                   size_t input_len, unsigned char *sig, size_t *sig_len, jwke_error *err)
 {
+    const size_t room = *sig_len;
+    size_t expected = jwke_alg_signature_size(alg, EVP_PKEY_get_bits(pkey));
+    if (expected > room)
+        return jwke_fail(err, "a %s signature of %zu bytes does not fit the %zu bytes given",
+                         alg->name, expected, room);
     int result = -1;
     unsigned char der[160]; /* a P-521 ECDSA-Sig-Value is at most 139 bytes */
     EVP_MD_CTX *md_ctx = EVP_MD_CTX_new();
@@ -121,18 +129,19 @@ int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *inpu
     }
     if (alg->scheme == JWKE_SCHEME_ECDSA) {
         size_t der_len = sizeof der;
-        if (EVP_DigestSign(md_ctx, der, &der_len, input, input_len) <= 0) {
+        if (EVP_DigestSign(md_ctx, der, &der_len, input, input_len) <= 0 || der_len > sizeof der) {
             jwke_fail_openssl(err, "ECDSA signing failed");
             goto done;
         }
-        if (!ecdsa_der_to_raw(der, der_len, sig, alg->coordinate_size)) {
+        if (!ecdsa_der_to_raw(der, der_len, sig, room, alg->coordinate_size)) {
             jwke_fail_openssl(err, "cannot encode ECDSA signature");
             goto done;
         }
         *sig_len = 2 * alg->coordinate_size;
     } else {
-        size_t len = jwke_alg_signature_size(alg, EVP_PKEY_get_bits(pkey));
-        if (EVP_DigestSign(md_ctx, sig, &len, input, input_len) <= 0) {
+        /* OpenSSL is told the whole buffer: it refuses rather than overrun. */
+        size_t len = room;
+        if (EVP_DigestSign(md_ctx, sig, &len, input, input_len) <= 0 || len > room) {
             jwke_fail_openssl(err, "signing failed");
             goto done;
         }

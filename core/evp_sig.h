@@ -18,8 +18,9 @@ int jwke_evp_verify(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *in
                     size_t input_len, const unsigned char *sig, size_t sig_len,
                     jwke_error *err);
 
-/* Signs with a private EVP_PKEY into sig (room for
- * jwke_alg_signature_size bytes); *sig_len receives the length. */
+/* Signs with a private EVP_PKEY into sig. *sig_len is the size of sig on
+ * entry (a buffer smaller than jwke_alg_signature_size fails) and the
+ * signature's length on return. */
 int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *input,
                   size_t input_len, unsigned char *sig, size_t *sig_len, jwke_error *err);
 

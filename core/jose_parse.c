@@ -473,11 +473,12 @@ int jwke_jws_split(const char *token, size_t len, const jwke_jws_limits *limits,
 static int decode_segment(const char *what, const char *text, size_t len, unsigned char **out,
                           size_t *out_len, jwke_error *err)
 {
-    *out = malloc(jwke_b64url_decoded_max(len));
+    size_t room = jwke_b64url_decoded_max(len);
+    *out = malloc(room);
     if (!*out)
         return jwke_fail(err, "out of memory decoding the JWS %s", what);
     const char *why = NULL;
-    long n = jwke_b64url_decode(text, len, *out, JWKE_B64_NOPAD, &why);
+    long n = jwke_b64url_decode(text, len, *out, room, JWKE_B64_NOPAD, &why);
     if (n < 0)
         return jwke_fail(err, "JWS %s is not valid base64url: %s", what, why);
     *out_len = (size_t)n;

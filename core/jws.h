@@ -5,11 +5,8 @@
 #define JWKE_JWS_H
 
 #include <stddef.h>
+#include "alg.h" /* JWKE_MAX_SIGNATURE */
 #include "error.h"
-
-/* The largest signature jwkengine makes: RSA with a 16384-bit modulus, the
- * largest key it accepts. */
-#define JWKE_MAX_SIGNATURE 2048
 
 typedef int (*jwke_sign_fn)(void *signer, const unsigned char *input, size_t input_len,
                             unsigned char *sig, size_t *sig_len, jwke_error *err);

@@ -105,9 +105,10 @@ static int l_b64url_decode(lua_State *L)
     const char *in = luaL_checklstring(L, 1, &len);
     enum jwke_b64_padding pad = b64_mode(L, 2); /* read before the buffer takes a stack slot */
     luaL_Buffer b;
-    unsigned char *out = (unsigned char *)jwke_buffer_init(L, &b, jwke_b64url_decoded_max(len));
+    size_t room = jwke_b64url_decoded_max(len);
+    unsigned char *out = (unsigned char *)jwke_buffer_init(L, &b, room);
     const char *why = NULL;
-    long n = jwke_b64url_decode(in, len, out, pad, &why);
+    long n = jwke_b64url_decode(in, len, out, room, pad, &why);
     if (n < 0) {
         lua_pushnil(L);
         lua_pushfstring(L, "invalid base64url: %s", why);

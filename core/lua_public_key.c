@@ -3,9 +3,9 @@
  * their public half. */
 #include <string.h>
 
-#include "b64url.h"
 #include "evp_sig.h"
 #include "lua_common.h"
+#include "lua_jwk.h"
 #include "pkey.h"
 
 typedef struct public_key {
@@ -72,80 +72,22 @@ int jwke_push_public_members(lua_State *L, const EVP_PKEY *pkey, jwke_error *err
     return 0;
 }
 
-/* A JWK member decoded from base64url, or a message naming it. */
-static int jwk_member(lua_State *L, int jwk, const char *name, unsigned char *out,
-                      size_t out_max, size_t *out_len, jwke_error *err)
-{
-    lua_getfield(L, jwk, name);
-    if (lua_type(L, -1) != LUA_TSTRING) {
-        lua_pop(L, 1);
-        return jwke_fail(err, "JWK member '%s' is missing or not a string", name);
-    }
-    size_t len;
-    const char *text = lua_tolstring(L, -1, &len);
-    if (jwke_b64url_decoded_max(len) > out_max + 3) {
-        lua_pop(L, 1);
-        return jwke_fail(err, "JWK member '%s' is too long", name);
-    }
-    const char *why;
-    long n = jwke_b64url_decode(text, len, out, JWKE_B64_NOPAD, &why);
-    lua_pop(L, 1);
-    if (n < 0)
-        return jwke_fail(err, "JWK member '%s' is not valid base64url: %s", name, why);
-    *out_len = (size_t)n;
-    return 0;
-}
-
-static EVP_PKEY *pkey_from_jwk(lua_State *L, int jwk, jwke_error *err)
-{
-    lua_getfield(L, jwk, "kty");
-    const char *kty = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    lua_pop(L, 1); /* kty stays valid: the table still holds it */
-    if (!kty) {
-        jwke_fail(err, "JWK member 'kty' is missing or not a string");
-        return NULL;
-    }
-    unsigned char a[2048 + 3], b[2048 + 3];
-    size_t a_len, b_len;
-    if (strcmp(kty, "RSA") == 0) {
-        if (jwk_member(L, jwk, "n", a, 2048, &a_len, err) ||
-            jwk_member(L, jwk, "e", b, 16, &b_len, err))
-            return NULL;
-        return jwke_pkey_rsa_public(a, a_len, b, b_len, err);
-    }
-    if (strcmp(kty, "EC") == 0 || strcmp(kty, "OKP") == 0) {
-        lua_getfield(L, jwk, "crv");
-        const char *crv = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-        lua_pop(L, 1);
-        if (!crv) {
-            jwke_fail(err, "JWK member 'crv' is missing or not a string");
-            return NULL;
-        }
-        if (jwk_member(L, jwk, "x", a, 66, &a_len, err))
-            return NULL;
-        if (kty[0] == 'O')
-            return jwke_pkey_okp_public(crv, a, a_len, err);
-        if (jwk_member(L, jwk, "y", b, 66, &b_len, err))
-            return NULL;
-        return jwke_pkey_ec_public(crv, a, a_len, b, b_len, err);
-    }
-    if (strcmp(kty, "oct") == 0)
-        jwke_fail(err, "symmetric keys (kty 'oct') are not supported");
-    else
-        jwke_fail(err, "unsupported JWK kty '%s'", kty);
-    return NULL;
-}
-
-/* public_key(jwk_table) -> key | nil, err */
+/* public_key(jwk_table) -> key | nil, err. The public members are checked
+ * as an imported key's are (swkey.c); private members are never read. */
 static int l_public_key(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
+    jwke_jwk_members m;
+    jwke_swkey key;
     jwke_error err;
-    EVP_PKEY *pkey = pkey_from_jwk(L, 1, &err);
-    if (!pkey)
+    int rc = jwke_read_jwk(L, 1, 0, &m, &err);
+    if (rc == 0)
+        rc = jwke_swkey_from_jwk(&m, &key, &err);
+    jwke_jwk_members_clear(&m);
+    if (rc != 0)
         return jwke_push_error(L, &err);
-    jwke_push_public_key(L, pkey);
-    EVP_PKEY_free(pkey); /* the Lua object holds its own reference */
+    jwke_push_public_key(L, key.public_pkey);
+    jwke_swkey_free(&key); /* the Lua object holds its own reference */
     return 1;
 }
 

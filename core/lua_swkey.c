@@ -13,6 +13,7 @@
 #include "b64url.h"
 #include "evp_sig.h"
 #include "lua_common.h"
+#include "lua_jwk.h"
 #include "pkey.h"
 #include "sealed_key.h"
 #include "swkey.h"
@@ -62,7 +63,7 @@ static int l_generate(lua_State *L)
         if (!lua_isnil(L, -1)) {
             luaL_argcheck(L, lua_type(L, -1) == LUA_TNUMBER, 2, "bits must be an integer");
             lua_Integer b = lua_tointeger(L, -1);
-            luaL_argcheck(L, b > 0 && b <= JWKE_SWKEY_RSA_MAX_BITS, 2, "bits is out of range");
+            luaL_argcheck(L, b > 0 && b <= JWKE_RSA_MAX_BITS, 2, "bits is out of range");
             bits = (int)b;
         }
         lua_pop(L, 1);
@@ -72,57 +73,6 @@ static int l_generate(lua_State *L)
     return push_result(L, jwke_swkey_generate(alg, bits, &k->key, &err), &err);
 }
 
-/* ---- JWK tables ----------------------------------------------------- */
-
-/* A string member (kty, crv) or NULL when absent. The string stays valid
- * while the table holds it. */
-static int text_member(lua_State *L, int jwk, const char *name, const char **out,
-                       jwke_error *err)
-{
-    lua_getfield(L, jwk, name);
-    int type = lua_type(L, -1);
-    *out = type == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    lua_pop(L, 1);
-    if (type != LUA_TNIL && type != LUA_TSTRING)
-        return jwke_fail(err, "JWK member '%s' must be a string, got %s", name,
-                         lua_typename(L, type));
-    return 0;
-}
-
-/* Decodes the members present in the table; absent ones stay NULL. */
-static int read_members(lua_State *L, int jwk, jwke_jwk_members *m, jwke_error *err)
-{
-    memset(m, 0, sizeof *m);
-    if (text_member(L, jwk, "kty", &m->kty, err) || text_member(L, jwk, "crv", &m->crv, err))
-        return -1;
-    lua_getfield(L, jwk, "oth");
-    int has_oth = !lua_isnil(L, -1);
-    lua_pop(L, 1);
-    if (has_oth)
-        return jwke_fail(err, "multi-prime RSA keys (JWK member 'oth') are not supported");
-    for (size_t i = 0; i < JWKE_JWK_BINARY_MEMBERS; i++) {
-        const char *name = jwke_jwk_binary_members[i];
-        lua_getfield(L, jwk, name);
-        int type = lua_type(L, -1);
-        if (type == LUA_TNIL) {
-            lua_pop(L, 1);
-            continue;
-        }
-        if (type != LUA_TSTRING) {
-            lua_pop(L, 1);
-            return jwke_fail(err, "JWK member '%s' must be a base64url string, got %s", name,
-                             lua_typename(L, type));
-        }
-        size_t len;
-        const char *text = lua_tolstring(L, -1, &len);
-        int rc = jwke_jwk_member_decode(name, text, len, jwke_jwk_member_at(m, i), err);
-        lua_pop(L, 1);
-        if (rc != 0)
-            return -1;
-    }
-    return 0;
-}
-
 /* import_jwk(jwk_table) -> key | nil, err */
 static int l_import_jwk(lua_State *L)
 {
@@ -130,7 +80,7 @@ static int l_import_jwk(lua_State *L)
     jwke_jwk_members m;
     jwke_error err;
     swkey_object *k = new_key(L);
-    int rc = read_members(L, 1, &m, &err);
+    int rc = jwke_read_jwk(L, 1, 1, &m, &err);
     if (rc == 0)
         rc = jwke_swkey_from_jwk(&m, &k->key, &err);
     jwke_jwk_members_clear(&m);
@@ -353,11 +303,13 @@ static int l_sign(lua_State *L)
     size_t input_len;
     const char *input = luaL_checklstring(L, 2, &input_len);
     sw_signer s;
-    size_t sig_len;
-    unsigned char sig[JWKE_SWKEY_RSA_MAX_BITS / 8];
+    size_t sig_max, sig_len;
+    unsigned char sig[JWKE_MAX_SIGNATURE];
     jwke_error err;
-    if (signing_setup(L, 3, &s, &sig_len, &err) != 0 ||
-        sw_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
+    if (signing_setup(L, 3, &s, &sig_max, &err) != 0)
+        return jwke_push_error(L, &err);
+    sig_len = sizeof sig;
+    if (sw_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
         return jwke_push_error(L, &err);
     lua_pushlstring(L, (const char *)sig, sig_len);
     return 1;

@@ -10,7 +10,28 @@
 /* Smallest RSA modulus we will even build a key object for; policy minimums
  * (2048 to verify, 4096 on the HSM by default) are applied on top. */
 #define RSA_ABSOLUTE_MIN_BITS 512
-#define RSA_ABSOLUTE_MAX_BITS 16384
+
+int jwke_pkey_check_rsa_bits(int bits, jwke_error *err)
+{
+    if (bits > JWKE_RSA_MAX_BITS)
+        return jwke_fail(err, "RSA key of %d bits is larger than the supported maximum of %d bits",
+                         bits, JWKE_RSA_MAX_BITS);
+    if (bits < RSA_ABSOLUTE_MIN_BITS)
+        return jwke_fail(err, "RSA key of %d bits is outside %d..%d bits", bits,
+                         RSA_ABSOLUTE_MIN_BITS, JWKE_RSA_MAX_BITS);
+    return 0;
+}
+
+/* Bits of a big-endian number whose first byte is not zero. */
+static int big_endian_bits(const unsigned char *bytes, size_t len)
+{
+    if (len > (size_t)JWKE_RSA_MAX_BITS) /* far too large either way; keeps the int exact */
+        return JWKE_RSA_MAX_BITS + 1;
+    int bits = (int)len * 8;
+    for (unsigned char top = bytes[0]; !(top & 0x80); top <<= 1)
+        bits--;
+    return bits;
+}
 
 static EVP_PKEY *pkey_from_params(const char *type, OSSL_PARAM_BLD *bld, jwke_error *err)
 {
@@ -37,11 +58,8 @@ EVP_PKEY *jwke_pkey_rsa_public(const unsigned char *n, size_t n_len,
         jwke_fail(err, "RSA key has an empty modulus or exponent");
         return NULL;
     }
-    if (n_len * 8 < RSA_ABSOLUTE_MIN_BITS || n_len * 8 > RSA_ABSOLUTE_MAX_BITS + 8) {
-        jwke_fail(err, "RSA modulus of %zu bytes is outside %d..%d bits", n_len,
-                  RSA_ABSOLUTE_MIN_BITS, RSA_ABSOLUTE_MAX_BITS);
+    if (jwke_pkey_check_rsa_bits(big_endian_bits(n, n_len), err) != 0)
         return NULL;
-    }
     if ((n[n_len - 1] & 1) == 0) {
         jwke_fail(err, "RSA modulus is even");
         return NULL;
@@ -90,7 +108,7 @@ EVP_PKEY *jwke_pkey_ec_public(const char *crv, const unsigned char *x, size_t x_
                   size, x_len, y_len);
         return NULL;
     }
-    unsigned char point[1 + 2 * 66];
+    unsigned char point[JWKE_EC_MAX_POINT]; /* size <= JWKE_EC_MAX_COORDINATE: from the table */
     point[0] = 0x04; /* uncompressed */
     memcpy(point + 1, x, size);
     memcpy(point + 1 + size, y, size);
@@ -206,7 +224,7 @@ int jwke_pkey_public_members(const EVP_PKEY *pkey, jwke_public_members *out, jwk
     }
     case JWKE_KIND_EC: {
         const jwke_alg *curve = jwke_pkey_curve(pkey);
-        unsigned char point[1 + 2 * 66];
+        unsigned char point[JWKE_EC_MAX_POINT];
         size_t len = 0;
         if (!curve)
             return jwke_fail(err, "EC key is on an unsupported curve");

@@ -13,6 +13,11 @@
 #include "alg.h"
 #include "error.h"
 
+/* 0 when an RSA key of `bits` bits is within what jwkengine supports
+ * (512..JWKE_RSA_MAX_BITS), else -1 with a message giving both sizes.
+ * Every RSA key passes here before anything signs or verifies with it. */
+int jwke_pkey_check_rsa_bits(int bits, jwke_error *err);
+
 /* Big-endian modulus and exponent, as in a JWK's n and e. */
 EVP_PKEY *jwke_pkey_rsa_public(const unsigned char *n, size_t n_len,
                                const unsigned char *e, size_t e_len, jwke_error *err);
@@ -43,7 +48,7 @@ typedef struct jwke_public_members {
     size_t n_len;
     unsigned char e[16];              /* RSA public exponent */
     size_t e_len;
-    unsigned char x[66], y[66];       /* EC coordinates; OKP: x only */
+    unsigned char x[JWKE_EC_MAX_COORDINATE], y[JWKE_EC_MAX_COORDINATE]; /* EC; OKP: x only */
     size_t coordinate_len;
 } jwke_public_members;
 

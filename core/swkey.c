@@ -54,6 +54,7 @@ static int check_supported(const EVP_PKEY *pkey, jwke_error *err)
 {
     switch (jwke_pkey_kind(pkey)) {
     case JWKE_KIND_RSA:
+        return jwke_pkey_check_rsa_bits(EVP_PKEY_get_bits(pkey), err);
     case JWKE_KIND_OKP:
         return 0;
     case JWKE_KIND_EC:
@@ -105,6 +106,15 @@ void jwke_swkey_free(jwke_swkey *key)
 const char *const jwke_jwk_binary_members[JWKE_JWK_BINARY_MEMBERS] = {
     "n", "e", "d", "p", "q", "dp", "dq", "qi", "x", "y"};
 
+int jwke_jwk_member_ktys(size_t index)
+{
+    static const int ktys[JWKE_JWK_BINARY_MEMBERS] = {
+        JWKE_KTY_RSA, JWKE_KTY_RSA, JWKE_KTY_RSA | JWKE_KTY_EC | JWKE_KTY_OKP, /* n e d */
+        JWKE_KTY_RSA, JWKE_KTY_RSA, JWKE_KTY_RSA, JWKE_KTY_RSA, JWKE_KTY_RSA,  /* p q dp dq qi */
+        JWKE_KTY_EC | JWKE_KTY_OKP, JWKE_KTY_EC};                               /* x y */
+    return index < JWKE_JWK_BINARY_MEMBERS ? ktys[index] : 0;
+}
+
 jwke_bytes *jwke_jwk_member_at(jwke_jwk_members *m, size_t index)
 {
     jwke_bytes *all[JWKE_JWK_BINARY_MEMBERS] = {&m->n, &m->e, &m->d,  &m->p, &m->q,
@@ -124,20 +134,22 @@ int jwke_jwk_member_is_private(const char *name, size_t len)
 int jwke_jwk_member_decode(const char *name, const char *text, size_t len, jwke_bytes *out,
                            jwke_error *err)
 {
-    size_t max = jwke_b64url_decoded_max(len);
-    if (max > JWKE_JWK_MEMBER_MAX)
+    size_t room = jwke_b64url_decoded_max(len);
+    if (room > JWKE_JWK_MEMBER_MAX + 3) /* base64url's own slack aside */
         return jwke_fail(err, "JWK member '%s' is too long", name);
-    out->data = OPENSSL_malloc(max ? max : 1); /* wiped by jwke_jwk_members_clear */
+    out->data = OPENSSL_malloc(room ? room : 1); /* wiped by jwke_jwk_members_clear */
     if (!out->data)
         return jwke_fail(err, "out of memory reading JWK member '%s'", name);
-    out->len = max; /* so a failure below still wipes the whole buffer */
+    out->len = room; /* so a failure below still wipes the whole buffer */
     const char *why;
-    long n = jwke_b64url_decode(text, len, out->data, JWKE_B64_NOPAD, &why);
+    long n = jwke_b64url_decode(text, len, out->data, room, JWKE_B64_NOPAD, &why);
     if (n < 0)
         return jwke_fail(err, "JWK member '%s' is not valid base64url: %s", name, why);
     if (n == 0)
         return jwke_fail(err, "JWK member '%s' is empty", name);
-    OPENSSL_cleanse(out->data + n, max - (size_t)n);
+    if ((size_t)n > JWKE_JWK_MEMBER_MAX)
+        return jwke_fail(err, "JWK member '%s' is too long", name);
+    OPENSSL_cleanse(out->data + n, room - (size_t)n);
     out->len = (size_t)n;
     return 0;
 }
@@ -230,8 +242,8 @@ static int check_private(EVP_PKEY *pkey, EVP_PKEY *pub, jwke_error *err)
         }
         /* n, e, d alone cannot be checked structurally: one signature can. */
         static const unsigned char probe[] = "jwkengine private key check";
-        unsigned char sig[JWKE_SWKEY_RSA_MAX_BITS / 8];
-        size_t sig_len = 0;
+        unsigned char sig[JWKE_MAX_SIGNATURE];
+        size_t sig_len = sizeof sig;
         const jwke_alg *rs256 = jwke_alg_by_name("RS256");
         if (jwke_evp_sign(pkey, rs256, probe, sizeof probe, sig, &sig_len, err) != 0) {
             ERR_clear_error();
@@ -258,9 +270,9 @@ int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke
     switch (alg->kind) {
     case JWKE_KIND_RSA: {
         int bits = rsa_bits ? rsa_bits : JWKE_SWKEY_RSA_DEFAULT_BITS;
-        if (bits < JWKE_SWKEY_RSA_MIN_BITS || bits > JWKE_SWKEY_RSA_MAX_BITS)
+        if (bits < JWKE_SWKEY_RSA_MIN_BITS || bits > JWKE_RSA_MAX_BITS)
             return jwke_fail(err, "RSA key size %d is outside %d..%d bits", bits,
-                             JWKE_SWKEY_RSA_MIN_BITS, JWKE_SWKEY_RSA_MAX_BITS);
+                             JWKE_SWKEY_RSA_MIN_BITS, JWKE_RSA_MAX_BITS);
         /* The public exponent is OpenSSL's documented default, 65537. */
         EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
         if (!ctx || EVP_PKEY_keygen_init(ctx) <= 0 ||
@@ -287,7 +299,7 @@ static int need(const jwke_bytes *b, const char *kty, const char *name, jwke_err
 {
     if (b->data)
         return 0;
-    return jwke_fail(err, "%s JWK is missing member '%s'", kty, name);
+    return jwke_fail(err, "%s JWK member '%s' is missing", kty, name);
 }
 
 /* Secure-heap BIGNUM for private values. */
@@ -372,7 +384,7 @@ static int rsa_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *
 static int ec_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *err)
 {
     if (!m->crv)
-        return jwke_fail(err, "EC JWK is missing member 'crv'");
+        return jwke_fail(err, "EC JWK member 'crv' is missing");
     if (need(&m->x, "EC", "x", err) || need(&m->y, "EC", "y", err))
         return -1;
     /* Checks the curve, the coordinate sizes and that the point is on it. */
@@ -388,7 +400,7 @@ static int ec_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *e
         return jwke_fail(err, "EC private key d for %s must be %zu bytes, got %zu", m->crv, size,
                          m->d.len);
     }
-    unsigned char point[1 + 2 * 66];
+    unsigned char point[JWKE_EC_MAX_POINT]; /* size <= JWKE_EC_MAX_COORDINATE: from the table */
     point[0] = 0x04;
     memcpy(point + 1, m->x.data, size);
     memcpy(point + 1 + size, m->y.data, size);
@@ -415,7 +427,7 @@ static int ec_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *e
 static int okp_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *err)
 {
     if (!m->crv)
-        return jwke_fail(err, "OKP JWK is missing member 'crv'");
+        return jwke_fail(err, "OKP JWK member 'crv' is missing");
     if (need(&m->x, "OKP", "x", err))
         return -1;
     EVP_PKEY *pub = jwke_pkey_okp_public(m->crv, m->x.data, m->x.len, err);

@@ -14,10 +14,10 @@
 #include "alg.h"
 #include "error.h"
 
-/* Generated RSA keys: size when the caller gives none, and the range allowed. */
+/* Generated RSA keys: size when the caller gives none, and the smallest
+ * allowed (the largest is JWKE_RSA_MAX_BITS, alg.h). */
 #define JWKE_SWKEY_RSA_DEFAULT_BITS 4096
 #define JWKE_SWKEY_RSA_MIN_BITS 2048
-#define JWKE_SWKEY_RSA_MAX_BITS 16384
 
 typedef struct jwke_swkey {
     EVP_PKEY *pkey;        /* the key itself; holds the private half if any */
@@ -42,13 +42,18 @@ typedef struct jwke_jwk_members {
 
 void jwke_jwk_members_clear(jwke_jwk_members *m);
 
-/* Largest decoded JWK member: a 16384-bit modulus. */
-#define JWKE_JWK_MEMBER_MAX 2048
+/* Largest decoded JWK member: the largest modulus (alg.h), plus the
+ * leading zero byte some encoders put in front of it. */
+#define JWKE_JWK_MEMBER_MAX (JWKE_MAX_SIGNATURE + 1)
 
-/* The base64url members of jwke_jwk_members, by name, in one order. */
+/* The base64url members of jwke_jwk_members, by name, in one order, and
+ * the key types each belongs to (RFC 7517 section 4: members of other key
+ * types are ignored, never decoded). */
 #define JWKE_JWK_BINARY_MEMBERS 10
+enum { JWKE_KTY_RSA = 1 << 0, JWKE_KTY_EC = 1 << 1, JWKE_KTY_OKP = 1 << 2 };
 extern const char *const jwke_jwk_binary_members[JWKE_JWK_BINARY_MEMBERS];
 jwke_bytes *jwke_jwk_member_at(jwke_jwk_members *m, size_t index);
+int jwke_jwk_member_ktys(size_t index);
 
 /* 1 when the member named (len bytes) is private key material (d, p, q,
  * dp, dq, qi), which must never leave C as text. */

@@ -10,7 +10,8 @@ seeds are rewritten when targets are named):
     /usr/bin/python3 fuzz/make_corpus.py [--out DIR] [TARGET...]
 
 Every run writes the same bytes (spec/corpus_spec.lua checks that the
-committed seeds are what it writes); DIR defaults to fuzz/corpus.
+committed seeds are what it writes): keys come from the RFC examples or from
+fixed private values, never from a generator. DIR defaults to fuzz/corpus.
 """
 import base64
 import json
@@ -214,8 +215,55 @@ def p11_map_seeds():
     write("p11_map", "ec-point-absurd-length", b"\x01" + obj([ulong(2), ulong(3), b"ec", None, None, None, None, p256, (b"\x04" * 67, 2 ** 64 - 2)]))
 
 
+
+def pem_seeds():
+    """Keys as PEM text (selector 0) and as bare DER for the target to wrap
+    in a block of its kind (1 PRIVATE KEY, 2 RSA PRIVATE KEY, 3 EC PRIVATE
+    KEY, 4 PUBLIC KEY). The keys are fixed (RFC 7515 A.2's RSA key, fixed
+private values for the curves), so every run writes the same bytes."""
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    sys.path.insert(0, os.path.join(ROOT, "spec", "helpers"))
+    import rsa_of_size
+    jwk = next(key for _, key, _, _, _ in examples() if key["kty"] == "RSA" and "p" in key)
+    n, e, d, p, q, dp, dq, qi = (int.from_bytes(unb64(jwk[m]), "big")
+                                 for m in ("n", "e", "d", "p", "q", "dp", "dq", "qi"))
+    keys = {
+        "rsa2048": rsa.RSAPrivateNumbers(p, q, d, dp, dq, qi, rsa.RSAPublicNumbers(e, n)).private_key(),
+        "p256": ec.derive_private_key(0x1234567, ec.SECP256R1()),
+        "p384": ec.derive_private_key(0x2345678, ec.SECP384R1()),
+        "p521": ec.derive_private_key(0x3456789, ec.SECP521R1()),
+        "secp256k1": ec.derive_private_key(0x456789A, ec.SECP256K1()),
+        "ed25519": ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32))),
+        "ed448": ed448.Ed448PrivateKey.from_private_bytes(bytes(range(57))),
+    }
+    for name, key in keys.items():
+        write("pem", name + "-pkcs8.pem", b"\x00" + key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()))
+        write("pem", name + "-public.pem", b"\x00" + key.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+        write("pem", name + "-pkcs8.der", b"\x01" + key.private_bytes(s.Encoding.DER, s.PrivateFormat.PKCS8, s.NoEncryption()))
+        write("pem", name + "-public.der", b"\x04" + key.public_key().public_bytes(s.Encoding.DER, s.PublicFormat.SubjectPublicKeyInfo))
+    for name in ("rsa2048", "p256", "p521"):
+        traditional = (b"\x02" if name.startswith("rsa") else b"\x03") + keys[name].private_bytes(
+            s.Encoding.DER, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption())
+        write("pem", name + "-traditional.der", traditional)
+        write("pem", name + "-traditional.pem", b"\x00" + keys[name].private_bytes(
+            s.Encoding.PEM, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption()))
+    # an encrypted key, which import refuses without asking for a password
+    # (legacy form with a fixed IV: real encryption would salt every run)
+    body = base64.encodebytes(keys["p384"].private_bytes(
+        s.Encoding.DER, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption())).decode()
+    write("pem", "p384-encrypted.pem", b"\x00" + ("-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n"
+          "DEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\n" + body +
+          "-----END EC PRIVATE KEY-----\n").encode())
+    params = "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"
+    write("pem", "p256-with-params.pem", b"\x00" + params.encode() + keys["p256"].private_bytes(
+        s.Encoding.PEM, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption()))
+    # issue 10 defect 1: one bit past the supported maximum, members consistent
+    write("pem", "rsa-16391-bits.pem", b"\x00" + rsa_of_size.pem(rsa_of_size.members(16391)).encode())
+
+
 SEEDS = {"b64url": b64url_seeds, "jws": jws_seeds, "jwk": jwk_seeds, "ec": ec_seeds,
-         "p11_map": p11_map_seeds}
+         "p11_map": p11_map_seeds, "pem": pem_seeds}
 
 if __name__ == "__main__":
     args = sys.argv[1:]

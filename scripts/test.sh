@@ -8,6 +8,8 @@
 #      (except the nginx spec: nginx cannot load a sanitized module)
 #   4. the libFuzzer targets, each for a bounded time
 #   5. valgrind memcheck over the C core
+#   6. the C core and its unit tests in the build types CI does not cover
+#      (Debug, MinSizeRel): built and run with ctest
 #
 # Ends with one "N passed, N failed" line over the distinct tests and steps
 # (busted's pending tests shown beside it); the sanitizer pass re-runs the
@@ -76,11 +78,16 @@ busted_run() { # record label build_dir [busted args...]
   $record "$label" "${ok:-0}" "${bad:-1}" "${skipped:-0}"
 }
 
+# Runs ctest in a build folder; counts its summary line.
+ctest_run() { # label build_dir
+  (cd "$2" && ctest --output-on-failure) 2>&1 | tee "$log"
+  c_total=$(sed -n 's/.* tests failed out of \([0-9]*\).*/\1/p' "$log")
+  c_failed=$(sed -n 's/.* tests passed, \([0-9]*\) tests failed out of.*/\1/p' "$log")
+  add "$1" "$(( ${c_total:-0} - ${c_failed:-0} ))" "${c_failed:-1}"
+}
+
 echo "== 1. C unit tests"
-(cd build && ctest --output-on-failure) 2>&1 | tee "$log"
-c_total=$(sed -n 's/.* tests failed out of \([0-9]*\).*/\1/p' "$log")
-c_failed=$(sed -n 's/.* tests passed, \([0-9]*\) tests failed out of.*/\1/p' "$log")
-add "ctest" "$(( ${c_total:-0} - ${c_failed:-0} ))" "${c_failed:-1}"
+ctest_run "ctest" build
 
 echo "== 2. busted (Lua 5.4, build/)"
 busted_run add "busted" build lua5.4 /usr/bin/busted -o utfTerminal "$@"
@@ -129,6 +136,20 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   mc_bad=$(( $(grep -c "^memcheck .*errors" "$log") - mc_ok ))
   [ "$mc_rc" -eq 0 ] || [ "$mc_bad" -gt 0 ] || mc_bad=1
   add "memcheck" "$mc_ok" "$mc_bad"
+
+  # Only the runner and the unit tests (the c_tests target): enough to
+  # catch what one build type breaks (a Debug build once failed to link).
+  echo "== 6. other build types: the core, the runner and ctest"
+  for type in Debug MinSizeRel; do
+    dir=build-$(echo "$type" | tr 'A-Z' 'a-z')
+    if cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" >"$log" 2>&1 &&
+      cmake --build "$dir" -j"$(nproc)" --target c_tests >>"$log" 2>&1; then
+      ctest_run "ctest ($type)" "$dir"
+    else
+      tail -n 30 "$log"
+      add "build ($type)" 0 1
+    fi
+  done
 fi
 
 echo

@@ -33,6 +33,10 @@ M.codes = {
   ERR_STARTUP = "startup generation in an nginx worker raised",
   ERR_STARTUP_LOCK = "the startup lock (a lua_shared_dict) could not be taken",
   ERR_THREAD = "an nginx worker thread failed to run the signing call",
+  ERR_HTTP_METHOD = "nginx: the request used a method the endpoint does not take (405)",
+  ERR_HTTP_MEDIA_TYPE = "nginx: the request body is not application/json (415)",
+  ERR_HTTP_BODY_TOO_LARGE = "nginx: the request body is larger than token.max_body (413)",
+  ERR_HTTP_BODY_INVALID = "nginx: the request body is empty or not a strict JSON object of claims (400)",
   -- JWS structure and policy
   ERR_JWS_INVALID = "the token is not a well-formed compact JWS (segments, base64url, header JSON, member types)",
   ERR_JWS_TOO_LARGE = "the token or its header is over the size limit; rejected before decoding",

@@ -1,15 +1,18 @@
 #include "b64url.h"
 #include "check.h"
 
+/* out holds DECODE_ROOM bytes */
+#define DECODE_ROOM 64
 static long decode(const char *in, unsigned char *out, int pad, const char **why)
 {
-    return jwke_b64url_decode(in, strlen(in), out, pad ? JWKE_B64_PAD : JWKE_B64_NOPAD, why);
+    return jwke_b64url_decode(in, strlen(in), out, DECODE_ROOM,
+                              pad ? JWKE_B64_PAD : JWKE_B64_NOPAD, why);
 }
 
 static int round_trip(const char *bytes, size_t n, const char *expected, int pad)
 {
     char enc[64];
-    unsigned char dec[64];
+    unsigned char dec[DECODE_ROOM];
     const char *why = NULL;
     size_t len = jwke_b64url_encode((const unsigned char *)bytes, n, enc,
                                     pad ? JWKE_B64_PAD : JWKE_B64_NOPAD);
@@ -34,7 +37,7 @@ int main(void)
     CHECK(round_trip("fo", 2, "Zm8=", 1));
     CHECK(round_trip("\xfb\xff", 2, "-_8", 0)); /* URL alphabet, not + / */
 
-    unsigned char out[64];
+    unsigned char out[DECODE_ROOM];
     const char *why = NULL;
     CHECK(decode("Zm8+", out, 0, &why) < 0);            /* standard alphabet */
     CHECK(decode("Zm8/", out, 0, &why) < 0);
@@ -47,5 +50,13 @@ int main(void)
     CHECK(decode("Zm9v====", out, 1, &why) < 0);        /* too much padding */
     CHECK(decode("Zg=a", out, 1, &why) < 0);            /* padding in the middle */
     CHECK(decode("Zm9v", out, 1, &why) == 3);
+
+    /* A value larger than the buffer is refused before a byte is written. */
+    unsigned char small[4] = {0xaa, 0xaa, 0xaa, 0xaa};
+    CHECK(jwke_b64url_decode("Zm9vYmE", 7, small, 3, JWKE_B64_NOPAD, &why) < 0);
+    CHECK(small[0] == 0xaa && small[3] == 0xaa);
+    CHECK(jwke_b64url_decode("Zm9vYg==", 8, small, 3, JWKE_B64_PAD, &why) < 0);
+    CHECK(jwke_b64url_decode("Zm9vYg", 6, small, 4, JWKE_B64_NOPAD, &why) == 4);
+    CHECK(jwke_b64url_decode("Zm9vYg==", 8, small, 4, JWKE_B64_PAD, &why) == 4);
     return check_summary();
 }
