@@ -792,11 +792,13 @@ static void scenario_control(void)
     unsetenv("JWKE_FAULTS");
     write_control(control, "faults=\n");
     setenv("JWKE_FAULT_CONTROL_INTERVAL_MS", "300", 1);
-    EXPECT_RV(initialize(), CKR_OK);
-    /* The module looks at the file during this call at the latest, so the
-     * change cannot be seen before `checked + 300 ms`: poll until it is,
-     * and check that lower bound (a slow machine only makes it later). */
+    /* The module last looks at the file during C_Initialize or this
+     * C_GetInfo, both after `checked`, so the change cannot be seen before
+     * `checked + 300 ms`: poll until it is, and check that lower bound (a
+     * slow machine only makes it later). Taken before C_Initialize: its own
+     * look starts the interval. */
     double checked = now_ms();
+    EXPECT_RV(initialize(), CKR_OK);
     EXPECT_RV(F->C_GetInfo(&info), CKR_OK);
     write_control(control, "faults=C_GetInfo:CKR_DEVICE_ERROR\n");
     CK_RV rv;

@@ -13,6 +13,10 @@ import subprocess
 import sys
 
 
+CHUNK = 16 << 20
+MAX_REGION = 1 << 34  # 16 GiB: larger writable mappings are ASan's shadow
+
+
 def main():
     split = sys.argv.index("--")
     needles = []
@@ -34,13 +38,23 @@ def main():
             if "w" not in fields[1]:
                 continue
             start, end = (int(x, 16) for x in fields[0].split("-"))
-            try:
-                mem.seek(start)
-                data = mem.read(end - start)
-            except (OSError, ValueError):
-                continue  # e.g. [vvar]: not readable
-            for label, needle in needles:
-                counts[label] += data.count(needle)
+            if end - start > MAX_REGION:
+                continue  # a sanitizer's shadow memory: reserved, not the process's data
+            # in windows of CHUNK bytes plus the longest needle's length - 1,
+            # counting only copies that start inside the window's CHUNK: one
+            # straddling two windows is counted once
+            overlap = max(len(n) for _, n in needles) - 1
+            for at in range(start, end, CHUNK):
+                try:
+                    mem.seek(at)
+                    data = mem.read(min(CHUNK + overlap, end - at))
+                except (OSError, ValueError):
+                    break  # e.g. [vvar]: not readable
+                for label, needle in needles:
+                    found = data.find(needle)
+                    while 0 <= found < CHUNK:
+                        counts[label] += 1
+                        found = data.find(needle, found + 1)
     with open("/proc/%d/environ" % child.pid, "rb") as f:
         environ = f.read()
     child.stdin.close()
