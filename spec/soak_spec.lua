@@ -9,14 +9,20 @@ local function soak(args)
   return out, ok
 end
 
+-- The sanitized pass (scripts/test.sh step 3) runs a fifth of the soak: it
+-- looks for memory errors on the recovery paths, which 200 faults reach as
+-- well as 1,000, at a quarter of the run time; the plain pass does it all.
+local SIGNATURES = os.getenv("ASAN_OPTIONS") and 20000 or 100000
+
 describe("under load", function()
-  it("signs 100,000 times with 1% recoverable faults, none failing, memory flat", function()
-    local out, ok = soak("soak 100000")
+  it("signs " .. SIGNATURES .. " times with 1% recoverable faults, none failing, memory flat", function()
+    local out, ok = soak("soak " .. SIGNATURES)
     assert.is_true(ok, out)
-    assert.matches("soak: 100000 signatures in [%d.]+ s %(%d+/s%), 0 failed, 0 did not verify", out)
+    assert.matches("soak: " .. SIGNATURES .. " signatures in [%d.]+ s %(%d+/s%), 0 failed, 0 did not verify", out)
     local session, login, object = out:match("recoveries: session (%d+), login (%d+), object (%d+)")
     -- 1% of the signatures met a fault: a third each of the three classes
-    assert.is_true(tonumber(session) > 300 and tonumber(login) > 300 and tonumber(object) > 300, out)
+    local each = SIGNATURES / 100 / 3 * 0.9
+    assert.is_true(tonumber(session) > each and tonumber(login) > each and tonumber(object) > each, out)
     assert.matches("failed recoveries 0", out)
     local growth = tonumber(out:match("growth after the first tenth: (%-?%d+) kB"))
     -- Under AddressSanitizer the sanitizer's own bookkeeping (its stack
