@@ -14,8 +14,6 @@
 #include "kept_secret.h"
 #include "lua_common.h"
 
-/* The PIN buffer's size, as for a PIN taken from the environment. */
-#define KEPT_PIN_CAP 256
 #define KEPT_SECRET_PREFIX "secret:"
 
 static int push_done(lua_State *L, int rc, const jwke_error *err)
@@ -32,7 +30,7 @@ static int keep_pin(lua_State *L, jwke_pin_fill fill, const void *ctx)
 {
     const char *name = luaL_checkstring(L, 1);
     jwke_error err;
-    int rc = jwke_kept_fill(name, KEPT_PIN_CAP, fill, ctx, &err);
+    int rc = jwke_kept_fill(name, JWKE_PIN_KEPT_CAP, fill, ctx, &err);
     if (rc == 0)
         jwke_env_erase(name);
     return push_done(L, rc, &err);

@@ -17,7 +17,6 @@ extern char **environ;
  * once, and an open that fails after login and is retried (nginx workers
  * do) still finds it. taken_lock makes reading and erasing the variable
  * one step. */
-#define TAKEN_CAP 256
 static pthread_mutex_t taken_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int jwke_env_is_set(const char *name)
@@ -47,12 +46,12 @@ static int take(const char *name, jwke_error *err)
     size_t n = value ? strlen(value) : 0;
     if (n == 0)
         return jwke_kept_len(name) > 0 ? 0 : jwke_fail_code(err, "ERR_CONFIG", "%s is not set", name);
-    if (n >= TAKEN_CAP) {
+    if (n >= JWKE_PIN_KEPT_CAP) {
         jwke_env_erase(name);
-        return jwke_fail_code(err, "ERR_CONFIG", "%s: the PIN must be 1 to %d bytes long", name, TAKEN_CAP - 1);
+        return jwke_fail_code(err, "ERR_CONFIG", "%s: the PIN must be 1 to %d bytes long", name, JWKE_PIN_KEPT_CAP - 1);
     }
     jwke_kept_bytes bytes = {(const unsigned char *)value, n};
-    int rc = jwke_kept_fill(name, TAKEN_CAP, jwke_kept_from_bytes, &bytes, err);
+    int rc = jwke_kept_fill(name, JWKE_PIN_KEPT_CAP, jwke_kept_from_bytes, &bytes, err);
     jwke_env_erase(name);
     return rc;
 }
