@@ -165,6 +165,24 @@ done:
     return rc;
 }
 
+int jwke_aesgcm_reseal(const jwke_secret *secrets, size_t count, const char *text,
+                       size_t text_len, char **out, size_t *out_len, jwke_error *err)
+{
+    unsigned char *plaintext;
+    size_t plaintext_len, used;
+    if (jwke_aesgcm_open(secrets, count, text, text_len, &plaintext, &plaintext_len, &used,
+                         err) != 0) {
+        err->code = "ERR_KEY_DECRYPT";
+        return -1;
+    }
+    int rc = jwke_aesgcm_seal(secrets[0].data, secrets[0].len, plaintext, plaintext_len, out,
+                              out_len, err);
+    if (rc != 0)
+        err->code = "ERR_KEY_ENCRYPT";
+    jwke_aesgcm_free(plaintext, plaintext_len);
+    return rc;
+}
+
 void jwke_aesgcm_free(unsigned char *plaintext, size_t plaintext_len)
 {
     if (plaintext)

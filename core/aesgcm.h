@@ -35,6 +35,13 @@ int jwke_aesgcm_open(const jwke_secret *secrets, size_t count, const char *text,
                      size_t text_len, unsigned char **plaintext, size_t *plaintext_len,
                      size_t *used, jwke_error *err);
 
+/* Rotation of one sealed text: opens it with any of the secrets and seals
+ * it again with the first (Hydra's "encrypt with the first"), in one call,
+ * so the plaintext stays in C and is wiped before this returns. *out as for
+ * jwke_aesgcm_seal. err->code: ERR_KEY_DECRYPT or ERR_KEY_ENCRYPT. */
+int jwke_aesgcm_reseal(const jwke_secret *secrets, size_t count, const char *text,
+                       size_t text_len, char **out, size_t *out_len, jwke_error *err);
+
 /* Wipes and frees a plaintext returned by jwke_aesgcm_open (it is usually a
  * private JWK). */
 void jwke_aesgcm_free(unsigned char *plaintext, size_t plaintext_len);

@@ -52,9 +52,11 @@ struct jwke_p11_key *jwke_lua_hsm_key(lua_State *L, int idx, struct jwke_p11_tok
 
 void jwke_open_token(lua_State *L);      /* adds open_token, slots */
 void jwke_open_public_key(lua_State *L); /* adds public_key */
-/* adds generate_software_key, import_jwk, import_pem, aes_gcm_seal, aes_gcm_open */
+/* adds generate_software_key, import_jwk, import_pem, aes_gcm_seal, aes_gcm_open,
+ * aes_gcm_reseal, open_sealed_key */
 void jwke_open_software_key(lua_State *L);
 void jwke_open_jose(lua_State *L);
+void jwke_open_kept_secret(lua_State *L); /* adds keep_pin, keep_uri_pin, keep_secret, kept_secret, forget_* */
 void jwke_open_json(lua_State *L);         /* adds json_claims */         /* adds json_check, jws_decode, digest */
 
 #endif

@@ -175,6 +175,24 @@ static int l_aes_gcm_open(lua_State *L)
     return 2;
 }
 
+/* aes_gcm_reseal({secret, ...}, text) -> text | nil, err, code: opened
+ * with any secret, sealed with the first, the plaintext never in Lua. */
+static int l_aes_gcm_reseal(lua_State *L)
+{
+    jwke_secret secrets[MAX_SECRETS];
+    size_t count = check_secrets(L, 1, secrets);
+    size_t text_len;
+    const char *text = luaL_checklstring(L, 2, &text_len);
+    char *out;
+    size_t out_len;
+    jwke_error err;
+    if (jwke_aesgcm_reseal(secrets, count, text, text_len, &out, &out_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, out, out_len);
+    free(out);
+    return 1;
+}
+
 /* ---- methods --------------------------------------------------------- */
 
 static swkey_object *check_key(lua_State *L)
@@ -359,6 +377,7 @@ static const luaL_Reg functions[] = {
     {"import_pem", l_import_pem},
     {"aes_gcm_seal", l_aes_gcm_seal},
     {"aes_gcm_open", l_aes_gcm_open},
+    {"aes_gcm_reseal", l_aes_gcm_reseal},
     {"open_sealed_key", l_open_sealed_key},
     {NULL, NULL},
 };

@@ -5,33 +5,25 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/mman.h>
 
 #include <openssl/crypto.h>
 
+#include "kept_secret.h"
+
 extern char **environ;
 
-/* A PIN taken from the environment, kept (locked, out of core dumps) for
- * the rest of the process: the variable is erased at once, and an open that
- * fails after login and is retried (nginx workers do) still finds it. */
-#define TAKEN_CAP 256
-static struct {
-    char name[64];
-    unsigned char *pin; /* TAKEN_CAP bytes once taken */
-    size_t len;
-} taken;
+/* A PIN taken from the environment is kept (kept_secret.h, under the
+ * variable's name) for the rest of the process: the variable is erased at
+ * once, and an open that fails after login and is retried (nginx workers
+ * do) still finds it. taken_lock makes reading and erasing the variable
+ * one step. */
 static pthread_mutex_t taken_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static int taken_holds(const char *name)
-{
-    return taken.len > 0 && strcmp(taken.name, name) == 0;
-}
 
 int jwke_env_is_set(const char *name)
 {
     pthread_mutex_lock(&taken_lock);
     const char *value = getenv(name);
-    int set = taken_holds(name) || (value && *value);
+    int set = jwke_kept_len(name) > 0 || (value && *value);
     pthread_mutex_unlock(&taken_lock);
     return set;
 }
@@ -46,30 +38,22 @@ void jwke_env_erase(const char *name)
     unsetenv(name);
 }
 
-/* Moves the variable's value into `taken`; the caller holds taken_lock. */
+/* Moves the variable's value into the kept secrets; the caller holds
+ * taken_lock. */
 static int take(const char *name, jwke_error *err)
 {
     const char *value = getenv(name);
     size_t n = value ? strlen(value) : 0;
     if (n == 0)
-        return taken_holds(name) ? 0 : jwke_fail_code(err, "ERR_CONFIG", "%s is not set", name);
-    if (n >= TAKEN_CAP || strlen(name) >= sizeof taken.name) {
+        return jwke_kept_len(name) > 0 ? 0 : jwke_fail_code(err, "ERR_CONFIG", "%s is not set", name);
+    if (n >= JWKE_PIN_KEPT_CAP) {
         jwke_env_erase(name);
-        return jwke_fail_code(err, "ERR_CONFIG", "%s: the PIN must be 1 to %d bytes long", name, TAKEN_CAP - 1);
+        return jwke_fail_code(err, "ERR_CONFIG", "%s: the PIN must be 1 to %d bytes long", name, JWKE_PIN_KEPT_CAP - 1);
     }
-    if (!taken.pin) {
-        taken.pin = malloc(TAKEN_CAP);
-        if (!taken.pin)
-            return jwke_fail(err, "out of memory storing the PIN");
-        mlock(taken.pin, TAKEN_CAP); /* best effort, as for the token's copy */
-        madvise(taken.pin, TAKEN_CAP, MADV_DONTDUMP);
-    }
-    OPENSSL_cleanse(taken.pin, TAKEN_CAP);
-    memcpy(taken.pin, value, n);
-    taken.len = n;
-    snprintf(taken.name, sizeof taken.name, "%s", name);
+    jwke_kept_bytes bytes = {(const unsigned char *)value, n};
+    int rc = jwke_kept_fill(name, JWKE_PIN_KEPT_CAP, jwke_kept_from_bytes, &bytes, err);
     jwke_env_erase(name);
-    return 0;
+    return rc;
 }
 
 int jwke_pin_from_env(const void *ctx, unsigned char *buf, size_t cap, size_t *len,
@@ -78,14 +62,12 @@ int jwke_pin_from_env(const void *ctx, unsigned char *buf, size_t cap, size_t *l
     const char *name = ctx;
     pthread_mutex_lock(&taken_lock);
     int rc = take(name, err);
-    if (rc == 0 && taken.len >= cap)
-        rc = jwke_fail_code(err, "ERR_CONFIG", "%s: the PIN must be 1 to %zu bytes long", name, cap - 1);
-    if (rc == 0) {
-        memcpy(buf, taken.pin, taken.len);
-        *len = taken.len;
-    }
     pthread_mutex_unlock(&taken_lock);
-    return rc;
+    if (rc != 0)
+        return rc;
+    if (jwke_kept_copy(name, buf, cap, len, err) != 0)
+        return jwke_fail_code(err, "ERR_CONFIG", "%s: the PIN must be 1 to %zu bytes long", name, cap - 1);
+    return 0;
 }
 
 static int hex_value(unsigned char c)

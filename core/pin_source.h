@@ -8,6 +8,10 @@
 
 #include "error.h"
 
+/* The buffer a PIN kept for the process lands in (taken from the
+ * environment, or kept by a host for its workers): at most 255 bytes. */
+#define JWKE_PIN_KEPT_CAP 256
+
 /* Fills buf (cap bytes) with a PIN and sets *len; 0 or -1 with err. The
  * shape of jwke_p11_login_from's filler. */
 typedef int (*jwke_pin_fill)(const void *ctx, unsigned char *buf, size_t cap, size_t *len,

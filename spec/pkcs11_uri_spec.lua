@@ -348,6 +348,14 @@ describe("pkcs11_uri.parse", function()
       assert.are.equal("pkcs11:?PIN-VALUE=***", pkcs11_uri.redact("pkcs11:?PIN-VALUE=" .. PIN))
       assert.are.equal("pkcs11:token=t", pkcs11_uri.redact("pkcs11:token=t"))
     end)
+
+    it("without_pin() leaves the query's pin-value out (a PIN kept elsewhere)", function()
+      assert.are.equal("pkcs11:token=t", pkcs11_uri.without_pin("pkcs11:token=t?pin-value=" .. PIN))
+      assert.are.equal("pkcs11:token=t?module-name=m&x-a=b",
+        pkcs11_uri.without_pin("pkcs11:token=t?module-name=m&PIN-Value=" .. PIN .. "&x-a=b"))
+      assert.are.equal("pkcs11:token=t?pin-source=/p", pkcs11_uri.without_pin("pkcs11:token=t?pin-source=/p"))
+      assert.are.equal("pkcs11:token=t", pkcs11_uri.without_pin("pkcs11:token=t"))
+    end)
   end)
 
   it("is_uri tells a URI from a label", function()

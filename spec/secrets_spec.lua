@@ -33,6 +33,8 @@ assert(not tostring(engine.config.hsm.uri):find("pin-value=%%"), "the URI keeps 
 if mode == "store" then
   assert(engine:key_set_json("memscan"))
   assert(engine:sign("memscan", "payload"))
+elseif mode == "rotate" then
+  assert(assert(engine:rotate_secrets()) == 1, "one row re-sealed")
 end
 collectgarbage() collectgarbage()
 if mode ~= "store" then engine:close() end -- the token's locked copy is wiped on close
@@ -103,6 +105,24 @@ describe("secrets left in memory", function()
     engine:close()
     local found = scan(env, "store", { d = d })
     os.remove(db)
+    assert.same({ memory = 0, environ = 0 }, found.d)
+  end)
+
+  it("a store key's private d: never a Lua string on the rotation path", function()
+    local db, old, new = os.tmpname(), random_secret(16), random_secret(16)
+    local env = { SECRETS_SYSTEM = old, DSN = "sqlite://" .. db }
+    local engine = assert(jwkengine.open({ environment = env, logger = false, startup = false }))
+    assert(engine:generate("memscan", "ES256"))
+    local d = assert(engine.software:load("memscan")).keys[1].object:private_jwk().d
+    engine:close()
+    local found = scan({ SECRETS_SYSTEM = new .. "," .. old, DSN = env.DSN }, "rotate", { d = d })
+    -- the row is sealed with the new secret alone now
+    engine = assert(jwkengine.open({ environment = { SECRETS_SYSTEM = new, DSN = env.DSN },
+      logger = false, startup = false }))
+    local rotated = engine.software:load("memscan").keys[1]
+    engine:close()
+    os.remove(db)
+    assert.is_nil(rotated.broken)
     assert.same({ memory = 0, environ = 0 }, found.d)
   end)
 

@@ -14,6 +14,9 @@
 --                         nginx from starting, and a reload keeps the old
 --                         configuration (`nginx -t` does not run
 --                         init_by_lua, so it cannot see these errors).
+--                         A PIN or store secrets given as options are
+--                         handed to C (kept_secret.c): the settings the
+--                         workers inherit hold none.
 --   init_worker (worker)  starts a zero-delay timer (init_worker cannot
 --                         sleep, the timer can). The timer takes a lock in a
 --                         lua_shared_dict (`add` with an expiry), opens the
@@ -63,6 +66,13 @@ local LOCK_KEY = "jwkengine:startup-lock"
 -- the token closer to locking the PIN. init() clears it: a reload is how an
 -- operator says the PIN was fixed.
 local LOGIN_REFUSED_KEY = "jwkengine:login-refused"
+
+-- A PIN given to init() as an option (hsm.pin, or the pin-value of
+-- hsm.uri) is kept in C under this name: the workers' login finds it there
+-- as it would the variable (token:login_env). Store secrets given as
+-- options are kept as SECRET_NAME .. i.
+local PIN_NAME = "HSM_PIN"
+local SECRET_NAME = "jwkengine.nginx secrets.system "
 
 -- Per-process state. In the master only `settings` is filled; the workers
 -- inherit it and add their engine and JWK Set cache.
@@ -127,7 +137,8 @@ local function check_keys(t, allowed, name)
 end
 
 -- Serializable copy of the open options for the worker-thread VMs (which
--- share nothing with the worker's VM): functions cannot cross.
+-- share nothing with the worker's VM): functions cannot cross. It holds no
+-- secret (keep_secrets took them out first): those VMs find them in C.
 local function thread_options(open_options)
   local function clean(value, path)
     local kind = type(value)
@@ -144,6 +155,51 @@ local function thread_options(open_options)
   local o = {}
   for k, v in pairs(open_options) do
     if k ~= "logger" and k ~= "select_slot" then o[k] = clean(v, k) end
+  end
+  return o
+end
+
+-- Hands the secrets among the options (hsm.pin, hsm.uri's pin-value,
+-- secrets.system) to C and returns the options without them, which is all
+-- the master keeps in Lua for its workers (and serializes for the thread
+-- pool), with the number of store secrets kept. A reload forgets what the
+-- previous configuration kept.
+local function keep_secrets(open_options, cfg)
+  local core = require "jwkengine.core"
+  local public = copy(open_options)
+  if type(open_options.hsm) == "table" then
+    public.hsm = copy(open_options.hsm)
+    local ok, err, code = true, nil, nil
+    -- with the HSM disabled no PIN is needed: it is dropped, not kept
+    if cfg.hsm.enabled and public.hsm.pin ~= nil then
+      ok, err, code = core.keep_pin(PIN_NAME, public.hsm.pin)
+    elseif cfg.hsm.enabled and cfg.hsm.pin_in_uri and public.hsm.uri then
+      ok, err, code = core.keep_uri_pin(PIN_NAME, public.hsm.uri)
+    end
+    if not ok then fail(string.format("configuration: %s (%s)", tostring(err), tostring(code)), 3) end
+    if public.hsm.uri then public.hsm.uri = require("jwkengine.pkcs11_uri").without_pin(public.hsm.uri) end
+    public.hsm.pin = nil
+  end
+  local secrets = type(open_options.secrets) == "table" and open_options.secrets.system or {}
+  for i, secret in ipairs(secrets) do
+    local ok, err, code = core.keep_secret(SECRET_NAME .. i, secret)
+    if not ok then fail(string.format("configuration: %s (%s)", tostring(err), tostring(code)), 3) end
+  end
+  local stale = #secrets + 1
+  while core.forget_secret(SECRET_NAME .. stale) do stale = stale + 1 end
+  public.secrets = nil
+  return public, #secrets
+end
+
+-- The open options a worker (or a worker-thread VM) passes to
+-- jwkengine.open: the master's, with the store secrets it kept read back
+-- (the engine's store seals with Lua strings).
+local function with_kept_secrets(o, kept_secrets)
+  if kept_secrets and kept_secrets > 0 then
+    local core = require "jwkengine.core"
+    local system = {}
+    for i = 1, kept_secrets do system[i] = core.kept_secret(SECRET_NAME .. i) end
+    o.secrets = { system = system }
   end
   return o
 end
@@ -187,6 +243,8 @@ function M.init(options)
   end
   if open_options.logger == nil then open_options.logger = ngx_logger end
 
+  -- what a previous configuration kept is not this one's PIN
+  require("jwkengine.core").forget_pin(PIN_NAME)
   local cfg, err, code = config.load(open_options)
   if not cfg then fail(string.format("configuration: %s (%s)", tostring(err), tostring(code)), 2) end
   if cfg.hsm.enabled then
@@ -203,10 +261,14 @@ function M.init(options)
     fail("no key store is enabled: set HSM_ENABLED=true for the HSM and/or SECRETS_SYSTEM for the software store", 2)
   end
 
+  local kept_secrets
+  open_options, kept_secrets = keep_secrets(open_options, cfg)
+
   local jwks = check_keys(options.jwks, { sets = true, max_age = true, refresh = true }, "jwks")
   local token = check_keys(options.token, { set = true, lifetime = true, max_body = true }, "token")
   local s = {
     open_options = open_options,
+    kept_secrets = kept_secrets,
     shared_dict = set_name(options.shared_dict or DEFAULTS.shared_dict, "shared_dict"),
     ready_timeout = positive_number(options.ready_timeout or DEFAULTS.ready_timeout, "ready_timeout"),
     startup_lock_timeout = positive_number(options.startup_lock_timeout or DEFAULTS.startup_lock_timeout,
@@ -423,7 +485,7 @@ end
 local function open_engine()
   local jwkengine = require "jwkengine"
   local startup = require "jwkengine.startup"
-  local o = copy(settings.open_options)
+  local o = with_kept_secrets(copy(settings.open_options), settings.kept_secrets)
   o.startup = false -- generation happens below, under the lock
   local dict = ngx.shared[settings.shared_dict]
   local locked, lerr = acquire_startup_lock(dict)
@@ -591,7 +653,8 @@ local function sign_in_thread(pool, set, body, lifetime)
     return nil, "this nginx Lua module has no ngx.run_worker_thread", "ERR_CONFIG"
   end
   local ok, token, err, code = ngx.run_worker_thread(pool, "jwkengine.nginx", "thread_sign",
-    settings.thread_options_json, settings.slot_id or false, set, body, lifetime, settings.refresh)
+    settings.thread_options_json, settings.slot_id or false, set, body, lifetime, settings.refresh,
+    settings.kept_secrets)
   if not ok then return nil, "worker thread: " .. tostring(token), "ERR_THREAD" end
   return token, err, code
 end
@@ -683,11 +746,11 @@ end)
 -- opens its own engine on first use (one PKCS#11 session is enough: a VM
 -- serves one thread at a time), on the slot the worker chose, and keeps it;
 -- the set is re-read from the token every jwks.refresh seconds.
-function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh)
+function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept_secrets)
   local entry = thread_engines[options_json]
   if not entry then
     local jwkengine = require "jwkengine"
-    local o = cjson.decode(options_json)
+    local o = with_kept_secrets(cjson.decode(options_json), kept_secrets)
     o.startup = false
     o.logger = thread_logger
     o.hsm = o.hsm or {}

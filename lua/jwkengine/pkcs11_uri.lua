@@ -431,4 +431,17 @@ function M.redact(uri)
   return out
 end
 
+-- The URI with its query's pin-value attribute left out (a URI whose PIN
+-- is kept elsewhere); the URI as given when it has none.
+function M.without_pin(uri)
+  local path, query = uri:match("^([^?]*)%?(.*)$")
+  if not path then return uri end
+  local kept = {}
+  for _, item in ipairs(split(query, "&")) do
+    if item:sub(1, 10):lower() ~= "pin-value=" then kept[#kept + 1] = item end
+  end
+  if #kept == 0 then return path end
+  return path .. "?" .. table.concat(kept, "&")
+end
+
 return M

@@ -242,18 +242,18 @@ function Manager:sign(set, payload, options)
 end
 
 -- Re-seals every row with the first secret, in one transaction: a crash
--- part-way leaves every row as it was. Returns the number of rows.
+-- part-way leaves every row as it was. Returns the number of rows. Each
+-- row is opened and sealed again in one C call: the private key it holds
+-- never becomes a Lua string.
 function Manager:rotate_secrets()
   local count, err, code = self.store:transaction(function(store)
     local rows, rerr, rcode = store:all_rows()
     if not rows then return nil, rerr, rcode end
     for _, row in ipairs(rows) do
-      local plaintext, oerr = core.aes_gcm_open(self.secrets, row.keydata)
-      if not plaintext then
-        return util.fail("ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, oerr)
+      local sealed, serr, scode = core.aes_gcm_reseal(self.secrets, row.keydata)
+      if not sealed then
+        return util.fail(scode, "key set '%s' key '%s': %s", row.sid, row.kid, serr)
       end
-      local sealed, serr = core.aes_gcm_seal(self.secrets[1], plaintext)
-      if not sealed then return util.fail("ERR_KEY_ENCRYPT", "cannot seal: %s", serr) end
       local ok, uerr, ucode = store:update_keydata(row.pk, sealed)
       if not ok then return nil, uerr, ucode end
     end

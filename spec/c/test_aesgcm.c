@@ -99,6 +99,25 @@ int main(void)
     CHECK(plain && len == 0);
     jwke_aesgcm_free(plain, len);
 
+    /* Rotation: sealed with the second, re-sealed with the first of
+     * {first, second}; a text no secret opens is ERR_KEY_DECRYPT. */
+    {
+        const jwke_secret ring[] = {first, second};
+        char *old_text = seal(&second, message, &err), *rotated = NULL;
+        size_t rotated_len;
+        CHECK(old_text && jwke_aesgcm_reseal(ring, 2, old_text, strlen(old_text), &rotated,
+                                             &rotated_len, &err) == 0);
+        plain = rotated ? open_text(&first, 1, rotated, &len, &used, &err) : NULL;
+        CHECK(plain && len == strlen(message) && memcmp(plain, message, len) == 0);
+        jwke_aesgcm_free(plain, len);
+        char *none = NULL;
+        CHECK(old_text && jwke_aesgcm_reseal(&wrong, 1, old_text, strlen(old_text), &none,
+                                             &rotated_len, &err) != 0 && none == NULL);
+        CHECK(err.code && strcmp(err.code, "ERR_KEY_DECRYPT") == 0);
+        free(old_text);
+        free(rotated);
+    }
+
     free(text);
     free(again);
     return check_summary();
