@@ -90,7 +90,10 @@ int jwke_aesgcm_seal(const unsigned char *secret, size_t secret_len,
         jwke_fail_openssl(err, "AES-GCM encryption failed");
         goto done;
     }
-    jwke_b64url_encode(raw, raw_len, text, JWKE_B64_PAD);
+    if (jwke_b64url_encode(raw, raw_len, text, text_len, JWKE_B64_PAD) != (long)text_len) {
+        jwke_fail(err, "the sealed value does not fit its buffer");
+        goto done;
+    }
     text[text_len] = '\0';
     *out = text;
     *out_len = text_len;
