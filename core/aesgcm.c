@@ -25,7 +25,8 @@
 
 #define OVERHEAD (JWKE_AESGCM_NONCE_SIZE + JWKE_AESGCM_TAG_SIZE)
 
-static void derive_key(const unsigned char *secret, size_t secret_len, unsigned char key[32])
+static void derive_key(const unsigned char *secret, size_t secret_len,
+                       unsigned char key[SHA256_DIGEST_LENGTH])
 {
     SHA256(secret, secret_len, key);
 }
@@ -73,7 +74,7 @@ int jwke_aesgcm_seal(const unsigned char *secret, size_t secret_len,
     unsigned char *raw = malloc(raw_len);
     size_t text_len = jwke_b64url_encoded_len(raw_len, JWKE_B64_PAD);
     char *text = malloc(text_len + 1);
-    unsigned char key[32];
+    unsigned char key[SHA256_DIGEST_LENGTH];
     int rc = -1;
     if (!raw || !text) {
         jwke_fail(err, "out of memory sealing");
@@ -90,7 +91,10 @@ int jwke_aesgcm_seal(const unsigned char *secret, size_t secret_len,
         jwke_fail_openssl(err, "AES-GCM encryption failed");
         goto done;
     }
-    jwke_b64url_encode(raw, raw_len, text, JWKE_B64_PAD);
+    if (jwke_b64url_encode(raw, raw_len, text, text_len, JWKE_B64_PAD) != (long)text_len) {
+        jwke_fail(err, "the sealed value does not fit its buffer");
+        goto done;
+    }
     text[text_len] = '\0';
     *out = text;
     *out_len = text_len;
@@ -135,7 +139,7 @@ int jwke_aesgcm_open(const jwke_secret *secrets, size_t count, const char *text,
     unsigned char *tag = raw + JWKE_AESGCM_NONCE_SIZE + len;
     int rc = -1, opened = 0;
     for (size_t i = 0; i < count && !opened; i++) {
-        unsigned char key[32];
+        unsigned char key[SHA256_DIGEST_LENGTH];
         derive_key(secrets[i].data, secrets[i].len, key);
         int r = gcm(0, key, nonce, ciphertext, len, out, tag);
         OPENSSL_cleanse(key, sizeof key);

@@ -31,9 +31,11 @@ size_t jwke_b64url_encoded_len(size_t n, enum jwke_b64_padding pad)
     return n / 3 * 4 + (n % 3 ? n % 3 + 1 : 0);
 }
 
-size_t jwke_b64url_encode(const unsigned char *in, size_t n, char *out,
-                          enum jwke_b64_padding pad)
+long jwke_b64url_encode(const unsigned char *in, size_t n, char *out, size_t out_size,
+                        enum jwke_b64_padding pad)
 {
+    if (jwke_b64url_encoded_len(n, pad) > out_size)
+        return -1;
     char *o = out;
     size_t i = 0;
     for (; i + 3 <= n; i += 3) {
@@ -55,7 +57,7 @@ size_t jwke_b64url_encode(const unsigned char *in, size_t n, char *out,
         *o++ = alphabet[(v >> 6) & 63];
         if (pad) *o++ = '=';
     }
-    return (size_t)(o - out);
+    return (long)(o - out);
 }
 
 size_t jwke_b64url_decoded_max(size_t n)

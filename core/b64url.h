@@ -15,10 +15,11 @@ enum jwke_b64_padding { JWKE_B64_NOPAD = 0, JWKE_B64_PAD = 1 };
 /* Length of the encoding of n bytes (without a terminating NUL). */
 size_t jwke_b64url_encoded_len(size_t n, enum jwke_b64_padding pad);
 
-/* Writes the encoding to out (room for jwke_b64url_encoded_len bytes; no NUL
- * written) and returns its length. */
-size_t jwke_b64url_encode(const unsigned char *in, size_t n, char *out,
-                          enum jwke_b64_padding pad);
+/* Writes the encoding to out, which holds out_size bytes (no NUL written),
+ * and returns its length; -1 when the encoding (jwke_b64url_encoded_len
+ * bytes) would not fit, and then nothing is written. */
+long jwke_b64url_encode(const unsigned char *in, size_t n, char *out, size_t out_size,
+                        enum jwke_b64_padding pad);
 
 /* Upper bound of the decoded length of n characters. */
 size_t jwke_b64url_decoded_max(size_t n);

@@ -22,7 +22,13 @@ int jwke_jws_compact(const char *header_b64, size_t header_len, const unsigned c
     memcpy(buf, header_b64, header_len);
     size_t used = header_len;
     buf[used++] = '.';
-    used += jwke_b64url_encode(payload, payload_len, buf + used, JWKE_B64_NOPAD);
+    long encoded = jwke_b64url_encode(payload, payload_len, buf + used, total - used,
+                                      JWKE_B64_NOPAD);
+    if (encoded < 0) {
+        free(buf);
+        return jwke_fail(err, "the payload does not fit its signing buffer");
+    }
+    used += (size_t)encoded;
 
     unsigned char sig[JWKE_MAX_SIGNATURE];
     size_t sig_len = sig_max;
@@ -37,7 +43,12 @@ int jwke_jws_compact(const char *header_b64, size_t header_len, const unsigned c
                          "bytes it was given", sig_len, sig_max);
     }
     buf[used++] = '.';
-    used += jwke_b64url_encode(sig, sig_len, buf + used, JWKE_B64_NOPAD);
+    encoded = jwke_b64url_encode(sig, sig_len, buf + used, total - used, JWKE_B64_NOPAD);
+    if (encoded < 0) {
+        free(buf);
+        return jwke_fail(err, "the signature does not fit its token buffer");
+    }
+    used += (size_t)encoded;
     buf[used] = '\0';
     *out = buf;
     *out_len = used;

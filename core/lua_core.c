@@ -53,13 +53,20 @@ const jwke_alg *jwke_check_alg(lua_State *L, int arg)
     return alg;
 }
 
-void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len)
+static void push_encoded(lua_State *L, const unsigned char *bytes, size_t len,
+                         enum jwke_b64_padding pad)
 {
     luaL_Buffer b;
-    size_t out_len = jwke_b64url_encoded_len(len, JWKE_B64_NOPAD);
+    size_t out_len = jwke_b64url_encoded_len(len, pad);
     char *out = jwke_buffer_init(L, &b, out_len);
-    jwke_b64url_encode(bytes, len, out, JWKE_B64_NOPAD);
+    if (jwke_b64url_encode(bytes, len, out, out_len, pad) != (long)out_len)
+        luaL_error(L, "base64url: %zu bytes do not encode into %zu characters", len, out_len);
     jwke_buffer_push(L, &b, out_len);
+}
+
+void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len)
+{
+    push_encoded(L, bytes, len, JWKE_B64_NOPAD);
 }
 
 int jwke_push_compact(lua_State *L, int header_arg, size_t sig_max, jwke_sign_fn sign,
@@ -89,12 +96,7 @@ static int l_b64url_encode(lua_State *L)
 {
     size_t len;
     const unsigned char *in = (const unsigned char *)luaL_checklstring(L, 1, &len);
-    enum jwke_b64_padding pad = b64_mode(L, 2);
-    luaL_Buffer b;
-    size_t out_len = jwke_b64url_encoded_len(len, pad);
-    char *out = jwke_buffer_init(L, &b, out_len);
-    jwke_b64url_encode(in, len, out, pad);
-    jwke_buffer_push(L, &b, out_len);
+    push_encoded(L, in, len, b64_mode(L, 2));
     return 1;
 }
 

@@ -125,8 +125,12 @@ int jwke_p11_prepare_sign(const jwke_alg *alg, const unsigned char *input, size_
             digest_info_prefix(alg->digest_size, &prefix, &offset);
             memcpy(out->buffer, prefix, offset);
         }
+        /* EVP_Digest is not told the room left: check it first */
+        const EVP_MD *md = jwke_alg_md(alg);
+        if (!md || offset + (size_t)EVP_MD_get_size(md) > sizeof out->buffer)
+            return jwke_fail(err, "the %s digest does not fit the signing buffer", alg->name);
         unsigned int digest_len = 0;
-        if (!EVP_Digest(input, input_len, out->buffer + offset, &digest_len, jwke_alg_md(alg), NULL))
+        if (!EVP_Digest(input, input_len, out->buffer + offset, &digest_len, md, NULL))
             return jwke_fail_openssl(err, "cannot hash the signing input");
         out->data = out->buffer;
         out->data_len = offset + digest_len;

@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 
 #include "p11_internal.h"
 
@@ -26,9 +27,11 @@ static void make_fingerprint_key(void)
     RAND_bytes(fingerprint_key, sizeof fingerprint_key);
 }
 
-static void pin_fingerprint(const unsigned char *pin, size_t pin_len, unsigned char out[32])
+/* HMAC is not told the room: out holds exactly one SHA-256 value */
+static void pin_fingerprint(const unsigned char *pin, size_t pin_len,
+                            unsigned char out[SHA256_DIGEST_LENGTH])
 {
-    unsigned int len = 32;
+    unsigned int len = 0;
     pthread_once(&fingerprint_key_once, make_fingerprint_key);
     HMAC(EVP_sha256(), fingerprint_key, sizeof fingerprint_key, pin, pin_len, out, &len);
 }
@@ -200,7 +203,9 @@ int jwke_p11_login_locked(jwke_p11_token *t, jwke_error *err)
     if (refuse_by_flags(info.flags, err) != 0)
         return -1;
 
-    unsigned char fingerprint[32];
+    unsigned char fingerprint[SHA256_DIGEST_LENGTH];
+    _Static_assert(sizeof fingerprint == sizeof ((jwke_p11_login_record *)0)->pin_fingerprint,
+                   "a login record keeps one PIN fingerprint");
     pin_fingerprint(t->pin, t->pin_len, fingerprint);
     jwke_p11_module *module = t->module;
     pthread_mutex_lock(&module->lock);

@@ -21,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_ASSERT((size_t)n <= jwke_b64url_decoded_max(size));
             size_t len = jwke_b64url_encoded_len((size_t)n, mode);
             char *again = malloc(len + 1);
-            FUZZ_ASSERT(jwke_b64url_encode(decoded, (size_t)n, again, mode) == len);
+            FUZZ_ASSERT(jwke_b64url_encode(decoded, (size_t)n, again, len, mode) == (long)len);
             FUZZ_ASSERT(len == size && memcmp(again, data, size) == 0);
             free(again);
         } else {
@@ -32,7 +32,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* The input as bytes: encode, decode, compare. */
         size_t len = jwke_b64url_encoded_len(size, mode);
         char *text = malloc(len + 1);
-        FUZZ_ASSERT(jwke_b64url_encode(data, size, text, mode) == len);
+        FUZZ_ASSERT(jwke_b64url_encode(data, size, text, len, mode) == (long)len);
+        /* one byte short of the encoding is refused */
+        FUZZ_ASSERT(len == 0 || jwke_b64url_encode(data, size, text, len - 1, mode) == -1);
         /* exactly the size of the bytes encoded: the decoder needs no slack */
         unsigned char *back = malloc(size ? size : 1);
         n = jwke_b64url_decode(text, len, back, size, mode, &why);

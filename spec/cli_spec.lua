@@ -1,31 +1,15 @@
 -- scripts/keys.lua, run through the real runner as an operator would.
 local cjson = require "cjson"
+local cli = require "helpers.cli"
 local softhsm = require "helpers.softhsm"
 local verifier = require "helpers.verifier"
 
 local function env_prefix(token, extra)
-  local parts = {}
-  for k, v in pairs(softhsm.environment(token, extra)) do
-    parts[#parts + 1] = k .. "=" .. softhsm.quote(v)
-  end
-  table.sort(parts)
-  return "env " .. table.concat(parts, " ")
+  return cli.env_prefix(softhsm.environment(token, extra))
 end
 
--- Runs the CLI; returns stdout, stderr, exit status. cpu_seconds: a limit
--- on the CPU time it may use (ulimit -t), not on the wall clock, so a busy
--- machine does not make it fail.
 local function keys(token, args, stdin, extra, cpu_seconds)
-  local out, err = os.tmpname(), os.tmpname()
-  local input = os.tmpname()
-  softhsm.write_file(input, stdin or "")
-  local ok, _, status = os.execute(string.format("%s%s %s/jwkengine scripts/keys.lua %s < %s > %s 2> %s",
-    cpu_seconds and ("ulimit -t " .. cpu_seconds .. "; ") or "",
-    env_prefix(token, extra), softhsm.BUILD, args, input, out, err))
-  local stdout = assert(io.open(out)):read("*a")
-  local stderr = assert(io.open(err)):read("*a")
-  os.remove(out); os.remove(err); os.remove(input)
-  return stdout, stderr, ok and 0 or status
+  return cli.keys(softhsm.environment(token, extra), args, stdin, cpu_seconds)
 end
 
 describe("keys.lua", function()

@@ -77,8 +77,10 @@ local hsm_environment = {
   HSM_TOKEN_SERIAL = "token_serial",
 }
 
+-- Below 2^53 every integer is exact in a double and has an integer form in
+-- C: 1e999 (inf) or 1e300 would pass v == floor(v) and then raise there.
 local function is_integer(v)
-  return type(v) == "number" and v == math.floor(v) and v >= 0
+  return type(v) == "number" and v == math.floor(v) and v >= 0 and v < 2 ^ 53
 end
 
 -- Converts text (from the environment, or a YAML/JSON scalar) to the type

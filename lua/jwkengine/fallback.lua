@@ -22,13 +22,27 @@ function M.new(hsm, software)
   return setmetatable({ hsm = hsm, software = software }, Manager)
 end
 
+-- The answer after the HSM said "not found": the store's, unless the store
+-- lacks the whole set while the HSM has it (and only lacks the kid): "key
+-- set not found" would name a set that exists.
+local function after_miss(hsm_err, hsm_code, a, b, c)
+  if a == nil and c == "ERR_KEY_SET_NOT_FOUND" and hsm_code == "ERR_KEY_NOT_FOUND" then
+    return nil, hsm_err, hsm_code
+  end
+  return a, b, c
+end
+
 -- Calls method on the HSM, then on software when the HSM does not have it.
 function Manager:lookup(method, set, ...)
+  local hsm_err, hsm_code
   if self.hsm and not (self.software and self.hsm:known_missing(set)) then
     local a, b, c = self.hsm[method](self.hsm, set, ...)
     if a ~= nil or not not_found(c) or not self.software then return a, b, c end
+    hsm_err, hsm_code = b, c
   end
-  if self.software then return self.software[method](self.software, set, ...) end
+  if self.software then
+    return after_miss(hsm_err, hsm_code, self.software[method](self.software, set, ...))
+  end
   return util.fail("ERR_CONFIG", "no key store is configured")
 end
 
@@ -40,11 +54,13 @@ function Manager:verification_keys(set) return self:lookup("verification_keys", 
 -- The signing path, written out: no varargs, no method-name lookups.
 function Manager:sign(set, payload, options)
   local hsm, software = self.hsm, self.software
+  local hsm_err, hsm_code
   if hsm and not (software and hsm:known_missing(set)) then
     local jws, err, code = hsm:sign(set, payload, options)
     if jws or not software or not not_found(code) then return jws, err, code end
+    hsm_err, hsm_code = err, code
   end
-  return software:sign(set, payload, options)
+  return after_miss(hsm_err, hsm_code, software:sign(set, payload, options))
 end
 
 -- Where new keys go.

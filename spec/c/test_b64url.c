@@ -14,10 +14,12 @@ static int round_trip(const char *bytes, size_t n, const char *expected, int pad
     char enc[64];
     unsigned char dec[DECODE_ROOM];
     const char *why = NULL;
-    size_t len = jwke_b64url_encode((const unsigned char *)bytes, n, enc,
-                                    pad ? JWKE_B64_PAD : JWKE_B64_NOPAD);
+    long len = jwke_b64url_encode((const unsigned char *)bytes, n, enc, sizeof enc - 1,
+                                  pad ? JWKE_B64_PAD : JWKE_B64_NOPAD);
+    if (len < 0)
+        return 0;
     enc[len] = '\0';
-    if (strcmp(enc, expected) != 0 || len != jwke_b64url_encoded_len(n, pad))
+    if (strcmp(enc, expected) != 0 || (size_t)len != jwke_b64url_encoded_len(n, pad))
         return 0;
     long got = decode(enc, dec, pad, &why);
     return got == (long)n && memcmp(dec, bytes, n) == 0;
@@ -58,5 +60,16 @@ int main(void)
     CHECK(jwke_b64url_decode("Zm9vYg==", 8, small, 3, JWKE_B64_PAD, &why) < 0);
     CHECK(jwke_b64url_decode("Zm9vYg", 6, small, 4, JWKE_B64_NOPAD, &why) == 4);
     CHECK(jwke_b64url_decode("Zm9vYg==", 8, small, 4, JWKE_B64_PAD, &why) == 4);
+
+    /* An encoding larger than its buffer is refused, nothing written; one
+     * that fits exactly is written. */
+    char text[8];
+    memset(text, '#', sizeof text);
+    CHECK(jwke_b64url_encode((const unsigned char *)"foob", 4, text, 5, JWKE_B64_NOPAD) == -1);
+    CHECK(jwke_b64url_encode((const unsigned char *)"foob", 4, text, 7, JWKE_B64_PAD) == -1);
+    CHECK(memcmp(text, "########", sizeof text) == 0);
+    CHECK(jwke_b64url_encode((const unsigned char *)"foob", 4, text, 6, JWKE_B64_NOPAD) == 6);
+    CHECK(memcmp(text, "Zm9vYg##", sizeof text) == 0);
+    CHECK(jwke_b64url_encode((const unsigned char *)"", 0, text, 0, JWKE_B64_PAD) == 0);
     return check_summary();
 }
