@@ -1,7 +1,7 @@
 /* Token objects to keys, without a token: the attribute template one
  * C_GetAttributeValue fills per object, the checks on the lengths the token
  * reported, and the pairing and mapping rules of DESIGN.md ("Behaviour to
- * match"). p11_keys.c feeds it from a token; fuzz/fuzz_p11_map.c feeds it
+ * match"). p11_keys.c feeds it from a token; spec/fuzz/fuzz_p11_map.c feeds it
  * arbitrary values and lengths. */
 #ifndef JWKE_P11_MAP_H
 #define JWKE_P11_MAP_H

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the libFuzzer targets (clang, AddressSanitizer, UndefinedBehavior-
 # Sanitizer) into build-fuzz/ and runs each one for a bounded time over its
-# corpus in fuzz/corpus/<target>/. Exits non-zero when a target crashes,
+# corpus in spec/fuzz/corpus/<target>/. Exits non-zero when a target crashes,
 # leaks or trips a sanitizer; the input that did it is kept in
 # build-fuzz/artifacts/ and printed.
 #
@@ -46,11 +46,11 @@ trap 'rm -rf "$work"' EXIT
 
 failed=""
 for t in $TARGETS; do
-  corpus="fuzz/corpus/$t"
+  corpus="spec/fuzz/corpus/$t"
   [ -d "$corpus" ] || { echo "fuzz: no corpus folder $corpus" >&2; failed="$failed $t"; continue; }
   mkdir -p "$work/$t"
   dict=""
-  [ -f "fuzz/$t.dict" ] && dict="-dict=fuzz/$t.dict"
+  [ -f "spec/fuzz/$t.dict" ] && dict="-dict=spec/fuzz/$t.dict"
   echo "== fuzz_$t: ${SECONDS_EACH}s over $(ls "$corpus" | wc -l) seeds"
   # The first folder receives new inputs; the repository corpus is read only.
   if "$BUILD/fuzz/fuzz_$t" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \

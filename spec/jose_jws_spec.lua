@@ -27,7 +27,7 @@ local function refused(code, fragment, ok, err, got)
   assert.is_nil(ok)
   assert.equals(code, got, err)
   if fragment then assert.matches(fragment, err, 1, true) end
-  assert.is_string(errors.describe(got))
+  assert.is_string(errors.codes[got])
 end
 
 describe("JWS verification policy", function()

@@ -1,5 +1,5 @@
 -- jwkengine in real nginx (Debian's nginx + libnginx-mod-http-lua, LuaJIT):
--- the documented examples/nginx.conf with 4 workers on a loopback port and
+-- the documented scripts/examples/nginx.conf with 4 workers on a loopback port and
 -- a throwaway SoftHSM token. The master must never touch PKCS#11; the
 -- workers open the engine after the fork, generate the startup sets once,
 -- serve the same JWK Set, and sign tokens that python3-jwcrypto accepts,

@@ -67,10 +67,4 @@ M.codes = {
   ERR_JWT_TYPE_MISMATCH = "the header's typ is not the expected type",
 }
 
--- The meaning of a code, or nil for codes this module does not define
--- (the CKR_* names of PKCS#11 failures).
-function M.describe(code)
-  return M.codes[code]
-end
-
 return M

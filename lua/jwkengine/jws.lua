@@ -386,6 +386,4 @@ function M.sign(key, payload, options)
   return token
 end
 
-M.REGISTERED_HEADERS = REGISTERED
-
 return M

@@ -360,7 +360,6 @@ local function canonical(value)
   end
   return cjson.encode(value)
 end
-M.canonical_json = canonical
 
 local sha256
 do
@@ -778,17 +777,6 @@ function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept
   local claims = cjson.decode(body)
   if type(claims) ~= "table" then return nil, "claims are not a JSON object", "ERR_JWT_CLAIMS" end
   return e:sign_jwt(set, claims, { lifetime = lifetime })
-end
-
--- For tests and status pages: what this worker has.
-function M.status()
-  return {
-    ready = engine ~= nil,
-    error = open_error,
-    keys = jwks_cache and jwks_cache.count,
-    etag = jwks_cache and jwks_cache.etag,
-    thread_pool = settings and settings.thread_pool,
-  }
 end
 
 return M

@@ -1,6 +1,6 @@
 -- A throwaway nginx (Debian's, with libnginx-mod-http-lua) for the specs:
 -- its own prefix folder, a free loopback port, and the documented example
--- configuration (examples/nginx.conf) with only the paths, the port and a
+-- configuration (scripts/examples/nginx.conf) with only the paths, the port and a
 -- few test hooks changed, so the spec runs what a reader copies.
 local cjson = require "cjson"
 local softhsm = require "helpers.softhsm"
@@ -60,7 +60,7 @@ end
 --   opts.prefix, opts.port, opts.workers, opts.root (repository),
 --   opts.lib (folder holding jwkengine/core.so for LuaJIT)
 function M.render_config(opts)
-  local text = assert(read_file(opts.root .. "/examples/nginx.conf"), "examples/nginx.conf is missing")
+  local text = assert(read_file(opts.root .. "/scripts/examples/nginx.conf"), "scripts/examples/nginx.conf is missing")
   local prefix = opts.prefix
   text = replace_once(text, "user www-data;", "user root; # the test's token files belong to root")
   text = replace_once(text, "worker_processes 4;", "worker_processes " .. opts.workers .. ";")

@@ -1,9 +1,9 @@
 #!/usr/bin/python3
-"""Writes the seed corpus of the libFuzzer targets into fuzz/corpus/<target>/.
+"""Writes the seed corpus of the libFuzzer targets into spec/fuzz/corpus/<target>/.
 
 The seeds are the RFC examples (spec/vectors), well-formed and malformed
 tokens, JSON texts and keys in the byte layout each target reads
-(fuzz/fuzz_input.h: a selector byte, then fields with a two-byte length).
+(spec/fuzz/fuzz_input.h: a selector byte, then fields with a two-byte length).
 Run it again after changing a target's input layout (only that target's
 seeds are rewritten when targets are named):
 
@@ -11,7 +11,7 @@ seeds are rewritten when targets are named):
 
 Every run writes the same bytes (spec/corpus_spec.lua checks that the
 committed seeds are what it writes): keys come from the RFC examples or from
-fixed private values, never from a generator. DIR defaults to fuzz/corpus.
+fixed private values, never from a generator. DIR defaults to spec/fuzz/corpus.
 """
 import base64
 import json
@@ -20,7 +20,7 @@ import struct
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))  # the repository
 
 
 def b64(data):
