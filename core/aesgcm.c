@@ -64,9 +64,9 @@ int jwke_aesgcm_seal(const unsigned char *secret, size_t secret_len,
                      const unsigned char *plaintext, size_t plaintext_len, char **out,
                      size_t *out_len, jwke_error *err)
 {
-    if (secret_len < JWKE_AESGCM_MIN_SECRET)
+    if (secret_len < JWKE_MIN_SECRET_LENGTH)
         return jwke_fail(err, "the encryption secret must be at least %d bytes long",
-                         JWKE_AESGCM_MIN_SECRET);
+                         JWKE_MIN_SECRET_LENGTH);
     if (plaintext_len > (size_t)INT_MAX - OVERHEAD)
         return jwke_fail(err, "plaintext is too large to seal");
 

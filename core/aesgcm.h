@@ -11,11 +11,10 @@
 #include <stddef.h>
 
 #include "error.h"
+#include "engine_limits.h" /* JWKE_MIN_SECRET_LENGTH: the shortest secret that seals */
 
 #define JWKE_AESGCM_NONCE_SIZE 12
 #define JWKE_AESGCM_TAG_SIZE 16
-/* Hydra refuses a system secret shorter than this (it encrypts with it). */
-#define JWKE_AESGCM_MIN_SECRET 16
 
 typedef struct jwke_secret {
     const unsigned char *data;

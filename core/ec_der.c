@@ -2,23 +2,6 @@
 
 #include <string.h>
 
-/* OBJECT IDENTIFIER DER for each supported curve. */
-static const unsigned char oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-static const unsigned char oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
-static const unsigned char oid_p521[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23};
-static const unsigned char oid_ed25519[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
-
-static const struct {
-    const char *crv;
-    const unsigned char *oid;
-    size_t oid_len;
-} curves[] = {
-    {"P-256", oid_p256, sizeof oid_p256},
-    {"P-384", oid_p384, sizeof oid_p384},
-    {"P-521", oid_p521, sizeof oid_p521},
-    {"Ed25519", oid_ed25519, sizeof oid_ed25519},
-};
-
 size_t jwke_der_header_len(const unsigned char *der, size_t total, unsigned char tag)
 {
     if (total < 2 || der[0] != tag)
@@ -41,9 +24,11 @@ size_t jwke_der_header_len(const unsigned char *der, size_t total, unsigned char
 
 const jwke_alg *jwke_ec_params_curve(const unsigned char *der, size_t len, jwke_error *err)
 {
-    for (size_t i = 0; i < sizeof curves / sizeof curves[0]; i++)
-        if (len == curves[i].oid_len && memcmp(der, curves[i].oid, len) == 0)
-            return jwke_alg_for_curve(curves[i].crv);
+    for (size_t i = 0; i < jwke_alg_count(); i++) {
+        const jwke_alg *alg = jwke_alg_at(i);
+        if (alg->curve_oid && len == alg->curve_oid_len && memcmp(der, alg->curve_oid, len) == 0)
+            return alg;
+    }
 
     /* Some tokens name Edwards curves by a PrintableString (PKCS#11 3.0 §2.3.5). */
     size_t header = jwke_der_header_len(der, len, 0x13);
@@ -61,14 +46,11 @@ const jwke_alg *jwke_ec_params_curve(const unsigned char *der, size_t len, jwke_
 
 int jwke_ec_params_der(const jwke_alg *curve, const unsigned char **der, size_t *len)
 {
-    for (size_t i = 0; i < sizeof curves / sizeof curves[0]; i++) {
-        if (strcmp(curves[i].crv, curve->curve) == 0) {
-            *der = curves[i].oid;
-            *len = curves[i].oid_len;
-            return 0;
-        }
-    }
-    return -1;
+    if (!curve->curve_oid)
+        return -1;
+    *der = curve->curve_oid;
+    *len = curve->curve_oid_len;
+    return 0;
 }
 
 int jwke_ec_point_unwrap(const jwke_alg *curve, const unsigned char *value, size_t len,

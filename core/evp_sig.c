@@ -10,7 +10,7 @@
 const EVP_MD *jwke_alg_md(const jwke_alg *alg)
 {
     /* EVP_get_digestbyname returns a static method: no fetch per signature. */
-    return alg->digest ? EVP_get_digestbyname(alg->digest) : NULL;
+    return alg->digest ? EVP_get_digestbyname(alg->digest->openssl_name) : NULL;
 }
 
 /* Sets up a DigestSign/DigestVerify context for the algorithm's padding. */

@@ -136,10 +136,10 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
         {CKA_DERIVE, &no, sizeof no},
     };
 
+    if (!alg->hsm_generates)
+        return jwke_fail(err, "the HSM does not generate keys for %s", alg->name);
+    mechanism.mechanism = alg->generate_mechanism.type;
     if (alg->kind == JWKE_KIND_RSA) {
-        if (alg->scheme != JWKE_SCHEME_RSA_PKCS1 || strcmp(alg->name, "RS256") != 0)
-            return jwke_fail(err, "the HSM generates RSA keys for RS256 only, not %s", alg->name);
-        mechanism.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
         public_template[public_count++] =
             (CK_ATTRIBUTE){CKA_MODULUS_BITS, &modulus_bits, sizeof modulus_bits};
         public_template[public_count++] =
@@ -151,8 +151,6 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
         size_t params_len;
         if (jwke_ec_params_der(alg, &params, &params_len) != 0)
             return jwke_fail(err, "no curve known for %s", alg->name);
-        mechanism.mechanism = alg->kind == JWKE_KIND_OKP ? CKM_EC_EDWARDS_KEY_PAIR_GEN
-                                                         : CKM_EC_KEY_PAIR_GEN;
         public_template[public_count++] =
             (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)params, (CK_ULONG)params_len};
     }

@@ -204,7 +204,7 @@ static int map_pair(const object_attributes *priv, const object_attributes *pub,
         if (key->bits < min_rsa_bits)
             return jwke_fail(err, "key '%s': RSA key of %d bits is below the minimum of %d bits "
                              "(lower hsm.min_rsa_bits to accept it)", kid, key->bits, min_rsa_bits);
-        key->alg = jwke_alg_by_name("RS256");
+        key->alg = jwke_alg_default(JWKE_KIND_RSA, NULL);
         /* A pair allowed to do both (as SoftHSM leaves `pkcs11-tool
          * --usage-sign` pairs) is a signing key. */
         if (can_sign)

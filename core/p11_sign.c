@@ -9,35 +9,6 @@
 #include "evp_sig.h"
 #include "p11_internal.h"
 
-/* DER DigestInfo prefixes (RFC 8017 §9.2, note 1) for CKM_RSA_PKCS. */
-static const unsigned char digest_info_sha256[] = {
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
-    0x05, 0x00, 0x04, 0x20};
-static const unsigned char digest_info_sha384[] = {
-    0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
-    0x05, 0x00, 0x04, 0x30};
-static const unsigned char digest_info_sha512[] = {
-    0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03,
-    0x05, 0x00, 0x04, 0x40};
-
-static void digest_info_prefix(size_t digest_size, const unsigned char **prefix, size_t *len)
-{
-    switch (digest_size) {
-    case 32: *prefix = digest_info_sha256; *len = sizeof digest_info_sha256; break;
-    case 48: *prefix = digest_info_sha384; *len = sizeof digest_info_sha384; break;
-    default: *prefix = digest_info_sha512; *len = sizeof digest_info_sha512; break;
-    }
-}
-
-static CK_MECHANISM_TYPE pss_hash(size_t digest_size, CK_RSA_PKCS_MGF_TYPE *mgf)
-{
-    switch (digest_size) {
-    case 32: *mgf = CKG_MGF1_SHA256; return CKM_SHA256;
-    case 48: *mgf = CKG_MGF1_SHA384; return CKM_SHA384;
-    default: *mgf = CKG_MGF1_SHA512; return CKM_SHA512;
-    }
-}
-
 typedef struct sign_context {
     jwke_p11_key *key;
     const jwke_alg *alg;
@@ -115,41 +86,33 @@ static CK_RV sign_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
 int jwke_p11_prepare_sign(const jwke_alg *alg, const unsigned char *input, size_t input_len,
                           jwke_p11_prepared *out, jwke_error *err)
 {
+    const jwke_digest *digest = alg->digest;
     out->data = input;
     out->data_len = input_len;
-    out->mechanism = (CK_MECHANISM){0, NULL, 0};
-    if (alg->scheme != JWKE_SCHEME_EDDSA) {
-        size_t offset = 0;
-        if (alg->scheme == JWKE_SCHEME_RSA_PKCS1) {
-            const unsigned char *prefix;
-            digest_info_prefix(alg->digest_size, &prefix, &offset);
-            memcpy(out->buffer, prefix, offset);
-        }
-        /* EVP_Digest is not told the room left: check it first */
-        const EVP_MD *md = jwke_alg_md(alg);
-        if (!md || offset + (size_t)EVP_MD_get_size(md) > sizeof out->buffer)
-            return jwke_fail(err, "the %s digest does not fit the signing buffer", alg->name);
-        unsigned int digest_len = 0;
-        if (!EVP_Digest(input, input_len, out->buffer + offset, &digest_len, md, NULL))
-            return jwke_fail_openssl(err, "cannot hash the signing input");
-        out->data = out->buffer;
-        out->data_len = offset + digest_len;
-    }
-    switch (alg->scheme) {
-    case JWKE_SCHEME_RSA_PKCS1:
-        out->mechanism.mechanism = CKM_RSA_PKCS;
-        break;
-    case JWKE_SCHEME_RSA_PSS:
-        out->pss.hashAlg = pss_hash(alg->digest_size, &out->pss.mgf);
-        out->pss.sLen = alg->digest_size;
-        out->mechanism = (CK_MECHANISM){CKM_RSA_PKCS_PSS, &out->pss, sizeof out->pss};
-        break;
-    case JWKE_SCHEME_ECDSA:
-        out->mechanism.mechanism = CKM_ECDSA; /* returns raw R || S, as JWS wants */
-        break;
-    case JWKE_SCHEME_EDDSA:
-        out->mechanism.mechanism = CKM_EDDSA;
-        break;
+    out->mechanism = (CK_MECHANISM){alg->sign_mechanism.type, NULL, 0};
+    if (alg->scheme == JWKE_SCHEME_EDDSA)
+        return 0; /* pure EdDSA: the token hashes the whole input itself */
+
+    /* Every fact comes from the table: a digest it does not describe fully
+     * (no DigestInfo, no PKCS#11 hash) is refused, never guessed. */
+    size_t prefix_len = alg->scheme == JWKE_SCHEME_RSA_PKCS1 && digest ? digest->digest_info_len : 0;
+    if (!digest || digest->size > JWKE_DIGEST_MAX || prefix_len > JWKE_DIGEST_INFO_MAX ||
+        (alg->scheme == JWKE_SCHEME_RSA_PKCS1 && !digest->digest_info) ||
+        (alg->scheme == JWKE_SCHEME_RSA_PSS && !digest->mechanism.name))
+        return jwke_fail(err, "%s: the algorithm table gives no usable digest for the token", alg->name);
+    if (prefix_len)
+        memcpy(out->buffer, digest->digest_info, prefix_len);
+    unsigned int digest_len = 0;
+    if (!EVP_Digest(input, input_len, out->buffer + prefix_len, &digest_len, jwke_alg_md(alg), NULL))
+        return jwke_fail_openssl(err, "cannot hash the signing input");
+    out->data = out->buffer;
+    out->data_len = prefix_len + digest_len;
+    if (alg->scheme == JWKE_SCHEME_RSA_PSS) {
+        out->pss.hashAlg = digest->mechanism.type;
+        out->pss.mgf = digest->mgf1;
+        out->pss.sLen = digest->size; /* salt as long as the hash (RFC 7518 3.5) */
+        out->mechanism.pParameter = &out->pss;
+        out->mechanism.ulParameterLen = sizeof out->pss;
     }
     return 0;
 }

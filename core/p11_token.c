@@ -111,12 +111,15 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     t->slot = slot;
     snprintf(t->label, sizeof t->label, "%s", label ? label : "");
     snprintf(t->serial, sizeof t->serial, "%s", serial ? serial : "");
-    t->max_sessions = options && options->max_sessions > 0 ? options->max_sessions : 4;
+    t->max_sessions =
+        options && options->max_sessions > 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS;
     if (t->max_sessions > JWKE_POOL_LIMIT)
         t->max_sessions = JWKE_POOL_LIMIT;
-    t->session_wait_ms = options && options->session_wait_ms > 0 ? options->session_wait_ms : 5000;
+    t->session_wait_ms = options && options->session_wait_ms > 0 ? options->session_wait_ms
+                                                                : JWKE_POOL_SESSION_WAIT_MS;
     t->reinit_interval_ms =
-        options && options->reinit_interval_ms > 0 ? options->reinit_interval_ms : 1000;
+        options && options->reinit_interval_ms > 0 ? options->reinit_interval_ms
+                                                    : JWKE_POOL_REINIT_INTERVAL_MS;
     t->last_reinit_ms = -1000000;
     pthread_mutex_init(&t->lock, NULL);
     pthread_cond_init(&t->session_free, NULL);

@@ -103,9 +103,10 @@ typedef struct jwke_p11_key {
 } jwke_p11_key;
 
 typedef struct jwke_p11_options {
-    int max_sessions;        /* pool bound (default 4) */
-    int session_wait_ms;     /* how long a borrower waits (default 5000) */
-    int reinit_interval_ms;  /* minimum time between full re-inits (default 1000) */
+    /* 0 for the defaults, JWKE_POOL_* in engine_limits.h */
+    int max_sessions;        /* pool bound */
+    int session_wait_ms;     /* how long a borrower waits */
+    int reinit_interval_ms;  /* minimum time between full re-inits */
 } jwke_p11_options;
 
 /* Opens the token: takes a module reference, opens the login session.
@@ -187,7 +188,7 @@ int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,
 typedef struct jwke_p11_prepared {
     CK_MECHANISM mechanism;
     CK_RSA_PKCS_PSS_PARAMS pss;
-    unsigned char buffer[19 + 64];
+    unsigned char buffer[JWKE_DIGEST_INFO_MAX + JWKE_DIGEST_MAX];
     const unsigned char *data;
     size_t data_len;
 } jwke_p11_prepared;

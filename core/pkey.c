@@ -5,20 +5,17 @@
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
+#include <openssl/objects.h>
 #include <openssl/param_build.h>
-
-/* Smallest RSA modulus we will even build a key object for; policy minimums
- * (2048 to verify, 4096 on the HSM by default) are applied on top. */
-#define RSA_ABSOLUTE_MIN_BITS 512
 
 int jwke_pkey_check_rsa_bits(int bits, jwke_error *err)
 {
     if (bits > JWKE_RSA_MAX_BITS)
         return jwke_fail(err, "RSA key of %d bits is larger than the supported maximum of %d bits",
                          bits, JWKE_RSA_MAX_BITS);
-    if (bits < RSA_ABSOLUTE_MIN_BITS)
+    if (bits < JWKE_RSA_ABSOLUTE_MIN_BITS)
         return jwke_fail(err, "RSA key of %d bits is outside %d..%d bits", bits,
-                         RSA_ABSOLUTE_MIN_BITS, JWKE_RSA_MAX_BITS);
+                         JWKE_RSA_ABSOLUTE_MIN_BITS, JWKE_RSA_MAX_BITS);
     return 0;
 }
 
@@ -84,20 +81,16 @@ EVP_PKEY *jwke_pkey_rsa_public(const unsigned char *n, size_t n_len,
     return pkey;
 }
 
-/* JWK curve names to OpenSSL group names. */
-static const char *ec_group_name(const char *crv)
+const char *jwke_pkey_group_name(const jwke_alg *curve)
 {
-    if (strcmp(crv, "P-256") == 0) return "prime256v1";
-    if (strcmp(crv, "P-384") == 0) return "secp384r1";
-    if (strcmp(crv, "P-521") == 0) return "secp521r1";
-    return NULL;
+    return curve && curve->kind == JWKE_KIND_EC ? OBJ_nid2sn(curve->curve_nid) : NULL;
 }
 
 EVP_PKEY *jwke_pkey_ec_public(const char *crv, const unsigned char *x, size_t x_len,
                               const unsigned char *y, size_t y_len, jwke_error *err)
 {
     const jwke_alg *curve = jwke_alg_for_curve(crv);
-    const char *group = ec_group_name(crv);
+    const char *group = jwke_pkey_group_name(curve);
     if (!curve || !group) {
         jwke_fail(err, "unsupported EC curve '%s'", crv);
         return NULL;
@@ -131,17 +124,20 @@ EVP_PKEY *jwke_pkey_ec_public(const char *crv, const unsigned char *x, size_t x_
 EVP_PKEY *jwke_pkey_okp_public(const char *crv, const unsigned char *x, size_t x_len,
                                jwke_error *err)
 {
-    if (strcmp(crv, "Ed25519") != 0) {
+    const jwke_alg *curve = jwke_alg_for_curve(crv);
+    if (!curve || curve->kind != JWKE_KIND_OKP) {
         jwke_fail(err, "unsupported OKP curve '%s'", crv);
         return NULL;
     }
-    if (x_len != 32) {
-        jwke_fail(err, "Ed25519 public key must be 32 bytes, got %zu", x_len);
+    if (x_len != curve->coordinate_size) {
+        jwke_fail(err, "%s public key must be %zu bytes, got %zu", crv, curve->coordinate_size,
+                  x_len);
         return NULL;
     }
-    EVP_PKEY *pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, x, x_len);
+    /* An EVP_PKEY type is the NID of its algorithm (EVP_PKEY_ED25519 == NID_ED25519). */
+    EVP_PKEY *pkey = EVP_PKEY_new_raw_public_key(curve->curve_nid, NULL, x, x_len);
     if (!pkey)
-        jwke_fail_openssl(err, "cannot build Ed25519 public key");
+        jwke_fail_openssl(err, "cannot build OKP public key");
     return pkey;
 }
 
@@ -149,25 +145,23 @@ enum jwke_key_kind jwke_pkey_kind(const EVP_PKEY *pkey)
 {
     if (EVP_PKEY_is_a(pkey, "RSA")) return JWKE_KIND_RSA;
     if (EVP_PKEY_is_a(pkey, "EC")) return JWKE_KIND_EC;
-    if (EVP_PKEY_is_a(pkey, "ED25519")) return JWKE_KIND_OKP;
-    return 0;
+    const jwke_alg *edwards = jwke_alg_for_curve_nid(EVP_PKEY_get_base_id(pkey));
+    return edwards && edwards->kind == JWKE_KIND_OKP ? JWKE_KIND_OKP : 0;
 }
 
 const jwke_alg *jwke_pkey_curve(const EVP_PKEY *pkey)
 {
     switch (jwke_pkey_kind(pkey)) {
     case JWKE_KIND_OKP:
-        return jwke_alg_for_curve("Ed25519");
+        return jwke_alg_for_curve_nid(EVP_PKEY_get_base_id(pkey));
     case JWKE_KIND_EC: {
         char group[64];
         size_t len = 0;
         if (!EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, group,
                                             sizeof group, &len))
             return NULL;
-        if (strcmp(group, "prime256v1") == 0) return jwke_alg_for_curve("P-256");
-        if (strcmp(group, "secp384r1") == 0) return jwke_alg_for_curve("P-384");
-        if (strcmp(group, "secp521r1") == 0) return jwke_alg_for_curve("P-521");
-        return NULL;
+        const jwke_alg *curve = jwke_alg_for_curve_nid(OBJ_sn2nid(group));
+        return curve && curve->kind == JWKE_KIND_EC ? curve : NULL;
     }
     default:
         return NULL;
@@ -179,8 +173,7 @@ int jwke_pkey_fits_alg(const EVP_PKEY *pkey, const jwke_alg *alg, int min_rsa_bi
 {
     enum jwke_key_kind kind = jwke_pkey_kind(pkey);
     if (kind != alg->kind)
-        return jwke_fail(err, "algorithm %s does not fit a %s key", alg->name,
-                         kind == JWKE_KIND_RSA ? "RSA" : kind == JWKE_KIND_EC ? "EC" : "OKP");
+        return jwke_fail(err, "algorithm %s does not fit a %s key", alg->name, jwke_kind_name(kind));
     if (kind == JWKE_KIND_RSA) {
         int bits = EVP_PKEY_get_bits(pkey);
         if (bits < min_rsa_bits)
@@ -239,10 +232,13 @@ int jwke_pkey_public_members(const EVP_PKEY *pkey, jwke_public_members *out, jwk
         return 0;
     }
     case JWKE_KIND_OKP: {
+        const jwke_alg *curve = jwke_pkey_curve(pkey);
         size_t len = sizeof out->x;
+        if (!curve)
+            return jwke_fail(err, "OKP key is on an unsupported curve");
         if (!EVP_PKEY_get_raw_public_key(pkey, out->x, &len))
-            return jwke_fail_openssl(err, "cannot read Ed25519 public key");
-        out->crv = "Ed25519";
+            return jwke_fail_openssl(err, "cannot read OKP public key");
+        out->crv = curve->curve;
         out->coordinate_len = len;
         return 0;
     }

@@ -27,9 +27,13 @@ EVP_PKEY *jwke_pkey_rsa_public(const unsigned char *n, size_t n_len,
 EVP_PKEY *jwke_pkey_ec_public(const char *crv, const unsigned char *x, size_t x_len,
                               const unsigned char *y, size_t y_len, jwke_error *err);
 
-/* crv is Ed25519; x is the 32-byte public key. */
+/* crv is an OKP curve of the table (Ed25519); x is its public key. */
 EVP_PKEY *jwke_pkey_okp_public(const char *crv, const unsigned char *x, size_t x_len,
                                jwke_error *err);
+
+/* OpenSSL's group name of an EC curve entry ("prime256v1"), from its NID;
+ * NULL for anything else. */
+const char *jwke_pkey_group_name(const jwke_alg *curve);
 
 /* The key's kind, and for EC/OKP keys the algorithm entry of its curve. */
 enum jwke_key_kind jwke_pkey_kind(const EVP_PKEY *pkey);

@@ -7,6 +7,7 @@
 #include <openssl/crypto.h>
 #include <openssl/decoder.h>
 #include <openssl/err.h>
+#include <openssl/objects.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
@@ -16,14 +17,6 @@
 #include "pkey.h"
 
 /* ---- common ---------------------------------------------------------- */
-
-static const char *ec_group_name(const char *crv)
-{
-    if (strcmp(crv, "P-256") == 0) return "prime256v1";
-    if (strcmp(crv, "P-384") == 0) return "secp384r1";
-    if (strcmp(crv, "P-521") == 0) return "secp521r1";
-    return NULL;
-}
 
 /* A public-only EVP_PKEY rebuilt from the public members, so objects handed
  * to verifiers never share (and keep alive) the private half. */
@@ -244,7 +237,7 @@ static int check_private(EVP_PKEY *pkey, EVP_PKEY *pub, jwke_error *err)
         static const unsigned char probe[] = "jwkengine private key check";
         unsigned char sig[JWKE_MAX_SIGNATURE];
         size_t sig_len = sizeof sig;
-        const jwke_alg *rs256 = jwke_alg_by_name("RS256");
+        const jwke_alg *rs256 = jwke_alg_default(JWKE_KIND_RSA, NULL);
         if (jwke_evp_sign(pkey, rs256, probe, sizeof probe, sig, &sig_len, err) != 0) {
             ERR_clear_error();
             jwke_fail(err, "RSA private key cannot sign");
@@ -269,10 +262,10 @@ int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke
     EVP_PKEY *pkey = NULL;
     switch (alg->kind) {
     case JWKE_KIND_RSA: {
-        int bits = rsa_bits ? rsa_bits : JWKE_SWKEY_RSA_DEFAULT_BITS;
-        if (bits < JWKE_SWKEY_RSA_MIN_BITS || bits > JWKE_RSA_MAX_BITS)
+        int bits = rsa_bits ? rsa_bits : JWKE_RSA_GENERATE_BITS;
+        if (bits < JWKE_RSA_MIN_BITS || bits > JWKE_RSA_MAX_BITS)
             return jwke_fail(err, "RSA key size %d is outside %d..%d bits", bits,
-                             JWKE_SWKEY_RSA_MIN_BITS, JWKE_RSA_MAX_BITS);
+                             JWKE_RSA_MIN_BITS, JWKE_RSA_MAX_BITS);
         /* The public exponent is OpenSSL's documented default, 65537. */
         EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
         if (!ctx || EVP_PKEY_keygen_init(ctx) <= 0 ||
@@ -282,10 +275,10 @@ int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke
         break;
     }
     case JWKE_KIND_EC:
-        pkey = EVP_PKEY_Q_keygen(NULL, NULL, "EC", ec_group_name(alg->curve));
+        pkey = EVP_PKEY_Q_keygen(NULL, NULL, "EC", jwke_pkey_group_name(alg));
         break;
     case JWKE_KIND_OKP:
-        pkey = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+        pkey = EVP_PKEY_Q_keygen(NULL, NULL, OBJ_nid2sn(alg->curve_nid));
         break;
     }
     if (!pkey)
@@ -394,7 +387,8 @@ static int ec_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *e
     if (!m->d.data)
         return adopt_public(pub, out, err);
 
-    size_t size = jwke_alg_for_curve(m->crv)->coordinate_size;
+    const jwke_alg *curve = jwke_alg_for_curve(m->crv);
+    size_t size = curve->coordinate_size;
     if (m->d.len != size) {
         EVP_PKEY_free(pub);
         return jwke_fail(err, "EC private key d for %s must be %zu bytes, got %zu", m->crv, size,
@@ -406,7 +400,7 @@ static int ec_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *e
     memcpy(point + 1 + size, m->y.data, size);
     EVP_PKEY *pkey = NULL;
     BIGNUM *d = secret_bn(&m->d);
-    const char *group = ec_group_name(m->crv);
+    const char *group = jwke_pkey_group_name(curve);
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
     if (!d || !bld || !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
         !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, 1 + 2 * size) ||
@@ -435,19 +429,21 @@ static int okp_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *
         return -1;
     if (!m->d.data)
         return adopt_public(pub, out, err);
-    if (m->d.len != 32) {
+    const jwke_alg *curve = jwke_alg_for_curve(m->crv); /* an OKP curve: pub was built on it */
+    if (m->d.len != curve->coordinate_size) {
         EVP_PKEY_free(pub);
-        return jwke_fail(err, "Ed25519 private key d must be 32 bytes, got %zu", m->d.len);
+        return jwke_fail(err, "%s private key d must be %zu bytes, got %zu", curve->curve,
+                         curve->coordinate_size, m->d.len);
     }
-    EVP_PKEY *pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, m->d.data, m->d.len);
-    unsigned char derived[32];
+    EVP_PKEY *pkey = EVP_PKEY_new_raw_private_key(curve->curve_nid, NULL, m->d.data, m->d.len);
+    unsigned char derived[JWKE_EC_MAX_COORDINATE];
     size_t len = sizeof derived;
     if (!pkey || !EVP_PKEY_get_raw_public_key(pkey, derived, &len)) {
-        jwke_fail_openssl(err, "cannot build Ed25519 private key");
+        jwke_fail_openssl(err, "cannot build OKP private key");
         goto fail;
     }
     if (len != m->x.len || memcmp(derived, m->x.data, len) != 0) {
-        jwke_fail(err, "Ed25519 public key x does not match the private key d");
+        jwke_fail(err, "%s public key x does not match the private key d", curve->curve);
         goto fail;
     }
     return adopt(pkey, pub, 1, out, err);

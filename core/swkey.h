@@ -14,11 +14,6 @@
 #include "alg.h"
 #include "error.h"
 
-/* Generated RSA keys: size when the caller gives none, and the smallest
- * allowed (the largest is JWKE_RSA_MAX_BITS, alg.h). */
-#define JWKE_SWKEY_RSA_DEFAULT_BITS 4096
-#define JWKE_SWKEY_RSA_MIN_BITS 2048
-
 typedef struct jwke_swkey {
     EVP_PKEY *pkey;        /* the key itself; holds the private half if any */
     EVP_PKEY *public_pkey; /* a public-only copy, safe to hand to verifiers */
@@ -65,7 +60,8 @@ int jwke_jwk_member_is_private(const char *name, size_t len);
 int jwke_jwk_member_decode(const char *name, const char *text, size_t len, jwke_bytes *out,
                            jwke_error *err);
 
-/* A fresh key for alg: RSA (rsa_bits, 0 for the default; e = 65537), the
+/* A fresh key for alg: RSA (rsa_bits, 0 for JWKE_RSA_GENERATE_BITS, within
+ * JWKE_RSA_MIN_BITS..JWKE_RSA_MAX_BITS of engine_limits.h; e = 65537), the
  * curve of an ES* algorithm, or Ed25519 for EdDSA. */
 int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke_error *err);
 

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/objects.h>
 #include <openssl/rand.h>
 
 #include "b64url.h"
@@ -165,21 +166,107 @@ static int l_versions(lua_State *L)
     return 1;
 }
 
-/* alg_info("ES256") -> {name, kty, curve, digest} | nil */
+/* ---- the algorithm table and the limits, for the Lua policy ---------- */
+
+static void set_string(lua_State *L, const char *key, const char *value)
+{
+    lua_pushstring(L, value);
+    lua_setfield(L, -2, key);
+}
+
+static void set_integer(lua_State *L, const char *key, lua_Integer value)
+{
+    lua_pushinteger(L, value);
+    lua_setfield(L, -2, key);
+}
+
+static void set_boolean(lua_State *L, const char *key, int value)
+{
+    lua_pushboolean(L, value);
+    lua_setfield(L, -2, key);
+}
+
+/* One row of alg.c as a Lua table: every fact any Lua layer reads. */
+static void push_algorithm(lua_State *L, const jwke_alg *alg)
+{
+    lua_createtable(L, 0, 20);
+    set_string(L, "name", alg->name);
+    set_string(L, "kty", jwke_kind_name(alg->kind));
+    set_string(L, "scheme", jwke_scheme_name(alg->scheme));
+    set_string(L, "mechanism", alg->sign_mechanism.name);
+    set_string(L, "generate_mechanism", alg->generate_mechanism.name);
+    set_boolean(L, "hsm_generates", alg->hsm_generates);
+    set_boolean(L, "software_generates", alg->software_generates);
+    set_boolean(L, "default", alg->is_default);
+    if (alg->signature_size)
+        set_integer(L, "signature_size", (lua_Integer)alg->signature_size);
+    const jwke_digest *digest = alg->digest;
+    if (digest) {
+        set_string(L, "digest", digest->name);
+        set_integer(L, "digest_size", (lua_Integer)digest->size);
+        set_string(L, "digest_mechanism", digest->mechanism.name);
+    }
+    if (digest && alg->scheme == JWKE_SCHEME_RSA_PKCS1) {
+        lua_pushlstring(L, (const char *)digest->digest_info, digest->digest_info_len);
+        lua_setfield(L, -2, "digest_info");
+    }
+    if (digest && alg->scheme == JWKE_SCHEME_RSA_PSS) {
+        lua_createtable(L, 0, 3);
+        set_string(L, "hash", digest->name);
+        set_string(L, "mgf1", digest->name); /* MGF1 with the same hash (RFC 7518 3.5) */
+        set_integer(L, "salt_length", (lua_Integer)digest->size);
+        lua_setfield(L, -2, "pss");
+    }
+    if (alg->curve) {
+        char dotted[64];
+        set_string(L, "crv", alg->curve);
+        set_integer(L, "curve_nid", alg->curve_nid);
+        if (OBJ_obj2txt(dotted, sizeof dotted, OBJ_nid2obj(alg->curve_nid), 1) > 0)
+            set_string(L, "curve_oid", dotted);
+        lua_pushlstring(L, (const char *)alg->curve_oid, alg->curve_oid_len);
+        lua_setfield(L, -2, "curve_oid_der");
+        set_integer(L, alg->kind == JWKE_KIND_EC ? "coordinate_size" : "public_key_size",
+                    (lua_Integer)alg->coordinate_size);
+    }
+}
+
+/* algorithms() -> { RS256 = {...}, ... }: a fresh table, read once by each
+ * Lua module when it loads (never per signature). */
+static int l_algorithms(lua_State *L)
+{
+    lua_createtable(L, 0, (int)jwke_alg_count());
+    for (size_t i = 0; i < jwke_alg_count(); i++) {
+        const jwke_alg *alg = jwke_alg_at(i);
+        push_algorithm(L, alg);
+        lua_setfield(L, -2, alg->name);
+    }
+    return 1;
+}
+
+/* alg_info("ES256") -> the row algorithms() has for it | nil. Rows come
+ * from a table built once (upvalue 1), so a call costs a lookup; treat
+ * them as read-only. */
 static int l_alg_info(lua_State *L)
 {
-    const jwke_alg *alg = jwke_alg_by_name(luaL_checkstring(L, 1));
-    if (!alg)
-        return 0;
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, alg->name);
-    lua_setfield(L, -2, "name");
-    lua_pushstring(L, alg->kind == JWKE_KIND_RSA ? "RSA" : alg->kind == JWKE_KIND_EC ? "EC" : "OKP");
-    lua_setfield(L, -2, "kty");
-    if (alg->curve) {
-        lua_pushstring(L, alg->curve);
-        lua_setfield(L, -2, "crv");
-    }
+    luaL_checkstring(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rawget(L, lua_upvalueindex(1));
+    return lua_isnil(L, -1) ? 0 : 1;
+}
+
+/* limits() -> the limits and defaults of engine_limits.h the Lua policy needs. */
+static int l_limits(lua_State *L)
+{
+    lua_createtable(L, 0, 9);
+    set_integer(L, "rsa_min_bits", JWKE_RSA_MIN_BITS);
+    set_integer(L, "rsa_max_bits", JWKE_RSA_MAX_BITS);
+    set_integer(L, "rsa_absolute_min_bits", JWKE_RSA_ABSOLUTE_MIN_BITS);
+    set_integer(L, "rsa_generate_bits", JWKE_RSA_GENERATE_BITS);
+    set_integer(L, "hsm_min_rsa_bits", JWKE_HSM_MIN_RSA_BITS);
+    set_integer(L, "min_secret_length", JWKE_MIN_SECRET_LENGTH);
+    set_integer(L, "max_sessions", JWKE_POOL_MAX_SESSIONS);
+    set_integer(L, "session_wait_ms", JWKE_POOL_SESSION_WAIT_MS);
+    set_integer(L, "reinit_interval_ms", JWKE_POOL_REINIT_INTERVAL_MS);
     return 1;
 }
 
@@ -189,13 +276,17 @@ static const luaL_Reg functions[] = {
     {"random_bytes", l_random_bytes},
     {"uuid", l_uuid},
     {"versions", l_versions},
-    {"alg_info", l_alg_info},
+    {"algorithms", l_algorithms},
+    {"limits", l_limits},
     {NULL, NULL},
 };
 
 int luaopen_jwkengine_core(lua_State *L)
 {
     luaL_newlib(L, functions);
+    l_algorithms(L);
+    lua_pushcclosure(L, l_alg_info, 1);
+    lua_setfield(L, -2, "alg_info");
     jwke_open_token(L);
     jwke_open_public_key(L);
     jwke_open_software_key(L);

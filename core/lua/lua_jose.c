@@ -65,15 +65,6 @@ static int l_jws_decode(lua_State *L)
     return 4;
 }
 
-/* The digests jwkengine hashes with on the host, by their JOSE names. */
-static const struct {
-    const char *name, *openssl;
-} digests[] = {
-    {"SHA-256", "SHA256"},
-    {"SHA-384", "SHA384"},
-    {"SHA-512", "SHA512"},
-};
-
 /* digest(name, data) -> raw digest bytes; an unknown name is a
  * programming error. */
 static int l_digest(lua_State *L)
@@ -81,10 +72,9 @@ static int l_digest(lua_State *L)
     const char *name = luaL_checkstring(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    const EVP_MD *md = NULL;
-    for (size_t i = 0; i < sizeof digests / sizeof digests[0]; i++)
-        if (strcmp(digests[i].name, name) == 0)
-            md = EVP_get_digestbyname(digests[i].openssl);
+    /* The digests of the algorithm table (alg.c), by their JOSE names. */
+    const jwke_digest *digest = jwke_digest_by_name(name);
+    const EVP_MD *md = digest ? EVP_get_digestbyname(digest->openssl_name) : NULL;
     if (!md)
         return luaL_argerror(L, 1, lua_pushfstring(L, "unsupported digest '%s' (SHA-256, "
                                                       "SHA-384 or SHA-512)", name));

@@ -107,7 +107,7 @@ static int l_verify(lua_State *L)
     size_t input_len, sig_len;
     const char *input = luaL_checklstring(L, 3, &input_len);
     const char *sig = luaL_checklstring(L, 4, &sig_len);
-    int min_rsa_bits = (int)luaL_optinteger(L, 5, 2048);
+    int min_rsa_bits = (int)luaL_optinteger(L, 5, JWKE_RSA_MIN_BITS);
     jwke_error err;
     if (check_fits(pk, alg, min_rsa_bits, &err) != 0) {
         lua_pushboolean(L, 0);
@@ -131,7 +131,7 @@ static int l_fits(lua_State *L)
     public_key *pk = check_public_key(L);
     const jwke_alg *alg = jwke_check_alg(L, 2);
     jwke_error err;
-    if (check_fits(pk, alg, (int)luaL_optinteger(L, 3, 2048), &err) != 0) {
+    if (check_fits(pk, alg, (int)luaL_optinteger(L, 3, JWKE_RSA_MIN_BITS), &err) != 0) {
         lua_pushboolean(L, 0);
         lua_pushstring(L, err.message);
         return 2;

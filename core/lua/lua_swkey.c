@@ -18,9 +18,6 @@
 #include "sealed_key.h"
 #include "swkey.h"
 
-/* The minimum RSA size a software key may sign with. */
-#define SIGN_MIN_RSA_BITS 2048
-
 typedef struct swkey_object {
     jwke_swkey key; /* pkey NULL until filled in */
     /* The last algorithm this key was checked to fit, and its signature
@@ -273,7 +270,7 @@ static int l_fits(lua_State *L)
 {
     swkey_object *k = check_key(L);
     const jwke_alg *alg = jwke_check_alg(L, 2);
-    int min_bits = (int)luaL_optinteger(L, 3, SIGN_MIN_RSA_BITS);
+    int min_bits = (int)luaL_optinteger(L, 3, JWKE_RSA_MIN_BITS);
     jwke_error err;
     if (jwke_pkey_fits_alg(k->key.pkey, alg, min_bits, &err) != 0) {
         lua_pushboolean(L, 0);
@@ -306,7 +303,7 @@ static int signing_setup(lua_State *L, int alg_arg, sw_signer *s, size_t *sig_ma
     if (!k->key.is_private)
         return jwke_fail(err, "the key is public only and cannot sign");
     if (k->fits_alg != s->alg) {
-        if (jwke_pkey_fits_alg(s->pkey, s->alg, SIGN_MIN_RSA_BITS, err) != 0)
+        if (jwke_pkey_fits_alg(s->pkey, s->alg, JWKE_RSA_MIN_BITS, err) != 0)
             return -1;
         k->fits_alg = s->alg;
         k->fits_sig_size = jwke_alg_signature_size(s->alg, EVP_PKEY_get_bits(s->pkey));

@@ -251,7 +251,7 @@ static int l_load_set(lua_State *L)
     token_object *t = check_open_token(L, 1);
     size_t label_len, kid_len = 0;
     const char *label = luaL_checklstring(L, 2, &label_len);
-    int min_rsa_bits = (int)luaL_optinteger(L, 3, 4096);
+    int min_rsa_bits = (int)luaL_optinteger(L, 3, JWKE_HSM_MIN_RSA_BITS);
     const char *kid = luaL_optlstring(L, 4, NULL, &kid_len);
     jwke_p11_key *keys;
     size_t count;
@@ -298,7 +298,7 @@ static int l_generate(lua_State *L)
     const jwke_alg *alg = jwke_check_alg(L, 3);
     const char *kid = luaL_checklstring(L, 4, &kid_len);
     enum jwke_key_use use = check_use(L, 5);
-    int rsa_bits = (int)luaL_optinteger(L, 6, 4096);
+    int rsa_bits = (int)luaL_optinteger(L, 6, JWKE_RSA_GENERATE_BITS);
     jwke_error err;
     if (jwke_p11_generate(t->token, label, label_len, (const unsigned char *)kid, kid_len, alg, use,
                           rsa_bits, &err) != 0)

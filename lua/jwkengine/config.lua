@@ -12,6 +12,8 @@ M.DEFAULT_STARTUP_SETS = {
   { set = "hydra.jwt.access-token", alg = "RS256" },
 }
 
+local LIMITS = core.limits()
+
 local function defaults()
   return {
     hsm = {
@@ -22,10 +24,10 @@ local function defaults()
       pin = nil,
       pin_file = nil,
       key_set_prefix = "",
-      min_rsa_bits = 4096,
-      max_sessions = 4,
-      session_wait_ms = 5000,
-      reinit_interval_ms = 1000,
+      min_rsa_bits = LIMITS.hsm_min_rsa_bits,
+      max_sessions = LIMITS.max_sessions,
+      session_wait_ms = LIMITS.session_wait_ms,
+      reinit_interval_ms = LIMITS.reinit_interval_ms,
       negative_cache_ttl = 30,
     },
     startup_sets = M.DEFAULT_STARTUP_SETS,
@@ -35,7 +37,7 @@ local function defaults()
   }
 end
 
-M.MIN_SECRET_LENGTH = 16
+M.MIN_SECRET_LENGTH = LIMITS.min_secret_length
 
 -- Options of jwkengine.open that steer opening rather than configure.
 M.OPEN_OPTIONS = { config = true, environment = true, logger = true, select_slot = true,

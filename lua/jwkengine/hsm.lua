@@ -17,8 +17,7 @@ local Manager = {}
 Manager.__index = Manager
 keyset.install(Manager, "HSM")
 
--- The algorithms the HSM can generate (with the key each one gets).
-M.GENERATE_ALGORITHMS = { RS256 = true, ES256 = true, ES384 = true, ES512 = true, EdDSA = true }
+local LIMITS = core.limits()
 
 -- Opens the token the configuration names and logs in.
 --   hsm_config: the `hsm` table of jwkengine.config
@@ -72,7 +71,7 @@ function M.open(hsm_config, options)
     missing = {},
     warned_kids = {},
     prefix = hsm_config.key_set_prefix or "",
-    min_rsa_bits = hsm_config.min_rsa_bits or 4096,
+    min_rsa_bits = hsm_config.min_rsa_bits or LIMITS.hsm_min_rsa_bits,
     sets = {},
   }, Manager)
 end
@@ -159,16 +158,15 @@ end
 
 function Manager:generate(set, alg, options)
   options = options or {}
-  if not M.GENERATE_ALGORITHMS[alg] then
-    return util.fail("ERR_UNSUPPORTED_ALG",
-      "the HSM cannot generate keys for algorithm '%s' (RS256, ES256, ES384, ES512, EdDSA)",
-      tostring(alg))
+  if not key_rules.generates("hsm", alg) then
+    return util.fail("ERR_UNSUPPORTED_ALG", "the HSM cannot generate keys for algorithm '%s' (%s)",
+      tostring(alg), key_rules.generated_list("hsm"))
   end
   local use = options.use or "sig"
   local usable, uerr, ucode = key_rules.check_use(alg, use)
   if not usable then return nil, uerr, ucode end
   -- a key the engine would then refuse to load is never made
-  if alg == "RS256" and options.rsa_bits and options.rsa_bits < self.min_rsa_bits then
+  if core.alg_info(alg).kty == "RSA" and options.rsa_bits and options.rsa_bits < self.min_rsa_bits then
     return util.fail("ERR_INVALID_ARGUMENT", "an RSA key of %d bits is below hsm.min_rsa_bits (%d)",
       options.rsa_bits, self.min_rsa_bits)
   end

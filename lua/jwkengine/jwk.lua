@@ -12,6 +12,9 @@ local util = require "jwkengine.util"
 
 local M = {}
 
+-- The smallest RSA key that verifies (core/engine_limits.h).
+local RSA_MIN_BITS = core.limits().rsa_min_bits
+
 -- A JWK Set document larger than this is refused before it is parsed.
 M.DEFAULT_MAX_SET_SIZE = 1024 * 1024
 
@@ -202,7 +205,7 @@ end
 -- key does, and more than one fitting key is an error rather than a guess.
 --   options.min_rsa_bits: smallest RSA key accepted (default 2048)
 function M.select(candidates, kid, alg, options)
-  local min_rsa_bits = options and options.min_rsa_bits or 2048
+  local min_rsa_bits = options and options.min_rsa_bits or RSA_MIN_BITS
   local match, count, reasons = nil, 0, nil
   for i, candidate in ipairs(candidates) do
     if kid == nil or candidate.kid == kid then
@@ -264,7 +267,11 @@ end
 
 -- ---- RFC 7638 thumbprints ----------------------------------------------
 
-local HASHES = { ["SHA-256"] = "sha-256", ["SHA-384"] = "sha-384", ["SHA-512"] = "sha-512" }
+-- The digests of the algorithm table (core/alg.c), by their JOSE names.
+local HASHES = {}
+for _, info in pairs(core.algorithms()) do
+  if info.digest then HASHES[info.digest] = true end
+end
 
 local function hash_name(hash)
   if hash == nil then return "SHA-256" end
@@ -333,7 +340,7 @@ function M.thumbprint_uri(key, hash)
   hash = hash_name(hash)
   local thumbprint, err, code = M.thumbprint(key, hash)
   if not thumbprint then return nil, err, code end
-  return "urn:ietf:params:oauth:jwk-thumbprint:" .. HASHES[hash] .. ":" .. thumbprint
+  return "urn:ietf:params:oauth:jwk-thumbprint:" .. hash:lower() .. ":" .. thumbprint
 end
 
 return M

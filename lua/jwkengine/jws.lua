@@ -27,8 +27,9 @@ local b64url_encode = core.b64url_encode
 -- Defaults of the size limits (options.max_token_size, max_header_size).
 M.DEFAULT_MAX_TOKEN_SIZE = 256 * 1024
 M.DEFAULT_MAX_HEADER_SIZE = 16 * 1024
--- The floor of options.min_rsa_bits: smaller RSA keys never verify.
-M.MIN_RSA_BITS = 2048
+-- The floor of options.min_rsa_bits: smaller RSA keys never verify
+-- (core/engine_limits.h).
+M.MIN_RSA_BITS = core.limits().rsa_min_bits
 
 -- Header parameters registered by RFC 7515/7518 (and b64, RFC 7797): they
 -- may not be listed in crit, and their types are checked.
@@ -154,10 +155,9 @@ local function check_header(header, understood)
   return true
 end
 
--- The algorithms jwkengine verifies (core/alg.c), without a C call per
--- verification.
-local KNOWN = { RS256 = true, RS384 = true, RS512 = true, PS256 = true, PS384 = true, PS512 = true,
-  ES256 = true, ES384 = true, ES512 = true, EdDSA = true }
+-- The algorithms jwkengine verifies and what it knows of each (core/alg.c),
+-- read once: no C call per verification.
+local KNOWN = core.algorithms()
 
 -- Validated allow-lists and candidate lists, by the caller's table: a
 -- verifier passes the same ones token after token, and building the set
@@ -242,16 +242,15 @@ function M.candidates(keys, options)
   return keys
 end
 
-local ECDSA_SIZES = { ES256 = 64, ES384 = 96, ES512 = 132 }
-
--- The size a signature by alg with this key has; a wrong size gets a
--- precise message (and a hint when an ECDSA signature is DER).
+-- The size a signature by alg with this key has (fixed by the algorithm,
+-- else the RSA modulus size); a wrong size gets a precise message (and a
+-- hint when an ECDSA signature is DER).
 local function check_signature_size(alg, public_key, signature)
-  local expected = ECDSA_SIZES[alg] or (alg == "EdDSA" and 64)
-    or math.floor((public_key:bits() + 7) / 8)
+  local info = KNOWN[alg]
+  local expected = info.signature_size or math.floor((public_key:bits() + 7) / 8)
   if #signature == expected then return true end
   local hint = ""
-  if ECDSA_SIZES[alg] and signature:byte(1) == 0x30 then
+  if info.scheme == "ECDSA" and signature:byte(1) == 0x30 then
     hint = " (it looks DER-encoded; a JWS carries raw R || S)"
   end
   return util.fail("ERR_JWS_SIGNATURE_INVALID", "%s signature must be %d bytes, got %d%s", alg,
@@ -347,13 +346,9 @@ end
 
 -- The algorithm a key object signs with when none is given: an HSM key's
 -- own, else the one its type and curve imply.
-local IMPLIED = { RSA = "RS256", ["P-256"] = "ES256", ["P-384"] = "ES384", ["P-521"] = "ES512",
-  Ed25519 = "EdDSA" }
-
 function M.implied_alg(key)
   if key.alg then return key:alg() end
-  local public = key:public_jwk()
-  return IMPLIED[public.kty == "RSA" and "RSA" or public.crv]
+  return key_rules.implied_alg(key:public_jwk())
 end
 
 -- Signs payload bytes with a key object (a software key from

@@ -6,6 +6,38 @@ local util = require "jwkengine.util"
 
 local M = {}
 
+-- The algorithm table (core/alg.c), read once: every fact about an
+-- algorithm comes from there, never from a list written here.
+local ALGORITHMS = core.algorithms()
+
+-- The algorithm a key implies when it names none, by its kty (RSA) or crv.
+local DEFAULT_ALG = {}
+for name, info in pairs(ALGORITHMS) do
+  if info.default then DEFAULT_ALG[info.crv or info.kty] = name end
+end
+
+-- The alg a public JWK (kty, crv) signs with when none is given: RS256 for
+-- RSA, ES256 for P-256, EdDSA for Ed25519, ...
+function M.implied_alg(public_jwk)
+  return DEFAULT_ALG[public_jwk.kty == "RSA" and "RSA" or public_jwk.crv]
+end
+
+-- Whether `maker` ("hsm" or "software") generates keys for alg.
+function M.generates(maker, alg)
+  local info = type(alg) == "string" and ALGORITHMS[alg]
+  return info and info[maker .. "_generates"] or false
+end
+
+-- The algorithms `maker` generates keys for, as text for a message.
+function M.generated_list(maker)
+  local list = {}
+  for name, info in pairs(ALGORITHMS) do
+    if info[maker .. "_generates"] then list[#list + 1] = name end
+  end
+  table.sort(list)
+  return table.concat(list, ", ")
+end
+
 -- A value from outside, for a message: a string as written (control
 -- characters masked), anything else by its type.
 local function shown(value)

@@ -18,18 +18,7 @@ local Manager = {}
 Manager.__index = Manager
 keyset.install(Manager, "software")
 
-M.GENERATE_ALGORITHMS = {
-  RS256 = true, RS384 = true, RS512 = true, PS256 = true, PS384 = true, PS512 = true,
-  ES256 = true, ES384 = true, ES512 = true, EdDSA = true,
-}
-
--- The algorithm a key implies when its JWK names none.
-local DEFAULT_ALG = { RSA = "RS256", ["P-256"] = "ES256", ["P-384"] = "ES384",
-  ["P-521"] = "ES512", Ed25519 = "EdDSA" }
-
-local function implied_alg(jwk)
-  return DEFAULT_ALG[jwk.kty == "RSA" and "RSA" or jwk.crv]
-end
+local implied_alg = key_rules.implied_alg
 
 -- store: jwkengine.store; secrets: list of secret strings (first seals).
 -- options.cache_ttl: seconds a loaded set is trusted (default 30).
@@ -137,7 +126,7 @@ end
 
 function Manager:generate(set, alg, options)
   options = options or {}
-  if not M.GENERATE_ALGORITHMS[alg] then
+  if not key_rules.generates("software", alg) then
     return util.fail("ERR_UNSUPPORTED_ALG", "cannot generate keys for algorithm '%s'", tostring(alg))
   end
   local use = options.use or "sig"
@@ -159,7 +148,7 @@ end
 -- Generates a key for a set only if the set has none, atomically across
 -- processes sharing the store. Returns "generated" or "exists".
 function Manager:generate_if_missing(set, alg)
-  if not M.GENERATE_ALGORITHMS[alg] then
+  if not key_rules.generates("software", alg) then
     return util.fail("ERR_UNSUPPORTED_ALG", "cannot generate keys for algorithm '%s'", tostring(alg))
   end
   local exists, err, code = self.store:set_exists(set)
