@@ -70,7 +70,7 @@ if mode == "soak" then
     end
   end
   local seconds = bench.now() - started
-  local stats = engine.hsm:stats()
+  local stats = assert(engine:stats())
   local r = stats.recoveries
   local first_kb = tonumber(samples[2]:match(":(%d+)"))
   local last_kb = tonumber(samples[#samples]:match(":(%d+)"))
@@ -107,7 +107,7 @@ if mode == "fork" then
         end
         f:write(jws, "\n")
       end
-      local r = engine.hsm:stats().recoveries
+      local r = assert(engine:stats()).recoveries
       f:write(string.format("RECOVERIES %d\n", r.session + r.login + r.object + r.reinit))
       f:close()
       engine:close() -- must leave the parent's sessions alone

@@ -57,11 +57,11 @@ describe("PKCS#11 recovery", function()
   }
   for _, case in ipairs(cases) do
     it("recovers from " .. case.rule .. " with one retry, logged once and counted", function()
-      local before = engine.hsm:stats().recoveries[case.class]
+      local before = assert(engine:stats()).recoveries[case.class]
       faults.set({ faults = case.rule })
       local jws, err = sign_and_verify()
       assert.truthy(jws, err)
-      assert.equals(before + 1, engine.hsm:stats().recoveries[case.class])
+      assert.equals(before + 1, assert(engine:stats()).recoveries[case.class])
       assert.equals(1, #lines)
       assert.matches("retrying once after " .. case.by, lines[1], 1, true)
       assert.not_matches(softhsm.PIN, lines[1], 1, true)
@@ -102,13 +102,13 @@ describe("PKCS#11 recovery", function()
   end)
 
   it("retries only once: a second fault in a row fails clearly", function()
-    local failed_before = engine.hsm:stats().failed_recoveries
+    local failed_before = assert(engine:stats()).failed_recoveries
     faults.set({ faults = "C_Sign:CKR_SESSION_HANDLE_INVALID@1*2" })
     local jws, err = sign_and_verify()
     assert.is_nil(jws)
     assert.equals("C_Sign: CKR_SESSION_HANDLE_INVALID", err)
     assert.equals(2, faults.counts()["window.C_Sign"])
-    assert.equals(failed_before + 1, engine.hsm:stats().failed_recoveries)
+    assert.equals(failed_before + 1, assert(engine:stats()).failed_recoveries)
     -- the log tells the retry failed, and never claims a recovery
     assert.equals(2, #lines)
     assert.matches("retrying once after opening a new session", lines[1], 1, true)
@@ -177,7 +177,7 @@ describe("PIN hygiene against the token's PIN flags", function()
     local counts = faults.counts()
     assert.is_true((counts["window.C_OpenSession"] or 0) <= 1, "sessions opened: " .. tostring(counts["window.C_OpenSession"]))
     assert.equals(1, counts["window.C_Login"])
-    assert.is_true(engine.hsm:stats().failed_recoveries >= 1)
+    assert.is_true(assert(engine:stats()).failed_recoveries >= 1)
     engine:close()
   end)
 

@@ -101,7 +101,7 @@ describe("secrets left in memory", function()
     local env = { SECRETS_SYSTEM = secret, DSN = "sqlite://" .. db }
     local engine = assert(jwkengine.open({ environment = env, logger = false, startup = false }))
     assert(engine:generate("memscan", "ES256"))
-    local d = assert(engine.software:load("memscan")).keys[1].object:private_jwk().d
+    local d = assert(engine:signing_key("memscan")):private_jwk().d
     engine:close()
     local found = scan(env, "store", { d = d })
     os.remove(db)

@@ -442,7 +442,12 @@ engine:close()
       s:close()
       local listing = softhsm.pkcs11_tool(token, "--list-objects")
       assert.not_matches("imported", listing)
-      local ok, err, code = engine.hsm:import("imported", pub)
+      -- the engine never routes an import to the HSM: its manager is asked directly
+      local hsm_config = assert(require("jwkengine.config").load({
+        environment = softhsm.environment(token) })).hsm
+      local hsm_keys = assert(require("jwkengine.hsm").open(hsm_config))
+      local ok, err, code = hsm_keys:import("imported", pub)
+      hsm_keys:close()
       assert.is_nil(ok)
       assert.equals("ERR_HSM_IMPORT_UNSUPPORTED", code)
       assert.matches("software store", err)

@@ -33,6 +33,15 @@ int jwke_push_public_members(lua_State *L, const EVP_PKEY *pkey, jwke_error *err
 /* Pushes a new public-key object sharing pkey (takes its own reference). */
 void jwke_push_public_key(lua_State *L, EVP_PKEY *pkey);
 
+/* The key interface HSM and software keys share (kid, alg, use, kty, bits,
+ * is_private, public_jwk, public_key, fits, sign): the methods whose answer
+ * depends only on the EVP_PKEY are written once, here. */
+/* Pushes "RSA", "EC", "OKP" (or nil for another type). */
+int jwke_push_kty(lua_State *L, const EVP_PKEY *pkey);
+/* key:fits(alg [, min_rsa_bits]): the key object at 1, alg at 2, the
+ * minimum at 3 (default_min_bits when absent). Pushes true | false, why. */
+int jwke_push_fits(lua_State *L, const EVP_PKEY *pkey, int default_min_bits);
+
 /* Pushes the compact JWS made by `sign`, or nil, err. Arguments at
  * header_arg and header_arg + 1: encoded header, payload bytes. */
 int jwke_push_compact(lua_State *L, int header_arg, size_t sig_max, jwke_sign_fn sign,

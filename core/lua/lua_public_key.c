@@ -39,6 +39,31 @@ void jwke_push_public_key(lua_State *L, EVP_PKEY *pkey)
     pk->pkey = pkey;
 }
 
+int jwke_push_kty(lua_State *L, const EVP_PKEY *pkey)
+{
+    switch (jwke_pkey_kind(pkey)) {
+    case JWKE_KIND_RSA: lua_pushliteral(L, "RSA"); break;
+    case JWKE_KIND_EC: lua_pushliteral(L, "EC"); break;
+    case JWKE_KIND_OKP: lua_pushliteral(L, "OKP"); break;
+    default: lua_pushnil(L); break;
+    }
+    return 1;
+}
+
+int jwke_push_fits(lua_State *L, const EVP_PKEY *pkey, int default_min_bits)
+{
+    const jwke_alg *alg = jwke_check_alg(L, 2);
+    int min_bits = (int)luaL_optinteger(L, 3, default_min_bits);
+    jwke_error err;
+    if (jwke_pkey_fits_alg(pkey, alg, min_bits, &err) != 0) {
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, err.message);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 int jwke_push_public_members(lua_State *L, const EVP_PKEY *pkey, jwke_error *err)
 {
     jwke_public_members m;

@@ -208,12 +208,16 @@ static int l_is_private(lua_State *L)
 
 static int l_kty(lua_State *L)
 {
-    switch (jwke_pkey_kind(check_key(L)->key.pkey)) {
-    case JWKE_KIND_RSA: lua_pushliteral(L, "RSA"); break;
-    case JWKE_KIND_EC: lua_pushliteral(L, "EC"); break;
-    case JWKE_KIND_OKP: lua_pushliteral(L, "OKP"); break;
-    default: lua_pushnil(L); break;
-    }
+    return jwke_push_kty(L, check_key(L)->key.pkey);
+}
+
+/* key:kid(), key:alg(), key:use() -> nil: a software key is bound to none
+ * (its store row holds them) and signs with any alg that fits it; an HSM
+ * key answers its own. */
+static int l_unbound(lua_State *L)
+{
+    check_key(L);
+    lua_pushnil(L);
     return 1;
 }
 
@@ -268,17 +272,7 @@ static int l_private_jwk(lua_State *L)
 /* key:fits(alg [, min_rsa_bits]) -> true | false, err */
 static int l_fits(lua_State *L)
 {
-    swkey_object *k = check_key(L);
-    const jwke_alg *alg = jwke_check_alg(L, 2);
-    int min_bits = (int)luaL_optinteger(L, 3, JWKE_RSA_MIN_BITS);
-    jwke_error err;
-    if (jwke_pkey_fits_alg(k->key.pkey, alg, min_bits, &err) != 0) {
-        lua_pushboolean(L, 0);
-        lua_pushstring(L, err.message);
-        return 2;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+    return jwke_push_fits(L, check_key(L)->key.pkey, JWKE_RSA_MIN_BITS);
 }
 
 typedef struct sw_signer {
@@ -351,6 +345,9 @@ static int l_gc(lua_State *L)
 }
 
 static const luaL_Reg methods[] = {
+    {"kid", l_unbound},
+    {"alg", l_unbound},
+    {"use", l_unbound},
     {"is_private", l_is_private},
     {"kty", l_kty},
     {"bits", l_bits},

@@ -380,14 +380,36 @@ static int l_key_bits(lua_State *L)
     return 1;
 }
 
+static int l_key_kty(lua_State *L)
+{
+    return jwke_push_kty(L, check_key(L)->key.public_key);
+}
+
+/* An HSM key object is always the private half of a pair (load_set finds
+ * pairs): it signs (or decrypts), though its private members never leave
+ * the token. */
+static int l_key_is_private(lua_State *L)
+{
+    check_key(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* key:fits(alg [, min_rsa_bits]); the load already held the key to
+ * hsm.min_rsa_bits, so no further minimum unless one is given. */
+static int l_key_fits(lua_State *L)
+{
+    return jwke_push_fits(L, check_key(L)->key.public_key, 0);
+}
+
 static int l_key_public_key(lua_State *L)
 {
     jwke_push_public_key(L, check_key(L)->key.public_key);
     return 1;
 }
 
-/* key:jwk() -> the public JWK: kty, kid, use, alg and the key members */
-static int l_key_jwk(lua_State *L)
+/* key:public_jwk() -> the public JWK: kty, kid, use, alg and the key members */
+static int l_key_public_jwk(lua_State *L)
 {
     hsm_key_object *k = check_key(L);
     jwke_error err;
@@ -496,9 +518,12 @@ static const luaL_Reg key_methods[] = {
     {"kid", l_key_kid},
     {"alg", l_key_alg},
     {"use", l_key_use},
+    {"kty", l_key_kty},
     {"bits", l_key_bits},
-    {"jwk", l_key_jwk},
+    {"is_private", l_key_is_private},
+    {"public_jwk", l_key_public_jwk},
     {"public_key", l_key_public_key},
+    {"fits", l_key_fits},
     {"sign", l_key_sign},
     {"sign_compact", l_key_sign_compact},
     {NULL, NULL},

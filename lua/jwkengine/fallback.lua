@@ -8,6 +8,11 @@
 --
 -- Either side may be absent: with no HSM everything is software; with no
 -- store (no secrets configured) nothing falls back.
+--
+-- The HSM's "set not found" is remembered for negative_ttl seconds (or
+-- until this engine generates, deletes, refreshes or reloads the set):
+-- every software set is asked of the HSM first, and a token search per
+-- signature would cost more than the signature.
 local util = require "jwkengine.util"
 
 local M = {}
@@ -18,8 +23,28 @@ local function not_found(code)
   return code == "ERR_KEY_SET_NOT_FOUND" or code == "ERR_KEY_NOT_FOUND"
 end
 
-function M.new(hsm, software)
-  return setmetatable({ hsm = hsm, software = software }, Manager)
+-- options.negative_ttl: seconds the HSM's "not found" is trusted (30);
+-- options.now() -> seconds: its clock (os.time)
+function M.new(hsm, software, options)
+  options = options or {}
+  return setmetatable({ hsm = hsm, software = software, missing = {},
+    negative_ttl = options.negative_ttl or 30, now = options.now or os.time }, Manager)
+end
+
+-- The HSM's cached "not found" for a set, while it is fresh.
+function Manager:known_missing(set)
+  local missing = self.missing[set]
+  if missing and self.now() < missing.expires then return missing end
+  self.missing[set] = nil
+  return nil
+end
+
+-- Passes an HSM answer through, remembering a "set not found".
+function Manager:remember(set, a, b, c)
+  if a == nil and c == "ERR_KEY_SET_NOT_FOUND" then
+    self.missing[set] = { expires = self.now() + self.negative_ttl, message = b }
+  end
+  return a, b, c
 end
 
 -- The answer after the HSM said "not found": the store's, unless the store
@@ -32,35 +57,71 @@ local function after_miss(hsm_err, hsm_code, a, b, c)
   return a, b, c
 end
 
--- Calls method on the HSM, then on software when the HSM does not have it.
+-- Asks the HSM (unless it is known not to hold the set), then software when
+-- the HSM does not have it. With no software store, a remembered "not found"
+-- is the answer.
 function Manager:lookup(method, set, ...)
+  local hsm, software = self.hsm, self.software
   local hsm_err, hsm_code
-  if self.hsm and not (self.software and self.hsm:known_missing(set)) then
-    local a, b, c = self.hsm[method](self.hsm, set, ...)
-    if a ~= nil or not not_found(c) or not self.software then return a, b, c end
-    hsm_err, hsm_code = b, c
+  if hsm then
+    local missing = self:known_missing(set)
+    if not missing then
+      local a, b, c = self:remember(set, hsm[method](hsm, set, ...))
+      if a ~= nil or not not_found(c) or not software then return a, b, c end
+      hsm_err, hsm_code = b, c
+    elseif not software then
+      return nil, missing.message, "ERR_KEY_SET_NOT_FOUND"
+    end
   end
-  if self.software then
-    return after_miss(hsm_err, hsm_code, self.software[method](self.software, set, ...))
-  end
+  if software then return after_miss(hsm_err, hsm_code, software[method](software, set, ...)) end
   return util.fail("ERR_CONFIG", "no key store is configured")
 end
 
 function Manager:key_set(set) return self:lookup("key_set", set) end
 function Manager:key(set, kid) return self:lookup("key", set, kid) end
-function Manager:delete(set, kid) return self:lookup("delete", set, kid) end
 function Manager:verification_keys(set) return self:lookup("verification_keys", set) end
+function Manager:signing_key(set, kid) return self:lookup("signing_key", set, kid) end
+
+-- With no software store, the token itself answers (a set an operator
+-- made meanwhile is deleted, not reported missing).
+function Manager:delete(set, kid)
+  if not self.software then self.missing[set] = nil end
+  local a, b, c = self:lookup("delete", set, kid)
+  self.missing[set] = nil
+  return a, b, c
+end
 
 -- The signing path, written out: no varargs, no method-name lookups.
 function Manager:sign(set, payload, options)
   local hsm, software = self.hsm, self.software
   local hsm_err, hsm_code
-  if hsm and not (software and hsm:known_missing(set)) then
-    local jws, err, code = hsm:sign(set, payload, options)
-    if jws or not software or not not_found(code) then return jws, err, code end
-    hsm_err, hsm_code = err, code
+  if hsm then
+    local missing = self.missing[set]
+    if not missing or self.now() >= missing.expires then
+      local jws, err, code = hsm:sign(set, payload, options)
+      if jws then return jws end
+      self:remember(set, jws, err, code)
+      if not software or not not_found(code) then return jws, err, code end
+      hsm_err, hsm_code = err, code
+    elseif not software then
+      return nil, missing.message, "ERR_KEY_SET_NOT_FOUND"
+    end
   end
   return after_miss(hsm_err, hsm_code, software:sign(set, payload, options))
+end
+
+-- Re-reads a set now from the side that holds it (the cached copy stays on
+-- an error). Returns its public JWK Set.
+function Manager:reload(set)
+  self.missing[set] = nil
+  return self:lookup("reload", set)
+end
+
+-- Forgets what is cached of a set on both sides, the HSM's "not found" too.
+function Manager:forget(set)
+  self.missing[set] = nil
+  if self.hsm then self.hsm:forget(set) end
+  if self.software then self.software:forget(set) end
 end
 
 -- Where new keys go.
@@ -69,7 +130,14 @@ function Manager:generator()
 end
 
 function Manager:generate(set, alg, options)
+  self.missing[set] = nil
   return self:generator():generate(set, alg, options)
+end
+
+-- Startup generation: "generated", or "exists" when the set appeared meanwhile.
+function Manager:generate_if_missing(set, alg)
+  self.missing[set] = nil
+  return self:generator():generate_if_missing(set, alg)
 end
 
 function Manager:software_store()
@@ -86,13 +154,31 @@ function Manager:import(set, input, options)
   return software:import(set, input, options)
 end
 
+function Manager:update(set, input, options)
+  local software, err, code = self:software_store()
+  if not software then return nil, err, code end
+  return software:update(set, input, options)
+end
+
 function Manager:rotate_secrets()
   local software, err, code = self:software_store()
   if not software then return nil, err, code end
   return software:rotate_secrets()
 end
 
+-- The HSM's pool and recovery counters.
+function Manager:stats()
+  if not self.hsm then return util.fail("ERR_CONFIG", "the HSM is not enabled: there are no HSM stats") end
+  return self.hsm:stats()
+end
+
+-- The slot the HSM's token was found in, or nil when the HSM is not enabled.
+function Manager:slot()
+  return self.hsm and self.hsm.slot
+end
+
 function Manager:close()
+  self.missing = {}
   if self.hsm then self.hsm:close() end
   if self.software then self.software:close() end
 end

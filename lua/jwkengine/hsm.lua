@@ -13,9 +13,10 @@ local slots = require "jwkengine.slots"
 local util = require "jwkengine.util"
 
 local M = {}
-local Manager = {}
+-- key_set, key, signing_key, verification_keys and reload come from the
+-- base, keyset.Manager; load and what only a token does are below.
+local Manager = setmetatable({ where = "HSM" }, { __index = keyset.Manager })
 Manager.__index = Manager
-keyset.install(Manager, "HSM")
 
 local LIMITS = core.limits()
 
@@ -23,7 +24,6 @@ local LIMITS = core.limits()
 --   hsm_config: the `hsm` table of jwkengine.config
 --   options.select_slot(slot_list, hsm_config) -> slot | nil, err: slot policy
 --   options.logger(level, message): where recoveries are logged
---   options.now() -> seconds: the clock of the negative cache (os.time)
 function M.open(hsm_config, options)
   options = options or {}
   if not hsm_config.library or hsm_config.library == "" then
@@ -66,9 +66,6 @@ function M.open(hsm_config, options)
     token = token,
     slot = slot,
     log = options.logger or function() end,
-    negative_ttl = hsm_config.negative_cache_ttl or 30,
-    now = options.now or os.time,
-    missing = {},
     warned_kids = {},
     prefix = hsm_config.key_set_prefix or "",
     min_rsa_bits = hsm_config.min_rsa_bits or LIMITS.hsm_min_rsa_bits,
@@ -93,30 +90,21 @@ function Manager:stats()
   return self.token:stats()
 end
 
--- Loads a set (from the cache unless refresh). An empty set is "not found";
--- that answer is cached too (for negative_ttl seconds, or until this engine
--- generates into the set), since every software set is looked up here
--- first and a token search per signature would cost more than the signature.
+-- Loads a set (from the cache unless refresh). An empty set is "not found"
+-- (remembered for a while by jwkengine.fallback, which asks here first).
 function Manager:load(set, refresh)
   local entry = self.sets[set]
   if entry and not refresh then return entry end
-  local missing = self.missing[set]
-  if missing and not refresh then
-    if self.now() < missing.expires then return nil, missing.message, "ERR_KEY_SET_NOT_FOUND" end
-    self.missing[set] = nil
-  end
   local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits))
   if not keys then return nil, string.format("key set '%s': %s", set, err), code end
   if #keys == 0 then
     self.sets[set] = nil
-    local message = string.format("key set '%s' not found in the HSM", set)
-    self.missing[set] = { expires = self.now() + self.negative_ttl, message = message }
-    return nil, message, "ERR_KEY_SET_NOT_FOUND"
+    return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
   end
   entry = { keys = {} }
   for i, object in ipairs(keys) do
-    entry.keys[i] = { kid = object:kid(), alg = object:alg(), use = object:use(), private = true,
-      object = object, jwk = object:jwk() }
+    entry.keys[i] = { kid = object:kid(), alg = object:alg(), use = object:use(),
+      private = object:is_private(), object = object, jwk = object:public_jwk() }
     self:warn_unprintable_kid(set, entry.keys[i].kid)
   end
   self.sets[set] = keyset.prepare(entry, set, "HSM", "only")
@@ -136,16 +124,8 @@ function Manager:warn_unprintable_kid(set, kid)
     (kid:gsub(".", function(c) return string.format("%02x", c:byte()) end))))
 end
 
--- True while the HSM is known not to hold the set (the negative cache), so
--- the fallback can go straight to software.
-function Manager:known_missing(set)
-  local missing = self.missing[set]
-  return missing ~= nil and self.now() < missing.expires
-end
-
 function Manager:forget(set)
   self.sets[set] = nil
-  self.missing[set] = nil
 end
 
 -- The public JWK of one pair, read by label and CKA_ID: a generation costs
@@ -153,7 +133,7 @@ end
 function Manager:pair_jwk(set, kid)
   local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits, kid))
   if not keys then return nil, string.format("key set '%s': %s", set, err), code end
-  return keys[1] and keys[1]:jwk()
+  return keys[1] and keys[1]:public_jwk()
 end
 
 function Manager:generate(set, alg, options)
@@ -258,7 +238,6 @@ end
 
 function Manager:close()
   self.sets = {}
-  self.missing = {}
   if self.token then self.token:close() end
 end
 

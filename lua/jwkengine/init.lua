@@ -36,6 +36,11 @@ local M = {
 local Engine = {}
 Engine.__index = Engine
 
+-- Each engine's key managers (jwkengine.fallback over the HSM and software
+-- managers), out of callers' reach: the methods below are the way in.
+-- Weak keys: an engine dropped without close is still collected.
+local keys_of = setmetatable({}, { __mode = "k" })
+
 local DEFAULT_JWT_OPTIONS = { typ = "JWT" }
 
 -- Every method that takes a set name or a kid checks them here first (see
@@ -126,12 +131,13 @@ function M.open(options)
       "no key store is enabled: set HSM_ENABLED=true for the HSM and/or SECRETS_SYSTEM for the software store")
   end
 
-  local keys = fallback.new(hsm_keys, software_keys)
-  local engine = setmetatable({ config = cfg, keys = keys, hsm = hsm_keys, software = software_keys,
-    log = logger, json_cache = setmetatable({}, { __mode = "k" }) }, Engine)
+  local engine = setmetatable({ config = cfg, log = logger, json_cache = setmetatable({}, { __mode = "k" }) },
+    Engine)
+  keys_of[engine] = fallback.new(hsm_keys, software_keys, { negative_ttl = cfg.hsm.negative_cache_ttl,
+    now = options.now })
   if options.startup ~= false then
     local ok
-    ok, err, code = startup.ensure_sets(keys, cfg.startup_sets, logger)
+    ok, err, code = engine:ensure_startup_sets()
     if not ok then
       engine:close()
       return nil, err, code
@@ -144,7 +150,7 @@ end
 function Engine:key_set(set)
   local ok, err, code = check_names(set)
   if not ok then return nil, err, code end
-  return self.keys:key_set(set)
+  return keys_of[self]:key_set(set)
 end
 
 -- The same, as JSON; serialized once per loaded set.
@@ -165,16 +171,61 @@ end
 function Engine:refresh(set)
   local ok, err, code = check_names(set)
   if not ok then return nil, err, code end
-  if self.hsm then self.hsm:forget(set) end
-  if self.software then self.software.sets[set] = nil end
+  keys_of[self]:forget(set)
   return true
+end
+
+-- Reads a set again now, from the HSM or the software store (whichever
+-- holds it), and returns its public JWK Set. Unlike refresh, an error keeps
+-- the cached set, so signing goes on with it.
+function Engine:reload(set)
+  local ok, err, code = check_names(set)
+  if not ok then return nil, err, code end
+  return keys_of[self]:reload(set)
+end
+
+-- Generates the startup sets that are missing (by default the configured
+-- ones, engine.config.startup_sets): { { set =, alg = }, ... }. open does
+-- this unless options.startup is false.
+function Engine:ensure_startup_sets(sets)
+  sets = sets or self.config.startup_sets
+  if type(sets) ~= "table" then error("sets must be a list of { set =, alg = }", 2) end
+  for i, entry in ipairs(sets) do
+    if type(entry) ~= "table" then error("sets[" .. i .. "] must be a table { set =, alg = }", 2) end
+    local ok, err, code = check_names(entry.set)
+    if not ok then return nil, err, code end
+  end
+  return startup.ensure_sets(keys_of[self], sets, self.log)
+end
+
+-- The key object that signs for a set (by kid, or the set's default
+-- signer): the same methods for HSM and software keys (kid, alg, use, kty,
+-- bits, is_private, public_jwk, public_key, fits, sign), for jws.sign.
+function Engine:signing_key(set, kid)
+  local ok, err, code = check_names(set, kid, "kid")
+  if not ok then return nil, err, code end
+  local key
+  key, err, code = keys_of[self]:signing_key(set, kid)
+  if not key then return nil, err, code end
+  return key.object
+end
+
+-- The HSM's session pool and recovery counters; ERR_CONFIG without an HSM.
+function Engine:stats()
+  return keys_of[self]:stats()
+end
+
+-- The slot of the HSM's token ({ id, label, serial, ... }), or nil when the
+-- HSM is not enabled.
+function Engine:slot()
+  return keys_of[self]:slot()
 end
 
 -- One public JWK.
 function Engine:key(set, kid)
   local ok, err, code = check_names(set, kid, "kid", true)
   if not ok then return nil, err, code end
-  return self.keys:key(set, kid)
+  return keys_of[self]:key(set, kid)
 end
 
 -- Generates a key pair; options: kid, use ("sig" | "enc"), rsa_bits, and
@@ -183,7 +234,7 @@ end
 function Engine:generate(set, alg, options)
   local ok, err, code = check_names(set, option_kid(options), "options.kid")
   if not ok then return nil, err, code end
-  return self.keys:generate(set, alg, options)
+  return keys_of[self]:generate(set, alg, options)
 end
 
 -- Adds a key to the software store (never the HSM): a JWK (table or JSON)
@@ -191,29 +242,26 @@ end
 function Engine:import(set, input, options)
   local ok, err, code = check_names(set, option_kid(options), "options.kid")
   if not ok then return nil, err, code end
-  return self.keys:import(set, input, options)
+  return keys_of[self]:import(set, input, options)
 end
 
 -- Replaces an existing software key with the same kid.
 function Engine:update(set, input, options)
   local ok, err, code = check_names(set, option_kid(options), "options.kid")
   if not ok then return nil, err, code end
-  local o = {}
-  for k, v in pairs(options or {}) do o[k] = v end
-  o.replace = true
-  return self.keys:import(set, input, o)
+  return keys_of[self]:update(set, input, options)
 end
 
 -- Re-seals every software key with the first secret, in one transaction.
 function Engine:rotate_secrets()
-  return self.keys:rotate_secrets()
+  return keys_of[self]:rotate_secrets()
 end
 
 -- Deletes one key (kid given) or the whole set.
 function Engine:delete(set, kid)
   local ok, err, code = check_names(set, kid, "kid")
   if not ok then return nil, err, code end
-  return self.keys:delete(set, kid)
+  return keys_of[self]:delete(set, kid)
 end
 
 -- Signs payload bytes as a compact JWS; options: kid, typ, alg.
@@ -222,7 +270,7 @@ function Engine:sign(set, payload, options)
   local ok, err, code = check_names(set, option_kid(options), "options.kid")
   if ok then ok, err, code = check_sign_options(options) end
   if not ok then return nil, err, code end
-  return self.keys:sign(set, payload, options)
+  return keys_of[self]:sign(set, payload, options)
 end
 
 -- The common case of sign_jwt: the registered claims are type-checked and
@@ -264,9 +312,9 @@ function Engine:sign_jwt(set, claims, options)
   end
   if not payload then return nil, err, code end
   if options == nil or (options.kid == nil and options.alg == nil and options.typ == nil) then
-    return self.keys:sign(set, payload, DEFAULT_JWT_OPTIONS)
+    return keys_of[self]:sign(set, payload, DEFAULT_JWT_OPTIONS)
   end
-  return self.keys:sign(set, payload, { kid = options.kid, alg = options.alg, typ = options.typ or "JWT" })
+  return keys_of[self]:sign(set, payload, { kid = options.kid, alg = options.alg, typ = options.typ or "JWT" })
 end
 
 -- Verifies a JWT against a set's keys, with the claim checks of
@@ -277,7 +325,7 @@ function Engine:verify_jwt(set, token, options)
   local ok, err, code = check_names(set)
   if not ok then return nil, err, code end
   local candidates
-  candidates, err, code = self.keys:verification_keys(set)
+  candidates, err, code = keys_of[self]:verification_keys(set)
   if not candidates then return nil, err, code end
   local o = {}
   for k, v in pairs(options or {}) do o[k] = v end
@@ -301,7 +349,7 @@ function Engine:verify(set, token, options)
   local ok, err, code = check_names(set)
   if not ok then return nil, err, code end
   local candidates
-  candidates, err, code = self.keys:verification_keys(set)
+  candidates, err, code = keys_of[self]:verification_keys(set)
   if not candidates then return nil, err, code end
   if options == nil or options.algorithms == nil then
     -- the set's own algorithms; the options table is built once per set
@@ -322,8 +370,9 @@ local CLOSED_KEYS = setmetatable({}, { __index = function()
 end })
 
 function Engine:close()
-  if self.keys ~= CLOSED_KEYS then self.keys:close() end
-  self.keys = CLOSED_KEYS
+  local keys = keys_of[self]
+  if keys and keys ~= CLOSED_KEYS then keys:close() end
+  keys_of[self] = CLOSED_KEYS
 end
 
 return M

@@ -344,10 +344,11 @@ function M.verify(token, keys, options)
   return jws.payload, header, key
 end
 
--- The algorithm a key object signs with when none is given: an HSM key's
--- own, else the one its type and curve imply.
+-- The algorithm a key object signs with when none is given: the key's own
+-- (an HSM key's), else the one its type and curve imply.
 function M.implied_alg(key)
-  if key.alg then return key:alg() end
+  local own = key:alg()
+  if own then return own end
   return key_rules.implied_alg(key:public_jwk())
 end
 
@@ -359,12 +360,15 @@ function M.sign(key, payload, options)
   if type(payload) ~= "string" then error("payload must be a string", 2) end
   if type(key) ~= "userdata" or not key.sign_compact then error("key must be a key object", 2) end
   options = options or {}
-  local alg = options.alg or M.implied_alg(key)
-  if key.alg then
-    -- an HSM key has an alg of its own and signs with nothing else
+  -- a key bound to an alg (an HSM key) signs with nothing else; an unbound
+  -- one (a software key) with the alg asked for, else the implied one
+  local own, alg = key:alg(), options.alg
+  if own then
     local err, code
-    alg, err, code = key_rules.signing_alg(key:alg(), options.alg, key:kid())
+    alg, err, code = key_rules.signing_alg(own, alg, key:kid())
     if not alg then return nil, err, code end
+  elseif not alg then
+    alg = M.implied_alg(key)
   end
   if not alg or not core.alg_info(alg) then
     return util.fail("ERR_UNSUPPORTED_ALG", "cannot sign with algorithm '%s'", tostring(alg))

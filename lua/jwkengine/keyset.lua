@@ -135,41 +135,51 @@ function M.jwks(entry)
   return entry.jwks
 end
 
--- The lookups HSM and software managers share, given self:load(set) and the
--- name of the side ("HSM" or "software") for messages.
-function M.install(Manager, where)
-  function Manager:key_set(set)
-    local entry, err, code = self:load(set)
-    if not entry then return nil, err, code end
-    return M.jwks(entry)
-  end
+-- The base class of the HSM and software managers: the lookups they share.
+-- A manager class names it as its base (setmetatable(Manager, { __index =
+-- keyset.Manager })) and provides load(set [, refresh]) -> entry and
+-- `where` ("HSM" or "software", for messages).
+local Manager = {}
+M.Manager = Manager
 
-  function Manager:key(set, kid)
-    local entry, err, code = self:load(set)
-    if not entry then return nil, err, code end
-    local key = entry.by_kid[kid]
-    if not key then
-      return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in %s key set '%s'", kid, where, set)
-    end
-    if key.broken then return nil, key.broken, key.code end
-    return key.jwk
-  end
+function Manager:key_set(set)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  return M.jwks(entry)
+end
 
-  -- The key entry that signs ({ kid, alg, object, ... }) and the set entry.
-  function Manager:signing_key(set, kid)
-    local entry, err, code = self:load(set)
-    if not entry then return nil, err, code end
-    local key
-    key, err, code = M.signing_key(entry, set, kid, where)
-    if not key then return nil, err, code end
-    return key, entry
+function Manager:key(set, kid)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  local key = entry.by_kid[kid]
+  if not key then
+    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in %s key set '%s'", kid, self.where, set)
   end
+  if key.broken then return nil, key.broken, key.code end
+  return key.jwk
+end
 
-  function Manager:verification_keys(set)
-    local entry, err, code = self:load(set)
-    if not entry then return nil, err, code end
-    return M.candidates(entry, set, where)
-  end
+-- The key entry that signs ({ kid, alg, object, ... }) and the set entry.
+function Manager:signing_key(set, kid)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  local key
+  key, err, code = M.signing_key(entry, set, kid, self.where)
+  if not key then return nil, err, code end
+  return key, entry
+end
+
+function Manager:verification_keys(set)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  return M.candidates(entry, set, self.where)
+end
+
+-- The set's public JWK Set read again now; on an error the cached set stays.
+function Manager:reload(set)
+  local entry, err, code = self:load(set, true)
+  if not entry then return nil, err, code end
+  return M.jwks(entry)
 end
 
 return M

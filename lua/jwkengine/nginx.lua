@@ -232,7 +232,6 @@ function M.init(options)
   -- Preloaded in the master so the workers share the code pages; loading
   -- the C module touches no PKCS#11 library (that happens in open()).
   require "jwkengine"
-  require "jwkengine.startup"
 
   local open_options = {}
   for k, v in pairs(options) do
@@ -483,7 +482,6 @@ end
 
 local function open_engine()
   local jwkengine = require "jwkengine"
-  local startup = require "jwkengine.startup"
   local o = with_kept_secrets(copy(settings.open_options), settings.kept_secrets)
   o.startup = false -- generation happens below, under the lock
   local dict = ngx.shared[settings.shared_dict]
@@ -504,7 +502,7 @@ local function open_engine()
   end
   local sets = e.config and e.config.startup_sets or settings.startup_sets
   if settings.open_options.startup ~= false and #sets > 0 then
-    local ran, done, gerr, gcode = pcall(startup.ensure_sets, e.keys, sets, e.log)
+    local ran, done, gerr, gcode = pcall(e.ensure_startup_sets, e, sets)
     if not ran or not done then
       release_startup_lock(dict)
       e:close()
@@ -535,7 +533,8 @@ local function open_in_timer(premature)
     retry_delay = math.min(retry_delay * 2, 30)
     return
   end
-  if e.hsm and e.hsm.slot then settings.slot_id = e.hsm.slot.id end
+  local slot = e:slot()
+  if slot then settings.slot_id = slot.id end
   local jwks_ok, jerr
   engine = e
   jwks_ok, jerr = rebuild_jwks(false)
@@ -548,8 +547,8 @@ local function refresh_timer(premature)
   if premature or not engine then return end
   local ok, err = rebuild_jwks(true)
   if not ok then ngx_logger("warn", "refreshing the JWK Set (the previous one is kept): " .. err) end
-  if not settings.token_set_published and engine.hsm and engine.hsm.load then
-    engine.hsm:load(settings.token_set, true) -- the signing set, when it is not published
+  if not settings.token_set_published then
+    engine:reload(settings.token_set) -- the signing set, when it is not published
   end
 end
 
@@ -770,9 +769,9 @@ function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept
   end
   local e = entry.engine
   local now = os.time()
-  if refresh and now - entry.refreshed >= refresh and e.hsm and e.hsm.load then
+  if refresh and now - entry.refreshed >= refresh then
     entry.refreshed = now
-    e.hsm:load(set, true) -- on an error the cached set stays and signing reports it
+    e:reload(set) -- on an error the cached set stays and signing reports it
   end
   local claims = cjson.decode(body)
   if type(claims) ~= "table" then return nil, "claims are not a JSON object", "ERR_JWT_CLAIMS" end

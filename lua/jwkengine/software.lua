@@ -14,9 +14,10 @@ local names = require "jwkengine.names"
 local util = require "jwkengine.util"
 
 local M = {}
-local Manager = {}
+-- key_set, key, signing_key, verification_keys and reload come from the
+-- base, keyset.Manager; load and what only the store does are below.
+local Manager = setmetatable({ where = "software" }, { __index = keyset.Manager })
 Manager.__index = Manager
-keyset.install(Manager, "software")
 
 local implied_alg = key_rules.implied_alg
 
@@ -164,9 +165,9 @@ function Manager:generate_if_missing(set, alg)
   return result == "exists" and "exists" or "generated"
 end
 
--- Adds (or with options.replace, updates) a key from a JWK (table or JSON
--- text) or PEM. options: kid, alg, use.
-function Manager:import(set, input, options)
+-- Writes a key from a JWK (table or JSON text) or PEM; mode: a WRITES
+-- name. options: kid, alg, use.
+local function write_key(self, set, input, options, mode)
   options = options or {}
   local key, err, jwk
   if type(input) == "string" and input:match("^%s*%-%-%-%-%-BEGIN") then
@@ -184,7 +185,7 @@ function Manager:import(set, input, options)
     elseif type(input) == "table" then
       jwk = input
     else
-      error("import takes a JWK (table or JSON) or a PEM string", 2)
+      error("import takes a JWK (table or JSON) or a PEM string", 3)
     end
     if jwk.keys then
       return util.fail("ERR_KEY_IMPORT", "input is a JWK Set: import one key at a time")
@@ -210,7 +211,22 @@ function Manager:import(set, input, options)
     ok, uerr, ucode = names.check(kid, "kid")
     if not ok then return nil, uerr, ucode end
   end
-  return self:store_key(set, key, kid, alg, use, options.replace and "replace" or "insert")
+  return self:store_key(set, key, kid, alg, use, mode)
+end
+
+-- Adds a key (a new row).
+function Manager:import(set, input, options)
+  return write_key(self, set, input, options, "insert")
+end
+
+-- Replaces the key with the same kid (its row keeps its place).
+function Manager:update(set, input, options)
+  return write_key(self, set, input, options, "replace")
+end
+
+-- Forgets the cached set: the next use reads the store again.
+function Manager:forget(set)
+  self.sets[set] = nil
 end
 
 function Manager:delete(set, kid)

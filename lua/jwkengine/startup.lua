@@ -6,6 +6,8 @@
 -- because a token hiccuped would be worse than not starting.
 local M = {}
 
+-- keys: the engine's fallback manager (jwkengine.fallback); startup_sets:
+-- { { set =, alg = }, ... }; log(level, message).
 function M.ensure_sets(keys, startup_sets, log)
   for _, entry in ipairs(startup_sets) do
     local jwks, err, code = keys:key_set(entry.set)
@@ -14,7 +16,7 @@ function M.ensure_sets(keys, startup_sets, log)
       log("info", string.format("JSON Web Key Set '%s' doesn't exist yet, generating new key pair...",
         entry.set))
       local result
-      result, err, code = keys:generator():generate_if_missing(entry.set, entry.alg)
+      result, err, code = keys:generate_if_missing(entry.set, entry.alg)
       if not result then
         return nil, string.format("generating startup key set '%s': %s", entry.set, err), code
       end

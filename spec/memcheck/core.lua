@@ -19,11 +19,12 @@ for _, alg in ipairs({ "ES256", "EdDSA" }) do
 end
 -- the fault module's control file is set by scripts/memcheck.sh to inject
 -- a fault of every recoverable class on the first signatures above
-assert(engine.hsm:stats().recoveries.session > 0)
+assert(assert(engine:stats()).recoveries.session > 0)
 assert(engine:delete("hsm-ES256", "ES256"))
 
 for _, alg in ipairs({ "RS256", "PS256", "ES384", "EdDSA" }) do
-  assert(engine.software:generate("sw-" .. alg, alg, { rsa_bits = 2048 }))
+  local key = assert(core.generate_software_key(alg, { bits = 2048 }))
+  assert(engine:import("sw-" .. alg, key:private_jwk(), { alg = alg }))
   local jwt = assert(engine:sign_jwt("sw-" .. alg, { sub = "memcheck" }))
   assert(engine:verify("sw-" .. alg, jwt))
 end
@@ -35,7 +36,7 @@ local sealed = assert(core.aes_gcm_seal("memcheck-secret-0123456789", "plaintext
 assert(core.aes_gcm_open({ "memcheck-secret-0123456789" }, sealed) == "plaintext")
 assert(not core.aes_gcm_open({ "wrong-secret-0123456789" }, sealed))
 
-local candidates = assert(engine.keys:verification_keys("sw-EdDSA"))
+local candidates = assert(engine:key_set("sw-EdDSA"))
 for _, bad in ipairs({ "", "a.b", "a.b.c.d", "eyJhbGciOiJub25lIn0.e30.", "!!!.e30.sig",
     "eyJhbGciOiJFZERTQSJ9.e30." .. string.rep("A", 86) }) do
   assert(not jwkengine.jws.verify(bad, candidates, { algorithms = { "EdDSA" } }))
