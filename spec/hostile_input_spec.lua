@@ -289,7 +289,7 @@ local function assert_refused(what, expected, ok, value, message, code)
   assert.is_nil(value, what .. ": expected a refusal, got a " .. type(value))
   assert.is_string(message, what .. ": no message")
   assert.is_string(code, what .. ": no code (" .. tostring(message) .. ")")
-  assert.is_string(errors.describe(code), what .. ": code " .. code .. " is not in jwkengine.errors")
+  assert.is_string(errors.codes[code], what .. ": code " .. code .. " is not in jwkengine.errors")
   assert.equals(expected, code, what .. ": " .. message)
 end
 

@@ -77,8 +77,8 @@ describe("jwkengine.http", function()
       assert.is_true(http.is_client_error(code), code)
     end
     -- the claim codes are the registry's own (a renamed code would fall to 500)
-    assert.is_string(errors.describe("ERR_JWT_CLAIMS"))
-    assert.is_string(errors.describe("ERR_JWT_CLAIM_INVALID"))
+    assert.is_string(errors.codes["ERR_JWT_CLAIMS"])
+    assert.is_string(errors.codes["ERR_JWT_CLAIM_INVALID"])
     for code, status in pairs({ CKR_DEVICE_REMOVED = 503, ERR_STORE = 503, ERR_THREAD = 503,
       ERR_KEY_SET_NOT_FOUND = 500, ERR_NO_SIGNING_KEY = 500 }) do
       assert.equals(status, (http.status_of(code)), code)

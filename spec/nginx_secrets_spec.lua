@@ -49,7 +49,7 @@ local REACHABLE_LOCATION = [[
                   if s == needle then equal = equal + 1
                   elseif s:find(needle, 1, true) then larger = larger + 1 end
                 end
-                ngx.say(require("cjson").encode({ ready = require("jwkengine.nginx").status().ready,
+                ngx.say(require("cjson").encode({ ready = require("jwkengine.nginx").ready(),
                   equal = equal, larger = larger }))
             }
         }

@@ -778,4 +778,10 @@ function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept
   return e:sign_jwt(set, claims, { lifetime = lifetime })
 end
 
+-- True once this worker's engine is open (what serve_token waits for): for
+-- a readiness check of one's own.
+function M.ready()
+  return engine ~= nil
+end
+
 return M
