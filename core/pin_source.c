@@ -60,7 +60,7 @@ static int take(const char *name, jwke_error *err)
     if (!taken.pin) {
         taken.pin = malloc(TAKEN_CAP);
         if (!taken.pin)
-            return jwke_fail(err, "out of memory storing the PIN");
+            return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory storing the PIN");
         mlock(taken.pin, TAKEN_CAP); /* best effort, as for the token's copy */
         madvise(taken.pin, TAKEN_CAP, MADV_DONTDUMP);
     }
