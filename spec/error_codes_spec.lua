@@ -48,17 +48,19 @@ describe("codes of C failures", function()
       fails_with("ERR_JWK_INVALID", core.public_key({ kty = "OKP", crv = "X448", x = "AA" }))
     end)
 
-    it("a public key signs and exports nothing private: ERR_KEY_NOT_PRIVATE", function()
+    -- Signing fails ERR_JWS_SIGN whatever the reason (jws.sign has always
+    -- said so); the message says which.
+    it("a public key neither signs (ERR_JWS_SIGN) nor exports a private JWK (ERR_KEY_NOT_PRIVATE)", function()
       local public = assert(core.import_jwk(EC_PUBLIC))
-      fails_with("ERR_KEY_NOT_PRIVATE", public:sign("input", "ES256"))
-      fails_with("ERR_KEY_NOT_PRIVATE", public:sign_compact("e30", "payload", "ES256"))
+      fails_with("ERR_JWS_SIGN", public:sign("input", "ES256"))
+      fails_with("ERR_JWS_SIGN", public:sign_compact("e30", "payload", "ES256"))
       fails_with("ERR_KEY_NOT_PRIVATE", public:private_jwk())
     end)
 
-    it("a key signs only with an algorithm that fits it: ERR_KEY_USE", function()
+    it("a key signs only with an algorithm that fits it: ERR_JWS_SIGN", function()
       local key = assert(core.generate_software_key("ES256"))
-      fails_with("ERR_KEY_USE", key:sign("input", "ES384"))
-      fails_with("ERR_KEY_USE", key:sign_compact("e30", "payload", "RS256"))
+      fails_with("ERR_JWS_SIGN", key:sign("input", "ES384"))
+      fails_with("ERR_JWS_SIGN", key:sign_compact("e30", "payload", "RS256"))
     end)
   end)
 
@@ -142,30 +144,30 @@ describe("codes of C failures", function()
       assert.matches("below the minimum", msg, 1, true)
     end)
 
-    it("an HSM key signs only with what fits it and only for sig: ERR_KEY_USE", function()
+    it("an HSM key signs only with what fits it and only for sig: ERR_JWS_SIGN", function()
       assert(hsm:generate("use", "RS256", "sig1", "sig", 2048))
       assert(hsm:generate("use", "RS256", "enc1", "enc", 2048))
       local keys = assert(hsm:load_set("use", 2048))
       assert.equals(2, #keys)
       for _, key in ipairs(keys) do
         if key:use() == "enc" then
-          fails_with("ERR_KEY_USE", key:sign("input"))
+          fails_with("ERR_JWS_SIGN", key:sign("input"))
         else
-          fails_with("ERR_KEY_USE", key:sign("input", "ES256"))
-          fails_with("ERR_KEY_USE", key:sign_compact("e30", "payload", "EdDSA"))
+          fails_with("ERR_JWS_SIGN", key:sign("input", "ES256"))
+          fails_with("ERR_JWS_SIGN", key:sign_compact("e30", "payload", "EdDSA"))
         end
       end
     end)
 
-    it("a key of a closed token: ERR_CLOSED", function()
+    it("a key of a closed token: ERR_JWS_SIGN", function()
       local other = assert(core.open_token(softhsm.LIBRARY, token.slot, { label = token.label }))
       assert(other:login(token.pin))
       assert(other:generate("closed", "ES256", "c1"))
       local key = assert(other:load_set("closed", 2048))[1]
       assert(key:sign("input"))
       other:close()
-      fails_with("ERR_CLOSED", key:sign("input"))
-      fails_with("ERR_CLOSED", key:sign_compact("e30", "payload"))
+      fails_with("ERR_JWS_SIGN", key:sign("input"))
+      fails_with("ERR_JWS_SIGN", key:sign_compact("e30", "payload"))
     end)
 
     -- (ERR_LOGIN_REFUSED, set where C refuses to log in, is recovery_spec's)
