@@ -65,10 +65,11 @@ int jwke_aesgcm_seal(const unsigned char *secret, size_t secret_len,
                      size_t *out_len, jwke_error *err)
 {
     if (secret_len < JWKE_MIN_SECRET_LENGTH)
-        return jwke_fail(err, "the encryption secret must be at least %d bytes long",
-                         JWKE_MIN_SECRET_LENGTH);
+        return jwke_fail_code(err, "ERR_KEY_ENCRYPT",
+                              "the encryption secret must be at least %d bytes long",
+                              JWKE_MIN_SECRET_LENGTH);
     if (plaintext_len > (size_t)INT_MAX - OVERHEAD)
-        return jwke_fail(err, "plaintext is too large to seal");
+        return jwke_fail_code(err, "ERR_KEY_ENCRYPT", "plaintext is too large to seal");
 
     size_t raw_len = OVERHEAD + plaintext_len;
     unsigned char *raw = malloc(raw_len);
@@ -77,7 +78,7 @@ int jwke_aesgcm_seal(const unsigned char *secret, size_t secret_len,
     unsigned char key[SHA256_DIGEST_LENGTH];
     int rc = -1;
     if (!raw || !text) {
-        jwke_fail(err, "out of memory sealing");
+        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory sealing");
         goto done;
     }
     if (RAND_bytes(raw, JWKE_AESGCM_NONCE_SIZE) != 1) {
@@ -104,7 +105,7 @@ done:
     OPENSSL_cleanse(key, sizeof key);
     free(raw); /* nonce and ciphertext only: nothing secret */
     free(text);
-    return rc;
+    return rc == 0 ? 0 : jwke_fail_in(err, "ERR_KEY_ENCRYPT");
 }
 
 int jwke_aesgcm_open(const jwke_secret *secrets, size_t count, const char *text,
@@ -112,28 +113,30 @@ int jwke_aesgcm_open(const jwke_secret *secrets, size_t count, const char *text,
                      size_t *used, jwke_error *err)
 {
     if (count == 0)
-        return jwke_fail(err, "cannot decrypt: no secrets are configured");
+        return jwke_fail_code(err, "ERR_KEY_DECRYPT", "cannot decrypt: no secrets are configured");
     size_t raw_size = jwke_b64url_decoded_max(text_len);
     unsigned char *raw = malloc(raw_size);
     if (!raw)
-        return jwke_fail(err, "out of memory opening");
+        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening");
     const char *why;
     long raw_len = jwke_b64url_decode(text, text_len, raw, raw_size, JWKE_B64_PAD, &why);
     if (raw_len < 0) {
         free(raw);
-        return jwke_fail(err, "encrypted key data is not valid base64url: %s", why);
+        return jwke_fail_code(err, "ERR_KEY_DECRYPT", "encrypted key data is not valid base64url: %s",
+                              why);
     }
     if ((size_t)raw_len < OVERHEAD) {
         free(raw);
-        return jwke_fail(err, "ciphertext is truncated: %ld bytes, at least %d expected",
-                         raw_len, OVERHEAD);
+        return jwke_fail_code(err, "ERR_KEY_DECRYPT",
+                              "ciphertext is truncated: %ld bytes, at least %d expected", raw_len,
+                              OVERHEAD);
     }
 
     size_t len = (size_t)raw_len - OVERHEAD;
     unsigned char *out = OPENSSL_malloc(len + 1); /* freed with OPENSSL_clear_free */
     if (!out) {
         free(raw);
-        return jwke_fail(err, "out of memory opening");
+        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening");
     }
     const unsigned char *nonce = raw, *ciphertext = raw + JWKE_AESGCM_NONCE_SIZE;
     unsigned char *tag = raw + JWKE_AESGCM_NONCE_SIZE + len;
@@ -166,7 +169,7 @@ done:
     if (out)
         OPENSSL_clear_free(out, len + 1);
     free(raw);
-    return rc;
+    return rc == 0 ? 0 : jwke_fail_in(err, "ERR_KEY_DECRYPT");
 }
 
 int jwke_aesgcm_reseal(const jwke_secret *secrets, size_t count, const char *text,

@@ -37,6 +37,13 @@ int jwke_fail_code(jwke_error *err, const char *code, const char *fmt, ...)
     return -1;
 }
 
+int jwke_fail_in(jwke_error *err, const char *operation_code)
+{
+    if (!err->code && err->ckr == CKR_OK)
+        err->code = operation_code;
+    return -1;
+}
+
 int jwke_fail_ckr(jwke_error *err, const char *function, CK_RV rv)
 {
     const char *name = jwke_ckr_name(rv);

@@ -14,8 +14,8 @@ typedef struct jwke_error {
     /* Set for PKCS#11 failures so policy code can tell "not found" and
      * recoverable classes apart; 0 (CKR_OK) otherwise. */
     CK_RV ckr;
-    /* A stable ERR_* code for failures that have no CKR of their own (a
-     * login refused by policy); NULL otherwise. Static strings only. */
+    /* The stable ERR_* code of the failure (static strings only); NULL
+     * for PKCS#11 failures, which are known by their CKR name instead. */
     const char *code;
 } jwke_error;
 
@@ -27,6 +27,18 @@ int jwke_fail(jwke_error *err, const char *fmt, ...)
  * have no CKR of their own: every failure reaches Lua with a code. */
 int jwke_fail_code(jwke_error *err, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Gives a failure that has neither a code nor a CKR of its own the code of
+ * the operation it happened in (ERR_KEY_IMPORT for any step of an import),
+ * so helpers shared by several operations need not know which one called
+ * them. Always returns -1. */
+int jwke_fail_in(jwke_error *err, const char *operation_code);
+
+/* The code of a failure the binding cannot name otherwise: a failure path
+ * that sets no code is a bug (spec/error_codes_spec.lua keeps every
+ * reachable one away from it). */
+#define JWKE_ERR_INTERNAL "ERR_INTERNAL"
+#define JWKE_ERR_OUT_OF_MEMORY "ERR_OUT_OF_MEMORY"
 
 /* "C_Login: CKR_PIN_INCORRECT" (or "CKR_0x80000001 (vendor defined)"). */
 int jwke_fail_ckr(jwke_error *err, const char *function, CK_RV rv);

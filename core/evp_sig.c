@@ -118,8 +118,9 @@ int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *inpu
     const size_t room = *sig_len;
     size_t expected = jwke_alg_signature_size(alg, EVP_PKEY_get_bits(pkey));
     if (expected > room)
-        return jwke_fail(err, "a %s signature of %zu bytes does not fit the %zu bytes given",
-                         alg->name, expected, room);
+        return jwke_fail_code(err, "ERR_JWS_SIGN",
+                              "a %s signature of %zu bytes does not fit the %zu bytes given",
+                              alg->name, expected, room);
     int result = -1;
     unsigned char der[160]; /* a P-521 ECDSA-Sig-Value is at most 139 bytes */
     EVP_MD_CTX *md_ctx = EVP_MD_CTX_new();
@@ -150,5 +151,5 @@ int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *inpu
     result = 0;
 done:
     EVP_MD_CTX_free(md_ctx);
-    return result;
+    return result == 0 ? 0 : jwke_fail_in(err, "ERR_JWS_SIGN");
 }

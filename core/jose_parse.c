@@ -232,7 +232,7 @@ static int parse_object(json_parser *j, int depth)
             size_t cap = j->cap_names ? 2 * j->cap_names : 16;
             name_ref *grown = realloc(j->names, cap * sizeof *grown);
             if (!grown)
-                return jwke_fail(j->err, "out of memory checking JSON");
+                return jwke_fail_code(j->err, JWKE_ERR_OUT_OF_MEMORY, "out of memory checking JSON");
             j->names = grown;
             j->cap_names = cap;
         }
@@ -346,7 +346,7 @@ int jwke_json_check(const char *text, size_t len, int require_object, int max_de
         return jwke_fail(err, "JSON text is not an object");
     j.arena = malloc(len ? len : 1);
     if (!j.arena)
-        return jwke_fail(err, "out of memory checking JSON");
+        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory checking JSON");
     int rc = parse_value(&j, 0);
     if (rc == 0) {
         skip_ws(&j);
@@ -370,7 +370,7 @@ int jwke_json_members(const char *text, size_t len, jwke_json_member_fn visit, v
     j.err = err;
     j.arena = malloc(len); /* names only: values are never copied */
     if (!j.arena)
-        return jwke_fail(err, "out of memory reading JSON");
+        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading JSON");
     int rc = 0;
     skip_ws(&j);
     j.p++; /* '{': checked above */
@@ -415,8 +415,8 @@ int jwke_jws_split(const char *token, size_t len, const jwke_jws_limits *limits,
 {
     /* The size goes first: a 10 MB "token" is refused before it is read. */
     if (limits && limits->max_token && len > limits->max_token) {
-        jwke_fail(err, "JWS of %zu bytes is larger than the limit of %zu bytes", len,
-                  limits->max_token);
+        jwke_fail_code(err, "ERR_JWS_TOO_LARGE", "JWS of %zu bytes is larger than the limit of %zu "
+                       "bytes", len, limits->max_token);
         return JWKE_JOSE_TOO_LARGE;
     }
     if (len == 0)
@@ -435,8 +435,9 @@ int jwke_jws_split(const char *token, size_t len, const jwke_jws_limits *limits,
         }
         /* Still in the header and already past its limit: stop reading. */
         if (n_dots == 0 && limits && limits->max_header && i >= limits->max_header) {
-            jwke_fail(err, "JWS header segment is larger than the limit of %zu characters",
-                      limits->max_header);
+            jwke_fail_code(err, "ERR_JWS_TOO_LARGE",
+                           "JWS header segment is larger than the limit of %zu characters",
+                           limits->max_header);
             return JWKE_JOSE_TOO_LARGE;
         }
         if (!is_b64url(c)) {
@@ -476,7 +477,7 @@ static int decode_segment(const char *what, const char *text, size_t len, unsign
     size_t room = jwke_b64url_decoded_max(len);
     *out = malloc(room);
     if (!*out)
-        return jwke_fail(err, "out of memory decoding the JWS %s", what);
+        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory decoding the JWS %s", what);
     const char *why = NULL;
     long n = jwke_b64url_decode(text, len, *out, room, JWKE_B64_NOPAD, &why);
     if (n < 0)
@@ -491,20 +492,22 @@ int jwke_jws_decode(const char *token, size_t len, const jwke_jws_limits *limits
     memset(out, 0, sizeof *out);
     jwke_jws_segments s;
     int rc = jwke_jws_split(token, len, limits, &s, err);
-    if (rc != 0)
+    if (rc != 0) {
+        jwke_fail_in(err, "ERR_JWS_INVALID");
         return rc;
+    }
     if (decode_segment("header", s.header, s.header_len, &out->header, &out->header_len, err) ||
         decode_segment("payload", s.payload, s.payload_len, &out->payload, &out->payload_len,
                        err) ||
         decode_segment("signature", s.signature, s.signature_len, &out->signature,
                        &out->signature_len, err)) {
         jwke_jws_decoded_free(out);
-        return -1;
+        return jwke_fail_in(err, "ERR_JWS_INVALID");
     }
     jwke_error why;
     if (jwke_json_check((const char *)out->header, out->header_len, 1,
                         limits ? limits->max_depth : 0, &why) != 0) {
-        jwke_fail(err, "JWS header: %s", why.message);
+        jwke_fail_code(err, "ERR_JWS_INVALID", "JWS header: %s", why.message);
         jwke_jws_decoded_free(out);
         return -1;
     }

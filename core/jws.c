@@ -11,12 +11,13 @@ int jwke_jws_compact(const char *header_b64, size_t header_len, const unsigned c
                      char **out, size_t *out_len, jwke_error *err)
 {
     if (sig_max > JWKE_MAX_SIGNATURE)
-        return jwke_fail(err, "signature of %zu bytes is larger than supported", sig_max);
+        return jwke_fail_code(err, "ERR_JWS_SIGN", "signature of %zu bytes is larger than supported",
+                              sig_max);
     size_t payload_b64 = jwke_b64url_encoded_len(payload_len, JWKE_B64_NOPAD);
     size_t total = header_len + 1 + payload_b64 + 1 + jwke_b64url_encoded_len(sig_max, JWKE_B64_NOPAD);
     char *buf = malloc(total + 1);
     if (!buf)
-        return jwke_fail(err, "out of memory signing");
+        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory signing");
 
     /* Signing input and final token share one buffer: no copies. */
     memcpy(buf, header_b64, header_len);
@@ -39,8 +40,8 @@ int jwke_jws_compact(const char *header_b64, size_t header_len, const unsigned c
     /* buf has room for sig_max bytes of signature, whatever a signer says */
     if (sig_len > sig_max) {
         free(buf);
-        return jwke_fail(err, "the signer reported a signature of %zu bytes, more than the %zu "
-                         "bytes it was given", sig_len, sig_max);
+        return jwke_fail_code(err, "ERR_JWS_SIGN", "the signer reported a signature of %zu bytes, "
+                              "more than the %zu bytes it was given", sig_len, sig_max);
     }
     buf[used++] = '.';
     encoded = jwke_b64url_encode(sig, sig_len, buf + used, total - used, JWKE_B64_NOPAD);

@@ -61,7 +61,7 @@ int jwke_p11_load_set(jwke_p11_token *token, const char *label, size_t label_len
             if (!(*keys)[i].label) {
                 jwke_p11_keys_free(*keys, *count);
                 jwke_p11_objects_free(c.objects);
-                return jwke_fail(err, "out of memory reading a key set");
+                return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading a key set");
             }
             memcpy((*keys)[i].label, label, label_len);
             (*keys)[i].label[label_len] = '\0';
@@ -108,7 +108,8 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
     CK_MECHANISM mechanism = {0, NULL, 0};
 
     if (id_len > JWKE_MAX_ID_LEN)
-        return jwke_fail(err, "kid is longer than %d bytes", JWKE_MAX_ID_LEN);
+        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "kid is longer than %d bytes",
+                              JWKE_MAX_ID_LEN);
 
     /* Tokens default other usages (wrap, unwrap, derive) to true; a JWT
      * signing key gets exactly the one usage it needs. */
@@ -137,7 +138,7 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
     };
 
     if (!alg->hsm_generates)
-        return jwke_fail(err, "the HSM does not generate keys for %s", alg->name);
+        return jwke_fail_code(err, "ERR_UNSUPPORTED_ALG", "the HSM does not generate keys for %s", alg->name);
     mechanism.mechanism = alg->generate_mechanism.type;
     if (alg->kind == JWKE_KIND_RSA) {
         public_template[public_count++] =
@@ -146,11 +147,12 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
             (CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, exponent_65537, sizeof exponent_65537};
     } else {
         if (use != JWKE_USE_SIG)
-            return jwke_fail(err, "%s keys can only sign: use must be 'sig'", alg->name);
+            return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "%s keys can only sign: use must be 'sig'",
+                                  alg->name);
         const unsigned char *params;
         size_t params_len;
         if (jwke_ec_params_der(alg, &params, &params_len) != 0)
-            return jwke_fail(err, "no curve known for %s", alg->name);
+            return jwke_fail_code(err, "ERR_UNSUPPORTED_ALG", "no curve known for %s", alg->name);
         public_template[public_count++] =
             (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)params, (CK_ULONG)params_len};
     }
@@ -160,9 +162,11 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
     pthread_mutex_lock(&generation_lock);
     int result = jwke_p11_run(token, generate_op, &c, err);
     pthread_mutex_unlock(&generation_lock);
-    if (result != 0 && err->ckr == CKR_MECHANISM_INVALID)
+    if (result != 0 && err->ckr == CKR_MECHANISM_INVALID) {
         jwke_fail(err, "C_GenerateKeyPair: CKR_MECHANISM_INVALID (the token cannot generate %s "
                   "keys)", alg->name);
+        err->ckr = CKR_MECHANISM_INVALID; /* the message says more; the code stays the CKR */
+    }
     return result;
 }
 
@@ -241,7 +245,8 @@ int jwke_p11_set_id(jwke_p11_token *token, const char *label, size_t label_len,
                     size_t new_id_len, size_t *changed, jwke_error *err)
 {
     if (new_id_len > JWKE_MAX_ID_LEN)
-        return jwke_fail(err, "kid is longer than %d bytes", JWKE_MAX_ID_LEN);
+        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "kid is longer than %d bytes",
+                              JWKE_MAX_ID_LEN);
     CK_ATTRIBUTE search[] = {
         {CKA_LABEL, (void *)label, (CK_ULONG)label_len},
         {CKA_ID, (void *)old_id, (CK_ULONG)old_id_len},

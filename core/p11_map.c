@@ -61,12 +61,12 @@ struct jwke_p11_objects {
 jwke_p11_objects *jwke_p11_objects_new(size_t count, jwke_error *err)
 {
     if (count > (SIZE_MAX - sizeof(jwke_p11_objects)) / sizeof(object_attributes)) {
-        jwke_fail(err, "a key set of %zu objects is too large", count);
+        jwke_fail_code(err, JWKE_ERR_TOKEN_LENGTH, "a key set of %zu objects is too large", count);
         return NULL;
     }
     jwke_p11_objects *objects = calloc(1, sizeof *objects + count * sizeof objects->items[0]);
     if (!objects) {
-        jwke_fail(err, "out of memory reading a key set");
+        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading a key set");
         return NULL;
     }
     objects->count = count;
@@ -138,7 +138,7 @@ CK_RV jwke_p11_object_check(jwke_p11_objects *objects, size_t i, CK_RV rv, jwke_
     if (rv == CKR_BUFFER_TOO_SMALL)
         return rv; /* a value larger than jwkengine supports, reported as PKCS#11 says */
     if (!present(o, A_CLASS) || !present(o, A_ID)) {
-        jwke_fail(err, "object on the token has no readable CKA_CLASS or CKA_ID");
+        jwke_fail_code(err, "ERR_KEY_INVALID", "object on the token has no readable CKA_CLASS or CKA_ID");
         return JWKE_OP_FAILED;
     }
     return CKR_OK;
@@ -285,7 +285,7 @@ int jwke_p11_map_objects(jwke_p11_objects *all, int min_rsa_bits, jwke_p11_key *
     char kid[2 * JWKE_MAX_ID_LEN + 3];
 
     if (!privs || !pubs || !keys) {
-        result = jwke_fail(err, "out of memory reading a key set");
+        result = jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading a key set");
         goto done;
     }
     for (size_t i = 0; i < n; i++) {
@@ -328,7 +328,7 @@ done:
     free(pubs);
     if (result != 0) {
         jwke_p11_keys_free(keys, n_keys);
-        return -1;
+        return jwke_fail_in(err, "ERR_KEY_INVALID"); /* a pair jwkengine cannot use as it is */
     }
     *keys_out = keys;
     *count_out = n_keys;

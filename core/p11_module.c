@@ -117,7 +117,7 @@ jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err)
     if (!m || !(m->path = strdup(path))) {
         free(m);
         pthread_mutex_unlock(&modules_lock);
-        jwke_fail(err, "out of memory loading PKCS#11 module");
+        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory loading PKCS#11 module");
         return NULL;
     }
     if (load_and_initialize(m, path, err) != 0) {
@@ -253,7 +253,7 @@ int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *
         CK_ULONG allocated = n ? n : 1;
         ids = calloc(allocated, sizeof *ids);
         if (!ids)
-            return jwke_fail(err, "out of memory listing slots");
+            return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory listing slots");
         n = allocated;
         rv = module->fn->C_GetSlotList(CK_FALSE, ids, &n);
         if (rv == CKR_BUFFER_TOO_SMALL)
@@ -275,7 +275,7 @@ int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *
     jwke_p11_slot *out = calloc(n ? n : 1, sizeof *out);
     if (!out) {
         free(ids);
-        return jwke_fail(err, "out of memory listing slots");
+        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory listing slots");
     }
     for (CK_ULONG i = 0; i < n; i++) {
         CK_SLOT_INFO slot_info;

@@ -84,7 +84,8 @@ static int find_slot_again(jwke_p11_token *t, jwke_error *err)
     }
     free(slots);
     if (!found)
-        return jwke_fail(err, "token '%s' (serial %s) is not present", t->label, t->serial);
+        return jwke_fail_code(err, "ERR_TOKEN_NOT_FOUND", "token '%s' (serial %s) is not present",
+                              t->label, t->serial);
     return 0;
 }
 
@@ -146,7 +147,7 @@ static int lock_current(jwke_p11_token *t, jwke_error *err)
     pthread_mutex_lock(&t->lock);
     if (t->closed) {
         pthread_mutex_unlock(&t->lock);
-        return jwke_fail(err, "the token is closed");
+        return jwke_fail_code(err, "ERR_CLOSED", "the token is closed");
     }
     unsigned epoch = jwke_p11_module_check(t->module, err);
     if (epoch == 0 || (epoch != t->epoch && reset_locked(t, epoch, err) != 0)) {
@@ -196,9 +197,10 @@ static int borrow_locked(jwke_p11_token *t, CK_SESSION_HANDLE *session, jwke_err
         }
         if (pthread_cond_timedwait(&t->session_free, &t->lock, &deadline) == ETIMEDOUT &&
             t->idle_count == 0 && t->open_count >= t->max_sessions)
-            return jwke_fail(err, "no PKCS#11 session became free within %d ms (all %d are busy; "
-                             "raise hsm.max_sessions or hsm.session_wait_ms)",
-                             t->session_wait_ms, t->max_sessions);
+            return jwke_fail_code(err, "ERR_HSM_BUSY",
+                                  "no PKCS#11 session became free within %d ms (all %d are busy; "
+                                  "raise hsm.max_sessions or hsm.session_wait_ms)",
+                                  t->session_wait_ms, t->max_sessions);
     }
 }
 
@@ -284,7 +286,9 @@ static int fail_after(jwke_p11_token *t, jwke_error *err, const char *function, 
     jwke_error why = *err;
     jwke_fail(err, "%s: %s (recovery failed: %s)", function, ckr(rv), why.message);
     err->ckr = rv;
-    err->code = why.code; /* a refused login stays recognizable */
+    /* a refused login stays recognizable; any other cause is told by the CKR */
+    if (why.code && strcmp(why.code, "ERR_LOGIN_REFUSED") == 0)
+        err->code = why.code;
     return -1;
 }
 

@@ -123,15 +123,15 @@ int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
 {
     size_t expected_len = jwke_alg_signature_size(alg, EVP_PKEY_get_bits(key->public_key));
     if (*sig_len < expected_len)
-        return jwke_fail(err, "a %s signature with this key has %zu bytes, more than the %zu-byte "
-                         "buffer", alg->name, expected_len, *sig_len);
+        return jwke_fail_code(err, "ERR_JWS_SIGN", "a %s signature with this key has %zu bytes, "
+                              "more than the %zu-byte buffer", alg->name, expected_len, *sig_len);
     jwke_p11_prepared prepared;
     if (jwke_p11_prepare_sign(alg, input, input_len, &prepared, err) != 0)
-        return -1;
+        return jwke_fail_in(err, "ERR_JWS_SIGN");
     sign_context c = {key, alg, &prepared.mechanism, prepared.data, prepared.data_len, sig,
                       *sig_len, expected_len, 0};
     if (jwke_p11_run(token, sign_op, &c, err) != 0)
-        return -1;
+        return jwke_fail_in(err, "ERR_JWS_SIGN"); /* a vanished key, a hash that failed */
     *sig_len = c.sig_len;
     return 0;
 }

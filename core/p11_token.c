@@ -104,7 +104,7 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
 {
     jwke_p11_token *t = calloc(1, sizeof *t);
     if (!t) {
-        jwke_fail(err, "out of memory opening a token");
+        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening a token");
         return NULL;
     }
     t->module = module;
@@ -191,7 +191,7 @@ static int refuse_by_flags(CK_FLAGS flags, jwke_error *err)
 int jwke_p11_login_locked(jwke_p11_token *t, jwke_error *err)
 {
     if (!t->pin)
-        return jwke_fail(err, "C_Login: no PIN is configured");
+        return jwke_fail_code(err, "ERR_CONFIG", "C_Login: no PIN is configured");
     if (t->pin_refused) {
         jwke_fail(err, "C_Login: the token refused this PIN before (CKR_PIN_INCORRECT); "
                   "jwkengine never tries a refused PIN again");
@@ -263,7 +263,7 @@ int jwke_p11_login_from(jwke_p11_token *t, jwke_pin_fill fill, const void *ctx, 
     t->pin_refused = 0; /* a PIN given anew gets one try */
     t->pin = pin_alloc();
     if (!t->pin)
-        return jwke_fail(err, "out of memory storing the PIN");
+        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory storing the PIN");
     size_t n = 0;
     if (fill(ctx, t->pin, MAX_PIN_LEN, &n, err) != 0) { /* each filler checks 1 <= n < cap */
         pin_free(t);
@@ -305,7 +305,7 @@ int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)
     t->pin = pin_alloc();
     if (!t->pin) {
         fclose(f);
-        return jwke_fail(err, "out of memory storing the PIN");
+        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory storing the PIN");
     }
     size_t n = fread(t->pin, 1, MAX_PIN_LEN, f);
     int failed = ferror(f);

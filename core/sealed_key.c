@@ -69,28 +69,26 @@ int jwke_sealed_key_open(const jwke_secret *secrets, size_t count, const char *t
     unsigned char *plaintext;
     size_t plaintext_len, used;
     if (jwke_aesgcm_open(secrets, count, text, text_len, &plaintext, &plaintext_len, &used,
-                         err) != 0) {
-        err->code = "ERR_KEY_DECRYPT";
-        return -1;
-    }
+                         err) != 0)
+        return jwke_fail_in(err, "ERR_KEY_DECRYPT");
     opening o;
     memset(&o, 0, sizeof o);
     o.public_json = malloc(plaintext_len + 2); /* '{' members '}' NUL: never longer */
     int rc = -1;
     if (!o.public_json) {
-        jwke_fail(err, "out of memory opening a key");
+        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening a key");
         goto done;
     }
     o.public_json[o.public_len++] = '{';
     /* it decrypted: whatever fails now is a row that is not a usable key */
     if (jwke_json_members((const char *)plaintext, plaintext_len, visit_member, &o, err) != 0) {
-        err->code = "ERR_KEY_INVALID";
+        jwke_fail_in(err, "ERR_KEY_INVALID");
         goto done;
     }
     o.members.kty = o.kty[0] ? o.kty : NULL;
     o.members.crv = o.crv[0] ? o.crv : NULL;
     if (jwke_swkey_from_jwk(&o.members, key, err) != 0) {
-        err->code = "ERR_KEY_INVALID";
+        jwke_fail_in(err, "ERR_KEY_INVALID");
         goto done;
     }
     o.public_json[o.public_len++] = '}';

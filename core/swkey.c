@@ -132,7 +132,7 @@ int jwke_jwk_member_decode(const char *name, const char *text, size_t len, jwke_
         return jwke_fail(err, "JWK member '%s' is too long", name);
     out->data = OPENSSL_malloc(room ? room : 1); /* wiped by jwke_jwk_members_clear */
     if (!out->data)
-        return jwke_fail(err, "out of memory reading JWK member '%s'", name);
+        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading JWK member '%s'", name);
     out->len = room; /* so a failure below still wipes the whole buffer */
     const char *why;
     long n = jwke_b64url_decode(text, len, out->data, room, JWKE_B64_NOPAD, &why);
@@ -257,7 +257,7 @@ done:
 
 /* ---- generation ------------------------------------------------------ */
 
-int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke_error *err)
+static int generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke_error *err)
 {
     EVP_PKEY *pkey = NULL;
     switch (alg->kind) {
@@ -284,6 +284,11 @@ int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke
     if (!pkey)
         return jwke_fail_openssl(err, "key generation failed");
     return adopt(pkey, NULL, 1, out, err);
+}
+
+int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke_error *err)
+{
+    return generate(alg, rsa_bits, out, err) == 0 ? 0 : jwke_fail_in(err, "ERR_KEY_GENERATE");
 }
 
 /* ---- JWK import ------------------------------------------------------ */
@@ -553,7 +558,7 @@ static int take_block(const char *name, const char *header, const unsigned char 
     return 0;
 }
 
-int jwke_swkey_from_pem(const char *pem, size_t pem_len, jwke_swkey *out, jwke_error *err)
+static int read_pem(const char *pem, size_t pem_len, jwke_swkey *out, jwke_error *err)
 {
     if (pem_len > 1 << 20)
         return jwke_fail(err, "PEM text is too large");
@@ -599,6 +604,11 @@ int jwke_swkey_from_pem(const char *pem, size_t pem_len, jwke_swkey *out, jwke_e
     return adopt(pkey, pub, is_private, out, err);
 }
 
+int jwke_swkey_from_pem(const char *pem, size_t pem_len, jwke_swkey *out, jwke_error *err)
+{
+    return read_pem(pem, pem_len, out, err) == 0 ? 0 : jwke_fail_in(err, "ERR_KEY_IMPORT");
+}
+
 /* ---- private export -------------------------------------------------- */
 
 /* A BIGNUM parameter as big-endian bytes: minimal (pad 0) or fixed size. */
@@ -630,7 +640,7 @@ int jwke_swkey_private_members(const jwke_swkey *key, jwke_jwk_members *out, jwk
 {
     memset(out, 0, sizeof *out);
     if (!key->is_private)
-        return jwke_fail(err, "the key has no private half to export");
+        return jwke_fail_code(err, "ERR_KEY_NOT_PRIVATE", "the key has no private half to export");
     const EVP_PKEY *pkey = key->pkey;
     int ok = 0;
     switch (jwke_pkey_kind(pkey)) {

@@ -62,16 +62,19 @@ int jwke_jwk_member_decode(const char *name, const char *text, size_t len, jwke_
 
 /* A fresh key for alg: RSA (rsa_bits, 0 for JWKE_RSA_GENERATE_BITS, within
  * JWKE_RSA_MIN_BITS..JWKE_RSA_MAX_BITS of engine_limits.h; e = 65537), the
- * curve of an ES* algorithm, or Ed25519 for EdDSA. */
+ * curve of an ES* algorithm, or Ed25519 for EdDSA. Fails ERR_KEY_GENERATE. */
 int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke_error *err);
 
-/* A key from decoded JWK members: private when d is present, else public. */
+/* A key from decoded JWK members: private when d is present, else public.
+ * Shared by imports, public keys and stored rows, so failures carry no code:
+ * the caller names its operation's (jwke_fail_in). */
 int jwke_swkey_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *err);
 
 /* A key from PEM text holding one unencrypted key: PKCS#8 "PRIVATE KEY",
  * "RSA PRIVATE KEY", "EC PRIVATE KEY" (an "EC PARAMETERS" block before it
  * is skipped) or SubjectPublicKeyInfo "PUBLIC KEY". Encrypted keys are
- * refused; OpenSSL is never allowed to ask for a passphrase. */
+ * refused; OpenSSL is never allowed to ask for a passphrase. Fails
+ * ERR_KEY_IMPORT. */
 int jwke_swkey_from_pem(const char *pem, size_t pem_len, jwke_swkey *out, jwke_error *err);
 
 /* All members of a private key, for the encrypted store only: RSA n, e, d

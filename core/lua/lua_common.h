@@ -15,8 +15,9 @@
 #define JWKE_PUBLIC_KEY_CLASS "jwkengine.public_key"
 #define JWKE_SOFTWARE_KEY_CLASS "jwkengine.software_key"
 
-/* Pushes nil, message and (for PKCS#11 failures) the CKR name: the
- * `value, err` convention. Returns the number of values pushed. */
+/* The one way the binding reports a failure: pushes nil, message, code
+ * (err->code, else the CKR name of a PKCS#11 failure, else
+ * JWKE_ERR_INTERNAL, which no reachable failure gets). Returns 3. */
 int jwke_push_error(lua_State *L, const jwke_error *err);
 
 /* Creates a class metatable named `name` whose __index holds methods. */

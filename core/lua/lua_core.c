@@ -18,17 +18,16 @@ int jwke_push_error(lua_State *L, const jwke_error *err)
     lua_pushstring(L, err->message);
     if (err->code) {
         lua_pushstring(L, err->code);
-        return 3;
-    }
-    if (err->ckr != CKR_OK) {
+    } else if (err->ckr != CKR_OK) {
         const char *name = jwke_ckr_name(err->ckr);
         if (name)
             lua_pushstring(L, name);
         else
             lua_pushfstring(L, "CKR_0x%08x", (unsigned)err->ckr);
-        return 3;
+    } else {
+        lua_pushliteral(L, JWKE_ERR_INTERNAL);
     }
-    return 2;
+    return 3;
 }
 
 void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
@@ -113,9 +112,9 @@ static int l_b64url_decode(lua_State *L)
     const char *why = NULL;
     long n = jwke_b64url_decode(in, len, out, room, pad, &why);
     if (n < 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "invalid base64url: %s", why);
-        return 2;
+        jwke_error err;
+        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "invalid base64url: %s", why);
+        return jwke_push_error(L, &err);
     }
     jwke_buffer_push(L, &b, (size_t)n);
     return 1;

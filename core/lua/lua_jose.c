@@ -34,15 +34,18 @@ static int l_json_check(lua_State *L)
     int require_object = lua_toboolean(L, 2);
     int depth = opt_depth(L, 3);
     jwke_error err;
-    if (jwke_json_check(text, len, require_object, depth, &err) != 0)
+    if (jwke_json_check(text, len, require_object, depth, &err) != 0) {
+        /* the text is the argument: its callers say what it was meant to be */
+        jwke_fail_in(&err, "ERR_INVALID_ARGUMENT");
         return jwke_push_error(L, &err);
+    }
     lua_pushboolean(L, 1);
     return 1;
 }
 
 /* jws_decode(token [, max_token [, max_header [, max_depth]]])
  *   -> header_json, payload, signature, signing_input_len
- *    | nil, err, "too_large" | "invalid" */
+ *    | nil, err, ERR_JWS_TOO_LARGE | ERR_JWS_INVALID */
 static int l_jws_decode(lua_State *L)
 {
     size_t len;
@@ -50,13 +53,8 @@ static int l_jws_decode(lua_State *L)
     jwke_jws_limits limits = {opt_size(L, 2), opt_size(L, 3), opt_depth(L, 4)};
     jwke_jws_decoded d;
     jwke_error err;
-    int rc = jwke_jws_decode(token, len, &limits, &d, &err);
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err.message);
-        lua_pushstring(L, rc == JWKE_JOSE_TOO_LARGE ? "too_large" : "invalid");
-        return 3;
-    }
+    if (jwke_jws_decode(token, len, &limits, &d, &err) != 0)
+        return jwke_push_error(L, &err);
     lua_pushlstring(L, (const char *)d.header, d.header_len);
     lua_pushlstring(L, (const char *)d.payload, d.payload_len);
     lua_pushlstring(L, (const char *)d.signature, d.signature_len);

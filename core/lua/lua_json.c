@@ -324,7 +324,7 @@ static int put_value(json_buffer *b, lua_State *L, int idx, int depth)
     }
 }
 
-/* json_claims(claims [, iat [, exp]]) -> JSON text | nil, message */
+/* json_claims(claims [, iat [, exp]]) -> JSON text | nil, message, ERR_JWT_CLAIMS */
 static int l_json_claims(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -373,12 +373,12 @@ static int l_json_claims(lua_State *L)
     if (!ok) {
         if (b.data != b.inline_data)
             free(b.data);
-        lua_pushnil(L);
+        jwke_error err;
         if (!PATH_EMPTY(&b))
-            lua_pushfstring(L, "claim '%s' %s", b.path + b.path_start, b.error);
+            jwke_fail_code(&err, "ERR_JWT_CLAIMS", "claim '%s' %s", b.path + b.path_start, b.error);
         else
-            lua_pushfstring(L, "claims %s", b.error);
-        return 2;
+            jwke_fail_code(&err, "ERR_JWT_CLAIMS", "claims %s", b.error);
+        return jwke_push_error(L, &err);
     }
     lua_pushlstring(L, b.data, b.len);
     if (b.data != b.inline_data)

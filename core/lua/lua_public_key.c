@@ -109,8 +109,10 @@ static int l_public_key(lua_State *L)
     if (rc == 0)
         rc = jwke_swkey_from_jwk(&m, &key, &err);
     jwke_jwk_members_clear(&m);
-    if (rc != 0)
+    if (rc != 0) {
+        jwke_fail_in(&err, "ERR_JWK_INVALID");
         return jwke_push_error(L, &err);
+    }
     jwke_push_public_key(L, key.public_pkey);
     jwke_swkey_free(&key); /* the Lua object holds its own reference */
     return 1;

@@ -81,6 +81,8 @@ static int l_import_jwk(lua_State *L)
     if (rc == 0)
         rc = jwke_swkey_from_jwk(&m, &k->key, &err);
     jwke_jwk_members_clear(&m);
+    if (rc != 0)
+        jwke_fail_in(&err, "ERR_KEY_IMPORT");
     return push_result(L, rc, &err);
 }
 
@@ -295,10 +297,10 @@ static int signing_setup(lua_State *L, int alg_arg, sw_signer *s, size_t *sig_ma
     s->alg = jwke_check_alg(L, alg_arg);
     s->pkey = k->key.pkey;
     if (!k->key.is_private)
-        return jwke_fail(err, "the key is public only and cannot sign");
+        return jwke_fail_code(err, "ERR_JWS_SIGN", "the key is public only and cannot sign");
     if (k->fits_alg != s->alg) {
         if (jwke_pkey_fits_alg(s->pkey, s->alg, JWKE_RSA_MIN_BITS, err) != 0)
-            return -1;
+            return jwke_fail_in(err, "ERR_JWS_SIGN");
         k->fits_alg = s->alg;
         k->fits_sig_size = jwke_alg_signature_size(s->alg, EVP_PKEY_get_bits(s->pkey));
     }

@@ -444,14 +444,15 @@ static int signing_setup(lua_State *L, int alg_arg, hsm_signer *s, size_t *sig_m
 {
     hsm_key_object *k = check_key(L);
     if (!k->owner->token)
-        return jwke_fail(err, "the engine that loaded this key is closed");
+        return jwke_fail_code(err, "ERR_JWS_SIGN", "the engine that loaded this key is closed");
     if (k->key.use != JWKE_USE_SIG)
-        return jwke_fail(err, "key '%.*s' is an encryption key (use 'enc') and cannot sign",
-                         (int)k->key.id_len, (const char *)k->key.id);
+        return jwke_fail_code(err, "ERR_JWS_SIGN",
+                              "key '%.*s' is an encryption key (use 'enc') and cannot sign",
+                              (int)k->key.id_len, (const char *)k->key.id);
     s->key = k;
     s->alg = lua_isnoneornil(L, alg_arg) ? k->key.alg : jwke_check_alg(L, alg_arg);
     if (s->alg != k->key.alg && jwke_pkey_fits_alg(k->key.public_key, s->alg, 0, err) != 0)
-        return -1;
+        return jwke_fail_in(err, "ERR_JWS_SIGN");
     *sig_max = jwke_alg_signature_size(s->alg, EVP_PKEY_get_bits(k->key.public_key));
     return 0;
 }
@@ -468,7 +469,8 @@ static int l_key_sign(lua_State *L)
     if (signing_setup(L, 3, &s, &sig_len, &err) != 0)
         return jwke_push_error(L, &err);
     if (sig_len > sizeof sig) {
-        jwke_fail(&err, "a signature of %zu bytes is larger than supported", sig_len);
+        jwke_fail_code(&err, "ERR_JWS_SIGN", "a signature of %zu bytes is larger than supported",
+                       sig_len);
         return jwke_push_error(L, &err);
     }
     if (hsm_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)

@@ -14,6 +14,9 @@ M.codes = {
   ERR_TOKEN_LENGTH = "the token reported a length its buffer cannot hold, or a signature of the wrong size",
   ERR_INVALID_ARGUMENT = "an argument has an unusable value (use not sig/enc, an RSA size below the minimum, select_slot's answer)",
   ERR_CLOSED = "the engine was closed",
+  ERR_HSM_BUSY = "no PKCS#11 session became free within hsm.session_wait_ms (all hsm.max_sessions are busy)",
+  ERR_OUT_OF_MEMORY = "memory ran out during the call",
+  ERR_INTERNAL = "a failure the C core gave no code (a bug: no path the specs reach returns it)",
   -- key sets and keys
   ERR_KEY_SET_NOT_FOUND = "no key set of that name (in the HSM or the software store)",
   ERR_KEY_NOT_FOUND = "the set has no key with that kid",
@@ -26,7 +29,7 @@ M.codes = {
   -- the software store
   ERR_STORE = "the store's database failed (connection, migration, query)",
   ERR_KEY_DECRYPT = "a stored key cannot be opened with any of the secrets, or is not a key once opened",
-  ERR_KEY_INVALID = "a stored row decrypts but is not a key jwkengine can use as stored",
+  ERR_KEY_INVALID = "a stored key is not one jwkengine can use as stored: a row that decrypts but is not a usable key, or a key pair on the token (halves that disagree, RSA below the minimum, neither CKA_SIGN nor CKA_DECRYPT)",
   ERR_KEY_ENCRYPT = "a key cannot be sealed for the store",
   -- nginx integration
   ERR_OPEN = "opening the engine in an nginx worker raised",

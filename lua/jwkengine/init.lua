@@ -289,8 +289,8 @@ local function encode_claims_fast(claims, lifetime)
     if lifetime then exp = now + math.floor(lifetime) end
   end
   local payload
-  payload, err = core.json_claims(claims, iat, exp)
-  if not payload then return util.fail("ERR_JWT_CLAIMS", "claims cannot be encoded: %s", err) end
+  payload, err, code = core.json_claims(claims, iat, exp)
+  if not payload then return util.fail(code, "claims cannot be encoded: %s", err) end
   return payload
 end
 

@@ -315,8 +315,8 @@ function M.thumbprint_input(key)
     return util.fail("ERR_JWK_INVALID", "symmetric keys (kty 'oct') are not supported")
   end
   local public
-  public, err = core.public_key(jwk)
-  if not public then return util.fail("ERR_JWK_INVALID", "JWK is invalid: %s", err) end
+  public, err, code = core.public_key(jwk)
+  if not public then return util.fail(code, "JWK is invalid: %s", err) end
   local m = public:jwk()
   if m.kty == "RSA" then
     return string.format('{"e":"%s","kty":"RSA","n":"%s"}', m.e, m.n)

@@ -78,11 +78,8 @@ function M.parse(token, options)
   local header_json, payload, signature, input_len = core.jws_decode(token,
     limit(options, "max_token_size", M.DEFAULT_MAX_TOKEN_SIZE),
     limit(options, "max_header_size", M.DEFAULT_MAX_HEADER_SIZE))
-  if not header_json then
-    -- on failure: nil, message, "too_large" | "invalid"
-    return util.fail(signature == "too_large" and "ERR_JWS_TOO_LARGE" or "ERR_JWS_INVALID", "%s",
-      payload)
-  end
+  -- on failure: nil, message, ERR_JWS_TOO_LARGE | ERR_JWS_INVALID
+  if not header_json then return nil, payload, signature end
   -- core.jws_decode has already put the header through the strict check
   local header, err = cjson.decode(header_json)
   if type(header) ~= "table" then return util.fail("ERR_JWS_INVALID", "JWS header: %s", tostring(err)) end
@@ -381,7 +378,7 @@ function M.sign(key, payload, options)
   end
   local header = M.encode_header(alg, options.kid, options.typ, extra)
   local token, err, code = key:sign_compact(header, payload, alg)
-  if not token then return nil, err, code or "ERR_JWS_SIGN" end
+  if not token then return nil, err, code end
   return token
 end
 

@@ -95,8 +95,8 @@ function M.encode_claims(claims, options)
   -- core.json_claims, not cjson: numbers come out exactly (Debian's cjson
   -- keeps 14 significant digits) and "/" unescaped
   local payload
-  payload, err = core.json_claims(body)
-  if not payload then return util.fail("ERR_JWT_CLAIMS", "claims cannot be encoded: %s", err) end
+  payload, err, code = core.json_claims(body)
+  if not payload then return util.fail(code, "claims cannot be encoded: %s", err) end
   return payload
 end
 

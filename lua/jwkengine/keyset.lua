@@ -90,7 +90,7 @@ function M.sign(entry, set, payload, options, where)
   end
   local token
   token, err, code = key.object:sign_compact(header, payload, alg)
-  if not token then return nil, err, code or "ERR_JWS_SIGN" end
+  if not token then return nil, err, code end
   return token
 end
 

@@ -467,12 +467,11 @@ local function release_startup_lock(dict)
   if dict:get(LOCK_KEY) == ngx.worker.pid() then dict:delete(LOCK_KEY) end
 end
 
--- True for failures where trying again would only repeat a wrong PIN.
-local function login_refused(err, code)
+-- True for failures where trying again would only repeat a wrong PIN: the
+-- code says so (C sets ERR_LOGIN_REFUSED where it refuses to log in).
+local function login_refused(code)
   if code == "ERR_LOGIN_REFUSED" then return true end
-  if type(code) == "string" and code:find("^CKR_PIN") then return true end
-  err = tostring(err)
-  return err:find("C_Login refused", 1, true) ~= nil or err:find("refused this PIN", 1, true) ~= nil
+  return type(code) == "string" and code:find("^CKR_PIN") ~= nil
 end
 
 -- Opens the engine and generates the missing startup sets, holding the
@@ -495,7 +494,7 @@ local function open_engine()
   end
   local opened, e, err, code = pcall(jwkengine.open, o)
   if not opened or not e then
-    if opened and login_refused(err, code) then dict:set(LOGIN_REFUSED_KEY, tostring(code or err)) end
+    if opened and login_refused(code) then dict:set(LOGIN_REFUSED_KEY, tostring(code or err)) end
     release_startup_lock(dict)
     if not opened then return nil, "jwkengine.open raised: " .. tostring(e), "ERR_OPEN" end
     return nil, err, code
@@ -520,7 +519,7 @@ local function open_in_timer(premature)
   local e, err, code = open_engine()
   if not e then
     open_error = string.format("%s (%s)", tostring(err), tostring(code))
-    if code == "ERR_CONFIG" or code == "ERR_LOGIN_REFUSED" or login_refused(err, code) then
+    if code == "ERR_CONFIG" or code == "ERR_LOGIN_REFUSED" or login_refused(code) then
       open_given_up = true
       ngx_logger("error", "opening the engine in worker " .. ngx.worker.pid() .. " failed: " ..
         open_error .. "; not retrying: fix the configuration and reload nginx")

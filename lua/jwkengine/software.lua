@@ -50,7 +50,7 @@ function Manager:open_row(row)
   end
   local key, stored, code = core.open_sealed_key(self.secrets, row.keydata)
   if not key then
-    return util.fail(code or "ERR_KEY_DECRYPT", "key set '%s' key '%s': %s", row.sid, row.kid, stored)
+    return util.fail(code, "key set '%s' key '%s': %s", row.sid, row.kid, stored)
   end
   local jwk = cjson.decode(stored)
   local public = key:public_jwk()
@@ -112,10 +112,10 @@ local WRITES = {
 function Manager:store_key(set, key, kid, alg, use, mode)
   local jwk = key:is_private() and key:private_jwk() or key:public_jwk()
   jwk.kid, jwk.alg, jwk.use = kid, alg, use
-  local keydata, err = self:seal(jwk)
-  if not keydata then return util.fail("ERR_KEY_ENCRYPT", "cannot seal key '%s': %s", kid, err) end
+  local keydata, err, code = self:seal(jwk)
+  if not keydata then return util.fail(code, "cannot seal key '%s': %s", kid, err) end
   local write = WRITES[mode or "insert"]
-  local ok, code
+  local ok
   ok, err, code = self.store:transaction(function(store) return write(store, set, kid, keydata) end)
   self.sets[set] = nil
   if not ok then return nil, err, code end
@@ -134,8 +134,8 @@ function Manager:generate(set, alg, options)
   local ok, err, code = key_rules.check_use(alg, use)
   if not ok then return nil, err, code end
   local key
-  key, err = core.generate_software_key(alg, { bits = options.rsa_bits })
-  if not key then return util.fail("ERR_KEY_GENERATE", "%s", err) end
+  key, err, code = core.generate_software_key(alg, { bits = options.rsa_bits })
+  if not key then return nil, err, code end
   local kid = options.kid
   if options.thumbprint_kid then
     if kid ~= nil then error("pass kid or thumbprint_kid, not both", 2) end
@@ -157,8 +157,8 @@ function Manager:generate_if_missing(set, alg)
   if exists then return "exists" end
   -- Generating can take a second (RSA 4096): done before taking the lock.
   local key
-  key, err = core.generate_software_key(alg)
-  if not key then return util.fail("ERR_KEY_GENERATE", "%s", err) end
+  key, err, code = core.generate_software_key(alg)
+  if not key then return nil, err, code end
   local result
   result, err, code = self:store_key(set, key, core.uuid(), alg, "sig", "first_in_set")
   if not result then return nil, err, code end
@@ -169,9 +169,9 @@ end
 -- name. options: kid, alg, use.
 local function write_key(self, set, input, options, mode)
   options = options or {}
-  local key, err, jwk
+  local key, err, code, jwk
   if type(input) == "string" and input:match("^%s*%-%-%-%-%-BEGIN") then
-    key, err = core.import_pem(input)
+    key, err, code = core.import_pem(input)
     jwk = {}
   else
     if type(input) == "string" then
@@ -190,9 +190,9 @@ local function write_key(self, set, input, options, mode)
     if jwk.keys then
       return util.fail("ERR_KEY_IMPORT", "input is a JWK Set: import one key at a time")
     end
-    key, err = core.import_jwk(jwk)
+    key, err, code = core.import_jwk(jwk)
   end
-  if not key then return util.fail("ERR_KEY_IMPORT", "cannot import key: %s", err) end
+  if not key then return util.fail(code, "cannot import key: %s", err) end
   local private, perr, pcode = key_rules.check_private(key)
   if not private then return nil, perr, pcode end
   local alg = options.alg or jwk.alg or implied_alg(key:public_jwk())

@@ -31,6 +31,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         FUZZ_ASSERT(rc == -1 || rc == JWKE_JOSE_TOO_LARGE);
         FUZZ_ASSERT(err.message[0] != '\0');
+        /* every failure carries its code, and the code agrees with rc */
+        FUZZ_ASSERT(err.code != NULL);
+        FUZZ_ASSERT((strcmp(err.code, "ERR_JWS_TOO_LARGE") == 0) == (rc == JWKE_JOSE_TOO_LARGE));
     }
 
     int any = jwke_json_check(text, size, 0, 0, &err);
