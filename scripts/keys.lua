@@ -18,7 +18,14 @@ usage: jwkengine keys COMMAND ...    (from a checkout: build/jwkengine scripts/k
   verify SET                                  verify a compact JWS from stdin, print its payload (as is)
   import SET [--kid KID] [--alg ALG] [--use sig|enc]
                                               add a JWK or PEM from stdin to the software store
-  rotate-secrets                              re-seal every software key with the first secret]]
+  rotate-secrets                              re-seal every software key with the first secret
+  keys SET                                    each key with its state, alg and times (a JSON object a line)
+  rotate SET [--alg ALG] [--now]              a new next key (signs after prepublish); --now: a new
+                                              current key at once, the old one retired at once
+  retire SET KID                              unpublish a key (kept); never the current key
+  activate SET KID                            make a key current at once (the current one: previous)
+  maintain                                    run the rotation schedule of every set (for cron)
+Lifecycle commands print each change as {"set","kid","from","to","at"}, a JSON object a line.]]
 
 local function die(message, status)
   io.stderr:write("keys.lua: ", log.escape(message), "\n") -- one line, whatever the message holds
@@ -32,6 +39,8 @@ end
 
 -- Values an option may take, where the set is closed.
 local OPTION_VALUES = { use = { sig = true, enc = true } }
+-- Options that take no value.
+local FLAGS = { now = true }
 
 -- Splits argv into positional arguments and --name value options.
 local function parse(argv, allowed)
@@ -43,13 +52,14 @@ local function parse(argv, allowed)
     if name then
       if not allowed[name] then usage_error("unknown option --" .. name) end
       local value = argv[i + 1]
+      if FLAGS[name] then value = true end
       if value == nil then usage_error("option --" .. name .. " needs a value") end
       local values = OPTION_VALUES[name]
       if values and not values[value] then
         usage_error(string.format("option --%s: '%s' is not one of the values it takes", name, value))
       end
       options[name] = value
-      i = i + 2
+      i = i + (FLAGS[name] and 1 or 2)
     else
       positional[#positional + 1] = a
       i = i + 1
@@ -116,6 +126,53 @@ commands["rotate-secrets"] = function(engine, args)
   local count, err = engine:rotate_secrets()
   if not count then die(err) end
   io.stderr:write(string.format("keys.lua: re-sealed %d keys with the first secret\n", count))
+end
+
+-- Lifecycle: one JSON object a line, for people and for scripts.
+local function print_changes(changes)
+  local cjson = require "cjson"
+  for _, change in ipairs(changes) do print(cjson.encode(change)) end
+  if #changes == 0 then io.stderr:write("keys.lua: nothing to change\n") end
+end
+
+commands.keys = function(engine, args)
+  local p = parse(args, {})
+  if #p ~= 1 then usage_error("keys takes SET") end
+  local list, err = engine:key_states(p[1])
+  if not list then die(err) end
+  local cjson = require "cjson"
+  for _, key in ipairs(list) do print(cjson.encode(key)) end
+end
+
+commands.rotate = function(engine, args)
+  local p, o = parse(args, { alg = true, now = true })
+  if #p ~= 1 then usage_error("rotate takes SET") end
+  local changes, err = engine:rotate(p[1], { alg = o.alg, now = o.now })
+  if not changes then die(err) end
+  print_changes(changes)
+end
+
+commands.retire = function(engine, args)
+  local p = parse(args, {})
+  if #p ~= 2 then usage_error("retire takes SET KID") end
+  local changes, err = engine:retire(p[1], p[2])
+  if not changes then die(err) end
+  print_changes(changes)
+end
+
+commands.activate = function(engine, args)
+  local p = parse(args, {})
+  if #p ~= 2 then usage_error("activate takes SET KID") end
+  local changes, err = engine:activate(p[1], p[2])
+  if not changes then die(err) end
+  print_changes(changes)
+end
+
+commands.maintain = function(engine, args)
+  if #args ~= 0 then usage_error("maintain takes no arguments") end
+  local changes, err = engine:maintain()
+  if not changes then die(err) end
+  print_changes(changes)
 end
 
 local command = arg[1]

@@ -34,6 +34,8 @@ local function defaults()
     dsn = nil,          -- nil: the store's default (sqlite://jwkengine.sqlite)
     secrets = { system = {} },
     store = { cache_ttl = 30 },
+    publication = {},   -- max_age, refresh; tokens: max_lifetime, clock_tolerance
+    tokens = {},        -- (defaults and checks: jwkengine.rotation)
   }
 end
 
@@ -148,7 +150,7 @@ local function normalize_startup_sets(value, origin)
       if type(entry) ~= "table" or type(entry.set) ~= "string" then
         return util.fail("ERR_CONFIG", "%s: startup_sets[%d] needs a string 'set': quote it", origin, i)
       end
-      sets[#sets + 1] = { set = entry.set, alg = entry.alg or "RS256" }
+      sets[#sets + 1] = { set = entry.set, alg = entry.alg or "RS256", rotation = entry.rotation }
     end
   else
     for _, set in ipairs(util.sorted_keys(value)) do
@@ -246,6 +248,12 @@ local function apply_document(cfg, doc, origin, as_written)
       return util.fail("ERR_CONFIG", "%s: store.network_id must be a non-empty string (a Hydra 2.x network id)", origin)
     end
     if network_id then cfg.store.network_id = network_id end
+  end
+  for _, section in ipairs({ "publication", "tokens" }) do
+    if doc[section] ~= nil and type(doc[section]) ~= "table" then
+      return util.fail("ERR_CONFIG", "%s: %s must be a mapping", origin, section)
+    end
+    for key, value in pairs(doc[section] or {}) do cfg[section][key] = value end
   end
   for key, value in pairs(doc) do
     if cfg[key] == nil then cfg[key] = value end

@@ -2,7 +2,7 @@
 -- ("did you mean ...") rather than a setting silently left at its default.
 --
 -- A config file may be a whole Hydra config file: jwkengine owns `hsm`,
--- `startup_sets`, `dsn`, `secrets` and `store`, and ignores Hydra's other
+-- `startup_sets`, `dsn`, `secrets`, `store`, `publication` and `tokens`, and ignores Hydra's other
 -- top-level sections by name (and `secrets.cookie`). Any other key, at the
 -- top or inside a section jwkengine owns, is an error. The options table of
 -- jwkengine.open takes jwkengine's sections and its own options only.
@@ -18,6 +18,8 @@ local SECTIONS = {
   dsn = true,
   secrets = { system = true },
   store = { cache_ttl = true, network_id = true },
+  publication = { max_age = true, refresh = true },
+  tokens = { max_lifetime = true, clock_tolerance = true },
 }
 
 -- The top-level sections of Ory Hydra's config file (v1.x and v2.x) that
@@ -26,7 +28,8 @@ M.HYDRA_SECTIONS = { "cgroups", "clients", "db", "dev", "feature_flags", "log", 
   "profiling", "serve", "sqa", "strategies", "tracing", "ttl", "urls", "version", "webfinger" }
 local HYDRA_KEYS = { secrets = { cookie = true } }
 
-local STARTUP_SET_KEYS = { set = true, alg = true }
+local STARTUP_SET_KEYS = { set = true, alg = true, rotation = true }
+local ROTATION_KEYS = { period = true, prepublish = true, retain = true, destroy_after = true }
 
 local function edit_distance(a, b)
   local previous = {}
@@ -87,7 +90,11 @@ local function check_startup_sets(value, origin)
   if type(value) ~= "table" or #value == 0 then return true end -- the map form, or config.lua's error
   for i, entry in ipairs(value) do
     if type(entry) == "table" then
-      local ok, err, code = check_keys(entry, origin, string.format("startup_sets[%d].", i), STARTUP_SET_KEYS)
+      local path = string.format("startup_sets[%d].", i)
+      local ok, err, code = check_keys(entry, origin, path, STARTUP_SET_KEYS)
+      if ok and type(entry.rotation) == "table" then
+        ok, err, code = check_keys(entry.rotation, origin, path .. "rotation.", ROTATION_KEYS)
+      end
       if not ok then return nil, err, code end
     end
   end

@@ -49,6 +49,7 @@ M.codes = {
   ERR_JWS_SIGNATURE_INVALID = "the signature does not verify, or has the wrong length for the key",
   ERR_JWS_SIGN = "signing failed",
   ERR_NO_SIGNING_KEY = "the key set exists but holds no private signing key",
+  ERR_KEY_STATE = "the key's lifecycle state forbids it: a next or retired key named to sign, the current key retired",
   ERR_UNSUPPORTED_ALG = "the algorithm is not one jwkengine signs with (RS*, PS*, ES*, EdDSA)",
   -- keys and key sets
   ERR_JWKS_NO_MATCHING_KEY = "no key of the set fits the token (kid, alg, use, key_ops, key type and size)",

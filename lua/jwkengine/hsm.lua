@@ -8,6 +8,7 @@ local config = require "jwkengine.config"
 local core = require "jwkengine.core"
 local jwk_module = require "jwkengine.jwk"
 local keyset = require "jwkengine.keyset"
+local key_states = require "jwkengine.key_states"
 local key_rules = require "jwkengine.key_rules"
 local slots = require "jwkengine.slots"
 local util = require "jwkengine.util"
@@ -66,6 +67,8 @@ function M.open(hsm_config, options)
     token = token,
     slot = slot,
     log = options.logger or function() end,
+    now = options.now or os.time,
+    states = options.states, -- jwkengine.rotation.states: the lifecycle of each set
     warned_kids = {},
     prefix = hsm_config.key_set_prefix or "",
     min_rsa_bits = hsm_config.min_rsa_bits or LIMITS.hsm_min_rsa_bits,
@@ -107,7 +110,9 @@ function Manager:load(set, refresh)
       private = object:is_private(), object = object, jwk = object:public_jwk() }
     self:warn_unprintable_kid(set, entry.keys[i].kid)
   end
-  self.sets[set] = keyset.prepare(entry, set, "HSM", "only")
+  keyset.prepare(entry, set, "HSM", "only")
+  if self.states then key_states.attach(entry, set, "HSM", self.states) end
+  self.sets[set] = entry
   return entry
 end
 

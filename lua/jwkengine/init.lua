@@ -17,6 +17,9 @@ local jwk = require "jwkengine.jwk"
 local jws = require "jwkengine.jws"
 local jwt = require "jwkengine.jwt"
 local log = require "jwkengine.log"
+local key_states = require "jwkengine.key_states"
+local key_state_store = require "jwkengine.store.key_state"
+local rotation = require "jwkengine.rotation"
 local names = require "jwkengine.names"
 local software = require "jwkengine.software"
 local startup = require "jwkengine.startup"
@@ -90,7 +93,8 @@ end
 --     startup       false to skip generation on startup
 --     store_driver  a SQL driver (see jwkengine.store.luasql) instead of the DSN
 --     now           function() -> seconds: the clock of the key caches
---                   (hsm.negative_cache_ttl, store.cache_ttl); os.time
+--                   (hsm.negative_cache_ttl, store.cache_ttl) and of the key
+--                   lifecycle (which key signs); os.time
 function M.open(options)
   options = options or {}
   if options.now ~= nil and type(options.now) ~= "function" then
@@ -99,11 +103,14 @@ function M.open(options)
   local cfg, err, code = config.load(options)
   if not cfg then return nil, err, code end
   local logger = log.new(options.logger)
+  local policies
+  policies, err, code = rotation.policies(cfg)
+  if not policies then return nil, err, code end
 
   local hsm_keys, software_keys
   if cfg.hsm.enabled then
     hsm_keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger,
-      now = options.now })
+      now = options.now, states = rotation.states(key_states.memory(), policies, options.now, logger) })
     if not hsm_keys then return nil, err, code end
     logger("info", "Hardware Security Module is configured.")
   end
@@ -119,7 +126,7 @@ function M.open(options)
       return nil, err, code
     end
     software_keys = software.new(key_store, cfg.secrets.system, { cache_ttl = cfg.store.cache_ttl,
-      now = options.now })
+      now = options.now, states = rotation.states(key_state_store.new(key_store), policies, options.now, logger) })
     cfg.secrets = nil -- the software manager holds them; engine.config does not
   elseif cfg.dsn or options.store_driver then
     if hsm_keys then hsm_keys:close() end
@@ -131,8 +138,8 @@ function M.open(options)
       "no key store is enabled: set HSM_ENABLED=true for the HSM and/or SECRETS_SYSTEM for the software store")
   end
 
-  local engine = setmetatable({ config = cfg, log = logger, json_cache = setmetatable({}, { __mode = "k" }) },
-    Engine)
+  local engine = setmetatable({ config = cfg, log = logger, policies = policies,
+    json_cache = setmetatable({}, { __mode = "k" }) }, Engine)
   keys_of[engine] = fallback.new(hsm_keys, software_keys, { negative_ttl = cfg.hsm.negative_cache_ttl,
     now = options.now })
   if options.startup ~= false then
@@ -362,6 +369,19 @@ function Engine:verify(set, token, options)
   end
   return jws.verify(token, candidates, { algorithms = options.algorithms, min_rsa_bits = options.min_rsa_bits })
 end
+
+-- maintain, rotate, retire, activate, key_states: the key lifecycle's writes
+-- The key lifecycle's writes (jwkengine.rotation) get the managers from
+-- here, and from nowhere else.
+local function lifecycle_of(engine)
+  return { keys = keys_of[engine], policies = engine.policies }
+end
+
+function Engine:maintain(options) return rotation.maintain(lifecycle_of(self), options) end
+function Engine:key_states(set) return rotation.key_states(lifecycle_of(self), set) end
+function Engine:rotate(set, options) return rotation.rotate(lifecycle_of(self), set, options) end
+function Engine:retire(set, kid) return rotation.retire(lifecycle_of(self), set, kid) end
+function Engine:activate(set, kid) return rotation.activate(lifecycle_of(self), set, kid) end
 
 -- What every call on a closed engine answers: a clear error rather than
 -- "attempt to index a nil value".

@@ -7,6 +7,7 @@
 -- Everything the signing path needs is computed once per load, so signing a
 -- token costs one table lookup and one C call on top of the signature.
 local jws = require "jwkengine.jws"
+local lifecycle = require "jwkengine.lifecycle"
 local key_rules = require "jwkengine.key_rules"
 local util = require "jwkengine.util"
 
@@ -14,13 +15,51 @@ local M = {}
 
 local HEADER_COUNT = {} -- a table key: never equal to a caller's typ
 
+-- With key states (see jwkengine.key_states): the rule's current key signs,
+-- and each key carries its state; keys outside the lifecycle (public-only,
+-- encryption) have none and are always published.
+local function prepare_by_state(entry, set, where)
+  local evaluation = entry.lifecycle.evaluation
+  for _, key in ipairs(entry.keys) do
+    local state = evaluation.keys[key.kid]
+    key.state = state and state.state or nil
+  end
+  local signer = evaluation.signer and entry.by_kid[evaluation.signer]
+  entry.signer, entry.signer_problem = nil, nil
+  if signer and signer.broken then
+    entry.signer_problem = { signer.broken, signer.code }
+  elseif signer then
+    entry.signer = signer
+  else
+    entry.signer_problem = { string.format("%s key set '%s' has no private signing key", where, set),
+      "ERR_NO_SIGNING_KEY" }
+  end
+  return entry
+end
+
+-- Whether a key is in the JWK Set and verifies: not when retired.
+local function published(key)
+  return key.state == nil or lifecycle.PUBLISHED[key.state]
+end
+
+-- Re-evaluates the states once the clock passes the set's next state change:
+-- a clock read and a comparison per call, no store or token lookup.
+local function current(entry)
+  local lc = entry.lifecycle
+  if lc and lc.valid_until and lc.now() >= lc.valid_until then lc.reevaluate(entry) end
+  return entry
+end
+M.current = current
+
 -- Prepares an entry: kid index and the default signer.
 --   choose: "newest" (the first private sig key, stopping at a broken row:
 --   it might be the newest) or "only" (exactly one sig key, else an error)
 function M.prepare(entry, set, where, choose)
   entry.by_kid = {}
   entry.headers = {}
+  entry.jwks, entry.candidates = nil, nil
   for _, key in ipairs(entry.keys) do entry.by_kid[key.kid] = key end
+  if entry.lifecycle then return prepare_by_state(entry, set, where) end
   local signer, problem
   for _, key in ipairs(entry.keys) do
     if key.broken then
@@ -48,6 +87,7 @@ end
 
 -- The key that signs: by kid, or the entry's default signer.
 function M.signing_key(entry, set, kid, where)
+  current(entry)
   if kid == nil then
     if entry.signer then return entry.signer end
     return nil, entry.signer_problem[1], entry.signer_problem[2]
@@ -62,6 +102,10 @@ function M.signing_key(entry, set, kid, where)
   end
   if key.use ~= "sig" then
     return util.fail("ERR_KEY_USE", "key '%s' is an encryption key (use 'enc') and cannot sign", kid)
+  end
+  if key.state and not lifecycle.SIGNS_BY_KID[key.state] then
+    return util.fail("ERR_KEY_STATE", "key '%s' of key set '%s' is %s: only the current and previous keys sign",
+      kid, set, key.state)
   end
   return key
 end
@@ -98,14 +142,14 @@ end
 -- no usable key is the error of its first broken one: an empty list of
 -- algorithms would otherwise reach jws.verify, which raises on it.
 function M.candidates(entry, set, where)
-  local candidates = entry.candidates
+  local candidates = current(entry).candidates
   if not candidates then
     candidates = { algorithms = {} }
     local seen, first_broken = {}, nil
     for _, key in ipairs(entry.keys) do
       if key.broken then
         first_broken = first_broken or key
-      else
+      elseif published(key) then
         candidates[#candidates + 1] = { kid = key.kid, alg = key.alg, use = key.use,
           public_key = key.object:public_key() }
         if not seen[key.alg] then
@@ -125,12 +169,15 @@ end
 
 -- The public JWK Set, built once per load; broken rows make it an error.
 function M.jwks(entry)
+  current(entry)
   for _, key in ipairs(entry.keys) do
     if key.broken then return nil, key.broken, key.code end
   end
   if not entry.jwks then
     entry.jwks = { keys = {} }
-    for i, key in ipairs(entry.keys) do entry.jwks.keys[i] = key.jwk end
+    for _, key in ipairs(entry.keys) do
+      if published(key) then entry.jwks.keys[#entry.jwks.keys + 1] = key.jwk end
+    end
   end
   return entry.jwks
 end

@@ -9,6 +9,7 @@ local core = require "jwkengine.core"
 local cjson = require "cjson.safe"
 local jwk_module = require "jwkengine.jwk"
 local keyset = require "jwkengine.keyset"
+local key_states = require "jwkengine.key_states"
 local key_rules = require "jwkengine.key_rules"
 local names = require "jwkengine.names"
 local util = require "jwkengine.util"
@@ -30,6 +31,7 @@ function M.new(store, secrets, options)
     secrets = secrets,
     cache_ttl = options.cache_ttl or 30,
     now = options.now or os.time,
+    states = options.states, -- jwkengine.rotation.states: the lifecycle of each set
     sets = {},
   }, Manager)
 end
@@ -82,7 +84,9 @@ function Manager:load(set, refresh)
     local key, kerr, kcode = self:open_row(row)
     entry.keys[i] = key or { kid = row.kid, broken = kerr, code = kcode }
   end
-  self.sets[set] = keyset.prepare(entry, set, "software", "newest")
+  keyset.prepare(entry, set, "software", "newest")
+  if self.states then key_states.attach(entry, set, "software", self.states) end
+  self.sets[set] = entry
   return entry
 end
 

@@ -10,6 +10,7 @@
 -- created and upgraded by versioned migrations run when the store opens.
 local core = require "jwkengine.core"
 local hydra_schema = require "jwkengine.store.hydra_schema"
+local key_state = require "jwkengine.store.key_state"
 local luasql = require "jwkengine.store.luasql"
 local util = require "jwkengine.util"
 
@@ -94,6 +95,8 @@ local MIGRATIONS = {
     sqlite = "CREATE INDEX IF NOT EXISTS hydra_jwk_sid_created_idx ON hydra_jwk (sid, created_at, pk)",
     postgres = "CREATE INDEX IF NOT EXISTS hydra_jwk_sid_created_idx ON hydra_jwk (sid, created_at, pk)",
   },
+  -- key states (next, current, ...) in a table of jwkengine's own
+  { version = 3, sqlite = key_state.MIGRATION.sqlite, postgres = key_state.MIGRATION.postgres },
 }
 M.SCHEMA_VERSION = #MIGRATIONS
 
@@ -241,6 +244,10 @@ local function literal(store, what, value)
     return util.fail("ERR_INVALID_ARGUMENT", "key store: %s: %s", what, tostring(err))
   end
   return sql
+end
+
+function Store:literal(what, value)
+  return literal(self, what, value)
 end
 
 -- Every row of a set, newest first.

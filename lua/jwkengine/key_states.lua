@@ -1,0 +1,117 @@
+-- Where key states live, and the hook that gives a loaded set its states.
+--
+-- A state backend keeps, per set, the records jwkengine.lifecycle reads
+-- (kid -> { state, times }) under a version number. It is three methods:
+--
+--   backend:read(set)    -> { version = n, records = { kid -> record } }
+--                           (version 0 and no records for a set never
+--                           written) | nil, err, code
+--   backend:write(set, version, records)
+--                        -> true, or false when the set's version is no
+--                           longer `version` (another writer won: read
+--                           again) | nil, err, code. Compare-and-swap: of
+--                           two writers that read the same version, exactly
+--                           one wins, whatever process or machine they run in.
+--   backend:sets()       -> { set, ... } that have records | nil, err, code
+--
+-- Records are plain tables of strings and numbers (JSON-able). The software
+-- store keeps them in its own table (jwkengine.store.key_state); an HSM
+-- backend keeps them on the token, as a CKO_DATA object with
+-- CKA_APPLICATION under the set's label, so instances sharing a partition
+-- agree without a database. Until the HSM has one, HSM sets use the memory
+-- backend below: the rule still holds within the process, and a pair added
+-- by pkcs11-tool is first seen (and pre-published) by each process itself.
+local keyset = require "jwkengine.keyset"
+local lifecycle = require "jwkengine.lifecycle"
+
+local M = {}
+
+local Memory = {}
+Memory.__index = Memory
+
+-- Records in this process only.
+function M.memory()
+  return setmetatable({ by_set = {} }, Memory)
+end
+
+function Memory:read(set)
+  local held = self.by_set[set]
+  if not held then return { version = 0, records = {} } end
+  return { version = held.version, records = held.records }
+end
+
+function Memory:write(set, version, records)
+  local held = self.by_set[set]
+  if (held and held.version or 0) ~= version then return false end
+  self.by_set[set] = { version = version + 1, records = records }
+  return true
+end
+
+function Memory:sets()
+  local sets = {}
+  for set in pairs(self.by_set) do sets[#sets + 1] = set end
+  table.sort(sets)
+  return sets
+end
+
+-- The kids that take part in the lifecycle: keys that can sign, and broken
+-- rows (they may be the key that should sign: their error is then the
+-- signer's). Public-only and encryption keys are always published and
+-- never sign.
+function M.present(entry)
+  local kids = {}
+  for _, key in ipairs(entry.keys) do
+    if key.broken or (key.private and key.use == "sig") then kids[#kids + 1] = key.kid end
+  end
+  return kids
+end
+
+-- Evaluates the rule for a loaded entry against its records and re-prepares
+-- it (signer, JWK Set, candidates).
+local function apply(entry, set, where, now)
+  local lc = entry.lifecycle
+  lc.evaluation = lifecycle.evaluate(lc.records, lc.present, lc.policy, now)
+  lc.valid_until = lc.evaluation.next_change
+  return keyset.prepare(entry, set, where)
+end
+
+-- Gives a freshly loaded entry its states: reads the set's records once
+-- (the signing path never reads them again until the set is reloaded),
+-- records keys seen for the first time, and installs the re-evaluation the
+-- signing path runs when the clock passes the next state change.
+--   states: { backend, policy_for(set) -> policy, now() -> seconds, log }
+function M.attach(entry, set, where, states)
+  local now = states.now()
+  local state, err = states.backend:read(set)
+  local readable = state ~= nil
+  if not state then
+    states.log("warn", string.format("key set '%s': key states cannot be read (%s): deciding from the keys alone",
+      set, tostring(err)))
+    state = { version = 0, records = {} }
+  end
+  entry.lifecycle = { records = state.records, present = M.present(entry), policy = states.policy_for(set),
+    now = states.now, reevaluate = function(e) return apply(e, set, where, states.now()) end }
+  apply(entry, set, where, now)
+  -- First-seen times must be the same for every process: write them, once
+  -- (compare-and-swap); whoever loses reads the winner's records.
+  local evaluation = entry.lifecycle.evaluation
+  if readable and evaluation.must_record then
+    local written, werr = states.backend:write(set, state.version,
+      lifecycle.records_after(state.records, evaluation))
+    if written == false then
+      local again = states.backend:read(set)
+      if again then
+        entry.lifecycle.records = again.records
+        apply(entry, set, where, now)
+      end
+    elseif written then
+      entry.lifecycle.records = lifecycle.records_after(state.records, evaluation)
+    else
+      states.log("warn", string.format("key set '%s': first-seen key states cannot be recorded (%s)",
+        set, tostring(werr)))
+    end
+  end
+  return entry
+end
+
+return M

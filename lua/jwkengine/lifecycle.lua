@@ -1,0 +1,246 @@
+-- The key lifecycle as pure policy: no I/O, no clock of its own. Given a
+-- set's recorded states, the keys present and the time, one rule decides
+-- which key signs, which keys are published and when the answer changes
+-- next. Every process (and nginx worker) that reads the same records and
+-- the same clock computes the same answer, so only writes need a lock.
+--
+-- States, in the only order a key moves through them:
+--   next      published, never signs (clients' caches learn it first)
+--   current   signs; exactly one per set
+--   previous  published, verifies the tokens it signed, no longer signs
+--   retired   not published, not used, still held (activate brings it back)
+--   destroyed deleted from the store or token; only its record remains
+--
+-- A record is { state = NAME, times = { next = t, current = t, ... } }: the
+-- time the key entered each state it went through (seconds).
+local util = require "jwkengine.util"
+
+local M = {}
+
+M.STATES = { "next", "current", "previous", "retired", "destroyed" }
+local KNOWN_STATE = {}
+for _, state in ipairs(M.STATES) do KNOWN_STATE[state] = true end
+M.KNOWN_STATE = KNOWN_STATE
+
+-- States in the JWK Set, and states a caller may name by kid to sign with:
+-- a previous key is still in every client's cache; a next key may not be
+-- yet (that is what prepublish waits for), a retired one is in none.
+M.PUBLISHED = { next = true, current = true, previous = true }
+M.SIGNS_BY_KID = { current = true, previous = true }
+
+-- The defaults of the settings the safety rules read; nginx's jwks.max_age
+-- and jwks.refresh defaults are the same numbers.
+M.DEFAULT_LIMITS = { max_age = 300, refresh = 30, cache_ttl = 30, max_lifetime = 3600, clock_tolerance = 60 }
+
+-- How long a next key must be published before it signs, and how long a
+-- previous key must stay published, for no client to meet an unknown kid.
+--   limits: max_age, refresh (publication), cache_ttl (store),
+--           max_lifetime, clock_tolerance (tokens)
+function M.minimums(limits)
+  return {
+    prepublish = limits.max_age + limits.refresh + limits.cache_ttl,
+    retain = limits.max_lifetime + limits.clock_tolerance + limits.max_age,
+  }
+end
+
+local PREPUBLISH_RULE = "publication.max_age + publication.refresh + store.cache_ttl"
+local RETAIN_RULE = "tokens.max_lifetime + tokens.clock_tolerance + publication.max_age"
+
+-- A set's policy from its `rotation` table (nil: none), checked against the
+-- safety rules. Returns { period, prepublish, retain, destroy_after } with
+-- the minimums as the defaults of prepublish and retain; period and
+-- destroy_after stay nil (off) unless given.
+function M.policy(set, rotation, limits)
+  local minimum = M.minimums(limits)
+  rotation = rotation or {}
+  local policy = {
+    period = rotation.period,
+    prepublish = rotation.prepublish or minimum.prepublish,
+    retain = rotation.retain or minimum.retain,
+    destroy_after = rotation.destroy_after,
+  }
+  local where = string.format("startup set '%s': rotation.", set)
+  if policy.prepublish < minimum.prepublish then
+    return util.fail("ERR_CONFIG",
+      "%sprepublish (%d s) is shorter than %s (%d s): a client could meet the new key before its cached JWK Set has it",
+      where, policy.prepublish, PREPUBLISH_RULE, minimum.prepublish)
+  end
+  if policy.retain < minimum.retain then
+    return util.fail("ERR_CONFIG",
+      "%sretain (%d s) is shorter than %s (%d s): tokens it signed would outlive the key in the JWK Set",
+      where, policy.retain, RETAIN_RULE, minimum.retain)
+  end
+  if policy.period and policy.period <= policy.prepublish then
+    return util.fail("ERR_CONFIG", "%speriod (%d s) must be longer than rotation.prepublish (%d s)",
+      where, policy.period, policy.prepublish)
+  end
+  return policy
+end
+
+local function copy_times(times)
+  local copy = {}
+  for state, t in pairs(times or {}) do copy[state] = t end
+  return copy
+end
+
+local function enter(key, state, t)
+  key.state = state
+  key.times[state] = t
+end
+
+-- Of several keys in `state`, the one that entered it last (ties: the
+-- greater kid), so the choice never depends on table order.
+local function latest(keys, state, order)
+  local best
+  for _, kid in ipairs(order) do
+    local key = keys[kid]
+    if key and key.state == state then
+      local t, bt = key.times[state] or 0, best and (keys[best].times[state] or 0)
+      if not best or t > bt or (t == bt and kid > best) then best = kid end
+    end
+  end
+  return best
+end
+
+local function earliest(keys, state, order)
+  local best
+  for _, kid in ipairs(order) do
+    local key = keys[kid]
+    if key and key.state == state then
+      local t, bt = key.times[state] or 0, best and (keys[best].times[state] or 0)
+      if not best or t < bt or (t == bt and kid < best) then best = kid end
+    end
+  end
+  return best
+end
+
+-- The next scheduled change of the rule's outcome at or before `limit`:
+-- a next key's promotion or a previous key's retirement, earliest first.
+local function next_event(keys, order, policy, limit)
+  local when, kid, action
+  for _, k in ipairs(order) do
+    local key = keys[k]
+    local t, a
+    if key.state == "next" then
+      t, a = key.times.next + policy.prepublish, "promote"
+    elseif key.state == "previous" then
+      t, a = key.times.previous + policy.retain, "retire"
+    end
+    -- ties: promotions first (a promotion may make another previous key),
+    -- then by kid
+    if t and t <= limit and (not when or t < when
+        or (t == when and (a < action or (a == action and k < kid)))) then
+      when, kid, action = t, k, a
+    end
+  end
+  return when, kid, action
+end
+
+-- The one rule.
+--   records  kid -> recorded { state, times } (from the state backend)
+--   present  the kids of the keys that may sign, in the set's order
+--            (newest first where the store knows it)
+--   policy   from M.policy
+--   now      seconds
+-- Returns {
+--   keys        kid -> { state, times } for every present key, as of now
+--   signer      the current key's kid (nil when no key is present)
+--   published   the kids in the JWK Set (next, current, previous), in order
+--   next_change the earliest time after now at which anything here changes
+--               (a promotion, a retirement, a due generation or destruction)
+--   changed     true when `keys` differs from what is recorded: a write of
+--               `keys` records it (first-seen keys, replayed promotions)
+--   must_record true when `keys` holds times taken from `now` (first-seen
+--               keys, a signer chosen because the current key is gone):
+--               processes agree on them only once they are written
+--   generate    true when the period says a next key is due
+--   destroy     kids whose destroy_after has passed
+-- }
+function M.evaluate(records, present, policy, now)
+  local keys, unrecorded, changed, must_record = {}, {}, false, false
+  for _, kid in ipairs(present) do
+    local record = records[kid]
+    if record and KNOWN_STATE[record.state] and record.state ~= "destroyed" then
+      keys[kid] = { state = record.state, times = copy_times(record.times) }
+    else
+      unrecorded[#unrecorded + 1] = kid
+    end
+  end
+  -- Two current keys can only come from hand-edited records: the one that
+  -- became current last keeps signing.
+  local current = latest(keys, "current", present)
+  for _, kid in ipairs(present) do
+    local key = keys[kid]
+    if key and key.state == "current" and kid ~= current then
+      enter(key, "previous", keys[current].times.current)
+      changed = true
+    end
+  end
+  -- Keys with no record: in a set that has a signer (or one on the way)
+  -- they are next from now on, as pkcs11-tool's pairs are; otherwise the
+  -- first (newest) is current and any others previous.
+  local has_signer = current or earliest(keys, "next", present)
+  for i, kid in ipairs(unrecorded) do
+    keys[kid] = { times = {} }
+    enter(keys[kid], has_signer and "next" or (i == 1 and "current" or "previous"), now)
+    changed, must_record = true, true
+  end
+  -- Replay the schedule up to now, event by event, at the times the events
+  -- fell due (not at now), so every process records the same times.
+  while true do
+    local t, kid, action = next_event(keys, present, policy, now)
+    if not t then break end
+    if action == "promote" then
+      for _, other in ipairs(present) do
+        if keys[other] and keys[other].state == "current" then enter(keys[other], "previous", t) end
+      end
+      enter(keys[kid], "current", t)
+    else
+      enter(keys[kid], "retired", t)
+    end
+    changed = true
+  end
+  -- No current key (it was deleted): the next key published longest signs,
+  -- else the previous key that signed last, rather than nothing.
+  current = latest(keys, "current", present)
+  if not current then
+    current = earliest(keys, "next", present) or latest(keys, "previous", present)
+    if current then
+      enter(keys[current], "current", now)
+      changed, must_record = true, true
+    end
+  end
+
+  local result = { keys = keys, signer = current, published = {}, changed = changed, destroy = {},
+    must_record = must_record }
+  local upcoming = {}
+  for _, kid in ipairs(present) do
+    local key = keys[kid]
+    if M.PUBLISHED[key.state] then result.published[#result.published + 1] = kid end
+    if key.state == "next" then upcoming[#upcoming + 1] = key.times.next + policy.prepublish end
+    if key.state == "previous" then upcoming[#upcoming + 1] = key.times.previous + policy.retain end
+    if key.state == "retired" and policy.destroy_after then
+      local due = key.times.retired + policy.destroy_after
+      if due <= now then result.destroy[#result.destroy + 1] = kid else upcoming[#upcoming + 1] = due end
+    end
+  end
+  if policy.period and current and not earliest(keys, "next", present) then
+    local due = keys[current].times.current + policy.period - policy.prepublish
+    if due <= now then result.generate = true else upcoming[#upcoming + 1] = due end
+  end
+  for _, t in ipairs(upcoming) do
+    if t > now and (not result.next_change or t < result.next_change) then result.next_change = t end
+  end
+  return result
+end
+
+-- The records to write after an evaluation: the evaluated keys, plus the
+-- records of keys no longer present (destroyed keys keep theirs).
+function M.records_after(records, evaluation)
+  local out = {}
+  for kid, record in pairs(records) do out[kid] = record end
+  for kid, key in pairs(evaluation.keys) do out[kid] = { state = key.state, times = key.times } end
+  return out
+end
+
+return M

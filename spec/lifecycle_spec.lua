@@ -1,0 +1,180 @@
+-- The one rule of the key lifecycle (jwkengine.lifecycle), as a pure
+-- function of records, keys present, policy and an injected clock.
+local lifecycle = require "jwkengine.lifecycle"
+
+local LIMITS = lifecycle.DEFAULT_LIMITS
+local POLICY = { prepublish = 400, retain = 4000 }
+
+local function rec(state, times) return { state = state, times = times } end
+
+local function states(evaluation)
+  local out = {}
+  for kid, key in pairs(evaluation.keys) do out[kid] = key.state end
+  return out
+end
+
+describe("lifecycle rule", function()
+  it("makes a lone unrecorded key current, to be recorded", function()
+    local e = lifecycle.evaluate({}, { "a" }, POLICY, 1000)
+    assert.equals("a", e.signer)
+    assert.same({ a = "current" }, states(e))
+    assert.same({ current = 1000 }, e.keys.a.times)
+    assert.same({ "a" }, e.published)
+    assert.is_true(e.must_record)
+  end)
+
+  it("makes the newest of several unrecorded keys current and the others previous", function()
+    local e = lifecycle.evaluate({}, { "new", "old" }, POLICY, 1000)
+    assert.equals("new", e.signer)
+    assert.same({ new = "current", old = "previous" }, states(e))
+    assert.equals(1000 + POLICY.retain, e.next_change)
+  end)
+
+  it("makes a key added to a set with a current key next, and promotes it after prepublish", function()
+    local records = { a = rec("current", { current = 10 }) }
+    local e = lifecycle.evaluate(records, { "b", "a" }, POLICY, 1000)
+    assert.equals("a", e.signer)
+    assert.same({ a = "current", b = "next" }, states(e))
+    assert.same({ "b", "a" }, e.published)
+    assert.equals(1400, e.next_change)
+    assert.is_true(e.must_record)
+    -- recorded (as a loader writes it), then the clock passes prepublish
+    records = lifecycle.records_after(records, e)
+    e = lifecycle.evaluate(records, { "b", "a" }, POLICY, 1399)
+    assert.equals("a", e.signer)
+    assert.is_false(e.changed)
+    e = lifecycle.evaluate(records, { "b", "a" }, POLICY, 1400)
+    assert.equals("b", e.signer)
+    assert.same({ a = "previous", b = "current" }, states(e))
+    assert.equals(1400, e.keys.a.times.previous)
+    assert.is_true(e.changed)
+    assert.is_false(e.must_record)
+  end)
+
+  it("replays promotion and retirement at the times they fell due, whatever the clock", function()
+    local records = { a = rec("current", { current = 0 }), b = rec("next", { next = 100 }) }
+    local late = lifecycle.evaluate(records, { "b", "a" }, POLICY, 100000)
+    assert.same({ a = "retired", b = "current" }, states(late))
+    assert.equals(500, late.keys.b.times.current)
+    assert.equals(500, late.keys.a.times.previous)
+    assert.equals(4500, late.keys.a.times.retired)
+    assert.same({ "b" }, late.published)
+    -- another process evaluating at another time records the same times
+    local other = lifecycle.evaluate(records, { "b", "a" }, POLICY, 5000)
+    assert.same(late.keys, other.keys)
+  end)
+
+  it("publishes next, current and previous keys, never retired or destroyed ones", function()
+    local records = { n = rec("next", { next = 990 }), c = rec("current", { current = 1 }),
+      p = rec("previous", { previous = 900 }), r = rec("retired", { retired = 5 }) }
+    local e = lifecycle.evaluate(records, { "n", "c", "p", "r" }, POLICY, 1000)
+    assert.same({ "n", "c", "p" }, e.published)
+    assert.equals("c", e.signer)
+    assert.equals(1390, e.next_change)
+  end)
+
+  it("keeps exactly one current key when records name two", function()
+    local records = { a = rec("current", { current = 10 }), b = rec("current", { current = 20 }) }
+    local e = lifecycle.evaluate(records, { "a", "b" }, POLICY, 30)
+    assert.equals("b", e.signer)
+    assert.same({ a = "previous", b = "current" }, states(e))
+  end)
+
+  it("picks a signer when the current key is gone: the next key first, else the latest previous", function()
+    local records = { gone = rec("current", { current = 1 }), n = rec("next", { next = 90 }),
+      p = rec("previous", { previous = 50 }) }
+    local e = lifecycle.evaluate(records, { "n", "p" }, POLICY, 100)
+    assert.equals("n", e.signer)
+    assert.is_true(e.must_record)
+    records.n = nil
+    e = lifecycle.evaluate(records, { "p" }, POLICY, 100)
+    assert.equals("p", e.signer)
+  end)
+
+  it("says when the period wants a next key, and not while one is next", function()
+    local policy = { period = 1000, prepublish = 400, retain = 4000 }
+    local records = { a = rec("current", { current = 0 }) }
+    local e = lifecycle.evaluate(records, { "a" }, policy, 599)
+    assert.is_nil(e.generate)
+    assert.equals(600, e.next_change)
+    e = lifecycle.evaluate(records, { "a" }, policy, 600)
+    assert.is_true(e.generate)
+    records.b = rec("next", { next = 600 })
+    e = lifecycle.evaluate(records, { "b", "a" }, policy, 700)
+    assert.is_nil(e.generate)
+    assert.equals(1000, e.next_change)
+  end)
+
+  it("lists retired keys to destroy only when destroy_after is set", function()
+    local records = { c = rec("current", { current = 0 }), r = rec("retired", { retired = 100 }) }
+    assert.same({}, lifecycle.evaluate(records, { "c", "r" }, POLICY, 10 ^ 9).destroy)
+    local policy = { prepublish = 400, retain = 4000, destroy_after = 50 }
+    local e = lifecycle.evaluate(records, { "c", "r" }, policy, 149)
+    assert.same({}, e.destroy)
+    assert.equals(150, e.next_change)
+    assert.same({ "r" }, lifecycle.evaluate(records, { "c", "r" }, policy, 150).destroy)
+  end)
+
+  it("ignores records of keys that are not present and treats destroyed kids seen again as new", function()
+    local records = { c = rec("current", { current = 0 }), x = rec("destroyed", { destroyed = 5 }) }
+    local e = lifecycle.evaluate(records, { "x", "c" }, POLICY, 100)
+    assert.same({ c = "current", x = "next" }, states(e))
+    assert.is_nil(lifecycle.evaluate(records, { "c" }, POLICY, 100).keys.x)
+  end)
+
+  it("runs several scheduled cycles, one signer at every instant", function()
+    local policy = { period = 1000, prepublish = 400, retain = 1500 }
+    local records = { k1 = rec("current", { current = 0 }) }
+    local present = { "k1" }
+    local signers, n = {}, 1
+    for now = 0, 5000, 50 do
+      local e = lifecycle.evaluate(records, present, policy, now)
+      assert.truthy(e.signer)
+      signers[e.signer] = true
+      if e.generate then
+        n = n + 1
+        local kid = "k" .. n
+        table.insert(present, 1, kid)
+        e = lifecycle.evaluate(records, present, policy, now)
+        assert.equals("next", e.keys[kid].state)
+      end
+      records = lifecycle.records_after(records, e)
+      -- every key that signs was published at least prepublish before
+      local signer = e.keys[e.signer]
+      if signer.times.next then assert.is_true(signer.times.current - signer.times.next >= policy.prepublish) end
+    end
+    assert.is_true(n >= 5)
+    for i = 1, n - 2 do assert.is_true(signers["k" .. i]) end
+  end)
+end)
+
+describe("lifecycle policy", function()
+  it("defaults prepublish and retain to the safe minimums, period and destroy off", function()
+    local policy = assert(lifecycle.policy("s", nil, LIMITS))
+    assert.equals(300 + 30 + 30, policy.prepublish)
+    assert.equals(3600 + 60 + 300, policy.retain)
+    assert.is_nil(policy.period)
+    assert.is_nil(policy.destroy_after)
+  end)
+
+  it("refuses prepublish shorter than the cache lifetime plus refresh, by name", function()
+    local policy, err, code = lifecycle.policy("s", { prepublish = 359 }, LIMITS)
+    assert.is_nil(policy)
+    assert.equals("ERR_CONFIG", code)
+    assert.matches("rotation.prepublish (359 s) is shorter than publication.max_age + publication.refresh", err, 1, true)
+    assert.matches("startup set 's'", err, 1, true)
+  end)
+
+  it("refuses retain shorter than the token lifetime plus tolerance plus cache lifetime, by name", function()
+    local policy, err, code = lifecycle.policy("s", { retain = 3959 }, LIMITS)
+    assert.is_nil(policy)
+    assert.equals("ERR_CONFIG", code)
+    assert.matches("rotation.retain (3959 s) is shorter than tokens.max_lifetime + tokens.clock_tolerance", err, 1, true)
+  end)
+
+  it("refuses a period no longer than prepublish", function()
+    local _, err, code = lifecycle.policy("s", { period = 360 }, LIMITS)
+    assert.equals("ERR_CONFIG", code)
+    assert.matches("rotation.period (360 s) must be longer than rotation.prepublish", err, 1, true)
+  end)
+end)
