@@ -194,6 +194,7 @@ static const luaL_Reg functions[] = {
 int luaopen_jwkengine_core(lua_State *L)
 {
     luaL_newlib(L, functions);
+    jwke_open_module(L);
     jwke_open_token(L);
     jwke_open_public_key(L);
     jwke_open_software_key(L);
