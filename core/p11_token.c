@@ -1,5 +1,6 @@
 /* A token in use (see p11_token.h for the rules): opening and closing it,
- * the fork catch-up, logging in, the session pool and recovery. */
+ * the fork catch-up, logging in and recovery; its sessions come from a pool
+ * (p11_session.c). */
 #include "p11_token.h"
 
 #include <errno.h>
@@ -14,6 +15,7 @@
 #include <openssl/crypto.h>
 
 #include "ckr_names.h"
+#include "p11_session.h"
 
 #define MAX_PIN_LEN 256
 
@@ -25,18 +27,13 @@ struct jwke_p11_token {
     char serial[17];
 
     pthread_mutex_t lock;  /* guards everything below */
-    pthread_cond_t session_free;
+    jwke_p11_pool *pool;
     unsigned fork_generation; /* the process generation this state belongs to */
     unsigned epoch;        /* module epoch our sessions and login belong to */
     unsigned object_epoch; /* bumped whenever cached object handles go stale */
     CK_SESSION_HANDLE login_session;
     int have_login_session;
     unsigned login_session_epoch; /* module epoch the login session was opened in */
-    CK_SESSION_HANDLE idle[JWKE_POOL_LIMIT];
-    int idle_count;
-    int open_count;        /* pooled sessions open (idle + borrowed) */
-    int max_sessions;
-    int session_wait_ms;
     int reinit_interval_ms;
     long long last_reinit_ms;
 
@@ -72,11 +69,9 @@ static void catch_up_after_fork(jwke_p11_token *t)
     jwke_p11_fork_lock();
     if (t->fork_generation != generation) {
         pthread_mutex_init(&t->lock, NULL);
-        pthread_cond_init(&t->session_free, NULL);
+        jwke_p11_pool_after_fork(t->pool);
         t->epoch = 0;
         t->have_login_session = 0;
-        t->idle_count = 0;
-        t->open_count = 0;
         t->tracked = 0;
         t->object_epoch++;
         t->fork_generation = generation;
@@ -133,15 +128,18 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     t->slot = slot;
     snprintf(t->label, sizeof t->label, "%s", label ? label : "");
     snprintf(t->serial, sizeof t->serial, "%s", serial ? serial : "");
-    t->max_sessions = options && options->max_sessions > 0 ? options->max_sessions : 4;
-    if (t->max_sessions > JWKE_POOL_LIMIT)
-        t->max_sessions = JWKE_POOL_LIMIT;
-    t->session_wait_ms = options && options->session_wait_ms > 0 ? options->session_wait_ms : 5000;
+    t->pool = jwke_p11_pool_new(
+        t->fn, options && options->max_sessions > 0 ? options->max_sessions : 4,
+        options && options->session_wait_ms > 0 ? options->session_wait_ms : 5000);
+    if (!t->pool) {
+        free(t);
+        jwke_fail(err, "out of memory opening a token");
+        return NULL;
+    }
     t->reinit_interval_ms =
         options && options->reinit_interval_ms > 0 ? options->reinit_interval_ms : 1000;
     t->last_reinit_ms = -1000000;
     pthread_mutex_init(&t->lock, NULL);
-    pthread_cond_init(&t->session_free, NULL);
     t->fork_generation = jwke_p11_fork_generation();
     t->epoch = epoch;
 
@@ -150,7 +148,7 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     if (rv != CKR_OK) {
         jwke_fail_ckr(err, "C_OpenSession", rv);
         pthread_mutex_destroy(&t->lock);
-        pthread_cond_destroy(&t->session_free);
+        jwke_p11_pool_free(t->pool, 0);
         free(t);
         return NULL;
     }
@@ -159,7 +157,6 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     t->tracked = 1;
     jwke_p11_module_track_slot(module, slot, +1);
     jwke_p11_module_retain(module); /* released in jwke_p11_token_close */
-    t->stats.max_sessions = t->max_sessions;
     return t;
 }
 
@@ -175,8 +172,7 @@ void jwke_p11_token_close(jwke_p11_token *t)
         jwke_error ignored;
         pthread_mutex_lock(&t->lock);
         if (t->epoch == jwke_p11_module_check(t->module, &ignored)) {
-            while (t->idle_count > 0)
-                t->fn->C_CloseSession(t->idle[--t->idle_count]);
+            jwke_p11_pool_close_idle(t->pool);
             if (t->have_login_session)
                 t->fn->C_CloseSession(t->login_session);
         }
@@ -187,10 +183,9 @@ void jwke_p11_token_close(jwke_p11_token *t)
     }
     pin_free(t);
     jwke_p11_module_release(t->module);
-    if (!inherited_locks) {
+    if (!inherited_locks)
         pthread_mutex_destroy(&t->lock);
-        pthread_cond_destroy(&t->session_free);
-    }
+    jwke_p11_pool_free(t->pool, inherited_locks);
     free(t);
 }
 
@@ -317,8 +312,8 @@ void jwke_p11_token_stats(jwke_p11_token *t, jwke_p11_stats *out)
 {
     lock_token(t);
     *out = t->stats;
-    out->sessions_open = t->open_count;
-    out->max_sessions = t->max_sessions;
+    jwke_p11_pool_counts(t->pool, &out->sessions_open, &out->max_sessions,
+                         &out->sessions_opened, &out->session_waits);
     pthread_mutex_unlock(&t->lock);
 }
 
@@ -423,8 +418,7 @@ static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
      * this epoch: trying again must not open (and leak) another one. */
     int reuse = t->have_login_session && t->login_session_epoch == epoch;
     if (!reuse) {
-        t->idle_count = 0;
-        t->open_count = 0;
+        jwke_p11_pool_forget(t->pool);
         t->have_login_session = 0;
         t->object_epoch++;
     }
@@ -462,50 +456,20 @@ static int lock_current(jwke_p11_token *t, jwke_error *err)
     return 0;
 }
 
-/* Borrows a session: the most recently returned one, a new one while under
- * the bound, or the next one returned within session_wait_ms. Caller holds
+/* Borrows a session from the pool (see p11_session.h). Caller holds
  * t->lock. */
 static int borrow_locked(jwke_p11_token *t, CK_SESSION_HANDLE *session, jwke_error *err)
 {
-    struct timespec deadline;
-    int have_deadline = 0;
-    for (;;) {
-        if (t->idle_count > 0) {
-            *session = t->idle[--t->idle_count];
-            return 0;
-        }
-        if (t->open_count < t->max_sessions) {
-            CK_RV rv = t->fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
-                                                    NULL, NULL, session);
-            if (rv == CKR_OK) {
-                t->open_count++;
-                t->stats.sessions_opened++;
-                return 0;
-            }
-            if (rv != CKR_SESSION_COUNT || t->open_count == 0)
-                return jwke_fail_ckr(err, "C_OpenSession", rv);
-            /* The token allows fewer sessions than configured: learn it. */
-            queue_event(t, "the token allows %d sessions for jwkengine (hsm.max_sessions was %d)",
-                        t->open_count, t->max_sessions);
-            t->max_sessions = t->open_count;
-        }
-        if (!have_deadline) {
-            clock_gettime(CLOCK_REALTIME, &deadline);
-            deadline.tv_sec += t->session_wait_ms / 1000;
-            deadline.tv_nsec += (long)(t->session_wait_ms % 1000) * 1000000L;
-            if (deadline.tv_nsec >= 1000000000L) {
-                deadline.tv_sec++;
-                deadline.tv_nsec -= 1000000000L;
-            }
-            have_deadline = 1;
-            t->stats.session_waits++;
-        }
-        if (pthread_cond_timedwait(&t->session_free, &t->lock, &deadline) == ETIMEDOUT &&
-            t->idle_count == 0 && t->open_count >= t->max_sessions)
-            return jwke_fail(err, "no PKCS#11 session became free within %d ms (all %d are busy; "
-                             "raise hsm.max_sessions or hsm.session_wait_ms)",
-                             t->session_wait_ms, t->max_sessions);
+    int former_limit;
+    int result = jwke_p11_pool_borrow(t->pool, &t->lock, t->slot, session, &former_limit, err);
+    if (former_limit) {
+        int open, limit;
+        unsigned long opened, waits;
+        jwke_p11_pool_counts(t->pool, &open, &limit, &opened, &waits);
+        queue_event(t, "the token allows %d sessions for jwkengine (hsm.max_sessions was %d)",
+                    limit, former_limit);
     }
+    return result;
 }
 
 /* Returns a borrowed session: to the pool after success, closed after any
@@ -514,15 +478,10 @@ static int borrow_locked(jwke_p11_token *t, CK_SESSION_HANDLE *session, jwke_err
 static void give_back(jwke_p11_token *t, CK_SESSION_HANDLE session, unsigned epoch, int healthy)
 {
     pthread_mutex_lock(&t->lock);
-    if (epoch == t->epoch) { /* else it belongs to a module state that is gone */
-        if (healthy && t->idle_count < JWKE_POOL_LIMIT) {
-            t->idle[t->idle_count++] = session;
-        } else {
-            t->fn->C_CloseSession(session);
-            t->open_count--;
-        }
-    }
-    pthread_cond_signal(&t->session_free);
+    if (epoch == t->epoch)
+        jwke_p11_pool_give_back(t->pool, session, healthy);
+    else /* it belongs to a module state that is gone: just forgotten */
+        jwke_p11_pool_signal(t->pool);
     pthread_mutex_unlock(&t->lock);
 }
 

@@ -1,5 +1,5 @@
-/* A token in use, opaque outside p11_token.c: its sessions, the login,
- * the fork catch-up and recovery, all the token's state in one file.
+/* A token in use, opaque outside p11_token.c: its sessions (a pool,
+ * p11_session.c), the login, the fork catch-up and recovery.
  *
  * Sessions: a dedicated login session is opened first and never handed
  * out, so the login outlives every pooled session. Operations borrow
@@ -34,7 +34,6 @@
 #include "p11_module.h"
 #include "pin_source.h"
 
-#define JWKE_POOL_LIMIT 64
 #define JWKE_EVENT_QUEUE 16
 #define JWKE_EVENT_SIZE 160
 
