@@ -1,13 +1,62 @@
-/* Key sets on the token: reading pairs (mapped to JWK-ready keys by
- * p11_map.c), generating, renaming and deleting them. */
-#include "p11_token.h"
+/* Key sets on the token (see p11_keys.h). */
+#include "p11_keys.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ec_der.h"
-#include "p11_internal.h"
 #include "p11_map.h"
+
+CK_RV jwke_p11_find(jwke_p11_token *t, CK_SESSION_HANDLE session, CK_ATTRIBUTE *template,
+                    CK_ULONG template_len, CK_OBJECT_HANDLE **found, size_t *count,
+                    const char **function, jwke_error *err)
+{
+    CK_FUNCTION_LIST_PTR fn = jwke_p11_token_functions(t);
+    *function = "C_FindObjectsInit";
+    CK_RV rv = fn->C_FindObjectsInit(session, template, template_len);
+    if (rv != CKR_OK)
+        return rv;
+
+    size_t capacity = 16, n = 0;
+    CK_OBJECT_HANDLE *handles = malloc(capacity * sizeof *handles);
+    *function = "C_FindObjects";
+    while (handles) {
+        if (n == capacity) {
+            CK_OBJECT_HANDLE *grown = realloc(handles, 2 * capacity * sizeof *handles);
+            if (!grown)
+                break;
+            handles = grown;
+            capacity *= 2;
+        }
+        CK_ULONG got = 0, room = (CK_ULONG)(capacity - n);
+        rv = fn->C_FindObjects(session, handles + n, room, &got);
+        if (rv == CKR_OK && got > room) {
+            jwke_fail(err, "C_FindObjects: token reported %lu handles, buffer holds %lu",
+                      (unsigned long)got, (unsigned long)room);
+            err->code = JWKE_ERR_TOKEN_LENGTH;
+            rv = JWKE_OP_FAILED;
+        }
+        if (rv != CKR_OK || got == 0)
+            break;
+        n += got;
+    }
+    if (!handles || (rv == CKR_OK && n == capacity))
+        rv = CKR_HOST_MEMORY;
+    /* Always end the search, or the session stays busy with it. */
+    CK_RV final_rv = fn->C_FindObjectsFinal(session);
+    if (rv == CKR_OK && final_rv != CKR_OK) {
+        *function = "C_FindObjectsFinal";
+        rv = final_rv;
+    }
+    if (rv != CKR_OK) {
+        free(handles);
+        return rv;
+    }
+    *found = handles;
+    *count = n;
+    return CKR_OK;
+}
 
 typedef struct load_context {
     const char *label;
@@ -39,7 +88,7 @@ static CK_RV load_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
     for (size_t i = 0; i < n && rv == CKR_OK; i++) {
         CK_ULONG count;
         CK_ATTRIBUTE *template = jwke_p11_object_template(c->objects, i, handles[i], &count);
-        rv = token->module->fn->C_GetAttributeValue(session, handles[i], template, count);
+        rv = jwke_p11_token_functions(token)->C_GetAttributeValue(session, handles[i], template, count);
         rv = jwke_p11_object_check(c->objects, i, rv, err);
     }
     free(handles);
@@ -51,6 +100,8 @@ int jwke_p11_load_set(jwke_p11_token *token, const char *label, size_t label_len
                       jwke_p11_key **keys, size_t *count, jwke_error *err)
 {
     load_context c = {label, label_len, id, id_len, NULL};
+    /* read before the search: a change meanwhile makes the handles stale */
+    unsigned object_epoch = jwke_p11_token_object_epoch(token);
     int result = jwke_p11_run(token, load_op, &c, err);
     if (result == 0)
         result = jwke_p11_map_objects(c.objects, min_rsa_bits, keys, count, err);
@@ -66,7 +117,7 @@ int jwke_p11_load_set(jwke_p11_token *token, const char *label, size_t label_len
             memcpy((*keys)[i].label, label, label_len);
             (*keys)[i].label[label_len] = '\0';
             (*keys)[i].label_len = label_len;
-            (*keys)[i].object_epoch = token->object_epoch;
+            (*keys)[i].object_epoch = object_epoch;
         }
     }
     jwke_p11_objects_free(c.objects);
@@ -91,7 +142,7 @@ static CK_RV generate_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void 
     generate_context *c = ctx;
     CK_OBJECT_HANDLE public_handle, private_handle;
     *function = "C_GenerateKeyPair";
-    return token->module->fn->C_GenerateKeyPair(session, c->mechanism, c->public_template,
+    return jwke_p11_token_functions(token)->C_GenerateKeyPair(session, c->mechanism, c->public_template,
                                                 c->public_count, c->private_template,
                                                 c->private_count, &public_handle, &private_handle);
 }
@@ -205,18 +256,10 @@ static CK_RV each_object_op(jwke_p11_token *token, CK_SESSION_HANDLE session, vo
     return rv;
 }
 
-/* Cached handles of the objects touched must not be used again. */
-static void objects_changed(jwke_p11_token *token)
-{
-    pthread_mutex_lock(&token->lock);
-    token->object_epoch++;
-    pthread_mutex_unlock(&token->lock);
-}
-
 static CK_RV destroy_object(jwke_p11_token *token, CK_SESSION_HANDLE session,
                             CK_OBJECT_HANDLE handle, void *arg)
 {
-    return token->module->fn->C_DestroyObject(session, handle);
+    return jwke_p11_token_functions(token)->C_DestroyObject(session, handle);
 }
 
 int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,
@@ -230,14 +273,14 @@ int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,
     int result = jwke_p11_run(token, each_object_op, &c, err);
     *destroyed = c.done;
     if (result == 0)
-        objects_changed(token);
+        jwke_p11_token_objects_changed(token); /* cached handles are stale */
     return result;
 }
 
 static CK_RV set_id(jwke_p11_token *token, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE handle,
                     void *arg)
 {
-    return token->module->fn->C_SetAttributeValue(session, handle, arg, 1);
+    return jwke_p11_token_functions(token)->C_SetAttributeValue(session, handle, arg, 1);
 }
 
 int jwke_p11_set_id(jwke_p11_token *token, const char *label, size_t label_len,
@@ -255,6 +298,6 @@ int jwke_p11_set_id(jwke_p11_token *token, const char *label, size_t label_len,
     each_object_context c = {search, 2, "C_SetAttributeValue", set_id, &id, 0};
     int result = jwke_p11_run(token, each_object_op, &c, err);
     *changed = c.done;
-    objects_changed(token);
+    jwke_p11_token_objects_changed(token); /* cached handles are stale */
     return result;
 }

@@ -9,7 +9,6 @@
 #include <string.h>
 
 #include "ec_der.h"
-#include "p11_internal.h"
 #include "pkey.h"
 
 /* Big enough for every key we accept, so one C_GetAttributeValue per object

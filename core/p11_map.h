@@ -9,7 +9,7 @@
 #include <stddef.h>
 
 #include "error.h"
-#include "p11_token.h"
+#include "p11_keys.h"
 
 typedef struct jwke_p11_objects jwke_p11_objects;
 
@@ -35,5 +35,8 @@ CK_RV jwke_p11_object_check(jwke_p11_objects *objects, size_t i, CK_RV rv, jwke_
  * Free the keys with jwke_p11_keys_free. */
 int jwke_p11_map_objects(jwke_p11_objects *objects, int min_rsa_bits, jwke_p11_key **keys,
                          size_t *count, jwke_error *err);
+
+void jwke_p11_key_clear(jwke_p11_key *key);
+void jwke_p11_keys_free(jwke_p11_key *keys, size_t count);
 
 #endif

@@ -7,11 +7,40 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "p11_internal.h"
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 
 /* More slots than any device has: a count beyond it is a module's
  * garbage, not something to allocate for. */
 #define MAX_SLOTS 65536
+
+typedef struct login_record {
+    CK_SLOT_ID slot;
+    int sessions;
+    int logged_in;
+    unsigned char pin_fingerprint[SHA256_DIGEST_LENGTH];
+    struct login_record *next;
+} login_record;
+
+struct jwke_p11_module {
+    char *path;
+    char *init_args;          /* CK_C_INITIALIZE_ARGS.pReserved, or NULL */
+    pthread_mutex_t lock;     /* guards logins, epoch and re-initialization */
+    /* Held for reading by every operation in flight and for writing by a
+     * full re-initialization. */
+    pthread_rwlock_t use_lock;
+    login_record *logins;
+    void *library;            /* dlopen handle */
+    CK_FUNCTION_LIST_PTR fn;
+    int references;
+    unsigned fork_generation; /* the process generation this state belongs to */
+    int initialized_here;     /* our C_Initialize returned CKR_OK in that generation */
+    unsigned epoch;           /* bumped by every (re-)initialization */
+    struct jwke_p11_module *next;
+};
 
 static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
 static jwke_p11_module *modules;
@@ -56,6 +85,7 @@ static CK_RV initialize(jwke_p11_module *m)
     CK_C_INITIALIZE_ARGS args;
     memset(&args, 0, sizeof args);
     args.flags = CKF_OS_LOCKING_OK;
+    args.pReserved = m->init_args;
     CK_RV rv = m->fn->C_Initialize(&args);
     m->initialized_here = rv == CKR_OK;
     m->fork_generation = fork_generation;
@@ -96,13 +126,36 @@ fail:
     return -1;
 }
 
-jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err)
+static int same_init_args(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static void free_logins(jwke_p11_module *m)
+{
+    while (m->logins) {
+        login_record *next = m->logins->next;
+        OPENSSL_cleanse(m->logins, sizeof *m->logins);
+        free(m->logins);
+        m->logins = next;
+    }
+}
+
+static void free_module(jwke_p11_module *m)
+{
+    free(m->path);
+    free(m->init_args);
+    free(m);
+}
+
+jwke_p11_module *jwke_p11_module_acquire(const char *path, const char *init_args,
+                                         jwke_error *err)
 {
     pthread_once(&atfork_once, register_atfork);
     pthread_mutex_lock(&modules_lock);
     jwke_p11_module *m;
     for (m = modules; m; m = m->next) {
-        if (strcmp(m->path, path) == 0) {
+        if (strcmp(m->path, path) == 0 && same_init_args(m->init_args, init_args)) {
             m->references++;
             pthread_mutex_unlock(&modules_lock);
             /* in a forked child, the first use re-initializes */
@@ -114,15 +167,15 @@ jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err)
         }
     }
     m = calloc(1, sizeof *m);
-    if (!m || !(m->path = strdup(path))) {
-        free(m);
+    if (!m || !(m->path = strdup(path)) || (init_args && !(m->init_args = strdup(init_args)))) {
+        if (m)
+            free_module(m);
         pthread_mutex_unlock(&modules_lock);
         jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory loading PKCS#11 module");
         return NULL;
     }
     if (load_and_initialize(m, path, err) != 0) {
-        free(m->path);
-        free(m);
+        free_module(m);
         pthread_mutex_unlock(&modules_lock);
         return NULL;
     }
@@ -164,15 +217,10 @@ void jwke_p11_module_release(jwke_p11_module *module)
         module->fn->C_Finalize(NULL);
         dlclose(module->library);
     }
-    while (module->logins) {
-        jwke_p11_login_record *next = module->logins->next;
-        free(module->logins);
-        module->logins = next;
-    }
+    free_logins(module);
     pthread_mutex_destroy(&module->lock);
     pthread_rwlock_destroy(&module->use_lock);
-    free(module->path);
-    free(module);
+    free_module(module);
 }
 
 unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err)
@@ -188,11 +236,7 @@ unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err)
          * left them; the login records describe the parent's sessions. */
         pthread_mutex_init(&module->lock, NULL);
         pthread_rwlock_init(&module->use_lock, NULL);
-        while (module->logins) {
-            jwke_p11_login_record *next = module->logins->next;
-            free(module->logins);
-            module->logins = next;
-        }
+        free_logins(module);
         rv = initialize(module);
     }
     unsigned epoch = module->epoch;
@@ -202,6 +246,26 @@ unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err)
         return 0;
     }
     return epoch;
+}
+
+int jwke_p11_module_is_current(const jwke_p11_module *module)
+{
+    return module->fork_generation == fork_generation;
+}
+
+CK_FUNCTION_LIST_PTR jwke_p11_module_functions(const jwke_p11_module *module)
+{
+    return module->fn;
+}
+
+void jwke_p11_module_use_begin(jwke_p11_module *module)
+{
+    pthread_rwlock_rdlock(&module->use_lock);
+}
+
+void jwke_p11_module_use_end(jwke_p11_module *module)
+{
+    pthread_rwlock_unlock(&module->use_lock);
 }
 
 int jwke_p11_module_reinitialize(jwke_p11_module *module, jwke_error *err)
@@ -315,4 +379,99 @@ int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *
     *slots = out;
     *count = n;
     return 0;
+}
+
+/* The per-process key of PIN fingerprints: random, never stored. */
+static unsigned char fingerprint_key[32];
+static pthread_once_t fingerprint_key_once = PTHREAD_ONCE_INIT;
+
+static void make_fingerprint_key(void)
+{
+    RAND_bytes(fingerprint_key, sizeof fingerprint_key);
+}
+
+/* HMAC is not told the room: out holds exactly one SHA-256 value */
+static void pin_fingerprint(const unsigned char *pin, size_t pin_len,
+                            unsigned char out[SHA256_DIGEST_LENGTH])
+{
+    unsigned int len = 0;
+    pthread_once(&fingerprint_key_once, make_fingerprint_key);
+    HMAC(EVP_sha256(), fingerprint_key, sizeof fingerprint_key, pin, pin_len, out, &len);
+}
+
+/* The login record of a slot; the caller holds module->lock. */
+static login_record *find_login_record(jwke_p11_module *module, CK_SLOT_ID slot, int create)
+{
+    for (login_record *r = module->logins; r; r = r->next)
+        if (r->slot == slot)
+            return r;
+    if (!create)
+        return NULL;
+    login_record *r = calloc(1, sizeof *r);
+    if (r) {
+        r->slot = slot;
+        r->next = module->logins;
+        module->logins = r;
+    }
+    return r;
+}
+
+void jwke_p11_module_track_slot(jwke_p11_module *module, CK_SLOT_ID slot, int delta)
+{
+    pthread_mutex_lock(&module->lock);
+    login_record *r = find_login_record(module, slot, delta > 0);
+    if (r) {
+        r->sessions += delta;
+        if (r->sessions <= 0) {
+            for (login_record **p = &module->logins; *p; p = &(*p)->next) {
+                if (*p == r) {
+                    *p = r->next;
+                    break;
+                }
+            }
+            OPENSSL_cleanse(r, sizeof *r);
+            free(r);
+        }
+    }
+    pthread_mutex_unlock(&module->lock);
+}
+
+int jwke_p11_module_login(jwke_p11_module *module, CK_SLOT_ID slot,
+                          CK_SESSION_HANDLE *session, const unsigned char *pin, size_t pin_len,
+                          CK_RV *login_rv, jwke_error *err)
+{
+    CK_FUNCTION_LIST_PTR fn = module->fn;
+    unsigned char fingerprint[SHA256_DIGEST_LENGTH];
+    pin_fingerprint(pin, pin_len, fingerprint);
+    pthread_mutex_lock(&module->lock);
+    CK_RV rv = fn->C_Login(*session, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
+    if (rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) {
+        /* the login session itself went away: one new one */
+        rv = fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, session);
+        if (rv == CKR_OK)
+            rv = fn->C_Login(*session, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
+    }
+    login_record *record = find_login_record(module, slot, rv == CKR_OK);
+    int result = 0;
+    if (rv == CKR_OK) {
+        if (record) {
+            memcpy(record->pin_fingerprint, fingerprint, sizeof fingerprint);
+            record->logged_in = 1;
+        }
+    } else if (rv == CKR_USER_ALREADY_LOGGED_IN) {
+        /* Logged in by another of our engines: only with the same PIN. */
+        if (record && record->logged_in &&
+            CRYPTO_memcmp(record->pin_fingerprint, fingerprint, sizeof fingerprint) != 0) {
+            jwke_fail(err, "C_Login: the token is already logged in by this process with "
+                      "another PIN; this PIN was not checked and is refused");
+            err->ckr = CKR_PIN_INCORRECT;
+            result = -1;
+        }
+    } else {
+        result = jwke_fail_ckr(err, "C_Login", rv);
+    }
+    pthread_mutex_unlock(&module->lock);
+    OPENSSL_cleanse(fingerprint, sizeof fingerprint);
+    *login_rv = rv;
+    return result;
 }

@@ -1,52 +1,39 @@
-/* Loading a PKCS#11 module and listing its slots.
+/* A loaded PKCS#11 module: the first layer of the object model
+ * (module -> slots -> token -> sessions -> keys), opaque outside
+ * p11_module.c.
  *
- * A module is initialized once per process however many engines use it
- * (C_Initialize is process-wide), and finalized when the last one lets go.
+ * A module is loaded and initialized once per process however many
+ * engines use it (C_Initialize is process-wide), and finalized when the
+ * last reference goes. Listing slots and opening a token on the same
+ * module object therefore never initializes twice.
  *
  * Fork safety: a pthread_atfork child handler only bumps a process-wide
- * fork generation. The first use of a module in the child notices the new
- * generation, calls C_Initialize again (CKR_CRYPTOKI_ALREADY_INITIALIZED is
- * fine) and bumps the module's epoch, which tells every token that its
- * sessions, login and object handles are gone. Inherited handles are never
- * closed, and C_Finalize is only called by the process generation that
- * initialized the module itself. */
+ * fork generation. jwke_p11_module_check, the one catch-up of a module,
+ * notices the new generation on the first use in the child, calls
+ * C_Initialize again (CKR_CRYPTOKI_ALREADY_INITIALIZED is fine) and bumps
+ * the module's epoch, which tells every token that its sessions, login and
+ * object handles are gone. Inherited handles are never closed, and
+ * C_Finalize is only called by the process generation that initialized
+ * the module itself.
+ *
+ * PKCS#11 login state belongs to the process, not the session: while one
+ * of our sessions on a slot is logged in, C_Login answers "already logged
+ * in" whatever PIN it is given. To keep a second engine with a wrong PIN
+ * out, the module remembers per slot a keyed fingerprint (never the PIN) of
+ * the PIN that logged it in, for as long as tokens are open on it. */
 #ifndef JWKE_P11_MODULE_H
 #define JWKE_P11_MODULE_H
 
-#include <pthread.h>
 #include <stddef.h>
 #include "error.h"
 #include "pkcs11_header.h"
 
-/* PKCS#11 login state belongs to the process, not the session: while one
- * of our sessions on a slot is logged in, C_Login answers "already logged
- * in" whatever PIN it is given. To keep a second engine with a wrong PIN
- * out, we remember a keyed fingerprint (never the PIN) of the PIN that
- * logged the slot in, for as long as we hold sessions on it. */
-typedef struct jwke_p11_login_record {
-    CK_SLOT_ID slot;
-    int sessions;
-    int logged_in;
-    unsigned char pin_fingerprint[32];
-    struct jwke_p11_login_record *next;
-} jwke_p11_login_record;
+typedef struct jwke_p11_module jwke_p11_module;
 
-typedef struct jwke_p11_module {
-    char *path;
-    pthread_mutex_t lock;     /* guards logins, epoch and re-initialization */
-    /* Held for reading by every operation in flight and for writing by a
-     * full re-initialization, so C_Finalize never runs under another
-     * thread's C_Sign. */
-    pthread_rwlock_t use_lock;
-    jwke_p11_login_record *logins;
-    void *library;            /* dlopen handle */
-    CK_FUNCTION_LIST_PTR fn;
-    int references;
-    unsigned fork_generation; /* the process generation this state belongs to */
-    int initialized_here;     /* our C_Initialize returned CKR_OK in that generation */
-    unsigned epoch;           /* bumped by every (re-)initialization */
-    struct jwke_p11_module *next;
-} jwke_p11_module;
+/* The code of a length a token reported that its buffer cannot hold (or a
+ * wrong one for a fixed-size value): the token misbehaves, whatever CKR it
+ * returned. The message names the function and what was measured. */
+#define JWKE_ERR_TOKEN_LENGTH "ERR_TOKEN_LENGTH"
 
 typedef struct jwke_p11_slot {
     CK_SLOT_ID id;
@@ -61,25 +48,42 @@ typedef struct jwke_p11_slot {
 } jwke_p11_slot;
 
 /* Loads (or re-uses) the module at path and initializes it with
- * CKF_OS_LOCKING_OK. Each successful call needs one jwke_p11_module_release. */
-jwke_p11_module *jwke_p11_module_acquire(const char *path, jwke_error *err);
+ * CKF_OS_LOCKING_OK; init_args (may be NULL) goes to the module as
+ * CK_C_INITIALIZE_ARGS.pReserved, as NSS softokn wants its configuration.
+ * The same path with other init_args is another module object. Each
+ * successful call needs one jwke_p11_module_release. */
+jwke_p11_module *jwke_p11_module_acquire(const char *path, const char *init_args,
+                                         jwke_error *err);
 void jwke_p11_module_release(jwke_p11_module *module);
 
 /* One more reference to a module already acquired. */
 void jwke_p11_module_retain(jwke_p11_module *module);
 
+/* The module's function list (valid while a reference is held). */
+CK_FUNCTION_LIST_PTR jwke_p11_module_functions(const jwke_p11_module *module);
+
 /* The process's fork generation (bumped in every child). */
 unsigned jwke_p11_fork_generation(void);
+
+/* Serializes the first-use catch-up of modules and tokens in a forked
+ * child (several threads of the child may get there at once). */
+void jwke_p11_fork_lock(void);
+void jwke_p11_fork_unlock(void);
 
 /* Brings the module up to date with the current process generation: in a
  * forked child, calls C_Initialize again and bumps the epoch. Cheap when
  * nothing changed. Returns the current epoch, or 0 with err set. */
 unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err);
 
-/* Serializes the first-use catch-up of modules and tokens in a forked
- * child (several threads of the child may get there at once). */
-void jwke_p11_fork_lock(void);
-void jwke_p11_fork_unlock(void);
+/* Whether the module's state belongs to this process generation (a forked
+ * child that has not caught up yet must not touch inherited handles). */
+int jwke_p11_module_is_current(const jwke_p11_module *module);
+
+/* Brackets one operation: while any is in flight, a full
+ * re-initialization waits, so C_Finalize never runs under another
+ * thread's C_Sign. */
+void jwke_p11_module_use_begin(jwke_p11_module *module);
+void jwke_p11_module_use_end(jwke_p11_module *module);
 
 /* Full re-initialization after the device failed (C_Finalize when this
  * process generation initialized it, then C_Initialize); bumps the epoch.
@@ -90,6 +94,19 @@ int jwke_p11_module_reinitialize(jwke_p11_module *module, jwke_error *err);
  * frees *slots. */
 int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
                         jwke_error *err);
+
+/* Counts the tokens open on a slot; when the last one closes, the slot's
+ * login record goes (the token logs out, PKCS#11 §5.6). */
+void jwke_p11_module_track_slot(jwke_p11_module *module, CK_SLOT_ID slot, int delta);
+
+/* CKU_USER login of *session on slot, reopening *session once when it is
+ * gone. An "already logged in" answer is success only when the same PIN
+ * logged the slot in (by fingerprint); otherwise it fails as
+ * CKR_PIN_INCORRECT without the PIN being checked. *login_rv is what
+ * C_Login answered, so the caller can tell a refused PIN. */
+int jwke_p11_module_login(jwke_p11_module *module, CK_SLOT_ID slot,
+                          CK_SESSION_HANDLE *session, const unsigned char *pin, size_t pin_len,
+                          CK_RV *login_rv, jwke_error *err);
 
 /* Copies a blank-padded PKCS#11 string field into a C string of at most
  * dst_size bytes (terminator included). */

@@ -1,13 +1,12 @@
 /* Signing on the token: one C_SignInit and one C_Sign into a buffer already
  * sized for the result. The hash is computed on the host where the mechanism
  * allows it, which is faster than streaming the input to the token. */
-#include "p11_token.h"
+#include "p11_sign.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "evp_sig.h"
-#include "p11_internal.h"
 
 typedef struct sign_context {
     jwke_p11_key *key;
@@ -53,8 +52,8 @@ static CK_RV sign_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
                      const char **function, jwke_error *err)
 {
     sign_context *c = ctx;
-    CK_FUNCTION_LIST_PTR fn = token->module->fn;
-    unsigned object_epoch = token->object_epoch;
+    CK_FUNCTION_LIST_PTR fn = jwke_p11_token_functions(token);
+    unsigned object_epoch = jwke_p11_token_object_epoch(token);
     if (c->key->object_epoch != object_epoch) {
         CK_RV rv = refind_private(token, session, c->key, object_epoch, function, err);
         if (rv != CKR_OK)

@@ -1,78 +1,90 @@
-/* Opening and closing a token, and logging in (PIN handling). The session
- * pool and recovery are in p11_session.c. */
+/* A token in use (see p11_token.h for the rules): opening and closing it,
+ * the fork catch-up, logging in and recovery; its sessions come from a pool
+ * (p11_session.c). */
 #include "p11_token.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
-#include <openssl/sha.h>
 
-#include "p11_internal.h"
+#include "ckr_names.h"
+#include "engine_limits.h"
+#include "p11_session.h"
 
 #define MAX_PIN_LEN 256
 
-/* The per-process key of PIN fingerprints: random, never stored. */
-static unsigned char fingerprint_key[32];
-static pthread_once_t fingerprint_key_once = PTHREAD_ONCE_INIT;
+struct jwke_p11_token {
+    jwke_p11_module *module;
+    CK_FUNCTION_LIST_PTR fn;
+    CK_SLOT_ID slot;
+    char label[33];        /* to find the token again after a re-insertion */
+    char serial[17];
 
-static void make_fingerprint_key(void)
+    pthread_mutex_t lock;  /* guards everything below */
+    jwke_p11_pool *pool;
+    unsigned fork_generation; /* the process generation this state belongs to */
+    unsigned epoch;        /* module epoch our sessions and login belong to */
+    unsigned object_epoch; /* bumped whenever cached object handles go stale */
+    CK_SESSION_HANDLE login_session;
+    int have_login_session;
+    unsigned login_session_epoch; /* module epoch the login session was opened in */
+    int reinit_interval_ms;
+    long long last_reinit_ms;
+
+    unsigned char *pin;    /* locked memory, wiped on free */
+    size_t pin_len;
+    int pin_refused;       /* the token said CKR_PIN_INCORRECT: never again */
+
+    jwke_p11_stats stats;
+    char events[JWKE_EVENT_QUEUE][JWKE_EVENT_SIZE];
+    int event_count;
+    int tracked;           /* the module's login record of our slot counts us */
+};
+
+/* Whether the token's state was copied from the parent by a fork and not
+ * caught up yet (catch_up_after_fork): then its handles and its login
+ * record are the parent's, and nothing may touch them. */
+static int inherited(const jwke_p11_token *t)
 {
-    RAND_bytes(fingerprint_key, sizeof fingerprint_key);
+    return t->fork_generation != jwke_p11_fork_generation() ||
+           !jwke_p11_module_is_current(t->module);
 }
 
-/* HMAC is not told the room: out holds exactly one SHA-256 value */
-static void pin_fingerprint(const unsigned char *pin, size_t pin_len,
-                            unsigned char out[SHA256_DIGEST_LENGTH])
+/* The one fork catch-up of a token, done on its first use in a forked
+ * child: the locks were copied in whatever state the parent's threads left
+ * them, and every session handle belongs to the parent (dropped, never
+ * closed); the module's catch-up dropped the login records. Done once,
+ * even when several threads of the child get here together. */
+static void catch_up_after_fork(jwke_p11_token *t)
 {
-    unsigned int len = 0;
-    pthread_once(&fingerprint_key_once, make_fingerprint_key);
-    HMAC(EVP_sha256(), fingerprint_key, sizeof fingerprint_key, pin, pin_len, out, &len);
-}
-
-/* The login record of a slot; the caller holds module->lock. */
-static jwke_p11_login_record *login_record(jwke_p11_module *module, CK_SLOT_ID slot, int create)
-{
-    for (jwke_p11_login_record *r = module->logins; r; r = r->next)
-        if (r->slot == slot)
-            return r;
-    if (!create)
-        return NULL;
-    jwke_p11_login_record *r = calloc(1, sizeof *r);
-    if (r) {
-        r->slot = slot;
-        r->next = module->logins;
-        module->logins = r;
+    unsigned generation = jwke_p11_fork_generation();
+    if (t->fork_generation == generation)
+        return;
+    jwke_p11_fork_lock();
+    if (t->fork_generation != generation) {
+        pthread_mutex_init(&t->lock, NULL);
+        jwke_p11_pool_after_fork(t->pool);
+        t->epoch = 0;
+        t->have_login_session = 0;
+        t->tracked = 0;
+        t->object_epoch++;
+        t->fork_generation = generation;
     }
-    return r;
+    jwke_p11_fork_unlock();
 }
 
-/* Counts our tokens on a slot; when the last one closes the token logs out
- * (PKCS#11 §5.6) and the record goes. */
-void jwke_p11_track_slot(jwke_p11_module *module, CK_SLOT_ID slot, int delta)
+/* Every entry point that uses the token's state locks it through here. */
+static void lock_token(jwke_p11_token *t)
 {
-    pthread_mutex_lock(&module->lock);
-    jwke_p11_login_record *r = login_record(module, slot, delta > 0);
-    if (r) {
-        r->sessions += delta;
-        if (r->sessions <= 0) {
-            for (jwke_p11_login_record **p = &module->logins; *p; p = &(*p)->next) {
-                if (*p == r) {
-                    *p = r->next;
-                    break;
-                }
-            }
-            OPENSSL_cleanse(r, sizeof *r);
-            free(r);
-        }
-    }
-    pthread_mutex_unlock(&module->lock);
+    catch_up_after_fork(t);
+    pthread_mutex_lock(&t->lock);
 }
 
 /* PIN memory: locked so it is never swapped out, kept out of core dumps,
@@ -107,67 +119,76 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
         jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening a token");
         return NULL;
     }
+    unsigned epoch = jwke_p11_module_check(module, err);
+    if (epoch == 0) {
+        free(t);
+        return NULL;
+    }
     t->module = module;
+    t->fn = jwke_p11_module_functions(module);
     t->slot = slot;
     snprintf(t->label, sizeof t->label, "%s", label ? label : "");
     snprintf(t->serial, sizeof t->serial, "%s", serial ? serial : "");
-    t->max_sessions =
-        options && options->max_sessions > 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS;
-    if (t->max_sessions > JWKE_POOL_LIMIT)
-        t->max_sessions = JWKE_POOL_LIMIT;
-    t->session_wait_ms = options && options->session_wait_ms > 0 ? options->session_wait_ms
-                                                                : JWKE_POOL_SESSION_WAIT_MS;
+    t->pool = jwke_p11_pool_new(
+        t->fn, options && options->max_sessions > 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS,
+        options && options->session_wait_ms > 0 ? options->session_wait_ms : JWKE_POOL_SESSION_WAIT_MS);
+    if (!t->pool) {
+        free(t);
+        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening a token");
+        return NULL;
+    }
     t->reinit_interval_ms =
         options && options->reinit_interval_ms > 0 ? options->reinit_interval_ms
                                                     : JWKE_POOL_REINIT_INTERVAL_MS;
     t->last_reinit_ms = -1000000;
     pthread_mutex_init(&t->lock, NULL);
-    pthread_cond_init(&t->session_free, NULL);
     t->fork_generation = jwke_p11_fork_generation();
-    t->epoch = module->epoch;
+    t->epoch = epoch;
 
-    CK_RV rv = module->fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+    CK_RV rv = t->fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
                                          &t->login_session);
     if (rv != CKR_OK) {
         jwke_fail_ckr(err, "C_OpenSession", rv);
         pthread_mutex_destroy(&t->lock);
-        pthread_cond_destroy(&t->session_free);
+        jwke_p11_pool_free(t->pool, 0);
         free(t);
         return NULL;
     }
     t->have_login_session = 1;
     t->login_session_epoch = t->epoch;
-    t->tracked_generation = t->fork_generation;
-    jwke_p11_track_slot(module, slot, +1);
+    t->tracked = 1;
+    jwke_p11_module_track_slot(module, slot, +1);
     jwke_p11_module_retain(module); /* released in jwke_p11_token_close */
-    t->stats.max_sessions = t->max_sessions;
     return t;
 }
 
 void jwke_p11_token_close(jwke_p11_token *t)
 {
-    if (!t || t->closed)
+    if (!t)
         return;
-    /* In a forked child the handles belong to the parent: touch nothing. */
-    if (t->fork_generation == jwke_p11_fork_generation() &&
-        t->module->fork_generation == t->fork_generation) {
+    /* a forked child's copy of a lock may be held by a parent's thread */
+    int inherited_locks = t->fork_generation != jwke_p11_fork_generation();
+    /* In a forked child that never caught up, the handles and the login
+     * record belong to the parent: touch nothing. */
+    if (!inherited(t)) {
+        jwke_error ignored;
         pthread_mutex_lock(&t->lock);
-        CK_FUNCTION_LIST_PTR fn = t->module->fn;
-        if (t->epoch == t->module->epoch) {
-            while (t->idle_count > 0)
-                fn->C_CloseSession(t->idle[--t->idle_count]);
+        if (t->epoch == jwke_p11_module_check(t->module, &ignored)) {
+            jwke_p11_pool_close_idle(t->pool);
             if (t->have_login_session)
-                fn->C_CloseSession(t->login_session);
+                t->fn->C_CloseSession(t->login_session);
         }
         t->have_login_session = 0;
         pthread_mutex_unlock(&t->lock);
+        if (t->tracked)
+            jwke_p11_module_track_slot(t->module, t->slot, -1);
     }
-    if (t->tracked_generation == jwke_p11_fork_generation())
-        jwke_p11_track_slot(t->module, t->slot, -1);
     pin_free(t);
-    t->closed = 1;
     jwke_p11_module_release(t->module);
-    t->module = NULL;
+    if (!inherited_locks)
+        pthread_mutex_destroy(&t->lock);
+    jwke_p11_pool_free(t->pool, inherited_locks);
+    free(t);
 }
 
 static int refuse_by_flags(CK_FLAGS flags, jwke_error *err)
@@ -188,7 +209,7 @@ static int refuse_by_flags(CK_FLAGS flags, jwke_error *err)
 }
 
 /* Logs the login session in with the stored PIN. Caller holds t->lock. */
-int jwke_p11_login_locked(jwke_p11_token *t, jwke_error *err)
+static int login_locked(jwke_p11_token *t, jwke_error *err)
 {
     if (!t->pin)
         return jwke_fail_code(err, "ERR_CONFIG", "C_Login: no PIN is configured");
@@ -198,59 +219,27 @@ int jwke_p11_login_locked(jwke_p11_token *t, jwke_error *err)
         err->code = "ERR_LOGIN_REFUSED";
         return -1;
     }
-    CK_FUNCTION_LIST_PTR fn = t->module->fn;
     CK_TOKEN_INFO info;
-    CK_RV rv = fn->C_GetTokenInfo(t->slot, &info);
+    CK_RV rv = t->fn->C_GetTokenInfo(t->slot, &info);
     if (rv != CKR_OK)
         return jwke_fail_ckr(err, "C_GetTokenInfo", rv);
     if (refuse_by_flags(info.flags, err) != 0)
         return -1;
 
-    unsigned char fingerprint[SHA256_DIGEST_LENGTH];
-    _Static_assert(sizeof fingerprint == sizeof ((jwke_p11_login_record *)0)->pin_fingerprint,
-                   "a login record keeps one PIN fingerprint");
-    pin_fingerprint(t->pin, t->pin_len, fingerprint);
-    jwke_p11_module *module = t->module;
-    pthread_mutex_lock(&module->lock);
-    rv = fn->C_Login(t->login_session, CKU_USER, t->pin, (CK_ULONG)t->pin_len);
-    if (rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) {
-        /* the login session itself went away: one new one */
-        rv = fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-                               &t->login_session);
-        if (rv == CKR_OK)
-            rv = fn->C_Login(t->login_session, CKU_USER, t->pin, (CK_ULONG)t->pin_len);
-    }
-    jwke_p11_login_record *record = login_record(module, t->slot, rv == CKR_OK);
-    int result = 0;
-    if (rv == CKR_OK) {
-        if (record) {
-            memcpy(record->pin_fingerprint, fingerprint, sizeof fingerprint);
-            record->logged_in = 1;
-        }
-    } else if (rv == CKR_USER_ALREADY_LOGGED_IN) {
-        /* Logged in by another of our engines: only with the same PIN. */
-        if (record && record->logged_in &&
-            CRYPTO_memcmp(record->pin_fingerprint, fingerprint, sizeof fingerprint) != 0) {
-            jwke_fail(err, "C_Login: the token is already logged in by this process with "
-                      "another PIN; this PIN was not checked and is refused");
-            err->ckr = CKR_PIN_INCORRECT;
-            result = -1;
-        }
-    } else {
-        if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE ||
-            rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED)
-            t->pin_refused = 1;
-        result = jwke_fail_ckr(err, "C_Login", rv);
-    }
-    pthread_mutex_unlock(&module->lock);
-    OPENSSL_cleanse(fingerprint, sizeof fingerprint);
-    return result;
+    CK_RV login_rv;
+    if (jwke_p11_module_login(t->module, t->slot, &t->login_session, t->pin, t->pin_len,
+                              &login_rv, err) == 0)
+        return 0;
+    if (login_rv == CKR_PIN_INCORRECT || login_rv == CKR_PIN_INVALID ||
+        login_rv == CKR_PIN_LEN_RANGE || login_rv == CKR_PIN_LOCKED || login_rv == CKR_PIN_EXPIRED)
+        t->pin_refused = 1;
+    return -1;
 }
 
 static int store_pin_and_login(jwke_p11_token *t, jwke_error *err)
 {
-    pthread_mutex_lock(&t->lock);
-    int rc = jwke_p11_login_locked(t, err);
+    lock_token(t);
+    int rc = login_locked(t, err);
     pthread_mutex_unlock(&t->lock);
     if (rc != 0)
         pin_free(t); /* a refused PIN is not kept */
@@ -323,16 +312,16 @@ int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)
 
 void jwke_p11_token_stats(jwke_p11_token *t, jwke_p11_stats *out)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     *out = t->stats;
-    out->sessions_open = t->open_count;
-    out->max_sessions = t->max_sessions;
+    jwke_p11_pool_counts(t->pool, &out->sessions_open, &out->max_sessions,
+                         &out->sessions_opened, &out->session_waits);
     pthread_mutex_unlock(&t->lock);
 }
 
-int jwke_p11_take_events(jwke_p11_token *t, char (*out)[160], int max)
+int jwke_p11_take_events(jwke_p11_token *t, char (*out)[JWKE_EVENT_SIZE], int max)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     int n = t->event_count < max ? t->event_count : max;
     for (int i = 0; i < n; i++)
         memcpy(out[i], t->events[i], sizeof out[i]);
@@ -340,4 +329,313 @@ int jwke_p11_take_events(jwke_p11_token *t, char (*out)[160], int max)
     t->event_count -= n;
     pthread_mutex_unlock(&t->lock);
     return n;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *ckr(CK_RV rv)
+{
+    const char *name = jwke_ckr_name(rv);
+    return name ? name : "a vendor-defined error";
+}
+
+/* Queues one log line; the Lua side drains and logs them. Caller holds
+ * t->lock. Never called with anything secret. */
+static void queue_event(jwke_p11_token *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void queue_event(jwke_p11_token *t, const char *fmt, ...)
+{
+    if (t->event_count == JWKE_EVENT_QUEUE) { /* keep the newest */
+        memmove(t->events, t->events + 1, (JWKE_EVENT_QUEUE - 1) * sizeof t->events[0]);
+        t->event_count--;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->events[t->event_count++], sizeof t->events[0], fmt, ap);
+    va_end(ap);
+}
+
+static enum jwke_recovery classify(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_SESSION_CLOSED:
+        return JWKE_RECOVER_SESSION;
+    case CKR_USER_NOT_LOGGED_IN:
+        return JWKE_RECOVER_LOGIN;
+    case CKR_OBJECT_HANDLE_INVALID:
+    case CKR_KEY_HANDLE_INVALID:
+        return JWKE_RECOVER_OBJECT;
+    case CKR_DEVICE_REMOVED:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+    case CKR_DEVICE_ERROR:
+        return JWKE_RECOVER_REINIT;
+    default:
+        return JWKE_RECOVER_NONE;
+    }
+}
+
+/* Finds our token again after a reset: the same slot if it still holds
+ * the same token, else the slot holding its serial (or label). */
+static int find_slot_again(jwke_p11_token *t, jwke_error *err)
+{
+    CK_TOKEN_INFO info;
+    char serial[sizeof t->serial];
+    if (t->fn->C_GetTokenInfo(t->slot, &info) == CKR_OK) {
+        jwke_p11_copy_padded(serial, sizeof serial, info.serialNumber, sizeof info.serialNumber);
+        if (strcmp(serial, t->serial) == 0)
+            return 0;
+    }
+    jwke_p11_slot *slots;
+    size_t count;
+    if (jwke_p11_list_slots(t->module, &slots, &count, err) != 0)
+        return -1;
+    int found = 0;
+    for (size_t i = 0; i < count && !found; i++) {
+        if (slots[i].token_present && (t->serial[0] ? strcmp(slots[i].serial, t->serial) == 0
+                                                    : strcmp(slots[i].label, t->label) == 0)) {
+            t->slot = slots[i].id;
+            found = 1;
+        }
+    }
+    free(slots);
+    if (!found)
+        return jwke_fail_code(err, "ERR_TOKEN_NOT_FOUND", "token '%s' (serial %s) is not present",
+                              t->label, t->serial);
+    return 0;
+}
+
+/* Starts over on the module's current epoch: forgets every session handle
+ * (never closing them: they belong to a finalized module or to the parent
+ * process), finds the token, opens the login session and logs in again.
+ * Cached object handles become stale. Caller holds t->lock. */
+static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
+{
+    /* A reset that failed at login keeps the login session it opened for
+     * this epoch: trying again must not open (and leak) another one. */
+    int reuse = t->have_login_session && t->login_session_epoch == epoch;
+    if (!reuse) {
+        jwke_p11_pool_forget(t->pool);
+        t->have_login_session = 0;
+        t->object_epoch++;
+    }
+    if (t->pin_refused)
+        return login_locked(t, err); /* fails at once, saying why */
+    if (!reuse) {
+        if (find_slot_again(t, err) != 0)
+            return -1;
+        CK_RV rv = t->fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                                                NULL, NULL, &t->login_session);
+        if (rv != CKR_OK)
+            return jwke_fail_ckr(err, "C_OpenSession", rv);
+        t->have_login_session = 1;
+        t->login_session_epoch = epoch;
+    }
+    if (!t->tracked) {
+        t->tracked = 1;
+        jwke_p11_module_track_slot(t->module, t->slot, +1);
+    }
+    if (t->pin && login_locked(t, err) != 0)
+        return -1;
+    t->epoch = epoch;
+    return 0;
+}
+
+/* Locks the token, first catching up with a fork or a module reset. */
+static int lock_current(jwke_p11_token *t, jwke_error *err)
+{
+    lock_token(t);
+    unsigned epoch = jwke_p11_module_check(t->module, err);
+    if (epoch == 0 || (epoch != t->epoch && reset_locked(t, epoch, err) != 0)) {
+        pthread_mutex_unlock(&t->lock);
+        return -1;
+    }
+    return 0;
+}
+
+/* Borrows a session from the pool (see p11_session.h). Caller holds
+ * t->lock. */
+static int borrow_locked(jwke_p11_token *t, CK_SESSION_HANDLE *session, jwke_error *err)
+{
+    int former_limit;
+    int result = jwke_p11_pool_borrow(t->pool, &t->lock, t->slot, session, &former_limit, err);
+    if (former_limit) {
+        int open, limit;
+        unsigned long opened, waits;
+        jwke_p11_pool_counts(t->pool, &open, &limit, &opened, &waits);
+        queue_event(t, "the token allows %d sessions for jwkengine (hsm.max_sessions was %d)",
+                    limit, former_limit);
+    }
+    return result;
+}
+
+/* Returns a borrowed session: to the pool after success, closed after any
+ * failure (so no operation can still be active on a pooled session). A
+ * session from an older epoch is just forgotten. */
+static void give_back(jwke_p11_token *t, CK_SESSION_HANDLE session, unsigned epoch, int healthy)
+{
+    pthread_mutex_lock(&t->lock);
+    if (epoch == t->epoch)
+        jwke_p11_pool_give_back(t->pool, session, healthy);
+    else /* it belongs to a module state that is gone: just forgotten */
+        jwke_p11_pool_signal(t->pool);
+    pthread_mutex_unlock(&t->lock);
+}
+
+static const char *const recovery_names[JWKE_RECOVER_CLASSES] = {
+    "", "opening a new session", "logging in again", "finding the object again",
+    "re-initializing the module"};
+
+/* The repair for one recoverable failure. */
+static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *function, CK_RV rv,
+                   jwke_error *err)
+{
+    pthread_mutex_lock(&t->lock);
+    int result = 0;
+    switch (kind) {
+    case JWKE_RECOVER_SESSION:
+        break; /* the failed session was closed when it came back */
+    case JWKE_RECOVER_LOGIN:
+        /* Tokens may drop private-object handles at logout (SoftHSM does),
+         * so keys find theirs again before the retry. */
+        result = login_locked(t, err);
+        t->object_epoch++;
+        break;
+    case JWKE_RECOVER_OBJECT:
+        t->object_epoch++; /* keys find their handles again before use */
+        break;
+    case JWKE_RECOVER_REINIT: {
+        long long now = now_ms();
+        if (now - t->last_reinit_ms < t->reinit_interval_ms) {
+            result = jwke_fail(err, "%s: %s; not re-initializing again within %d ms", function,
+                               ckr(rv), t->reinit_interval_ms);
+            err->ckr = rv;
+            break;
+        }
+        t->last_reinit_ms = now;
+        pthread_mutex_unlock(&t->lock);
+        /* lock_current() on the retry sees the new epoch and starts over */
+        result = jwke_p11_module_reinitialize(t->module, err);
+        pthread_mutex_lock(&t->lock);
+        break;
+    }
+    default:
+        break;
+    }
+    if (result == 0) {
+        t->stats.recoveries[kind]++;
+        /* Only the repair is done here: whether the retry works is told by
+         * jwke_p11_run, so this line must not claim the recovery. */
+        queue_event(t, "PKCS#11 recovery: %s failed with %s; retrying once after %s", function,
+                    ckr(rv), recovery_names[kind]);
+    } else {
+        queue_event(t, "PKCS#11 recovery failed: %s failed with %s and %s did not work", function,
+                    ckr(rv), recovery_names[kind]);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return result;
+}
+
+/* The retry could not even start (the repair left no usable token): the
+ * message keeps the failure that started it all. */
+static int fail_after(jwke_p11_token *t, jwke_error *err, const char *function, CK_RV rv)
+{
+    pthread_mutex_lock(&t->lock);
+    t->stats.failed_recoveries++;
+    pthread_mutex_unlock(&t->lock);
+    jwke_error why = *err;
+    jwke_fail(err, "%s: %s (recovery failed: %s)", function, ckr(rv), why.message);
+    err->ckr = rv;
+    /* a refused login stays recognizable; any other cause is told by the CKR */
+    if (why.code && strcmp(why.code, "ERR_LOGIN_REFUSED") == 0)
+        err->code = why.code;
+    return -1;
+}
+
+int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
+{
+    const char *failed_function = NULL;
+    CK_RV failed_rv = CKR_OK;
+    enum jwke_recovery repaired_by = JWKE_RECOVER_NONE;
+    for (int attempt = 0;; attempt++) {
+        CK_SESSION_HANDLE session;
+        /* In a forked child the module catches up first (that renews its
+         * locks); then the module stays initialized while this attempt uses
+         * it: a re-initialization waits for the read lock to go. */
+        if (jwke_p11_module_check(t->module, err) == 0)
+            return attempt ? fail_after(t, err, failed_function, failed_rv) : -1;
+        jwke_p11_module_use_begin(t->module);
+        if (lock_current(t, err) != 0) {
+            jwke_p11_module_use_end(t->module);
+            return attempt ? fail_after(t, err, failed_function, failed_rv) : -1;
+        }
+        unsigned epoch = t->epoch;
+        int borrowed = borrow_locked(t, &session, err);
+        pthread_mutex_unlock(&t->lock);
+        if (borrowed != 0) {
+            jwke_p11_module_use_end(t->module);
+            return attempt ? fail_after(t, err, failed_function, failed_rv) : -1;
+        }
+
+        const char *function = "(no call)";
+        CK_RV rv = op(t, session, ctx, &function, err);
+        give_back(t, session, epoch, rv == CKR_OK);
+        jwke_p11_module_use_end(t->module);
+        if (rv == CKR_OK)
+            return 0;
+        if (rv == JWKE_OP_FAILED)
+            return -1;
+
+        enum jwke_recovery kind = classify(rv);
+        if (kind == JWKE_RECOVER_NONE || attempt == 1) {
+            if (attempt == 1) {
+                pthread_mutex_lock(&t->lock);
+                if (kind != JWKE_RECOVER_NONE)
+                    t->stats.failed_recoveries++;
+                queue_event(t, "PKCS#11 recovery failed: the retry after %s failed with %s: %s",
+                            recovery_names[repaired_by], function, ckr(rv));
+                pthread_mutex_unlock(&t->lock);
+            }
+            return jwke_fail_ckr(err, function, rv);
+        }
+        if (recover(t, kind, function, rv, err) != 0)
+            return fail_after(t, err, function, rv);
+        repaired_by = kind;
+        failed_function = function;
+        failed_rv = rv;
+    }
+}
+
+CK_FUNCTION_LIST_PTR jwke_p11_token_functions(const jwke_p11_token *t)
+{
+    return t->fn;
+}
+
+CK_SLOT_ID jwke_p11_token_slot(jwke_p11_token *t)
+{
+    pthread_mutex_lock(&t->lock);
+    CK_SLOT_ID slot = t->slot;
+    pthread_mutex_unlock(&t->lock);
+    return slot;
+}
+
+unsigned jwke_p11_token_object_epoch(jwke_p11_token *t)
+{
+    pthread_mutex_lock(&t->lock);
+    unsigned epoch = t->object_epoch;
+    pthread_mutex_unlock(&t->lock);
+    return epoch;
+}
+
+void jwke_p11_token_objects_changed(jwke_p11_token *t)
+{
+    pthread_mutex_lock(&t->lock);
+    t->object_epoch++;
+    pthread_mutex_unlock(&t->lock);
 }

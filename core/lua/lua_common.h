@@ -10,6 +10,7 @@
 #include "jws.h"
 #include "lua_compat.h"
 
+#define JWKE_MODULE_CLASS "jwkengine.module"
 #define JWKE_TOKEN_CLASS "jwkengine.token"
 #define JWKE_HSM_KEY_CLASS "jwkengine.hsm_key"
 #define JWKE_PUBLIC_KEY_CLASS "jwkengine.public_key"
@@ -60,7 +61,10 @@ struct jwke_p11_key;
 struct jwke_swkey *jwke_lua_software_key(lua_State *L, int idx);
 struct jwke_p11_key *jwke_lua_hsm_key(lua_State *L, int idx, struct jwke_p11_token **token);
 
-void jwke_open_token(lua_State *L);      /* adds open_token, slots */
+void jwke_open_module(lua_State *L);     /* adds load_module, slots */
+void jwke_open_token(lua_State *L);      /* adds env_is_set and the token classes */
+/* Pushes a token object (closed until the returned slot is filled). */
+struct jwke_p11_token **jwke_new_token_object(lua_State *L);
 void jwke_open_public_key(lua_State *L); /* adds public_key */
 /* adds generate_software_key, import_jwk, import_pem, aes_gcm_seal, aes_gcm_open,
  * aes_gcm_reseal, open_sealed_key */

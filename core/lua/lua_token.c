@@ -1,6 +1,7 @@
-/* Tokens and HSM keys in Lua.
+/* Tokens and HSM keys in Lua (tokens are opened by module:open_token,
+ * lua_module.c).
  *
- * A token object owns one PKCS#11 session. HSM key objects returned by
+ * A token object owns an opened token (its session pool). HSM key objects returned by
  * load_set keep their token object alive (through a user value) and cache
  * the object handle, the algorithm and the public key, so signing never
  * searches the token. */
@@ -9,6 +10,9 @@
 
 #include "evp_sig.h"
 #include "lua_common.h"
+#include "p11_keys.h"
+#include "p11_map.h"
+#include "p11_sign.h"
 #include "p11_token.h"
 #include "pkey.h"
 
@@ -30,104 +34,12 @@ struct jwke_p11_key *jwke_lua_hsm_key(lua_State *L, int idx, struct jwke_p11_tok
     return &k->key;
 }
 
-/* slots(library) -> { {id=, token_present=, label=, serial=, ...}, ... } | nil, err */
-static int l_slots(lua_State *L)
+struct jwke_p11_token **jwke_new_token_object(lua_State *L)
 {
-    const char *library = luaL_checkstring(L, 1);
-    jwke_error err;
-    jwke_p11_module *module = jwke_p11_module_acquire(library, &err);
-    if (!module)
-        return jwke_push_error(L, &err);
-    jwke_p11_slot *slots;
-    size_t count;
-    int rc = jwke_p11_list_slots(module, &slots, &count, &err);
-    jwke_p11_module_release(module);
-    if (rc != 0)
-        return jwke_push_error(L, &err);
-
-    lua_createtable(L, (int)count, 0);
-    for (size_t i = 0; i < count; i++) {
-        lua_createtable(L, 0, 10);
-        lua_pushinteger(L, (lua_Integer)slots[i].id);
-        lua_setfield(L, -2, "id");
-        lua_pushboolean(L, slots[i].token_present);
-        lua_setfield(L, -2, "token_present");
-        if (slots[i].token_present) {
-            lua_pushstring(L, slots[i].label);
-            lua_setfield(L, -2, "label");
-            lua_pushstring(L, slots[i].serial);
-            lua_setfield(L, -2, "serial");
-            lua_pushstring(L, slots[i].manufacturer);
-            lua_setfield(L, -2, "manufacturer");
-            lua_pushstring(L, slots[i].model);
-            lua_setfield(L, -2, "model");
-            lua_pushinteger(L, (lua_Integer)slots[i].token_flags);
-            lua_setfield(L, -2, "flags");
-            lua_pushboolean(L, (slots[i].token_flags & CKF_TOKEN_INITIALIZED) != 0);
-            lua_setfield(L, -2, "initialized");
-            lua_pushboolean(L, (slots[i].token_flags & CKF_USER_PIN_INITIALIZED) != 0);
-            lua_setfield(L, -2, "user_pin_initialized");
-        }
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    free(slots);
-    return 1;
-}
-
-static int opt_int_field(lua_State *L, int table, const char *name, int fallback)
-{
-    if (lua_isnoneornil(L, table))
-        return fallback;
-    lua_getfield(L, table, name);
-    int value = lua_isnil(L, -1) ? fallback : (int)luaL_checkinteger(L, -1);
-    lua_pop(L, 1);
-    return value;
-}
-
-/* A string option (only a string: its text stays alive in the table; a
- * number would be converted into a temporary that the pop frees). */
-static const char *opt_string_field(lua_State *L, int table, const char *name)
-{
-    if (lua_isnoneornil(L, table))
-        return NULL;
-    lua_getfield(L, table, name);
-    const char *value = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    if (!value && !lua_isnil(L, -1))
-        luaL_error(L, "open_token: option '%s' must be a string", name);
-    lua_pop(L, 1);
-    return value;
-}
-
-/* open_token(library, slot_id [, {label=, serial=, max_sessions=,
- * session_wait_ms=, reinit_interval_ms=}]) -> token | nil, err */
-static int l_open_token(lua_State *L)
-{
-    const char *library = luaL_checkstring(L, 1);
-    lua_Integer slot = luaL_checkinteger(L, 2);
-    luaL_argcheck(L, slot >= 0, 2, "slot id must not be negative");
-    if (!lua_isnoneornil(L, 3))
-        luaL_checktype(L, 3, LUA_TTABLE);
-    jwke_p11_options options = {
-        opt_int_field(L, 3, "max_sessions", 0),
-        opt_int_field(L, 3, "session_wait_ms", 0),
-        opt_int_field(L, 3, "reinit_interval_ms", 0),
-    };
-    const char *label = opt_string_field(L, 3, "label");
-    const char *serial = opt_string_field(L, 3, "serial");
-
     token_object *t = lua_newuserdatauv(L, sizeof *t, 0);
     t->token = NULL;
     luaL_setmetatable(L, JWKE_TOKEN_CLASS);
-
-    jwke_error err;
-    jwke_p11_module *module = jwke_p11_module_acquire(library, &err);
-    if (!module)
-        return jwke_push_error(L, &err);
-    t->token = jwke_p11_token_open(module, (CK_SLOT_ID)slot, label, serial, &options, &err);
-    jwke_p11_module_release(module); /* the token holds its own reference */
-    if (!t->token)
-        return jwke_push_error(L, &err);
-    return 1;
+    return &t->token;
 }
 
 static token_object *check_open_token(lua_State *L, int arg)
@@ -232,10 +144,10 @@ static int l_stats(lua_State *L)
 static int l_events(lua_State *L)
 {
     token_object *t = check_open_token(L, 1);
-    if (t->token->event_count == 0) /* unlocked peek: the common, empty case */
-        return 0;
-    char lines[JWKE_EVENT_QUEUE][160];
+    char lines[JWKE_EVENT_QUEUE][JWKE_EVENT_SIZE];
     int n = jwke_p11_take_events(t->token, lines, JWKE_EVENT_QUEUE);
+    if (n == 0) /* the common case: nothing queued */
+        return 0;
     lua_createtable(L, n, 0);
     for (int i = 0; i < n; i++) {
         lua_pushstring(L, lines[i]);
@@ -344,7 +256,6 @@ static int l_token_close(lua_State *L)
     token_object *t = luaL_checkudata(L, 1, JWKE_TOKEN_CLASS);
     if (t->token) {
         jwke_p11_token_close(t->token);
-        free(t->token);
         t->token = NULL;
     }
     return 0;
@@ -540,10 +451,6 @@ void jwke_open_token(lua_State *L)
 {
     jwke_new_class(L, JWKE_TOKEN_CLASS, token_methods, token_metamethods);
     jwke_new_class(L, JWKE_HSM_KEY_CLASS, key_methods, key_metamethods);
-    lua_pushcfunction(L, l_slots);
-    lua_setfield(L, -2, "slots");
-    lua_pushcfunction(L, l_open_token);
-    lua_setfield(L, -2, "open_token");
     lua_pushcfunction(L, l_env_is_set);
     lua_setfield(L, -2, "env_is_set");
 }

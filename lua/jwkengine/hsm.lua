@@ -35,14 +35,19 @@ function M.open(hsm_config, options)
   if hsm_config.max_sessions < 1 then
     return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 1")
   end
-  local list, err, code = core.slots(hsm_config.library)
+  -- One module object for listing and opening: the module is loaded and
+  -- initialized once per open (the token keeps it after `module` goes).
+  local module, err, code = core.load_module(hsm_config.library)
+  if not module then return nil, err, code end
+  local list
+  list, err, code = module:slots()
   if not list then return nil, err, code end
   local slot
   slot, err, code = slots.choose(list, hsm_config, options.select_slot)
   if not slot then return nil, err, code end
 
   local token
-  token, err, code = core.open_token(hsm_config.library, slot.id, {
+  token, err, code = module:open_token(slot.id, {
     label = slot.label, serial = slot.serial,
     max_sessions = hsm_config.max_sessions,
     session_wait_ms = hsm_config.session_wait_ms,

@@ -24,6 +24,8 @@
 
 #include "evp_sig.h"
 #include "lua_common.h"
+#include "p11_keys.h"
+#include "p11_sign.h"
 #include "p11_token.h"
 #include "swkey.h"
 
@@ -59,9 +61,9 @@ static int l_p11_sign(lua_State *L)
     const unsigned char *input = (const unsigned char *)luaL_checklstring(L, 3, &input_len);
     double seconds = luaL_checknumber(L, 4);
 
-    CK_FUNCTION_LIST_PTR fn = token->module->fn;
+    CK_FUNCTION_LIST_PTR fn = jwke_p11_token_functions(token);
     CK_SESSION_HANDLE session;
-    CK_RV rv = fn->C_OpenSession(token->slot, CKF_SERIAL_SESSION, NULL, NULL, &session);
+    CK_RV rv = fn->C_OpenSession(jwke_p11_token_slot(token), CKF_SERIAL_SESSION, NULL, NULL, &session);
     if (rv != CKR_OK)
         return luaL_error(L, "C_OpenSession failed: 0x%lx", (unsigned long)rv);
     unsigned char sig[1024];
@@ -91,9 +93,9 @@ static int l_p11_load(lua_State *L)
     luaL_argcheck(L, key != NULL, 1, "an HSM key (for its token)");
     size_t label_len;
     const char *label = luaL_checklstring(L, 2, &label_len);
-    CK_FUNCTION_LIST_PTR fn = token->module->fn;
+    CK_FUNCTION_LIST_PTR fn = jwke_p11_token_functions(token);
     CK_SESSION_HANDLE session;
-    if (fn->C_OpenSession(token->slot, CKF_SERIAL_SESSION, NULL, NULL, &session) != CKR_OK)
+    if (fn->C_OpenSession(jwke_p11_token_slot(token), CKF_SERIAL_SESSION, NULL, NULL, &session) != CKR_OK)
         return luaL_error(L, "C_OpenSession failed");
     double start = now();
     CK_ATTRIBUTE search[] = {{CKA_LABEL, (void *)label, (CK_ULONG)label_len}};

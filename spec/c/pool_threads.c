@@ -8,6 +8,9 @@
 #include <string.h>
 
 #include "evp_sig.h"
+#include "p11_keys.h"
+#include "p11_map.h"
+#include "p11_sign.h"
 #include "p11_token.h"
 
 static jwke_p11_token *token;
@@ -51,7 +54,7 @@ int main(int argc, char **argv)
     jwke_p11_options options = {atoi(argv[7]), 10000, 1000};
     jwke_error err;
 
-    jwke_p11_module *module = jwke_p11_module_acquire(argv[1], &err);
+    jwke_p11_module *module = jwke_p11_module_acquire(argv[1], NULL, &err);
     jwke_p11_slot *slots;
     size_t count;
     if (!module || jwke_p11_list_slots(module, &slots, &count, &err) != 0) {
@@ -88,7 +91,6 @@ int main(int argc, char **argv)
            stats.max_sessions, stats.session_waits);
     jwke_p11_keys_free(key, n_keys);
     jwke_p11_token_close(token);
-    free(token);
     jwke_p11_module_release(module);
     free(slots);
     free(ids);

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "p11_token.h"
+#include "p11_sign.h"
 
 int main(void)
 {

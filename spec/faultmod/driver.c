@@ -13,6 +13,8 @@
  */
 #include <p11-kit/pkcs11.h>
 
+#include "ckr_names.h" /* the core's one table of CKR_ names */
+
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -28,13 +30,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static const struct {
-    const char *name;
-    CK_RV value;
-} ckr_table[] = {
-#include "ckr_table.h"
-};
-
 static const char *module_path, *token_label, *pin, *tmpdir;
 static void *library;
 static CK_FUNCTION_LIST_PTR F;
@@ -43,9 +38,9 @@ static int (*faultmod_stats)(char *, size_t);
 static const char *rvname(CK_RV rv)
 {
     static char buf[32];
-    for (size_t i = 0; i < sizeof ckr_table / sizeof ckr_table[0]; i++)
-        if (ckr_table[i].value == rv)
-            return ckr_table[i].name;
+    const char *name = jwke_ckr_name(rv);
+    if (name)
+        return name;
     snprintf(buf, sizeof buf, "0x%lx", (unsigned long)rv);
     return buf;
 }

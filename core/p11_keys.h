@@ -1,0 +1,69 @@
+/* Key sets on a token: finding objects, reading pairs (mapped to JWK-ready
+ * keys by p11_map.c), generating, renaming and deleting them. */
+#ifndef JWKE_P11_KEYS_H
+#define JWKE_P11_KEYS_H
+
+#include <stddef.h>
+#include <openssl/evp.h>
+
+#include "alg.h"
+#include "error.h"
+#include "p11_token.h"
+
+#define JWKE_MAX_ID_LEN 128
+
+enum jwke_key_use { JWKE_USE_SIG = 1, JWKE_USE_ENC = 2 };
+
+/* One key pair of a set, mapped to what a JWK needs. */
+typedef struct jwke_p11_key {
+    unsigned char id[JWKE_MAX_ID_LEN]; /* CKA_ID: the kid */
+    size_t id_len;
+    char *label;                       /* CKA_LABEL, to find the key again */
+    size_t label_len;
+    CK_OBJECT_HANDLE private_handle;
+    CK_OBJECT_HANDLE public_handle;
+    unsigned object_epoch;             /* token object epoch of the handles */
+    const jwke_alg *alg;               /* RS256, ES256, ES384, ES512 or EdDSA */
+    enum jwke_key_use use;
+    int bits;                          /* RSA modulus size */
+    EVP_PKEY *public_key;              /* built from the public half */
+} jwke_p11_key;
+
+/* Every object matching the template, on the given session (inside a
+ * jwke_p11_run operation). A token that reports more handles than asked
+ * for fails with JWKE_OP_FAILED, err said. */
+CK_RV jwke_p11_find(jwke_p11_token *token, CK_SESSION_HANDLE session, CK_ATTRIBUTE *template,
+                    CK_ULONG template_len, CK_OBJECT_HANDLE **found, size_t *count,
+                    const char **function, jwke_error *err);
+
+/* Reads every key pair labelled `label` (one object search, one attribute
+ * read per object), or only the pair with CKA_ID `id` when id is not NULL.
+ * Pairs are matched by CKA_ID; a half without its partner, an unsupported
+ * key type or an RSA key under min_rsa_bits fails the whole load with a
+ * message naming the kid. *count is 0 when the set is empty. Free with
+ * jwke_p11_keys_free (p11_map.h). */
+int jwke_p11_load_set(jwke_p11_token *token, const char *label, size_t label_len,
+                      const unsigned char *id, size_t id_len, int min_rsa_bits,
+                      jwke_p11_key **keys, size_t *count, jwke_error *err);
+
+/* Generates a pair for alg (RS256: RSA 4096, e = 65537; ES256/ES384/ES512;
+ * EdDSA: Ed25519), private half sensitive and not extractable, with exactly
+ * one of CKA_SIGN / CKA_DECRYPT. Generation is serialized within the
+ * process. */
+int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len,
+                      const unsigned char *id, size_t id_len, const jwke_alg *alg,
+                      enum jwke_key_use use, int rsa_bits, jwke_error *err);
+
+/* Gives both halves of the pair (label, old_id) the CKA_ID new_id: how a
+ * new key gets a kid that depends on its public key (an RFC 7638
+ * thumbprint). *changed is how many objects took the new id. */
+int jwke_p11_set_id(jwke_p11_token *token, const char *label, size_t label_len,
+                    const unsigned char *old_id, size_t old_id_len, const unsigned char *new_id,
+                    size_t new_id_len, size_t *changed, jwke_error *err);
+
+/* Destroys every object labelled `label` (and with CKA_ID `id`, when id is
+ * not NULL). *destroyed is how many objects went. */
+int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,
+                    const unsigned char *id, size_t id_len, size_t *destroyed, jwke_error *err);
+
+#endif
