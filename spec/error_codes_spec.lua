@@ -106,27 +106,34 @@ describe("codes of C failures", function()
     end)
   end)
 
+  -- a token through the module object, as hsm.lua opens one
+  local function open_token(library, slot, options)
+    local module, err, code = core.load_module(library)
+    if not module then return nil, err, code end
+    return module:open_token(slot, options)
+  end
+
   describe("tokens and HSM keys", function()
     local token, fresh, hsm
     setup(function()
       -- both tokens before the module is loaded: SoftHSM sees no later ones
       token = softhsm.new_token("codes")
       fresh = softhsm.new_token("codes-pin")
-      hsm = assert(core.open_token(softhsm.LIBRARY, token.slot, { label = token.label }))
+      hsm = assert(open_token(softhsm.LIBRARY, token.slot, { label = token.label }))
       assert(hsm:login(token.pin))
     end)
     teardown(function()
       if hsm then hsm:close() end
     end)
 
-    it("slots and open_token: ERR_CONFIG, or the CKR name", function()
+    it("slots, load_module and open_token: ERR_CONFIG, or the CKR name", function()
       fails_with("ERR_CONFIG", core.slots("/nonexistent/libpkcs11.so"))
-      fails_with("ERR_CONFIG", core.open_token("/nonexistent/libpkcs11.so", 0))
-      fails_with("CKR_SLOT_ID_INVALID", core.open_token(softhsm.LIBRARY, 4000000000))
+      fails_with("ERR_CONFIG", open_token("/nonexistent/libpkcs11.so", 0))
+      fails_with("CKR_SLOT_ID_INVALID", open_token(softhsm.LIBRARY, 4000000000))
     end)
 
     it("login from a PIN file that is missing: ERR_CONFIG", function()
-      local other = assert(core.open_token(softhsm.LIBRARY, token.slot, { label = token.label }))
+      local other = assert(open_token(softhsm.LIBRARY, token.slot, { label = token.label }))
       fails_with("ERR_CONFIG", other:login_file("/nonexistent/pin"))
       other:close()
     end)
@@ -160,7 +167,7 @@ describe("codes of C failures", function()
     end)
 
     it("a key of a closed token: ERR_JWS_SIGN", function()
-      local other = assert(core.open_token(softhsm.LIBRARY, token.slot, { label = token.label }))
+      local other = assert(open_token(softhsm.LIBRARY, token.slot, { label = token.label }))
       assert(other:login(token.pin))
       assert(other:generate("closed", "ES256", "c1"))
       local key = assert(other:load_set("closed", 2048))[1]
@@ -172,7 +179,7 @@ describe("codes of C failures", function()
 
     -- (ERR_LOGIN_REFUSED, set where C refuses to log in, is recovery_spec's)
     it("a wrong PIN, and a write without a login: the CKR names", function()
-      local t = assert(core.open_token(softhsm.LIBRARY, fresh.slot, { label = fresh.label }))
+      local t = assert(open_token(softhsm.LIBRARY, fresh.slot, { label = fresh.label }))
       fails_with("CKR_PIN_INCORRECT", t:login("9999"))
       fails_with("CKR_USER_NOT_LOGGED_IN", t:generate("refused", "ES256", "k1"))
       t:close()
