@@ -215,16 +215,35 @@ static int fail_duplicate(json_parser *j, const name_ref *name)
 
 static int parse_value(json_parser *j, int depth);
 
+/* Skips white space, then takes `c` if it comes next. */
+static int take(json_parser *j, char c)
+{
+    skip_ws(j);
+    if (j->p < j->end && *j->p == c) {
+        j->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* After a member or an element: 1 when a ',' says another follows, 0 when
+ * `close` ends the container, -1 (failed with `message`) otherwise. */
+static int next_or_close(json_parser *j, char close, const char *message)
+{
+    if (take(j, ','))
+        return 1;
+    if (take(j, close))
+        return 0;
+    return fail_at(j, message);
+}
+
 static int parse_object(json_parser *j, int depth)
 {
     size_t mark = j->n_names, arena_mark = j->arena_used;
     j->p++; /* '{' */
-    skip_ws(j);
-    if (j->p < j->end && *j->p == '}') {
-        j->p++;
+    if (take(j, '}'))
         return 0;
-    }
-    for (;;) {
+    for (int more = 1; more;) {
         skip_ws(j);
         if (j->p >= j->end || *j->p != '"')
             return fail_at(j, "expected a member name");
@@ -239,22 +258,13 @@ static int parse_object(json_parser *j, int depth)
         if (parse_string(j, &j->names[j->n_names]) != 0)
             return -1;
         j->n_names++;
-        skip_ws(j);
-        if (j->p >= j->end || *j->p != ':')
+        if (!take(j, ':'))
             return fail_at(j, "expected ':' after a member name");
-        j->p++;
         if (parse_value(j, depth + 1) != 0)
             return -1;
-        skip_ws(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
-            continue;
-        }
-        if (j->p < j->end && *j->p == '}') {
-            j->p++;
-            break;
-        }
-        return fail_at(j, "expected ',' or '}' in an object");
+        more = next_or_close(j, '}', "expected ',' or '}' in an object");
+        if (more < 0)
+            return -1;
     }
     /* Sorting makes the check O(n log n): a flat object of many thousand
      * members must not turn into a quadratic scan. */
@@ -274,25 +284,16 @@ static int parse_object(json_parser *j, int depth)
 static int parse_array(json_parser *j, int depth)
 {
     j->p++; /* '[' */
-    skip_ws(j);
-    if (j->p < j->end && *j->p == ']') {
-        j->p++;
+    if (take(j, ']'))
         return 0;
-    }
-    for (;;) {
+    for (int more = 1; more;) {
         if (parse_value(j, depth + 1) != 0)
             return -1;
-        skip_ws(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
-            continue;
-        }
-        if (j->p < j->end && *j->p == ']') {
-            j->p++;
-            return 0;
-        }
-        return fail_at(j, "expected ',' or ']' in an array");
+        more = next_or_close(j, ']', "expected ',' or ']' in an array");
+        if (more < 0)
+            return -1;
     }
+    return 0;
 }
 
 static int parse_literal(json_parser *j, const char *word)

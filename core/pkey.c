@@ -30,18 +30,20 @@ static int big_endian_bits(const unsigned char *bytes, size_t len)
     return bits;
 }
 
-static EVP_PKEY *pkey_from_params(const char *type, OSSL_PARAM_BLD *bld, jwke_error *err)
+EVP_PKEY *jwke_pkey_from_params(const char *type, int selection, OSSL_PARAM_BLD *bld,
+                                jwke_error *err)
 {
     EVP_PKEY *pkey = NULL;
     OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, type, NULL);
     if (!params || !ctx || EVP_PKEY_fromdata_init(ctx) <= 0 ||
-        EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
-        jwke_fail_openssl(err, "cannot build public key");
+        EVP_PKEY_fromdata(ctx, &pkey, selection, params) <= 0) {
+        jwke_fail_openssl(err, selection == EVP_PKEY_KEYPAIR ? "cannot build private key"
+                                                             : "cannot build public key");
         pkey = NULL;
     }
     EVP_PKEY_CTX_free(ctx);
-    OSSL_PARAM_free(params);
+    OSSL_PARAM_free(params); /* wipes the secure block private BIGNUMs went to */
     return pkey;
 }
 
@@ -74,7 +76,7 @@ EVP_PKEY *jwke_pkey_rsa_public(const unsigned char *n, size_t n_len,
         !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e))
         jwke_fail_openssl(err, "cannot build RSA public key");
     else
-        pkey = pkey_from_params("RSA", bld, err);
+        pkey = jwke_pkey_from_params("RSA", EVP_PKEY_PUBLIC_KEY, bld, err);
     OSSL_PARAM_BLD_free(bld);
     BN_free(bn_n);
     BN_free(bn_e);
@@ -113,7 +115,7 @@ EVP_PKEY *jwke_pkey_ec_public(const char *crv, const unsigned char *x, size_t x_
         !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, 1 + 2 * size)) {
         jwke_fail_openssl(err, "cannot build EC public key");
     } else {
-        pkey = pkey_from_params("EC", bld, err);
+        pkey = jwke_pkey_from_params("EC", EVP_PKEY_PUBLIC_KEY, bld, err);
         if (!pkey)
             jwke_fail(err, "EC point is not on curve %s", crv);
     }

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <openssl/evp.h>
+#include <openssl/param_build.h>
 
 #include "alg.h"
 #include "error.h"
@@ -30,6 +31,11 @@ EVP_PKEY *jwke_pkey_ec_public(const char *crv, const unsigned char *x, size_t x_
 /* crv is an OKP curve of the table (Ed25519); x is its public key. */
 EVP_PKEY *jwke_pkey_okp_public(const char *crv, const unsigned char *x, size_t x_len,
                                jwke_error *err);
+
+/* A key of OpenSSL type `type` ("RSA", "EC") from the parameters in bld;
+ * selection is EVP_PKEY_PUBLIC_KEY or EVP_PKEY_KEYPAIR. */
+EVP_PKEY *jwke_pkey_from_params(const char *type, int selection, OSSL_PARAM_BLD *bld,
+                                jwke_error *err);
 
 /* OpenSSL's group name of an EC curve entry ("prime256v1"), from its NID;
  * NULL for anything else. */

@@ -255,6 +255,19 @@ done:
     return rc;
 }
 
+/* A private key built from JWK members, once it matches its public half
+ * (pkey may be NULL: building it failed, err says why); frees both on
+ * failure. */
+static int adopt_private(EVP_PKEY *pkey, EVP_PKEY *pub, jwke_swkey *out, jwke_error *err)
+{
+    if (!pkey || check_private(pkey, pub, err) != 0) {
+        EVP_PKEY_free(pkey);
+        EVP_PKEY_free(pub);
+        return -1;
+    }
+    return adopt(pkey, pub, 1, out, err);
+}
+
 /* ---- generation ------------------------------------------------------ */
 
 static int generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke_error *err)
@@ -311,21 +324,6 @@ static BIGNUM *secret_bn(const jwke_bytes *b)
     return bn;
 }
 
-static EVP_PKEY *keypair_from_params(const char *type, OSSL_PARAM_BLD *bld, jwke_error *err)
-{
-    EVP_PKEY *pkey = NULL;
-    OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, type, NULL);
-    if (!params || !ctx || EVP_PKEY_fromdata_init(ctx) <= 0 ||
-        EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_KEYPAIR, params) <= 0) {
-        jwke_fail_openssl(err, "cannot build private key");
-        pkey = NULL;
-    }
-    EVP_PKEY_CTX_free(ctx);
-    OSSL_PARAM_free(params); /* wipes the secure block the private BIGNUMs went to */
-    return pkey;
-}
-
 static int rsa_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *err)
 {
     if (need(&m->n, "RSA", "n", err) || need(&m->e, "RSA", "e", err))
@@ -364,19 +362,14 @@ static int rsa_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *
     if (!ok)
         jwke_fail(err, "RSA private key members are invalid");
     else
-        pkey = keypair_from_params("RSA", bld, err);
+        pkey = jwke_pkey_from_params("RSA", EVP_PKEY_KEYPAIR, bld, err);
     OSSL_PARAM_BLD_free(bld);
     BN_free(n);
     BN_free(e);
     BN_clear_free(d);
     for (int i = 0; i < 5; i++)
         BN_clear_free(bn_crt[i]);
-    if (!pkey || check_private(pkey, pub, err) != 0) {
-        EVP_PKEY_free(pkey);
-        EVP_PKEY_free(pub);
-        return -1;
-    }
-    return adopt(pkey, pub, 1, out, err);
+    return adopt_private(pkey, pub, out, err);
 }
 
 static int ec_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *err)
@@ -412,15 +405,10 @@ static int ec_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *e
         !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_PRIV_KEY, d))
         jwke_fail_openssl(err, "cannot build EC private key");
     else
-        pkey = keypair_from_params("EC", bld, err);
+        pkey = jwke_pkey_from_params("EC", EVP_PKEY_KEYPAIR, bld, err);
     OSSL_PARAM_BLD_free(bld);
     BN_clear_free(d);
-    if (!pkey || check_private(pkey, pub, err) != 0) {
-        EVP_PKEY_free(pkey);
-        EVP_PKEY_free(pub);
-        return -1;
-    }
-    return adopt(pkey, pub, 1, out, err);
+    return adopt_private(pkey, pub, out, err);
 }
 
 static int okp_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *err)

@@ -152,21 +152,19 @@ commands.rotate = function(engine, args)
   print_changes(changes)
 end
 
-commands.retire = function(engine, args)
-  local p = parse(args, {})
-  if #p ~= 2 then usage_error("retire takes SET KID") end
-  local changes, err = engine:retire(p[1], p[2])
-  if not changes then die(err) end
-  print_changes(changes)
+-- retire and activate: one key of a set changes state by the operator's word.
+local function key_command(name)
+  return function(engine, args)
+    local p = parse(args, {})
+    if #p ~= 2 then usage_error(name .. " takes SET KID") end
+    local changes, err = engine[name](engine, p[1], p[2])
+    if not changes then die(err) end
+    print_changes(changes)
+  end
 end
 
-commands.activate = function(engine, args)
-  local p = parse(args, {})
-  if #p ~= 2 then usage_error("activate takes SET KID") end
-  local changes, err = engine:activate(p[1], p[2])
-  if not changes then die(err) end
-  print_changes(changes)
-end
+commands.retire = key_command("retire")
+commands.activate = key_command("activate")
 
 commands.maintain = function(engine, args)
   if #args ~= 0 then usage_error("maintain takes no arguments") end

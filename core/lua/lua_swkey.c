@@ -134,20 +134,32 @@ static size_t check_secrets(lua_State *L, int arg, jwke_secret secrets[MAX_SECRE
     return count;
 }
 
+/* What the functions on a store row take: ({secret, ...}, text). */
+typedef struct {
+    jwke_secret secrets[MAX_SECRETS];
+    size_t count;
+    const char *text;
+    size_t text_len;
+} sealed_args;
+
+static void check_sealed_args(lua_State *L, sealed_args *a)
+{
+    a->count = check_secrets(L, 1, a->secrets);
+    a->text = luaL_checklstring(L, 2, &a->text_len);
+}
+
 /* open_sealed_key({secret, ...}, text) -> key, public_json | nil, err:
  * decrypts a store row and imports its key in C (sealed_key.h), so the
  * private members never become Lua strings. */
 static int l_open_sealed_key(lua_State *L)
 {
-    jwke_secret secrets[MAX_SECRETS];
-    size_t count = check_secrets(L, 1, secrets);
-    size_t text_len;
-    const char *text = luaL_checklstring(L, 2, &text_len);
+    sealed_args a;
+    check_sealed_args(L, &a);
     swkey_object *k = new_key(L);
     char *public_json;
     size_t public_len;
     jwke_error err;
-    if (jwke_sealed_key_open(secrets, count, text, text_len, &k->key, &public_json, &public_len,
+    if (jwke_sealed_key_open(a.secrets, a.count, a.text, a.text_len, &k->key, &public_json, &public_len,
                              &err) != 0)
         return jwke_push_error(L, &err);
     lua_pushlstring(L, public_json, public_len);
@@ -158,14 +170,12 @@ static int l_open_sealed_key(lua_State *L)
 /* aes_gcm_open({secret, ...}, text) -> plaintext, index | nil, err */
 static int l_aes_gcm_open(lua_State *L)
 {
-    jwke_secret secrets[MAX_SECRETS];
-    size_t count = check_secrets(L, 1, secrets);
-    size_t text_len;
-    const char *text = luaL_checklstring(L, 2, &text_len);
+    sealed_args a;
+    check_sealed_args(L, &a);
     unsigned char *plaintext;
     size_t plaintext_len, used;
     jwke_error err;
-    if (jwke_aesgcm_open(secrets, count, text, text_len, &plaintext, &plaintext_len, &used,
+    if (jwke_aesgcm_open(a.secrets, a.count, a.text, a.text_len, &plaintext, &plaintext_len, &used,
                          &err) != 0)
         return jwke_push_error(L, &err);
     lua_pushlstring(L, (const char *)plaintext, plaintext_len);
@@ -178,14 +188,12 @@ static int l_aes_gcm_open(lua_State *L)
  * with any secret, sealed with the first, the plaintext never in Lua. */
 static int l_aes_gcm_reseal(lua_State *L)
 {
-    jwke_secret secrets[MAX_SECRETS];
-    size_t count = check_secrets(L, 1, secrets);
-    size_t text_len;
-    const char *text = luaL_checklstring(L, 2, &text_len);
+    sealed_args a;
+    check_sealed_args(L, &a);
     char *out;
     size_t out_len;
     jwke_error err;
-    if (jwke_aesgcm_reseal(secrets, count, text, text_len, &out, &out_len, &err) != 0)
+    if (jwke_aesgcm_reseal(a.secrets, a.count, a.text, a.text_len, &out, &out_len, &err) != 0)
         return jwke_push_error(L, &err);
     lua_pushlstring(L, out, out_len);
     free(out);

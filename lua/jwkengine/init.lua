@@ -60,6 +60,21 @@ local function option_kid(options)
   return type(options) == "table" and options.kid or nil
 end
 
+-- Where a method's kid stands among the arguments after the set.
+local function kid_argument(kid) return kid end
+local function kid_in_options(_, options) return option_kid(options) end
+
+-- A method that checks the set name (and the kid that kid_of finds, when
+-- given) and hands the call on to the key managers unchanged.
+local function checked_call(method, kid_of, kid_name, kid_required)
+  return function(self, set, ...)
+    local ok, err, code = check_names(set, kid_of and kid_of(...), kid_name, kid_required)
+    if not ok then return nil, err, code end
+    local keys = keys_of[self]
+    return keys[method](keys, set, ...)
+  end
+end
+
 -- The rest of what sign and sign_jwt take: typ a string (false: none), alg
 -- one jwkengine signs with. An alg it does not know is ERR_UNSUPPORTED_ALG,
 -- as generate says it, rather than a raise from the C signer.
@@ -154,11 +169,7 @@ function M.open(options)
 end
 
 -- The public JWK Set of a set, as a table { keys = { ... } }.
-function Engine:key_set(set)
-  local ok, err, code = check_names(set)
-  if not ok then return nil, err, code end
-  return keys_of[self]:key_set(set)
-end
+Engine.key_set = checked_call("key_set")
 
 -- The same, as JSON; serialized once per loaded set.
 function Engine:key_set_json(set)
@@ -185,11 +196,7 @@ end
 -- Reads a set again now, from the HSM or the software store (whichever
 -- holds it), and returns its public JWK Set. Unlike refresh, an error keeps
 -- the cached set, so signing goes on with it.
-function Engine:reload(set)
-  local ok, err, code = check_names(set)
-  if not ok then return nil, err, code end
-  return keys_of[self]:reload(set)
-end
+Engine.reload = checked_call("reload")
 
 -- Generates the startup sets that are missing (by default the configured
 -- ones, engine.config.startup_sets): { { set =, alg = }, ... }. open does
@@ -229,35 +236,19 @@ function Engine:slot()
 end
 
 -- One public JWK.
-function Engine:key(set, kid)
-  local ok, err, code = check_names(set, kid, "kid", true)
-  if not ok then return nil, err, code end
-  return keys_of[self]:key(set, kid)
-end
+Engine.key = checked_call("key", kid_argument, "kid", true)
 
 -- Generates a key pair; options: kid, use ("sig" | "enc"), rsa_bits, and
 -- thumbprint_kid (true, or "SHA-256" / "SHA-384" / "SHA-512"): the new
 -- key's kid is its RFC 7638 thumbprint. Returns the public JWK.
-function Engine:generate(set, alg, options)
-  local ok, err, code = check_names(set, option_kid(options), "options.kid")
-  if not ok then return nil, err, code end
-  return keys_of[self]:generate(set, alg, options)
-end
+Engine.generate = checked_call("generate", kid_in_options, "options.kid")
 
 -- Adds a key to the software store (never the HSM): a JWK (table or JSON)
 -- or a PEM block. options: kid, alg, use. Returns the public JWK.
-function Engine:import(set, input, options)
-  local ok, err, code = check_names(set, option_kid(options), "options.kid")
-  if not ok then return nil, err, code end
-  return keys_of[self]:import(set, input, options)
-end
+Engine.import = checked_call("import", kid_in_options, "options.kid")
 
 -- Replaces an existing software key with the same kid.
-function Engine:update(set, input, options)
-  local ok, err, code = check_names(set, option_kid(options), "options.kid")
-  if not ok then return nil, err, code end
-  return keys_of[self]:update(set, input, options)
-end
+Engine.update = checked_call("update", kid_in_options, "options.kid")
 
 -- Re-seals every software key with the first secret, in one transaction.
 function Engine:rotate_secrets()
@@ -265,11 +256,7 @@ function Engine:rotate_secrets()
 end
 
 -- Deletes one key (kid given) or the whole set.
-function Engine:delete(set, kid)
-  local ok, err, code = check_names(set, kid, "kid")
-  if not ok then return nil, err, code end
-  return keys_of[self]:delete(set, kid)
-end
+Engine.delete = checked_call("delete", kid_argument, "kid")
 
 -- Signs payload bytes as a compact JWS; options: kid, typ, alg.
 function Engine:sign(set, payload, options)

@@ -83,13 +83,6 @@ local function check_key_ops(ops)
   return true
 end
 
-local function has_op(ops, op)
-  for _, v in ipairs(ops) do
-    if v == op then return true end
-  end
-  return false
-end
-
 -- One JWK (a table) as a verification candidate:
 --   { kid, alg, use, key_ops, kty, crv, public_key, jwk }
 -- or nil, reason. options.allow_private_members: accept keys that carry
@@ -189,7 +182,7 @@ local function mismatch(candidate, alg, min_rsa_bits)
   if candidate.use ~= nil and candidate.use ~= "sig" then
     return string.format("its use is '%s'", M.shown(candidate.use))
   end
-  if candidate.key_ops ~= nil and not has_op(candidate.key_ops, "verify") then
+  if candidate.key_ops ~= nil and not util.contains(candidate.key_ops, "verify") then
     return "its key_ops do not include 'verify'"
   end
   if candidate.alg ~= nil and candidate.alg ~= alg then

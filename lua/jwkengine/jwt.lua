@@ -155,13 +155,6 @@ local function check_options(options)
   return tolerance
 end
 
-local function contains(list, value)
-  for _, v in ipairs(list) do
-    if v == value then return true end
-  end
-  return false
-end
-
 -- Checks decoded claims against options (see M.verify); true or a failure.
 function M.check_claims(claims, header, options)
   local tolerance = check_options(options)
@@ -206,13 +199,13 @@ function M.check_claims(claims, header, options)
       iso(claims.iat), options.max_age, tolerance)
   end
 
-  if options.issuer ~= nil and not contains(string_list(options.issuer), claims.iss) then
+  if options.issuer ~= nil and not util.contains(string_list(options.issuer), claims.iss) then
     return util.fail("ERR_JWT_ISSUER_MISMATCH", "JWT issuer '%s' is not accepted", jwk.shown(claims.iss))
   end
   if options.audience ~= nil then
     local accepted, found = string_list(options.audience), false
     for _, aud in ipairs(string_list(claims.aud)) do
-      if contains(accepted, aud) then found = true break end
+      if util.contains(accepted, aud) then found = true break end
     end
     if not found then
       return util.fail("ERR_JWT_AUDIENCE_MISMATCH", "JWT audience does not include an accepted audience")

@@ -88,31 +88,29 @@ local function enter(key, state, t)
   key.times[state] = t
 end
 
--- Of several keys in `state`, the one that entered it last (ties: the
--- greater kid), so the choice never depends on table order.
-local function latest(keys, state, order)
+-- Of several keys in `state`, the one that `comes_first` (a comparison of
+-- the times they entered it; ties go the same way by kid), so the choice
+-- never depends on table order.
+local function first_in(keys, state, order, comes_first)
   local best
   for _, kid in ipairs(order) do
     local key = keys[kid]
     if key and key.state == state then
       local t, bt = key.times[state] or 0, best and (keys[best].times[state] or 0)
-      if not best or t > bt or (t == bt and kid > best) then best = kid end
+      if not best or comes_first(t, bt) or (t == bt and comes_first(kid, best)) then best = kid end
     end
   end
   return best
 end
 
-local function earliest(keys, state, order)
-  local best
-  for _, kid in ipairs(order) do
-    local key = keys[kid]
-    if key and key.state == state then
-      local t, bt = key.times[state] or 0, best and (keys[best].times[state] or 0)
-      if not best or t < bt or (t == bt and kid < best) then best = kid end
-    end
-  end
-  return best
-end
+local function after(a, b) return a > b end
+local function before(a, b) return a < b end
+
+-- The key that entered `state` last (ties: the greater kid).
+local function latest(keys, state, order) return first_in(keys, state, order, after) end
+
+-- The key that entered `state` first (ties: the smaller kid).
+local function earliest(keys, state, order) return first_in(keys, state, order, before) end
 
 -- The next scheduled change of the rule's outcome at or before `limit`:
 -- a next key's promotion or a previous key's retirement, earliest first.

@@ -12,6 +12,14 @@ function M.fail(code, fmt, ...)
   return nil, message, code
 end
 
+-- Whether the list holds the value.
+function M.contains(list, value)
+  for _, v in ipairs(list) do
+    if v == value then return true end
+  end
+  return false
+end
+
 function M.sorted_keys(t)
   local keys = {}
   for k in pairs(t) do keys[#keys + 1] = k end

@@ -25,9 +25,16 @@ local function scrub(self, message)
   return message
 end
 
-function Driver:exec(sql)
+-- LuaSQL's execute: a cursor, a row count, or nil and a scrubbed error.
+local function execute(self, sql)
   local result, err = self.connection:execute(sql)
   if not result then return nil, scrub(self, err) end
+  return result
+end
+
+function Driver:exec(sql)
+  local result, err = execute(self, sql)
+  if not result then return nil, err end
   if type(result) == "userdata" then
     result:close()
     return true
@@ -36,8 +43,8 @@ function Driver:exec(sql)
 end
 
 function Driver:query(sql)
-  local cursor, err = self.connection:execute(sql)
-  if not cursor then return nil, scrub(self, err) end
+  local cursor, err = execute(self, sql)
+  if not cursor then return nil, err end
   local rows = {}
   if type(cursor) ~= "userdata" then return rows end
   local row = cursor:fetch({}, "a")
