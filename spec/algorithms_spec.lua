@@ -20,12 +20,7 @@ local function tmpfile(data)
   return path
 end
 
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local data = f:read("a")
-  f:close()
-  return data
-end
+local read_file = softhsm.read_file
 
 -- Runs openssl; the output must exist.
 local function openssl(args)

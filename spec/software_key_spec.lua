@@ -4,34 +4,12 @@
 -- openssl command line makes the PEM files.
 local core = require "jwkengine.core"
 local cjson = require "cjson"
+local softhsm = require "helpers.softhsm"
 
 -- Debian's python3 has jwcrypto; a python3 earlier on PATH may not.
 local PYTHON = io.open("/usr/bin/python3") and "/usr/bin/python3" or "python3"
 
-local function quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
-
--- Runs a shell command; returns its output and whether it succeeded.
-local function run(command)
-  local pipe = assert(io.popen(command .. " 2>&1"))
-  local out = pipe:read("a")
-  local ok = pipe:close()
-  return out, ok == true
-end
+local quote, write_file, read_file, run = softhsm.quote, softhsm.write_file, softhsm.read_file, softhsm.run
 
 -- Runs a python script with a JSON document as its only argument (a file).
 local function python(script, document)

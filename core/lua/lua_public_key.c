@@ -50,15 +50,21 @@ int jwke_push_kty(lua_State *L, const EVP_PKEY *pkey)
     return 1;
 }
 
+/* The answer of a check that failed: false and why. */
+static int push_false(lua_State *L, const jwke_error *err)
+{
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, err->message);
+    return 2;
+}
+
 int jwke_push_fits(lua_State *L, const EVP_PKEY *pkey, int default_min_bits)
 {
     const jwke_alg *alg = jwke_check_alg(L, 2);
     int min_bits = (int)luaL_optinteger(L, 3, default_min_bits);
     jwke_error err;
     if (jwke_pkey_fits_alg(pkey, alg, min_bits, &err) != 0) {
-        lua_pushboolean(L, 0);
-        lua_pushstring(L, err.message);
-        return 2;
+        return push_false(L, &err);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -137,9 +143,7 @@ static int l_verify(lua_State *L)
     int min_rsa_bits = (int)luaL_optinteger(L, 5, JWKE_RSA_MIN_BITS);
     jwke_error err;
     if (check_fits(pk, alg, min_rsa_bits, &err) != 0) {
-        lua_pushboolean(L, 0);
-        lua_pushstring(L, err.message);
-        return 2;
+        return push_false(L, &err);
     }
     int ok = jwke_evp_verify(pk->pkey, alg, (const unsigned char *)input, input_len,
                              (const unsigned char *)sig, sig_len, &err);
@@ -147,9 +151,7 @@ static int l_verify(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
-    lua_pushboolean(L, 0);
-    lua_pushstring(L, err.message);
-    return 2;
+    return push_false(L, &err);
 }
 
 /* key:fits(alg [, min_rsa_bits]) -> true | false, err */
@@ -159,9 +161,7 @@ static int l_fits(lua_State *L)
     const jwke_alg *alg = jwke_check_alg(L, 2);
     jwke_error err;
     if (check_fits(pk, alg, (int)luaL_optinteger(L, 3, JWKE_RSA_MIN_BITS), &err) != 0) {
-        lua_pushboolean(L, 0);
-        lua_pushstring(L, err.message);
-        return 2;
+        return push_false(L, &err);
     }
     lua_pushboolean(L, 1);
     return 1;

@@ -82,6 +82,13 @@ function M.write_file(path, data)
   f:close()
 end
 
+function M.read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local data = f:read("a")
+  f:close()
+  return data
+end
+
 function M.tmpname()
   return os.tmpname()
 end
