@@ -70,11 +70,29 @@ function Driver:close()
   self.connection, self.environment = nil, nil
 end
 
-function M.sqlite(path)
-  local ok, luasql = pcall(require, "luasql.sqlite3")
+-- LuaSQL's driver module `name` (sqlite3, postgres), or the failure that
+-- names the Debian package to install.
+local function luasql_module(dialect, database, name)
+  local ok, luasql = pcall(require, "luasql." .. name)
   if not ok then
-    return util.fail("ERR_STORE", "sqlite store needs LuaSQL for SQLite (Debian: lua-sql-sqlite3)")
+    return util.fail("ERR_STORE", "%s store needs LuaSQL for %s (Debian: lua-sql-%s)", dialect, database, name)
   end
+  return luasql
+end
+
+-- Runs a connection's first setting; on failure closes the driver.
+local function configure(driver, sql, what)
+  local ok, err = driver:exec(sql)
+  if not ok then
+    driver:close()
+    return util.fail("ERR_STORE", "cannot configure %s: %s", what, err)
+  end
+  return driver
+end
+
+function M.sqlite(path)
+  local luasql, lerr, lcode = luasql_module("sqlite", "SQLite", "sqlite3")
+  if not luasql then return nil, lerr, lcode end
   local environment = luasql.sqlite3()
   local connection, err = environment:connect(path)
   if not connection then
@@ -84,20 +102,13 @@ function M.sqlite(path)
   local driver = setmetatable({ dialect = "sqlite", connection = connection,
     environment = environment }, Driver)
   -- Several processes share the file: wait for a writer instead of failing.
-  local pragma_ok, perr = driver:query("PRAGMA busy_timeout = 30000")
-  if not pragma_ok then
-    driver:close()
-    return util.fail("ERR_STORE", "cannot configure SQLite database %s: %s", path, perr)
-  end
-  return driver
+  return configure(driver, "PRAGMA busy_timeout = 30000", "SQLite database " .. path)
 end
 
 -- settings: user, password, host, port, database, options (name -> value)
 function M.postgres(settings)
-  local ok, luasql = pcall(require, "luasql.postgres")
-  if not ok then
-    return util.fail("ERR_STORE", "postgres store needs LuaSQL for PostgreSQL (Debian: lua-sql-postgres)")
-  end
+  local luasql, lerr, lcode = luasql_module("postgres", "PostgreSQL", "postgres")
+  if not luasql then return nil, lerr, lcode end
   -- A libpq conninfo string carries options such as sslmode as well.
   local function value(v) return "'" .. tostring(v):gsub("\\", "\\\\"):gsub("'", "\\'") .. "'" end
   local parts = { "dbname=" .. value(settings.database) }
@@ -119,12 +130,7 @@ function M.postgres(settings)
       tostring(settings.database), scrub(driver, err))
   end
   driver.connection = connection
-  local set_ok, serr = driver:exec("SET client_min_messages TO WARNING")
-  if not set_ok then
-    driver:close()
-    return util.fail("ERR_STORE", "cannot configure PostgreSQL session: %s", serr)
-  end
-  return driver
+  return configure(driver, "SET client_min_messages TO WARNING", "PostgreSQL session")
 end
 
 return M
