@@ -351,6 +351,23 @@ describe("nginx integration: configuration and PIN failures", function()
     server = nil
   end)
 
+  it("names a variable jwkengine reads that nginx removed from the workers (HSM_TOKEN_SERIAL)", function()
+    -- the example configuration has no `env HSM_TOKEN_SERIAL;`: the master
+    -- sees the variable, the workers do not
+    server = nginx.new({ token = token, workers = 1 })
+    local out, ok = softhsm.run(server:command("", { HSM_TOKEN_SERIAL = "0123456789abcdef" }))
+    assert(ok, out)
+    server.started = true
+    local deadline = os.time() + 20
+    while not server:log():find("nginx removed variables", 1, true) do
+      assert(os.time() < deadline, "no warning about removed variables:\n" .. tail(server:log()))
+      nginx.sleep(0.1)
+    end
+    assert.is_truthy(server:log():find("add env HSM_TOKEN_SERIAL; to the main block", 1, true), tail(server:log()))
+    server:dispose()
+    server = nil
+  end)
+
   it("tries a wrong PIN once per start or reload, not once per worker, and answers 503", function()
     server = nginx.new({ token = token, workers = 4, pin = "999999" })
     server:start(30, true)

@@ -102,6 +102,9 @@ function M.open(options)
   end
   local cfg, err, code = config.load(options)
   if not cfg then return nil, err, code end
+  local usable
+  usable, err, code = config.check_stores(cfg, options)
+  if not usable then return nil, err, code end
   local logger = log.new(options.logger)
   local policies
   policies, err, code = rotation.policies(cfg)
@@ -128,14 +131,6 @@ function M.open(options)
     software_keys = software.new(key_store, cfg.secrets.system, { cache_ttl = cfg.store.cache_ttl,
       now = options.now, states = rotation.states(key_state_store.new(key_store), policies, options.now, logger) })
     cfg.secrets = nil -- the software manager holds them; engine.config does not
-  elseif cfg.dsn or options.store_driver then
-    if hsm_keys then hsm_keys:close() end
-    return util.fail("ERR_CONFIG", "%s but SECRETS_SYSTEM (secrets.system) is not set",
-      options.store_driver and "a store_driver is given" or "a DSN is configured")
-  end
-  if not hsm_keys and not software_keys then
-    return util.fail("ERR_CONFIG",
-      "no key store is enabled: set HSM_ENABLED=true for the HSM and/or SECRETS_SYSTEM for the software store")
   end
 
   local engine = setmetatable({ config = cfg, log = logger, policies = policies,
