@@ -147,8 +147,10 @@ local function apply_hsm(cfg, source, origin, names, as_written)
 end
 
 -- Startup sets may be written as a list of {set=, alg=} or as a map
--- set -> alg; the result is a list in a stable order.
-local function normalize_startup_sets(value, origin)
+-- set -> alg; the result is a list in a stable order. value: names and
+-- algs as written; parsed: the same list with YAML's numbers, where each
+-- rotation policy's seconds come from.
+local function normalize_startup_sets(value, origin, parsed)
   if type(value) ~= "table" then
     return util.fail("ERR_CONFIG", "%s: startup_sets must be a list or a map", origin)
   end
@@ -158,7 +160,8 @@ local function normalize_startup_sets(value, origin)
       if type(entry) ~= "table" or type(entry.set) ~= "string" then
         return util.fail("ERR_CONFIG", "%s: startup_sets[%d] needs a string 'set': quote it", origin, i)
       end
-      sets[#sets + 1] = { set = entry.set, alg = entry.alg or "RS256", rotation = entry.rotation }
+      local rotation = type(parsed) == "table" and type(parsed[i]) == "table" and parsed[i].rotation
+      sets[#sets + 1] = { set = entry.set, alg = entry.alg or "RS256", rotation = rotation or entry.rotation }
     end
   else
     for _, set in ipairs(util.sorted_keys(value)) do
@@ -227,7 +230,7 @@ local function apply_document(cfg, doc, origin, as_written)
     if not ok then return nil, err, code end
   end
   if doc.startup_sets ~= nil then
-    local sets, err, code = normalize_startup_sets(as_written.startup_sets, origin)
+    local sets, err, code = normalize_startup_sets(as_written.startup_sets, origin, doc.startup_sets)
     if not sets then return nil, err, code end
     cfg.startup_sets = sets
   end
