@@ -351,6 +351,25 @@ describe("nginx integration: configuration and PIN failures", function()
     server = nil
   end)
 
+  it("refuses to start when the engine's publication or token settings disagree with what nginx serves", function()
+    -- the example serves jwks.max_age = 300 and tokens of 300 s
+    for _, case in ipairs({
+      { "publication: { max_age: 60 }\n", "publication.max_age (60) differs from jwks.max_age (300)" },
+      { "tokens: { max_lifetime: 100 }\n", "token.lifetime (300 s) is longer than tokens.max_lifetime (100 s)" },
+    }) do
+      server = nginx.new({ token = token, workers = 1,
+        startup_sets = "  hydra.openid.id-token: RS256\n  hydra.jwt.access-token: ES256\n" .. case[1] })
+      local out, ok = softhsm.run(server:command(""))
+      server.started = ok -- stopped by the teardown if it ran after all
+      assert.is_false(ok, out)
+      local log = out .. server:log()
+      assert.is_truthy(log:find(case[2], 1, true), log)
+      assert.is_nil(server:master_pid(), "nginx runs anyway")
+      server:remove()
+      server = nil
+    end
+  end)
+
   it("names a variable jwkengine reads that nginx removed from the workers (HSM_TOKEN_SERIAL)", function()
     -- the example configuration has no `env HSM_TOKEN_SERIAL;`: the master
     -- sees the variable, the workers do not

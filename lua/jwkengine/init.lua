@@ -83,6 +83,22 @@ function M.slots(library)
   return core.slots(library)
 end
 
+-- The configuration open would use, checked as open checks it but without
+-- loading the PKCS#11 module or touching a store: a host that checks before
+-- it starts (nginx's master) calls this. Returns cfg, policies (the
+-- rotation policies of jwkengine.rotation) or nil, err, code.
+function M.check_config(options)
+  local cfg, err, code = config.load(options)
+  if not cfg then return nil, err, code end
+  local usable
+  usable, err, code = config.check_stores(cfg, options)
+  if not usable then return nil, err, code end
+  local policies
+  policies, err, code = rotation.policies(cfg)
+  if not policies then return nil, err, code end
+  return cfg, policies
+end
+
 -- Opens the key stores the configuration names: the HSM (logged in) when
 -- enabled, the AES-GCM software store when secrets are set (its DSN, or a
 -- driver handed in as options.store_driver), with Hydra's fallback rules
@@ -100,15 +116,10 @@ function M.open(options)
   if options.now ~= nil and type(options.now) ~= "function" then
     error("options.now must be a function returning seconds", 2)
   end
-  local cfg, err, code = config.load(options)
-  if not cfg then return nil, err, code end
-  local usable
-  usable, err, code = config.check_stores(cfg, options)
-  if not usable then return nil, err, code end
+  local cfg, policies_or_err, code = M.check_config(options)
+  if not cfg then return nil, policies_or_err, code end
+  local policies, err = policies_or_err, nil
   local logger = log.new(options.logger)
-  local policies
-  policies, err, code = rotation.policies(cfg)
-  if not policies then return nil, err, code end
 
   local hsm_keys, software_keys
   if cfg.hsm.enabled then
@@ -153,6 +164,17 @@ function Engine:key_set(set)
   local ok, err, code = check_names(set)
   if not ok then return nil, err, code end
   return keys_of[self]:key_set(set)
+end
+
+-- What a JWK Set endpoint serves for a set, as of now: { keys = public
+-- JWKs, states = kid -> state (next, current, previous) of each published
+-- key in the lifecycle, next_change = seconds when this answer changes
+-- without a write (a promotion or retirement falls due), nil when nothing
+-- is scheduled }. A cache of the set must not outlive next_change.
+function Engine:publication(set)
+  local ok, err, code = check_names(set)
+  if not ok then return nil, err, code end
+  return keys_of[self]:publication(set)
 end
 
 -- The same, as JSON; serialized once per loaded set.

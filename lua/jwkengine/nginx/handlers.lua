@@ -5,6 +5,7 @@
 local cjson = require "cjson.safe"
 local http = require "jwkengine.http"
 local jwk = require "jwkengine.jwk"
+local jwks = require "jwkengine.nginx.jwks"
 local logging = require "jwkengine.nginx.logging"
 local state = require "jwkengine.nginx.state"
 local threads = require "jwkengine.nginx.threads"
@@ -64,10 +65,11 @@ function M.serve_jwks()
     return send_failure("ERR_HTTP_METHOD", "use GET", { Allow = "GET, HEAD" })
   end
   if not wait_ready() or not state.jwks_cache then return not_ready() end
+  local max_age = jwks.max_age(ngx.now())
   local cache = state.jwks_cache
   local headers = {
     ETag = cache.etag,
-    ["Cache-Control"] = "public, max-age=" .. state.settings.max_age,
+    ["Cache-Control"] = "public, max-age=" .. max_age,
   }
   if http.not_modified(ngx.var.http_if_none_match, cache.etag) then
     return send(304, nil, nil, headers)

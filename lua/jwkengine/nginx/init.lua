@@ -51,9 +51,6 @@ function M.init(options)
   if ngx and ngx.get_phase and ngx.get_phase() ~= "init" then
     settings.fail("init() belongs in init_by_lua_block (it runs in nginx's master)", 2)
   end
-  -- Preloaded in the master so the workers share the code pages; loading
-  -- the C module touches no PKCS#11 library (that happens in open()).
-  require "jwkengine"
   local s = settings.load(options or {})
   state.settings = s
   return true

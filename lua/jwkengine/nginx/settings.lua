@@ -4,6 +4,10 @@
 -- itself is checked as jwkengine.open checks it (config.load and
 -- config.check_stores), without loading the PKCS#11 module or logging in.
 local config = require "jwkengine.config"
+-- Loaded in the master, so the workers share the code pages; loading the C
+-- module touches no PKCS#11 library (that happens in open()).
+local jwkengine = require "jwkengine"
+local lifecycle = require "jwkengine.lifecycle"
 local logging = require "jwkengine.nginx.logging"
 local secrets = require "jwkengine.nginx.secrets"
 local threads = require "jwkengine.nginx.threads"
@@ -14,13 +18,14 @@ local M = {}
 
 -- Options of init() that belong here; everything else goes to jwkengine.open.
 local OWN_OPTIONS = { jwks = true, token = true, thread_pool = true, shared_dict = true,
-  ready_timeout = true, startup_lock_timeout = true }
+  ready_timeout = true, startup_lock_timeout = true, schedule_interval = true }
 
 local DEFAULTS = {
   shared_dict = "jwkengine",
   ready_timeout = 10,          -- seconds a request waits for its worker's engine
   startup_lock_timeout = 300,  -- seconds the startup generation may hold the lock
-  jwks = { max_age = 300, refresh = 30 },
+  -- the engine's publication defaults: nginx serves with those
+  jwks = { max_age = lifecycle.DEFAULT_LIMITS.max_age, refresh = lifecycle.DEFAULT_LIMITS.refresh },
   token = { lifetime = 300, max_body = 16384 },
 }
 
@@ -87,6 +92,25 @@ local function choose_sets(s, jwks, token, cfg)
   end
 end
 
+-- The engine's rotation rules must hold for what nginx serves: its
+-- publication settings are jwks.max_age and jwks.refresh. A configuration
+-- (file or options) that names other values is refused by name.
+local function publication_options(open_options, max_age, refresh)
+  local cfg, err, code = config.load(open_options)
+  if not cfg then fail(string.format("configuration: %s (%s)", tostring(err), tostring(code)), IN_HELPER) end
+  local served = { max_age = max_age, refresh = refresh }
+  local publication = {}
+  for name, value in pairs(cfg.publication) do publication[name] = value end
+  for name, value in pairs(served) do
+    if publication[name] ~= nil and publication[name] ~= value then
+      fail(string.format("publication.%s (%s) differs from jwks.%s (%s), which is what nginx serves: " ..
+        "set jwks.%s only", name, tostring(publication[name]), name, tostring(value), name), IN_HELPER)
+    end
+    publication[name] = value
+  end
+  return publication
+end
+
 -- The checked settings of init(options), or a raise naming the mistake.
 function M.load(options)
   if type(options) ~= "table" then fail("init(options): options must be a table", IN_LOAD) end
@@ -99,18 +123,27 @@ function M.load(options)
   end
   if open_options.logger == nil then open_options.logger = logging.logger end
 
+  local jwks = check_keys(options.jwks, { sets = true, max_age = true, refresh = true }, "jwks")
+  local token = check_keys(options.token, { set = true, lifetime = true, max_body = true }, "token")
+  local max_age = jwks.max_age or DEFAULTS.jwks.max_age
+  if type(max_age) ~= "number" or max_age < 0 then fail("jwks.max_age must be a number >= 0", IN_LOAD) end
+  local refresh = positive_number(jwks.refresh or DEFAULTS.jwks.refresh, "jwks.refresh")
+
   secrets.forget_pin()
-  local cfg, err, code = config.load(open_options)
-  if cfg then err, code = select(2, config.check_stores(cfg, open_options)) end
-  if err then fail(string.format("configuration: %s (%s)", tostring(err), tostring(code)), IN_LOAD) end
+  open_options.publication = publication_options(open_options, max_age, refresh)
+  local cfg, policies, code = jwkengine.check_config(open_options)
+  if not cfg then fail(string.format("configuration: %s (%s)", tostring(policies), tostring(code)), IN_LOAD) end
   cfg.hsm.pin = nil -- the workers read it again; no copy stays here
+  local lifetime = positive_number(token.lifetime or DEFAULTS.token.lifetime, "token.lifetime")
+  if lifetime > policies.limits.max_lifetime then
+    fail(string.format("token.lifetime (%d s) is longer than tokens.max_lifetime (%d s), which the key " ..
+      "rotation's retain rule counts on: raise tokens.max_lifetime", lifetime, policies.limits.max_lifetime), IN_LOAD)
+  end
 
   local kept_secrets
   open_options, kept_secrets = secrets.keep(open_options, cfg)
   if not open_options then fail(kept_secrets, IN_LOAD) end
 
-  local jwks = check_keys(options.jwks, { sets = true, max_age = true, refresh = true }, "jwks")
-  local token = check_keys(options.token, { set = true, lifetime = true, max_body = true }, "token")
   local s = {
     open_options = open_options,
     kept_secrets = kept_secrets,
@@ -119,12 +152,15 @@ function M.load(options)
     startup_lock_timeout = positive_number(options.startup_lock_timeout or DEFAULTS.startup_lock_timeout,
       "startup_lock_timeout"),
     startup_sets = cfg.startup_sets,
-    max_age = jwks.max_age or DEFAULTS.jwks.max_age,
-    refresh = positive_number(jwks.refresh or DEFAULTS.jwks.refresh, "jwks.refresh"),
-    lifetime = positive_number(token.lifetime or DEFAULTS.token.lifetime, "token.lifetime"),
+    max_age = max_age,
+    refresh = refresh,
+    lifetime = lifetime,
     max_body = positive_number(token.max_body or DEFAULTS.token.max_body, "token.max_body"),
+    -- the key schedule (engine:maintain) runs in one worker when a set has
+    -- a rotation policy
+    scheduled = #policies.scheduled > 0,
+    schedule_interval = positive_number(options.schedule_interval or refresh, "schedule_interval"),
   }
-  if type(s.max_age) ~= "number" or s.max_age < 0 then fail("jwks.max_age must be a number >= 0", IN_LOAD) end
   choose_sets(s, jwks, token, cfg)
 
   if ngx and ngx.shared then

@@ -8,6 +8,7 @@
 local config = require "jwkengine.config"
 local jwks = require "jwkengine.nginx.jwks"
 local logging = require "jwkengine.nginx.logging"
+local schedule = require "jwkengine.nginx.schedule"
 local secrets = require "jwkengine.nginx.secrets"
 local startup_lock = require "jwkengine.nginx.startup_lock"
 local state = require "jwkengine.nginx.state"
@@ -126,6 +127,7 @@ function M.start()
   if not ok then return nil, "cannot start the opening timer: " .. tostring(err) end
   ok, err = ngx.timer.every(settings.refresh, refresh_timer)
   if not ok then return nil, "cannot start the JWK Set refresh timer: " .. tostring(err) end
+  if settings.scheduled then return schedule.start() end
   return true
 end
 
