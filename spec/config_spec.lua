@@ -304,6 +304,22 @@ describe("configuration typos", function()
     end
   end)
 
+  it("reads a startup set's rotation policy from YAML as numbers, the set name as written", function()
+    local path = write(".yaml", table.concat({
+      "startup_sets:",
+      "  - set: 2024",
+      "    alg: ES256",
+      "    rotation: { period: 7776000, prepublish: 86400, retain: 172800 }",
+      "",
+    }, "\n"))
+    local cfg = assert(config.load({ config = path, environment = {} }))
+    os.remove(path)
+    assert.are.equal("2024", cfg.startup_sets[1].set)
+    assert.are.same({ period = 7776000, prepublish = 86400, retain = 172800 }, cfg.startup_sets[1].rotation)
+    local policies = assert(require("jwkengine.rotation").policies(cfg))
+    assert.are.equal(7776000, policies.by_set["2024"].period)
+  end)
+
   it("refuses an empty HSM_PIN or HSM_PIN_FILE when the HSM is enabled", function()
     refused("HSM_PIN (hsm.pin) is set but empty",
       { environment = { HSM_ENABLED = "true", HSM_LIBRARY = "/x.so", HSM_PIN = "" } })

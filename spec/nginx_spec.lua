@@ -351,6 +351,42 @@ describe("nginx integration: configuration and PIN failures", function()
     server = nil
   end)
 
+  it("refuses to start when the engine's publication or token settings disagree with what nginx serves", function()
+    -- the example serves jwks.max_age = 300 and tokens of 300 s
+    for _, case in ipairs({
+      { "publication: { max_age: 60 }\n", "publication.max_age (60) differs from jwks.max_age (300)" },
+      { "tokens: { max_lifetime: 100 }\n", "token.lifetime (300 s) is longer than tokens.max_lifetime (100 s)" },
+    }) do
+      server = nginx.new({ token = token, workers = 1,
+        startup_sets = "  hydra.openid.id-token: RS256\n  hydra.jwt.access-token: ES256\n" .. case[1] })
+      local out, ok = softhsm.run(server:command(""))
+      server.started = ok -- stopped by the teardown if it ran after all
+      assert.is_false(ok, out)
+      local log = out .. server:log()
+      assert.is_truthy(log:find(case[2], 1, true), log)
+      assert.is_nil(server:master_pid(), "nginx runs anyway")
+      server:remove()
+      server = nil
+    end
+  end)
+
+  it("names a variable jwkengine reads that nginx removed from the workers (HSM_TOKEN_SERIAL)", function()
+    -- the example configuration has no `env HSM_TOKEN_SERIAL;`: the master
+    -- sees the variable, the workers do not
+    server = nginx.new({ token = token, workers = 1 })
+    local out, ok = softhsm.run(server:command("", { HSM_TOKEN_SERIAL = "0123456789abcdef" }))
+    assert(ok, out)
+    server.started = true
+    local deadline = os.time() + 20
+    while not server:log():find("nginx removed variables", 1, true) do
+      assert(os.time() < deadline, "no warning about removed variables:\n" .. tail(server:log()))
+      nginx.sleep(0.1)
+    end
+    assert.is_truthy(server:log():find("add env HSM_TOKEN_SERIAL; to the main block", 1, true), tail(server:log()))
+    server:dispose()
+    server = nil
+  end)
+
   it("tries a wrong PIN once per start or reload, not once per worker, and answers 503", function()
     server = nginx.new({ token = token, workers = 4, pin = "999999" })
     server:start(30, true)

@@ -81,6 +81,14 @@ local hsm_environment = {
   HSM_TOKEN_SERIAL = "token_serial",
 }
 
+-- The other variables load reads.
+local CONFIG_VARIABLE, DSN_VARIABLE, SECRETS_VARIABLE = "JWKENGINE_CONFIG", "DSN", "SECRETS_SYSTEM"
+
+-- Every environment variable load reads: a host that filters its
+-- environment (nginx keeps only what `env` directives name) passes these.
+M.ENVIRONMENT = { CONFIG_VARIABLE, DSN_VARIABLE, SECRETS_VARIABLE }
+for _, name in ipairs(util.sorted_keys(hsm_environment)) do M.ENVIRONMENT[#M.ENVIRONMENT + 1] = name end
+
 -- Below 2^53 every integer is exact in a double and has an integer form in
 -- C: 1e999 (inf) or 1e300 would pass v == floor(v) and then raise there.
 local function is_integer(v)
@@ -139,8 +147,10 @@ local function apply_hsm(cfg, source, origin, names, as_written)
 end
 
 -- Startup sets may be written as a list of {set=, alg=} or as a map
--- set -> alg; the result is a list in a stable order.
-local function normalize_startup_sets(value, origin)
+-- set -> alg; the result is a list in a stable order. value: names and
+-- algs as written; parsed: the same list with YAML's numbers, where each
+-- rotation policy's seconds come from.
+local function normalize_startup_sets(value, origin, parsed)
   if type(value) ~= "table" then
     return util.fail("ERR_CONFIG", "%s: startup_sets must be a list or a map", origin)
   end
@@ -150,7 +160,8 @@ local function normalize_startup_sets(value, origin)
       if type(entry) ~= "table" or type(entry.set) ~= "string" then
         return util.fail("ERR_CONFIG", "%s: startup_sets[%d] needs a string 'set': quote it", origin, i)
       end
-      sets[#sets + 1] = { set = entry.set, alg = entry.alg or "RS256", rotation = entry.rotation }
+      local rotation = type(parsed) == "table" and type(parsed[i]) == "table" and parsed[i].rotation
+      sets[#sets + 1] = { set = entry.set, alg = entry.alg or "RS256", rotation = rotation or entry.rotation }
     end
   else
     for _, set in ipairs(util.sorted_keys(value)) do
@@ -219,7 +230,7 @@ local function apply_document(cfg, doc, origin, as_written)
     if not ok then return nil, err, code end
   end
   if doc.startup_sets ~= nil then
-    local sets, err, code = normalize_startup_sets(as_written.startup_sets, origin)
+    local sets, err, code = normalize_startup_sets(as_written.startup_sets, origin, doc.startup_sets)
     if not sets then return nil, err, code end
     cfg.startup_sets = sets
   end
@@ -336,6 +347,48 @@ function M.pin_problem(hsm)
   end
 end
 
+-- Whether an enabled HSM's settings can open: what can be told without
+-- loading the PKCS#11 module.
+function M.check_hsm(hsm)
+  if not hsm.library or hsm.library == "" then
+    return util.fail("ERR_CONFIG", "the HSM is enabled but HSM_LIBRARY (hsm.library) is not set")
+  end
+  local file, err = io.open(hsm.library, "rb")
+  if not file then
+    local reason = err:sub(1, #hsm.library + 2) == hsm.library .. ": " and err:sub(#hsm.library + 3) or err
+    return util.fail("ERR_CONFIG", "PKCS#11 module '%s' cannot be read: %s", hsm.library, reason)
+  end
+  file:close()
+  local pin_problem = M.pin_problem(hsm)
+  if pin_problem then return util.fail("ERR_CONFIG", "%s", pin_problem) end
+  if hsm.max_sessions < 1 then
+    return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 1")
+  end
+  return true
+end
+
+-- Whether a loaded configuration names key stores jwkengine.open can open,
+-- checked before anything is loaded or connected: jwkengine.open runs it,
+-- and so does a host that checks before it starts (nginx's master).
+--   options.store_driver: a SQL driver given instead of the DSN
+function M.check_stores(cfg, options)
+  if cfg.hsm.enabled then
+    local ok, err, code = M.check_hsm(cfg.hsm)
+    if not ok then return nil, err, code end
+  end
+  local software = #cfg.secrets.system > 0
+  local driver = options and options.store_driver
+  if not software and (cfg.dsn or driver) then
+    return util.fail("ERR_CONFIG", "%s but SECRETS_SYSTEM (secrets.system) is not set",
+      driver and "a store_driver is given" or "a DSN is configured")
+  end
+  if not cfg.hsm.enabled and not software then
+    return util.fail("ERR_CONFIG",
+      "no key store is enabled: set HSM_ENABLED=true for the HSM and/or SECRETS_SYSTEM for the software store")
+  end
+  return true
+end
+
 local function split_secrets(text)
   local secrets = {}
   for secret in (text .. ","):gmatch("([^,]*),") do
@@ -359,7 +412,7 @@ function M.load(options)
   if not known then return nil, kerr, kcode end
   local cfg = defaults()
 
-  local path = options.config or getenv("JWKENGINE_CONFIG")
+  local path = options.config or getenv(CONFIG_VARIABLE)
   if path and path ~= "" then
     local doc, as_written_or_err, code = decode_file(path)
     if not doc then return nil, as_written_or_err, code end
@@ -390,13 +443,13 @@ function M.load(options)
       cfg.hsm.pin = "" -- HSM_PIN= is a mistake check_pin_settings names
     end
   end
-  local dsn = getenv("DSN")
+  local dsn = getenv(DSN_VARIABLE)
   if dsn and dsn ~= "" then cfg.dsn = dsn end
   local secrets_origin = "secrets.system"
-  local secrets_text = getenv("SECRETS_SYSTEM")
+  local secrets_text = getenv(SECRETS_VARIABLE)
   if secrets_text and secrets_text ~= "" then
     cfg.secrets.system = split_secrets(secrets_text)
-    secrets_origin = "SECRETS_SYSTEM"
+    secrets_origin = SECRETS_VARIABLE
   end
 
   local overrides = {}

@@ -27,17 +27,12 @@ local LIMITS = core.limits()
 --   options.logger(level, message): where recoveries are logged
 function M.open(hsm_config, options)
   options = options or {}
-  if not hsm_config.library or hsm_config.library == "" then
-    return util.fail("ERR_CONFIG", "the HSM is enabled but HSM_LIBRARY (hsm.library) is not set")
-  end
-  local pin_problem = config.pin_problem(hsm_config)
-  if pin_problem then return util.fail("ERR_CONFIG", "%s", pin_problem) end
-  if hsm_config.max_sessions < 1 then
-    return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 1")
-  end
+  local ok, err, code = config.check_hsm(hsm_config)
+  if not ok then return nil, err, code end
   -- One module object for listing and opening: the module is loaded and
   -- initialized once per open (the token keeps it after `module` goes).
-  local module, err, code = core.load_module(hsm_config.library)
+  local module
+  module, err, code = core.load_module(hsm_config.library)
   if not module then return nil, err, code end
   local list
   list, err, code = module:slots()

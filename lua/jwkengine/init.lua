@@ -98,6 +98,22 @@ function M.slots(library)
   return core.slots(library)
 end
 
+-- The configuration open would use, checked as open checks it but without
+-- loading the PKCS#11 module or touching a store: a host that checks before
+-- it starts (nginx's master) calls this. Returns cfg, policies (the
+-- rotation policies of jwkengine.rotation) or nil, err, code.
+function M.check_config(options)
+  local cfg, err, code = config.load(options)
+  if not cfg then return nil, err, code end
+  local usable
+  usable, err, code = config.check_stores(cfg, options)
+  if not usable then return nil, err, code end
+  local policies
+  policies, err, code = rotation.policies(cfg)
+  if not policies then return nil, err, code end
+  return cfg, policies
+end
+
 -- Opens the key stores the configuration names: the HSM (logged in) when
 -- enabled, the AES-GCM software store when secrets are set (its DSN, or a
 -- driver handed in as options.store_driver), with Hydra's fallback rules
@@ -115,12 +131,10 @@ function M.open(options)
   if options.now ~= nil and type(options.now) ~= "function" then
     error("options.now must be a function returning seconds", 2)
   end
-  local cfg, err, code = config.load(options)
-  if not cfg then return nil, err, code end
+  local cfg, policies_or_err, code = M.check_config(options)
+  if not cfg then return nil, policies_or_err, code end
+  local policies, err = policies_or_err, nil
   local logger = log.new(options.logger)
-  local policies
-  policies, err, code = rotation.policies(cfg)
-  if not policies then return nil, err, code end
 
   local hsm_keys, software_keys
   if cfg.hsm.enabled then
@@ -143,14 +157,6 @@ function M.open(options)
     software_keys = software.new(key_store, cfg.secrets.system, { cache_ttl = cfg.store.cache_ttl,
       now = options.now, states = rotation.states(key_state_store.new(key_store), policies, options.now, logger) })
     cfg.secrets = nil -- the software manager holds them; engine.config does not
-  elseif cfg.dsn or options.store_driver then
-    if hsm_keys then hsm_keys:close() end
-    return util.fail("ERR_CONFIG", "%s but SECRETS_SYSTEM (secrets.system) is not set",
-      options.store_driver and "a store_driver is given" or "a DSN is configured")
-  end
-  if not hsm_keys and not software_keys then
-    return util.fail("ERR_CONFIG",
-      "no key store is enabled: set HSM_ENABLED=true for the HSM and/or SECRETS_SYSTEM for the software store")
   end
 
   local engine = setmetatable({ config = cfg, log = logger, policies = policies,
@@ -170,6 +176,17 @@ end
 
 -- The public JWK Set of a set, as a table { keys = { ... } }.
 Engine.key_set = checked_call("key_set")
+
+-- What a JWK Set endpoint serves for a set, as of now: { keys = public
+-- JWKs, states = kid -> state (next, current, previous) of each published
+-- key in the lifecycle, next_change = seconds when this answer changes
+-- without a write (a promotion or retirement falls due), nil when nothing
+-- is scheduled }. A cache of the set must not outlive next_change.
+function Engine:publication(set)
+  local ok, err, code = check_names(set)
+  if not ok then return nil, err, code end
+  return keys_of[self]:publication(set)
+end
 
 -- The same, as JSON; serialized once per loaded set.
 function Engine:key_set_json(set)

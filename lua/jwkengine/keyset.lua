@@ -216,6 +216,23 @@ function Manager:signing_key(set, kid)
   return key, entry
 end
 
+-- What the set's JWK Set endpoint serves, as of now: { keys = the public
+-- JWKs, states = kid -> state of each published key in the lifecycle,
+-- next_change = when the answer changes next without a write (a promotion,
+-- a retirement; nil when nothing is scheduled) }.
+function Manager:publication(set)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  local jwks
+  jwks, err, code = M.jwks(entry)
+  if not jwks then return nil, err, code end
+  local states = {}
+  for _, key in ipairs(entry.keys) do
+    if key.state and published(key) then states[key.kid] = key.state end
+  end
+  return { keys = jwks.keys, states = states, next_change = entry.lifecycle and entry.lifecycle.valid_until }
+end
+
 function Manager:verification_keys(set)
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end

@@ -29,7 +29,7 @@ M.PUBLISHED = { next = true, current = true, previous = true }
 M.SIGNS_BY_KID = { current = true, previous = true }
 
 -- The defaults of the settings the safety rules read; nginx's jwks.max_age
--- and jwks.refresh defaults are the same numbers.
+-- and jwks.refresh default to these (jwkengine.nginx.settings).
 M.DEFAULT_LIMITS = { max_age = 300, refresh = 30, cache_ttl = 30, max_lifetime = 3600, clock_tolerance = 60 }
 
 -- How long a next key must be published before it signs, and how long a

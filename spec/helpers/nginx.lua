@@ -104,7 +104,8 @@ Server.__index = Server
 -- opts: token (helpers.softhsm token), workers (4), startup_sets (YAML map
 -- text lines), sets (published sets), refresh (seconds), render (function
 -- of the render options returning the configuration; default: the example
--- adapted by render_config)
+-- adapted by render_config), environment (name -> value, or false to leave
+-- the variable out, for every nginx command)
 function M.new(opts)
   local root = M.root()
   local build = os.getenv("JWKE_BUILD_DIR") or "build"
@@ -125,6 +126,7 @@ function M.new(opts)
     workers = opts.workers or 4,
     token = opts.token,
     pin = opts.pin,
+    environment = opts.environment,
     root = root,
     lib = lib,
   }, Server)
@@ -142,11 +144,12 @@ function Server:command(args, overrides)
     PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     HSM_ENABLED = "true",
     HSM_LIBRARY = softhsm.LIBRARY,
-    HSM_TOKEN_LABEL = self.token.label,
-    HSM_PIN = self.pin or self.token.pin,
+    HSM_TOKEN_LABEL = self.token and self.token.label,
+    HSM_PIN = self.pin or (self.token and self.token.pin),
     JWKENGINE_CONFIG = self.prefix .. "/jwkengine.yaml",
     SOFTHSM2_CONF = assert(os.getenv("SOFTHSM2_CONF"), "SOFTHSM2_CONF is not set"),
   }
+  for k, v in pairs(self.environment or {}) do values[k] = v or nil end
   for k, v in pairs(overrides or {}) do values[k] = v or nil end
   local env = {}
   for k, v in pairs(values) do env[#env + 1] = q(k .. "=" .. v) end

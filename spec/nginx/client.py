@@ -15,6 +15,14 @@ usage:
       polls PATH until it answers 200.
   requests PORT < list.json
       runs the requests listed on stdin ([{method, path, headers, body}]).
+  rotation PORT PATH SECONDS
+      for SECONDS, one request after another: POSTs claims to PATH and
+      verifies each token against a JWK Set it caches exactly as
+      Cache-Control says (revalidating with If-None-Match when max-age
+      runs out, never refetching on an unknown kid); between tokens it
+      probes the JWK Set uncached, to record what each worker serves.
+  verify PORT < tokens.json
+      verifies each token of the list on stdin against the JWK Set served now.
 Prints one JSON object on stdout.
 """
 import base64
@@ -147,6 +155,95 @@ def jwks(port, count, threads):
     }
 
 
+def verify_token(token, by_kid):
+    """Verifies a compact JWS against a kid -> jwk.JWK map; returns its
+    header, or raises."""
+    obj = jws.JWS()
+    obj.deserialize(token)
+    header = obj.jose_header
+    key = by_kid.get(header.get("kid"))
+    if key is None:
+        raise ValueError("kid %r is not in the cached JWK Set" % header.get("kid"))
+    obj.verify(key, alg=header.get("alg"))
+    return header
+
+
+def parse_jwks(body):
+    return {k.get("kid"): k for k in jwk.JWKSet.from_json(body.decode())}
+
+
+def max_age_of(headers):
+    for part in headers.get("cache-control", "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "max-age":
+            return int(value)
+    return 0
+
+
+class CachingClient:
+    """A relying party that caches the JWK Set as HTTP caching says: fresh
+    for max-age seconds from the request, then revalidated with its ETag."""
+
+    def __init__(self, port):
+        self.port, self.keys, self.etag, self.expires, self.fetches = port, None, None, 0, []
+
+    def jwks(self):
+        now = time.time()
+        if self.keys is not None and now < self.expires:
+            return self.keys
+        headers = {"If-None-Match": self.etag} if self.etag else {}
+        status, h, data = request(self.port, "GET", "/.well-known/jwks.json", None, headers)
+        if status == 200:
+            self.keys, self.etag = parse_jwks(data), h.get("etag")
+        elif status != 304:
+            raise ValueError("JWK Set status %d" % status)
+        self.expires = now + max_age_of(h)
+        self.fetches.append({"at": now, "status": status, "max_age": max_age_of(h)})
+        return self.keys
+
+
+def rotation(port, path, seconds):
+    client = CachingClient(port)
+    tokens, probes = [], []
+    deadline = time.time() + seconds
+    i = 0
+    while time.time() < deadline:
+        i += 1
+        sent = time.time()
+        body = json.dumps({"sub": "user-%d" % i, "i": i}).encode()
+        status, headers, data = request(port, "POST", path, body, {"Content-Type": "application/json"})
+        received = time.time()
+        entry = {"sent": sent, "received": received, "status": status, "worker": headers.get(WORKER_HEADER.lower())}
+        try:
+            if status != 200:
+                raise ValueError("status %d: %s" % (status, data[:200]))
+            header = verify_token(data.decode(), client.jwks())
+            entry["kid"], entry["ok"] = header.get("kid"), True
+        except Exception as e:
+            entry["ok"], entry["error"] = False, str(e)
+        tokens.append(entry)
+        sent = time.time()
+        status, headers, data = request(port, "GET", "/.well-known/jwks.json")
+        probes.append({"sent": sent, "received": time.time(), "status": status,
+                       "worker": headers.get(WORKER_HEADER.lower()), "etag": headers.get("etag"),
+                       "max_age": max_age_of(headers),
+                       "kids": sorted(parse_jwks(data)) if status == 200 else []})
+        time.sleep(0.02)
+    return {"tokens": tokens, "probes": probes, "fetches": client.fetches}
+
+
+def verify_list(port):
+    status, _, data = request(port, "GET", "/.well-known/jwks.json")
+    by_kid = parse_jwks(data)
+    out = []
+    for token in json.load(sys.stdin):
+        try:
+            out.append({"ok": True, "kid": verify_token(token, by_kid).get("kid")})
+        except Exception as e:
+            out.append({"ok": False, "error": str(e)})
+    return {"status": status, "kids": sorted(by_kid), "results": out}
+
+
 def wait(port, path, timeout):
     """Polls path until it answers 200; returns the last status."""
     deadline = time.time() + timeout
@@ -185,6 +282,10 @@ def main():
         out = requests_from_stdin(int(sys.argv[2]))
     elif mode == "tokens":
         out = tokens(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
+    elif mode == "rotation":
+        out = rotation(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
+    elif mode == "verify":
+        out = verify_list(int(sys.argv[2]))
     elif mode == "jwks":
         out = jwks(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     else:

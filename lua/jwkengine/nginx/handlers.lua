@@ -1,0 +1,143 @@
+-- The content handlers: GET /.well-known/jwks.json from the worker's cache,
+-- POST /token signed in the event loop or in nginx's thread pool. Requests
+-- that arrive before their worker's engine is open wait for it (up to
+-- ready_timeout seconds, then 503).
+local cjson = require "cjson.safe"
+local http = require "jwkengine.http"
+local jwk = require "jwkengine.jwk"
+local jwks = require "jwkengine.nginx.jwks"
+local logging = require "jwkengine.nginx.logging"
+local state = require "jwkengine.nginx.state"
+local threads = require "jwkengine.nginx.threads"
+
+local M = {}
+
+local function send(status, content_type, body, headers)
+  ngx.status = status
+  if content_type then ngx.header["Content-Type"] = content_type end
+  if headers then for k, v in pairs(headers) do ngx.header[k] = v end end
+  if body then
+    ngx.header["Content-Length"] = #body
+    ngx.print(body)
+  end
+  -- the response is complete: ngx.exit(status >= 300) would replace it with
+  -- nginx's own error page (and drop ETag), so finish with HTTP_OK
+  return ngx.exit(ngx.HTTP_OK)
+end
+
+local function send_error(status, error_code, description, headers)
+  local h = headers or {}
+  h["Cache-Control"] = "no-store"
+  return send(status, "application/json",
+    cjson.encode({ error = error_code, error_description = description }) .. "\n", h)
+end
+
+-- An error response for a failure's code, with the status http.status_of
+-- gives it.
+local function send_failure(code, description, headers)
+  local status, error_code = http.status_of(code)
+  return send_error(status, error_code, description, headers)
+end
+
+-- Waits (yielding) until this worker's engine is open.
+local function wait_ready()
+  if state.engine then return true end
+  local deadline = ngx.now() + state.settings.ready_timeout
+  while not state.engine do
+    if state.open_given_up or ngx.now() >= deadline then return false end
+    ngx.sleep(0.02)
+  end
+  return true
+end
+
+local function not_ready()
+  if state.open_given_up then
+    return send_error(503, "temporarily_unavailable", "the key engine cannot be opened (see the error log)")
+  end
+  return send_error(503, "temporarily_unavailable",
+    "the key engine is not open in this worker yet" .. (state.open_error and " (see the error log)" or ""),
+    { ["Retry-After"] = "1" })
+end
+
+function M.serve_jwks()
+  local method = ngx.req.get_method()
+  if method ~= "GET" and method ~= "HEAD" then
+    return send_failure("ERR_HTTP_METHOD", "use GET", { Allow = "GET, HEAD" })
+  end
+  if not wait_ready() or not state.jwks_cache then return not_ready() end
+  local max_age = jwks.max_age(ngx.now())
+  local cache = state.jwks_cache
+  local headers = {
+    ETag = cache.etag,
+    ["Cache-Control"] = "public, max-age=" .. max_age,
+  }
+  if http.not_modified(ngx.var.http_if_none_match, cache.etag) then
+    return send(304, nil, nil, headers)
+  end
+  return send(200, "application/json", cache.body, headers)
+end
+
+-- The claims body of POST /token, or nil and the error response sent.
+local function read_claims()
+  local max_body = state.settings.max_body
+  if ngx.req.get_method() ~= "POST" then
+    return nil, send_failure("ERR_HTTP_METHOD", "use POST with a JSON object of claims", { Allow = "POST" })
+  end
+  if not http.is_json(ngx.var.content_type) then
+    return nil, send_failure("ERR_HTTP_MEDIA_TYPE", "the body must be application/json")
+  end
+  local too_large = "the body is larger than " .. max_body .. " bytes"
+  local length = tonumber(ngx.var.content_length)
+  if length and length > max_body then
+    return nil, send_failure("ERR_HTTP_BODY_TOO_LARGE", too_large)
+  end
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data()
+  if not body then
+    if ngx.req.get_body_file() then -- larger than client_body_buffer_size
+      return nil, send_failure("ERR_HTTP_BODY_TOO_LARGE", too_large)
+    end
+    return nil, send_failure("ERR_HTTP_BODY_INVALID", "the body is empty: send a JSON object of claims")
+  end
+  if #body > max_body then
+    return nil, send_failure("ERR_HTTP_BODY_TOO_LARGE", too_large)
+  end
+  -- as strict as every other JSON the engine reads (valid UTF-8, no
+  -- duplicate claim names, no NaN), not resolved by whichever wins
+  local claims, derr = jwk.decode_json(body)
+  if not claims then
+    return nil, send_failure("ERR_HTTP_BODY_INVALID", "the body must be a JSON object of claims: " .. tostring(derr))
+  end
+  return claims, body
+end
+
+function M.serve_token(options)
+  local settings = state.settings
+  local set, lifetime, pool = settings.token_set, settings.lifetime, settings.thread_pool
+  if options then
+    set = options.set or set
+    lifetime = options.lifetime or lifetime
+    if options.thread_pool ~= nil then pool = options.thread_pool or nil end
+  end
+  local claims, body = read_claims()
+  if not claims then return body end
+  if not wait_ready() then return not_ready() end
+
+  local token, err, code
+  if pool then
+    token, err, code = threads.sign(pool, set, body, lifetime)
+  else
+    token, err, code = state.engine:sign_jwt(set, claims, { lifetime = lifetime })
+  end
+  if not token then
+    local client_error = http.is_client_error(code)
+    logging.logger(client_error and "info" or "error", string.format("signing with key set '%s' failed: %s (%s)",
+      set, tostring(err), tostring(code)))
+    if client_error then return send_failure(code, tostring(err)) end
+    local headers = http.status_of(code) == 503 and { ["Retry-After"] = "1" } or nil
+    return send_failure(code, "signing failed (" .. tostring(code) .. ")", headers)
+  end
+  return send(200, "application/jwt", token, { ["Cache-Control"] = "no-store" })
+end
+
+return M

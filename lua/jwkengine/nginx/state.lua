@@ -1,0 +1,11 @@
+-- The per-process state of the nginx integration, shared by its files. In
+-- the master only `settings` is filled (init); the workers inherit it and
+-- add their engine and JWK Set cache. A worker-thread VM has a copy of its
+-- own and uses none of it (jwkengine.nginx.threads keeps its engines).
+return {
+  settings = nil,      -- the checked options (jwkengine.nginx.settings)
+  engine = nil,        -- this worker's engine, once open
+  open_error = nil,    -- why the last attempt to open failed
+  open_given_up = nil, -- true when that failure is not retried (configuration, PIN)
+  jwks_cache = nil,    -- { body = json, etag = '"..."', count = n }
+}

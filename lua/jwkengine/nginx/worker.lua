@@ -1,0 +1,150 @@
+-- init_worker: each worker opens its engine after the fork, in a timer.
+-- The first opening holds the startup lock (jwkengine.nginx.startup_lock)
+-- and generates the missing startup sets: with N workers starting at once
+-- each set is generated exactly once, and no worker reads the token while
+-- another one writes to it (SoftHSM, for one, can miss a token whose files
+-- are being rewritten during C_Initialize). Then the worker builds its JWK
+-- Set cache, refreshed on a timer.
+local config = require "jwkengine.config"
+local jwks = require "jwkengine.nginx.jwks"
+local logging = require "jwkengine.nginx.logging"
+local schedule = require "jwkengine.nginx.schedule"
+local secrets = require "jwkengine.nginx.secrets"
+local startup_lock = require "jwkengine.nginx.startup_lock"
+local state = require "jwkengine.nginx.state"
+
+local M = {}
+
+local log = logging.logger
+local LOCK_KEY = "jwkengine:startup-lock"
+-- Set when the token refused the PIN: the other workers (and a worker that
+-- replaces a dead one) do not try it again, since every wrong attempt brings
+-- the token closer to locking the PIN. A (re)load clears it: that is how an
+-- operator says the PIN was fixed.
+local LOGIN_REFUSED_KEY = "jwkengine:login-refused"
+
+-- init() (a load or reload) allows one new login attempt.
+function M.allow_login(dict)
+  dict:delete(LOGIN_REFUSED_KEY)
+end
+
+-- True for failures where trying again would only repeat a wrong PIN: the
+-- code says so (C sets ERR_LOGIN_REFUSED where it refuses to log in).
+local function login_refused(code)
+  if code == "ERR_LOGIN_REFUSED" then return true end
+  return type(code) == "string" and code:find("^CKR_PIN") ~= nil
+end
+
+-- Opens the engine and generates the missing startup sets, holding the
+-- startup lock for both.
+local function open_engine()
+  local settings = state.settings
+  local jwkengine = require "jwkengine"
+  local o = secrets.with_kept(secrets.copy(settings.open_options), settings.kept_secrets)
+  o.startup = false -- generation happens below, under the lock
+  local dict = ngx.shared[settings.shared_dict]
+  local locked, lerr = startup_lock.acquire(dict, settings.shared_dict, LOCK_KEY, settings.startup_lock_timeout)
+  if not locked then return nil, lerr, "ERR_STARTUP_LOCK" end
+  local refused = dict:get(LOGIN_REFUSED_KEY)
+  if refused then
+    startup_lock.release(dict, LOCK_KEY)
+    return nil, "another worker's login was refused (" .. tostring(refused) ..
+      "); the PIN is not tried again until nginx is reloaded or restarted", "ERR_LOGIN_REFUSED"
+  end
+  local opened, e, err, code = pcall(jwkengine.open, o)
+  if not opened or not e then
+    if opened and login_refused(code) then dict:set(LOGIN_REFUSED_KEY, tostring(code or err)) end
+    startup_lock.release(dict, LOCK_KEY)
+    if not opened then return nil, "jwkengine.open raised: " .. tostring(e), "ERR_OPEN" end
+    return nil, err, code
+  end
+  local sets = e.config and e.config.startup_sets or settings.startup_sets
+  if settings.open_options.startup ~= false and #sets > 0 then
+    local ran, done, gerr, gcode = pcall(e.ensure_startup_sets, e, sets)
+    if not ran or not done then
+      startup_lock.release(dict, LOCK_KEY)
+      e:close()
+      if not ran then return nil, "startup generation raised: " .. tostring(done), "ERR_STARTUP" end
+      return nil, gerr, gcode
+    end
+  end
+  startup_lock.release(dict, LOCK_KEY)
+  return e
+end
+
+local retry_delay = 1
+local function open_in_timer(premature)
+  if premature then return end
+  local e, err, code = open_engine()
+  if not e then
+    state.open_error = string.format("%s (%s)", tostring(err), tostring(code))
+    if code == "ERR_CONFIG" or code == "ERR_LOGIN_REFUSED" or login_refused(code) then
+      state.open_given_up = true
+      log("error", "opening the engine in worker " .. ngx.worker.pid() .. " failed: " ..
+        state.open_error .. "; not retrying: fix the configuration and reload nginx")
+      return
+    end
+    log("error", "opening the engine in worker " .. ngx.worker.pid() .. " failed: " ..
+      state.open_error .. "; retrying in " .. retry_delay .. " s")
+    local ok, terr = ngx.timer.at(retry_delay, open_in_timer)
+    if not ok then log("error", "cannot schedule a retry: " .. tostring(terr)) end
+    retry_delay = math.min(retry_delay * 2, 30)
+    return
+  end
+  local slot = e:slot()
+  if slot then state.settings.slot_id = slot.id end
+  state.engine = e
+  local jwks_ok, jerr = jwks.rebuild(false)
+  if not jwks_ok then log("error", "building the JWK Set: " .. jerr) end
+  state.open_error = nil
+  log("info", "the engine is open in worker " .. ngx.worker.pid())
+end
+
+local function refresh_timer(premature)
+  local engine, settings = state.engine, state.settings
+  if premature or not engine then return end
+  local ok, err = jwks.rebuild(true)
+  if not ok then log("warn", "refreshing the JWK Set (the previous one is kept): " .. err) end
+  if not settings.token_set_published then
+    engine:reload(settings.token_set) -- the signing set, when it is not published
+  end
+end
+
+-- Opens the engine in this worker (in a zero-delay timer: the startup lock
+-- may have to wait, and init_worker cannot sleep) and schedules the JWK Set
+-- refresh. Returns true, or nil, message.
+function M.start()
+  local settings = state.settings
+  local missing = {}
+  for _, name in ipairs(settings.master_env) do
+    if os.getenv(name) == nil then missing[#missing + 1] = "env " .. name .. ";" end
+  end
+  if #missing > 0 then
+    log("warn", "nginx removed variables jwkengine reads from its workers' environment; add " ..
+      table.concat(missing, " ") .. " to the main block of nginx.conf")
+  end
+  local ok, err = ngx.timer.at(0, open_in_timer)
+  if not ok then return nil, "cannot start the opening timer: " .. tostring(err) end
+  ok, err = ngx.timer.every(settings.refresh, refresh_timer)
+  if not ok then return nil, "cannot start the JWK Set refresh timer: " .. tostring(err) end
+  if settings.scheduled then return schedule.start() end
+  return true
+end
+
+-- Read by a PKCS#11 module rather than by jwkengine, and as easily lost.
+local MODULE_ENVIRONMENT = { "SOFTHSM2_CONF" }
+
+-- The variables the master sees of those jwkengine (and its module) reads,
+-- names only, never values: a worker that does not see them names the
+-- missing `env` directives.
+function M.master_environment()
+  local names = {}
+  for _, list in ipairs({ config.ENVIRONMENT, MODULE_ENVIRONMENT }) do
+    for _, name in ipairs(list) do
+      if os.getenv(name) ~= nil then names[#names + 1] = name end
+    end
+  end
+  return names
+end
+
+return M
