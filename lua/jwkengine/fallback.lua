@@ -118,6 +118,22 @@ function Manager:reload(set)
   return self:lookup("reload", set)
 end
 
+-- The manager holding a set and its entry, freshly loaded, HSM first (as
+-- signing looks): what the key lifecycle's writes work on. A closed
+-- engine has neither side.
+function Manager:holder(set)
+  local hsm, software = self.hsm, self.software
+  if not hsm and not software then return util.fail("ERR_CLOSED", "the engine is closed") end
+  if hsm then
+    local entry, err, code = hsm:load(set, true)
+    if entry then return hsm, entry end
+    if code ~= "ERR_KEY_SET_NOT_FOUND" or not software then return nil, err, code end
+  end
+  local entry, err, code = software:load(set, true)
+  if not entry then return nil, err, code end
+  return software, entry
+end
+
 -- Forgets what is cached of a set on both sides, the HSM's "not found" too.
 function Manager:forget(set)
   self.missing[set] = nil

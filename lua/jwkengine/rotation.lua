@@ -85,17 +85,7 @@ end
 
 -- The manager holding a set (the HSM first, as signing looks), freshly loaded.
 local function holder(engine, set)
-  local keys = engine.keys -- the engine's fallback manager (init.lua hands it in)
-  local hsm, software = rawget(keys, "hsm"), rawget(keys, "software")
-  if not hsm and not software then return util.fail("ERR_CLOSED", "the engine is closed") end
-  if hsm then
-    local entry, err, code = hsm:load(set, true)
-    if entry then return hsm, entry end
-    if code ~= "ERR_KEY_SET_NOT_FOUND" or not software then return nil, err, code end
-  end
-  local entry, err, code = software:load(set, true)
-  if not entry then return nil, err, code end
-  return software, entry
+  return engine.keys:holder(set) -- the engine's fallback manager (init.lua hands it in)
 end
 
 local function forget(manager, set)
