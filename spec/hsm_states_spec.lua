@@ -105,7 +105,8 @@ describe("key states on the token", function()
           softhsm.BUILD, version, tag)
       end
       local a, b = "a" .. round, "b" .. round
-      local start = string.format("while [ ! -e %s.%s ] || [ ! -e %s.%s ]; do sleep 0.01; done; touch %s",
+      local start = string.format(
+        "for i in $(seq 6000); do [ -e %s.%s ] && [ -e %s.%s ] && break; sleep 0.01; done; touch %s",
         ready, a, ready, b, go)
       local out = softhsm.run(string.format("(%s & %s & %s; wait)", command(a), command(b), start))
       os.remove(ready); os.remove(ready .. "." .. a); os.remove(ready .. "." .. b); os.remove(go)
