@@ -95,20 +95,18 @@ describe("key states on the token", function()
     assert.is_true(assert(backend:write("race", 0, {})))
     for round = 1, 20 do
       local version = assert(backend:read("race")).version
-      -- both processes log in, then write when told to (JWKE_GO): the
-      -- writes overlap, not the logins
+      -- the processes log in one after the other (SoftHSM fails logins
+      -- that overlap), then both write when told to (JWKE_GO)
       local ready, go = os.tmpname(), os.tmpname()
       os.remove(go)
-      local command = function(tag)
-        return string.format("%s %s/jwkengine spec/helpers/hsm_state_worker.lua write race %d %s",
-          cli.env_prefix(softhsm.environment(token, { JWKE_NOW = "1", JWKE_READY = ready, JWKE_GO = go })),
-          softhsm.BUILD, version, tag)
-      end
       local a, b = "a" .. round, "b" .. round
-      local start = string.format(
-        "for i in $(seq 6000); do [ -e %s.%s ] && [ -e %s.%s ] && break; sleep 0.01; done; touch %s",
-        ready, a, ready, b, go)
-      local out = softhsm.run(string.format("(%s & %s & %s; wait)", command(a), command(b), start))
+      local function start(tag)
+        return string.format("%s %s/jwkengine spec/helpers/hsm_state_worker.lua write race %d %s & "
+          .. "for i in $(seq 6000); do [ -e %s.%s ] && break; sleep 0.01; done",
+          cli.env_prefix(softhsm.environment(token, { JWKE_NOW = "1", JWKE_READY = ready, JWKE_GO = go })),
+          softhsm.BUILD, version, tag, ready, tag)
+      end
+      local out = softhsm.run(string.format("(%s; %s; touch %s; wait)", start(a), start(b), go))
       os.remove(ready); os.remove(ready .. "." .. a); os.remove(ready .. "." .. b); os.remove(go)
       local _, won = out:gsub("won", "")
       local _, lost = out:gsub("lost", "")

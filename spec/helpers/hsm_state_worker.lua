@@ -26,8 +26,8 @@ elseif mode == "write" then
   local core = require "jwkengine.core"
   local hsm_states = require "jwkengine.hsm_states"
   -- Opening and logging in retries: SoftHSM answers a process that reads
-  -- its token files while another rewrites them (a login does) with an
-  -- unlisted token or CKR_GENERAL_ERROR. The race under test is the write, which starts in
+  -- its token files while another rewrites them with an unlisted token or
+  -- CKR_GENERAL_ERROR. The race under test is the write, which starts in
   -- both processes at once (the spec creates JWKE_GO once both are ready).
   local token
   for _ = 1, 50 do
@@ -44,10 +44,9 @@ elseif mode == "write" then
   end
   assert(token, "cannot open and log in to the token")
   assert(io.open(os.getenv("JWKE_READY") .. "." .. arg[4], "w")):close()
-  for _ = 1, 6000 do -- at most about a minute, should the other process have failed
-    if io.open(os.getenv("JWKE_GO")) then break end
-    os.execute("sleep 0.01")
-  end
+  -- no sleep while waiting: both processes must leave the wait together
+  local deadline = os.time() + 60 -- should the other process have failed
+  while not io.open(os.getenv("JWKE_GO")) and os.time() < deadline do end
   local won, err = hsm_states.new(token, ""):write(set, tonumber(arg[3]),
     { [arg[4]] = { state = "current", times = { current = now } } })
   assert(won ~= nil, err)
