@@ -39,6 +39,27 @@ local function worker(token, now, args)
   return out, ok
 end
 
+-- Two workers acting at the same instant: each opens the token (one after
+-- the other: SoftHSM fails logins that overlap), then both leave a barrier
+-- together. args_a/args_b end with the worker's tag. Returns their output.
+local function race(token, now, args_a, args_b, extra)
+  local ready, go = os.tmpname(), os.tmpname()
+  os.remove(go)
+  local env = softhsm.environment(token, { JWKE_NOW = tostring(now), JWKE_READY = ready, JWKE_GO = go })
+  for k, v in pairs(extra or {}) do env[k] = v end
+  local function start(args)
+    local tag = args:match("(%S+)$")
+    return string.format("%s %s/jwkengine spec/helpers/hsm_state_worker.lua %s & "
+      .. "for i in $(seq 6000); do [ -e %s.%s ] && break; sleep 0.01; done",
+      cli.env_prefix(env), softhsm.BUILD, args, ready, tag), tag
+  end
+  local command_a, tag_a = start(args_a)
+  local command_b, tag_b = start(args_b)
+  local out = softhsm.run(string.format("(%s; %s; touch %s; wait)", command_a, command_b, go))
+  os.remove(ready); os.remove(ready .. "." .. tag_a); os.remove(ready .. "." .. tag_b); os.remove(go)
+  return out
+end
+
 -- What `worker states SET` printed: kid -> { state, times }, and the signer.
 local function worker_states(token, now, set)
   local out, ok = worker(token, now, "states " .. set)
@@ -95,19 +116,8 @@ describe("key states on the token", function()
     assert.is_true(assert(backend:write("race", 0, {})))
     for round = 1, 20 do
       local version = assert(backend:read("race")).version
-      -- the processes log in one after the other (SoftHSM fails logins
-      -- that overlap), then both write when told to (JWKE_GO)
-      local ready, go = os.tmpname(), os.tmpname()
-      os.remove(go)
-      local a, b = "a" .. round, "b" .. round
-      local function start(tag)
-        return string.format("%s %s/jwkengine spec/helpers/hsm_state_worker.lua write race %d %s & "
-          .. "for i in $(seq 6000); do [ -e %s.%s ] && break; sleep 0.01; done",
-          cli.env_prefix(softhsm.environment(token, { JWKE_NOW = "1", JWKE_READY = ready, JWKE_GO = go })),
-          softhsm.BUILD, version, tag, ready, tag)
-      end
-      local out = softhsm.run(string.format("(%s; %s; touch %s; wait)", start(a), start(b), go))
-      os.remove(ready); os.remove(ready .. "." .. a); os.remove(ready .. "." .. b); os.remove(go)
+      local out = race(token, 1, string.format("write race %d a%d", version, round),
+        string.format("write race %d b%d", version, round))
       local _, won = out:gsub("won", "")
       local _, lost = out:gsub("lost", "")
       assert.equals(1, won, "round " .. round .. ": " .. out)
@@ -166,46 +176,65 @@ describe("key states on the token", function()
     engine:close()
   end)
 
+  -- the keys and states of set `set` as an engine at `now` sees them
+  local function census(now, set)
+    local clock = { t = now }
+    local engine = assert(open(token, clock))
+    local count, next_keys, current = 0, 0, nil
+    for kid, key in pairs(states_of(engine, set)) do
+      count = count + 1
+      if key.state == "next" then next_keys = next_keys + 1 end
+      if key.state == "current" then current = kid end
+    end
+    engine:close()
+    return count, next_keys, current
+  end
+
   it("makes exactly one new key per cycle when two processes run maintain on one token", function()
-    local clock = { t = os.time() }
+    local clock = { t = 100000 }
     local engine = assert(open(token, clock))
     assert(engine:generate("rot", "ES256", { kid = "k0" }))
-    assert.equals("k0", signer(engine, "rot"))
+    assert.equals("k0", signer(engine, "rot")) -- k0 current at 100000
     engine:close()
-    local path = os.tmpname() .. ".json"
-    softhsm.write_file(path, cjson.encode({ startup_sets = { { set = "rot", alg = "ES256", rotation = ROTATION } },
-      store = { cache_ttl = 0 } }))
-    local env = softhsm.environment(token, { JWKENGINE_CONFIG = path })
-    local t = raw_token(token)
-    local backend = hsm_states.new(t, "")
+    local config = os.tmpname() .. ".json"
+    softhsm.write_file(config, cjson.encode({ startup_sets = { { set = "rot", alg = "ES256", rotation = ROTATION } } }))
+    local signers = { k0 = true }
     for cycle = 1, 3 do
-      -- move the set's records back one period so maintain is due now (the
-      -- CLI's clock is real)
-      local state = assert(backend:read("rot"))
-      for _, r in pairs(state.records) do
-        for name, at in pairs(r.times) do r.times[name] = at - ROTATION.period end
-      end
-      assert.is_true(assert(backend:write("rot", state.version, state.records)))
-      local command = string.format("%s %s/jwkengine scripts/keys.lua maintain", cli.env_prefix(env), softhsm.BUILD)
-      local out = softhsm.run(string.format("(%s & %s; wait)", command, command))
+      -- a next key is due period - prepublish after the current one began,
+      -- and promoted prepublish later
+      local due = 100000 + cycle * ROTATION.period - ROTATION.prepublish
+      local out = race(token, due, "maintain rot a", "maintain rot b", { JWKENGINE_CONFIG = config })
       local _, generated = out:gsub('"to":"next"', "")
       assert.equals(1, generated, out)
-      -- one new pair on the token: loading the set would refuse a duplicate
-      -- CKA_ID, and exactly one key is next
-      clock.t = os.time()
-      engine = assert(open(token, clock))
-      local states = states_of(engine, "rot")
-      local count, next_keys = 0, 0
-      for _, key in pairs(states) do
-        count = count + 1
-        if key.state == "next" then next_keys = next_keys + 1 end
-      end
-      assert.equals(cycle + 1, count, out)
+      local count, next_keys = census(due, "rot")
+      assert.equals(cycle + 1, count, out) -- loading refuses a duplicate CKA_ID
       assert.equals(1, next_keys, out)
-      engine:close()
+      out = race(token, due + ROTATION.prepublish, "maintain rot a", "maintain rot b", { JWKENGINE_CONFIG = config })
+      local _, promoted = out:gsub('"to":"current"', "")
+      assert.equals(1, promoted, out)
+      local current
+      count, next_keys, current = census(due + ROTATION.prepublish, "rot")
+      assert.equals(0, next_keys, out)
+      assert.is_nil(signers[current])
+      signers[current] = true
     end
-    t:close()
-    os.remove(path)
+    os.remove(config)
+  end)
+
+  it("makes one next key when two processes rotate a set at once, and refuses the other by name", function()
+    local clock = { t = 200000 }
+    local engine = assert(open(token, clock))
+    assert(engine:generate("twice", "ES256", { kid = "t0" }))
+    assert.equals("t0", signer(engine, "twice"))
+    engine:close()
+    local out = race(token, 200000, "rotate twice a", "rotate twice b")
+    local _, generated = out:gsub('"to":"next"', "")
+    assert.equals(1, generated, out)
+    assert.matches("refused ERR_KEY_STATE: key set 'twice' already has a next key", out, 1, true)
+    local count, next_keys, current = census(200000, "twice")
+    assert.equals(2, count)
+    assert.equals(1, next_keys)
+    assert.equals("t0", current)
   end)
 end)
 

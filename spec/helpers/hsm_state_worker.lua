@@ -1,18 +1,60 @@
 -- A second process on the spec's token, run by the real runner
 -- (build/jwkengine spec/helpers/hsm_state_worker.lua MODE SET ...), with
--- the HSM_* settings in its environment and its clock in JWKE_NOW:
---   states SET           one JSON line per key (kid, state, times), then
---                        {"signer": kid}
+-- the HSM_* settings (and JWKENGINE_CONFIG) in its environment and its
+-- clock in JWKE_NOW:
+--   states SET             one JSON line per key (kid, state, times), then
+--                          {"signer": kid}
 --   write SET VERSION TAG  a raw compare-and-swap on the token's state
---                        objects; prints "won" or "lost"
+--                          objects; prints "won" or "lost"
+--   maintain SET | rotate SET   engine:maintain / engine:rotate: one JSON
+--                          line per change, or "refused CODE"
+-- With JWKE_READY and JWKE_GO set, a process opens the token, creates
+-- JWKE_READY.TAG and waits for JWKE_GO before it acts, so that the spec
+-- can start two of them at the same instant.
 local cjson = require "cjson"
+local core = require "jwkengine.core"
+local hsm_states = require "jwkengine.hsm_states"
 local jwkengine = require "jwkengine"
 
-local mode, set = arg[1], arg[2]
+local mode, set, tag = arg[1], arg[2], arg[4] or arg[3] or "x"
 local now = tonumber(os.getenv("JWKE_NOW")) or os.time()
 
+-- Opening retries: SoftHSM answers a process that reads its token files
+-- while another rewrites them (a login does) with an unlisted token or
+-- CKR_GENERAL_ERROR. What is under test starts after the barrier.
+local function retried(open)
+  for _ = 1, 50 do
+    local opened = open()
+    if opened then return opened end
+    os.execute("sleep 0.05")
+  end
+  error("cannot open and log in to the token")
+end
+
+local function barrier()
+  if not os.getenv("JWKE_GO") then return end
+  assert(io.open(os.getenv("JWKE_READY") .. "." .. tag, "w")):close()
+  -- no sleep while waiting: both processes must leave the wait together
+  local deadline = os.time() + 60 -- should the other process have failed
+  while not io.open(os.getenv("JWKE_GO")) and os.time() < deadline do end
+end
+
+local function open_engine()
+  return retried(function()
+    return jwkengine.open({ logger = false, startup = false, now = function() return now end })
+  end)
+end
+
+local function print_changes(changes, err, code)
+  if not changes then
+    print("refused " .. tostring(code) .. ": " .. tostring(err))
+    return
+  end
+  for _, change in ipairs(changes) do print(cjson.encode(change)) end
+end
+
 if mode == "states" then
-  local engine = assert(jwkengine.open({ logger = false, startup = false, now = function() return now end }))
+  local engine = open_engine()
   local list = assert(engine:key_states(set))
   table.sort(list, function(a, b) return a.kid < b.kid end)
   for _, key in ipairs(list) do
@@ -22,33 +64,29 @@ if mode == "states" then
   local _, header = assert(engine:verify(set, jws))
   print(cjson.encode({ signer = header.kid }))
   engine:close()
+elseif mode == "maintain" or mode == "rotate" then
+  local engine = open_engine()
+  barrier()
+  if mode == "maintain" then
+    print_changes(engine:maintain({ sets = { set } }))
+  else
+    print_changes(engine:rotate(set))
+  end
+  engine:close()
 elseif mode == "write" then
-  local core = require "jwkengine.core"
-  local hsm_states = require "jwkengine.hsm_states"
-  -- Opening and logging in retries: SoftHSM answers a process that reads
-  -- its token files while another rewrites them with an unlisted token or
-  -- CKR_GENERAL_ERROR. The race under test is the write, which starts in
-  -- both processes at once (the spec creates JWKE_GO once both are ready).
-  local token
-  for _ = 1, 50 do
+  local token = retried(function()
     local module = assert(core.load_module(os.getenv("HSM_LIBRARY")))
     for _, s in ipairs(module:slots() or {}) do
       if s.label == os.getenv("HSM_TOKEN_LABEL") then
-        token = module:open_token(s.id, { label = s.label, serial = s.serial })
+        local token = module:open_token(s.id, { label = s.label, serial = s.serial })
+        if token and token:login(os.getenv("HSM_PIN")) then return token end
+        if token then token:close() end
       end
     end
-    if token and token:login(os.getenv("HSM_PIN")) then break end
-    if token then token:close() end
-    token = nil
-    os.execute("sleep 0.05")
-  end
-  assert(token, "cannot open and log in to the token")
-  assert(io.open(os.getenv("JWKE_READY") .. "." .. arg[4], "w")):close()
-  -- no sleep while waiting: both processes must leave the wait together
-  local deadline = os.time() + 60 -- should the other process have failed
-  while not io.open(os.getenv("JWKE_GO")) and os.time() < deadline do end
+  end)
+  barrier()
   local won, err = hsm_states.new(token, ""):write(set, tonumber(arg[3]),
-    { [arg[4]] = { state = "current", times = { current = now } } })
+    { [tag] = { state = "current", times = { current = now } } })
   assert(won ~= nil, err)
   print(won and "won" or "lost")
   token:close()
