@@ -246,18 +246,28 @@ describe("key states through a failing token", function()
   end)
   after_each(function() faults.set({}) end)
 
-  it("returns a token error while writing state, not hidden", function()
+  it("returns a token error while writing state, not hidden, and keeps the states it had", function()
     local clock = { t = 1000 }
     local engine = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
       startup = false, now = function() return clock.t end, store = { cache_ttl = 0 } }))
     assert(engine:generate("f", "ES256", { kid = "one" }))
-    assert.equals("one", signer(engine, "f"))
-    faults.set({ faults = "C_CreateObject:CKR_DEVICE_MEMORY" })
-    local changes, err, code = engine:rotate("f", { now = true })
+    assert.equals("one", signer(engine, "f")) -- one current at 1000
+    assert(engine:generate("f", "ES256", { kid = "two" }))
+    assert.equals("one", signer(engine, "f")) -- two next from 1000
+    -- the first create fails (the new state object); the replaced one is
+    -- put back, so the set keeps its recorded states
+    faults.set({ faults = "C_CreateObject:CKR_DEVICE_MEMORY@1" })
+    local changes, err, code = engine:retire("f", "two")
     assert.is_nil(changes)
     assert.equals("CKR_DEVICE_MEMORY", code, err)
-    assert.matches("writing its key states", err, 1, true)
+    assert.matches("key set 'f': writing its key states to the token", err, 1, true)
     faults.set({})
+    clock.t = 1100
+    assert(engine:refresh("f"))
+    local states = states_of(engine, "f")
+    assert.equals("next", states.two.state)
+    assert.equals(1000, states.two.times.next)
+    assert.equals("one", signer(engine, "f"))
     engine:close()
   end)
 
