@@ -2,8 +2,9 @@
 --
 -- A set name maps to CKA_LABEL = key_set_prefix .. set on both halves of each
 -- pair; the prefix never shows outside this file. Loaded sets are cached with
--- their key objects (object handles and public keys), so signing never
--- searches the token; generate and delete refresh the set they touch.
+-- their key objects (object handles and public keys) and their key states
+-- (a data object under the same label, jwkengine.hsm_states), so signing
+-- never searches the token; generate and delete refresh the set they touch.
 local config = require "jwkengine.config"
 local core = require "jwkengine.core"
 local jwk_module = require "jwkengine.jwk"
