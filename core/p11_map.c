@@ -136,6 +136,10 @@ CK_RV jwke_p11_object_check(jwke_p11_objects *objects, size_t i, CK_RV rv, jwke_
     }
     if (rv == CKR_BUFFER_TOO_SMALL)
         return rv; /* a value larger than jwkengine supports, reported as PKCS#11 says */
+    /* Data objects (a set's key states) and certificates share the label
+     * and carry no CKA_ID: jwke_p11_map_objects skips them. */
+    if (present(o, A_CLASS) && o->object_class != CKO_PRIVATE_KEY && o->object_class != CKO_PUBLIC_KEY)
+        return CKR_OK;
     if (!present(o, A_CLASS) || !present(o, A_ID)) {
         jwke_fail_code(err, "ERR_KEY_INVALID", "object on the token has no readable CKA_CLASS or CKA_ID");
         return JWKE_OP_FAILED;

@@ -20,8 +20,9 @@ usage: jwkengine keys COMMAND ...    (from a checkout: build/jwkengine scripts/k
                                               add a JWK or PEM from stdin to the software store
   rotate-secrets                              re-seal every software key with the first secret
   keys SET                                    each key with its state, alg and times (a JSON object a line)
-  rotate SET [--alg ALG] [--now]              a new next key (signs after prepublish); --now: a new
-                                              current key at once, the old one retired at once
+  rotate SET [--alg ALG] [--now]              a new next key (signs after prepublish; refused while
+                                              one is next); --now: a new current key at once, the
+                                              old one retired at once
   retire SET KID                              unpublish a key (kept); never the current key
   activate SET KID                            make a key current at once (the current one: previous)
   maintain                                    run the rotation schedule of every set (for cron)

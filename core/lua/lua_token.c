@@ -10,6 +10,7 @@
 
 #include "evp_sig.h"
 #include "lua_common.h"
+#include "p11_data.h"
 #include "p11_keys.h"
 #include "p11_map.h"
 #include "p11_sign.h"
@@ -251,6 +252,65 @@ static int l_set_id(lua_State *L)
     return 1;
 }
 
+/* token:data_objects(application [, label]) -> { { label, value }, ... }
+ * | nil, err: the data objects of an application (of one label, or all). */
+static int l_data_objects(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    const char *application = luaL_checkstring(L, 2);
+    size_t label_len = 0;
+    const char *label = luaL_optlstring(L, 3, NULL, &label_len);
+    jwke_p11_data *found;
+    size_t count;
+    jwke_error err;
+    if (jwke_p11_data_find(t->token, application, label, label_len, &found, &count, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_createtable(L, (int)count, 0);
+    for (size_t i = 0; i < count; i++) {
+        lua_createtable(L, 0, 2);
+        lua_pushlstring(L, found[i].label, found[i].label_len);
+        lua_setfield(L, -2, "label");
+        lua_pushlstring(L, (const char *)found[i].value, found[i].value_len);
+        lua_setfield(L, -2, "value");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    jwke_p11_data_free(found, count);
+    return 1;
+}
+
+/* token:create_data(application, label, value) -> true | nil, err */
+static int l_create_data(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    size_t label_len, value_len;
+    const char *application = luaL_checkstring(L, 2);
+    const char *label = luaL_checklstring(L, 3, &label_len);
+    const char *value = luaL_checklstring(L, 4, &value_len);
+    jwke_error err;
+    if (jwke_p11_data_create(t->token, application, label, label_len, (const unsigned char *)value,
+                             value_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* token:destroy_data(application, label, value) -> objects destroyed
+ * | nil, err: only the objects holding exactly `value`. */
+static int l_destroy_data(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    size_t label_len, value_len, destroyed;
+    const char *application = luaL_checkstring(L, 2);
+    const char *label = luaL_checklstring(L, 3, &label_len);
+    const char *value = luaL_checklstring(L, 4, &value_len);
+    jwke_error err;
+    if (jwke_p11_data_destroy(t->token, application, label, label_len, (const unsigned char *)value,
+                              value_len, &destroyed, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushinteger(L, (lua_Integer)destroyed);
+    return 1;
+}
+
 static int l_token_close(lua_State *L)
 {
     token_object *t = luaL_checkudata(L, 1, JWKE_TOKEN_CLASS);
@@ -418,6 +478,9 @@ static const luaL_Reg token_methods[] = {
     {"generate", l_generate},
     {"delete", l_delete},
     {"set_id", l_set_id},
+    {"data_objects", l_data_objects},
+    {"create_data", l_create_data},
+    {"destroy_data", l_destroy_data},
     {"close", l_token_close},
     {NULL, NULL},
 };

@@ -2,11 +2,13 @@
 --
 -- A set name maps to CKA_LABEL = key_set_prefix .. set on both halves of each
 -- pair; the prefix never shows outside this file. Loaded sets are cached with
--- their key objects (object handles and public keys), so signing never
--- searches the token; generate and delete refresh the set they touch.
+-- their key objects (object handles and public keys) and their key states
+-- (a data object under the same label, jwkengine.hsm_states), so signing
+-- never searches the token; generate and delete refresh the set they touch.
 local config = require "jwkengine.config"
 local core = require "jwkengine.core"
 local jwk_module = require "jwkengine.jwk"
+local hsm_states = require "jwkengine.hsm_states"
 local keyset = require "jwkengine.keyset"
 local key_states = require "jwkengine.key_states"
 local key_rules = require "jwkengine.key_rules"
@@ -25,6 +27,8 @@ local LIMITS = core.limits()
 --   hsm_config: the `hsm` table of jwkengine.config
 --   options.select_slot(slot_list, hsm_config) -> slot | nil, err: slot policy
 --   options.logger(level, message): where recoveries are logged
+--   options.states: jwkengine.rotation.states without a backend (the
+--     token's data objects are the backend, jwkengine.hsm_states)
 function M.open(hsm_config, options)
   options = options or {}
   local ok, err, code = config.check_hsm(hsm_config)
@@ -63,14 +67,20 @@ function M.open(hsm_config, options)
     token:close()
     return nil, err, code
   end
+  local log = options.logger or function() end
+  local prefix = hsm_config.key_set_prefix or ""
+  -- the lifecycle of each set (jwkengine.rotation.states), its records on
+  -- this token
+  local states = options.states and setmetatable({ backend = hsm_states.new(token, prefix, log) },
+    { __index = options.states })
   return setmetatable({
     token = token,
     slot = slot,
-    log = options.logger or function() end,
+    log = log,
     now = options.now or os.time,
-    states = options.states, -- jwkengine.rotation.states: the lifecycle of each set
+    states = states,
     warned_kids = {},
-    prefix = hsm_config.key_set_prefix or "",
+    prefix = prefix,
     min_rsa_bits = hsm_config.min_rsa_bits or LIMITS.hsm_min_rsa_bits,
     sets = {},
   }, Manager)

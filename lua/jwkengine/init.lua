@@ -17,7 +17,6 @@ local jwk = require "jwkengine.jwk"
 local jws = require "jwkengine.jws"
 local jwt = require "jwkengine.jwt"
 local log = require "jwkengine.log"
-local key_states = require "jwkengine.key_states"
 local key_state_store = require "jwkengine.store.key_state"
 local rotation = require "jwkengine.rotation"
 local names = require "jwkengine.names"
@@ -139,7 +138,7 @@ function M.open(options)
   local hsm_keys, software_keys
   if cfg.hsm.enabled then
     hsm_keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger,
-      now = options.now, states = rotation.states(key_states.memory(), policies, options.now, logger) })
+      now = options.now, states = rotation.states(nil, policies, options.now, logger) })
     if not hsm_keys then return nil, err, code end
     logger("info", "Hardware Security Module is configured.")
   end

@@ -10,49 +10,20 @@
 --                        -> true, or false when the set's version is no
 --                           longer `version` (another writer won: read
 --                           again) | nil, err, code. Compare-and-swap: of
---                           two writers that read the same version, exactly
---                           one wins, whatever process or machine they run in.
+--                           two writers that read the same version, at most
+--                           one wins, whatever process or machine they run
+--                           in (on the HSM both may lose: read again).
 --   backend:sets()       -> { set, ... } that have records | nil, err, code
 --
 -- Records are plain tables of strings and numbers (JSON-able). The software
--- store keeps them in its own table (jwkengine.store.key_state); an HSM
--- backend keeps them on the token, as a CKO_DATA object with
--- CKA_APPLICATION under the set's label, so instances sharing a partition
--- agree without a database. Until the HSM has one, HSM sets use the memory
--- backend below: the rule still holds within the process, and a pair added
--- by pkcs11-tool is first seen (and pre-published) by each process itself.
+-- store keeps them in its own table (jwkengine.store.key_state); the HSM
+-- keeps them on the token, as CKO_DATA objects under the set's label
+-- (jwkengine.hsm_states), so instances sharing a partition agree without a
+-- database.
 local keyset = require "jwkengine.keyset"
 local lifecycle = require "jwkengine.lifecycle"
 
 local M = {}
-
-local Memory = {}
-Memory.__index = Memory
-
--- Records in this process only.
-function M.memory()
-  return setmetatable({ by_set = {} }, Memory)
-end
-
-function Memory:read(set)
-  local held = self.by_set[set]
-  if not held then return { version = 0, records = {} } end
-  return { version = held.version, records = held.records }
-end
-
-function Memory:write(set, version, records)
-  local held = self.by_set[set]
-  if (held and held.version or 0) ~= version then return false end
-  self.by_set[set] = { version = version + 1, records = records }
-  return true
-end
-
-function Memory:sets()
-  local sets = {}
-  for set in pairs(self.by_set) do sets[#sets + 1] = set end
-  table.sort(sets)
-  return sets
-end
 
 -- The kids that take part in the lifecycle: keys that can sign, and broken
 -- rows (they may be the key that should sign: their error is then the

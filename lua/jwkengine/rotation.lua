@@ -150,20 +150,22 @@ local function new_key_alg(engine, set, entry, alg)
   return entry.signer and entry.signer.alg or "RS256"
 end
 
+-- A key claimed as next in the records that is not on the token or in the
+-- store yet: another process is still generating it.
+local function claimed_next(records, evaluation, policy, now)
+  for _, kid in ipairs(util.sorted_keys(records)) do
+    local r = records[kid]
+    if r.state == "next" and not evaluation.keys[kid] and r.times.next + policy.prepublish > now then
+      return kid
+    end
+  end
+end
+
 -- One set's schedule: record what the rule says happened, claim and make a
 -- next key when the period says so, destroy what destroy_after says.
 local function maintain_set(engine, set)
   local changes, plan, manager = update(engine, set, function(records, evaluation, now, entry, policy)
-    local pending = false
-    for _, kid in ipairs(util.sorted_keys(records)) do
-      local r = records[kid]
-      -- a claimed key another process is still generating
-      if r.state == "next" and not evaluation.keys[kid]
-          and r.times.next + policy.prepublish > now then
-        pending = true
-      end
-    end
-    local generate = evaluation.generate and not pending
+    local generate = evaluation.generate and not claimed_next(records, evaluation, policy, now)
     if not evaluation.changed and not generate and #evaluation.destroy == 0 then return NOTHING end
     local out = lifecycle.records_after(records, evaluation)
     local kid
@@ -219,11 +221,38 @@ function M.key_states(self, set)
   return list
 end
 
--- A new key now: next (signs after prepublish), or with options.now the
--- current key at once, the old current one retired at once (emergency).
--- options.alg: the new key's algorithm. Returns the changes.
+-- A next key now, claimed in the records before it is generated, so that
+-- of processes rotating at once only one makes a key; refused while the set
+-- has a next key (present or claimed).
+local function rotate_next(self, set, alg)
+  local kid = core.uuid()
+  local changes, plan, manager = update(self, set, function(records, evaluation, now, entry, policy)
+    local waiting = claimed_next(records, evaluation, policy, now)
+    for _, present in ipairs(evaluation.published) do
+      if evaluation.keys[present].state == "next" then waiting = present end
+    end
+    if waiting then
+      return util.fail("ERR_KEY_STATE",
+        "key set '%s' already has a next key '%s', which signs after prepublish (rotate --now replaces the current key at once)",
+        set, waiting)
+    end
+    local out = lifecycle.records_after(records, evaluation)
+    record(out, kid, "next", now)
+    return out, { alg = new_key_alg(self, set, entry, alg) }
+  end)
+  if not changes then return nil, plan, manager end
+  local jwk, err, code = manager:generate(set, plan.alg, { kid = kid })
+  if not jwk then return nil, string.format("key set '%s': generating the next key: %s", set, err), code end
+  return changes
+end
+
+-- A new key now: next (signs after prepublish; rotate_next), or with
+-- options.now the current key at once, the old current one retired at
+-- once (emergency). options.alg: the new key's algorithm. Returns the
+-- changes.
 function M.rotate(self, set, options)
   options = options or {}
+  if not options.now then return rotate_next(self, set, options.alg) end
   local manager, entry, code = holder(self, set)
   if not manager then return nil, entry, code end
   local kid = core.uuid()
@@ -238,12 +267,8 @@ function M.rotate(self, set, options)
       return util.fail("ERR_KEY_NOT_FOUND", "key '%s' of set '%s' vanished after it was generated", kid, set)
     end
     local out = lifecycle.records_after(records, evaluation)
-    if options.now then
-      if evaluation.signer and evaluation.signer ~= kid then record(out, evaluation.signer, "retired", now) end
-      record(out, kid, "current", now)
-    else
-      record(out, kid, "next", now)
-    end
+    if evaluation.signer and evaluation.signer ~= kid then record(out, evaluation.signer, "retired", now) end
+    record(out, kid, "current", now)
     return out
   end)
   if not changes then return nil, err, code end

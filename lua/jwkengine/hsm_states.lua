@@ -1,0 +1,198 @@
+-- The HSM's state backend (see jwkengine.key_states): a set's key states
+-- live on the token, next to its keys, as PKCS#11 data objects (CKO_DATA,
+-- CKA_APPLICATION = APPLICATION, CKA_LABEL = the set's prefixed label,
+-- CKA_VALUE = JSON { version, writer, records }, token and private). Every
+-- instance sharing the HSM partition reads the same objects, so they agree
+-- without a database. Readers take the newest version.
+--
+-- The compare-and-swap. PKCS#11 has no atomic update and tokens do not
+-- keep labels unique; what a token does do atomically is destroy an
+-- object: of two sessions destroying the same object, one succeeds and the
+-- other is told the handle is invalid. So a writer moving a set from
+-- version N to N+1 destroys the version-N object first, and only the one
+-- whose destroy succeeded creates version N+1; the others report a lost
+-- race (false) and read again. Both writers found the version-N object
+-- before they raced, so the arbiter is an object every contender knows.
+--
+-- Why not "create N+1, then look for rivals": SoftHSM's file store (2.6)
+-- shows a process the objects other processes made only when its view is
+-- refreshed, and its own create marks the view fresh: a process that
+-- creates an object just after another did does not see the other's until
+-- a third change. A destroy goes to the file itself, so the arbiter above
+-- holds there too; so does a network HSM's.
+--
+-- Between the winner's destroy and its create the set has no state object
+-- for a moment: a process that has already seen a newer version reads
+-- again before it believes an older one (or none). A set never written
+-- has nothing to destroy: its first writers create version 1 and keep it
+-- only if no rival version 1 is in sight (on a token that hides recent
+-- objects, two first writers may both keep theirs: they differ only in
+-- the first-seen times they recorded, readers settle on the same one, and
+-- the next write replaces both).
+local cjson = require "cjson.safe"
+local core = require "jwkengine.core"
+
+local M = {}
+
+M.APPLICATION = "jwkengine key states"
+
+-- How often a view older than one this process has seen is read again
+-- before it is believed (the winner of a write is between its destroy and
+-- its create; a set deleted and made again really is older).
+local REREADS = 20
+
+local Backend = {}
+Backend.__index = Backend
+
+--   token:  an open token object (core)
+--   prefix: hsm.key_set_prefix
+--   log(level, message)
+function M.new(token, prefix, log)
+  return setmetatable({ token = token, prefix = prefix or "", log = log or function() end, seen = {} }, Backend)
+end
+
+-- A data object's value as { version, writer, records, raw }, or nil for
+-- one this version cannot read (left alone: it may be a newer format).
+local function parse(raw)
+  local value = cjson.decode(raw)
+  if type(value) ~= "table" or type(value.version) ~= "number" or value.version ~= math.floor(value.version)
+      or value.version < 1 or type(value.records) ~= "table" then
+    return nil
+  end
+  value.raw = raw
+  return value
+end
+
+-- Of two states of one version (two first writers on a token that hid
+-- them from each other), every reader picks the same one.
+local function newer(a, b)
+  return a.version > b.version or (a.version == b.version and a.raw < b.raw)
+end
+
+-- The set's readable state objects and the newest of them.
+function Backend:objects(set)
+  local found, err, code = self.token:data_objects(M.APPLICATION, self.prefix .. set)
+  if not found then
+    return nil, string.format("key set '%s': reading its key states from the token: %s", set, err), code
+  end
+  local objects, newest = {}, nil
+  for _, object in ipairs(found) do
+    local value = parse(object.value)
+    if value then
+      objects[#objects + 1] = value
+      if not newest or newer(value, newest) then newest = value end
+    end
+  end
+  return objects, newest
+end
+
+-- objects(), read again while it is older than what this process has seen.
+function Backend:current(set)
+  local objects, newest, code
+  for _ = 1, REREADS do
+    objects, newest, code = self:objects(set)
+    if not objects then return nil, newest, code end
+    if (newest and newest.version or 0) >= (self.seen[set] or 0) then break end
+  end
+  self.seen[set] = newest and newest.version or 0
+  return objects, newest
+end
+
+function Backend:read(set)
+  local objects, newest, code = self:current(set)
+  if not objects then return nil, newest, code end
+  if not newest then return { version = 0, records = {} } end
+  return { version = newest.version, records = newest.records }
+end
+
+local function write_error(set, err, code)
+  return nil, string.format("key set '%s': writing its key states to the token: %s", set, err), code
+end
+
+-- Destroys superseded objects; a failure only leaves garbage that readers
+-- skip (older versions), so it is logged, not returned.
+function Backend:clean(set, objects, below)
+  for _, object in ipairs(objects) do
+    if object.version < below then
+      local destroyed, err = self.token:destroy_data(M.APPLICATION, self.prefix .. set, object.raw)
+      if not destroyed then
+        self.log("warn", string.format("key set '%s': a superseded key state object stays on the token (%s)",
+          set, tostring(err)))
+      end
+    end
+  end
+end
+
+-- The first write of a set: nothing to destroy, so keep version 1 only if
+-- no rival is in sight.
+function Backend:first_write(set, state)
+  local label = self.prefix .. set
+  local ok, err, code = self.token:create_data(M.APPLICATION, label, state)
+  if not ok then return write_error(set, err, code) end
+  local objects, newest
+  objects, newest, code = self:objects(set)
+  if not objects then return nil, newest, code end
+  for _, object in ipairs(objects) do
+    if object.raw ~= state then
+      ok, err, code = self.token:destroy_data(M.APPLICATION, label, state)
+      if not ok then return write_error(set, err, code) end
+      return false
+    end
+  end
+  self.seen[set] = 1
+  return true
+end
+
+function Backend:write(set, version, records)
+  local objects, newest, code = self:current(set)
+  if not objects then return nil, newest, code end
+  if (newest and newest.version or 0) ~= version then return false end
+  -- the writer id makes every object's bytes unique, so a destroy by value
+  -- takes exactly this object
+  local state = cjson.encode({ version = version + 1, writer = core.uuid(), records = records })
+  if version == 0 then return self:first_write(set, state) end
+  local label = self.prefix .. set
+  local destroyed, err
+  destroyed, err, code = self.token:destroy_data(M.APPLICATION, label, newest.raw)
+  if not destroyed then
+    -- a token may report the loser of two destroys as a failure: it lost
+    -- if the object is gone
+    local again = self:objects(set)
+    for _, object in ipairs(again or {}) do
+      if object.raw == newest.raw then return write_error(set, err, code) end
+    end
+    if not again then return write_error(set, err, code) end
+    return false
+  end
+  if destroyed == 0 then return false end -- another writer destroyed it first
+  local ok
+  ok, err, code = self.token:create_data(M.APPLICATION, label, state)
+  if not ok then
+    -- put the replaced state back rather than leave the set with none
+    self.token:create_data(M.APPLICATION, label, newest.raw)
+    return write_error(set, err, code)
+  end
+  self.seen[set] = version + 1
+  self:clean(set, objects, version + 1)
+  return true
+end
+
+function Backend:sets()
+  local found, err, code = self.token:data_objects(M.APPLICATION)
+  if not found then return nil, "reading key states from the token: " .. tostring(err), code end
+  local seen, sets = {}, {}
+  for _, object in ipairs(found) do
+    local prefixed = object.label:sub(1, #self.prefix) == self.prefix
+    if prefixed and parse(object.value) then
+      local set = object.label:sub(#self.prefix + 1)
+      if not seen[set] then
+        seen[set] = true
+        sets[#sets + 1] = set
+      end
+    end
+  end
+  table.sort(sets)
+  return sets
+end
+
+return M

@@ -1,0 +1,288 @@
+-- Key states of HSM sets live on the token (CKO_DATA objects beside the
+-- keys): real SoftHSM tokens, real processes (the runner), pkcs11-tool, and
+-- the fault-injecting module in front of SoftHSM.
+local cjson = require "cjson"
+local core = require "jwkengine.core"
+local hsm_states = require "jwkengine.hsm_states"
+local jwkengine = require "jwkengine"
+local cli = require "helpers.cli"
+local faults = require "helpers.faults"
+local softhsm = require "helpers.softhsm"
+
+local ROTATION = { period = 1000, prepublish = 400, retain = 4000 }
+
+local function open(token, clock, extra)
+  local options = { environment = softhsm.environment(token), logger = false, startup = false,
+    now = function() return clock.t end, -- policies as the other processes have them
+    startup_sets = { { set = "rot", alg = "ES256", rotation = ROTATION } } }
+  for k, v in pairs(extra or {}) do options[k] = v end
+  return jwkengine.open(options)
+end
+
+local function signer(engine, set)
+  local jws = assert(engine:sign(set, "x"))
+  local _, header = assert(engine:verify(set, jws))
+  return header.kid
+end
+
+local function states_of(engine, set)
+  local by_kid = {}
+  for _, key in ipairs(assert(engine:key_states(set))) do by_kid[key.kid] = key end
+  return by_kid
+end
+
+-- The worker process (spec/helpers/hsm_state_worker.lua) on `token`.
+local function worker(token, now, args)
+  local env = softhsm.environment(token, { JWKE_NOW = tostring(now) })
+  local out, ok = softhsm.run(string.format("%s %s/jwkengine spec/helpers/hsm_state_worker.lua %s",
+    cli.env_prefix(env), softhsm.BUILD, args))
+  return out, ok
+end
+
+-- Two workers acting at the same instant: each opens the token (one after
+-- the other: SoftHSM fails logins that overlap), then both leave a barrier
+-- together. args_a/args_b end with the worker's tag. Returns their output.
+local function race(token, now, args_a, args_b, extra)
+  local ready, go = os.tmpname(), os.tmpname()
+  os.remove(go)
+  local env = softhsm.environment(token, { JWKE_NOW = tostring(now), JWKE_READY = ready, JWKE_GO = go })
+  for k, v in pairs(extra or {}) do env[k] = v end
+  local function start(args)
+    local tag = args:match("(%S+)$")
+    return string.format("%s %s/jwkengine spec/helpers/hsm_state_worker.lua %s & "
+      .. "for i in $(seq 6000); do [ -e %s.%s ] && break; sleep 0.01; done",
+      cli.env_prefix(env), softhsm.BUILD, args, ready, tag), tag
+  end
+  local command_a, tag_a = start(args_a)
+  local command_b, tag_b = start(args_b)
+  local out = softhsm.run(string.format("(%s; %s; touch %s; wait)", command_a, command_b, go))
+  os.remove(ready); os.remove(ready .. "." .. tag_a); os.remove(ready .. "." .. tag_b); os.remove(go)
+  return out
+end
+
+-- What `worker states SET` printed: kid -> { state, times }, and the signer.
+local function worker_states(token, now, set)
+  local out, ok = worker(token, now, "states " .. set)
+  assert(ok, out)
+  local by_kid, signing = {}, nil
+  for line in out:gmatch("[^\n]+") do
+    local value = cjson.decode(line)
+    if value.signer then signing = value.signer else by_kid[value.kid] = value end
+  end
+  return by_kid, signing
+end
+
+-- A token object of this process, for reading the data objects themselves.
+local function raw_token(token, library)
+  local module = assert(core.load_module(library or softhsm.LIBRARY))
+  for _, slot in ipairs(assert(module:slots())) do
+    if slot.label == token.label then
+      local t = assert(module:open_token(slot.id, { label = slot.label, serial = slot.serial }))
+      assert(t:login(token.pin))
+      return t
+    end
+  end
+  error("token not found: " .. token.label)
+end
+
+describe("key states on the token", function()
+  local token
+  setup(function() token = softhsm.new_token("hsmstate") end)
+
+  it("are written by one process and read by another", function()
+    local clock = { t = 1000 }
+    local engine = assert(open(token, clock))
+    assert(engine:generate("shared", "ES256", { kid = "one" }))
+    assert.equals("one", signer(engine, "shared")) -- records "one" current at 1000
+    engine:close()
+    -- another process, much later, reads the time this one recorded
+    local states, signing = worker_states(token, 5000, "shared")
+    assert.equals("one", signing)
+    assert.equals("current", states.one.state)
+    assert.equals(1000, states.one.times.current)
+    -- the state is a private data object under the set's label
+    local t = raw_token(token)
+    local objects = assert(t:data_objects(hsm_states.APPLICATION, "shared"))
+    assert.equals(1, #objects)
+    local value = cjson.decode(objects[1].value)
+    assert.equals(1, value.version)
+    assert.equals(1000, value.records.one.times.current)
+    t:close()
+  end)
+
+  it("lets exactly one of two processes racing a write of the same version win, 20 rounds", function()
+    local t = raw_token(token)
+    local backend = hsm_states.new(t, "")
+    assert.is_true(assert(backend:write("race", 0, {})))
+    for round = 1, 20 do
+      local version = assert(backend:read("race")).version
+      local out = race(token, 1, string.format("write race %d a%d", version, round),
+        string.format("write race %d b%d", version, round))
+      local _, won = out:gsub("won", "")
+      local _, lost = out:gsub("lost", "")
+      assert.equals(1, won, "round " .. round .. ": " .. out)
+      assert.equals(1, lost, "round " .. round .. ": " .. out)
+      local state = assert(backend:read("race"))
+      assert.equals(version + 1, state.version)
+      -- the records are the winner's, and only one state object is left
+      local winner = next(state.records)
+      assert.matches("^[ab]" .. round .. "$", winner)
+      local objects = assert(t:data_objects(hsm_states.APPLICATION, "race"))
+      assert.equals(1, #objects, "round " .. round)
+    end
+    t:close()
+  end)
+
+  it("makes a pair added with pkcs11-tool next in every process, with one first-seen time, then promotes it", function()
+    local clock = { t = 10000 }
+    local engine = assert(open(token, clock))
+    assert(engine:generate("op", "ES256", { kid = "first" }))
+    assert.equals("first", signer(engine, "op")) -- "first" recorded current
+    local _, ok = softhsm.pkcs11_tool(token, "--login --keypairgen --key-type EC:prime256v1 --usage-sign"
+      .. " --label op --id " .. softhsm.hex("added"))
+    assert(ok)
+    -- a process sees it first, at 10100: next from then on
+    local states, signing = worker_states(token, 10100, "op")
+    assert.equals("first", signing)
+    assert.equals("next", states.added.state)
+    assert.equals(10100, states.added.times.next)
+    -- another process, later, and this one agree on that time
+    states = worker_states(token, 10300, "op")
+    assert.equals(10100, states.added.times.next)
+    clock.t = 10300
+    assert(engine:refresh("op"))
+    assert.equals(10100, states_of(engine, "op").added.times.next)
+    assert.equals("first", signer(engine, "op"))
+    -- promoted prepublish after it was first seen, in every process
+    local prepublish = engine.policies.default.prepublish
+    clock.t = 10100 + prepublish
+    assert(engine:refresh("op"))
+    assert.equals("added", signer(engine, "op"))
+    states, signing = worker_states(token, 10100 + prepublish, "op")
+    assert.equals("added", signing)
+    assert.equals("previous", states.first.state)
+    -- the CLI lists the set's states from the token
+    local out, err, status = cli.keys(softhsm.environment(token), "keys op")
+    assert.equals(0, status, err)
+    local listed = {}
+    for line in out:gmatch("[^\n]+") do
+      local key = cjson.decode(line)
+      listed[key.kid] = key
+    end
+    -- (its clock is real: long past this schedule, "first" is retired)
+    assert.equals(10100, listed.added.times.next)
+    assert.equals("current", listed.added.state)
+    assert.equals("retired", listed.first.state)
+    engine:close()
+  end)
+
+  -- the keys and states of set `set` as an engine at `now` sees them
+  local function census(now, set)
+    local clock = { t = now }
+    local engine = assert(open(token, clock))
+    local count, next_keys, current = 0, 0, nil
+    for kid, key in pairs(states_of(engine, set)) do
+      count = count + 1
+      if key.state == "next" then next_keys = next_keys + 1 end
+      if key.state == "current" then current = kid end
+    end
+    engine:close()
+    return count, next_keys, current
+  end
+
+  it("makes exactly one new key per cycle when two processes run maintain on one token", function()
+    local clock = { t = 100000 }
+    local engine = assert(open(token, clock))
+    assert(engine:generate("rot", "ES256", { kid = "k0" }))
+    assert.equals("k0", signer(engine, "rot")) -- k0 current at 100000
+    engine:close()
+    local config = os.tmpname() .. ".json"
+    softhsm.write_file(config, cjson.encode({ startup_sets = { { set = "rot", alg = "ES256", rotation = ROTATION } } }))
+    local signers = { k0 = true }
+    for cycle = 1, 3 do
+      -- a next key is due period - prepublish after the current one began,
+      -- and promoted prepublish later
+      local due = 100000 + cycle * ROTATION.period - ROTATION.prepublish
+      local out = race(token, due, "maintain rot a", "maintain rot b", { JWKENGINE_CONFIG = config })
+      local _, generated = out:gsub('"to":"next"', "")
+      assert.equals(1, generated, out)
+      local count, next_keys = census(due, "rot")
+      assert.equals(cycle + 1, count, out) -- loading refuses a duplicate CKA_ID
+      assert.equals(1, next_keys, out)
+      out = race(token, due + ROTATION.prepublish, "maintain rot a", "maintain rot b", { JWKENGINE_CONFIG = config })
+      local _, promoted = out:gsub('"to":"current"', "")
+      assert.equals(1, promoted, out)
+      local current
+      count, next_keys, current = census(due + ROTATION.prepublish, "rot")
+      assert.equals(0, next_keys, out)
+      assert.is_nil(signers[current])
+      signers[current] = true
+    end
+    os.remove(config)
+  end)
+
+  it("makes one next key when two processes rotate a set at once, and refuses the other by name", function()
+    local clock = { t = 200000 }
+    local engine = assert(open(token, clock))
+    assert(engine:generate("twice", "ES256", { kid = "t0" }))
+    assert.equals("t0", signer(engine, "twice"))
+    engine:close()
+    local out = race(token, 200000, "rotate twice a", "rotate twice b")
+    local _, generated = out:gsub('"to":"next"', "")
+    assert.equals(1, generated, out)
+    assert.matches("refused ERR_KEY_STATE: key set 'twice' already has a next key", out, 1, true)
+    local count, next_keys, current = census(200000, "twice")
+    assert.equals(2, count)
+    assert.equals(1, next_keys)
+    assert.equals("t0", current)
+  end)
+end)
+
+describe("key states through a failing token", function()
+  local token
+  setup(function()
+    faults.set({})
+    token = softhsm.new_token("hsmstate-faults")
+  end)
+  after_each(function() faults.set({}) end)
+
+  it("returns a token error while writing state, not hidden, and keeps the states it had", function()
+    local clock = { t = 1000 }
+    local engine = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
+      startup = false, now = function() return clock.t end, store = { cache_ttl = 0 } }))
+    assert(engine:generate("f", "ES256", { kid = "one" }))
+    assert.equals("one", signer(engine, "f")) -- one current at 1000
+    assert(engine:generate("f", "ES256", { kid = "two" }))
+    assert.equals("one", signer(engine, "f")) -- two next from 1000
+    -- the first create fails (the new state object); the replaced one is
+    -- put back, so the set keeps its recorded states
+    faults.set({ faults = "C_CreateObject:CKR_DEVICE_MEMORY@1" })
+    local changes, err, code = engine:retire("f", "two")
+    assert.is_nil(changes)
+    assert.equals("CKR_DEVICE_MEMORY", code, err)
+    assert.matches("key set 'f': writing its key states to the token", err, 1, true)
+    faults.set({})
+    clock.t = 1100
+    assert(engine:refresh("f"))
+    local states = states_of(engine, "f")
+    assert.equals("next", states.two.state)
+    assert.equals(1000, states.two.times.next)
+    assert.equals("one", signer(engine, "f"))
+    engine:close()
+  end)
+
+  it("refuses a state object the token reports as larger than its buffer, by name", function()
+    local clock = { t = 1000 }
+    local engine = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
+      startup = false, now = function() return clock.t end, store = { cache_ttl = 0 } }))
+    assert(engine:generate("g", "ES256", { kid = "one" }))
+    assert.equals("one", signer(engine, "g"))
+    faults.set({ lengths = "C_GetAttributeValue:CKA_VALUE=buffer+1" })
+    local changes, err, code = engine:retire("g", "one")
+    assert.is_nil(changes)
+    assert.equals("ERR_TOKEN_LENGTH", code, err)
+    assert.matches("CKA_VALUE is larger than 65536 bytes", err, 1, true)
+    faults.set({})
+    engine:close()
+  end)
+end)
