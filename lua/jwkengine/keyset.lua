@@ -116,8 +116,12 @@ function M.sign(entry, set, payload, options, where)
   if options then kid, alg, typ = options.kid, options.alg, options.typ end
   local key, err, code = M.signing_key(entry, set, kid, where)
   if not key then return nil, err, code end
-  alg, err, code = key_rules.signing_alg(key.alg, alg, key.kid)
-  if not alg then return nil, err, code end
+  if alg == nil then
+    alg = key.alg -- the common case, without a call
+  else
+    alg, err, code = key_rules.signing_alg(key.alg, alg, key.kid)
+    if not alg then return nil, err, code end
+  end
   -- headers[key][alg][typ]: nested tables, no string building per call
   local by_key = entry.headers[key]
   if not by_key then by_key = {}; entry.headers[key] = by_key end
