@@ -70,11 +70,82 @@ static CK_RV read_data(jwke_p11_token *token, CK_SESSION_HANDLE session, CK_OBJE
     return CKR_OK;
 }
 
+/* What each_data shows a visitor: one object, its label and value read
+ * into each_data's own buffers (valid during the call only). */
+typedef CK_RV (*data_visit)(void *ctx, jwke_p11_token *token, CK_SESSION_HANDLE session,
+                            CK_OBJECT_HANDLE handle, const char *label, size_t label_len,
+                            const unsigned char *value, size_t value_len, const char **function,
+                            jwke_error *err);
+
+/* Visits every data object the search finds on `session`; one destroyed
+ * since the search (a writer superseded it) is skipped. A visit that
+ * answers other than CKR_OK ends the walk with that answer. */
+static CK_RV each_data(jwke_p11_token *token, CK_SESSION_HANDLE session, const data_search *search,
+                       data_visit visit, void *ctx, const char **function, jwke_error *err)
+{
+    CK_OBJECT_HANDLE *handles = NULL;
+    size_t n = 0;
+    CK_RV rv = find_data(token, session, search, &handles, &n, function, err);
+    if (rv != CKR_OK)
+        return rv;
+    char label[JWKE_DATA_LABEL_MAX];
+    unsigned char *value = malloc(JWKE_DATA_VALUE_MAX);
+    if (!value) {
+        free(handles);
+        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading data objects");
+        return JWKE_OP_FAILED;
+    }
+    for (size_t i = 0; i < n && rv == CKR_OK; i++) {
+        size_t label_len, value_len;
+        *function = "C_GetAttributeValue";
+        rv = read_data(token, session, handles[i], label, &label_len, value, &value_len, err);
+        if (rv == CKR_OBJECT_HANDLE_INVALID) {
+            rv = CKR_OK;
+            continue;
+        }
+        if (rv == CKR_OK)
+            rv = visit(ctx, token, session, handles[i], label, label_len, value, value_len,
+                       function, err);
+    }
+    free(value);
+    free(handles);
+    return rv;
+}
+
 typedef struct find_context {
     data_search search;
     jwke_p11_data *found;
     size_t count;
 } find_context;
+
+/* Keeps a copy of one object. */
+static CK_RV keep_data(void *ctx, jwke_p11_token *token, CK_SESSION_HANDLE session,
+                       CK_OBJECT_HANDLE handle, const char *label, size_t label_len,
+                       const unsigned char *value, size_t value_len, const char **function,
+                       jwke_error *err)
+{
+    (void)token, (void)session, (void)handle, (void)function;
+    find_context *c = ctx;
+    jwke_p11_data *grown = realloc(c->found, (c->count + 1) * sizeof *grown);
+    if (grown)
+        c->found = grown;
+    jwke_p11_data *d = grown ? &c->found[c->count] : NULL;
+    char *label_copy = d ? malloc(label_len + 1) : NULL;
+    unsigned char *value_copy = d ? malloc(value_len ? value_len : 1) : NULL;
+    if (!label_copy || !value_copy) {
+        free(label_copy);
+        free(value_copy);
+        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading data objects");
+        return JWKE_OP_FAILED;
+    }
+    memcpy(label_copy, label, label_len);
+    label_copy[label_len] = '\0';
+    memcpy(value_copy, value, value_len);
+    *d = (jwke_p11_data){.label = label_copy, .label_len = label_len, .value = value_copy,
+                         .value_len = value_len};
+    c->count++;
+    return CKR_OK;
+}
 
 static CK_RV find_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
                      const char **function, jwke_error *err)
@@ -83,52 +154,7 @@ static CK_RV find_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
     jwke_p11_data_free(c->found, c->count); /* from a failed first attempt */
     c->found = NULL;
     c->count = 0;
-    CK_OBJECT_HANDLE *handles = NULL;
-    size_t n = 0;
-    CK_RV rv = find_data(token, session, &c->search, &handles, &n, function, err);
-    if (rv != CKR_OK)
-        return rv;
-    char label[JWKE_DATA_LABEL_MAX];
-    unsigned char *value = malloc(JWKE_DATA_VALUE_MAX);
-    c->found = calloc(n + 1, sizeof *c->found);
-    if (!value || !c->found) {
-        free(value);
-        free(handles);
-        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading data objects");
-        return JWKE_OP_FAILED;
-    }
-    *function = "C_GetAttributeValue";
-    for (size_t i = 0; i < n && rv == CKR_OK; i++) {
-        size_t label_len, value_len;
-        rv = read_data(token, session, handles[i], label, &label_len, value, &value_len, err);
-        if (rv == CKR_OBJECT_HANDLE_INVALID) {
-            rv = CKR_OK; /* destroyed since the search: a writer superseded it */
-            continue;
-        }
-        if (rv != CKR_OK)
-            break;
-        jwke_p11_data *d = &c->found[c->count];
-        d->label = malloc(label_len + 1);
-        d->value = malloc(value_len ? value_len : 1);
-        if (!d->label || !d->value) {
-            free(d->label);
-            free(d->value);
-            d->label = NULL;
-            d->value = NULL;
-            jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading data objects");
-            rv = JWKE_OP_FAILED;
-            break;
-        }
-        memcpy(d->label, label, label_len);
-        d->label[label_len] = '\0';
-        d->label_len = label_len;
-        memcpy(d->value, value, value_len);
-        d->value_len = value_len;
-        c->count++;
-    }
-    free(value);
-    free(handles);
-    return rv;
+    return each_data(token, session, &c->search, keep_data, c, function, err);
 }
 
 int jwke_p11_data_find(jwke_p11_token *token, const char *application, const char *label,
@@ -192,44 +218,32 @@ typedef struct destroy_context {
     size_t destroyed;
 } destroy_context;
 
+/* Destroys one object holding exactly the value asked for. */
+static CK_RV destroy_matching(void *ctx, jwke_p11_token *token, CK_SESSION_HANDLE session,
+                              CK_OBJECT_HANDLE handle, const char *label, size_t label_len,
+                              const unsigned char *value, size_t value_len, const char **function,
+                              jwke_error *err)
+{
+    (void)label, (void)label_len, (void)err;
+    destroy_context *c = ctx;
+    if (value_len != c->value_len || memcmp(value, c->value, value_len) != 0)
+        return CKR_OK;
+    *function = "C_DestroyObject";
+    CK_RV rv = jwke_p11_token_functions(token)->C_DestroyObject(session, handle);
+    if (rv == CKR_OBJECT_HANDLE_INVALID)
+        return CKR_OK; /* another process destroyed it first */
+    if (rv == CKR_OK)
+        c->destroyed++;
+    return rv;
+}
+
 /* A retry after a recoverable failure searches again and finds only what
  * is left, so `destroyed` adds up across attempts. */
 static CK_RV destroy_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
                         const char **function, jwke_error *err)
 {
     destroy_context *c = ctx;
-    CK_OBJECT_HANDLE *handles = NULL;
-    size_t n = 0;
-    CK_RV rv = find_data(token, session, &c->search, &handles, &n, function, err);
-    if (rv != CKR_OK)
-        return rv;
-    char label[JWKE_DATA_LABEL_MAX];
-    unsigned char *value = malloc(JWKE_DATA_VALUE_MAX);
-    if (!value) {
-        free(handles);
-        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading data objects");
-        return JWKE_OP_FAILED;
-    }
-    for (size_t i = 0; i < n && rv == CKR_OK; i++) {
-        size_t label_len, value_len;
-        *function = "C_GetAttributeValue";
-        rv = read_data(token, session, handles[i], label, &label_len, value, &value_len, err);
-        if (rv == CKR_OBJECT_HANDLE_INVALID) {
-            rv = CKR_OK; /* already gone */
-            continue;
-        }
-        if (rv != CKR_OK || value_len != c->value_len || memcmp(value, c->value, value_len) != 0)
-            continue;
-        *function = "C_DestroyObject";
-        rv = jwke_p11_token_functions(token)->C_DestroyObject(session, handles[i]);
-        if (rv == CKR_OBJECT_HANDLE_INVALID)
-            rv = CKR_OK; /* another process destroyed it first */
-        else if (rv == CKR_OK)
-            c->destroyed++;
-    }
-    free(value);
-    free(handles);
-    return rv;
+    return each_data(token, session, &c->search, destroy_matching, c, function, err);
 }
 
 int jwke_p11_data_destroy(jwke_p11_token *token, const char *application, const char *label,
