@@ -161,6 +161,30 @@ local function claimed_next(records, evaluation, policy, now)
   end
 end
 
+-- A claimed key is published only once it exists, so its prepublish time
+-- runs from then, not from the claim: generating can take seconds (RSA on
+-- a network HSM), and a client that cached the JWK Set meanwhile has not
+-- seen the key. Records the key's next time again, now that it exists.
+local function next_from_now(engine, set, kid)
+  return update(engine, set, function(records, _, now)
+    if not records[kid] or records[kid].state ~= "next" then return NOTHING end
+    local out = {}
+    for k, r in pairs(records) do out[k] = r end
+    record(out, kid, "next", now)
+    return out
+  end)
+end
+
+-- Generates a key claimed in the records, then starts its prepublish time.
+local function generate_claimed(engine, manager, set, alg, kid)
+  local jwk, err, code = manager:generate(set, alg, { kid = kid })
+  if not jwk then return nil, string.format("key set '%s': generating the next key: %s", set, err), code end
+  local ok
+  ok, err, code = next_from_now(engine, set, kid)
+  if not ok then return nil, string.format("key set '%s': recording the next key: %s", set, err), code end
+  return true
+end
+
 -- One set's schedule: record what the rule says happened, claim and make a
 -- next key when the period says so, destroy what destroy_after says.
 local function maintain_set(engine, set)
@@ -178,8 +202,8 @@ local function maintain_set(engine, set)
   end)
   if not changes then return nil, plan, manager end
   if plan and plan.kid then
-    local jwk, err, code = manager:generate(set, plan.alg, { kid = plan.kid })
-    if not jwk then return nil, string.format("key set '%s': generating the next key: %s", set, err), code end
+    local ok, err, code = generate_claimed(engine, manager, set, plan.alg, plan.kid)
+    if not ok then return nil, err, code end
   end
   for _, kid in ipairs(plan and plan.destroy or {}) do
     local ok, err, code = manager:delete(set, kid)
@@ -241,8 +265,8 @@ local function rotate_next(self, set, alg)
     return out, { alg = new_key_alg(self, set, entry, alg) }
   end)
   if not changes then return nil, plan, manager end
-  local jwk, err, code = manager:generate(set, plan.alg, { kid = kid })
-  if not jwk then return nil, string.format("key set '%s': generating the next key: %s", set, err), code end
+  local ok, err, code = generate_claimed(self, manager, set, plan.alg, kid)
+  if not ok then return nil, err, code end
   return changes
 end
 
