@@ -85,6 +85,26 @@ local function pair_ids(token, set)
   return ids
 end
 
+-- Waits until every worker publishes a key: right after startup a worker
+-- may still serve the set without the key another worker generated, and
+-- the specs are about rotation, not startup.
+local function wait_published(server)
+  local list = {}
+  for i = 1, 16 do list[i] = { path = "/.well-known/jwks.json" } end
+  local deadline = os.time() + 30
+  while true do
+    local workers, count, empty = {}, 0, false
+    for _, r in ipairs(server:requests(list)) do
+      if r.status ~= 200 or #cjson.decode(r.body).keys == 0 then empty = true end
+      if not workers[r.headers["x-jwke-worker"]] then count = count + 1 end
+      workers[r.headers["x-jwke-worker"]] = true
+    end
+    if not empty and count == server.workers then return end
+    assert(os.time() < deadline, "not every worker publishes a key:\n" .. server:log())
+    nginx.sleep(0.2)
+  end
+end
+
 local function failures(tokens)
   local failed = {}
   for _, t in ipairs(tokens) do
@@ -114,6 +134,7 @@ describe("nginx over an HSM: an operator's pkcs11-tool pair rotates in with no f
     token = softhsm.new_token("nginx-seed")
     server = new_server(token, SEED, nil, 4)
     server:start(60)
+    wait_published(server)
   end)
 
   teardown(function()
@@ -183,6 +204,7 @@ describe("nginx over an HSM: two instances running the key schedule on one token
       servers[i] = new_server(token, TWIN, PERIOD, 2,
         { HSM_LIBRARY = faults.MODULE, JWKE_FAULT_LATENCY_US = "C_GenerateKeyPair:" .. GENERATION_US })
       servers[i]:start(60)
+      wait_published(servers[i])
     end
   end)
 
