@@ -34,25 +34,13 @@ local CONFIG_TAIL = table.concat({
 }, "\n")
 
 local function render(opts)
-  local text = nginx.render_config(opts)
-  text = nginx.replace_once(text, "max_age = 300,", "max_age = " .. MAX_AGE .. ",")
-  text = nginx.replace_once(text, 'set = "hydra.jwt.access-token",  --', 'set = "' .. SCHEDULED .. '",  --')
-  text = nginx.replace_once(text, "lifetime = 300,", "lifetime = " .. LIFETIME .. ",")
-  text = nginx.replace_once(text, '-- thread_pool = "jwkengine",',
-    'schedule_interval = 1,\n            -- thread_pool = "jwkengine",')
+  local text = nginx.render_rotation(opts, { max_age = MAX_AGE, set = SCHEDULED, lifetime = LIFETIME })
   return nginx.replace_once(text, "        location = /token {", [[
         location = /token-emergency {
             content_by_lua_block { require("jwkengine.nginx").serve_token({ set = "]] .. EMERGENCY .. [[" }) }
         }
 
         location = /token {]])
-end
-
-local function contains(list, value)
-  for _, v in ipairs(list) do
-    if v == value then return true end
-  end
-  return false
 end
 
 -- The kid in a compact JWS's protected header.
@@ -120,8 +108,8 @@ describe("nginx: publication follows the key schedule", function()
         for _, kid in ipairs(kids) do
           if p.sent > first[kid] and p.received < last[kid] then
             checked = checked + 1
-            assert.is_true(contains(p.kids, kid), string.format("worker %s did not publish %s while it signed: %s",
-              p.worker, kid, cjson.encode(p)))
+            assert.is_true(nginx.contains(p.kids, kid), string.format(
+              "worker %s did not publish %s while it signed: %s", p.worker, kid, cjson.encode(p)))
           end
         end
       end
@@ -185,10 +173,10 @@ describe("nginx: publication follows the key schedule", function()
           for _, p in ipairs(probes) do
             if p.sent > previous + TIMER_SLACK and p.received < gone_at then
               during = during + 1
-              assert.is_true(contains(p.kids, kid), "previous key " .. kid .. " missing before retain ran out")
+              assert.is_true(nginx.contains(p.kids, kid), "previous key " .. kid .. " missing before retain ran out")
             elseif p.sent > gone_at + REFRESH + TIMER_SLACK then
               after = after + 1
-              assert.is_false(contains(p.kids, kid), "previous key " .. kid .. " still published after retain")
+              assert.is_false(nginx.contains(p.kids, kid), "previous key " .. kid .. " still published after retain")
             end
           end
           if during > 0 and after > 0 then retired_checked = retired_checked + 1 end
@@ -236,6 +224,6 @@ describe("nginx: publication follows the key schedule", function()
 
     local after = server:client({ "verify", server.port }, cjson.encode({ old.body }))
     assert.is_false(after.results[1].ok, "a token of the retired key still verifies: " .. cjson.encode(after))
-    assert.is_false(contains(after.kids, old_kid))
+    assert.is_false(nginx.contains(after.kids, old_kid))
   end)
 end)

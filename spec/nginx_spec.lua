@@ -18,10 +18,10 @@ local PKCS11_ERRORS = { "CKR_", "PKCS#11" }
 
 -- Objects of one class on the token, counted by label.
 local function count_objects(token, class)
-  local out, ok = softhsm.pkcs11_tool(token, "--login --list-objects --type " .. class)
-  assert(ok, out)
   local counts = {}
-  for label in out:gmatch("label:%s*([^\n]-)%s*\n") do counts[label] = (counts[label] or 0) + 1 end
+  for _, object in ipairs(softhsm.objects(token, class)) do
+    counts[object.label] = (counts[object.label] or 0) + 1
+  end
   return counts
 end
 

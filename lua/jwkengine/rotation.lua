@@ -161,6 +161,42 @@ local function claimed_next(records, evaluation, policy, now)
   end
 end
 
+-- A claimed key is published only once it exists, so its prepublish time
+-- runs from then, not from the claim: generating can take seconds (RSA on
+-- a network HSM), and a client that cached the JWK Set meanwhile has not
+-- seen the key. Records the key's next time again, now that it exists:
+-- on the records alone (loading the set at this moment could meet a pair
+-- another process is still making).
+local function next_from_now(manager, set, kid)
+  local states = manager.states
+  for _ = 1, 8 do
+    local state, err, code = states.backend:read(set)
+    if not state then return nil, err, code end
+    if not state.records[kid] or state.records[kid].state ~= "next" then return true end
+    local records = {}
+    for k, r in pairs(state.records) do records[k] = r end
+    record(records, kid, "next", states.now())
+    local won
+    won, err, code = states.backend:write(set, state.version, records)
+    if won then
+      forget(manager, set)
+      return true
+    end
+    if won == nil then return nil, err, code end
+  end
+  return util.fail("ERR_STORE", "key set '%s': the key states kept changing under this write: try again", set)
+end
+
+-- Generates a key claimed in the records, then starts its prepublish time.
+local function generate_claimed(manager, set, alg, kid)
+  local jwk, err, code = manager:generate(set, alg, { kid = kid })
+  if not jwk then return nil, string.format("key set '%s': generating the next key: %s", set, err), code end
+  local ok
+  ok, err, code = next_from_now(manager, set, kid)
+  if not ok then return nil, string.format("key set '%s': recording the next key: %s", set, err), code end
+  return true
+end
+
 -- One set's schedule: record what the rule says happened, claim and make a
 -- next key when the period says so, destroy what destroy_after says.
 local function maintain_set(engine, set)
@@ -178,8 +214,8 @@ local function maintain_set(engine, set)
   end)
   if not changes then return nil, plan, manager end
   if plan and plan.kid then
-    local jwk, err, code = manager:generate(set, plan.alg, { kid = plan.kid })
-    if not jwk then return nil, string.format("key set '%s': generating the next key: %s", set, err), code end
+    local ok, err, code = generate_claimed(manager, set, plan.alg, plan.kid)
+    if not ok then return nil, err, code end
   end
   for _, kid in ipairs(plan and plan.destroy or {}) do
     local ok, err, code = manager:delete(set, kid)
@@ -241,8 +277,8 @@ local function rotate_next(self, set, alg)
     return out, { alg = new_key_alg(self, set, entry, alg) }
   end)
   if not changes then return nil, plan, manager end
-  local jwk, err, code = manager:generate(set, plan.alg, { kid = kid })
-  if not jwk then return nil, string.format("key set '%s': generating the next key: %s", set, err), code end
+  local ok, err, code = generate_claimed(manager, set, plan.alg, kid)
+  if not ok then return nil, err, code end
   return changes
 end
 

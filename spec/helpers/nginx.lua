@@ -98,6 +98,26 @@ function M.render_config(opts)
   return text
 end
 
+-- The example configuration for the rotation specs (opts as
+-- render_config's): short publication settings (rotation.max_age), POST
+-- /token signing with rotation.set for rotation.lifetime seconds, and the
+-- key schedule run every second.
+function M.render_rotation(opts, rotation)
+  local text = M.render_config(opts)
+  text = replace_once(text, "max_age = 300,", "max_age = " .. rotation.max_age .. ",")
+  text = replace_once(text, 'set = "hydra.jwt.access-token",  --', 'set = "' .. rotation.set .. '",  --')
+  text = replace_once(text, "lifetime = 300,", "lifetime = " .. rotation.lifetime .. ",")
+  return replace_once(text, '-- thread_pool = "jwkengine",',
+    'schedule_interval = 1,\n            -- thread_pool = "jwkengine",')
+end
+
+function M.contains(list, value)
+  for _, v in ipairs(list) do
+    if v == value then return true end
+  end
+  return false
+end
+
 local Server = {}
 Server.__index = Server
 
@@ -286,9 +306,11 @@ function Server:log()
   return read_file(self.error_log) or ""
 end
 
--- Runs spec/nginx/client.py with args (a list); stdin text optional.
--- Returns its decoded JSON output.
-function Server:client(args, stdin)
+-- Starts spec/nginx/client.py with args (a list; stdin text optional) and
+-- returns at once, so the spec can act while the client runs; the
+-- returned function waits for the client and returns its decoded JSON
+-- output.
+function Server:client_start(args, stdin)
   local parts = { M.PYTHON, M.CLIENT }
   for _, a in ipairs(args) do parts[#parts + 1] = q(tostring(a)) end
   local command = table.concat(parts, " ")
@@ -299,11 +321,19 @@ function Server:client(args, stdin)
     command = command .. " < " .. q(input_path)
   end
   local pipe = assert(io.popen(command))
-  local out = pipe:read("*a")
-  local ok = pipe:close()
-  if input_path then os.remove(input_path) end
-  assert(ok, "client.py failed: " .. out)
-  return cjson.decode(out)
+  return function()
+    local out = pipe:read("*a")
+    local ok = pipe:close()
+    if input_path then os.remove(input_path) end
+    assert(ok, "client.py failed: " .. out)
+    return cjson.decode(out)
+  end
+end
+
+-- Runs spec/nginx/client.py with args (a list); stdin text optional.
+-- Returns its decoded JSON output.
+function Server:client(args, stdin)
+  return self:client_start(args, stdin)()
 end
 
 -- One request per entry ({ method, path, headers, body }); returns

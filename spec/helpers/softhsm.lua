@@ -59,6 +59,25 @@ function M.pkcs11_tool(token, args)
     shell_quote(M.LIBRARY), shell_quote(token.label), token.pin, args))
 end
 
+-- The objects of one class (privkey, pubkey, data, ...) on a token, as
+-- pkcs11-tool lists them after a login: { label, id (hex) } each.
+function M.objects(token, class)
+  local out, ok = M.pkcs11_tool(token, "--login --list-objects --type " .. class)
+  assert(ok, out)
+  local objects = {}
+  for line in out:gmatch("[^\n]+") do
+    if line:find("Object;", 1, true) or line:find("^Data object") then
+      objects[#objects + 1] = {}
+    elseif #objects > 0 then
+      local name, value = line:match("^%s+(%a+):%s*(.-)%s*$")
+      -- data objects' labels are quoted
+      if name == "label" then objects[#objects].label = value:match("^'(.*)'$") or value end
+      if name == "ID" then objects[#objects].id = value end
+    end
+  end
+  return objects
+end
+
 -- The environment table an engine is opened with (instead of os.getenv).
 function M.environment(token, extra)
   local env = {
