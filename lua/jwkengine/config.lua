@@ -64,6 +64,7 @@ local hsm_schema = {
   token_serial = "string",
   token_manufacturer = "string",
   token_model = "string",
+  init_args = "string",
 }
 
 -- Environment variable -> hsm key.
@@ -79,6 +80,7 @@ local hsm_environment = {
   HSM_MAX_SESSIONS = "max_sessions",
   HSM_URI = "uri",
   HSM_TOKEN_SERIAL = "token_serial",
+  HSM_INIT_ARGS = "init_args",
 }
 
 -- The other variables load reads.

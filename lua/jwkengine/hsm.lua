@@ -36,7 +36,9 @@ function M.open(hsm_config, options)
   -- One module object for listing and opening: the module is loaded and
   -- initialized once per open (the token keeps it after `module` goes).
   local module
-  module, err, code = core.load_module(hsm_config.library)
+  -- init_args: CK_C_INITIALIZE_ARGS.pReserved, for modules that need it
+  -- (NSS softokn's configdir=...), as p11-kit's x-init-reserved
+  module, err, code = core.load_module(hsm_config.library, hsm_config.init_args)
   if not module then return nil, err, code end
   local list
   list, err, code = module:slots()
