@@ -602,9 +602,13 @@ static int parse_rule(const char *p, const char *end, fm_rule *r, char *err, siz
     return 0;
 }
 
-/* Appends the rules of a ';'/newline separated list to cfg. */
-static int parse_faults(const char *spec, size_t speclen, fm_config *cfg, char *err,
-                        size_t errlen, const char *where)
+/* Adds one item (a..b, trimmed, not empty) of a setting's list to cfg. */
+typedef int (*fm_add_item)(const char *a, const char *b, fm_config *cfg, char *err, size_t errlen,
+                           const char *where);
+
+/* Calls add for each item of a ';'/newline separated list. */
+static int parse_list(const char *spec, size_t speclen, fm_add_item add, fm_config *cfg, char *err,
+                      size_t errlen, const char *where)
 {
     const char *p = spec, *end = spec + speclen;
     while (p < end) {
@@ -612,20 +616,26 @@ static int parse_faults(const char *spec, size_t speclen, fm_config *cfg, char *
         while (item_end < end && *item_end != ';' && *item_end != '\n')
             item_end++;
         const char *a = skip_space(p, item_end), *b = trim_end(a, item_end);
-        if (a < b) {
-            fm_rule r;
-            if (parse_rule(a, b, &r, err, errlen, where) != 0)
-                return -1;
-            fm_rule *grown = realloc(cfg->rules, (cfg->nrules + 1) * sizeof *grown);
-            if (!grown) {
-                set_err(err, errlen, "%s: out of memory", where);
-                return -1;
-            }
-            cfg->rules = grown;
-            cfg->rules[cfg->nrules++] = r;
-        }
+        if (a < b && add(a, b, cfg, err, errlen, where) != 0)
+            return -1;
         p = item_end < end ? item_end + 1 : end;
     }
+    return 0;
+}
+
+static int add_rule(const char *a, const char *b, fm_config *cfg, char *err, size_t errlen,
+                    const char *where)
+{
+    fm_rule r;
+    if (parse_rule(a, b, &r, err, errlen, where) != 0)
+        return -1;
+    fm_rule *grown = realloc(cfg->rules, (cfg->nrules + 1) * sizeof *grown);
+    if (!grown) {
+        set_err(err, errlen, "%s: out of memory", where);
+        return -1;
+    }
+    cfg->rules = grown;
+    cfg->rules[cfg->nrules++] = r;
     return 0;
 }
 
@@ -808,30 +818,19 @@ static int parse_length(const char *p, const char *end, fm_length *l, char *err,
     return 0;
 }
 
-/* Appends the items of a ';'/newline separated list to cfg->lengths. */
-static int parse_lengths(const char *spec, size_t speclen, fm_config *cfg, char *err,
-                         size_t errlen, const char *where)
+static int add_length(const char *a, const char *b, fm_config *cfg, char *err, size_t errlen,
+                      const char *where)
 {
-    const char *p = spec, *end = spec + speclen;
-    while (p < end) {
-        const char *item_end = p;
-        while (item_end < end && *item_end != ';' && *item_end != '\n')
-            item_end++;
-        const char *a = skip_space(p, item_end), *b = trim_end(a, item_end);
-        if (a < b) {
-            fm_length l;
-            if (parse_length(a, b, &l, err, errlen, where) != 0)
-                return -1;
-            fm_length *grown = realloc(cfg->lengths, (cfg->nlengths + 1) * sizeof *grown);
-            if (!grown) {
-                set_err(err, errlen, "%s: out of memory", where);
-                return -1;
-            }
-            cfg->lengths = grown;
-            cfg->lengths[cfg->nlengths++] = l;
-        }
-        p = item_end < end ? item_end + 1 : end;
+    fm_length l;
+    if (parse_length(a, b, &l, err, errlen, where) != 0)
+        return -1;
+    fm_length *grown = realloc(cfg->lengths, (cfg->nlengths + 1) * sizeof *grown);
+    if (!grown) {
+        set_err(err, errlen, "%s: out of memory", where);
+        return -1;
     }
+    cfg->lengths = grown;
+    cfg->lengths[cfg->nlengths++] = l;
     return 0;
 }
 
@@ -884,7 +883,7 @@ static int apply_setting(fm_config *cfg, int key, const char *v, size_t n, char 
     uint64_t u;
     switch (key) {
     case KEY_FAULTS:
-        return parse_faults(v, n, cfg, err, errlen, where);
+        return parse_list(v, n, add_rule, cfg, err, errlen, where);
     case KEY_LATENCY:
         return parse_latency(v, n, cfg, err, errlen, where);
     case KEY_REMOVED:
@@ -912,7 +911,7 @@ static int apply_setting(fm_config *cfg, int key, const char *v, size_t n, char 
         cfg->max_sessions = (unsigned long)u;
         return 0;
     case KEY_LENGTHS:
-        return parse_lengths(v, n, cfg, err, errlen, where);
+        return parse_list(v, n, add_length, cfg, err, errlen, where);
     case KEY_TOKEN_FLAGS:
         if (parse_token_flags(v, n, &cfg->token_flags) != 0) {
             set_err(err, errlen, "%s: expected CKF_USER_PIN_* names separated by commas, got '%.*s'",

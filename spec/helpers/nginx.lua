@@ -111,12 +111,7 @@ function M.render_rotation(opts, rotation)
     'schedule_interval = 1,\n            -- thread_pool = "jwkengine",')
 end
 
-function M.contains(list, value)
-  for _, v in ipairs(list) do
-    if v == value then return true end
-  end
-  return false
-end
+M.contains = require("jwkengine.util").contains
 
 local Server = {}
 Server.__index = Server
