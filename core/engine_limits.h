@@ -37,4 +37,10 @@
 #define JWKE_POOL_SESSION_WAIT_MS 5000
 #define JWKE_POOL_REINIT_INTERVAL_MS 1000
 
+/* The largest X.509 certificate (DER) read from a token or a store or
+ * made by `keys cert`: a certificate is a few KB (an RSA 16384 key and
+ * its signature are 4 KB together); a token reporting more is refused by
+ * name, never trusted. */
+#define JWKE_CERTIFICATE_MAX_LEN (16 * 1024)
+
 #endif

@@ -34,9 +34,8 @@ static int init_context(EVP_MD_CTX *md_ctx, EVP_PKEY *pkey, const jwke_alg *alg,
     return 1;
 }
 
-/* Raw R || S (JWS) to the DER ECDSA-Sig-Value OpenSSL verifies. */
-static int ecdsa_raw_to_der(const unsigned char *raw, size_t half, unsigned char **der,
-                            int *der_len)
+int jwke_ecdsa_raw_to_der(const unsigned char *raw, size_t half, unsigned char **der,
+                          int *der_len)
 {
     ECDSA_SIG *sig = ECDSA_SIG_new();
     BIGNUM *r = BN_bin2bn(raw, (int)half, NULL);
@@ -85,7 +84,7 @@ int jwke_evp_verify(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *in
     unsigned char *der = NULL;
     int der_len = 0;
     if (alg->scheme == JWKE_SCHEME_ECDSA) {
-        if (!ecdsa_raw_to_der(sig, alg->coordinate_size, &der, &der_len)) {
+        if (!jwke_ecdsa_raw_to_der(sig, alg->coordinate_size, &der, &der_len)) {
             jwke_fail_openssl(err, "cannot decode ECDSA signature");
             return -1;
         }

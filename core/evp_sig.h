@@ -24,6 +24,11 @@ int jwke_evp_verify(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *in
 int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *input,
                   size_t input_len, unsigned char *sig, size_t *sig_len, jwke_error *err);
 
+/* Raw R || S (JWS, `half` bytes each) to the DER ECDSA-Sig-Value that
+ * OpenSSL and X.509 use; *der is OpenSSL's (OPENSSL_free). 1 on success. */
+int jwke_ecdsa_raw_to_der(const unsigned char *raw, size_t half, unsigned char **der,
+                          int *der_len);
+
 /* The digest of an algorithm, looked up once. */
 const EVP_MD *jwke_alg_md(const jwke_alg *alg);
 

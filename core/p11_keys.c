@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ec_der.h"
+#include "p11_cert.h"
 #include "p11_map.h"
 
 CK_RV jwke_p11_find(jwke_p11_token *t, CK_SESSION_HANDLE session, CK_ATTRIBUTE *template,
@@ -121,6 +122,11 @@ int jwke_p11_load_set(jwke_p11_token *token, const char *label, size_t label_len
         }
     }
     jwke_p11_objects_free(c.objects);
+    if (result == 0 && *count > 0 &&
+        jwke_p11_attach_certificates(token, label, label_len, id, id_len, *keys, *count, err) != 0) {
+        jwke_p11_keys_free(*keys, *count);
+        return -1;
+    }
     return result;
 }
 

@@ -27,6 +27,9 @@ typedef struct jwke_p11_key {
     enum jwke_key_use use;
     int bits;                          /* RSA modulus size */
     EVP_PKEY *public_key;              /* built from the public half */
+    unsigned char *certificate;        /* DER of the pair's X.509 certificate (p11_cert.h), or NULL */
+    size_t certificate_len;
+    jwke_error *certificate_problem;   /* why a certificate beside the pair is not used, or NULL */
 } jwke_p11_key;
 
 /* Every object matching the template, on the given session (inside a

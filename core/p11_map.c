@@ -147,8 +147,7 @@ CK_RV jwke_p11_object_check(jwke_p11_objects *objects, size_t i, CK_RV rv, jwke_
     return CKR_OK;
 }
 
-/* A kid for messages: as-is when printable, else hex. */
-static const char *printable_kid(const unsigned char *id, size_t len, char *buf, size_t size)
+const char *jwke_p11_printable_kid(const unsigned char *id, size_t len, char *buf, size_t size)
 {
     int printable = len > 0;
     for (size_t i = 0; i < len; i++)
@@ -262,6 +261,10 @@ void jwke_p11_key_clear(jwke_p11_key *key)
     key->public_key = NULL;
     free(key->label);
     key->label = NULL;
+    free(key->certificate);
+    key->certificate = NULL;
+    free(key->certificate_problem);
+    key->certificate_problem = NULL;
 }
 
 void jwke_p11_keys_free(jwke_p11_key *keys, size_t count)
@@ -305,7 +308,7 @@ int jwke_p11_map_objects(jwke_p11_objects *all, int min_rsa_bits, jwke_p11_key *
     while (i < n_priv || j < n_pub) {
         int c = i == n_priv ? 1 : j == n_pub ? -1 : compare_ids(privs[i], pubs[j]);
         object_attributes *half = c <= 0 ? privs[i] : pubs[j];
-        printable_kid(half->id, half->template[A_ID].ulValueLen, kid, sizeof kid);
+        jwke_p11_printable_kid(half->id, half->template[A_ID].ulValueLen, kid, sizeof kid);
         if (c != 0) {
             result = jwke_fail(err, "key '%s' has a %s half but no %s half with the same CKA_ID",
                                kid, c < 0 ? "private" : "public", c < 0 ? "public" : "private");

@@ -36,6 +36,10 @@ CK_RV jwke_p11_object_check(jwke_p11_objects *objects, size_t i, CK_RV rv, jwke_
 int jwke_p11_map_objects(jwke_p11_objects *objects, int min_rsa_bits, jwke_p11_key **keys,
                          size_t *count, jwke_error *err);
 
+/* A kid for messages: as-is when printable, else 0x and hex, cut to fit
+ * buf (2 * JWKE_MAX_ID_LEN + 3 bytes hold any). */
+const char *jwke_p11_printable_kid(const unsigned char *id, size_t len, char *buf, size_t size);
+
 void jwke_p11_key_clear(jwke_p11_key *key);
 void jwke_p11_keys_free(jwke_p11_key *keys, size_t count);
 

@@ -16,6 +16,8 @@ usage: jwkengine keys COMMAND ...    (from a checkout: build/jwkengine scripts/k
   delete SET [KID]                            delete one key, or the whole set
   sign SET [--typ TYP] [--kid KID]            sign stdin as the payload, print the compact JWS
   verify SET                                  verify a compact JWS from stdin, print its payload (as is)
+  cert SET KID --subject "CN=..." [--days N]  a self-signed X.509 certificate for an HSM key, signed on
+                                              the token and stored beside it; print its public JWK (x5c)
   import SET [--kid KID] [--alg ALG] [--use sig|enc]
                                               add a JWK or PEM from stdin to the software store
   rotate-secrets                              re-seal every software key with the first secret
@@ -112,6 +114,20 @@ function commands.verify(engine, args)
   if not payload then die(err) end
   io.write(payload) -- exactly its bytes: a payload is not always text
   io.stdout:flush()
+end
+
+function commands.cert(engine, args)
+  local p, o = parse(args, { subject = true, days = true })
+  if #p ~= 2 then usage_error("cert takes SET KID") end
+  if not o.subject then usage_error("cert needs --subject \"CN=...\"") end
+  local days = 365
+  if o.days then
+    days = o.days:match("^%d+$") and tonumber(o.days)
+    if not days then usage_error(string.format("option --days: '%s' is not a whole number of days", o.days)) end
+  end
+  local jwk, err = engine:certify(p[1], p[2], { subject = o.subject, days = days })
+  if not jwk then die(err) end
+  print(require("cjson").encode(jwk))
 end
 
 commands.import = function(engine, args)

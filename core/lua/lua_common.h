@@ -32,6 +32,10 @@ const jwke_alg *jwke_check_alg(lua_State *L, int arg);
 /* Pushes a table with the public JWK members of pkey (kty, n/e or crv/x/y). */
 int jwke_push_public_members(lua_State *L, const EVP_PKEY *pkey, jwke_error *err);
 
+/* Adds x5c (one certificate, standard base64) and x5t#S256 of an X.509
+ * certificate's DER to the JWK table on top of the stack. */
+void jwke_push_certificate_members(lua_State *L, const unsigned char *der, size_t len);
+
 /* Pushes a new public-key object sharing pkey (takes its own reference). */
 void jwke_push_public_key(lua_State *L, EVP_PKEY *pkey);
 

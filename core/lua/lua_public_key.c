@@ -3,6 +3,8 @@
  * their public half. */
 #include <string.h>
 
+#include <openssl/sha.h>
+
 #include "evp_sig.h"
 #include "lua_common.h"
 #include "lua_jwk.h"
@@ -101,6 +103,24 @@ int jwke_push_public_members(lua_State *L, const EVP_PKEY *pkey, jwke_error *err
     }
     jwke_public_members_clear(&m);
     return 0;
+}
+
+void jwke_push_certificate_members(lua_State *L, const unsigned char *der, size_t len)
+{
+    /* RFC 7517 4.7: x5c holds standard base64 (with padding), not
+     * base64url; 4.9: x5t#S256 is the base64url SHA-256 of the DER. */
+    luaL_Buffer b;
+    char *text = jwke_buffer_init(L, &b, 4 * ((len + 2) / 3) + 1);
+    int text_len = EVP_EncodeBlock((unsigned char *)text, der, (int)len);
+    jwke_buffer_push(L, &b, (size_t)text_len);
+    lua_createtable(L, 1, 0);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, 1);
+    lua_setfield(L, -2, "x5c");
+    unsigned char digest[32];
+    SHA256(der, len, digest);
+    jwke_push_b64url(L, digest, sizeof digest);
+    lua_setfield(L, -2, "x5t#S256");
 }
 
 /* public_key(jwk_table) -> key | nil, err. The public members are checked

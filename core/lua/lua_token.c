@@ -10,12 +10,14 @@
 
 #include "evp_sig.h"
 #include "lua_common.h"
+#include "p11_cert.h"
 #include "p11_data.h"
 #include "p11_keys.h"
 #include "p11_map.h"
 #include "p11_sign.h"
 #include "p11_token.h"
 #include "pkey.h"
+#include "x509_cert.h"
 
 typedef struct token_object {
     jwke_p11_token *token; /* NULL once closed */
@@ -180,6 +182,8 @@ static int l_load_set(lua_State *L)
         k->key = keys[i];
         keys[i].public_key = NULL; /* ownership moves to the Lua object */
         keys[i].label = NULL;
+        keys[i].certificate = NULL;
+        keys[i].certificate_problem = NULL;
         luaL_setmetatable(L, JWKE_HSM_KEY_CLASS);
         lua_newtable(L);
         lua_pushvalue(L, 1);
@@ -311,6 +315,23 @@ static int l_destroy_data(lua_State *L)
     return 1;
 }
 
+/* token:store_certificate(label, kid, der) -> true | nil, err: beside
+ * the pair, replacing its certificates (p11_cert.h) */
+static int l_store_certificate(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    size_t label_len, kid_len, der_len;
+    const char *label = luaL_checklstring(L, 2, &label_len);
+    const char *kid = luaL_checklstring(L, 3, &kid_len);
+    const char *der = luaL_checklstring(L, 4, &der_len);
+    jwke_error err;
+    if (jwke_p11_store_certificate(t->token, label, label_len, (const unsigned char *)kid,
+                                   kid_len, (const unsigned char *)der, der_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static int l_token_close(lua_State *L)
 {
     token_object *t = luaL_checkudata(L, 1, JWKE_TOKEN_CLASS);
@@ -392,6 +413,21 @@ static int l_key_public_jwk(lua_State *L)
     lua_setfield(L, -2, "use");
     lua_pushstring(L, k->key.alg->name);
     lua_setfield(L, -2, "alg");
+    if (k->key.certificate)
+        jwke_push_certificate_members(L, k->key.certificate, k->key.certificate_len);
+    return 1;
+}
+
+/* key:certificate() -> DER | nil (none beside the pair) | nil, err, code
+ * (one is there but is not published: ERR_CERTIFICATE_MISMATCH, ...) */
+static int l_key_certificate(lua_State *L)
+{
+    hsm_key_object *k = check_key(L);
+    if (k->key.certificate_problem)
+        return jwke_push_error(L, k->key.certificate_problem);
+    if (!k->key.certificate)
+        return 0;
+    lua_pushlstring(L, (const char *)k->key.certificate, k->key.certificate_len);
     return 1;
 }
 
@@ -450,6 +486,29 @@ static int l_key_sign(lua_State *L)
     return 1;
 }
 
+/* key:self_signed_certificate(subject, days) -> DER | nil, err, code: a
+ * certificate for the pair whose signature the token makes
+ * (x509_cert.h); nothing is stored. */
+static int l_key_self_signed_certificate(lua_State *L)
+{
+    const char *subject = luaL_checkstring(L, 2);
+    int days = (int)luaL_checkinteger(L, 3);
+    hsm_key_object *k = check_key(L);
+    hsm_signer s;
+    unsigned char *der;
+    size_t der_len, sig_max;
+    jwke_error err;
+    if (signing_setup(L, 4, &s, &sig_max, &err) != 0)
+        return jwke_push_error(L, &err);
+    s.alg = jwke_x509_signature_alg(k->key.public_key); /* fits: same kind and curve */
+    if (jwke_x509_self_signed(k->key.public_key, subject, days, hsm_sign, &s, &der, &der_len,
+                              &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, (const char *)der, der_len);
+    free(der);
+    return 1;
+}
+
 /* key:sign_compact(header_b64, payload [, alg]) -> compact JWS | nil, err */
 static int l_key_sign_compact(lua_State *L)
 {
@@ -481,6 +540,7 @@ static const luaL_Reg token_methods[] = {
     {"data_objects", l_data_objects},
     {"create_data", l_create_data},
     {"destroy_data", l_destroy_data},
+    {"store_certificate", l_store_certificate},
     {"close", l_token_close},
     {NULL, NULL},
 };
@@ -502,6 +562,8 @@ static const luaL_Reg key_methods[] = {
     {"fits", l_key_fits},
     {"sign", l_key_sign},
     {"sign_compact", l_key_sign_compact},
+    {"certificate", l_key_certificate},
+    {"self_signed_certificate", l_key_self_signed_certificate},
     {NULL, NULL},
 };
 

@@ -78,6 +78,7 @@ function Manager:lookup(method, set, ...)
 end
 
 function Manager:key_set(set) return self:lookup("key_set", set) end
+function Manager:certify(set, kid, options) return self:lookup("certify", set, kid, options) end
 function Manager:publication(set) return self:lookup("publication", set) end
 function Manager:key(set, kid) return self:lookup("key", set, kid) end
 function Manager:verification_keys(set) return self:lookup("verification_keys", set) end

@@ -121,6 +121,7 @@ function Manager:load(set, refresh)
     entry.keys[i] = { kid = object:kid(), alg = object:alg(), use = object:use(),
       private = object:is_private(), object = object, jwk = object:public_jwk() }
     self:warn_unprintable_kid(set, entry.keys[i].kid)
+    self:report_certificate(set, object)
   end
   keyset.prepare(entry, set, "HSM", "only")
   if self.states then key_states.attach(entry, set, "HSM", self.states) end
@@ -139,6 +140,38 @@ function Manager:warn_unprintable_kid(set, kid)
   self.log("warn", string.format("key set '%s': a kid is not printable ASCII (CKA_ID %s); it is "
     .. "published as these bytes: give the pair a printable CKA_ID", set,
     (kid:gsub(".", function(c) return string.format("%02x", c:byte()) end))))
+end
+
+-- A certificate beside a pair that cannot be published (its public key is
+-- another's, it is not X.509, ...) leaves the key signing without x5c: an
+-- operator would rather keep signing and be told, on every load.
+function Manager:report_certificate(set, object)
+  local _, problem, code = object:certificate()
+  if problem then
+    self.log("error", string.format("key set '%s': %s (%s); the key is published without x5c",
+      set, problem, code))
+  end
+end
+
+-- Makes a self-signed certificate for a pair, signed by the pair itself on
+-- the token, and stores it beside the pair (replacing one there), then
+-- returns the pair's public JWK, now with x5c.
+--   options.subject: "CN=..., O=..."; options.days: validity
+function Manager:certify(set, kid, options)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  local key = entry.by_kid[kid]
+  if not key then
+    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
+  end
+  local der
+  der, err, code = self:drain(key.object:self_signed_certificate(options.subject, options.days))
+  if der then
+    der, err, code = self:drain(self.token:store_certificate(self.prefix .. set, kid, der))
+  end
+  if not der then return nil, string.format("key set '%s': %s", set, err), code end
+  self:forget(set)
+  return self:key(set, kid)
 end
 
 function Manager:forget(set)

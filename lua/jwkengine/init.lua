@@ -266,6 +266,20 @@ Engine.import = checked_call("import", kid_in_options, "options.kid")
 -- Replaces an existing software key with the same kid.
 Engine.update = checked_call("update", kid_in_options, "options.kid")
 
+-- Makes a self-signed X.509 certificate for an HSM key, signed by the key
+-- itself on the token, and stores it beside the pair, so its public JWK
+-- carries x5c and x5t#S256. options.subject: "CN=..., O=..." (required);
+-- options.days: validity (default 365). Returns the public JWK.
+local certify = checked_call("certify", kid_argument, "kid", true)
+function Engine:certify(set, kid, options)
+  if type(options) ~= "table" or type(options.subject) ~= "string" then
+    error("options.subject must be a string (\"CN=...\")", 2)
+  end
+  local days = options.days or 365
+  if type(days) ~= "number" or days % 1 ~= 0 then error("options.days must be a whole number", 2) end
+  return certify(self, set, kid, { subject = options.subject, days = days })
+end
+
 -- Re-seals every software key with the first secret, in one transaction.
 function Engine:rotate_secrets()
   return keys_of[self]:rotate_secrets()

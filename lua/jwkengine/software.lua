@@ -229,6 +229,14 @@ function Manager:update(set, input, options)
 end
 
 -- Forgets the cached set: the next use reads the store again.
+-- Certificates (x5c) are made and kept for HSM keys only (hsm.lua).
+function Manager:certify(set)
+  local entry, err, code = self:load(set)
+  if not entry then return nil, err, code end
+  return util.fail("ERR_CERTIFICATE_INVALID", "key set '%s' is in the software store: "
+    .. "certificates are made for HSM keys only", set)
+end
+
 function Manager:forget(set)
   self.sets[set] = nil
 end

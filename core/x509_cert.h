@@ -1,0 +1,43 @@
+/* X.509 certificates next to keys (x5c): checking that a certificate
+ * belongs to a key, and making a self-signed one whose signature any
+ * signer makes (an HSM key signs its own certificate: the private key never
+ * leaves the token). OpenSSL only; no PKCS#11 here (p11_cert.c). */
+#ifndef JWKE_X509_CERT_H
+#define JWKE_X509_CERT_H
+
+#include <stddef.h>
+#include <openssl/evp.h>
+
+#include "alg.h"
+#include "error.h"
+#include "jws.h" /* jwke_sign_fn */
+
+#define JWKE_ERR_CERTIFICATE_INVALID "ERR_CERTIFICATE_INVALID"
+#define JWKE_ERR_CERTIFICATE_MISMATCH "ERR_CERTIFICATE_MISMATCH"
+
+/* 0 when der is exactly one X.509 certificate (at most
+ * JWKE_CERTIFICATE_MAX_LEN bytes) whose public key is `key`; else -1 with
+ * ERR_CERTIFICATE_INVALID or ERR_CERTIFICATE_MISMATCH and a message naming
+ * `kid`. */
+int jwke_x509_check(const unsigned char *der, size_t der_len, const EVP_PKEY *key,
+                    const char *kid, jwke_error *err);
+
+/* The DER of the certificate's subject Name (for CKA_SUBJECT), malloc'd. */
+int jwke_x509_subject(const unsigned char *der, size_t der_len, unsigned char **subject,
+                      size_t *subject_len, jwke_error *err);
+
+/* The algorithm a key signs its certificate with: RS256 for RSA keys
+ * (sha256WithRSAEncryption, whatever the key's JWS alg), the curve's ECDSA
+ * or EdDSA for the others. */
+const jwke_alg *jwke_x509_signature_alg(const EVP_PKEY *key);
+
+/* A self-signed X.509 v3 certificate for `key`: subject = issuer =
+ * `subject` ("CN=issuer.example, O=Example": RDNs in the order written),
+ * valid from now for `days` days, a random 64-bit serial. sign() signs
+ * the TBSCertificate with the private half, by jwke_x509_signature_alg, in
+ * JWS form (ECDSA as raw R||S); the result is checked against `key` before it is
+ * returned. *der is malloc'd. */
+int jwke_x509_self_signed(const EVP_PKEY *key, const char *subject, int days, jwke_sign_fn sign,
+                          void *signer, unsigned char **der, size_t *der_len, jwke_error *err);
+
+#endif

@@ -1,0 +1,250 @@
+-- x5c and x5t#S256: X.509 certificates beside key pairs on the token
+-- (CKO_CERTIFICATE, CKC_X_509, the pair's CKA_LABEL and CKA_ID) in the
+-- public JWK, and `keys.lua cert`, whose certificate the HSM key signs.
+-- Checked with openssl (verify, the public key, the DER's SHA-256),
+-- python3-jwcrypto (the JWK's key as PEM) and pkcs11-tool (the seed
+-- workflow: a certificate made elsewhere, written onto the token).
+local cjson = require "cjson"
+local jwkengine = require "jwkengine"
+local cli = require "helpers.cli"
+local faults = require "helpers.faults"
+local softhsm = require "helpers.softhsm"
+local verifier = require "helpers.verifier"
+
+local q = softhsm.quote
+
+local function run_ok(command)
+  local out, ok = softhsm.run(command)
+  assert(ok, command .. ": " .. out)
+  return out
+end
+
+-- RSA 2048 keeps generation quick; the mapping is the same for 4096.
+local EXTRA = { HSM_MIN_RSA_BITS = "2048" }
+
+local function open_engine(token, options)
+  options = options or {}
+  return assert(jwkengine.open({ environment = softhsm.environment(token, options.env or EXTRA),
+    logger = options.logger or false, startup = false }))
+end
+
+local function keys(token, args)
+  return cli.keys(softhsm.environment(token, EXTRA), args)
+end
+
+-- The x5c certificate as a PEM file; returns its path.
+local function pem_file(dir, name, x5c)
+  local body = x5c:gsub(string.rep(".", 64), "%0\n"):gsub("\n$", "")
+  local path = dir .. "/" .. name
+  softhsm.write_file(path, "-----BEGIN CERTIFICATE-----\n" .. body .. "\n-----END CERTIFICATE-----\n")
+  return path
+end
+
+-- The JWK's public key as PEM, converted by jwcrypto (not by jwkengine).
+local function jwk_public_pem(dir, jwk)
+  local path = dir .. "/jwk.json"
+  softhsm.write_file(path, cjson.encode(jwk))
+  return run_ok(string.format("/usr/bin/python3 -c %s %s", q(
+    "import sys; from jwcrypto import jwk; "
+    .. "sys.stdout.write(jwk.JWK.from_json(open(sys.argv[1]).read()).export_to_pem().decode())"),
+    q(path)))
+end
+
+-- base64url of the SHA-256 of the certificate's DER, by openssl and coreutils.
+local function openssl_x5t(pem)
+  return (run_ok(string.format("openssl x509 -in %s -outform DER | openssl dgst -sha256 -binary "
+    .. "| basenc --base64url | tr -d '=\\n'", q(pem))))
+end
+
+describe("x5c", function()
+  local token, dir
+  setup(function()
+    token = softhsm.new_token("x5c")
+    dir = run_ok("mktemp -d /tmp/jwke-x5c.XXXXXX"):match("[^\n]+")
+  end)
+  teardown(function()
+    if dir then os.execute("rm -rf " .. q(dir)) end
+  end)
+
+  for _, case in ipairs({ { "ES256", "EC" }, { "RS256", "RSA" }, { "EdDSA", "OKP" } }) do
+    local alg, kty = case[1], case[2]
+    it("keys cert makes a self-signed certificate for a " .. alg .. " key that openssl and jwcrypto agree with", function()
+      local set, kid = "cert-" .. alg, "k-" .. alg
+      local engine = open_engine(token)
+      assert(engine:generate(set, alg, { kid = kid, rsa_bits = 2048 }))
+      assert.is_nil(engine:key(set, kid).x5c) -- none before keys cert
+      engine:close()
+
+      local out, err, status = keys(token, string.format("cert %s %s --subject %s --days 30",
+        set, kid, q("CN=x5c " .. alg .. ", O=jwkengine")))
+      assert.equals(0, status, err)
+      local printed = cjson.decode(out)
+      assert.equals(kty, printed.kty)
+
+      out, err, status = keys(token, "get " .. set)
+      assert.equals(0, status, err)
+      local jwk = cjson.decode(out).keys[1]
+      assert.equals(kid, jwk.kid)
+      assert.same(printed, jwk)
+      assert.equals(1, #jwk.x5c)
+      -- RFC 7517 4.7: standard base64, not base64url
+      assert.matches("^[A-Za-z0-9+/]+=*$", jwk.x5c[1])
+
+      local pem = pem_file(dir, alg .. ".pem", jwk.x5c[1])
+      -- self-signed: it is its own trust anchor, so its signature (made by
+      -- the token) must verify
+      local verified = run_ok(string.format("openssl verify -CAfile %s %s", q(pem), q(pem)))
+      assert.matches(": OK", verified, 1, true)
+      assert.equals(jwk_public_pem(dir, jwk),
+        run_ok(string.format("openssl x509 -in %s -noout -pubkey", q(pem))))
+      assert.equals(openssl_x5t(pem), jwk["x5t#S256"])
+      assert.matches("CN = x5c " .. alg .. ", O = jwkengine",
+        run_ok(string.format("openssl x509 -in %s -noout -subject -nameopt oneline", q(pem))), 1, true)
+      -- --days 30: valid in 29 days, expired in 31
+      assert.matches("will not expire",
+        run_ok(string.format("openssl x509 -in %s -noout -checkend %d", q(pem), 29 * 86400)), 1, true)
+      local expiring = softhsm.run(string.format("openssl x509 -in %s -noout -checkend %d", q(pem), 31 * 86400))
+      assert.matches("will expire", expiring, 1, true)
+
+      -- the key still signs, and a verifier takes its JWK with x5c
+      engine = open_engine(token)
+      local jws = assert(engine:sign_jwt(set, { sub = "x5c" }))
+      engine:close()
+      assert.is_true((verifier.jwcrypto({ keys = { jwk } }, jws)))
+    end)
+  end
+
+  it("replaces the pair's certificate on a second keys cert, leaving one on the token", function()
+    local engine = open_engine(token)
+    assert(engine:generate("again", "ES256", { kid = "a1" }))
+    local first = assert(engine:certify("again", "a1", { subject = "CN=first" }))
+    local second = assert(engine:certify("again", "a1", { subject = "CN=second", days = 2 }))
+    engine:close()
+    assert.are_not.equal(first["x5t#S256"], second["x5t#S256"])
+    local certs = 0
+    for _, object in ipairs(softhsm.objects(token, "cert")) do
+      if object.label == "again" then certs = certs + 1 end
+    end
+    assert.equals(1, certs)
+    local pem = pem_file(dir, "again.pem", second.x5c[1])
+    assert.matches("CN = second",
+      run_ok(string.format("openssl x509 -in %s -noout -subject -nameopt oneline", q(pem))), 1, true)
+  end)
+
+  it("maps a certificate made elsewhere and written with pkcs11-tool (the seed workflow)", function()
+    local engine = open_engine(token)
+    assert(engine:generate("seed", "ES256", { kid = "seed-1" }))
+    engine:close()
+    -- a CA outside the HSM issues a certificate for the token's public key
+    local pub_der = dir .. "/seed-pub.der"
+    run_ok(string.format("pkcs11-tool --module %s --token-label %s --read-object --type pubkey "
+      .. "--label seed --id %s -o %s", q(softhsm.LIBRARY), q(token.label), softhsm.hex("seed-1"), q(pub_der)))
+    run_ok(string.format("openssl pkey -pubin -inform DER -in %s -out %s/seed-pub.pem", q(pub_der), q(dir)))
+    run_ok(string.format("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+      .. "-keyout %s/ca.key -out %s/ca.pem -subj /CN=seed-ca -days 2", q(dir), q(dir)))
+    run_ok(string.format("openssl req -new -key %s/ca.key -subj /CN=seed-leaf -out %s/leaf.csr", q(dir), q(dir)))
+    run_ok(string.format("openssl x509 -req -in %s/leaf.csr -force_pubkey %s/seed-pub.pem -CA %s/ca.pem "
+      .. "-CAkey %s/ca.key -CAcreateserial -days 2 -outform DER -out %s/leaf.der", q(dir), q(dir), q(dir),
+      q(dir), q(dir)))
+    softhsm.pkcs11_tool(token, string.format("--login --write-object %s/leaf.der --type cert --label seed --id %s",
+      q(dir), softhsm.hex("seed-1")))
+
+    engine = open_engine(token)
+    local jwk = assert(engine:key("seed", "seed-1"))
+    engine:close()
+    local der = softhsm.read_file(dir .. "/leaf.der")
+    local b64 = run_ok(string.format("base64 -w0 %s/leaf.der", q(dir)))
+    assert.equals(b64, jwk.x5c[1])
+    assert.equals(#der > 0 and openssl_x5t(pem_file(dir, "leaf.pem", jwk.x5c[1])), jwk["x5t#S256"])
+  end)
+
+  it("keeps a key whose certificate holds another key signing, without x5c, and logs the mismatch naming the kid", function()
+    local engine = open_engine(token)
+    assert(engine:generate("mixed", "ES256", { kid = "mine" }))
+    assert(engine:generate("mixed", "ES256", { kid = "other" }))
+    local other = assert(engine:certify("mixed", "other", { subject = "CN=other" }))
+    engine:close()
+    -- other's certificate written beside "mine"
+    local path = dir .. "/other.der"
+    run_ok(string.format("printf %%s %s | base64 -d > %s", q(other.x5c[1]), q(path)))
+    softhsm.pkcs11_tool(token, string.format("--login --write-object %s --type cert --label mixed --id %s",
+      q(path), softhsm.hex("mine")))
+
+    local lines = {}
+    engine = open_engine(token, { logger = function(level, message) lines[#lines + 1] = level .. " " .. message end })
+    local jwks = assert(engine:key_set("mixed"))
+    local by_kid = {}
+    for _, k in ipairs(jwks.keys) do by_kid[k.kid] = k end
+    assert.is_nil(by_kid.mine.x5c)
+    assert.is_nil(by_kid.mine["x5t#S256"])
+    assert.equals(other["x5t#S256"], by_kid.other["x5t#S256"])
+    local logged = table.concat(lines, "\n")
+    assert.matches("error key set 'mixed': key 'mine': the certificate's public key is not the key pair's "
+      .. "(ERR_CERTIFICATE_MISMATCH)", logged, 1, true)
+    local key = assert(engine:signing_key("mixed", "mine"))
+    local der, err, code = key:certificate()
+    assert.is_nil(der)
+    assert.equals("ERR_CERTIFICATE_MISMATCH", code)
+    assert.matches("'mine'", err, 1, true)
+    local jws = assert(engine:sign_jwt("mixed", { sub = "still signs" }, { kid = "mine" }))
+    engine:close()
+    assert.is_true((verifier.jwcrypto(jwks, jws)))
+  end)
+
+  it("refuses a certificate value the token reports as larger than its buffer, and the key signs on", function()
+    local engine = open_engine(token)
+    assert(engine:generate("long", "ES256", { kid = "l1" }))
+    assert(engine:certify("long", "l1", { subject = "CN=long" }))
+    engine:close()
+    faults.set({ lengths = "C_GetAttributeValue:CKA_VALUE=buffer+1,CKR_OK" })
+    local lines = {}
+    engine = open_engine(token, { env = faults.environment(token, EXTRA),
+      logger = function(level, message) lines[#lines + 1] = level .. " " .. message end })
+    local ok, jwk = pcall(engine.key, engine, "long", "l1")
+    local jws = ok and engine:sign_jwt("long", { sub = "long" })
+    engine:close()
+    faults.set({})
+    assert.is_true(ok, jwk)
+    assert.is_nil(jwk.x5c)
+    assert.truthy(jws)
+    assert.matches("CKA_VALUE is unreadable or larger than 16384 bytes (ERR_TOKEN_LENGTH)",
+      table.concat(lines, "\n"), 1, true)
+  end)
+
+  it("names what is wrong in keys cert's input", function()
+    local engine = open_engine(token)
+    assert(engine:generate("input", "ES256", { kid = "i1" }))
+    local jwk, err, code = engine:certify("input", "i1", { subject = "CN" })
+    assert.is_nil(jwk)
+    assert.equals("ERR_INVALID_ARGUMENT", code)
+    assert.matches("subject part 'CN' is not TYPE=VALUE", err, 1, true)
+    jwk, err, code = engine:certify("input", "i1", { subject = "XYZ=1" })
+    assert.equals("ERR_INVALID_ARGUMENT", code)
+    assert.matches("subject attribute 'XYZ'", err, 1, true)
+    jwk, err, code = engine:certify("input", "i1", { subject = "CN=x", days = 0 })
+    assert.equals("ERR_INVALID_ARGUMENT", code)
+    assert.matches("1 to 36500 days, not 0", err, 1, true)
+    jwk, err, code = engine:certify("input", "nope", { subject = "CN=x" })
+    assert.equals("ERR_KEY_NOT_FOUND", code)
+    assert.has_error(function() engine:certify("input", "i1", {}) end, "options.subject must be a string (\"CN=...\")")
+    engine:close()
+
+    local _, stderr, status = keys(token, "cert input i1")
+    assert.equals(2, status)
+    assert.matches("cert needs --subject", stderr, 1, true)
+    _, stderr, status = keys(token, "cert input i1 --subject CN=x --days soon")
+    assert.equals(2, status)
+    assert.matches("option --days: 'soon' is not a whole number of days", stderr, 1, true)
+  end)
+
+  it("refuses keys cert for a software set by name", function()
+    local engine = assert(jwkengine.open({ environment = { DSN = "memory",
+      SECRETS_SYSTEM = "0123456789abcdef0123" }, logger = false, startup = false }))
+    assert(engine:generate("soft", "ES256", { kid = "s1" }))
+    local jwk, err, code = engine:certify("soft", "s1", { subject = "CN=soft" })
+    engine:close()
+    assert.is_nil(jwk)
+    assert.equals("ERR_CERTIFICATE_INVALID", code)
+    assert.matches("key set 'soft' is in the software store", err, 1, true)
+  end)
+end)
