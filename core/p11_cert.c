@@ -8,25 +8,22 @@
 #include "p11_map.h"
 #include "x509_cert.h"
 
-static CK_RV find_certificates(jwke_p11_token *token, CK_SESSION_HANDLE session,
-                               const char *label, size_t label_len, const unsigned char *id,
-                               size_t id_len, CK_OBJECT_HANDLE **handles, size_t *count,
-                               const char **function, jwke_error *err)
+static const CK_OBJECT_CLASS certificate_class = CKO_CERTIFICATE;
+
+/* The search for the certificates of a set (or of its pair `id`, when id
+ * is not NULL), in `search`; returns its length. */
+static CK_ULONG certificate_search(CK_ATTRIBUTE search[3], const char *label, size_t label_len,
+                                   const unsigned char *id, size_t id_len)
 {
-    CK_OBJECT_CLASS certificate = CKO_CERTIFICATE;
-    CK_ATTRIBUTE search[] = {
-        {CKA_CLASS, &certificate, sizeof certificate},
-        {CKA_LABEL, (void *)label, (CK_ULONG)label_len},
-        {CKA_ID, (void *)id, (CK_ULONG)id_len},
-    };
-    return jwke_p11_find(token, session, search, id ? 3 : 2, handles, count, function, err);
+    search[0] = (CK_ATTRIBUTE){CKA_CLASS, (void *)&certificate_class, sizeof certificate_class};
+    search[1] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, (CK_ULONG)label_len};
+    search[2] = (CK_ATTRIBUTE){CKA_ID, (void *)id, (CK_ULONG)id_len};
+    return id ? 3 : 2;
 }
 
 typedef struct attach_context {
-    const char *label;
-    size_t label_len;
-    const unsigned char *id; /* NULL: the whole set */
-    size_t id_len;
+    CK_ATTRIBUTE search[3];
+    CK_ULONG search_len;
     jwke_p11_key *keys;
     size_t count;
     unsigned char *value; /* JWKE_CERTIFICATE_MAX_LEN bytes */
@@ -109,8 +106,7 @@ static CK_RV attach_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *c
         forget_certificate(&c->keys[i]); /* from a failed first attempt */
     CK_OBJECT_HANDLE *handles = NULL;
     size_t n = 0;
-    CK_RV rv = find_certificates(token, session, c->label, c->label_len, c->id, c->id_len,
-                                 &handles, &n, function, err);
+    CK_RV rv = jwke_p11_find(token, session, c->search, c->search_len, &handles, &n, function, err);
     *function = "C_GetAttributeValue";
     for (size_t i = 0; rv == CKR_OK && i < n; i++) {
         unsigned char id[JWKE_MAX_ID_LEN];
@@ -143,8 +139,8 @@ int jwke_p11_attach_certificates(jwke_p11_token *token, const char *label, size_
                                  const unsigned char *id, size_t id_len, jwke_p11_key *keys,
                                  size_t count, jwke_error *err)
 {
-    attach_context c = {label, label_len, id, id_len, keys, count,
-                        malloc(JWKE_CERTIFICATE_MAX_LEN)};
+    attach_context c = {.keys = keys, .count = count, .value = malloc(JWKE_CERTIFICATE_MAX_LEN)};
+    c.search_len = certificate_search(c.search, label, label_len, id, id_len);
     if (!c.value)
         return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading certificates");
     int result = jwke_p11_run(token, attach_op, &c, err);
@@ -153,11 +149,9 @@ int jwke_p11_attach_certificates(jwke_p11_token *token, const char *label, size_
 }
 
 typedef struct store_context {
-    const char *label;
-    size_t label_len;
-    const unsigned char *id;
-    size_t id_len;
-    CK_ATTRIBUTE *template;
+    CK_ATTRIBUTE search[3];
+    CK_ULONG search_len;
+    CK_ATTRIBUTE *template; /* of the new certificate */
     CK_ULONG template_len;
 } store_context;
 
@@ -170,8 +164,7 @@ static CK_RV store_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ct
     CK_FUNCTION_LIST_PTR fn = jwke_p11_token_functions(token);
     CK_OBJECT_HANDLE *handles = NULL;
     size_t n = 0;
-    CK_RV rv = find_certificates(token, session, c->label, c->label_len, c->id, c->id_len,
-                                 &handles, &n, function, err);
+    CK_RV rv = jwke_p11_find(token, session, c->search, c->search_len, &handles, &n, function, err);
     *function = "C_DestroyObject";
     for (size_t i = 0; rv == CKR_OK && i < n; i++) {
         rv = fn->C_DestroyObject(session, handles[i]);
@@ -194,11 +187,10 @@ int jwke_p11_store_certificate(jwke_p11_token *token, const char *label, size_t 
     size_t subject_len;
     if (jwke_x509_subject(der, der_len, &subject, &subject_len, err) != 0)
         return -1;
-    CK_OBJECT_CLASS certificate = CKO_CERTIFICATE;
     CK_CERTIFICATE_TYPE x509 = CKC_X_509;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     CK_ATTRIBUTE template[] = {
-        {CKA_CLASS, &certificate, sizeof certificate},
+        {CKA_CLASS, (void *)&certificate_class, sizeof certificate_class},
         {CKA_CERTIFICATE_TYPE, &x509, sizeof x509},
         {CKA_TOKEN, &yes, sizeof yes},
         {CKA_PRIVATE, &no, sizeof no},
@@ -207,8 +199,8 @@ int jwke_p11_store_certificate(jwke_p11_token *token, const char *label, size_t 
         {CKA_SUBJECT, subject, (CK_ULONG)subject_len},
         {CKA_VALUE, (void *)der, (CK_ULONG)der_len},
     };
-    store_context c = {label, label_len, id, id_len, template,
-                       sizeof template / sizeof template[0]};
+    store_context c = {.template = template, .template_len = sizeof template / sizeof template[0]};
+    c.search_len = certificate_search(c.search, label, label_len, id, id_len);
     int result = jwke_p11_run(token, store_op, &c, err);
     free(subject);
     return result;

@@ -9,9 +9,8 @@ local jwkengine = require "jwkengine"
 local cli = require "helpers.cli"
 local faults = require "helpers.faults"
 local softhsm = require "helpers.softhsm"
+local q = softhsm.quote -- shell quoting, for the openssl and pkcs11-tool command lines
 local verifier = require "helpers.verifier"
-
-local q = softhsm.quote
 
 local function run_ok(command)
   local out, ok = softhsm.run(command)
