@@ -16,8 +16,8 @@ usage: jwkengine keys COMMAND ...    (from a checkout: build/jwkengine scripts/k
   delete SET [KID]                            delete one key, or the whole set
   sign SET [--typ TYP] [--kid KID]            sign stdin as the payload, print the compact JWS
   verify SET                                  verify a compact JWS from stdin, print its payload (as is)
-  cert SET KID --subject "CN=..." [--days N]  a self-signed X.509 certificate for an HSM key, signed on
-                                              the token and stored beside it; print its public JWK (x5c)
+  cert SET KID --subject "CN=..." [--days N]  a self-signed X.509 certificate for a key, signed by the key
+                                              (on the token) and stored with it; print its public JWK (x5c)
   import SET [--kid KID] [--alg ALG] [--use sig|enc]
                                               add a JWK or PEM from stdin to the software store
   rotate-secrets                              re-seal every software key with the first secret

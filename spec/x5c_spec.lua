@@ -11,6 +11,12 @@ local faults = require "helpers.faults"
 local softhsm = require "helpers.softhsm"
 local q = softhsm.quote -- shell quoting, for the openssl and pkcs11-tool command lines
 local verifier = require "helpers.verifier"
+local stores = require "helpers.stores"
+local hydra_aead = require("helpers.hydra_aead").run
+local store_module = require "jwkengine.store"
+local core = require "jwkengine.core"
+
+local SECRET = "x5c-spec-secret-0123456789"
 
 local function run_ok(command)
   local out, ok = softhsm.run(command)
@@ -55,6 +61,29 @@ local function openssl_x5t(pem)
     .. "| basenc --base64url | tr -d '=\\n'", q(pem))))
 end
 
+-- What openssl and jwcrypto say of a JWK's certificate, made by keys cert
+-- with `subject` for `days` days.
+local function check_certificate(dir, jwk, name, subject, days)
+  assert.equals(1, #jwk.x5c)
+  -- RFC 7517 4.7: standard base64, not base64url
+  assert.matches("^[A-Za-z0-9+/]+=*$", jwk.x5c[1])
+  local pem = pem_file(dir, name .. ".pem", jwk.x5c[1])
+  -- self-signed: it is its own trust anchor, so its signature (made by
+  -- the key itself) must verify
+  local verified = run_ok(string.format("openssl verify -CAfile %s %s", q(pem), q(pem)))
+  assert.matches(": OK", verified, 1, true)
+  assert.equals(jwk_public_pem(dir, jwk),
+    run_ok(string.format("openssl x509 -in %s -noout -pubkey", q(pem))))
+  assert.equals(openssl_x5t(pem), jwk["x5t#S256"])
+  assert.matches(subject,
+    run_ok(string.format("openssl x509 -in %s -noout -subject -nameopt oneline", q(pem))), 1, true)
+  -- valid for `days`: not expired a day before, expired a day after
+  assert.matches("will not expire", run_ok(string.format("openssl x509 -in %s -noout -checkend %d",
+    q(pem), (days - 1) * 86400)), 1, true)
+  local expiring = softhsm.run(string.format("openssl x509 -in %s -noout -checkend %d", q(pem), (days + 1) * 86400))
+  assert.matches("will expire", expiring, 1, true)
+end
+
 describe("x5c", function()
   local token, dir
   setup(function()
@@ -85,25 +114,7 @@ describe("x5c", function()
       local jwk = cjson.decode(out).keys[1]
       assert.equals(kid, jwk.kid)
       assert.same(printed, jwk)
-      assert.equals(1, #jwk.x5c)
-      -- RFC 7517 4.7: standard base64, not base64url
-      assert.matches("^[A-Za-z0-9+/]+=*$", jwk.x5c[1])
-
-      local pem = pem_file(dir, alg .. ".pem", jwk.x5c[1])
-      -- self-signed: it is its own trust anchor, so its signature (made by
-      -- the token) must verify
-      local verified = run_ok(string.format("openssl verify -CAfile %s %s", q(pem), q(pem)))
-      assert.matches(": OK", verified, 1, true)
-      assert.equals(jwk_public_pem(dir, jwk),
-        run_ok(string.format("openssl x509 -in %s -noout -pubkey", q(pem))))
-      assert.equals(openssl_x5t(pem), jwk["x5t#S256"])
-      assert.matches("CN = x5c " .. alg .. ", O = jwkengine",
-        run_ok(string.format("openssl x509 -in %s -noout -subject -nameopt oneline", q(pem))), 1, true)
-      -- --days 30: valid in 29 days, expired in 31
-      assert.matches("will not expire",
-        run_ok(string.format("openssl x509 -in %s -noout -checkend %d", q(pem), 29 * 86400)), 1, true)
-      local expiring = softhsm.run(string.format("openssl x509 -in %s -noout -checkend %d", q(pem), 31 * 86400))
-      assert.matches("will expire", expiring, 1, true)
+      check_certificate(dir, jwk, alg, "CN = x5c " .. alg .. ", O = jwkengine", 30)
 
       -- the key still signs, and a verifier takes its JWK with x5c
       engine = open_engine(token)
@@ -236,14 +247,61 @@ describe("x5c", function()
     assert.matches("option --days: 'soon' is not a whole number of days", stderr, 1, true)
   end)
 
-  it("refuses keys cert for a software set by name", function()
-    local engine = assert(jwkengine.open({ environment = { DSN = "memory",
-      SECRETS_SYSTEM = "0123456789abcdef0123" }, logger = false, startup = false }))
-    assert(engine:generate("soft", "ES256", { kid = "s1" }))
-    local jwk, err, code = engine:certify("soft", "s1", { subject = "CN=soft" })
-    engine:close()
-    assert.is_nil(jwk)
-    assert.equals("ERR_CERTIFICATE_INVALID", code)
-    assert.matches("key set 'soft' is in the software store", err, 1, true)
-  end)
+  for _, backend in ipairs(stores.backends()) do
+    describe("software keys on " .. backend.name, function()
+      local dsn, drop
+      before_each(function() dsn, drop = backend.fresh() end)
+      after_each(function() drop() end)
+      local function soft_env()
+        return { HSM_ENABLED = "false", DSN = dsn, SECRETS_SYSTEM = SECRET }
+      end
+
+      for _, alg in ipairs({ "ES256", "RS256", "EdDSA" }) do
+        it("keys cert keeps the certificate of a " .. alg .. " key in its sealed row, and openssl agrees", function()
+          local _, err, status = cli.keys(soft_env(), "create soft " .. alg .. " --kid s-" .. alg)
+          assert.equals(0, status, err)
+          _, err, status = cli.keys(soft_env(), string.format("cert soft s-%s --subject %s --days 10", alg,
+            q("CN=soft " .. alg)))
+          assert.equals(0, status, err)
+          local out
+          out, err, status = cli.keys(soft_env(), "get soft")
+          assert.equals(0, status, err)
+          local jwk = cjson.decode(out).keys[1]
+          check_certificate(dir, jwk, "soft-" .. alg, "CN = soft " .. alg, 10)
+          -- the row is Hydra's JWK with x5c, opened by the independent
+          -- implementation; the private key is still there
+          local s = assert(store_module.open(dsn))
+          local row = assert(s:rows("soft"))[1]
+          s:close()
+          local plain = cjson.decode(hydra_aead("open", SECRET, row.keydata))
+          assert.same(jwk.x5c, plain.x5c)
+          assert.is_string(plain.d)
+        end)
+      end
+
+      it("keeps a key whose stored x5c holds another key signing, without x5c, and logs it naming the kid", function()
+        local lines = {}
+        local engine = assert(jwkengine.open({ environment = soft_env(), startup = false,
+          logger = function(level, message) lines[#lines + 1] = level .. " " .. message end }))
+        assert(engine:generate("mixed", "ES256", { kid = "other" }))
+        local other = assert(engine:certify("mixed", "other", { subject = "CN=other" }))
+        local key = assert(core.generate_software_key("ES256"))
+        local jwk = key:private_jwk()
+        jwk.kid, jwk.alg, jwk.use, jwk.x5c = "mine", "ES256", "sig", other.x5c
+        local s = assert(store_module.open(dsn))
+        assert(s:insert("mixed", "mine", hydra_aead("seal", SECRET, cjson.encode(jwk))))
+        s:close()
+        engine:refresh("mixed")
+        local mine = assert(engine:key("mixed", "mine"))
+        assert.is_nil(mine.x5c)
+        assert.equals(other["x5t#S256"], assert(engine:key("mixed", "other"))["x5t#S256"])
+        assert.matches("error key set 'mixed': key 'mine': the certificate's public key is not the key pair's "
+          .. "(ERR_CERTIFICATE_MISMATCH)", table.concat(lines, "\n"), 1, true)
+        assert(engine:activate("mixed", "mine")) -- a row added by another writer is next at first
+        local jws = assert(engine:sign("mixed", "still signs", { kid = "mine" }))
+        assert.truthy(engine:verify("mixed", jws))
+        engine:close()
+      end)
+    end)
+  end
 end)

@@ -1,6 +1,8 @@
 /* Public keys in Lua: built from a JWK table, used to verify JWS signatures
  * and to export public JWK members. HSM keys hand out the same object for
  * their public half. */
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/sha.h>
@@ -9,6 +11,7 @@
 #include "lua_common.h"
 #include "lua_jwk.h"
 #include "pkey.h"
+#include "x509_cert.h"
 
 typedef struct public_key {
     EVP_PKEY *pkey;
@@ -197,6 +200,38 @@ static int l_jwk(lua_State *L)
     return 1;
 }
 
+/* key:certificate_members(der, kid) -> { x5c, x5t#S256 } | nil, err, code:
+ * the JWK members of an X.509 certificate, once its public key is checked
+ * to be this one (ERR_CERTIFICATE_MISMATCH naming kid otherwise) */
+static int l_certificate_members(lua_State *L)
+{
+    public_key *pk = check_public_key(L);
+    size_t der_len;
+    const unsigned char *der = (const unsigned char *)luaL_checklstring(L, 2, &der_len);
+    const char *kid = luaL_checkstring(L, 3);
+    jwke_error err;
+    if (jwke_x509_check(der, der_len, pk->pkey, kid, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_createtable(L, 0, 2);
+    jwke_push_certificate_members(L, der, der_len);
+    return 1;
+}
+
+int jwke_push_self_signed(lua_State *L, const EVP_PKEY *pub, jwke_sign_fn sign, void *signer)
+{
+    const char *subject = luaL_checkstring(L, 2);
+    lua_Integer asked = luaL_checkinteger(L, 3);
+    int days = asked < 0 ? -1 : asked > INT_MAX ? INT_MAX : (int)asked; /* checked in C */
+    unsigned char *der;
+    size_t der_len;
+    jwke_error err;
+    if (jwke_x509_self_signed(pub, subject, days, sign, signer, &der, &der_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, (const char *)der, der_len);
+    free(der);
+    return 1;
+}
+
 static int l_bits(lua_State *L)
 {
     lua_pushinteger(L, EVP_PKEY_get_bits(check_public_key(L)->pkey));
@@ -213,6 +248,7 @@ static int l_gc(lua_State *L)
 
 static const luaL_Reg methods[] = {
     {"verify", l_verify},
+    {"certificate_members", l_certificate_members},
     {"fits", l_fits},
     {"jwk", l_jwk},
     {"bits", l_bits},

@@ -17,6 +17,7 @@
 #include "pkey.h"
 #include "sealed_key.h"
 #include "swkey.h"
+#include "x509_cert.h"
 
 typedef struct swkey_object {
     jwke_swkey key; /* pkey NULL until filled in */
@@ -316,6 +317,19 @@ static int signing_setup(lua_State *L, int alg_arg, sw_signer *s, size_t *sig_ma
     return 0;
 }
 
+/* key:self_signed_certificate(subject, days) -> DER | nil, err, code */
+static int l_self_signed_certificate(lua_State *L)
+{
+    swkey_object *k = check_key(L);
+    sw_signer s = {k->key.pkey, jwke_x509_signature_alg(k->key.public_pkey)};
+    if (!k->key.is_private) {
+        jwke_error err;
+        jwke_fail_code(&err, "ERR_KEY_NOT_PRIVATE", "a public-only key cannot sign a certificate");
+        return jwke_push_error(L, &err);
+    }
+    return jwke_push_self_signed(L, k->key.public_pkey, sw_sign, &s);
+}
+
 /* key:sign(input, alg) -> signature bytes | nil, err */
 static int l_sign(lua_State *L)
 {
@@ -366,6 +380,7 @@ static const luaL_Reg methods[] = {
     {"private_jwk", l_private_jwk},
     {"fits", l_fits},
     {"sign", l_sign},
+    {"self_signed_certificate", l_self_signed_certificate},
     {"sign_compact", l_sign_compact},
     {NULL, NULL},
 };

@@ -487,26 +487,18 @@ static int l_key_sign(lua_State *L)
 }
 
 /* key:self_signed_certificate(subject, days) -> DER | nil, err, code: a
- * certificate for the pair whose signature the token makes
- * (x509_cert.h); nothing is stored. */
+ * certificate for the pair whose signature the token makes; nothing is
+ * stored. */
 static int l_key_self_signed_certificate(lua_State *L)
 {
-    const char *subject = luaL_checkstring(L, 2);
-    int days = (int)luaL_checkinteger(L, 3);
     hsm_key_object *k = check_key(L);
     hsm_signer s;
-    unsigned char *der;
-    size_t der_len, sig_max;
+    size_t sig_max;
     jwke_error err;
     if (signing_setup(L, 4, &s, &sig_max, &err) != 0)
         return jwke_push_error(L, &err);
     s.alg = jwke_x509_signature_alg(k->key.public_key); /* fits: same kind and curve */
-    if (jwke_x509_self_signed(k->key.public_key, subject, days, hsm_sign, &s, &der, &der_len,
-                              &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushlstring(L, (const char *)der, der_len);
-    free(der);
-    return 1;
+    return jwke_push_self_signed(L, k->key.public_key, hsm_sign, &s);
 }
 
 /* key:sign_compact(header_b64, payload [, alg]) -> compact JWS | nil, err */

@@ -25,8 +25,8 @@ M.codes = {
   ERR_KEY_IMPORT = "the input is not one usable key (PEM or JWK), or does not fit the alg given",
   ERR_KEY_NOT_PRIVATE = "the key is public only: it cannot sign, and the store holds private keys",
   ERR_KEY_USE = "the key cannot be used that way: an encryption key asked to sign, or an alg other than its own",
-  ERR_CERTIFICATE_MISMATCH = "the X.509 certificate beside a key pair holds another key's public key (the key signs on, published without x5c)",
-  ERR_CERTIFICATE_INVALID = "an X.509 certificate cannot be used or made: not DER X.509 or over the size limit, several for one pair; keys.lua cert on a set outside the HSM",
+  ERR_CERTIFICATE_MISMATCH = "the X.509 certificate of a key (beside the pair on the token, or x5c in its row) holds another key's public key (the key signs on, published without x5c)",
+  ERR_CERTIFICATE_INVALID = "an X.509 certificate cannot be used or made: not DER X.509 or over the size limit, several for one pair, an x5c that is not a list of base64 certificates",
   ERR_HSM_IMPORT_UNSUPPORTED = "the HSM does not accept keys from outside: import and update go to the software store",
   -- the software store
   ERR_STORE = "the store's database failed (connection, migration, query)",

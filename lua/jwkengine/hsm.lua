@@ -158,12 +158,8 @@ end
 -- returns the pair's public JWK, now with x5c.
 --   options.subject: "CN=..., O=..."; options.days: validity
 function Manager:certify(set, kid, options)
-  local entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  local key = entry.by_kid[kid]
-  if not key then
-    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
-  end
+  local key, err, code = self:key_entry(set, kid)
+  if not key then return nil, err, code end
   local der
   der, err, code = self:drain(key.object:self_signed_certificate(options.subject, options.days))
   if der then

@@ -154,7 +154,7 @@ function M.open(options)
       return nil, err, code
     end
     software_keys = software.new(key_store, cfg.secrets.system, { cache_ttl = cfg.store.cache_ttl,
-      now = options.now, states = rotation.states(key_state_store.new(key_store), policies, options.now, logger) })
+      now = options.now, logger = logger, states = rotation.states(key_state_store.new(key_store), policies, options.now, logger) })
     cfg.secrets = nil -- the software manager holds them; engine.config does not
   end
 
@@ -266,9 +266,9 @@ Engine.import = checked_call("import", kid_in_options, "options.kid")
 -- Replaces an existing software key with the same kid.
 Engine.update = checked_call("update", kid_in_options, "options.kid")
 
--- Makes a self-signed X.509 certificate for an HSM key, signed by the key
--- itself on the token, and stores it beside the pair, so its public JWK
--- carries x5c and x5t#S256. options.subject: "CN=..., O=..." (required);
+-- Makes a self-signed X.509 certificate for a key, signed by the key itself
+-- (on the token for an HSM key), and stores it with the key, so its public
+-- JWK carries x5c and x5t#S256. options.subject: "CN=..., O=..." (required);
 -- options.days: validity (default 365). Returns the public JWK.
 local certify = checked_call("certify", kid_argument, "kid", true)
 function Engine:certify(set, kid, options)

@@ -199,7 +199,9 @@ function Manager:key_set(set)
   return M.jwks(entry)
 end
 
-function Manager:key(set, kid)
+-- One key's entry ({ kid, alg, use, object, jwk }); a key that cannot be
+-- opened is its error.
+function Manager:key_entry(set, kid)
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end
   local key = entry.by_kid[kid]
@@ -207,6 +209,12 @@ function Manager:key(set, kid)
     return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in %s key set '%s'", kid, self.where, set)
   end
   if key.broken then return nil, key.broken, key.code end
+  return key
+end
+
+function Manager:key(set, kid)
+  local key, err, code = self:key_entry(set, kid)
+  if not key then return nil, err, code end
   return key.jwk
 end
 

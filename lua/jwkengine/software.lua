@@ -24,6 +24,7 @@ local implied_alg = key_rules.implied_alg
 
 -- store: jwkengine.store; secrets: list of secret strings (first seals).
 -- options.cache_ttl: seconds a loaded set is trusted (default 30).
+-- options.logger(level, message): where unusable certificates are logged
 function M.new(store, secrets, options)
   options = options or {}
   return setmetatable({
@@ -32,6 +33,7 @@ function M.new(store, secrets, options)
     cache_ttl = options.cache_ttl or 30,
     now = options.now or os.time,
     states = options.states, -- jwkengine.rotation.states: the lifecycle of each set
+    log = options.logger or function() end,
     sets = {},
   }, Manager)
 end
@@ -64,7 +66,31 @@ function Manager:open_row(row)
   ok, err = key_rules.check_use(alg, use)
   if not ok then return invalid(err) end
   public.kid, public.alg, public.use = row.kid, alg, use
+  self:add_certificate(row, key, jwk.x5c, public)
   return { kid = row.kid, alg = alg, use = use, object = key, private = key:is_private(), jwk = public }
+end
+
+-- The stored JWK's x5c (the certificate keys.lua cert made, kept in the
+-- sealed row as Hydra's JWKs keep theirs) into the public JWK, once its
+-- public key is checked to be the key's. One that cannot be published is
+-- logged, and the key signs on without it, as on the token (hsm.lua).
+function Manager:add_certificate(row, key, x5c, public)
+  if x5c == nil then return end
+  local members, err, code
+  local first = type(x5c) == "table" and x5c[1]
+  if type(first) ~= "string" or not first:find("^[%w+/]+=?=?$") then
+    err, code = string.format("key '%s': member 'x5c' is not a list of base64 certificates", row.kid),
+      "ERR_CERTIFICATE_INVALID"
+  else
+    local der = core.b64url_decode((first:gsub("[+/=]", { ["+"] = "-", ["/"] = "_", ["="] = "" })))
+    members, err, code = key:public_key():certificate_members(der or "", row.kid)
+  end
+  if not members then
+    self.log("error", string.format("key set '%s': %s (%s); the key is published without x5c",
+      row.sid, err, code))
+    return
+  end
+  public.x5c, public["x5t#S256"] = members.x5c, members["x5t#S256"]
 end
 
 -- Loads a set: every row decrypted, newest first. A row that cannot be
@@ -111,11 +137,12 @@ local WRITES = {
   end,
 }
 
--- Seals a key and writes it (mode: a WRITES name, default insert).
--- Returns its public JWK, or "exists" when first_in_set found the set taken.
-function Manager:store_key(set, key, kid, alg, use, mode)
+-- Seals a key and writes it (mode: a WRITES name, default insert; x5c:
+-- the certificate list to keep with it). Returns its public JWK, or
+-- "exists" when first_in_set found the set taken.
+function Manager:store_key(set, key, kid, alg, use, mode, x5c)
   local jwk = key:is_private() and key:private_jwk() or key:public_jwk()
-  jwk.kid, jwk.alg, jwk.use = kid, alg, use
+  jwk.kid, jwk.alg, jwk.use, jwk.x5c = kid, alg, use, x5c
   local keydata, err, code = self:seal(jwk)
   if not keydata then return util.fail(code, "cannot seal key '%s': %s", kid, err) end
   local write = WRITES[mode or "insert"]
@@ -229,12 +256,22 @@ function Manager:update(set, input, options)
 end
 
 -- Forgets the cached set: the next use reads the store again.
--- Certificates (x5c) are made and kept for HSM keys only (hsm.lua).
-function Manager:certify(set)
-  local entry, err, code = self:load(set)
-  if not entry then return nil, err, code end
-  return util.fail("ERR_CERTIFICATE_INVALID", "key set '%s' is in the software store: "
-    .. "certificates are made for HSM keys only", set)
+-- A self-signed certificate for a software key, kept in its sealed row as
+-- the JWK member x5c (Hydra's rows and JWKs carry it the same way); returns
+-- the public JWK with x5c. options: subject, days (see hsm.lua).
+function Manager:certify(set, kid, options)
+  local key, err, code = self:key_entry(set, kid)
+  if not key then return nil, err, code end
+  local der
+  der, err, code = key.object:self_signed_certificate(options.subject, options.days)
+  if not der then return nil, string.format("key set '%s': %s", set, err), code end
+  local members
+  members, err, code = key.object:public_key():certificate_members(der, kid)
+  if not members then return nil, err, code end
+  local ok
+  ok, err, code = self:store_key(set, key.object, kid, key.alg, key.use, "replace", members.x5c)
+  if not ok then return nil, err, code end
+  return self:key(set, kid)
 end
 
 function Manager:forget(set)
