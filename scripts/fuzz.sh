@@ -16,7 +16,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 SECONDS_EACH=${JWKE_FUZZ_SECONDS:-20}
-TARGETS=${*:-"b64url jws jwk ec p11_map pem"}
+TARGETS=${*:-"b64url jws jwk ec p11_map pem x509"}
 BUILD=build-fuzz
 
 # clang and its libFuzzer/sanitizer runtimes (Debian 12: clang 14).

@@ -262,8 +262,37 @@ private values for the curves), so every run writes the same bytes."""
     write("pem", "rsa-16391-bits.pem", b"\x00" + rsa_of_size.pem(rsa_of_size.members(16391)).encode())
 
 
+def x509_seeds():
+    """Certificates as a token's CKA_VALUE or a row's x5c holds them, for
+    the fixed Ed25519 key of fuzz_x509.c (private bytes 00..1f): one of its
+    own (Ed25519 signatures are deterministic, and serial and dates are
+    fixed, so every run writes the same bytes), one holding another key,
+    and the first cut short and with a byte after it."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    def certificate(key, cn):
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        start = datetime.datetime(2026, 1, 1)
+        return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(0x4a5f).not_valid_before(start)
+                .not_valid_after(start + datetime.timedelta(days=365))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, None).public_bytes(s.Encoding.DER))
+
+    own = certificate(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32))), "fuzz")
+    other = certificate(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33))), "other")
+    write("x509", "own", b"\x00" + field(own))
+    write("x509", "other-key", b"\x00" + field(other))
+    write("x509", "truncated", b"\x00" + field(own[:-9]))
+    write("x509", "trailing-byte", b"\x00" + field(own + b"\x00"))
+
+
 SEEDS = {"b64url": b64url_seeds, "jws": jws_seeds, "jwk": jwk_seeds, "ec": ec_seeds,
-         "p11_map": p11_map_seeds, "pem": pem_seeds}
+         "p11_map": p11_map_seeds, "pem": pem_seeds, "x509": x509_seeds}
 
 if __name__ == "__main__":
     args = sys.argv[1:]
