@@ -183,9 +183,8 @@ int jwke_p11_store_certificate(jwke_p11_token *token, const char *label, size_t 
                                const unsigned char *id, size_t id_len, const unsigned char *der,
                                size_t der_len, jwke_error *err)
 {
-    unsigned char *subject;
-    size_t subject_len;
-    if (jwke_x509_subject(der, der_len, &subject, &subject_len, err) != 0)
+    jwke_x509_fields fields;
+    if (jwke_x509_fields_of(der, der_len, &fields, err) != 0)
         return -1;
     CK_CERTIFICATE_TYPE x509 = CKC_X_509;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
@@ -196,12 +195,14 @@ int jwke_p11_store_certificate(jwke_p11_token *token, const char *label, size_t 
         {CKA_PRIVATE, &no, sizeof no},
         {CKA_LABEL, (void *)label, (CK_ULONG)label_len},
         {CKA_ID, (void *)id, (CK_ULONG)id_len},
-        {CKA_SUBJECT, subject, (CK_ULONG)subject_len},
+        {CKA_SUBJECT, fields.der[JWKE_X509_SUBJECT], (CK_ULONG)fields.len[JWKE_X509_SUBJECT]},
+        {CKA_ISSUER, fields.der[JWKE_X509_ISSUER], (CK_ULONG)fields.len[JWKE_X509_ISSUER]},
+        {CKA_SERIAL_NUMBER, fields.der[JWKE_X509_SERIAL], (CK_ULONG)fields.len[JWKE_X509_SERIAL]},
         {CKA_VALUE, (void *)der, (CK_ULONG)der_len},
     };
     store_context c = {.template = template, .template_len = sizeof template / sizeof template[0]};
     c.search_len = certificate_search(c.search, label, label_len, id, id_len);
     int result = jwke_p11_run(token, store_op, &c, err);
-    free(subject);
+    jwke_x509_fields_clear(&fields);
     return result;
 }

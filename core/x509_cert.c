@@ -55,22 +55,34 @@ int jwke_x509_check(const unsigned char *der, size_t der_len, const EVP_PKEY *ke
     return 0;
 }
 
-int jwke_x509_subject(const unsigned char *der, size_t der_len, unsigned char **subject,
-                      size_t *subject_len, jwke_error *err)
+void jwke_x509_fields_clear(jwke_x509_fields *fields)
 {
+    for (int i = 0; i < JWKE_X509_FIELDS; i++) {
+        OPENSSL_free(fields->der[i]);
+        fields->der[i] = NULL;
+    }
+}
+
+int jwke_x509_fields_of(const unsigned char *der, size_t der_len, jwke_x509_fields *out,
+                        jwke_error *err)
+{
+    memset(out, 0, sizeof *out);
     X509 *cert = parse(der, der_len, "(new)", err);
     if (!cert)
         return -1;
-    unsigned char *encoded = NULL;
-    int len = i2d_X509_NAME(X509_get_subject_name(cert), &encoded);
+    int lens[JWKE_X509_FIELDS] = {
+        i2d_X509_NAME(X509_get_subject_name(cert), &out->der[JWKE_X509_SUBJECT]),
+        i2d_X509_NAME(X509_get_issuer_name(cert), &out->der[JWKE_X509_ISSUER]),
+        i2d_ASN1_INTEGER(X509_get0_serialNumber(cert), &out->der[JWKE_X509_SERIAL]),
+    };
     X509_free(cert);
-    *subject = len > 0 ? malloc((size_t)len) : NULL;
-    if (*subject)
-        memcpy(*subject, encoded, (size_t)len);
-    OPENSSL_free(encoded);
-    if (!*subject)
-        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "cannot encode a certificate's subject");
-    *subject_len = (size_t)len;
+    for (int i = 0; i < JWKE_X509_FIELDS; i++) {
+        if (lens[i] <= 0) {
+            jwke_x509_fields_clear(out);
+            return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "cannot encode a certificate's names");
+        }
+        out->len[i] = (size_t)lens[i];
+    }
     return 0;
 }
 

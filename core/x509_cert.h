@@ -22,9 +22,19 @@
 int jwke_x509_check(const unsigned char *der, size_t der_len, const EVP_PKEY *key,
                     const char *kid, jwke_error *err);
 
-/* The DER of the certificate's subject Name (for CKA_SUBJECT), malloc'd. */
-int jwke_x509_subject(const unsigned char *der, size_t der_len, unsigned char **subject,
-                      size_t *subject_len, jwke_error *err);
+/* What PKCS#11 stores beside a certificate's CKA_VALUE, as DER: the
+ * subject and issuer Names (CKA_SUBJECT, CKA_ISSUER) and the serial number
+ * INTEGER (CKA_SERIAL_NUMBER). Tokens differ in which they require (NSS
+ * softokn: all three). Release with jwke_x509_fields_clear. */
+enum { JWKE_X509_SUBJECT, JWKE_X509_ISSUER, JWKE_X509_SERIAL, JWKE_X509_FIELDS };
+typedef struct jwke_x509_fields {
+    unsigned char *der[JWKE_X509_FIELDS];
+    size_t len[JWKE_X509_FIELDS];
+} jwke_x509_fields;
+
+int jwke_x509_fields_of(const unsigned char *der, size_t der_len, jwke_x509_fields *out,
+                        jwke_error *err);
+void jwke_x509_fields_clear(jwke_x509_fields *fields);
 
 /* The algorithm a key signs its certificate with: RS256 for RSA keys
  * (sha256WithRSAEncryption, whatever the key's JWS alg), the curve's ECDSA

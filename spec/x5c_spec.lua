@@ -304,4 +304,25 @@ describe("x5c", function()
       end)
     end)
   end
+  -- NSS softokn wants CKA_ISSUER and CKA_SERIAL_NUMBER beside CKA_SUBJECT
+  -- (CKR_TEMPLATE_INCOMPLETE without them); certutil then lists the
+  -- certificate as one with its private key.
+  it("keys cert stores a certificate NSS softokn accepts, and maps it back", function()
+    local nss = dir .. "/nss"
+    run_ok(string.format("mkdir -p %s && printf 'nss-x5c-password\\n' > %s/pw && certutil -N -d sql:%s -f %s/pw",
+      q(nss), q(nss), q(nss), q(nss)))
+    local env = { HSM_ENABLED = "true", HSM_LIBRARY = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so",
+      HSM_TOKEN_LABEL = "NSS Certificate DB", HSM_PIN = "nss-x5c-password",
+      HSM_INIT_ARGS = string.format("configdir='sql:%s' certPrefix='' keyPrefix='' secmod='secmod.db' flags=", nss) }
+    local engine = open_engine(token, { env = env })
+    assert(engine:generate("nss-set", "ES256", { kid = "nss-1" }))
+    local made = assert(engine:certify("nss-set", "nss-1", { subject = "CN=nss" }))
+    engine:close()
+    engine = open_engine(token, { env = env })
+    local jwk = assert(engine:key("nss-set", "nss-1"))
+    engine:close()
+    assert.same(made.x5c, jwk.x5c)
+    check_certificate(dir, jwk, "nss", "CN = nss", 365)
+    assert.matches("nss%-set%s+u,u,u", run_ok(string.format("certutil -L -d sql:%s", q(nss))))
+  end)
 end)

@@ -1,12 +1,11 @@
 /* Certificates as a token or a stored row hands them over (core/x509_cert.c):
  * arbitrary bytes as CKA_VALUE / x5c, checked against a fixed Ed25519 key
  * (private bytes 00 01 .. 1f, the key of the seeds make_corpus.py writes).
- * Accepted means one whole DER certificate holding exactly that key.
+ * Accepted means one whole DER certificate holding exactly that key; the
+ * names and serial read from it are whole DER values.
  *
  * Input: a selector byte (unused, kept for the shared layout), then one
  * length-prefixed field (fuzz_input.h). */
-#include <stdlib.h>
-
 #include <openssl/x509.h>
 
 #include "engine_limits.h"
@@ -43,14 +42,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_ASSERT(err.code != NULL);
     }
 
-    unsigned char *subject;
-    size_t subject_len;
-    if (jwke_x509_subject(der, der_len, &subject, &subject_len, &err) == 0) {
-        const unsigned char *p = subject;
-        X509_NAME *name = d2i_X509_NAME(NULL, &p, (long)subject_len);
-        FUZZ_ASSERT(name && p == subject + subject_len);
-        X509_NAME_free(name);
-        free(subject);
+    jwke_x509_fields fields;
+    if (jwke_x509_fields_of(der, der_len, &fields, &err) == 0) {
+        for (int i = 0; i < JWKE_X509_FIELDS; i++) {
+            const unsigned char *p = fields.der[i];
+            ASN1_TYPE *value = d2i_ASN1_TYPE(NULL, &p, (long)fields.len[i]);
+            FUZZ_ASSERT(value && p == fields.der[i] + fields.len[i]);
+            ASN1_TYPE_free(value);
+        }
+        jwke_x509_fields_clear(&fields);
     }
     return 0;
 }
