@@ -27,7 +27,7 @@ M.codes = {
   ERR_KEY_USE = "the key cannot be used that way: an encryption key asked to sign, or an alg other than its own",
   ERR_HSM_IMPORT_UNSUPPORTED = "the HSM does not accept keys from outside: import and update go to the software store",
   -- the software store
-  ERR_STORE = "the store's database failed (connection, migration, query)",
+  ERR_STORE = "the store's database failed (connection, migration, query), or a set's key states kept changing under a read or a write",
   ERR_KEY_DECRYPT = "a stored key cannot be opened with any of the secrets, or is not a key once opened",
   ERR_KEY_INVALID = "a stored key is not one jwkengine can use as stored: a row that decrypts but is not a usable key, or a key pair on the token (halves that disagree, RSA below the minimum, neither CKA_SIGN nor CKA_DECRYPT)",
   ERR_KEY_ENCRYPT = "a key cannot be sealed for the store",

@@ -85,7 +85,7 @@ function Manager:load(set, refresh)
     entry.keys[i] = key or { kid = row.kid, broken = kerr, code = kcode }
   end
   keyset.prepare(entry, set, "software", "newest")
-  if self.states then key_states.attach(entry, set, "software", self.states) end
+  if self.states then key_states.attach(entry, set, "software", self.states, self.sets[set]) end
   self.sets[set] = entry
   return entry
 end
