@@ -16,6 +16,7 @@ local hsm = require "jwkengine.hsm"
 local jwk = require "jwkengine.jwk"
 local jws = require "jwkengine.jws"
 local jwt = require "jwkengine.jwt"
+local health = require "jwkengine.health"
 local log = require "jwkengine.log"
 local metrics = require "jwkengine.metrics"
 local key_state_store = require "jwkengine.store.key_state"
@@ -261,6 +262,22 @@ function Engine:metrics(options)
   local stats = self.config.hsm.enabled and keys_of[self]:stats() or nil
   local values = self.metrics_recorder:counters(stats)
   return metrics.text(metrics.gauges(self, stats, sets, values))
+end
+
+-- Whether the engine can sign now (see jwkengine.health): the token is
+-- present and a probe signature with each set's current key verifies
+-- within options.budget seconds (default 1). options.sets: the sets to
+-- probe (default: the startup sets). Each call signs once per set.
+function Engine:health(options)
+  options = options or {}
+  local sets = options.sets or {}
+  if not options.sets then
+    for i, entry in ipairs(self.config.startup_sets) do sets[i] = entry.set end
+  end
+  if type(sets) ~= "table" then error("options.sets must be a list of set names", 2) end
+  local budget = options.budget or 1
+  if type(budget) ~= "number" or budget <= 0 then error("options.budget must be a positive number of seconds", 2) end
+  return health.check(self, sets, budget)
 end
 
 -- The slot of the HSM's token ({ id, label, serial, ... }), or nil when the
