@@ -247,7 +247,7 @@ function Manager:sign(set, payload, options)
     entry, err, code = self:load(set)
     if not entry then return nil, err, code end
   end
-  local jws, err, code = keyset.sign(entry, set, payload, options, "HSM")
+  local jws, err, code = keyset.sign(entry, set, payload, options, "HSM", self.metrics)
   local events = self.token:events() -- nil unless a recovery happened
   if events then self:log_events(events) end
   return jws, err, code

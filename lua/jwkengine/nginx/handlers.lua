@@ -7,6 +7,7 @@ local http = require "jwkengine.http"
 local jwk = require "jwkengine.jwk"
 local jwks = require "jwkengine.nginx.jwks"
 local logging = require "jwkengine.nginx.logging"
+local metrics = require "jwkengine.nginx.metrics"
 local state = require "jwkengine.nginx.state"
 local threads = require "jwkengine.nginx.threads"
 
@@ -71,9 +72,9 @@ function M.serve_jwks()
     ETag = cache.etag,
     ["Cache-Control"] = "public, max-age=" .. max_age,
   }
-  if http.not_modified(ngx.var.http_if_none_match, cache.etag) then
-    return send(304, nil, nil, headers)
-  end
+  local status = http.not_modified(ngx.var.http_if_none_match, cache.etag) and 304 or 200
+  metrics.count_jwks(status)
+  if status == 304 then return send(304, nil, nil, headers) end
   return send(200, "application/json", cache.body, headers)
 end
 

@@ -25,6 +25,8 @@
 -- Written for LuaJIT / Lua 5.1 (OpenResty); thread_sign also runs in the
 -- Lua VMs of nginx's worker threads, where only a few ngx APIs exist.
 local handlers = require "jwkengine.nginx.handlers"
+local health = require "jwkengine.nginx.health"
+local metrics = require "jwkengine.nginx.metrics"
 local settings = require "jwkengine.nginx.settings"
 local state = require "jwkengine.nginx.state"
 local threads = require "jwkengine.nginx.threads"
@@ -47,6 +49,10 @@ local M = { _VERSION = "0.1.0" }
 --   shared_dict = "jwkengine": the lua_shared_dict holding the startup lock
 --   ready_timeout = 10: seconds a request waits for its worker's engine
 --   startup_lock_timeout = 300: seconds one worker may hold the startup lock
+--   health = { budget = 1, cache = 5 }: seconds a probe signature may take;
+--     seconds a worker reuses its health result
+--   metrics = { flush_interval = 1 }: seconds between a worker's flushes of
+--     its counts into the shared dict
 function M.init(options)
   if ngx and ngx.get_phase and ngx.get_phase() ~= "init" then
     settings.fail("init() belongs in init_by_lua_block (it runs in nginx's master)", 2)
@@ -62,8 +68,17 @@ function M.init_worker()
     settings.fail("init_worker() needs init() in init_by_lua_block first", 2)
   end
   local ok, err = worker.start()
+  if ok then ok, err = metrics.start() end
   if not ok then settings.fail(err, 2) end
 end
+
+-- GET /metrics: Prometheus text of every worker, summed (keep it on
+-- loopback or behind allow).
+M.serve_metrics = metrics.serve_metrics
+
+-- GET /health: 200 or 503 with a JSON body naming the failing part; a
+-- readiness probe (cached per worker for health.cache seconds).
+M.serve_health = health.serve_health
 
 -- GET /.well-known/jwks.json: the public keys of the published sets, from
 -- this worker's cache.

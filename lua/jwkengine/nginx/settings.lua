@@ -18,7 +18,7 @@ local M = {}
 
 -- Options of init() that belong here; everything else goes to jwkengine.open.
 local OWN_OPTIONS = { jwks = true, token = true, thread_pool = true, shared_dict = true,
-  ready_timeout = true, startup_lock_timeout = true, schedule_interval = true }
+  ready_timeout = true, startup_lock_timeout = true, schedule_interval = true, health = true, metrics = true }
 
 local DEFAULTS = {
   shared_dict = "jwkengine",
@@ -27,6 +27,8 @@ local DEFAULTS = {
   -- the engine's publication defaults: nginx serves with those
   jwks = { max_age = lifecycle.DEFAULT_LIMITS.max_age, refresh = lifecycle.DEFAULT_LIMITS.refresh },
   token = { lifetime = 300, max_body = 16384 },
+  health = { budget = 1, cache = 5 },
+  metrics = { flush_interval = 1 },
 }
 
 -- Raises a mistake in init()'s options; level as error() counts it from
@@ -125,6 +127,8 @@ function M.load(options)
 
   local jwks = check_keys(options.jwks, { sets = true, max_age = true, refresh = true }, "jwks")
   local token = check_keys(options.token, { set = true, lifetime = true, max_body = true }, "token")
+  local health = check_keys(options.health, { budget = true, cache = true }, "health")
+  local metrics = check_keys(options.metrics, { flush_interval = true }, "metrics")
   local max_age = jwks.max_age or DEFAULTS.jwks.max_age
   if type(max_age) ~= "number" or max_age < 0 then fail("jwks.max_age must be a number >= 0", IN_LOAD) end
   local refresh = positive_number(jwks.refresh or DEFAULTS.jwks.refresh, "jwks.refresh")
@@ -160,6 +164,10 @@ function M.load(options)
     -- a rotation policy
     scheduled = #policies.scheduled > 0,
     schedule_interval = positive_number(options.schedule_interval or refresh, "schedule_interval"),
+    health_budget = positive_number(health.budget or DEFAULTS.health.budget, "health.budget"),
+    health_cache = positive_number(health.cache or DEFAULTS.health.cache, "health.cache"),
+    metrics_flush_interval = positive_number(metrics.flush_interval or DEFAULTS.metrics.flush_interval,
+      "metrics.flush_interval"),
   }
   choose_sets(s, jwks, token, cfg)
 
