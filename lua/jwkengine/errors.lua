@@ -36,6 +36,7 @@ M.codes = {
   ERR_STARTUP = "startup generation in an nginx worker raised",
   ERR_STARTUP_LOCK = "the startup lock (a lua_shared_dict) could not be taken",
   ERR_THREAD = "an nginx worker thread failed to run the signing call",
+  ERR_OVERLOADED = "nginx: every thread-pool signing slot of the worker was busy and the wait queue full, or the wait passed thread_queue.timeout (503 with Retry-After)",
   ERR_HTTP_METHOD = "nginx: the request used a method the endpoint does not take (405)",
   ERR_HTTP_MEDIA_TYPE = "nginx: the request body is not application/json (415)",
   ERR_HTTP_BODY_TOO_LARGE = "nginx: the request body is larger than token.max_body (413)",

@@ -18,7 +18,8 @@
 --                         Set cache (jwks.lua), refreshed on a timer.
 --   content               handlers.lua: serve_jwks answers from the cache;
 --                         serve_token signs, in the event loop or in nginx's
---                         thread pool (threads.lua).
+--                         thread pool (threads.lua), behind the worker's
+--                         bounded queue (queue.lua).
 -- state.lua holds what the files share in one process; logging.lua writes
 -- to nginx's error log.
 --
@@ -46,6 +47,9 @@ local M = { _VERSION = "0.1.0" }
 --     when published, else the first published set); lifetime: exp - iat;
 --     max_body: the largest claims body accepted, in bytes
 --   thread_pool = "name": sign in that nginx thread pool (ngx.run_worker_thread)
+--   thread_queue = { in_flight = hsm.max_sessions, length = 256, timeout = 2 }:
+--     per worker, signatures run at once in the pool, requests kept waiting
+--     for a turn, seconds one waits; past that 503 (jwkengine.nginx.queue)
 --   shared_dict = "jwkengine": the lua_shared_dict holding the startup lock
 --   ready_timeout = 10: seconds a request waits for its worker's engine
 --   startup_lock_timeout = 300: seconds one worker may hold the startup lock
@@ -90,8 +94,9 @@ M.serve_jwks = handlers.serve_jwks
 -- name, or false to sign in the event loop even when init() set one).
 M.serve_token = handlers.serve_token
 
--- Runs in a Lua VM of nginx's thread pool: ngx.run_worker_thread calls it
--- by this module's name and this function's.
+-- Runs in a Lua VM of nginx's thread pool (ngx.run_worker_thread calls it
+-- as jwkengine.nginx.threads.thread_sign; kept here for configurations that
+-- name it by this module).
 M.thread_sign = threads.thread_sign
 
 -- True once this worker's engine is open (what serve_token waits for): for

@@ -17,7 +17,7 @@ local worker = require "jwkengine.nginx.worker"
 local M = {}
 
 -- Options of init() that belong here; everything else goes to jwkengine.open.
-local OWN_OPTIONS = { jwks = true, token = true, thread_pool = true, shared_dict = true,
+local OWN_OPTIONS = { jwks = true, token = true, thread_pool = true, thread_queue = true, shared_dict = true,
   ready_timeout = true, startup_lock_timeout = true, schedule_interval = true, health = true, metrics = true }
 
 local DEFAULTS = {
@@ -29,6 +29,8 @@ local DEFAULTS = {
   token = { lifetime = 300, max_body = 16384 },
   health = { budget = 1, cache = 5 },
   metrics = { flush_interval = 1 },
+  -- thread-pool signing, per worker: in_flight defaults to hsm.max_sessions
+  thread_queue = { length = 256, timeout = 2 },
 }
 
 -- Raises a mistake in init()'s options; level as error() counts it from
@@ -45,6 +47,14 @@ local IN_LOAD, IN_HELPER = 3, 4
 local function positive_number(value, name)
   if type(value) ~= "number" or value <= 0 then
     fail(name .. " must be a positive number of seconds/bytes, got " .. tostring(value), IN_HELPER)
+  end
+  return value
+end
+
+local function whole_number(value, name, least)
+  if type(value) ~= "number" or value ~= math.floor(value) or value < least or value > 2 ^ 31 then
+    fail(string.format("%s must be a whole number from %d to 2^31, got %s", name, least, tostring(value)),
+      IN_HELPER)
   end
   return value
 end
@@ -113,6 +123,19 @@ local function publication_options(open_options, max_age, refresh)
   return publication
 end
 
+-- The bounds of thread-pool signing in each worker (jwkengine.nginx.queue):
+-- by default as many signatures in flight as the engine has sessions, so
+-- the thread VMs' engines (one session each) stay within hsm.max_sessions.
+local function thread_queue(options, cfg)
+  local q = check_keys(options, { in_flight = true, length = true, timeout = true }, "thread_queue")
+  local defaults = DEFAULTS.thread_queue
+  return {
+    in_flight = whole_number(q.in_flight or cfg.hsm.max_sessions, "thread_queue.in_flight", 1),
+    length = whole_number(q.length or defaults.length, "thread_queue.length", 0),
+    timeout = positive_number(q.timeout or defaults.timeout, "thread_queue.timeout"),
+  }
+end
+
 -- The checked settings of init(options), or a raise naming the mistake.
 function M.load(options)
   if type(options) ~= "table" then fail("init(options): options must be a table", IN_LOAD) end
@@ -168,6 +191,7 @@ function M.load(options)
     health_cache = positive_number(health.cache or DEFAULTS.health.cache, "health.cache"),
     metrics_flush_interval = positive_number(metrics.flush_interval or DEFAULTS.metrics.flush_interval,
       "metrics.flush_interval"),
+    thread_queue = thread_queue(options.thread_queue, cfg),
   }
   choose_sets(s, jwks, token, cfg)
 
