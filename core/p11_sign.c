@@ -129,8 +129,14 @@ int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
         return jwke_fail_in(err, "ERR_JWS_SIGN");
     sign_context c = {key, alg, &prepared.mechanism, prepared.data, prepared.data_len, sig,
                       *sig_len, expected_len, 0};
-    if (jwke_p11_run(token, sign_op, &c, err) != 0)
+    if (jwke_p11_run(token, sign_op, &c, err) != 0) {
+        if (err->ckr == CKR_MECHANISM_INVALID) {
+            jwke_fail(err, "C_SignInit: CKR_MECHANISM_INVALID (the token does not sign with %s, "
+                      "which %s needs)", alg->sign_mechanism.name, alg->name);
+            err->ckr = CKR_MECHANISM_INVALID; /* the message says more; the code stays the CKR */
+        }
         return jwke_fail_in(err, "ERR_JWS_SIGN"); /* a vanished key, a hash that failed */
+    }
     *sig_len = c.sig_len;
     return 0;
 }
