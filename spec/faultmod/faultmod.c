@@ -153,13 +153,13 @@
  *   JWKE_FAULT_SESSION_IDLE_MS  N > 0: a session not used for more than N ms
  *                            is closed by the token (YubiHSM 2: 30 s); the
  *                            next call on it answers CKR_SESSION_HANDLE_INVALID
- *                            (counted in expired_sessions). Checked when the
+ *                            (counted in expired_sessions, per count window). Checked when the
  *                            session is next used.
  *   JWKE_FAULT_CORRUPT_SIGNATURE  1 = every C_Sign that succeeds with an
  *                            output buffer returns its signature with the last
  *                            byte flipped (an RSA-CRT fault in miniature);
- *                            counted in injected.C_Sign and
- *                            corrupted_signatures.
+ *                            counted in injected.C_Sign and (per count
+ *                            window) corrupted_signatures.
  *
  * CONTROL FILE (JWKE_FAULT_CONTROL=path)
  *
@@ -378,7 +378,7 @@ static struct {
     unsigned long injected[FN_COUNT];
     unsigned long errors[FN_COUNT];
     unsigned long reloads, control_errors, removals, insertions;
-    unsigned long expired_sessions, corrupted_signatures;
+    unsigned long expired_sessions, corrupted_signatures; /* in the count window */
 
     /* sessions opened through the wrapper */
     fm_session *sessions[FM_BUCKETS];
@@ -1388,6 +1388,8 @@ static void reset_windows(int keep_init_counts)
             continue;
         st.window[i] = 0;
     }
+    st.expired_sessions = 0;
+    st.corrupted_signatures = 0;
     /* a window that starts while the module is up is already initialized */
     st.window_initialized = st.initialized;
 }
