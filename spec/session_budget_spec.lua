@@ -11,9 +11,7 @@ describe("session budget", function()
   local token
 
   setup(function()
-    faults.check_environment()
-    faults.set({})
-    token = softhsm.new_token("budget")
+    token = faults.fresh_token("budget")
     local engine = assert(jwkengine.open({ environment = faults.environment(token), startup = false,
       logger = false }))
     assert(engine:generate("b", "ES256", { kid = "b1" }))
@@ -99,9 +97,7 @@ describe("idle sessions", function()
   local token
 
   setup(function()
-    faults.check_environment()
-    faults.set({})
-    token = softhsm.new_token("idle")
+    token = faults.fresh_token("idle")
   end)
   teardown(function() faults.set({}) end)
 

@@ -12,9 +12,7 @@ describe("verify after sign", function()
   local token
 
   setup(function()
-    faults.check_environment()
-    faults.set({})
-    token = softhsm.new_token("vas")
+    token = faults.fresh_token("vas")
     local engine = assert(jwkengine.open({ environment = faults.environment(token), startup = false,
       logger = false, hsm = { min_rsa_bits = 2048 } }))
     assert(engine:generate("rsa", "RS256", { kid = "r1", rsa_bits = 2048 }))

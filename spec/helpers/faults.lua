@@ -52,6 +52,13 @@ function M.counts(next_settings)
   return counts
 end
 
+-- A new SoftHSM token for a spec driving the module, with no faults set.
+function M.fresh_token(prefix)
+  M.check_environment()
+  M.set({})
+  return softhsm.new_token(prefix)
+end
+
 -- The environment of an engine on `token` through the fault module.
 function M.environment(token, extra)
   local env = softhsm.environment(token, extra)
