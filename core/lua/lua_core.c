@@ -267,6 +267,7 @@ static int l_limits(lua_State *L)
     set_integer(L, "max_sessions", JWKE_POOL_MAX_SESSIONS);
     set_integer(L, "session_wait_ms", JWKE_POOL_SESSION_WAIT_MS);
     set_integer(L, "reinit_interval_ms", JWKE_POOL_REINIT_INTERVAL_MS);
+    set_integer(L, "session_idle_max", JWKE_POOL_SESSION_IDLE_MAX_MS / 1000);
     return 1;
 }
 

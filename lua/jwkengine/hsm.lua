@@ -53,6 +53,10 @@ function M.open(hsm_config, options)
     max_sessions = hsm_config.max_sessions,
     session_wait_ms = hsm_config.session_wait_ms,
     reinit_interval_ms = hsm_config.reinit_interval_ms,
+    -- 0 turns the idle check off; the C default applies when unset
+    session_idle_max_ms = hsm_config.session_idle_max and
+      (hsm_config.session_idle_max == 0 and -1 or hsm_config.session_idle_max * 1000),
+    verify_after_sign = hsm_config.verify_after_sign,
   })
   if not token then return nil, err, code end
   local ok
