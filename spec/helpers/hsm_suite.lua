@@ -26,6 +26,8 @@
 --                                        -- the token's own mechanism list)
 --   mechanisms = nil | { "CKM_..." },    -- the mechanism list, when there is
 --                                        -- no tool to read it
+--   state_objects = false,               -- the token refuses the CKO_DATA
+--                                        -- objects key states live in (NSS)
 -- }
 -- The engine's own settings only (never os.getenv): the same token can be
 -- described to a child process through cli.env_prefix.
@@ -96,6 +98,7 @@ function M.define(implementation, busted)
     busted.describe, busted.it, busted.setup, busted.teardown, busted.pending, busted.assert
   describe(implementation.name, function()
     local token, engine, offered, env
+    local logged = {} -- what the shared engine logged, shown when a test fails
 
     local function open(options)
       options = options or {}
@@ -111,6 +114,18 @@ function M.define(implementation, busted)
       return jose.jwcrypto_verify({ { jwks = jwks, token = jws, alg = alg } })[1]
     end
 
+    -- Lines about key states the token cannot hold are checked on their
+    -- own (there are some exactly when the token refuses CKO_DATA objects).
+    local UNRECORDED = "key states cannot be recorded %(.*C_CreateObject: CKR_"
+    local function without_unrecorded(lines)
+      local kept, unrecorded = {}, 0
+      for _, line in ipairs(lines) do
+        if line:find(UNRECORDED) then unrecorded = unrecorded + 1 else kept[#kept + 1] = line end
+      end
+      assert.equals(implementation.state_objects == false, unrecorded > 0, table.concat(lines, "\n"))
+      return kept
+    end
+
     local function supports(alg)
       local info = core.alg_info(alg)
       return offered[info.generate_mechanism] and offered[info.mechanism]
@@ -120,7 +135,7 @@ function M.define(implementation, busted)
       token = implementation.new_token()
       env = M.environment(token)
       offered = mechanisms_of(implementation, token)
-      engine = assert(open())
+      engine = assert(open({ logger = function(_, message) logged[#logged + 1] = message end }))
     end)
 
     teardown(function()
@@ -203,6 +218,7 @@ function M.define(implementation, busted)
         assert.equals(entry.alg, assert(first:key_set(entry.set)).keys[1].alg)
       end
       first:close()
+      lines = without_unrecorded(lines)
       assert.same({ "Hardware Security Module is configured.",
         "JSON Web Key Set 'suite.id-token' doesn't exist yet, generating new key pair...",
         "JSON Web Key Set 'suite.access-token' doesn't exist yet, generating new key pair..." }, lines)
@@ -210,31 +226,40 @@ function M.define(implementation, busted)
       local second = assert(open({ startup = true, startup_sets = sets, logger = logger }))
       assert.equals(1, #assert(second:key_set("suite.id-token")).keys)
       second:close()
-      assert.same({ "Hardware Security Module is configured." }, lines)
+      assert.same({ "Hardware Security Module is configured." }, without_unrecorded(lines))
     end)
 
-    it("lists a set's keys, records their states on the token, and another process agrees", function()
+    it("lists a set's keys and records their states on the token, where another process reads them", function()
       local set = "suite-listing"
+      logged = {}
       assert(engine:generate(set, "ES256", { kid = "first" }))
+      assert.equals(1, #assert(engine:key_set(set)).keys) -- a lone key: current, recorded
       assert(engine:generate(set, "ES256", { kid = "second" }))
       local kids = {}
-      for _, jwk in ipairs(assert(engine:key_set(set)).keys) do kids[#kids + 1] = jwk.kid end
+      for _, jwk in ipairs(assert(engine:reload(set)).keys) do kids[#kids + 1] = jwk.kid end
       table.sort(kids)
       assert.same({ "first", "second" }, kids)
-      -- the first key signs; the second is next until prepublish (a CKO_DATA object records it)
+      -- the first key signs; the second is next until prepublish
       local _, header = assert(engine:verify(set, assert(engine:sign(set, "x"))))
       assert.equals("first", header.kid)
+      without_unrecorded(logged)
+      -- without records a reload sees two new keys at once: the rule makes
+      -- one current and the other previous (README: state objects)
+      if implementation.state_objects == false then return end
+      local ours = {}
+      for _, key in ipairs(assert(engine:key_states(set))) do ours[key.kid] = key.state end
+      assert.same({ first = "current", second = "next" }, ours)
       local out, err, status = cli.keys(env, "keys " .. set)
       assert.equals(0, status, err)
-      local states = {}
+      local theirs = {}
       for line in out:gmatch("[^\n]+") do
         local key = cjson.decode(line)
-        states[key.kid] = key.state
+        theirs[key.kid] = key.state
       end
-      assert.same({ first = "current", second = "next" }, states, out)
+      assert.same(ours, theirs)
       if token.tool then
         local listing = assert(token.tool("--login --list-objects --type data"))
-        assert.matches("label:%s+'" .. set .. "'", listing)
+        assert.matches("label:%s+'" .. set:gsub("%-", "%%-") .. "'", listing)
       end
     end)
 
