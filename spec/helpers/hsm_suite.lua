@@ -33,9 +33,9 @@
 -- described to a child process through cli.env_prefix.
 local cjson = require "cjson"
 local core = require "jwkengine.core"
-local jwkengine = require "jwkengine"
 local cli = require "helpers.cli"
 local jose = require "helpers.jose"
+local softhsm = require "helpers.softhsm"
 
 local M = {}
 
@@ -100,13 +100,7 @@ function M.define(implementation, busted)
     local token, engine, offered, env
     local logged = {} -- what the shared engine logged, shown when a test fails
 
-    local function open(options)
-      options = options or {}
-      options.environment = env
-      if options.logger == nil then options.logger = false end
-      if options.startup == nil then options.startup = false end
-      return jwkengine.open(options)
-    end
+    local function open(options) return softhsm.open_engine(env, options) end
 
     -- jwcrypto's verdict on a token under the set's published JWK Set.
     local function jwcrypto_accepts(set, jws, alg)
