@@ -227,11 +227,14 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
     pthread_mutex_lock(&generation_lock);
     int result = jwke_p11_run(token, generate_op, &c, err);
     pthread_mutex_unlock(&generation_lock);
-    if (result != 0 && err->ckr == CKR_MECHANISM_INVALID) {
-        jwke_fail(err, "C_GenerateKeyPair: CKR_MECHANISM_INVALID (the token cannot generate %s "
-                  "keys)", alg->name);
-        err->ckr = CKR_MECHANISM_INVALID; /* the message says more; the code stays the CKR */
-    }
+    /* Tokens differ in what they implement (NSS softokn 3.87 has no Ed25519
+     * generation): name the token and the mechanism it lacks, under the code
+     * a program branches on, rather than a bare CKR. */
+    if (result != 0 && err->ckr == CKR_MECHANISM_INVALID)
+        jwke_fail_code(err, "ERR_UNSUPPORTED_ALG",
+                       "token '%s' has no %s: it cannot generate %s keys "
+                       "(C_GenerateKeyPair: CKR_MECHANISM_INVALID)",
+                       jwke_p11_token_label(token), alg->generate_mechanism.name, alg->name);
     return result;
 }
 

@@ -660,6 +660,11 @@ CK_SLOT_ID jwke_p11_token_slot(jwke_p11_token *t)
     return slot;
 }
 
+const char *jwke_p11_token_label(const jwke_p11_token *t)
+{
+    return t->label;
+}
+
 unsigned jwke_p11_token_object_epoch(jwke_p11_token *t)
 {
     pthread_mutex_lock(&t->lock);

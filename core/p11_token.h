@@ -119,6 +119,9 @@ CK_FUNCTION_LIST_PTR jwke_p11_token_functions(const jwke_p11_token *token);
 /* The slot the token is in now (a device reset may move it). */
 CK_SLOT_ID jwke_p11_token_slot(jwke_p11_token *token);
 
+/* The token's label as it was opened (never changes), for messages. */
+const char *jwke_p11_token_label(const jwke_p11_token *token);
+
 /* The epoch of cached object handles: bumped whenever they may have gone
  * stale (a fork, a device reset, a new login, objects destroyed). */
 unsigned jwke_p11_token_object_epoch(jwke_p11_token *token);

@@ -31,11 +31,7 @@ local function token_public_hex(token, label, kind)
 end
 
 local function open_engine(token, extra, options)
-  options = options or {}
-  options.environment = softhsm.environment(token, extra)
-  if options.logger == nil then options.logger = false end
-  if options.startup == nil then options.startup = false end
-  return jwkengine.open(options)
+  return softhsm.open_engine(softhsm.environment(token, extra), options)
 end
 
 describe("engine core on SoftHSM", function()
