@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckr_names.h"
 #include "ec_der.h"
 #include "p11_map.h"
 
@@ -235,6 +236,18 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
                        "token '%s' has no %s: it cannot generate %s keys "
                        "(C_GenerateKeyPair: CKR_MECHANISM_INVALID)",
                        jwke_p11_token_label(token), alg->generate_mechanism.name, alg->name);
+    /* A PSS key is only a PSS key by its CKA_ALLOWED_MECHANISMS mark (that is
+     * how it reads back as PS256): a token that refuses the mark (NSS
+     * softokn 3.87 answers CKR_GENERAL_ERROR) cannot hold one. */
+    else if (result != 0 && alg->scheme == JWKE_SCHEME_RSA_PSS &&
+             (err->ckr == CKR_GENERAL_ERROR || err->ckr == CKR_ATTRIBUTE_TYPE_INVALID ||
+              err->ckr == CKR_ATTRIBUTE_VALUE_INVALID || err->ckr == CKR_TEMPLATE_INCONSISTENT)) {
+        CK_RV refused = err->ckr;
+        jwke_fail_code(err, "ERR_UNSUPPORTED_ALG",
+                       "token '%s' refused a key pair marked with CKA_ALLOWED_MECHANISMS, the mark "
+                       "that makes an RSA key %s: it cannot hold %s keys (C_GenerateKeyPair: %s)",
+                       jwke_p11_token_label(token), alg->name, alg->name, jwke_ckr_name(refused));
+    }
     return result;
 }
 

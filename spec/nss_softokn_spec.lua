@@ -64,6 +64,9 @@ hsm_suite.define({
   -- NSS 3.87 refuses token CKO_DATA objects (C_CreateObject:
   -- CKR_ATTRIBUTE_VALUE_INVALID): key states are not recorded there
   state_objects = false,
+  -- and refuses CKA_ALLOWED_MECHANISMS on a generated pair
+  -- (C_GenerateKeyPair: CKR_GENERAL_ERROR): no PS256 keys there
+  allowed_mechanisms = false,
   new_token = function()
     return { library = SOFTOKN, label = LABEL, pin = PASSWORD, init_args = init_args(dir),
       environment = { HSM_MIN_RSA_BITS = "2048" }, tool = tool,

@@ -28,6 +28,9 @@
 --                                        -- no tool to read it
 --   state_objects = false,               -- the token refuses the CKO_DATA
 --                                        -- objects key states live in (NSS)
+--   allowed_mechanisms = false,          -- the token refuses the
+--                                        -- CKA_ALLOWED_MECHANISMS mark PS256
+--                                        -- keys carry (NSS)
 -- }
 -- The engine's own settings only (never os.getenv): the same token can be
 -- described to a child process through cli.env_prefix.
@@ -151,6 +154,13 @@ function M.define(implementation, busted)
         function()
           local set = "suite-" .. alg:lower()
           local jwk, err, code = engine:generate(set, alg, { kid = set .. "-1", rsa_bits = implementation.rsa_bits })
+          if implementation.allowed_mechanisms == false and alg:find("^PS") then
+            assert.is_nil(jwk)
+            assert.equals("ERR_UNSUPPORTED_ALG", code)
+            assert.matches(string.format("token '%s' refused a key pair marked with CKA_ALLOWED_MECHANISMS",
+              token.label), err, 1, true)
+            return
+          end
           if not supports(alg) then
             assert.is_nil(jwk)
             assert.equals("ERR_UNSUPPORTED_ALG", code)
