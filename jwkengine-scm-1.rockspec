@@ -15,7 +15,9 @@ them; keys the HSM lacks come from a software store sealed with AES-256-GCM
 in Ory Hydra's format. Builds for Lua 5.4 and for LuaJIT (OpenResty).
 ]],
    homepage = "https://github.com/jwkengine/jwkengine",
-   license = "Apache-2.0",
+   -- No licence has been chosen yet (there is no LICENSE file): choose one
+   -- before a release is uploaded; luarocks lint needs the field set.
+   license = "not chosen yet",
 }
 dependencies = {
    "lua >= 5.1, < 5.5",
