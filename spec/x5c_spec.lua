@@ -5,7 +5,6 @@
 -- python3-jwcrypto (the JWK's key as PEM) and pkcs11-tool (the seed
 -- workflow: a certificate made elsewhere, written onto the token).
 local cjson = require "cjson"
-local jwkengine = require "jwkengine"
 local cli = require "helpers.cli"
 local faults = require "helpers.faults"
 local softhsm = require "helpers.softhsm"
@@ -27,15 +26,6 @@ end
 -- RSA 2048 keeps generation quick; the mapping is the same for 4096.
 local EXTRA = { HSM_MIN_RSA_BITS = "2048" }
 
-local function open_engine(token, options)
-  options = options or {}
-  return assert(jwkengine.open({ environment = softhsm.environment(token, options.env or EXTRA),
-    logger = options.logger or false, startup = false }))
-end
-
-local function keys(token, args)
-  return cli.keys(softhsm.environment(token, EXTRA), args)
-end
 
 -- The x5c certificate as a PEM file; returns its path.
 local function pem_file(dir, name, x5c)
@@ -85,9 +75,10 @@ local function check_certificate(dir, jwk, name, subject, days)
 end
 
 describe("x5c", function()
-  local token, dir
+  local token, dir, hsm_env
   setup(function()
     token = softhsm.new_token("x5c")
+    hsm_env = softhsm.environment(token, EXTRA)
     dir = run_ok("mktemp -d /tmp/jwke-x5c.XXXXXX"):match("[^\n]+")
   end)
   teardown(function()
@@ -98,18 +89,18 @@ describe("x5c", function()
     local alg, kty = case[1], case[2]
     it("keys cert makes a self-signed certificate for a " .. alg .. " key that openssl and jwcrypto agree with", function()
       local set, kid = "cert-" .. alg, "k-" .. alg
-      local engine = open_engine(token)
+      local engine = assert(softhsm.open_engine(hsm_env))
       assert(engine:generate(set, alg, { kid = kid, rsa_bits = 2048 }))
       assert.is_nil(engine:key(set, kid).x5c) -- none before keys cert
       engine:close()
 
-      local out, err, status = keys(token, string.format("cert %s %s --subject %s --days 30",
+      local out, err, status = cli.keys(hsm_env, string.format("cert %s %s --subject %s --days 30",
         set, kid, q("CN=x5c " .. alg .. ", O=jwkengine")))
       assert.equals(0, status, err)
       local printed = cjson.decode(out)
       assert.equals(kty, printed.kty)
 
-      out, err, status = keys(token, "get " .. set)
+      out, err, status = cli.keys(hsm_env, "get " .. set)
       assert.equals(0, status, err)
       local jwk = cjson.decode(out).keys[1]
       assert.equals(kid, jwk.kid)
@@ -117,7 +108,7 @@ describe("x5c", function()
       check_certificate(dir, jwk, alg, "CN = x5c " .. alg .. ", O = jwkengine", 30)
 
       -- the key still signs, and a verifier takes its JWK with x5c
-      engine = open_engine(token)
+      engine = assert(softhsm.open_engine(hsm_env))
       local jws = assert(engine:sign_jwt(set, { sub = "x5c" }))
       engine:close()
       assert.is_true((verifier.jwcrypto({ keys = { jwk } }, jws)))
@@ -125,7 +116,7 @@ describe("x5c", function()
   end
 
   it("replaces the pair's certificate on a second keys cert, leaving one on the token", function()
-    local engine = open_engine(token)
+    local engine = assert(softhsm.open_engine(hsm_env))
     assert(engine:generate("again", "ES256", { kid = "a1" }))
     local first = assert(engine:certify("again", "a1", { subject = "CN=first" }))
     local second = assert(engine:certify("again", "a1", { subject = "CN=second", days = 2 }))
@@ -142,7 +133,7 @@ describe("x5c", function()
   end)
 
   it("maps a certificate made elsewhere and written with pkcs11-tool (the seed workflow)", function()
-    local engine = open_engine(token)
+    local engine = assert(softhsm.open_engine(hsm_env))
     assert(engine:generate("seed", "ES256", { kid = "seed-1" }))
     engine:close()
     -- a CA outside the HSM issues a certificate for the token's public key
@@ -159,7 +150,7 @@ describe("x5c", function()
     softhsm.pkcs11_tool(token, string.format("--login --write-object %s/leaf.der --type cert --label seed --id %s",
       q(dir), softhsm.hex("seed-1")))
 
-    engine = open_engine(token)
+    engine = assert(softhsm.open_engine(hsm_env))
     local jwk = assert(engine:key("seed", "seed-1"))
     engine:close()
     local der = softhsm.read_file(dir .. "/leaf.der")
@@ -169,7 +160,7 @@ describe("x5c", function()
   end)
 
   it("keeps a key whose certificate holds another key signing, without x5c, and logs the mismatch naming the kid", function()
-    local engine = open_engine(token)
+    local engine = assert(softhsm.open_engine(hsm_env))
     assert(engine:generate("mixed", "ES256", { kid = "mine" }))
     assert(engine:generate("mixed", "ES256", { kid = "other" }))
     local other = assert(engine:certify("mixed", "other", { subject = "CN=other" }))
@@ -181,7 +172,8 @@ describe("x5c", function()
       q(path), softhsm.hex("mine")))
 
     local lines = {}
-    engine = open_engine(token, { logger = function(level, message) lines[#lines + 1] = level .. " " .. message end })
+    engine = assert(softhsm.open_engine(hsm_env,
+      { logger = function(level, message) lines[#lines + 1] = level .. " " .. message end }))
     local jwks = assert(engine:key_set("mixed"))
     local by_kid = {}
     for _, k in ipairs(jwks.keys) do by_kid[k.kid] = k end
@@ -202,14 +194,14 @@ describe("x5c", function()
   end)
 
   it("refuses a certificate value the token reports as larger than its buffer, and the key signs on", function()
-    local engine = open_engine(token)
+    local engine = assert(softhsm.open_engine(hsm_env))
     assert(engine:generate("long", "ES256", { kid = "l1" }))
     assert(engine:certify("long", "l1", { subject = "CN=long" }))
     engine:close()
     faults.set({ lengths = "C_GetAttributeValue:CKA_VALUE=buffer+1,CKR_OK" })
     local lines = {}
-    engine = open_engine(token, { env = faults.environment(token, EXTRA),
-      logger = function(level, message) lines[#lines + 1] = level .. " " .. message end })
+    engine = assert(softhsm.open_engine(faults.environment(token, EXTRA),
+      { logger = function(level, message) lines[#lines + 1] = level .. " " .. message end }))
     local ok, jwk = pcall(engine.key, engine, "long", "l1")
     local jws = ok and engine:sign_jwt("long", { sub = "long" })
     engine:close()
@@ -222,7 +214,7 @@ describe("x5c", function()
   end)
 
   it("names what is wrong in keys cert's input", function()
-    local engine = open_engine(token)
+    local engine = assert(softhsm.open_engine(hsm_env))
     assert(engine:generate("input", "ES256", { kid = "i1" }))
     local jwk, err, code = engine:certify("input", "i1", { subject = "CN" })
     assert.is_nil(jwk)
@@ -239,10 +231,10 @@ describe("x5c", function()
     assert.has_error(function() engine:certify("input", "i1", {}) end, "options.subject must be a string (\"CN=...\")")
     engine:close()
 
-    local _, stderr, status = keys(token, "cert input i1")
+    local _, stderr, status = cli.keys(hsm_env, "cert input i1")
     assert.equals(2, status)
     assert.matches("cert needs --subject", stderr, 1, true)
-    _, stderr, status = keys(token, "cert input i1 --subject CN=x --days soon")
+    _, stderr, status = cli.keys(hsm_env, "cert input i1 --subject CN=x --days soon")
     assert.equals(2, status)
     assert.matches("option --days: 'soon' is not a whole number of days", stderr, 1, true)
   end)
@@ -281,8 +273,8 @@ describe("x5c", function()
 
       it("keeps a key whose stored x5c holds another key signing, without x5c, and logs it naming the kid", function()
         local lines = {}
-        local engine = assert(jwkengine.open({ environment = soft_env(), startup = false,
-          logger = function(level, message) lines[#lines + 1] = level .. " " .. message end }))
+        local engine = assert(softhsm.open_engine(soft_env(),
+          { logger = function(level, message) lines[#lines + 1] = level .. " " .. message end }))
         assert(engine:generate("mixed", "ES256", { kid = "other" }))
         local other = assert(engine:certify("mixed", "other", { subject = "CN=other" }))
         local key = assert(core.generate_software_key("ES256"))
@@ -314,11 +306,11 @@ describe("x5c", function()
     local env = { HSM_ENABLED = "true", HSM_LIBRARY = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so",
       HSM_TOKEN_LABEL = "NSS Certificate DB", HSM_PIN = "nss-x5c-password",
       HSM_INIT_ARGS = string.format("configdir='sql:%s' certPrefix='' keyPrefix='' secmod='secmod.db' flags=", nss) }
-    local engine = open_engine(token, { env = env })
+    local engine = assert(softhsm.open_engine(env))
     assert(engine:generate("nss-set", "ES256", { kid = "nss-1" }))
     local made = assert(engine:certify("nss-set", "nss-1", { subject = "CN=nss" }))
     engine:close()
-    engine = open_engine(token, { env = env })
+    engine = assert(softhsm.open_engine(env))
     local jwk = assert(engine:key("nss-set", "nss-1"))
     engine:close()
     assert.same(made.x5c, jwk.x5c)
