@@ -32,9 +32,13 @@
 #define JWKE_MIN_SECRET_LENGTH 16
 
 /* The PKCS#11 session pool's defaults: hsm.max_sessions,
- * hsm.session_wait_ms and hsm.reinit_interval_ms. */
+ * hsm.session_wait_ms, hsm.reinit_interval_ms and
+ * hsm.reinit_interval_max_ms. The backoff during an outage starts at the
+ * interval and doubles up to the max: an HSM back from an outage signs
+ * again within about the max (2 s). */
 #define JWKE_POOL_MAX_SESSIONS 4
 #define JWKE_POOL_SESSION_WAIT_MS 5000
 #define JWKE_POOL_REINIT_INTERVAL_MS 1000
+#define JWKE_POOL_REINIT_INTERVAL_MAX_MS 2000
 
 #endif

@@ -120,7 +120,7 @@ static const char *opt_string_field(lua_State *L, int table, const char *name)
 }
 
 /* module:open_token(slot_id [, {label=, serial=, max_sessions=,
- * session_wait_ms=, reinit_interval_ms=}]) -> token | nil, err. The token
+ * session_wait_ms=, reinit_interval_ms=, reinit_interval_max_ms=}]) -> token | nil, err. The token
  * holds its own reference to the module. */
 static int l_module_open_token(lua_State *L)
 {
@@ -133,6 +133,7 @@ static int l_module_open_token(lua_State *L)
         opt_int_field(L, 3, "max_sessions", 0),
         opt_int_field(L, 3, "session_wait_ms", 0),
         opt_int_field(L, 3, "reinit_interval_ms", 0),
+        opt_int_field(L, 3, "reinit_interval_max_ms", 0),
     };
     const char *label = opt_string_field(L, 3, "label");
     const char *serial = opt_string_field(L, 3, "serial");

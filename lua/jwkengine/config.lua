@@ -28,6 +28,7 @@ local function defaults()
       max_sessions = LIMITS.max_sessions,
       session_wait_ms = LIMITS.session_wait_ms,
       reinit_interval_ms = LIMITS.reinit_interval_ms,
+      reinit_interval_max_ms = LIMITS.reinit_interval_max_ms,
       negative_cache_ttl = 30,
     },
     startup_sets = M.DEFAULT_STARTUP_SETS,
@@ -59,6 +60,7 @@ local hsm_schema = {
   max_sessions = "integer",
   session_wait_ms = "integer",
   reinit_interval_ms = "integer",
+  reinit_interval_max_ms = "integer",
   negative_cache_ttl = "integer",
   uri = "string",
   token_serial = "string",
@@ -365,6 +367,10 @@ function M.check_hsm(hsm)
   if pin_problem then return util.fail("ERR_CONFIG", "%s", pin_problem) end
   if hsm.max_sessions < 1 then
     return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 1")
+  end
+  if hsm.reinit_interval_ms < 1 or hsm.reinit_interval_max_ms < hsm.reinit_interval_ms then
+    return util.fail("ERR_CONFIG", "hsm.reinit_interval_ms (%d) must be at least 1 and at most "
+      .. "hsm.reinit_interval_max_ms (%d)", hsm.reinit_interval_ms, hsm.reinit_interval_max_ms)
   end
   return true
 end

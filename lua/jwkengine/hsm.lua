@@ -53,6 +53,7 @@ function M.open(hsm_config, options)
     max_sessions = hsm_config.max_sessions,
     session_wait_ms = hsm_config.session_wait_ms,
     reinit_interval_ms = hsm_config.reinit_interval_ms,
+    reinit_interval_max_ms = hsm_config.reinit_interval_max_ms,
   })
   if not token then return nil, err, code end
   local ok

@@ -51,7 +51,7 @@ int main(int argc, char **argv)
     }
     int threads = atoi(argv[5]);
     signatures_per_thread = atoi(argv[6]);
-    jwke_p11_options options = {atoi(argv[7]), 10000, 1000};
+    jwke_p11_options options = {atoi(argv[7]), 10000, 1000, 2000};
     jwke_error err;
 
     jwke_p11_module *module = jwke_p11_module_acquire(argv[1], NULL, &err);
