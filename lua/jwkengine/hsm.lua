@@ -106,6 +106,14 @@ function Manager:stats()
   return self.token:stats()
 end
 
+-- nil, or { retry_in = seconds until the next attempt to come back,
+-- cause = the failure that started the outage }
+function Manager:outage()
+  local retry_in_ms, cause = self.token:outage()
+  if retry_in_ms then return { retry_in = retry_in_ms / 1000, cause = cause } end
+  return nil
+end
+
 -- Loads a set (from the cache unless refresh). An empty set is "not found"
 -- (remembered for a while by jwkengine.fallback, which asks here first).
 function Manager:load(set, refresh)

@@ -245,6 +245,13 @@ function Engine:stats()
   return keys_of[self]:stats()
 end
 
+-- While the HSM is down (calls fail with ERR_HSM_UNAVAILABLE): { retry_in
+-- = seconds until the engine next tries to come back, cause = the failure
+-- that started the outage }; nil otherwise, and without an HSM.
+function Engine:hsm_outage()
+  return keys_of[self]:hsm_outage()
+end
+
 -- The slot of the HSM's token ({ id, label, serial, ... }), or nil when the
 -- HSM is not enabled.
 function Engine:slot()

@@ -1,0 +1,174 @@
+-- SoftHSM behind p11-kit's remoting (spec/helpers/p11kit.lua), the stand-in
+-- for a network HSM: the steady state, and outages of 0.5 s, 3 s and 30 s
+-- (the server and its p11-kit-remote killed, then started again on the
+-- same socket) while this process signs in a loop, ending without a
+-- restart; and an outage that starts while a slow C_Sign is in flight.
+local jwkengine = require "jwkengine"
+local p11kit = require "helpers.p11kit"
+local softhsm = require "helpers.softhsm"
+local verifier = require "helpers.verifier"
+
+-- Seconds since boot, to the hundredth (the wall clock in whole seconds
+-- is too coarse to time a recovery).
+local function uptime()
+  local f = assert(io.open("/proc/uptime"))
+  local seconds = f:read("n")
+  f:close()
+  return seconds
+end
+
+local function nap() os.execute("sleep 0.02") end
+
+-- How long recovery may take once the HSM is back: the README's default
+-- backoff (hsm.reinit_interval_max_ms 2000) means about 2 s; the bound
+-- leaves room for a loaded machine, since what is asserted is that
+-- recovery happens, not how fast.
+local RECOVERY_BOUND_S = 20
+
+describe("SoftHSM through p11-kit's remoting", function()
+  local server, engine, env
+
+  setup(function()
+    softhsm.check_environment()
+    server = p11kit.new({ label = "remote" })
+    env = server:environment({ HSM_MIN_RSA_BITS = "2048" })
+  end)
+
+  teardown(function()
+    if engine then engine:close() end
+    server:dispose()
+  end)
+
+  local function open()
+    return assert(jwkengine.open({ environment = env, startup = false, logger = false }))
+  end
+
+  it("generates ES256 and RS256 keys and signs tokens jwcrypto verifies; EdDSA only where the remote has it", function()
+    engine = open()
+    for _, case in ipairs({ { set = "remote-es256", alg = "ES256" },
+        { set = "remote-rs256", alg = "RS256", rsa_bits = 2048 } }) do
+      local jwk = assert(engine:generate(case.set, case.alg, { kid = case.set .. "-1", rsa_bits = case.rsa_bits }))
+      assert.equals(case.alg, jwk.alg)
+      local token = assert(engine:sign_jwt(case.set, { sub = "remote" }))
+      local ok, out = verifier.jwcrypto(assert(engine:key_set_json(case.set)), token)
+      assert.is_true(ok, case.alg .. ": " .. out)
+    end
+    -- p11-kit's RPC may not carry CKM_EC_EDWARDS_KEY_PAIR_GEN: then the
+    -- failure is clean, with a code; where it does, the token verifies
+    local jwk, err, code = engine:generate("remote-eddsa", "EdDSA", { kid = "remote-eddsa-1" })
+    if jwk then
+      local token = assert(engine:sign_jwt("remote-eddsa", { sub = "remote" }))
+      local ok, out = verifier.jwcrypto(assert(engine:key_set_json("remote-eddsa")), token)
+      assert.is_true(ok, "EdDSA: " .. out)
+    else
+      assert.is_string(err)
+      assert.is_string(code)
+      print("EdDSA through p11-kit's remoting: " .. err)
+    end
+  end)
+
+  -- Signs in a loop; `down_for` seconds after the first signature the
+  -- server is killed, then started again. Returns the seconds from the
+  -- server's return to the first good signature, and the failures seen.
+  local function outage(down_for)
+    local killed_at, back_at, failures, codes = nil, nil, 0, {}
+    local deadline = uptime() + down_for + 60
+    while uptime() < deadline do
+      local jws, err, code = engine:sign_jwt("remote-es256", { sub = "loop" })
+      if jws and back_at then
+        local recovered = uptime() - back_at
+        local ok, out = verifier.jwcrypto(assert(engine:key_set_json("remote-es256")), jws)
+        assert.is_true(ok, out)
+        return recovered, failures, codes
+      end
+      if not jws then
+        assert.is_not_nil(killed_at, "a signature failed before the outage: " .. tostring(err))
+        failures = failures + 1
+        codes[code] = (codes[code] or 0) + 1
+        assert.equals("ERR_HSM_UNAVAILABLE", code, err)
+        local wait = tonumber(err:match("next attempt in (%d+) ms"))
+        assert.is_true(wait ~= nil and wait <= 2000, err)
+        nap()
+      end
+      if not killed_at then
+        server:stop()
+        killed_at = uptime()
+      elseif not back_at and uptime() - killed_at >= down_for then
+        server:start()
+        back_at = uptime()
+      end
+    end
+    error("no good signature within 60 s of the HSM's return")
+  end
+
+  for _, down_for in ipairs({ 0.5, 3, 30 }) do
+    it(string.format("recovers from a %.1f s outage without a restart; every call meanwhile is ERR_HSM_UNAVAILABLE", down_for), function()
+      engine = engine or open()
+      assert(engine:sign_jwt("remote-es256", { sub = "before" }))
+      local recovered, failures = outage(down_for)
+      print(string.format("p11-kit outage of %.1f s: %d calls failed with ERR_HSM_UNAVAILABLE; first good signature %.2f s after the server's return",
+        down_for, failures, recovered))
+      assert.is_true(failures > 0, "the outage was not seen")
+      assert.is_true(recovered < RECOVERY_BOUND_S, string.format("recovered after %.2f s", recovered))
+    end)
+  end
+
+  it("recovers from an outage that starts while a slow C_Sign is in flight", function()
+    if engine then engine:close() engine = nil end
+    local dir = server.dir
+    local faultmod = require("helpers.faults").MODULE
+    -- a child process: the fault module (1 s before each C_Sign) in front
+    -- of p11-kit's client; it writes `ready` just before its first
+    -- signature, and one line per call after
+    local script = dir .. "/inflight.lua"
+    softhsm.write_file(script, string.format([[
+      package.path = %q
+      package.cpath = %q
+      local jwkengine = require "jwkengine"
+      local env = { HSM_ENABLED = "true", HSM_LIBRARY = %q, HSM_TOKEN_LABEL = %q, HSM_PIN = %q }
+      local engine = assert(jwkengine.open({ environment = env, startup = false, logger = false }))
+      assert(engine:key_set("remote-es256"))
+      io.open(%q, "w"):close()
+      local failed = false
+      for _ = 1, 200 do
+        local jws, err, code = engine:sign_jwt("remote-es256", { sub = "inflight" })
+        io.write(jws and "OK\n" or (code .. " " .. err .. "\n"))
+        io.flush()
+        if jws and failed then break end
+        failed = failed or not jws
+        os.execute("sleep 0.1")
+      end
+      engine:close()
+    ]], package.path, package.cpath, faultmod, server.token.label, server.token.pin, dir .. "/ready"))
+    local out_path = dir .. "/inflight.out"
+    os.execute(string.format("%s JWKE_FAULT_MODULE=%s JWKE_FAULT_LATENCY_US=C_Sign:1000000 JWKE_FAULT_CONTROL=%s "
+      .. "%s %s >%s 2>&1 &", server:shell_environment(), softhsm.quote(p11kit.CLIENT),
+      softhsm.quote(dir .. "/none.ctl"), softhsm.LUA, softhsm.quote(script), softhsm.quote(out_path)))
+    local ready = false
+    for _ = 1, 1500 do
+      local f = io.open(dir .. "/ready")
+      if f then f:close() ready = true break end
+      nap()
+    end
+    assert.is_true(ready, "the signing process did not start: " .. (io.open(out_path) and softhsm.read_file(out_path) or ""))
+    os.execute("sleep 0.3") -- C_SignInit is done; C_Sign waits in the fault module
+    server:stop()
+    os.execute("sleep 1")
+    server:start()
+    local lines
+    for _ = 1, 3000 do
+      local out = softhsm.read_file(out_path)
+      lines = {}
+      for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+      if #lines >= 2 and lines[#lines] == "OK" then break end
+      nap()
+    end
+    assert.is_true(#lines >= 2, table.concat(lines, "\n"))
+    assert.equals("OK", lines[#lines], table.concat(lines, "\n"))
+    for i = 1, #lines - 1 do
+      assert.matches("^ERR_HSM_UNAVAILABLE ", lines[i])
+    end
+    assert.matches("C_Sign", lines[1], 1, true) -- the call in flight is the cause
+    print(string.format("outage during C_Sign: %d calls failed, then a good signature", #lines - 1))
+  end)
+end)
