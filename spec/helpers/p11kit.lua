@@ -58,10 +58,9 @@ function Server:shell_environment()
   return "P11_KIT_SERVER_ADDRESS=" .. softhsm.quote(self:address())
 end
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
+local function is_socket(path)
+  local ok = os.execute("test -S " .. softhsm.quote(path))
+  return ok == true or ok == 0
 end
 
 -- Starts the server (again) and waits until its socket answers.
@@ -74,7 +73,7 @@ function Server:start()
     softhsm.quote("pkcs11:token=" .. self.token.label), softhsm.quote(self.dir .. "/server.log")))
   self.pid = assert(tonumber(out:match("(%d+)")), "p11-kit server did not start: " .. out)
   for _ = 1, 200 do
-    if exists(self.socket) then return self end
+    if is_socket(self.socket) then return self end
     softhsm.run("sleep 0.05")
   end
   error("p11-kit server did not create its socket: " .. softhsm.read_file(self.dir .. "/server.log"))
@@ -84,10 +83,10 @@ end
 -- the connections break as when a network HSM goes away.
 function Server:stop()
   if not self.pid then return self end
-  softhsm.run(string.format("kill -KILL -- -%d", self.pid))
+  softhsm.run(string.format("kill -s KILL -- -%d", self.pid))
   -- reaped by the shell that started it; wait until the group is gone
   for _ = 1, 200 do
-    local _, alive = softhsm.run(string.format("kill -0 -- -%d", self.pid))
+    local _, alive = softhsm.run(string.format("kill -s 0 -- -%d", self.pid))
     if not alive then break end
     softhsm.run("sleep 0.05")
   end
