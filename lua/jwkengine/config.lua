@@ -29,6 +29,8 @@ local function defaults()
       session_wait_ms = LIMITS.session_wait_ms,
       reinit_interval_ms = LIMITS.reinit_interval_ms,
       reinit_interval_max_ms = LIMITS.reinit_interval_max_ms,
+      session_idle_max = LIMITS.session_idle_max, -- seconds; 0: idle sessions are never checked
+      verify_after_sign = nil, -- unset: RSA signatures only; true: every one; false: none
       negative_cache_ttl = 30,
     },
     startup_sets = M.DEFAULT_STARTUP_SETS,
@@ -41,6 +43,8 @@ local function defaults()
 end
 
 M.MIN_SECRET_LENGTH = LIMITS.min_secret_length
+-- a day: longer than any HSM keeps an idle session, and it fits C's int in ms
+M.MAX_SESSION_IDLE = 86400
 
 -- Options of jwkengine.open that steer opening rather than configure.
 M.OPEN_OPTIONS = { config = true, environment = true, logger = true, select_slot = true,
@@ -61,6 +65,8 @@ local hsm_schema = {
   session_wait_ms = "integer",
   reinit_interval_ms = "integer",
   reinit_interval_max_ms = "integer",
+  session_idle_max = "integer",
+  verify_after_sign = "boolean",
   negative_cache_ttl = "integer",
   uri = "string",
   token_serial = "string",
@@ -80,6 +86,8 @@ local hsm_environment = {
   HSM_KEY_SET_PREFIX = "key_set_prefix",
   HSM_MIN_RSA_BITS = "min_rsa_bits",
   HSM_MAX_SESSIONS = "max_sessions",
+  HSM_SESSION_IDLE_MAX = "session_idle_max",
+  HSM_VERIFY_AFTER_SIGN = "verify_after_sign",
   HSM_URI = "uri",
   HSM_TOKEN_SERIAL = "token_serial",
   HSM_INIT_ARGS = "init_args",
@@ -371,6 +379,10 @@ function M.check_hsm(hsm)
   if hsm.reinit_interval_ms < 1 or hsm.reinit_interval_max_ms < hsm.reinit_interval_ms then
     return util.fail("ERR_CONFIG", "hsm.reinit_interval_ms (%d) must be at least 1 and at most "
       .. "hsm.reinit_interval_max_ms (%d)", hsm.reinit_interval_ms, hsm.reinit_interval_max_ms)
+  end
+  if hsm.session_idle_max > M.MAX_SESSION_IDLE then
+    return util.fail("ERR_CONFIG", "hsm.session_idle_max (HSM_SESSION_IDLE_MAX) is %d seconds; at most %d",
+      hsm.session_idle_max, M.MAX_SESSION_IDLE)
   end
   return true
 end

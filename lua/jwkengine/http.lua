@@ -57,6 +57,7 @@ local STATUS = {
   -- the engine
   ERR_THREAD = { 503, "temporarily_unavailable" },
   ERR_HSM_UNAVAILABLE = { 503, "temporarily_unavailable" },
+  ERR_OVERLOADED = { 503, "temporarily_unavailable" },
   ERR_STORE = { 503, "temporarily_unavailable" },
 }
 local TOKEN_FAILURE = { 503, "temporarily_unavailable" } -- every CKR_* code

@@ -88,8 +88,12 @@ local function holder(engine, set)
   return engine.keys:holder(set) -- the engine's fallback manager (init.lua hands it in)
 end
 
+-- After a write: the manager reads the set again on its next use (see
+-- hsm.lua's outdate: a failed read there keeps the keys it had).
 local function forget(manager, set)
-  if manager.forget then manager:forget(set) else manager.sets[set] = nil end
+  if manager.outdate then manager:outdate(set)
+  elseif manager.forget then manager:forget(set)
+  else manager.sets[set] = nil end
 end
 
 -- What differs between two record tables, as changes { set, kid, from, to, at }.

@@ -85,7 +85,7 @@ function Manager:load(set, refresh)
     entry.keys[i] = key or { kid = row.kid, broken = kerr, code = kcode }
   end
   keyset.prepare(entry, set, "software", "newest")
-  if self.states then key_states.attach(entry, set, "software", self.states) end
+  if self.states then key_states.attach(entry, set, "software", self.states, self.sets[set]) end
   self.sets[set] = entry
   return entry
 end
@@ -247,7 +247,7 @@ end
 function Manager:sign(set, payload, options)
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end
-  return keyset.sign(entry, set, payload, options, "software")
+  return keyset.sign(entry, set, payload, options, "software", self.metrics)
 end
 
 -- Re-seals every row with the first secret, in one transaction: a crash
