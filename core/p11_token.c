@@ -18,6 +18,7 @@
 #include "ckr_names.h"
 #include "engine_limits.h"
 #include "p11_session.h"
+#include "sigpipe_guard.h"
 
 #define MAX_PIN_LEN 256
 
@@ -206,6 +207,9 @@ void jwke_p11_token_close(jwke_p11_token *t)
 {
     if (!t)
         return;
+    /* closing talks to the module too, whose server may be gone */
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
     /* a forked child's copy of a lock may be held by a parent's thread */
     int inherited_locks = t->fork_generation != jwke_p11_fork_generation();
     /* In a forked child that never caught up, the handles and the login
@@ -229,6 +233,7 @@ void jwke_p11_token_close(jwke_p11_token *t)
         pthread_mutex_destroy(&t->lock);
     jwke_p11_pool_free(t->pool, inherited_locks);
     free(t);
+    jwke_sigpipe_restore(&guard);
 }
 
 static int refuse_by_flags(CK_FLAGS flags, jwke_error *err)
@@ -747,7 +752,7 @@ static int fail_unusable(jwke_p11_token *t, jwke_error *err, const char *functio
     return -1;
 }
 
-int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
+static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
 {
     const char *failed_function = NULL;
     CK_RV failed_rv = CKR_OK;
@@ -819,6 +824,16 @@ int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
         failed_function = function;
         failed_rv = rv;
     }
+}
+
+int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
+{
+    /* every call into the module, repairs included, is made in here */
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
+    int result = run_unguarded(t, op, ctx, err);
+    jwke_sigpipe_restore(&guard);
+    return result;
 }
 
 enum jwke_verify_after_sign jwke_p11_token_verify_after_sign(const jwke_p11_token *t)
