@@ -71,7 +71,7 @@ describe("SoftHSM through p11-kit's remoting", function()
   -- server's return to the first good signature, and the failures seen.
   local function outage(down_for)
     local killed_at, back_at, failures, codes = nil, nil, 0, {}
-    local deadline = uptime() + down_for + 60
+    local deadline = uptime() + down_for + RECOVERY_BOUND_S + 5
     while uptime() < deadline do
       local jws, err, code = engine:sign_jwt("remote-es256", { sub = "loop" })
       if jws and back_at then
@@ -97,7 +97,7 @@ describe("SoftHSM through p11-kit's remoting", function()
         back_at = uptime()
       end
     end
-    error("no good signature within 60 s of the HSM's return")
+    error(string.format("no good signature within %d s of the HSM's return", RECOVERY_BOUND_S + 5))
   end
 
   for _, down_for in ipairs({ 0.5, 3, 30 }) do
