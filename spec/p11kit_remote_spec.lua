@@ -25,6 +25,8 @@ local RECOVERY_BOUND_S = 10
 local server
 local function served()
   server = server or p11kit.new({ label = "remote" })
+  -- the client module in this process reads the exported address only
+  assert(server.in_process, "P11_KIT_SERVER_ADDRESS is not exported: run the spec through scripts/test.sh")
   return server
 end
 
