@@ -13,6 +13,8 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include "sigpipe_guard.h"
+
 /* More slots than any device has: a count beyond it is a module's
  * garbage, not something to allocate for. */
 #define MAX_SLOTS 65536
@@ -214,7 +216,10 @@ void jwke_p11_module_release(jwke_p11_module *module)
     /* Finalizing is only ours to do in the process generation that
      * initialized the module: a forked child must leave it alone. */
     if (module->initialized_here && module->fork_generation == fork_generation) {
+        jwke_sigpipe_guard guard;
+        jwke_sigpipe_block(&guard);
         module->fn->C_Finalize(NULL);
+        jwke_sigpipe_restore(&guard);
         dlclose(module->library);
     }
     free_logins(module);

@@ -13,10 +13,12 @@
 #include <time.h>
 
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include "ckr_names.h"
 #include "engine_limits.h"
 #include "p11_session.h"
+#include "sigpipe_guard.h"
 
 #define MAX_PIN_LEN 256
 
@@ -35,9 +37,22 @@ struct jwke_p11_token {
     CK_SESSION_HANDLE login_session;
     int have_login_session;
     unsigned login_session_epoch; /* module epoch the login session was opened in */
-    int reinit_interval_ms;
+    int reinit_interval_ms;     /* the first wait of the backoff, and the least between re-inits */
+    int reinit_interval_max_ms; /* where the doubling stops */
     long long last_reinit_ms;
     enum jwke_verify_after_sign verify_after_sign;
+
+    /* An outage: a re-initialization did not bring the token back. Calls
+     * fail fast until next_attempt_ms; the call that finds it due tries to
+     * come back (one thread at a time), and each failed try doubles the
+     * wait, with jitter so that nginx workers do not try in step. */
+    int down;
+    int coming_back;       /* a thread is trying now: the others fail fast */
+    int backoff_ms;
+    long long next_attempt_ms;
+    CK_RV down_rv;
+    char down_cause[128];  /* the failure that started the outage */
+    char last_attempt[200]; /* why the latest try to come back failed */
 
     unsigned char *pin;    /* locked memory, wiped on free */
     size_t pin_len;
@@ -146,6 +161,11 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     t->reinit_interval_ms =
         options && options->reinit_interval_ms > 0 ? options->reinit_interval_ms
                                                     : JWKE_POOL_REINIT_INTERVAL_MS;
+    t->reinit_interval_max_ms =
+        options && options->reinit_interval_max_ms > 0 ? options->reinit_interval_max_ms
+                                                        : JWKE_POOL_REINIT_INTERVAL_MAX_MS;
+    if (t->reinit_interval_max_ms < t->reinit_interval_ms)
+        t->reinit_interval_max_ms = t->reinit_interval_ms;
     t->last_reinit_ms = -1000000;
     t->verify_after_sign = options ? options->verify_after_sign : JWKE_VERIFY_RSA;
     pthread_mutex_init(&t->lock, NULL);
@@ -187,6 +207,9 @@ void jwke_p11_token_close(jwke_p11_token *t)
 {
     if (!t)
         return;
+    /* closing talks to the module too, whose server may be gone */
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
     /* a forked child's copy of a lock may be held by a parent's thread */
     int inherited_locks = t->fork_generation != jwke_p11_fork_generation();
     /* In a forked child that never caught up, the handles and the login
@@ -210,6 +233,7 @@ void jwke_p11_token_close(jwke_p11_token *t)
         pthread_mutex_destroy(&t->lock);
     jwke_p11_pool_free(t->pool, inherited_locks);
     free(t);
+    jwke_sigpipe_restore(&guard);
 }
 
 static int refuse_by_flags(CK_FLAGS flags, jwke_error *err)
@@ -505,6 +529,73 @@ static void give_back(jwke_p11_token *t, CK_SESSION_HANDLE session, unsigned epo
     pthread_mutex_unlock(&t->lock);
 }
 
+/* The wait before the next attempt to come back: doubled after each
+ * failed attempt, between half and all of it at random, so that processes
+ * that lost the HSM together (nginx workers) do not all try at once. */
+static long long next_backoff_locked(jwke_p11_token *t)
+{
+    if (t->backoff_ms == 0)
+        t->backoff_ms = t->reinit_interval_ms;
+    else if (t->backoff_ms < t->reinit_interval_max_ms / 2)
+        t->backoff_ms *= 2;
+    else
+        t->backoff_ms = t->reinit_interval_max_ms;
+    unsigned int r = 0;
+    RAND_bytes((unsigned char *)&r, sizeof r);
+    long long half = t->backoff_ms / 2;
+    return t->backoff_ms - half + (half > 0 ? (long long)(r % (unsigned long long)(half + 1)) : 0);
+}
+
+/* Starts an outage, or records one more failed attempt to end it. cause:
+ * the failure that started it (kept for the whole outage); why: what the
+ * latest repair said. Caller holds t->lock. */
+static void mark_down_locked(jwke_p11_token *t, const char *cause, CK_RV rv, const char *why)
+{
+    if (!t->down) {
+        t->down = 1;
+        t->down_rv = rv;
+        snprintf(t->down_cause, sizeof t->down_cause, "%s", cause);
+        queue_event(t, "HSM unavailable: %s; trying to come back (backoff %d to %d ms)",
+                    t->down_cause, t->reinit_interval_ms, t->reinit_interval_max_ms);
+    }
+    snprintf(t->last_attempt, sizeof t->last_attempt, "%s", why ? why : "");
+    t->next_attempt_ms = now_ms() + next_backoff_locked(t);
+}
+
+static long long retry_in_locked(const jwke_p11_token *t)
+{
+    long long wait = t->next_attempt_ms - now_ms();
+    return wait > 0 ? wait : 0;
+}
+
+/* The fast failure of every call during an outage. Caller holds t->lock. */
+static int fail_unavailable_locked(jwke_p11_token *t, jwke_error *err)
+{
+    jwke_fail_code(err, "ERR_HSM_UNAVAILABLE", "HSM unavailable: %s%s%s%s; next attempt in %lld ms",
+                   t->down_cause, t->last_attempt[0] ? " (last attempt to come back: " : "",
+                   t->last_attempt, t->last_attempt[0] ? ")" : "", retry_in_locked(t));
+    err->ckr = t->down_rv;
+    return -1;
+}
+
+static int is_login_refusal(const jwke_error *err)
+{
+    return err->code && strcmp(err->code, "ERR_LOGIN_REFUSED") == 0;
+}
+
+int jwke_p11_token_outage(jwke_p11_token *t, long long *retry_in_ms, char *cause,
+                          size_t cause_size)
+{
+    lock_token(t);
+    int down = t->down;
+    if (down) {
+        *retry_in_ms = retry_in_locked(t);
+        snprintf(cause, cause_size, "%s", t->down_cause);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return down;
+}
+
 static const char *const recovery_names[JWKE_RECOVER_CLASSES] = {
     "", "opening a new session", "logging in again", "finding the object again",
     "re-initializing the module"};
@@ -529,10 +620,16 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
         break;
     case JWKE_RECOVER_REINIT: {
         long long now = now_ms();
+        char cause[sizeof t->down_cause];
+        snprintf(cause, sizeof cause, "%s: %s", function, ckr(rv));
         if (now - t->last_reinit_ms < t->reinit_interval_ms) {
-            result = jwke_fail(err, "%s: %s; not re-initializing again within %d ms", function,
-                               ckr(rv), t->reinit_interval_ms);
-            err->ckr = rv;
+            /* failing again so soon after a re-initialization: an outage,
+             * tried again after the backoff rather than on every call */
+            char why[96];
+            snprintf(why, sizeof why, "the module was re-initialized %lld ms before",
+                     now - t->last_reinit_ms);
+            mark_down_locked(t, cause, rv, why);
+            result = fail_unavailable_locked(t, err);
             break;
         }
         t->last_reinit_ms = now;
@@ -540,6 +637,10 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
         /* lock_current() on the retry sees the new epoch and starts over */
         result = jwke_p11_module_reinitialize(t->module, err);
         pthread_mutex_lock(&t->lock);
+        if (result != 0) {
+            mark_down_locked(t, cause, rv, err->message);
+            fail_unavailable_locked(t, err);
+        }
         break;
     }
     default:
@@ -575,39 +676,124 @@ static int fail_after(jwke_p11_token *t, jwke_error *err, const char *function, 
     return -1;
 }
 
-int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
+/* Tries once to end an outage: the module initialized anew (a module that
+ * lost its server, as p11-kit's client, comes back only that way), the
+ * token found by serial in whatever slot holds it now, a login session
+ * opened and logged in with the kept PIN. */
+static int come_back(jwke_p11_token *t, jwke_error *err)
+{
+    if (jwke_p11_module_check(t->module, err) == 0 ||
+        jwke_p11_module_reinitialize(t->module, err) != 0 || lock_current(t, err) != 0)
+        return -1;
+    pthread_mutex_unlock(&t->lock);
+    return 0;
+}
+
+/* Lets a call through when the token is not down; during an outage fails
+ * it at once, unless the next attempt to come back is due: then this call
+ * makes it (one thread at a time) and goes on if it worked. */
+static int pass_outage(jwke_p11_token *t, jwke_error *err)
+{
+    lock_token(t);
+    if (!t->down) {
+        pthread_mutex_unlock(&t->lock);
+        return 0;
+    }
+    if (t->coming_back || now_ms() < t->next_attempt_ms) {
+        fail_unavailable_locked(t, err);
+        pthread_mutex_unlock(&t->lock);
+        return -1;
+    }
+    t->coming_back = 1;
+    t->last_reinit_ms = now_ms();
+    pthread_mutex_unlock(&t->lock);
+    jwke_error why;
+    int result = come_back(t, &why);
+    lock_token(t);
+    t->coming_back = 0;
+    if (result == 0) {
+        queue_event(t, "HSM back: the outage after %s is over; the token is logged in again",
+                    t->down_cause);
+        t->stats.recoveries[JWKE_RECOVER_REINIT]++;
+        t->down = 0;
+        t->backoff_ms = 0;
+    } else if (is_login_refusal(&why)) {
+        /* reachable again, but the PIN is refused: that is not retried */
+        t->down = 0;
+        t->backoff_ms = 0;
+        *err = why;
+    } else {
+        mark_down_locked(t, t->down_cause, t->down_rv, why.message);
+        fail_unavailable_locked(t, err);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return result;
+}
+
+/* The token could not be made usable for a call (lock_current failed):
+ * anything but a refused PIN starts (or continues) an outage. cause: the
+ * failure a repair was for, or NULL when there was none. */
+static int fail_unusable(jwke_p11_token *t, jwke_error *err, const char *function, CK_RV rv)
+{
+    if (is_login_refusal(err))
+        return function ? fail_after(t, err, function, rv) : -1;
+    char cause[sizeof t->down_cause];
+    if (function)
+        snprintf(cause, sizeof cause, "%s: %s", function, ckr(rv));
+    else
+        snprintf(cause, sizeof cause, "%.*s", (int)sizeof cause - 1, err->message);
+    jwke_error why = *err;
+    lock_token(t);
+    if (function)
+        t->stats.failed_recoveries++;
+    mark_down_locked(t, cause, function ? rv : why.ckr, why.message);
+    fail_unavailable_locked(t, err);
+    pthread_mutex_unlock(&t->lock);
+    return -1;
+}
+
+static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
 {
     const char *failed_function = NULL;
     CK_RV failed_rv = CKR_OK;
     enum jwke_recovery repaired_by = JWKE_RECOVER_NONE;
     for (int attempt = 0;; attempt++) {
         CK_SESSION_HANDLE session;
+        if (pass_outage(t, err) != 0)
+            return -1;
         /* In a forked child the module catches up first (that renews its
          * locks); then the module stays initialized while this attempt uses
          * it: a re-initialization waits for the read lock to go. */
         if (jwke_p11_module_check(t->module, err) == 0)
-            return attempt ? fail_after(t, err, failed_function, failed_rv) : -1;
+            return fail_unusable(t, err, failed_function, failed_rv);
         jwke_p11_module_use_begin(t->module);
         if (lock_current(t, err) != 0) {
             jwke_p11_module_use_end(t->module);
-            return attempt ? fail_after(t, err, failed_function, failed_rv) : -1;
+            return fail_unusable(t, err, failed_function, failed_rv);
         }
         unsigned epoch = t->epoch;
         int borrowed = borrow_locked(t, &session, err);
         pthread_mutex_unlock(&t->lock);
+
+        const char *function = "C_OpenSession";
+        CK_RV rv;
         if (borrowed != 0) {
             jwke_p11_module_use_end(t->module);
-            return attempt ? fail_after(t, err, failed_function, failed_rv) : -1;
+            /* a session refused because the device is gone is repaired as
+             * an operation failing for that reason would be */
+            if (classify(err->ckr) != JWKE_RECOVER_REINIT)
+                return attempt ? fail_after(t, err, failed_function, failed_rv) : -1;
+            rv = err->ckr;
+        } else {
+            function = "(no call)";
+            rv = op(t, session, ctx, &function, err);
+            give_back(t, session, epoch, rv == CKR_OK);
+            jwke_p11_module_use_end(t->module);
+            if (rv == CKR_OK)
+                return 0;
+            if (rv == JWKE_OP_FAILED)
+                return -1;
         }
-
-        const char *function = "(no call)";
-        CK_RV rv = op(t, session, ctx, &function, err);
-        give_back(t, session, epoch, rv == CKR_OK);
-        jwke_p11_module_use_end(t->module);
-        if (rv == CKR_OK)
-            return 0;
-        if (rv == JWKE_OP_FAILED)
-            return -1;
 
         enum jwke_recovery kind = classify(rv);
         if (kind == JWKE_RECOVER_NONE || attempt == 1) {
@@ -617,16 +803,37 @@ int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
                     t->stats.failed_recoveries++;
                 queue_event(t, "PKCS#11 recovery failed: the retry after %s failed with %s: %s",
                             recovery_names[repaired_by], function, ckr(rv));
+                if (kind == JWKE_RECOVER_REINIT) {
+                    /* re-initialized, and the device still fails: an outage */
+                    char cause[sizeof t->down_cause];
+                    snprintf(cause, sizeof cause, "%s: %s", function, ckr(rv));
+                    mark_down_locked(t, cause, rv, "the retry after re-initializing failed the same way");
+                    fail_unavailable_locked(t, err);
+                    pthread_mutex_unlock(&t->lock);
+                    return -1;
+                }
                 pthread_mutex_unlock(&t->lock);
             }
             return jwke_fail_ckr(err, function, rv);
         }
         if (recover(t, kind, function, rv, err) != 0)
-            return fail_after(t, err, function, rv);
+            return err->code && strcmp(err->code, "ERR_HSM_UNAVAILABLE") == 0
+                       ? -1
+                       : fail_after(t, err, function, rv);
         repaired_by = kind;
         failed_function = function;
         failed_rv = rv;
     }
+}
+
+int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
+{
+    /* every call into the module, repairs included, is made in here */
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
+    int result = run_unguarded(t, op, ctx, err);
+    jwke_sigpipe_restore(&guard);
+    return result;
 }
 
 enum jwke_verify_after_sign jwke_p11_token_verify_after_sign(const jwke_p11_token *t)

@@ -18,7 +18,18 @@
  *   CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT,
  *   CKR_CRYPTOKI_NOT_INITIALIZED, CKR_DEVICE_ERROR  -> full re-initialization,
  *                                                      at most once per interval
- * Anything else fails at once. Each recovery is counted and queued as one
+ * Anything else fails at once.
+ *
+ * Outages: when a full re-initialization does not bring the token back
+ * (the module's C_Initialize fails, the token is not in any slot, the
+ * retry fails the same way), the token is down. Every call then fails at
+ * once with ERR_HSM_UNAVAILABLE (the cause, and when the next attempt is
+ * due) without touching the module, until the attempt is due; the call
+ * that finds it due re-initializes the module, finds the token by serial,
+ * opens a login session and logs in. A failed attempt doubles the wait
+ * (from reinit_interval_ms up to reinit_interval_max_ms, each wait drawn
+ * between half and all of it). A refused PIN ends the attempts: it stays
+ * ERR_LOGIN_REFUSED. Each recovery is counted and queued as one
  * log event (never with a secret in it).
  *
  * PIN hygiene: the PIN lives in one locked, wiped-on-free buffer, needed
@@ -62,7 +73,8 @@ typedef struct jwke_p11_options {
     /* 0 for the defaults, JWKE_POOL_* in engine_limits.h */
     int max_sessions;        /* pool bound */
     int session_wait_ms;     /* how long a borrower waits */
-    int reinit_interval_ms;  /* minimum time between full re-inits */
+    int reinit_interval_ms;  /* minimum time between full re-inits, first backoff */
+    int reinit_interval_max_ms; /* the longest backoff during an outage */
     int session_idle_max_ms; /* idle sessions older are checked; < 0: never */
     enum jwke_verify_after_sign verify_after_sign;
 } jwke_p11_options;
@@ -104,6 +116,11 @@ int jwke_p11_take_events(jwke_p11_token *token, char (*out)[JWKE_EVENT_SIZE], in
 typedef CK_RV (*jwke_p11_op)(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
                              const char **function, jwke_error *err);
 int jwke_p11_run(jwke_p11_token *token, jwke_p11_op op, void *ctx, jwke_error *err);
+
+/* Whether the token is down (see "Outages" above): 1 with the time until
+ * the next attempt to come back and the cause, 0 when it is not. */
+int jwke_p11_token_outage(jwke_p11_token *token, long long *retry_in_ms, char *cause,
+                          size_t cause_size);
 
 /* Which signatures this token's are checked after signing. */
 enum jwke_verify_after_sign jwke_p11_token_verify_after_sign(const jwke_p11_token *token);

@@ -32,6 +32,9 @@ unset HSM_ENABLED HSM_LIBRARY HSM_TOKEN_LABEL HSM_SLOT HSM_PIN HSM_PIN_FILE HSM_
   JWKE_FAULT_LENGTHS
 # The fault module reads these when a spec loads it in-process.
 export JWKE_FAULT_CONTROL="$JWKE_TMP/faults.ctl" JWKE_FAULT_STATS="$JWKE_TMP/faults-%p.stats"
+# p11-kit's client module reads its server's address from the environment
+# (spec/helpers/p11kit.lua starts a server there).
+export P11_KIT_SERVER_ADDRESS="unix:path=$JWKE_TMP/p11kit.sock"
 
 # The npm `jose` package for the interop spec, pinned by scripts/npm-jose.
 mkdir -p "$JWKE_TMP/npm-jose"

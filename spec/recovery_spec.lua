@@ -12,7 +12,7 @@ describe("PKCS#11 recovery", function()
   local function open(interval_ms)
     lines = {}
     return assert(jwkengine.open({ environment = faults.environment(token), startup = false,
-      hsm = { reinit_interval_ms = interval_ms or 1 },
+      hsm = { reinit_interval_ms = interval_ms or 1, reinit_interval_max_ms = interval_ms or 1 },
       logger = function(level, message) lines[#lines + 1] = level .. " " .. message end }))
   end
 
@@ -75,18 +75,26 @@ describe("PKCS#11 recovery", function()
     end)
   end
 
-  it("rate-limits full re-initialization", function()
+  it("rate-limits full re-initialization: failing again within the interval is an outage", function()
     engine:close()
     engine = open(60000)
     faults.set({ faults = "C_Sign:CKR_DEVICE_ERROR@1;C_SignInit:CKR_DEVICE_ERROR@3" })
     assert.truthy(engine:sign("r", "first")) -- recovers: the first re-initialization
     local jws, err, code = engine:sign("r", "second") -- fails again within the interval
     assert.is_nil(jws)
-    assert.equals("CKR_DEVICE_ERROR", code)
-    assert.matches("C_SignInit: CKR_DEVICE_ERROR", err, 1, true)
-    assert.matches("not re-initializing again within 60000 ms", err, 1, true)
-    faults.set({})
-    assert.truthy(engine:sign("r", "third"))
+    assert.equals("ERR_HSM_UNAVAILABLE", code)
+    assert.matches("HSM unavailable: C_SignInit: CKR_DEVICE_ERROR", err, 1, true)
+    local wait = tonumber(err:match("next attempt in (%d+) ms"))
+    assert.is_true(wait >= 30000 and wait <= 60000, err)
+    -- the device is fine again, but the next attempt is not due: the call
+    -- fails at once, without touching the module
+    faults.counts()
+    jws, err, code = engine:sign("r", "third")
+    assert.is_nil(jws)
+    assert.equals("ERR_HSM_UNAVAILABLE", code)
+    local counts = faults.counts()
+    assert.equals(0, counts["window.C_Initialize"] or 0)
+    assert.equals(0, counts["window.C_SignInit"] or 0)
     engine:close()
     engine = open()
   end)
@@ -120,12 +128,20 @@ describe("PKCS#11 recovery", function()
 
   it("fails clearly while the token is removed and recovers once it is back", function()
     faults.set({ removed = 1 })
-    local jws, err = sign_and_verify()
+    local jws, err, code = sign_and_verify()
     assert.is_nil(jws)
+    assert.equals("ERR_HSM_UNAVAILABLE", code)
     assert.matches("CKR_DEVICE_REMOVED", err, 1, true)
     assert.matches("is not present", err, 1, true)
     faults.set({ removed = 0 })
-    jws, err = sign_and_verify()
+    -- back at the next attempt (due after at most reinit_interval_max_ms,
+    -- here 1 ms); every call before it fails fast with the same code
+    for _ = 1, 500 do
+      jws, err, code = sign_and_verify()
+      if jws then break end
+      assert.equals("ERR_HSM_UNAVAILABLE", code, err)
+      os.execute("sleep 0.01")
+    end
     assert.truthy(jws, err)
     assert.truthy(engine:key_set("r"))
   end)

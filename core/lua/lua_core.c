@@ -257,7 +257,7 @@ static int l_alg_info(lua_State *L)
 /* limits() -> the limits and defaults of engine_limits.h the Lua policy needs. */
 static int l_limits(lua_State *L)
 {
-    lua_createtable(L, 0, 9);
+    lua_createtable(L, 0, 10);
     set_integer(L, "rsa_min_bits", JWKE_RSA_MIN_BITS);
     set_integer(L, "rsa_max_bits", JWKE_RSA_MAX_BITS);
     set_integer(L, "rsa_absolute_min_bits", JWKE_RSA_ABSOLUTE_MIN_BITS);
@@ -267,6 +267,7 @@ static int l_limits(lua_State *L)
     set_integer(L, "max_sessions", JWKE_POOL_MAX_SESSIONS);
     set_integer(L, "session_wait_ms", JWKE_POOL_SESSION_WAIT_MS);
     set_integer(L, "reinit_interval_ms", JWKE_POOL_REINIT_INTERVAL_MS);
+    set_integer(L, "reinit_interval_max_ms", JWKE_POOL_REINIT_INTERVAL_MAX_MS);
     set_integer(L, "session_idle_max", JWKE_POOL_SESSION_IDLE_MAX_MS / 1000);
     return 1;
 }

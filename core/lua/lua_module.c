@@ -120,9 +120,10 @@ static const char *opt_string_field(lua_State *L, int table, const char *name)
 }
 
 /* module:open_token(slot_id [, {label=, serial=, max_sessions=,
- * session_wait_ms=, reinit_interval_ms=, session_idle_max_ms= (< 0: never
- * checked), verify_after_sign= (nil: RSA only, true: all, false: none)}])
- * -> token | nil, err. The token holds its own reference to the module. */
+ * session_wait_ms=, reinit_interval_ms=, reinit_interval_max_ms=,
+ * session_idle_max_ms= (< 0: never checked), verify_after_sign= (nil: RSA
+ * only, true: all, false: none)}]) -> token | nil, err. The token holds its
+ * own reference to the module. */
 static int l_module_open_token(lua_State *L)
 {
     module_object *m = check_open_module(L);
@@ -134,6 +135,7 @@ static int l_module_open_token(lua_State *L)
         opt_int_field(L, 3, "max_sessions", 0),
         opt_int_field(L, 3, "session_wait_ms", 0),
         opt_int_field(L, 3, "reinit_interval_ms", 0),
+        opt_int_field(L, 3, "reinit_interval_max_ms", 0),
         opt_int_field(L, 3, "session_idle_max_ms", 0),
         JWKE_VERIFY_RSA,
     };

@@ -171,6 +171,20 @@ static int l_events(lua_State *L)
     return 1;
 }
 
+/* token:outage() -> nil when the token is not down; during an outage,
+ * the milliseconds until the next attempt to come back and its cause */
+static int l_outage(lua_State *L)
+{
+    token_object *t = check_open_token(L, 1);
+    long long retry_in_ms;
+    char cause[128];
+    if (!jwke_p11_token_outage(t->token, &retry_in_ms, cause, sizeof cause))
+        return 0;
+    lua_pushinteger(L, (lua_Integer)retry_in_ms);
+    lua_pushstring(L, cause);
+    return 2;
+}
+
 /* token:load_set(label, min_rsa_bits [, kid]) -> { key, ... } (empty when
  * absent) | nil, err. With kid, only that pair is read. */
 static int l_load_set(lua_State *L)
@@ -537,6 +551,7 @@ static const luaL_Reg token_methods[] = {
     {"login_uri", l_login_uri},
     {"stats", l_stats},
     {"events", l_events},
+    {"outage", l_outage},
     {"load_set", l_load_set},
     {"generate", l_generate},
     {"delete", l_delete},

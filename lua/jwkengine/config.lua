@@ -28,6 +28,7 @@ local function defaults()
       max_sessions = LIMITS.max_sessions,
       session_wait_ms = LIMITS.session_wait_ms,
       reinit_interval_ms = LIMITS.reinit_interval_ms,
+      reinit_interval_max_ms = LIMITS.reinit_interval_max_ms,
       session_idle_max = LIMITS.session_idle_max, -- seconds; 0: idle sessions are never checked
       verify_after_sign = nil, -- unset: RSA signatures only; true: every one; false: none
       negative_cache_ttl = 30,
@@ -63,6 +64,7 @@ local hsm_schema = {
   max_sessions = "integer",
   session_wait_ms = "integer",
   reinit_interval_ms = "integer",
+  reinit_interval_max_ms = "integer",
   session_idle_max = "integer",
   verify_after_sign = "boolean",
   negative_cache_ttl = "integer",
@@ -373,6 +375,10 @@ function M.check_hsm(hsm)
   if pin_problem then return util.fail("ERR_CONFIG", "%s", pin_problem) end
   if hsm.max_sessions < 1 then
     return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 1")
+  end
+  if hsm.reinit_interval_ms < 1 or hsm.reinit_interval_max_ms < hsm.reinit_interval_ms then
+    return util.fail("ERR_CONFIG", "hsm.reinit_interval_ms (%d) must be at least 1 and at most "
+      .. "hsm.reinit_interval_max_ms (%d)", hsm.reinit_interval_ms, hsm.reinit_interval_max_ms)
   end
   if hsm.session_idle_max > M.MAX_SESSION_IDLE then
     return util.fail("ERR_CONFIG", "hsm.session_idle_max (HSM_SESSION_IDLE_MAX) is %d seconds; at most %d",

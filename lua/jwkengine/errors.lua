@@ -14,6 +14,7 @@ M.codes = {
   ERR_TOKEN_LENGTH = "the token reported a length its buffer cannot hold, or a signature of the wrong size",
   ERR_INVALID_ARGUMENT = "an argument has an unusable value (use not sig/enc, an RSA size below the minimum, select_slot's answer)",
   ERR_CLOSED = "the engine was closed",
+  ERR_HSM_UNAVAILABLE = "the HSM is down (device gone, module disconnected, token not present): the call failed at once; the message names the cause and when the next attempt to come back is due",
   ERR_HSM_BUSY = "no PKCS#11 session became free within hsm.session_wait_ms (all hsm.max_sessions are busy)",
   ERR_SIGNATURE_FAULT = "the token's signature did not verify against the key's public half (hsm.verify_after_sign): no token was made; the HSM may be faulty",
   ERR_OUT_OF_MEMORY = "memory ran out during the call",

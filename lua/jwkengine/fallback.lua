@@ -203,6 +203,11 @@ function Manager:stats()
   return self.hsm:stats()
 end
 
+-- The HSM's outage (see Engine:hsm_outage), or nil.
+function Manager:hsm_outage()
+  return self.hsm and self.hsm:outage()
+end
+
 -- The slot the HSM's token was found in, or nil when the HSM is not enabled.
 function Manager:slot()
   return self.hsm and self.hsm.slot

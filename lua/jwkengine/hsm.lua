@@ -53,6 +53,7 @@ function M.open(hsm_config, options)
     max_sessions = hsm_config.max_sessions,
     session_wait_ms = hsm_config.session_wait_ms,
     reinit_interval_ms = hsm_config.reinit_interval_ms,
+    reinit_interval_max_ms = hsm_config.reinit_interval_max_ms,
     -- 0 turns the idle check off; the C default applies when unset
     session_idle_max_ms = hsm_config.session_idle_max and
       (hsm_config.session_idle_max == 0 and -1 or hsm_config.session_idle_max * 1000),
@@ -107,6 +108,14 @@ end
 
 function Manager:stats()
   return self.token:stats()
+end
+
+-- nil, or { retry_in = seconds until the next attempt to come back,
+-- cause = the failure that started the outage }
+function Manager:outage()
+  local retry_in_ms, cause = self.token:outage()
+  if retry_in_ms then return { retry_in = retry_in_ms / 1000, cause = cause } end
+  return nil
 end
 
 -- Loads a set (from the cache unless refresh). An empty set is "not found"

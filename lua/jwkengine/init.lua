@@ -247,6 +247,13 @@ function Engine:stats()
   return keys_of[self]:stats()
 end
 
+-- While the HSM is down (calls fail with ERR_HSM_UNAVAILABLE): { retry_in
+-- = seconds until the engine next tries to come back, cause = the failure
+-- that started the outage }; nil otherwise, and without an HSM.
+function Engine:hsm_outage()
+  return keys_of[self]:hsm_outage()
+end
+
 -- Prometheus metrics of this engine as text (exposition format 0.0.4, see
 -- jwkengine.metrics): signatures, failures, fallbacks, signing latency,
 -- the HSM's recoveries and sessions, and the state of each published key

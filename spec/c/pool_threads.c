@@ -52,7 +52,7 @@ int main(int argc, char **argv)
     int threads = atoi(argv[5]);
     signatures_per_thread = atoi(argv[6]);
     jwke_p11_options options = {.max_sessions = atoi(argv[7]), .session_wait_ms = 10000,
-                                .reinit_interval_ms = 1000};
+                                .reinit_interval_ms = 1000, .reinit_interval_max_ms = 2000};
     jwke_error err;
 
     jwke_p11_module *module = jwke_p11_module_acquire(argv[1], NULL, &err);

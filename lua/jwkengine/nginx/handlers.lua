@@ -121,6 +121,13 @@ local function read_claims()
   return claims, body
 end
 
+-- Seconds a client should wait (at least 1): during an HSM outage, until
+-- this worker's engine next tries to come back.
+local function retry_after(code)
+  local outage = code == "ERR_HSM_UNAVAILABLE" and state.engine and state.engine:hsm_outage()
+  return tostring(outage and math.max(1, math.ceil(outage.retry_in)) or 1)
+end
+
 function M.serve_token(options)
   local settings = state.settings
   local set, lifetime, pool = settings.token_set, settings.lifetime, settings.thread_pool
@@ -145,7 +152,8 @@ function M.serve_token(options)
     if code ~= "ERR_OVERLOADED" then logging.logger(client_error and "info" or "error", string.format("signing with key set '%s' failed: %s (%s)",
       set, tostring(err), tostring(code))) end
     if client_error then return send_failure(code, tostring(err)) end
-    return send_failure(code, "signing failed (" .. tostring(code) .. ")")
+    local headers = http.status_of(code) == 503 and { ["Retry-After"] = retry_after(code) } or nil
+    return send_failure(code, "signing failed (" .. tostring(code) .. ")", headers)
   end
   return send(200, "application/jwt", token, { ["Cache-Control"] = "no-store" })
 end

@@ -1,0 +1,105 @@
+-- nginx through an HSM outage: the token is SoftHSM behind p11-kit's
+-- remoting (spec/helpers/p11kit.lua), and the server goes away for 3 s
+-- while clients keep asking. Meanwhile POST /token answers 503 with
+-- Retry-After (never a 500), and the JWK Set is served from the cache; once
+-- the server is back, every worker signs again, in a time printed here.
+local cjson = require "cjson"
+local nginx = require "helpers.nginx"
+local p11kit = require "helpers.p11kit"
+local verifier = require "helpers.verifier"
+
+local OUTAGE_S = 3
+-- The README promises signing again under 5 s after the HSM's return with
+-- the default backoff; 5 s more for a loaded machine.
+local RECOVERY_BOUND_S = 10
+local WORKERS = 2
+
+-- Seconds on the monotonic clock (the wall clock in whole seconds is too
+-- coarse to time a recovery).
+local clock = require("jwkengine.core").monotonic
+
+local json = { ["Content-Type"] = "application/json" }
+local function token_request() return { method = "POST", path = "/token", headers = json, body = '{"sub":"outage"}' } end
+
+describe("nginx through an HSM outage (p11-kit's remoting)", function()
+  local hsm, server
+
+  setup(function()
+    hsm = p11kit.new({ label = "ngxoutage" })
+    server = nginx.new({ token = hsm.token, workers = WORKERS,
+      environment = { HSM_LIBRARY = p11kit.CLIENT, P11_KIT_SERVER_ADDRESS = hsm:address() },
+      render = function(opts)
+        return nginx.replace_once(nginx.render_config(opts), "env SOFTHSM2_CONF;",
+          "env SOFTHSM2_CONF;\nenv P11_KIT_SERVER_ADDRESS;")
+      end })
+    server:start()
+  end)
+
+  teardown(function()
+    if server then server:dispose() end
+    if hsm then hsm:dispose() end
+  end)
+
+  -- Asks for tokens until every worker has answered 200 (the X-Jwke-Worker
+  -- header names it); returns the last good token, or fails after `bound`
+  -- seconds with what the workers answered.
+  local function until_every_worker_signs(bound)
+    local signed, answers, last = {}, {}, nil
+    local deadline = clock() + bound
+    repeat
+      local batch = {}
+      for i = 1, 4 * WORKERS do batch[i] = token_request() end
+      for _, r in ipairs(server:requests(batch)) do
+        local worker = r.headers["x-jwke-worker"]
+        answers[#answers + 1] = string.format("%d", r.status)
+        assert.are_not.equal(500, r.status, r.body)
+        if r.status == 200 then
+          signed[worker] = true
+          last = r.body
+        end
+      end
+      local count = 0
+      for _ in pairs(signed) do count = count + 1 end
+      if count == WORKERS then return last end
+    until clock() > deadline
+    error(string.format("not every worker signed within %d s: statuses %s; workers that did: %s\n%s", bound,
+      table.concat(answers, ","), cjson.encode(signed), server:log():sub(-2000)))
+  end
+
+  it("answers 503 with Retry-After and serves the cached JWK Set during a 3 s outage; every worker signs again after it", function()
+    until_every_worker_signs(60) -- each worker's engine is open and signs
+    local cached = server:requests({ { path = "/.well-known/jwks.json" } })[1]
+    assert.equals(200, cached.status)
+
+    hsm:stop()
+    local stopped_at, unavailable, jwks_served = clock(), 0, 0
+    repeat
+      local batch = { { path = "/.well-known/jwks.json" } }
+      for i = 1, 2 * WORKERS do batch[#batch + 1] = token_request() end
+      local answers = server:requests(batch)
+      assert.equals(200, answers[1].status, answers[1].body)
+      assert.equals(cached.body, answers[1].body)
+      jwks_served = jwks_served + 1
+      for i = 2, #answers do
+        local r = answers[i]
+        assert.equals(503, r.status, r.body)
+        assert.equals("temporarily_unavailable", cjson.decode(r.body).error)
+        assert.matches("ERR_HSM_UNAVAILABLE", r.body, 1, true)
+        local retry = tonumber(r.headers["retry-after"])
+        assert.is_true(retry ~= nil and retry >= 1, "Retry-After: " .. tostring(r.headers["retry-after"]))
+        unavailable = unavailable + 1
+      end
+    until clock() - stopped_at >= OUTAGE_S
+    hsm:start()
+    local back_at = clock()
+    local token = until_every_worker_signs(RECOVERY_BOUND_S)
+    local recovered = clock() - back_at
+    print(string.format("nginx, %d workers, %.0f s p11-kit outage: %d token requests answered 503 with " ..
+      "Retry-After, the JWK Set served %d times from the cache; every worker signed again %.2f s after " ..
+      "the server's return", WORKERS, OUTAGE_S, unavailable, jwks_served, recovered))
+    assert.is_true(unavailable > 0, "no request was made during the outage")
+    local jwks = server:requests({ { path = "/.well-known/jwks.json" } })[1].body
+    local ok, out = verifier.jwcrypto(jwks, token)
+    assert.is_true(ok, out)
+  end)
+end)
