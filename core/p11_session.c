@@ -49,13 +49,16 @@ static long reported_count(CK_ULONG value)
     return value == CK_UNAVAILABLE_INFORMATION || value > (CK_ULONG)LONG_MAX ? -1 : (long)value;
 }
 
-/* The sessions a (maximum, in use) pair leaves, or -1 for no limit. */
+/* The sessions a (maximum, in use) pair leaves, or -1 for no limit. A
+ * token already full leaves 0, never a negative count that would read as
+ * "no limit". */
 static long sessions_left(CK_ULONG max, CK_ULONG in_use, int reserved)
 {
     long limit = reported_limit(max), used = reported_count(in_use);
     if (limit < 0)
         return -1;
-    return limit - (used < 0 ? 0 : used) - reserved;
+    long left = limit - (used < 0 ? 0 : used) - reserved;
+    return left < 0 ? 0 : left;
 }
 
 int jwke_p11_pool_fit_token(jwke_p11_pool *pool, CK_SLOT_ID slot, int reserved,

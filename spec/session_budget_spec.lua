@@ -83,6 +83,26 @@ describe("session budget", function()
       "at most %d beside the login session (hsm.max_sessions is 4)", stats.token_sessions, left), lines[1])
   end)
 
+  it("gives the pool one session, not hsm.max_sessions, when the token reports none left", function()
+    -- a first engine takes both sessions the token reports (its login
+    -- session and a pooled one); the second finds the token full: its
+    -- ulSessionCount minus the limit is negative, which must not read as
+    -- "no limit"
+    faults.set({ token_max_sessions = 2 })
+    local first = assert(jwkengine.open({ environment = faults.environment(token), startup = false,
+      logger = false }))
+    assert(first:sign("b", "payload"))
+    local second = assert(jwkengine.open({ environment = faults.environment(token), startup = false,
+      logger = false }))
+    local stats = assert(second:stats())
+    second:close()
+    first:close()
+    faults.set({})
+    assert.equals(2, stats.token_max_sessions)
+    assert.is_true(stats.token_sessions >= 2, "sessions open at the second open: " .. tostring(stats.token_sessions))
+    assert.equals(1, stats.max_sessions)
+  end)
+
   it("leaves token_max_sessions out when the token sets no limit", function()
     local engine = assert(jwkengine.open({ environment = faults.environment(token), startup = false,
       logger = false }))

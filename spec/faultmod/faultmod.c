@@ -146,8 +146,8 @@
  *
  *   JWKE_FAULT_TOKEN_MAX_SESSIONS  N > 0: C_GetTokenInfo reports
  *                            ulMaxSessionCount = ulMaxRwSessionCount = N and
- *                            ulSessionCount = the sessions alive through this
- *                            module (ulRwSessionCount unavailable), as a
+ *                            ulSessionCount = ulRwSessionCount = the sessions
+ *                            alive through this module, as a
  *                            networked HSM does. Only reported: the limit is
  *                            enforced by max_sessions.
  *   JWKE_FAULT_SESSION_IDLE_MS  N > 0: a session not used for more than N ms
@@ -1207,7 +1207,7 @@ static void report_session_limit_locked(CK_TOKEN_INFO_PTR info)
     info->ulMaxSessionCount = st.cfg.token_max_sessions;
     info->ulMaxRwSessionCount = st.cfg.token_max_sessions;
     info->ulSessionCount = st.nsessions;
-    info->ulRwSessionCount = CK_UNAVAILABLE_INFORMATION;
+    info->ulRwSessionCount = st.nsessions; /* the engine opens read-write sessions only */
 }
 
 /* Flips the last byte of a signature C_Sign wrote (JWKE_FAULT_CORRUPT_SIGNATURE):

@@ -175,7 +175,8 @@ def ec_seeds():
 def p11_map_seeds():
     """Key pairs as a token fills the engine's template (core/p11_map.c):
     CKA_CLASS, CKA_KEY_TYPE, CKA_ID, CKA_SIGN, CKA_DECRYPT, CKA_MODULUS,
-    CKA_PUBLIC_EXPONENT, CKA_EC_PARAMS, CKA_EC_POINT; CK_ULONGs little-endian."""
+    CKA_PUBLIC_EXPONENT, CKA_EC_PARAMS, CKA_EC_POINT, CKA_ALLOWED_MECHANISMS;
+    CK_ULONGs little-endian."""
     def ulong(v):
         return struct.pack("<Q", v)
 
@@ -190,11 +191,15 @@ def p11_map_seeds():
     def obj(values, rv=0):
         return bytes([rv]) + b"".join(attribute(v) for v in values)
 
-    def pair(key_type, kid, public_values, params=None):
+    def pair(key_type, kid, public_values, params=None, allowed=None):
         modulus, exponent, point = public_values
-        private = [ulong(3), ulong(key_type), kid, b"\x01", None, modulus, exponent, params, None]
-        public = [ulong(2), ulong(key_type), kid, None, None, modulus, exponent, params, point]
+        private = [ulong(3), ulong(key_type), kid, b"\x01", None, modulus, exponent, params, None, allowed]
+        public = [ulong(2), ulong(key_type), kid, None, None, modulus, exponent, params, point, None]
         return obj(private) + obj(public)
+
+    def mechanisms(*types):
+        return b"".join(ulong(t) for t in types)
+    CKM_RSA_PKCS, CKM_RSA_PKCS_PSS, CKM_SHA384_RSA_PKCS_PSS = 0x01, 0x0D, 0x44
 
     p256 = bytes.fromhex("06082a8648ce3d030107")
     for name, key, protected, payload, signature in examples():
@@ -207,12 +212,19 @@ def p11_map_seeds():
     # RFC 7515 A.2's modulus: every run writes the same bytes
     n = next(unb64(key["n"]) for _, key, _, _, _ in examples() if key["kty"] == "RSA")
     write("p11_map", "rsa2048", b"\x02" + pair(0, b"rsa", (n, b"\x01\x00\x01", None)))
+    # CKA_ALLOWED_MECHANISMS: a PSS-only mark naming SHA-384 (PS384), one
+    # that also allows PKCS#1 v1.5 (RS256), and a length that is not a
+    # whole number of CK_MECHANISM_TYPEs
+    rsa = (n, b"\x01\x00\x01", None)
+    write("p11_map", "rsa-allowed-ps384", b"\x02" + pair(0, b"ps", rsa, None, mechanisms(CKM_RSA_PKCS_PSS, CKM_SHA384_RSA_PKCS_PSS)))
+    write("p11_map", "rsa-allowed-pkcs1-and-pss", b"\x02" + pair(0, b"rs", rsa, None, mechanisms(CKM_RSA_PKCS_PSS, CKM_RSA_PKCS)))
+    write("p11_map", "rsa-allowed-ragged-length", b"\x02" + pair(0, b"ps", rsa, None, mechanisms(CKM_RSA_PKCS_PSS)[:5]))
     # the common non-conformance: a real length reported for a too-small
     # buffer, with CKR_ATTRIBUTE_TYPE_INVALID (the template mixes RSA and EC)
-    private = obj([ulong(3), ulong(0), b"rsa", b"\x01", None, n, b"\x01\x00\x01", None, None])
-    public = obj([ulong(2), ulong(0), b"rsa", None, None, (n, 2060), b"\x01\x00\x01", None, None], rv=1)
+    private = obj([ulong(3), ulong(0), b"rsa", b"\x01", None, n, b"\x01\x00\x01", None, None, None])
+    public = obj([ulong(2), ulong(0), b"rsa", None, None, (n, 2060), b"\x01\x00\x01", None, None, None], rv=1)
     write("p11_map", "rsa-modulus-real-length", b"\x02" + private + public)
-    write("p11_map", "ec-point-absurd-length", b"\x01" + obj([ulong(2), ulong(3), b"ec", None, None, None, None, p256, (b"\x04" * 67, 2 ** 64 - 2)]))
+    write("p11_map", "ec-point-absurd-length", b"\x01" + obj([ulong(2), ulong(3), b"ec", None, None, None, None, p256, (b"\x04" * 67, 2 ** 64 - 2), None]))
 
 
 
