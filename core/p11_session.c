@@ -102,9 +102,14 @@ static int take_idle(jwke_p11_pool *pool, CK_SESSION_HANDLE *session)
             return 1;
         pool->stats.idle_checks++;
         CK_SESSION_INFO info;
-        if (pool->fn->C_GetSessionInfo(*session, &info) == CKR_OK)
+        CK_RV rv = pool->fn->C_GetSessionInfo(*session, &info);
+        if (rv == CKR_OK)
             return 1;
-        pool->stats.sessions_expired++;
+        /* Expired is what the token says of a session it closed; any other
+         * failure (the device gone) drops the session too, and shows under
+         * its own code when the next one is opened. */
+        if (rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED)
+            pool->stats.sessions_expired++;
         pool->fn->C_CloseSession(*session); /* the token may still hold it */
         pool->open_count--;
     }

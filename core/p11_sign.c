@@ -9,6 +9,7 @@
 #include <openssl/crypto.h>
 
 #include "evp_sig.h"
+#include "p11_map.h"
 
 typedef struct sign_context {
     jwke_p11_key *key;
@@ -143,10 +144,11 @@ static int check_signature(jwke_p11_token *token, const jwke_p11_key *key, const
     OPENSSL_cleanse(sig, sig_len);
     if (valid < 0)
         return jwke_fail_in(err, "ERR_JWS_SIGN");
+    char kid[2 * JWKE_MAX_ID_LEN + 3]; /* a CKA_ID is bytes: hex unless printable */
     jwke_fail_code(err, "ERR_SIGNATURE_FAULT",
-                   "the token's %s signature with key '%.*s' does not verify against its public "
+                   "the token's %s signature with key '%s' does not verify against its public "
                    "key (hsm.verify_after_sign): the HSM may be faulty; no token was made",
-                   alg->name, (int)key->id_len, (const char *)key->id);
+                   alg->name, jwke_p11_printable_kid(key->id, key->id_len, kid, sizeof kid));
     jwke_p11_token_signature_fault(token, "%s", err->message);
     return -1;
 }

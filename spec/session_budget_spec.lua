@@ -152,6 +152,27 @@ describe("idle sessions", function()
     assert.is_true(counts.expired_sessions >= 1)
   end)
 
+  -- Only a session the token says it closed is counted as expired: one the
+  -- token cannot answer about (the device gone) is dropped all the same,
+  -- and its failure shows under its own code when the next one is opened.
+  it("drops an idle session the token cannot answer about without counting it as expired", function()
+    faults.set({})
+    local engine = assert(jwkengine.open({ environment = faults.environment(token), startup = false,
+      logger = false, hsm = { session_idle_max = 1 } }))
+    if not engine:key_set("i") then assert(engine:generate("i", "ES256", { kid = "i1" })) end
+    assert(engine:sign("i", "first"))
+    local before = assert(engine:stats())
+    faults.set({ faults = "C_GetSessionInfo:CKR_DEVICE_ERROR" })
+    os.execute("sleep 1.5")
+    local jws, err = engine:sign("i", "after a quiet period")
+    local after = assert(engine:stats())
+    faults.set({})
+    engine:close()
+    assert.truthy(jws, err)
+    assert.equals(before.idle_checks + 1, after.idle_checks)
+    assert.equals(before.sessions_expired, after.sessions_expired)
+  end)
+
   it("without the check (session_idle_max = 0) the same signature needs a recovery", function()
     local before, after, counts = sign_after_quiet_period(0)
     assert.equals(before.recoveries.session + 1, after.recoveries.session)

@@ -56,6 +56,17 @@ describe("verify after sign", function()
     assert_caught(sign_once("rsa", nil, true), "RS256", "r1")
   end)
 
+  -- A CKA_ID is bytes: the message (and the log line) names an unprintable
+  -- one in hex, never with its control characters.
+  it("names a key with an unprintable CKA_ID in hex", function()
+    local out, ok = softhsm.pkcs11_tool(token,
+      "--keypairgen --key-type rsa:2048 --usage-sign --label ctl --id 0a31")
+    assert.is_true(ok, out)
+    local r = sign_once("ctl", nil, true)
+    assert.matches("a kid is not printable ASCII (CKA_ID 0a31)", table.remove(r.lines, 1), 1, true)
+    assert_caught(r, "RS256", "0x0a31")
+  end)
+
   it("catches a corrupted ES256 signature with verify_after_sign on", function()
     assert_caught(sign_once("ec", true, true), "ES256", "e1")
   end)
