@@ -1,7 +1,6 @@
 -- Key rotation with software keys on a real SQLite file and a real
 -- PostgreSQL server: states in jwkengine_key_state, an injected clock, two
 -- real processes racing the schedule.
-local jwkengine = require "jwkengine"
 local softhsm = require "helpers.softhsm"
 local stores = require "helpers.stores"
 
@@ -9,11 +8,10 @@ local SECRET = "first-secret-0123456789"
 local ROTATION = { period = 1000, prepublish = 400, retain = 4000 }
 
 local function open(dsn, clock, rotation, extra)
-  local options = { environment = { SECRETS_SYSTEM = SECRET, DSN = dsn }, logger = false, startup = false,
-    now = function() return clock.t end, store = { cache_ttl = 0 },
+  local options = { now = function() return clock.t end, store = { cache_ttl = 0 },
     startup_sets = { { set = "rot", alg = "ES256", rotation = rotation or ROTATION } } }
   for k, v in pairs(extra or {}) do options[k] = v end
-  return jwkengine.open(options)
+  return stores.open_engine(dsn, SECRET, options)
 end
 
 local function signer(engine, set)

@@ -3,7 +3,6 @@
 -- independent implementation of Hydra's format, rows jwkengine writes opened
 -- by it; and Hydra 1.x's table (the one jwkengine creates) beside it.
 local cjson = require "cjson"
-local jwkengine = require "jwkengine"
 local core = require "jwkengine.core"
 local store_module = require "jwkengine.store"
 local luasql = require "jwkengine.store.luasql"
@@ -57,13 +56,7 @@ local function rows_of(db, set)
     has_nid and "nid" or "NULL", db:quote(set))))
 end
 
-local function open(dsn, secrets, options)
-  options = options or {}
-  options.environment = { SECRETS_SYSTEM = secrets or SECRET, DSN = dsn }
-  options.logger = false
-  if options.startup == nil then options.startup = false end
-  return jwkengine.open(options)
-end
+local function open(dsn, secrets, options) return stores.open_engine(dsn, secrets or SECRET, options) end
 
 -- The two shapes of hydra_jwk. `prepare` readies a fresh database; `network`
 -- is what rows jwkengine writes must carry; `pk` checks a written pk.

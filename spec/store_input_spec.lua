@@ -3,7 +3,6 @@
 -- and the stored rows themselves (a sealed JWK is held to the rules of an
 -- imported one). On a real SQLite file and a real PostgreSQL server.
 local cjson = require "cjson"
-local jwkengine = require "jwkengine"
 local core = require "jwkengine.core"
 local store_module = require "jwkengine.store"
 local stores = require "helpers.stores"
@@ -12,10 +11,7 @@ local refusal = require "helpers.refusal"
 
 local SECRET = "input-secret-0123456789"
 
-local function open(dsn, secrets)
-  return jwkengine.open({ environment = { SECRETS_SYSTEM = secrets or SECRET, DSN = dsn },
-    logger = false, startup = false })
-end
+local function open(dsn, secrets) return stores.open_engine(dsn, secrets or SECRET) end
 
 local refused = refusal.refused
 

@@ -14,12 +14,8 @@ local OLD_SECRET = "older-secret-0123456789"
 
 local function open(dsn, extra, options)
   options = options or {}
-  local env = { SECRETS_SYSTEM = SECRET, DSN = dsn }
-  for k, v in pairs(extra or {}) do env[k] = v end
-  options.environment = env
-  if options.logger == nil then options.logger = false end
-  if options.startup == nil then options.startup = false end
-  return jwkengine.open(options)
+  options.environment = extra
+  return stores.open_engine(dsn, SECRET, options)
 end
 
 local function with_hsm(token, dsn, extra)

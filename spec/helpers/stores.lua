@@ -1,6 +1,7 @@
 -- The databases the store behaviour suite runs on: a real SQLite file and
 -- the throwaway PostgreSQL cluster scripts/test.sh starts on loopback.
 local busted = require "busted"
+local jwkengine = require "jwkengine"
 local softhsm = require "helpers.softhsm"
 
 local M = {}
@@ -34,6 +35,19 @@ function M.backends()
       end,
     },
   }
+end
+
+-- An engine on the store at `dsn` that seals with `secrets` (SECRETS_SYSTEM,
+-- comma-separated): jwkengine.open with `options`, whose environment adds
+-- to (or replaces) those two variables; silent and without startup sets
+-- unless the options ask for them.
+function M.open_engine(dsn, secrets, options)
+  local o = { environment = { SECRETS_SYSTEM = secrets, DSN = dsn }, logger = false, startup = false }
+  for k, v in pairs(options or {}) do
+    if k ~= "environment" then o[k] = v end
+  end
+  for k, v in pairs(options and options.environment or {}) do o.environment[k] = v end
+  return jwkengine.open(o)
 end
 
 -- describe(title .. " on " .. backend name) once per backend, each test on
