@@ -53,6 +53,8 @@ typedef struct jwke_digest {
     size_t digest_info_len;
     jwke_mechanism mechanism;      /* CKM_SHA256: the hash of CKM_RSA_PKCS_PSS */
     CK_RSA_PKCS_MGF_TYPE mgf1;     /* CKG_MGF1_SHA256: PSS's mask generation */
+    jwke_mechanism rsa_pss;        /* CKM_SHA256_RSA_PKCS_PSS: in a PS key's
+                                    * CKA_ALLOWED_MECHANISMS, it names the hash */
 } jwke_digest;
 
 typedef struct jwke_alg {

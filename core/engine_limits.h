@@ -32,9 +32,12 @@
 #define JWKE_MIN_SECRET_LENGTH 16
 
 /* The PKCS#11 session pool's defaults: hsm.max_sessions,
- * hsm.session_wait_ms and hsm.reinit_interval_ms. */
+ * hsm.session_wait_ms, hsm.reinit_interval_ms and hsm.session_idle_max.
+ * The idle check comes well before the shortest idle timeout known
+ * (YubiHSM 2: 30 s) and costs one C_GetSessionInfo per quiet period. */
 #define JWKE_POOL_MAX_SESSIONS 4
 #define JWKE_POOL_SESSION_WAIT_MS 5000
 #define JWKE_POOL_REINIT_INTERVAL_MS 1000
+#define JWKE_POOL_SESSION_IDLE_MAX_MS 20000
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckr_names.h"
 #include "ec_der.h"
 #include "p11_map.h"
 
@@ -175,7 +176,7 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
         {CKA_DERIVE, &no, sizeof no},
     };
     CK_ULONG public_count = 8;
-    CK_ATTRIBUTE private_template[] = {
+    CK_ATTRIBUTE private_template[11] = {
         {CKA_TOKEN, &yes, sizeof yes},
         {CKA_PRIVATE, &yes, sizeof yes},
         {CKA_SENSITIVE, &yes, sizeof yes},
@@ -187,6 +188,11 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
         {CKA_UNWRAP, &no, sizeof no},
         {CKA_DERIVE, &no, sizeof no},
     };
+    CK_ULONG private_count = 10;
+    /* The token records that a PS* key signs with PSS only (and which hash):
+     * jwke_p11_map_objects reads the alg back from it, and the token refuses
+     * PKCS#1 v1.5 with it. */
+    CK_MECHANISM_TYPE pss_only[2];
 
     if (!alg->hsm_generates)
         return jwke_fail_code(err, "ERR_UNSUPPORTED_ALG", "the HSM does not generate keys for %s", alg->name);
@@ -196,6 +202,15 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
             (CK_ATTRIBUTE){CKA_MODULUS_BITS, &modulus_bits, sizeof modulus_bits};
         public_template[public_count++] =
             (CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, exponent_65537, sizeof exponent_65537};
+        if (alg->scheme == JWKE_SCHEME_RSA_PSS) {
+            if (use != JWKE_USE_SIG)
+                return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "%s keys can only sign: use "
+                                      "must be 'sig'", alg->name);
+            pss_only[0] = alg->sign_mechanism.type;
+            pss_only[1] = alg->digest->rsa_pss.type;
+            private_template[private_count++] =
+                (CK_ATTRIBUTE){CKA_ALLOWED_MECHANISMS, pss_only, sizeof pss_only};
+        }
     } else {
         if (use != JWKE_USE_SIG)
             return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "%s keys can only sign: use must be 'sig'",
@@ -209,14 +224,29 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
     }
 
     generate_context c = {&mechanism, public_template, public_count, private_template,
-                          sizeof private_template / sizeof private_template[0]};
+                          private_count};
     pthread_mutex_lock(&generation_lock);
     int result = jwke_p11_run(token, generate_op, &c, err);
     pthread_mutex_unlock(&generation_lock);
-    if (result != 0 && err->ckr == CKR_MECHANISM_INVALID) {
-        jwke_fail(err, "C_GenerateKeyPair: CKR_MECHANISM_INVALID (the token cannot generate %s "
-                  "keys)", alg->name);
-        err->ckr = CKR_MECHANISM_INVALID; /* the message says more; the code stays the CKR */
+    /* Tokens differ in what they implement (NSS softokn 3.87 has no Ed25519
+     * generation): name the token and the mechanism it lacks, under the code
+     * a program branches on, rather than a bare CKR. */
+    if (result != 0 && err->ckr == CKR_MECHANISM_INVALID)
+        jwke_fail_code(err, "ERR_UNSUPPORTED_ALG",
+                       "token '%s' has no %s: it cannot generate %s keys "
+                       "(C_GenerateKeyPair: CKR_MECHANISM_INVALID)",
+                       jwke_p11_token_label(token), alg->generate_mechanism.name, alg->name);
+    /* A PSS key is only a PSS key by its CKA_ALLOWED_MECHANISMS mark (that is
+     * how it reads back as PS256): a token that refuses the mark (NSS
+     * softokn 3.87 answers CKR_GENERAL_ERROR) cannot hold one. */
+    else if (result != 0 && alg->scheme == JWKE_SCHEME_RSA_PSS &&
+             (err->ckr == CKR_GENERAL_ERROR || err->ckr == CKR_ATTRIBUTE_TYPE_INVALID ||
+              err->ckr == CKR_ATTRIBUTE_VALUE_INVALID || err->ckr == CKR_TEMPLATE_INCONSISTENT)) {
+        CK_RV refused = err->ckr;
+        jwke_fail_code(err, "ERR_UNSUPPORTED_ALG",
+                       "token '%s' refused a key pair marked with CKA_ALLOWED_MECHANISMS, the mark "
+                       "that makes an RSA key %s: it cannot hold %s keys (C_GenerateKeyPair: %s)",
+                       jwke_p11_token_label(token), alg->name, alg->name, jwke_ckr_name(refused));
     }
     return result;
 }

@@ -17,13 +17,14 @@
 #define MAX_EXPONENT_LEN 16
 #define MAX_EC_PARAMS_LEN 64
 #define MAX_EC_POINT_LEN 160  /* P-521 uncompressed point in an OCTET STRING */
+#define MAX_ALLOWED_MECHANISMS 64 /* more than any key needs: a longer list is refused */
 
 enum { A_CLASS, A_KEY_TYPE, A_ID, A_SIGN, A_DECRYPT, A_MODULUS, A_EXPONENT, A_EC_PARAMS,
-       A_EC_POINT, A_COUNT };
+       A_EC_POINT, A_ALLOWED_MECHANISMS, A_COUNT };
 
 static const char *const attribute_names[A_COUNT] = {
     "CKA_CLASS", "CKA_KEY_TYPE", "CKA_ID", "CKA_SIGN", "CKA_DECRYPT", "CKA_MODULUS",
-    "CKA_PUBLIC_EXPONENT", "CKA_EC_PARAMS", "CKA_EC_POINT"};
+    "CKA_PUBLIC_EXPONENT", "CKA_EC_PARAMS", "CKA_EC_POINT", "CKA_ALLOWED_MECHANISMS"};
 
 typedef struct object_attributes {
     CK_OBJECT_HANDLE handle;
@@ -35,6 +36,7 @@ typedef struct object_attributes {
     unsigned char exponent[MAX_EXPONENT_LEN];
     unsigned char ec_params[MAX_EC_PARAMS_LEN];
     unsigned char ec_point[MAX_EC_POINT_LEN];
+    CK_MECHANISM_TYPE allowed_mechanisms[MAX_ALLOWED_MECHANISMS];
     CK_ATTRIBUTE template[A_COUNT];
 } object_attributes;
 
@@ -45,7 +47,8 @@ typedef struct object_attributes {
 static const size_t attribute_sizes[A_COUNT] = {
     MEMBER_SIZE(object_class), MEMBER_SIZE(key_type), MEMBER_SIZE(id),
     MEMBER_SIZE(sign), MEMBER_SIZE(decrypt), MEMBER_SIZE(modulus),
-    MEMBER_SIZE(exponent), MEMBER_SIZE(ec_params), MEMBER_SIZE(ec_point)};
+    MEMBER_SIZE(exponent), MEMBER_SIZE(ec_params), MEMBER_SIZE(ec_point),
+    MEMBER_SIZE(allowed_mechanisms)};
 
 static int present(const object_attributes *o, int which)
 {
@@ -83,10 +86,10 @@ CK_ATTRIBUTE *jwke_p11_object_template(jwke_p11_objects *objects, size_t i,
     object_attributes *o = &objects->items[i];
     static const CK_ATTRIBUTE_TYPE types[A_COUNT] = {
         CKA_CLASS, CKA_KEY_TYPE, CKA_ID, CKA_SIGN, CKA_DECRYPT, CKA_MODULUS,
-        CKA_PUBLIC_EXPONENT, CKA_EC_PARAMS, CKA_EC_POINT};
+        CKA_PUBLIC_EXPONENT, CKA_EC_PARAMS, CKA_EC_POINT, CKA_ALLOWED_MECHANISMS};
     void *const buffers[A_COUNT] = {
         &o->object_class, &o->key_type, o->id, &o->sign, &o->decrypt, o->modulus,
-        o->exponent, o->ec_params, o->ec_point};
+        o->exponent, o->ec_params, o->ec_point, o->allowed_mechanisms};
     for (int a = 0; a < A_COUNT; a++)
         o->template[a] = (CK_ATTRIBUTE){types[a], buffers[a], (CK_ULONG)attribute_sizes[a]};
     o->handle = handle;
@@ -127,7 +130,8 @@ CK_RV jwke_p11_object_check(jwke_p11_objects *objects, size_t i, CK_RV rv, jwke_
             err->code = JWKE_ERR_TOKEN_LENGTH;
             return JWKE_OP_FAILED;
         }
-        if (fixed_size(a) && reported != buffer) {
+        if ((fixed_size(a) && reported != buffer) ||
+            (a == A_ALLOWED_MECHANISMS && reported % sizeof(CK_MECHANISM_TYPE) != 0)) {
             jwke_fail(err, "C_GetAttributeValue: token reported %lu bytes for %s, a %lu-byte "
                       "value", (unsigned long)reported, attribute_names[a], (unsigned long)buffer);
             err->code = JWKE_ERR_TOKEN_LENGTH;
@@ -177,6 +181,37 @@ static int compare_objects(const void *a, const void *b)
     return compare_ids(*(object_attributes *const *)a, *(object_attributes *const *)b);
 }
 
+/* Whether the private half's CKA_ALLOWED_MECHANISMS lists type. */
+static int allows(const object_attributes *priv, CK_MECHANISM_TYPE type)
+{
+    size_t n = priv->template[A_ALLOWED_MECHANISMS].ulValueLen / sizeof(CK_MECHANISM_TYPE);
+    for (size_t i = 0; i < n; i++)
+        if (priv->allowed_mechanisms[i] == type)
+            return 1;
+    return 0;
+}
+
+/* RS256 (Hydra's rule), unless CKA_ALLOWED_MECHANISMS restricts the key to
+ * PSS: then PS256, PS384 or PS512 by the hash-named PSS mechanism it also
+ * lists (CKM_SHA384_RSA_PKCS_PSS -> PS384), PS256 when it names none. This
+ * is how the engine's PS* generation records the alg on the token, and how
+ * an operator marks a pair made elsewhere (pkcs11-tool --allowed-mechanisms
+ * RSA-PKCS-PSS,SHA256-RSA-PKCS-PSS). */
+static const jwke_alg *rsa_alg(const object_attributes *priv)
+{
+    const jwke_alg *pkcs1 = jwke_alg_default(JWKE_KIND_RSA, NULL);
+    const jwke_alg *pss = jwke_alg_by_name("PS256");
+    if (!present(priv, A_ALLOWED_MECHANISMS) || allows(priv, pkcs1->sign_mechanism.type) ||
+        !allows(priv, pss->sign_mechanism.type))
+        return pkcs1;
+    for (size_t i = 0; i < jwke_alg_count(); i++) {
+        const jwke_alg *alg = jwke_alg_at(i);
+        if (alg->scheme == JWKE_SCHEME_RSA_PSS && allows(priv, alg->digest->rsa_pss.type))
+            return alg;
+    }
+    return pss;
+}
+
 /* Fills key from its two halves, applying the mapping rules. */
 static int map_pair(const object_attributes *priv, const object_attributes *pub,
                     int min_rsa_bits, jwke_p11_key *key, const char *kid, jwke_error *err)
@@ -207,7 +242,7 @@ static int map_pair(const object_attributes *priv, const object_attributes *pub,
         if (key->bits < min_rsa_bits)
             return jwke_fail(err, "key '%s': RSA key of %d bits is below the minimum of %d bits "
                              "(lower hsm.min_rsa_bits to accept it)", kid, key->bits, min_rsa_bits);
-        key->alg = jwke_alg_default(JWKE_KIND_RSA, NULL);
+        key->alg = rsa_alg(priv);
         /* A pair allowed to do both (as SoftHSM leaves `pkcs11-tool
          * --usage-sign` pairs) is a signing key. */
         if (can_sign)

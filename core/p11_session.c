@@ -2,6 +2,7 @@
 #include "p11_session.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -9,24 +10,102 @@ struct jwke_p11_pool {
     CK_FUNCTION_LIST_PTR fn;
     pthread_cond_t session_free;
     CK_SESSION_HANDLE idle[JWKE_POOL_LIMIT];
+    long long idle_since_ms[JWKE_POOL_LIMIT]; /* when each idle session came back */
     int idle_count;
     int open_count;        /* idle + borrowed */
-    int max_sessions;
     int wait_ms;
-    unsigned long opened;
-    unsigned long waits;
+    int idle_max_ms;       /* < 0: never checked */
+    jwke_p11_pool_stats stats; /* max_sessions is the bound in use */
 };
 
-jwke_p11_pool *jwke_p11_pool_new(CK_FUNCTION_LIST_PTR fn, int max_sessions, int wait_ms)
+jwke_p11_pool *jwke_p11_pool_new(CK_FUNCTION_LIST_PTR fn, int max_sessions, int wait_ms,
+                                 int idle_max_ms)
 {
     jwke_p11_pool *pool = calloc(1, sizeof *pool);
     if (!pool)
         return NULL;
     pool->fn = fn;
-    pool->max_sessions = max_sessions > JWKE_POOL_LIMIT ? JWKE_POOL_LIMIT : max_sessions;
+    pool->stats.max_sessions = max_sessions > JWKE_POOL_LIMIT ? JWKE_POOL_LIMIT : max_sessions;
+    pool->stats.token_max_sessions = -1;
+    pool->stats.token_sessions = -1;
     pool->wait_ms = wait_ms;
+    pool->idle_max_ms = idle_max_ms;
     pthread_cond_init(&pool->session_free, NULL);
     return pool;
+}
+
+/* A limit from the token info: -1 when it sets none or says nothing. */
+static long reported_limit(CK_ULONG value)
+{
+    if (value == CK_EFFECTIVELY_INFINITE || value == CK_UNAVAILABLE_INFORMATION ||
+        value > (CK_ULONG)LONG_MAX)
+        return -1;
+    return (long)value;
+}
+
+/* A count from the token info (0 is a count here): -1 when it says nothing. */
+static long reported_count(CK_ULONG value)
+{
+    return value == CK_UNAVAILABLE_INFORMATION || value > (CK_ULONG)LONG_MAX ? -1 : (long)value;
+}
+
+/* The sessions a (maximum, in use) pair leaves, or -1 for no limit. */
+static long sessions_left(CK_ULONG max, CK_ULONG in_use, int reserved)
+{
+    long limit = reported_limit(max), used = reported_count(in_use);
+    if (limit < 0)
+        return -1;
+    return limit - (used < 0 ? 0 : used) - reserved;
+}
+
+int jwke_p11_pool_fit_token(jwke_p11_pool *pool, CK_SLOT_ID slot, int reserved,
+                            int *former_limit, jwke_error *err)
+{
+    *former_limit = 0;
+    CK_TOKEN_INFO info;
+    CK_RV rv = pool->fn->C_GetTokenInfo(slot, &info);
+    if (rv != CKR_OK)
+        return jwke_fail_ckr(err, "C_GetTokenInfo", rv);
+    pool->stats.token_max_sessions = reported_limit(info.ulMaxSessionCount);
+    pool->stats.token_sessions = reported_count(info.ulSessionCount);
+    /* our sessions are read-write: both limits apply */
+    long left = sessions_left(info.ulMaxSessionCount, info.ulSessionCount, reserved);
+    long rw_left = sessions_left(info.ulMaxRwSessionCount, info.ulRwSessionCount, reserved);
+    if (left < 0 || (rw_left >= 0 && rw_left < left))
+        left = rw_left;
+    if (left < 0 || left >= pool->stats.max_sessions)
+        return 0;
+    *former_limit = pool->stats.max_sessions;
+    pool->stats.max_sessions = left < 1 ? 1 : (int)left;
+    return 0;
+}
+
+static long long monotonic_ms(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+/* Takes the most recently used idle session that is still open: one idle
+ * past idle_max_ms is asked about first, and closed when the token no
+ * longer knows it. 0 when none is left. */
+static int take_idle(jwke_p11_pool *pool, CK_SESSION_HANDLE *session)
+{
+    while (pool->idle_count > 0) {
+        int i = --pool->idle_count;
+        *session = pool->idle[i];
+        if (pool->idle_max_ms < 0 || monotonic_ms() - pool->idle_since_ms[i] < pool->idle_max_ms)
+            return 1;
+        pool->stats.idle_checks++;
+        CK_SESSION_INFO info;
+        if (pool->fn->C_GetSessionInfo(*session, &info) == CKR_OK)
+            return 1;
+        pool->stats.sessions_expired++;
+        pool->fn->C_CloseSession(*session); /* the token may still hold it */
+        pool->open_count--;
+    }
+    return 0;
 }
 
 void jwke_p11_pool_free(jwke_p11_pool *pool, int inherited_lock)
@@ -58,40 +137,39 @@ int jwke_p11_pool_borrow(jwke_p11_pool *pool, pthread_mutex_t *lock, CK_SLOT_ID 
     int have_deadline = 0;
     *former_limit = 0;
     for (;;) {
-        if (pool->idle_count > 0) {
-            *session = pool->idle[--pool->idle_count];
+        if (take_idle(pool, session))
             return 0;
-        }
-        if (pool->open_count < pool->max_sessions) {
+        if (pool->open_count < pool->stats.max_sessions) {
             CK_RV rv = pool->fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
                                                NULL, session);
             if (rv == CKR_OK) {
                 pool->open_count++;
-                pool->opened++;
+                pool->stats.sessions_opened++;
                 return 0;
             }
             if (rv != CKR_SESSION_COUNT || pool->open_count == 0)
                 return jwke_fail_ckr(err, "C_OpenSession", rv);
             /* The token allows fewer sessions than configured: learn it. */
-            *former_limit = pool->max_sessions;
-            pool->max_sessions = pool->open_count;
+            *former_limit = pool->stats.max_sessions;
+            pool->stats.max_sessions = pool->open_count;
         }
         if (!have_deadline) {
             deadline = deadline_after(pool->wait_ms);
             have_deadline = 1;
-            pool->waits++;
+            pool->stats.session_waits++;
         }
         if (pthread_cond_timedwait(&pool->session_free, lock, &deadline) == ETIMEDOUT &&
-            pool->idle_count == 0 && pool->open_count >= pool->max_sessions)
+            pool->idle_count == 0 && pool->open_count >= pool->stats.max_sessions)
             return jwke_fail_code(err, "ERR_HSM_BUSY", "no PKCS#11 session became free within %d ms (all %d are busy; "
                              "raise hsm.max_sessions or hsm.session_wait_ms)",
-                             pool->wait_ms, pool->max_sessions);
+                             pool->wait_ms, pool->stats.max_sessions);
     }
 }
 
 void jwke_p11_pool_give_back(jwke_p11_pool *pool, CK_SESSION_HANDLE session, int healthy)
 {
     if (healthy && pool->idle_count < JWKE_POOL_LIMIT) {
+        pool->idle_since_ms[pool->idle_count] = pool->idle_max_ms < 0 ? 0 : monotonic_ms();
         pool->idle[pool->idle_count++] = session;
     } else {
         pool->fn->C_CloseSession(session);
@@ -125,11 +203,8 @@ void jwke_p11_pool_close_idle(jwke_p11_pool *pool)
     }
 }
 
-void jwke_p11_pool_counts(const jwke_p11_pool *pool, int *open, int *max_sessions,
-                          unsigned long *opened, unsigned long *waits)
+void jwke_p11_pool_counts(const jwke_p11_pool *pool, jwke_p11_pool_stats *out)
 {
-    *open = pool->open_count;
-    *max_sessions = pool->max_sessions;
-    *opened = pool->opened;
-    *waits = pool->waits;
+    *out = pool->stats;
+    out->sessions_open = pool->open_count;
 }

@@ -1,9 +1,16 @@
 /* The session pool of a token, opaque outside p11_session.c: a bounded
  * LIFO stack of open sessions (the most recently used first, the one most
- * likely to be warm). A borrower waits a bounded time for a free session;
- * when the token answers CKR_SESSION_COUNT the pool learns the lower
- * limit. Every call but new/free is made with the token's lock held (the
- * lock a borrower waits on). */
+ * likely to be warm). A borrower waits a bounded time for a free session.
+ *
+ * Real HSMs limit and expire sessions, so the bound is the lowest of
+ * hsm.max_sessions, what the token reports free at open (ulMaxSessionCount
+ * and ulMaxRwSessionCount less the sessions already open), and what it
+ * proves by answering CKR_SESSION_COUNT. A session idle longer than
+ * hsm.session_idle_max is checked with C_GetSessionInfo before it is lent,
+ * and replaced when the token closed it meanwhile (YubiHSM 2 does after
+ * 30 s), so the first operation after a quiet period needs no recovery.
+ * Every call but new/free is made with the token's lock held (the lock a
+ * borrower waits on). */
 #ifndef JWKE_P11_SESSION_H
 #define JWKE_P11_SESSION_H
 
@@ -16,8 +23,18 @@
 
 typedef struct jwke_p11_pool jwke_p11_pool;
 
-/* max_sessions is capped at JWKE_POOL_LIMIT. NULL when out of memory. */
-jwke_p11_pool *jwke_p11_pool_new(CK_FUNCTION_LIST_PTR fn, int max_sessions, int wait_ms);
+/* max_sessions is capped at JWKE_POOL_LIMIT; idle_max_ms < 0: idle
+ * sessions are never checked. NULL when out of memory. */
+jwke_p11_pool *jwke_p11_pool_new(CK_FUNCTION_LIST_PTR fn, int max_sessions, int wait_ms,
+                                 int idle_max_ms);
+
+/* Lowers the bound to the sessions the token in slot still allows, after
+ * `reserved` more the caller opens itself (its login session). A token
+ * reporting CK_EFFECTIVELY_INFINITE or CK_UNAVAILABLE_INFORMATION sets no
+ * bound; one with no session left still gets one (its C_OpenSession will
+ * say why). *former_limit is the bound before when it was lowered, else 0. */
+int jwke_p11_pool_fit_token(jwke_p11_pool *pool, CK_SLOT_ID slot, int reserved,
+                            int *former_limit, jwke_error *err);
 /* Frees the pool without closing a session (close_all does). */
 void jwke_p11_pool_free(jwke_p11_pool *pool, int inherited_lock);
 
@@ -48,9 +65,17 @@ void jwke_p11_pool_after_fork(jwke_p11_pool *pool);
 /* Closes the idle sessions. */
 void jwke_p11_pool_close_idle(jwke_p11_pool *pool);
 
-/* Sessions open now (idle and borrowed), the current limit, and the
- * counters: sessions opened and borrowers that had to wait. */
-void jwke_p11_pool_counts(const jwke_p11_pool *pool, int *open, int *max_sessions,
-                          unsigned long *opened, unsigned long *waits);
+typedef struct jwke_p11_pool_stats {
+    int sessions_open;        /* idle and borrowed now (a login session excluded) */
+    int max_sessions;         /* the bound in use */
+    long token_max_sessions;  /* ulMaxSessionCount at open; -1: the token sets no limit */
+    long token_sessions;      /* ulSessionCount at open; -1: not reported */
+    unsigned long sessions_opened;
+    unsigned long session_waits;    /* borrowers that had to wait */
+    unsigned long idle_checks;      /* idle sessions checked before use */
+    unsigned long sessions_expired; /* of those, closed by the token and replaced */
+} jwke_p11_pool_stats;
+
+void jwke_p11_pool_counts(const jwke_p11_pool *pool, jwke_p11_pool_stats *out);
 
 #endif

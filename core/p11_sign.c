@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "evp_sig.h"
 
 typedef struct sign_context {
@@ -116,6 +118,39 @@ int jwke_p11_prepare_sign(const jwke_alg *alg, const unsigned char *input, size_
     return 0;
 }
 
+static int verifies_after_sign(const jwke_p11_token *token, const jwke_alg *alg)
+{
+    switch (jwke_p11_token_verify_after_sign(token)) {
+    case JWKE_VERIFY_ALL:
+        return 1;
+    case JWKE_VERIFY_NONE:
+        return 0;
+    default: /* an RSA-CRT fault makes a signature that gives the key away */
+        return alg->scheme == JWKE_SCHEME_RSA_PKCS1 || alg->scheme == JWKE_SCHEME_RSA_PSS;
+    }
+}
+
+/* The token's signature checked on the host against the public half read
+ * at load: a faulty HSM's signature is never used (and wiped), counted and
+ * logged. */
+static int check_signature(jwke_p11_token *token, const jwke_p11_key *key, const jwke_alg *alg,
+                           const unsigned char *input, size_t input_len, unsigned char *sig,
+                           size_t sig_len, jwke_error *err)
+{
+    int valid = jwke_evp_verify(key->public_key, alg, input, input_len, sig, sig_len, err);
+    if (valid == 1)
+        return 0;
+    OPENSSL_cleanse(sig, sig_len);
+    if (valid < 0)
+        return jwke_fail_in(err, "ERR_JWS_SIGN");
+    jwke_fail_code(err, "ERR_SIGNATURE_FAULT",
+                   "the token's %s signature with key '%.*s' does not verify against its public "
+                   "key (hsm.verify_after_sign): the HSM may be faulty; no token was made",
+                   alg->name, (int)key->id_len, (const char *)key->id);
+    jwke_p11_token_signature_fault(token, "%s", err->message);
+    return -1;
+}
+
 int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
                   const unsigned char *input, size_t input_len, unsigned char *sig,
                   size_t *sig_len, jwke_error *err)
@@ -129,8 +164,17 @@ int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
         return jwke_fail_in(err, "ERR_JWS_SIGN");
     sign_context c = {key, alg, &prepared.mechanism, prepared.data, prepared.data_len, sig,
                       *sig_len, expected_len, 0};
-    if (jwke_p11_run(token, sign_op, &c, err) != 0)
+    if (jwke_p11_run(token, sign_op, &c, err) != 0) {
+        if (err->ckr == CKR_MECHANISM_INVALID) {
+            jwke_fail(err, "C_SignInit: CKR_MECHANISM_INVALID (the token does not sign with %s, "
+                      "which %s needs)", alg->sign_mechanism.name, alg->name);
+            err->ckr = CKR_MECHANISM_INVALID; /* the message says more; the code stays the CKR */
+        }
         return jwke_fail_in(err, "ERR_JWS_SIGN"); /* a vanished key, a hash that failed */
+    }
+    if (verifies_after_sign(token, alg) &&
+        check_signature(token, key, alg, input, input_len, sig, c.sig_len, err) != 0)
+        return -1;
     *sig_len = c.sig_len;
     return 0;
 }

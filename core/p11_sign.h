@@ -26,7 +26,10 @@ int jwke_p11_prepare_sign(const jwke_alg *alg, const unsigned char *input, size_
 
 /* Signs input with the key's private half: hashing happens on the host
  * where the mechanism allows it; the result is in JWS form (raw R || S for
- * ECDSA). The key's handle is found again when stale. *sig_len is the size
+ * ECDSA). The key's handle is found again when stale. When the token's
+ * setting asks for it (jwke_p11_token_verify_after_sign), the signature is
+ * checked against the key's public half first: ERR_SIGNATURE_FAULT when it
+ * does not verify. *sig_len is the size
  * of sig on the way in, the signature's on the way out; a length the token
  * reports that does not fit sig, or is not the algorithm's size, fails. */
 int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,

@@ -37,6 +37,7 @@ struct jwke_p11_token {
     unsigned login_session_epoch; /* module epoch the login session was opened in */
     int reinit_interval_ms;
     long long last_reinit_ms;
+    enum jwke_verify_after_sign verify_after_sign;
 
     unsigned char *pin;    /* locked memory, wiped on free */
     size_t pin_len;
@@ -47,6 +48,9 @@ struct jwke_p11_token {
     int event_count;
     int tracked;           /* the module's login record of our slot counts us */
 };
+
+static void queue_event(jwke_p11_token *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* Whether the token's state was copied from the parent by a fork and not
  * caught up yet (catch_up_after_fork): then its handles and its login
@@ -131,7 +135,9 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     snprintf(t->serial, sizeof t->serial, "%s", serial ? serial : "");
     t->pool = jwke_p11_pool_new(
         t->fn, options && options->max_sessions > 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS,
-        options && options->session_wait_ms > 0 ? options->session_wait_ms : JWKE_POOL_SESSION_WAIT_MS);
+        options && options->session_wait_ms > 0 ? options->session_wait_ms : JWKE_POOL_SESSION_WAIT_MS,
+        options && options->session_idle_max_ms != 0 ? options->session_idle_max_ms
+                                                     : JWKE_POOL_SESSION_IDLE_MAX_MS);
     if (!t->pool) {
         free(t);
         jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening a token");
@@ -141,14 +147,21 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
         options && options->reinit_interval_ms > 0 ? options->reinit_interval_ms
                                                     : JWKE_POOL_REINIT_INTERVAL_MS;
     t->last_reinit_ms = -1000000;
+    t->verify_after_sign = options ? options->verify_after_sign : JWKE_VERIFY_RSA;
     pthread_mutex_init(&t->lock, NULL);
     t->fork_generation = jwke_p11_fork_generation();
     t->epoch = epoch;
 
-    CK_RV rv = t->fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-                                         &t->login_session);
-    if (rv != CKR_OK) {
-        jwke_fail_ckr(err, "C_OpenSession", rv);
+    int former_limit = 0;
+    CK_RV rv = CKR_OK;
+    /* the pool fits what the token has left beside the login session */
+    int fitted = jwke_p11_pool_fit_token(t->pool, slot, 1, &former_limit, err) == 0;
+    if (fitted)
+        rv = t->fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                                  &t->login_session);
+    if (!fitted || rv != CKR_OK) {
+        if (fitted)
+            jwke_fail_ckr(err, "C_OpenSession", rv);
         pthread_mutex_destroy(&t->lock);
         jwke_p11_pool_free(t->pool, 0);
         free(t);
@@ -157,6 +170,14 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     t->have_login_session = 1;
     t->login_session_epoch = t->epoch;
     t->tracked = 1;
+    if (former_limit) {
+        jwke_p11_pool_stats pool;
+        jwke_p11_pool_counts(t->pool, &pool);
+        queue_event(t, "the token allows %ld sessions and %ld are open: the pool holds at most "
+                    "%d beside the login session (hsm.max_sessions is %d)",
+                    pool.token_max_sessions, pool.token_sessions < 0 ? 0 : pool.token_sessions,
+                    pool.max_sessions, former_limit);
+    }
     jwke_p11_module_track_slot(module, slot, +1);
     jwke_p11_module_retain(module); /* released in jwke_p11_token_close */
     return t;
@@ -314,8 +335,7 @@ void jwke_p11_token_stats(jwke_p11_token *t, jwke_p11_stats *out)
 {
     lock_token(t);
     *out = t->stats;
-    jwke_p11_pool_counts(t->pool, &out->sessions_open, &out->max_sessions,
-                         &out->sessions_opened, &out->session_waits);
+    jwke_p11_pool_counts(t->pool, &out->pool);
     pthread_mutex_unlock(&t->lock);
 }
 
@@ -346,8 +366,6 @@ static const char *ckr(CK_RV rv)
 
 /* Queues one log line; the Lua side drains and logs them. Caller holds
  * t->lock. Never called with anything secret. */
-static void queue_event(jwke_p11_token *t, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
 static void queue_event(jwke_p11_token *t, const char *fmt, ...)
 {
     if (t->event_count == JWKE_EVENT_QUEUE) { /* keep the newest */
@@ -466,11 +484,10 @@ static int borrow_locked(jwke_p11_token *t, CK_SESSION_HANDLE *session, jwke_err
     int former_limit;
     int result = jwke_p11_pool_borrow(t->pool, &t->lock, t->slot, session, &former_limit, err);
     if (former_limit) {
-        int open, limit;
-        unsigned long opened, waits;
-        jwke_p11_pool_counts(t->pool, &open, &limit, &opened, &waits);
+        jwke_p11_pool_stats pool;
+        jwke_p11_pool_counts(t->pool, &pool);
         queue_event(t, "the token allows %d sessions for jwkengine (hsm.max_sessions was %d)",
-                    limit, former_limit);
+                    pool.max_sessions, former_limit);
     }
     return result;
 }
@@ -612,6 +629,24 @@ int jwke_p11_run(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_error *err)
     }
 }
 
+enum jwke_verify_after_sign jwke_p11_token_verify_after_sign(const jwke_p11_token *t)
+{
+    return t->verify_after_sign; /* set at open, never changed */
+}
+
+void jwke_p11_token_signature_fault(jwke_p11_token *t, const char *fmt, ...)
+{
+    char line[JWKE_EVENT_SIZE];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    lock_token(t);
+    t->stats.signature_faults++;
+    queue_event(t, "%s", line);
+    pthread_mutex_unlock(&t->lock);
+}
+
 CK_FUNCTION_LIST_PTR jwke_p11_token_functions(const jwke_p11_token *t)
 {
     return t->fn;
@@ -623,6 +658,11 @@ CK_SLOT_ID jwke_p11_token_slot(jwke_p11_token *t)
     CK_SLOT_ID slot = t->slot;
     pthread_mutex_unlock(&t->lock);
     return slot;
+}
+
+const char *jwke_p11_token_label(const jwke_p11_token *t)
+{
+    return t->label;
 }
 
 unsigned jwke_p11_token_object_epoch(jwke_p11_token *t)

@@ -32,6 +32,7 @@
 
 #include "error.h"
 #include "p11_module.h"
+#include "p11_session.h"
 #include "pin_source.h"
 
 #define JWKE_EVENT_QUEUE 16
@@ -49,17 +50,21 @@ enum jwke_recovery { JWKE_RECOVER_NONE, JWKE_RECOVER_SESSION, JWKE_RECOVER_LOGIN
 typedef struct jwke_p11_stats {
     unsigned long recoveries[JWKE_RECOVER_CLASSES]; /* by class; [0] unused */
     unsigned long failed_recoveries;
-    unsigned long sessions_opened;
-    unsigned long session_waits;
-    int sessions_open;   /* pooled sessions open now (login session excluded) */
-    int max_sessions;    /* current limit, possibly learned from the token */
+    unsigned long signature_faults; /* signatures that failed verify-after-sign */
+    jwke_p11_pool_stats pool;
 } jwke_p11_stats;
+
+/* Which token-made signatures are checked on the host before use
+ * (hsm.verify_after_sign): by default RSA's, whose CRT faults leak the key. */
+enum jwke_verify_after_sign { JWKE_VERIFY_RSA = 0, JWKE_VERIFY_ALL, JWKE_VERIFY_NONE };
 
 typedef struct jwke_p11_options {
     /* 0 for the defaults, JWKE_POOL_* in engine_limits.h */
     int max_sessions;        /* pool bound */
     int session_wait_ms;     /* how long a borrower waits */
     int reinit_interval_ms;  /* minimum time between full re-inits */
+    int session_idle_max_ms; /* idle sessions older are checked; < 0: never */
+    enum jwke_verify_after_sign verify_after_sign;
 } jwke_p11_options;
 
 /* Opens the token: takes a module reference, opens the login session.
@@ -100,12 +105,22 @@ typedef CK_RV (*jwke_p11_op)(jwke_p11_token *token, CK_SESSION_HANDLE session, v
                              const char **function, jwke_error *err);
 int jwke_p11_run(jwke_p11_token *token, jwke_p11_op op, void *ctx, jwke_error *err);
 
+/* Which signatures this token's are checked after signing. */
+enum jwke_verify_after_sign jwke_p11_token_verify_after_sign(const jwke_p11_token *token);
+
+/* Counts a signature that failed that check and queues its log line. */
+void jwke_p11_token_signature_fault(jwke_p11_token *token, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 /* The function list of the token's module, for operations run by
  * jwke_p11_run. */
 CK_FUNCTION_LIST_PTR jwke_p11_token_functions(const jwke_p11_token *token);
 
 /* The slot the token is in now (a device reset may move it). */
 CK_SLOT_ID jwke_p11_token_slot(jwke_p11_token *token);
+
+/* The token's label as it was opened (never changes), for messages. */
+const char *jwke_p11_token_label(const jwke_p11_token *token);
 
 /* The epoch of cached object handles: bumped whenever they may have gone
  * stale (a fork, a device reset, a new login, objects destroyed). */

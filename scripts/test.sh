@@ -5,7 +5,8 @@
 #   2. the busted specs under Lua 5.4, against throwaway SoftHSM tokens, a
 #      throwaway PostgreSQL cluster and real nginx, all on loopback
 #   3. the same busted suite against an AddressSanitizer + UBSan build
-#      (except the nginx spec: nginx cannot load a sanitized module)
+#      (except the nginx specs: nginx cannot load a sanitized module; and the
+#      luarocks spec: it builds and loads a rock of its own, unsanitized)
 #   4. the libFuzzer targets, each for a bounded time
 #   5. valgrind memcheck over the C core
 #   6. the C core and its unit tests in the build types CI does not cover
@@ -114,7 +115,7 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   export JWKE_PRELOAD="$(gcc -print-file-name=libasan.so)"
   if [ "$asan_built" = 1 ]; then
     busted_run add_rerun "busted (ASan+UBSan)" build-asan build-asan/jwkengine /usr/bin/busted -o utfTerminal \
-      --cpath='build-asan/lib/?.so' --exclude-pattern=nginx "$@"
+      --cpath='build-asan/lib/?.so' --exclude-pattern=nginx --exclude-pattern=luarocks "$@"
     if grep -qE "ERROR: AddressSanitizer|runtime error:" "$log"; then
       echo "the sanitizers reported an error (above)"
       add_rerun "sanitizer reports" 0 1

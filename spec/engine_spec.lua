@@ -32,11 +32,7 @@ local function token_public_hex(token, label, kind)
 end
 
 local function open_engine(token, extra, options)
-  options = options or {}
-  options.environment = softhsm.environment(token, extra)
-  if options.logger == nil then options.logger = false end
-  if options.startup == nil then options.startup = false end
-  return jwkengine.open(options)
+  return softhsm.open_engine(softhsm.environment(token, extra), options)
 end
 
 describe("engine core on SoftHSM", function()
@@ -282,6 +278,50 @@ describe("engine core on SoftHSM", function()
     local jwks, err = engine:key_set("lonely")
     assert.is_nil(jwks)
     assert.matches("private half but no public half", err)
+  end)
+
+  -- Another process making (or renaming) a pair shows one half of it for a
+  -- moment. When this process has just changed the set, its next read may
+  -- meet that half: it signs with the keys it had, says so, and an
+  -- explicit refresh still reports the set as it is.
+  it("signs with the keys it had when the read after its own change meets a half-made pair", function()
+    local lines = {}
+    local e = assert(open_engine(token, nil, { logger = function(level, message)
+      lines[#lines + 1] = level .. " " .. message
+    end }))
+    assert(e:generate("halfway", "ES256", { kid = "first" }))
+    assert(e:sign("halfway", "x"))
+    -- the other process's pair, caught between its two halves
+    local out, ok = softhsm.pkcs11_tool(token,
+      "--keypairgen --key-type EC:prime256v1 --usage-sign --label halfway --id 0c")
+    assert.is_true(ok, out)
+    out, ok = softhsm.pkcs11_tool(token, "--delete-object --type pubkey --label halfway --id 0c")
+    assert.is_true(ok, out)
+    -- this process's change: a second key of its own
+    assert(e:generate("halfway", "ES256", { kid = "second" }))
+    local jws = assert(e:sign("halfway", "x"))
+    local _, header = assert(e:verify("halfway", jws))
+    assert.equals("first", header.kid)
+    local warned = false
+    for _, line in ipairs(lines) do
+      if line:find("^warn key set 'halfway': .*private half but no public half.*the keys read before go on signing") then
+        warned = true
+      end
+    end
+    assert.is_true(warned, table.concat(lines, "\n"))
+    -- the keys it had are not read again per signature: one warning
+    assert(e:sign("halfway", "x"))
+    local count = 0
+    for _, line in ipairs(lines) do
+      if line:find("go on signing", 1, true) then count = count + 1 end
+    end
+    assert.equals(1, count)
+    -- an explicit refresh forgets them, and the set's state is reported
+    assert(e:refresh("halfway"))
+    local signed, err = e:sign("halfway", "x")
+    assert.is_nil(signed)
+    assert.matches("private half but no public half", err)
+    e:close()
   end)
 end)
 

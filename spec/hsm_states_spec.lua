@@ -111,6 +111,39 @@ describe("key states on the token", function()
     t:close()
   end)
 
+  -- A writer moves a set from version N to N+1 by destroying the N object,
+  -- then creating N+1; a loaded machine can hold it up in between. A
+  -- process that has seen version N and reads then must not take "no
+  -- states" for the truth: deciding from the keys alone would make the
+  -- first key by CKA_ID sign, whatever the records say.
+  it("keeps the states it read when another writer is held up between its destroy and its create", function()
+    local engine = assert(open(token, { t = 1000 }))
+    assert(engine:generate("midwrite", "ES256", { kid = "bb" }))
+    assert.equals("bb", signer(engine, "midwrite")) -- current, recorded
+    assert(engine:generate("midwrite", "ES256", { kid = "aa" }))
+    assert.equals("bb", signer(engine, "midwrite")) -- "aa" is next, recorded
+    -- the other writer, after its destroy
+    local t = raw_token(token)
+    for _, object in ipairs(assert(t:data_objects(hsm_states.APPLICATION, "midwrite"))) do
+      assert(t:destroy_data(hsm_states.APPLICATION, "midwrite", object.value))
+    end
+    -- the backend says so instead of answering "nothing recorded"
+    local backend = hsm_states.new(t, "")
+    backend.seen.midwrite = 2
+    local state, err, code = backend:read("midwrite")
+    assert.is_nil(state)
+    assert.equals("ERR_STORE", code)
+    assert.matches("being rewritten by another process", err, 1, true)
+    -- the engine reads the set again and keeps the states it had
+    assert(engine:reload("midwrite"))
+    assert.equals("bb", signer(engine, "midwrite"))
+    assert.equals("next", states_of(engine, "midwrite").aa.state)
+    -- and wrote nothing from the failed read
+    assert.equals(0, #assert(t:data_objects(hsm_states.APPLICATION, "midwrite")))
+    t:close()
+    engine:close()
+  end)
+
   it("lets exactly one of two processes racing a write of the same version win, 20 rounds", function()
     local t = raw_token(token)
     local backend = hsm_states.new(t, "")

@@ -79,7 +79,7 @@ describe("jwkengine.http", function()
     -- the claim codes are the registry's own (a renamed code would fall to 500)
     assert.is_string(errors.codes["ERR_JWT_CLAIMS"])
     assert.is_string(errors.codes["ERR_JWT_CLAIM_INVALID"])
-    for code, status in pairs({ CKR_DEVICE_REMOVED = 503, ERR_STORE = 503, ERR_THREAD = 503,
+    for code, status in pairs({ CKR_DEVICE_REMOVED = 503, ERR_STORE = 503, ERR_THREAD = 503, ERR_OVERLOADED = 503,
       ERR_KEY_SET_NOT_FOUND = 500, ERR_NO_SIGNING_KEY = 500 }) do
       assert.equals(status, (http.status_of(code)), code)
       assert.is_false(http.is_client_error(code), code)

@@ -154,7 +154,7 @@ describe("nginx over an HSM: an operator's pkcs11-tool pair rotates in with no f
     local tokens, probes = run.tokens, run.probes
     assert.is_true(#tokens > 30, "too few tokens: " .. #tokens)
     local failed = failures(tokens)
-    assert.are.equal(0, #failed, cjson.encode({ table.unpack(failed, 1, 5) }))
+    assert.are.equal(0, #failed, cjson.encode({ table.unpack(failed, 1, 5) }) .. "\n" .. server:log():sub(-4000))
 
     -- the startup key signed first, the operator's key last
     local kids, first = signers(tokens)
@@ -173,7 +173,8 @@ describe("nginx over an HSM: an operator's pkcs11-tool pair rotates in with no f
         after = after + 1
         workers[p.worker] = true
         assert.is_true(nginx.contains(p.kids, OPERATOR_KID),
-          "worker " .. tostring(p.worker) .. " did not publish the key another worker signed with")
+          "worker " .. tostring(p.worker) .. " did not publish the key another worker signed with\n"
+          .. server:log():sub(-4000))
       end
     end
     assert.is_true(published_before, "no probe saw the new key before it signed")
@@ -223,7 +224,8 @@ describe("nginx over an HSM: two instances running the key schedule on one token
     for i, run in ipairs(runs) do
       assert.is_true(#run.tokens > 20, "server " .. i .. ": too few tokens: " .. #run.tokens)
       local failed = failures(run.tokens)
-      assert.are.equal(0, #failed, "server " .. i .. ": " .. cjson.encode({ table.unpack(failed, 1, 5) }))
+      assert.are.equal(0, #failed, "server " .. i .. ": " .. cjson.encode({ table.unpack(failed, 1, 5) })
+        .. "\n" .. servers[i]:log():sub(-4000))
       kids_signed[i] = signers(run.tokens)
     end
 

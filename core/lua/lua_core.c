@@ -2,6 +2,7 @@
  * the Lua policy. It turns C results into Lua values and nothing more. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/objects.h>
@@ -265,6 +266,18 @@ static int l_limits(lua_State *L)
     set_integer(L, "max_sessions", JWKE_POOL_MAX_SESSIONS);
     set_integer(L, "session_wait_ms", JWKE_POOL_SESSION_WAIT_MS);
     set_integer(L, "reinit_interval_ms", JWKE_POOL_REINIT_INTERVAL_MS);
+    set_integer(L, "session_idle_max", JWKE_POOL_SESSION_IDLE_MAX_MS / 1000);
+    return 1;
+}
+
+/* monotonic() -> seconds of CLOCK_MONOTONIC as a float: the clock signing
+ * latency is measured with (os.clock is CPU time, os.time whole seconds,
+ * ngx.now the event loop's cached millisecond) */
+static int l_monotonic(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
     return 1;
 }
 
@@ -276,6 +289,7 @@ static const luaL_Reg functions[] = {
     {"versions", l_versions},
     {"algorithms", l_algorithms},
     {"limits", l_limits},
+    {"monotonic", l_monotonic},
     {NULL, NULL},
 };
 

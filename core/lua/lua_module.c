@@ -120,8 +120,9 @@ static const char *opt_string_field(lua_State *L, int table, const char *name)
 }
 
 /* module:open_token(slot_id [, {label=, serial=, max_sessions=,
- * session_wait_ms=, reinit_interval_ms=}]) -> token | nil, err. The token
- * holds its own reference to the module. */
+ * session_wait_ms=, reinit_interval_ms=, session_idle_max_ms= (< 0: never
+ * checked), verify_after_sign= (nil: RSA only, true: all, false: none)}])
+ * -> token | nil, err. The token holds its own reference to the module. */
 static int l_module_open_token(lua_State *L)
 {
     module_object *m = check_open_module(L);
@@ -133,7 +134,18 @@ static int l_module_open_token(lua_State *L)
         opt_int_field(L, 3, "max_sessions", 0),
         opt_int_field(L, 3, "session_wait_ms", 0),
         opt_int_field(L, 3, "reinit_interval_ms", 0),
+        opt_int_field(L, 3, "session_idle_max_ms", 0),
+        JWKE_VERIFY_RSA,
     };
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "verify_after_sign");
+        int verify = lua_type(L, -1);
+        if (verify != LUA_TNIL && verify != LUA_TBOOLEAN)
+            return luaL_error(L, "verify_after_sign must be a boolean or nil");
+        if (verify != LUA_TNIL)
+            options.verify_after_sign = lua_toboolean(L, -1) ? JWKE_VERIFY_ALL : JWKE_VERIFY_NONE;
+        lua_pop(L, 1);
+    }
     const char *label = opt_string_field(L, 3, "label");
     const char *serial = opt_string_field(L, 3, "serial");
 

@@ -114,13 +114,14 @@ static int l_env_is_set(lua_State *L)
     return 2;
 }
 
-/* token:stats() -> { recoveries = {session=, login=, object=, reinit=}, ... } */
+/* token:stats() -> { recoveries = {session=, login=, object=, reinit=}, ... };
+ * token_max_sessions / token_sessions only when the token reported them */
 static int l_stats(lua_State *L)
 {
     token_object *t = check_open_token(L, 1);
     jwke_p11_stats st;
     jwke_p11_token_stats(t->token, &st);
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 12);
     lua_createtable(L, 0, 4);
     static const char *const names[JWKE_RECOVER_CLASSES] = {NULL, "session", "login", "object",
                                                             "reinit"};
@@ -129,16 +130,27 @@ static int l_stats(lua_State *L)
         lua_setfield(L, -2, names[i]);
     }
     lua_setfield(L, -2, "recoveries");
-    lua_pushinteger(L, (lua_Integer)st.failed_recoveries);
-    lua_setfield(L, -2, "failed_recoveries");
-    lua_pushinteger(L, (lua_Integer)st.sessions_opened);
-    lua_setfield(L, -2, "sessions_opened");
-    lua_pushinteger(L, (lua_Integer)st.session_waits);
-    lua_setfield(L, -2, "session_waits");
-    lua_pushinteger(L, st.sessions_open);
-    lua_setfield(L, -2, "sessions_open");
-    lua_pushinteger(L, st.max_sessions);
-    lua_setfield(L, -2, "max_sessions");
+    const struct {
+        const char *name;
+        lua_Integer value;
+    } counts[] = {
+        {"failed_recoveries", (lua_Integer)st.failed_recoveries},
+        {"signature_faults", (lua_Integer)st.signature_faults},
+        {"sessions_opened", (lua_Integer)st.pool.sessions_opened},
+        {"session_waits", (lua_Integer)st.pool.session_waits},
+        {"sessions_open", st.pool.sessions_open},
+        {"max_sessions", st.pool.max_sessions},
+        {"idle_checks", (lua_Integer)st.pool.idle_checks},
+        {"sessions_expired", (lua_Integer)st.pool.sessions_expired},
+        {"token_max_sessions", st.pool.token_max_sessions},
+        {"token_sessions", st.pool.token_sessions},
+    };
+    for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+        if (counts[i].value < 0)
+            continue; /* not reported by the token */
+        lua_pushinteger(L, counts[i].value);
+        lua_setfield(L, -2, counts[i].name);
+    }
     return 1;
 }
 

@@ -28,6 +28,8 @@ local function defaults()
       max_sessions = LIMITS.max_sessions,
       session_wait_ms = LIMITS.session_wait_ms,
       reinit_interval_ms = LIMITS.reinit_interval_ms,
+      session_idle_max = LIMITS.session_idle_max, -- seconds; 0: idle sessions are never checked
+      verify_after_sign = nil, -- unset: RSA signatures only; true: every one; false: none
       negative_cache_ttl = 30,
     },
     startup_sets = M.DEFAULT_STARTUP_SETS,
@@ -40,6 +42,8 @@ local function defaults()
 end
 
 M.MIN_SECRET_LENGTH = LIMITS.min_secret_length
+-- a day: longer than any HSM keeps an idle session, and it fits C's int in ms
+M.MAX_SESSION_IDLE = 86400
 
 -- Options of jwkengine.open that steer opening rather than configure.
 M.OPEN_OPTIONS = { config = true, environment = true, logger = true, select_slot = true,
@@ -59,6 +63,8 @@ local hsm_schema = {
   max_sessions = "integer",
   session_wait_ms = "integer",
   reinit_interval_ms = "integer",
+  session_idle_max = "integer",
+  verify_after_sign = "boolean",
   negative_cache_ttl = "integer",
   uri = "string",
   token_serial = "string",
@@ -71,7 +77,8 @@ local hsm_schema = {
 -- HSM_<KEY> (HSM_TOKEN_LABEL for token_label): environment variable -> key.
 local hsm_environment = {}
 for _, key in ipairs { "enabled", "library", "token_label", "slot", "pin", "pin_file",
-  "key_set_prefix", "min_rsa_bits", "max_sessions", "uri", "token_serial", "init_args" } do
+  "key_set_prefix", "min_rsa_bits", "max_sessions", "session_idle_max", "verify_after_sign", "uri",
+  "token_serial", "init_args" } do
   hsm_environment["HSM_" .. key:upper()] = key
 end
 
@@ -357,6 +364,10 @@ function M.check_hsm(hsm)
   if pin_problem then return util.fail("ERR_CONFIG", "%s", pin_problem) end
   if hsm.max_sessions < 1 then
     return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 1")
+  end
+  if hsm.session_idle_max > M.MAX_SESSION_IDLE then
+    return util.fail("ERR_CONFIG", "hsm.session_idle_max (HSM_SESSION_IDLE_MAX) is %d seconds; at most %d",
+      hsm.session_idle_max, M.MAX_SESSION_IDLE)
   end
   return true
 end

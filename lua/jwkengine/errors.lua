@@ -15,6 +15,7 @@ M.codes = {
   ERR_INVALID_ARGUMENT = "an argument has an unusable value (use not sig/enc, an RSA size below the minimum, select_slot's answer)",
   ERR_CLOSED = "the engine was closed",
   ERR_HSM_BUSY = "no PKCS#11 session became free within hsm.session_wait_ms (all hsm.max_sessions are busy)",
+  ERR_SIGNATURE_FAULT = "the token's signature did not verify against the key's public half (hsm.verify_after_sign): no token was made; the HSM may be faulty",
   ERR_OUT_OF_MEMORY = "memory ran out during the call",
   ERR_INTERNAL = "a failure the C core gave no code (a bug: no path the specs reach returns it)",
   -- key sets and keys
@@ -27,7 +28,7 @@ M.codes = {
   ERR_KEY_USE = "the key cannot be used that way: an encryption key asked to sign, or an alg other than its own",
   ERR_HSM_IMPORT_UNSUPPORTED = "the HSM does not accept keys from outside: import and update go to the software store",
   -- the software store
-  ERR_STORE = "the store's database failed (connection, migration, query)",
+  ERR_STORE = "the store's database failed (connection, migration, query), or a set's key states kept changing under a read or a write",
   ERR_KEY_DECRYPT = "a stored key cannot be opened with any of the secrets, or is not a key once opened",
   ERR_KEY_INVALID = "a stored key is not one jwkengine can use as stored: a row that decrypts but is not a usable key, or a key pair on the token (halves that disagree, RSA below the minimum, neither CKA_SIGN nor CKA_DECRYPT)",
   ERR_KEY_ENCRYPT = "a key cannot be sealed for the store",
@@ -36,6 +37,7 @@ M.codes = {
   ERR_STARTUP = "startup generation in an nginx worker raised",
   ERR_STARTUP_LOCK = "the startup lock (a lua_shared_dict) could not be taken",
   ERR_THREAD = "an nginx worker thread failed to run the signing call",
+  ERR_OVERLOADED = "nginx: every thread-pool signing slot of the worker was busy and the wait queue full, or the wait passed thread_queue.timeout (503 with Retry-After)",
   ERR_HTTP_METHOD = "nginx: the request used a method the endpoint does not take (405)",
   ERR_HTTP_MEDIA_TYPE = "nginx: the request body is not application/json (415)",
   ERR_HTTP_BODY_TOO_LARGE = "nginx: the request body is larger than token.max_body (413)",

@@ -24,10 +24,14 @@ local function not_found(code)
 end
 
 -- options.negative_ttl: seconds the HSM's "not found" is trusted (30);
--- options.now() -> seconds: its clock (os.time)
+-- options.now() -> seconds: its clock (os.time); options.metrics: a
+-- jwkengine.metrics recorder, handed to both sides too (signatures are
+-- counted where a key signs, failures and fallbacks here)
 function M.new(hsm, software, options)
   options = options or {}
-  return setmetatable({ hsm = hsm, software = software, missing = {},
+  if hsm then hsm.metrics = options.metrics end
+  if software then software.metrics = options.metrics end
+  return setmetatable({ hsm = hsm, software = software, missing = {}, metrics = options.metrics,
     negative_ttl = options.negative_ttl or 30, now = options.now or os.time }, Manager)
 end
 
@@ -93,7 +97,7 @@ function Manager:delete(set, kid)
 end
 
 -- The signing path, written out: no varargs, no method-name lookups.
-function Manager:sign(set, payload, options)
+local function sign_by_rules(self, set, payload, options)
   local hsm, software = self.hsm, self.software
   local hsm_err, hsm_code
   if hsm then
@@ -107,8 +111,17 @@ function Manager:sign(set, payload, options)
     elseif not software then
       return nil, missing.message, "ERR_KEY_SET_NOT_FOUND"
     end
+    if self.metrics then self.metrics:fell_back(set) end
   end
   return after_miss(hsm_err, hsm_code, software:sign(set, payload, options))
+end
+
+-- Signs by the rules above; a failure is counted by its code when the
+-- engine counts (self.metrics, a jwkengine.metrics recorder).
+function Manager:sign(set, payload, options)
+  local jws, err, code = sign_by_rules(self, set, payload, options)
+  if not jws and self.metrics then self.metrics:failed(code) end
+  return jws, err, code
 end
 
 -- Re-reads a set now from the side that holds it (the cached copy stays on

@@ -52,6 +52,10 @@ function M.open(hsm_config, options)
     max_sessions = hsm_config.max_sessions,
     session_wait_ms = hsm_config.session_wait_ms,
     reinit_interval_ms = hsm_config.reinit_interval_ms,
+    -- 0 turns the idle check off; the C default applies when unset
+    session_idle_max_ms = hsm_config.session_idle_max and
+      (hsm_config.session_idle_max == 0 and -1 or hsm_config.session_idle_max * 1000),
+    verify_after_sign = hsm_config.verify_after_sign,
   })
   if not token then return nil, err, code end
   local ok
@@ -108,9 +112,17 @@ end
 -- (remembered for a while by jwkengine.fallback, which asks here first).
 function Manager:load(set, refresh)
   local entry = self.sets[set]
-  if entry and not refresh then return entry end
+  if entry and not refresh and not entry.outdated then return entry end
   local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits))
-  if not keys then return nil, string.format("key set '%s': %s", set, err), code end
+  if not keys then
+    err = string.format("key set '%s': %s", set, err)
+    if entry and entry.outdated and not refresh then
+      entry.outdated = nil -- read again on the next change or refresh, not per signature
+      self.log("warn", err .. " (" .. tostring(code) .. "); the keys read before go on signing")
+      return entry
+    end
+    return nil, err, code
+  end
   if #keys == 0 then
     self.sets[set] = nil
     return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
@@ -139,6 +151,16 @@ end
 
 function Manager:forget(set)
   self.sets[set] = nil
+end
+
+-- After this process changed a set (generated a key, recorded key states),
+-- its cached keys are out of date but still good: the next use reads the
+-- token again, and when that read fails (another process making or
+-- renaming a pair shows one half of it for a moment) signs with the keys it
+-- had instead of failing the request. Engine:refresh forgets outright.
+function Manager:outdate(set)
+  local entry = self.sets[set]
+  if entry then entry.outdated = true end
 end
 
 -- The public JWK of one pair, read by label and CKA_ID: a generation costs
@@ -181,7 +203,7 @@ function Manager:generate(set, alg, options)
   end
   local kid = options.kid or core.uuid()
   local ok, err, code = self:drain(self.token:generate(label, alg, kid, use, options.rsa_bits))
-  self:forget(set) -- read again, once, when next used
+  self:outdate(set) -- read again, once, when next used
   if not ok then return nil, err, code end
   local jwk
   jwk, err, code = self:pair_jwk(set, kid)
@@ -196,7 +218,7 @@ function Manager:generate(set, alg, options)
     ok, err, code = exists(thumbprint)
     if ok then ok, err, code = self:drain(self.token:set_id(label, kid, thumbprint)) end
   end
-  self:forget(set)
+  self:outdate(set)
   if not thumbprint or not ok then
     self.token:delete(label, kid) -- never leave a key under the temporary id
     return nil, err, code
@@ -225,7 +247,7 @@ function Manager:sign(set, payload, options)
     entry, err, code = self:load(set)
     if not entry then return nil, err, code end
   end
-  local jws, err, code = keyset.sign(entry, set, payload, options, "HSM")
+  local jws, err, code = keyset.sign(entry, set, payload, options, "HSM", self.metrics)
   local events = self.token:events() -- nil unless a recovery happened
   if events then self:log_events(events) end
   return jws, err, code

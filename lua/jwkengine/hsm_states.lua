@@ -87,15 +87,22 @@ function Backend:objects(set)
 end
 
 -- objects(), read again while it is older than what this process has seen.
+-- Still older after REREADS (a writer held up between its destroy and its
+-- create, as a loaded machine can do): an error, never the older view —
+-- believing it would let a process sign with a key the set has moved past.
 function Backend:current(set)
-  local objects, newest, code
+  local seen = self.seen[set] or 0
   for _ = 1, REREADS do
-    objects, newest, code = self:objects(set)
+    local objects, newest, code = self:objects(set)
     if not objects then return nil, newest, code end
-    if (newest and newest.version or 0) >= (self.seen[set] or 0) then break end
+    local version = newest and newest.version or 0
+    if version >= seen then
+      self.seen[set] = version
+      return objects, newest
+    end
   end
-  self.seen[set] = newest and newest.version or 0
-  return objects, newest
+  return nil, string.format("key set '%s': its key states are being rewritten by another process "
+    .. "(this process has seen version %d, the token shows an older one): read again later", set, seen), "ERR_STORE"
 end
 
 function Backend:read(set)

@@ -56,6 +56,7 @@ local STATUS = {
   ERR_JWT_CLAIM_INVALID = { 400, "invalid_request" },
   -- the engine
   ERR_THREAD = { 503, "temporarily_unavailable" },
+  ERR_OVERLOADED = { 503, "temporarily_unavailable" },
   ERR_STORE = { 503, "temporarily_unavailable" },
 }
 local TOKEN_FAILURE = { 503, "temporarily_unavailable" } -- every CKR_* code

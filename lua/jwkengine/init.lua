@@ -16,7 +16,9 @@ local hsm = require "jwkengine.hsm"
 local jwk = require "jwkengine.jwk"
 local jws = require "jwkengine.jws"
 local jwt = require "jwkengine.jwt"
+local health = require "jwkengine.health"
 local log = require "jwkengine.log"
+local metrics = require "jwkengine.metrics"
 local key_state_store = require "jwkengine.store.key_state"
 local rotation = require "jwkengine.rotation"
 local names = require "jwkengine.names"
@@ -159,9 +161,9 @@ function M.open(options)
   end
 
   local engine = setmetatable({ config = cfg, log = logger, policies = policies,
-    json_cache = setmetatable({}, { __mode = "k" }) }, Engine)
+    json_cache = setmetatable({}, { __mode = "k" }), metrics_recorder = metrics.new() }, Engine)
   keys_of[engine] = fallback.new(hsm_keys, software_keys, { negative_ttl = cfg.hsm.negative_cache_ttl,
-    now = options.now })
+    now = options.now, metrics = engine.metrics_recorder })
   if options.startup ~= false then
     local ok
     ok, err, code = engine:ensure_startup_sets()
@@ -243,6 +245,39 @@ end
 -- The HSM's session pool and recovery counters; ERR_CONFIG without an HSM.
 function Engine:stats()
   return keys_of[self]:stats()
+end
+
+-- Prometheus metrics of this engine as text (exposition format 0.0.4, see
+-- jwkengine.metrics): signatures, failures, fallbacks, signing latency,
+-- the HSM's recoveries and sessions, and the state of each published key
+-- of options.sets (default: the startup sets and every set signed with).
+function Engine:metrics(options)
+  local sets = options and options.sets
+  if sets ~= nil and type(sets) ~= "table" then error("options.sets must be a list of set names", 2) end
+  if not sets then
+    local seen = self.metrics_recorder:signed_sets({})
+    for _, entry in ipairs(self.config.startup_sets) do seen[entry.set] = true end
+    sets = util.sorted_keys(seen)
+  end
+  local stats = self.config.hsm.enabled and keys_of[self]:stats() or nil
+  local values = self.metrics_recorder:counters(stats)
+  return metrics.text(metrics.gauges(self, stats, sets, values))
+end
+
+-- Whether the engine can sign now (see jwkengine.health): the token is
+-- present and a probe signature with each set's current key verifies
+-- within options.budget seconds (default 1). options.sets: the sets to
+-- probe (default: the startup sets). Each call signs once per set.
+function Engine:health(options)
+  options = options or {}
+  local sets = options.sets or {}
+  if not options.sets then
+    for i, entry in ipairs(self.config.startup_sets) do sets[i] = entry.set end
+  end
+  if type(sets) ~= "table" then error("options.sets must be a list of set names", 2) end
+  local budget = options.budget or 1
+  if type(budget) ~= "number" or budget <= 0 then error("options.budget must be a positive number of seconds", 2) end
+  return health.check(self, sets, budget)
 end
 
 -- The slot of the HSM's token ({ id, label, serial, ... }), or nil when the

@@ -51,14 +51,20 @@ end
 -- records keys seen for the first time, and installs the re-evaluation the
 -- signing path runs when the clock passes the next state change.
 --   states: { backend, policy_for(set) -> policy, now() -> seconds, log }
-function M.attach(entry, set, where, states)
+--   previous: the entry this one replaces, if any
+-- When the records cannot be read, the ones read before (previous's) stand:
+-- deciding from the keys alone could make a key that left the JWK Set
+-- long ago sign again. Only a set never read before is decided from its
+-- keys, and nothing is written from a read that failed.
+function M.attach(entry, set, where, states, previous)
   local now = states.now()
   local state, err = states.backend:read(set)
   local readable = state ~= nil
   if not state then
-    states.log("warn", string.format("key set '%s': key states cannot be read (%s): deciding from the keys alone",
-      set, tostring(err)))
-    state = { version = 0, records = {} }
+    local known = previous and previous.lifecycle and previous.lifecycle.records
+    states.log("warn", string.format("key set '%s': key states cannot be read (%s): %s", set, tostring(err),
+      known and "the states read before stand" or "deciding from the keys alone"))
+    state = { version = 0, records = known or {} }
   end
   entry.lifecycle = { records = state.records, present = M.present(entry), policy = states.policy_for(set),
     now = states.now, reevaluate = function(e) return apply(e, set, where, states.now()) end }

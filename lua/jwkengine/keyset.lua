@@ -10,6 +10,7 @@ local jws = require "jwkengine.jws"
 local lifecycle = require "jwkengine.lifecycle"
 local key_rules = require "jwkengine.key_rules"
 local util = require "jwkengine.util"
+local clock = require("jwkengine.metrics").clock
 
 local M = {}
 
@@ -110,8 +111,9 @@ function M.signing_key(entry, set, kid, where)
   return key
 end
 
--- Signs payload with the entry's keys. options: kid, alg, typ.
-function M.sign(entry, set, payload, options, where)
+-- Signs payload with the entry's keys. options: kid, alg, typ. metrics:
+-- the engine's jwkengine.metrics recorder (nil: nothing counted).
+function M.sign(entry, set, payload, options, where, metrics)
   local kid, alg, typ
   if options then kid, alg, typ = options.kid, options.alg, options.typ end
   local key, err, code = M.signing_key(entry, set, kid, where)
@@ -137,8 +139,10 @@ function M.sign(entry, set, payload, options, where)
     if count <= 32 then by_alg[typ or false] = header end
   end
   local token
+  local started = metrics and clock()
   token, err, code = key.object:sign_compact(header, payload, alg)
   if not token then return nil, err, code end
+  if metrics then metrics:signed(where, set, key.kid, alg, clock() - started) end
   return token
 end
 
@@ -245,10 +249,11 @@ function Manager:verification_keys(set)
 end
 
 -- Finishes loading a set: its kid index and signer (prepare; choose as
--- there), its key states when the manager keeps them, and the cache.
+-- there), its key states when the manager keeps them (the entry it
+-- replaces, if any, as key_states.attach's `previous`), and the cache.
 function Manager:loaded(set, entry, choose)
   M.prepare(entry, set, self.where, choose)
-  if self.states then self.states:attach(entry, set, self.where) end
+  if self.states then self.states:attach(entry, set, self.where, self.sets[set]) end
   self.sets[set] = entry
   return entry
 end

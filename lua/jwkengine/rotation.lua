@@ -74,16 +74,18 @@ function M.policies(cfg)
 end
 
 -- What a key manager needs to give its sets states: states:attach(entry,
--- set, where) when it has loaded one (see key_states.attach). A manager may
--- put its own backend in front (setmetatable({ backend = ... }, { __index =
--- states })): attach is a method, so it reads that backend.
+-- set, where, previous) when it has loaded one (see key_states.attach). A
+-- manager may put its own backend in front (setmetatable({ backend = ... },
+-- { __index = states })): attach is a method, so it reads that backend.
 function M.states(backend, policies, now, log)
   return {
     backend = backend,
     policy_for = function(set) return policies.by_set[set] or policies.default end,
     now = now or os.time,
     log = log or function() end,
-    attach = function(self, entry, set, where) return key_states.attach(entry, set, where, self) end,
+    attach = function(self, entry, set, where, previous)
+      return key_states.attach(entry, set, where, self, previous)
+    end,
   }
 end
 
@@ -92,8 +94,12 @@ local function holder(engine, set)
   return engine.keys:holder(set) -- the engine's fallback manager (init.lua hands it in)
 end
 
+-- After a write: the manager reads the set again on its next use (see
+-- hsm.lua's outdate: a failed read there keeps the keys it had).
 local function forget(manager, set)
-  if manager.forget then manager:forget(set) else manager.sets[set] = nil end
+  if manager.outdate then manager:outdate(set)
+  elseif manager.forget then manager:forget(set)
+  else manager.sets[set] = nil end
 end
 
 -- What differs between two record tables, as changes { set, kid, from, to, at }.

@@ -243,7 +243,7 @@ end
 function Manager:sign(set, payload, options)
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end
-  return keyset.sign(entry, set, payload, options, "software")
+  return keyset.sign(entry, set, payload, options, "software", self.metrics)
 end
 
 -- Re-seals every row with the first secret, in one transaction: a crash

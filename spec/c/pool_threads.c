@@ -51,7 +51,8 @@ int main(int argc, char **argv)
     }
     int threads = atoi(argv[5]);
     signatures_per_thread = atoi(argv[6]);
-    jwke_p11_options options = {atoi(argv[7]), 10000, 1000};
+    jwke_p11_options options = {.max_sessions = atoi(argv[7]), .session_wait_ms = 10000,
+                                .reinit_interval_ms = 1000};
     jwke_error err;
 
     jwke_p11_module *module = jwke_p11_module_acquire(argv[1], NULL, &err);
@@ -87,8 +88,8 @@ int main(int argc, char **argv)
     jwke_p11_token_stats(token, &stats);
     printf("signatures=%d failures=%d sessions_opened=%lu sessions_open=%d max_sessions=%d "
            "session_waits=%lu\n",
-           threads * signatures_per_thread, failures, stats.sessions_opened, stats.sessions_open,
-           stats.max_sessions, stats.session_waits);
+           threads * signatures_per_thread, failures, stats.pool.sessions_opened,
+           stats.pool.sessions_open, stats.pool.max_sessions, stats.pool.session_waits);
     jwke_p11_keys_free(key, n_keys);
     jwke_p11_token_close(token);
     jwke_p11_module_release(module);

@@ -27,6 +27,9 @@
  *                            CKF_USER_PIN_LOCKED (the PIN states a login
  *                            policy must respect)
  *   JWKE_FAULT_LENGTHS       misreported lengths, see below
+ *   JWKE_FAULT_TOKEN_MAX_SESSIONS, JWKE_FAULT_SESSION_IDLE_MS,
+ *   JWKE_FAULT_CORRUPT_SIGNATURE
+ *                            real-HSM behaviours, see below
  *   JWKE_FAULT_FORK_STRICT   1 = a forked child gets CKR_CRYPTOKI_NOT_INITIALIZED
  *                            until it calls C_Initialize, and the sessions it
  *                            inherited are CKR_SESSION_HANDLE_INVALID, as with a
@@ -138,10 +141,31 @@
  *   wins over a call that would have succeeded. A removal error still uses up
  *   the fault decided for that call (counts and bursts advance).
  *
+ * REAL-HSM BEHAVIOURS (each also a control-file key, in lower case without
+ * the JWKE_FAULT_ prefix)
+ *
+ *   JWKE_FAULT_TOKEN_MAX_SESSIONS  N > 0: C_GetTokenInfo reports
+ *                            ulMaxSessionCount = ulMaxRwSessionCount = N and
+ *                            ulSessionCount = the sessions alive through this
+ *                            module (ulRwSessionCount unavailable), as a
+ *                            networked HSM does. Only reported: the limit is
+ *                            enforced by max_sessions.
+ *   JWKE_FAULT_SESSION_IDLE_MS  N > 0: a session not used for more than N ms
+ *                            is closed by the token (YubiHSM 2: 30 s); the
+ *                            next call on it answers CKR_SESSION_HANDLE_INVALID
+ *                            (counted in expired_sessions, per count window). Checked when the
+ *                            session is next used.
+ *   JWKE_FAULT_CORRUPT_SIGNATURE  1 = every C_Sign that succeeds with an
+ *                            output buffer returns its signature with the last
+ *                            byte flipped (an RSA-CRT fault in miniature);
+ *                            counted in injected.C_Sign and (per count
+ *                            window) corrupted_signatures.
+ *
  * CONTROL FILE (JWKE_FAULT_CONTROL=path)
  *
  *   Lines "key=value", "#" comment lines and blank lines. Keys: faults,
- *   latency, removed, seed, max_sessions, token_flags, lengths (same syntax
+ *   latency, removed, seed, max_sessions, token_flags, lengths,
+ *   token_max_sessions, session_idle_ms, corrupt_signature (same syntax
  *   as the environment variables). A key present in the file replaces the environment's value;
  *   absent keys keep it ("faults=" clears the environment's rules). faults,
  *   latency and lengths may repeat (their lines add up). The file is checked when calls
@@ -302,6 +326,9 @@ typedef struct {
     uint64_t seed;
     unsigned long max_sessions;
     CK_FLAGS token_flags;  /* ORed into C_GetTokenInfo's flags */
+    unsigned long token_max_sessions; /* reported by C_GetTokenInfo (0: the real value) */
+    unsigned long session_idle_ms;    /* idle sessions expire after it (0: never) */
+    int corrupt_signature;            /* flip a byte of every C_Sign output */
 } fm_config;
 
 typedef struct {
@@ -316,6 +343,7 @@ typedef struct fm_session {
     CK_SESSION_HANDLE handle; /* what the caller sees */
     CK_SESSION_HANDLE real;   /* what the real module gave */
     CK_SLOT_ID slot;
+    struct timespec last_used; /* for JWKE_FAULT_SESSION_IDLE_MS */
     struct fm_session *next;
 } fm_session;
 
@@ -350,6 +378,7 @@ static struct {
     unsigned long injected[FN_COUNT];
     unsigned long errors[FN_COUNT];
     unsigned long reloads, control_errors, removals, insertions;
+    unsigned long expired_sessions, corrupted_signatures; /* in the count window */
 
     /* sessions opened through the wrapper */
     fm_session *sessions[FM_BUCKETS];
@@ -842,7 +871,8 @@ static int add_length(const char *a, const char *b, fm_config *cfg, char *err, s
 }
 
 enum { KEY_FAULTS, KEY_LATENCY, KEY_REMOVED, KEY_SEED, KEY_MAX_SESSIONS, KEY_TOKEN_FLAGS,
-       KEY_LENGTHS, KEY_COUNT };
+       KEY_LENGTHS, KEY_TOKEN_MAX_SESSIONS, KEY_SESSION_IDLE_MS, KEY_CORRUPT_SIGNATURE,
+       KEY_COUNT };
 
 /* Token flags a test may add to what the real token reports. */
 static const struct {
@@ -883,11 +913,23 @@ static int parse_token_flags(const char *v, size_t n, CK_FLAGS *out)
     return 0;
 }
 
+/* A count up to max; empty means 0 (off). */
+static int parse_count(const char *v, size_t n, uint64_t max, const char *what,
+                       unsigned long *out, char *err, size_t errlen, const char *where)
+{
+    uint64_t u = 0;
+    if (n > 0 && (parse_u64(v, n, &u) != 0 || u > max)) {
+        set_err(err, errlen, "%s: expected %s, got '%.*s'", where, what, (int)n, v);
+        return -1;
+    }
+    *out = (unsigned long)u;
+    return 0;
+}
+
 /* One setting (from the environment or the control file) into cfg. */
 static int apply_setting(fm_config *cfg, int key, const char *v, size_t n, char *err,
                          size_t errlen, const char *where)
 {
-    uint64_t u;
     switch (key) {
     case KEY_FAULTS:
         return parse_list(v, n, add_rule, cfg, err, errlen, where);
@@ -907,15 +949,19 @@ static int apply_setting(fm_config *cfg, int key, const char *v, size_t n, char 
         }
         return 0;
     case KEY_MAX_SESSIONS:
-        if (n == 0) {
-            cfg->max_sessions = 0;
-            return 0;
-        }
-        if (parse_u64(v, n, &u) != 0 || u > 1000000) {
-            set_err(err, errlen, "%s: expected a session count, got '%.*s'", where, (int)n, v);
+        return parse_count(v, n, 1000000, "a session count", &cfg->max_sessions, err, errlen,
+                           where);
+    case KEY_TOKEN_MAX_SESSIONS:
+        return parse_count(v, n, 1000000, "a session count", &cfg->token_max_sessions, err,
+                           errlen, where);
+    case KEY_SESSION_IDLE_MS:
+        return parse_count(v, n, 86400000, "milliseconds", &cfg->session_idle_ms, err, errlen,
+                           where);
+    case KEY_CORRUPT_SIGNATURE:
+        if (parse_bool(v, n, &cfg->corrupt_signature) != 0) {
+            set_err(err, errlen, "%s: expected 0 or 1, got '%.*s'", where, (int)n, v);
             return -1;
         }
-        cfg->max_sessions = (unsigned long)u;
         return 0;
     case KEY_LENGTHS:
         return parse_list(v, n, add_length, cfg, err, errlen, where);
@@ -933,9 +979,11 @@ static int apply_setting(fm_config *cfg, int key, const char *v, size_t n, char 
 static const char *const env_names[KEY_COUNT] = {
     "JWKE_FAULTS", "JWKE_FAULT_LATENCY_US", "JWKE_FAULT_REMOVED", "JWKE_FAULT_SEED",
     "JWKE_FAULT_MAX_SESSIONS", "JWKE_FAULT_TOKEN_FLAGS", "JWKE_FAULT_LENGTHS",
+    "JWKE_FAULT_TOKEN_MAX_SESSIONS", "JWKE_FAULT_SESSION_IDLE_MS", "JWKE_FAULT_CORRUPT_SIGNATURE",
 };
 static const char *const control_keys[KEY_COUNT] = {
     "faults", "latency", "removed", "seed", "max_sessions", "token_flags", "lengths",
+    "token_max_sessions", "session_idle_ms", "corrupt_signature",
 };
 
 static void reset_key(fm_config *cfg, int key)
@@ -948,6 +996,9 @@ static void reset_key(fm_config *cfg, int key)
     case KEY_SEED: cfg->seed = FM_DEFAULT_SEED; break;
     case KEY_MAX_SESSIONS: cfg->max_sessions = 0; break;
     case KEY_TOKEN_FLAGS: cfg->token_flags = 0; break;
+    case KEY_TOKEN_MAX_SESSIONS: cfg->token_max_sessions = 0; break;
+    case KEY_SESSION_IDLE_MS: cfg->session_idle_ms = 0; break;
+    case KEY_CORRUPT_SIGNATURE: cfg->corrupt_signature = 0; break;
     }
 }
 
@@ -1130,6 +1181,64 @@ static void sessions_drop(int all_slots, CK_SLOT_ID slot, int close_real)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Real-HSM behaviours: session limits, idle expiry, corrupt signatures      */
+
+static long long monotonic_ms(const struct timespec *t)
+{
+    return (long long)t->tv_sec * 1000 + t->tv_nsec / 1000000;
+}
+
+/* A session is used: whether the token closed it for being idle too long
+ * (then the caller closes it in the real module and forgets it), else its
+ * idle time starts over. Caller holds the lock. */
+static int session_expired_locked(fm_session *s)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long idle_ms = monotonic_ms(&now) - monotonic_ms(&s->last_used);
+    if (st.cfg.session_idle_ms && idle_ms > (long long)st.cfg.session_idle_ms) {
+        st.expired_sessions++;
+        vlog("session %lu idle for %lld ms (limit %lu ms): closed by the token",
+             (unsigned long)s->handle, idle_ms, st.cfg.session_idle_ms);
+        return 1;
+    }
+    s->last_used = now;
+    return 0;
+}
+
+/* What a networked HSM says about its sessions, when a test sets a limit. */
+static void report_session_limit_locked(CK_TOKEN_INFO_PTR info)
+{
+    if (!st.cfg.token_max_sessions)
+        return;
+    info->ulMaxSessionCount = st.cfg.token_max_sessions;
+    info->ulMaxRwSessionCount = st.cfg.token_max_sessions;
+    info->ulSessionCount = st.nsessions;
+    info->ulRwSessionCount = CK_UNAVAILABLE_INFORMATION;
+}
+
+/* Flips the last byte of a signature C_Sign wrote (JWKE_FAULT_CORRUPT_SIGNATURE):
+ * a token that signs wrongly without saying so. `buffer` is the caller's
+ * buffer size, so a misreported length never moves the flip outside it. */
+static CK_RV corrupt_signature(CK_RV rv, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len, CK_ULONG buffer)
+{
+    if (rv != CKR_OK || !sig || !sig_len)
+        return rv;
+    CK_ULONG written = *sig_len < buffer ? *sig_len : buffer;
+    lock();
+    int corrupt = st.cfg.corrupt_signature && written > 0;
+    if (corrupt) {
+        st.corrupted_signatures++;
+        st.injected[FN_C_Sign]++;
+        vlog("C_Sign: flipping the last byte of a %lu-byte signature", (unsigned long)written);
+    }
+    unlock();
+    if (corrupt)
+        sig[written - 1] ^= 0x01;
+    return rv;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Stats                                                                     */
 
 typedef struct {
@@ -1178,9 +1287,11 @@ static void format_stats(fm_buf *b, const char *reason)
     }
     buf_printf(b, "pid %ld\nreason %s\ninitialized %d\nremoved %d\nsessions %lu\n"
                "reloads %lu\ncontrol_errors %lu\nremovals %lu\ninsertions %lu\n"
-               "injected_total %lu\nerrors_total %lu\n",
+               "injected_total %lu\nerrors_total %lu\nexpired_sessions %lu\n"
+               "corrupted_signatures %lu\n",
                (long)getpid(), reason, st.initialized, st.cfg.removed, st.nsessions,
-               st.reloads, st.control_errors, st.removals, st.insertions, injected, errors);
+               st.reloads, st.control_errors, st.removals, st.insertions, injected, errors,
+               st.expired_sessions, st.corrupted_signatures);
     for (int i = 0; i < FN_COUNT; i++) {
         if (!st.calls[i] && !st.window[i])
             continue;
@@ -1284,6 +1395,8 @@ static void reset_windows(int keep_init_counts)
             continue;
         st.window[i] = 0;
     }
+    st.expired_sessions = 0;
+    st.corrupted_signatures = 0;
     /* a window that starts while the module is up is already initialized */
     st.window_initialized = st.initialized;
 }
@@ -1454,16 +1567,27 @@ static CK_RV finish(fm_call *c, CK_RV rv)
 static CK_RV session_real(CK_SESSION_HANDLE h, CK_SESSION_HANDLE *real)
 {
     CK_RV rv;
+    CK_SESSION_HANDLE expired = 0;
+    int has_expired = 0;
     lock();
+    CK_FUNCTION_LIST_PTR R = st.real;
     if (st.cfg.removed) {
         rv = (h >= 1 && h < st.next_handle) ? CKR_DEVICE_REMOVED : CKR_SESSION_HANDLE_INVALID;
     } else {
         fm_session *s = *session_slot(h);
+        if (s && session_expired_locked(s)) {
+            expired = s->real;
+            has_expired = 1;
+            session_forget(h);
+            s = NULL;
+        }
         rv = s ? CKR_OK : CKR_SESSION_HANDLE_INVALID;
         if (s)
             *real = s->real;
     }
     unlock();
+    if (has_expired && R)
+        R->C_CloseSession(expired); /* as the token did when the idle time ran out */
     return rv;
 }
 
@@ -1994,6 +2118,7 @@ static CK_RV w_C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
             if (rv == CKR_OK) {
                 pthread_mutex_lock(&st.lock);
                 pInfo->flags |= st.cfg.token_flags; /* the PIN states a test asks for */
+                report_session_limit_locked(pInfo);
                 pthread_mutex_unlock(&st.lock);
             }
         }
@@ -2057,6 +2182,7 @@ static CK_RV w_C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApp
     s->handle = st.next_handle++;
     s->real = real;
     s->slot = slotID;
+    clock_gettime(CLOCK_MONOTONIC, &s->last_used);
     fm_session **pp = &st.sessions[s->handle % FM_BUCKETS];
     s->next = *pp;
     *pp = s;
@@ -2203,6 +2329,22 @@ static CK_RV w_C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
     UPDATE_CALL(C_DigestKey, OP_DIGEST, (real, hKey));
 }
 
+/* C_Sign forwards as the single-part family does, then may corrupt what
+ * the token returned (corrupt_signature). */
+static CK_RV forward_C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
+                            CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
+{
+    SINGLE_CALL(C_Sign, pData, ulDataLen, pSignature, pulSignatureLen);
+}
+
+static CK_RV w_C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
+                      CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
+{
+    CK_ULONG buffer = pulSignatureLen ? *pulSignatureLen : 0;
+    return corrupt_signature(forward_C_Sign(hSession, pData, ulDataLen, pSignature, pulSignatureLen),
+                             pSignature, pulSignatureLen, buffer);
+}
+
 static CK_RV w_C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
                         CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen)
 {
@@ -2282,8 +2424,7 @@ FM_SESSION_ONLY_FUNCTIONS(FM_SESSION_ONLY_WRAPPER)
 /* Single-part calls with output, C_x(session, in, in_len, out, out_len):
  * see SINGLE_CALL. */
 #define FM_SINGLE_FUNCTIONS(X)                                                   \
-    X(C_Encrypt) X(C_Decrypt) X(C_Digest) X(C_Sign) X(C_SignRecover)             \
-    X(C_VerifyRecover)
+    X(C_Encrypt) X(C_Decrypt) X(C_Digest) X(C_SignRecover) X(C_VerifyRecover)
 #define FM_SINGLE_WRAPPER(name)                                                  \
     static CK_RV w_##name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn, CK_ULONG ulInLen, \
                           CK_BYTE_PTR pOut, CK_ULONG_PTR pulOutLen)              \

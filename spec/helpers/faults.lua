@@ -29,7 +29,8 @@ function M.set(settings)
   generation = generation + 1
   local path = os.getenv("JWKE_FAULT_CONTROL")
   local lines = { "# generation " .. generation }
-  for _, key in ipairs({ "faults", "latency", "removed", "max_sessions", "token_flags", "lengths" }) do
+  for _, key in ipairs({ "faults", "latency", "removed", "max_sessions", "token_flags", "lengths",
+    "token_max_sessions", "session_idle_ms", "corrupt_signature" }) do
     if settings[key] ~= nil then lines[#lines + 1] = key .. "=" .. tostring(settings[key]) end
   end
   softhsm.write_file(path .. ".tmp", table.concat(lines, "\n") .. "\n")
@@ -49,6 +50,13 @@ function M.counts(next_settings)
     if name then counts[name] = tonumber(value) end
   end
   return counts
+end
+
+-- A new SoftHSM token for a spec driving the module, with no faults set.
+function M.fresh_token(prefix)
+  M.check_environment()
+  M.set({})
+  return softhsm.new_token(prefix)
 end
 
 -- The environment of an engine on `token` through the fault module.

@@ -90,6 +90,16 @@ function M.environment(token, extra)
   return env
 end
 
+-- Opens an engine on an environment table, quietly (no logger, no startup
+-- sets) unless options (consumed) say otherwise.
+function M.open_engine(environment, options)
+  options = options or {}
+  options.environment = environment
+  if options.logger == nil then options.logger = false end
+  if options.startup == nil then options.startup = false end
+  return require("jwkengine").open(options)
+end
+
 -- Bytes as lowercase hex (pkcs11-tool --id wants hex).
 function M.hex(bytes)
   return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))

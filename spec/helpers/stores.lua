@@ -1,7 +1,6 @@
 -- The databases the store behaviour suite runs on: a real SQLite file and
 -- the throwaway PostgreSQL cluster scripts/test.sh starts on loopback.
 local busted = require "busted"
-local jwkengine = require "jwkengine"
 local softhsm = require "helpers.softhsm"
 
 local M = {}
@@ -38,16 +37,12 @@ function M.backends()
 end
 
 -- An engine on the store at `dsn` that seals with `secrets` (SECRETS_SYSTEM,
--- comma-separated): jwkengine.open with `options`, whose environment adds
--- to (or replaces) those two variables; silent and without startup sets
--- unless the options ask for them.
+-- comma-separated), opened as softhsm.open_engine opens one; the
+-- environment of `options` adds to (or replaces) those two variables.
 function M.open_engine(dsn, secrets, options)
-  local o = { environment = { SECRETS_SYSTEM = secrets, DSN = dsn }, logger = false, startup = false }
-  for k, v in pairs(options or {}) do
-    if k ~= "environment" then o[k] = v end
-  end
-  for k, v in pairs(options and options.environment or {}) do o.environment[k] = v end
-  return jwkengine.open(o)
+  local environment = { SECRETS_SYSTEM = secrets, DSN = dsn }
+  for k, v in pairs(options and options.environment or {}) do environment[k] = v end
+  return softhsm.open_engine(environment, options)
 end
 
 -- describe(title .. " on " .. backend name) once per backend, each test on

@@ -7,7 +7,9 @@ usage:
   client.py tokens PORT PATH COUNT THREADS LIFETIME
       POSTs COUNT claims objects {"sub": "user-<i>", "i": <i>} to PATH, then
       GETs /.well-known/jwks.json and verifies every token with jwcrypto
-      against it (signature, kid, and the claims: i, sub, exp - iat).
+      against it (signature, kid, and the claims: i, sub, exp - iat);
+      reports the statuses, the 503s without Retry-After and the slowest
+      request of each status, in seconds.
   jwks PORT COUNT THREADS
       GETs the JWK Set COUNT times and reports the distinct bodies and ETags
       per worker.
@@ -81,9 +83,11 @@ def run_parallel(count, threads, work):
 def tokens(port, path, count, threads, lifetime):
     def work(i):
         body = json.dumps({"sub": "user-%d" % i, "i": i}).encode()
+        sent = time.time()
         status, headers, data = request(port, "POST", path, body, {"Content-Type": "application/json"})
         return {"status": status, "worker": headers.get(WORKER_HEADER.lower()),
-                "type": headers.get("content-type"), "token": data.decode("utf-8", "replace")}
+                "type": headers.get("content-type"), "token": data.decode("utf-8", "replace"),
+                "retry_after": headers.get("retry-after"), "seconds": time.time() - sent}
 
     started = time.time()
     results = run_parallel(count, threads, work)
@@ -125,6 +129,9 @@ def tokens(port, path, count, threads, lifetime):
         "problems": problems[:10],
         "problem_count": len(problems),
         "statuses": dict(Counter(str(r["status"]) for r in results)),
+        "retry_after_missing": sum(1 for r in results if r["status"] == 503 and not r.get("retry_after")),
+        "slowest": {str(s): round(max(r.get("seconds", 0) for r in results if r["status"] == s), 3)
+                    for s in set(r["status"] for r in results)},
         "workers": sorted(set(r["worker"] for r in results if r.get("worker"))),
         "algs": dict(algs),
         "jwks_status": status,

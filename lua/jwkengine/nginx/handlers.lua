@@ -7,6 +7,7 @@ local http = require "jwkengine.http"
 local jwk = require "jwkengine.jwk"
 local jwks = require "jwkengine.nginx.jwks"
 local logging = require "jwkengine.nginx.logging"
+local metrics = require "jwkengine.nginx.metrics"
 local state = require "jwkengine.nginx.state"
 local threads = require "jwkengine.nginx.threads"
 
@@ -32,10 +33,20 @@ local function send_error(status, error_code, description, headers)
     cjson.encode({ error = error_code, error_description = description }) .. "\n", h)
 end
 
+-- 503 with Retry-After: the one answer for "not now, try again soon"
+-- (an engine not open yet, the HSM or store failing, signing overloaded).
+local RETRY_AFTER_SECONDS = 1
+function M.send_unavailable(description, retry_after)
+  return send_error(503, "temporarily_unavailable", description,
+    { ["Retry-After"] = tostring(retry_after or RETRY_AFTER_SECONDS) })
+end
+local send_unavailable = M.send_unavailable
+
 -- An error response for a failure's code, with the status http.status_of
--- gives it.
+-- gives it (503 always with Retry-After).
 local function send_failure(code, description, headers)
   local status, error_code = http.status_of(code)
+  if status == 503 and not headers then return send_unavailable(description) end
   return send_error(status, error_code, description, headers)
 end
 
@@ -54,9 +65,8 @@ local function not_ready()
   if state.open_given_up then
     return send_error(503, "temporarily_unavailable", "the key engine cannot be opened (see the error log)")
   end
-  return send_error(503, "temporarily_unavailable",
-    "the key engine is not open in this worker yet" .. (state.open_error and " (see the error log)" or ""),
-    { ["Retry-After"] = "1" })
+  return send_unavailable(
+    "the key engine is not open in this worker yet" .. (state.open_error and " (see the error log)" or ""))
 end
 
 function M.serve_jwks()
@@ -71,9 +81,9 @@ function M.serve_jwks()
     ETag = cache.etag,
     ["Cache-Control"] = "public, max-age=" .. max_age,
   }
-  if http.not_modified(ngx.var.http_if_none_match, cache.etag) then
-    return send(304, nil, nil, headers)
-  end
+  local status = http.not_modified(ngx.var.http_if_none_match, cache.etag) and 304 or 200
+  metrics.count_jwks(status)
+  if status == 304 then return send(304, nil, nil, headers) end
   return send(200, "application/json", cache.body, headers)
 end
 
@@ -131,11 +141,11 @@ function M.serve_token(options)
   end
   if not token then
     local client_error = http.is_client_error(code)
-    logging.logger(client_error and "info" or "error", string.format("signing with key set '%s' failed: %s (%s)",
-      set, tostring(err), tostring(code)))
+    -- overload is logged by the queue, once a second, not once a request
+    if code ~= "ERR_OVERLOADED" then logging.logger(client_error and "info" or "error", string.format("signing with key set '%s' failed: %s (%s)",
+      set, tostring(err), tostring(code))) end
     if client_error then return send_failure(code, tostring(err)) end
-    local headers = http.status_of(code) == 503 and { ["Retry-After"] = "1" } or nil
-    return send_failure(code, "signing failed (" .. tostring(code) .. ")", headers)
+    return send_failure(code, "signing failed (" .. tostring(code) .. ")")
   end
   return send(200, "application/jwt", token, { ["Cache-Control"] = "no-store" })
 end

@@ -18,13 +18,16 @@
 --                         Set cache (jwks.lua), refreshed on a timer.
 --   content               handlers.lua: serve_jwks answers from the cache;
 --                         serve_token signs, in the event loop or in nginx's
---                         thread pool (threads.lua).
+--                         thread pool (threads.lua), behind the worker's
+--                         bounded queue (queue.lua).
 -- state.lua holds what the files share in one process; logging.lua writes
 -- to nginx's error log.
 --
 -- Written for LuaJIT / Lua 5.1 (OpenResty); thread_sign also runs in the
 -- Lua VMs of nginx's worker threads, where only a few ngx APIs exist.
 local handlers = require "jwkengine.nginx.handlers"
+local health = require "jwkengine.nginx.health"
+local metrics = require "jwkengine.nginx.metrics"
 local settings = require "jwkengine.nginx.settings"
 local state = require "jwkengine.nginx.state"
 local threads = require "jwkengine.nginx.threads"
@@ -44,9 +47,16 @@ local M = { _VERSION = "0.1.0" }
 --     when published, else the first published set); lifetime: exp - iat;
 --     max_body: the largest claims body accepted, in bytes
 --   thread_pool = "name": sign in that nginx thread pool (ngx.run_worker_thread)
+--   thread_queue = { in_flight = hsm.max_sessions, length = 256, timeout = 2 }:
+--     per worker, signatures run at once in the pool, requests kept waiting
+--     for a turn, seconds one waits; past that 503 (jwkengine.nginx.queue)
 --   shared_dict = "jwkengine": the lua_shared_dict holding the startup lock
 --   ready_timeout = 10: seconds a request waits for its worker's engine
 --   startup_lock_timeout = 300: seconds one worker may hold the startup lock
+--   health = { budget = 1, cache = 5 }: seconds a probe signature may take;
+--     seconds a worker reuses its health result
+--   metrics = { flush_interval = 1 }: seconds between a worker's flushes of
+--     its counts into the shared dict
 function M.init(options)
   if ngx and ngx.get_phase and ngx.get_phase() ~= "init" then
     settings.fail("init() belongs in init_by_lua_block (it runs in nginx's master)", 2)
@@ -62,8 +72,17 @@ function M.init_worker()
     settings.fail("init_worker() needs init() in init_by_lua_block first", 2)
   end
   local ok, err = worker.start()
+  if ok then ok, err = metrics.start() end
   if not ok then settings.fail(err, 2) end
 end
+
+-- GET /metrics: Prometheus text of every worker, summed (keep it on
+-- loopback or behind allow).
+M.serve_metrics = metrics.serve_metrics
+
+-- GET /health: 200 or 503 with a JSON body naming the failing part; a
+-- readiness probe (cached per worker for health.cache seconds).
+M.serve_health = health.serve_health
 
 -- GET /.well-known/jwks.json: the public keys of the published sets, from
 -- this worker's cache.
@@ -75,8 +94,9 @@ M.serve_jwks = handlers.serve_jwks
 -- name, or false to sign in the event loop even when init() set one).
 M.serve_token = handlers.serve_token
 
--- Runs in a Lua VM of nginx's thread pool: ngx.run_worker_thread calls it
--- by this module's name and this function's.
+-- Runs in a Lua VM of nginx's thread pool (ngx.run_worker_thread calls it
+-- as jwkengine.nginx.threads.thread_sign; kept here for configurations that
+-- name it by this module).
 M.thread_sign = threads.thread_sign
 
 -- True once this worker's engine is open (what serve_token waits for): for

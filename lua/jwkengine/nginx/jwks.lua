@@ -36,6 +36,10 @@ end
 -- Re-reads the published sets from the token or store when `reread` (not
 -- only from the engine's cache, so keys added or deleted by other processes
 -- show up) and rebuilds the body. On an error the previous cache stays.
+-- The re-read is a reload, not a refresh: a read that fails (a pair another
+-- process is making has one half on the token for a moment) keeps the
+-- engine's cached set too, so this worker goes on signing and publishing
+-- the keys it had instead of failing every request until the next read.
 -- The cache is valid until the earliest next state change of its sets
 -- (valid_until, nil when none is scheduled): serve_jwks rebuilds it then
 -- and never lets a client cache it past that time.
@@ -43,7 +47,13 @@ function M.rebuild(reread)
   local settings, engine = state.settings, state.engine
   local keys, seen, states, valid_until = {}, {}, {}, nil
   for _, set in ipairs(settings.sets) do
-    if reread then engine:refresh(set) end
+    if reread then
+      local ok, rerr, rcode = engine:reload(set)
+      if not ok and rcode ~= "ERR_KEY_SET_NOT_FOUND" then
+        logging.logger("warn", string.format("re-reading key set '%s' (the cached keys stay): %s (%s)",
+          set, tostring(rerr), tostring(rcode)))
+      end
+    end
     local publication, err, code = engine:publication(set)
     if publication then
       local sorted = {}

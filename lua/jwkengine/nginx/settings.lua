@@ -17,8 +17,8 @@ local worker = require "jwkengine.nginx.worker"
 local M = {}
 
 -- Options of init() that belong here; everything else goes to jwkengine.open.
-local OWN_OPTIONS = { jwks = true, token = true, thread_pool = true, shared_dict = true,
-  ready_timeout = true, startup_lock_timeout = true, schedule_interval = true }
+local OWN_OPTIONS = { jwks = true, token = true, thread_pool = true, thread_queue = true, shared_dict = true,
+  ready_timeout = true, startup_lock_timeout = true, schedule_interval = true, health = true, metrics = true }
 
 local DEFAULTS = {
   shared_dict = "jwkengine",
@@ -27,6 +27,10 @@ local DEFAULTS = {
   -- the engine's publication defaults: nginx serves with those
   jwks = { max_age = lifecycle.DEFAULT_LIMITS.max_age, refresh = lifecycle.DEFAULT_LIMITS.refresh },
   token = { lifetime = 300, max_body = 16384 },
+  health = { budget = 1, cache = 5 },
+  metrics = { flush_interval = 1 },
+  -- thread-pool signing, per worker: in_flight defaults to hsm.max_sessions
+  thread_queue = { length = 256, timeout = 2 },
 }
 
 -- Raises a mistake in init()'s options; level as error() counts it from
@@ -43,6 +47,14 @@ local IN_LOAD, IN_HELPER = 3, 4
 local function positive_number(value, name)
   if type(value) ~= "number" or value <= 0 then
     fail(name .. " must be a positive number of seconds/bytes, got " .. tostring(value), IN_HELPER)
+  end
+  return value
+end
+
+local function whole_number(value, name, least)
+  if type(value) ~= "number" or value ~= math.floor(value) or value < least or value > 2 ^ 31 then
+    fail(string.format("%s must be a whole number from %d to 2^31, got %s", name, least, tostring(value)),
+      IN_HELPER)
   end
   return value
 end
@@ -111,6 +123,19 @@ local function publication_options(open_options, max_age, refresh)
   return publication
 end
 
+-- The bounds of thread-pool signing in each worker (jwkengine.nginx.queue):
+-- by default as many signatures in flight as the engine has sessions, so
+-- the thread VMs' engines (one session each) stay within hsm.max_sessions.
+local function thread_queue(options, cfg)
+  local q = check_keys(options, { in_flight = true, length = true, timeout = true }, "thread_queue")
+  local defaults = DEFAULTS.thread_queue
+  return {
+    in_flight = whole_number(q.in_flight or cfg.hsm.max_sessions, "thread_queue.in_flight", 1),
+    length = whole_number(q.length or defaults.length, "thread_queue.length", 0),
+    timeout = positive_number(q.timeout or defaults.timeout, "thread_queue.timeout"),
+  }
+end
+
 -- The checked settings of init(options), or a raise naming the mistake.
 function M.load(options)
   if type(options) ~= "table" then fail("init(options): options must be a table", IN_LOAD) end
@@ -125,6 +150,8 @@ function M.load(options)
 
   local jwks = check_keys(options.jwks, { sets = true, max_age = true, refresh = true }, "jwks")
   local token = check_keys(options.token, { set = true, lifetime = true, max_body = true }, "token")
+  local health = check_keys(options.health, { budget = true, cache = true }, "health")
+  local metrics = check_keys(options.metrics, { flush_interval = true }, "metrics")
   local max_age = jwks.max_age or DEFAULTS.jwks.max_age
   if type(max_age) ~= "number" or max_age < 0 then fail("jwks.max_age must be a number >= 0", IN_LOAD) end
   local refresh = positive_number(jwks.refresh or DEFAULTS.jwks.refresh, "jwks.refresh")
@@ -160,6 +187,11 @@ function M.load(options)
     -- a rotation policy
     scheduled = #policies.scheduled > 0,
     schedule_interval = positive_number(options.schedule_interval or refresh, "schedule_interval"),
+    health_budget = positive_number(health.budget or DEFAULTS.health.budget, "health.budget"),
+    health_cache = positive_number(health.cache or DEFAULTS.health.cache, "health.cache"),
+    metrics_flush_interval = positive_number(metrics.flush_interval or DEFAULTS.metrics.flush_interval,
+      "metrics.flush_interval"),
+    thread_queue = thread_queue(options.thread_queue, cfg),
   }
   choose_sets(s, jwks, token, cfg)
 

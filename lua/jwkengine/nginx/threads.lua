@@ -4,6 +4,7 @@
 -- a few ngx APIs) opens an engine of its own on first use and keeps it.
 local cjson = require "cjson.safe"
 local logging = require "jwkengine.nginx.logging"
+local queue = require "jwkengine.nginx.queue"
 local secrets = require "jwkengine.nginx.secrets"
 local state = require "jwkengine.nginx.state"
 
@@ -40,8 +41,32 @@ function M.options_json(open_options)
   return assert(cjson.encode(o))
 end
 
--- Signs in a worker thread (from a worker's content handler); returns what
--- thread_sign returns, or nil, err, code.
+local vm_pool_warned = false
+
+-- One signature in a worker thread. The thread's VM loads this module
+-- only, not jwkengine.nginx: lua-nginx-module runs a full garbage
+-- collection of the VM in the worker's event loop after every call, so
+-- what the VM holds is paid on every token.
+local function run_in_thread(pool, set, body, lifetime)
+  local settings = state.settings
+  local ok, token, err, code = ngx.run_worker_thread(pool, "jwkengine.nginx.threads", "thread_sign",
+    settings.thread_options_json, settings.slot_id or false, set, body, lifetime, settings.refresh,
+    settings.kept_secrets)
+  if not ok then
+    if token == "no available Lua vm" and not vm_pool_warned then
+      vm_pool_warned = true
+      logging.logger("warn", string.format("nginx's worker-thread Lua VM pool is smaller than " ..
+        "thread_queue.in_flight (%d): set lua_worker_thread_vm_pool_size to at least that",
+        settings.thread_queue.in_flight))
+    end
+    return nil, "worker thread: " .. tostring(token), "ERR_THREAD"
+  end
+  return token, err, code
+end
+
+-- Signs in a worker thread (from a worker's content handler), waiting in
+-- this worker's bounded queue for a free slot; returns what thread_sign
+-- returns, or nil, err, code (ERR_OVERLOADED past the queue).
 function M.sign(pool, set, body, lifetime)
   local settings = state.settings
   if not settings.thread_options_json then
@@ -50,11 +75,7 @@ function M.sign(pool, set, body, lifetime)
   if not ngx.run_worker_thread then
     return nil, "this nginx Lua module has no ngx.run_worker_thread", "ERR_CONFIG"
   end
-  local ok, token, err, code = ngx.run_worker_thread(pool, "jwkengine.nginx", "thread_sign",
-    settings.thread_options_json, settings.slot_id or false, set, body, lifetime, settings.refresh,
-    settings.kept_secrets)
-  if not ok then return nil, "worker thread: " .. tostring(token), "ERR_THREAD" end
-  return token, err, code
+  return queue.run(settings.thread_queue, run_in_thread, pool, set, body, lifetime)
 end
 
 ------------------------------------------------------------------------
@@ -85,7 +106,7 @@ local function open_thread_engine(options_json, slot_id, kept_secrets)
   return e
 end
 
--- The function ngx.run_worker_thread calls (as jwkengine.nginx.thread_sign).
+-- The function ngx.run_worker_thread calls (as jwkengine.nginx.threads.thread_sign).
 -- The set is re-read from the token every `refresh` seconds.
 function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept_secrets)
   local entry = thread_engines[options_json]

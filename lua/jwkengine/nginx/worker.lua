@@ -72,6 +72,23 @@ local function open_engine()
   return e
 end
 
+-- hsm.max_sessions is per process: every worker holds its pool and a login
+-- session. Said once (by worker 0) when together they would need more
+-- sessions than the token reports it has.
+local function warn_session_budget(e)
+  local hsm = e.config and e.config.hsm
+  local stats = hsm and hsm.enabled and ngx.worker.id() == 0 and e:stats()
+  local limit = stats and stats.token_max_sessions
+  if not limit then return end
+  local workers = ngx.worker.count()
+  local needed = workers * (hsm.max_sessions + 1)
+  if needed > limit then
+    log("warn", string.format("%d workers x (hsm.max_sessions %d + 1 login session) = %d sessions, " ..
+      "but the token reports %d: lower HSM_MAX_SESSIONS to %d or fewer (README: Session budgets)",
+      workers, hsm.max_sessions, needed, limit, math.max(1, math.floor(limit / workers) - 1)))
+  end
+end
+
 local retry_delay = 1
 local function open_in_timer(premature)
   if premature then return end
@@ -94,6 +111,7 @@ local function open_in_timer(premature)
   local slot = e:slot()
   if slot then state.settings.slot_id = slot.id end
   state.engine = e
+  warn_session_budget(e)
   local jwks_ok, jerr = jwks.rebuild(false)
   if not jwks_ok then log("error", "building the JWK Set: " .. jerr) end
   state.open_error = nil

@@ -1,0 +1,93 @@
+-- engine:health(): whether the engine can sign right now, checked the way
+-- a client would find out: the token is still in its slot (C_GetTokenInfo
+-- through the module the engine already holds: no new C_Initialize), and
+-- a probe signature with each set's current key verifies within a time
+-- budget. A caller that answers health checks caches the result (the
+-- nginx integration does): each call signs once per set.
+local core = require "jwkengine.core"
+local clock = require("jwkengine.metrics").clock
+
+local M = {}
+
+M.PROBE_PAYLOAD = "jwkengine health probe"
+
+-- The failing part, named for an operator, of a failure code.
+local function part_of(code)
+  if code == "ERR_LOGIN_REFUSED" or (type(code) == "string" and code:find("^CKR_PIN")) or
+      code == "CKR_USER_NOT_LOGGED_IN" then
+    return "login refused"
+  end
+  if code == "CKR_TOKEN_NOT_PRESENT" or code == "CKR_DEVICE_REMOVED" or code == "ERR_TOKEN_NOT_FOUND" then
+    return "token not present"
+  end
+  return nil
+end
+M.part_of = part_of
+
+-- "ok", or nil and why: the token with the engine's label and serial is
+-- present in some slot of the engine's module (slot ids may move after a
+-- re-initialization; the serial does not).
+local function check_token(engine)
+  local hsm = engine.config.hsm
+  if not hsm.enabled then return "not used" end
+  local slot = engine:slot()
+  local module, err, code = core.load_module(hsm.library, hsm.init_args)
+  if not module then return nil, string.format("token not present (%s)", tostring(code or err)) end
+  local list
+  list, err, code = module:slots()
+  module:close()
+  if not list then return nil, string.format("token not present (%s)", tostring(code or err)) end
+  for _, s in ipairs(list) do
+    if s.token_present and s.serial == slot.serial and s.label == slot.label then return "ok" end
+  end
+  return nil, "token not present"
+end
+
+-- Signs the probe with the set's current key and verifies it.
+local function probe(engine, set, budget)
+  local started = clock()
+  local token, err, code = engine:sign(set, M.PROBE_PAYLOAD)
+  local seconds = clock() - started
+  local result = { ok = false, seconds = seconds }
+  if not token then
+    result.error = part_of(code) or string.format("probe failed (%s)", tostring(code))
+    return result
+  end
+  local payload, header = engine:verify(set, token)
+  if payload ~= M.PROBE_PAYLOAD then
+    result.error = "probe did not verify"
+    return result
+  end
+  result.kid, result.alg = header.kid, header.alg
+  if seconds > budget then
+    result.error = string.format("probe too slow (%.3f s, budget %.3f s)", seconds, budget)
+    return result
+  end
+  result.ok = true
+  return result
+end
+
+-- { status = "ok" | "unavailable", failure = the first failing part (nil
+-- when ok), checks = { engine = "ok", token = "ok" | "not used" | why,
+-- sets = { [set] = { ok, kid, alg, seconds, error } } } }.
+-- sets: the set names to probe; budget: seconds a probe may take.
+function M.check(engine, sets, budget)
+  local checks = { engine = "ok", sets = {} }
+  local result = { status = "ok", checks = checks }
+  local token_ok, token_err = check_token(engine)
+  checks.token = token_ok or token_err
+  if not token_ok then
+    result.status, result.failure = "unavailable", token_err
+    return result
+  end
+  for _, set in ipairs(sets) do
+    local r = probe(engine, set, budget)
+    checks.sets[set] = r
+    if not r.ok and not result.failure then
+      result.status, result.failure = "unavailable", string.format("%s: %s", set, r.error)
+    end
+  end
+  return result
+end
+
+return M

@@ -1,0 +1,170 @@
+-- /metrics and /health of the documented nginx configuration
+-- (scripts/examples/nginx.conf) on real nginx with 4 workers: requests
+-- spread over the workers are summed in the shared dict, read back with
+-- Debian's python3-prometheus-client parser; the health check answers 200
+-- on a healthy token, 503 naming the part when the token is pulled (the
+-- fault module) or the login is refused, and probes at most once per
+-- cache period per worker.
+local cjson = require "cjson"
+local faults = require "helpers.faults"
+local nginx = require "helpers.nginx"
+local prometheus = require "helpers.prometheus"
+local softhsm = require "helpers.softhsm"
+
+local ID_SET, ACCESS_SET = "hydra.openid.id-token", "hydra.jwt.access-token"
+
+-- Scrapes until `done(families)` holds (each worker flushes its counts
+-- every second, on its own timer), then returns the last scrape. The
+-- deadline is generous: a loaded machine only makes this slower.
+local function scrape_until(server, done)
+  local deadline, families = os.time() + 60, nil
+  repeat
+    local response = server:requests({ { path = "/metrics" } })[1]
+    assert.are.equal(200, response.status)
+    assert.truthy(response.headers["content-type"]:find("text/plain; version=0.0.4", 1, true))
+    families = prometheus.parse(response.body)
+    if done(families) then return families end
+    nginx.sleep(0.5)
+  until os.time() > deadline
+  return families
+end
+
+local function get(server, path, headers)
+  return server:requests({ { path = path, headers = headers } })[1]
+end
+
+describe("nginx /metrics (4 workers, SoftHSM)", function()
+  local server, token
+
+  setup(function()
+    token = softhsm.new_token("nginx-metrics")
+    server = nginx.new({ token = token, workers = 4, refresh = 2, sets = { ID_SET, ACCESS_SET } })
+    server:start(60)
+  end)
+
+  teardown(function()
+    if server then server:dispose() end
+  end)
+
+  it("sums signatures and JWK Set requests made on several workers, exactly", function()
+    local N, M, K = 40, 12, 5
+    local result = server:tokens("/token", N, 4)
+    assert.are.equal(N, result.valid, cjson.encode(result))
+    assert.is_true(#result.workers >= 2, "the tokens came from one worker: " .. cjson.encode(result.workers))
+    -- tokens() fetched the JWK Set once to verify; server:start waited for it once
+    local etag
+    for _ = 1, M do etag = get(server, "/.well-known/jwks.json").headers.etag end
+    for _ = 1, K do
+      assert.are.equal(304, get(server, "/.well-known/jwks.json", { ["If-None-Match"] = etag }).status)
+    end
+    local families = scrape_until(server, function(f)
+      return prometheus.sum(f, "jwkengine_signatures_total") >= N
+        and prometheus.sum(f, "jwkengine_jwks_requests_total", { status = "304" }) >= K
+    end)
+    assert.are.equal(N, prometheus.sum(families, "jwkengine_signatures_total",
+      { set = ACCESS_SET, alg = "ES256", backend = "hsm" }))
+    assert.are.equal(N, prometheus.sum(families, "jwkengine_signatures_total"))
+    assert.are.equal(N, prometheus.sum(families, "jwkengine_signing_duration_seconds_count", { backend = "hsm" }))
+    assert.are.equal(K, prometheus.sum(families, "jwkengine_jwks_requests_total", { status = "304" }))
+    -- 200s: ours, the one tokens() made, and the start's wait (at least one)
+    local ok = prometheus.sum(families, "jwkengine_jwks_requests_total", { status = "200" })
+    assert.is_true(ok >= M + 2, "200s: " .. ok)
+    assert.are.equal(1, prometheus.sum(families, "jwkengine_key_state", { set = ACCESS_SET, state = "current" }))
+    assert.is_true(prometheus.sum(families, "jwkengine_pkcs11_sessions_open") >= 4) -- a login session per worker
+  end)
+
+  it("answers /health with 200 and a probe per published set, reused within the cache period", function()
+    local response = get(server, "/health")
+    assert.are.equal(200, response.status, response.body)
+    local body = cjson.decode(response.body)
+    assert.are.equal("ok", body.status)
+    assert.are.equal("ok", body.checks.engine)
+    assert.are.equal("ok", body.checks.token)
+    for _, set in ipairs({ ID_SET, ACCESS_SET }) do
+      assert.is_true(body.checks.sets[set].ok, set)
+      assert.truthy(body.checks.sets[set].kid)
+      assert.is_true(body.checks.sets[set].seconds >= 0)
+    end
+    assert.are.equal("RS256", body.checks.sets[ID_SET].alg)
+    -- many checks within one cache period (5 s): at most one probe per worker
+    local started = os.time()
+    for _ = 1, 30 do assert.are.equal(200, get(server, "/health").status) end
+    local elapsed = os.time() - started + 1
+    local families = scrape_until(server, function() return true end)
+    nginx.sleep(1.5) -- let every worker flush its probe count
+    families = scrape_until(server, function() return true end)
+    local probes = prometheus.sum(families, "jwkengine_health_probes_total")
+    local periods = math.floor(elapsed / 5) + 1
+    assert.is_true(probes >= 1 and probes <= 4 * (periods + 1), "probes: " .. probes .. " in " .. elapsed .. " s")
+    assert.is_true(probes < 31, "a probe per request: " .. probes)
+  end)
+end)
+
+-- One worker on the fault module; its control file reaches the worker
+-- through two more env directives.
+local function through_faults(token)
+  return nginx.new({ token = token, workers = 1,
+    render = function(opts)
+      return nginx.replace_once(nginx.render_config(opts), "env SOFTHSM2_CONF;",
+        "env SOFTHSM2_CONF;\nenv JWKE_FAULT_CONTROL;\nenv JWKE_FAULT_STATS;")
+    end,
+    environment = { HSM_LIBRARY = faults.MODULE, JWKE_FAULT_CONTROL = os.getenv("JWKE_FAULT_CONTROL"),
+      JWKE_FAULT_STATS = os.getenv("JWKE_FAULT_STATS") } })
+end
+
+describe("nginx /health through the fault module", function()
+  local server, token
+
+  setup(function()
+    faults.check_environment()
+    faults.set({})
+    token = softhsm.new_token("nginx-health")
+  end)
+
+  after_each(function()
+    if server then server:dispose() end
+    server = nil
+    faults.set({})
+  end)
+
+  it("answers 503 naming 'token not present' when the token is pulled, and 200 once it is back", function()
+    server = through_faults(token)
+    server:start(60)
+    assert.are.equal(200, get(server, "/health").status)
+    faults.set({ removed = 1 })
+    local deadline, response = os.time() + 30, nil
+    repeat -- the worker reuses its last result for health.cache seconds
+      response = get(server, "/health")
+      if response.status == 503 then break end
+      nginx.sleep(0.5)
+    until os.time() > deadline
+    assert.are.equal(503, response.status, response.body)
+    local body = cjson.decode(response.body)
+    assert.are.equal("unavailable", body.status)
+    assert.truthy(body.failure:find("token not present", 1, true), body.failure)
+    faults.set({})
+    deadline = os.time() + 30
+    repeat
+      response = get(server, "/health")
+      if response.status == 200 then break end
+      nginx.sleep(0.5)
+    until os.time() > deadline
+    assert.are.equal(200, response.status, response.body)
+  end)
+
+  it("answers 503 naming 'login refused' when the token refuses to log in", function()
+    server = through_faults(token)
+    faults.set({ token_flags = "CKF_USER_PIN_LOCKED" })
+    server:start(60, true)
+    local deadline, body = os.time() + 30, nil
+    repeat -- 503 "not open yet" until the worker has tried
+      local response = get(server, "/health")
+      assert.are.equal(503, response.status)
+      body = cjson.decode(response.body)
+      if body.failure ~= "not open yet" then break end
+      nginx.sleep(0.5)
+    until os.time() > deadline
+    assert.are.equal("login refused", body.failure, cjson.encode(body))
+    assert.falsy(cjson.encode(body):find(softhsm.PIN, 1, true))
+  end)
+end)
