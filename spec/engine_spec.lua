@@ -4,7 +4,7 @@ local jwkengine = require "jwkengine"
 local core = require "jwkengine.core"
 local softhsm = require "helpers.softhsm"
 local verifier = require "helpers.verifier"
-local refusal = require "helpers.refusal"
+local refused = require("helpers.refusal").refused
 
 local function hex_of_b64url(s)
   return softhsm.hex(assert(core.b64url_decode(s)))
@@ -488,7 +488,6 @@ describe("a code on every failure", function()
   end)
   teardown(function() engine:close() end)
 
-  local refused = refusal.refused
 
   it("says ERR_CONFIG for a module file that is missing, not loadable, or not PKCS#11", function()
     local not_a_library = os.tmpname()

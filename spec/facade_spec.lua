@@ -4,11 +4,10 @@
 local jwkengine = require "jwkengine"
 local core = require "jwkengine.core"
 local softhsm = require "helpers.softhsm"
-local refusal = require "helpers.refusal"
+local refused = require("helpers.refusal").refused
 
 local SECRET = "facade-secret-0123456789"
 
-local refused = refusal.refused
 
 describe("the Engine facade", function()
   local token, db, engine

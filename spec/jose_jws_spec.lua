@@ -6,7 +6,7 @@ local cjson = require "cjson"
 local jws = require "jwkengine.jws"
 local jwk = require "jwkengine.jwk"
 local helper = require "helpers.jose"
-local refusal = require "helpers.refusal"
+local refused = require("helpers.refusal").refused
 
 local function header_b64(header)
   return helper.b64(type(header) == "string" and header or cjson.encode(header))
@@ -23,7 +23,6 @@ local function public(key, members)
   return j
 end
 
-local refused = refusal.refused
 
 describe("JWS verification policy", function()
   local es256, es384, rsa, rsa1024, rsa1024_pem, ed

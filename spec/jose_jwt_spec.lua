@@ -6,7 +6,7 @@ local cjson = require "cjson"
 local jwt = require "jwkengine.jwt"
 local errors = require "jwkengine.errors"
 local helper = require "helpers.jose"
-local refusal = require "helpers.refusal"
+local refused = require("helpers.refusal").refused
 
 local NOW = 1700000000
 
@@ -38,7 +38,6 @@ describe("JWT", function()
     return jwt.verify(token, keys, o)
   end
 
-  local refused = refusal.refused
 
   describe("signing", function()
     it("sets iat from the clock and exp from the lifetime, with typ JWT", function()

@@ -5,7 +5,7 @@
 local core = require "jwkengine.core"
 local cjson = require "cjson"
 local softhsm = require "helpers.softhsm"
-local refusal = require "helpers.refusal"
+local refused = require("helpers.refusal").refused
 
 -- Debian's python3 has jwcrypto; a python3 earlier on PATH may not.
 local PYTHON = io.open("/usr/bin/python3") and "/usr/bin/python3" or "python3"
@@ -509,7 +509,6 @@ describe("software keys in the engine follow the same key rules as the HSM", fun
   end)
   teardown(function() engine:close() end)
 
-  local refused = refusal.refused
 
   it("signs only with the key's own alg", function()
     local err = refused("ERR_KEY_USE", nil, engine:sign("r", "x", { alg = "PS256" }))

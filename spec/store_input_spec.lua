@@ -7,13 +7,12 @@ local core = require "jwkengine.core"
 local store_module = require "jwkengine.store"
 local stores = require "helpers.stores"
 local hydra_aead = require("helpers.hydra_aead").run
-local refusal = require "helpers.refusal"
+local refused = require("helpers.refusal").refused
 
 local SECRET = "input-secret-0123456789"
 
 local function open(dsn, secrets) return stores.open_engine(dsn, secrets or SECRET) end
 
-local refused = refusal.refused
 
 stores.describe_each("store input", function(database)
   it("refuses a set name or kid with a NUL or control character, and the set it would alias is untouched", function()

@@ -25,7 +25,7 @@ local function with_hsm(token, dsn, extra)
 end
 
 local hydra_aead = require("helpers.hydra_aead").run
-local refusal = require "helpers.refusal"
+local refused = require("helpers.refusal").refused
 
 -- Runs the CLI with an environment; returns output and success.
 local function keys_cli(env, args, stdin)
@@ -372,17 +372,17 @@ for _, backend in ipairs(stores.backends()) do
         environment = faults.environment(token, { SECRETS_SYSTEM = SECRET, DSN = dsn }) }))
       assert(faulty:generate("device-error", "ES256", { kid = "in-hsm" }))
       faulty:refresh("device-error")
-      local function refused(...) return refusal.refused("CKR_DEVICE_ERROR", "CKR_DEVICE_ERROR", ...) end
+      local function device_error(...) return refused("CKR_DEVICE_ERROR", "CKR_DEVICE_ERROR", ...) end
       -- loading the set: every object search fails
       faults.set({ faults = "C_FindObjectsInit:CKR_DEVICE_ERROR" })
-      refused(faulty:key_set("device-error"))
-      refused(faulty:sign("device-error", "x"))
-      refused(faulty:delete("device-error", "in-software"))
+      device_error(faulty:key_set("device-error"))
+      device_error(faulty:sign("device-error", "x"))
+      device_error(faulty:delete("device-error", "in-software"))
       -- signing with the set already loaded: every signature fails
       faults.set({})
       assert.equals("in-hsm", assert(faulty:key_set("device-error")).keys[1].kid)
       faults.set({ faults = "C_Sign:CKR_DEVICE_ERROR" })
-      refused(faulty:sign("device-error", "x"))
+      device_error(faulty:sign("device-error", "x"))
       faults.set({})
       -- the software copy was neither served nor deleted
       local s = assert(store_module.open(dsn))
