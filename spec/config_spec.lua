@@ -1,7 +1,7 @@
 -- Configuration: defaults < file (JSON or YAML) < environment < options.
 local config = require "jwkengine.config"
 local softhsm = require "helpers.softhsm"
-local refused = require("helpers.refusal").refused
+local refusal = require "helpers.refusal"
 
 local function write(ext, text)
   local path = os.tmpname() .. ext
@@ -233,7 +233,7 @@ end)
 
 describe("configuration typos", function()
   local function refused(expected, options)
-    return refused("ERR_CONFIG", expected, config.load(options))
+    return refusal.refused("ERR_CONFIG", expected, config.load(options))
   end
 
   local function refused_file(expected, text)
