@@ -72,10 +72,16 @@ static CK_RV read_data(jwke_p11_token *token, CK_SESSION_HANDLE session, CK_OBJE
 
 /* What each_data shows a visitor: one object, its label and value read
  * into each_data's own buffers (valid during the call only). */
+typedef struct data_object {
+    CK_OBJECT_HANDLE handle;
+    const char *label;
+    size_t label_len;
+    const unsigned char *value;
+    size_t value_len;
+} data_object;
+
 typedef CK_RV (*data_visit)(void *ctx, jwke_p11_token *token, CK_SESSION_HANDLE session,
-                            CK_OBJECT_HANDLE handle, const char *label, size_t label_len,
-                            const unsigned char *value, size_t value_len, const char **function,
-                            jwke_error *err);
+                            const data_object *object, const char **function, jwke_error *err);
 
 /* Visits every data object the search finds on `session`; one destroyed
  * since the search (a writer superseded it) is skipped. A visit that
@@ -103,9 +109,10 @@ static CK_RV each_data(jwke_p11_token *token, CK_SESSION_HANDLE session, const d
             rv = CKR_OK;
             continue;
         }
-        if (rv == CKR_OK)
-            rv = visit(ctx, token, session, handles[i], label, label_len, value, value_len,
-                       function, err);
+        if (rv == CKR_OK) {
+            data_object object = {handles[i], label, label_len, value, value_len};
+            rv = visit(ctx, token, session, &object, function, err);
+        }
     }
     free(value);
     free(handles);
@@ -120,12 +127,11 @@ typedef struct find_context {
 
 /* Keeps a copy of one object. */
 static CK_RV keep_data(void *ctx, jwke_p11_token *token, CK_SESSION_HANDLE session,
-                       CK_OBJECT_HANDLE handle, const char *label, size_t label_len,
-                       const unsigned char *value, size_t value_len, const char **function,
-                       jwke_error *err)
+                       const data_object *object, const char **function, jwke_error *err)
 {
-    (void)token, (void)session, (void)handle, (void)function;
+    (void)token, (void)session, (void)function;
     find_context *c = ctx;
+    size_t label_len = object->label_len, value_len = object->value_len;
     jwke_p11_data *grown = realloc(c->found, (c->count + 1) * sizeof *grown);
     if (grown)
         c->found = grown;
@@ -138,9 +144,9 @@ static CK_RV keep_data(void *ctx, jwke_p11_token *token, CK_SESSION_HANDLE sessi
         jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading data objects");
         return JWKE_OP_FAILED;
     }
-    memcpy(label_copy, label, label_len);
+    memcpy(label_copy, object->label, label_len);
     label_copy[label_len] = '\0';
-    memcpy(value_copy, value, value_len);
+    memcpy(value_copy, object->value, value_len);
     *d = (jwke_p11_data){.label = label_copy, .label_len = label_len, .value = value_copy,
                          .value_len = value_len};
     c->count++;
@@ -220,16 +226,14 @@ typedef struct destroy_context {
 
 /* Destroys one object holding exactly the value asked for. */
 static CK_RV destroy_matching(void *ctx, jwke_p11_token *token, CK_SESSION_HANDLE session,
-                              CK_OBJECT_HANDLE handle, const char *label, size_t label_len,
-                              const unsigned char *value, size_t value_len, const char **function,
-                              jwke_error *err)
+                              const data_object *object, const char **function, jwke_error *err)
 {
-    (void)label, (void)label_len, (void)err;
+    (void)err;
     destroy_context *c = ctx;
-    if (value_len != c->value_len || memcmp(value, c->value, value_len) != 0)
+    if (object->value_len != c->value_len || memcmp(object->value, c->value, c->value_len) != 0)
         return CKR_OK;
     *function = "C_DestroyObject";
-    CK_RV rv = jwke_p11_token_functions(token)->C_DestroyObject(session, handle);
+    CK_RV rv = jwke_p11_token_functions(token)->C_DestroyObject(session, object->handle);
     if (rv == CKR_OBJECT_HANDLE_INVALID)
         return CKR_OK; /* another process destroyed it first */
     if (rv == CKR_OK)

@@ -1,6 +1,7 @@
 -- Configuration: defaults < file (JSON or YAML) < environment < options.
 local config = require "jwkengine.config"
 local softhsm = require "helpers.softhsm"
+local refusal = require "helpers.refusal"
 
 local function write(ext, text)
   local path = os.tmpname() .. ext
@@ -232,11 +233,7 @@ end)
 
 describe("configuration typos", function()
   local function refused(expected, options)
-    local cfg, err, code = config.load(options)
-    assert.is_nil(cfg)
-    assert.equals("ERR_CONFIG", code)
-    assert.matches(expected, err, 1, true)
-    return err
+    return refusal.refused("ERR_CONFIG", expected, config.load(options))
   end
 
   local function refused_file(expected, text)

@@ -4,6 +4,7 @@ local jwkengine = require "jwkengine"
 local core = require "jwkengine.core"
 local softhsm = require "helpers.softhsm"
 local verifier = require "helpers.verifier"
+local refused = require("helpers.refusal").refused
 
 local function hex_of_b64url(s)
   return softhsm.hex(assert(core.b64url_decode(s)))
@@ -487,13 +488,6 @@ describe("a code on every failure", function()
   end)
   teardown(function() engine:close() end)
 
-  local function refused(expected_code, ...)
-    local value, err, code = ...
-    assert.is_nil(value)
-    assert.equals("string", type(err))
-    assert.equals(expected_code, code, err)
-    return err
-  end
 
   it("says ERR_CONFIG for a module file that is missing, not loadable, or not PKCS#11", function()
     local not_a_library = os.tmpname()
@@ -501,9 +495,9 @@ describe("a code on every failure", function()
     -- a real shared object without C_GetFunctionList
     local other_library = assert(package.searchpath("cjson", package.cpath))
     for _, library in ipairs({ "/nonexistent/libpkcs11.so", not_a_library, other_library }) do
-      local err = refused("ERR_CONFIG", open_engine(token, { HSM_LIBRARY = library }))
+      local err = refused("ERR_CONFIG", nil, open_engine(token, { HSM_LIBRARY = library }))
       assert.matches(library, err, 1, true)
-      refused("ERR_CONFIG", jwkengine.slots(library))
+      refused("ERR_CONFIG", nil, jwkengine.slots(library))
     end
     os.remove(not_a_library)
   end)
@@ -515,7 +509,7 @@ describe("a code on every failure", function()
     for _, path in ipairs({ "/nonexistent/pin", empty, long }) do
       local environment = softhsm.environment(token, { HSM_PIN_FILE = path })
       environment.HSM_PIN = nil
-      local err = refused("ERR_CONFIG", jwkengine.open({ environment = environment, logger = false,
+      local err = refused("ERR_CONFIG", nil, jwkengine.open({ environment = environment, logger = false,
         startup = false }))
       assert.matches(path, err, 1, true)
       assert.not_matches("7777", err)
@@ -525,33 +519,33 @@ describe("a code on every failure", function()
   end)
 
   it("refuses an empty HSM_PIN as a configuration error", function()
-    local err = refused("ERR_CONFIG", open_engine(token, { HSM_PIN = "" }))
+    local err = refused("ERR_CONFIG", nil, open_engine(token, { HSM_PIN = "" }))
     assert.matches("HSM_PIN", err, 1, true)
   end)
 
   it("signs with a key's own alg only, on sign, sign_jwt and jws.sign", function()
-    refused("ERR_KEY_USE", engine:sign("rsa", "x", { alg = "ES256" }))
-    refused("ERR_KEY_USE", engine:sign("rsa", "x", { alg = "PS256" }))
-    refused("ERR_KEY_USE", engine:sign_jwt("rsa", { sub = "a" }, { alg = "ES256" }))
-    refused("ERR_KEY_USE", engine:sign("ec", "x", { alg = "ES384" }))
+    refused("ERR_KEY_USE", nil, engine:sign("rsa", "x", { alg = "ES256" }))
+    refused("ERR_KEY_USE", nil, engine:sign("rsa", "x", { alg = "PS256" }))
+    refused("ERR_KEY_USE", nil, engine:sign_jwt("rsa", { sub = "a" }, { alg = "ES256" }))
+    refused("ERR_KEY_USE", nil, engine:sign("ec", "x", { alg = "ES384" }))
     local key = assert(engine:signing_key("rsa"))
-    refused("ERR_KEY_USE", jwkengine.jws.sign(key, "x", { alg = "PS256" }))
+    refused("ERR_KEY_USE", nil, jwkengine.jws.sign(key, "x", { alg = "PS256" }))
     local token_rs = assert(engine:sign("rsa", "x", { alg = "RS256" }))
     assert.equals("x", (engine:verify("rsa", token_rs)))
   end)
 
   it("says ERR_UNSUPPORTED_ALG for an HMAC alg instead of raising", function()
-    refused("ERR_UNSUPPORTED_ALG", engine:sign("rsa", "x", { alg = "HS256" }))
-    refused("ERR_UNSUPPORTED_ALG", engine:sign_jwt("rsa", { sub = "a" }, { alg = "none" }))
+    refused("ERR_UNSUPPORTED_ALG", nil, engine:sign("rsa", "x", { alg = "HS256" }))
+    refused("ERR_UNSUPPORTED_ALG", nil, engine:sign_jwt("rsa", { sub = "a" }, { alg = "none" }))
   end)
 
   it("says ERR_TOKEN_NOT_FOUND when select_slot chooses nothing", function()
-    refused("ERR_TOKEN_NOT_FOUND", open_engine(token, nil, { select_slot = function() return nil end }))
+    refused("ERR_TOKEN_NOT_FOUND", nil, open_engine(token, nil, { select_slot = function() return nil end }))
   end)
 
   it("hands select_slot the settings without the PIN, and refuses what is not one of its slots", function()
     local seen
-    local err = refused("ERR_INVALID_ARGUMENT", open_engine(token, nil, { select_slot = function(list, hsm)
+    local err = refused("ERR_INVALID_ARGUMENT", nil, open_engine(token, nil, { select_slot = function(list, hsm)
       seen = hsm
       for _, slot in ipairs(list) do
         if slot.label == token.label then return slot.id end
@@ -572,12 +566,12 @@ describe("a code on every failure", function()
   it("answers ERR_CLOSED after close instead of raising", function()
     local closed = assert(open_engine(token))
     closed:close()
-    refused("ERR_CLOSED", closed:sign("rsa", "x"))
-    refused("ERR_CLOSED", closed:sign_jwt("rsa", { sub = "a" }))
-    refused("ERR_CLOSED", closed:key_set("rsa"))
-    refused("ERR_CLOSED", closed:key_set_json("rsa"))
-    refused("ERR_CLOSED", closed:verify("rsa", "a.b.c"))
-    refused("ERR_CLOSED", closed:generate("rsa", "ES256"))
+    refused("ERR_CLOSED", nil, closed:sign("rsa", "x"))
+    refused("ERR_CLOSED", nil, closed:sign_jwt("rsa", { sub = "a" }))
+    refused("ERR_CLOSED", nil, closed:key_set("rsa"))
+    refused("ERR_CLOSED", nil, closed:key_set_json("rsa"))
+    refused("ERR_CLOSED", nil, closed:verify("rsa", "a.b.c"))
+    refused("ERR_CLOSED", nil, closed:generate("rsa", "ES256"))
     closed:close() -- twice is harmless
   end)
 end)

@@ -4,14 +4,10 @@
 local jwkengine = require "jwkengine"
 local core = require "jwkengine.core"
 local softhsm = require "helpers.softhsm"
+local refused = require("helpers.refusal").refused
 
 local SECRET = "facade-secret-0123456789"
 
-local function refused(expected_code, value, err, code)
-  assert.is_nil(value, "expected a failure")
-  assert.equals(expected_code, code, err)
-  return err
-end
 
 describe("the Engine facade", function()
   local token, db, engine
@@ -50,7 +46,7 @@ describe("the Engine facade", function()
     assert.is_true(stats.max_sessions >= 1)
     local software_only = assert(jwkengine.open({ logger = false, startup = false,
       environment = { SECRETS_SYSTEM = SECRET, DSN = "sqlite://" .. db } }))
-    refused("ERR_CONFIG", software_only:stats())
+    refused("ERR_CONFIG", nil, software_only:stats())
     assert.is_nil(software_only:slot())
     software_only:close()
   end)
@@ -91,7 +87,7 @@ describe("the Engine facade", function()
     assert.equals("op", assert(cached:key_set("reloaded")).keys[1].kid)
     local _, header = assert(cached:verify("reloaded", assert(cached:sign("reloaded", "x"))))
     assert.equals("op", header.kid)
-    refused("ERR_KEY_SET_NOT_FOUND", cached:reload("nowhere"))
+    refused("ERR_KEY_SET_NOT_FOUND", nil, cached:reload("nowhere"))
     cached:close()
   end)
 
@@ -99,7 +95,7 @@ describe("the Engine facade", function()
     local first = assert(core.generate_software_key("ES256"))
     local second = assert(core.generate_software_key("ES256"))
     assert(engine:import("updated", first:private_jwk(), { kid = "k" }))
-    refused("ERR_KEY_EXISTS", engine:import("updated", second:private_jwk(), { kid = "k", replace = true }))
+    refused("ERR_KEY_EXISTS", nil, engine:import("updated", second:private_jwk(), { kid = "k", replace = true }))
     assert.same(first:public_jwk().x, assert(engine:key("updated", "k")).x)
     assert(engine:update("updated", second:private_jwk(), { kid = "k" }))
     assert.same(second:public_jwk().x, assert(engine:key("updated", "k")).x)
@@ -108,10 +104,10 @@ describe("the Engine facade", function()
   it("answers every facade method of a closed engine with ERR_CLOSED", function()
     local closing = assert(jwkengine.open({ environment = environment(), logger = false, startup = false }))
     closing:close()
-    refused("ERR_CLOSED", closing:stats())
-    refused("ERR_CLOSED", closing:reload("hsm-ec"))
-    refused("ERR_CLOSED", closing:signing_key("hsm-ec"))
-    refused("ERR_CLOSED", closing:ensure_startup_sets({ { set = "hsm-ec", alg = "ES256" } }))
+    refused("ERR_CLOSED", nil, closing:stats())
+    refused("ERR_CLOSED", nil, closing:reload("hsm-ec"))
+    refused("ERR_CLOSED", nil, closing:signing_key("hsm-ec"))
+    refused("ERR_CLOSED", nil, closing:ensure_startup_sets({ { set = "hsm-ec", alg = "ES256" } }))
   end)
 
   describe("one key interface", function()
@@ -153,7 +149,7 @@ describe("the Engine facade", function()
         local token_text = assert(jws.sign(key, "payload", { kid = set }))
         assert.equals("payload", (engine:verify(set, token_text)))
       end
-      refused("ERR_KEY_USE", jws.sign(assert(engine:signing_key("hsm-ec")), "x", { alg = "ES384" }))
+      refused("ERR_KEY_USE", nil, jws.sign(assert(engine:signing_key("hsm-ec")), "x", { alg = "ES384" }))
       local p384 = assert(core.generate_software_key("ES384"))
       local token_text = assert(jws.sign(p384, "x"))
       assert.equals("x", (jws.verify(token_text, p384:public_jwk(), { algorithms = { "ES384" } })))

@@ -17,6 +17,7 @@ local errors = require "jwkengine.errors"
 local store_module = require "jwkengine.store"
 local cli = require "helpers.cli"
 local hydra_aead = require("helpers.hydra_aead").run
+local rsa_of_size = require "helpers.rsa_of_size"
 local softhsm = require "helpers.softhsm"
 
 local SECRET = "hostile-input-secret-0123456789"
@@ -340,12 +341,6 @@ describe("the hostile-input corpus", function()
     local text = cjson.encode(good:private_jwk())
     row("row-duplicate", text:sub(1, -2) .. ',"kty":"RSA"}')
     s:close()
-  end
-
-  local function rsa_of_size(bits)
-    local out, ok = softhsm.run("/usr/bin/python3 spec/helpers/rsa_of_size.py " .. bits)
-    assert(ok, out)
-    return cjson.decode(out)
   end
 
   setup(function()

@@ -6,8 +6,8 @@
 -- stray read or write into a failure of this file.
 local cjson = require "cjson"
 local core = require "jwkengine.core"
-local jwkengine = require "jwkengine"
-local softhsm = require "helpers.softhsm"
+local rsa_of_size = require "helpers.rsa_of_size"
+local stores = require "helpers.stores"
 
 local SECRET = "hostile-keys-secret-0123456789"
 local MAX_BITS = 16384
@@ -19,17 +19,8 @@ end
 -- An engine on a fresh SQLite store, no HSM.
 local function open_engine()
   local path = os.tmpname() .. ".sqlite"
-  local engine = assert(jwkengine.open({ environment = { SECRETS_SYSTEM = SECRET, DSN = "sqlite://" .. path },
-    logger = false, startup = false }))
+  local engine = assert(stores.open_engine("sqlite://" .. path, SECRET))
   return engine, function() engine:close(); os.remove(path) end
-end
-
--- A key of exactly `bits` bits whose members agree although p and q are
--- not prime: { pem = ..., jwk = ... } (spec/helpers/rsa_of_size.py).
-local function rsa_of_size(bits)
-  local out, ok = softhsm.run("/usr/bin/python3 spec/helpers/rsa_of_size.py " .. bits)
-  assert(ok, out)
-  return cjson.decode(out)
 end
 
 describe("RSA keys past the supported maximum", function()

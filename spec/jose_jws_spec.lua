@@ -5,8 +5,8 @@ local core = require "jwkengine.core"
 local cjson = require "cjson"
 local jws = require "jwkengine.jws"
 local jwk = require "jwkengine.jwk"
-local errors = require "jwkengine.errors"
 local helper = require "helpers.jose"
+local refused = require("helpers.refusal").refused
 
 local function header_b64(header)
   return helper.b64(type(header) == "string" and header or cjson.encode(header))
@@ -23,12 +23,6 @@ local function public(key, members)
   return j
 end
 
-local function refused(code, fragment, ok, err, got)
-  assert.is_nil(ok)
-  assert.equals(code, got, err)
-  if fragment then assert.matches(fragment, err, 1, true) end
-  assert.is_string(errors.codes[got])
-end
 
 describe("JWS verification policy", function()
   local es256, es384, rsa, rsa1024, rsa1024_pem, ed

@@ -6,6 +6,7 @@ local cjson = require "cjson"
 local jwt = require "jwkengine.jwt"
 local errors = require "jwkengine.errors"
 local helper = require "helpers.jose"
+local refused = require("helpers.refusal").refused
 
 local NOW = 1700000000
 
@@ -37,12 +38,6 @@ describe("JWT", function()
     return jwt.verify(token, keys, o)
   end
 
-  local function refused(code, fragment, ok, err, got)
-    assert.is_nil(ok)
-    assert.equals(code, got, err)
-    if fragment then assert.matches(fragment, err, 1, true) end
-    assert.is_string(errors.codes[got], got)
-  end
 
   describe("signing", function()
     it("sets iat from the clock and exp from the lifetime, with typ JWT", function()

@@ -1,6 +1,7 @@
 -- The one rule of the key lifecycle (jwkengine.lifecycle), as a pure
 -- function of records, keys present, policy and an injected clock.
 local lifecycle = require "jwkengine.lifecycle"
+local refused = require("helpers.refusal").refused
 
 local LIMITS = lifecycle.DEFAULT_LIMITS
 local POLICY = { prepublish = 400, retain = 4000 }
@@ -158,18 +159,14 @@ describe("lifecycle policy", function()
   end)
 
   it("refuses prepublish shorter than the cache lifetime plus refresh, by name", function()
-    local policy, err, code = lifecycle.policy("s", { prepublish = 359 }, LIMITS)
-    assert.is_nil(policy)
-    assert.equals("ERR_CONFIG", code)
-    assert.matches("rotation.prepublish (359 s) is shorter than publication.max_age + publication.refresh", err, 1, true)
+    local err = refused("ERR_CONFIG", "rotation.prepublish (359 s) is shorter than publication.max_age + publication.refresh",
+      lifecycle.policy("s", { prepublish = 359 }, LIMITS))
     assert.matches("startup set 's'", err, 1, true)
   end)
 
   it("refuses retain shorter than the token lifetime plus tolerance plus cache lifetime, by name", function()
-    local policy, err, code = lifecycle.policy("s", { retain = 3959 }, LIMITS)
-    assert.is_nil(policy)
-    assert.equals("ERR_CONFIG", code)
-    assert.matches("rotation.retain (3959 s) is shorter than tokens.max_lifetime + tokens.clock_tolerance", err, 1, true)
+    refused("ERR_CONFIG", "rotation.retain (3959 s) is shorter than tokens.max_lifetime + tokens.clock_tolerance",
+      lifecycle.policy("s", { retain = 3959 }, LIMITS))
   end)
 
   it("refuses a period no longer than prepublish", function()

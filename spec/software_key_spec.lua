@@ -5,6 +5,7 @@
 local core = require "jwkengine.core"
 local cjson = require "cjson"
 local softhsm = require "helpers.softhsm"
+local refused = require("helpers.refusal").refused
 
 -- Debian's python3 has jwcrypto; a python3 earlier on PATH may not.
 local PYTHON = io.open("/usr/bin/python3") and "/usr/bin/python3" or "python3"
@@ -508,42 +509,36 @@ describe("software keys in the engine follow the same key rules as the HSM", fun
   end)
   teardown(function() engine:close() end)
 
-  local function refused(expected_code, ...)
-    local value, err, code = ...
-    assert.is_nil(value)
-    assert.equals(expected_code, code, err)
-    return err
-  end
 
   it("signs only with the key's own alg", function()
-    local err = refused("ERR_KEY_USE", engine:sign("r", "x", { alg = "PS256" }))
+    local err = refused("ERR_KEY_USE", nil, engine:sign("r", "x", { alg = "PS256" }))
     assert.matches("RS256", err, 1, true)
-    refused("ERR_KEY_USE", engine:sign_jwt("r", { sub = "a" }, { alg = "ES256" }))
-    refused("ERR_UNSUPPORTED_ALG", engine:sign("r", "x", { alg = "HS256" }))
+    refused("ERR_KEY_USE", nil, engine:sign_jwt("r", { sub = "a" }, { alg = "ES256" }))
+    refused("ERR_UNSUPPORTED_ALG", nil, engine:sign("r", "x", { alg = "HS256" }))
     local token = assert(engine:sign("r", "x", { alg = "RS256" }))
     assert.equals("x", (engine:verify("r", token)))
   end)
 
   it("refuses to import an EC or Ed25519 key for use enc, as generate does", function()
-    refused("ERR_INVALID_ARGUMENT", engine:generate("e", "ES256", { use = "enc" }))
+    refused("ERR_INVALID_ARGUMENT", nil, engine:generate("e", "ES256", { use = "enc" }))
     local ec = assert(core.generate_software_key("ES256"))
-    refused("ERR_INVALID_ARGUMENT", engine:import("e", ec:private_jwk(), { use = "enc" }))
+    refused("ERR_INVALID_ARGUMENT", nil, engine:import("e", ec:private_jwk(), { use = "enc" }))
     local ed = assert(core.generate_software_key("EdDSA"))
     local jwk = ed:private_jwk()
     jwk.use = "enc"
-    refused("ERR_INVALID_ARGUMENT", engine:import("e", jwk))
-    refused("ERR_KEY_SET_NOT_FOUND", engine:key_set("e"))
+    refused("ERR_INVALID_ARGUMENT", nil, engine:import("e", jwk))
+    refused("ERR_KEY_SET_NOT_FOUND", nil, engine:key_set("e"))
   end)
 
   it("refuses public-only keys at import: rows hold private keys", function()
     local ec = assert(core.generate_software_key("ES256"))
-    refused("ERR_KEY_NOT_PRIVATE", engine:import("p", ec:public_jwk()))
+    refused("ERR_KEY_NOT_PRIVATE", nil, engine:import("p", ec:public_jwk()))
     local path = os.tmpname()
     local out, ok = run("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 2>/dev/null"
       .. " | openssl pkey -pubout -out " .. quote(path))
     assert(ok, out)
-    refused("ERR_KEY_NOT_PRIVATE", engine:import("p", read_file(path)))
+    refused("ERR_KEY_NOT_PRIVATE", nil, engine:import("p", read_file(path)))
     os.remove(path)
-    refused("ERR_KEY_SET_NOT_FOUND", engine:key_set("p"))
+    refused("ERR_KEY_SET_NOT_FOUND", nil, engine:key_set("p"))
   end)
 end)

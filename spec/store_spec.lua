@@ -13,9 +13,9 @@ local SECRET = "first-secret-0123456789"
 local OLD_SECRET = "older-secret-0123456789"
 
 local function open(dsn, extra, options)
-  local env = { SECRETS_SYSTEM = SECRET, DSN = dsn }
-  for k, v in pairs(extra or {}) do env[k] = v end
-  return softhsm.open_engine(env, options)
+  options = options or {}
+  options.environment = extra
+  return stores.open_engine(dsn, SECRET, options)
 end
 
 local function with_hsm(token, dsn, extra)
@@ -25,6 +25,7 @@ local function with_hsm(token, dsn, extra)
 end
 
 local hydra_aead = require("helpers.hydra_aead").run
+local refused = require("helpers.refusal").refused
 
 -- Runs the CLI with an environment; returns output and success.
 local function keys_cli(env, args, stdin)
@@ -38,282 +39,277 @@ local function keys_cli(env, args, stdin)
   return out, ok
 end
 
-for _, backend in ipairs(stores.backends()) do
-  describe("software store on " .. backend.name, function()
-    local dsn, drop
-
-    before_each(function() dsn, drop = backend.fresh() end)
-    after_each(function() drop() end)
-
-    it("re-reads a set after store.cache_ttl seconds of the engine's clock", function()
-      local clock = 1000
-      local cached = assert(open(dsn, nil, { now = function() return clock end, store = { cache_ttl = 60 } }))
-      assert(cached:generate("cached", "ES256", { kid = "first" }))
-      assert.equals(1, #assert(cached:key_set("cached")).keys)
-      -- another instance sharing the store adds a key
-      local other = assert(open(dsn))
-      assert(other:generate("cached", "ES256", { kid = "second" }))
-      other:close()
-      clock = clock + 59
-      assert.equals(1, #assert(cached:key_set("cached")).keys)
-      clock = clock + 1
-      assert.equals(2, #assert(cached:key_set("cached")).keys)
-      cached:close()
-    end)
-
-    it("creates the table by versioned migrations, once", function()
-      local s = assert(store_module.open(dsn))
-      assert.equals(store_module.SCHEMA_VERSION, s:schema_version())
-      s:close()
-      s = assert(store_module.open(dsn))
-      assert.equals(store_module.SCHEMA_VERSION, s:schema_version())
-      assert.same({}, assert(s:rows("anything")))
-      s:close()
-    end)
-
-    it("generates, signs, verifies and deletes software keys for every algorithm", function()
-      local engine = assert(open(dsn))
-      for _, alg in ipairs({ "RS256", "PS256", "ES256", "ES384", "ES512", "EdDSA" }) do
-        local set = "sw-" .. alg
-        local jwk = assert(engine:generate(set, alg, { kid = "k-" .. alg, rsa_bits = 2048 }))
-        assert.equals(alg, jwk.alg)
-        assert.is_nil(jwk.d)
-        local token = assert(engine:sign_jwt(set, { sub = alg }))
-        assert.truthy(engine:verify(set, token))
-        assert.is_true((verifier.jwcrypto(engine:key_set_json(set), token)))
-      end
-      assert.is_true(engine:delete("sw-ES256", "k-ES256"))
-      local _, _, code = engine:key_set("sw-ES256")
-      assert.equals("ERR_KEY_SET_NOT_FOUND", code)
-      engine:close()
-    end)
-
-    it("reads newest first and signs with the newest private key", function()
-      local engine = assert(open(dsn))
-      assert(engine:generate("rot", "ES256", { kid = "old" }))
-      assert(engine:generate("rot", "ES256", { kid = "new" }))
-      assert.same({ "new", "old" }, { engine:key_set("rot").keys[1].kid, engine:key_set("rot").keys[2].kid })
-      local _, header = assert(engine:verify("rot", assert(engine:sign("rot", "x"))))
-      assert.equals("new", header.kid)
-      -- a public-only row newer than both (import refuses one; another
-      -- writer of the table may not) does not sign
-      local pub = assert(core.generate_software_key("ES256")):public_jwk()
-      local _, _, import_code = engine:import("rot", pub, { kid = "public-only" })
-      assert.equals("ERR_KEY_NOT_PRIVATE", import_code)
-      pub.kid, pub.alg, pub.use = "public-only", "ES256", "sig"
-      local s = assert(store_module.open(dsn))
-      assert(s:insert("rot", "public-only", hydra_aead("seal", SECRET, cjson.encode(pub))))
-      s:close()
-      engine:refresh("rot")
-      assert.equals("public-only", engine:key_set("rot").keys[1].kid)
-      _, header = assert(engine:verify("rot", assert(engine:sign("rot", "x"))))
-      assert.equals("new", header.kid)
-      engine:close()
-    end)
-
-    it("decrypts rows sealed by an independent implementation, and they decrypt ours", function()
-      local engine = assert(open(dsn))
-      local key = assert(core.generate_software_key("ES256"))
-      local jwk = key:private_jwk()
-      jwk.kid, jwk.alg, jwk.use = "from-python", "ES256", "sig"
-      local sealed = hydra_aead("seal", SECRET, cjson.encode(jwk))
-      local s = assert(store_module.open(dsn))
-      assert(s:insert("interop", "from-python", sealed))
-      assert.equals(key:public_jwk().x, assert(engine:key("interop", "from-python")).x)
-      assert.truthy(engine:verify("interop", assert(engine:sign("interop", "x"))))
-
-      assert(engine:generate("interop", "ES256", { kid = "ours" }))
-      local row
-      for _, r in ipairs(assert(s:rows("interop"))) do if r.kid == "ours" then row = r end end
-      local plain = cjson.decode(hydra_aead("open", SECRET, row.keydata))
-      assert.equals("ours", plain.kid)
-      assert.equals("ES256", plain.alg)
-      assert.is_string(plain.d)
-      s:close()
-      engine:close()
-    end)
-
-    it("names the set and kid of a tampered row, and every other key still works", function()
-      local engine = assert(open(dsn))
-      assert(engine:generate("t", "ES256", { kid = "good" }))
-      assert(engine:generate("t", "ES256", { kid = "bad" }))
-      assert(engine:generate("other", "ES256", { kid = "fine" }))
-      local s = assert(store_module.open(dsn))
-      for _, row in ipairs(assert(s:rows("t"))) do
-        if row.kid == "bad" then
-          local i = 30
-          local c = row.keydata:sub(i, i)
-          local flipped = row.keydata:sub(1, i - 1) .. (c == "A" and "B" or "A") .. row.keydata:sub(i + 1)
-          assert(s:update_keydata(row.pk, flipped))
-        end
-      end
-      s:close()
-      engine:close()
-      engine = assert(open(dsn))
-      local jwk, err, code = engine:key("t", "bad")
-      assert.is_nil(jwk)
-      assert.equals("ERR_KEY_DECRYPT", code)
-      assert.matches("key set 't' key 'bad'", err, 1, true)
-      local jwks
-      jwks, err = engine:key_set("t")
-      assert.is_nil(jwks)
-      assert.matches("key 'bad'", err, 1, true)
-      assert.truthy(engine:key("t", "good"))
-      assert.truthy(engine:verify("t", assert(engine:sign("t", "x", { kid = "good" }))))
-      assert.truthy(engine:verify("other", assert(engine:sign("other", "x"))))
-      engine:close()
-    end)
-
-    it("reports a wrong secret clearly", function()
-      local engine = assert(open(dsn))
-      assert(engine:generate("w", "ES256", { kid = "k" }))
-      engine:close()
-      engine = assert(open(dsn, { SECRETS_SYSTEM = "some-other-secret-xyz" }))
-      local jwk, err, code = engine:key("w", "k")
-      assert.is_nil(jwk)
-      assert.equals("ERR_KEY_DECRYPT", code)
-      assert.matches("key set 'w' key 'k'", err, 1, true)
-      assert.not_matches("some%-other%-secret", err)
-      engine:close()
-    end)
-
-    it("refuses a secret under 16 characters", function()
-      local engine, err, code = open(dsn, { SECRETS_SYSTEM = "short-secret" })
-      assert.is_nil(engine)
-      assert.equals("ERR_CONFIG", code)
-      assert.matches("secret #1 is shorter than 16 characters", err, 1, true)
-      assert.not_matches("short%-secret", err)
-    end)
-
-    it("rotates secrets: every row readable with the new first secret, also after the old one is dropped", function()
-      local engine = assert(open(dsn, { SECRETS_SYSTEM = OLD_SECRET }))
-      for i = 1, 5 do assert(engine:generate("r" .. (i % 2), "ES256", { kid = "k" .. i })) end
-      engine:close()
-      local out, ok = keys_cli({ SECRETS_SYSTEM = SECRET .. "," .. OLD_SECRET, DSN = dsn }, "rotate-secrets")
-      assert.is_true(ok, out)
-      assert.matches("re%-sealed 5 keys", out)
-      engine = assert(open(dsn, { SECRETS_SYSTEM = SECRET }))
-      for i = 1, 5 do assert.truthy(engine:key("r" .. (i % 2), "k" .. i)) end
-      engine:close()
-    end)
-
-    it("leaves every row readable when rotate-secrets is killed with SIGKILL mid-transaction", function()
-      local engine = assert(open(dsn, { SECRETS_SYSTEM = OLD_SECRET }))
-      assert(engine:generate("bulk", "ES256", { kid = "seed" }))
-      engine:close()
-      -- many copies of the sealed row make the rotation last long enough to
-      -- be caught inside its transaction
-      local ROWS = 20000
-      local s = assert(store_module.open(dsn))
-      local keydata = s.driver:quote(s:rows("bulk")[1].keydata)
-      for first = 1, ROWS, 1000 do
-        local values = {}
-        for i = first, first + 999 do
-          values[#values + 1] = string.format("('bulk', 'copy-%d', 0, %s)", i, keydata)
-        end
-        assert(s.driver:exec("INSERT INTO hydra_jwk (sid, kid, version, keydata) VALUES " .. table.concat(values, ",")))
-      end
-      s:close()
-
-      -- wait until the writer is provably inside its transaction, then kill it
-      local in_transaction
-      if backend.name == "SQLite" then
-        in_transaction = string.format("[ -e %s ]", softhsm.quote(dsn:match("^sqlite://(.*)$") .. "-journal"))
-      else
-        in_transaction = string.format([=[[ "$(%s -Atc "SELECT count(*) FROM pg_stat_activity WHERE usename = 'jwke' AND query LIKE 'UPDATE hydra_jwk%%'")" -gt 0 ]]=],
-          os.getenv("JWKE_TEST_POSTGRES_ADMIN"))
-      end
-      local env = string.format("SECRETS_SYSTEM=%s DSN=%s", softhsm.quote(SECRET .. "," .. OLD_SECRET),
-        softhsm.quote(dsn))
-      local out = softhsm.run(string.format([[env %s ]] .. softhsm.BUILD .. [[/jwkengine scripts/keys.lua rotate-secrets & pid=$!
-        i=0; until %s || [ $i -ge 2000 ]; do i=$((i+1)); sleep 0.002; done
-        if %s; then kill -9 $pid && echo killed-in-transaction; fi; wait $pid]], env, in_transaction, in_transaction))
-      assert.matches("killed%-in%-transaction", out)
-
-      -- the transaction rolled back: every row is still sealed with the old secret
-      s = assert(store_module.open(dsn))
-      local rows = assert(s:rows("bulk"))
-      assert.equals(ROWS + 1, #rows)
-      local unreadable = 0
-      for _, row in ipairs(rows) do
-        if not core.aes_gcm_open({ OLD_SECRET }, row.keydata) then unreadable = unreadable + 1 end
-      end
-      assert.equals(0, unreadable)
-      s:close()
-
-      -- and a rotation left to finish moves every row to the new secret
-      local _, ok = softhsm.run("env " .. env .. " " .. softhsm.BUILD .. "/jwkengine scripts/keys.lua rotate-secrets")
-      assert.is_true(ok)
-      s = assert(store_module.open(dsn))
-      for _, row in ipairs(assert(s:rows("bulk"))) do
-        if not core.aes_gcm_open({ SECRET }, row.keydata) then unreadable = unreadable + 1 end
-      end
-      assert.equals(0, unreadable)
-      s:close()
-    end)
-
-    it("ends with exactly one key per startup set when two processes start at once", function()
-      local script = os.tmpname()
-      softhsm.write_file(script, [[
-local engine = assert(require("jwkengine").open({ logger = false,
-  startup_sets = { { set = "boot.a", alg = "ES256" }, { set = "boot.b", alg = "EdDSA" } } }))
-engine:close()
-]])
-      local env = string.format("SECRETS_SYSTEM=%s DSN=%s", softhsm.quote(SECRET), softhsm.quote(dsn))
-      local out, ok = softhsm.run(string.format(
-        "env %s %s/jwkengine %s & a=$!; env %s %s/jwkengine %s & b=$!; wait $a && wait $b",
-        env, softhsm.BUILD, script, env, softhsm.BUILD, script))
-      os.remove(script)
-      assert.is_true(ok, out)
-      local s = assert(store_module.open(dsn))
-      assert.equals(1, #assert(s:rows("boot.a")))
-      assert.equals(1, #assert(s:rows("boot.b")))
-      s:close()
-    end)
-
-    it("updates a software key in place, and refuses to update one that is not there", function()
-      local engine = assert(open(dsn))
-      local first = assert(core.generate_software_key("ES256"))
-      assert(engine:import("upd", first:private_jwk(), { kid = "u" }))
-      local second = assert(core.generate_software_key("ES256"))
-      local jwk = assert(engine:update("upd", second:private_jwk(), { kid = "u" }))
-      assert.equals(second:public_jwk().x, jwk.x)
-      local jwks = assert(engine:key_set("upd"))
-      assert.equals(1, #jwks.keys)
-      assert.equals(second:public_jwk().x, jwks.keys[1].x)
-      local _, header = assert(engine:verify("upd", assert(engine:sign("upd", "x"))))
-      assert.equals("u", header.kid)
-      local none, err, code = engine:update("upd", second:private_jwk(), { kid = "absent" })
-      assert.is_nil(none)
-      assert.equals("ERR_KEY_NOT_FOUND", code)
-      assert.matches("key 'absent' not found", err, 1, true)
-      engine:close()
-    end)
-
-    it("imports JWK and PEM keys through the CLI, and refuses bad input clearly", function()
-      local env = { SECRETS_SYSTEM = SECRET, DSN = dsn }
-      local pem = softhsm.run("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384")
-      local out, ok = keys_cli(env, "import imported --kid pem-1", pem)
-      assert.is_true(ok, out)
-      local jwk = cjson.decode(out)
-      assert.equals("ES384", jwk.alg)
-      assert.equals("pem-1", jwk.kid)
-      local private = assert(core.generate_software_key("EdDSA")):private_jwk()
-      private.kid = "jwk-1"
-      out, ok = keys_cli(env, "import imported", cjson.encode(private))
-      assert.is_true(ok, out)
-      assert.equals("EdDSA", cjson.decode(out).alg)
-      out, ok = keys_cli(env, "sign imported --kid jwk-1", "hello")
-      assert.is_true(ok, out)
-      out, ok = keys_cli(env, "import imported", "not a key")
-      assert.is_false(ok)
-      assert.matches("neither a PEM block nor a JSON Web Key", out)
-      out, ok = keys_cli(env, "import imported --kid pem-1", pem)
-      assert.is_false(ok)
-      assert.matches("already exists", out)
-    end)
+stores.describe_each("software store", function(database, backend)
+  it("re-reads a set after store.cache_ttl seconds of the engine's clock", function()
+    local clock = 1000
+    local cached = assert(open(database.dsn, nil, { now = function() return clock end, store = { cache_ttl = 60 } }))
+    assert(cached:generate("cached", "ES256", { kid = "first" }))
+    assert.equals(1, #assert(cached:key_set("cached")).keys)
+    -- another instance sharing the store adds a key
+    local other = assert(open(database.dsn))
+    assert(other:generate("cached", "ES256", { kid = "second" }))
+    other:close()
+    clock = clock + 59
+    assert.equals(1, #assert(cached:key_set("cached")).keys)
+    clock = clock + 1
+    assert.equals(2, #assert(cached:key_set("cached")).keys)
+    cached:close()
   end)
 
+  it("creates the table by versioned migrations, once", function()
+    local s = assert(store_module.open(database.dsn))
+    assert.equals(store_module.SCHEMA_VERSION, s:schema_version())
+    s:close()
+    s = assert(store_module.open(database.dsn))
+    assert.equals(store_module.SCHEMA_VERSION, s:schema_version())
+    assert.same({}, assert(s:rows("anything")))
+    s:close()
+  end)
+
+  it("generates, signs, verifies and deletes software keys for every algorithm", function()
+    local engine = assert(open(database.dsn))
+    for _, alg in ipairs({ "RS256", "PS256", "ES256", "ES384", "ES512", "EdDSA" }) do
+      local set = "sw-" .. alg
+      local jwk = assert(engine:generate(set, alg, { kid = "k-" .. alg, rsa_bits = 2048 }))
+      assert.equals(alg, jwk.alg)
+      assert.is_nil(jwk.d)
+      local token = assert(engine:sign_jwt(set, { sub = alg }))
+      assert.truthy(engine:verify(set, token))
+      assert.is_true((verifier.jwcrypto(engine:key_set_json(set), token)))
+    end
+    assert.is_true(engine:delete("sw-ES256", "k-ES256"))
+    local _, _, code = engine:key_set("sw-ES256")
+    assert.equals("ERR_KEY_SET_NOT_FOUND", code)
+    engine:close()
+  end)
+
+  it("reads newest first and signs with the newest private key", function()
+    local engine = assert(open(database.dsn))
+    assert(engine:generate("rot", "ES256", { kid = "old" }))
+    assert(engine:generate("rot", "ES256", { kid = "new" }))
+    assert.same({ "new", "old" }, { engine:key_set("rot").keys[1].kid, engine:key_set("rot").keys[2].kid })
+    local _, header = assert(engine:verify("rot", assert(engine:sign("rot", "x"))))
+    assert.equals("new", header.kid)
+    -- a public-only row newer than both (import refuses one; another
+    -- writer of the table may not) does not sign
+    local pub = assert(core.generate_software_key("ES256")):public_jwk()
+    local _, _, import_code = engine:import("rot", pub, { kid = "public-only" })
+    assert.equals("ERR_KEY_NOT_PRIVATE", import_code)
+    pub.kid, pub.alg, pub.use = "public-only", "ES256", "sig"
+    local s = assert(store_module.open(database.dsn))
+    assert(s:insert("rot", "public-only", hydra_aead("seal", SECRET, cjson.encode(pub))))
+    s:close()
+    engine:refresh("rot")
+    assert.equals("public-only", engine:key_set("rot").keys[1].kid)
+    _, header = assert(engine:verify("rot", assert(engine:sign("rot", "x"))))
+    assert.equals("new", header.kid)
+    engine:close()
+  end)
+
+  it("decrypts rows sealed by an independent implementation, and they decrypt ours", function()
+    local engine = assert(open(database.dsn))
+    local key = assert(core.generate_software_key("ES256"))
+    local jwk = key:private_jwk()
+    jwk.kid, jwk.alg, jwk.use = "from-python", "ES256", "sig"
+    local sealed = hydra_aead("seal", SECRET, cjson.encode(jwk))
+    local s = assert(store_module.open(database.dsn))
+    assert(s:insert("interop", "from-python", sealed))
+    assert.equals(key:public_jwk().x, assert(engine:key("interop", "from-python")).x)
+    assert.truthy(engine:verify("interop", assert(engine:sign("interop", "x"))))
+
+    assert(engine:generate("interop", "ES256", { kid = "ours" }))
+    local row
+    for _, r in ipairs(assert(s:rows("interop"))) do if r.kid == "ours" then row = r end end
+    local plain = cjson.decode(hydra_aead("open", SECRET, row.keydata))
+    assert.equals("ours", plain.kid)
+    assert.equals("ES256", plain.alg)
+    assert.is_string(plain.d)
+    s:close()
+    engine:close()
+  end)
+
+  it("names the set and kid of a tampered row, and every other key still works", function()
+    local engine = assert(open(database.dsn))
+    assert(engine:generate("t", "ES256", { kid = "good" }))
+    assert(engine:generate("t", "ES256", { kid = "bad" }))
+    assert(engine:generate("other", "ES256", { kid = "fine" }))
+    local s = assert(store_module.open(database.dsn))
+    for _, row in ipairs(assert(s:rows("t"))) do
+      if row.kid == "bad" then
+        local i = 30
+        local c = row.keydata:sub(i, i)
+        local flipped = row.keydata:sub(1, i - 1) .. (c == "A" and "B" or "A") .. row.keydata:sub(i + 1)
+        assert(s:update_keydata(row.pk, flipped))
+      end
+    end
+    s:close()
+    engine:close()
+    engine = assert(open(database.dsn))
+    local jwk, err, code = engine:key("t", "bad")
+    assert.is_nil(jwk)
+    assert.equals("ERR_KEY_DECRYPT", code)
+    assert.matches("key set 't' key 'bad'", err, 1, true)
+    local jwks
+    jwks, err = engine:key_set("t")
+    assert.is_nil(jwks)
+    assert.matches("key 'bad'", err, 1, true)
+    assert.truthy(engine:key("t", "good"))
+    assert.truthy(engine:verify("t", assert(engine:sign("t", "x", { kid = "good" }))))
+    assert.truthy(engine:verify("other", assert(engine:sign("other", "x"))))
+    engine:close()
+  end)
+
+  it("reports a wrong secret clearly", function()
+    local engine = assert(open(database.dsn))
+    assert(engine:generate("w", "ES256", { kid = "k" }))
+    engine:close()
+    engine = assert(open(database.dsn, { SECRETS_SYSTEM = "some-other-secret-xyz" }))
+    local jwk, err, code = engine:key("w", "k")
+    assert.is_nil(jwk)
+    assert.equals("ERR_KEY_DECRYPT", code)
+    assert.matches("key set 'w' key 'k'", err, 1, true)
+    assert.not_matches("some%-other%-secret", err)
+    engine:close()
+  end)
+
+  it("refuses a secret under 16 characters", function()
+    local engine, err, code = open(database.dsn, { SECRETS_SYSTEM = "short-secret" })
+    assert.is_nil(engine)
+    assert.equals("ERR_CONFIG", code)
+    assert.matches("secret #1 is shorter than 16 characters", err, 1, true)
+    assert.not_matches("short%-secret", err)
+  end)
+
+  it("rotates secrets: every row readable with the new first secret, also after the old one is dropped", function()
+    local engine = assert(open(database.dsn, { SECRETS_SYSTEM = OLD_SECRET }))
+    for i = 1, 5 do assert(engine:generate("r" .. (i % 2), "ES256", { kid = "k" .. i })) end
+    engine:close()
+    local out, ok = keys_cli({ SECRETS_SYSTEM = SECRET .. "," .. OLD_SECRET, DSN = database.dsn }, "rotate-secrets")
+    assert.is_true(ok, out)
+    assert.matches("re%-sealed 5 keys", out)
+    engine = assert(open(database.dsn, { SECRETS_SYSTEM = SECRET }))
+    for i = 1, 5 do assert.truthy(engine:key("r" .. (i % 2), "k" .. i)) end
+    engine:close()
+  end)
+
+  it("leaves every row readable when rotate-secrets is killed with SIGKILL mid-transaction", function()
+    local engine = assert(open(database.dsn, { SECRETS_SYSTEM = OLD_SECRET }))
+    assert(engine:generate("bulk", "ES256", { kid = "seed" }))
+    engine:close()
+    -- many copies of the sealed row make the rotation last long enough to
+    -- be caught inside its transaction
+    local ROWS = 20000
+    local s = assert(store_module.open(database.dsn))
+    local keydata = s.driver:quote(s:rows("bulk")[1].keydata)
+    for first = 1, ROWS, 1000 do
+      local values = {}
+      for i = first, first + 999 do
+        values[#values + 1] = string.format("('bulk', 'copy-%d', 0, %s)", i, keydata)
+      end
+      assert(s.driver:exec("INSERT INTO hydra_jwk (sid, kid, version, keydata) VALUES " .. table.concat(values, ",")))
+    end
+    s:close()
+
+    -- wait until the writer is provably inside its transaction, then kill it
+    local in_transaction
+    if backend.name == "SQLite" then
+      in_transaction = string.format("[ -e %s ]", softhsm.quote(database.dsn:match("^sqlite://(.*)$") .. "-journal"))
+    else
+      in_transaction = string.format([=[[ "$(%s -Atc "SELECT count(*) FROM pg_stat_activity WHERE usename = 'jwke' AND query LIKE 'UPDATE hydra_jwk%%'")" -gt 0 ]]=],
+        os.getenv("JWKE_TEST_POSTGRES_ADMIN"))
+    end
+    local env = string.format("SECRETS_SYSTEM=%s DSN=%s", softhsm.quote(SECRET .. "," .. OLD_SECRET),
+      softhsm.quote(database.dsn))
+    local out = softhsm.run(string.format([[env %s ]] .. softhsm.BUILD .. [[/jwkengine scripts/keys.lua rotate-secrets & pid=$!
+      i=0; until %s || [ $i -ge 2000 ]; do i=$((i+1)); sleep 0.002; done
+      if %s; then kill -9 $pid && echo killed-in-transaction; fi; wait $pid]], env, in_transaction, in_transaction))
+    assert.matches("killed%-in%-transaction", out)
+
+    -- the transaction rolled back: every row is still sealed with the old secret
+    s = assert(store_module.open(database.dsn))
+    local rows = assert(s:rows("bulk"))
+    assert.equals(ROWS + 1, #rows)
+    local unreadable = 0
+    for _, row in ipairs(rows) do
+      if not core.aes_gcm_open({ OLD_SECRET }, row.keydata) then unreadable = unreadable + 1 end
+    end
+    assert.equals(0, unreadable)
+    s:close()
+
+    -- and a rotation left to finish moves every row to the new secret
+    local _, ok = softhsm.run("env " .. env .. " " .. softhsm.BUILD .. "/jwkengine scripts/keys.lua rotate-secrets")
+    assert.is_true(ok)
+    s = assert(store_module.open(database.dsn))
+    for _, row in ipairs(assert(s:rows("bulk"))) do
+      if not core.aes_gcm_open({ SECRET }, row.keydata) then unreadable = unreadable + 1 end
+    end
+    assert.equals(0, unreadable)
+    s:close()
+  end)
+
+  it("ends with exactly one key per startup set when two processes start at once", function()
+    local script = os.tmpname()
+    softhsm.write_file(script, [[
+local engine = assert(require("jwkengine").open({ logger = false,
+startup_sets = { { set = "boot.a", alg = "ES256" }, { set = "boot.b", alg = "EdDSA" } } }))
+engine:close()
+]])
+    local env = string.format("SECRETS_SYSTEM=%s DSN=%s", softhsm.quote(SECRET), softhsm.quote(database.dsn))
+    local out, ok = softhsm.run(string.format(
+      "env %s %s/jwkengine %s & a=$!; env %s %s/jwkengine %s & b=$!; wait $a && wait $b",
+      env, softhsm.BUILD, script, env, softhsm.BUILD, script))
+    os.remove(script)
+    assert.is_true(ok, out)
+    local s = assert(store_module.open(database.dsn))
+    assert.equals(1, #assert(s:rows("boot.a")))
+    assert.equals(1, #assert(s:rows("boot.b")))
+    s:close()
+  end)
+
+  it("updates a software key in place, and refuses to update one that is not there", function()
+    local engine = assert(open(database.dsn))
+    local first = assert(core.generate_software_key("ES256"))
+    assert(engine:import("upd", first:private_jwk(), { kid = "u" }))
+    local second = assert(core.generate_software_key("ES256"))
+    local jwk = assert(engine:update("upd", second:private_jwk(), { kid = "u" }))
+    assert.equals(second:public_jwk().x, jwk.x)
+    local jwks = assert(engine:key_set("upd"))
+    assert.equals(1, #jwks.keys)
+    assert.equals(second:public_jwk().x, jwks.keys[1].x)
+    local _, header = assert(engine:verify("upd", assert(engine:sign("upd", "x"))))
+    assert.equals("u", header.kid)
+    local none, err, code = engine:update("upd", second:private_jwk(), { kid = "absent" })
+    assert.is_nil(none)
+    assert.equals("ERR_KEY_NOT_FOUND", code)
+    assert.matches("key 'absent' not found", err, 1, true)
+    engine:close()
+  end)
+
+  it("imports JWK and PEM keys through the CLI, and refuses bad input clearly", function()
+    local env = { SECRETS_SYSTEM = SECRET, DSN = database.dsn }
+    local pem = softhsm.run("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384")
+    local out, ok = keys_cli(env, "import imported --kid pem-1", pem)
+    assert.is_true(ok, out)
+    local jwk = cjson.decode(out)
+    assert.equals("ES384", jwk.alg)
+    assert.equals("pem-1", jwk.kid)
+    local private = assert(core.generate_software_key("EdDSA")):private_jwk()
+    private.kid = "jwk-1"
+    out, ok = keys_cli(env, "import imported", cjson.encode(private))
+    assert.is_true(ok, out)
+    assert.equals("EdDSA", cjson.decode(out).alg)
+    out, ok = keys_cli(env, "sign imported --kid jwk-1", "hello")
+    assert.is_true(ok, out)
+    out, ok = keys_cli(env, "import imported", "not a key")
+    assert.is_false(ok)
+    assert.matches("neither a PEM block nor a JSON Web Key", out)
+    out, ok = keys_cli(env, "import imported --kid pem-1", pem)
+    assert.is_false(ok)
+    assert.matches("already exists", out)
+  end)
+end)
+
+for _, backend in ipairs(stores.backends()) do
   describe("HSM fallback on " .. backend.name, function()
     local dsn, drop, token, engine
 
@@ -376,21 +372,17 @@ engine:close()
         environment = faults.environment(token, { SECRETS_SYSTEM = SECRET, DSN = dsn }) }))
       assert(faulty:generate("device-error", "ES256", { kid = "in-hsm" }))
       faulty:refresh("device-error")
-      local function refused(value, err, code)
-        assert.is_nil(value)
-        assert.equals("CKR_DEVICE_ERROR", code)
-        assert.matches("CKR_DEVICE_ERROR", err, 1, true)
-      end
+      local function device_error(...) return refused("CKR_DEVICE_ERROR", "CKR_DEVICE_ERROR", ...) end
       -- loading the set: every object search fails
       faults.set({ faults = "C_FindObjectsInit:CKR_DEVICE_ERROR" })
-      refused(faulty:key_set("device-error"))
-      refused(faulty:sign("device-error", "x"))
-      refused(faulty:delete("device-error", "in-software"))
+      device_error(faulty:key_set("device-error"))
+      device_error(faulty:sign("device-error", "x"))
+      device_error(faulty:delete("device-error", "in-software"))
       -- signing with the set already loaded: every signature fails
       faults.set({})
       assert.equals("in-hsm", assert(faulty:key_set("device-error")).keys[1].kid)
       faults.set({ faults = "C_Sign:CKR_DEVICE_ERROR" })
-      refused(faulty:sign("device-error", "x"))
+      device_error(faulty:sign("device-error", "x"))
       faults.set({})
       -- the software copy was neither served nor deleted
       local s = assert(store_module.open(dsn))

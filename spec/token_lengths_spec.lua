@@ -8,6 +8,7 @@
 local jwkengine = require "jwkengine"
 local faults = require "helpers.faults"
 local softhsm = require "helpers.softhsm"
+local refused = require("helpers.refusal").refused
 
 describe("lengths a PKCS#11 token reports", function()
   local token, engine, tmp
@@ -57,12 +58,6 @@ describe("lengths a PKCS#11 token reports", function()
     return engine:key_set(set)
   end
 
-  local function assert_refused(expected, result, err, code)
-    assert.is_nil(result)
-    assert.equals("ERR_TOKEN_LENGTH", code, err)
-    assert.matches(expected, err, 1, true)
-  end
-
   it("reads the sets when nothing misbehaves", function()
     assert.equals(1, #assert(load("ec")).keys)
     assert.equals(1, #assert(load("rsa")).keys)
@@ -76,14 +71,14 @@ describe("lengths a PKCS#11 token reports", function()
   for _, rv in ipairs({ "", ",CKR_BUFFER_TOO_SMALL", ",CKR_OK", ",CKR_ATTRIBUTE_TYPE_INVALID" }) do
     it("refuses a modulus reported with its real length for a smaller buffer" .. (rv ~= "" and " (" .. rv:sub(2) .. ")" or ""), function()
       faults.set({ lengths = "C_GetAttributeValue:CKA_MODULUS=real" .. rv })
-      assert_refused("C_GetAttributeValue: token reported 2060 bytes for CKA_MODULUS, buffer holds 2048",
+      refused("ERR_TOKEN_LENGTH", "C_GetAttributeValue: token reported 2060 bytes for CKA_MODULUS, buffer holds 2048",
         load("big"))
     end)
   end
 
   it("refuses a modulus longer than its buffer in a call that also answers CKR_ATTRIBUTE_TYPE_INVALID", function()
     faults.set({ lengths = "C_GetAttributeValue:CKA_MODULUS=buffer+1,CKR_ATTRIBUTE_TYPE_INVALID" })
-    assert_refused("C_GetAttributeValue: token reported 2049 bytes for CKA_MODULUS, buffer holds 2048",
+    refused("ERR_TOKEN_LENGTH", "C_GetAttributeValue: token reported 2049 bytes for CKA_MODULUS, buffer holds 2048",
       load("rsa"))
   end)
 
@@ -98,7 +93,7 @@ describe("lengths a PKCS#11 token reports", function()
   for _, case in ipairs(absurd) do
     it("refuses an absurd attribute length: " .. case[1], function()
       faults.set({ lengths = case[1] })
-      assert_refused("C_GetAttributeValue: token reported " .. case[2], load(case[3] or "ec"))
+      refused("ERR_TOKEN_LENGTH", "C_GetAttributeValue: token reported " .. case[2], load(case[3] or "ec"))
     end)
   end
 
@@ -112,7 +107,7 @@ describe("lengths a PKCS#11 token reports", function()
     it("refuses a signature length the token did not write: " .. case[1], function()
       assert(load("ec"))
       faults.set({ lengths = case[1] })
-      assert_refused(case[2], engine:sign("ec", "payload"))
+      refused("ERR_TOKEN_LENGTH", case[2], engine:sign("ec", "payload"))
       faults.set({})
       local jws = assert(engine:sign("ec", "payload"))
       assert.equals("payload", (engine:verify("ec", jws, { algorithms = { "ES256" } })))
@@ -121,7 +116,7 @@ describe("lengths a PKCS#11 token reports", function()
 
   it("refuses more object handles than C_FindObjects had room for", function()
     faults.set({ lengths = "C_FindObjects=buffer+1" })
-    assert_refused("C_FindObjects: token reported 17 handles, buffer holds 16", load("ec"))
+    refused("ERR_TOKEN_LENGTH", "C_FindObjects: token reported 17 handles, buffer holds 16", load("ec"))
     faults.set({})
     assert.equals(1, #assert(load("ec")).keys)
   end)

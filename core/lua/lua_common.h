@@ -21,9 +21,9 @@
  * JWKE_ERR_INTERNAL, which no reachable failure gets). Returns 3. */
 int jwke_push_error(lua_State *L, const jwke_error *err);
 
-/* Creates a class metatable named `name` whose __index holds methods. */
-void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                    const luaL_Reg *metamethods);
+/* Creates a class metatable named `name` whose __index holds methods and
+ * whose __gc is gc (every class frees what its objects hold). */
+void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
 
 /* The algorithm named by argument `arg`, or a Lua error for unknown names
  * (a programming error, not an operational failure). */

@@ -31,12 +31,11 @@ int jwke_push_error(lua_State *L, const jwke_error *err)
     return 3;
 }
 
-void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                    const luaL_Reg *metamethods)
+void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc)
 {
     luaL_newmetatable(L, name);
-    if (metamethods)
-        luaL_setfuncs(L, metamethods, 0);
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);
     lua_setfield(L, -2, "__index");

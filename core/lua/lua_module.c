@@ -175,14 +175,9 @@ static const luaL_Reg module_methods[] = {
     {NULL, NULL},
 };
 
-static const luaL_Reg module_metamethods[] = {
-    {"__gc", l_module_close},
-    {NULL, NULL},
-};
-
 void jwke_open_module(lua_State *L)
 {
-    jwke_new_class(L, JWKE_MODULE_CLASS, module_methods, module_metamethods);
+    jwke_new_class(L, JWKE_MODULE_CLASS, module_methods, l_module_close);
     lua_pushcfunction(L, l_load_module);
     lua_setfield(L, -2, "load_module");
     lua_pushcfunction(L, l_slots);

@@ -255,14 +255,9 @@ static const luaL_Reg methods[] = {
     {NULL, NULL},
 };
 
-static const luaL_Reg metamethods[] = {
-    {"__gc", l_gc},
-    {NULL, NULL},
-};
-
 void jwke_open_public_key(lua_State *L)
 {
-    jwke_new_class(L, JWKE_PUBLIC_KEY_CLASS, methods, metamethods);
+    jwke_new_class(L, JWKE_PUBLIC_KEY_CLASS, methods, l_gc);
     lua_pushcfunction(L, l_public_key);
     lua_setfield(L, -2, "public_key");
 }

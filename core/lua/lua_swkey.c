@@ -385,11 +385,6 @@ static const luaL_Reg methods[] = {
     {NULL, NULL},
 };
 
-static const luaL_Reg metamethods[] = {
-    {"__gc", l_gc},
-    {NULL, NULL},
-};
-
 static const luaL_Reg functions[] = {
     {"generate_software_key", l_generate},
     {"import_jwk", l_import_jwk},
@@ -403,6 +398,6 @@ static const luaL_Reg functions[] = {
 
 void jwke_open_software_key(lua_State *L)
 {
-    jwke_new_class(L, JWKE_SOFTWARE_KEY_CLASS, methods, metamethods);
+    jwke_new_class(L, JWKE_SOFTWARE_KEY_CLASS, methods, l_gc);
     luaL_setfuncs(L, functions, 0);
 }

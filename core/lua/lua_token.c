@@ -77,31 +77,32 @@ static int l_login_file(lua_State *L)
     return 1;
 }
 
+/* token:login_X(where) -> true | nil, err, with the PIN that `fill` reads
+ * from `where` straight into locked memory. */
+static int login_from(lua_State *L, jwke_pin_fill fill)
+{
+    token_object *t = check_open_token(L, 1);
+    const char *where = luaL_checkstring(L, 2);
+    jwke_error err;
+    if (jwke_p11_login_from(t->token, fill, where, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* token:login_env(name) -> true | nil, err: the PIN goes from the
  * environment to locked memory, never through Lua; the variable is erased
  * (jwke_pin_from_env). */
 static int l_login_env(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
-    const char *name = luaL_checkstring(L, 2);
-    jwke_error err;
-    if (jwke_p11_login_from(t->token, jwke_pin_from_env, name, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushboolean(L, 1);
-    return 1;
+    return login_from(L, jwke_pin_from_env);
 }
 
 /* token:login_uri(uri) -> true | nil, err: the pin-value of a PKCS#11 URI,
  * percent-decoded straight into locked memory. */
 static int l_login_uri(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
-    const char *uri = luaL_checkstring(L, 2);
-    jwke_error err;
-    if (jwke_p11_login_from(t->token, jwke_pin_from_uri, uri, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushboolean(L, 1);
-    return 1;
+    return login_from(L, jwke_pin_from_uri);
 }
 
 /* env_is_set(name) -> set, set_but_empty: without copying the value into
@@ -564,11 +565,6 @@ static const luaL_Reg token_methods[] = {
     {NULL, NULL},
 };
 
-static const luaL_Reg token_metamethods[] = {
-    {"__gc", l_token_close},
-    {NULL, NULL},
-};
-
 static const luaL_Reg key_methods[] = {
     {"kid", l_key_kid},
     {"alg", l_key_alg},
@@ -586,15 +582,10 @@ static const luaL_Reg key_methods[] = {
     {NULL, NULL},
 };
 
-static const luaL_Reg key_metamethods[] = {
-    {"__gc", l_key_gc},
-    {NULL, NULL},
-};
-
 void jwke_open_token(lua_State *L)
 {
-    jwke_new_class(L, JWKE_TOKEN_CLASS, token_methods, token_metamethods);
-    jwke_new_class(L, JWKE_HSM_KEY_CLASS, key_methods, key_metamethods);
+    jwke_new_class(L, JWKE_TOKEN_CLASS, token_methods, l_token_close);
+    jwke_new_class(L, JWKE_HSM_KEY_CLASS, key_methods, l_key_gc);
     lua_pushcfunction(L, l_env_is_set);
     lua_setfield(L, -2, "env_is_set");
 }

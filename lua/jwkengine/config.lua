@@ -75,23 +75,14 @@ local hsm_schema = {
   init_args = "string",
 }
 
--- Environment variable -> hsm key.
-local hsm_environment = {
-  HSM_ENABLED = "enabled",
-  HSM_LIBRARY = "library",
-  HSM_TOKEN_LABEL = "token_label",
-  HSM_SLOT = "slot",
-  HSM_PIN = "pin",
-  HSM_PIN_FILE = "pin_file",
-  HSM_KEY_SET_PREFIX = "key_set_prefix",
-  HSM_MIN_RSA_BITS = "min_rsa_bits",
-  HSM_MAX_SESSIONS = "max_sessions",
-  HSM_SESSION_IDLE_MAX = "session_idle_max",
-  HSM_VERIFY_AFTER_SIGN = "verify_after_sign",
-  HSM_URI = "uri",
-  HSM_TOKEN_SERIAL = "token_serial",
-  HSM_INIT_ARGS = "init_args",
-}
+-- The hsm keys that Hydra also reads from the environment, each as
+-- HSM_<KEY> (HSM_TOKEN_LABEL for token_label): environment variable -> key.
+local hsm_environment = {}
+for _, key in ipairs { "enabled", "library", "token_label", "slot", "pin", "pin_file",
+  "key_set_prefix", "min_rsa_bits", "max_sessions", "session_idle_max", "verify_after_sign", "uri",
+  "token_serial", "init_args" } do
+  hsm_environment["HSM_" .. key:upper()] = key
+end
 
 -- The other variables load reads.
 local CONFIG_VARIABLE, DSN_VARIABLE, SECRETS_VARIABLE = "JWKENGINE_CONFIG", "DSN", "SECRETS_SYSTEM"

@@ -10,7 +10,6 @@ local core = require "jwkengine.core"
 local jwk_module = require "jwkengine.jwk"
 local hsm_states = require "jwkengine.hsm_states"
 local keyset = require "jwkengine.keyset"
-local key_states = require "jwkengine.key_states"
 local key_rules = require "jwkengine.key_rules"
 local slots = require "jwkengine.slots"
 local util = require "jwkengine.util"
@@ -144,10 +143,7 @@ function Manager:load(set, refresh)
     self:warn_unprintable_kid(set, entry.keys[i].kid)
     self:report_certificate(set, object)
   end
-  keyset.prepare(entry, set, "HSM", "only")
-  if self.states then key_states.attach(entry, set, "HSM", self.states, self.sets[set]) end
-  self.sets[set] = entry
-  return entry
+  return self:loaded(set, entry, "only")
 end
 
 -- The kid is the CKA_ID's bytes as they are (Hydra's rule), so `--id 02`

@@ -383,15 +383,19 @@ function Engine:sign_jwt(set, claims, options)
   return keys_of[self]:sign(set, payload, { kid = options.kid, alg = options.alg, typ = options.typ or "JWT" })
 end
 
+-- The keys that verify a set's tokens (verify and verify_jwt).
+local function verification_keys(engine, set)
+  local ok, err, code = check_names(set)
+  if not ok then return nil, err, code end
+  return keys_of[engine]:verification_keys(set)
+end
+
 -- Verifies a JWT against a set's keys, with the claim checks of
 -- jwkengine.jwt.verify (exp is required; issuer, audience, subject, typ,
 -- max_age, clock_tolerance, required_claims, now). options.algorithms
 -- defaults to the algorithms of the set's own keys. Returns claims, header.
 function Engine:verify_jwt(set, token, options)
-  local ok, err, code = check_names(set)
-  if not ok then return nil, err, code end
-  local candidates
-  candidates, err, code = keys_of[self]:verification_keys(set)
+  local candidates, err, code = verification_keys(self, set)
   if not candidates then return nil, err, code end
   local o = {}
   for k, v in pairs(options or {}) do o[k] = v end
@@ -412,10 +416,7 @@ end
 -- Verifies a compact JWS against a set's keys. options.algorithms defaults
 -- to the algorithms of the set's own keys. Returns payload, header.
 function Engine:verify(set, token, options)
-  local ok, err, code = check_names(set)
-  if not ok then return nil, err, code end
-  local candidates
-  candidates, err, code = keys_of[self]:verification_keys(set)
+  local candidates, err, code = verification_keys(self, set)
   if not candidates then return nil, err, code end
   if options == nil or options.algorithms == nil then
     -- the set's own algorithms; the options table is built once per set

@@ -192,8 +192,9 @@ end
 
 -- The base class of the HSM and software managers: the lookups they share.
 -- A manager class names it as its base (setmetatable(Manager, { __index =
--- keyset.Manager })) and provides load(set [, refresh]) -> entry and
--- `where` ("HSM" or "software", for messages).
+-- keyset.Manager })) and provides load(set [, refresh]) -> entry (ending
+-- with self:loaded), `where` ("HSM" or "software", for messages), `sets`
+-- (set -> entry) and `states` (jwkengine.rotation.states, or nil).
 local Manager = {}
 M.Manager = Manager
 
@@ -253,6 +254,16 @@ function Manager:verification_keys(set)
   local entry, err, code = self:load(set)
   if not entry then return nil, err, code end
   return M.candidates(entry, set, self.where)
+end
+
+-- Finishes loading a set: its kid index and signer (prepare; choose as
+-- there), its key states when the manager keeps them (the entry it
+-- replaces, if any, as key_states.attach's `previous`), and the cache.
+function Manager:loaded(set, entry, choose)
+  M.prepare(entry, set, self.where, choose)
+  if self.states then self.states:attach(entry, set, self.where, self.sets[set]) end
+  self.sets[set] = entry
+  return entry
 end
 
 -- The set's public JWK Set read again now; on an error the cached set stays.

@@ -73,13 +73,19 @@ function M.policies(cfg)
   return policies
 end
 
--- What a key manager needs to give its sets states (key_states.attach).
+-- What a key manager needs to give its sets states: states:attach(entry,
+-- set, where, previous) when it has loaded one (see key_states.attach). A
+-- manager may put its own backend in front (setmetatable({ backend = ... },
+-- { __index = states })): attach is a method, so it reads that backend.
 function M.states(backend, policies, now, log)
   return {
     backend = backend,
     policy_for = function(set) return policies.by_set[set] or policies.default end,
     now = now or os.time,
     log = log or function() end,
+    attach = function(self, entry, set, where, previous)
+      return key_states.attach(entry, set, where, self, previous)
+    end,
   }
 end
 

@@ -9,7 +9,6 @@ local core = require "jwkengine.core"
 local cjson = require "cjson.safe"
 local jwk_module = require "jwkengine.jwk"
 local keyset = require "jwkengine.keyset"
-local key_states = require "jwkengine.key_states"
 local key_rules = require "jwkengine.key_rules"
 local names = require "jwkengine.names"
 local util = require "jwkengine.util"
@@ -110,10 +109,7 @@ function Manager:load(set, refresh)
     local key, kerr, kcode = self:open_row(row)
     entry.keys[i] = key or { kid = row.kid, broken = kerr, code = kcode }
   end
-  keyset.prepare(entry, set, "software", "newest")
-  if self.states then key_states.attach(entry, set, "software", self.states, self.sets[set]) end
-  self.sets[set] = entry
-  return entry
+  return self:loaded(set, entry, "newest")
 end
 
 -- How store_key writes a sealed key: a new row, a replaced row, or a new

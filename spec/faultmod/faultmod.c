@@ -652,20 +652,31 @@ static int parse_list(const char *spec, size_t speclen, fm_add_item add, fm_conf
     return 0;
 }
 
+/* `items` (an array of *count items of `size` bytes) grown by one, a copy
+ * of `item`; NULL (and `items` unchanged) when out of memory. */
+static void *append_item(void *items, size_t *count, const void *item, size_t size, char *err,
+                         size_t errlen, const char *where)
+{
+    unsigned char *grown = realloc(items, (*count + 1) * size);
+    if (!grown) {
+        set_err(err, errlen, "%s: out of memory", where);
+        return NULL;
+    }
+    memcpy(grown + *count * size, item, size);
+    (*count)++;
+    return grown;
+}
+
 static int add_rule(const char *a, const char *b, fm_config *cfg, char *err, size_t errlen,
                     const char *where)
 {
     fm_rule r;
     if (parse_rule(a, b, &r, err, errlen, where) != 0)
         return -1;
-    fm_rule *grown = realloc(cfg->rules, (cfg->nrules + 1) * sizeof *grown);
-    if (!grown) {
-        set_err(err, errlen, "%s: out of memory", where);
-        return -1;
-    }
-    cfg->rules = grown;
-    cfg->rules[cfg->nrules++] = r;
-    return 0;
+    void *grown = append_item(cfg->rules, &cfg->nrules, &r, sizeof r, err, errlen, where);
+    if (grown)
+        cfg->rules = grown;
+    return grown ? 0 : -1;
 }
 
 /* "C_Sign:2000;*:10" into cfg->latency_us (later items win). */
@@ -853,14 +864,10 @@ static int add_length(const char *a, const char *b, fm_config *cfg, char *err, s
     fm_length l;
     if (parse_length(a, b, &l, err, errlen, where) != 0)
         return -1;
-    fm_length *grown = realloc(cfg->lengths, (cfg->nlengths + 1) * sizeof *grown);
-    if (!grown) {
-        set_err(err, errlen, "%s: out of memory", where);
-        return -1;
-    }
-    cfg->lengths = grown;
-    cfg->lengths[cfg->nlengths++] = l;
-    return 0;
+    void *grown = append_item(cfg->lengths, &cfg->nlengths, &l, sizeof l, err, errlen, where);
+    if (grown)
+        cfg->lengths = grown;
+    return grown ? 0 : -1;
 }
 
 enum { KEY_FAULTS, KEY_LATENCY, KEY_REMOVED, KEY_SEED, KEY_MAX_SESSIONS, KEY_TOKEN_FLAGS,
@@ -1584,6 +1591,14 @@ static CK_RV session_real(CK_SESSION_HANDLE h, CK_SESSION_HANDLE *real)
     return rv;
 }
 
+/* enter(), then the real session behind the caller's: what every call on
+ * a session starts with. */
+static CK_RV enter_session(int fn, fm_call *c, CK_SESSION_HANDLE h, CK_SESSION_HANDLE *real)
+{
+    CK_RV rv = enter(fn, c);
+    return rv == CKR_OK ? session_real(h, real) : rv;
+}
+
 /* Returns the injected code, after its side effects on the session. */
 static CK_RV deliver(fm_call *c, int has_session, CK_SESSION_HANDLE h, CK_SESSION_HANDLE real)
 {
@@ -1734,22 +1749,26 @@ static void terminate_op(CK_FUNCTION_LIST_PTR R, CK_SESSION_HANDLE real, int op)
     do {                                                                   \
         fm_call c;                                                         \
         CK_SESSION_HANDLE real = 0;                                        \
-        CK_RV rv = enter(FN_##name, &c);                                   \
-        if (rv == CKR_OK)                                                  \
-            rv = session_real(hSession, &real);                            \
+        CK_RV rv = enter_session(FN_##name, &c, hSession, &real);          \
         if (rv == CKR_OK)                                                  \
             rv = c.fault ? deliver(&c, 1, hSession, real) : c.R->name args; \
         return finish(&c, rv);                                             \
     } while (0)
+
+/* The wrapper w_name(params) of a call on a session that is only forwarded
+ * (or failed): `args` is the real call's argument list, as in SESSION_CALL. */
+#define FM_SESSION_WRAPPER(name, params, args)                             \
+    static CK_RV w_##name params                                           \
+    {                                                                      \
+        SESSION_CALL(name, args);                                          \
+    }
 
 /* A multi-part update: an injected fault ends the operation `op`. */
 #define UPDATE_CALL(name, op, args)                                        \
     do {                                                                   \
         fm_call c;                                                         \
         CK_SESSION_HANDLE real = 0;                                        \
-        CK_RV rv = enter(FN_##name, &c);                                   \
-        if (rv == CKR_OK)                                                  \
-            rv = session_real(hSession, &real);                            \
+        CK_RV rv = enter_session(FN_##name, &c, hSession, &real);          \
         if (rv == CKR_OK && c.fault) {                                     \
             terminate_op(c.R, real, op);                                   \
             rv = deliver(&c, 1, hSession, real);                           \
@@ -1764,9 +1783,7 @@ static void terminate_op(CK_FUNCTION_LIST_PTR R, CK_SESSION_HANDLE real, int op)
     do {                                                                   \
         fm_call c;                                                         \
         CK_SESSION_HANDLE real = 0;                                        \
-        CK_RV rv = enter(FN_##name, &c);                                   \
-        if (rv == CKR_OK)                                                  \
-            rv = session_real(hSession, &real);                            \
+        CK_RV rv = enter_session(FN_##name, &c, hSession, &real);          \
         if (rv == CKR_OK && c.fault) {                                     \
             if (c.fault == CKR_BUFFER_TOO_SMALL) {                         \
                 CK_ULONG need = 0;                                         \
@@ -1789,9 +1806,7 @@ static void terminate_op(CK_FUNCTION_LIST_PTR R, CK_SESSION_HANDLE real, int op)
     do {                                                                   \
         fm_call c;                                                         \
         CK_SESSION_HANDLE real = 0;                                        \
-        CK_RV rv = enter(FN_##name, &c);                                   \
-        if (rv == CKR_OK)                                                  \
-            rv = session_real(hSession, &real);                            \
+        CK_RV rv = enter_session(FN_##name, &c, hSession, &real);          \
         if (rv == CKR_OK && c.fault) {                                     \
             if (c.fault == CKR_BUFFER_TOO_SMALL) {                         \
                 CK_ULONG need = 0;                                         \
@@ -1812,9 +1827,7 @@ static void terminate_op(CK_FUNCTION_LIST_PTR R, CK_SESSION_HANDLE real, int op)
     do {                                                                   \
         fm_call c;                                                         \
         CK_SESSION_HANDLE real = 0;                                        \
-        CK_RV rv = enter(FN_##name, &c);                                   \
-        if (rv == CKR_OK)                                                  \
-            rv = session_real(hSession, &real);                            \
+        CK_RV rv = enter_session(FN_##name, &c, hSession, &real);          \
         if (rv == CKR_OK && c.fault) {                                     \
             c.R->name args;                                                \
             rv = deliver(&c, 1, hSession, real);                           \
@@ -2131,16 +2144,12 @@ static CK_RV w_C_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulP
     TOKEN_CALL(C_InitToken, slotID, (slotID, pPin, ulPinLen, pLabel));
 }
 
-static CK_RV w_C_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
-{
-    SESSION_CALL(C_InitPIN, (real, pPin, ulPinLen));
-}
+FM_SESSION_WRAPPER(C_InitPIN, (CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen),
+                   (real, pPin, ulPinLen))
 
-static CK_RV w_C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulOldLen,
-                        CK_UTF8CHAR_PTR pNewPin, CK_ULONG ulNewLen)
-{
-    SESSION_CALL(C_SetPIN, (real, pOldPin, ulOldLen, pNewPin, ulNewLen));
-}
+FM_SESSION_WRAPPER(C_SetPIN, (CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin,
+                              CK_ULONG ulOldLen, CK_UTF8CHAR_PTR pNewPin, CK_ULONG ulNewLen),
+                   (real, pOldPin, ulOldLen, pNewPin, ulNewLen))
 
 static CK_RV w_C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
                              CK_NOTIFY Notify, CK_SESSION_HANDLE_PTR phSession)
@@ -2187,9 +2196,7 @@ static CK_RV w_C_CloseSession(CK_SESSION_HANDLE hSession)
 {
     fm_call c;
     CK_SESSION_HANDLE real = 0;
-    CK_RV rv = enter(FN_C_CloseSession, &c);
-    if (rv == CKR_OK)
-        rv = session_real(hSession, &real);
+    CK_RV rv = enter_session(FN_C_CloseSession, &c, hSession, &real);
     if (rv == CKR_DEVICE_REMOVED) {
         lock();
         session_forget(hSession);
@@ -2235,68 +2242,45 @@ static CK_RV w_C_CloseAllSessions(CK_SLOT_ID slotID)
     return finish(&c, rv);
 }
 
-static CK_RV w_C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
-{
-    SESSION_CALL(C_GetSessionInfo, (real, pInfo));
-}
+FM_SESSION_WRAPPER(C_GetSessionInfo, (CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo),
+                   (real, pInfo))
 
-static CK_RV w_C_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
-                                   CK_ULONG_PTR pulOperationStateLen)
-{
-    SESSION_CALL(C_GetOperationState, (real, pOperationState, pulOperationStateLen));
-}
+FM_SESSION_WRAPPER(C_GetOperationState, (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
+                                         CK_ULONG_PTR pulOperationStateLen),
+                   (real, pOperationState, pulOperationStateLen))
 
-static CK_RV w_C_SetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
-                                   CK_ULONG ulOperationStateLen, CK_OBJECT_HANDLE hEncryptionKey,
-                                   CK_OBJECT_HANDLE hAuthenticationKey)
-{
-    SESSION_CALL(C_SetOperationState,
-                 (real, pOperationState, ulOperationStateLen, hEncryptionKey, hAuthenticationKey));
-}
+FM_SESSION_WRAPPER(C_SetOperationState, (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
+                                         CK_ULONG ulOperationStateLen,
+                                         CK_OBJECT_HANDLE hEncryptionKey,
+                                         CK_OBJECT_HANDLE hAuthenticationKey),
+                   (real, pOperationState, ulOperationStateLen, hEncryptionKey, hAuthenticationKey))
 
-static CK_RV w_C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin,
-                       CK_ULONG ulPinLen)
-{
-    SESSION_CALL(C_Login, (real, userType, pPin, ulPinLen));
-}
+FM_SESSION_WRAPPER(C_Login, (CK_SESSION_HANDLE hSession, CK_USER_TYPE userType,
+                             CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen),
+                   (real, userType, pPin, ulPinLen))
 
-static CK_RV w_C_Logout(CK_SESSION_HANDLE hSession)
-{
-    SESSION_CALL(C_Logout, (real));
-}
+FM_SESSION_WRAPPER(C_CreateObject, (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
+                                    CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phObject),
+                   (real, pTemplate, ulCount, phObject))
 
-static CK_RV w_C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
-                              CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phObject)
-{
-    SESSION_CALL(C_CreateObject, (real, pTemplate, ulCount, phObject));
-}
+FM_SESSION_WRAPPER(C_CopyObject, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+                                  CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
+                                  CK_OBJECT_HANDLE_PTR phNewObject),
+                   (real, hObject, pTemplate, ulCount, phNewObject))
 
-static CK_RV w_C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
-                            CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
-                            CK_OBJECT_HANDLE_PTR phNewObject)
-{
-    SESSION_CALL(C_CopyObject, (real, hObject, pTemplate, ulCount, phNewObject));
-}
+FM_SESSION_WRAPPER(C_DestroyObject, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject),
+                   (real, hObject))
 
-static CK_RV w_C_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject)
-{
-    SESSION_CALL(C_DestroyObject, (real, hObject));
-}
-
-static CK_RV w_C_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
-                               CK_ULONG_PTR pulSize)
-{
-    SESSION_CALL(C_GetObjectSize, (real, hObject, pulSize));
-}
+FM_SESSION_WRAPPER(C_GetObjectSize, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+                                     CK_ULONG_PTR pulSize),
+                   (real, hObject, pulSize))
 
 static CK_RV w_C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
                                    CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
 {
     fm_call c;
     CK_SESSION_HANDLE real = 0;
-    CK_RV rv = enter(FN_C_GetAttributeValue, &c);
-    if (rv == CKR_OK)
-        rv = session_real(hSession, &real);
+    CK_RV rv = enter_session(FN_C_GetAttributeValue, &c, hSession, &real);
     if (rv == CKR_OK && c.fault) {
         rv = deliver(&c, 1, hSession, real);
     } else if (rv == CKR_OK && c.nlengths && pTemplate && ulCount) {
@@ -2314,26 +2298,20 @@ static CK_RV w_C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE 
     return finish(&c, rv);
 }
 
-static CK_RV w_C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
-                                   CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
-{
-    SESSION_CALL(C_SetAttributeValue, (real, hObject, pTemplate, ulCount));
-}
+FM_SESSION_WRAPPER(C_SetAttributeValue, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+                                         CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount),
+                   (real, hObject, pTemplate, ulCount))
 
-static CK_RV w_C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
-                                 CK_ULONG ulCount)
-{
-    SESSION_CALL(C_FindObjectsInit, (real, pTemplate, ulCount));
-}
+FM_SESSION_WRAPPER(C_FindObjectsInit, (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
+                                       CK_ULONG ulCount),
+                   (real, pTemplate, ulCount))
 
 static CK_RV w_C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject,
                              CK_ULONG ulMaxObjectCount, CK_ULONG_PTR pulObjectCount)
 {
     fm_call c;
     CK_SESSION_HANDLE real = 0;
-    CK_RV rv = enter(FN_C_FindObjects, &c);
-    if (rv == CKR_OK)
-        rv = session_real(hSession, &real);
+    CK_RV rv = enter_session(FN_C_FindObjects, &c, hSession, &real);
     if (rv == CKR_OK && c.fault) {
         rv = deliver(&c, 1, hSession, real);
     } else if (rv == CKR_OK) {
@@ -2343,95 +2321,16 @@ static CK_RV w_C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR ph
     return finish(&c, rv);
 }
 
-static CK_RV w_C_FindObjectsFinal(CK_SESSION_HANDLE hSession)
-{
-    SESSION_CALL(C_FindObjectsFinal, (real));
-}
-
-static CK_RV w_C_EncryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                             CK_OBJECT_HANDLE hKey)
-{
-    SESSION_CALL(C_EncryptInit, (real, pMechanism, hKey));
-}
-
-static CK_RV w_C_Encrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
-                         CK_BYTE_PTR pEncryptedData, CK_ULONG_PTR pulEncryptedDataLen)
-{
-    SINGLE_CALL(C_Encrypt, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen);
-}
-
-static CK_RV w_C_EncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
-                               CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
-{
-    UPDATE_CALL(C_EncryptUpdate, OP_ENCRYPT,
-                (real, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen));
-}
-
-static CK_RV w_C_EncryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastEncryptedPart,
-                              CK_ULONG_PTR pulLastEncryptedPartLen)
-{
-    FINAL_CALL(C_EncryptFinal, pLastEncryptedPart, pulLastEncryptedPartLen);
-}
-
-static CK_RV w_C_DecryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                             CK_OBJECT_HANDLE hKey)
-{
-    SESSION_CALL(C_DecryptInit, (real, pMechanism, hKey));
-}
-
-static CK_RV w_C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData,
-                         CK_ULONG ulEncryptedDataLen, CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen)
-{
-    SINGLE_CALL(C_Decrypt, pEncryptedData, ulEncryptedDataLen, pData, pulDataLen);
-}
-
-static CK_RV w_C_DecryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
-                               CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
-                               CK_ULONG_PTR pulPartLen)
-{
-    UPDATE_CALL(C_DecryptUpdate, OP_DECRYPT,
-                (real, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen));
-}
-
-static CK_RV w_C_DecryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastPart,
-                              CK_ULONG_PTR pulLastPartLen)
-{
-    FINAL_CALL(C_DecryptFinal, pLastPart, pulLastPartLen);
-}
-
-static CK_RV w_C_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism)
-{
-    SESSION_CALL(C_DigestInit, (real, pMechanism));
-}
-
-static CK_RV w_C_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
-                        CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen)
-{
-    SINGLE_CALL(C_Digest, pData, ulDataLen, pDigest, pulDigestLen);
-}
-
-static CK_RV w_C_DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
-{
-    UPDATE_CALL(C_DigestUpdate, OP_DIGEST, (real, pPart, ulPartLen));
-}
+FM_SESSION_WRAPPER(C_DigestInit, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism),
+                   (real, pMechanism))
 
 static CK_RV w_C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
 {
     UPDATE_CALL(C_DigestKey, OP_DIGEST, (real, hKey));
 }
 
-static CK_RV w_C_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest,
-                             CK_ULONG_PTR pulDigestLen)
-{
-    FINAL_CALL(C_DigestFinal, pDigest, pulDigestLen);
-}
-
-static CK_RV w_C_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                          CK_OBJECT_HANDLE hKey)
-{
-    SESSION_CALL(C_SignInit, (real, pMechanism, hKey));
-}
-
+/* C_Sign forwards as the single-part family does, then may corrupt what
+ * the token returned (corrupt_signature). */
 static CK_RV forward_C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
                             CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
 {
@@ -2446,44 +2345,10 @@ static CK_RV w_C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ul
                              pSignature, pulSignatureLen, buffer);
 }
 
-static CK_RV w_C_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
-{
-    UPDATE_CALL(C_SignUpdate, OP_SIGN, (real, pPart, ulPartLen));
-}
-
-static CK_RV w_C_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
-                           CK_ULONG_PTR pulSignatureLen)
-{
-    FINAL_CALL(C_SignFinal, pSignature, pulSignatureLen);
-}
-
-static CK_RV w_C_SignRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                                 CK_OBJECT_HANDLE hKey)
-{
-    SESSION_CALL(C_SignRecoverInit, (real, pMechanism, hKey));
-}
-
-static CK_RV w_C_SignRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
-                             CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
-{
-    SINGLE_CALL(C_SignRecover, pData, ulDataLen, pSignature, pulSignatureLen);
-}
-
-static CK_RV w_C_VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                            CK_OBJECT_HANDLE hKey)
-{
-    SESSION_CALL(C_VerifyInit, (real, pMechanism, hKey));
-}
-
 static CK_RV w_C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
                         CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen)
 {
     VERIFY_CALL(C_Verify, (real, pData, ulDataLen, pSignature, ulSignatureLen));
-}
-
-static CK_RV w_C_VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
-{
-    UPDATE_CALL(C_VerifyUpdate, OP_VERIFY, (real, pPart, ulPartLen));
 }
 
 static CK_RV w_C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
@@ -2492,118 +2357,124 @@ static CK_RV w_C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
     VERIFY_CALL(C_VerifyFinal, (real, pSignature, ulSignatureLen));
 }
 
-static CK_RV w_C_VerifyRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                                   CK_OBJECT_HANDLE hKey)
-{
-    SESSION_CALL(C_VerifyRecoverInit, (real, pMechanism, hKey));
-}
+FM_SESSION_WRAPPER(C_GenerateKey, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                                   CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
+                                   CK_OBJECT_HANDLE_PTR phKey),
+                   (real, pMechanism, pTemplate, ulCount, phKey))
 
-static CK_RV w_C_VerifyRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
-                               CK_ULONG ulSignatureLen, CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen)
-{
-    SINGLE_CALL(C_VerifyRecover, pSignature, ulSignatureLen, pData, pulDataLen);
-}
+FM_SESSION_WRAPPER(C_GenerateKeyPair, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                                       CK_ATTRIBUTE_PTR pPublicKeyTemplate,
+                                       CK_ULONG ulPublicKeyAttributeCount,
+                                       CK_ATTRIBUTE_PTR pPrivateKeyTemplate,
+                                       CK_ULONG ulPrivateKeyAttributeCount,
+                                       CK_OBJECT_HANDLE_PTR phPublicKey,
+                                       CK_OBJECT_HANDLE_PTR phPrivateKey),
+                   (real, pMechanism, pPublicKeyTemplate, ulPublicKeyAttributeCount,
+                    pPrivateKeyTemplate, ulPrivateKeyAttributeCount, phPublicKey, phPrivateKey))
 
-static CK_RV w_C_DigestEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
-                                     CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
-                                     CK_ULONG_PTR pulEncryptedPartLen)
-{
-    SESSION_CALL(C_DigestEncryptUpdate,
-                 (real, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen));
-}
+FM_SESSION_WRAPPER(C_WrapKey, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                               CK_OBJECT_HANDLE hWrappingKey, CK_OBJECT_HANDLE hKey,
+                               CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen),
+                   (real, pMechanism, hWrappingKey, hKey, pWrappedKey, pulWrappedKeyLen))
 
-static CK_RV w_C_DecryptDigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
-                                     CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
-                                     CK_ULONG_PTR pulPartLen)
-{
-    SESSION_CALL(C_DecryptDigestUpdate,
-                 (real, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen));
-}
+FM_SESSION_WRAPPER(C_UnwrapKey, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                                 CK_OBJECT_HANDLE hUnwrappingKey, CK_BYTE_PTR pWrappedKey,
+                                 CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate,
+                                 CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey),
+                   (real, pMechanism, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen, pTemplate,
+                    ulAttributeCount, phKey))
 
-static CK_RV w_C_SignEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
-                                   CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
-                                   CK_ULONG_PTR pulEncryptedPartLen)
-{
-    SESSION_CALL(C_SignEncryptUpdate,
-                 (real, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen));
-}
+FM_SESSION_WRAPPER(C_DeriveKey, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                                 CK_OBJECT_HANDLE hBaseKey, CK_ATTRIBUTE_PTR pTemplate,
+                                 CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey),
+                   (real, pMechanism, hBaseKey, pTemplate, ulAttributeCount, phKey))
 
-static CK_RV w_C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
-                                     CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
-                                     CK_ULONG_PTR pulPartLen)
-{
-    SESSION_CALL(C_DecryptVerifyUpdate,
-                 (real, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen));
-}
+FM_SESSION_WRAPPER(C_SeedRandom, (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed,
+                                  CK_ULONG ulSeedLen),
+                   (real, pSeed, ulSeedLen))
 
-static CK_RV w_C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                             CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
-                             CK_OBJECT_HANDLE_PTR phKey)
-{
-    SESSION_CALL(C_GenerateKey, (real, pMechanism, pTemplate, ulCount, phKey));
-}
-
-static CK_RV w_C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                                 CK_ATTRIBUTE_PTR pPublicKeyTemplate,
-                                 CK_ULONG ulPublicKeyAttributeCount,
-                                 CK_ATTRIBUTE_PTR pPrivateKeyTemplate,
-                                 CK_ULONG ulPrivateKeyAttributeCount,
-                                 CK_OBJECT_HANDLE_PTR phPublicKey,
-                                 CK_OBJECT_HANDLE_PTR phPrivateKey)
-{
-    SESSION_CALL(C_GenerateKeyPair,
-                 (real, pMechanism, pPublicKeyTemplate, ulPublicKeyAttributeCount,
-                  pPrivateKeyTemplate, ulPrivateKeyAttributeCount, phPublicKey, phPrivateKey));
-}
-
-static CK_RV w_C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                         CK_OBJECT_HANDLE hWrappingKey, CK_OBJECT_HANDLE hKey,
-                         CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
-{
-    SESSION_CALL(C_WrapKey, (real, pMechanism, hWrappingKey, hKey, pWrappedKey, pulWrappedKeyLen));
-}
-
-static CK_RV w_C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                           CK_OBJECT_HANDLE hUnwrappingKey, CK_BYTE_PTR pWrappedKey,
-                           CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate,
-                           CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
-{
-    SESSION_CALL(C_UnwrapKey, (real, pMechanism, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen,
-                               pTemplate, ulAttributeCount, phKey));
-}
-
-static CK_RV w_C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                           CK_OBJECT_HANDLE hBaseKey, CK_ATTRIBUTE_PTR pTemplate,
-                           CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
-{
-    SESSION_CALL(C_DeriveKey, (real, pMechanism, hBaseKey, pTemplate, ulAttributeCount, phKey));
-}
-
-static CK_RV w_C_SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed, CK_ULONG ulSeedLen)
-{
-    SESSION_CALL(C_SeedRandom, (real, pSeed, ulSeedLen));
-}
-
-static CK_RV w_C_GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR RandomData,
-                                CK_ULONG ulRandomLen)
-{
-    SESSION_CALL(C_GenerateRandom, (real, RandomData, ulRandomLen));
-}
-
-static CK_RV w_C_GetFunctionStatus(CK_SESSION_HANDLE hSession)
-{
-    SESSION_CALL(C_GetFunctionStatus, (real));
-}
-
-static CK_RV w_C_CancelFunction(CK_SESSION_HANDLE hSession)
-{
-    SESSION_CALL(C_CancelFunction, (real));
-}
+FM_SESSION_WRAPPER(C_GenerateRandom, (CK_SESSION_HANDLE hSession, CK_BYTE_PTR RandomData,
+                                      CK_ULONG ulRandomLen),
+                   (real, RandomData, ulRandomLen))
 
 static CK_RV w_C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)
 {
     PLAIN_CALL(C_WaitForSlotEvent, (flags, pSlot, pReserved));
 }
+
+/* The wrappers that differ only in their name, written once per family:
+ * the family's parameter list, and how the wrapper treats its calls (the
+ * *_CALL macros above). The others are written out above. */
+
+/* C_xInit(session, mechanism, key): forwarded, or failed. */
+#define FM_INIT_FUNCTIONS(X)                                                     \
+    X(C_EncryptInit) X(C_DecryptInit) X(C_SignInit) X(C_SignRecoverInit)         \
+    X(C_VerifyInit) X(C_VerifyRecoverInit)
+#define FM_INIT_WRAPPER(name)                                                    \
+    FM_SESSION_WRAPPER(name, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, \
+                              CK_OBJECT_HANDLE hKey), (real, pMechanism, hKey))
+FM_INIT_FUNCTIONS(FM_INIT_WRAPPER)
+
+/* C_x(session): forwarded, or failed. */
+#define FM_SESSION_ONLY_FUNCTIONS(X)                                             \
+    X(C_Logout) X(C_FindObjectsFinal) X(C_GetFunctionStatus) X(C_CancelFunction)
+#define FM_SESSION_ONLY_WRAPPER(name) FM_SESSION_WRAPPER(name, (CK_SESSION_HANDLE hSession), (real))
+FM_SESSION_ONLY_FUNCTIONS(FM_SESSION_ONLY_WRAPPER)
+
+/* Single-part calls with output, C_x(session, in, in_len, out, out_len):
+ * see SINGLE_CALL. */
+#define FM_SINGLE_FUNCTIONS(X)                                                   \
+    X(C_Encrypt) X(C_Decrypt) X(C_Digest) X(C_SignRecover) X(C_VerifyRecover)
+#define FM_SINGLE_WRAPPER(name)                                                  \
+    static CK_RV w_##name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn, CK_ULONG ulInLen, \
+                          CK_BYTE_PTR pOut, CK_ULONG_PTR pulOutLen)              \
+    {                                                                            \
+        SINGLE_CALL(name, pIn, ulInLen, pOut, pulOutLen);                        \
+    }
+FM_SINGLE_FUNCTIONS(FM_SINGLE_WRAPPER)
+
+/* C_xFinal(session, out, out_len): see FINAL_CALL. */
+#define FM_FINAL_FUNCTIONS(X)                                                    \
+    X(C_EncryptFinal) X(C_DecryptFinal) X(C_DigestFinal) X(C_SignFinal)
+#define FM_FINAL_WRAPPER(name)                                                   \
+    static CK_RV w_##name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOut,          \
+                          CK_ULONG_PTR pulOutLen)                                \
+    {                                                                            \
+        FINAL_CALL(name, pOut, pulOutLen);                                       \
+    }
+FM_FINAL_FUNCTIONS(FM_FINAL_WRAPPER)
+
+/* Multi-part updates, X(name, operation): C_x(session, part, part_len)
+ * without output, C_x(session, in, in_len, out, out_len) with it; a fault
+ * ends the operation (see UPDATE_CALL). */
+#define FM_UPDATE_FUNCTIONS(X)                                                   \
+    X(C_DigestUpdate, OP_DIGEST) X(C_SignUpdate, OP_SIGN) X(C_VerifyUpdate, OP_VERIFY)
+#define FM_UPDATE_WRAPPER(name, op)                                              \
+    static CK_RV w_##name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen) \
+    {                                                                            \
+        UPDATE_CALL(name, op, (real, pPart, ulPartLen));                         \
+    }
+FM_UPDATE_FUNCTIONS(FM_UPDATE_WRAPPER)
+
+#define FM_UPDATE_OUT_FUNCTIONS(X) X(C_EncryptUpdate, OP_ENCRYPT) X(C_DecryptUpdate, OP_DECRYPT)
+#define FM_UPDATE_OUT_WRAPPER(name, op)                                          \
+    static CK_RV w_##name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn, CK_ULONG ulInLen, \
+                          CK_BYTE_PTR pOut, CK_ULONG_PTR pulOutLen)              \
+    {                                                                            \
+        UPDATE_CALL(name, op, (real, pIn, ulInLen, pOut, pulOutLen));            \
+    }
+FM_UPDATE_OUT_FUNCTIONS(FM_UPDATE_OUT_WRAPPER)
+
+/* The dual-function updates, C_x(session, in, in_len, out, out_len): no
+ * operation of their own to end, so forwarded, or failed. */
+#define FM_DUAL_FUNCTIONS(X)                                                     \
+    X(C_DigestEncryptUpdate) X(C_DecryptDigestUpdate) X(C_SignEncryptUpdate)     \
+    X(C_DecryptVerifyUpdate)
+#define FM_DUAL_WRAPPER(name)                                                    \
+    FM_SESSION_WRAPPER(name, (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn, CK_ULONG ulInLen, \
+                              CK_BYTE_PTR pOut, CK_ULONG_PTR pulOutLen),            \
+                       (real, pIn, ulInLen, pOut, pulOutLen))
+FM_DUAL_FUNCTIONS(FM_DUAL_WRAPPER)
 
 static CK_FUNCTION_LIST function_list = {
     .version = { 2, 40 },

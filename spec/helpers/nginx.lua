@@ -338,6 +338,15 @@ function Server:requests(list)
 end
 
 -- n token requests on `threads` connections, verified with jwcrypto.
+-- Whether POST `path` (a location with thread_pool) signs in a worker
+-- thread: false when this nginx Lua module has no ngx.run_worker_thread
+-- (the handler answers 501).
+function Server:signs_in_threads(path)
+  local probe = self:requests({ { method = "POST", path = path,
+    headers = { ["Content-Type"] = "application/json" }, body = "{}" } })[1]
+  return probe.status ~= 501
+end
+
 function Server:tokens(path, n, threads, lifetime)
   return self:client({ "tokens", self.port, path, n, threads, lifetime or 300 })
 end

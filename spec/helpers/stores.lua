@@ -1,5 +1,6 @@
 -- The databases the store behaviour suite runs on: a real SQLite file and
 -- the throwaway PostgreSQL cluster scripts/test.sh starts on loopback.
+local busted = require "busted"
 local softhsm = require "helpers.softhsm"
 
 local M = {}
@@ -33,6 +34,31 @@ function M.backends()
       end,
     },
   }
+end
+
+-- An engine on the store at `dsn` that seals with `secrets` (SECRETS_SYSTEM,
+-- comma-separated), opened as softhsm.open_engine opens one; the
+-- environment of `options` adds to (or replaces) those two variables.
+function M.open_engine(dsn, secrets, options)
+  local environment = { SECRETS_SYSTEM = secrets, DSN = dsn }
+  for k, v in pairs(options and options.environment or {}) do environment[k] = v end
+  return softhsm.open_engine(environment, options)
+end
+
+-- describe(title .. " on " .. backend name) once per backend, each test on
+-- a fresh, empty database: body(database, backend) reads database.dsn in
+-- its tests.
+-- The database is dropped after the body's own after_each hooks, which may
+-- still use it (close a connection to it).
+function M.describe_each(title, body)
+  for _, backend in ipairs(M.backends()) do
+    busted.describe(title .. " on " .. backend.name, function()
+      local database, drop = {}, nil
+      busted.before_each(function() database.dsn, drop = backend.fresh() end)
+      body(database, backend)
+      busted.after_each(function() drop() end)
+    end)
+  end
 end
 
 return M

@@ -3,7 +3,6 @@
 -- the thread's Lua VM (which shares nothing with the worker's, and has only
 -- a few ngx APIs) opens an engine of its own on first use and keeps it.
 local cjson = require "cjson.safe"
-local log = require "jwkengine.log"
 local logging = require "jwkengine.nginx.logging"
 local queue = require "jwkengine.nginx.queue"
 local secrets = require "jwkengine.nginx.secrets"
@@ -82,28 +81,6 @@ end
 ------------------------------------------------------------------------
 -- in the worker-thread VMs
 
--- ngx.log does not exist in worker-thread VMs; nginx points stderr at its
--- error log, so a line shaped like nginx's own goes there.
-local NGX_LEVEL_NAMES = { debug = "debug", info = "notice", notice = "notice", warn = "warn",
-  warning = "warn", error = "error", err = "error" }
-local getpid
-local thread_logger = log.new(function(level, message)
-  if pcall(logging.write, level, message) then return end
-  if getpid == nil then
-    local ok, ffi = pcall(require, "ffi")
-    getpid = false
-    if ok then
-      pcall(ffi.cdef, "int getpid(void);")
-      if pcall(function() return ffi.C.getpid end) then
-        getpid = function() return ffi.C.getpid() end
-      end
-    end
-  end
-  io.stderr:write(string.format("%s [%s] %s#thread: jwkengine (worker thread): %s\n",
-    os.date("%Y/%m/%d %H:%M:%S"), NGX_LEVEL_NAMES[level] or "notice",
-    getpid and tostring(getpid()) or "?", message))
-end)
-
 local thread_engines = {} -- options JSON -> { engine, refreshed }
 
 -- Opens a VM's engine: one PKCS#11 session is enough (a VM serves one
@@ -112,7 +89,7 @@ local function open_thread_engine(options_json, slot_id, kept_secrets)
   local jwkengine = require "jwkengine"
   local o = secrets.with_kept(cjson.decode(options_json), kept_secrets)
   o.startup = false
-  o.logger = thread_logger
+  o.logger = logging.thread_logger
   o.hsm = o.hsm or {}
   o.hsm.max_sessions = 1
   if slot_id then
@@ -125,7 +102,7 @@ local function open_thread_engine(options_json, slot_id, kept_secrets)
   end
   local e, err, code = jwkengine.open(o)
   if not e then return nil, err, code end
-  thread_logger("info", "a worker-thread Lua VM opened its engine")
+  logging.thread_logger("info", "a worker-thread Lua VM opened its engine")
   return e
 end
 
