@@ -82,10 +82,13 @@ local function le_text(bound)
 end
 M.le_text = le_text
 
+-- A histogram: its bucket counts at 1 .. #BOUNDS (not cumulative), and the
+-- sum of what it observed; the count is the buckets' total, added up when
+-- read, so a signature updates two fields.
 local function new_histogram()
-  local counts = {}
-  for i = 1, #M.BUCKETS + 1 do counts[i] = 0 end
-  return { counts = counts, sum = 0, count = 0 }
+  local histogram = { sum = 0 }
+  for i = 1, #BOUNDS do histogram[i] = 0 end
+  return histogram
 end
 
 local Recorder = {}
@@ -114,9 +117,8 @@ function Recorder:signed(where, set, kid, alg, seconds)
   local histogram = self.durations[backend]
   local i, bounds = 1, BOUNDS
   while seconds > bounds[i] do i = i + 1 end
-  histogram.counts[i] = histogram.counts[i] + 1
+  histogram[i] = histogram[i] + 1
   histogram.sum = histogram.sum + seconds
-  histogram.count = histogram.count + 1
 end
 
 function Recorder:failed(code)
@@ -136,15 +138,21 @@ function Recorder:signed_sets(into)
   return into
 end
 
+local function count_of(histogram)
+  local count = 0
+  for i = 1, #BOUNDS do count = count + histogram[i] end
+  return count
+end
+
 -- Adds a histogram's series (cumulative buckets, sum, count) to `out`.
 local function add_histogram(out, name, histogram, label, value)
   local cumulative = 0
   for i = 1, #M.BUCKETS + 1 do
-    cumulative = cumulative + histogram.counts[i]
+    cumulative = cumulative + histogram[i]
     out[M.series(name .. "_bucket", label, value, "le", le_text(M.BUCKETS[i] or math.huge))] = cumulative
   end
   out[M.series(name .. "_sum", label, value)] = histogram.sum
-  out[M.series(name .. "_count", label, value)] = histogram.count
+  out[M.series(name .. "_count", label, value)] = cumulative
 end
 
 -- Every counter (and histogram) series as key -> value, cumulative since
@@ -167,7 +175,7 @@ function Recorder:counters(stats, out)
     out[M.series("jwkengine_fallbacks_total", "set", set)] = count
   end
   for backend, histogram in pairs(self.durations) do
-    if histogram.count > 0 then
+    if count_of(histogram) > 0 then
       add_histogram(out, "jwkengine_signing_duration_seconds", histogram, "backend", backend)
     end
   end
