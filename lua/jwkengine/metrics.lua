@@ -130,6 +130,47 @@ function Recorder:fell_back(set)
   self.fallbacks[set] = (self.fallbacks[set] or 0) + 1
 end
 
+-- Counts one signing call made in another Lua VM (an nginx worker
+-- thread's engine), as a LastCall recorder took it there: the same counts
+-- as if the call had been made with this recorder.
+function Recorder:add_call(set, where, kid, alg, seconds, failure, fell_back)
+  if fell_back then self:fell_back(set) end
+  if where then self:signed(where, set, kid, alg, seconds) end
+  if failure then self:failed(failure) end
+end
+
+-- A recorder that keeps only what the last signing call did, for an engine
+-- whose counts are kept elsewhere: nginx's worker-thread VMs hand each
+-- call's to the worker (jwkengine.nginx.threads), whose recorder adds it
+-- with add_call. It serves no metrics of its own.
+local LastCall = {}
+LastCall.__index = LastCall
+
+function M.last_call()
+  return setmetatable({}, LastCall)
+end
+
+function LastCall:signed(where, _, kid, alg, seconds)
+  self.where, self.kid, self.alg, self.seconds = where, kid, alg, seconds
+end
+
+function LastCall:failed(code)
+  self.failure = code or "ERR_INTERNAL"
+end
+
+function LastCall:fell_back()
+  self.fallback = true
+end
+
+-- What the last call did, in add_call's order (after its set), forgotten
+-- here.
+function LastCall:take()
+  local where, kid, alg, seconds, failure, fallback =
+    self.where, self.kid, self.alg, self.seconds, self.failure, self.fallback
+  self.where, self.kid, self.alg, self.seconds, self.failure, self.fallback = nil, nil, nil, nil, nil, nil
+  return where, kid, alg, seconds, failure, fallback
+end
+
 -- The sets signed with so far (for the key state gauge).
 function Recorder:signed_sets(into)
   for _, by_set in pairs(self.signatures) do
