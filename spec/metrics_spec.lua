@@ -64,6 +64,39 @@ describe("engine:metrics()", function()
     assert.are.equal(F, prometheus.sum(m, "jwkengine_fallbacks_total", { set = "m.hsm" }))
   end)
 
+  it("hands each call's counts over from a last_call recorder (nginx's thread VMs), exactly", function()
+    -- an engine of its own, as a thread VM opens one, counting into a
+    -- last_call recorder; each call's counts are added to another recorder
+    local metrics = require "jwkengine.metrics"
+    local relay = jwkengine.open({ environment = softhsm.environment(token, SECRETS), startup = false,
+      logger = false, metrics = metrics.last_call() })
+    assert(relay:import("m.soft", ec_pem(), { kid = ODD_KID, alg = "ES256" }))
+    local counts = metrics.new()
+    local function relayed(set, ok, ...)
+      counts:add_call(set, relay.metrics_recorder:take())
+      return ok, ...
+    end
+    local N, S, F = 5, 4, 3
+    for i = 1, N do assert(relayed("m.hsm", relay:sign_jwt("m.hsm", { sub = "user" .. i }, { lifetime = 60 }))) end
+    for i = 1, S do assert(relayed("m.soft", relay:sign("m.soft", "payload " .. i))) end
+    for _ = 1, F do
+      local jws, _, code = relayed("m.hsm", relay:sign("m.hsm", "x", { kid = "no-such-kid" }))
+      assert.is_nil(jws)
+      assert.are.equal("ERR_KEY_NOT_FOUND", code)
+    end
+    relay:close()
+    local m = prometheus.parse(metrics.text(counts:counters()))
+    assert.are.equal(N, prometheus.sum(m, "jwkengine_signatures_total",
+      { set = "m.hsm", kid = "h1", alg = "ES256", backend = "hsm" }))
+    assert.are.equal(S, prometheus.sum(m, "jwkengine_signatures_total",
+      { set = "m.soft", kid = ODD_KID, alg = "ES256", backend = "software" }))
+    assert.are.equal(N, prometheus.sum(m, "jwkengine_signing_duration_seconds_count", { backend = "hsm" }))
+    assert.are.equal(S, prometheus.sum(m, "jwkengine_signing_duration_seconds_count", { backend = "software" }))
+    assert.are.equal(F, prometheus.sum(m, "jwkengine_signing_failures_total", { code = "ERR_KEY_NOT_FOUND" }))
+    assert.are.equal(S, prometheus.sum(m, "jwkengine_fallbacks_total", { set = "m.soft" }))
+    assert.are.equal(F, prometheus.sum(m, "jwkengine_fallbacks_total", { set = "m.hsm" }))
+  end)
+
   it("has a signing-latency histogram per backend whose count is the number of signatures", function()
     local m = prometheus.parse(engine:metrics())
     local family = m.jwkengine_signing_duration_seconds

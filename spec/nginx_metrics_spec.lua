@@ -88,6 +88,30 @@ describe("nginx /metrics (4 workers, SoftHSM)", function()
     assert.is_true(prometheus.sum(families, "jwkengine_pkcs11_sessions_open") >= 4)
   end)
 
+  it("counts signatures made in the thread pool in the worker's metrics, exactly", function()
+    -- /token-threaded (helpers.nginx) signs the ID-token set in nginx's
+    -- thread pool (thread_pool = "jwkengine"); nothing else signs with it
+    -- before the health checks below
+    local N = 24
+    local result = server:tokens("/token-threaded", N, 4)
+    assert.are.equal(N, result.valid, cjson.encode(result))
+    -- workers flush on their own timers: wait until every count is in
+    local function hsm_signatures(f) return prometheus.sum(f, "jwkengine_signatures_total", { backend = "hsm" }) end
+    local function hsm_observations(f)
+      return prometheus.sum(f, "jwkengine_signing_duration_seconds_count", { backend = "hsm" })
+    end
+    local families = scrape_until(server, function(f)
+      return prometheus.sum(f, "jwkengine_signatures_total", { set = ID_SET }) >= N
+        and hsm_signatures(f) == hsm_observations(f)
+    end)
+    assert.are.equal(N, prometheus.sum(families, "jwkengine_signatures_total",
+      { set = ID_SET, alg = "RS256", backend = "hsm" }))
+    assert.are.equal(N, prometheus.sum(families, "jwkengine_signatures_total", { set = ID_SET }))
+    -- one histogram observation per signature, the threads' with the rest
+    assert.are.equal(hsm_signatures(families), hsm_observations(families))
+    assert.are.equal(0, prometheus.sum(families, "jwkengine_signing_failures_total"))
+  end)
+
   it("answers /health with 200 and a probe per published set, reused within the cache period", function()
     local response = get(server, "/health")
     assert.are.equal(200, response.status, response.body)

@@ -368,7 +368,7 @@ for _, backend in ipairs(stores.backends()) do
       -- the same token through the fault module; no second re-initialization
       -- within the test, so the injected error is what comes back
       local faulty = assert(jwkengine.open({ logger = false, startup = false,
-        hsm = { reinit_interval_ms = 3600000 },
+        hsm = { reinit_interval_ms = 3600000, reinit_interval_max_ms = 3600000 },
         environment = faults.environment(token, { SECRETS_SYSTEM = SECRET, DSN = dsn }) }))
       assert(faulty:generate("device-error", "ES256", { kid = "in-hsm" }))
       faulty:refresh("device-error")

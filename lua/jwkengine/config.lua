@@ -48,7 +48,7 @@ M.MAX_SESSION_IDLE = 86400
 
 -- Options of jwkengine.open that steer opening rather than configure.
 M.OPEN_OPTIONS = { config = true, environment = true, logger = true, select_slot = true,
-  startup = true, store_driver = true, now = true }
+  startup = true, store_driver = true, now = true, metrics = true }
 
 -- The type each `hsm` key must have once parsed; anything else is a typo
 -- or a mistake and is reported rather than ignored.

@@ -97,8 +97,16 @@ function Manager:delete(set, kid)
   return a, b, c
 end
 
+-- A signing failure, counted by its code when the engine counts
+-- (self.metrics, a jwkengine.metrics recorder). Only failures come here:
+-- a signature returns straight from sign, with no extra call.
+local function sign_failed(self, err, code)
+  if self.metrics then self.metrics:failed(code) end
+  return nil, err, code
+end
+
 -- The signing path, written out: no varargs, no method-name lookups.
-local function sign_by_rules(self, set, payload, options)
+function Manager:sign(set, payload, options)
   local hsm, software = self.hsm, self.software
   local hsm_err, hsm_code
   if hsm then
@@ -107,22 +115,17 @@ local function sign_by_rules(self, set, payload, options)
       local jws, err, code = hsm:sign(set, payload, options)
       if jws then return jws end
       self:remember(set, jws, err, code)
-      if not software or not not_found(code) then return jws, err, code end
+      if not software or not not_found(code) then return sign_failed(self, err, code) end
       hsm_err, hsm_code = err, code
     elseif not software then
-      return nil, missing.message, "ERR_KEY_SET_NOT_FOUND"
+      return sign_failed(self, missing.message, "ERR_KEY_SET_NOT_FOUND")
     end
     if self.metrics then self.metrics:fell_back(set) end
   end
-  return after_miss(hsm_err, hsm_code, software:sign(set, payload, options))
-end
-
--- Signs by the rules above; a failure is counted by its code when the
--- engine counts (self.metrics, a jwkengine.metrics recorder).
-function Manager:sign(set, payload, options)
-  local jws, err, code = sign_by_rules(self, set, payload, options)
-  if not jws and self.metrics then self.metrics:failed(code) end
-  return jws, err, code
+  local jws, err, code = software:sign(set, payload, options)
+  if jws then return jws end
+  local _, message, failure_code = after_miss(hsm_err, hsm_code, nil, err, code)
+  return sign_failed(self, message, failure_code)
 end
 
 -- Re-reads a set now from the side that holds it (the cached copy stays on

@@ -127,10 +127,15 @@ end
 --     now           function() -> seconds: the clock of the key caches
 --                   (hsm.negative_cache_ttl, store.cache_ttl) and of the key
 --                   lifecycle (which key signs); os.time
+--     metrics       the jwkengine.metrics recorder to count in (a new one;
+--                   nginx's worker threads give a metrics.last_call())
 function M.open(options)
   options = options or {}
   if options.now ~= nil and type(options.now) ~= "function" then
     error("options.now must be a function returning seconds", 2)
+  end
+  if options.metrics ~= nil and type(options.metrics) ~= "table" then
+    error("options.metrics must be a jwkengine.metrics recorder", 2)
   end
   local cfg, policies_or_err, code = M.check_config(options)
   if not cfg then return nil, policies_or_err, code end
@@ -161,7 +166,7 @@ function M.open(options)
   end
 
   local engine = setmetatable({ config = cfg, log = logger, policies = policies,
-    json_cache = setmetatable({}, { __mode = "k" }), metrics_recorder = metrics.new() }, Engine)
+    json_cache = setmetatable({}, { __mode = "k" }), metrics_recorder = options.metrics or metrics.new() }, Engine)
   keys_of[engine] = fallback.new(hsm_keys, software_keys, { negative_ttl = cfg.hsm.negative_cache_ttl,
     now = options.now, metrics = engine.metrics_recorder })
   if options.startup ~= false then

@@ -21,24 +21,34 @@ M.clock = core.monotonic
 -- Signing latency buckets in seconds: from a local token's ECDSA (tens of
 -- microseconds) to a network HSM under load (a second).
 M.BUCKETS = { 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1 }
+-- The same with +Inf last, so the bucket search needs no bounds check: it
+-- runs once per signature, one comparison per bucket passed.
+local BOUNDS = {}
+for i, bound in ipairs(M.BUCKETS) do BOUNDS[i] = bound end
+BOUNDS[#BOUNDS + 1] = math.huge
 
--- Every family, in the order it is written. Labels: set and kid are the
--- only ones whose values are not from a short fixed list.
-M.FAMILIES = {
-  { "jwkengine_signatures_total", "counter", "Signatures made, by key set, kid, algorithm and backend (hsm or software)." },
-  { "jwkengine_signing_failures_total", "counter", "Signing calls that failed, by error code." },
-  { "jwkengine_fallbacks_total", "counter", "Signing calls the HSM did not hold the set for, handed to the software store, by key set." },
-  { "jwkengine_signing_duration_seconds", "histogram", "Time one signature took, by backend (hsm or software)." },
-  { "jwkengine_pkcs11_recoveries_total", "counter", "PKCS#11 failures recovered from, by kind (session, login, object, reinit)." },
-  { "jwkengine_pkcs11_failed_recoveries_total", "counter", "PKCS#11 recoveries that failed." },
-  { "jwkengine_pkcs11_session_waits_total", "counter", "Times a signer waited for a free PKCS#11 session." },
-  { "jwkengine_pkcs11_sessions_opened_total", "counter", "PKCS#11 sessions opened." },
-  { "jwkengine_pkcs11_sessions_open", "gauge", "PKCS#11 sessions open now (the login session included)." },
-  { "jwkengine_pkcs11_max_sessions", "gauge", "Bound of the PKCS#11 session pool." },
-  { "jwkengine_key_state", "gauge", "1 for each published key of a set in its lifecycle state (next, current, previous)." },
-  { "jwkengine_jwks_requests_total", "counter", "JWK Set requests answered, by HTTP status (200 or 304; nginx only)." },
-  { "jwkengine_health_probes_total", "counter", "Health probes run against the token (not served from the health cache), by result (ok or failed)." },
-}
+-- Every family, in the order it is written: one a line, name, type and
+-- help text. Labels: set and kid are the only ones whose values are not
+-- from a short fixed list.
+local FAMILY_LINES = [[
+jwkengine_signatures_total counter Signatures made, by key set, kid, algorithm and backend (hsm or software).
+jwkengine_signing_failures_total counter Signing calls that failed, by error code.
+jwkengine_fallbacks_total counter Signing calls the HSM did not hold the set for, handed to the software store, by key set.
+jwkengine_signing_duration_seconds histogram Time one signature took, by backend (hsm or software).
+jwkengine_pkcs11_recoveries_total counter PKCS#11 failures recovered from, by kind (session, login, object, reinit).
+jwkengine_pkcs11_failed_recoveries_total counter PKCS#11 recoveries that failed.
+jwkengine_pkcs11_session_waits_total counter Times a signer waited for a free PKCS#11 session.
+jwkengine_pkcs11_sessions_opened_total counter PKCS#11 sessions opened.
+jwkengine_pkcs11_sessions_open gauge PKCS#11 sessions open now (the login session included).
+jwkengine_pkcs11_max_sessions gauge Bound of the PKCS#11 session pool.
+jwkengine_key_state gauge 1 for each published key of a set in its lifecycle state (next, current, previous).
+jwkengine_jwks_requests_total counter JWK Set requests answered, by HTTP status (200 or 304; nginx only).
+jwkengine_health_probes_total counter Health probes run against the token (not served from the health cache), by result (ok or failed).
+]]
+M.FAMILIES = {}
+for name, kind, help in FAMILY_LINES:gmatch("(%S+) (%S+) ([^\n]+)") do
+  M.FAMILIES[#M.FAMILIES + 1] = { name, kind, help }
+end
 
 local BACKEND_OF = { HSM = "hsm", software = "software" }
 local RECOVERY_KINDS = { "session", "login", "object", "reinit" }
@@ -72,10 +82,13 @@ local function le_text(bound)
 end
 M.le_text = le_text
 
+-- A histogram: its bucket counts at 1 .. #BOUNDS (not cumulative), and the
+-- sum of what it observed; the count is the buckets' total, added up when
+-- read, so a signature updates two fields.
 local function new_histogram()
-  local counts = {}
-  for i = 1, #M.BUCKETS + 1 do counts[i] = 0 end
-  return { counts = counts, sum = 0, count = 0 }
+  local histogram = { sum = 0 }
+  for i = 1, #BOUNDS do histogram[i] = 0 end
+  return histogram
 end
 
 local Recorder = {}
@@ -102,11 +115,10 @@ function Recorder:signed(where, set, kid, alg, seconds)
   if not by_alg then by_alg = {}; by_kid[kid] = by_alg end
   by_alg[alg] = (by_alg[alg] or 0) + 1
   local histogram = self.durations[backend]
-  local buckets, i = M.BUCKETS, 1
-  while i <= #buckets and seconds > buckets[i] do i = i + 1 end
-  histogram.counts[i] = histogram.counts[i] + 1
+  local i, bounds = 1, BOUNDS
+  while seconds > bounds[i] do i = i + 1 end
+  histogram[i] = histogram[i] + 1
   histogram.sum = histogram.sum + seconds
-  histogram.count = histogram.count + 1
 end
 
 function Recorder:failed(code)
@@ -118,6 +130,47 @@ function Recorder:fell_back(set)
   self.fallbacks[set] = (self.fallbacks[set] or 0) + 1
 end
 
+-- Counts one signing call made in another Lua VM (an nginx worker
+-- thread's engine), as a LastCall recorder took it there: the same counts
+-- as if the call had been made with this recorder.
+function Recorder:add_call(set, where, kid, alg, seconds, failure, fell_back)
+  if fell_back then self:fell_back(set) end
+  if where then self:signed(where, set, kid, alg, seconds) end
+  if failure then self:failed(failure) end
+end
+
+-- A recorder that keeps only what the last signing call did, for an engine
+-- whose counts are kept elsewhere: nginx's worker-thread VMs hand each
+-- call's to the worker (jwkengine.nginx.threads), whose recorder adds it
+-- with add_call. It serves no metrics of its own.
+local LastCall = {}
+LastCall.__index = LastCall
+
+function M.last_call()
+  return setmetatable({}, LastCall)
+end
+
+function LastCall:signed(where, _, kid, alg, seconds)
+  self.where, self.kid, self.alg, self.seconds = where, kid, alg, seconds
+end
+
+function LastCall:failed(code)
+  self.failure = code or "ERR_INTERNAL"
+end
+
+function LastCall:fell_back()
+  self.fallback = true
+end
+
+-- What the last call did, in add_call's order (after its set), forgotten
+-- here.
+function LastCall:take()
+  local where, kid, alg, seconds, failure, fallback =
+    self.where, self.kid, self.alg, self.seconds, self.failure, self.fallback
+  self.where, self.kid, self.alg, self.seconds, self.failure, self.fallback = nil, nil, nil, nil, nil, nil
+  return where, kid, alg, seconds, failure, fallback
+end
+
 -- The sets signed with so far (for the key state gauge).
 function Recorder:signed_sets(into)
   for _, by_set in pairs(self.signatures) do
@@ -126,15 +179,21 @@ function Recorder:signed_sets(into)
   return into
 end
 
+local function count_of(histogram)
+  local count = 0
+  for i = 1, #BOUNDS do count = count + histogram[i] end
+  return count
+end
+
 -- Adds a histogram's series (cumulative buckets, sum, count) to `out`.
 local function add_histogram(out, name, histogram, label, value)
   local cumulative = 0
   for i = 1, #M.BUCKETS + 1 do
-    cumulative = cumulative + histogram.counts[i]
+    cumulative = cumulative + histogram[i]
     out[M.series(name .. "_bucket", label, value, "le", le_text(M.BUCKETS[i] or math.huge))] = cumulative
   end
   out[M.series(name .. "_sum", label, value)] = histogram.sum
-  out[M.series(name .. "_count", label, value)] = histogram.count
+  out[M.series(name .. "_count", label, value)] = cumulative
 end
 
 -- Every counter (and histogram) series as key -> value, cumulative since
@@ -157,7 +216,7 @@ function Recorder:counters(stats, out)
     out[M.series("jwkengine_fallbacks_total", "set", set)] = count
   end
   for backend, histogram in pairs(self.durations) do
-    if histogram.count > 0 then
+    if count_of(histogram) > 0 then
       add_histogram(out, "jwkengine_signing_duration_seconds", histogram, "backend", backend)
     end
   end

@@ -4,6 +4,7 @@
 -- a few ngx APIs) opens an engine of its own on first use and keeps it.
 local cjson = require "cjson.safe"
 local logging = require "jwkengine.nginx.logging"
+local metrics = require "jwkengine.metrics"
 local queue = require "jwkengine.nginx.queue"
 local secrets = require "jwkengine.nginx.secrets"
 local state = require "jwkengine.nginx.state"
@@ -43,30 +44,48 @@ end
 
 local vm_pool_warned = false
 
+-- This worker's recorder (the counts /metrics serves), or nil before its
+-- engine is open.
+local function recorder()
+  return state.engine and state.engine.metrics_recorder
+end
+
+-- What ngx.run_worker_thread answered, passed on as thread_sign's answer
+-- and true: counted. What the thread's engine did (thread_sign returns it
+-- after its answer) is counted in this worker's recorder; a thread that
+-- did not run is a signing failure, ERR_THREAD.
+local function count_thread_call(set, ok, token, err, code, ...)
+  local counts = recorder()
+  if not ok then
+    if token == "no available Lua vm" and not vm_pool_warned then
+      vm_pool_warned = true
+      logging.logger("warn", string.format("nginx's worker-thread Lua VM pool is smaller than " ..
+        "thread_queue.in_flight (%d): set lua_worker_thread_vm_pool_size to at least that",
+        state.settings.thread_queue.in_flight))
+    end
+    if counts then counts:failed("ERR_THREAD") end
+    return nil, "worker thread: " .. tostring(token), "ERR_THREAD", true
+  end
+  if counts then counts:add_call(set, ...) end
+  return token, err, code, true
+end
+
 -- One signature in a worker thread. The thread's VM loads this module
 -- only, not jwkengine.nginx: lua-nginx-module runs a full garbage
 -- collection of the VM in the worker's event loop after every call, so
 -- what the VM holds is paid on every token.
 local function run_in_thread(pool, set, body, lifetime)
   local settings = state.settings
-  local ok, token, err, code = ngx.run_worker_thread(pool, "jwkengine.nginx.threads", "thread_sign",
+  return count_thread_call(set, ngx.run_worker_thread(pool, "jwkengine.nginx.threads", "thread_sign",
     settings.thread_options_json, settings.slot_id or false, set, body, lifetime, settings.refresh,
-    settings.kept_secrets)
-  if not ok then
-    if token == "no available Lua vm" and not vm_pool_warned then
-      vm_pool_warned = true
-      logging.logger("warn", string.format("nginx's worker-thread Lua VM pool is smaller than " ..
-        "thread_queue.in_flight (%d): set lua_worker_thread_vm_pool_size to at least that",
-        settings.thread_queue.in_flight))
-    end
-    return nil, "worker thread: " .. tostring(token), "ERR_THREAD"
-  end
-  return token, err, code
+    settings.kept_secrets))
 end
 
 -- Signs in a worker thread (from a worker's content handler), waiting in
 -- this worker's bounded queue for a free slot; returns what thread_sign
--- returns, or nil, err, code (ERR_OVERLOADED past the queue).
+-- returns, or nil, err, code (ERR_OVERLOADED past the queue). Each call is
+-- counted in this worker's metrics as a signature in its event loop would
+-- be, and a refusal of the queue as a signing failure by its code.
 function M.sign(pool, set, body, lifetime)
   local settings = state.settings
   if not settings.thread_options_json then
@@ -75,7 +94,10 @@ function M.sign(pool, set, body, lifetime)
   if not ngx.run_worker_thread then
     return nil, "this nginx Lua module has no ngx.run_worker_thread", "ERR_CONFIG"
   end
-  return queue.run(settings.thread_queue, run_in_thread, pool, set, body, lifetime)
+  local token, err, code, counted = queue.run(settings.thread_queue, run_in_thread, pool, set, body, lifetime)
+  local counts = recorder()
+  if not counted and counts then counts:failed(code) end
+  return token, err, code
 end
 
 ------------------------------------------------------------------------
@@ -90,6 +112,7 @@ local function open_thread_engine(options_json, slot_id, kept_secrets)
   local o = secrets.with_kept(cjson.decode(options_json), kept_secrets)
   o.startup = false
   o.logger = logging.thread_logger
+  o.metrics = metrics.last_call() -- its calls are counted by the worker
   o.hsm = o.hsm or {}
   o.hsm.max_sessions = 1
   if slot_id then
@@ -107,7 +130,9 @@ local function open_thread_engine(options_json, slot_id, kept_secrets)
 end
 
 -- The function ngx.run_worker_thread calls (as jwkengine.nginx.threads.thread_sign).
--- The set is re-read from the token every `refresh` seconds.
+-- The set is re-read from the token every `refresh` seconds. Returns the
+-- token (or nil, err, code), then what the call did for the worker to
+-- count (metrics.last_call's take).
 function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept_secrets)
   local entry = thread_engines[options_json]
   if not entry then
@@ -124,7 +149,9 @@ function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept
   end
   local claims = cjson.decode(body)
   if type(claims) ~= "table" then return nil, "claims are not a JSON object", "ERR_JWT_CLAIMS" end
-  return e:sign_jwt(set, claims, { lifetime = lifetime })
+  local token, err, code = e:sign_jwt(set, claims, { lifetime = lifetime })
+  -- then what the engine counted, for the worker's metrics (see count_thread_call)
+  return token, err, code, e.metrics_recorder:take()
 end
 
 return M
