@@ -177,4 +177,21 @@ describe("engine:metrics() through the fault module", function()
     assert.are.equal(1, prometheus.sum(m, "jwkengine_signing_failures_total", { code = "CKR_FUNCTION_FAILED" }))
     assert.are.equal(2, prometheus.sum(m, "jwkengine_signatures_total", { set = "r", backend = "hsm" }))
   end)
+
+  it("counts a vendor's own CKR values under one label value, whatever their number", function()
+    for _, rv in ipairs({ "0x80000001", "0x80000002", "0x8000abcd" }) do
+      faults.set({ faults = "C_Sign:" .. rv .. "@1" })
+      local jws, err, code = engine:sign("r", "vendor")
+      assert.is_nil(jws)
+      assert.are.equal("CKR_" .. rv, code, err) -- the call's own code keeps the number
+    end
+    faults.set({})
+    local m = prometheus.parse(engine:metrics())
+    assert.are.equal(3, prometheus.sum(m, "jwkengine_signing_failures_total", { code = "CKR_VENDOR_DEFINED" }))
+    for _, family in pairs(m) do
+      for _, sample in ipairs(family.samples) do
+        assert.is_nil((sample.labels.code or ""):find("^CKR_0x"), "a vendor CKR label: " .. tostring(sample.labels.code))
+      end
+    end
+  end)
 end)

@@ -1,5 +1,6 @@
 /* The Lua module `jwkengine.core`: the thin layer between the C core and
  * the Lua policy. It turns C results into Lua values and nothing more. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -21,10 +22,12 @@ int jwke_push_error(lua_State *L, const jwke_error *err)
         lua_pushstring(L, err->code);
     } else if (err->ckr != CKR_OK) {
         const char *name = jwke_ckr_name(err->ckr);
-        if (name)
-            lua_pushstring(L, name);
-        else
-            lua_pushfstring(L, "CKR_0x%08x", (unsigned)err->ckr);
+        char vendor[24]; /* lua_pushfstring has no %x: a vendor's CKR raised instead */
+        if (!name) {
+            snprintf(vendor, sizeof vendor, "CKR_0x%08lx", (unsigned long)err->ckr);
+            name = vendor;
+        }
+        lua_pushstring(L, name);
     } else {
         lua_pushliteral(L, JWKE_ERR_INTERNAL);
     }

@@ -39,7 +39,7 @@ jwkengine_pkcs11_recoveries_total counter PKCS#11 failures recovered from, by ki
 jwkengine_pkcs11_failed_recoveries_total counter PKCS#11 recoveries that failed.
 jwkengine_pkcs11_session_waits_total counter Times a signer waited for a free PKCS#11 session.
 jwkengine_pkcs11_sessions_opened_total counter PKCS#11 sessions opened.
-jwkengine_pkcs11_sessions_open gauge PKCS#11 sessions open now (the login session included).
+jwkengine_pkcs11_sessions_open gauge PKCS#11 sessions of the signing pool open now (the login session not counted).
 jwkengine_pkcs11_max_sessions gauge Bound of the PKCS#11 session pool.
 jwkengine_key_state gauge 1 for each published key of a set in its lifecycle state (next, current, previous).
 jwkengine_jwks_requests_total counter JWK Set requests answered, by HTTP status (200 or 304; nginx only).
@@ -121,8 +121,17 @@ function Recorder:signed(where, set, kid, alg, seconds)
   histogram.sum = histogram.sum + seconds
 end
 
+-- A vendor's own CKR values (CKR_0x8000...) are one label value: a token
+-- answering with many of them must not make the label set grow without
+-- bound (the error log has each one).
+local function failure_label(code)
+  if not code then return "ERR_INTERNAL" end
+  if code:find("^CKR_0x") then return "CKR_VENDOR_DEFINED" end
+  return code
+end
+
 function Recorder:failed(code)
-  code = code or "ERR_INTERNAL"
+  code = failure_label(code)
   self.failures[code] = (self.failures[code] or 0) + 1
 end
 
