@@ -97,7 +97,10 @@ describe("SoftHSM through p11-kit's remoting", function()
     error(string.format("no good signature within %d s of the HSM's return", RECOVERY_BOUND_S + 5))
   end
 
-  for _, down_for in ipairs({ 0.5, 3, 30 }) do
+  -- The 30 s outage only waits longer than the 3 s one: the sanitizer pass
+  -- (scripts/test.sh) runs the same code without it.
+  local lengths = os.getenv("JWKE_SANITIZER_PASS") and { 0.5, 3 } or { 0.5, 3, 30 }
+  for _, down_for in ipairs(lengths) do
     it(string.format("recovers from a %.1f s outage without a restart; every call meanwhile is ERR_HSM_UNAVAILABLE", down_for), function()
       assert(engine:sign_jwt("remote-es256", { sub = "before" }))
       local recovered, failures = outage(down_for)
