@@ -14,13 +14,8 @@ describe("nginx session budget", function()
   end)
 
   local function start(workers, token_limit)
-    local server = nginx.new({ token = token, workers = workers,
-      environment = { HSM_LIBRARY = faults.MODULE, HSM_MAX_SESSIONS = "4",
-        JWKE_FAULT_TOKEN_MAX_SESSIONS = tostring(token_limit) },
-      render = function(opts)
-        return nginx.replace_once(nginx.render_config(opts), "env SOFTHSM2_CONF;",
-          "env SOFTHSM2_CONF;\nenv JWKE_FAULT_TOKEN_MAX_SESSIONS;")
-      end })
+    local server = faults.nginx_server({ token = token, workers = workers,
+      environment = { HSM_MAX_SESSIONS = "4", JWKE_FAULT_TOKEN_MAX_SESSIONS = tostring(token_limit) } })
     server:start()
     return server
   end

@@ -22,14 +22,11 @@ describe("nginx session budget with thread-pool signing", function()
   end)
 
   local function start(token_limit, stats_dir)
-    local server = nginx.new({ token = token, workers = WORKERS,
-      environment = { HSM_LIBRARY = faults.MODULE, HSM_MAX_SESSIONS = tostring(MAX_SESSIONS),
+    local server = faults.nginx_server({ token = token, workers = WORKERS,
+      environment = { HSM_MAX_SESSIONS = tostring(MAX_SESSIONS),
         JWKE_FAULT_TOKEN_MAX_SESSIONS = tostring(token_limit),
         JWKE_FAULT_STATS = stats_dir .. "/stats.%p", JWKE_FAULT_STATS_SYNC = "1" },
-      render = function(opts)
-        local text = nginx.render_config(opts)
-        text = nginx.replace_once(text, "env SOFTHSM2_CONF;", "env SOFTHSM2_CONF;\n" ..
-          "env HSM_MAX_SESSIONS;\nenv JWKE_FAULT_TOKEN_MAX_SESSIONS;\nenv JWKE_FAULT_STATS;\nenv JWKE_FAULT_STATS_SYNC;")
+      edit = function(text)
         text = nginx.replace_once(text, '-- thread_pool = "jwkengine",', 'thread_pool = "jwkengine",')
         text = nginx.replace_once(text, "-- thread_queue = { in_flight = 4,",
           "thread_queue = { in_flight = " .. IN_FLIGHT .. ",")
