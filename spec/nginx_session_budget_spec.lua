@@ -42,14 +42,14 @@ describe("nginx session budget", function()
   end)
 
   -- The session budget in thread-pool mode: each worker-thread Lua VM opens
-  -- an engine of its own (a login session and one pool session), so a worker
-  -- may hold hsm.max_sessions + 1 + thread_queue.in_flight x 2 sessions
+  -- an engine of its own, which signs on its login session (no pool), so a
+  -- worker may hold hsm.max_sessions + 1 + thread_queue.in_flight sessions
   -- (README: Session budgets). Counted by the fault-injecting module in each
   -- worker (its sessions_peak: the most sessions alive at once in that
   -- process), with a token limit it reports as a networked HSM does.
   local WORKERS, MAX_SESSIONS, IN_FLIGHT = 2, 2, 2
   -- the README's formula, written out here rather than taken from the code
-  local PER_WORKER = MAX_SESSIONS + 1 + IN_FLIGHT * 2
+  local PER_WORKER = MAX_SESSIONS + 1 + IN_FLIGHT
   local BUDGET = WORKERS * PER_WORKER
 
   describe("with thread-pool signing", function()
@@ -112,15 +112,15 @@ describe("nginx session budget", function()
       -- engines (login + one pool session each) could account for
       assert.is_true(total > WORKERS * 2, "no thread VM opened a session: " .. cjson.encode(peaks))
       assert.is_true(total <= BUDGET, cjson.encode(peaks))
-      assert.is_nil(log:find("thread VMs x 2 sessions) =", 1, true), log)
+      assert.is_nil(log:find("thread VMs x 1 session) =", 1, true), log)
     end)
 
     it("warns once when the formula exceeds what the token reports, naming what to lower", function()
       local dir = stats_dir()
       local server = start_threaded(BUDGET - 1, dir)
       local expected = string.format("%d workers x (hsm.max_sessions %d + 1 login session + " ..
-        "thread_queue.in_flight %d thread VMs x 2 sessions) = %d sessions, but the token reports %d: " ..
-        "lower thread_queue.in_flight to 2 or fewer with HSM_MAX_SESSIONS 1", WORKERS, MAX_SESSIONS,
+        "thread_queue.in_flight %d thread VMs x 1 session) = %d sessions, but the token reports %d: " ..
+        "lower thread_queue.in_flight to 3 or fewer with HSM_MAX_SESSIONS 0", WORKERS, MAX_SESSIONS,
         IN_FLIGHT, BUDGET, BUDGET - 1)
       local deadline = os.time() + 30
       while not server:log():find(expected, 1, true) and os.time() < deadline do nginx.sleep(0.2) end

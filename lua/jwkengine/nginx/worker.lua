@@ -75,17 +75,17 @@ end
 -- The sessions one worker may hold (README: Session budgets), and how that
 -- adds up, for the warning. hsm.max_sessions is per process: a worker
 -- holds its engine's pool and login session; with thread_pool signing,
--- each worker-thread Lua VM that signs opens an engine of its own, a login
--- session and one pool session, and at most thread_queue.in_flight VMs of
--- a worker sign at once.
+-- each worker-thread Lua VM that signs opens an engine of its own, which
+-- signs on its login session, and at most thread_queue.in_flight VMs of a
+-- worker sign at once.
 local function sessions_per_worker(hsm, settings)
   local own = hsm.max_sessions + 1
   if not settings.thread_pool then
     return own, string.format("(hsm.max_sessions %d + 1 login session)", hsm.max_sessions)
   end
   local vms = settings.thread_queue.in_flight
-  return own + 2 * vms, string.format("(hsm.max_sessions %d + 1 login session + thread_queue.in_flight %d " ..
-    "thread VMs x 2 sessions)", hsm.max_sessions, vms)
+  return own + vms, string.format("(hsm.max_sessions %d + 1 login session + thread_queue.in_flight %d " ..
+    "thread VMs x 1 session)", hsm.max_sessions, vms)
 end
 
 -- What to lower so that `workers` fit within `limit` sessions.
@@ -94,8 +94,8 @@ local function budget_advice(hsm, settings, workers, limit)
   if not settings.thread_pool then
     return string.format("lower HSM_MAX_SESSIONS to %d or fewer", math.max(1, per_worker - 1))
   end
-  return string.format("lower thread_queue.in_flight to %d or fewer with HSM_MAX_SESSIONS 1",
-    math.max(1, math.floor((per_worker - 2) / 2)))
+  return string.format("lower thread_queue.in_flight to %d or fewer with HSM_MAX_SESSIONS 0",
+    math.max(1, per_worker - 1))
 end
 
 -- Said once (by worker 0) when the workers together may need more sessions
