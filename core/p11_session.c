@@ -15,6 +15,11 @@ struct jwke_p11_pool {
     int open_count;        /* idle + borrowed */
     int wait_ms;
     int idle_max_ms;       /* < 0: never checked */
+    /* No sessions of its own: the caller's login session is lent, to one
+     * borrower at a time, and never closed (closing it would log out). */
+    int lends_login;
+    int login_lent;
+    CK_SESSION_HANDLE login;
     jwke_p11_pool_stats stats; /* max_sessions is the bound in use */
 };
 
@@ -25,7 +30,9 @@ jwke_p11_pool *jwke_p11_pool_new(CK_FUNCTION_LIST_PTR fn, int max_sessions, int 
     if (!pool)
         return NULL;
     pool->fn = fn;
-    pool->stats.max_sessions = max_sessions > JWKE_POOL_LIMIT ? JWKE_POOL_LIMIT : max_sessions;
+    pool->lends_login = max_sessions < 0;
+    pool->stats.max_sessions = max_sessions < 0 ? 0
+                               : max_sessions > JWKE_POOL_LIMIT ? JWKE_POOL_LIMIT : max_sessions;
     pool->stats.token_max_sessions = -1;
     pool->stats.token_sessions = -1;
     pool->wait_ms = wait_ms;
@@ -76,7 +83,7 @@ int jwke_p11_pool_fit_token(jwke_p11_pool *pool, CK_SLOT_ID slot, int reserved,
     long rw_left = sessions_left(info.ulMaxRwSessionCount, info.ulRwSessionCount, reserved);
     if (left < 0 || (rw_left >= 0 && rw_left < left))
         left = rw_left;
-    if (left < 0 || left >= pool->stats.max_sessions)
+    if (pool->lends_login || left < 0 || left >= pool->stats.max_sessions)
         return 0;
     *former_limit = pool->stats.max_sessions;
     pool->stats.max_sessions = left < 1 ? 1 : (int)left;
@@ -138,6 +145,25 @@ static struct timespec deadline_after(int ms)
     return deadline;
 }
 
+void jwke_p11_pool_set_login(jwke_p11_pool *pool, CK_SESSION_HANDLE login)
+{
+    pool->login = login;
+    pool->login_lent = 0;
+}
+
+int jwke_p11_pool_lends_login(const jwke_p11_pool *pool)
+{
+    return pool->lends_login;
+}
+
+/* Whether a borrower would get a session now without waiting. */
+static int session_available(const jwke_p11_pool *pool)
+{
+    if (pool->lends_login)
+        return !pool->login_lent;
+    return pool->idle_count > 0 || pool->open_count < pool->stats.max_sessions;
+}
+
 int jwke_p11_pool_borrow(jwke_p11_pool *pool, pthread_mutex_t *lock, CK_SLOT_ID slot,
                          CK_SESSION_HANDLE *session, int *former_limit, jwke_error *err)
 {
@@ -145,9 +171,15 @@ int jwke_p11_pool_borrow(jwke_p11_pool *pool, pthread_mutex_t *lock, CK_SLOT_ID 
     int have_deadline = 0;
     *former_limit = 0;
     for (;;) {
-        if (take_idle(pool, session))
+        if (pool->lends_login) {
+            if (!pool->login_lent) {
+                pool->login_lent = 1;
+                *session = pool->login;
+                return 0;
+            }
+        } else if (take_idle(pool, session)) {
             return 0;
-        if (pool->open_count < pool->stats.max_sessions) {
+        } else if (pool->open_count < pool->stats.max_sessions) {
             CK_RV rv = pool->fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
                                                NULL, session);
             if (rv == CKR_OK) {
@@ -167,16 +199,25 @@ int jwke_p11_pool_borrow(jwke_p11_pool *pool, pthread_mutex_t *lock, CK_SLOT_ID 
             pool->stats.session_waits++;
         }
         if (pthread_cond_timedwait(&pool->session_free, lock, &deadline) == ETIMEDOUT &&
-            pool->idle_count == 0 && pool->open_count >= pool->stats.max_sessions)
+            !session_available(pool)) {
+            if (pool->lends_login)
+                return jwke_fail_code(err, "ERR_HSM_BUSY", "the login session (hsm.max_sessions = 0: no "
+                                      "pool) did not become free within %d ms (raise hsm.max_sessions "
+                                      "or hsm.session_wait_ms)", pool->wait_ms);
             return jwke_fail_code(err, "ERR_HSM_BUSY", "no PKCS#11 session became free within %d ms (all %d are busy; "
                              "raise hsm.max_sessions or hsm.session_wait_ms)",
                              pool->wait_ms, pool->stats.max_sessions);
+        }
     }
 }
 
 void jwke_p11_pool_give_back(jwke_p11_pool *pool, CK_SESSION_HANDLE session, int healthy)
 {
-    if (healthy && pool->idle_count < JWKE_POOL_LIMIT) {
+    if (pool->lends_login) {
+        /* kept even after a failure: a failed C_Sign ends its operation,
+         * and searches are always finalized */
+        pool->login_lent = 0;
+    } else if (healthy && pool->idle_count < JWKE_POOL_LIMIT) {
         pool->idle_since_ms[pool->idle_count] = pool->idle_max_ms < 0 ? 0 : monotonic_ms();
         pool->idle[pool->idle_count++] = session;
     } else {
@@ -193,6 +234,7 @@ void jwke_p11_pool_signal(jwke_p11_pool *pool)
 
 void jwke_p11_pool_forget(jwke_p11_pool *pool)
 {
+    pool->login_lent = 0;
     pool->idle_count = 0;
     pool->open_count = 0;
 }

@@ -23,8 +23,11 @@
 
 typedef struct jwke_p11_pool jwke_p11_pool;
 
-/* max_sessions is capped at JWKE_POOL_LIMIT; idle_max_ms < 0: idle
- * sessions are never checked. NULL when out of memory. */
+/* max_sessions is capped at JWKE_POOL_LIMIT; < 0: the pool opens no
+ * session and lends the login session (jwke_p11_pool_set_login) to one
+ * borrower at a time, for a caller that never needs two at once (one
+ * thread); idle_max_ms < 0: idle sessions are never checked. NULL when out
+ * of memory. */
 jwke_p11_pool *jwke_p11_pool_new(CK_FUNCTION_LIST_PTR fn, int max_sessions, int wait_ms,
                                  int idle_max_ms);
 
@@ -35,6 +38,10 @@ jwke_p11_pool *jwke_p11_pool_new(CK_FUNCTION_LIST_PTR fn, int max_sessions, int 
  * say why). *former_limit is the bound before when it was lowered, else 0. */
 int jwke_p11_pool_fit_token(jwke_p11_pool *pool, CK_SLOT_ID slot, int reserved,
                             int *former_limit, jwke_error *err);
+/* The login session a pool that lends it lends; after every new one. */
+void jwke_p11_pool_set_login(jwke_p11_pool *pool, CK_SESSION_HANDLE login);
+int jwke_p11_pool_lends_login(const jwke_p11_pool *pool);
+
 /* Frees the pool without closing a session (close_all does). */
 void jwke_p11_pool_free(jwke_p11_pool *pool, int inherited_lock);
 

@@ -149,7 +149,7 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     snprintf(t->label, sizeof t->label, "%s", label ? label : "");
     snprintf(t->serial, sizeof t->serial, "%s", serial ? serial : "");
     t->pool = jwke_p11_pool_new(
-        t->fn, options && options->max_sessions > 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS,
+        t->fn, options && options->max_sessions != 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS,
         options && options->session_wait_ms > 0 ? options->session_wait_ms : JWKE_POOL_SESSION_WAIT_MS,
         options && options->session_idle_max_ms != 0 ? options->session_idle_max_ms
                                                      : JWKE_POOL_SESSION_IDLE_MAX_MS);
@@ -189,6 +189,7 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     }
     t->have_login_session = 1;
     t->login_session_epoch = t->epoch;
+    jwke_p11_pool_set_login(t->pool, t->login_session);
     t->tracked = 1;
     if (former_limit) {
         jwke_p11_pool_stats pool;
@@ -478,6 +479,7 @@ static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
             return jwke_fail_ckr(err, "C_OpenSession", rv);
         t->have_login_session = 1;
         t->login_session_epoch = epoch;
+        jwke_p11_pool_set_login(t->pool, t->login_session);
     }
     if (!t->tracked) {
         t->tracked = 1;
@@ -513,6 +515,20 @@ static int borrow_locked(jwke_p11_token *t, CK_SESSION_HANDLE *session, jwke_err
         queue_event(t, "the token allows %d sessions for jwkengine (hsm.max_sessions was %d)",
                     pool.max_sessions, former_limit);
     }
+    return result;
+}
+
+/* Logs in again. When the pool lends the login session, it is borrowed
+ * first: another thread may be signing on it. Caller holds t->lock. */
+static int login_on_free_session_locked(jwke_p11_token *t, jwke_error *err)
+{
+    if (!jwke_p11_pool_lends_login(t->pool))
+        return login_locked(t, err);
+    CK_SESSION_HANDLE login;
+    if (borrow_locked(t, &login, err) != 0)
+        return -1;
+    int result = login_locked(t, err);
+    jwke_p11_pool_give_back(t->pool, login, 1);
     return result;
 }
 
@@ -612,7 +628,7 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
     case JWKE_RECOVER_LOGIN:
         /* Tokens may drop private-object handles at logout (SoftHSM does),
          * so keys find theirs again before the retry. */
-        result = login_locked(t, err);
+        result = login_on_free_session_locked(t, err);
         t->object_epoch++;
         break;
     case JWKE_RECOVER_OBJECT:

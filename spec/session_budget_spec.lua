@@ -6,6 +6,7 @@
 local jwkengine = require "jwkengine"
 local faults = require "helpers.faults"
 local softhsm = require "helpers.softhsm"
+local verifier = require "helpers.verifier"
 
 describe("session budget", function()
   local token
@@ -19,17 +20,18 @@ describe("session budget", function()
   end)
   teardown(function() faults.set({}) end)
 
-  -- 8 threads signing 25 times each with hsm.max_sessions = 8, through a
-  -- module that reports `limit` sessions (0: the token's own answer, no
-  -- limit) and takes 5 ms per C_Sign, so the threads contend for sessions;
-  -- the pool's stats and the module's count of sessions opened.
-  local function threads_signing(limit)
+  -- 8 threads signing 25 times each with hsm.max_sessions = `pool` (default
+  -- 8; -1 is C's "no pool: lend the login session"), through a module that
+  -- reports `limit` sessions (0: the token's own answer, no limit) and takes
+  -- 5 ms per C_Sign, so the threads contend for sessions; the pool's stats
+  -- and the module's count of sessions opened.
+  local function threads_signing(limit, pool)
     local stats_path = softhsm.tmpname()
     local out, ok = softhsm.run(string.format(
       "env -u JWKE_FAULT_CONTROL JWKE_FAULT_STATS=%s JWKE_FAULT_LATENCY_US=C_Sign:5000 " ..
-      "JWKE_FAULT_TOKEN_MAX_SESSIONS=%d %s/pool_threads %s %s %s b 8 25 8",
+      "JWKE_FAULT_TOKEN_MAX_SESSIONS=%d %s/pool_threads %s %s %s b 8 25 %d",
       softhsm.quote(stats_path), limit, softhsm.BUILD, faults.MODULE, softhsm.quote(token.label),
-      token.pin))
+      token.pin, pool or 8))
     assert.is_true(ok, out)
     local module_stats = {}
     for line in io.lines(stats_path) do
@@ -58,6 +60,39 @@ describe("session budget", function()
     assert.matches("signatures=200 failures=0", out, 1, true)
     assert.matches("max_sessions=8 ", out, 1, true)
     assert.equals(1 + tonumber(out:match("sessions_opened=(%d+)")), module_stats["calls.C_OpenSession"])
+  end)
+
+  it("with no pool (max_sessions < 0 in C) 8 threads sign on the login session, one at a time", function()
+    local out, module_stats = threads_signing(0, -1)
+    assert.matches("signatures=200 failures=0", out, 1, true)
+    assert.matches("sessions_opened=0 sessions_open=0 max_sessions=0 ", out, 1, true)
+    assert.is_true(tonumber(out:match("session_waits=(%d+)")) > 0, out) -- they did contend for it
+    -- the login session is the only one the module ever saw
+    assert.equals(1, module_stats["calls.C_OpenSession"])
+    assert.equals(1, module_stats.sessions_peak)
+  end)
+
+  it("hsm.max_sessions = 0 signs on the login session, and logs in again there after a logout", function()
+    local engine = assert(jwkengine.open({ environment = faults.environment(token, { HSM_MAX_SESSIONS = "0" }),
+      startup = false, logger = false }))
+    local first = assert(engine:sign_jwt("b", { sub = "first" }))
+    -- the token forgets the login once: recovered on the same session
+    faults.set({ faults = "C_SignInit:CKR_USER_NOT_LOGGED_IN@1" })
+    local second, err = engine:sign_jwt("b", { sub = "second" })
+    local counts = faults.counts()
+    local stats = assert(engine:stats())
+    local jwks = engine:key_set_json("b")
+    engine:close()
+    assert.is_truthy(second, err)
+    assert.is_true((verifier.jwcrypto(jwks, first)))
+    assert.is_true((verifier.jwcrypto(jwks, second)))
+    assert.equals(0, stats.max_sessions)
+    assert.equals(0, stats.sessions_opened or 0)
+    -- the window since the fault was set: the refused C_SignInit, a login
+    -- and the retry, and no session beside the login session
+    assert.equals(0, counts["window.C_OpenSession"] or 0)
+    assert.equals(2, counts["window.C_SignInit"])
+    assert.equals(1, counts["window.C_Login"])
   end)
 
   it("shows the token's limit and the pool size in engine:stats() and logs the cut", function()

@@ -364,8 +364,9 @@ function M.check_hsm(hsm)
   file:close()
   local pin_problem = M.pin_problem(hsm)
   if pin_problem then return util.fail("ERR_CONFIG", "%s", pin_problem) end
-  if hsm.max_sessions < 1 then
-    return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 1")
+  if hsm.max_sessions < 0 then
+    return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 0 (0: no pool, the login session signs), got %d",
+      hsm.max_sessions)
   end
   if hsm.reinit_interval_ms < 1 or hsm.reinit_interval_max_ms < hsm.reinit_interval_ms then
     return util.fail("ERR_CONFIG", "hsm.reinit_interval_ms (%d) must be at least 1 and at most "

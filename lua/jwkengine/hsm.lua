@@ -49,7 +49,9 @@ function M.open(hsm_config, options)
   local token
   token, err, code = module:open_token(slot.id, {
     label = slot.label, serial = slot.serial,
-    max_sessions = hsm_config.max_sessions,
+    -- 0: no pool, the login session is lent (C takes that as < 0; 0 there
+    -- means its default)
+    max_sessions = hsm_config.max_sessions == 0 and -1 or hsm_config.max_sessions,
     session_wait_ms = hsm_config.session_wait_ms,
     reinit_interval_ms = hsm_config.reinit_interval_ms,
     reinit_interval_max_ms = hsm_config.reinit_interval_max_ms,

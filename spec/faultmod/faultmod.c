@@ -181,7 +181,9 @@
  *
  * STATS
  *
- *   Counters per process: calls.F (every call of F since the module was
+ *   Counters per process: sessions (alive now), sessions_peak (the most
+ *   alive at once since the module was loaded or the process forked; a
+ *   child starts from what it inherited), calls.F (every call of F since the module was
  *   loaded or the process forked), window.F (the count the @N triggers use),
  *   injected.F (faults returned), errors.F (calls that returned anything but
  *   CKR_OK, injected or real). They are written, as "name value" lines, to
@@ -383,6 +385,7 @@ static struct {
     /* sessions opened through the wrapper */
     fm_session *sessions[FM_BUCKETS];
     unsigned long nsessions;
+    unsigned long sessions_peak; /* most alive at once since loaded or forked */
     CK_SESSION_HANDLE next_handle;
 } st = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -1288,10 +1291,10 @@ static void format_stats(fm_buf *b, const char *reason)
     buf_printf(b, "pid %ld\nreason %s\ninitialized %d\nremoved %d\nsessions %lu\n"
                "reloads %lu\ncontrol_errors %lu\nremovals %lu\ninsertions %lu\n"
                "injected_total %lu\nerrors_total %lu\nexpired_sessions %lu\n"
-               "corrupted_signatures %lu\n",
+               "corrupted_signatures %lu\nsessions_peak %lu\n",
                (long)getpid(), reason, st.initialized, st.cfg.removed, st.nsessions,
                st.reloads, st.control_errors, st.removals, st.insertions, injected, errors,
-               st.expired_sessions, st.corrupted_signatures);
+               st.expired_sessions, st.corrupted_signatures, st.sessions_peak);
     for (int i = 0; i < FN_COUNT; i++) {
         if (!st.calls[i] && !st.window[i])
             continue;
@@ -2187,6 +2190,8 @@ static CK_RV w_C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApp
     s->next = *pp;
     *pp = s;
     st.nsessions++;
+    if (st.nsessions > st.sessions_peak)
+        st.sessions_peak = st.nsessions;
     *phSession = s->handle;
     unlock();
     return finish(&c, CKR_OK);
@@ -2497,6 +2502,7 @@ static void atfork_child(void)
     memset(st.injected, 0, sizeof st.injected);
     memset(st.errors, 0, sizeof st.errors);
     st.reloads = st.control_errors = st.removals = st.insertions = 0;
+    st.sessions_peak = st.nsessions; /* what the child inherited */
     for (size_t i = 0; i < st.cfg.nrules; i++)
         st.cfg.rules[i].burst_left = 0;
     st.rng = st.cfg.seed;

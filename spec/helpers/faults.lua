@@ -66,4 +66,24 @@ function M.environment(token, extra)
   return env
 end
 
+-- An nginx (helpers.nginx) on the fault module: opts as nginx.new's, with
+-- opts.environment passed on to the workers (an `env` line each) and
+-- opts.edit(text) changing the rendered configuration further.
+function M.nginx_server(opts)
+  local nginx = require "helpers.nginx"
+  local environment = { HSM_LIBRARY = M.MODULE }
+  local names = {}
+  for name, value in pairs(opts.environment or {}) do
+    environment[name] = value
+    names[#names + 1] = "env " .. name .. ";"
+  end
+  table.sort(names)
+  return nginx.new({ token = opts.token, workers = opts.workers, environment = environment,
+    render = function(render_opts)
+      local text = nginx.replace_once(nginx.render_config(render_opts), "env SOFTHSM2_CONF;",
+        "env SOFTHSM2_CONF;\n" .. table.concat(names, "\n"))
+      return opts.edit and opts.edit(text) or text
+    end })
+end
+
 return M

@@ -130,7 +130,7 @@ local function thread_queue(options, cfg)
   local q = check_keys(options, { in_flight = true, length = true, timeout = true }, "thread_queue")
   local defaults = DEFAULTS.thread_queue
   return {
-    in_flight = whole_number(q.in_flight or cfg.hsm.max_sessions, "thread_queue.in_flight", 1),
+    in_flight = whole_number(q.in_flight or math.max(1, cfg.hsm.max_sessions), "thread_queue.in_flight", 1),
     length = whole_number(q.length or defaults.length, "thread_queue.length", 0),
     timeout = positive_number(q.timeout or defaults.timeout, "thread_queue.timeout"),
   }

@@ -105,8 +105,10 @@ end
 
 local thread_engines = {} -- options JSON -> { engine, refreshed }
 
--- Opens a VM's engine: one PKCS#11 session is enough (a VM serves one
--- thread at a time), on the slot the worker chose.
+-- Opens a VM's engine on the slot the worker chose, signing on its login
+-- session (max_sessions 0: no pool): a VM serves one thread at a time, so
+-- one session is enough, and each VM holds one session of the token's
+-- budget instead of two (README: Session budgets).
 local function open_thread_engine(options_json, slot_id, kept_secrets)
   local jwkengine = require "jwkengine"
   local o = secrets.with_kept(cjson.decode(options_json), kept_secrets)
@@ -114,7 +116,7 @@ local function open_thread_engine(options_json, slot_id, kept_secrets)
   o.logger = logging.thread_logger
   o.metrics = metrics.last_call() -- its calls are counted by the worker
   o.hsm = o.hsm or {}
-  o.hsm.max_sessions = 1
+  o.hsm.max_sessions = 0
   if slot_id then
     o.select_slot = function(list)
       for _, slot in ipairs(list) do

@@ -72,20 +72,46 @@ local function open_engine()
   return e
 end
 
--- hsm.max_sessions is per process: every worker holds its pool and a login
--- session. Said once (by worker 0) when together they would need more
--- sessions than the token reports it has.
+-- The sessions one worker may hold (README: Session budgets), and how that
+-- adds up, for the warning. hsm.max_sessions is per process: a worker
+-- holds its engine's pool and login session; with thread_pool signing,
+-- each worker-thread Lua VM that signs opens an engine of its own, which
+-- signs on its login session, and at most thread_queue.in_flight VMs of a
+-- worker sign at once.
+local function sessions_per_worker(hsm, settings)
+  local own = hsm.max_sessions + 1
+  if not settings.thread_pool then
+    return own, string.format("(hsm.max_sessions %d + 1 login session)", hsm.max_sessions)
+  end
+  local vms = settings.thread_queue.in_flight
+  return own + vms, string.format("(hsm.max_sessions %d + 1 login session + thread_queue.in_flight %d " ..
+    "thread VMs x 1 session)", hsm.max_sessions, vms)
+end
+
+-- What to lower so that `workers` fit within `limit` sessions.
+local function budget_advice(hsm, settings, workers, limit)
+  local per_worker = math.floor(limit / workers)
+  if not settings.thread_pool then
+    return string.format("lower HSM_MAX_SESSIONS to %d or fewer", math.max(1, per_worker - 1))
+  end
+  return string.format("lower thread_queue.in_flight to %d or fewer with HSM_MAX_SESSIONS 0",
+    math.max(1, per_worker - 1))
+end
+
+-- Said once (by worker 0) when the workers together may need more sessions
+-- than the token reports it has.
 local function warn_session_budget(e)
   local hsm = e.config and e.config.hsm
   local stats = hsm and hsm.enabled and ngx.worker.id() == 0 and e:stats()
   local limit = stats and stats.token_max_sessions
   if not limit then return end
+  local settings = state.settings
   local workers = ngx.worker.count()
-  local needed = workers * (hsm.max_sessions + 1)
+  local per_worker, sum = sessions_per_worker(hsm, settings)
+  local needed = workers * per_worker
   if needed > limit then
-    log("warn", string.format("%d workers x (hsm.max_sessions %d + 1 login session) = %d sessions, " ..
-      "but the token reports %d: lower HSM_MAX_SESSIONS to %d or fewer (README: Session budgets)",
-      workers, hsm.max_sessions, needed, limit, math.max(1, math.floor(limit / workers) - 1)))
+    log("warn", string.format("%d workers x %s = %d sessions, but the token reports %d: %s " ..
+      "(README: Session budgets)", workers, sum, needed, limit, budget_advice(hsm, settings, workers, limit)))
   end
 end
 
