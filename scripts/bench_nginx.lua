@@ -1,7 +1,7 @@
 -- jwkengine in nginx against a network-like HSM:
 --   build/jwkengine scripts/bench_nginx.lua [--seconds 8] [--latency-us 1000]
 --     [--connections 64] [--jwks-connections 4] [--workers 4] [--modes event,thread,thread0]
---     [--jwks-rate 0] [--wrk-threads 0]
+--     [--jwks-rate 0] [--wrk-threads 0] [--in-flight 0]
 --
 -- The fault module (spec/faultmod) adds --latency-us to C_SignInit and to
 -- C_Sign in front of a throwaway SoftHSM token; nginx runs the documented
@@ -17,10 +17,12 @@
 --   thread0  the same with no added latency: what the CPU alone allows
 -- --jwks-rate N caps the JWK Set reader at N requests/s (0: as fast as it
 -- can, which takes every cycle the signers leave idle); --wrk-threads sets
--- the token wrk's threads (0: 2).
+-- the token wrk's threads (0: 2); --in-flight sets thread_queue.in_flight
+-- (0: the default, hsm.max_sessions; the pool has threads=4 per worker).
 -- See BENCHMARKS.md. Needs wrk (Debian: wrk) and nginx with the Lua module.
 local options = { seconds = 8, ["latency-us"] = 1000, connections = 64, ["jwks-connections"] = 4, workers = 4,
-  modes = "event,thread,thread0", ["jwks-rate"] = 0, ["wrk-threads"] = 0 }
+  modes = "event,thread,thread0", ["jwks-rate"] = 0, ["wrk-threads"] = 0,
+  ["in-flight"] = 0 }
 for i = 1, #arg, 2 do
   local name = arg[i]:match("^%-%-(.+)$")
   assert(name and options[name] ~= nil and arg[i + 1], "unknown or incomplete option: " .. tostring(arg[i]))
@@ -54,6 +56,10 @@ local function render(threaded)
     text = nginx.replace_once(text, "access_log " .. opts.prefix .. "/logs/access.log;", "access_log off;")
     if threaded then
       text = nginx.replace_once(text, '-- thread_pool = "jwkengine",', 'thread_pool = "jwkengine",')
+      if options["in-flight"] > 0 then
+        text = nginx.replace_once(text, "-- thread_queue = { in_flight = 4,",
+          "thread_queue = { in_flight = " .. options["in-flight"] .. ",")
+      end
     end
     return text
   end

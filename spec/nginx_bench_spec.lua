@@ -15,9 +15,9 @@ local function row(output, mode)
 end
 
 describe("scripts/bench_nginx.lua", function()
-  it("caps the JWK Set reader at --jwks-rate and reports where the CPU went", function()
+  it("caps the JWK Set reader at --jwks-rate, sets --in-flight and reports where the CPU went", function()
     local output = assert(io.popen(string.format("cd %s/.. && %s/jwkengine scripts/bench_nginx.lua --seconds 2 " ..
-      "--connections 4 --jwks-connections 2 --jwks-rate 20 --modes thread --latency-us 2000 2>&1",
+      "--connections 4 --jwks-connections 2 --jwks-rate 20 --modes thread --latency-us 2000 --in-flight 2 2>&1",
       softhsm.BUILD, softhsm.BUILD))):read("a")
     local cells = row(output, "thread")
     assert.is_table(cells, output)
