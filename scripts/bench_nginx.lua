@@ -1,6 +1,7 @@
 -- jwkengine in nginx against a network-like HSM:
 --   build/jwkengine scripts/bench_nginx.lua [--seconds 8] [--latency-us 1000]
 --     [--connections 64] [--jwks-connections 4] [--workers 4] [--modes event,thread,thread0]
+--     [--jwks-rate 0] [--wrk-threads 0] [--in-flight 0]
 --
 -- The fault module (spec/faultmod) adds --latency-us to C_SignInit and to
 -- C_Sign in front of a throwaway SoftHSM token; nginx runs the documented
@@ -14,9 +15,14 @@
 --   event    signing in the event loop (one signer per worker)
 --   thread   thread_pool = "jwkengine" (thread_queue.in_flight signers per worker)
 --   thread0  the same with no added latency: what the CPU alone allows
+-- --jwks-rate N caps the JWK Set reader at N requests/s (0: as fast as it
+-- can, which takes every cycle the signers leave idle); --wrk-threads sets
+-- the token wrk's threads (0: 2); --in-flight sets thread_queue.in_flight
+-- (0: the default, hsm.max_sessions; the pool has threads=4 per worker).
 -- See BENCHMARKS.md. Needs wrk (Debian: wrk) and nginx with the Lua module.
 local options = { seconds = 8, ["latency-us"] = 1000, connections = 64, ["jwks-connections"] = 4, workers = 4,
-  modes = "event,thread,thread0" }
+  modes = "event,thread,thread0", ["jwks-rate"] = 0, ["wrk-threads"] = 0,
+  ["in-flight"] = 0 }
 for i = 1, #arg, 2 do
   local name = arg[i]:match("^%-%-(.+)$")
   assert(name and options[name] ~= nil and arg[i + 1], "unknown or incomplete option: " .. tostring(arg[i]))
@@ -50,6 +56,10 @@ local function render(threaded)
     text = nginx.replace_once(text, "access_log " .. opts.prefix .. "/logs/access.log;", "access_log off;")
     if threaded then
       text = nginx.replace_once(text, '-- thread_pool = "jwkengine",', 'thread_pool = "jwkengine",')
+      if options["in-flight"] > 0 then
+        text = nginx.replace_once(text, "-- thread_queue = { in_flight = 4,",
+          "thread_queue = { in_flight = " .. options["in-flight"] .. ",")
+      end
     end
     return text
   end
@@ -66,19 +76,25 @@ local function machine_cpu()
   return total - fields[4] - (fields[5] or 0), total -- idle and iowait are not busy
 end
 
--- Jiffies (user + system) the given processes spent.
+-- Jiffies (user + system) one stat file counts, 0 when it is gone.
+local function stat_cpu(path)
+  local stat = util.read_file(path)
+  local after = stat and stat:match("^%d+ %b() (.*)$")
+  if not after then return 0 end
+  local f = {}
+  for v in after:gmatch("%S+") do f[#f + 1] = v end
+  return tonumber(f[12]) + tonumber(f[13]) -- fields 14 and 15 of stat
+end
+
+-- Jiffies the given nginx workers spent: in all, and in their event loops
+-- (the main thread; the rest is the thread pool's threads).
 local function process_cpu(pids)
-  local sum = 0
+  local sum, loops = 0, 0
   for _, pid in ipairs(pids) do
-    local stat = util.read_file("/proc/" .. pid .. "/stat")
-    local after = stat and stat:match("^%d+ %b() (.*)$")
-    if after then
-      local f = {}
-      for v in after:gmatch("%S+") do f[#f + 1] = v end
-      sum = sum + tonumber(f[12]) + tonumber(f[13]) -- fields 14 and 15 of stat
-    end
+    sum = sum + stat_cpu("/proc/" .. pid .. "/stat")
+    loops = loops + stat_cpu("/proc/" .. pid .. "/task/" .. pid .. "/stat")
   end
-  return sum
+  return sum, loops
 end
 
 local function parse(text)
@@ -91,9 +107,13 @@ local function parse(text)
   return r
 end
 
-local function wrk_command(connections, url, post)
-  return string.format("wrk -t %d -c %d -d %ds --latency -s %s %s%s 2>&1", math.min(connections, 2), connections,
-    options.seconds, nginx.root() .. "/scripts/bench/wrk_count.lua", url, post and " -- post" or "")
+-- script_arg: "post" (POST claims) or "rate=N" (N requests/s per connection)
+local function wrk_command(connections, url, script_arg, threads)
+  -- then the CPU wrk spent (jiffies), from its shell's counts of waited children
+  return string.format("{ wrk -t %d -c %d -d %ds --latency -s %s %s%s 2>&1; " ..
+    "echo \"wrk_cpu $(awk '{print $16 + $17}' /proc/$$/stat)\"; }",
+    threads and threads > 0 and threads or math.min(connections, 2), connections,
+    options.seconds, nginx.root() .. "/scripts/bench/wrk_count.lua", url, script_arg and " -- " .. script_arg or "")
 end
 
 local function run_mode(mode)
@@ -107,18 +127,19 @@ local function run_mode(mode)
   server:start(120)
   local base = "http://127.0.0.1:" .. server.port
   -- warm up: every worker (and every thread VM) opens its engine
-  os.execute(wrk_command(options.connections, base .. "/token", true):gsub("%-d %d+s", "-d 2s") .. " > /dev/null")
+  os.execute(wrk_command(options.connections, base .. "/token", "post"):gsub("%-d %d+s", "-d 2s") .. " > /dev/null")
 
   local workers = server:worker_pids()
   local busy0, total0 = machine_cpu()
-  local nginx0 = process_cpu(workers)
-  local jwks_pipe = io.popen(wrk_command(options["jwks-connections"], base .. "/.well-known/jwks.json"))
-  local token_pipe = io.popen(wrk_command(options.connections, base .. "/token", true))
+  local nginx0, loops0 = process_cpu(workers)
+  local jwks_pipe = io.popen(wrk_command(options["jwks-connections"], base .. "/.well-known/jwks.json",
+    options["jwks-rate"] > 0 and "rate=" .. options["jwks-rate"] / options["jwks-connections"]))
+  local token_pipe = io.popen(wrk_command(options.connections, base .. "/token", "post", options["wrk-threads"]))
   local token_out, jwks_out = token_pipe:read("a"), jwks_pipe:read("a")
   token_pipe:close()
   jwks_pipe:close()
   local busy1, total1 = machine_cpu()
-  local nginx1 = process_cpu(workers)
+  local nginx1, loops1 = process_cpu(workers)
   local log = server:log()
   server:dispose()
 
@@ -139,6 +160,10 @@ local function run_mode(mode)
     jwks_per_s = j.requests / j.seconds, jwks_p99 = j.p99_ms, jwks_non_2xx = j.requests - (j.statuses[200] or 0),
     machine_busy = (busy1 - busy0) / (total1 - total0),
     nginx_cpu_per_token_us = ok > 0 and (nginx1 - nginx0) / hz / (ok + j.requests) * 1e6 or nil,
+    -- where it went: the event loops per request, the pool's threads per token, wrk per request
+    loop_cpu_us = (loops1 - loops0) / hz / (ok + j.requests) * 1e6,
+    pool_cpu_us = threaded and ok > 0 and ((nginx1 - nginx0) - (loops1 - loops0)) / hz / ok * 1e6 or nil,
+    wrk_cpu_us = ((t.wrk_cpu or 0) + (j.wrk_cpu or 0)) / hz / (t.requests + j.requests) * 1e6,
     vm_pool_exhausted = nginx.count(log, "no available Lua vm"),
     overload_lines = nginx.count(log, "signing overloaded"),
   }
@@ -163,15 +188,17 @@ print(string.format("jwkengine nginx benchmark: %d workers, HSM_MAX_SESSIONS=%d,
   options.connections, options["jwks-connections"], uptime_load()))
 print("")
 print("| mode | latency per call | signers | ceiling/s | tokens/s | of ceiling | 503 (with Retry-After) | " ..
-  "other non-2xx | token p99 ms | JWKS/s | JWKS p99 ms | machine CPU busy | nginx CPU per request µs |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+  "other non-2xx | token p99 ms | JWKS/s | JWKS p99 ms | machine CPU busy | nginx CPU per request µs | " ..
+  "of it event loops µs | pool threads per token µs | wrk CPU per request µs |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for mode in options.modes:gmatch("[^,]+") do
   local r = run_mode(mode)
-  print(string.format("| %s | %d µs | %d | %s | %.0f | %s | %d (%d) | %d | %.1f | %.0f | %.2f | %.0f%% | %s |",
+  print(string.format("| %s | %d µs | %d | %s | %.0f | %s | %d (%d) | %d | %.1f | %.0f | %.2f | %.0f%% | %s | %.0f | %s | %.0f |",
     r.mode, r.latency, r.signers, r.ceiling and string.format("%.0f", r.ceiling) or "-", r.tokens_per_s,
     r.ceiling and string.format("%.2f", r.tokens_per_s / r.ceiling) or "-", r.unavailable, r.retry_after,
     r.other + r.jwks_non_2xx, r.token_p99, r.jwks_per_s, r.jwks_p99, r.machine_busy * 100,
-    r.nginx_cpu_per_token_us and string.format("%.0f", r.nginx_cpu_per_token_us) or "-"))
+    r.nginx_cpu_per_token_us and string.format("%.0f", r.nginx_cpu_per_token_us) or "-", r.loop_cpu_us,
+    r.pool_cpu_us and string.format("%.0f", r.pool_cpu_us) or "-", r.wrk_cpu_us))
   if r.vm_pool_exhausted > 0 or r.socket_errors > 0 then
     print(string.format("  (%s: %d 'no available Lua vm' lines in the error log, %d socket errors)", mode,
       r.vm_pool_exhausted, r.socket_errors))

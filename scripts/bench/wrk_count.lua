@@ -1,7 +1,8 @@
--- wrk -s scripts/bench/wrk_count.lua URL [-- post]: counts the responses by
+-- wrk -s scripts/bench/wrk_count.lua URL [-- post | -- rate=N]: counts the responses by
 -- status (and the 503s that carry Retry-After) over all of wrk's threads,
 -- and prints them with the 99th percentile latency as `name value` lines
--- for scripts/bench_nginx.lua. With `post`: POST a JSON object of claims.
+-- for scripts/bench_nginx.lua. With `post`: POST a JSON object of claims;
+-- with `rate=N`: at most N requests a second per connection.
 local threads = {}
 
 function setup(thread)
@@ -16,6 +17,14 @@ function init(args)
   end
   statuses = {}
   retry_after = 0
+  local rate = tonumber((args[1] or ""):match("^rate=([%d.]+)$"))
+  pause_ms = rate and 1000 / rate or nil
+end
+
+-- With rate=N: each connection waits 1/N s before its next request, so a
+-- reader takes its share of the machine, not every idle cycle.
+function delay()
+  return pause_ms or 0
 end
 
 function response(status, headers)

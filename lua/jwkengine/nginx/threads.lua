@@ -71,9 +71,8 @@ local function count_thread_call(set, ok, token, err, code, ...)
 end
 
 -- One signature in a worker thread. The thread's VM loads this module
--- only, not jwkengine.nginx: lua-nginx-module runs a full garbage
--- collection of the VM in the worker's event loop after every call, so
--- what the VM holds is paid on every token.
+-- only, not jwkengine.nginx: every VM of the pool keeps what it loaded for
+-- the worker's lifetime, and its garbage collections walk all of it.
 local function run_in_thread(pool, set, body, lifetime)
   local settings = state.settings
   return count_thread_call(set, ngx.run_worker_thread(pool, "jwkengine.nginx.threads", "thread_sign",
