@@ -129,9 +129,9 @@ static void pin_free(jwke_p11_token *t)
     t->pin_len = 0;
 }
 
-jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, const char *label,
-                                    const char *serial, const jwke_p11_options *options,
-                                    jwke_error *err)
+static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, const char *label,
+                                  const char *serial, const jwke_p11_options *options,
+                                  jwke_error *err)
 {
     jwke_p11_token *t = calloc(1, sizeof *t);
     if (!t) {
@@ -200,6 +200,17 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     }
     jwke_p11_module_track_slot(module, slot, +1);
     jwke_p11_module_retain(module); /* released in jwke_p11_token_close */
+    return t;
+}
+
+jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, const char *label,
+                                    const char *serial, const jwke_p11_options *options,
+                                    jwke_error *err)
+{
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
+    jwke_p11_token *t = token_open(module, slot, label, serial, options, err);
+    jwke_sigpipe_restore(&guard);
     return t;
 }
 
@@ -283,9 +294,12 @@ static int login_locked(jwke_p11_token *t, jwke_error *err)
 
 static int store_pin_and_login(jwke_p11_token *t, jwke_error *err)
 {
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
     lock_token(t);
     int rc = login_locked(t, err);
     pthread_mutex_unlock(&t->lock);
+    jwke_sigpipe_restore(&guard);
     if (rc != 0)
         pin_free(t); /* a refused PIN is not kept */
     return rc;
