@@ -680,6 +680,9 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
         t->object_epoch++;
         break;
     case JWKE_RECOVER_OBJECT:
+        /* a token that logged out hides its private objects: logged in
+         * again first, or finding the key again would find nothing */
+        keep_logged_in_locked(t, 1);
         t->object_epoch++; /* keys find their handles again before use */
         break;
     case JWKE_RECOVER_REINIT: {
