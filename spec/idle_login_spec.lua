@@ -6,7 +6,6 @@
 -- real SoftHSM token, which then logs out. After a quiet period the engine
 -- must log in again before it signs, generates or reads a set, without an
 -- error or a retry the caller can see.
-local jwkengine = require "jwkengine"
 local faults = require "helpers.faults"
 local verifier = require "helpers.verifier"
 
@@ -21,14 +20,13 @@ describe("the login session on a token that closes idle sessions", function()
   setup(function()
     token = faults.fresh_token("idlelogin")
     faults.set({ session_idle_ms = TOKEN_IDLE_MS })
-    engine = assert(jwkengine.open({ environment = faults.environment(token), startup = false,
-      logger = false, hsm = { session_idle_max = 1 } }))
+    engine = faults.open_engine(token, { session_idle_max = 1 })
     assert(engine:generate("quiet", "ES256", { kid = "quiet-1" }))
   end)
 
   teardown(function()
+    faults.set({}) -- no more expiry: closing talks to the token
     if engine then engine:close() end
-    faults.set({})
   end)
 
   -- Runs `call` after a quiet period: its results, the module's counts
@@ -82,8 +80,7 @@ describe("the login session on a token that closes idle sessions", function()
   it("reads a set from the token after a quiet period, its private key with it", function()
     -- a second engine on the same token: its own sessions and login, and
     -- a set it has not read yet
-    local reader = assert(jwkengine.open({ environment = faults.environment(token), startup = false,
-      logger = false, hsm = { session_idle_max = 1 } }))
+    local reader = faults.open_engine(token, { session_idle_max = 1 })
     engine:close()
     engine = reader
     local results, counts, before, after = after_quiet_period(function()

@@ -6,21 +6,18 @@
 -- longer on the token", ERR_JWS_SIGN), because a new session was opened
 -- but nobody logged in again. Each test signs within a bounded number of
 -- tries after the token is back, and keeps signing.
-local jwkengine = require "jwkengine"
 local faults = require "helpers.faults"
 local verifier = require "helpers.verifier"
 
--- Tries after the token is back: the first should do; the bound leaves
--- room for an outage's next attempt (reinit_interval_max_ms is 1 ms here).
-local TRIES = 50
-
 describe("a token pulled and put back under an open engine", function()
   local token, engine
+  -- Tries after the token is back: the first should do; the bound leaves
+  -- room for an outage's next attempt (reinit_interval_max_ms is 1 ms).
+  local TRIES = 50
 
   setup(function()
     token = faults.fresh_token("reinsert")
-    engine = assert(jwkengine.open({ environment = faults.environment(token), startup = false,
-      logger = false, hsm = { reinit_interval_ms = 1, reinit_interval_max_ms = 1 } }))
+    engine = faults.open_engine(token, { reinit_interval_ms = 1, reinit_interval_max_ms = 1 })
     assert(engine:generate("back", "ES256", { kid = "back-1" }))
   end)
 
