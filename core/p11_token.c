@@ -632,7 +632,11 @@ int jwke_p11_token_outage(jwke_p11_token *t, long long *retry_in_ms, char *cause
 static void keep_logged_in_locked(jwke_p11_token *t, int now_or_never)
 {
     long long now = now_ms();
-    if (!t->pin || t->pin_refused || !t->have_login_session)
+    jwke_error ignored;
+    /* after a re-initialization the login session is another epoch's: the
+     * reset that follows opens a new one and logs in (reset_locked) */
+    if (!t->pin || t->pin_refused || !t->have_login_session ||
+        t->login_session_epoch != t->epoch || jwke_p11_module_check(t->module, &ignored) != t->epoch)
         return;
     if (!now_or_never && (t->session_idle_max_ms < 0 ||
                           now - t->login_session_checked_ms < t->session_idle_max_ms))
