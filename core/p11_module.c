@@ -88,12 +88,23 @@ static CK_RV initialize(jwke_p11_module *m)
     memset(&args, 0, sizeof args);
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = m->init_args;
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
     CK_RV rv = m->fn->C_Initialize(&args);
+    jwke_sigpipe_restore(&guard);
     m->initialized_here = rv == CKR_OK;
     m->fork_generation = fork_generation;
     m->epoch++;
     return rv == CKR_CRYPTOKI_ALREADY_INITIALIZED ? CKR_OK : rv;
 }
+static void finalize(jwke_p11_module *m)
+{
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
+    m->fn->C_Finalize(NULL);
+    jwke_sigpipe_restore(&guard);
+}
+
 static int load_and_initialize(jwke_p11_module *m, const char *path, jwke_error *err)
 {
     struct stat st;
@@ -176,7 +187,12 @@ jwke_p11_module *jwke_p11_module_acquire(const char *path, const char *init_args
         jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory loading PKCS#11 module");
         return NULL;
     }
-    if (load_and_initialize(m, path, err) != 0) {
+    /* C_GetFunctionList may already reach a module's server */
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
+    int loaded = load_and_initialize(m, path, err);
+    jwke_sigpipe_restore(&guard);
+    if (loaded != 0) {
         free_module(m);
         pthread_mutex_unlock(&modules_lock);
         return NULL;
@@ -216,10 +232,7 @@ void jwke_p11_module_release(jwke_p11_module *module)
     /* Finalizing is only ours to do in the process generation that
      * initialized the module: a forked child must leave it alone. */
     if (module->initialized_here && module->fork_generation == fork_generation) {
-        jwke_sigpipe_guard guard;
-        jwke_sigpipe_block(&guard);
-        module->fn->C_Finalize(NULL);
-        jwke_sigpipe_restore(&guard);
+        finalize(module);
         dlclose(module->library);
     }
     free_logins(module);
@@ -279,7 +292,7 @@ int jwke_p11_module_reinitialize(jwke_p11_module *module, jwke_error *err)
     pthread_rwlock_wrlock(&module->use_lock);
     pthread_mutex_lock(&module->lock);
     if (module->initialized_here && module->fork_generation == fork_generation)
-        module->fn->C_Finalize(NULL);
+        finalize(module);
     CK_RV rv = initialize(module);
     pthread_mutex_unlock(&module->lock);
     pthread_rwlock_unlock(&module->use_lock);
@@ -301,8 +314,8 @@ void jwke_p11_copy_padded(char *dst, size_t dst_size, const unsigned char *src, 
     dst[len] = '\0';
 }
 
-int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
-                        jwke_error *err)
+static int list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
+                      jwke_error *err)
 {
     CK_ULONG n = 0;
     CK_SLOT_ID *ids = NULL;
@@ -386,6 +399,16 @@ int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *
     return 0;
 }
 
+int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
+                        jwke_error *err)
+{
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
+    int result = list_slots(module, slots, count, err);
+    jwke_sigpipe_restore(&guard);
+    return result;
+}
+
 /* The per-process key of PIN fingerprints: random, never stored. */
 static unsigned char fingerprint_key[32];
 static pthread_once_t fingerprint_key_once = PTHREAD_ONCE_INIT;
@@ -449,6 +472,8 @@ int jwke_p11_module_login(jwke_p11_module *module, CK_SLOT_ID slot,
     unsigned char fingerprint[SHA256_DIGEST_LENGTH];
     pin_fingerprint(pin, pin_len, fingerprint);
     pthread_mutex_lock(&module->lock);
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
     CK_RV rv = fn->C_Login(*session, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
     if (rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) {
         /* the login session itself went away: one new one */
@@ -456,6 +481,7 @@ int jwke_p11_module_login(jwke_p11_module *module, CK_SLOT_ID slot,
         if (rv == CKR_OK)
             rv = fn->C_Login(*session, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
     }
+    jwke_sigpipe_restore(&guard);
     login_record *record = find_login_record(module, slot, rv == CKR_OK);
     int result = 0;
     if (rv == CKR_OK) {

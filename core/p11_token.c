@@ -37,6 +37,8 @@ struct jwke_p11_token {
     CK_SESSION_HANDLE login_session;
     int have_login_session;
     unsigned login_session_epoch; /* module epoch the login session was opened in */
+    long long login_session_checked_ms; /* when it was last logged in or asked about */
+    int session_idle_max_ms;    /* sessions idle longer are asked about; < 0: never */
     int reinit_interval_ms;     /* the first wait of the backoff, and the least between re-inits */
     int reinit_interval_max_ms; /* where the doubling stops */
     long long last_reinit_ms;
@@ -66,6 +68,7 @@ struct jwke_p11_token {
 
 static void queue_event(jwke_p11_token *t, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+static long long now_ms(void);
 
 /* Whether the token's state was copied from the parent by a fork and not
  * caught up yet (catch_up_after_fork): then its handles and its login
@@ -129,9 +132,9 @@ static void pin_free(jwke_p11_token *t)
     t->pin_len = 0;
 }
 
-jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, const char *label,
-                                    const char *serial, const jwke_p11_options *options,
-                                    jwke_error *err)
+static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, const char *label,
+                                  const char *serial, const jwke_p11_options *options,
+                                  jwke_error *err)
 {
     jwke_p11_token *t = calloc(1, sizeof *t);
     if (!t) {
@@ -148,11 +151,13 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     t->slot = slot;
     snprintf(t->label, sizeof t->label, "%s", label ? label : "");
     snprintf(t->serial, sizeof t->serial, "%s", serial ? serial : "");
+    t->session_idle_max_ms = options && options->session_idle_max_ms != 0
+                                 ? options->session_idle_max_ms
+                                 : JWKE_POOL_SESSION_IDLE_MAX_MS;
     t->pool = jwke_p11_pool_new(
         t->fn, options && options->max_sessions != 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS,
         options && options->session_wait_ms > 0 ? options->session_wait_ms : JWKE_POOL_SESSION_WAIT_MS,
-        options && options->session_idle_max_ms != 0 ? options->session_idle_max_ms
-                                                     : JWKE_POOL_SESSION_IDLE_MAX_MS);
+        t->session_idle_max_ms);
     if (!t->pool) {
         free(t);
         jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening a token");
@@ -201,6 +206,17 @@ jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, co
     }
     jwke_p11_module_track_slot(module, slot, +1);
     jwke_p11_module_retain(module); /* released in jwke_p11_token_close */
+    return t;
+}
+
+jwke_p11_token *jwke_p11_token_open(jwke_p11_module *module, CK_SLOT_ID slot, const char *label,
+                                    const char *serial, const jwke_p11_options *options,
+                                    jwke_error *err)
+{
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
+    jwke_p11_token *t = token_open(module, slot, label, serial, options, err);
+    jwke_sigpipe_restore(&guard);
     return t;
 }
 
@@ -274,8 +290,10 @@ static int login_locked(jwke_p11_token *t, jwke_error *err)
 
     CK_RV login_rv;
     if (jwke_p11_module_login(t->module, t->slot, &t->login_session, t->pin, t->pin_len,
-                              &login_rv, err) == 0)
+                              &login_rv, err) == 0) {
+        t->login_session_checked_ms = now_ms();
         return 0;
+    }
     if (login_rv == CKR_PIN_INCORRECT || login_rv == CKR_PIN_INVALID ||
         login_rv == CKR_PIN_LEN_RANGE || login_rv == CKR_PIN_LOCKED || login_rv == CKR_PIN_EXPIRED)
         t->pin_refused = 1;
@@ -284,9 +302,12 @@ static int login_locked(jwke_p11_token *t, jwke_error *err)
 
 static int store_pin_and_login(jwke_p11_token *t, jwke_error *err)
 {
+    jwke_sigpipe_guard guard;
+    jwke_sigpipe_block(&guard);
     lock_token(t);
     int rc = login_locked(t, err);
     pthread_mutex_unlock(&t->lock);
+    jwke_sigpipe_restore(&guard);
     if (rc != 0)
         pin_free(t); /* a refused PIN is not kept */
     return rc;
@@ -612,6 +633,50 @@ int jwke_p11_token_outage(jwke_p11_token *t, long long *retry_in_ms, char *cause
     return down;
 }
 
+/* The login session is never handed out, so a token that closes idle
+ * sessions (YubiHSM 2: 30 s) closes it first; once every session is gone
+ * the token has logged out too (PKCS#11: the login belongs to the
+ * application's sessions), and an operation would fail on a private key.
+ * So, like a pooled session, the login session is asked about when it has
+ * been quiet longer than hsm.session_idle_max (which also keeps it alive on
+ * a token whose timer a call resets); when the token closed it or lost the
+ * login, a new one is opened and logged in before the operation: a login
+ * recovery, no failure for the caller. A device that does not answer is
+ * left to the operation, which meets it and recovers as usual. now_or_never:
+ * ask whatever the time (a pooled session was found closed by the token,
+ * which then closed the older login session too). Caller holds t->lock. */
+static void keep_logged_in_locked(jwke_p11_token *t, int now_or_never)
+{
+    long long now = now_ms();
+    jwke_error ignored;
+    /* after a re-initialization the login session is another epoch's: the
+     * reset that follows opens a new one and logs in (reset_locked) */
+    if (!t->pin || t->pin_refused || !t->have_login_session ||
+        t->login_session_epoch != t->epoch || jwke_p11_module_check(t->module, &ignored) != t->epoch)
+        return;
+    if (!now_or_never && (t->session_idle_max_ms < 0 ||
+                          now - t->login_session_checked_ms < t->session_idle_max_ms))
+        return;
+    t->login_session_checked_ms = now;
+    CK_SESSION_INFO info;
+    CK_RV rv = t->fn->C_GetSessionInfo(t->login_session, &info);
+    if (rv == CKR_OK && (info.state == CKS_RW_USER_FUNCTIONS || info.state == CKS_RO_USER_FUNCTIONS))
+        return;
+    if (rv != CKR_OK && rv != CKR_SESSION_HANDLE_INVALID && rv != CKR_SESSION_CLOSED)
+        return;
+    const char *what = rv == CKR_OK ? "the token logged the login session out"
+                                    : "the token closed the idle login session";
+    jwke_error err;
+    if (login_locked(t, &err) != 0) {
+        queue_event(t, "PKCS#11 recovery failed: %s and logging in again did not work: %s", what,
+                    err.message);
+        return;
+    }
+    t->object_epoch++; /* tokens may drop private-object handles at logout */
+    t->stats.recoveries[JWKE_RECOVER_LOGIN]++;
+    queue_event(t, "PKCS#11 recovery: %s; logged in again before the next operation", what);
+}
+
 static const char *const recovery_names[JWKE_RECOVER_CLASSES] = {
     "", "opening a new session", "logging in again", "finding the object again",
     "re-initializing the module"};
@@ -624,7 +689,10 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
     int result = 0;
     switch (kind) {
     case JWKE_RECOVER_SESSION:
-        break; /* the failed session was closed when it came back */
+        /* the failed session was closed when it came back; a token that
+         * closed it may have closed the login session too */
+        keep_logged_in_locked(t, 1);
+        break;
     case JWKE_RECOVER_LOGIN:
         /* Tokens may drop private-object handles at logout (SoftHSM does),
          * so keys find theirs again before the retry. */
@@ -632,6 +700,9 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
         t->object_epoch++;
         break;
     case JWKE_RECOVER_OBJECT:
+        /* a token that logged out hides its private objects: logged in
+         * again first, or finding the key again would find nothing */
+        keep_logged_in_locked(t, 1);
         t->object_epoch++; /* keys find their handles again before use */
         break;
     case JWKE_RECOVER_REINIT: {
@@ -787,6 +858,7 @@ static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_erro
             jwke_p11_module_use_end(t->module);
             return fail_unusable(t, err, failed_function, failed_rv);
         }
+        keep_logged_in_locked(t, 0);
         unsigned epoch = t->epoch;
         int borrowed = borrow_locked(t, &session, err);
         pthread_mutex_unlock(&t->lock);

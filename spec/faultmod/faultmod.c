@@ -153,8 +153,9 @@
  *   JWKE_FAULT_SESSION_IDLE_MS  N > 0: a session not used for more than N ms
  *                            is closed by the token (YubiHSM 2: 30 s); the
  *                            next call on it answers CKR_SESSION_HANDLE_INVALID
- *                            (counted in expired_sessions, per count window). Checked when the
- *                            session is next used.
+ *                            (counted in expired_sessions, per count window). Checked on
+ *                            every call, for every session, used or not: the
+ *                            last one closing logs the real token out.
  *   JWKE_FAULT_CORRUPT_SIGNATURE  1 = every C_Sign that succeeds with an
  *                            output buffer returns its signature with the last
  *                            byte flipped (an RSA-CRT fault in miniature);
@@ -1191,22 +1192,41 @@ static long long monotonic_ms(const struct timespec *t)
     return (long long)t->tv_sec * 1000 + t->tv_nsec / 1000000;
 }
 
-/* A session is used: whether the token closed it for being idle too long
- * (then the caller closes it in the real module and forgets it), else its
- * idle time starts over. Caller holds the lock. */
-static int session_expired_locked(fm_session *s)
+/* A session is used: its idle time starts over. Caller holds the lock. */
+static void session_used_locked(fm_session *s)
 {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    long long idle_ms = monotonic_ms(&now) - monotonic_ms(&s->last_used);
-    if (st.cfg.session_idle_ms && idle_ms > (long long)st.cfg.session_idle_ms) {
-        st.expired_sessions++;
-        vlog("session %lu idle for %lld ms (limit %lu ms): closed by the token",
-             (unsigned long)s->handle, idle_ms, st.cfg.session_idle_ms);
-        return 1;
+    clock_gettime(CLOCK_MONOTONIC, &s->last_used);
+}
+
+/* The token's own clock: on every call, each session idle past the limit
+ * is closed in the real module, used or not, as a device closes them when
+ * their time runs out. So the session a caller only logged in with expires
+ * too, and when the last one goes the real token logs out (PKCS#11: the
+ * login belongs to the application's sessions). Caller holds the lock. */
+static void expire_idle_sessions_locked(void)
+{
+    if (!st.cfg.session_idle_ms)
+        return;
+    for (int b = 0; b < FM_BUCKETS; b++) {
+        fm_session **pp = &st.sessions[b];
+        while (*pp) {
+            fm_session *s = *pp;
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (monotonic_ms(&now) - monotonic_ms(&s->last_used) <= (long long)st.cfg.session_idle_ms) {
+                pp = &s->next;
+                continue;
+            }
+            st.expired_sessions++;
+            vlog("session %lu idle for more than %lu ms: closed by the token",
+                 (unsigned long)s->handle, st.cfg.session_idle_ms);
+            if (st.real)
+                st.real->C_CloseSession(s->real);
+            *pp = s->next;
+            free(s);
+            st.nsessions--;
+        }
     }
-    s->last_used = now;
-    return 0;
 }
 
 /* What a networked HSM says about its sessions, when a test sets a limit. */
@@ -1532,8 +1552,11 @@ static CK_RV enter(int fn, fm_call *c)
     c->fn = fn;
     lock();
     int initialized = st.initialized && !st.child_uninitialized;
-    if (initialized)
+    if (initialized) {
         maybe_reload_locked();
+        if (!st.cfg.removed)
+            expire_idle_sessions_locked();
+    }
     st.calls[fn]++;
     c->number = ++st.window[fn];
     c->R = st.real;
@@ -1570,27 +1593,19 @@ static CK_RV finish(fm_call *c, CK_RV rv)
 static CK_RV session_real(CK_SESSION_HANDLE h, CK_SESSION_HANDLE *real)
 {
     CK_RV rv;
-    CK_SESSION_HANDLE expired = 0;
-    int has_expired = 0;
     lock();
-    CK_FUNCTION_LIST_PTR R = st.real;
     if (st.cfg.removed) {
         rv = (h >= 1 && h < st.next_handle) ? CKR_DEVICE_REMOVED : CKR_SESSION_HANDLE_INVALID;
     } else {
+        /* one idle too long was closed by enter(): the token forgot it */
         fm_session *s = *session_slot(h);
-        if (s && session_expired_locked(s)) {
-            expired = s->real;
-            has_expired = 1;
-            session_forget(h);
-            s = NULL;
-        }
         rv = s ? CKR_OK : CKR_SESSION_HANDLE_INVALID;
-        if (s)
+        if (s) {
+            session_used_locked(s);
             *real = s->real;
+        }
     }
     unlock();
-    if (has_expired && R)
-        R->C_CloseSession(expired); /* as the token did when the idle time ran out */
     return rv;
 }
 

@@ -86,4 +86,11 @@ function M.nginx_server(opts)
     end })
 end
 
+-- An engine on `token` through the module, opened quietly (no startup
+-- sets, no logger), with `hsm` as its hsm options.
+function M.open_engine(token, hsm)
+  return assert(require("jwkengine").open({ environment = M.environment(token), startup = false,
+    logger = false, hsm = hsm }))
+end
+
 return M
