@@ -94,6 +94,9 @@ static void catch_up_after_fork(jwke_p11_token *t)
         t->have_login_session = 0;
         t->tracked = 0;
         t->object_epoch++;
+        /* a parent's thread may have been trying to end an outage: no
+         * thread of the child is, and the child must be free to try */
+        t->coming_back = 0;
         t->fork_generation = generation;
     }
     jwke_p11_fork_unlock();

@@ -157,6 +157,22 @@ describe("PKCS#11 recovery", function()
   end)
 end)
 
+describe("a fork during an attempt to end an outage", function()
+  it("leaves the child free to make its own attempt (no thread of the child is making the parent's)", function()
+    faults.check_environment()
+    local token = softhsm.new_token("outfork")
+    local out, ok = softhsm.pkcs11_tool(token,
+      "--keypairgen --key-type EC:prime256v1 --usage-sign --label forked --id 01")
+    assert.is_true(ok, out)
+    -- the driver sets the fault module's faults through its environment
+    -- (read at each C_Initialize), so no control file
+    out, ok = softhsm.run(string.format("env -u JWKE_FAULT_CONTROL JWKE_FAULT_MODULE=%s %s/outage_fork %s %s %s forked",
+      softhsm.quote(softhsm.LIBRARY), softhsm.BUILD, faults.MODULE, softhsm.quote(token.label), token.pin))
+    assert.is_true(ok, out)
+    assert.matches("child=ok attempt=ok", out, 1, true)
+  end)
+end)
+
 describe("PIN hygiene against the token's PIN flags", function()
   local token
   setup(function()
