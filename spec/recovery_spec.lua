@@ -157,19 +157,37 @@ describe("PKCS#11 recovery", function()
   end)
 end)
 
-describe("a fork during an attempt to end an outage", function()
-  it("leaves the child free to make its own attempt (no thread of the child is making the parent's)", function()
+-- spec/c/held_call.c: one thread's call (an attempt to end an outage, a
+-- login) is held up in the fault module (latency) while another thread
+-- calls, or the process forks; the driver sets the module's faults through
+-- its environment (read at each C_Initialize), so no control file.
+describe("while one thread's call is held up in the token", function()
+  local token
+  setup(function()
     faults.check_environment()
-    local token = softhsm.new_token("outfork")
+    token = softhsm.new_token("attempt")
     local out, ok = softhsm.pkcs11_tool(token,
-      "--keypairgen --key-type EC:prime256v1 --usage-sign --label forked --id 01")
+      "--keypairgen --key-type EC:prime256v1 --usage-sign --label attempted --id 01")
     assert.is_true(ok, out)
-    -- the driver sets the fault module's faults through its environment
-    -- (read at each C_Initialize), so no control file
-    out, ok = softhsm.run(string.format("env -u JWKE_FAULT_CONTROL JWKE_FAULT_MODULE=%s %s/outage_fork %s %s %s forked",
-      softhsm.quote(softhsm.LIBRARY), softhsm.BUILD, faults.MODULE, softhsm.quote(token.label), token.pin))
+  end)
+
+  local function driver(mode)
+    local out, ok = softhsm.run(string.format("env -u JWKE_FAULT_CONTROL JWKE_FAULT_MODULE=%s %s/held_call %s %s %s %s attempted",
+      softhsm.quote(softhsm.LIBRARY), softhsm.BUILD, mode, faults.MODULE, softhsm.quote(token.label), token.pin))
     assert.is_true(ok, out)
-    assert.matches("child=ok attempt=ok", out, 1, true)
+    assert.matches("other=ok held=ok", out, 1, true)
+  end
+
+  it("a forked child is free to make its own attempt (no thread of the child is making the parent's)", function()
+    driver("fork")
+  end)
+
+  it("another thread's call fails fast with ERR_HSM_UNAVAILABLE while the attempt waits in C_Login", function()
+    driver("fail-fast")
+  end)
+
+  it("a login with a wrong PIN does not replace the kept PIN under another thread's C_Login", function()
+    driver("login")
   end)
 end)
 
