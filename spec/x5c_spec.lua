@@ -253,11 +253,19 @@ describe("x5c", function()
     refused_subject("CN=a,", "subject part '' is not TYPE=VALUE")
     -- C would stop reading at the NUL: refused rather than shortened
     refused_subject("CN=a\0, O=hidden", "the subject holds a NUL byte")
+    -- a whole number of days beyond what Lua's integers hold is a count out
+    -- of range like any other, not a raise (keys cert --days 1e20 had a traceback)
+    refused("ERR_INVALID_ARGUMENT", "1 to 36500 days",
+      engine:certify("subject", "s1", { subject = "CN=x", days = 1e20 }))
     assert.is_nil(engine:key("subject", "s1").x5c) -- nothing was stored
     -- the way openssl prints a subject reads back as the same subject
     local jwk = assert(engine:certify("subject", "s1", { subject = " CN = spaced , O = Example " }))
     engine:close()
     check_certificate(dir, jwk, "spaced", "CN = spaced, O = Example", 365)
+    local _, stderr, status = cli.keys(hsm_env, "cert subject s1 --subject CN=x --days 99999999999999999999")
+    assert.equals(1, status, stderr)
+    assert.matches("1 to 36500 days", stderr, 1, true)
+    assert.is_nil(stderr:find("traceback", 1, true), stderr)
   end)
 
   for _, backend in ipairs(stores.backends()) do
