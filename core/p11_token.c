@@ -507,8 +507,13 @@ static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
         t->tracked = 1;
         jwke_p11_module_track_slot(t->module, t->slot, +1);
     }
-    if (t->pin && login_locked(t, err) != 0)
+    if (t->pin && login_locked(t, err) != 0) {
+        /* the PIN refused on the way back is a refusal, not an outage:
+         * it is never tried again (login_locked), so no attempt can end it */
+        if (t->pin_refused)
+            err->code = "ERR_LOGIN_REFUSED";
         return -1;
+    }
     t->epoch = epoch;
     return 0;
 }

@@ -220,9 +220,11 @@ describe("PIN hygiene against the token's PIN flags", function()
     -- the device fails once; the re-login after the re-initialization is refused
     faults.set({ faults = "C_Sign:CKR_DEVICE_ERROR@1;C_Login:CKR_PIN_INCORRECT@1+" })
     for _ = 1, 10 do
-      local jws, err = engine:sign("leak", "x")
+      local jws, err, code = engine:sign("leak", "x")
       assert.is_nil(jws)
       assert.matches("PIN", err, 1, true)
+      -- a refused PIN, from the first call on: not an outage to wait out
+      assert.equals("ERR_LOGIN_REFUSED", code, err)
     end
     local counts = faults.counts()
     assert.is_true((counts["window.C_OpenSession"] or 0) <= 1, "sessions opened: " .. tostring(counts["window.C_OpenSession"]))
