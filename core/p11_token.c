@@ -47,7 +47,12 @@ struct jwke_p11_token {
     /* An outage: a re-initialization did not bring the token back. Calls
      * fail fast until next_attempt_ms; the call that finds it due tries to
      * come back (one thread at a time), and each failed try doubles the
-     * wait, with jitter so that nginx workers do not try in step. */
+     * wait, with jitter so that nginx workers do not try in step. These
+     * fields have a lock of their own, taken after t->lock when both are:
+     * the attempt holds t->lock through its slow calls (C_OpenSession,
+     * C_Login on a token that may hang), and the others must not wait for
+     * it to fail fast. */
+    pthread_mutex_t outage_lock;
     int down;
     int coming_back;       /* a thread is trying now: the others fail fast */
     int backoff_ms;
@@ -92,11 +97,15 @@ static void catch_up_after_fork(jwke_p11_token *t)
     jwke_p11_fork_lock();
     if (t->fork_generation != generation) {
         pthread_mutex_init(&t->lock, NULL);
+        pthread_mutex_init(&t->outage_lock, NULL);
         jwke_p11_pool_after_fork(t->pool);
         t->epoch = 0;
         t->have_login_session = 0;
         t->tracked = 0;
         t->object_epoch++;
+        /* a parent's thread may have been trying to end an outage: no
+         * thread of the child is, and the child must be free to try */
+        t->coming_back = 0;
         t->fork_generation = generation;
     }
     jwke_p11_fork_unlock();
@@ -113,7 +122,7 @@ static void lock_token(jwke_p11_token *t)
  * wiped before it is freed. Locking is best effort (RLIMIT_MEMLOCK). */
 static unsigned char *pin_alloc(void)
 {
-    unsigned char *p = malloc(MAX_PIN_LEN);
+    unsigned char *p = calloc(1, MAX_PIN_LEN);
     if (p) {
         mlock(p, MAX_PIN_LEN);
         madvise(p, MAX_PIN_LEN, MADV_DONTDUMP);
@@ -121,13 +130,18 @@ static unsigned char *pin_alloc(void)
     return p;
 }
 
+static void pin_wipe(unsigned char *pin)
+{
+    if (!pin)
+        return;
+    OPENSSL_cleanse(pin, MAX_PIN_LEN);
+    munlock(pin, MAX_PIN_LEN);
+    free(pin);
+}
+
 static void pin_free(jwke_p11_token *t)
 {
-    if (!t->pin)
-        return;
-    OPENSSL_cleanse(t->pin, MAX_PIN_LEN);
-    munlock(t->pin, MAX_PIN_LEN);
-    free(t->pin);
+    pin_wipe(t->pin);
     t->pin = NULL;
     t->pin_len = 0;
 }
@@ -174,6 +188,7 @@ static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, cons
     t->last_reinit_ms = -1000000;
     t->verify_after_sign = options ? options->verify_after_sign : JWKE_VERIFY_RSA;
     pthread_mutex_init(&t->lock, NULL);
+    pthread_mutex_init(&t->outage_lock, NULL);
     t->fork_generation = jwke_p11_fork_generation();
     t->epoch = epoch;
 
@@ -188,6 +203,7 @@ static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, cons
         if (fitted)
             jwke_fail_ckr(err, "C_OpenSession", rv);
         pthread_mutex_destroy(&t->lock);
+        pthread_mutex_destroy(&t->outage_lock);
         jwke_p11_pool_free(t->pool, 0);
         free(t);
         return NULL;
@@ -246,8 +262,10 @@ void jwke_p11_token_close(jwke_p11_token *t)
     }
     pin_free(t);
     jwke_p11_module_release(t->module);
-    if (!inherited_locks)
+    if (!inherited_locks) {
         pthread_mutex_destroy(&t->lock);
+        pthread_mutex_destroy(&t->outage_lock);
+    }
     jwke_p11_pool_free(t->pool, inherited_locks);
     free(t);
     jwke_sigpipe_restore(&guard);
@@ -300,33 +318,41 @@ static int login_locked(jwke_p11_token *t, jwke_error *err)
     return -1;
 }
 
-static int store_pin_and_login(jwke_p11_token *t, jwke_error *err)
+/* Puts a new PIN (from pin_alloc, taken over; NULL drops the PIN) in
+ * place of the old one and logs in with it, under t->lock: a recovery in
+ * another thread may be logging in with the old one right now. */
+static int store_pin_and_login(jwke_p11_token *t, unsigned char *pin, size_t pin_len,
+                               jwke_error *err)
 {
     jwke_sigpipe_guard guard;
     jwke_sigpipe_block(&guard);
     lock_token(t);
-    int rc = login_locked(t, err);
-    pthread_mutex_unlock(&t->lock);
-    jwke_sigpipe_restore(&guard);
+    unsigned char *old = t->pin;
+    t->pin = pin;
+    t->pin_len = pin_len;
+    t->pin_refused = 0; /* a PIN given anew gets one try */
+    int rc = pin ? login_locked(t, err) : -1;
     if (rc != 0)
         pin_free(t); /* a refused PIN is not kept */
+    pthread_mutex_unlock(&t->lock);
+    jwke_sigpipe_restore(&guard);
+    pin_wipe(old);
     return rc;
 }
 
 int jwke_p11_login_from(jwke_p11_token *t, jwke_pin_fill fill, const void *ctx, jwke_error *err)
 {
-    pin_free(t);
-    t->pin_refused = 0; /* a PIN given anew gets one try */
-    t->pin = pin_alloc();
-    if (!t->pin)
+    unsigned char *pin = pin_alloc();
+    if (!pin) {
+        store_pin_and_login(t, NULL, 0, err);
         return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory storing the PIN");
-    size_t n = 0;
-    if (fill(ctx, t->pin, MAX_PIN_LEN, &n, err) != 0) { /* each filler checks 1 <= n < cap */
-        pin_free(t);
-        return -1;
     }
-    t->pin_len = n;
-    return store_pin_and_login(t, err);
+    size_t n = 0;
+    if (fill(ctx, pin, MAX_PIN_LEN, &n, err) != 0) { /* each filler checks 1 <= n < cap */
+        pin_wipe(pin);
+        pin = NULL; /* the old PIN goes all the same: the new one was meant to replace it */
+    }
+    return store_pin_and_login(t, pin, n, err);
 }
 
 typedef struct pin_bytes {
@@ -351,30 +377,28 @@ int jwke_p11_login(jwke_p11_token *t, const char *pin, size_t pin_len, jwke_erro
     return jwke_p11_login_from(t, pin_from_bytes, &given, err);
 }
 
-int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)
+static int pin_from_file(const void *ctx, unsigned char *buf, size_t cap, size_t *len,
+                         jwke_error *err)
 {
+    const char *path = ctx;
     FILE *f = fopen(path, "rb");
     if (!f)
         return jwke_fail_code(err, "ERR_CONFIG", "cannot read the PIN file '%s': %s", path, strerror(errno));
-    pin_free(t);
-    t->pin_refused = 0;
-    t->pin = pin_alloc();
-    if (!t->pin) {
-        fclose(f);
-        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory storing the PIN");
-    }
-    size_t n = fread(t->pin, 1, MAX_PIN_LEN, f);
+    size_t n = fread(buf, 1, cap, f);
     int failed = ferror(f);
     fclose(f);
-    while (n > 0 && (t->pin[n - 1] == '\n' || t->pin[n - 1] == '\r'))
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
         n--;
-    if (failed || n == 0 || n >= MAX_PIN_LEN) {
-        pin_free(t);
+    if (failed || n == 0 || n >= cap)
         return jwke_fail_code(err, "ERR_CONFIG", "the PIN file '%s' %s", path,
-                         failed ? "cannot be read" : n == 0 ? "is empty" : "is too long");
-    }
-    t->pin_len = n;
-    return store_pin_and_login(t, err);
+                              failed ? "cannot be read" : n == 0 ? "is empty" : "is too long");
+    *len = n;
+    return 0;
+}
+
+int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)
+{
+    return jwke_p11_login_from(t, pin_from_file, path, err);
 }
 
 void jwke_p11_token_stats(jwke_p11_token *t, jwke_p11_stats *out)
@@ -506,8 +530,13 @@ static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
         t->tracked = 1;
         jwke_p11_module_track_slot(t->module, t->slot, +1);
     }
-    if (t->pin && login_locked(t, err) != 0)
+    if (t->pin && login_locked(t, err) != 0) {
+        /* the PIN refused on the way back is a refusal, not an outage:
+         * it is never tried again (login_locked), so no attempt can end it */
+        if (t->pin_refused)
+            err->code = "ERR_LOGIN_REFUSED";
         return -1;
+    }
     t->epoch = epoch;
     return 0;
 }
@@ -585,7 +614,7 @@ static long long next_backoff_locked(jwke_p11_token *t)
 
 /* Starts an outage, or records one more failed attempt to end it. cause:
  * the failure that started it (kept for the whole outage); why: what the
- * latest repair said. Caller holds t->lock. */
+ * latest repair said. Caller holds t->lock and t->outage_lock. */
 static void mark_down_locked(jwke_p11_token *t, const char *cause, CK_RV rv, const char *why)
 {
     if (!t->down) {
@@ -599,13 +628,19 @@ static void mark_down_locked(jwke_p11_token *t, const char *cause, CK_RV rv, con
     t->next_attempt_ms = now_ms() + next_backoff_locked(t);
 }
 
+/* mark_down_locked, then the fast failure (fail_unavailable_locked) in
+ * err. Caller holds t->lock. */
+static int fail_down_locked(jwke_p11_token *t, const char *cause, CK_RV rv, const char *why,
+                            jwke_error *err);
+
 static long long retry_in_locked(const jwke_p11_token *t)
 {
     long long wait = t->next_attempt_ms - now_ms();
     return wait > 0 ? wait : 0;
 }
 
-/* The fast failure of every call during an outage. Caller holds t->lock. */
+/* The fast failure of every call during an outage. Caller holds
+ * t->outage_lock. */
 static int fail_unavailable_locked(jwke_p11_token *t, jwke_error *err)
 {
     jwke_fail_code(err, "ERR_HSM_UNAVAILABLE", "HSM unavailable: %s%s%s%s; next attempt in %lld ms",
@@ -620,16 +655,27 @@ static int is_login_refusal(const jwke_error *err)
     return err->code && strcmp(err->code, "ERR_LOGIN_REFUSED") == 0;
 }
 
+static int fail_down_locked(jwke_p11_token *t, const char *cause, CK_RV rv, const char *why,
+                            jwke_error *err)
+{
+    pthread_mutex_lock(&t->outage_lock);
+    mark_down_locked(t, cause, rv, why);
+    fail_unavailable_locked(t, err);
+    pthread_mutex_unlock(&t->outage_lock);
+    return -1;
+}
+
 int jwke_p11_token_outage(jwke_p11_token *t, long long *retry_in_ms, char *cause,
                           size_t cause_size)
 {
-    lock_token(t);
+    catch_up_after_fork(t);
+    pthread_mutex_lock(&t->outage_lock);
     int down = t->down;
     if (down) {
         *retry_in_ms = retry_in_locked(t);
         snprintf(cause, cause_size, "%s", t->down_cause);
     }
-    pthread_mutex_unlock(&t->lock);
+    pthread_mutex_unlock(&t->outage_lock);
     return down;
 }
 
@@ -715,8 +761,7 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
             char why[96];
             snprintf(why, sizeof why, "the module was re-initialized %lld ms before",
                      now - t->last_reinit_ms);
-            mark_down_locked(t, cause, rv, why);
-            result = fail_unavailable_locked(t, err);
+            result = fail_down_locked(t, cause, rv, why, err);
             break;
         }
         t->last_reinit_ms = now;
@@ -724,10 +769,8 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
         /* lock_current() on the retry sees the new epoch and starts over */
         result = jwke_p11_module_reinitialize(t->module, err);
         pthread_mutex_lock(&t->lock);
-        if (result != 0) {
-            mark_down_locked(t, cause, rv, err->message);
-            fail_unavailable_locked(t, err);
-        }
+        if (result != 0)
+            fail_down_locked(t, cause, rv, err->message, err); /* copied before err is rewritten */
         break;
     }
     default:
@@ -781,22 +824,23 @@ static int come_back(jwke_p11_token *t, jwke_error *err)
  * makes it (one thread at a time) and goes on if it worked. */
 static int pass_outage(jwke_p11_token *t, jwke_error *err)
 {
-    lock_token(t);
-    if (!t->down) {
-        pthread_mutex_unlock(&t->lock);
-        return 0;
-    }
-    if (t->coming_back || now_ms() < t->next_attempt_ms) {
+    catch_up_after_fork(t);
+    pthread_mutex_lock(&t->outage_lock); /* not t->lock: an attempt may hold it */
+    int attempt = t->down && !t->coming_back && now_ms() >= t->next_attempt_ms;
+    int fail = t->down && !attempt;
+    if (fail)
         fail_unavailable_locked(t, err);
-        pthread_mutex_unlock(&t->lock);
-        return -1;
-    }
-    t->coming_back = 1;
+    t->coming_back |= attempt;
+    pthread_mutex_unlock(&t->outage_lock);
+    if (!attempt)
+        return fail ? -1 : 0;
+    lock_token(t);
     t->last_reinit_ms = now_ms();
     pthread_mutex_unlock(&t->lock);
     jwke_error why;
     int result = come_back(t, &why);
     lock_token(t);
+    pthread_mutex_lock(&t->outage_lock);
     t->coming_back = 0;
     if (result == 0) {
         queue_event(t, "HSM back: the outage after %s is over; the token is logged in again",
@@ -813,6 +857,7 @@ static int pass_outage(jwke_p11_token *t, jwke_error *err)
         mark_down_locked(t, t->down_cause, t->down_rv, why.message);
         fail_unavailable_locked(t, err);
     }
+    pthread_mutex_unlock(&t->outage_lock);
     pthread_mutex_unlock(&t->lock);
     return result;
 }
@@ -833,8 +878,7 @@ static int fail_unusable(jwke_p11_token *t, jwke_error *err, const char *functio
     lock_token(t);
     if (function)
         t->stats.failed_recoveries++;
-    mark_down_locked(t, cause, function ? rv : why.ckr, why.message);
-    fail_unavailable_locked(t, err);
+    fail_down_locked(t, cause, function ? rv : why.ckr, why.message, err);
     pthread_mutex_unlock(&t->lock);
     return -1;
 }
@@ -895,8 +939,8 @@ static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_erro
                     /* re-initialized, and the device still fails: an outage */
                     char cause[sizeof t->down_cause];
                     snprintf(cause, sizeof cause, "%s: %s", function, ckr(rv));
-                    mark_down_locked(t, cause, rv, "the retry after re-initializing failed the same way");
-                    fail_unavailable_locked(t, err);
+                    fail_down_locked(t, cause, rv,
+                                     "the retry after re-initializing failed the same way", err);
                     pthread_mutex_unlock(&t->lock);
                     return -1;
                 }

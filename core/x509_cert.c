@@ -93,40 +93,64 @@ const jwke_alg *jwke_x509_signature_alg(const EVP_PKEY *key)
     return jwke_pkey_curve(key);
 }
 
-/* "CN=a, O=b" into name, in the order written; every part names its
- * attribute and has a value. */
+/* The part between `from` and `to` without the blanks around it. */
+static char *trimmed(char *from, char *to)
+{
+    while (from < to && *from == ' ')
+        from++;
+    while (to > from && to[-1] == ' ')
+        to--;
+    *to = '\0';
+    return from;
+}
+
+/* One "TYPE=VALUE" part into name: the type must be one X.509 knows and
+ * the value one it takes for that type (C is two letters, ...), and each
+ * refusal says which of the two is wrong. */
+static int add_part(char *part, X509_NAME *name, jwke_error *err)
+{
+    char *equals = strchr(part, '=');
+    char *type = trimmed(part, equals ? equals : part + strlen(part));
+    char *value = equals ? trimmed(equals + 1, equals + 1 + strlen(equals + 1)) : NULL;
+    if (!equals || !*type || !*value)
+        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "subject part '%.64s' is not "
+                              "TYPE=VALUE (e.g. CN=issuer.example)", type);
+    if (OBJ_txt2nid(type) == NID_undef)
+        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "subject attribute '%.32s' is "
+                              "not one X.509 knows (CN, O, OU, C, L, ST, ...)", type);
+    if (!X509_NAME_add_entry_by_txt(name, type, MBSTRING_UTF8, (const unsigned char *)value,
+                                    -1, -1, 0)) {
+        unsigned long reason = ERR_peek_last_error();
+        ERR_clear_error();
+        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "subject attribute %.32s: the "
+                              "value '%.64s' is refused (%s)", type, value,
+                              reason ? ERR_reason_error_string(reason) : "not valid UTF-8?");
+    }
+    return 0;
+}
+
+/* "CN=a, O=b" into name, in the order written. An empty part ("CN=a,,O=b",
+ * a trailing comma) is refused, not skipped: the certificate would not say
+ * what was typed. */
 static int parse_subject(const char *subject, X509_NAME *name, jwke_error *err)
 {
+    if (subject[strspn(subject, " ")] == '\0')
+        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "the subject is empty "
+                              "(e.g. CN=issuer.example)");
     size_t len = strlen(subject);
     char *copy = malloc(len + 1);
     if (!copy)
         return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading a subject");
     memcpy(copy, subject, len + 1);
-    int result = 0, parts = 0;
-    char *save = NULL;
-    for (char *part = strtok_r(copy, ",", &save); part && result == 0;
-         part = strtok_r(NULL, ",", &save)) {
-        while (*part == ' ')
-            part++;
-        char *equals = strchr(part, '=');
-        if (!equals || equals == part || equals[1] == '\0') {
-            result = jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "subject part '%.64s' is not "
-                                    "TYPE=VALUE (e.g. CN=issuer.example)", part);
-            break;
-        }
-        *equals = '\0';
-        if (!X509_NAME_add_entry_by_txt(name, part, MBSTRING_UTF8,
-                                        (const unsigned char *)equals + 1, -1, -1, 0)) {
-            ERR_clear_error();
-            result = jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "subject attribute '%.32s' is "
-                                    "not one X.509 knows (CN, O, OU, C, L, ST, ...)", part);
-        }
-        parts++;
+    int result = 0;
+    for (char *part = copy; part && result == 0;) {
+        char *comma = strchr(part, ',');
+        if (comma)
+            *comma = '\0';
+        result = add_part(part, name, err);
+        part = comma ? comma + 1 : NULL;
     }
     free(copy);
-    if (result == 0 && parts == 0)
-        result = jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "the subject is empty "
-                                "(e.g. CN=issuer.example)");
     return result;
 }
 

@@ -9,9 +9,12 @@ local p11kit = require "helpers.p11kit"
 local verifier = require "helpers.verifier"
 
 local OUTAGE_S = 3
--- The README promises signing again under 5 s after the HSM's return with
--- the default backoff; 5 s more for a loaded machine.
-local RECOVERY_BOUND_S = 10
+-- How long every worker has to sign again after the HSM's return: a
+-- deadline, not the README's figure (the next attempt at most 2 s away,
+-- checked on the engine's messages in p11kit_remote_spec): on a loaded
+-- machine the kernel may hand one worker no request for a while. The
+-- figure itself is printed.
+local RECOVERY_DEADLINE_S = 60
 local WORKERS = 2
 
 -- Seconds on the monotonic clock (the wall clock in whole seconds is too
@@ -92,7 +95,7 @@ describe("nginx through an HSM outage (p11-kit's remoting)", function()
     until clock() - stopped_at >= OUTAGE_S
     hsm:start()
     local back_at = clock()
-    local token = until_every_worker_signs(RECOVERY_BOUND_S)
+    local token = until_every_worker_signs(RECOVERY_DEADLINE_S)
     local recovered = clock() - back_at
     print(string.format("nginx, %d workers, %.0f s p11-kit outage: %d token requests answered 503 with " ..
       "Retry-After, the JWK Set served %d times from the cache; every worker signed again %.2f s after " ..

@@ -16,10 +16,11 @@ local clock = require("jwkengine.core").monotonic
 
 local function nap() os.execute("sleep 0.02") end
 
--- How long recovery may take once the HSM is back: the README promises
--- under 5 s with the default backoff (hsm.reinit_interval_max_ms 2000);
--- the bound adds 5 s for a loaded machine, and the figure is printed.
-local RECOVERY_BOUND_S = 10
+-- How long to wait for recovery once the HSM is back, a deadline only: the
+-- README's promise (the next attempt at most hsm.reinit_interval_max_ms,
+-- 2 s, away) is checked on every failure's "next attempt in N ms", not by
+-- timing on a shared machine; the figure itself is printed.
+local RECOVERY_DEADLINE_S = 60
 
 -- One server for the file: the suite's token, then the outages'.
 local server
@@ -68,7 +69,7 @@ describe("SoftHSM through p11-kit's remoting", function()
   -- server's return to the first good signature, and the failures seen.
   local function outage(down_for)
     local killed_at, back_at, failures, codes = nil, nil, 0, {}
-    local deadline = clock() + down_for + RECOVERY_BOUND_S + 5
+    local deadline = clock() + down_for + RECOVERY_DEADLINE_S
     while clock() < deadline do
       local jws, err, code = engine:sign_jwt("remote-es256", { sub = "loop" })
       if jws and back_at then
@@ -94,7 +95,7 @@ describe("SoftHSM through p11-kit's remoting", function()
         back_at = clock()
       end
     end
-    error(string.format("no good signature within %d s of the HSM's return", RECOVERY_BOUND_S + 5))
+    error(string.format("no good signature within %d s of the HSM's return", RECOVERY_DEADLINE_S))
   end
 
   -- The 30 s outage only waits longer than the 3 s one: the sanitizer pass
@@ -107,7 +108,6 @@ describe("SoftHSM through p11-kit's remoting", function()
       print(string.format("p11-kit outage of %.1f s: %d calls failed with ERR_HSM_UNAVAILABLE; first good signature %.2f s after the server's return",
         down_for, failures, recovered))
       assert.is_true(failures > 0, "the outage was not seen")
-      assert.is_true(recovered < RECOVERY_BOUND_S, string.format("recovered after %.2f s", recovered))
     end)
   end
 
@@ -115,9 +115,9 @@ describe("SoftHSM through p11-kit's remoting", function()
     if engine then engine:close() engine = nil end
     local dir = server.dir
     local faultmod = require("helpers.faults").MODULE
-    -- a child process: the fault module (1 s before each C_Sign) in front
-    -- of p11-kit's client; it writes `ready` just before its first
-    -- signature, and one line per call after
+    -- a child process: the fault module (3 s before each C_Sign) in front
+    -- of p11-kit's client, writing its call counts after every call; one
+    -- line per signature
     local script = dir .. "/inflight.lua"
     softhsm.write_file(script, string.format([[
       package.path = %q
@@ -126,7 +126,6 @@ describe("SoftHSM through p11-kit's remoting", function()
       local env = { HSM_ENABLED = "true", HSM_LIBRARY = %q, HSM_TOKEN_LABEL = %q, HSM_PIN = %q }
       local engine = assert(jwkengine.open({ environment = env, startup = false, logger = false }))
       assert(engine:key_set("remote-es256"))
-      io.open(%q, "w"):close()
       local failed = false
       for _ = 1, 200 do
         local jws, err, code = engine:sign_jwt("remote-es256", { sub = "inflight" })
@@ -137,21 +136,36 @@ describe("SoftHSM through p11-kit's remoting", function()
         os.execute("sleep 0.1")
       end
       engine:close()
-    ]], package.path, package.cpath, faultmod, server.token.label, server.token.pin, dir .. "/ready"))
-    local out_path = dir .. "/inflight.out"
-    os.execute(string.format("%s JWKE_FAULT_MODULE=%s JWKE_FAULT_LATENCY_US=C_Sign:1000000 JWKE_FAULT_CONTROL=%s "
-      .. "%s %s >%s 2>&1 &", server:shell_environment(), softhsm.quote(p11kit.CLIENT),
-      softhsm.quote(dir .. "/none.ctl"), softhsm.LUA, softhsm.quote(script), softhsm.quote(out_path)))
-    local ready = false
-    for _ = 1, 1500 do
-      local f = io.open(dir .. "/ready")
-      if f then f:close() ready = true break end
-      nap()
+    ]], package.path, package.cpath, faultmod, server.token.label, server.token.pin))
+    local out_path, stats_path = dir .. "/inflight.out", dir .. "/inflight.stats"
+    os.remove(stats_path)
+    os.execute(string.format("%s JWKE_FAULT_MODULE=%s JWKE_FAULT_LATENCY_US=C_Sign:3000000 JWKE_FAULT_CONTROL=%s "
+      .. "JWKE_FAULT_STATS=%s JWKE_FAULT_STATS_SYNC=1 %s %s >%s 2>&1 &", server:shell_environment(),
+      softhsm.quote(p11kit.CLIENT), softhsm.quote(dir .. "/none.ctl"), softhsm.quote(stats_path), softhsm.LUA,
+      softhsm.quote(script), softhsm.quote(out_path)))
+    -- The fault module's count of `name` calls, as its last finished call
+    -- wrote them (0 before any).
+    local function count(name)
+      local f = io.open(stats_path)
+      local stats = f and f:read("a") or ""
+      if f then f:close() end
+      return tonumber(stats:match("calls%." .. name .. " (%d+)") or "0")
     end
-    assert.is_true(ready, "the signing process did not start: " .. (io.open(out_path) and softhsm.read_file(out_path) or ""))
-    os.execute("sleep 0.3") -- C_SignInit is done; C_Sign waits in the fault module
+    local function wait_for(name, what)
+      for _ = 1, 3000 do
+        if count(name) >= 1 then return end
+        nap()
+      end
+      error(what .. ": " .. (io.open(out_path) and softhsm.read_file(out_path) or ""))
+    end
+    -- The first C_SignInit has returned: the first C_Sign is (or is about
+    -- to be) held 3 s in the fault module, and the server goes meanwhile;
+    -- it comes back only once that C_Sign has returned (the counts are
+    -- written when a call ends). Ordered by the calls, not by sleeps that
+    -- a loaded machine outlasts.
+    wait_for("C_SignInit", "the signing process did not start")
     server:stop()
-    os.execute("sleep 1")
+    wait_for("C_Sign", "the C_Sign in flight did not return")
     server:start()
     local lines
     for _ = 1, 3000 do
@@ -166,7 +180,7 @@ describe("SoftHSM through p11-kit's remoting", function()
     for i = 1, #lines - 1 do
       assert.matches("^ERR_HSM_UNAVAILABLE ", lines[i])
     end
-    assert.matches("C_Sign", lines[1], 1, true) -- the call in flight is the cause
+    assert.matches("C_Sign: ", lines[1], 1, true) -- the call in flight is the cause
     print(string.format("outage during C_Sign: %d calls failed, then a good signature", #lines - 1))
   end)
 end)

@@ -157,6 +157,40 @@ describe("PKCS#11 recovery", function()
   end)
 end)
 
+-- spec/c/held_call.c: one thread's call (an attempt to end an outage, a
+-- login) is held up in the fault module (latency) while another thread
+-- calls, or the process forks; the driver sets the module's faults through
+-- its environment (read at each C_Initialize), so no control file.
+describe("while one thread's call is held up in the token", function()
+  local token
+  setup(function()
+    faults.check_environment()
+    token = softhsm.new_token("attempt")
+    local out, ok = softhsm.pkcs11_tool(token,
+      "--keypairgen --key-type EC:prime256v1 --usage-sign --label attempted --id 01")
+    assert.is_true(ok, out)
+  end)
+
+  local function driver(mode)
+    local out, ok = softhsm.run(string.format("env -u JWKE_FAULT_CONTROL JWKE_FAULT_MODULE=%s %s/held_call %s %s %s %s attempted",
+      softhsm.quote(softhsm.LIBRARY), softhsm.BUILD, mode, faults.MODULE, softhsm.quote(token.label), token.pin))
+    assert.is_true(ok, out)
+    assert.matches("other=ok held=ok", out, 1, true)
+  end
+
+  it("a forked child is free to make its own attempt (no thread of the child is making the parent's)", function()
+    driver("fork")
+  end)
+
+  it("another thread's call fails fast with ERR_HSM_UNAVAILABLE while the attempt waits in C_Login", function()
+    driver("fail-fast")
+  end)
+
+  it("a login with a wrong PIN does not replace the kept PIN under another thread's C_Login", function()
+    driver("login")
+  end)
+end)
+
 describe("PIN hygiene against the token's PIN flags", function()
   local token
   setup(function()
@@ -186,9 +220,11 @@ describe("PIN hygiene against the token's PIN flags", function()
     -- the device fails once; the re-login after the re-initialization is refused
     faults.set({ faults = "C_Sign:CKR_DEVICE_ERROR@1;C_Login:CKR_PIN_INCORRECT@1+" })
     for _ = 1, 10 do
-      local jws, err = engine:sign("leak", "x")
+      local jws, err, code = engine:sign("leak", "x")
       assert.is_nil(jws)
       assert.matches("PIN", err, 1, true)
+      -- a refused PIN, from the first call on: not an outage to wait out
+      assert.equals("ERR_LOGIN_REFUSED", code, err)
     end
     local counts = faults.counts()
     assert.is_true((counts["window.C_OpenSession"] or 0) <= 1, "sessions opened: " .. tostring(counts["window.C_OpenSession"]))

@@ -11,6 +11,7 @@ local softhsm = require "helpers.softhsm"
 local q = softhsm.quote -- shell quoting, for the openssl and pkcs11-tool command lines
 local verifier = require "helpers.verifier"
 local stores = require "helpers.stores"
+local refused = require("helpers.refusal").refused
 local hydra_aead = require("helpers.hydra_aead").run
 local store_module = require "jwkengine.store"
 local core = require "jwkengine.core"
@@ -237,6 +238,34 @@ describe("x5c", function()
     _, stderr, status = cli.keys(hsm_env, "cert input i1 --subject CN=x --days soon")
     assert.equals(2, status)
     assert.matches("option --days: 'soon' is not a whole number of days", stderr, 1, true)
+  end)
+
+  it("says which half of a subject part is wrong, refuses empty parts and NUL bytes, and takes openssl's spacing", function()
+    local engine = assert(softhsm.open_engine(hsm_env))
+    assert(engine:generate("subject", "ES256", { kid = "s1" }))
+    local function refused_subject(subject, fragment)
+      refused("ERR_INVALID_ARGUMENT", fragment, engine:certify("subject", "s1", { subject = subject }))
+    end
+    -- a known attribute with a value X.509 refuses (C is two letters)
+    refused_subject("CN=x, C=USA", "subject attribute C: the value 'USA' is refused")
+    -- an empty part is refused, not skipped (the certificate would not say what was typed)
+    refused_subject("CN=a,,O=b", "subject part '' is not TYPE=VALUE")
+    refused_subject("CN=a,", "subject part '' is not TYPE=VALUE")
+    -- C would stop reading at the NUL: refused rather than shortened
+    refused_subject("CN=a\0, O=hidden", "the subject holds a NUL byte")
+    -- a whole number of days beyond what Lua's integers hold is a count out
+    -- of range like any other, not a raise (keys cert --days 1e20 had a traceback)
+    refused("ERR_INVALID_ARGUMENT", "1 to 36500 days",
+      engine:certify("subject", "s1", { subject = "CN=x", days = 1e20 }))
+    assert.is_nil(engine:key("subject", "s1").x5c) -- nothing was stored
+    -- the way openssl prints a subject reads back as the same subject
+    local jwk = assert(engine:certify("subject", "s1", { subject = " CN = spaced , O = Example " }))
+    engine:close()
+    check_certificate(dir, jwk, "spaced", "CN = spaced, O = Example", 365)
+    local _, stderr, status = cli.keys(hsm_env, "cert subject s1 --subject CN=x --days 99999999999999999999")
+    assert.equals(1, status, stderr)
+    assert.matches("1 to 36500 days", stderr, 1, true)
+    assert.is_nil(stderr:find("traceback", 1, true), stderr)
   end)
 
   for _, backend in ipairs(stores.backends()) do

@@ -219,12 +219,24 @@ static int l_certificate_members(lua_State *L)
 
 int jwke_push_self_signed(lua_State *L, const EVP_PKEY *pub, jwke_sign_fn sign, void *signer)
 {
-    const char *subject = luaL_checkstring(L, 2);
-    lua_Integer asked = luaL_checkinteger(L, 3);
+    size_t subject_len;
+    const char *subject = luaL_checklstring(L, 2, &subject_len);
+    int whole;
+    lua_Integer asked = lua_tointegerx(L, 3, &whole);
+    if (!whole) { /* a whole number beyond lua_Integer (1e20) is a count C refuses, not a raise */
+        lua_Number number = luaL_checknumber(L, 3);
+        if (!(number >= 0x1p63 || number <= -0x1p63))
+            luaL_argerror(L, 3, "days must be a whole number");
+        asked = number > 0 ? INT_MAX : -1;
+    }
     int days = asked < 0 ? -1 : asked > INT_MAX ? INT_MAX : (int)asked; /* checked in C */
     unsigned char *der;
     size_t der_len;
     jwke_error err;
+    if (strlen(subject) != subject_len) { /* C would read only the part before the NUL */
+        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "the subject holds a NUL byte");
+        return jwke_push_error(L, &err);
+    }
     if (jwke_x509_self_signed(pub, subject, days, sign, signer, &der, &der_len, &err) != 0)
         return jwke_push_error(L, &err);
     lua_pushlstring(L, (const char *)der, der_len);

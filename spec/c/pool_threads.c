@@ -8,10 +8,8 @@
 #include <string.h>
 
 #include "evp_sig.h"
-#include "p11_keys.h"
-#include "p11_map.h"
 #include "p11_sign.h"
-#include "p11_token.h"
+#include "token_setup.h"
 
 static jwke_p11_token *token;
 static jwke_p11_key *key;
@@ -53,30 +51,11 @@ int main(int argc, char **argv)
     signatures_per_thread = atoi(argv[6]);
     jwke_p11_options options = {.max_sessions = atoi(argv[7]), .session_wait_ms = 10000,
                                 .reinit_interval_ms = 1000, .reinit_interval_max_ms = 2000};
-    jwke_error err;
-
-    jwke_p11_module *module = jwke_p11_module_acquire(argv[1], NULL, &err);
-    jwke_p11_slot *slots;
-    size_t count;
-    if (!module || jwke_p11_list_slots(module, &slots, &count, &err) != 0) {
-        fprintf(stderr, "%s\n", err.message);
+    test_token opened;
+    if (test_token_open(&opened, argv[1], argv[2], argv[3], argv[4], &options) != 0)
         return 1;
-    }
-    size_t s = 0;
-    while (s < count && strcmp(slots[s].label, argv[2]) != 0)
-        s++;
-    if (s == count) {
-        fprintf(stderr, "no token %s\n", argv[2]);
-        return 1;
-    }
-    token = jwke_p11_token_open(module, slots[s].id, slots[s].label, slots[s].serial, &options, &err);
-    size_t n_keys = 0;
-    if (!token || jwke_p11_login(token, argv[3], strlen(argv[3]), &err) != 0 ||
-        jwke_p11_load_set(token, argv[4], strlen(argv[4]), NULL, 0, 2048, &key, &n_keys, &err) != 0 ||
-        n_keys != 1) {
-        fprintf(stderr, "setup failed: %s\n", n_keys ? err.message : "no key");
-        return 1;
-    }
+    token = opened.token;
+    key = opened.key;
 
     pthread_t *ids = calloc((size_t)threads, sizeof *ids);
     for (long i = 0; i < threads; i++)
@@ -90,10 +69,7 @@ int main(int argc, char **argv)
            "session_waits=%lu\n",
            threads * signatures_per_thread, failures, stats.pool.sessions_opened,
            stats.pool.sessions_open, stats.pool.max_sessions, stats.pool.session_waits);
-    jwke_p11_keys_free(key, n_keys);
-    jwke_p11_token_close(token);
-    jwke_p11_module_release(module);
-    free(slots);
+    test_token_close(&opened);
     free(ids);
     return failures ? 1 : 0;
 }
