@@ -76,12 +76,25 @@ int jwke_x509_fields_of(const unsigned char *der, size_t der_len, jwke_x509_fiel
         i2d_ASN1_INTEGER(X509_get0_serialNumber(cert), &out->der[JWKE_X509_SERIAL]),
     };
     X509_free(cert);
+    static const char *const names[JWKE_X509_FIELDS] = {"subject", "issuer", "serial number"};
     for (int i = 0; i < JWKE_X509_FIELDS; i++) {
         if (lens[i] <= 0) {
             jwke_x509_fields_clear(out);
             return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "cannot encode a certificate's names");
         }
         out->len[i] = (size_t)lens[i];
+        /* OpenSSL hands back a name as it was read, and reads some that are
+         * not DER (a SEQUENCE tagged primitive): such bytes never become a
+         * token's CKA_SUBJECT / CKA_ISSUER. */
+        const unsigned char *p = out->der[i];
+        ASN1_TYPE *value = d2i_ASN1_TYPE(NULL, &p, lens[i]);
+        int whole = value && p == out->der[i] + out->len[i];
+        ASN1_TYPE_free(value);
+        if (!whole) {
+            jwke_x509_fields_clear(out);
+            return jwke_fail_code(err, JWKE_ERR_CERTIFICATE_INVALID,
+                                  "the certificate's %s is not one DER value", names[i]);
+        }
     }
     return 0;
 }

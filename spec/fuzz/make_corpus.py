@@ -301,6 +301,10 @@ def x509_seeds():
     write("x509", "other-key", b"\x00" + field(other))
     write("x509", "truncated", b"\x00" + field(own[:-9]))
     write("x509", "trailing-byte", b"\x00" + field(own + b"\x00"))
+    # the issuer's SEQUENCE tagged primitive (0x10): OpenSSL reads it and
+    # hands the bytes back as read (a fuzzer's find)
+    issuer = own.index(b"\x30\x0f\x31\x0d", 20)
+    write("x509", "issuer-primitive-tag", b"\x00" + field(own[:issuer] + b"\x10" + own[issuer + 1:]))
 
 
 SEEDS = {"b64url": b64url_seeds, "jws": jws_seeds, "jwk": jwk_seeds, "ec": ec_seeds,
