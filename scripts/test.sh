@@ -7,8 +7,7 @@
 #   3. the same busted suite against an AddressSanitizer + UBSan build
 #      (except the nginx specs: nginx cannot load a sanitized module; and the
 #      luarocks spec: it builds and loads a rock of its own, unsanitized)
-#   4. the libFuzzer targets, each for a bounded time (built and run in the
-#      background while step 2 runs; reported here)
+#   4. the libFuzzer targets, each for a bounded time
 #   5. valgrind memcheck over the C core
 #   6. the C core and its unit tests in the build types CI does not cover
 #      (Debug, MinSizeRel): built and run with ctest
@@ -94,32 +93,17 @@ ctest_run() { # label build_dir
 echo "== 1. C unit tests"
 ctest_run "ctest" build
 
-# The fuzzers need no token, database or server: they build and run
-# beside the busted pass, whose time is mostly waiting (nginx timers, HSM
-# outages), and report in step 4.
-fuzz_log="$JWKE_TMP/fuzz.log"
-if [ "${JWKE_QUICK:-0}" != 1 ]; then
-  (JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} scripts/fuzz.sh >"$fuzz_log" 2>&1; echo "$?" >"$fuzz_log.rc") &
-  fuzz_pid=$!
-  # the sanitizer build too (a failed build must not leave an older
-  # build-asan/ to be tested: step 3 checks its status)
-  asan_log="$JWKE_TMP/asan-build.log"
-  (cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DJWKE_SANITIZE=ON >"$asan_log" 2>&1 &&
-    cmake --build build-asan -j"$(nproc)" >>"$asan_log" 2>&1; echo "$?" >"$asan_log.rc") &
-  asan_pid=$!
-fi
-
 echo "== 2. busted (Lua 5.4, build/)"
 busted_run add "busted" build lua5.4 /usr/bin/busted -o utfTerminal "$@"
 
 if [ "${JWKE_QUICK:-0}" != 1 ]; then
   echo "== 3. busted against the AddressSanitizer + UBSan build (build-asan/)"
-  # built beside step 2; a failed build is not tested
-  wait "$asan_pid"
-  if [ "$(cat "$asan_log.rc" 2>/dev/null)" = 0 ]; then
+  # a failed build must not leave an older build-asan/ to be tested
+  if cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DJWKE_SANITIZE=ON >"$log" 2>&1 &&
+    cmake --build build-asan -j"$(nproc)" >>"$log" 2>&1; then
     asan_built=1
   else
-    tail -n 40 "$asan_log"
+    tail -n 40 "$log"
     echo "the AddressSanitizer build failed: the sanitizer pass is not run"
     add_rerun "busted (ASan+UBSan)" 0 1
     asan_built=0
@@ -144,11 +128,11 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   fi
   unset ASAN_OPTIONS UBSAN_OPTIONS JWKE_PRELOAD JWKE_SANITIZER_PASS
 
-  echo "== 4. fuzzers (run beside step 2)"
-  wait "$fuzz_pid"
-  fuzz_rc=$(cat "$fuzz_log.rc" 2>/dev/null || echo 1)
-  grep -E '^(== |Done |fuzz: )' "$fuzz_log"
-  if [ "$fuzz_rc" -eq 0 ]; then add "fuzzers" 1 0; else tail -n 60 "$fuzz_log"; add "fuzzers" 0 1; fi
+  echo "== 4. fuzzers"
+  JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} scripts/fuzz.sh >"$log" 2>&1
+  fuzz_rc=$?
+  grep -E '^(== |Done |fuzz: )' "$log"
+  if [ "$fuzz_rc" -eq 0 ]; then add "fuzzers" 1 0; else tail -n 60 "$log"; add "fuzzers" 0 1; fi
 
   echo "== 5. valgrind memcheck over the core"
   scripts/memcheck.sh build >"$log" 2>&1
