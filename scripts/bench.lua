@@ -13,12 +13,12 @@ for i = 1, #arg do
 end
 
 package.path = arg[0]:gsub("[^/]*$", "") .. "lib/?.lua;" .. package.path
-local sandbox = require "sandbox"
+local sandbox = require("sandbox")
 local shell = sandbox.shell
 sandbox.enter()
 
-local jwkengine = require "jwkengine"
-local bench = require "jwkengine_bench"
+local jwkengine = require("jwkengine")
+local bench = require("jwkengine_bench")
 
 local LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
 local PIN = "1234"

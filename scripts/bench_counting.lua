@@ -4,7 +4,7 @@
 -- token labelled cg (PIN 1234; the set is generated on the first run).
 -- Run it under valgrind --tool=callgrind with N and with 0: the difference
 -- over N is the cost of one token.
-local jwkengine = require "jwkengine"
+local jwkengine = require("jwkengine")
 local backend, n = arg[1], tonumber(arg[2])
 assert((backend == "software" or backend == "hsm") and n, "usage: bench_counting.lua software|hsm N")
 local environment = backend == "software" and { SECRETS_SYSTEM = "a-secret-of-24-characters", DSN = "memory" }

@@ -31,12 +31,12 @@ end
 
 local here = arg[0]:gsub("[^/]*$", "")
 package.path = here .. "lib/?.lua;" .. here .. "../spec/?.lua;" .. package.path
-local sandbox = require "sandbox"
+local sandbox = require("sandbox")
 sandbox.enter()
 
-local faults = require "helpers.faults"
-local nginx = require "helpers.nginx"
-local util = require "jwkengine.util"
+local faults = require("helpers.faults")
+local nginx = require("helpers.nginx")
+local util = require("jwkengine.util")
 
 local SESSIONS = 4
 local SET = "hydra.jwt.access-token"

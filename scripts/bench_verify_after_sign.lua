@@ -1,5 +1,5 @@
 -- verify-after-sign cost (BENCHMARKS.md): ALG=RS256|ES256 LABEL=token, N signatures per setting; SoftHSM, PIN 1234
-local jwkengine = require "jwkengine"
+local jwkengine = require("jwkengine")
 local N = tonumber(arg[1]) or 200
 local dir = os.getenv("SOFTHSM2_CONF")
 local results = {}

@@ -1,7 +1,7 @@
 -- The main job on whatever the configuration names: open the engine (which
 -- generates the startup sets when missing), publish the ID-token JWK Set,
 -- sign a JWT and verify it.
-local jwkengine = require "jwkengine"
+local jwkengine = require("jwkengine")
 
 local engine, err = jwkengine.open()
 if not engine then

@@ -3,9 +3,9 @@
 -- Configured like the engine (config file from JWKENGINE_CONFIG, HSM_*
 -- environment). Exit status: 0 done, 1 the operation failed, 2 usage error;
 -- every failure is one line on stderr.
-local jwkengine = require "jwkengine"
-local log = require "jwkengine.log"
-local util = require "jwkengine.util"
+local jwkengine = require("jwkengine")
+local log = require("jwkengine.log")
+local util = require("jwkengine.util")
 
 local EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -147,7 +147,7 @@ end
 
 -- Lifecycle: one JSON object a line, for people and for scripts.
 local function print_changes(changes)
-  local cjson = require "cjson"
+  local cjson = require("cjson")
   for _, change in ipairs(changes) do print(cjson.encode(change)) end
   if #changes == 0 then io.stderr:write("keys.lua: nothing to change\n") end
 end
@@ -157,7 +157,7 @@ commands.keys = function(engine, args)
   if #p ~= 1 then usage_error("keys takes SET") end
   local list, err = engine:key_states(p[1])
   if not list then die(err) end
-  local cjson = require "cjson"
+  local cjson = require("cjson")
   for _, key in ipairs(list) do print(cjson.encode(key)) end
 end
 

@@ -15,7 +15,7 @@
 --
 -- Exits non-zero when a signature failed or did not verify.
 package.path = arg[0]:gsub("[^/]*$", "") .. "lib/?.lua;" .. package.path
-local sandbox = require "sandbox"
+local sandbox = require("sandbox")
 
 local exe_dir = arg[-1]:match("^(.*)/[^/]*$") or "."
 sandbox.enter({
@@ -23,8 +23,8 @@ sandbox.enter({
   JWKE_FAULT_FORK_STRICT = "1",
 })
 
-local jwkengine = require "jwkengine"
-local bench = require "jwkengine_bench"
+local jwkengine = require("jwkengine")
+local bench = require("jwkengine_bench")
 
 local MODULE = exe_dir .. "/spec/faultmod/libjwke_faultmod.so"
 local mode = arg[1] or "soak"
@@ -85,7 +85,7 @@ if mode == "soak" then
 end
 
 if mode == "fork" then
-  local testproc = require "testproc"
+  local testproc = require("testproc")
   local children, each = tonumber(arg[2]) or 8, tonumber(arg[3]) or 1000
   local engine = open()
   assert(engine:generate("forked", "ES256", { kid = "f1" }))

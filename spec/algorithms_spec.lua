@@ -4,12 +4,12 @@
 -- OIDs and signatures), and every layer checked to agree with them (what
 -- software and the HSM generate, what verify allows, the configuration's
 -- defaults).
-local core = require "jwkengine.core"
-local cjson = require "cjson"
-local jwkengine = require "jwkengine"
-local jws = require "jwkengine.jws"
-local config = require "jwkengine.config"
-local softhsm = require "helpers.softhsm"
+local core = require("jwkengine.core")
+local cjson = require("cjson")
+local jwkengine = require("jwkengine")
+local jws = require("jwkengine.jws")
+local config = require("jwkengine.config")
+local softhsm = require("helpers.softhsm")
 
 local ALGORITHMS = core.algorithms()
 local LIMITS = core.limits()

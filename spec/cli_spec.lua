@@ -1,8 +1,8 @@
 -- scripts/keys.lua, run through the real runner as an operator would.
-local cjson = require "cjson"
-local cli = require "helpers.cli"
-local softhsm = require "helpers.softhsm"
-local verifier = require "helpers.verifier"
+local cjson = require("cjson")
+local cli = require("helpers.cli")
+local softhsm = require("helpers.softhsm")
+local verifier = require("helpers.verifier")
 
 local function env_prefix(token, extra)
   return cli.env_prefix(softhsm.environment(token, extra))

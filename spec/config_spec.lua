@@ -1,7 +1,7 @@
 -- Configuration: defaults < file (JSON or YAML) < environment < options.
-local config = require "jwkengine.config"
-local softhsm = require "helpers.softhsm"
-local refusal = require "helpers.refusal"
+local config = require("jwkengine.config")
+local softhsm = require("helpers.softhsm")
+local refusal = require("helpers.refusal")
 
 local function write(ext, text)
   local path = os.tmpname() .. ext

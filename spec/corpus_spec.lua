@@ -1,7 +1,7 @@
 -- The fuzzers' seed corpus (spec/fuzz/corpus) is reproducible: spec/fuzz/make_corpus.py
 -- writes the very bytes that are committed, so running it never dirties a
 -- checkout. Seeds added by hand (regressions) are left alone.
-local softhsm = require "helpers.softhsm"
+local softhsm = require("helpers.softhsm")
 local read_file = require("jwkengine.util").read_file
 
 describe("spec/fuzz/make_corpus.py", function()

@@ -1,9 +1,9 @@
 -- The engine core against a real SoftHSM token: mapping pkcs11-tool keys to
 -- JWKs, generation, prefixes, slot choice, startup, signing and errors.
-local jwkengine = require "jwkengine"
-local core = require "jwkengine.core"
-local softhsm = require "helpers.softhsm"
-local verifier = require "helpers.verifier"
+local jwkengine = require("jwkengine")
+local core = require("jwkengine.core")
+local softhsm = require("helpers.softhsm")
+local verifier = require("helpers.verifier")
 local refused = require("helpers.refusal").refused
 
 local function hex_of_b64url(s)

@@ -4,9 +4,9 @@
 -- missing and never ERR_INTERNAL (the binding's default for a failure C
 -- gave no code, which would be a bug). One representative failure per entry
 -- point, against real OpenSSL and a throwaway SoftHSM token.
-local core = require "jwkengine.core"
-local errors = require "jwkengine.errors"
-local softhsm = require "helpers.softhsm"
+local core = require("jwkengine.core")
+local errors = require("jwkengine.errors")
+local softhsm = require("helpers.softhsm")
 
 -- Asserts that a call failed with `expected` and that the code is one the
 -- registry knows (or a CKR_* name); returns the message.

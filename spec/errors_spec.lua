@@ -1,7 +1,7 @@
 -- The error-code registry (jwkengine.errors) against what the code returns
 -- and what the README documents: a code returned but not registered or not
 -- documented, or registered but never returned, fails here.
-local errors = require "jwkengine.errors"
+local errors = require("jwkengine.errors")
 
 -- Codes in the code are string literals ("ERR_CONFIG" in Lua and C), which
 -- leaves out OpenSSL's ERR_* macros (ERR_GET_LIB) that are not ours.

@@ -1,9 +1,9 @@
 -- The Engine facade is the only way in (no manager reachable from outside),
 -- and HSM and software keys answer one key interface. Real SoftHSM token,
 -- real SQLite store.
-local jwkengine = require "jwkengine"
-local core = require "jwkengine.core"
-local softhsm = require "helpers.softhsm"
+local jwkengine = require("jwkengine")
+local core = require("jwkengine.core")
+local softhsm = require("helpers.softhsm")
 local refused = require("helpers.refusal").refused
 
 local SECRET = "facade-secret-0123456789"

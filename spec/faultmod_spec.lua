@@ -4,7 +4,7 @@
 --
 -- The module and driver are found in $JWKE_FAULTMOD_DIR, else in
 -- <build>/spec/faultmod (<build> = $JWKE_BUILD_DIR or build).
-local softhsm = require "helpers.softhsm"
+local softhsm = require("helpers.softhsm")
 
 local q = softhsm.quote
 

@@ -5,9 +5,9 @@
 -- generous, so a loaded machine cannot fail them; the "too slow" case has
 -- the module add 300 ms to C_Sign against a 50 ms budget, which load only
 -- makes slower.
-local jwkengine = require "jwkengine"
-local faults = require "helpers.faults"
-local softhsm = require "helpers.softhsm"
+local jwkengine = require("jwkengine")
+local faults = require("helpers.faults")
+local softhsm = require("helpers.softhsm")
 
 describe("engine:health()", function()
   local token, engine

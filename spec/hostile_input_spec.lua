@@ -10,15 +10,15 @@
 -- The focused proofs of each defect stay in their own specs
 -- (hostile_keys, store_input, http, log, cli, config...): this is the broad
 -- sweep over one engine with an HSM (SoftHSM) and a software store (SQLite).
-local cjson = require "cjson"
-local jwkengine = require "jwkengine"
-local core = require "jwkengine.core"
-local errors = require "jwkengine.errors"
-local store_module = require "jwkengine.store"
-local cli = require "helpers.cli"
+local cjson = require("cjson")
+local jwkengine = require("jwkengine")
+local core = require("jwkengine.core")
+local errors = require("jwkengine.errors")
+local store_module = require("jwkengine.store")
+local cli = require("helpers.cli")
 local hydra_aead = require("helpers.hydra_aead").run
-local rsa_of_size = require "helpers.rsa_of_size"
-local softhsm = require "helpers.softhsm"
+local rsa_of_size = require("helpers.rsa_of_size")
+local softhsm = require("helpers.softhsm")
 
 local SECRET = "hostile-input-secret-0123456789"
 local RSA_MAX_BITS = 16384

@@ -4,10 +4,10 @@
 -- once left C reading freed strings). Each must end in a clean
 -- `nil, message[, code]`; the ASan build of scripts/test.sh turns any
 -- stray read or write into a failure of this file.
-local cjson = require "cjson"
-local core = require "jwkengine.core"
-local rsa_of_size = require "helpers.rsa_of_size"
-local stores = require "helpers.stores"
+local cjson = require("cjson")
+local core = require("jwkengine.core")
+local rsa_of_size = require("helpers.rsa_of_size")
+local stores = require("helpers.stores")
 
 local SECRET = "hostile-keys-secret-0123456789"
 local MAX_BITS = 16384

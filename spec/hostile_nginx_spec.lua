@@ -6,10 +6,10 @@
 -- the published set itself or 304, never an error. The Lua API and CLI half
 -- of the corpus is spec/hostile_input_spec.lua (nginx cannot load the
 -- sanitizer build, so this half lives in a file that pass leaves out).
-local cjson = require "cjson"
-local jose = require "helpers.jose"
-local nginx = require "helpers.nginx"
-local softhsm = require "helpers.softhsm"
+local cjson = require("cjson")
+local jose = require("helpers.jose")
+local nginx = require("helpers.nginx")
+local softhsm = require("helpers.softhsm")
 
 local JSON = { ["Content-Type"] = "application/json" }
 local JWKS = "/.well-known/jwks.json"

@@ -4,10 +4,10 @@
 -- PSS-only on the token; a pair made elsewhere says so the same way. The
 -- token signs with CKM_RSA_PKCS_PSS over a host-made digest; jwcrypto and
 -- npm jose verify, and a token without the mechanism gets an error naming it.
-local jwkengine = require "jwkengine"
-local softhsm = require "helpers.softhsm"
-local faults = require "helpers.faults"
-local jose = require "helpers.jose"
+local jwkengine = require("jwkengine")
+local softhsm = require("helpers.softhsm")
+local faults = require("helpers.faults")
+local jose = require("helpers.jose")
 
 local PSS = { "PS256", "PS384", "PS512" }
 

@@ -1,14 +1,14 @@
 -- Key states of HSM sets live on the token (CKO_DATA objects beside the
 -- keys): real SoftHSM tokens, real processes (the runner), pkcs11-tool, and
 -- the fault-injecting module in front of SoftHSM.
-local cjson = require "cjson"
-local core = require "jwkengine.core"
-local hsm_states = require "jwkengine.hsm_states"
-local jwkengine = require "jwkengine"
-local cli = require "helpers.cli"
-local faults = require "helpers.faults"
+local cjson = require("cjson")
+local core = require("jwkengine.core")
+local hsm_states = require("jwkengine.hsm_states")
+local jwkengine = require("jwkengine")
+local cli = require("helpers.cli")
+local faults = require("helpers.faults")
 local refused = require("helpers.refusal").refused
-local softhsm = require "helpers.softhsm"
+local softhsm = require("helpers.softhsm")
 
 local ROTATION = { period = 1000, prepublish = 400, retain = 4000 }
 

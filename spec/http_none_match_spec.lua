@@ -1,7 +1,7 @@
 -- jwkengine's If-None-Match test (RFC 9110 13.1.2, jwkengine.http), called
 -- directly: behind nginx, the not_modified filter answers 304 from the ETag
 -- header first, so a request through nginx cannot tell whether this code works.
-local http = require "jwkengine.http"
+local http = require("jwkengine.http")
 
 describe("If-None-Match against the JWK Set's ETag", function()
   local ETAG = '"MZs0ZJxP3y_3kTd5yGmUq0AMkyRcG9TkR3Tn4vyQwHc"'

@@ -6,8 +6,8 @@
 -- real SoftHSM token, which then logs out. After a quiet period the engine
 -- must log in again before it signs, generates or reads a set, without an
 -- error or a retry the caller can see.
-local faults = require "helpers.faults"
-local verifier = require "helpers.verifier"
+local faults = require("helpers.faults")
+local verifier = require("helpers.verifier")
 
 -- The token closes sessions idle 2 s; the engine asks about sessions quiet
 -- for 1 s (hsm.session_idle_max); the quiet periods last 3 s.

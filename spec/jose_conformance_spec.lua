@@ -3,10 +3,10 @@
 -- verifies; deterministic signatures (RS256, EdDSA) made by jwkengine over
 -- the same input are byte-for-byte the published ones; and every one-bit
 -- change to a token makes it fail.
-local core = require "jwkengine.core"
-local jws = require "jwkengine.jws"
-local jwk = require "jwkengine.jwk"
-local helper = require "helpers.jose"
+local core = require("jwkengine.core")
+local jws = require("jwkengine.jws")
+local jwk = require("jwkengine.jwk")
+local helper = require("helpers.jose")
 
 -- Every example as { name, alg, jwk (private), protected, payload, signature, deterministic }.
 local function examples()

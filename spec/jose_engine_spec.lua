@@ -1,9 +1,9 @@
 -- The JOSE layer through the engine: sign_jwt / verify_jwt with claim
 -- checks on HSM keys, thumbprints of a set's keys, and thumbprints as the
 -- kid of new software and HSM keys.
-local jwkengine = require "jwkengine"
-local helper = require "helpers.jose"
-local softhsm = require "helpers.softhsm"
+local jwkengine = require("jwkengine")
+local helper = require("helpers.jose")
+local softhsm = require("helpers.softhsm")
 
 local SECRET = "jose-engine-spec-secret-0123456789abcdef"
 

@@ -2,13 +2,13 @@
 -- algorithm: tokens signed by jwkengine (keys in a SoftHSM token and
 -- software keys) verify in python3-jwcrypto and in the npm `jose` package,
 -- and tokens and JWK Sets made by those verify in jwkengine.
-local cjson = require "cjson"
-local core = require "jwkengine.core"
-local jwkengine = require "jwkengine"
-local jwt = require "jwkengine.jwt"
-local jwk = require "jwkengine.jwk"
-local softhsm = require "helpers.softhsm"
-local helper = require "helpers.jose"
+local cjson = require("cjson")
+local core = require("jwkengine.core")
+local jwkengine = require("jwkengine")
+local jwt = require("jwkengine.jwt")
+local jwk = require("jwkengine.jwk")
+local softhsm = require("helpers.softhsm")
+local helper = require("helpers.jose")
 
 local ALGORITHMS = helper.ALGORITHMS
 

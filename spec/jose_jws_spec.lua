@@ -1,11 +1,11 @@
 -- JWS verification policy: allow-list, none and HMAC, algorithm/key fit,
 -- RSA size, crit and b64, key selection from a JWK Set, signature sizes,
 -- and signing with software keys.
-local core = require "jwkengine.core"
-local cjson = require "cjson"
-local jws = require "jwkengine.jws"
-local jwk = require "jwkengine.jwk"
-local helper = require "helpers.jose"
+local core = require("jwkengine.core")
+local cjson = require("cjson")
+local jws = require("jwkengine.jws")
+local jwk = require("jwkengine.jwk")
+local helper = require("helpers.jose")
 local refused = require("helpers.refusal").refused
 
 local function header_b64(header)

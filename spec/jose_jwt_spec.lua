@@ -1,11 +1,11 @@
 -- JWT signing and verification with claim checks: exp, nbf, iat, max age,
 -- iss, aud, sub, typ, required claims, clock tolerance and an injected
 -- clock; each failure has its stable code.
-local core = require "jwkengine.core"
-local cjson = require "cjson"
-local jwt = require "jwkengine.jwt"
-local errors = require "jwkengine.errors"
-local helper = require "helpers.jose"
+local core = require("jwkengine.core")
+local cjson = require("cjson")
+local jwt = require("jwkengine.jwt")
+local errors = require("jwkengine.errors")
+local helper = require("helpers.jose")
 local refused = require("helpers.refusal").refused
 
 local NOW = 1700000000

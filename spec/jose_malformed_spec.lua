@@ -1,11 +1,11 @@
 -- A corpus of malformed tokens, key sets and keys. Each one is rejected
 -- with a stable code and a message that says what is wrong, and none of
 -- them crashes or hangs the verifier.
-local core = require "jwkengine.core"
-local jws = require "jwkengine.jws"
-local jwk = require "jwkengine.jwk"
-local errors = require "jwkengine.errors"
-local helper = require "helpers.jose"
+local core = require("jwkengine.core")
+local jws = require("jwkengine.jws")
+local jwk = require("jwkengine.jwk")
+local errors = require("jwkengine.errors")
+local helper = require("helpers.jose")
 
 local b64 = helper.b64
 

@@ -1,6 +1,6 @@
 -- The one rule of the key lifecycle (jwkengine.lifecycle), as a pure
 -- function of records, keys present, policy and an injected clock.
-local lifecycle = require "jwkengine.lifecycle"
+local lifecycle = require("jwkengine.lifecycle")
 local refused = require("helpers.refusal").refused
 
 local LIMITS = lifecycle.DEFAULT_LIMITS

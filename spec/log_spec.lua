@@ -1,6 +1,6 @@
 -- jwkengine.log: every line a logger made by log.new writes is one line,
 -- whatever the message holds.
-local log = require "jwkengine.log"
+local log = require("jwkengine.log")
 
 describe("jwkengine.log", function()
   it("escapes control characters and the backslash, once", function()

@@ -5,10 +5,10 @@
 -- and python3-jwcrypto verifies the token. LuaRocks' own build folder
 -- (build.luarocks/, ignored by git) is kept between runs, so only the first
 -- build compiles the whole core.
-local cjson = require "cjson"
-local core = require "jwkengine.core"
-local softhsm = require "helpers.softhsm"
-local verifier = require "helpers.verifier"
+local cjson = require("cjson")
+local core = require("jwkengine.core")
+local softhsm = require("helpers.softhsm")
+local verifier = require("helpers.verifier")
 
 local q = softhsm.quote
 local ROCKSPECS = { "jwkengine-scm-1.rockspec", "jwkengine-" .. core._VERSION .. "-1.rockspec" }
@@ -17,12 +17,12 @@ local ROCKSPECS = { "jwkengine-scm-1.rockspec", "jwkengine-" .. core._VERSION ..
 -- an empty folder: where each module came from, then the JWK Set and a
 -- signed JWT, one JSON line.
 local PROBE = [[
-local jwkengine = require "jwkengine"
+local jwkengine = require("jwkengine")
 local env = { HSM_ENABLED = "true", HSM_LIBRARY = arg[1], HSM_TOKEN_LABEL = arg[2], HSM_PIN = arg[3] }
 local engine = assert(jwkengine.open({ environment = env, logger = false, startup = false }))
 assert(engine:generate("rock", "ES256", { kid = "rock-1" }))
 local token = assert(engine:sign_jwt("rock", { sub = "rock" }))
-local cjson = require "cjson"
+local cjson = require("cjson")
 print(cjson.encode({ version = jwkengine._VERSION, lua = jit and jit.version or _VERSION,
   core = package.searchpath("jwkengine.core", package.cpath),
   init = package.searchpath("jwkengine", package.path),

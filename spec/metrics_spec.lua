@@ -2,10 +2,10 @@
 -- with Debian's python3-prometheus-client parser and checked against the
 -- calls the test made, on a SoftHSM token with the software store behind
 -- it, and through the fault module for PKCS#11 recoveries.
-local jwkengine = require "jwkengine"
-local faults = require "helpers.faults"
-local prometheus = require "helpers.prometheus"
-local softhsm = require "helpers.softhsm"
+local jwkengine = require("jwkengine")
+local faults = require("helpers.faults")
+local prometheus = require("helpers.prometheus")
+local softhsm = require("helpers.softhsm")
 
 local SECRETS = { SECRETS_SYSTEM = "a-secret-of-24-characters", DSN = "memory" }
 -- a kid with the characters the format escapes in a label value (a kid
@@ -67,7 +67,7 @@ describe("engine:metrics()", function()
   it("hands each call's counts over from a last_call recorder (nginx's thread VMs), exactly", function()
     -- an engine of its own, as a thread VM opens one, counting into a
     -- last_call recorder; each call's counts are added to another recorder
-    local metrics = require "jwkengine.metrics"
+    local metrics = require("jwkengine.metrics")
     local relay = jwkengine.open({ environment = softhsm.environment(token, SECRETS), startup = false,
       logger = false, metrics = metrics.last_call() })
     assert(relay:import("m.soft", ec_pem(), { kid = ODD_KID, alg = "ES256" }))

@@ -3,7 +3,7 @@
 -- checks what the benchmark reports, not how fast anything was: the JWK
 -- Set reader keeps to --jwks-rate, and the CPU is split between the
 -- event loops, the thread pool's threads and wrk.
-local softhsm = require "helpers.softhsm"
+local softhsm = require("helpers.softhsm")
 
 -- The row of one mode in the benchmark's table, as a list of cells.
 local function row(output, mode)

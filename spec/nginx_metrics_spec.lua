@@ -5,11 +5,11 @@
 -- on a healthy token, 503 naming the part when the token is pulled (the
 -- fault module) or the login is refused, and probes at most once per
 -- cache period per worker.
-local cjson = require "cjson"
-local faults = require "helpers.faults"
-local nginx = require "helpers.nginx"
-local prometheus = require "helpers.prometheus"
-local softhsm = require "helpers.softhsm"
+local cjson = require("cjson")
+local faults = require("helpers.faults")
+local nginx = require("helpers.nginx")
+local prometheus = require("helpers.prometheus")
+local softhsm = require("helpers.softhsm")
 
 local ID_SET, ACCESS_SET = "hydra.openid.id-token", "hydra.jwt.access-token"
 

@@ -3,10 +3,10 @@
 -- while clients keep asking. Meanwhile POST /token answers 503 with
 -- Retry-After (never a 500), and the JWK Set is served from the cache; once
 -- the server is back, every worker signs again, in a time printed here.
-local cjson = require "cjson"
-local nginx = require "helpers.nginx"
-local p11kit = require "helpers.p11kit"
-local verifier = require "helpers.verifier"
+local cjson = require("cjson")
+local nginx = require("helpers.nginx")
+local p11kit = require("helpers.p11kit")
+local verifier = require("helpers.verifier")
 
 local OUTAGE_S = 3
 -- How long every worker has to sign again after the HSM's return: a

@@ -6,9 +6,9 @@
 -- server's. No assertion depends on speed: the only time compared is a
 -- refusal's against a bound several seconds wider than the queue's, and
 -- shorter than the signature it did not wait for.
-local faults = require "helpers.faults"
-local nginx = require "helpers.nginx"
-local softhsm = require "helpers.softhsm"
+local faults = require("helpers.faults")
+local nginx = require("helpers.nginx")
+local softhsm = require("helpers.softhsm")
 
 -- The example configuration, signing in the thread pool as the README says
 -- for network HSMs, with `queue` as thread_queue and a VM pool of vm_pool.

@@ -3,11 +3,11 @@
 -- configuration jwkengine loads. Only what the README itself says to change
 -- is changed (the installed Lua paths for this checkout's, the port) plus
 -- what a test sandbox needs (pid file and worker user).
-local jwkengine = require "jwkengine"
-local nginx = require "helpers.nginx"
-local softhsm = require "helpers.softhsm"
+local jwkengine = require("jwkengine")
+local nginx = require("helpers.nginx")
+local softhsm = require("helpers.softhsm")
 local read_file = require("jwkengine.util").read_file
-local cjson = require "cjson"
+local cjson = require("cjson")
 
 local README = assert(read_file("README.md"), "run the specs from the repository root")
 

@@ -4,11 +4,11 @@
 -- running the key schedule on one token at once. The client
 -- (spec/nginx/client.py) caches the JWK Set exactly as Cache-Control says
 -- and never refetches on an unknown kid. Periods are seconds long.
-local cjson = require "cjson"
-local faults = require "helpers.faults"
-local nginx = require "helpers.nginx"
-local softhsm = require "helpers.softhsm"
-local jwkengine = require "jwkengine"
+local cjson = require("cjson")
+local faults = require("helpers.faults")
+local nginx = require("helpers.nginx")
+local softhsm = require("helpers.softhsm")
+local jwkengine = require("jwkengine")
 
 local MAX_AGE, REFRESH, CACHE_TTL, LIFETIME = 2, 1, 1, 3
 -- the minimums of the safety rules: max_age + refresh + cache_ttl, and

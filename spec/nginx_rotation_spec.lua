@@ -2,10 +2,10 @@
 -- software-store set in SQLite shared by the workers, with a real client
 -- (spec/nginx/client.py) that caches the JWK Set exactly as Cache-Control
 -- says and never refetches on an unknown kid. Periods are seconds long.
-local cjson = require "cjson"
-local cli = require "helpers.cli"
-local nginx = require "helpers.nginx"
-local jwkengine = require "jwkengine"
+local cjson = require("cjson")
+local cli = require("helpers.cli")
+local nginx = require("helpers.nginx")
+local jwkengine = require("jwkengine")
 
 local SCHEDULED, EMERGENCY = "rotating", "emergency"
 local SECRET = "a-rotation-spec-secret-of-40-characters!"

@@ -5,10 +5,10 @@
 -- everything reachable from the worker VM's registry (tables, upvalues,
 -- metatables, environments) and counts the strings holding a random PIN
 -- or secret; signing in the event loop and in the thread pool still works.
-local cjson = require "cjson"
-local core = require "jwkengine.core"
-local softhsm = require "helpers.softhsm"
-local nginx = require "helpers.nginx"
+local cjson = require("cjson")
+local core = require("jwkengine.core")
+local softhsm = require("helpers.softhsm")
+local nginx = require("helpers.nginx")
 
 -- Answers { ready, equal, larger }: reachable strings equal to the needle
 -- (hex in ?needle=), and longer ones containing it.

@@ -3,10 +3,10 @@
 -- (README: Session budgets) exceed the limit the token reports (the
 -- fault-injecting module reports it in C_GetTokenInfo, as a networked HSM
 -- does).
-local cjson = require "cjson"
-local faults = require "helpers.faults"
-local nginx = require "helpers.nginx"
-local softhsm = require "helpers.softhsm"
+local cjson = require("cjson")
+local faults = require("helpers.faults")
+local nginx = require("helpers.nginx")
+local softhsm = require("helpers.softhsm")
 
 describe("nginx session budget", function()
   local token

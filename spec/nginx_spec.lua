@@ -8,10 +8,10 @@
 -- Needs: nginx, libnginx-mod-http-lua, a LuaJIT build of the C module
 -- ($JWKE_BUILD_DIR/lib-luajit, default build/), softhsm2, opensc
 -- (pkcs11-tool), python3-jwcrypto.
-local cjson = require "cjson"
-local softhsm = require "helpers.softhsm"
-local nginx = require "helpers.nginx"
-local jose = require "helpers.jose"
+local cjson = require("cjson")
+local softhsm = require("helpers.softhsm")
+local nginx = require("helpers.nginx")
+local jose = require("helpers.jose")
 
 local ID_SET, ACCESS_SET, EXTRA_SET = "hydra.openid.id-token", "hydra.jwt.access-token", "nginx.extra"
 local PKCS11_ERRORS = { "CKR_", "PKCS#11" }

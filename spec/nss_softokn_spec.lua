@@ -12,9 +12,9 @@
 --
 -- NSS softokn is initialized once per process with the first configdir it
 -- is given, so this spec makes one database and every test shares it.
-local jwkengine = require "jwkengine"
-local hsm_suite = require "helpers.hsm_suite"
-local softhsm = require "helpers.softhsm"
+local jwkengine = require("jwkengine")
+local hsm_suite = require("helpers.hsm_suite")
+local softhsm = require("helpers.softhsm")
 
 local SOFTOKN = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so"
 local P11_KIT_PROXY = "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so"

@@ -2,9 +2,9 @@
 -- module once (listing slots and opening the token share it), and signing
 -- never searches the token. Proven with OpenSC's pkcs11-spy, which logs
 -- every call it forwards to SoftHSM.
-local core = require "jwkengine.core"
-local softhsm = require "helpers.softhsm"
-local verifier = require "helpers.verifier"
+local core = require("jwkengine.core")
+local softhsm = require("helpers.softhsm")
+local verifier = require("helpers.verifier")
 
 local SPY_CANDIDATES = { "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
   "/usr/lib/aarch64-linux-gnu/pkcs11/pkcs11-spy.so", "/usr/lib/pkcs11/pkcs11-spy.so" }
@@ -22,7 +22,7 @@ end
 -- generates and loads a set, then signs, and prints where in the spy's log
 -- the signing began and ended, the JWT and the JWK Set.
 local SCRIPT = [[
-local jwkengine = require "jwkengine"
+local jwkengine = require("jwkengine")
 local function log_size()
   local f = assert(io.open(os.getenv("PKCS11SPY_OUTPUT"), "rb"))
   local size = f:seek("end")

@@ -7,14 +7,14 @@
 -- of its own through the jwkengine runner (busted itself would die), which
 -- connects while the server is up, waits until the server is killed, then
 -- takes that one path and says what it got.
-local p11kit = require "helpers.p11kit"
-local softhsm = require "helpers.softhsm"
+local p11kit = require("helpers.p11kit")
+local softhsm = require("helpers.softhsm")
 
 -- The child: arg[1] is the path to take; the rest is the token and the
 -- two files it syncs on.
 local CHILD = [[
-local core = require "jwkengine.core"
-local jwkengine = require "jwkengine"
+local core = require("jwkengine.core")
+local jwkengine = require("jwkengine")
 local path, client, label, pin, ready, go = table.unpack(arg)
 local env = { HSM_ENABLED = "true", HSM_LIBRARY = client, HSM_TOKEN_LABEL = label, HSM_PIN = pin }
 

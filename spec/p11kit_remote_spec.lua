@@ -4,11 +4,11 @@
 -- (the server and its p11-kit-remote killed, then started again on the
 -- same socket) while this process signs in a loop, ending without a
 -- restart; and an outage that starts while a slow C_Sign is in flight.
-local jwkengine = require "jwkengine"
-local p11kit = require "helpers.p11kit"
-local hsm_suite = require "helpers.hsm_suite"
-local softhsm = require "helpers.softhsm"
-local verifier = require "helpers.verifier"
+local jwkengine = require("jwkengine")
+local p11kit = require("helpers.p11kit")
+local hsm_suite = require("helpers.hsm_suite")
+local softhsm = require("helpers.softhsm")
+local verifier = require("helpers.verifier")
 
 -- Seconds on the monotonic clock (the wall clock in whole seconds is too
 -- coarse to time a recovery).
@@ -122,7 +122,7 @@ describe("SoftHSM through p11-kit's remoting", function()
     softhsm.write_file(script, string.format([[
       package.path = %q
       package.cpath = %q
-      local jwkengine = require "jwkengine"
+      local jwkengine = require("jwkengine")
       local env = { HSM_ENABLED = "true", HSM_LIBRARY = %q, HSM_TOKEN_LABEL = %q, HSM_PIN = %q }
       local engine = assert(jwkengine.open({ environment = env, startup = false, logger = false }))
       assert(engine:key_set("remote-es256"))

@@ -1,6 +1,6 @@
 -- RFC 7512 PKCS#11 URIs: the RFC's own examples (section 3.3), malformed
 -- input, PIN hygiene, and the mapping to the engine's hsm settings.
-local pkcs11_uri = require "jwkengine.pkcs11_uri"
+local pkcs11_uri = require("jwkengine.pkcs11_uri")
 local refused = require("helpers.refusal").refused
 
 local PIN = "s3cr3t-PIN-4711"

@@ -1,9 +1,9 @@
 -- Recovery in the PKCS#11 layer, proven against the fault-injecting module
 -- (spec/faultmod) in front of a real SoftHSM token: every recoverable class
 -- recovers with at most one retry, and the rest fail clearly.
-local jwkengine = require "jwkengine"
-local faults = require "helpers.faults"
-local softhsm = require "helpers.softhsm"
+local jwkengine = require("jwkengine")
+local faults = require("helpers.faults")
+local softhsm = require("helpers.softhsm")
 
 describe("PKCS#11 recovery", function()
   local token, engine, lines

@@ -6,8 +6,8 @@
 -- longer on the token", ERR_JWS_SIGN), because a new session was opened
 -- but nobody logged in again. Each test signs within a bounded number of
 -- tries after the token is back, and keeps signing.
-local faults = require "helpers.faults"
-local verifier = require "helpers.verifier"
+local faults = require("helpers.faults")
+local verifier = require("helpers.verifier")
 
 describe("a token pulled and put back under an open engine", function()
   local token, engine

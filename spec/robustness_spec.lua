@@ -1,7 +1,7 @@
 -- The PKCS#11 layer under production conditions, on SoftHSM: threads
 -- sharing a small session pool, PIN files.
-local jwkengine = require "jwkengine"
-local softhsm = require "helpers.softhsm"
+local jwkengine = require("jwkengine")
+local softhsm = require("helpers.softhsm")
 
 local function open_engine(token, extra)
   return jwkengine.open({ environment = softhsm.environment(token, extra), logger = false,

@@ -1,8 +1,8 @@
 -- Key rotation with software keys on a real SQLite file and a real
 -- PostgreSQL server: states in jwkengine_key_state, an injected clock, two
 -- real processes racing the schedule.
-local softhsm = require "helpers.softhsm"
-local stores = require "helpers.stores"
+local softhsm = require("helpers.softhsm")
+local stores = require("helpers.stores")
 
 local SECRET = "first-secret-0123456789"
 local ROTATION = { period = 1000, prepublish = 400, retain = 4000 }
@@ -157,7 +157,7 @@ stores.describe_each("key rotation", function(database)
       .. '"store":{"cache_ttl":0}}'))
     for cycle = 1, 3 do
       -- move the set's records back one period so maintain is due now
-      local store_module = require "jwkengine.store"
+      local store_module = require("jwkengine.store")
       local s = assert(store_module.open(database.dsn))
       local backend_state = require("jwkengine.store.key_state").new(s)
       local state = assert(backend_state:read("rot"))
@@ -172,7 +172,7 @@ stores.describe_each("key rotation", function(database)
       local out_a, out_b = os.tmpname(), os.tmpname()
       local _, ok = softhsm.run(string.format("(%s > %s 2>&1 & %s > %s 2>&1; wait)", command, out_a, command, out_b))
       assert(ok)
-      local util = require "jwkengine.util"
+      local util = require("jwkengine.util")
       local outputs = assert(util.read_file(out_a)) .. assert(util.read_file(out_b))
       os.remove(out_a); os.remove(out_b)
       local _, generated = outputs:gsub('"to":"next"', "")

@@ -2,9 +2,9 @@
 -- a child process's memory (every writable mapping) and its environment
 -- hold no copy of them. The values are random per run, so a match cannot
 -- be a coincidence; spec/helpers/memscan.py reads the child from outside.
-local jwkengine = require "jwkengine"
-local core = require "jwkengine.core"
-local softhsm = require "helpers.softhsm"
+local jwkengine = require("jwkengine")
+local core = require("jwkengine.core")
+local softhsm = require("helpers.softhsm")
 
 local MEMSCAN = "spec/helpers/memscan.py"
 
@@ -22,7 +22,7 @@ end
 -- says, collects garbage, closes what held the secret, then lets memscan
 -- look. It checks engine.config itself (no PIN in any path).
 local CHILD = [[
-local jwkengine = require "jwkengine"
+local jwkengine = require("jwkengine")
 local mode = arg[1]
 -- the canary: made on the Lua heap only (argv holds one half), so seeing
 -- it proves the scan reads where Lua strings live

@@ -3,10 +3,10 @@
 -- within the session limit the token reports, and a session the token
 -- closed for being idle is replaced before use, not recovered after a
 -- failure.
-local jwkengine = require "jwkengine"
-local faults = require "helpers.faults"
-local softhsm = require "helpers.softhsm"
-local verifier = require "helpers.verifier"
+local jwkengine = require("jwkengine")
+local faults = require("helpers.faults")
+local softhsm = require("helpers.softhsm")
+local verifier = require("helpers.verifier")
 
 describe("session budget", function()
   local token

@@ -1,7 +1,7 @@
 -- Proof under load (issue: production PKCS#11): scripts/soak.lua runs in its
 -- own process with its own token folder and prints its figures, which this
 -- spec shows and checks.
-local softhsm = require "helpers.softhsm"
+local softhsm = require("helpers.softhsm")
 
 local function soak(args)
   local out, ok = softhsm.run(softhsm.BUILD .. "/jwkengine scripts/soak.lua " .. args)

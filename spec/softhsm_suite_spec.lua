@@ -1,7 +1,7 @@
 -- The HSM part of the suite (spec/helpers/hsm_suite.lua) on SoftHSM 2.6,
 -- loaded directly; pkcs11-tool is the independent tool.
-local hsm_suite = require "helpers.hsm_suite"
-local softhsm = require "helpers.softhsm"
+local hsm_suite = require("helpers.hsm_suite")
+local softhsm = require("helpers.softhsm")
 
 hsm_suite.define({
   name = "the HSM suite on SoftHSM (direct)",

@@ -2,9 +2,9 @@
 -- against independent implementations: python3-jwcrypto verifies the
 -- signatures, python3-cryptography the Hydra sealing format, and the
 -- openssl command line makes the PEM files.
-local core = require "jwkengine.core"
-local cjson = require "cjson"
-local softhsm = require "helpers.softhsm"
+local core = require("jwkengine.core")
+local cjson = require("cjson")
+local softhsm = require("helpers.softhsm")
 local refused = require("helpers.refusal").refused
 
 -- Debian's python3 has jwcrypto; a python3 earlier on PATH may not.
@@ -499,7 +499,7 @@ print(base64.urlsafe_b64encode(nonce + AESGCM(key).encrypt(nonce, doc["plain"].e
 end)
 
 describe("software keys in the engine follow the same key rules as the HSM", function()
-  local jwkengine = require "jwkengine"
+  local jwkengine = require("jwkengine")
   local engine
 
   setup(function()

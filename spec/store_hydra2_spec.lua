@@ -2,14 +2,14 @@
 -- DDL of Hydra 2.x's SQLite and PostgreSQL dumps, rows sealed by an
 -- independent implementation of Hydra's format, rows jwkengine writes opened
 -- by it; and Hydra 1.x's table (the one jwkengine creates) beside it.
-local cjson = require "cjson"
-local core = require "jwkengine.core"
-local store_module = require "jwkengine.store"
-local luasql = require "jwkengine.store.luasql"
-local hydra2_schema = require "helpers.hydra2_schema"
+local cjson = require("cjson")
+local core = require("jwkengine.core")
+local store_module = require("jwkengine.store")
+local luasql = require("jwkengine.store.luasql")
+local hydra2_schema = require("helpers.hydra2_schema")
 local hydra_aead = require("helpers.hydra_aead").run
-local stores = require "helpers.stores"
-local verifier = require "helpers.verifier"
+local stores = require("helpers.stores")
+local verifier = require("helpers.verifier")
 
 local SECRET = "first-secret-0123456789"
 local OLD_SECRET = "older-secret-0123456789"

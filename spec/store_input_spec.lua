@@ -2,10 +2,10 @@
 -- kids (a NUL must not alias another set, control characters are refused)
 -- and the stored rows themselves (a sealed JWK is held to the rules of an
 -- imported one). On a real SQLite file and a real PostgreSQL server.
-local cjson = require "cjson"
-local core = require "jwkengine.core"
-local store_module = require "jwkengine.store"
-local stores = require "helpers.stores"
+local cjson = require("cjson")
+local core = require("jwkengine.core")
+local store_module = require("jwkengine.store")
+local stores = require("helpers.stores")
 local hydra_aead = require("helpers.hydra_aead").run
 local refused = require("helpers.refusal").refused
 

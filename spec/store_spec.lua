@@ -1,13 +1,13 @@
 -- The AES-GCM software store and Hydra's fallback rules, on a real SQLite
 -- file and a real PostgreSQL server (the same suite runs on both).
-local cjson = require "cjson"
-local jwkengine = require "jwkengine"
-local core = require "jwkengine.core"
-local store_module = require "jwkengine.store"
-local faults = require "helpers.faults"
-local softhsm = require "helpers.softhsm"
-local stores = require "helpers.stores"
-local verifier = require "helpers.verifier"
+local cjson = require("cjson")
+local jwkengine = require("jwkengine")
+local core = require("jwkengine.core")
+local store_module = require("jwkengine.store")
+local faults = require("helpers.faults")
+local softhsm = require("helpers.softhsm")
+local stores = require("helpers.stores")
+local verifier = require("helpers.verifier")
 
 local SECRET = "first-secret-0123456789"
 local OLD_SECRET = "older-secret-0123456789"
@@ -500,7 +500,7 @@ describe("with no HSM at all", function()
   end)
 
   it("uses a driver handed in by the host instead of the DSN", function()
-    local luasql = require "jwkengine.store.luasql"
+    local luasql = require("jwkengine.store.luasql")
     local inner = assert(luasql.sqlite(":memory:"))
     local statements = 0
     local driver = {

@@ -5,9 +5,9 @@
 -- C_GetSlotList; each misbehaviour must end in `nil, message, code` naming
 -- the function and what it reported, never in a copy past a buffer (the
 -- ASan run of scripts/test.sh runs this spec too).
-local jwkengine = require "jwkengine"
-local faults = require "helpers.faults"
-local softhsm = require "helpers.softhsm"
+local jwkengine = require("jwkengine")
+local faults = require("helpers.faults")
+local softhsm = require("helpers.softhsm")
 local refused = require("helpers.refusal").refused
 
 describe("lengths a PKCS#11 token reports", function()

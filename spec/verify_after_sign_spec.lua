@@ -3,10 +3,10 @@
 -- signature SoftHSM makes. A checked signature that does not verify is an
 -- ERR_SIGNATURE_FAULT, logged and counted, never a token; an unchecked one
 -- goes out and python3-jwcrypto refuses it (the check is what stops it).
-local jwkengine = require "jwkengine"
-local faults = require "helpers.faults"
-local softhsm = require "helpers.softhsm"
-local verifier = require "helpers.verifier"
+local jwkengine = require("jwkengine")
+local faults = require("helpers.faults")
+local softhsm = require("helpers.softhsm")
+local verifier = require("helpers.verifier")
 
 describe("verify after sign", function()
   local token

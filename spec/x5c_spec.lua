@@ -4,17 +4,17 @@
 -- Checked with openssl (verify, the public key, the DER's SHA-256),
 -- python3-jwcrypto (the JWK's key as PEM) and pkcs11-tool (the seed
 -- workflow: a certificate made elsewhere, written onto the token).
-local cjson = require "cjson"
-local cli = require "helpers.cli"
-local faults = require "helpers.faults"
-local softhsm = require "helpers.softhsm"
+local cjson = require("cjson")
+local cli = require("helpers.cli")
+local faults = require("helpers.faults")
+local softhsm = require("helpers.softhsm")
 local q = softhsm.quote -- shell quoting, for the openssl and pkcs11-tool command lines
-local verifier = require "helpers.verifier"
-local stores = require "helpers.stores"
+local verifier = require("helpers.verifier")
+local stores = require("helpers.stores")
 local refused = require("helpers.refusal").refused
 local hydra_aead = require("helpers.hydra_aead").run
-local store_module = require "jwkengine.store"
-local core = require "jwkengine.core"
+local store_module = require("jwkengine.store")
+local core = require("jwkengine.core")
 
 local SECRET = "x5c-spec-secret-0123456789"
 

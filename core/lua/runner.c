@@ -6,7 +6,7 @@
  *   jwkengine -e CODE            run a chunk
  *   jwkengine -v, --version      print jwkengine, Lua and OpenSSL versions
  *
- * `require "jwkengine"` works without LUA_PATH/LUA_CPATH: the C core is
+ * `require("jwkengine")` works without LUA_PATH/LUA_CPATH: the C core is
  * linked in, and the Lua files (and optional C modules such as the
  * benchmark's baselines) are found next to the executable, both in the build
  * tree (build/lua, build/lib) and after `cmake --install` (../share/lua/5.4,

@@ -1,9 +1,9 @@
 -- Configuration: defaults < config file < environment < the table given to
 -- jwkengine.open. The file is JSON or YAML with Hydra's `hsm:` block; the
 -- environment variables are Hydra's (HSM_ENABLED, HSM_LIBRARY, ...).
-local config_schema = require "jwkengine.config_schema"
-local core = require "jwkengine.core"
-local util = require "jwkengine.util"
+local config_schema = require("jwkengine.config_schema")
+local core = require("jwkengine.core")
+local util = require("jwkengine.util")
 
 local M = {}
 
@@ -186,7 +186,7 @@ local function decode_file(path)
     return util.fail("ERR_CONFIG", "cannot read config file: %s", err)
   end
   if path:match("%.json$") or text:match("^%s*{") then
-    local cjson = require "cjson.safe"
+    local cjson = require("cjson.safe")
     local data, perr = cjson.decode(text)
     if type(data) ~= "table" then
       return util.fail("ERR_CONFIG", "config file %s is not a JSON object: %s", path,
@@ -195,7 +195,7 @@ local function decode_file(path)
     return data
   end
   local ok, lyaml = pcall(require, "lyaml")
-  local implicit = ok and require "lyaml.implicit"
+  local implicit = ok and require("lyaml.implicit")
   if not ok then
     return util.fail("ERR_CONFIG", "config file %s is YAML, which needs lyaml (Debian: lua-yaml)", path)
   end
@@ -298,7 +298,7 @@ local URI_KEYS = { "token_label", "token_serial", "token_manufacturer", "token_m
 
 function M.apply_uri(hsm)
   if not hsm.uri or hsm.uri == "" then return true end
-  local pkcs11_uri = require "jwkengine.pkcs11_uri"
+  local pkcs11_uri = require("jwkengine.pkcs11_uri")
   local parsed, err, code = pkcs11_uri.parse(hsm.uri, { pin_stays_encoded = true })
   if not parsed then return nil, err, code end
   local named

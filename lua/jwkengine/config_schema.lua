@@ -6,7 +6,7 @@
 -- top-level sections by name (and `secrets.cookie`). Any other key, at the
 -- top or inside a section jwkengine owns, is an error. The options table of
 -- jwkengine.open takes jwkengine's sections and its own options only.
-local util = require "jwkengine.util"
+local util = require("jwkengine.util")
 
 local M = {}
 

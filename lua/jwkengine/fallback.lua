@@ -13,7 +13,7 @@
 -- until this engine generates, deletes, refreshes or reloads the set):
 -- every software set is asked of the HSM first, and a token search per
 -- signature would cost more than the signature.
-local util = require "jwkengine.util"
+local util = require("jwkengine.util")
 
 local M = {}
 local Manager = {}

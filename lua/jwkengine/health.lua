@@ -4,7 +4,7 @@
 -- a probe signature with each set's current key verifies within a time
 -- budget. A caller that answers health checks caches the result (the
 -- nginx integration does): each call signs once per set.
-local core = require "jwkengine.core"
+local core = require("jwkengine.core")
 local clock = require("jwkengine.metrics").clock
 
 local M = {}

@@ -5,14 +5,14 @@
 -- their key objects (object handles and public keys) and their key states
 -- (a data object under the same label, jwkengine.hsm_states), so signing
 -- never searches the token; generate and delete refresh the set they touch.
-local config = require "jwkengine.config"
-local core = require "jwkengine.core"
-local jwk_module = require "jwkengine.jwk"
-local hsm_states = require "jwkengine.hsm_states"
-local keyset = require "jwkengine.keyset"
-local key_rules = require "jwkengine.key_rules"
-local slots = require "jwkengine.slots"
-local util = require "jwkengine.util"
+local config = require("jwkengine.config")
+local core = require("jwkengine.core")
+local jwk_module = require("jwkengine.jwk")
+local hsm_states = require("jwkengine.hsm_states")
+local keyset = require("jwkengine.keyset")
+local key_rules = require("jwkengine.key_rules")
+local slots = require("jwkengine.slots")
+local util = require("jwkengine.util")
 
 local M = {}
 -- key_set, key, signing_key, verification_keys and reload come from the

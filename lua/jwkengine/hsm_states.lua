@@ -29,8 +29,8 @@
 -- objects, two first writers may both keep theirs: they differ only in
 -- the first-seen times they recorded, readers settle on the same one, and
 -- the next write replaces both).
-local cjson = require "cjson.safe"
-local core = require "jwkengine.core"
+local cjson = require("cjson.safe")
+local core = require("jwkengine.core")
 
 local M = {}
 

@@ -4,7 +4,7 @@
 -- Headers come from anyone: they are scanned with plain finds and byte
 -- loops, never with patterns that can backtrack, so a request costs time
 -- linear in its size. Written for LuaJIT / Lua 5.1 as well as Lua 5.4.
-local util = require "jwkengine.util"
+local util = require("jwkengine.util")
 
 local M = {}
 

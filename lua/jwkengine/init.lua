@@ -1,31 +1,31 @@
 -- jwkengine: JSON Web Keys kept in an HSM over PKCS#11, as a Lua module.
 --
---   local jwkengine = require "jwkengine"
+--   local jwkengine = require("jwkengine")
 --   local engine, err = jwkengine.open()            -- config file + environment
 --   print(engine:key_set_json("hydra.openid.id-token"))
 --   local token = engine:sign_jwt("hydra.openid.id-token", { sub = "alice" }, { lifetime = 300 })
 --
 -- Every operation returns `value` or `nil, message, code`; only programming
 -- errors (wrong argument types, a missing algorithm list) raise.
-local core = require "jwkengine.core"
-local cjson = require "cjson.safe"
-local config = require "jwkengine.config"
-local fallback = require "jwkengine.fallback"
-local errors = require "jwkengine.errors"
-local hsm = require "jwkengine.hsm"
-local jwk = require "jwkengine.jwk"
-local jws = require "jwkengine.jws"
-local jwt = require "jwkengine.jwt"
-local health = require "jwkengine.health"
-local log = require "jwkengine.log"
-local metrics = require "jwkengine.metrics"
-local key_state_store = require "jwkengine.store.key_state"
-local rotation = require "jwkengine.rotation"
-local names = require "jwkengine.names"
-local software = require "jwkengine.software"
-local startup = require "jwkengine.startup"
-local store = require "jwkengine.store"
-local util = require "jwkengine.util"
+local core = require("jwkengine.core")
+local cjson = require("cjson.safe")
+local config = require("jwkengine.config")
+local fallback = require("jwkengine.fallback")
+local errors = require("jwkengine.errors")
+local hsm = require("jwkengine.hsm")
+local jwk = require("jwkengine.jwk")
+local jws = require("jwkengine.jws")
+local jwt = require("jwkengine.jwt")
+local health = require("jwkengine.health")
+local log = require("jwkengine.log")
+local metrics = require("jwkengine.metrics")
+local key_state_store = require("jwkengine.store.key_state")
+local rotation = require("jwkengine.rotation")
+local names = require("jwkengine.names")
+local software = require("jwkengine.software")
+local startup = require("jwkengine.startup")
+local store = require("jwkengine.store")
+local util = require("jwkengine.util")
 
 local M = {
   _VERSION = core._VERSION,

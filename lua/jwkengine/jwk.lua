@@ -6,9 +6,9 @@
 -- aside with the reason (RFC 7517 section 5 says to ignore them, and the
 -- reason shows up when a token needed that key), and a key is picked only
 -- when exactly one fits.
-local core = require "jwkengine.core"
+local core = require("jwkengine.core")
 local cjson = require("cjson.safe").new()
-local util = require "jwkengine.util"
+local util = require("jwkengine.util")
 
 local M = {}
 

@@ -14,11 +14,11 @@
 --     and RSA size (at least 2048 bits); keys named by the token itself
 --     (jwk, jku, x5u, x5c) are never used
 --   * a signature of exactly the size the key makes (ECDSA: raw R || S)
-local core = require "jwkengine.core"
+local core = require("jwkengine.core")
 local cjson = require("cjson.safe").new()
-local jwk = require "jwkengine.jwk"
-local key_rules = require "jwkengine.key_rules"
-local util = require "jwkengine.util"
+local jwk = require("jwkengine.jwk")
+local key_rules = require("jwkengine.key_rules")
+local util = require("jwkengine.util")
 
 local M = {}
 

@@ -7,11 +7,11 @@
 -- the right type, and exp / nbf / iat / max age against an injectable
 -- clock with a tolerance, iss / aud / sub / typ against expected values,
 -- and required claims. `exp` is required unless require_exp = false.
-local core = require "jwkengine.core"
+local core = require("jwkengine.core")
 local cjson = require("cjson.safe").new()
-local jwk = require "jwkengine.jwk"
-local jws = require "jwkengine.jws"
-local util = require "jwkengine.util"
+local jwk = require("jwkengine.jwk")
+local jws = require("jwkengine.jws")
+local util = require("jwkengine.util")
 
 local M = {}
 

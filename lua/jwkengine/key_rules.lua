@@ -1,8 +1,8 @@
 -- The rules every key path shares (HSM and software; generate, import,
 -- sign, sign_jwt, jws.sign), each decided here once, so a key is never made,
 -- stored or used in a way another path would then refuse.
-local core = require "jwkengine.core"
-local util = require "jwkengine.util"
+local core = require("jwkengine.core")
+local util = require("jwkengine.util")
 
 local M = {}
 

@@ -20,8 +20,8 @@
 -- keeps them on the token, as CKO_DATA objects under the set's label
 -- (jwkengine.hsm_states), so instances sharing a partition agree without a
 -- database.
-local keyset = require "jwkengine.keyset"
-local lifecycle = require "jwkengine.lifecycle"
+local keyset = require("jwkengine.keyset")
+local lifecycle = require("jwkengine.lifecycle")
 
 local M = {}
 

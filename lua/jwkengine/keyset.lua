@@ -6,10 +6,10 @@
 --     public_key>, jwk = public JWK } or { kid, broken = message, code }.
 -- Everything the signing path needs is computed once per load, so signing a
 -- token costs one table lookup and one C call on top of the signature.
-local jws = require "jwkengine.jws"
-local lifecycle = require "jwkengine.lifecycle"
-local key_rules = require "jwkengine.key_rules"
-local util = require "jwkengine.util"
+local jws = require("jwkengine.jws")
+local lifecycle = require("jwkengine.lifecycle")
+local key_rules = require("jwkengine.key_rules")
+local util = require("jwkengine.util")
 local clock = require("jwkengine.metrics").clock
 
 local M = {}

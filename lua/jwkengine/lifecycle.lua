@@ -13,7 +13,7 @@
 --
 -- A record is { state = NAME, times = { next = t, current = t, ... } }: the
 -- time the key entered each state it went through (seconds).
-local util = require "jwkengine.util"
+local util = require("jwkengine.util")
 
 local M = {}
 

@@ -9,7 +9,7 @@
 -- A histogram bucket carries `le` as its last label, so series sort into
 -- the order the format wants (see series_order). jwkengine.nginx.metrics
 -- sums these keys over workers in a shared dict and writes them with M.text.
-local core = require "jwkengine.core"
+local core = require("jwkengine.core")
 
 local M = {}
 

@@ -4,7 +4,7 @@
 -- A NUL byte cuts a C string short (LuaSQL's escape stops there, so
 -- "victim\0x" would act on set "victim"), and other control characters
 -- split log lines: both are refused before anything is looked up.
-local util = require "jwkengine.util"
+local util = require("jwkengine.util")
 
 local M = {}
 

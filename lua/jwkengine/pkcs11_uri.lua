@@ -1,7 +1,7 @@
 -- RFC 7512 PKCS#11 URIs, parsed strictly, and mapped to the engine's `hsm`
 -- settings.
 --
---   local pkcs11_uri = require "jwkengine.pkcs11_uri"
+--   local pkcs11_uri = require("jwkengine.pkcs11_uri")
 --   local uri, err, code = pkcs11_uri.parse("pkcs11:token=hydra?pin-source=file:/run/pin")
 --   local hsm, err, code = pkcs11_uri.to_hsm_config(uri)
 --     --> { token_label = "hydra", pin_file = "/run/pin" }

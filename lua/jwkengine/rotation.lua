@@ -8,10 +8,10 @@
 -- of processes running the same schedule at once, exactly one records each
 -- change. A scheduled key is claimed in the records (state next) before it
 -- is generated, so a second process sees the claim and generates nothing.
-local core = require "jwkengine.core"
-local key_states = require "jwkengine.key_states"
-local lifecycle = require "jwkengine.lifecycle"
-local util = require "jwkengine.util"
+local core = require("jwkengine.core")
+local key_states = require("jwkengine.key_states")
+local lifecycle = require("jwkengine.lifecycle")
+local util = require("jwkengine.util")
 
 local M = {}
 

@@ -5,7 +5,7 @@
 -- (a CK_SLOT_ID, as pkcs11-tool's --slot) is used, default 0. A serial,
 -- manufacturer or model (from the configuration or a PKCS#11 URI) narrows
 -- the choice further; a URI's slot-id with no label must match too.
-local util = require "jwkengine.util"
+local util = require("jwkengine.util")
 
 local M = {}
 

@@ -5,13 +5,13 @@
 -- decrypted again per signature) and freed when the cache lets go of them.
 -- The cache lives `cache_ttl` seconds, so instances sharing a PostgreSQL
 -- store pick up each other's new keys.
-local core = require "jwkengine.core"
-local cjson = require "cjson.safe"
-local jwk_module = require "jwkengine.jwk"
-local keyset = require "jwkengine.keyset"
-local key_rules = require "jwkengine.key_rules"
-local names = require "jwkengine.names"
-local util = require "jwkengine.util"
+local core = require("jwkengine.core")
+local cjson = require("cjson.safe")
+local jwk_module = require("jwkengine.jwk")
+local keyset = require("jwkengine.keyset")
+local key_rules = require("jwkengine.key_rules")
+local names = require("jwkengine.names")
+local util = require("jwkengine.util")
 
 local M = {}
 -- key_set, key, signing_key, verification_keys and reload come from the

@@ -1,7 +1,7 @@
 /* The floor the benchmark measures jwkengine against: the raw calls on the
  * same keys, in the same process, with nothing of the engine around them.
  *
- *   require "jwkengine_bench"
+ *   require("jwkengine_bench")
  *   p11_sign(hsm_key, alg, input, seconds)       -> operations per second
  *       one C_SignInit + one C_Sign per signature on a session of its own,
  *       over the digest (DigestInfo for RS*, the input itself for EdDSA)

@@ -1,7 +1,7 @@
 -- scripts/keys.lua run through the real runner, as an operator would, with
 -- an environment given as a table (the only settings the process sees
 -- beside the inherited ones).
-local softhsm = require "helpers.softhsm"
+local softhsm = require("helpers.softhsm")
 
 local M = {}
 

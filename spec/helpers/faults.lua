@@ -3,7 +3,7 @@
 -- and a reload writes the per-function call counts to the stats file.
 -- scripts/test.sh exports JWKE_FAULT_CONTROL and JWKE_FAULT_STATS before
 -- busted starts, since the module reads them from the environment.
-local softhsm = require "helpers.softhsm"
+local softhsm = require("helpers.softhsm")
 
 local M = {}
 
@@ -70,7 +70,7 @@ end
 -- opts.environment passed on to the workers (an `env` line each) and
 -- opts.edit(text) changing the rendered configuration further.
 function M.nginx_server(opts)
-  local nginx = require "helpers.nginx"
+  local nginx = require("helpers.nginx")
   local environment = { HSM_LIBRARY = M.MODULE }
   local names = {}
   for name, value in pairs(opts.environment or {}) do

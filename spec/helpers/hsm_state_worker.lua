@@ -11,10 +11,10 @@
 -- With JWKE_READY and JWKE_GO set, a process opens the token, creates
 -- JWKE_READY.TAG and waits for JWKE_GO before it acts, so that the spec
 -- can start two of them at the same instant.
-local cjson = require "cjson"
-local core = require "jwkengine.core"
-local hsm_states = require "jwkengine.hsm_states"
-local jwkengine = require "jwkengine"
+local cjson = require("cjson")
+local core = require("jwkengine.core")
+local hsm_states = require("jwkengine.hsm_states")
+local jwkengine = require("jwkengine")
 
 local mode, set, tag = arg[1], arg[2], arg[4] or arg[3] or "x"
 local now = tonumber(os.getenv("JWKE_NOW")) or os.time()

@@ -1,6 +1,6 @@
 -- Seals and opens key rows in Hydra's format with the independent
 -- implementation in hydra_aead.py (python3-cryptography).
-local softhsm = require "helpers.softhsm"
+local softhsm = require("helpers.softhsm")
 
 local M = {}
 

@@ -1,8 +1,8 @@
 -- Shared by the jose_* specs: RFC vectors, bit flips, and the independent
 -- implementations (python3-jwcrypto from Debian, the npm `jose` package).
-local cjson = require "cjson"
-local core = require "jwkengine.core"
-local softhsm = require "helpers.softhsm"
+local cjson = require("cjson")
+local core = require("jwkengine.core")
+local softhsm = require("helpers.softhsm")
 
 local M = {}
 

@@ -2,8 +2,8 @@
 -- its own prefix folder, a free loopback port, and the documented example
 -- configuration (scripts/examples/nginx.conf) with only the paths, the port and a
 -- few test hooks changed, so the spec runs what a reader copies.
-local cjson = require "cjson"
-local softhsm = require "helpers.softhsm"
+local cjson = require("cjson")
+local softhsm = require("helpers.softhsm")
 
 local M = {}
 

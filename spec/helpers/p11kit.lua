@@ -19,7 +19,7 @@
 -- it, and Lua cannot set that: scripts/test.sh exports one socket path for
 -- the specs' own process, used by the first server made; other servers get
 -- a socket of their own, for child processes (shell_environment).
-local softhsm = require "helpers.softhsm"
+local softhsm = require("helpers.softhsm")
 
 local M = {}
 

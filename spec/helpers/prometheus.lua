@@ -1,7 +1,7 @@
 -- Reads Prometheus text exposition with Debian's python3-prometheus-client
 -- parser (prometheus_client.parser.text_string_to_metric_families), the
 -- parser a scraper's side uses, rather than with a pattern of our own.
-local jose = require "helpers.jose"
+local jose = require("helpers.jose")
 
 local M = {}
 

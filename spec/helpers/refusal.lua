@@ -1,8 +1,8 @@
 -- The Lua API's failure convention, asserted in one place: an operation
 -- that fails returns nil, a message and a code registered in
 -- jwkengine.errors (or a PKCS#11 CKR_ name).
-local assert = require "luassert"
-local errors = require "jwkengine.errors"
+local assert = require("luassert")
+local errors = require("jwkengine.errors")
 
 local M = {}
 

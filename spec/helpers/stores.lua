@@ -1,7 +1,7 @@
 -- The databases the store behaviour suite runs on: a real SQLite file and
 -- the throwaway PostgreSQL cluster scripts/test.sh starts on loopback.
-local busted = require "busted"
-local softhsm = require "helpers.softhsm"
+local busted = require("busted")
+local softhsm = require("helpers.softhsm")
 
 local M = {}
 

@@ -1,6 +1,6 @@
 -- Independent verification with python3-jwcrypto.
-local cjson = require "cjson"
-local softhsm = require "helpers.softhsm"
+local cjson = require("cjson")
+local softhsm = require("helpers.softhsm")
 
 local M = {}
 

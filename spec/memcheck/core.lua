@@ -2,8 +2,8 @@
 -- (scripts/memcheck.sh): HSM keys through the fault module (so recovery
 -- code runs too), software keys, AES-GCM, JWS parsing with bad input.
 -- Every check is an assert: the run fails loudly if behaviour breaks.
-local jwkengine = require "jwkengine"
-local core = require "jwkengine.core"
+local jwkengine = require("jwkengine")
+local core = require("jwkengine.core")
 
 local build, label = arg[1], arg[2]
 local env = { HSM_ENABLED = "true", HSM_LIBRARY = build .. "/spec/faultmod/libjwke_faultmod.so",

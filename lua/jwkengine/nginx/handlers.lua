@@ -2,14 +2,14 @@
 -- POST /token signed in the event loop or in nginx's thread pool. Requests
 -- that arrive before their worker's engine is open wait for it (up to
 -- ready_timeout seconds, then 503).
-local cjson = require "cjson.safe"
-local http = require "jwkengine.http"
-local jwk = require "jwkengine.jwk"
-local jwks = require "jwkengine.nginx.jwks"
-local logging = require "jwkengine.nginx.logging"
-local metrics = require "jwkengine.nginx.metrics"
-local state = require "jwkengine.nginx.state"
-local threads = require "jwkengine.nginx.threads"
+local cjson = require("cjson.safe")
+local http = require("jwkengine.http")
+local jwk = require("jwkengine.jwk")
+local jwks = require("jwkengine.nginx.jwks")
+local logging = require("jwkengine.nginx.logging")
+local metrics = require("jwkengine.nginx.metrics")
+local state = require("jwkengine.nginx.state")
+local threads = require("jwkengine.nginx.threads")
 
 local M = {}
 

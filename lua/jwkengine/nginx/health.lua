@@ -4,10 +4,10 @@
 -- part named otherwise. The result is cached per worker for health.cache
 -- seconds, so health checks, however frequent, sign at most once per set
 -- per worker and period (counted as jwkengine_health_probes_total).
-local cjson = require "cjson.safe"
-local health = require "jwkengine.health"
-local metrics = require "jwkengine.nginx.metrics"
-local state = require "jwkengine.nginx.state"
+local cjson = require("cjson.safe")
+local health = require("jwkengine.health")
+local metrics = require("jwkengine.nginx.metrics")
+local state = require("jwkengine.nginx.state")
 
 local M = {}
 

@@ -25,13 +25,13 @@
 --
 -- Written for LuaJIT / Lua 5.1 (OpenResty); thread_sign also runs in the
 -- Lua VMs of nginx's worker threads, where only a few ngx APIs exist.
-local handlers = require "jwkengine.nginx.handlers"
-local health = require "jwkengine.nginx.health"
-local metrics = require "jwkengine.nginx.metrics"
-local settings = require "jwkengine.nginx.settings"
-local state = require "jwkengine.nginx.state"
-local threads = require "jwkengine.nginx.threads"
-local worker = require "jwkengine.nginx.worker"
+local handlers = require("jwkengine.nginx.handlers")
+local health = require("jwkengine.nginx.health")
+local metrics = require("jwkengine.nginx.metrics")
+local settings = require("jwkengine.nginx.settings")
+local state = require("jwkengine.nginx.state")
+local threads = require("jwkengine.nginx.threads")
+local worker = require("jwkengine.nginx.worker")
 
 local M = { _VERSION = "0.1.0" }
 

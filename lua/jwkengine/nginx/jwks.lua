@@ -1,9 +1,9 @@
 -- The worker's JWK Set: the public keys of the published sets as one
 -- canonical JSON body with a strong ETag, rebuilt on a timer.
-local cjson = require "cjson.safe"
-local core = require "jwkengine.core"
-local logging = require "jwkengine.nginx.logging"
-local state = require "jwkengine.nginx.state"
+local cjson = require("cjson.safe")
+local core = require("jwkengine.core")
+local logging = require("jwkengine.nginx.logging")
+local state = require("jwkengine.nginx.state")
 
 local M = {}
 

@@ -1,6 +1,6 @@
 -- Where the nginx integration and its engine log: nginx's error log (from a
 -- worker-thread VM, which has no ngx.log, through stderr).
-local log = require "jwkengine.log"
+local log = require("jwkengine.log")
 
 local M = {}
 

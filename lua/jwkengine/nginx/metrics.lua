@@ -7,9 +7,9 @@
 -- Gauges are per worker: the session pool's are summed from each live
 -- worker's last flush (kept for a few flush intervals), key states are the
 -- answering worker's (every worker computes the same ones).
-local metrics = require "jwkengine.metrics"
-local logging = require "jwkengine.nginx.logging"
-local state = require "jwkengine.nginx.state"
+local metrics = require("jwkengine.metrics")
+local logging = require("jwkengine.nginx.logging")
+local state = require("jwkengine.nginx.state")
 
 local M = {}
 

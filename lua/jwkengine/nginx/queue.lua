@@ -6,7 +6,7 @@
 -- Lua vm"), and more VMs than signers only open more engines and sessions.
 -- A request past the queue gets ERR_OVERLOADED, which the handler answers
 -- with 503 and Retry-After.
-local logging = require "jwkengine.nginx.logging"
+local logging = require("jwkengine.nginx.logging")
 
 local M = {}
 

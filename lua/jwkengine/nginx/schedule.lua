@@ -9,9 +9,9 @@
 -- worker dies, its entry expires after a few intervals and another takes
 -- over. Two runs at once would still be safe (each write is a
 -- compare-and-swap on the set's state version); the lock saves the work.
-local jwks = require "jwkengine.nginx.jwks"
-local logging = require "jwkengine.nginx.logging"
-local state = require "jwkengine.nginx.state"
+local jwks = require("jwkengine.nginx.jwks")
+local logging = require("jwkengine.nginx.logging")
+local state = require("jwkengine.nginx.state")
 
 local M = {}
 

@@ -27,7 +27,7 @@ end
 -- needed: it is dropped, not kept). A reload forgets what the previous
 -- configuration kept.
 function M.keep(open_options, cfg)
-  local core = require "jwkengine.core"
+  local core = require("jwkengine.core")
   local public = copy(open_options)
   if type(open_options.hsm) == "table" then
     public.hsm = copy(open_options.hsm)
@@ -56,7 +56,7 @@ end
 -- jwkengine.open: `o` with the store secrets the master kept read back.
 function M.with_kept(o, kept_secrets)
   if kept_secrets and kept_secrets > 0 then
-    local core = require "jwkengine.core"
+    local core = require("jwkengine.core")
     local system = {}
     for i = 1, kept_secrets do system[i] = core.kept_secret(SECRET_NAME .. i) end
     o.secrets = { system = system }

@@ -3,16 +3,16 @@
 -- not run init_by_lua, so it cannot see these errors). The configuration
 -- itself is checked as jwkengine.open checks it (config.load and
 -- config.check_stores), without loading the PKCS#11 module or logging in.
-local config = require "jwkengine.config"
+local config = require("jwkengine.config")
 -- Loaded in the master, so the workers share the code pages; loading the C
 -- module touches no PKCS#11 library (that happens in open()).
-local jwkengine = require "jwkengine"
-local lifecycle = require "jwkengine.lifecycle"
-local logging = require "jwkengine.nginx.logging"
-local secrets = require "jwkengine.nginx.secrets"
-local threads = require "jwkengine.nginx.threads"
-local util = require "jwkengine.util"
-local worker = require "jwkengine.nginx.worker"
+local jwkengine = require("jwkengine")
+local lifecycle = require("jwkengine.lifecycle")
+local logging = require("jwkengine.nginx.logging")
+local secrets = require("jwkengine.nginx.secrets")
+local threads = require("jwkengine.nginx.threads")
+local util = require("jwkengine.util")
+local worker = require("jwkengine.nginx.worker")
 
 local M = {}
 

@@ -2,7 +2,7 @@
 -- is the mutex. A holder that died (a worker killed while generating) is
 -- taken over at once rather than waited out, with a second `add` so that
 -- only one waiter takes it over.
-local logging = require "jwkengine.nginx.logging"
+local logging = require("jwkengine.nginx.logging")
 
 local M = {}
 

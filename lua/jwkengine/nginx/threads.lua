@@ -2,12 +2,12 @@
 -- a thread the serialized open options, its slot, the set and the claims;
 -- the thread's Lua VM (which shares nothing with the worker's, and has only
 -- a few ngx APIs) opens an engine of its own on first use and keeps it.
-local cjson = require "cjson.safe"
-local logging = require "jwkengine.nginx.logging"
-local metrics = require "jwkengine.metrics"
-local queue = require "jwkengine.nginx.queue"
-local secrets = require "jwkengine.nginx.secrets"
-local state = require "jwkengine.nginx.state"
+local cjson = require("cjson.safe")
+local logging = require("jwkengine.nginx.logging")
+local metrics = require("jwkengine.metrics")
+local queue = require("jwkengine.nginx.queue")
+local secrets = require("jwkengine.nginx.secrets")
+local state = require("jwkengine.nginx.state")
 
 local M = {}
 
@@ -109,7 +109,7 @@ local thread_engines = {} -- options JSON -> { engine, refreshed }
 -- one session is enough, and each VM holds one session of the token's
 -- budget instead of two (README: Session budgets).
 local function open_thread_engine(options_json, slot_id, kept_secrets)
-  local jwkengine = require "jwkengine"
+  local jwkengine = require("jwkengine")
   local o = secrets.with_kept(cjson.decode(options_json), kept_secrets)
   o.startup = false
   o.logger = logging.thread_logger

@@ -5,13 +5,13 @@
 -- another one writes to it (SoftHSM, for one, can miss a token whose files
 -- are being rewritten during C_Initialize). Then the worker builds its JWK
 -- Set cache, refreshed on a timer.
-local config = require "jwkengine.config"
-local jwks = require "jwkengine.nginx.jwks"
-local logging = require "jwkengine.nginx.logging"
-local schedule = require "jwkengine.nginx.schedule"
-local secrets = require "jwkengine.nginx.secrets"
-local startup_lock = require "jwkengine.nginx.startup_lock"
-local state = require "jwkengine.nginx.state"
+local config = require("jwkengine.config")
+local jwks = require("jwkengine.nginx.jwks")
+local logging = require("jwkengine.nginx.logging")
+local schedule = require("jwkengine.nginx.schedule")
+local secrets = require("jwkengine.nginx.secrets")
+local startup_lock = require("jwkengine.nginx.startup_lock")
+local state = require("jwkengine.nginx.state")
 
 local M = {}
 
@@ -39,7 +39,7 @@ end
 -- startup lock for both.
 local function open_engine()
   local settings = state.settings
-  local jwkengine = require "jwkengine"
+  local jwkengine = require("jwkengine")
   local o = secrets.with_kept(secrets.copy(settings.open_options), settings.kept_secrets)
   o.startup = false -- generation happens below, under the lock
   local dict = ngx.shared[settings.shared_dict]

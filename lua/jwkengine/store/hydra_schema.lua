@@ -6,7 +6,7 @@
 --   belongs to (Hydra's `networks` table). Hydra reads only the rows of its
 --   network, so rows written without it would be invisible to Hydra, and
 --   rows of another network are not ours to read or re-seal.
-local util = require "jwkengine.util"
+local util = require("jwkengine.util")
 
 local M = {}
 

@@ -8,11 +8,11 @@
 -- default), `postgres://USER:PASS@HOST:PORT/DB?sslmode=disable` for
 -- instances on several machines that share keys, and `memory`. The table is
 -- created and upgraded by versioned migrations run when the store opens.
-local core = require "jwkengine.core"
-local hydra_schema = require "jwkengine.store.hydra_schema"
-local key_state = require "jwkengine.store.key_state"
-local luasql = require "jwkengine.store.luasql"
-local util = require "jwkengine.util"
+local core = require("jwkengine.core")
+local hydra_schema = require("jwkengine.store.hydra_schema")
+local key_state = require("jwkengine.store.key_state")
+local luasql = require("jwkengine.store.luasql")
+local util = require("jwkengine.util")
 
 local M = {}
 local Store = {}

@@ -9,8 +9,8 @@
 -- (or, for a set never written, an INSERT that does nothing on conflict)
 -- changes one row for exactly one of two racing writers, on SQLite and on
 -- PostgreSQL alike, without holding the store's write lock.
-local cjson = require "cjson.safe"
-local util = require "jwkengine.util"
+local cjson = require("cjson.safe")
+local util = require("jwkengine.util")
 
 local M = {}
 local Backend = {}

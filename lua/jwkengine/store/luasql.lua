@@ -10,7 +10,7 @@
 --   driver:close()
 -- LuaSQL (2.6, as Debian ships it) has no parameter binding, so every value
 -- goes through quote().
-local util = require "jwkengine.util"
+local util = require("jwkengine.util")
 
 local M = {}
 local Driver = {}
