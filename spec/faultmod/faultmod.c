@@ -1453,9 +1453,11 @@ static void maybe_reload_locked(void)
     if (st.control_interval_ms > 0) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        long elapsed_ms = (now.tv_sec - st.control_checked.tv_sec) * 1000 +
-                          (now.tv_nsec - st.control_checked.tv_nsec) / 1000000;
-        if (elapsed_ms < st.control_interval_ms)
+        /* in nanoseconds: milliseconds per field would round a negative
+         * tv_nsec difference up, and look again up to 1 ms early */
+        long long elapsed_ns = (long long)(now.tv_sec - st.control_checked.tv_sec) * 1000000000LL +
+                               (now.tv_nsec - st.control_checked.tv_nsec);
+        if (elapsed_ns < (long long)st.control_interval_ms * 1000000LL)
             return;
         st.control_checked = now;
     }
