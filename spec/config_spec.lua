@@ -9,6 +9,26 @@ local function write(ext, text)
   return path
 end
 
+-- config.load on a file of `text` (named *ext: the ending picks YAML or
+-- JSON) with an empty environment; the file is gone when it returns.
+local function load_file(ext, text)
+  local path = write(ext, text)
+  local cfg, err, code = config.load({ config = path, environment = {} })
+  os.remove(path)
+  return cfg, err, code
+end
+
+-- Asserts that config.load(options) refuses with ERR_CONFIG, the message
+-- holding `expected`; returns the message.
+local function refused(expected, options)
+  return refusal.refused("ERR_CONFIG", expected, config.load(options))
+end
+
+-- The same for a file of `text` (YAML unless ext says ".json").
+local function refused_file(expected, text, ext)
+  return refusal.refused("ERR_CONFIG", expected, load_file(ext or ".yaml", text))
+end
+
 describe("configuration", function()
   it("has Hydra's defaults", function()
     local cfg = assert(config.load({ environment = {} }))
@@ -23,7 +43,7 @@ describe("configuration", function()
   end)
 
   it("reads Hydra's hsm block from YAML, ignoring the rest of a Hydra config", function()
-    local path = write(".yaml", [[
+    local cfg = assert(load_file(".yaml", [[
 dsn: memory
 serve:
   public:
@@ -38,9 +58,7 @@ hsm:
 startup_sets:
   hydra.openid.id-token: ES256
   hydra.jwt.access-token: EdDSA
-]])
-    local cfg = assert(config.load({ config = path, environment = {} }))
-    os.remove(path)
+]]))
     assert.is_true(cfg.hsm.enabled)
     assert.equals("/usr/lib/softhsm/libsofthsm2.so", cfg.hsm.library)
     assert.equals("hydra", cfg.hsm.token_label)
@@ -56,16 +74,14 @@ startup_sets:
   it("takes a YAML PIN exactly as written, however much it looks like a number", function()
     for _, pin in ipairs({ "01234", "0000", "1e3", "12345678901234567890", "0x1F", "0o17", "1_000",
         "+12", ".5", "yes", "off" }) do
-      local path = write(".yaml", "hsm:\n  pin: " .. pin .. "\n")
-      local cfg, err = config.load({ config = path, environment = {} })
-      os.remove(path)
+      local cfg, err = load_file(".yaml", "hsm:\n  pin: " .. pin .. "\n")
       assert(cfg, err)
       assert.equals(pin, cfg.hsm.pin)
     end
   end)
 
   it("reads every string setting of a YAML file as written, and typed settings as their type", function()
-    local path = write(".yaml", [[
+    local cfg, err = load_file(".yaml", [[
 dsn: 0123
 hsm:
   enabled: yes
@@ -86,8 +102,6 @@ serve:
   public:
     port: 4444
 ]])
-    local cfg, err = config.load({ config = path, environment = {} })
-    os.remove(path)
     assert(cfg, err)
     assert.equals("0123", cfg.dsn)
     assert.is_true(cfg.hsm.enabled)
@@ -104,27 +118,11 @@ serve:
   end)
 
   it("refuses a string setting given as a number where the text is lost, by name, with a hint to quote", function()
-    local path = write(".json", '{"hsm": {"pin": 1234}}')
-    local cfg, err, code = config.load({ config = path, environment = {} })
-    os.remove(path)
-    assert.is_nil(cfg)
-    assert.equals("ERR_CONFIG", code)
-    assert.matches("hsm.pin must be a string: quote it", err, 1, true)
-    assert.not_matches("1234", err)
-    cfg, err, code = config.load({ environment = {}, hsm = { token_label = 7 } })
-    assert.is_nil(cfg)
-    assert.equals("ERR_CONFIG", code)
-    assert.matches("hsm.token_label must be a string: quote it", err, 1, true)
-    path = write(".json", '{"dsn": 5}')
-    cfg, err = config.load({ config = path, environment = {} })
-    os.remove(path)
-    assert.is_nil(cfg)
-    assert.matches("dsn must be a string: quote it", err, 1, true)
-    path = write(".json", '{"secrets": {"system": [12345678901234567890]}}')
-    cfg, err = config.load({ config = path, environment = {} })
-    os.remove(path)
-    assert.is_nil(cfg)
-    assert.matches("secret #1 must be a string: quote it", err, 1, true)
+    refusal.refused_keeping("1234", "ERR_CONFIG", "hsm.pin must be a string: quote it",
+      load_file(".json", '{"hsm": {"pin": 1234}}'))
+    refused("hsm.token_label must be a string: quote it", { environment = {}, hsm = { token_label = 7 } })
+    refused_file("dsn must be a string: quote it", '{"dsn": 5}', ".json")
+    refused_file("secret #1 must be a string: quote it", '{"secrets": {"system": [12345678901234567890]}}', ".json")
   end)
 
   it("reads JSON, found through JWKENGINE_CONFIG, and lets the environment override it", function()
@@ -148,41 +146,16 @@ serve:
   end)
 
   it("names a missing or malformed file", function()
-    local cfg, err, code = config.load({ config = "/nonexistent/jwkengine.yaml", environment = {} })
-    assert.is_nil(cfg)
-    assert.equals("ERR_CONFIG", code)
-    assert.matches("/nonexistent/jwkengine.yaml", err, 1, true)
-
-    local path = write(".yaml", "hsm: [unclosed\n")
-    cfg, err = config.load({ config = path, environment = {} })
-    assert.is_nil(cfg)
-    assert.matches("not valid YAML", err)
-    os.remove(path)
-
-    path = write(".json", '{"hsm": ')
-    cfg, err = config.load({ config = path, environment = {} })
-    assert.is_nil(cfg)
-    assert.matches("not a JSON object", err)
-    os.remove(path)
+    refused("/nonexistent/jwkengine.yaml", { config = "/nonexistent/jwkengine.yaml", environment = {} })
+    refused_file("not valid YAML", "hsm: [unclosed\n")
+    refused_file("not a JSON object", '{"hsm": ', ".json")
   end)
 
   it("rejects unknown hsm keys and wrong types, naming them, without echoing a PIN", function()
-    local path = write(".yaml", "hsm:\n  librar: /x.so\n")
-    local cfg, err = config.load({ config = path, environment = {} })
-    os.remove(path)
-    assert.is_nil(cfg)
-    assert.matches("unknown setting 'hsm.librar'", err, 1, true)
-
-    cfg, err = config.load({ environment = { HSM_ENABLED = "maybe" } })
-    assert.is_nil(cfg)
-    assert.matches("HSM_ENABLED must be true or false", err, 1, true)
-
-    path = write(".json", '{"hsm": {"pin": {"secret": "hunter2"}}}')
-    cfg, err = config.load({ config = path, environment = {} })
-    os.remove(path)
-    assert.is_nil(cfg)
-    assert.matches("hsm.pin must be a string", err, 1, true)
-    assert.not_matches("hunter2", err)
+    refused_file("unknown setting 'hsm.librar'", "hsm:\n  librar: /x.so\n")
+    refused("HSM_ENABLED must be true or false", { environment = { HSM_ENABLED = "maybe" } })
+    refusal.refused_keeping("hunter2", "ERR_CONFIG", "hsm.pin must be a string",
+      load_file(".json", '{"hsm": {"pin": {"secret": "hunter2"}}}'))
   end)
 
   it("reads DSN and comma-separated SECRETS_SYSTEM, over the file's dsn and secrets.system", function()
@@ -203,10 +176,8 @@ secrets:
   end)
 
   it("refuses a short secret anywhere in the list without echoing it", function()
-    local cfg, err = config.load({ environment = { SECRETS_SYSTEM = "long-enough-secret-123,tiny" } })
-    assert.is_nil(cfg)
-    assert.matches("SECRETS_SYSTEM: secret #2 is shorter than 16 characters", err, 1, true)
-    assert.not_matches("tiny", err)
+    refusal.refused_keeping("tiny", "ERR_CONFIG", "SECRETS_SYSTEM: secret #2 is shorter than 16 characters",
+      config.load({ environment = { SECRETS_SYSTEM = "long-enough-secret-123,tiny" } }))
   end)
 
   it("takes the token, module and PIN file from an RFC 7512 URI", function()
@@ -220,29 +191,14 @@ secrets:
   end)
 
   it("refuses a URI that contradicts an explicit setting, and a malformed URI, without the PIN", function()
-    local cfg, err, code = config.load({ environment = { HSM_URI = "pkcs11:token=a", HSM_TOKEN_LABEL = "b" } })
-    assert.is_nil(cfg)
-    assert.equals("ERR_CONFIG", code)
-    assert.matches("hsm.uri and hsm.token_label both set", err, 1, true)
-    cfg, err, code = config.load({ environment = { HSM_URI = "pkcs11:token=a?pin-value=s3cr3t%zz" } })
-    assert.is_nil(cfg)
-    assert.equals("ERR_PKCS11_URI", code)
-    assert.not_matches("s3cr3t", err)
+    refused("hsm.uri and hsm.token_label both set",
+      { environment = { HSM_URI = "pkcs11:token=a", HSM_TOKEN_LABEL = "b" } })
+    refusal.refused_keeping("s3cr3t", "ERR_PKCS11_URI", nil,
+      config.load({ environment = { HSM_URI = "pkcs11:token=a?pin-value=s3cr3t%zz" } }))
   end)
 end)
 
 describe("configuration typos", function()
-  local function refused(expected, options)
-    return refusal.refused("ERR_CONFIG", expected, config.load(options))
-  end
-
-  local function refused_file(expected, text)
-    local path = write(".yaml", text)
-    local err = refused(expected, { config = path, environment = {} })
-    os.remove(path)
-    return err
-  end
-
   it("names an unknown key anywhere in the file, with the key it probably meant", function()
     refused_file("unknown setting 'startup_set' (did you mean 'startup_sets'?)",
       "startup_set:\n  a: ES256\n")
@@ -275,7 +231,7 @@ describe("configuration typos", function()
   end)
 
   it("reads a whole Hydra config file: Hydra's own sections and secrets.cookie are left alone", function()
-    local path = write(".yaml", table.concat({
+    local cfg = assert(load_file(".yaml", table.concat({
       "serve:\n  public:\n    port: 4444\n",
       "urls:\n  self:\n    issuer: https://id.example/\n",
       "log:\n  level: debug\n",
@@ -284,9 +240,7 @@ describe("configuration typos", function()
       "secrets:\n  system: [aaaaaaaaaaaaaaaaaaaaaaaa]\n  cookie: [bbbbbbbbbbbbbbbbbbbbbbbb]\n",
       "dsn: memory\n",
       "hsm:\n  enabled: false\n",
-    }))
-    local cfg = assert(config.load({ config = path, environment = {} }))
-    os.remove(path)
+    })))
     assert.equals("memory", cfg.dsn)
     assert.same({ "aaaaaaaaaaaaaaaaaaaaaaaa" }, cfg.secrets.system)
   end)
@@ -302,15 +256,13 @@ describe("configuration typos", function()
   end)
 
   it("reads a startup set's rotation policy from YAML as numbers, the set name as written", function()
-    local path = write(".yaml", table.concat({
+    local cfg = assert(load_file(".yaml", table.concat({
       "startup_sets:",
       "  - set: 2024",
       "    alg: ES256",
       "    rotation: { period: 7776000, prepublish: 86400, retain: 172800 }",
       "",
-    }, "\n"))
-    local cfg = assert(config.load({ config = path, environment = {} }))
-    os.remove(path)
+    }, "\n")))
     assert.are.equal("2024", cfg.startup_sets[1].set)
     assert.are.same({ period = 7776000, prepublish = 86400, retain = 172800 }, cfg.startup_sets[1].rotation)
     local policies = assert(require("jwkengine.rotation").policies(cfg))

@@ -5,6 +5,7 @@ local core = require("jwkengine.core")
 local softhsm = require("helpers.softhsm")
 local verifier = require("helpers.verifier")
 local refused = require("helpers.refusal").refused
+local refused_keeping = require("helpers.refusal").refused_keeping
 
 local function hex_of_b64url(s)
   return softhsm.hex(assert(core.b64url_decode(s)))
@@ -14,16 +15,15 @@ end
 -- hex of the EC point / Ed25519 key, or of the RSA modulus.
 local function token_public_hex(token, label, kind)
   local path = os.tmpname()
-  local out, ok = softhsm.pkcs11_tool(token, string.format(
+  softhsm.pkcs11_tool_ok(token, string.format(
     "--read-object --type pubkey --label %s -o %s", softhsm.quote(label), path))
-  assert(ok, out)
   if kind == "RSA" then
-    out = softhsm.run(string.format("openssl rsa -pubin -inform DER -in %s -modulus -noout", path))
+    local out = softhsm.run(string.format("openssl rsa -pubin -inform DER -in %s -modulus -noout", path))
     os.remove(path)
     return (out:match("Modulus=(%x+)")):lower()
   end
   -- pkcs11-tool writes EC keys as DER and Ed25519 keys as PEM
-  out = softhsm.run(string.format(
+  local out = softhsm.run(string.format(
     "openssl pkey -pubin -inform DER -in %s -text -noout 2>/dev/null || openssl pkey -pubin -in %s -text -noout",
     path, path))
   os.remove(path)
@@ -48,9 +48,8 @@ describe("engine core on SoftHSM", function()
   end)
 
   it("maps the documented pkcs11-tool RSA example to kid test-key-id, RS256, sig", function()
-    local out, ok = softhsm.pkcs11_tool(token,
+    softhsm.pkcs11_tool_ok(token,
       "--keypairgen --key-type rsa:4096 --usage-sign --label hydra.openid.id-token --id 746573742d6b65792d6964")
-    assert.is_true(ok, out)
     -- SoftHSM also sets CKA_DECRYPT on such a pair: that is what makes this a real test
     local listing = softhsm.pkcs11_tool(token, "--list-objects --type privkey --label hydra.openid.id-token")
     assert.matches("decrypt", listing)
@@ -74,9 +73,8 @@ describe("engine core on SoftHSM", function()
   }) do
     it("maps a pkcs11-tool " .. case.key_type .. " pair to " .. case.alg, function()
       local label = "tool-" .. case.alg
-      local out, ok = softhsm.pkcs11_tool(token, string.format(
+      softhsm.pkcs11_tool_ok(token, string.format(
         "--keypairgen --key-type %s --usage-sign --label %s --id %s", case.key_type, label, case.id))
-      assert.is_true(ok, out)
       local jwk = assert(engine:key_set(label)).keys[1]
       assert.equals(case.alg, jwk.alg)
       assert.equals(case.crv, jwk.crv)
@@ -222,9 +220,8 @@ describe("engine core on SoftHSM", function()
   end)
 
   it("refuses an RSA-2048 pair under the default minimum, and accepts it when lowered", function()
-    local out, ok = softhsm.pkcs11_tool(token,
+    softhsm.pkcs11_tool_ok(token,
       "--keypairgen --key-type rsa:2048 --usage-sign --label small-rsa --id 0a")
-    assert.is_true(ok, out)
     local jwks, err = engine:key_set("small-rsa")
     assert.is_nil(jwks)
     assert.matches("2048 bits is below the minimum of 4096", err)
@@ -235,9 +232,8 @@ describe("engine core on SoftHSM", function()
   end)
 
   it("publishes an unprintable CKA_ID as its bytes (Hydra's rule) and warns once", function()
-    local out, ok = softhsm.pkcs11_tool(token, "--keypairgen --key-type EC:prime256v1 --usage-sign "
+    softhsm.pkcs11_tool_ok(token, "--keypairgen --key-type EC:prime256v1 --usage-sign "
       .. "--label control-kid --id 02")
-    assert.is_true(ok, out)
     local lines = {}
     local e = assert(open_engine(token, nil,
       { logger = function(level, message) lines[#lines + 1] = level .. " " .. message end }))
@@ -270,11 +266,9 @@ describe("engine core on SoftHSM", function()
   end)
 
   it("reports a set whose private half has no public half", function()
-    local out, ok = softhsm.pkcs11_tool(token,
+    softhsm.pkcs11_tool_ok(token,
       "--keypairgen --key-type EC:prime256v1 --usage-sign --label lonely --id 0b")
-    assert.is_true(ok, out)
-    out, ok = softhsm.pkcs11_tool(token, "--delete-object --type pubkey --label lonely")
-    assert.is_true(ok, out)
+    softhsm.pkcs11_tool_ok(token, "--delete-object --type pubkey --label lonely")
     local jwks, err = engine:key_set("lonely")
     assert.is_nil(jwks)
     assert.matches("private half but no public half", err)
@@ -292,11 +286,9 @@ describe("engine core on SoftHSM", function()
     assert(e:generate("halfway", "ES256", { kid = "first" }))
     assert(e:sign("halfway", "x"))
     -- the other process's pair, caught between its two halves
-    local out, ok = softhsm.pkcs11_tool(token,
+    softhsm.pkcs11_tool_ok(token,
       "--keypairgen --key-type EC:prime256v1 --usage-sign --label halfway --id 0c")
-    assert.is_true(ok, out)
-    out, ok = softhsm.pkcs11_tool(token, "--delete-object --type pubkey --label halfway --id 0c")
-    assert.is_true(ok, out)
+    softhsm.pkcs11_tool_ok(token, "--delete-object --type pubkey --label halfway --id 0c")
     -- this process's change: a second key of its own
     assert(e:generate("halfway", "ES256", { kid = "second" }))
     local jws = assert(e:sign("halfway", "x"))
@@ -339,9 +331,7 @@ describe("key set prefix", function()
 
     -- without the prefix, the same engine sees nothing
     local plain = assert(open_engine(token))
-    local none, _, code = plain:key_set("hydra.jwt.access-token")
-    assert.is_nil(none)
-    assert.equals("ERR_KEY_SET_NOT_FOUND", code)
+    refused("ERR_KEY_SET_NOT_FOUND", nil, plain:key_set("hydra.jwt.access-token"))
     plain:close()
   end)
 end)
@@ -351,10 +341,10 @@ describe("token choice", function()
     local first = softhsm.new_token("first")
     local second = softhsm.new_token("second")
     -- mark each token with a set of its own
-    assert.is_true(select(2, softhsm.pkcs11_tool(first,
-      "--keypairgen --key-type EC:prime256v1 --label marker --id 01")))
-    assert.is_true(select(2, softhsm.pkcs11_tool(second,
-      "--keypairgen --key-type EC:prime256v1 --label marker --id 02")))
+    softhsm.pkcs11_tool_ok(first,
+      "--keypairgen --key-type EC:prime256v1 --label marker --id 01")
+    softhsm.pkcs11_tool_ok(second,
+      "--keypairgen --key-type EC:prime256v1 --label marker --id 02")
 
     local engine = assert(open_engine(second, { HSM_SLOT = tostring(first.slot) }))
     assert.equals("\2", assert(engine:key_set("marker")).keys[1].kid)
@@ -447,34 +437,25 @@ describe("clear errors", function()
   end)
 
   it("names an unknown token label and lists the tokens present", function()
-    local engine, err, code = open_engine(token, { HSM_TOKEN_LABEL = "no-such-token" })
-    assert.is_nil(engine)
-    assert.equals("ERR_TOKEN_NOT_FOUND", code)
-    assert.matches("no token with label 'no-such-token'", err, 1, true)
+    local err = refused("ERR_TOKEN_NOT_FOUND", "no token with label 'no-such-token'",
+      open_engine(token, { HSM_TOKEN_LABEL = "no-such-token" }))
     assert.matches(token.label, err, 1, true)
   end)
 
   it("says CKR_PIN_INCORRECT for a wrong PIN and never shows the PIN", function()
-    local engine, err, code = open_engine(token, { HSM_PIN = "98765" })
-    assert.is_nil(engine)
+    local err = refused_keeping("98765", "CKR_PIN_INCORRECT", nil, open_engine(token, { HSM_PIN = "98765" }))
     assert.equals("C_Login: CKR_PIN_INCORRECT", err)
-    assert.equals("CKR_PIN_INCORRECT", code)
-    assert.not_matches("98765", err)
   end)
 
   it("refuses a wrong PIN even while another engine is logged in", function()
     local good = assert(open_engine(token))
-    local engine, err = open_engine(token, { HSM_PIN = "98765" })
+    local engine, err, code = open_engine(token, { HSM_PIN = "98765" })
     good:close()
-    assert.is_nil(engine)
-    assert.matches("PIN", err)
-    assert.not_matches("98765", err)
+    refused_keeping("98765", "CKR_PIN_INCORRECT", "PIN", engine, err, code)
   end)
 
   it("rejects a malformed setting and names it", function()
-    local engine, err = open_engine(token, { HSM_SLOT = "first" })
-    assert.is_nil(engine)
-    assert.matches("HSM_SLOT must be a non-negative integer", err, 1, true)
+    refused("ERR_CONFIG", "HSM_SLOT must be a non-negative integer", open_engine(token, { HSM_SLOT = "first" }))
   end)
 end)
 

@@ -86,15 +86,13 @@ describe("jwke_faultmod, the fault-injecting PKCS#11 module", function()
     assert(read_file(MODULE), "no " .. MODULE .. ": build it (cmake --build build) or set JWKE_FAULTMOD_DIR")
     tmp = (softhsm.run("mktemp -d /tmp/jwke-faultmod.XXXXXX")):match("[^\n]+")
     token = softhsm.new_token("faultmod")
-    local out, ok = softhsm.pkcs11_tool(token,
+    softhsm.pkcs11_tool_ok(token,
       "--login --keypairgen --key-type EC:prime256v1 --label faultmod-key --id 01")
-    assert(ok, out)
     digest = tmp .. "/digest"
     softhsm.write_file(tmp .. "/data", "payload to sign")
-    out, ok = softhsm.run(string.format("openssl dgst -sha256 -binary -out %s %s", q(digest), q(tmp .. "/data")))
+    local out, ok = softhsm.run(string.format("openssl dgst -sha256 -binary -out %s %s", q(digest), q(tmp .. "/data")))
     assert(ok, out)
-    out, ok = softhsm.pkcs11_tool(token, "--read-object --type pubkey --id 01 -o " .. q(tmp .. "/pub.der"))
-    assert(ok, out)
+    softhsm.pkcs11_tool_ok(token, "--read-object --type pubkey --id 01 -o " .. q(tmp .. "/pub.der"))
   end)
 
   teardown(function()

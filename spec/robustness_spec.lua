@@ -2,6 +2,8 @@
 -- sharing a small session pool, PIN files.
 local jwkengine = require("jwkengine")
 local softhsm = require("helpers.softhsm")
+local refused = require("helpers.refusal").refused
+local refused_keeping = require("helpers.refusal").refused_keeping
 
 local function open_engine(token, extra)
   return jwkengine.open({ environment = softhsm.environment(token, extra), logger = false,
@@ -11,10 +13,9 @@ end
 describe("session pool", function()
   it("bounds the sessions many threads share, makes them wait, and every signature verifies", function()
     local token = softhsm.new_token("pool")
-    local out, ok = softhsm.pkcs11_tool(token,
+    softhsm.pkcs11_tool_ok(token,
       "--keypairgen --key-type EC:prime256v1 --usage-sign --label pooled --id 01")
-    assert.is_true(ok, out)
-    out, ok = softhsm.run(string.format("%s/pool_threads %s %s %s pooled 8 500 2", softhsm.BUILD,
+    local out, ok = softhsm.run(string.format("%s/pool_threads %s %s %s pooled 8 500 2", softhsm.BUILD,
       softhsm.LIBRARY, softhsm.quote(token.label), token.pin))
     assert.is_true(ok, out)
     assert.matches("signatures=4000 failures=0", out)
@@ -50,22 +51,18 @@ describe("PIN hygiene", function()
   it("says which PIN file cannot be read, and refuses a wrong PIN from a file", function()
     local env = softhsm.environment(token, { HSM_PIN_FILE = "/nonexistent/pin" })
     env.HSM_PIN = nil
-    local engine, err = jwkengine.open({ environment = env, logger = false, startup = false })
-    assert.is_nil(engine)
-    assert.matches("cannot read the PIN file '/nonexistent/pin'", err, 1, true)
+    refused("ERR_CONFIG", "cannot read the PIN file '/nonexistent/pin'",
+      jwkengine.open({ environment = env, logger = false, startup = false }))
 
     local path = pin_file("55555\n")
     env.HSM_PIN_FILE = path
-    engine, err = jwkengine.open({ environment = env, logger = false, startup = false })
+    local engine, err, code = jwkengine.open({ environment = env, logger = false, startup = false })
     os.remove(path)
-    assert.is_nil(engine)
+    refused_keeping("55555", "CKR_PIN_INCORRECT", nil, engine, err, code)
     assert.equals("C_Login: CKR_PIN_INCORRECT", err)
-    assert.not_matches("55555", err)
   end)
 
   it("refuses HSM_PIN and HSM_PIN_FILE together", function()
-    local engine, err = open_engine(token, { HSM_PIN_FILE = "/tmp/x" })
-    assert.is_nil(engine)
-    assert.matches("not both", err)
+    refused("ERR_CONFIG", "not both", open_engine(token, { HSM_PIN_FILE = "/tmp/x" }))
   end)
 end)

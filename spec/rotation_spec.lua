@@ -14,6 +14,15 @@ local function open(dsn, clock, rotation, extra)
   return stores.open_engine(dsn, SECRET, options)
 end
 
+-- An engine on its own clock, starting at `t`, whose set `set` holds one
+-- ES256 key `kid`; returns the engine and the clock.
+local function open_with_key(dsn, t, set, kid)
+  local clock = { t = t }
+  local engine = assert(open(dsn, clock))
+  assert(engine:generate(set, "ES256", { kid = kid }))
+  return engine, clock
+end
+
 local function signer(engine, set)
   local jws = assert(engine:sign(set or "rot", "x"))
   local _, header = assert(engine:verify(set or "rot", jws))
@@ -35,9 +44,7 @@ end
 
 stores.describe_each("key rotation", function(database)
   it("keeps signing with the current key when a key is added to a set with no recorded state", function()
-    local clock = { t = 1000 }
-    local engine = assert(open(database.dsn, clock))
-    assert(engine:generate("plain", "ES256", { kid = "first" }))
+    local engine, clock = open_with_key(database.dsn, 1000, "plain", "first")
     assert.equals("first", signer(engine, "plain"))
     assert(engine:generate("plain", "ES256", { kid = "added" }))
     -- no ERR_JWKS_MULTIPLE_MATCHING_KEYS: the added key is next, published, not signing
@@ -53,9 +60,7 @@ stores.describe_each("key rotation", function(database)
   end)
 
   it("runs several scheduled cycles through maintain, each previous key unpublished after retain", function()
-    local clock = { t = 0 }
-    local engine = assert(open(database.dsn, clock))
-    assert(engine:generate("rot", "ES256", { kid = "k0" }))
+    local engine, clock = open_with_key(database.dsn, 0, "rot", "k0")
     local kids, last_token = {}, nil
     for _ = 0, 6000, 100 do
       clock.t = clock.t + 100
@@ -80,9 +85,7 @@ stores.describe_each("key rotation", function(database)
   end)
 
   it("rotates at once in an emergency: the old key is retired and unpublished", function()
-    local clock = { t = 100 }
-    local engine = assert(open(database.dsn, clock))
-    assert(engine:generate("rot", "ES256", { kid = "old" }))
+    local engine, clock = open_with_key(database.dsn, 100, "rot", "old")
     local _, old_token = signer(engine)
     local changes = assert(engine:rotate("rot", { now = true }))
     local by_kid = {}

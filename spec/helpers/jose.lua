@@ -67,8 +67,13 @@ function M.python(script, document)
   return cjson.decode(out)
 end
 
+-- A function of one JSON document that runs `script` on it (M.python).
+local function python_script(script)
+  return function(document) return M.python(script, document) end
+end
+
 -- jwcrypto verifies each { jwks, token, alg }: a list of { ok, payload | error }.
-M.JWCRYPTO_VERIFY = [=[
+M.jwcrypto_verify = python_script([=[
 import json, sys
 from jwcrypto import jwk, jws
 out = []
@@ -85,15 +90,11 @@ for case in json.load(open(sys.argv[1])):
     except Exception as e:
         out.append({"ok": False, "error": repr(e)})
 print(json.dumps(out))
-]=]
-
-function M.jwcrypto_verify(cases)
-  return M.python(M.JWCRYPTO_VERIFY, cases)
-end
+]=])
 
 -- jwcrypto signs a JWT for each { alg, kid, claims }: a list of
 -- { jwks (public), token }. RSA keys are 2048 bits.
-M.JWCRYPTO_SIGN = [=[
+M.jwcrypto_sign = python_script([=[
 import json, sys
 from jwcrypto import jwk, jwt
 out = []
@@ -111,25 +112,21 @@ for case in json.load(open(sys.argv[1])):
     public = json.loads(key.export_public())
     out.append({"jwks": {"keys": [public]}, "token": token.serialize()})
 print(json.dumps(out))
-]=]
-
-function M.jwcrypto_sign(cases)
-  return M.python(M.JWCRYPTO_SIGN, cases)
-end
+]=])
 
 -- jwcrypto's RFC 7638 thumbprint of a JWK (a table), under "SHA-256"
 -- (default), "SHA-384" or "SHA-512": an answer jwkengine did not compute.
-M.JWCRYPTO_THUMBPRINT = [=[
+local jwcrypto_thumbprint = python_script([=[
 import json, sys
 from cryptography.hazmat.primitives import hashes
 from jwcrypto import jwk
 case = json.load(open(sys.argv[1]))
 hashalg = {"SHA-256": hashes.SHA256(), "SHA-384": hashes.SHA384(), "SHA-512": hashes.SHA512()}[case["hash"]]
 print(json.dumps(jwk.JWK(**case["jwk"]).thumbprint(hashalg)))
-]=]
+]=])
 
 function M.jwcrypto_thumbprint(jwk, hash)
-  return M.python(M.JWCRYPTO_THUMBPRINT, { jwk = jwk, hash = hash or "SHA-256" })
+  return jwcrypto_thumbprint({ jwk = jwk, hash = hash or "SHA-256" })
 end
 
 -- The npm `jose` package, installed once per run into a temp folder from

@@ -18,4 +18,12 @@ function M.refused(code, fragment, value, message, got)
   return message
 end
 
+-- The same for a failure whose input held a secret (a PIN, a key): its
+-- message must not show that secret.
+function M.refused_keeping(secret, code, fragment, value, message, got)
+  M.refused(code, fragment, value, message, got)
+  assert.is_nil(message:find(secret, 1, true), "the refusal shows the secret")
+  return message
+end
+
 return M

@@ -59,6 +59,15 @@ function M.pkcs11_tool(token, args)
     shell_quote(M.LIBRARY), shell_quote(token.label), token.pin, args))
 end
 
+-- pkcs11-tool on a token for a step a spec needs done (a key pair made, an
+-- object deleted): fails the test with the tool's output unless it
+-- succeeds; returns the output.
+function M.pkcs11_tool_ok(token, args)
+  local out, ok = M.pkcs11_tool(token, args)
+  assert(ok, out)
+  return out
+end
+
 -- The objects of one class (privkey, pubkey, data, ...) on a token, as
 -- pkcs11-tool lists them after a login: { label, id (hex) } each.
 function M.objects(token, class)
