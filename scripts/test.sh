@@ -7,7 +7,8 @@
 #   3. the same busted suite against an AddressSanitizer + UBSan build
 #      (except the nginx specs: nginx cannot load a sanitized module; and the
 #      luarocks spec: it builds and loads a rock of its own, unsanitized)
-#   4. the libFuzzer targets, each for a bounded time
+#   4. the libFuzzer targets, each for a bounded time (in the background
+#      while steps 5 and 6 run; reported last)
 #   5. valgrind memcheck over the C core
 #   6. the C core and its unit tests in the build types CI does not cover
 #      (Debug, MinSizeRel): built and run with ctest
@@ -42,6 +43,20 @@ cp scripts/npm-jose/package.json scripts/npm-jose/*.mjs "$JWKE_TMP/npm-jose/"
 (cd "$JWKE_TMP/npm-jose" && npm install --no-audit --no-fund --loglevel=error >/dev/null) ||
   echo "npm install of jose failed: spec/jose_interop_spec.lua will report it"
 export JWKE_NPM_JOSE_DIR="$JWKE_TMP/npm-jose"
+
+# Each step's wall time, printed with the summary: the suite has a time
+# budget (README, "Testing").
+run_started=$(date +%s)
+timings=""
+step_label=""
+step() { # label: ends the previous step's clock, starts this one's
+  now=$(date +%s)
+  [ -z "$step_label" ] || timings="$timings  $step_label: $((now - step_started)) s
+"
+  step_label=$1
+  step_started=$now
+  [ "$1" = "end" ] || echo "== $1"
+}
 
 passed=0
 failed=0
@@ -90,14 +105,14 @@ ctest_run() { # label build_dir
   add "$1" "$(( ${c_total:-0} - ${c_failed:-0} ))" "${c_failed:-1}"
 }
 
-echo "== 1. C unit tests"
+step "1. C unit tests"
 ctest_run "ctest" build
 
-echo "== 2. busted (Lua 5.4, build/)"
+step "2. busted (Lua 5.4, build/)"
 busted_run add "busted" build lua5.4 /usr/bin/busted -o utfTerminal "$@"
 
 if [ "${JWKE_QUICK:-0}" != 1 ]; then
-  echo "== 3. busted against the AddressSanitizer + UBSan build (build-asan/)"
+  step "3. busted against the AddressSanitizer + UBSan build (build-asan/)"
   # a failed build must not leave an older build-asan/ to be tested
   if cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DJWKE_SANITIZE=ON >"$log" 2>&1 &&
     cmake --build build-asan -j"$(nproc)" >>"$log" 2>&1; then
@@ -128,13 +143,17 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   fi
   unset ASAN_OPTIONS UBSAN_OPTIONS JWKE_PRELOAD JWKE_SANITIZER_PASS
 
-  echo "== 4. fuzzers"
-  JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} scripts/fuzz.sh >"$log" 2>&1
-  fuzz_rc=$?
-  grep -E '^(== |Done |fuzz: )' "$log"
-  if [ "$fuzz_rc" -eq 0 ]; then add "fuzzers" 1 0; else tail -n 60 "$log"; add "fuzzers" 0 1; fi
+  # The fuzzers run in the background while steps 5 and 6 run, so their
+  # clang build and their bounded runs overlap memcheck and the other build
+  # types instead of adding to them. None of the three has a timer, a token
+  # or a server that the others' load could make fail: libFuzzer stops on
+  # time, not on work done.
+  echo "== 4. fuzzers (beside steps 5 and 6; reported after them)"
+  fuzz_log="$JWKE_TMP/fuzz.log"
+  JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} scripts/fuzz.sh >"$fuzz_log" 2>&1 &
+  fuzz_pid=$!
 
-  echo "== 5. valgrind memcheck over the core"
+  step "5. valgrind memcheck over the core"
   scripts/memcheck.sh build >"$log" 2>&1
   mc_rc=$?
   cat "$log"
@@ -145,7 +164,7 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
 
   # Only the runner and the unit tests (the c_tests target): enough to
   # catch what one build type breaks (a Debug build once failed to link).
-  echo "== 6. other build types: the core, the runner and ctest"
+  step "6. other build types: the core, the runner and ctest"
   for type in Debug MinSizeRel; do
     dir=build-$(echo "$type" | tr 'A-Z' 'a-z')
     if cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" >"$log" 2>&1 &&
@@ -156,9 +175,18 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
       add "build ($type)" 0 1
     fi
   done
+
+  step "4. fuzzers: waiting for them to end"
+  wait "$fuzz_pid"
+  fuzz_rc=$?
+  grep -E '^(== |Done |fuzz: )' "$fuzz_log"
+  if [ "$fuzz_rc" -eq 0 ]; then add "fuzzers" 1 0; else tail -n 60 "$fuzz_log"; add "fuzzers" 0 1; fi
 fi
 
+step end
 echo
+printf "wall time per step (the fuzzers began with step 5):\n%s" "$timings"
+echo "all steps: $(( $(date +%s) - run_started )) s (after the set-up)"
 printf "%s" "$summary"
 printf "%s" "$rerun_summary"
 echo "$passed passed, $failed failed, $pending pending"
