@@ -203,6 +203,33 @@ describe("key states on the token", function()
     t:close()
   end)
 
+  -- A writer that dies in the gap leaves a marker without a state object:
+  -- refused until the marker is deleted as the README says, then recorded
+  -- afresh.
+  it("refuses a set left with a marker and no state object until pkcs11-tool deletes the marker", function()
+    local engine = assert(open(token, { t = 1000 }))
+    assert(engine:generate("died", "ES256", { kid = "d0" }))
+    assert.equals("d0", signer(engine, "died"))
+    engine:close()
+    local t = raw_token(token)
+    assert.equals(1, #assert(t:data_objects(hsm_states.MARKER_APPLICATION, "died")))
+    for _, object in ipairs(assert(t:data_objects(hsm_states.APPLICATION, "died"))) do
+      assert(t:destroy_data(hsm_states.APPLICATION, "died", object.value))
+    end
+    refused("ERR_STORE", "key set 'died': its key states are being rewritten by another process",
+      hsm_states.new(t, ""):read("died"))
+    local _, ok = softhsm.pkcs11_tool(token, "--login --delete-object --type data --application-label '"
+      .. hsm_states.MARKER_APPLICATION .. "' --label died")
+    assert(ok)
+    assert.equals(0, #assert(t:data_objects(hsm_states.MARKER_APPLICATION, "died")))
+    assert.same({ version = 0, records = {} }, assert(hsm_states.new(t, ""):read("died")))
+    local states = worker_states(token, 2000, "died")
+    assert.equals("current", states.d0.state)
+    assert.equals(2000, states.d0.times.current)
+    assert.equals(1, #assert(t:data_objects(hsm_states.MARKER_APPLICATION, "died")))
+    t:close()
+  end)
+
   it("lets exactly one of two processes racing a write of the same version win, 20 rounds", function()
     local t = raw_token(token)
     local backend = hsm_states.new(t, "")

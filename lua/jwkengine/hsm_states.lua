@@ -104,25 +104,27 @@ function Backend:objects(set)
   return objects, newest
 end
 
--- Whether the set has a marker (it never loses one: remembered).
+-- Whether the set has a marker on the token.
 function Backend:is_marked(set)
-  if self.marked[set] then return true end
   local found, err, code = self.token:data_objects(M.MARKER_APPLICATION, self.prefix .. set)
   if not found then
     return nil, string.format("key set '%s': reading its key states from the token: %s", set, err), code
   end
-  self.marked[set] = #found > 0
-  return self.marked[set]
+  return #found > 0
 end
 
--- Gives the set its marker before a write can open the gap.
-function Backend:mark(set)
+-- Gives the set its marker before a write can open the gap. Remembered
+-- for later writes, but looked up again by a first write (deleting a set
+-- takes its marker).
+function Backend:mark(set, first)
+  if self.marked[set] and not first then return true end
   local marked, err, code = self:is_marked(set)
   if marked == nil then return nil, err, code end
-  if marked then return true end
-  local ok
-  ok, err, code = self.token:create_data(M.MARKER_APPLICATION, self.prefix .. set, MARKER_VALUE)
-  if not ok then return nil, err, code end
+  if not marked then
+    local ok
+    ok, err, code = self.token:create_data(M.MARKER_APPLICATION, self.prefix .. set, MARKER_VALUE)
+    if not ok then return nil, err, code end
+  end
   self.marked[set] = true
   return true
 end
@@ -183,7 +185,7 @@ end
 -- no rival is in sight.
 function Backend:first_write(set, state)
   local label = self.prefix .. set
-  local ok, err, code = self:mark(set)
+  local ok, err, code = self:mark(set, true)
   if not ok then return write_error(set, err, code) end
   ok, err, code = self.token:create_data(M.APPLICATION, label, state)
   if not ok then return write_error(set, err, code) end
@@ -201,10 +203,19 @@ function Backend:first_write(set, state)
   return true
 end
 
+-- Lost (false) unless the token shows exactly `version`: a set between
+-- another writer's destroy and create shows none, which is not version 0
+-- when the set has its marker.
 function Backend:write(set, version, records)
-  local objects, newest, code = self:current(set)
+  local objects, newest, code = self:objects(set)
   if not objects then return nil, newest, code end
   if (newest and newest.version or 0) ~= version then return false end
+  if version == 0 then
+    local marked, err
+    marked, err, code = self:is_marked(set)
+    if marked == nil then return nil, err, code end
+    if marked then return false end
+  end
   -- the writer id makes every object's bytes unique, so a destroy by value
   -- takes exactly this object
   local state = cjson.encode({ version = version + 1, writer = core.uuid(), records = records })
