@@ -33,8 +33,9 @@ local function states_of(engine, set)
 end
 
 -- The worker process (spec/helpers/hsm_state_worker.lua) on `token`.
-local function worker(token, now, args)
+local function worker(token, now, args, extra)
   local env = softhsm.environment(token, { JWKE_NOW = tostring(now) })
+  for k, v in pairs(extra or {}) do env[k] = v end
   local out, ok = softhsm.run(string.format("%s %s/jwkengine spec/helpers/hsm_state_worker.lua %s",
     cli.env_prefix(env), softhsm.BUILD, args))
   return out, ok
@@ -111,6 +112,20 @@ describe("key states on the token", function()
     t:close()
   end)
 
+  -- the keys and states of set `set` as an engine at `now` sees them
+  local function census(now, set)
+    local clock = { t = now }
+    local engine = assert(open(token, clock))
+    local count, next_keys, current = 0, 0, nil
+    for kid, key in pairs(states_of(engine, set)) do
+      count = count + 1
+      if key.state == "next" then next_keys = next_keys + 1 end
+      if key.state == "current" then current = kid end
+    end
+    engine:close()
+    return count, next_keys, current
+  end
+
   -- A writer moves a set from version N to N+1 by destroying the N object,
   -- then creating N+1; a loaded machine can hold it up in between. A
   -- process that has seen version N and reads then must not take "no
@@ -142,6 +157,77 @@ describe("key states on the token", function()
     assert.equals(0, #assert(t:data_objects(hsm_states.APPLICATION, "midwrite")))
     t:close()
     engine:close()
+  end)
+
+  -- The same gap met by a process that has read nothing yet (a `keys.lua
+  -- maintain` just started, as in the maintain race below under load):
+  -- finding no state object, it must not take the set for one never
+  -- written, record the keys' states afresh and make a next key of its own.
+  it("makes no key and records nothing when a fresh process runs maintain while a writer is between its destroy and its create", function()
+    -- a set one rotation old: g0 previous, a generated key current
+    local clock = { t = 100000 }
+    local engine = assert(open(token, clock, { startup_sets = { { set = "gap", alg = "ES256", rotation = ROTATION } } }))
+    assert(engine:generate("gap", "ES256", { kid = "g0" }))
+    assert.equals("g0", signer(engine, "gap")) -- g0 current at 100000, recorded
+    clock.t = 100000 + ROTATION.period - ROTATION.prepublish
+    assert.equals(1, #assert(engine:maintain()))
+    clock.t = 100000 + ROTATION.period
+    assert(engine:maintain())
+    local rotated = signer(engine, "gap")
+    assert.not_equals("g0", rotated)
+    engine:close()
+    local t = raw_token(token)
+    local before = assert(t:data_objects(hsm_states.APPLICATION, "gap"))
+    assert.equals(1, #before)
+    local held = cjson.decode(before[1].value)
+    -- the held writer's destroy
+    assert.equals(1, assert(t:destroy_data(hsm_states.APPLICATION, "gap", before[1].value)))
+    -- a fresh process, when the schedule says a next key is due
+    local config = os.tmpname() .. ".json"
+    softhsm.write_file(config, cjson.encode({ startup_sets = { { set = "gap", alg = "ES256", rotation = ROTATION } } }))
+    local due = 100000 + 2 * ROTATION.period - ROTATION.prepublish
+    local out = worker(token, due, "maintain gap", { JWKENGINE_CONFIG = config })
+    os.remove(config)
+    assert.matches("refused ERR_STORE: key set 'gap': its key states are being rewritten by another process", out, 1, true)
+    -- the held writer's create: its version stands alone, and the token
+    -- has no key the fresh process made
+    held.version = held.version + 1
+    assert(t:create_data(hsm_states.APPLICATION, "gap", cjson.encode(held)))
+    local objects = assert(t:data_objects(hsm_states.APPLICATION, "gap"))
+    assert.equals(1, #objects, out)
+    assert.equals(held.version, cjson.decode(objects[1].value).version)
+    local count, next_keys, current = census(due, "gap")
+    assert.equals(2, count, out)
+    assert.equals(0, next_keys, out)
+    assert.equals(rotated, current)
+    t:close()
+  end)
+
+  -- A writer that dies in the gap leaves a marker without a state object:
+  -- refused until the marker is deleted as the README says, then recorded
+  -- afresh.
+  it("refuses a set left with a marker and no state object until pkcs11-tool deletes the marker", function()
+    local engine = assert(open(token, { t = 1000 }))
+    assert(engine:generate("died", "ES256", { kid = "d0" }))
+    assert.equals("d0", signer(engine, "died"))
+    engine:close()
+    local t = raw_token(token)
+    assert.equals(1, #assert(t:data_objects(hsm_states.MARKER_APPLICATION, "died")))
+    for _, object in ipairs(assert(t:data_objects(hsm_states.APPLICATION, "died"))) do
+      assert(t:destroy_data(hsm_states.APPLICATION, "died", object.value))
+    end
+    refused("ERR_STORE", "key set 'died': its key states are being rewritten by another process",
+      hsm_states.new(t, ""):read("died"))
+    local _, ok = softhsm.pkcs11_tool(token, "--login --delete-object --type data --application-label '"
+      .. hsm_states.MARKER_APPLICATION .. "' --label died")
+    assert(ok)
+    assert.equals(0, #assert(t:data_objects(hsm_states.MARKER_APPLICATION, "died")))
+    assert.same({ version = 0, records = {} }, assert(hsm_states.new(t, ""):read("died")))
+    local states = worker_states(token, 2000, "died")
+    assert.equals("current", states.d0.state)
+    assert.equals(2000, states.d0.times.current)
+    assert.equals(1, #assert(t:data_objects(hsm_states.MARKER_APPLICATION, "died")))
+    t:close()
   end)
 
   it("lets exactly one of two processes racing a write of the same version win, 20 rounds", function()
@@ -209,20 +295,6 @@ describe("key states on the token", function()
     assert.equals("retired", listed.first.state)
     engine:close()
   end)
-
-  -- the keys and states of set `set` as an engine at `now` sees them
-  local function census(now, set)
-    local clock = { t = now }
-    local engine = assert(open(token, clock))
-    local count, next_keys, current = 0, 0, nil
-    for kid, key in pairs(states_of(engine, set)) do
-      count = count + 1
-      if key.state == "next" then next_keys = next_keys + 1 end
-      if key.state == "current" then current = kid end
-    end
-    engine:close()
-    return count, next_keys, current
-  end
 
   it("makes exactly one new key per cycle when two processes run maintain on one token", function()
     local clock = { t = 100000 }

@@ -8,7 +8,8 @@
 -- The compare-and-swap. PKCS#11 has no atomic update and tokens do not
 -- keep labels unique; what a token does do atomically is destroy an
 -- object: of two sessions destroying the same object, one succeeds and the
--- other is told the handle is invalid. So a writer moving a set from
+-- other is told the handle is invalid (SoftHSM's file store unlinks the
+-- object's file: the second unlink fails). So a writer moving a set from
 -- version N to N+1 destroys the version-N object first, and only the one
 -- whose destroy succeeded creates version N+1; the others report a lost
 -- race (false) and read again. Both writers found the version-N object
@@ -21,20 +22,36 @@
 -- a third change. A destroy goes to the file itself, so the arbiter above
 -- holds there too; so does a network HSM's.
 --
--- Between the winner's destroy and its create the set has no state object
--- for a moment: a process that has already seen a newer version reads
--- again before it believes an older one (or none). A set never written
--- has nothing to destroy: its first writers create version 1 and keep it
--- only if no rival version 1 is in sight (on a token that hides recent
--- objects, two first writers may both keep theirs: they differ only in
--- the first-seen times they recorded, readers settle on the same one, and
--- the next write replaces both).
+-- The gap. Between the winner's destroy and its create the set has no
+-- state object for a moment (as long as a loaded machine holds the winner
+-- up). Whoever reads then must not believe "never written": a process
+-- that did would record the keys' states afresh from the keys alone (a
+-- rival version 1, which its own view may then show it as the newest) and
+-- act on them. So every written set also has a marker: a data object under
+-- MARKER_APPLICATION and the set's label, created before the set's first
+-- state object (or, for a set written before markers, before the next
+-- destroy) and never changed. A reader that finds no state object but a
+-- marker, or an older version than this process has seen, reads again
+-- (REREADS times) and then returns ERR_STORE rather than the older view;
+-- only a set with neither is new. A writer that dies inside the gap
+-- leaves its set refusing until the marker is removed by hand (README:
+-- key states on the HSM).
+--
+-- A set never written has nothing to destroy: its first writers create
+-- the marker, then version 1, and keep it only if no rival version 1 is in
+-- sight (on a token that hides recent objects, two first writers may both
+-- keep theirs: they differ only in the first-seen times they recorded,
+-- readers settle on the same one, and the next write replaces both).
 local cjson = require("cjson.safe")
 local core = require("jwkengine.core")
 
 local M = {}
 
 M.APPLICATION = "jwkengine key states"
+-- the marker of a set whose states are on the token (the gap, above); its
+-- value is only there because a data object needs one
+M.MARKER_APPLICATION = "jwkengine key states written"
+local MARKER_VALUE = "1"
 
 -- How often a view older than one this process has seen is read again
 -- before it is believed (the winner of a write is between its destroy and
@@ -48,7 +65,8 @@ Backend.__index = Backend
 --   prefix: hsm.key_set_prefix
 --   log(level, message)
 function M.new(token, prefix, log)
-  return setmetatable({ token = token, prefix = prefix or "", log = log or function() end, seen = {} }, Backend)
+  return setmetatable({ token = token, prefix = prefix or "", log = log or function() end, seen = {}, marked = {} },
+    Backend)
 end
 
 -- A data object's value as { version, writer, records, raw }, or nil for
@@ -86,23 +104,56 @@ function Backend:objects(set)
   return objects, newest
 end
 
--- objects(), read again while it is older than what this process has seen.
+-- Whether the set has a marker on the token.
+function Backend:is_marked(set)
+  local found, err, code = self.token:data_objects(M.MARKER_APPLICATION, self.prefix .. set)
+  if not found then
+    return nil, string.format("key set '%s': reading its key states from the token: %s", set, err), code
+  end
+  return #found > 0
+end
+
+-- Gives the set its marker before a write can open the gap. Remembered
+-- for later writes, but looked up again by a first write (deleting a set
+-- takes its marker).
+function Backend:mark(set, first)
+  if self.marked[set] and not first then return true end
+  local marked, err, code = self:is_marked(set)
+  if marked == nil then return nil, err, code end
+  if not marked then
+    local ok
+    ok, err, code = self.token:create_data(M.MARKER_APPLICATION, self.prefix .. set, MARKER_VALUE)
+    if not ok then return nil, err, code end
+  end
+  self.marked[set] = true
+  return true
+end
+
+-- objects(), read again while it is older than what this process has seen
+-- (or shows no state object for a marked set: at least version 1).
 -- Still older after REREADS (a writer held up between its destroy and its
 -- create, as a loaded machine can do): an error, never the older view —
 -- believing it would let a process sign with a key the set has moved past.
 function Backend:current(set)
-  local seen = self.seen[set] or 0
+  local seen, version = self.seen[set] or 0, 0
   for _ = 1, REREADS do
     local objects, newest, code = self:objects(set)
     if not objects then return nil, newest, code end
-    local version = newest and newest.version or 0
+    version = newest and newest.version or 0
+    if version == 0 and seen == 0 then
+      local marked, err
+      marked, err, code = self:is_marked(set)
+      if marked == nil then return nil, err, code end
+      if marked then seen = 1 end
+    end
     if version >= seen then
       self.seen[set] = version
       return objects, newest
     end
   end
   return nil, string.format("key set '%s': its key states are being rewritten by another process "
-    .. "(this process has seen version %d, the token shows an older one): read again later", set, seen), "ERR_STORE"
+    .. "(this process knows of version %d, the token shows %s): read again later", set, seen,
+    version == 0 and "no state object" or "version " .. version), "ERR_STORE"
 end
 
 function Backend:read(set)
@@ -134,7 +185,9 @@ end
 -- no rival is in sight.
 function Backend:first_write(set, state)
   local label = self.prefix .. set
-  local ok, err, code = self.token:create_data(M.APPLICATION, label, state)
+  local ok, err, code = self:mark(set, true)
+  if not ok then return write_error(set, err, code) end
+  ok, err, code = self.token:create_data(M.APPLICATION, label, state)
   if not ok then return write_error(set, err, code) end
   local objects, newest
   objects, newest, code = self:objects(set)
@@ -150,16 +203,28 @@ function Backend:first_write(set, state)
   return true
 end
 
+-- Lost (false) unless the token shows exactly `version`: a set between
+-- another writer's destroy and create shows none, which is not version 0
+-- when the set has its marker.
 function Backend:write(set, version, records)
-  local objects, newest, code = self:current(set)
+  local objects, newest, code = self:objects(set)
   if not objects then return nil, newest, code end
   if (newest and newest.version or 0) ~= version then return false end
+  if version == 0 then
+    local marked, err
+    marked, err, code = self:is_marked(set)
+    if marked == nil then return nil, err, code end
+    if marked then return false end
+  end
   -- the writer id makes every object's bytes unique, so a destroy by value
   -- takes exactly this object
   local state = cjson.encode({ version = version + 1, writer = core.uuid(), records = records })
   if version == 0 then return self:first_write(set, state) end
   local label = self.prefix .. set
-  local destroyed, err
+  local marked, err
+  marked, err, code = self:mark(set) -- a set written before markers
+  if not marked then return write_error(set, err, code) end
+  local destroyed
   destroyed, err, code = self.token:destroy_data(M.APPLICATION, label, newest.raw)
   if not destroyed then
     -- a token may report the loser of two destroys as a failure: it lost

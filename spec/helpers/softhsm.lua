@@ -69,7 +69,8 @@ function M.pkcs11_tool_ok(token, args)
 end
 
 -- The objects of one class (privkey, pubkey, data, ...) on a token, as
--- pkcs11-tool lists them after a login: { label, id (hex) } each.
+-- pkcs11-tool lists them after a login: { label, id (hex), application (data
+-- objects) } each.
 function M.objects(token, class)
   local out, ok = M.pkcs11_tool(token, "--login --list-objects --type " .. class)
   assert(ok, out)
@@ -80,7 +81,7 @@ function M.objects(token, class)
     elseif #objects > 0 then
       local name, value = line:match("^%s+(%a+):%s*(.-)%s*$")
       -- data objects' labels are quoted
-      if name == "label" then objects[#objects].label = value:match("^'(.*)'$") or value end
+      if name == "label" or name == "application" then objects[#objects][name] = value:match("^'(.*)'$") or value end
       if name == "ID" then objects[#objects].id = value end
     end
   end
