@@ -159,6 +159,43 @@ describe("key states on the token", function()
     engine:close()
   end)
 
+  it("waits for a writer held up between its destroy and its create instead of reporting it", function()
+    local engine = assert(open(token, { t = 1000 }))
+    assert(engine:generate("slowwrite", "ES256", { kid = "s1" }))
+    assert.equals("s1", signer(engine, "slowwrite")) -- version 1 recorded
+    engine:close()
+    local t = raw_token(token)
+    local objects = assert(t:data_objects(hsm_states.APPLICATION, "slowwrite"))
+    assert.equals(1, #objects)
+    local version1 = objects[1].value
+    -- the other writer destroys version 1 ...
+    assert(t:destroy_data(hsm_states.APPLICATION, "slowwrite", version1))
+    -- ... and creates version 2 only while this reader waits, at its
+    -- fourth pause: the reader must still be reading then, and take it
+    local pauses, version2 = {}, version1:gsub('"version":1', '"version":2')
+    assert.are_not.equal(version1, version2)
+    local backend = hsm_states.new(t, "", nil, function(seconds)
+      pauses[#pauses + 1] = seconds
+      if #pauses == 4 then assert(t:create_data(hsm_states.APPLICATION, "slowwrite", version2)) end
+    end)
+    backend.seen.slowwrite = 1
+    local state = assert(backend:read("slowwrite"))
+    assert.equals(2, state.version)
+    assert.same({ 0.001, 0.002, 0.004, 0.008 }, pauses)
+    t:close()
+  end)
+
+  it("core.pause waits at least what it is given and refuses what is not a short pause", function()
+    local started = core.monotonic()
+    core.pause(0.05)
+    assert.is_true(core.monotonic() - started >= 0.05)
+    for _, bad in ipairs({ -0.1, 1.5, "soon" }) do
+      local ok, err = pcall(core.pause, bad)
+      assert.is_false(ok)
+      assert.matches("bad argument #1 to '[%w.]*pause'", err)
+    end
+  end)
+
   -- The same gap met by a process that has read nothing yet (a `keys.lua
   -- maintain` just started, as in the maintain race below under load):
   -- finding no state object, it must not take the set for one never

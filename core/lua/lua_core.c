@@ -285,6 +285,21 @@ static int l_monotonic(lua_State *L)
     return 1;
 }
 
+/* pause(seconds) -> nothing: a short blocking wait (at most 1 s) for the
+ * policy's rare waits on another process, such as a key-state writer
+ * between its destroy and its create; never on the signing path */
+static int l_pause(lua_State *L)
+{
+    lua_Number seconds = luaL_checknumber(L, 1);
+    luaL_argcheck(L, seconds >= 0 && seconds <= 1, 1, "a pause is 0 to 1 seconds");
+    struct timespec left = {0, (long)(seconds * 1e9)};
+    if (seconds >= 1)
+        left = (struct timespec){1, 0};
+    while (nanosleep(&left, &left) != 0)
+        ; /* a signal cut it short: sleep what is left */
+    return 0;
+}
+
 static const luaL_Reg functions[] = {
     {"b64url_encode", l_b64url_encode},
     {"b64url_decode", l_b64url_decode},
@@ -294,6 +309,7 @@ static const luaL_Reg functions[] = {
     {"algorithms", l_algorithms},
     {"limits", l_limits},
     {"monotonic", l_monotonic},
+    {"pause", l_pause},
     {NULL, NULL},
 };
 

@@ -55,8 +55,15 @@ local MARKER_VALUE = "1"
 
 -- How often a view older than one this process has seen is read again
 -- before it is believed (the winner of a write is between its destroy and
--- its create; a set deleted and made again really is older).
+-- its create; a set deleted and made again really is older), and the
+-- pauses between the reads: the first few back to back (a gap is usually
+-- a few calls long), then doubling from 1 ms to 32 ms, about 0.4 s in all,
+-- so that a writer a loaded machine holds up is waited for rather than
+-- reported.
 local REREADS = 20
+local function pause_before(backend, read)
+  if read > 4 then backend.pause(math.min(0.001 * 2 ^ (read - 5), 0.032)) end
+end
 
 local Backend = {}
 Backend.__index = Backend
@@ -64,9 +71,11 @@ Backend.__index = Backend
 --   token:  an open token object (core)
 --   prefix: hsm.key_set_prefix
 --   log(level, message)
-function M.new(token, prefix, log)
-  return setmetatable({ token = token, prefix = prefix or "", log = log or function() end, seen = {}, marked = {} },
-    Backend)
+--   pause(seconds): how it waits between re-reads (core.pause; a spec
+--     passes its own to act as the other writer at a known moment)
+function M.new(token, prefix, log, pause)
+  return setmetatable({ token = token, prefix = prefix or "", log = log or function() end, seen = {}, marked = {},
+    pause = pause or core.pause }, Backend)
 end
 
 -- A data object's value as { version, writer, records, raw }, or nil for
@@ -136,7 +145,8 @@ end
 -- believing it would let a process sign with a key the set has moved past.
 function Backend:current(set)
   local seen, version = self.seen[set] or 0, 0
-  for _ = 1, REREADS do
+  for read = 1, REREADS do
+    pause_before(self, read)
     local objects, newest, code = self:objects(set)
     if not objects then return nil, newest, code end
     version = newest and newest.version or 0
