@@ -109,7 +109,7 @@ step "1. C unit tests"
 ctest_run "ctest" build
 
 step "2. busted (Lua 5.4, build/)"
-busted_run add "busted" build lua5.4 /usr/bin/busted -o utfTerminal "$@"
+busted_run add "busted" build lua5.4 /usr/bin/busted -o scripts/busted-timing.lua "$@"
 
 if [ "${JWKE_QUICK:-0}" != 1 ]; then
   step "3. busted against the AddressSanitizer + UBSan build (build-asan/)"
@@ -134,7 +134,7 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   # specs may leave out what only waits (the 30 s outage) in this pass
   export JWKE_SANITIZER_PASS=1
   if [ "$asan_built" = 1 ]; then
-    busted_run add_rerun "busted (ASan+UBSan)" build-asan build-asan/jwkengine /usr/bin/busted -o utfTerminal \
+    busted_run add_rerun "busted (ASan+UBSan)" build-asan build-asan/jwkengine /usr/bin/busted -o scripts/busted-timing.lua \
       --cpath='build-asan/lib/?.so' --exclude-pattern=nginx --exclude-pattern=luarocks "$@"
     if grep -qE "ERROR: AddressSanitizer|runtime error:" "$log"; then
       echo "the sanitizers reported an error (above)"
