@@ -27,12 +27,4 @@ size_t jwke_kept_len(const char *name);
 /* Wipes and drops the value kept under name; 1 if there was one. */
 int jwke_kept_forget(const char *name);
 
-/* A jwke_pin_fill over bytes in memory (ctx: a jwke_kept_bytes). */
-typedef struct jwke_kept_bytes {
-    const unsigned char *data;
-    size_t len;
-} jwke_kept_bytes;
-int jwke_kept_from_bytes(const void *bytes, unsigned char *buf, size_t cap, size_t *len,
-                         jwke_error *err);
-
 #endif

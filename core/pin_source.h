@@ -17,6 +17,16 @@
 typedef int (*jwke_pin_fill)(const void *ctx, unsigned char *buf, size_t cap, size_t *len,
                              jwke_error *err);
 
+/* ctx: a jwke_pin_bytes, bytes in memory (a PIN or secret a caller
+ * holds); `what` names them in the error ("C_Login: the PIN"). */
+typedef struct jwke_pin_bytes {
+    const unsigned char *data;
+    size_t len;
+    const char *what;
+} jwke_pin_bytes;
+int jwke_pin_from_bytes(const void *bytes, unsigned char *buf, size_t cap, size_t *len,
+                        jwke_error *err);
+
 /* ctx: the variable's name (const char *). The first read moves the value
  * into locked memory kept for the process and erases the variable (see
  * jwke_env_erase); later reads get that copy. */

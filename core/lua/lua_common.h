@@ -21,6 +21,11 @@
  * JWKE_ERR_INTERNAL, which no reachable failure gets). Returns 3. */
 int jwke_push_error(lua_State *L, const jwke_error *err);
 
+/* A core call's outcome (rc 0, or -1 with err) as the binding answers it:
+ * true | nil, err, code; or the count of what it did | nil, err, code. */
+int jwke_push_done(lua_State *L, int rc, const jwke_error *err);
+int jwke_push_count(lua_State *L, int rc, size_t count, const jwke_error *err);
+
 /* Creates a class metatable named `name` whose __index holds methods and
  * whose __gc is gc (every class frees what its objects hold). */
 void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
@@ -57,6 +62,11 @@ int jwke_push_fits(lua_State *L, const EVP_PKEY *pkey, int default_min_bits);
  * header_arg and header_arg + 1: encoded header, payload bytes. */
 int jwke_push_compact(lua_State *L, int header_arg, size_t sig_max, jwke_sign_fn sign,
                       void *signer);
+
+/* Pushes the signature `sign` makes over the string at input_arg (at most
+ * sig_max bytes), or nil, err. */
+int jwke_push_signature(lua_State *L, int input_arg, size_t sig_max, jwke_sign_fn sign,
+                        void *signer);
 
 /* Pushes a base64url (no padding) string of bytes. */
 void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len);

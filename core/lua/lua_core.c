@@ -34,6 +34,22 @@ int jwke_push_error(lua_State *L, const jwke_error *err)
     return 3;
 }
 
+int jwke_push_done(lua_State *L, int rc, const jwke_error *err)
+{
+    if (rc != 0)
+        return jwke_push_error(L, err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+int jwke_push_count(lua_State *L, int rc, size_t count, const jwke_error *err)
+{
+    if (rc != 0)
+        return jwke_push_error(L, err);
+    lua_pushinteger(L, (lua_Integer)count);
+    return 1;
+}
+
 void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc)
 {
     luaL_newmetatable(L, name);
@@ -86,6 +102,25 @@ int jwke_push_compact(lua_State *L, int header_arg, size_t sig_max, jwke_sign_fn
         return jwke_push_error(L, &err);
     lua_pushlstring(L, out, out_len);
     free(out);
+    return 1;
+}
+
+int jwke_push_signature(lua_State *L, int input_arg, size_t sig_max, jwke_sign_fn sign,
+                        void *signer)
+{
+    size_t input_len;
+    const char *input = luaL_checklstring(L, input_arg, &input_len);
+    unsigned char sig[JWKE_MAX_SIGNATURE];
+    size_t sig_len = sig_max;
+    jwke_error err;
+    if (sig_max > sizeof sig) {
+        jwke_fail_code(&err, "ERR_JWS_SIGN", "a signature of %zu bytes is larger than supported",
+                       sig_max);
+        return jwke_push_error(L, &err);
+    }
+    if (sign(signer, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, (const char *)sig, sig_len);
     return 1;
 }
 

@@ -333,19 +333,13 @@ static int l_self_signed_certificate(lua_State *L)
 /* key:sign(input, alg) -> signature bytes | nil, err */
 static int l_sign(lua_State *L)
 {
-    size_t input_len;
-    const char *input = luaL_checklstring(L, 2, &input_len);
     sw_signer s;
-    size_t sig_max, sig_len;
-    unsigned char sig[JWKE_MAX_SIGNATURE];
+    size_t sig_max;
     jwke_error err;
+    luaL_checkstring(L, 2);
     if (signing_setup(L, 3, &s, &sig_max, &err) != 0)
         return jwke_push_error(L, &err);
-    sig_len = sizeof sig;
-    if (sw_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushlstring(L, (const char *)sig, sig_len);
-    return 1;
+    return jwke_push_signature(L, 2, sig_max, sw_sign, &s);
 }
 
 /* key:sign_compact(header_b64, payload, alg) -> compact JWS | nil, err */
