@@ -457,9 +457,10 @@ static int hsm_sign(void *signer, const unsigned char *input, size_t input_len,
 
 /* The algorithm to sign with: the key's own, or (arg given) one that fits
  * it, e.g. PS256 for an RSA key. Fails for keys that cannot sign. */
-static int signing_setup(lua_State *L, int alg_arg, hsm_signer *s, size_t *sig_max,
+static int signing_setup(lua_State *L, int alg_arg, void *signer, size_t *sig_max,
                          jwke_error *err)
 {
+    hsm_signer *s = signer;
     hsm_key_object *k = check_key(L);
     if (!k->owner->token)
         return jwke_fail_code(err, "ERR_JWS_SIGN", "the engine that loaded this key is closed");
@@ -479,12 +480,7 @@ static int signing_setup(lua_State *L, int alg_arg, hsm_signer *s, size_t *sig_m
 static int l_key_sign(lua_State *L)
 {
     hsm_signer s;
-    size_t sig_max;
-    jwke_error err;
-    luaL_checkstring(L, 2);
-    if (signing_setup(L, 3, &s, &sig_max, &err) != 0)
-        return jwke_push_error(L, &err);
-    return jwke_push_signature(L, 2, sig_max, hsm_sign, &s);
+    return jwke_push_signature(L, signing_setup, hsm_sign, &s);
 }
 
 /* key:self_signed_certificate(subject, days) -> DER | nil, err, code: a
@@ -506,11 +502,7 @@ static int l_key_self_signed_certificate(lua_State *L)
 static int l_key_sign_compact(lua_State *L)
 {
     hsm_signer s;
-    size_t sig_max;
-    jwke_error err;
-    if (signing_setup(L, 4, &s, &sig_max, &err) != 0)
-        return jwke_push_error(L, &err);
-    return jwke_push_compact(L, 2, sig_max, hsm_sign, &s);
+    return jwke_push_compact(L, signing_setup, hsm_sign, &s);
 }
 
 static int l_key_gc(lua_State *L)
