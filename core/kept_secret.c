@@ -115,14 +115,3 @@ int jwke_kept_forget(const char *name)
     pthread_mutex_unlock(&kept_lock);
     return slot != NULL;
 }
-
-int jwke_kept_from_bytes(const void *bytes, unsigned char *buf, size_t cap, size_t *len,
-                         jwke_error *err)
-{
-    const jwke_kept_bytes *b = bytes;
-    if (b->len == 0 || b->len >= cap)
-        return jwke_fail_code(err, "ERR_CONFIG", "a secret must be 1 to %zu bytes long", cap - 1);
-    memcpy(buf, b->data, b->len);
-    *len = b->len;
-    return 0;
-}

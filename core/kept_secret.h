@@ -18,21 +18,12 @@ int jwke_kept_fill(const char *name, size_t cap, jwke_pin_fill fill, const void 
 
 /* A jwke_pin_fill (ctx: the name): copies the value kept under that name
  * into buf, which must hold it with one byte to spare. */
-int jwke_kept_copy(const void *name, unsigned char *buf, size_t cap, size_t *len,
-                   jwke_error *err);
+jwke_pin_filler jwke_kept_copy;
 
 /* The length of the value kept under name; 0 when there is none. */
 size_t jwke_kept_len(const char *name);
 
 /* Wipes and drops the value kept under name; 1 if there was one. */
 int jwke_kept_forget(const char *name);
-
-/* A jwke_pin_fill over bytes in memory (ctx: a jwke_kept_bytes). */
-typedef struct jwke_kept_bytes {
-    const unsigned char *data;
-    size_t len;
-} jwke_kept_bytes;
-int jwke_kept_from_bytes(const void *bytes, unsigned char *buf, size_t cap, size_t *len,
-                         jwke_error *err);
 
 #endif

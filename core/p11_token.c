@@ -355,26 +355,10 @@ int jwke_p11_login_from(jwke_p11_token *t, jwke_pin_fill fill, const void *ctx, 
     return store_pin_and_login(t, pin, n, err);
 }
 
-typedef struct pin_bytes {
-    const char *pin;
-    size_t len;
-} pin_bytes;
-
-static int pin_from_bytes(const void *ctx, unsigned char *buf, size_t cap, size_t *len,
-                          jwke_error *err)
-{
-    const pin_bytes *given = ctx;
-    if (given->len == 0 || given->len >= cap)
-        return jwke_fail_code(err, "ERR_CONFIG", "C_Login: the PIN must be 1 to %zu bytes long", cap - 1);
-    memcpy(buf, given->pin, given->len);
-    *len = given->len;
-    return 0;
-}
-
 int jwke_p11_login(jwke_p11_token *t, const char *pin, size_t pin_len, jwke_error *err)
 {
-    pin_bytes given = {pin, pin_len};
-    return jwke_p11_login_from(t, pin_from_bytes, &given, err);
+    jwke_pin_bytes given = {(const unsigned char *)pin, pin_len, "C_Login: the PIN"};
+    return jwke_p11_login_from(t, jwke_pin_from_bytes, &given, err);
 }
 
 static int pin_from_file(const void *ctx, unsigned char *buf, size_t cap, size_t *len,

@@ -50,10 +50,22 @@ static int take(const char *name, jwke_error *err)
         jwke_env_erase(name);
         return jwke_fail_code(err, "ERR_CONFIG", "%s: the PIN must be 1 to %d bytes long", name, JWKE_PIN_KEPT_CAP - 1);
     }
-    jwke_kept_bytes bytes = {(const unsigned char *)value, n};
-    int rc = jwke_kept_fill(name, JWKE_PIN_KEPT_CAP, jwke_kept_from_bytes, &bytes, err);
+    jwke_pin_bytes bytes = {(const unsigned char *)value, n, "a secret"};
+    int rc = jwke_kept_fill(name, JWKE_PIN_KEPT_CAP, jwke_pin_from_bytes, &bytes, err);
     jwke_env_erase(name);
     return rc;
+}
+
+int jwke_pin_from_bytes(const void *ctx, unsigned char *buf, size_t cap, size_t *len,
+                        jwke_error *err)
+{
+    const jwke_pin_bytes *given = ctx;
+    if (given->len == 0 || given->len >= cap)
+        return jwke_fail_code(err, "ERR_CONFIG", "%s must be 1 to %zu bytes long", given->what,
+                              cap - 1);
+    memcpy(buf, given->data, given->len);
+    *len = given->len;
+    return 0;
 }
 
 int jwke_pin_from_env(const void *ctx, unsigned char *buf, size_t cap, size_t *len,

@@ -31,9 +31,14 @@ static int big_endian_bits(const unsigned char *bytes, size_t len)
 }
 
 EVP_PKEY *jwke_pkey_from_params(const char *type, int selection, OSSL_PARAM_BLD *bld,
-                                jwke_error *err)
+                                int pushed, const char *what, jwke_error *err)
 {
     EVP_PKEY *pkey = NULL;
+    if (!pushed) {
+        jwke_fail_openssl(err, what);
+        OSSL_PARAM_BLD_free(bld);
+        return NULL;
+    }
     OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, type, NULL);
     if (!params || !ctx || EVP_PKEY_fromdata_init(ctx) <= 0 ||
@@ -44,6 +49,7 @@ EVP_PKEY *jwke_pkey_from_params(const char *type, int selection, OSSL_PARAM_BLD 
     }
     EVP_PKEY_CTX_free(ctx);
     OSSL_PARAM_free(params); /* wipes the secure block private BIGNUMs went to */
+    OSSL_PARAM_BLD_free(bld);
     return pkey;
 }
 
@@ -68,16 +74,13 @@ EVP_PKEY *jwke_pkey_rsa_public(const unsigned char *n, size_t n_len,
         return NULL;
     }
 
-    EVP_PKEY *pkey = NULL;
     BIGNUM *bn_n = BN_bin2bn(n, (int)n_len, NULL);
     BIGNUM *bn_e = BN_bin2bn(e, (int)e_len, NULL);
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
-    if (!bn_n || !bn_e || !bld || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) ||
-        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e))
-        jwke_fail_openssl(err, "cannot build RSA public key");
-    else
-        pkey = jwke_pkey_from_params("RSA", EVP_PKEY_PUBLIC_KEY, bld, err);
-    OSSL_PARAM_BLD_free(bld);
+    int pushed = bn_n && bn_e && bld && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) &&
+                 OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e);
+    EVP_PKEY *pkey = jwke_pkey_from_params("RSA", EVP_PKEY_PUBLIC_KEY, bld, pushed,
+                                           "cannot build RSA public key", err);
     BN_free(bn_n);
     BN_free(bn_e);
     return pkey;
@@ -108,18 +111,14 @@ EVP_PKEY *jwke_pkey_ec_public(const char *crv, const unsigned char *x, size_t x_
     memcpy(point + 1, x, size);
     memcpy(point + 1 + size, y, size);
 
-    EVP_PKEY *pkey = NULL;
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
-    if (!bld ||
-        !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
-        !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, 1 + 2 * size)) {
-        jwke_fail_openssl(err, "cannot build EC public key");
-    } else {
-        pkey = jwke_pkey_from_params("EC", EVP_PKEY_PUBLIC_KEY, bld, err);
-        if (!pkey)
-            jwke_fail(err, "EC point is not on curve %s", crv);
-    }
-    OSSL_PARAM_BLD_free(bld);
+    int pushed = bld &&
+                 OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) &&
+                 OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, 1 + 2 * size);
+    EVP_PKEY *pkey = jwke_pkey_from_params("EC", EVP_PKEY_PUBLIC_KEY, bld, pushed,
+                                           "cannot build EC public key", err);
+    if (!pkey && pushed)
+        jwke_fail(err, "EC point is not on curve %s", crv);
     return pkey;
 }
 

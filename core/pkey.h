@@ -32,10 +32,12 @@ EVP_PKEY *jwke_pkey_ec_public(const char *crv, const unsigned char *x, size_t x_
 EVP_PKEY *jwke_pkey_okp_public(const char *crv, const unsigned char *x, size_t x_len,
                                jwke_error *err);
 
-/* A key of OpenSSL type `type` ("RSA", "EC") from the parameters in bld;
- * selection is EVP_PKEY_PUBLIC_KEY or EVP_PKEY_KEYPAIR. */
+/* A key of OpenSSL type `type` ("RSA", "EC") from the parameters pushed
+ * into bld (which it frees); selection is EVP_PKEY_PUBLIC_KEY or
+ * EVP_PKEY_KEYPAIR. pushed is 0 when making bld or a push failed: the
+ * failure is then `what`, with OpenSSL's reasons. */
 EVP_PKEY *jwke_pkey_from_params(const char *type, int selection, OSSL_PARAM_BLD *bld,
-                                jwke_error *err);
+                                int pushed, const char *what, jwke_error *err);
 
 /* OpenSSL's group name of an EC curve entry ("prime256v1"), from its NID;
  * NULL for anything else. */

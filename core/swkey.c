@@ -347,7 +347,6 @@ static int rsa_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *
     static const char *const crt_names[] = {
         OSSL_PKEY_PARAM_RSA_FACTOR1, OSSL_PKEY_PARAM_RSA_FACTOR2, OSSL_PKEY_PARAM_RSA_EXPONENT1,
         OSSL_PKEY_PARAM_RSA_EXPONENT2, OSSL_PKEY_PARAM_RSA_COEFFICIENT1};
-    EVP_PKEY *pkey = NULL;
     BIGNUM *n = BN_bin2bn(m->n.data, (int)m->n.len, NULL);
     BIGNUM *e = BN_bin2bn(m->e.data, (int)m->e.len, NULL);
     BIGNUM *d = secret_bn(&m->d), *bn_crt[5] = {NULL};
@@ -359,11 +358,8 @@ static int rsa_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *
     for (int i = 0; ok && crt_count && i < 5; i++)
         ok = (bn_crt[i] = secret_bn(crt[i])) != NULL &&
              OSSL_PARAM_BLD_push_BN(bld, crt_names[i], bn_crt[i]);
-    if (!ok)
-        jwke_fail(err, "RSA private key members are invalid");
-    else
-        pkey = jwke_pkey_from_params("RSA", EVP_PKEY_KEYPAIR, bld, err);
-    OSSL_PARAM_BLD_free(bld);
+    EVP_PKEY *pkey = jwke_pkey_from_params("RSA", EVP_PKEY_KEYPAIR, bld, ok,
+                                           "RSA private key members are invalid", err);
     BN_free(n);
     BN_free(e);
     BN_clear_free(d);
@@ -396,17 +392,15 @@ static int ec_from_jwk(const jwke_jwk_members *m, jwke_swkey *out, jwke_error *e
     point[0] = 0x04;
     memcpy(point + 1, m->x.data, size);
     memcpy(point + 1 + size, m->y.data, size);
-    EVP_PKEY *pkey = NULL;
     BIGNUM *d = secret_bn(&m->d);
     const char *group = jwke_pkey_group_name(curve);
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
-    if (!d || !bld || !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
-        !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, 1 + 2 * size) ||
-        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_PRIV_KEY, d))
-        jwke_fail_openssl(err, "cannot build EC private key");
-    else
-        pkey = jwke_pkey_from_params("EC", EVP_PKEY_KEYPAIR, bld, err);
-    OSSL_PARAM_BLD_free(bld);
+    int pushed = d && bld &&
+                 OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) &&
+                 OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, 1 + 2 * size) &&
+                 OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_PRIV_KEY, d);
+    EVP_PKEY *pkey = jwke_pkey_from_params("EC", EVP_PKEY_KEYPAIR, bld, pushed,
+                                           "cannot build EC private key", err);
     BN_clear_free(d);
     return adopt_private(pkey, pub, out, err);
 }

@@ -21,6 +21,11 @@
  * JWKE_ERR_INTERNAL, which no reachable failure gets). Returns 3. */
 int jwke_push_error(lua_State *L, const jwke_error *err);
 
+/* A core call's outcome (rc 0, or -1 with err) as the binding answers it:
+ * true | nil, err, code; or the count of what it did | nil, err, code. */
+int jwke_push_done(lua_State *L, int rc, const jwke_error *err);
+int jwke_push_count(lua_State *L, int rc, size_t count, const jwke_error *err);
+
 /* Creates a class metatable named `name` whose __index holds methods and
  * whose __gc is gc (every class frees what its objects hold). */
 void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
@@ -53,10 +58,19 @@ int jwke_push_kty(lua_State *L, const EVP_PKEY *pkey);
  * minimum at 3 (default_min_bits when absent). Pushes true | false, why. */
 int jwke_push_fits(lua_State *L, const EVP_PKEY *pkey, int default_min_bits);
 
-/* Pushes the compact JWS made by `sign`, or nil, err. Arguments at
- * header_arg and header_arg + 1: encoded header, payload bytes. */
-int jwke_push_compact(lua_State *L, int header_arg, size_t sig_max, jwke_sign_fn sign,
-                      void *signer);
+/* A key class's signing set-up: readies `signer` (the class's own) for the
+ * algorithm at alg_arg and sets *sig_max, the largest signature it makes;
+ * 0, or -1 with err when the key cannot sign with it. */
+typedef int (*jwke_signing_setup)(lua_State *L, int alg_arg, void *signer, size_t *sig_max,
+                                  jwke_error *err);
+
+/* key:sign(input, alg) of every key class: pushes the signature bytes
+ * | nil, err, code. */
+int jwke_push_signature(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer);
+
+/* key:sign_compact(header_b64, payload, alg) of every key class: pushes
+ * the compact JWS | nil, err, code. */
+int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer);
 
 /* Pushes a base64url (no padding) string of bytes. */
 void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len);

@@ -34,6 +34,22 @@ int jwke_push_error(lua_State *L, const jwke_error *err)
     return 3;
 }
 
+int jwke_push_done(lua_State *L, int rc, const jwke_error *err)
+{
+    if (rc != 0)
+        return jwke_push_error(L, err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+int jwke_push_count(lua_State *L, int rc, size_t count, const jwke_error *err)
+{
+    if (rc != 0)
+        return jwke_push_error(L, err);
+    lua_pushinteger(L, (lua_Integer)count);
+    return 1;
+}
+
 void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc)
 {
     luaL_newmetatable(L, name);
@@ -72,20 +88,40 @@ void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len)
     push_encoded(L, bytes, len, JWKE_B64_NOPAD);
 }
 
-int jwke_push_compact(lua_State *L, int header_arg, size_t sig_max, jwke_sign_fn sign,
-                      void *signer)
+int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer)
 {
-    size_t header_len, payload_len;
-    const char *header = luaL_checklstring(L, header_arg, &header_len);
-    const char *payload = luaL_checklstring(L, header_arg + 1, &payload_len);
+    size_t header_len, payload_len, sig_max;
+    const char *header = luaL_checklstring(L, 2, &header_len);
+    const char *payload = luaL_checklstring(L, 3, &payload_len);
     char *out;
     size_t out_len;
     jwke_error err;
-    if (jwke_jws_compact(header, header_len, (const unsigned char *)payload, payload_len, sig_max,
+    if (setup(L, 4, signer, &sig_max, &err) != 0 ||
+        jwke_jws_compact(header, header_len, (const unsigned char *)payload, payload_len, sig_max,
                          sign, signer, &out, &out_len, &err) != 0)
         return jwke_push_error(L, &err);
     lua_pushlstring(L, out, out_len);
     free(out);
+    return 1;
+}
+
+int jwke_push_signature(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer)
+{
+    size_t input_len, sig_max;
+    const char *input = luaL_checklstring(L, 2, &input_len);
+    unsigned char sig[JWKE_MAX_SIGNATURE];
+    jwke_error err;
+    if (setup(L, 3, signer, &sig_max, &err) != 0)
+        return jwke_push_error(L, &err);
+    size_t sig_len = sig_max;
+    if (sig_max > sizeof sig) {
+        jwke_fail_code(&err, "ERR_JWS_SIGN", "a signature of %zu bytes is larger than supported",
+                       sig_max);
+        return jwke_push_error(L, &err);
+    }
+    if (sign(signer, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, (const char *)sig, sig_len);
     return 1;
 }
 

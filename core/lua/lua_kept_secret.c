@@ -16,13 +16,6 @@
 
 #define KEPT_SECRET_PREFIX "secret:"
 
-static int push_done(lua_State *L, int rc, const jwke_error *err)
-{
-    if (rc != 0)
-        return jwke_push_error(L, err);
-    lua_pushboolean(L, 1);
-    return 1;
-}
 
 /* A kept PIN stands for the variable `name`: the variable is erased, so
  * the kept value wins over it (as an option wins over the environment). */
@@ -33,15 +26,15 @@ static int keep_pin(lua_State *L, jwke_pin_fill fill, const void *ctx)
     int rc = jwke_kept_fill(name, JWKE_PIN_KEPT_CAP, fill, ctx, &err);
     if (rc == 0)
         jwke_env_erase(name);
-    return push_done(L, rc, &err);
+    return jwke_push_done(L, rc, &err);
 }
 
 /* keep_pin(name, pin) -> true | nil, err, code */
 static int l_keep_pin(lua_State *L)
 {
-    jwke_kept_bytes pin;
+    jwke_pin_bytes pin = {NULL, 0, "a secret"};
     pin.data = (const unsigned char *)luaL_checklstring(L, 2, &pin.len);
-    return keep_pin(L, jwke_kept_from_bytes, &pin);
+    return keep_pin(L, jwke_pin_from_bytes, &pin);
 }
 
 /* keep_uri_pin(name, uri) -> true | nil, err, code: the URI's pin-value,
@@ -66,11 +59,11 @@ static void secret_name(lua_State *L, int arg)
 /* keep_secret(name, value) -> true | nil, err, code */
 static int l_keep_secret(lua_State *L)
 {
-    jwke_kept_bytes value;
+    jwke_pin_bytes value = {NULL, 0, "a secret"};
     value.data = (const unsigned char *)luaL_checklstring(L, 2, &value.len);
     secret_name(L, 1);
     jwke_error err;
-    return push_done(L, jwke_kept_fill(lua_tostring(L, -1), value.len + 1, jwke_kept_from_bytes,
+    return jwke_push_done(L, jwke_kept_fill(lua_tostring(L, -1), value.len + 1, jwke_pin_from_bytes,
                                        &value, &err), &err);
 }
 

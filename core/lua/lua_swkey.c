@@ -299,9 +299,10 @@ static int sw_sign(void *signer, const unsigned char *input, size_t input_len,
 }
 
 /* Checks that the key can sign with the algorithm at alg_arg. */
-static int signing_setup(lua_State *L, int alg_arg, sw_signer *s, size_t *sig_max,
+static int signing_setup(lua_State *L, int alg_arg, void *signer, size_t *sig_max,
                          jwke_error *err)
 {
+    sw_signer *s = signer;
     swkey_object *k = check_key(L);
     s->alg = jwke_check_alg(L, alg_arg);
     s->pkey = k->key.pkey;
@@ -333,32 +334,15 @@ static int l_self_signed_certificate(lua_State *L)
 /* key:sign(input, alg) -> signature bytes | nil, err */
 static int l_sign(lua_State *L)
 {
-    size_t input_len;
-    const char *input = luaL_checklstring(L, 2, &input_len);
     sw_signer s;
-    size_t sig_max, sig_len;
-    unsigned char sig[JWKE_MAX_SIGNATURE];
-    jwke_error err;
-    if (signing_setup(L, 3, &s, &sig_max, &err) != 0)
-        return jwke_push_error(L, &err);
-    sig_len = sizeof sig;
-    if (sw_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushlstring(L, (const char *)sig, sig_len);
-    return 1;
+    return jwke_push_signature(L, signing_setup, sw_sign, &s);
 }
 
 /* key:sign_compact(header_b64, payload, alg) -> compact JWS | nil, err */
 static int l_sign_compact(lua_State *L)
 {
     sw_signer s;
-    size_t sig_max;
-    jwke_error err;
-    luaL_checkstring(L, 2);
-    luaL_checkstring(L, 3);
-    if (signing_setup(L, 4, &s, &sig_max, &err) != 0)
-        return jwke_push_error(L, &err);
-    return jwke_push_compact(L, 2, sig_max, sw_sign, &s);
+    return jwke_push_compact(L, signing_setup, sw_sign, &s);
 }
 
 static int l_gc(lua_State *L)

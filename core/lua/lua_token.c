@@ -60,10 +60,8 @@ static int l_login(lua_State *L)
     size_t pin_len;
     const char *pin = luaL_checklstring(L, 2, &pin_len);
     jwke_error err;
-    if (jwke_p11_login(t->token, pin, pin_len, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushboolean(L, 1);
-    return 1;
+    int rc = jwke_p11_login(t->token, pin, pin_len, &err);
+    return jwke_push_done(L, rc, &err);
 }
 
 /* token:login_file(path) -> true | nil, err: the PIN never enters Lua */
@@ -71,10 +69,8 @@ static int l_login_file(lua_State *L)
 {
     token_object *t = check_open_token(L, 1);
     jwke_error err;
-    if (jwke_p11_login_file(t->token, luaL_checkstring(L, 2), &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushboolean(L, 1);
-    return 1;
+    int rc = jwke_p11_login_file(t->token, luaL_checkstring(L, 2), &err);
+    return jwke_push_done(L, rc, &err);
 }
 
 /* token:login_X(where) -> true | nil, err, with the PIN that `fill` reads
@@ -84,10 +80,8 @@ static int login_from(lua_State *L, jwke_pin_fill fill)
     token_object *t = check_open_token(L, 1);
     const char *where = luaL_checkstring(L, 2);
     jwke_error err;
-    if (jwke_p11_login_from(t->token, fill, where, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushboolean(L, 1);
-    return 1;
+    int rc = jwke_p11_login_from(t->token, fill, where, &err);
+    return jwke_push_done(L, rc, &err);
 }
 
 /* token:login_env(name) -> true | nil, err: the PIN goes from the
@@ -244,11 +238,9 @@ static int l_generate(lua_State *L)
     enum jwke_key_use use = check_use(L, 5);
     int rsa_bits = (int)luaL_optinteger(L, 6, JWKE_RSA_GENERATE_BITS);
     jwke_error err;
-    if (jwke_p11_generate(t->token, label, label_len, (const unsigned char *)kid, kid_len, alg, use,
-                          rsa_bits, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushboolean(L, 1);
-    return 1;
+    int rc = jwke_p11_generate(t->token, label, label_len, (const unsigned char *)kid, kid_len, alg,
+                               use, rsa_bits, &err);
+    return jwke_push_done(L, rc, &err);
 }
 
 /* token:delete(label [, kid]) -> number of objects destroyed | nil, err */
@@ -276,11 +268,9 @@ static int l_set_id(lua_State *L)
     const char *old_id = luaL_checklstring(L, 3, &old_len);
     const char *new_id = luaL_checklstring(L, 4, &new_len);
     jwke_error err;
-    if (jwke_p11_set_id(t->token, label, label_len, (const unsigned char *)old_id, old_len,
-                        (const unsigned char *)new_id, new_len, &changed, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushinteger(L, (lua_Integer)changed);
-    return 1;
+    int rc = jwke_p11_set_id(t->token, label, label_len, (const unsigned char *)old_id, old_len,
+                             (const unsigned char *)new_id, new_len, &changed, &err);
+    return jwke_push_count(L, rc, changed, &err);
 }
 
 /* token:data_objects(application [, label]) -> { { label, value }, ... }
@@ -318,11 +308,9 @@ static int l_create_data(lua_State *L)
     const char *label = luaL_checklstring(L, 3, &label_len);
     const char *value = luaL_checklstring(L, 4, &value_len);
     jwke_error err;
-    if (jwke_p11_data_create(t->token, application, label, label_len, (const unsigned char *)value,
-                             value_len, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushboolean(L, 1);
-    return 1;
+    int rc = jwke_p11_data_create(t->token, application, label, label_len,
+                                  (const unsigned char *)value, value_len, &err);
+    return jwke_push_done(L, rc, &err);
 }
 
 /* token:destroy_data(application, label, value) -> objects destroyed
@@ -335,11 +323,9 @@ static int l_destroy_data(lua_State *L)
     const char *label = luaL_checklstring(L, 3, &label_len);
     const char *value = luaL_checklstring(L, 4, &value_len);
     jwke_error err;
-    if (jwke_p11_data_destroy(t->token, application, label, label_len, (const unsigned char *)value,
-                              value_len, &destroyed, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushinteger(L, (lua_Integer)destroyed);
-    return 1;
+    int rc = jwke_p11_data_destroy(t->token, application, label, label_len,
+                                   (const unsigned char *)value, value_len, &destroyed, &err);
+    return jwke_push_count(L, rc, destroyed, &err);
 }
 
 /* token:store_certificate(label, kid, der) -> true | nil, err: beside
@@ -352,11 +338,9 @@ static int l_store_certificate(lua_State *L)
     const char *kid = luaL_checklstring(L, 3, &kid_len);
     const char *der = luaL_checklstring(L, 4, &der_len);
     jwke_error err;
-    if (jwke_p11_store_certificate(t->token, label, label_len, (const unsigned char *)kid,
-                                   kid_len, (const unsigned char *)der, der_len, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushboolean(L, 1);
-    return 1;
+    int rc = jwke_p11_store_certificate(t->token, label, label_len, (const unsigned char *)kid,
+                                        kid_len, (const unsigned char *)der, der_len, &err);
+    return jwke_push_done(L, rc, &err);
 }
 
 static int l_token_close(lua_State *L)
@@ -473,9 +457,10 @@ static int hsm_sign(void *signer, const unsigned char *input, size_t input_len,
 
 /* The algorithm to sign with: the key's own, or (arg given) one that fits
  * it, e.g. PS256 for an RSA key. Fails for keys that cannot sign. */
-static int signing_setup(lua_State *L, int alg_arg, hsm_signer *s, size_t *sig_max,
+static int signing_setup(lua_State *L, int alg_arg, void *signer, size_t *sig_max,
                          jwke_error *err)
 {
+    hsm_signer *s = signer;
     hsm_key_object *k = check_key(L);
     if (!k->owner->token)
         return jwke_fail_code(err, "ERR_JWS_SIGN", "the engine that loaded this key is closed");
@@ -494,23 +479,8 @@ static int signing_setup(lua_State *L, int alg_arg, hsm_signer *s, size_t *sig_m
 /* key:sign(input [, alg]) -> signature bytes | nil, err */
 static int l_key_sign(lua_State *L)
 {
-    size_t input_len;
-    const char *input = luaL_checklstring(L, 2, &input_len);
     hsm_signer s;
-    size_t sig_len;
-    jwke_error err;
-    unsigned char sig[JWKE_MAX_SIGNATURE];
-    if (signing_setup(L, 3, &s, &sig_len, &err) != 0)
-        return jwke_push_error(L, &err);
-    if (sig_len > sizeof sig) {
-        jwke_fail_code(&err, "ERR_JWS_SIGN", "a signature of %zu bytes is larger than supported",
-                       sig_len);
-        return jwke_push_error(L, &err);
-    }
-    if (hsm_sign(&s, (const unsigned char *)input, input_len, sig, &sig_len, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushlstring(L, (const char *)sig, sig_len);
-    return 1;
+    return jwke_push_signature(L, signing_setup, hsm_sign, &s);
 }
 
 /* key:self_signed_certificate(subject, days) -> DER | nil, err, code: a
@@ -532,11 +502,7 @@ static int l_key_self_signed_certificate(lua_State *L)
 static int l_key_sign_compact(lua_State *L)
 {
     hsm_signer s;
-    size_t sig_max;
-    jwke_error err;
-    if (signing_setup(L, 4, &s, &sig_max, &err) != 0)
-        return jwke_push_error(L, &err);
-    return jwke_push_compact(L, 2, sig_max, hsm_sign, &s);
+    return jwke_push_compact(L, signing_setup, hsm_sign, &s);
 }
 
 static int l_key_gc(lua_State *L)

@@ -241,6 +241,17 @@ static void key_pair(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *priv, CK_OBJECT_HAND
     EXPECT_RV(F->C_GenerateKeyPair(h, &mech, pub_t, 5, priv_t, 6, pub, priv), CKR_OK);
 }
 
+/* A new session on slot, logged in, with the EC key pair: where most
+ * scenarios start. */
+static CK_SESSION_HANDLE key_session(CK_SLOT_ID slot, CK_OBJECT_HANDLE *priv,
+                                     CK_OBJECT_HANDLE *pub)
+{
+    CK_SESSION_HANDLE h = open_session(slot);
+    login(h);
+    key_pair(h, priv, pub);
+    return h;
+}
+
 /* A session HMAC key (gone with the session). */
 static CK_OBJECT_HANDLE hmac_key(CK_SESSION_HANDLE h)
 {
@@ -349,10 +360,8 @@ static void scenario_counts(void)
     CK_ULONG n;
     EXPECT_RV(F->C_GetSlotList(CK_FALSE, NULL, &n), CKR_OK);
     EXPECT_RV(F->C_GetSlotList(CK_FALSE, NULL, &n), CKR_OK);
-    CK_SESSION_HANDLE h = open_session(slot);
-    login(h);
     CK_OBJECT_HANDLE priv, pub;
-    key_pair(h, &priv, &pub);
+    CK_SESSION_HANDLE h = key_session(slot, &priv, &pub);
     long verify_before = stat_now("calls.C_Verify");
     for (int i = 0; i < 5; i++)
         sign_verify(h, priv, pub);
@@ -391,10 +400,8 @@ static void scenario_sign_faults(void)
            "C_Digest:CKR_DEVICE_ERROR@1",
            1);
     EXPECT_RV(initialize(), CKR_OK);
-    CK_SESSION_HANDLE h = open_session(find_slot());
-    login(h);
     CK_OBJECT_HANDLE priv, pub;
-    key_pair(h, &priv, &pub);
+    CK_SESSION_HANDLE h = key_session(find_slot(), &priv, &pub);
     CK_BYTE sig[64];
     CK_ULONG len;
 
@@ -545,10 +552,8 @@ static void scenario_removal(void)
     setenv("JWKE_FAULT_STATS", tmp_path("removal.stats"), 1);
     EXPECT_RV(initialize(), CKR_OK);
     CK_SLOT_ID slot = find_slot();
-    CK_SESSION_HANDLE h = open_session(slot);
-    login(h);
     CK_OBJECT_HANDLE priv, pub;
-    key_pair(h, &priv, &pub);
+    CK_SESSION_HANDLE h = key_session(slot, &priv, &pub);
     sign_verify(h, priv, pub);
     CK_ULONG present_before = 0;
     EXPECT_RV(F->C_GetSlotList(CK_TRUE, NULL, &present_before), CKR_OK);
@@ -625,10 +630,8 @@ static void scenario_effects(void)
            "C_SignInit:CKR_USER_NOT_LOGGED_IN@4;C_SignInit:CKR_USER_NOT_LOGGED_IN@6~", 1);
     EXPECT_RV(initialize(), CKR_OK);
     CK_SLOT_ID slot = find_slot();
-    CK_SESSION_HANDLE keeper = open_session(slot); /* holds the login */
-    login(keeper);
     CK_OBJECT_HANDLE priv, pub;
-    key_pair(keeper, &priv, &pub);
+    key_session(slot, &priv, &pub); /* a session that holds the login */
     CK_SESSION_HANDLE h = open_session(slot);
     CK_BYTE sig[64];
     CK_ULONG len;
@@ -863,10 +866,8 @@ static void scenario_threads(void)
     setenv("JWKE_FAULTS", "C_Sign:CKR_DEVICE_ERROR%3;C_SignInit:CKR_DEVICE_ERROR%3", 1);
     EXPECT_RV(initialize(), CKR_OK);
     CK_SLOT_ID slot = find_slot();
-    CK_SESSION_HANDLE keeper = open_session(slot);
-    login(keeper);
     CK_OBJECT_HANDLE priv, pub;
-    key_pair(keeper, &priv, &pub);
+    key_session(slot, &priv, &pub); /* a session that holds the login */
     struct worker w[THREADS];
     pthread_t t[THREADS];
     memset(w, 0, sizeof w);
