@@ -1719,61 +1719,128 @@ static CK_RV misreport_attributes(fm_call *c, CK_SESSION_HANDLE real, CK_OBJECT_
     return result;
 }
 
-/* Finishing a real operation so it is gone, as after a real failure. */
+/* A real call that writes output: single-part (C_Sign(session, in, in_len,
+ * out, out_len), ...) when `single` is set, else final (C_SignFinal(session,
+ * out, out_len), ...). One description, so that what a fault does to the
+ * real operation is written once for both. */
 typedef CK_RV (*fm_final_fn)(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG_PTR);
 typedef CK_RV (*fm_single_fn)(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
+typedef struct {
+    fm_single_fn single;
+    fm_final_fn final;
+    CK_BYTE_PTR in;
+    CK_ULONG inlen;
+} fm_output_call;
 
-static void drain_final(fm_final_fn fn, CK_SESSION_HANDLE real)
+static CK_RV output_call(const fm_output_call *o, CK_SESSION_HANDLE real, CK_BYTE_PTR out,
+                         CK_ULONG_PTR outlen)
+{
+    if (o->single)
+        return o->single(real, o->in, o->inlen, out, outlen);
+    return o->final(real, out, outlen);
+}
+
+/* What an injected fault leaves of the real output call's operation. With
+ * `keep` (CKR_BUFFER_TOO_SMALL) the operation stays and *outlen gets the
+ * real length; otherwise the operation is finished into a scratch buffer,
+ * wiped and discarded, so it is gone as after a real failure. */
+static void fault_output(const fm_output_call *o, CK_SESSION_HANDLE real, int keep,
+                         CK_ULONG_PTR outlen)
 {
     CK_ULONG n = 0;
-    if (fn(real, NULL, &n) != CKR_OK)
+    if (output_call(o, real, NULL, &n) != CKR_OK)
         return; /* that failure ended the operation */
+    if (keep) {
+        if (outlen)
+            *outlen = n;
+        return;
+    }
     CK_BYTE *scratch = calloc(1, n ? n : 1);
     if (!scratch)
         return;
-    fn(real, scratch, &n);
+    output_call(o, real, scratch, &n);
     explicit_bzero(scratch, n);
     free(scratch);
 }
 
-static void drain_single(fm_single_fn fn, CK_SESSION_HANDLE real, CK_BYTE_PTR in, CK_ULONG inlen)
+/* The output call forwarded, its length as a JWKE_FAULT_LENGTHS rule may
+ * misreport it (only C_Sign has such rules; the others pass unchanged). */
+static CK_RV forward_output(fm_call *c, const fm_output_call *o, CK_SESSION_HANDLE real,
+                            CK_BYTE_PTR out, CK_ULONG_PTR outlen)
 {
-    CK_ULONG n = 0;
-    if (fn(real, in, inlen, NULL, &n) != CKR_OK)
-        return;
-    CK_BYTE *scratch = calloc(1, n ? n : 1);
-    if (!scratch)
-        return;
-    fn(real, in, inlen, scratch, &n);
-    explicit_bzero(scratch, n);
-    free(scratch);
+    CK_ULONG buffer = outlen ? *outlen : 0;
+    CK_RV rv = output_call(o, real, out, outlen);
+    return misreport_output(c, out != NULL, outlen, buffer, rv);
 }
 
 enum { OP_SIGN, OP_VERIFY, OP_ENCRYPT, OP_DECRYPT, OP_DIGEST };
 
+/* Ends the multi-part operation `op` after a fault on one of its updates. */
 static void terminate_op(CK_FUNCTION_LIST_PTR R, CK_SESSION_HANDLE real, int op)
 {
     static CK_BYTE junk[1];
+    fm_output_call final = { 0 };
     switch (op) {
-    case OP_SIGN: drain_final(R->C_SignFinal, real); break;
-    case OP_ENCRYPT: drain_final(R->C_EncryptFinal, real); break;
-    case OP_DECRYPT: drain_final(R->C_DecryptFinal, real); break;
-    case OP_DIGEST: drain_final(R->C_DigestFinal, real); break;
-    case OP_VERIFY: R->C_VerifyFinal(real, junk, sizeof junk); break;
+    case OP_SIGN: final.final = R->C_SignFinal; break;
+    case OP_ENCRYPT: final.final = R->C_EncryptFinal; break;
+    case OP_DECRYPT: final.final = R->C_DecryptFinal; break;
+    case OP_DIGEST: final.final = R->C_DigestFinal; break;
+    case OP_VERIFY: R->C_VerifyFinal(real, junk, sizeof junk); return;
     }
+    fault_output(&final, real, 0, NULL);
 }
 
-/* A call on a session that the wrapper only forwards (or fails). `args` is
- * the real call's argument list, with `real` as the session. */
-#define SESSION_CALL(name, args)                                           \
+/* The wrappers' bodies, as one macro family. Every wrapper counts its call
+ * (enter), answers a fault or forwards, and counts the outcome (finish); the
+ * family members differ only in what the real module must see before a
+ * fault is delivered and in how the call is forwarded.
+ *
+ * Calls on a session (the wrapper's session parameter is hSession):
+ *
+ *   SESSION_BASE(name, on_fault, forward) expands to
+ *       enter_session(FN_name, ...)             (sets c, and real = the real
+ *                                                session behind hSession)
+ *       injected fault: on_fault; rv = deliver(the fault, on the session)
+ *       otherwise:      rv = forward            (an expression using `real`)
+ *       return finish(&c, rv)
+ *   SESSION_CALL(name, args)     forwarded as c.R->name args (args name
+ *                                `real` as the session), or failed
+ *   UPDATE_CALL(name, op, args)  as SESSION_CALL; a fault ends operation op
+ *   VERIFY_CALL(name, args)      as SESSION_CALL; a fault still forwards the
+ *                                call (its result ignored), which ends the
+ *                                operation
+ *   SINGLE_CALL(name, in, inlen, out, outlen)
+ *   FINAL_CALL(name, out, outlen)
+ *                                output calls: a fault keeps or ends the
+ *                                operation (fault_output), forwarding may
+ *                                misreport the length (forward_output)
+ */
+#define SESSION_BASE(name, on_fault, forward)                              \
     do {                                                                   \
         fm_call c;                                                         \
         CK_SESSION_HANDLE real = 0;                                        \
         CK_RV rv = enter_session(FN_##name, &c, hSession, &real);          \
-        if (rv == CKR_OK)                                                  \
-            rv = c.fault ? deliver(&c, 1, hSession, real) : c.R->name args; \
+        if (rv == CKR_OK && c.fault) {                                     \
+            on_fault;                                                      \
+            rv = deliver(&c, 1, hSession, real);                           \
+        } else if (rv == CKR_OK) {                                         \
+            rv = (forward);                                                \
+        }                                                                  \
         return finish(&c, rv);                                             \
     } while (0)
+
+#define SESSION_CALL(name, args) SESSION_BASE(name, (void)0, c.R->name args)
+#define UPDATE_CALL(name, op, args) SESSION_BASE(name, terminate_op(c.R, real, op), c.R->name args)
+#define VERIFY_CALL(name, args) SESSION_BASE(name, c.R->name args, c.R->name args)
+
+/* `o` is a pointer to the call's fm_output_call, built from c.R. */
+#define OUTPUT_CALL(name, o, out, outlen)                                  \
+    SESSION_BASE(name, fault_output(o, real, c.fault == CKR_BUFFER_TOO_SMALL, outlen), \
+                 forward_output(&c, o, real, out, outlen))
+#define SINGLE_CALL(name, in, inlen, out, outlen)                          \
+    OUTPUT_CALL(name, (&(fm_output_call){ c.R->name, NULL, in, inlen }), out, outlen)
+#define FINAL_CALL(name, out, outlen)                                      \
+    OUTPUT_CALL(name, (&(fm_output_call){ NULL, c.R->name, NULL, 0 }), out, outlen)
 
 /* The wrapper w_name(params) of a call on a session that is only forwarded
  * (or failed): `args` is the real call's argument list, as in SESSION_CALL. */
@@ -1783,90 +1850,6 @@ static void terminate_op(CK_FUNCTION_LIST_PTR R, CK_SESSION_HANDLE real, int op)
         SESSION_CALL(name, args);                                          \
     }
 
-/* A multi-part update: an injected fault ends the operation `op`. */
-#define UPDATE_CALL(name, op, args)                                        \
-    do {                                                                   \
-        fm_call c;                                                         \
-        CK_SESSION_HANDLE real = 0;                                        \
-        CK_RV rv = enter_session(FN_##name, &c, hSession, &real);          \
-        if (rv == CKR_OK && c.fault) {                                     \
-            terminate_op(c.R, real, op);                                   \
-            rv = deliver(&c, 1, hSession, real);                           \
-        } else if (rv == CKR_OK) {                                         \
-            rv = c.R->name args;                                           \
-        }                                                                  \
-        return finish(&c, rv);                                             \
-    } while (0)
-
-/* A single-part call with output (C_Sign, C_Encrypt, ...). */
-#define SINGLE_CALL(name, in, inlen, out, outlen)                          \
-    do {                                                                   \
-        fm_call c;                                                         \
-        CK_SESSION_HANDLE real = 0;                                        \
-        CK_RV rv = enter_session(FN_##name, &c, hSession, &real);          \
-        if (rv == CKR_OK && c.fault) {                                     \
-            if (c.fault == CKR_BUFFER_TOO_SMALL) {                         \
-                CK_ULONG need = 0;                                         \
-                if (c.R->name(real, in, inlen, NULL, &need) == CKR_OK && outlen) \
-                    *(outlen) = need;                                      \
-            } else {                                                       \
-                drain_single(c.R->name, real, in, inlen);                  \
-            }                                                              \
-            rv = deliver(&c, 1, hSession, real);                           \
-        } else if (rv == CKR_OK) {                                         \
-            CK_ULONG buffer = outlen ? *(outlen) : 0;                      \
-            rv = c.R->name(real, in, inlen, out, outlen);                  \
-            rv = misreport_output(&c, (out) != NULL, outlen, buffer, rv);  \
-        }                                                                  \
-        return finish(&c, rv);                                             \
-    } while (0)
-
-/* A final call with output (C_SignFinal, ...). */
-#define FINAL_CALL(name, out, outlen)                                      \
-    do {                                                                   \
-        fm_call c;                                                         \
-        CK_SESSION_HANDLE real = 0;                                        \
-        CK_RV rv = enter_session(FN_##name, &c, hSession, &real);          \
-        if (rv == CKR_OK && c.fault) {                                     \
-            if (c.fault == CKR_BUFFER_TOO_SMALL) {                         \
-                CK_ULONG need = 0;                                         \
-                if (c.R->name(real, NULL, &need) == CKR_OK && outlen)      \
-                    *(outlen) = need;                                      \
-            } else {                                                       \
-                drain_final(c.R->name, real);                              \
-            }                                                              \
-            rv = deliver(&c, 1, hSession, real);                           \
-        } else if (rv == CKR_OK) {                                         \
-            rv = c.R->name(real, out, outlen);                             \
-        }                                                                  \
-        return finish(&c, rv);                                             \
-    } while (0)
-
-/* C_Verify / C_VerifyFinal: forwarded even when failing, result ignored. */
-#define VERIFY_CALL(name, args)                                            \
-    do {                                                                   \
-        fm_call c;                                                         \
-        CK_SESSION_HANDLE real = 0;                                        \
-        CK_RV rv = enter_session(FN_##name, &c, hSession, &real);          \
-        if (rv == CKR_OK && c.fault) {                                     \
-            c.R->name args;                                                \
-            rv = deliver(&c, 1, hSession, real);                           \
-        } else if (rv == CKR_OK) {                                         \
-            rv = c.R->name args;                                           \
-        }                                                                  \
-        return finish(&c, rv);                                             \
-    } while (0)
-
-/* A call that needs neither a session nor a present token. */
-#define PLAIN_CALL(name, args)                                             \
-    do {                                                                   \
-        fm_call c;                                                         \
-        CK_RV rv = enter(FN_##name, &c);                                   \
-        if (rv == CKR_OK)                                                  \
-            rv = c.fault ? deliver(&c, 0, 0, 0) : c.R->name args;          \
-        return finish(&c, rv);                                             \
-    } while (0)
-
 /* While the token is removed: CKR_TOKEN_NOT_PRESENT for a slot that exists. */
 static CK_RV token_absent(fm_call *c, CK_SLOT_ID slot)
 {
@@ -1875,19 +1858,36 @@ static CK_RV token_absent(fm_call *c, CK_SLOT_ID slot)
     return rv == CKR_OK ? CKR_TOKEN_NOT_PRESENT : rv;
 }
 
-/* A call on a slot that needs the token. */
-#define TOKEN_CALL(name, slot, args)                                       \
+/* Calls not on a session:
+ *
+ *   SLOT_BASE(name, removal_wins, when_removed, forward) expands to
+ *       enter(FN_name, ...)                     (sets c)
+ *       token removed and removal_wins: rv = when_removed (removal wins over
+ *                                                an injected fault)
+ *       injected fault:  rv = deliver(the fault)
+ *       otherwise:       rv = forward
+ *       return finish(&c, rv)
+ *   PLAIN_CALL(name, args)        needs neither a session nor a token:
+ *                                 forwarded as c.R->name args, or failed
+ *   TOKEN_CALL(name, slot, args)  as PLAIN_CALL, for a call that needs the
+ *                                 token in `slot` (CKR_TOKEN_NOT_PRESENT
+ *                                 while it is removed)
+ */
+#define SLOT_BASE(name, removal_wins, when_removed, forward)               \
     do {                                                                   \
         fm_call c;                                                         \
         CK_RV rv = enter(FN_##name, &c);                                   \
-        if (rv == CKR_OK) {                                                \
-            if (c.removed)                                                 \
-                rv = token_absent(&c, slot);                               \
-            else                                                           \
-                rv = c.fault ? deliver(&c, 0, 0, 0) : c.R->name args;      \
-        }                                                                  \
+        if (rv == CKR_OK && (removal_wins) && c.removed)                   \
+            rv = (when_removed);                                           \
+        else if (rv == CKR_OK && c.fault)                                  \
+            rv = deliver(&c, 0, 0, 0);                                     \
+        else if (rv == CKR_OK)                                             \
+            rv = (forward);                                                \
         return finish(&c, rv);                                             \
     } while (0)
+
+#define PLAIN_CALL(name, args) SLOT_BASE(name, 0, CKR_OK, c.R->name args)
+#define TOKEN_CALL(name, slot, args) SLOT_BASE(name, 1, token_absent(&c, slot), c.R->name args)
 
 /* ------------------------------------------------------------------------ */
 /* Loading the real module                                                   */
@@ -2029,21 +2029,16 @@ static CK_RV w_C_Initialize(CK_VOID_PTR pInitArgs)
     return finish(&c, rv);
 }
 
-static CK_RV w_C_Finalize(CK_VOID_PTR pReserved)
+/* C_Finalize forwarded: the real module finalized and unloaded. */
+static CK_RV finalize_real(fm_call *c, CK_VOID_PTR pReserved)
 {
-    fm_call c;
-    CK_RV rv = enter(FN_C_Finalize, &c);
-    if (rv != CKR_OK)
-        return finish(&c, rv);
-    if (c.fault)
-        return finish(&c, deliver(&c, 0, 0, 0));
     lock();
     int owned = st.real_owned;
     unlock();
     /* Finalize the real module only if we initialized it: when it was
      * already initialized (by another user of the same library in this
      * process, or inherited across fork), it is not ours to finalize. */
-    rv = owned ? c.R->C_Finalize(pReserved) : (pReserved ? CKR_ARGUMENTS_BAD : CKR_OK);
+    CK_RV rv = owned ? c->R->C_Finalize(pReserved) : (pReserved ? CKR_ARGUMENTS_BAD : CKR_OK);
     if (rv == CKR_OK) {
         lock();
         st.initialized = 0;
@@ -2060,7 +2055,12 @@ static CK_RV w_C_Finalize(CK_VOID_PTR pReserved)
         }
         unlock();
     }
-    return finish(&c, rv);
+    return rv;
+}
+
+static CK_RV w_C_Finalize(CK_VOID_PTR pReserved)
+{
+    SLOT_BASE(C_Finalize, 0, CKR_OK, finalize_real(&c, pReserved));
 }
 
 static CK_RV w_C_GetInfo(CK_INFO_PTR pInfo)
@@ -2085,65 +2085,58 @@ static CK_RV w_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
     return C_GetFunctionList(ppFunctionList);
 }
 
+/* C_GetSlotList forwarded: while the token is removed no slot has one;
+ * otherwise the count as a JWKE_FAULT_LENGTHS rule may misreport it. */
+static CK_RV list_slots(fm_call *c, CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList,
+                        CK_ULONG_PTR pulCount)
+{
+    if (c->removed && tokenPresent) {
+        if (!pulCount)
+            return CKR_ARGUMENTS_BAD;
+        *pulCount = 0;
+        return CKR_OK;
+    }
+    CK_ULONG buffer = pulCount ? *pulCount : 0;
+    CK_RV rv = c->R->C_GetSlotList(tokenPresent, pSlotList, pulCount);
+    return misreport_output(c, pSlotList != NULL, pulCount, buffer, rv);
+}
+
 static CK_RV w_C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount)
 {
-    fm_call c;
-    CK_RV rv = enter(FN_C_GetSlotList, &c);
-    if (rv == CKR_OK) {
-        if (c.fault) {
-            rv = deliver(&c, 0, 0, 0);
-        } else if (c.removed && tokenPresent) {
-            if (!pulCount) {
-                rv = CKR_ARGUMENTS_BAD;
-            } else {
-                *pulCount = 0;
-                rv = CKR_OK;
-            }
-        } else {
-            CK_ULONG buffer = pulCount ? *pulCount : 0;
-            rv = c.R->C_GetSlotList(tokenPresent, pSlotList, pulCount);
-            rv = misreport_output(&c, pSlotList != NULL, pulCount, buffer, rv);
-        }
-    }
-    return finish(&c, rv);
+    SLOT_BASE(C_GetSlotList, 0, CKR_OK, list_slots(&c, tokenPresent, pSlotList, pulCount));
+}
+
+/* C_GetSlotInfo forwarded: a removed token's slot says so. */
+static CK_RV slot_info(fm_call *c, CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
+{
+    CK_RV rv = c->R->C_GetSlotInfo(slotID, pInfo);
+    if (rv == CKR_OK && c->removed && pInfo)
+        pInfo->flags &= ~(CK_FLAGS)CKF_TOKEN_PRESENT;
+    return rv;
 }
 
 static CK_RV w_C_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
 {
-    fm_call c;
-    CK_RV rv = enter(FN_C_GetSlotInfo, &c);
+    SLOT_BASE(C_GetSlotInfo, 0, CKR_OK, slot_info(&c, slotID, pInfo));
+}
+
+/* C_GetTokenInfo forwarded, with the PIN states and session limit a test
+ * asks for. */
+static CK_RV token_info(fm_call *c, CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
+{
+    CK_RV rv = c->R->C_GetTokenInfo(slotID, pInfo);
     if (rv == CKR_OK) {
-        if (c.fault) {
-            rv = deliver(&c, 0, 0, 0);
-        } else {
-            rv = c.R->C_GetSlotInfo(slotID, pInfo);
-            if (rv == CKR_OK && c.removed && pInfo)
-                pInfo->flags &= ~(CK_FLAGS)CKF_TOKEN_PRESENT;
-        }
+        lock();
+        pInfo->flags |= st.cfg.token_flags;
+        report_session_limit_locked(pInfo);
+        unlock();
     }
-    return finish(&c, rv);
+    return rv;
 }
 
 static CK_RV w_C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
 {
-    fm_call c;
-    CK_RV rv = enter(FN_C_GetTokenInfo, &c);
-    if (rv == CKR_OK) {
-        if (c.removed) {
-            rv = token_absent(&c, slotID);
-        } else if (c.fault) {
-            rv = deliver(&c, 0, 0, 0);
-        } else {
-            rv = c.R->C_GetTokenInfo(slotID, pInfo);
-            if (rv == CKR_OK) {
-                pthread_mutex_lock(&st.lock);
-                pInfo->flags |= st.cfg.token_flags; /* the PIN states a test asks for */
-                report_session_limit_locked(pInfo);
-                pthread_mutex_unlock(&st.lock);
-            }
-        }
-    }
-    return finish(&c, rv);
+    SLOT_BASE(C_GetTokenInfo, 1, token_absent(&c, slotID), token_info(&c, slotID, pInfo));
 }
 
 static CK_RV w_C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList,
@@ -2237,31 +2230,25 @@ static CK_RV w_C_CloseSession(CK_SESSION_HANDLE hSession)
     return finish(&c, rv);
 }
 
-static CK_RV w_C_CloseAllSessions(CK_SLOT_ID slotID)
+/* C_CloseAllSessions: our sessions of the slot go when the real module's
+ * do. While the token is removed the removal closed the real ones already,
+ * and it succeeds for a slot that exists. */
+static CK_RV close_slot_sessions(fm_call *c, CK_SLOT_ID slotID)
 {
-    fm_call c;
-    CK_RV rv = enter(FN_C_CloseAllSessions, &c);
-    if (rv != CKR_OK)
-        return finish(&c, rv);
-    if (c.removed) {
-        CK_SLOT_INFO info;
-        rv = c.R->C_GetSlotInfo(slotID, &info);
-        if (rv == CKR_OK) {
-            lock();
-            sessions_drop(0, slotID, 0);
-            unlock();
-        }
-        return finish(&c, rv);
-    }
-    if (c.fault)
-        return finish(&c, deliver(&c, 0, 0, 0));
-    rv = c.R->C_CloseAllSessions(slotID);
+    CK_SLOT_INFO info;
+    CK_RV rv = c->removed ? c->R->C_GetSlotInfo(slotID, &info) : c->R->C_CloseAllSessions(slotID);
     if (rv == CKR_OK) {
         lock();
         sessions_drop(0, slotID, 0);
         unlock();
     }
-    return finish(&c, rv);
+    return rv;
+}
+
+static CK_RV w_C_CloseAllSessions(CK_SLOT_ID slotID)
+{
+    SLOT_BASE(C_CloseAllSessions, 1, close_slot_sessions(&c, slotID),
+              close_slot_sessions(&c, slotID));
 }
 
 FM_SESSION_WRAPPER(C_GetSessionInfo, (CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo),
@@ -2297,27 +2284,30 @@ FM_SESSION_WRAPPER(C_GetObjectSize, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDL
                                      CK_ULONG_PTR pulSize),
                    (real, hObject, pulSize))
 
+/* C_GetAttributeValue forwarded; with JWKE_FAULT_LENGTHS rules, the lengths
+ * as they misreport them (misreport_attributes needs the buffer sizes the
+ * caller gave, which the real call overwrites). */
+static CK_RV get_attributes(fm_call *c, CK_SESSION_HANDLE real, CK_OBJECT_HANDLE hObject,
+                            CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
+{
+    if (!c->nlengths || !pTemplate || !ulCount)
+        return c->R->C_GetAttributeValue(real, hObject, pTemplate, ulCount);
+    CK_ULONG *given = malloc(ulCount * sizeof *given);
+    if (!given)
+        return CKR_HOST_MEMORY;
+    for (CK_ULONG i = 0; i < ulCount; i++)
+        given[i] = pTemplate[i].ulValueLen;
+    CK_RV rv = c->R->C_GetAttributeValue(real, hObject, pTemplate, ulCount);
+    rv = misreport_attributes(c, real, hObject, pTemplate, ulCount, given, rv);
+    free(given);
+    return rv;
+}
+
 static CK_RV w_C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
                                    CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
 {
-    fm_call c;
-    CK_SESSION_HANDLE real = 0;
-    CK_RV rv = enter_session(FN_C_GetAttributeValue, &c, hSession, &real);
-    if (rv == CKR_OK && c.fault) {
-        rv = deliver(&c, 1, hSession, real);
-    } else if (rv == CKR_OK && c.nlengths && pTemplate && ulCount) {
-        CK_ULONG *given = malloc(ulCount * sizeof *given);
-        if (!given)
-            return finish(&c, CKR_HOST_MEMORY);
-        for (CK_ULONG i = 0; i < ulCount; i++)
-            given[i] = pTemplate[i].ulValueLen;
-        rv = c.R->C_GetAttributeValue(real, hObject, pTemplate, ulCount);
-        rv = misreport_attributes(&c, real, hObject, pTemplate, ulCount, given, rv);
-        free(given);
-    } else if (rv == CKR_OK) {
-        rv = c.R->C_GetAttributeValue(real, hObject, pTemplate, ulCount);
-    }
-    return finish(&c, rv);
+    SESSION_BASE(C_GetAttributeValue, (void)0,
+                 get_attributes(&c, real, hObject, pTemplate, ulCount));
 }
 
 FM_SESSION_WRAPPER(C_SetAttributeValue, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
@@ -2328,19 +2318,15 @@ FM_SESSION_WRAPPER(C_FindObjectsInit, (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_
                                        CK_ULONG ulCount),
                    (real, pTemplate, ulCount))
 
+/* The count a JWKE_FAULT_LENGTHS rule may misreport; the buffer is the
+ * caller's ulMaxObjectCount. */
 static CK_RV w_C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject,
                              CK_ULONG ulMaxObjectCount, CK_ULONG_PTR pulObjectCount)
 {
-    fm_call c;
-    CK_SESSION_HANDLE real = 0;
-    CK_RV rv = enter_session(FN_C_FindObjects, &c, hSession, &real);
-    if (rv == CKR_OK && c.fault) {
-        rv = deliver(&c, 1, hSession, real);
-    } else if (rv == CKR_OK) {
-        rv = c.R->C_FindObjects(real, phObject, ulMaxObjectCount, pulObjectCount);
-        rv = misreport_output(&c, phObject != NULL, pulObjectCount, ulMaxObjectCount, rv);
-    }
-    return finish(&c, rv);
+    SESSION_BASE(C_FindObjects, (void)0,
+                 misreport_output(&c, phObject != NULL, pulObjectCount, ulMaxObjectCount,
+                                  c.R->C_FindObjects(real, phObject, ulMaxObjectCount,
+                                                     pulObjectCount)));
 }
 
 FM_SESSION_WRAPPER(C_DigestInit, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism),
