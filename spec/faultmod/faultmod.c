@@ -252,27 +252,44 @@
 #define FM_MAX_LATENCY_US 60000000UL
 #define FM_MAX_CONTROL_BYTES (1024 * 1024)
 
-/* Every function of the v2.40 list, in CK_FUNCTION_LIST order. */
-#define FM_FUNCTIONS(X)                                                          \
-    X(C_Initialize) X(C_Finalize) X(C_GetInfo) X(C_GetFunctionList)              \
-    X(C_GetSlotList) X(C_GetSlotInfo) X(C_GetTokenInfo) X(C_GetMechanismList)    \
-    X(C_GetMechanismInfo) X(C_InitToken) X(C_InitPIN) X(C_SetPIN)                \
-    X(C_OpenSession) X(C_CloseSession) X(C_CloseAllSessions)                     \
-    X(C_GetSessionInfo) X(C_GetOperationState) X(C_SetOperationState)            \
-    X(C_Login) X(C_Logout) X(C_CreateObject) X(C_CopyObject)                     \
-    X(C_DestroyObject) X(C_GetObjectSize) X(C_GetAttributeValue)                 \
-    X(C_SetAttributeValue) X(C_FindObjectsInit) X(C_FindObjects)                 \
-    X(C_FindObjectsFinal) X(C_EncryptInit) X(C_Encrypt) X(C_EncryptUpdate)       \
-    X(C_EncryptFinal) X(C_DecryptInit) X(C_Decrypt) X(C_DecryptUpdate)           \
-    X(C_DecryptFinal) X(C_DigestInit) X(C_Digest) X(C_DigestUpdate)              \
-    X(C_DigestKey) X(C_DigestFinal) X(C_SignInit) X(C_Sign) X(C_SignUpdate)      \
-    X(C_SignFinal) X(C_SignRecoverInit) X(C_SignRecover) X(C_VerifyInit)         \
-    X(C_Verify) X(C_VerifyUpdate) X(C_VerifyFinal) X(C_VerifyRecoverInit)        \
-    X(C_VerifyRecover) X(C_DigestEncryptUpdate) X(C_DecryptDigestUpdate)         \
-    X(C_SignEncryptUpdate) X(C_DecryptVerifyUpdate) X(C_GenerateKey)             \
-    X(C_GenerateKeyPair) X(C_WrapKey) X(C_UnwrapKey) X(C_DeriveKey)              \
-    X(C_SeedRandom) X(C_GenerateRandom) X(C_GetFunctionStatus)                   \
-    X(C_CancelFunction) X(C_WaitForSlotEvent)
+/* Every function of the v2.40 list, in CK_FUNCTION_LIST order, which is the
+ * order of the specification's function groups (one group a line). */
+#define FM_FUNCTIONS(X)                                                                   \
+    /* general purpose */                                                                 \
+    X(C_Initialize) X(C_Finalize) X(C_GetInfo) X(C_GetFunctionList)                       \
+    /* slot and token management */                                                       \
+    X(C_GetSlotList) X(C_GetSlotInfo) X(C_GetTokenInfo) X(C_GetMechanismList)             \
+    X(C_GetMechanismInfo) X(C_InitToken) X(C_InitPIN) X(C_SetPIN)                         \
+    /* session management */                                                              \
+    X(C_OpenSession) X(C_CloseSession) X(C_CloseAllSessions) X(C_GetSessionInfo)          \
+    X(C_GetOperationState) X(C_SetOperationState) X(C_Login) X(C_Logout)                  \
+    /* object management */                                                               \
+    X(C_CreateObject) X(C_CopyObject) X(C_DestroyObject) X(C_GetObjectSize)               \
+    X(C_GetAttributeValue) X(C_SetAttributeValue) X(C_FindObjectsInit) X(C_FindObjects)   \
+    X(C_FindObjectsFinal)                                                                 \
+    /* encryption */                                                                      \
+    X(C_EncryptInit) X(C_Encrypt) X(C_EncryptUpdate) X(C_EncryptFinal)                    \
+    /* decryption */                                                                      \
+    X(C_DecryptInit) X(C_Decrypt) X(C_DecryptUpdate) X(C_DecryptFinal)                    \
+    /* message digesting */                                                               \
+    X(C_DigestInit) X(C_Digest) X(C_DigestUpdate) X(C_DigestKey) X(C_DigestFinal)         \
+    /* signing and MACing */                                                              \
+    X(C_SignInit) X(C_Sign) X(C_SignUpdate) X(C_SignFinal) X(C_SignRecoverInit)           \
+    X(C_SignRecover)                                                                      \
+    /* verifying signatures and MACs */                                                   \
+    X(C_VerifyInit) X(C_Verify) X(C_VerifyUpdate) X(C_VerifyFinal) X(C_VerifyRecoverInit) \
+    X(C_VerifyRecover)                                                                    \
+    /* dual-function cryptographic operations */                                          \
+    X(C_DigestEncryptUpdate) X(C_DecryptDigestUpdate) X(C_SignEncryptUpdate)              \
+    X(C_DecryptVerifyUpdate)                                                              \
+    /* key management */                                                                  \
+    X(C_GenerateKey) X(C_GenerateKeyPair) X(C_WrapKey) X(C_UnwrapKey) X(C_DeriveKey)      \
+    /* random number generation */                                                        \
+    X(C_SeedRandom) X(C_GenerateRandom)                                                   \
+    /* parallel function management (legacy) */                                          \
+    X(C_GetFunctionStatus) X(C_CancelFunction)                                            \
+    /* slot events, added last in v2.01 */                                                \
+    X(C_WaitForSlotEvent)
 
 enum {
 #define FM_ENUM(name) FN_##name,
@@ -542,6 +559,23 @@ static int parse_percent(const char **pp, const char *end, double *out)
     return 0;
 }
 
+/* A rule's marker and the whole number >= 1 after it ("@3", "/5", "+2",
+ * "*4"): 0 when *q is not at `marker` (nothing read), 1 when the number is
+ * in *out and *q past it, -1 when it is missing or 0 (err says what the
+ * marker `needs`, in the rule [rule, rule + len)). */
+static int marked_count(const char **q, const char *end, char marker, unsigned long *out,
+                        const char *needs, char *err, size_t errlen, const char *where, int len,
+                        const char *rule)
+{
+    if (*q >= end || **q != marker)
+        return 0;
+    (*q)++;
+    if (parse_ulong(q, end, out) == 0 && *out > 0)
+        return 1;
+    set_err(err, errlen, "%s: '%.*s': %s >= 1", where, len, rule, needs);
+    return -1;
+}
+
 /* One rule "FUNCTION:CODE[trigger][*K][~]" in [p, end). */
 static int parse_rule(const char *p, const char *end, fm_rule *r, char *err, size_t errlen,
                       const char *where)
@@ -576,33 +610,24 @@ static int parse_rule(const char *p, const char *end, fm_rule *r, char *err, siz
         return -1;
     }
     q = skip_space(q, end);
-    if (q < end && *q == '@') {
-        q++;
-        if (parse_ulong(&q, end, &r->n) != 0 || r->n == 0) {
-            set_err(err, errlen, "%s: '%.*s': '@' needs a call number >= 1", where, len, p);
-            return -1;
-        }
+    int at = marked_count(&q, end, '@', &r->n, "'@' needs a call number", err, errlen, where, len, p);
+    int every = at ? 0 : marked_count(&q, end, '/', &r->n, "'/' needs a period", err, errlen, where,
+                                      len, p);
+    if (at < 0 || every < 0)
+        return -1;
+    if (at) {
         r->trigger = TRIG_AT;
         if (q < end && *q == '+') {
             r->trigger = TRIG_FROM;
             q++;
         }
-    } else if (q < end && *q == '/') {
+    } else if (every) {
         /* /N or /N+K: calls K, K+N, K+2N, ... fail. Evenly spaced faults
          * let a soak promise that no retry ever meets a second fault. */
-        q++;
-        if (parse_ulong(&q, end, &r->n) != 0 || r->n == 0) {
-            set_err(err, errlen, "%s: '%.*s': '/' needs a period >= 1", where, len, p);
-            return -1;
-        }
         r->offset = r->n;
-        if (q < end && *q == '+') {
-            q++;
-            if (parse_ulong(&q, end, &r->offset) != 0 || r->offset == 0) {
-                set_err(err, errlen, "%s: '%.*s': '/N+' needs a first call >= 1", where, len, p);
-                return -1;
-            }
-        }
+        if (marked_count(&q, end, '+', &r->offset, "'/N+' needs a first call", err, errlen, where,
+                         len, p) < 0)
+            return -1;
         r->trigger = TRIG_EVERY;
     } else if (q < end && *q == '%') {
         q++;
@@ -615,13 +640,8 @@ static int parse_rule(const char *p, const char *end, fm_rule *r, char *err, siz
         r->trigger = TRIG_ALWAYS;
     }
     q = skip_space(q, end);
-    if (q < end && *q == '*') {
-        q++;
-        if (parse_ulong(&q, end, &r->burst) != 0 || r->burst == 0) {
-            set_err(err, errlen, "%s: '%.*s': '*' needs a count >= 1", where, len, p);
-            return -1;
-        }
-    }
+    if (marked_count(&q, end, '*', &r->burst, "'*' needs a count", err, errlen, where, len, p) < 0)
+        return -1;
     q = skip_space(q, end);
     if (q < end && *q == '~') {
         r->transient = 1;
@@ -671,56 +691,53 @@ static void *append_item(void *items, size_t *count, const void *item, size_t si
     return grown;
 }
 
-static int add_rule(const char *a, const char *b, fm_config *cfg, char *err, size_t errlen,
-                    const char *where)
-{
-    fm_rule r;
-    if (parse_rule(a, b, &r, err, errlen, where) != 0)
-        return -1;
-    void *grown = append_item(cfg->rules, &cfg->nrules, &r, sizeof r, err, errlen, where);
-    if (grown)
-        cfg->rules = grown;
-    return grown ? 0 : -1;
-}
-
-/* "C_Sign:2000;*:10" into cfg->latency_us (later items win). */
-static int parse_latency(const char *spec, size_t speclen, fm_config *cfg, char *err,
-                         size_t errlen, const char *where)
-{
-    const char *p = spec, *end = spec + speclen;
-    while (p < end) {
-        const char *item_end = p;
-        while (item_end < end && *item_end != ';' && *item_end != '\n')
-            item_end++;
-        const char *a = skip_space(p, item_end), *b = trim_end(a, item_end);
-        if (a < b) {
-            int len = (int)(b - a);
-            const char *colon = memchr(a, ':', (size_t)(b - a));
-            if (!colon) {
-                set_err(err, errlen, "%s: '%.*s': expected FUNCTION:MICROSECONDS", where, len, a);
-                return -1;
-            }
-            const char *name_end = trim_end(a, colon);
-            int all = (name_end - a == 1 && *a == '*');
-            int fn = all ? -1 : lookup_fn(a, (size_t)(name_end - a));
-            if (!all && fn < 0) {
-                set_err(err, errlen, "%s: '%.*s': unknown PKCS#11 function '%.*s'", where, len, a,
-                        (int)(name_end - a), a);
-                return -1;
-            }
-            const char *q = skip_space(colon + 1, b);
-            unsigned long us;
-            if (parse_ulong(&q, b, &us) != 0 || skip_space(q, b) != b || us > FM_MAX_LATENCY_US) {
-                set_err(err, errlen, "%s: '%.*s': latency must be a number of microseconds "
-                        "up to %lu", where, len, a, FM_MAX_LATENCY_US);
-                return -1;
-            }
-            for (int i = 0; i < FN_COUNT; i++)
-                if (all || i == fn)
-                    cfg->latency_us[i] = us;
-        }
-        p = item_end < end ? item_end + 1 : end;
+/* add_KIND, the fm_add_item of a list of `type` items: parse_KIND one item
+ * and append it to cfg->ARRAY (cfg->nARRAY items). */
+#define FM_ADD_PARSED(kind, type, array)                                         \
+    static int add_##kind(const char *a, const char *b, fm_config *cfg, char *err, \
+                          size_t errlen, const char *where)                      \
+    {                                                                            \
+        type item;                                                               \
+        if (parse_##kind(a, b, &item, err, errlen, where) != 0)                  \
+            return -1;                                                           \
+        void *grown = append_item(cfg->array, &cfg->n##array, &item, sizeof item, err, errlen, \
+                                  where);                                        \
+        if (grown)                                                               \
+            cfg->array = grown;                                                  \
+        return grown ? 0 : -1;                                                   \
     }
+
+FM_ADD_PARSED(rule, fm_rule, rules)
+
+/* One latency item "C_Sign:2000" or "*:10" into cfg->latency_us (later
+ * items win). */
+static int add_latency(const char *a, const char *b, fm_config *cfg, char *err, size_t errlen,
+                       const char *where)
+{
+    int len = (int)(b - a);
+    const char *colon = memchr(a, ':', (size_t)(b - a));
+    if (!colon) {
+        set_err(err, errlen, "%s: '%.*s': expected FUNCTION:MICROSECONDS", where, len, a);
+        return -1;
+    }
+    const char *name_end = trim_end(a, colon);
+    int all = (name_end - a == 1 && *a == '*');
+    int fn = all ? -1 : lookup_fn(a, (size_t)(name_end - a));
+    if (!all && fn < 0) {
+        set_err(err, errlen, "%s: '%.*s': unknown PKCS#11 function '%.*s'", where, len, a,
+                (int)(name_end - a), a);
+        return -1;
+    }
+    const char *q = skip_space(colon + 1, b);
+    unsigned long us;
+    if (parse_ulong(&q, b, &us) != 0 || skip_space(q, b) != b || us > FM_MAX_LATENCY_US) {
+        set_err(err, errlen, "%s: '%.*s': latency must be a number of microseconds up to %lu",
+                where, len, a, FM_MAX_LATENCY_US);
+        return -1;
+    }
+    for (int i = 0; i < FN_COUNT; i++)
+        if (all || i == fn)
+            cfg->latency_us[i] = us;
     return 0;
 }
 
@@ -862,17 +879,7 @@ static int parse_length(const char *p, const char *end, fm_length *l, char *err,
     return 0;
 }
 
-static int add_length(const char *a, const char *b, fm_config *cfg, char *err, size_t errlen,
-                      const char *where)
-{
-    fm_length l;
-    if (parse_length(a, b, &l, err, errlen, where) != 0)
-        return -1;
-    void *grown = append_item(cfg->lengths, &cfg->nlengths, &l, sizeof l, err, errlen, where);
-    if (grown)
-        cfg->lengths = grown;
-    return grown ? 0 : -1;
-}
+FM_ADD_PARSED(length, fm_length, lengths)
 
 enum { KEY_FAULTS, KEY_LATENCY, KEY_REMOVED, KEY_SEED, KEY_MAX_SESSIONS, KEY_TOKEN_FLAGS,
        KEY_LENGTHS, KEY_TOKEN_MAX_SESSIONS, KEY_SESSION_IDLE_MS, KEY_CORRUPT_SIGNATURE,
@@ -930,6 +937,16 @@ static int parse_count(const char *v, size_t n, uint64_t max, const char *what,
     return 0;
 }
 
+/* A 0/1 setting (parse_bool's spellings). */
+static int parse_switch(const char *v, size_t n, int *out, char *err, size_t errlen,
+                        const char *where)
+{
+    if (parse_bool(v, n, out) == 0)
+        return 0;
+    set_err(err, errlen, "%s: expected 0 or 1, got '%.*s'", where, (int)n, v);
+    return -1;
+}
+
 /* One setting (from the environment or the control file) into cfg. */
 static int apply_setting(fm_config *cfg, int key, const char *v, size_t n, char *err,
                          size_t errlen, const char *where)
@@ -938,13 +955,9 @@ static int apply_setting(fm_config *cfg, int key, const char *v, size_t n, char 
     case KEY_FAULTS:
         return parse_list(v, n, add_rule, cfg, err, errlen, where);
     case KEY_LATENCY:
-        return parse_latency(v, n, cfg, err, errlen, where);
+        return parse_list(v, n, add_latency, cfg, err, errlen, where);
     case KEY_REMOVED:
-        if (parse_bool(v, n, &cfg->removed) != 0) {
-            set_err(err, errlen, "%s: expected 0 or 1, got '%.*s'", where, (int)n, v);
-            return -1;
-        }
-        return 0;
+        return parse_switch(v, n, &cfg->removed, err, errlen, where);
     case KEY_SEED:
         if (parse_u64(v, n, &cfg->seed) != 0) {
             set_err(err, errlen, "%s: expected a decimal or 0x hex number, got '%.*s'", where,
@@ -962,11 +975,7 @@ static int apply_setting(fm_config *cfg, int key, const char *v, size_t n, char 
         return parse_count(v, n, 86400000, "milliseconds", &cfg->session_idle_ms, err, errlen,
                            where);
     case KEY_CORRUPT_SIGNATURE:
-        if (parse_bool(v, n, &cfg->corrupt_signature) != 0) {
-            set_err(err, errlen, "%s: expected 0 or 1, got '%.*s'", where, (int)n, v);
-            return -1;
-        }
-        return 0;
+        return parse_switch(v, n, &cfg->corrupt_signature, err, errlen, where);
     case KEY_LENGTHS:
         return parse_list(v, n, add_length, cfg, err, errlen, where);
     case KEY_TOKEN_FLAGS:
