@@ -610,7 +610,8 @@ static int parse_rule(const char *p, const char *end, fm_rule *r, char *err, siz
         return -1;
     }
     q = skip_space(q, end);
-    int at = marked_count(&q, end, '@', &r->n, "'@' needs a call number", err, errlen, where, len, p);
+    int at = marked_count(&q, end, '@', &r->n, "'@' needs a call number", err, errlen, where,
+                          len, p);
     int every = at ? 0 : marked_count(&q, end, '/', &r->n, "'/' needs a period", err, errlen, where,
                                       len, p);
     if (at < 0 || every < 0)
@@ -693,18 +694,18 @@ static void *append_item(void *items, size_t *count, const void *item, size_t si
 
 /* add_KIND, the fm_add_item of a list of `type` items: parse_KIND one item
  * and append it to cfg->ARRAY (cfg->nARRAY items). */
-#define FM_ADD_PARSED(kind, type, array)                                         \
-    static int add_##kind(const char *a, const char *b, fm_config *cfg, char *err, \
-                          size_t errlen, const char *where)                      \
-    {                                                                            \
-        type item;                                                               \
-        if (parse_##kind(a, b, &item, err, errlen, where) != 0)                  \
-            return -1;                                                           \
-        void *grown = append_item(cfg->array, &cfg->n##array, &item, sizeof item, err, errlen, \
-                                  where);                                        \
-        if (grown)                                                               \
-            cfg->array = grown;                                                  \
-        return grown ? 0 : -1;                                                   \
+#define FM_ADD_PARSED(kind, type, array)                                           \
+    static int add_##kind(const char *a, const char *b, fm_config *cfg, char *err,   \
+                          size_t errlen, const char *where)                        \
+    {                                                                              \
+        type item;                                                                 \
+        if (parse_##kind(a, b, &item, err, errlen, where) != 0)                    \
+            return -1;                                                             \
+        void *grown = append_item(cfg->array, &cfg->n##array, &item, sizeof item,  \
+                                  err, errlen, where);                             \
+        if (grown)                                                                 \
+            cfg->array = grown;                                                    \
+        return grown ? 0 : -1;                                                     \
     }
 
 FM_ADD_PARSED(rule, fm_rule, rules)
@@ -2327,15 +2328,20 @@ FM_SESSION_WRAPPER(C_FindObjectsInit, (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_
                                        CK_ULONG ulCount),
                    (real, pTemplate, ulCount))
 
-/* The count a JWKE_FAULT_LENGTHS rule may misreport; the buffer is the
- * caller's ulMaxObjectCount. */
+/* C_FindObjects forwarded, the count as a JWKE_FAULT_LENGTHS rule may
+ * misreport it (the caller's buffer holds ulMaxObjectCount handles). */
+static CK_RV find_objects(fm_call *c, CK_SESSION_HANDLE real, CK_OBJECT_HANDLE_PTR phObject,
+                          CK_ULONG ulMaxObjectCount, CK_ULONG_PTR pulObjectCount)
+{
+    CK_RV rv = c->R->C_FindObjects(real, phObject, ulMaxObjectCount, pulObjectCount);
+    return misreport_output(c, phObject != NULL, pulObjectCount, ulMaxObjectCount, rv);
+}
+
 static CK_RV w_C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject,
                              CK_ULONG ulMaxObjectCount, CK_ULONG_PTR pulObjectCount)
 {
     SESSION_BASE(C_FindObjects, (void)0,
-                 misreport_output(&c, phObject != NULL, pulObjectCount, ulMaxObjectCount,
-                                  c.R->C_FindObjects(real, phObject, ulMaxObjectCount,
-                                                     pulObjectCount)));
+                 find_objects(&c, real, phObject, ulMaxObjectCount, pulObjectCount));
 }
 
 FM_SESSION_WRAPPER(C_DigestInit, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism),
