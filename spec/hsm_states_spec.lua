@@ -26,6 +26,16 @@ local function signer(engine, set)
   return header.kid
 end
 
+-- An engine at time t whose set has one key, kid, recorded as current
+-- (an ES256 key): the engine and its clock.
+local function open_with_key(token, t, set, kid, extra)
+  local clock = { t = t }
+  local engine = assert(open(token, clock, extra))
+  assert(engine:generate(set, "ES256", { kid = kid }))
+  assert.equals(kid, signer(engine, set))
+  return engine, clock
+end
+
 local function states_of(engine, set)
   local by_kid = {}
   for _, key in ipairs(assert(engine:key_states(set))) do by_kid[key.kid] = key end
@@ -92,10 +102,7 @@ describe("key states on the token", function()
   setup(function() token = softhsm.new_token("hsmstate") end)
 
   it("are written by one process and read by another", function()
-    local clock = { t = 1000 }
-    local engine = assert(open(token, clock))
-    assert(engine:generate("shared", "ES256", { kid = "one" }))
-    assert.equals("one", signer(engine, "shared")) -- records "one" current at 1000
+    local engine = open_with_key(token, 1000, "shared", "one") -- records "one" current at 1000
     engine:close()
     -- another process, much later, reads the time this one recorded
     local states, signing = worker_states(token, 5000, "shared")
@@ -132,9 +139,7 @@ describe("key states on the token", function()
   -- states" for the truth: deciding from the keys alone would make the
   -- first key by CKA_ID sign, whatever the records say.
   it("keeps the states it read when another writer is held up between its destroy and its create", function()
-    local engine = assert(open(token, { t = 1000 }))
-    assert(engine:generate("midwrite", "ES256", { kid = "bb" }))
-    assert.equals("bb", signer(engine, "midwrite")) -- current, recorded
+    local engine = open_with_key(token, 1000, "midwrite", "bb") -- current, recorded
     assert(engine:generate("midwrite", "ES256", { kid = "aa" }))
     assert.equals("bb", signer(engine, "midwrite")) -- "aa" is next, recorded
     -- the other writer, after its destroy
@@ -160,9 +165,7 @@ describe("key states on the token", function()
   end)
 
   it("waits for a writer held up between its destroy and its create instead of reporting it", function()
-    local engine = assert(open(token, { t = 1000 }))
-    assert(engine:generate("slowwrite", "ES256", { kid = "s1" }))
-    assert.equals("s1", signer(engine, "slowwrite")) -- version 1 recorded
+    local engine = open_with_key(token, 1000, "slowwrite", "s1") -- version 1 recorded
     engine:close()
     local t = raw_token(token)
     local objects = assert(t:data_objects(hsm_states.APPLICATION, "slowwrite"))
@@ -202,10 +205,9 @@ describe("key states on the token", function()
   -- written, record the keys' states afresh and make a next key of its own.
   it("makes no key and records nothing when a fresh process runs maintain while a writer is between its destroy and its create", function()
     -- a set one rotation old: g0 previous, a generated key current
-    local clock = { t = 100000 }
-    local engine = assert(open(token, clock, { startup_sets = { { set = "gap", alg = "ES256", rotation = ROTATION } } }))
-    assert(engine:generate("gap", "ES256", { kid = "g0" }))
-    assert.equals("g0", signer(engine, "gap")) -- g0 current at 100000, recorded
+    -- g0 current at 100000, recorded
+    local engine, clock = open_with_key(token, 100000, "gap", "g0",
+      { startup_sets = { { set = "gap", alg = "ES256", rotation = ROTATION } } })
     clock.t = 100000 + ROTATION.period - ROTATION.prepublish
     assert.equals(1, #assert(engine:maintain()))
     clock.t = 100000 + ROTATION.period
@@ -244,9 +246,7 @@ describe("key states on the token", function()
   -- refused until the marker is deleted as the README says, then recorded
   -- afresh.
   it("refuses a set left with a marker and no state object until pkcs11-tool deletes the marker", function()
-    local engine = assert(open(token, { t = 1000 }))
-    assert(engine:generate("died", "ES256", { kid = "d0" }))
-    assert.equals("d0", signer(engine, "died"))
+    local engine = open_with_key(token, 1000, "died", "d0")
     engine:close()
     local t = raw_token(token)
     assert.equals(1, #assert(t:data_objects(hsm_states.MARKER_APPLICATION, "died")))
@@ -291,10 +291,7 @@ describe("key states on the token", function()
   end)
 
   it("makes a pair added with pkcs11-tool next in every process, with one first-seen time, then promotes it", function()
-    local clock = { t = 10000 }
-    local engine = assert(open(token, clock))
-    assert(engine:generate("op", "ES256", { kid = "first" }))
-    assert.equals("first", signer(engine, "op")) -- "first" recorded current
+    local engine, clock = open_with_key(token, 10000, "op", "first") -- "first" recorded current
     local _, ok = softhsm.pkcs11_tool(token, "--login --keypairgen --key-type EC:prime256v1 --usage-sign"
       .. " --label op --id " .. softhsm.hex("added"))
     assert(ok)
@@ -334,10 +331,7 @@ describe("key states on the token", function()
   end)
 
   it("makes exactly one new key per cycle when two processes run maintain on one token", function()
-    local clock = { t = 100000 }
-    local engine = assert(open(token, clock))
-    assert(engine:generate("rot", "ES256", { kid = "k0" }))
-    assert.equals("k0", signer(engine, "rot")) -- k0 current at 100000
+    local engine = open_with_key(token, 100000, "rot", "k0") -- k0 current at 100000
     engine:close()
     local config = os.tmpname() .. ".json"
     softhsm.write_file(config, cjson.encode({ startup_sets = { { set = "rot", alg = "ES256", rotation = ROTATION } } }))
@@ -365,10 +359,7 @@ describe("key states on the token", function()
   end)
 
   it("makes one next key when two processes rotate a set at once, and refuses the other by name", function()
-    local clock = { t = 200000 }
-    local engine = assert(open(token, clock))
-    assert(engine:generate("twice", "ES256", { kid = "t0" }))
-    assert.equals("t0", signer(engine, "twice"))
+    local engine = open_with_key(token, 200000, "twice", "t0")
     engine:close()
     local out = race(token, 200000, "rotate twice a", "rotate twice b")
     local _, generated = out:gsub('"to":"next"', "")

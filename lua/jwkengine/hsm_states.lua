@@ -96,12 +96,19 @@ local function newer(a, b)
   return a.version > b.version or (a.version == b.version and a.raw < b.raw)
 end
 
--- The set's readable state objects and the newest of them.
-function Backend:objects(set)
-  local found, err, code = self.token:data_objects(M.APPLICATION, self.prefix .. set)
+-- The set's data objects of one application (its states, or its marker).
+function Backend:find(application, set)
+  local found, err, code = self.token:data_objects(application, self.prefix .. set)
   if not found then
     return nil, string.format("key set '%s': reading its key states from the token: %s", set, err), code
   end
+  return found
+end
+
+-- The set's readable state objects and the newest of them.
+function Backend:objects(set)
+  local found, err, code = self:find(M.APPLICATION, set)
+  if not found then return nil, err, code end
   local objects, newest = {}, nil
   for _, object in ipairs(found) do
     local value = parse(object.value)
@@ -115,10 +122,8 @@ end
 
 -- Whether the set has a marker on the token.
 function Backend:is_marked(set)
-  local found, err, code = self.token:data_objects(M.MARKER_APPLICATION, self.prefix .. set)
-  if not found then
-    return nil, string.format("key set '%s': reading its key states from the token: %s", set, err), code
-  end
+  local found, err, code = self:find(M.MARKER_APPLICATION, set)
+  if not found then return nil, err, code end
   return #found > 0
 end
 
