@@ -215,6 +215,8 @@ describe("jwke_faultmod, the fault-injecting PKCS#11 module", function()
   end)
 
   it("refuses malformed settings: C_Initialize fails and stderr says why", function()
+    local unknown_key = tmp .. "/unknown-key.ctl"
+    softhsm.write_file(unknown_key, "nonsense=1\n")
     local cases = {
       { { JWKE_FAULTS = "C_Sgn:CKR_DEVICE_ERROR" }, "unknown PKCS#11 function 'C_Sgn'" },
       { { JWKE_FAULTS = "C_Sign:CKR_NO_SUCH_CODE" }, "expected a CKR_ name" },
@@ -234,6 +236,8 @@ describe("jwke_faultmod, the fault-injecting PKCS#11 module", function()
       { { JWKE_FAULT_SEED = "-1" }, "JWKE_FAULT_SEED" },
       { { JWKE_FAULT_MODULE = tmp .. "/missing.so" }, "cannot load" },
       { { JWKE_FAULT_MODULE = MODULE }, "is the fault module itself" },
+      { { JWKE_FAULT_CONTROL = unknown_key }, "unknown key 'nonsense' (faults, latency, removed, seed, "
+        .. "max_sessions, token_flags, lengths, token_max_sessions, session_idle_ms, corrupt_signature)" },
     }
     for _, case in ipairs(cases) do
       local out, ok = tool(case[1], "-L")

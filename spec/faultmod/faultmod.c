@@ -1109,8 +1109,12 @@ static int read_control(const char *path, fm_config *cfg, fm_fileid *id, char *e
                 set_err(err, errlen, "%s %s: expected key=value", path, where);
                 rc = -1;
             } else if (key < 0) {
-                set_err(err, errlen, "%s %s: unknown key '%.*s' (faults, latency, removed, "
-                        "seed, max_sessions, token_flags, lengths)", path, where, (int)(key_end - a), a);
+                char known[256] = "";
+                for (int k = 0; k < KEY_COUNT; k++)
+                    snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s",
+                             k ? ", " : "", control_keys[k]);
+                set_err(err, errlen, "%s %s: unknown key '%.*s' (%s)", path, where,
+                        (int)(key_end - a), a, known);
                 rc = -1;
             } else {
                 const char *v = skip_space(eq + 1, b);
