@@ -7,22 +7,9 @@ local cjson = require("cjson")
 local softhsm = require("helpers.softhsm")
 local refused = require("helpers.refusal").refused
 
--- Debian's python3 has jwcrypto; a python3 earlier on PATH may not.
-local PYTHON = io.open("/usr/bin/python3") and "/usr/bin/python3" or "python3"
+local python = require("helpers.jose").python_text
 
 local quote, write_file, read_file, run = softhsm.quote, softhsm.write_file, softhsm.read_file, softhsm.run
-
--- Runs a python script with a JSON document as its only argument (a file).
-local function python(script, document)
-  local script_path, data_path = os.tmpname(), os.tmpname()
-  write_file(script_path, script)
-  write_file(data_path, cjson.encode(document))
-  local out, ok = run(PYTHON .. " " .. script_path .. " " .. data_path)
-  os.remove(script_path)
-  os.remove(data_path)
-  assert(ok, "python failed: " .. out)
-  return out
-end
 
 local JWCRYPTO_VERIFY = [=[
 import json, sys

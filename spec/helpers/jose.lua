@@ -54,9 +54,9 @@ function M.one_bit_variants(token)
   return variants
 end
 
--- Runs a Python script (text) with a JSON document as its argument and
--- returns the decoded JSON it prints.
-function M.python(script, document)
+-- Runs a Python script (text) with a JSON document as its argument (a
+-- file) and returns what it prints.
+function M.python_text(script, document)
   local script_path, data_path = os.tmpname(), os.tmpname()
   M.write_file(script_path, script)
   M.write_file(data_path, cjson.encode(document))
@@ -64,7 +64,12 @@ function M.python(script, document)
   os.remove(script_path)
   os.remove(data_path)
   assert(ok, "python failed: " .. out)
-  return cjson.decode(out)
+  return out
+end
+
+-- The same for a script that prints JSON: the decoded value.
+function M.python(script, document)
+  return cjson.decode(M.python_text(script, document))
 end
 
 -- A function of one JSON document that runs `script` on it (M.python).
