@@ -8,6 +8,8 @@
 #   scripts/fuzz.sh                  every target, JWKE_FUZZ_SECONDS each (default 20)
 #   scripts/fuzz.sh jws jwk          only these targets
 #   JWKE_FUZZ_SECONDS=300 scripts/fuzz.sh
+#   scripts/fuzz.sh --build-only     build them, run nothing (test.sh builds
+#                                    ahead of the runs)
 #
 # New inputs libFuzzer finds go to a temporary folder, never into the
 # repository's corpus: add an interesting one by hand (a crash that was
@@ -15,6 +17,11 @@
 set -eu
 cd "$(dirname "$0")/.."
 
+BUILD_ONLY=0
+if [ "${1:-}" = "--build-only" ]; then
+  BUILD_ONLY=1
+  shift
+fi
 SECONDS_EACH=${JWKE_FUZZ_SECONDS:-20}
 TARGETS=${*:-"b64url jws jwk ec p11_map pem x509"}
 BUILD=build-fuzz
@@ -39,6 +46,7 @@ fi
 
 CC=clang cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DJWKE_FUZZ=ON >/dev/null
 cmake --build "$BUILD" --target fuzzers -j"$(nproc)"
+[ "$BUILD_ONLY" = 0 ] || exit 0
 
 mkdir -p "$BUILD/artifacts"
 work=$(mktemp -d /tmp/jwkengine-fuzz.XXXXXX)

@@ -7,11 +7,12 @@
 #   3. the same busted suite against an AddressSanitizer + UBSan build
 #      (except the nginx specs: nginx cannot load a sanitized module; and the
 #      luarocks spec: it builds and loads a rock of its own, unsanitized)
-#   4. the libFuzzer targets, each for a bounded time (in the background
-#      while steps 5 and 6 run; reported last)
+#   4. the libFuzzer targets, each for a bounded time
 #   5. valgrind memcheck over the C core
 #   6. the C core and its unit tests in the build types CI does not cover
 #      (Debug, MinSizeRel): built and run with ctest
+# The builds of steps 3, 4 and 6 run beside step 2, and the fuzzers and
+# memcheck beside step 3, at the lowest priority (see `lowest` below).
 #
 # Ends with one "N passed, N failed" line over the distinct tests and steps
 # (busted's pending tests shown beside it); the sanitizer pass re-runs the
@@ -24,7 +25,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
 . scripts/softhsm-env.sh
 . scripts/postgres-env.sh
-trap 'postgres_stop; rm -rf "$JWKE_TMP"' EXIT
+# the background builds and checks (below), stopped if the run ends early
+background=""
+trap 'kill $background 2>/dev/null; postgres_stop; rm -rf "$JWKE_TMP"' EXIT
 
 # A developer's own settings must not leak into the specs.
 unset HSM_ENABLED HSM_LIBRARY HSM_TOKEN_LABEL HSM_SLOT HSM_PIN HSM_PIN_FILE HSM_KEY_SET_PREFIX \
@@ -105,87 +108,124 @@ ctest_run() { # label build_dir
   add "$1" "$(( ${c_total:-0} - ${c_failed:-0} ))" "${c_failed:-1}"
 }
 
+# What runs beside the busted passes runs at the lowest CPU and I/O
+# priority (nice 19, ionice idle): the passes mostly wait on tokens,
+# servers and timers (about 40 % of 2 cores), and these take only what the
+# passes leave idle. None of them has a timer, a token or a server a pass
+# uses: a build is done when it is done, libFuzzer stops on time rather
+# than on work, memcheck counts errors, not seconds.
+lowest() { nice -n 19 ionice -c 3 "$@"; }
+
+# build_variant DIR TYPE TARGET [CMAKE_ARGS...]: configures and builds
+# TARGET ("all" for everything) into DIR at the lowest priority; the log in
+# $JWKE_TMP/DIR.log, the exit status in $JWKE_TMP/DIR.rc.
+build_variant() {
+  dir=$1 type=$2 target=$3
+  shift 3
+  { lowest cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" &&
+    lowest cmake --build "$dir" -j"$(nproc)" --target "$target"; } >"$JWKE_TMP/$dir.log" 2>&1
+  echo $? >"$JWKE_TMP/$dir.rc"
+}
+built() { [ "$(cat "$JWKE_TMP/$1.rc" 2>/dev/null)" = 0 ]; }
+
 step "1. C unit tests"
 ctest_run "ctest" build
 
+if [ "${JWKE_QUICK:-0}" != 1 ]; then
+  # Built while step 2 runs: the sanitized build for step 3, the fuzzers
+  # for step 4, and the other build types for step 6 (only the runner and
+  # the unit tests, the c_tests target: enough to catch what one build type
+  # breaks; a Debug build once failed to link).
+  (
+    build_variant build-asan RelWithDebInfo all -DJWKE_SANITIZE=ON
+    lowest scripts/fuzz.sh --build-only >"$JWKE_TMP/build-fuzz.log" 2>&1
+    echo $? >"$JWKE_TMP/build-fuzz.rc"
+    build_variant build-debug Debug c_tests
+    build_variant build-minsizerel MinSizeRel c_tests
+  ) &
+  builds=$!
+  background="$background $builds"
+fi
+
 step "2. busted (Lua 5.4, build/)"
-busted_run add "busted" build lua5.4 /usr/bin/busted -o scripts/busted-timing.lua "$@"
+busted_run add "busted" build lua5.4 /usr/bin/busted -o ${JWKE_BUSTED_OUTPUT:-scripts/busted-timing.lua} "$@"
 
 if [ "${JWKE_QUICK:-0}" != 1 ]; then
   step "3. busted against the AddressSanitizer + UBSan build (build-asan/)"
+  wait "$builds"
+  # Run while step 3 runs: the fuzzers (step 4), then memcheck (step 5),
+  # on a SoftHSM token folder of memcheck's own.
+  mkdir -p "$JWKE_TMP/memcheck-tokens"
+  sed "s|$JWKE_TMP/tokens|$JWKE_TMP/memcheck-tokens|" "$SOFTHSM2_CONF" >"$JWKE_TMP/memcheck-softhsm2.conf"
+  (
+    JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} lowest scripts/fuzz.sh >"$JWKE_TMP/fuzz.log" 2>&1
+    echo $? >"$JWKE_TMP/fuzz.rc"
+    SOFTHSM2_CONF="$JWKE_TMP/memcheck-softhsm2.conf" lowest scripts/memcheck.sh build >"$JWKE_TMP/memcheck.log" 2>&1
+    echo $? >"$JWKE_TMP/memcheck.rc"
+  ) &
+  checks=$!
+  background="$background $checks"
+
   # a failed build must not leave an older build-asan/ to be tested
-  if cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DJWKE_SANITIZE=ON >"$log" 2>&1 &&
-    cmake --build build-asan -j"$(nproc)" >>"$log" 2>&1; then
-    asan_built=1
-  else
-    tail -n 40 "$log"
-    echo "the AddressSanitizer build failed: the sanitizer pass is not run"
-    add_rerun "busted (ASan+UBSan)" 0 1
-    asan_built=0
-  fi
-  # The sanitized runner hosts busted: it links the sanitizer runtime first,
-  # so nothing is preloaded into the specs' other processes. A plain lua5.4
-  # that loads the sanitized module gets the runtime through JWKE_PRELOAD.
-  # a small quarantine: freed blocks held by ASan would otherwise look like
-  # growth to the soak's flat-memory check
-  export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:quarantine_size_mb=8
-  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-  export JWKE_PRELOAD="$(gcc -print-file-name=libasan.so)"
-  # specs may leave out what only waits (the 30 s outage) in this pass
-  export JWKE_SANITIZER_PASS=1
-  if [ "$asan_built" = 1 ]; then
-    busted_run add_rerun "busted (ASan+UBSan)" build-asan build-asan/jwkengine /usr/bin/busted -o scripts/busted-timing.lua \
-      --cpath='build-asan/lib/?.so' --exclude-pattern=nginx --exclude-pattern=luarocks "$@"
+  if built build-asan; then
+    # The sanitized runner hosts busted: it links the sanitizer runtime
+    # first, so nothing is preloaded into the specs' other processes. A
+    # plain lua5.4 that loads the sanitized module gets the runtime through
+    # JWKE_PRELOAD. A small quarantine: freed blocks held by ASan would
+    # otherwise look like growth to the soak's flat-memory check.
+    export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:quarantine_size_mb=8
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    export JWKE_PRELOAD="$(gcc -print-file-name=libasan.so)"
+    # specs may leave out what only waits (the 30 s outage) in this pass
+    export JWKE_SANITIZER_PASS=1
+    busted_run add_rerun "busted (ASan+UBSan)" build-asan build-asan/jwkengine /usr/bin/busted \
+      -o scripts/busted-timing.lua --cpath='build-asan/lib/?.so' --exclude-pattern=nginx \
+      --exclude-pattern=luarocks "$@"
     if grep -qE "ERROR: AddressSanitizer|runtime error:" "$log"; then
       echo "the sanitizers reported an error (above)"
       add_rerun "sanitizer reports" 0 1
     fi
+    unset ASAN_OPTIONS UBSAN_OPTIONS JWKE_PRELOAD JWKE_SANITIZER_PASS
+  else
+    tail -n 40 "$JWKE_TMP/build-asan.log"
+    echo "the AddressSanitizer build failed: the sanitizer pass is not run"
+    add_rerun "busted (ASan+UBSan)" 0 1
   fi
-  unset ASAN_OPTIONS UBSAN_OPTIONS JWKE_PRELOAD JWKE_SANITIZER_PASS
 
-  # The fuzzers run in the background while steps 5 and 6 run, so their
-  # clang build and their bounded runs overlap memcheck and the other build
-  # types instead of adding to them. None of the three has a timer, a token
-  # or a server that the others' load could make fail: libFuzzer stops on
-  # time, not on work done.
-  echo "== 4. fuzzers (beside steps 5 and 6; reported after them)"
-  fuzz_log="$JWKE_TMP/fuzz.log"
-  JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} scripts/fuzz.sh >"$fuzz_log" 2>&1 &
-  fuzz_pid=$!
+  step "4. fuzzers (built beside step 2, run beside step 3)"
+  wait "$checks"
+  if ! [ "$(cat "$JWKE_TMP/build-fuzz.rc")" = 0 ]; then
+    tail -n 40 "$JWKE_TMP/build-fuzz.log"
+    add "fuzzers" 0 1
+  elif grep -E '^(== |Done |fuzz: )' "$JWKE_TMP/fuzz.log" && [ "$(cat "$JWKE_TMP/fuzz.rc")" = 0 ]; then
+    add "fuzzers" 1 0
+  else
+    tail -n 60 "$JWKE_TMP/fuzz.log"
+    add "fuzzers" 0 1
+  fi
 
-  step "5. valgrind memcheck over the core"
-  scripts/memcheck.sh build >"$log" 2>&1
-  mc_rc=$?
-  cat "$log"
-  mc_ok=$(grep -c "^memcheck .*: 0 errors, 0 leak records" "$log")
-  mc_bad=$(( $(grep -c "^memcheck .*errors" "$log") - mc_ok ))
-  [ "$mc_rc" -eq 0 ] || [ "$mc_bad" -gt 0 ] || mc_bad=1
+  step "5. valgrind memcheck over the core (run beside step 3)"
+  cat "$JWKE_TMP/memcheck.log"
+  mc_ok=$(grep -c "^memcheck .*: 0 errors, 0 leak records" "$JWKE_TMP/memcheck.log")
+  mc_bad=$(( $(grep -c "^memcheck .*errors" "$JWKE_TMP/memcheck.log") - mc_ok ))
+  [ "$(cat "$JWKE_TMP/memcheck.rc")" = 0 ] || [ "$mc_bad" -gt 0 ] || mc_bad=1
   add "memcheck" "$mc_ok" "$mc_bad"
 
-  # Only the runner and the unit tests (the c_tests target): enough to
-  # catch what one build type breaks (a Debug build once failed to link).
-  step "6. other build types: the core, the runner and ctest"
-  for type in Debug MinSizeRel; do
-    dir=build-$(echo "$type" | tr 'A-Z' 'a-z')
-    if cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" >"$log" 2>&1 &&
-      cmake --build "$dir" -j"$(nproc)" --target c_tests >>"$log" 2>&1; then
+  step "6. other build types (built beside step 2): ctest"
+  for dir in build-debug build-minsizerel; do
+    type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$dir/CMakeCache.txt" 2>/dev/null)
+    if built "$dir"; then
       ctest_run "ctest ($type)" "$dir"
     else
-      tail -n 30 "$log"
-      add "build ($type)" 0 1
+      tail -n 30 "$JWKE_TMP/$dir.log"
+      add "build ($dir)" 0 1
     fi
   done
-
-  step "4. fuzzers: waiting for them to end"
-  wait "$fuzz_pid"
-  fuzz_rc=$?
-  grep -E '^(== |Done |fuzz: )' "$fuzz_log"
-  if [ "$fuzz_rc" -eq 0 ]; then add "fuzzers" 1 0; else tail -n 60 "$fuzz_log"; add "fuzzers" 0 1; fi
 fi
 
 step end
 echo
-printf "wall time per step (the fuzzers began with step 5):\n%s" "$timings"
+printf "wall time per step:\n%s" "$timings"
 echo "all steps: $(( $(date +%s) - run_started )) s (after the set-up)"
 printf "%s" "$summary"
 printf "%s" "$rerun_summary"
