@@ -21,8 +21,15 @@ local WORKERS = 2
 -- coarse to time a recovery).
 local clock = require("jwkengine.core").monotonic
 
+-- The engines' backoff: the first wait after an outage begins is half to
+-- all of this (README, "Outages"), so a Retry-After taken from the engine
+-- that failed is at least REINIT_MS / 2000 s at the outage's start.
+local REINIT_MS = 4000
+
 local json = { ["Content-Type"] = "application/json" }
-local function token_request() return { method = "POST", path = "/token", headers = json, body = '{"sub":"outage"}' } end
+local function token_request(path)
+  return { method = "POST", path = path or "/token", headers = json, body = '{"sub":"outage"}' }
+end
 
 describe("nginx through an HSM outage (p11-kit's remoting)", function()
   local hsm, server
@@ -32,8 +39,11 @@ describe("nginx through an HSM outage (p11-kit's remoting)", function()
     server = nginx.new({ token = hsm.token, workers = WORKERS,
       environment = { HSM_LIBRARY = p11kit.CLIENT, P11_KIT_SERVER_ADDRESS = hsm:address() },
       render = function(opts)
-        return nginx.replace_once(nginx.render_config(opts), "env SOFTHSM2_CONF;",
+        local text = nginx.replace_once(nginx.render_config(opts), "env SOFTHSM2_CONF;",
           "env SOFTHSM2_CONF;\nenv P11_KIT_SERVER_ADDRESS;")
+        return nginx.replace_once(text, '-- thread_pool = "jwkengine",', string.format(
+          'hsm = { reinit_interval_ms = %d, reinit_interval_max_ms = %d },\n            -- thread_pool = "jwkengine",',
+          REINIT_MS, REINIT_MS))
       end })
     server:start()
   end)
@@ -46,12 +56,12 @@ describe("nginx through an HSM outage (p11-kit's remoting)", function()
   -- Asks for tokens until every worker has answered 200 (the X-Jwke-Worker
   -- header names it); returns the last good token, or fails after `bound`
   -- seconds with what the workers answered.
-  local function until_every_worker_signs(bound)
+  local function until_every_worker_signs(bound, path)
     local signed, answers, last = {}, {}, nil
     local deadline = clock() + bound
     repeat
       local batch = {}
-      for i = 1, 4 * WORKERS do batch[i] = token_request() end
+      for i = 1, 4 * WORKERS do batch[i] = token_request(path) end
       for _, r in ipairs(server:requests(batch)) do
         local worker = r.headers["x-jwke-worker"]
         answers[#answers + 1] = string.format("%d", r.status)
@@ -104,5 +114,30 @@ describe("nginx through an HSM outage (p11-kit's remoting)", function()
     local jwks = server:requests({ { path = "/.well-known/jwks.json" } })[1].body
     local ok, out = verifier.jwcrypto(jwks, token)
     assert.is_true(ok, out)
+  end)
+
+  -- In the thread pool the engine that fails is the thread VM's, not the
+  -- worker's (which makes no call while only /token-threaded is asked):
+  -- Retry-After must be the thread engine's time to its next attempt.
+  it("answers a thread-pool request during an outage with the Retry-After of the thread's engine", function()
+    if not server:signs_in_threads("/token-threaded") then
+      pending("this nginx Lua module has no ngx.run_worker_thread")
+      return
+    end
+    until_every_worker_signs(60, "/token-threaded") -- each worker's thread VMs have their engine open
+    hsm:stop()
+    local first
+    local deadline = clock() + 10
+    repeat
+      local r = server:requests({ token_request("/token-threaded") })[1]
+      assert.are_not.equal(500, r.status, r.body)
+      if r.status == 503 and r.body:find("ERR_HSM_UNAVAILABLE", 1, true) then first = r end
+    until first or clock() > deadline
+    assert(first, "no ERR_HSM_UNAVAILABLE within 10 s of the server's stop")
+    local retry = tonumber(first.headers["retry-after"])
+    assert.is_true(retry ~= nil and retry >= REINIT_MS / 2000,
+      "Retry-After: " .. tostring(first.headers["retry-after"]) .. "; " .. first.body)
+    hsm:start()
+    until_every_worker_signs(RECOVERY_DEADLINE_S, "/token-threaded")
   end)
 end)

@@ -122,10 +122,14 @@ local function read_claims()
 end
 
 -- Seconds a client should wait (at least 1): during an HSM outage, until
--- this worker's engine next tries to come back.
-local function retry_after(code)
-  local outage = code == "ERR_HSM_UNAVAILABLE" and state.engine and state.engine:hsm_outage()
-  return tostring(outage and math.max(1, math.ceil(outage.retry_in)) or 1)
+-- the engine that signed (the thread's, when it says: retry_in; else this
+-- worker's) next tries to come back.
+local function retry_after(code, retry_in)
+  if code == "ERR_HSM_UNAVAILABLE" and not retry_in then
+    local outage = state.engine and state.engine:hsm_outage()
+    retry_in = outage and outage.retry_in
+  end
+  return tostring(retry_in and math.max(1, math.ceil(retry_in)) or 1)
 end
 
 function M.serve_token(options)
@@ -140,9 +144,9 @@ function M.serve_token(options)
   if not claims then return body end
   if not wait_ready() then return not_ready() end
 
-  local token, err, code
+  local token, err, code, retry_in
   if pool then
-    token, err, code = threads.sign(pool, set, body, lifetime)
+    token, err, code, retry_in = threads.sign(pool, set, body, lifetime)
   else
     token, err, code = state.engine:sign_jwt(set, claims, { lifetime = lifetime })
   end
@@ -152,7 +156,7 @@ function M.serve_token(options)
     if code ~= "ERR_OVERLOADED" then logging.logger(client_error and "info" or "error", string.format("signing with key set '%s' failed: %s (%s)",
       set, tostring(err), tostring(code))) end
     if client_error then return send_failure(code, tostring(err)) end
-    local headers = http.status_of(code) == 503 and { ["Retry-After"] = retry_after(code) } or nil
+    local headers = http.status_of(code) == 503 and { ["Retry-After"] = retry_after(code, retry_in) } or nil
     return send_failure(code, "signing failed (" .. tostring(code) .. ")", headers)
   end
   return send(200, "application/jwt", token, { ["Cache-Control"] = "no-store" })

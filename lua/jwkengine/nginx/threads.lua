@@ -50,11 +50,12 @@ local function recorder()
   return state.engine and state.engine.metrics_recorder
 end
 
--- What ngx.run_worker_thread answered, passed on as thread_sign's answer
--- and true: counted. What the thread's engine did (thread_sign returns it
--- after its answer) is counted in this worker's recorder; a thread that
--- did not run is a signing failure, ERR_THREAD.
-local function count_thread_call(set, ok, token, err, code, ...)
+-- What ngx.run_worker_thread answered, passed on as thread_sign's answer,
+-- true (counted) and the thread engine's seconds to its next attempt to
+-- come back (nil but during an HSM outage). What the thread's engine did
+-- (thread_sign returns it last) is counted in this worker's recorder; a
+-- thread that did not run is a signing failure, ERR_THREAD.
+local function count_thread_call(set, ok, token, err, code, retry_in, ...)
   local counts = recorder()
   if not ok then
     if token == "no available Lua vm" and not vm_pool_warned then
@@ -67,7 +68,7 @@ local function count_thread_call(set, ok, token, err, code, ...)
     return nil, "worker thread: " .. tostring(token), "ERR_THREAD", true
   end
   if counts then counts:add_call(set, ...) end
-  return token, err, code, true
+  return token, err, code, true, retry_in or nil
 end
 
 -- One signature in a worker thread. The thread's VM loads this module
@@ -82,9 +83,11 @@ end
 
 -- Signs in a worker thread (from a worker's content handler), waiting in
 -- this worker's bounded queue for a free slot; returns what thread_sign
--- returns, or nil, err, code (ERR_OVERLOADED past the queue). Each call is
--- counted in this worker's metrics as a signature in its event loop would
--- be, and a refusal of the queue as a signing failure by its code.
+-- returns, or nil, err, code (ERR_OVERLOADED past the queue); during an HSM
+-- outage a fourth value, the seconds until the thread's engine next tries
+-- to come back (its own outage, not the worker's: Retry-After). Each call
+-- is counted in this worker's metrics as a signature in its event loop
+-- would be, and a refusal of the queue as a signing failure by its code.
 function M.sign(pool, set, body, lifetime)
   local settings = state.settings
   if not settings.thread_options_json then
@@ -93,10 +96,11 @@ function M.sign(pool, set, body, lifetime)
   if not ngx.run_worker_thread then
     return nil, "this nginx Lua module has no ngx.run_worker_thread", "ERR_CONFIG"
   end
-  local token, err, code, counted = queue.run(settings.thread_queue, run_in_thread, pool, set, body, lifetime)
+  local token, err, code, counted, retry_in = queue.run(settings.thread_queue, run_in_thread, pool, set, body,
+    lifetime)
   local counts = recorder()
   if not counted and counts then counts:failed(code) end
-  return token, err, code
+  return token, err, code, retry_in
 end
 
 ------------------------------------------------------------------------
@@ -132,8 +136,9 @@ end
 
 -- The function ngx.run_worker_thread calls (as jwkengine.nginx.threads.thread_sign).
 -- The set is re-read from the token every `refresh` seconds. Returns the
--- token (or nil, err, code), then what the call did for the worker to
--- count (metrics.last_call's take).
+-- token (or nil, err, code), the seconds to this engine's next attempt to
+-- come back during an HSM outage (false otherwise), then what the call did
+-- for the worker to count (metrics.last_call's take).
 function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept_secrets)
   local entry = thread_engines[options_json]
   if not entry then
@@ -151,8 +156,9 @@ function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept
   local claims = cjson.decode(body)
   if type(claims) ~= "table" then return nil, "claims are not a JSON object", "ERR_JWT_CLAIMS" end
   local token, err, code = e:sign_jwt(set, claims, { lifetime = lifetime })
+  local outage = code == "ERR_HSM_UNAVAILABLE" and e:hsm_outage()
   -- then what the engine counted, for the worker's metrics (see count_thread_call)
-  return token, err, code, e.metrics_recorder:take()
+  return token, err, code, outage and outage.retry_in or false, e.metrics_recorder:take()
 end
 
 return M
