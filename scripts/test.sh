@@ -19,7 +19,8 @@
 # same specs, so it has a line of its own, outside that count, and any
 # failure in it still fails the run. Extra arguments go
 # to the busted runs (e.g. scripts/test.sh spec/engine_spec.lua); set
-# JWKE_QUICK=1 to run only steps 1 and 2.
+# JWKE_QUICK=1 to run only steps 1 and 2, JWKE_BUSTED_OUTPUT to give step 2
+# another busted output handler (e.g. a file of your own that times tests).
 set -u
 cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
