@@ -30,12 +30,16 @@ scripts/setup.sh || exit 1
 # left its cmake, fuzzers or valgrind running after the run, writing into
 # build-asan/ or a deleted $JWKE_TMP while the next run started.
 background=""
-# stop_tree PID: kills PID and its descendants, each stopped before its
-# children are listed so that it starts no new one meanwhile.
+# stop_tree PID: terminates PID and its descendants, each stopped before
+# its children are listed so that it starts no new one meanwhile. TERM,
+# not KILL: make deletes the object file a killed compiler left half
+# written, which would otherwise look up to date and break every later
+# build-asan/ link.
 stop_tree() {
   kill -STOP "$1" 2>/dev/null || return 0
   for child in $(ps -o pid= --ppid "$1"); do stop_tree "$child"; done
-  kill -KILL "$1" 2>/dev/null
+  kill -TERM "$1" 2>/dev/null
+  kill -CONT "$1" 2>/dev/null
 }
 trap 'for job in $background; do stop_tree "$job"; done; postgres_stop; rm -rf "$JWKE_TMP"' EXIT
 # sh runs the EXIT trap on exit, not on a signal: a run interrupted or
