@@ -26,9 +26,40 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
 . scripts/softhsm-env.sh
 . scripts/postgres-env.sh
-# the background builds and checks (below), stopped if the run ends early
+# The background builds and checks (below), stopped if the run ends early:
+# each with everything it started (stop_tree). Killing only the subshell
+# left its cmake, fuzzers or valgrind running after the run, writing into
+# build-asan/ or a deleted $JWKE_TMP while the next run started.
 background=""
-trap 'kill $background 2>/dev/null; postgres_stop; rm -rf "$JWKE_TMP"' EXIT
+# stop_tree PID: terminates PID and its descendants, each stopped before
+# its children are listed so that it starts no new one meanwhile. TERM,
+# not KILL: make deletes the object file a killed compiler left half
+# written, which would otherwise look up to date and break every later
+# build-asan/ link.
+stop_tree() {
+  kill -STOP "$1" 2>/dev/null || return 0
+  for child in $(ps -o pid= --ppid "$1"); do stop_tree "$child"; done
+  kill -TERM "$1" 2>/dev/null
+  kill -CONT "$1" 2>/dev/null
+}
+trap 'for job in $background; do stop_tree "$job"; done; postgres_stop; rm -rf "$JWKE_TMP"' EXIT
+# sh runs the EXIT trap on exit, not on a signal: a run interrupted or
+# terminated would otherwise leave its PostgreSQL cluster and background
+# jobs running for good.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+# beside COMMAND...: runs it in the background, one at a time: joined
+# (waited for, and forgotten: its id may be reused by then) before the
+# next starts.
+beside() {
+  "$@" &
+  background=$!
+}
+joined() {
+  wait "$background"
+  background=""
+}
 
 # A developer's own settings must not leak into the specs.
 unset HSM_ENABLED HSM_LIBRARY HSM_TOKEN_LABEL HSM_SLOT HSM_PIN HSM_PIN_FILE HSM_KEY_SET_PREFIX \
@@ -137,15 +168,14 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   # for step 4, and the other build types for step 6 (only the runner and
   # the unit tests, the c_tests target: enough to catch what one build type
   # breaks; a Debug build once failed to link).
-  (
+  build_beside_busted() {
     build_variant build-asan RelWithDebInfo all -DJWKE_SANITIZE=ON
     lowest scripts/fuzz.sh --build-only >"$JWKE_TMP/build-fuzz.log" 2>&1
     echo $? >"$JWKE_TMP/build-fuzz.rc"
     build_variant build-debug Debug c_tests
     build_variant build-minsizerel MinSizeRel c_tests
-  ) &
-  builds=$!
-  background="$background $builds"
+  }
+  beside build_beside_busted
 fi
 
 step "2. busted (Lua 5.4, build/)"
@@ -153,19 +183,18 @@ busted_run add "busted" build lua5.4 /usr/bin/busted -o ${JWKE_BUSTED_OUTPUT:-sc
 
 if [ "${JWKE_QUICK:-0}" != 1 ]; then
   step "3. busted against the AddressSanitizer + UBSan build (build-asan/)"
-  wait "$builds"
+  joined
   # Run while step 3 runs: the fuzzers (step 4), then memcheck (step 5),
   # on a SoftHSM token folder of memcheck's own.
   mkdir -p "$JWKE_TMP/memcheck-tokens"
   sed "s|$JWKE_TMP/tokens|$JWKE_TMP/memcheck-tokens|" "$SOFTHSM2_CONF" >"$JWKE_TMP/memcheck-softhsm2.conf"
-  (
+  check_beside_sanitized() {
     JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} lowest scripts/fuzz.sh >"$JWKE_TMP/fuzz.log" 2>&1
     echo $? >"$JWKE_TMP/fuzz.rc"
     SOFTHSM2_CONF="$JWKE_TMP/memcheck-softhsm2.conf" lowest scripts/memcheck.sh build >"$JWKE_TMP/memcheck.log" 2>&1
     echo $? >"$JWKE_TMP/memcheck.rc"
-  ) &
-  checks=$!
-  background="$background $checks"
+  }
+  beside check_beside_sanitized
 
   # a failed build must not leave an older build-asan/ to be tested
   if built build-asan; then
@@ -194,7 +223,7 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   fi
 
   step "4. fuzzers (built beside step 2, run beside step 3)"
-  wait "$checks"
+  joined
   if ! [ "$(cat "$JWKE_TMP/build-fuzz.rc")" = 0 ]; then
     tail -n 40 "$JWKE_TMP/build-fuzz.log"
     add "fuzzers" 0 1

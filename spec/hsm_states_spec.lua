@@ -267,6 +267,27 @@ describe("key states on the token", function()
     t:close()
   end)
 
+  -- Two first writers that see each other's version 1 must not both back
+  -- off (the marker would then stand alone and refuse the set for good):
+  -- the one readers pick keeps its object, the other destroys its own.
+  it("keeps the version 1 readers pick when two first writers see each other's, and drops the other", function()
+    local t = raw_token(token)
+    local picked = '{"version":1,"writer":"a","records":{}}'
+    local other = '{"version":1,"writer":"b","records":{}}'
+    -- the other first writer has made its version 1 (and the marker) ...
+    assert(t:create_data(hsm_states.MARKER_APPLICATION, "twofirst", "1"))
+    assert(t:create_data(hsm_states.APPLICATION, "twofirst", other))
+    -- ... this one makes its own and looks for rivals first: it keeps it
+    assert.is_true(hsm_states.new(t, ""):first_write("twofirst", picked))
+    -- the other looks next, sees the one readers pick, and drops its own
+    assert.is_false(hsm_states.new(t, ""):first_write("twofirst", other))
+    local objects = assert(t:data_objects(hsm_states.APPLICATION, "twofirst"))
+    assert.equals(1, #objects)
+    assert.equals(picked, objects[1].value)
+    assert.equals(1, assert(hsm_states.new(t, ""):read("twofirst")).version)
+    t:close()
+  end)
+
   it("lets exactly one of two processes racing a write of the same version win, 20 rounds", function()
     local t = raw_token(token)
     local backend = hsm_states.new(t, "")
@@ -400,6 +421,24 @@ describe("key states through a failing token", function()
     assert.equals(1000, states.two.times.next)
     assert.equals("one", signer(engine, "f"))
     engine:close()
+  end)
+
+  -- The marker is made before version 1: when version 1 then cannot be
+  -- made, a marker left alone would refuse the set to every reader and
+  -- writer until removed by hand.
+  it("takes back the marker of a first write whose state object cannot be created, and writes the set next time", function()
+    local t = raw_token(token, faults.MODULE)
+    -- the first create (the marker) succeeds, the second (version 1) fails
+    faults.set({ faults = "C_CreateObject:CKR_DEVICE_MEMORY@2" })
+    refused("CKR_DEVICE_MEMORY", "key set 'firstfail': writing its key states to the token",
+      hsm_states.new(t, ""):write("firstfail", 0, {}))
+    faults.set({})
+    assert.equals(0, #assert(t:data_objects(hsm_states.MARKER_APPLICATION, "firstfail")))
+    assert.same({ version = 0, records = {} }, assert(hsm_states.new(t, ""):read("firstfail")))
+    assert.is_true(hsm_states.new(t, ""):write("firstfail", 0, {}))
+    assert.equals(1, assert(hsm_states.new(t, ""):read("firstfail")).version)
+    assert.equals(1, #assert(t:data_objects(hsm_states.MARKER_APPLICATION, "firstfail")))
+    t:close()
   end)
 
   it("refuses a state object the token reports as larger than its buffer, by name", function()

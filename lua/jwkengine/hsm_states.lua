@@ -38,10 +38,12 @@
 -- key states on the HSM).
 --
 -- A set never written has nothing to destroy: its first writers create
--- the marker, then version 1, and keep it only if no rival version 1 is in
--- sight (on a token that hides recent objects, two first writers may both
--- keep theirs: they differ only in the first-seen times they recorded,
--- readers settle on the same one, and the next write replaces both).
+-- the marker, then version 1, and keep it unless a rival version 1 that
+-- readers would pick instead is in sight (on a token that hides recent
+-- objects, two first writers may both keep theirs: they differ only in
+-- the first-seen times they recorded, readers settle on the same one, and
+-- the next write replaces both). A first writer whose version 1 cannot be
+-- created takes back the marker it made.
 local cjson = require("cjson.safe")
 local core = require("jwkengine.core")
 
@@ -129,9 +131,9 @@ end
 
 -- Gives the set its marker before a write can open the gap. Remembered
 -- for later writes, but looked up again by a first write (deleting a set
--- takes its marker).
+-- takes its marker). The second value says whether this call made it.
 function Backend:mark(set, first)
-  if self.marked[set] and not first then return true end
+  if self.marked[set] and not first then return true, false end
   local marked, err, code = self:is_marked(set)
   if marked == nil then return nil, err, code end
   if not marked then
@@ -140,7 +142,20 @@ function Backend:mark(set, first)
     if not ok then return nil, err, code end
   end
   self.marked[set] = true
-  return true
+  return true, not marked
+end
+
+-- Takes back the marker a first write made when its version 1 could not
+-- be created: a marker with no state object would leave the set refusing
+-- every reader and writer (the gap that never closes), where a set with
+-- neither is simply written again. Kept when a rival's state object is in
+-- sight (it made its version under this marker).
+function Backend:unmark(set)
+  self.marked[set] = nil
+  local objects = self:objects(set)
+  if objects and #objects == 0 then
+    self.token:destroy_data(M.MARKER_APPLICATION, self.prefix .. set, MARKER_VALUE)
+  end
 end
 
 -- objects(), read again while it is older than what this process has seen
@@ -196,19 +211,25 @@ function Backend:clean(set, objects, below)
   end
 end
 
--- The first write of a set: nothing to destroy, so keep version 1 only if
--- no rival is in sight.
+-- The first write of a set: nothing to destroy, so keep version 1 unless
+-- a rival readers would pick instead (newer) is in sight. Backing off for
+-- any rival would let two first writers that see each other's objects both
+-- destroy theirs, leaving the marker alone: a set refused for good.
 function Backend:first_write(set, state)
   local label = self.prefix .. set
-  local ok, err, code = self:mark(set, true)
-  if not ok then return write_error(set, err, code) end
+  local ok, made, err, code = self:mark(set, true)
+  if not ok then return write_error(set, made, err) end
   ok, err, code = self.token:create_data(M.APPLICATION, label, state)
-  if not ok then return write_error(set, err, code) end
+  if not ok then
+    if made then self:unmark(set) end
+    return write_error(set, err, code)
+  end
   local objects, newest
   objects, newest, code = self:objects(set)
   if not objects then return nil, newest, code end
+  local mine = parse(state)
   for _, object in ipairs(objects) do
-    if object.raw ~= state then
+    if object.raw ~= state and newer(object, mine) then
       ok, err, code = self.token:destroy_data(M.APPLICATION, label, state)
       if not ok then return write_error(set, err, code) end
       return false
