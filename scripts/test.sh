@@ -239,6 +239,8 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   mc_ok=$(grep -c "^memcheck .*: 0 errors, 0 leak records" "$JWKE_TMP/memcheck.log")
   mc_bad=$(( $(grep -c "^memcheck .*errors" "$JWKE_TMP/memcheck.log") - mc_ok ))
   [ "$(cat "$JWKE_TMP/memcheck.rc")" = 0 ] || [ "$mc_bad" -gt 0 ] || mc_bad=1
+  # a memcheck that checked nothing is a failure too
+  [ "$mc_ok" -gt 0 ] || [ "$mc_bad" -gt 0 ] || mc_bad=1
   add "memcheck" "$mc_ok" "$mc_bad"
 
   step "6. other build types (built beside step 2): ctest"

@@ -217,8 +217,9 @@ end
 -- destroy theirs, leaving the marker alone: a set refused for good.
 function Backend:first_write(set, state)
   local label = self.prefix .. set
-  local ok, made, err, code = self:mark(set, true)
-  if not ok then return write_error(set, made, err) end
+  local marked, made, code = self:mark(set, true) -- made: or the error, when not marked
+  if not marked then return write_error(set, made, code) end
+  local ok, err
   ok, err, code = self.token:create_data(M.APPLICATION, label, state)
   if not ok then
     if made then self:unmark(set) end
