@@ -268,9 +268,10 @@ describe("jwke_faultmod, the fault-injecting PKCS#11 module", function()
       threads = "8 threads signing through random faults",
       fork = "fork: the child has the settings and its own counts; no deadlock",
       shared = "SoftHSM also loaded directly: the wrapper's C_Finalize leaves it alone",
+      paths = "final-call faults keep or end the operation, removal before or after a fault, a failed C_Finalize",
     }
     local order = { "list", "counts", "sign-faults", "triggers", "removal", "effects",
-      "max-sessions", "latency", "control", "threads", "fork", "shared" }
+      "max-sessions", "latency", "control", "threads", "fork", "shared", "paths" }
     for _, name in ipairs(order) do
       it(name .. ": " .. scenarios[name], function()
         local out, ok = softhsm.run(string.format("%s %s %s %s %s %s %s", env_prefix({}), q(DRIVER),

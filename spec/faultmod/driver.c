@@ -622,6 +622,95 @@ static void scenario_removal(void)
     ok("JWKE_FAULT_REMOVED=1 removes the token from C_Initialize on");
 }
 
+/* What the wrappers' shared bodies (SESSION_BASE, SLOT_BASE, fm_output_call
+ * in faultmod.c) must keep, where no other scenario looks: an injected
+ * CKR_BUFFER_TOO_SMALL on a final call keeps the operation and reports the
+ * real length, another fault on a final call ends it without writing the
+ * caller's buffer; while the token is removed, the slot calls that need it
+ * answer the removal before a fault and the others the fault; an injected
+ * C_Finalize failure leaves the module initialized. */
+static void scenario_paths(void)
+{
+    const char *control = tmp_path("paths.control");
+    write_control(control, "faults=C_SignFinal:CKR_BUFFER_TOO_SMALL@2;"
+                           "C_DigestFinal:CKR_DEVICE_ERROR@1\n");
+    setenv("JWKE_FAULT_CONTROL", control, 1);
+    EXPECT_RV(initialize(), CKR_OK);
+    CK_SLOT_ID slot = find_slot();
+    CK_OBJECT_HANDLE priv, pub;
+    CK_SESSION_HANDLE h = key_session(slot, &priv, &pub);
+    CK_OBJECT_HANDLE mac = hmac_key(h);
+    CK_MECHANISM hm = { CKM_SHA256_HMAC, NULL, 0 }, sha = { CKM_SHA256, NULL, 0 };
+    CK_BYTE want[32], tag[32], md[32], md_single[32], untouched[32];
+    CK_ULONG len;
+
+    EXPECT_RV(F->C_SignInit(h, &hm, mac), CKR_OK);
+    EXPECT_RV(F->C_SignUpdate(h, digest, sizeof digest), CKR_OK);
+    len = sizeof want;
+    EXPECT_RV(F->C_SignFinal(h, want, &len), CKR_OK); /* SignFinal 1: the tag, unfaulted */
+    EXPECT_RV(F->C_SignInit(h, &hm, mac), CKR_OK);
+    EXPECT_RV(F->C_SignUpdate(h, digest, sizeof digest), CKR_OK);
+    len = 1000;
+    EXPECT_RV(F->C_SignFinal(h, tag, &len), CKR_BUFFER_TOO_SMALL); /* SignFinal 2 */
+    EXPECT(len == sizeof want, "an injected C_SignFinal CKR_BUFFER_TOO_SMALL left length %lu",
+           (unsigned long)len);
+    EXPECT_RV(F->C_SignFinal(h, tag, &len), CKR_OK); /* SignFinal 3: the same operation */
+    EXPECT(len == sizeof want && memcmp(tag, want, sizeof want) == 0,
+           "the kept C_SignFinal operation gave another tag");
+    ok("an injected C_SignFinal CKR_BUFFER_TOO_SMALL keeps the operation and reports the "
+       "real length");
+
+    EXPECT_RV(F->C_DigestInit(h, &sha), CKR_OK);
+    len = sizeof md_single;
+    EXPECT_RV(F->C_Digest(h, digest, sizeof digest, md_single, &len), CKR_OK);
+    EXPECT_RV(F->C_DigestInit(h, &sha), CKR_OK);
+    EXPECT_RV(F->C_DigestUpdate(h, digest, sizeof digest), CKR_OK);
+    memset(md, 0xa5, sizeof md);
+    memcpy(untouched, md, sizeof md);
+    len = sizeof md;
+    EXPECT_RV(F->C_DigestFinal(h, md, &len), CKR_DEVICE_ERROR); /* DigestFinal 1 */
+    EXPECT(memcmp(md, untouched, sizeof md) == 0, "the failed C_DigestFinal wrote the buffer");
+    EXPECT_RV(F->C_DigestFinal(h, md, &len), CKR_OPERATION_NOT_INITIALIZED);
+    EXPECT_RV(F->C_DigestInit(h, &sha), CKR_OK);
+    EXPECT_RV(F->C_DigestUpdate(h, digest, sizeof digest), CKR_OK);
+    len = sizeof md;
+    EXPECT_RV(F->C_DigestFinal(h, md, &len), CKR_OK);
+    EXPECT(len == sizeof md_single && memcmp(md, md_single, sizeof md) == 0,
+           "multi-part and single-part SHA-256 differ");
+    ok("an injected C_DigestFinal failure ended the digest and left the caller's buffer alone");
+
+    write_control(control, "removed=1\n"
+                           "faults=C_GetSlotList:CKR_DEVICE_ERROR;C_GetSlotInfo:CKR_DEVICE_ERROR;"
+                           "C_GetTokenInfo:CKR_DEVICE_ERROR;C_GetMechanismList:CKR_DEVICE_ERROR;"
+                           "C_CloseAllSessions:CKR_DEVICE_ERROR\n");
+    CK_ULONG n = 0;
+    CK_SLOT_INFO si;
+    CK_TOKEN_INFO ti;
+    EXPECT_RV(F->C_GetSlotList(CK_TRUE, NULL, &n), CKR_DEVICE_ERROR);
+    EXPECT_RV(F->C_GetSlotInfo(slot, &si), CKR_DEVICE_ERROR);
+    EXPECT_RV(F->C_GetTokenInfo(slot, &ti), CKR_TOKEN_NOT_PRESENT);
+    EXPECT_RV(F->C_GetMechanismList(slot, NULL, &n), CKR_TOKEN_NOT_PRESENT);
+    EXPECT_RV(F->C_CloseAllSessions(slot), CKR_OK);
+    EXPECT_RV(F->C_CloseAllSessions(0xdead), CKR_SLOT_ID_INVALID);
+    EXPECT(stat_now("injected.C_GetSlotList") == 1 && stat_now("injected.C_GetSlotInfo") == 1 &&
+           stat_now("injected.C_GetTokenInfo") == 0 &&
+           stat_now("injected.C_GetMechanismList") == 0 &&
+           stat_now("injected.C_CloseAllSessions") == 0,
+           "injected counts while removed");
+    ok("removed: C_GetSlotList/C_GetSlotInfo give the fault, C_GetTokenInfo/C_GetMechanismList/"
+       "C_CloseAllSessions the removal");
+
+    write_control(control, "faults=C_Finalize:CKR_DEVICE_ERROR@1\n");
+    CK_INFO info;
+    EXPECT_RV(F->C_Finalize(NULL), CKR_DEVICE_ERROR);
+    EXPECT_RV(F->C_GetInfo(&info), CKR_OK);
+    EXPECT(stat_now("injected.C_Finalize") == 1, "injected.C_Finalize");
+    EXPECT_RV(F->C_Finalize(NULL), CKR_OK);
+    EXPECT_RV(F->C_GetInfo(&info), CKR_CRYPTOKI_NOT_INITIALIZED);
+    ok("an injected C_Finalize failure left the module initialized; the next one finalized");
+    unsetenv("JWKE_FAULT_CONTROL");
+}
+
 /* Side effects of CKR_SESSION_HANDLE_INVALID and CKR_USER_NOT_LOGGED_IN. */
 static void scenario_effects(void)
 {
@@ -1009,7 +1098,7 @@ int main(int argc, char **argv)
     if (argc != 6) {
         fprintf(stderr, "usage: %s MODULE TOKEN_LABEL PIN TMPDIR SCENARIO\n"
                 "scenarios: list counts sign-faults triggers removal effects max-sessions "
-                "latency control threads fork shared\n", argv[0]);
+                "latency control threads fork shared paths\n", argv[0]);
         return 2;
     }
     module_path = argv[1];
@@ -1030,6 +1119,7 @@ int main(int argc, char **argv)
         { "max-sessions", scenario_max_sessions }, { "latency", scenario_latency },
         { "control", scenario_control },     { "threads", scenario_threads },
         { "fork", scenario_fork },          { "shared", scenario_shared },
+        { "paths", scenario_paths },
     };
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         if (strcmp(scenarios[i].name, scenario) == 0) {
