@@ -52,6 +52,44 @@ describe("JOSE through the engine", function()
     assert.equals("ERR_JWKS_NO_MATCHING_KEY", code)
   end)
 
+  it("round-trips with the defaults: sign_jwt without options gives exp, and a caller's exp is kept", function()
+    for _, engine_set in ipairs({ { hsm_engine, "jose.es256" }, { sw_engine, "jose.default" } }) do
+      local engine, set = engine_set[1], engine_set[2]
+      if engine == sw_engine then assert(engine:generate(set, "ES256", { kid = "s1" })) end
+      local before = os.time()
+      local claims = assert(engine:verify_jwt(set, assert(engine:sign_jwt(set, { sub = "alice" }))))
+      assert.equals("alice", claims.sub)
+      assert.is_true(claims.exp - claims.iat == 300 and claims.iat >= before, "exp = iat + 300")
+      -- the other encoder (options it fills in) has the same default
+      claims = assert(engine:verify_jwt(set, assert(engine:sign_jwt(set, {}, { issuer = "https://i.example" }))))
+      assert.equals(300, claims.exp - claims.iat)
+      local exp = os.time() + 7200
+      for _, options in ipairs({ {}, { lifetime = 60 }, { issuer = "https://i.example" } }) do
+        claims = assert(engine:verify_jwt(set, assert(engine:sign_jwt(set, { exp = exp }, options))))
+        assert.equals(exp, claims.exp)
+      end
+      -- lifetime = false: no exp, which verify_jwt refuses unless told
+      local forever = assert(engine:sign_jwt(set, { sub = "x" }, { lifetime = false }))
+      local ok, _, code = engine:verify_jwt(set, forever)
+      assert.is_nil(ok)
+      assert.equals("ERR_JWT_CLAIM_MISSING", code)
+    end
+  end)
+
+  it("caps the default lifetime at tokens.max_lifetime", function()
+    local file = os.tmpname() .. ".yaml"
+    local f = assert(io.open(file, "w"))
+    f:write("tokens: { max_lifetime: 120 }\n")
+    f:close()
+    local engine = assert(jwkengine.open({ config = file, environment = { SECRETS_SYSTEM = SECRET, DSN = "memory" },
+      logger = false, startup = false }))
+    os.remove(file)
+    assert(engine:generate("capped", "ES256", { kid = "c1" }))
+    local claims = assert(engine:verify_jwt("capped", assert(engine:sign_jwt("capped", {}))))
+    assert.equals(120, claims.exp - claims.iat)
+    engine:close()
+  end)
+
   it("refuses wrongly typed claims when signing", function()
     local ok, _, code = hsm_engine:sign_jwt("jose.es256", { exp = "soon" })
     assert.is_nil(ok)

@@ -350,9 +350,6 @@ end
 local function encode_claims_fast(claims, lifetime)
   local ok, err, code = jwt.check_types(claims)
   if not ok then return nil, err, code end
-  if lifetime ~= nil and (type(lifetime) ~= "number" or lifetime <= 0) then
-    error("options.lifetime must be a positive number of seconds", 3)
-  end
   local iat, exp
   if claims.iat == nil or (lifetime and claims.exp == nil) then
     local now = os.time()
@@ -365,21 +362,25 @@ local function encode_claims_fast(claims, lifetime)
   return payload
 end
 
--- Signs a JWT: iat = now and exp = now + options.lifetime unless present;
--- iss, sub, aud and jti from options.issuer, subject, audience, jti (true:
--- a random UUID) when absent; registered claims are type-checked; typ
--- defaults to "JWT". options.now (a number or function) fixes the clock.
+-- Signs a JWT: iat = now and exp = now + options.lifetime unless present
+-- (lifetime defaults to jwt.DEFAULT_LIFETIME, or tokens.max_lifetime when
+-- that is shorter, so that verify_jwt's defaults accept what the defaults
+-- make; false: no exp); iss, sub, aud and jti from options.issuer, subject,
+-- audience, jti (true: a random UUID) when absent; registered claims are
+-- type-checked; typ defaults to "JWT". options.now (a number or function)
+-- fixes the clock.
 function Engine:sign_jwt(set, claims, options)
   if type(claims) ~= "table" then error("claims must be a table", 2) end
   local ok, err, code = check_names(set, option_kid(options), "options.kid")
   if ok then ok, err, code = check_sign_options(options) end
   if not ok then return nil, err, code end
+  local default_lifetime = math.min(jwt.DEFAULT_LIFETIME, self.policies.limits.max_lifetime)
   local payload
   if options == nil or (options.issuer == nil and options.subject == nil and options.audience == nil
       and options.jti == nil and options.now == nil) then
-    payload, err, code = encode_claims_fast(claims, options and options.lifetime)
+    payload, err, code = encode_claims_fast(claims, jwt.lifetime(options and options.lifetime, default_lifetime, 2))
   else
-    payload, err, code = jwt.encode_claims(claims, options)
+    payload, err, code = jwt.encode_claims(claims, options, default_lifetime)
   end
   if not payload then return nil, err, code end
   if options == nil or (options.kid == nil and options.alg == nil and options.typ == nil) then

@@ -64,13 +64,27 @@ local function check_types(claims)
   return true
 end
 
+-- A token's lifetime when the caller names none: verify requires exp by
+-- default, so what sign makes with its defaults must carry one.
+M.DEFAULT_LIFETIME = 300
+
+-- options.lifetime checked: seconds, or false for no exp; nil is `default`.
+function M.lifetime(lifetime, default, level)
+  if lifetime == nil then return default end
+  if lifetime ~= false and (type(lifetime) ~= "number" or lifetime <= 0) then
+    error("options.lifetime must be a positive number of seconds (false: no exp)", level + 1)
+  end
+  return lifetime
+end
+
 -- The claims as JSON for signing: a copy of claims with iat = now (unless
--- present), exp = now + options.lifetime (unless present), and iss, sub,
--- aud, jti filled from options when absent (jti = true: a random UUID).
+-- present), exp = now + options.lifetime (unless present; lifetime defaults
+-- to default_lifetime or DEFAULT_LIFETIME, false leaves exp out), and iss,
+-- sub, aud, jti filled from options when absent (jti = true: a random UUID).
 --   options.now: number or function (default os.time)
 M.check_types = check_types
 
-function M.encode_claims(claims, options)
+function M.encode_claims(claims, options, default_lifetime)
   if type(claims) ~= "table" then error("claims must be a table", 2) end
   if next(claims) ~= nil and jwk.is_array(claims) then error("claims must be a table of names, not a list", 2) end
   options = options or {}
@@ -78,12 +92,8 @@ function M.encode_claims(claims, options)
   local body = {}
   for k, v in pairs(claims) do body[k] = v end
   if body.iat == nil then body.iat = now end
-  if options.lifetime ~= nil then
-    if type(options.lifetime) ~= "number" or options.lifetime <= 0 then
-      error("options.lifetime must be a positive number of seconds", 2)
-    end
-    if body.exp == nil then body.exp = now + math.floor(options.lifetime) end
-  end
+  local lifetime = M.lifetime(options.lifetime, default_lifetime or M.DEFAULT_LIFETIME, 1)
+  if lifetime and body.exp == nil then body.exp = now + math.floor(lifetime) end
   if body.iss == nil then body.iss = options.issuer end
   if body.sub == nil then body.sub = options.subject end
   if body.aud == nil then body.aud = options.audience end
