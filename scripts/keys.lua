@@ -4,6 +4,7 @@
 -- environment). Exit status: 0 done, 1 the operation failed, 2 usage error;
 -- every failure is one line on stderr.
 local jwkengine = require("jwkengine")
+local json = jwkengine.jwk.encode -- JWKs as JWK tools print them: "/" unescaped
 local log = require("jwkengine.log")
 local util = require("jwkengine.util")
 
@@ -76,9 +77,9 @@ local commands = {}
 function commands.get(engine, args)
   local p = parse(args, {})
   if #p ~= 1 then usage_error("get takes SET") end
-  local json, err = engine:key_set_json(p[1])
-  if not json then die(err) end
-  print(json)
+  local text, err = engine:key_set_json(p[1])
+  if not text then die(err) end
+  print(text)
 end
 
 function commands.create(engine, args)
@@ -86,7 +87,7 @@ function commands.create(engine, args)
   if #p ~= 2 then usage_error("create takes SET ALG") end
   local jwk, err = engine:generate(p[1], p[2], { use = o.use, kid = o.kid })
   if not jwk then die(err) end
-  print(require("cjson").encode(jwk))
+  print(json(jwk))
 end
 
 function commands.delete(engine, args)
@@ -127,7 +128,7 @@ function commands.cert(engine, args)
   end
   local jwk, err = engine:certify(p[1], p[2], { subject = o.subject, days = days })
   if not jwk then die(err) end
-  print(require("cjson").encode(jwk))
+  print(json(jwk))
 end
 
 commands.import = function(engine, args)
@@ -135,7 +136,7 @@ commands.import = function(engine, args)
   if #p ~= 1 then usage_error("import takes SET") end
   local jwk, err = engine:import(p[1], io.read("*a"), { kid = o.kid, alg = o.alg, use = o.use })
   if not jwk then die(err) end
-  print(require("cjson").encode(jwk))
+  print(json(jwk))
 end
 
 commands["rotate-secrets"] = function(engine, args)
@@ -147,8 +148,7 @@ end
 
 -- Lifecycle: one JSON object a line, for people and for scripts.
 local function print_changes(changes)
-  local cjson = require("cjson")
-  for _, change in ipairs(changes) do print(cjson.encode(change)) end
+  for _, change in ipairs(changes) do print(json(change)) end
   if #changes == 0 then io.stderr:write("keys.lua: nothing to change\n") end
 end
 
@@ -157,8 +157,7 @@ commands.keys = function(engine, args)
   if #p ~= 1 then usage_error("keys takes SET") end
   local list, err = engine:key_states(p[1])
   if not list then die(err) end
-  local cjson = require("cjson")
-  for _, key in ipairs(list) do print(cjson.encode(key)) end
+  for _, key in ipairs(list) do print(json(key)) end
 end
 
 commands.rotate = function(engine, args)

@@ -9,6 +9,7 @@
 -- ($JWKE_BUILD_DIR/lib-luajit, default build/), softhsm2, opensc
 -- (pkcs11-tool), python3-jwcrypto.
 local cjson = require("cjson")
+local cli = require("helpers.cli")
 local softhsm = require("helpers.softhsm")
 local nginx = require("helpers.nginx")
 local jose = require("helpers.jose")
@@ -263,6 +264,28 @@ describe("nginx integration (4 workers, SoftHSM)", function()
     for _, key in ipairs(jwks.keys) do kids[key.kid] = true end
     assert.is_true(kids["nginx-extra"], "the new key is not published")
     assert.are.equal(3, #jwks.keys)
+  end)
+
+  it("serves x5c with '/' unescaped, as keys get prints it, in a body that parses", function()
+    local env = softhsm.environment(token)
+    local x5c
+    for _ = 1, 8 do -- a certificate whose base64 holds a "/" (nearly every one does)
+      local out, err, status = cli.keys(env, "cert " .. EXTRA_SET .. " nginx-extra --subject CN=slash")
+      assert.are.equal(0, status, err)
+      x5c = cjson.decode(out).x5c[1]
+      if x5c:find("/", 1, true) then break end
+    end
+    assert.is_truthy(x5c:find("/", 1, true), "no certificate with a '/' in its base64")
+    local deadline, body = os.time() + 20, nil
+    repeat
+      nginx.sleep(0.5)
+      body = server:requests({ { path = "/.well-known/jwks.json" } })[1].body
+    until body:find(x5c, 1, true) or os.time() > deadline
+    assert.is_truthy(body:find(x5c, 1, true), "the certificate is not served: " .. body)
+    assert.is_nil(body:find("\\/", 1, true), body)
+    local served = {}
+    for _, key in ipairs(cjson.decode(body).keys) do served[key.kid] = key end
+    assert.are.same({ x5c }, served["nginx-extra"].x5c)
   end)
 
   it("signs in nginx's worker threads when thread_pool is set", function()

@@ -116,6 +116,38 @@ describe("x5c", function()
     end)
   end
 
+  it("prints JWKs and JWK Sets with '/' unescaped, from every command and key_set_json, and they parse", function()
+    -- a kid holding "/" puts one in every line whatever the certificate's base64 holds
+    local set, kid = "slash", "a/b"
+    local outputs = {}
+    local function keys(args)
+      local out, err, status = cli.keys(hsm_env, args)
+      assert.equals(0, status, err)
+      outputs[#outputs + 1] = out
+      return out
+    end
+    keys(string.format("create %s ES256 --kid %s", set, kid))
+    local x5c
+    for _ = 1, 8 do -- a certificate whose base64 holds a "/" too (nearly every one does)
+      x5c = cjson.decode(keys(string.format("cert %s %s --subject CN=slash", set, kid))).x5c[1]
+      if x5c:find("/", 1, true) then break end
+    end
+    assert.truthy(x5c:find("/", 1, true), "no certificate with a '/' in its base64")
+    keys("get " .. set)
+    keys("keys " .. set)
+    local engine = assert(softhsm.open_engine(hsm_env))
+    outputs[#outputs + 1] = assert(engine:key_set_json(set))
+    engine:close()
+    for _, out in ipairs(outputs) do
+      assert.is_nil(out:find("\\/", 1, true), out)
+      assert.matches("a/b", out, 1, true)
+      for line in out:gmatch("[^\n]+") do assert.is_table(cjson.decode(line)) end
+    end
+    local jwk = cjson.decode(outputs[#outputs]).keys[1]
+    assert.equals(kid, jwk.kid)
+    assert.equals(x5c, jwk.x5c[1])
+  end)
+
   it("replaces the pair's certificate on a second keys cert, leaving one on the token", function()
     local engine = assert(softhsm.open_engine(hsm_env))
     assert(engine:generate("again", "ES256", { kid = "a1" }))

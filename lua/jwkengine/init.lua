@@ -8,7 +8,6 @@
 -- Every operation returns `value` or `nil, message, code`; only programming
 -- errors (wrong argument types, a missing algorithm list) raise.
 local core = require("jwkengine.core")
-local cjson = require("cjson.safe")
 local config = require("jwkengine.config")
 local fallback = require("jwkengine.fallback")
 local errors = require("jwkengine.errors")
@@ -200,7 +199,7 @@ function Engine:key_set_json(set)
   if not jwks then return nil, err, code end
   local json = self.json_cache[jwks]
   if not json then
-    json = cjson.encode(jwks)
+    json = jwk.encode(jwks)
     self.json_cache[jwks] = json
   end
   return json

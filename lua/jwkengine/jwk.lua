@@ -33,6 +33,18 @@ function M.shown(value)
   return (s:gsub("[^%w%p ]", "?"))
 end
 
+-- JSON text of a JWK, a JWK Set or a line about keys, as JWK tools write
+-- it: "/" unescaped (an x5c or an x5u holds many). Debian's lua-cjson has no
+-- encode_escape_forward_slash switch, and writes "/" only as the escape
+-- "\/", whose backslash is never the second half of a "\\" pair (that
+-- would leave the "/" bare), so every "\/" in its text is that escape.
+-- nil, message when cjson cannot encode the value.
+function M.encode(value)
+  local text, err = cjson.encode(value)
+  if not text then return nil, err end
+  return (text:gsub("\\/", "/"))
+end
+
 -- true for a table that cjson would have made from a JSON array (keys
 -- 1..n); an empty table counts as both an array and an object.
 function M.is_array(t)

@@ -1,7 +1,7 @@
 -- The worker's JWK Set: the public keys of the published sets as one
 -- canonical JSON body with a strong ETag, rebuilt on a timer.
-local cjson = require("cjson.safe")
 local core = require("jwkengine.core")
+local jwk = require("jwkengine.jwk")
 local logging = require("jwkengine.nginx.logging")
 local state = require("jwkengine.nginx.state")
 
@@ -20,10 +20,10 @@ local function canonical(value)
     for k in pairs(value) do names[#names + 1] = tostring(k) end
     table.sort(names)
     local parts = {}
-    for i, k in ipairs(names) do parts[i] = cjson.encode(k) .. ":" .. canonical(value[k]) end
+    for i, k in ipairs(names) do parts[i] = jwk.encode(k) .. ":" .. canonical(value[k]) end
     return "{" .. table.concat(parts, ",") .. "}"
   end
-  return cjson.encode(value)
+  return jwk.encode(value)
 end
 
 -- A strong ETag: base64url of SHA-256 over the exact body and the keys'
