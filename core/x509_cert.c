@@ -6,6 +6,7 @@
 
 #include <openssl/err.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -99,10 +100,13 @@ int jwke_x509_fields_of(const unsigned char *der, size_t der_len, jwke_x509_fiel
     return 0;
 }
 
-const jwke_alg *jwke_x509_signature_alg(const EVP_PKEY *key)
+const jwke_alg *jwke_x509_signature_alg(const EVP_PKEY *key, const jwke_alg *key_alg)
 {
-    if (jwke_pkey_kind(key) == JWKE_KIND_RSA)
+    if (jwke_pkey_kind(key) == JWKE_KIND_RSA) {
+        if (key_alg && key_alg->kind == JWKE_KIND_RSA && key_alg->scheme == JWKE_SCHEME_RSA_PSS)
+            return key_alg;
         return jwke_alg_default(JWKE_KIND_RSA, NULL);
+    }
     return jwke_pkey_curve(key);
 }
 
@@ -200,6 +204,46 @@ static int random_serial(X509 *cert)
     return ok;
 }
 
+/* An AlgorithmIdentifier of the hash, as RSASSA-PSS-params holds it. */
+static X509_ALGOR *hash_algor(const EVP_MD *md)
+{
+    X509_ALGOR *algor = X509_ALGOR_new();
+    if (algor)
+        X509_ALGOR_set_md(algor, md);
+    return algor;
+}
+
+/* RSASSA-PSS-params (RFC 4055 section 3.1) for alg, DER in a SEQUENCE
+ * ASN1_STRING: the hash, MGF1 over the same hash, the salt as long as the
+ * hash (what JWS's PS* use, RFC 7518 section 3.5), the trailer field's
+ * default. Every field is written: the defaults (SHA-1, salt 20) are not
+ * ours. NULL when out of memory. */
+static ASN1_STRING *pss_parameters(const jwke_alg *alg)
+{
+    const EVP_MD *md = jwke_alg_md(alg);
+    RSA_PSS_PARAMS *pss = RSA_PSS_PARAMS_new();
+    X509_ALGOR *mgf1_hash = hash_algor(md);
+    ASN1_STRING *mgf1_parameter = NULL, *out = NULL;
+    int ok = pss && mgf1_hash && (pss->hashAlgorithm = hash_algor(md)) != NULL &&
+             (pss->maskGenAlgorithm = X509_ALGOR_new()) != NULL &&
+             ASN1_item_pack(mgf1_hash, ASN1_ITEM_rptr(X509_ALGOR), &mgf1_parameter) != NULL &&
+             X509_ALGOR_set0(pss->maskGenAlgorithm, OBJ_nid2obj(NID_mgf1), V_ASN1_SEQUENCE,
+                             mgf1_parameter);
+    if (ok)
+        mgf1_parameter = NULL; /* the ALGOR owns it */
+    ok = ok && (pss->saltLength = ASN1_INTEGER_new()) != NULL &&
+         ASN1_INTEGER_set(pss->saltLength, (long)alg->digest->size) &&
+         ASN1_item_pack(pss, ASN1_ITEM_rptr(RSA_PSS_PARAMS), &out) != NULL;
+    ASN1_STRING_free(mgf1_parameter);
+    X509_ALGOR_free(mgf1_hash);
+    RSA_PSS_PARAMS_free(pss);
+    if (!ok) {
+        ASN1_STRING_free(out);
+        return NULL;
+    }
+    return out;
+}
+
 /* The AlgorithmIdentifier of the signature, written where X.509 repeats
  * it (inside the TBSCertificate and after it). OpenSSL 3 has no setter for
  * an X509's own (X509_sign sets them only with a private key in hand), so
@@ -207,7 +251,10 @@ static int random_serial(X509 *cert)
 static int set_signature_alg(X509 *cert, const jwke_alg *alg)
 {
     int nid, parameter = V_ASN1_UNDEF;
-    if (alg->scheme == JWKE_SCHEME_EDDSA) {
+    if (alg->scheme == JWKE_SCHEME_RSA_PSS) {
+        nid = NID_rsassaPss; /* its parameters: pss_parameters, one copy per place */
+        parameter = V_ASN1_SEQUENCE;
+    } else if (alg->scheme == JWKE_SCHEME_EDDSA) {
         nid = NID_ED25519;
     } else {
         int key_nid = alg->kind == JWKE_KIND_RSA ? NID_rsaEncryption : NID_X9_62_id_ecPublicKey;
@@ -219,9 +266,14 @@ static int set_signature_alg(X509 *cert, const jwke_alg *alg)
     const X509_ALGOR *outer;
     X509_get0_signature(NULL, &outer, cert);
     X509_ALGOR *places[] = {(X509_ALGOR *)X509_get0_tbs_sigalg(cert), (X509_ALGOR *)outer};
-    for (int i = 0; i < 2; i++)
-        if (!X509_ALGOR_set0(places[i], OBJ_nid2obj(nid), parameter, NULL))
+    for (int i = 0; i < 2; i++) {
+        ASN1_STRING *value = parameter == V_ASN1_SEQUENCE ? pss_parameters(alg) : NULL;
+        if ((parameter == V_ASN1_SEQUENCE && !value) ||
+            !X509_ALGOR_set0(places[i], OBJ_nid2obj(nid), parameter, value)) {
+            ASN1_STRING_free(value);
             return 0;
+        }
+    }
     return 1;
 }
 
@@ -310,10 +362,10 @@ static int finish(X509 *cert, const EVP_PKEY *key, unsigned char **der, size_t *
     return 0;
 }
 
-int jwke_x509_self_signed(const EVP_PKEY *key, const char *subject, int days, jwke_sign_fn sign,
-                          void *signer, unsigned char **der, size_t *der_len, jwke_error *err)
+int jwke_x509_self_signed(const EVP_PKEY *key, const jwke_alg *alg, const char *subject, int days,
+                          jwke_sign_fn sign, void *signer, unsigned char **der, size_t *der_len,
+                          jwke_error *err)
 {
-    const jwke_alg *alg = jwke_x509_signature_alg(key);
     if (!alg)
         return jwke_fail_code(err, "ERR_UNSUPPORTED_ALG", "no certificate signature for this key");
     X509 *cert = draft(key, subject, days, alg, err);

@@ -36,18 +36,23 @@ int jwke_x509_fields_of(const unsigned char *der, size_t der_len, jwke_x509_fiel
                         jwke_error *err);
 void jwke_x509_fields_clear(jwke_x509_fields *fields);
 
-/* The algorithm a key signs its certificate with: RS256 for RSA keys
- * (sha256WithRSAEncryption, whatever the key's JWS alg), the curve's ECDSA
- * or EdDSA for the others. */
-const jwke_alg *jwke_x509_signature_alg(const EVP_PKEY *key);
+/* The algorithm a key signs its certificate with. key_alg is the JWS alg
+ * the key is bound to (an HSM pair), or NULL (a software key signs with
+ * any that fits). A PSS key (key_alg PS256/384/512: on a token it may be
+ * PSS-only) signs with RSASSA-PSS, id-RSASSA-PSS with explicit parameters:
+ * its alg's hash for the hash and MGF1, salt as long as the hash (PS256:
+ * SHA-256, MGF1-SHA-256, 32). Other RSA keys: RS256
+ * (sha256WithRSAEncryption); EC and OKP keys: the curve's ECDSA or EdDSA. */
+const jwke_alg *jwke_x509_signature_alg(const EVP_PKEY *key, const jwke_alg *key_alg);
 
 /* A self-signed X.509 v3 certificate for `key`: subject = issuer =
  * `subject` ("CN=issuer.example, O=Example": RDNs in the order written),
  * valid from now for `days` days, a random 64-bit serial. sign() signs
- * the TBSCertificate with the private half, by jwke_x509_signature_alg, in
- * JWS form (ECDSA as raw R||S); the result is checked against `key` before it is
- * returned. *der is malloc'd. */
-int jwke_x509_self_signed(const EVP_PKEY *key, const char *subject, int days, jwke_sign_fn sign,
-                          void *signer, unsigned char **der, size_t *der_len, jwke_error *err);
+ * the TBSCertificate with the private half by `alg` (what
+ * jwke_x509_signature_alg chose), in JWS form (ECDSA as raw R||S); the
+ * result is checked against `key` before it is returned. *der is malloc'd. */
+int jwke_x509_self_signed(const EVP_PKEY *key, const jwke_alg *alg, const char *subject, int days,
+                          jwke_sign_fn sign, void *signer, unsigned char **der, size_t *der_len,
+                          jwke_error *err);
 
 #endif

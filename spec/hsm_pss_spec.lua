@@ -4,7 +4,9 @@
 -- PSS-only on the token; a pair made elsewhere says so the same way. The
 -- token signs with CKM_RSA_PKCS_PSS over a host-made digest; jwcrypto and
 -- npm jose verify, and a token without the mechanism gets an error naming it.
+local cjson = require("cjson")
 local jwkengine = require("jwkengine")
+local cli = require("helpers.cli")
 local softhsm = require("helpers.softhsm")
 local faults = require("helpers.faults")
 local jose = require("helpers.jose")
@@ -58,6 +60,42 @@ describe("PSS on the HSM", function()
         assert.equals("ERR_KEY_USE", code)
       end
       assert_verified(cases)
+    end)
+
+  it("keys cert gives a PSS-only key a certificate signed with RSASSA-PSS (SHA-256, MGF1-SHA-256, salt 32) that openssl verifies",
+    function()
+      local engine = open(token)
+      assert(engine:generate("pss.cert", "PS256", { kid = "pc-1", rsa_bits = 2048 }))
+      engine:close()
+      local env = softhsm.environment(token, { HSM_MIN_RSA_BITS = "2048" })
+      local out, err, status = cli.keys(env, "cert pss.cert pc-1 --subject CN=pss --days 30")
+      assert.equals(0, status, err)
+      local jwk = cjson.decode(out)
+      assert.equals("PS256", jwk.alg)
+      assert.equals(1, #jwk.x5c)
+      local dir = softhsm.run("mktemp -d /tmp/jwke-pss-cert.XXXXXX"):match("[^\n]+")
+      finally(function() os.execute("rm -rf " .. softhsm.quote(dir)) end)
+      local pem = dir .. "/cert.pem"
+      softhsm.write_file(pem, "-----BEGIN CERTIFICATE-----\n" .. jwk.x5c[1]:gsub(string.rep(".", 64), "%0\n")
+        :gsub("\n$", "") .. "\n-----END CERTIFICATE-----\n")
+      local verified, ok = softhsm.run(string.format("openssl verify -CAfile %s %s", pem, pem))
+      assert.is_true(ok, verified)
+      assert.matches(": OK", verified, 1, true)
+      local text
+      text, ok = softhsm.run(string.format("openssl x509 -in %s -noout -text", pem))
+      assert.is_true(ok, text)
+      -- both places X.509 names the signature algorithm: the TBSCertificate's and the outer one
+      local _, places = text:gsub("Signature Algorithm: rsassaPss", "")
+      assert.equals(2, places, text)
+      assert.matches("Hash Algorithm: sha256", text, 1, true)
+      assert.matches("Mask Algorithm: mgf1 with sha256", text, 1, true)
+      assert.matches("Salt Length: 0x20", text, 1, true)
+      -- the key's public half is the certificate's, and the key still signs PS256
+      engine = open(token)
+      finally(function() engine:close() end)
+      assert.same(jwk.x5c, assert(engine:key("pss.cert", "pc-1")).x5c)
+      local jwt = assert(engine:sign_jwt("pss.cert", { sub = "x5c" }))
+      assert.truthy(engine:verify_jwt("pss.cert", jwt))
     end)
 
   it("generates a startup set configured with alg PS256", function()

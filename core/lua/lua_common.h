@@ -43,8 +43,9 @@ void jwke_push_certificate_members(lua_State *L, const unsigned char *der, size_
 
 /* key:self_signed_certificate(subject, days) -> DER | nil, err, code for
  * any key class: subject and days are arguments 2 and 3; sign/signer make
- * the signature with jwke_x509_signature_alg(pub) (x509_cert.h). */
-int jwke_push_self_signed(lua_State *L, const EVP_PKEY *pub, jwke_sign_fn sign, void *signer);
+ * the signature with alg (jwke_x509_signature_alg, x509_cert.h). */
+int jwke_push_self_signed(lua_State *L, const EVP_PKEY *pub, const jwke_alg *alg, jwke_sign_fn sign,
+                          void *signer);
 
 /* Pushes a new public-key object sharing pkey (takes its own reference). */
 void jwke_push_public_key(lua_State *L, EVP_PKEY *pkey);

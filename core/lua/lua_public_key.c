@@ -217,7 +217,8 @@ static int l_certificate_members(lua_State *L)
     return 1;
 }
 
-int jwke_push_self_signed(lua_State *L, const EVP_PKEY *pub, jwke_sign_fn sign, void *signer)
+int jwke_push_self_signed(lua_State *L, const EVP_PKEY *pub, const jwke_alg *alg, jwke_sign_fn sign,
+                          void *signer)
 {
     size_t subject_len;
     const char *subject = luaL_checklstring(L, 2, &subject_len);
@@ -237,7 +238,7 @@ int jwke_push_self_signed(lua_State *L, const EVP_PKEY *pub, jwke_sign_fn sign, 
         jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "the subject holds a NUL byte");
         return jwke_push_error(L, &err);
     }
-    if (jwke_x509_self_signed(pub, subject, days, sign, signer, &der, &der_len, &err) != 0)
+    if (jwke_x509_self_signed(pub, alg, subject, days, sign, signer, &der, &der_len, &err) != 0)
         return jwke_push_error(L, &err);
     lua_pushlstring(L, (const char *)der, der_len);
     free(der);

@@ -322,13 +322,13 @@ static int signing_setup(lua_State *L, int alg_arg, void *signer, size_t *sig_ma
 static int l_self_signed_certificate(lua_State *L)
 {
     swkey_object *k = check_key(L);
-    sw_signer s = {k->key.pkey, jwke_x509_signature_alg(k->key.public_pkey)};
+    sw_signer s = {k->key.pkey, jwke_x509_signature_alg(k->key.public_pkey, NULL)};
     if (!k->key.is_private) {
         jwke_error err;
         jwke_fail_code(&err, "ERR_KEY_NOT_PRIVATE", "a public-only key cannot sign a certificate");
         return jwke_push_error(L, &err);
     }
-    return jwke_push_self_signed(L, k->key.public_pkey, sw_sign, &s);
+    return jwke_push_self_signed(L, k->key.public_pkey, s.alg, sw_sign, &s);
 }
 
 /* key:sign(input, alg) -> signature bytes | nil, err */

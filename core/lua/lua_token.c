@@ -494,8 +494,9 @@ static int l_key_self_signed_certificate(lua_State *L)
     jwke_error err;
     if (signing_setup(L, 4, &s, &sig_max, &err) != 0)
         return jwke_push_error(L, &err);
-    s.alg = jwke_x509_signature_alg(k->key.public_key); /* fits: same kind and curve */
-    return jwke_push_self_signed(L, k->key.public_key, hsm_sign, &s);
+    /* fits: same kind and curve; a PSS key (maybe PSS-only) signs with PSS */
+    s.alg = jwke_x509_signature_alg(k->key.public_key, k->key.alg);
+    return jwke_push_self_signed(L, k->key.public_key, s.alg, hsm_sign, &s);
 }
 
 /* key:sign_compact(header_b64, payload [, alg]) -> compact JWS | nil, err */
