@@ -155,28 +155,35 @@ typedef struct store_context {
     CK_ULONG template_len;
 } store_context;
 
-/* The old certificates go first, so a pair never has two at once (which
- * would publish neither). */
+/* The new certificate is made first and the old ones (found before it, so
+ * by handle: the search after would find the new one too) destroyed after:
+ * a failure to make it leaves the pair its old certificate, never none.
+ * For that moment the pair has two, which a reader publishes as none (see
+ * judge); when an old one cannot be destroyed, the new one is destroyed
+ * again so the pair keeps the certificate it had. */
 static CK_RV store_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx,
                       const char **function, jwke_error *err)
 {
     store_context *c = ctx;
     CK_FUNCTION_LIST_PTR fn = jwke_p11_token_functions(token);
-    CK_OBJECT_HANDLE *handles = NULL;
+    CK_OBJECT_HANDLE *old = NULL;
     size_t n = 0;
-    CK_RV rv = jwke_p11_find(token, session, c->search, c->search_len, &handles, &n, function, err);
-    *function = "C_DestroyObject";
-    for (size_t i = 0; rv == CKR_OK && i < n; i++) {
-        rv = fn->C_DestroyObject(session, handles[i]);
-        if (rv == CKR_OBJECT_HANDLE_INVALID)
-            rv = CKR_OK; /* another process replaced it first */
-    }
-    free(handles);
+    CK_RV rv = jwke_p11_find(token, session, c->search, c->search_len, &old, &n, function, err);
     if (rv != CKR_OK)
         return rv;
     CK_OBJECT_HANDLE created;
     *function = "C_CreateObject";
-    return fn->C_CreateObject(session, c->template, c->template_len, &created);
+    rv = fn->C_CreateObject(session, c->template, c->template_len, &created);
+    for (size_t i = 0; rv == CKR_OK && i < n; i++) {
+        *function = "C_DestroyObject";
+        rv = fn->C_DestroyObject(session, old[i]);
+        if (rv == CKR_OBJECT_HANDLE_INVALID)
+            rv = CKR_OK; /* another process replaced it first */
+        if (rv != CKR_OK)
+            (void)fn->C_DestroyObject(session, created); /* the error is rv's, not this one's */
+    }
+    free(old);
+    return rv;
 }
 
 int jwke_p11_store_certificate(jwke_p11_token *token, const char *label, size_t label_len,

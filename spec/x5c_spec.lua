@@ -165,6 +165,35 @@ describe("x5c", function()
       run_ok(string.format("openssl x509 -in %s -noout -subject -nameopt oneline", q(pem))), 1, true)
   end)
 
+  it("keeps the pair's certificate when the new one cannot be stored, or the old one cannot be removed", function()
+    local function certificates()
+      local n = 0
+      for _, object in ipairs(softhsm.objects(token, "cert")) do
+        if object.label == "kept" then n = n + 1 end
+      end
+      return n
+    end
+    local engine = assert(softhsm.open_engine(hsm_env))
+    assert(engine:generate("kept", "ES256", { kid = "k1" }))
+    local first = assert(engine:certify("kept", "k1", { subject = "CN=first" }))
+    engine:close()
+    for _, case in ipairs({ { "C_CreateObject:CKR_DEVICE_MEMORY", "C_CreateObject: CKR_DEVICE_MEMORY" },
+      { "C_DestroyObject:CKR_FUNCTION_FAILED@1", "C_DestroyObject: CKR_FUNCTION_FAILED" } }) do
+      faults.set({ faults = case[1] })
+      engine = assert(softhsm.open_engine(faults.environment(token, EXTRA)))
+      local jwk, err = engine:certify("kept", "k1", { subject = "CN=second" })
+      engine:close()
+      faults.set({})
+      assert.is_nil(jwk, case[1])
+      assert.matches(case[2], err, 1, true)
+      engine = assert(softhsm.open_engine(hsm_env))
+      local kept = assert(engine:key("kept", "k1"))
+      engine:close()
+      assert.same(first.x5c, kept.x5c, case[1])
+      assert.equals(1, certificates(), case[1])
+    end
+  end)
+
   it("maps a certificate made elsewhere and written with pkcs11-tool (the seed workflow)", function()
     local engine = assert(softhsm.open_engine(hsm_env))
     assert(engine:generate("seed", "ES256", { kid = "seed-1" }))
