@@ -28,7 +28,8 @@ usage: jwkengine keys COMMAND ...    (from a checkout: build/jwkengine scripts/k
                                               old one retired at once
   retire SET KID                              unpublish a key (kept); never the current key
   activate SET KID                            make a key current at once (the current one: previous)
-  maintain                                    run the rotation schedule of every set (for cron)
+  maintain                                    create the configured startup sets that are missing, then run
+                                              the rotation schedule of every set (for cron)
 Lifecycle commands print each change as {"set","kid","from","to","at"}, a JSON object a line.]]
 
 local function die(message, status)
@@ -74,11 +75,26 @@ end
 
 local commands = {}
 
+-- A read of a set the configuration names (startup_sets) but nobody has
+-- created yet says how to create it: reads never generate keys.
+local function die_reading(engine, set, err, code)
+  if code == "ERR_KEY_SET_NOT_FOUND" then
+    for _, entry in ipairs(engine.config.startup_sets) do
+      if entry.set == set then
+        die(string.format("key set '%s' is configured (startup_sets) but not created yet: run "
+          .. "`keys maintain` (it creates the configured sets that are missing), or `keys create %s %s`",
+          set, set, entry.alg or "ALG"))
+      end
+    end
+  end
+  die(err)
+end
+
 function commands.get(engine, args)
   local p = parse(args, {})
   if #p ~= 1 then usage_error("get takes SET") end
-  local text, err = engine:key_set_json(p[1])
-  if not text then die(err) end
+  local text, err, code = engine:key_set_json(p[1])
+  if not text then die_reading(engine, p[1], err, code) end
   print(text)
 end
 
@@ -155,8 +171,8 @@ end
 commands.keys = function(engine, args)
   local p = parse(args, {})
   if #p ~= 1 then usage_error("keys takes SET") end
-  local list, err = engine:key_states(p[1])
-  if not list then die(err) end
+  local list, err, code = engine:key_states(p[1])
+  if not list then die_reading(engine, p[1], err, code) end
   for _, key in ipairs(list) do print(json(key)) end
 end
 
@@ -182,8 +198,16 @@ end
 commands.retire = key_command("retire")
 commands.activate = key_command("activate")
 
+-- Creates the configured startup sets that are missing first (as an
+-- engine opening does, once across processes), so that cron bootstraps a
+-- fresh token, then runs the schedule.
 commands.maintain = function(engine, args)
   if #args ~= 0 then usage_error("maintain takes no arguments") end
+  local ok, generated = engine:ensure_startup_sets()
+  if not ok then die(generated) end
+  for _, set in ipairs(generated) do
+    io.stderr:write(string.format("keys.lua: created the configured key set '%s' (startup_sets)\n", set))
+  end
   local changes, err = engine:maintain()
   if not changes then die(err) end
   print_changes(changes)

@@ -119,6 +119,95 @@ describe("keys.lua", function()
   end)
 end)
 
+describe("keys.lua on a fresh token with rotating startup sets", function()
+  local faults = require("helpers.faults")
+  local SETS = { "boot.id-token", "boot.access-token" }
+  local config
+
+  setup(function()
+    config = os.tmpname() .. ".yaml"
+    local lines = { "startup_sets:" }
+    for _, set in ipairs(SETS) do
+      lines[#lines + 1] = "  - set: " .. set
+      lines[#lines + 1] = "    alg: ES256"
+      lines[#lines + 1] = "    rotation: { period: 7776000, prepublish: 86400, retain: 172800 }"
+    end
+    softhsm.write_file(config, table.concat(lines, "\n") .. "\n")
+  end)
+  teardown(function() os.remove(config) end)
+
+  -- Private keys on the token, counted by set.
+  local function pairs_by_set(token)
+    local counts = {}
+    for _, object in ipairs(softhsm.objects(token, "privkey")) do
+      counts[object.label] = (counts[object.label] or 0) + 1
+    end
+    return counts
+  end
+
+  it("maintain creates the configured sets that are missing; reads name maintain until then", function()
+    local token = softhsm.new_token("cli-boot")
+    local env = softhsm.environment(token, { JWKENGINE_CONFIG = config })
+    for _, command in ipairs({ "keys ", "get " }) do
+      local out, err, status = cli.keys(env, command .. SETS[1])
+      assert.equals(1, status, err)
+      assert.equals("", out)
+      assert.matches("key set 'boot.id-token' is configured (startup_sets) but not created yet: run "
+        .. "`keys maintain`", err, 1, true)
+      assert.matches("`keys create boot.id-token ES256`", err, 1, true)
+    end
+    assert.same({}, pairs_by_set(token)) -- a read generates nothing
+
+    local _, err, status = cli.keys(env, "maintain")
+    assert.equals(0, status, err)
+    for _, set in ipairs(SETS) do
+      assert.matches("created the configured key set '" .. set .. "'", err, 1, true)
+    end
+    assert.same({ [SETS[1]] = 1, [SETS[2]] = 1 }, pairs_by_set(token))
+    for _, set in ipairs(SETS) do
+      local out
+      out, err, status = cli.keys(env, "keys " .. set)
+      assert.equals(0, status, err)
+      local key = cjson.decode(out)
+      assert.equals("current", key.state)
+      assert.equals("ES256", key.alg)
+    end
+    _, err, status = cli.keys(env, "maintain")
+    assert.equals(0, status, err)
+    assert.is_nil(err:find("created", 1, true), err)
+    assert.same({ [SETS[1]] = 1, [SETS[2]] = 1 }, pairs_by_set(token))
+  end)
+
+  -- SoftHSM's file store answers CKR_GENERAL_ERROR to a process reading its
+  -- token while another logs in, so the runs start 0.4 s apart: each has
+  -- opened the engine and found the sets missing while the first one is
+  -- still inside C_GenerateKeyPair (slowed to 3 s, before the real call).
+  it("maintain creates them once when several run at once", function()
+    local token = faults.fresh_token("cli-boot-race")
+    local env = faults.environment(token, { JWKENGINE_CONFIG = config })
+    faults.set({ latency = "C_GenerateKeyPair:3000000" })
+    finally(function() faults.set({}) end)
+    local dir = softhsm.run("mktemp -d /tmp/jwke-cli-boot.XXXXXX"):match("[^\n]+")
+    finally(function() os.execute("rm -rf " .. softhsm.quote(dir)) end)
+    local runs = {}
+    for i = 1, 4 do
+      runs[i] = string.format("(%s %s/jwkengine scripts/keys.lua maintain > %s/out.%d 2> %s/err.%d; echo $? > %s/rc.%d) &",
+        cli.env_prefix(env), softhsm.BUILD, dir, i, dir, i, dir, i)
+    end
+    assert(os.execute(table.concat(runs, " sleep 0.4; ") .. " wait"))
+    local created = 0
+    for i = 1, 4 do
+      local err = softhsm.read_file(dir .. "/err." .. i)
+      assert.equals("0", softhsm.read_file(dir .. "/rc." .. i):match("%d+"), err)
+      local _, n = err:gsub("created the configured key set", "")
+      created = created + n
+    end
+    faults.set({})
+    assert.same({ [SETS[1]] = 1, [SETS[2]] = 1 }, pairs_by_set(token))
+    assert.equals(2, created)
+  end)
+end)
+
 describe("the runner", function()
   it("prints versions, runs -e, passes arg, and reports errors with a traceback", function()
     local out = softhsm.run(softhsm.BUILD .. "/jwkengine -v")

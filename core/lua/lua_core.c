@@ -361,6 +361,7 @@ int luaopen_jwkengine_core(lua_State *L)
     jwke_open_software_key(L);
     jwke_open_jose(L);
     jwke_open_json(L);
+    jwke_open_file_lock(L);
     jwke_open_kept_secret(L);
     lua_pushstring(L, JWKENGINE_VERSION);
     lua_setfield(L, -2, "_VERSION");

@@ -38,7 +38,7 @@ M.codes = {
   -- nginx integration
   ERR_OPEN = "opening the engine in an nginx worker raised",
   ERR_STARTUP = "startup generation in an nginx worker raised",
-  ERR_STARTUP_LOCK = "the startup lock (a lua_shared_dict) could not be taken",
+  ERR_STARTUP_LOCK = "the startup lock (nginx's lua_shared_dict, or the host's lock file) could not be taken",
   ERR_THREAD = "an nginx worker thread failed to run the signing call",
   ERR_OVERLOADED = "nginx: every thread-pool signing slot of the worker was busy and the wait queue full, or the wait passed thread_queue.timeout (503 with Retry-After)",
   ERR_HTTP_METHOD = "nginx: the request used a method the endpoint does not take (405)",

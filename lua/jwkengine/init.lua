@@ -221,8 +221,10 @@ end
 Engine.reload = checked_call("reload")
 
 -- Generates the startup sets that are missing (by default the configured
--- ones, engine.config.startup_sets): { { set =, alg = }, ... }. open does
--- this unless options.startup is false.
+-- ones, engine.config.startup_sets): { { set =, alg = }, ... }, once across
+-- the processes of the host (jwkengine.startup's lock file). open does
+-- this unless options.startup is false; so does `keys maintain`. Returns
+-- true, the names of the sets it generated.
 function Engine:ensure_startup_sets(sets)
   sets = sets or self.config.startup_sets
   if type(sets) ~= "table" then error("sets must be a list of { set =, alg = }", 2) end

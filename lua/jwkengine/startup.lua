@@ -4,29 +4,104 @@
 -- A set found in either place counts as present (Hydra's fallback rule).
 -- Any error other than "not found" stops the start: creating a second key
 -- because a token hiccuped would be worse than not starting.
+--
+-- Once across processes: PKCS#11 has no "create if missing", so two
+-- processes finding a set missing at once would each make a first key.
+-- Whoever finds one missing takes a lock file of the host (flock; nginx's
+-- workers hold their shared-dict lock around this as well) and looks again
+-- under it; the software store's first key is also written with an atomic
+-- insert-if-empty. Nothing is locked while every set exists.
+local core = require("jwkengine.core")
+
 local M = {}
 
+-- How long a process waits for another one's startup generation (RSA 4096
+-- on a network HSM takes seconds; nginx's startup_lock_timeout is the same).
+M.LOCK_TIMEOUT = 300
+
+local function lock_dir()
+  local f = io.open("/run/lock/.", "r") -- Debian's world-writable lock folder
+  if f then
+    f:close()
+    return "/run/lock"
+  end
+  return os.getenv("TMPDIR") or "/tmp"
+end
+
+-- The lock file every process of this host takes before generating.
+function M.lock_file()
+  return lock_dir() .. "/jwkengine-startup.lock"
+end
+
+-- The host's startup lock, waited for up to timeout seconds: lock, or
+-- nil, err, code (ERR_STARTUP_LOCK), timed_out.
+local function acquire(path, timeout, log)
+  local deadline = core.monotonic() + timeout
+  local said = false
+  while true do
+    local lock, err, code = core.try_lock_file(path)
+    if lock or lock == nil then return lock, err, code end
+    if not said then
+      log("info", string.format("another process is generating startup key sets (it holds %s); waiting", path))
+      said = true
+    end
+    if core.monotonic() > deadline then
+      return nil, string.format("timed out after %d s waiting for the startup lock %s", timeout, path),
+        "ERR_STARTUP_LOCK", true
+    end
+    core.pause(0.05)
+  end
+end
+
 -- keys: the engine's fallback manager (jwkengine.fallback); startup_sets:
--- { { set =, alg = }, ... }; log(level, message).
-function M.ensure_sets(keys, startup_sets, log)
+-- { { set =, alg = }, ... }; log(level, message); options.lock_file (default
+-- M.lock_file()), options.lock_timeout (default M.LOCK_TIMEOUT).
+-- Returns true, the names of the sets this call generated.
+function M.ensure_sets(keys, startup_sets, log, options)
+  options = options or {}
+  -- A set that does not read back as present is looked at again under the
+  -- lock, whatever the read said: another process generating it leaves it
+  -- half made (a public half without its private half) for a moment.
+  local missing = {}
   for _, entry in ipairs(startup_sets) do
+    if not keys:key_set(entry.set) then missing[#missing + 1] = entry end
+  end
+  if #missing == 0 then return true, {} end
+  local path = options.lock_file or M.lock_file()
+  local lock, lerr, lcode, timed_out = acquire(path, options.lock_timeout or M.LOCK_TIMEOUT, log)
+  if timed_out then return nil, lerr, lcode end
+  if not lock then
+    -- a folder this process cannot write: generate as before the lock (at
+    -- worst two processes racing make a key each, which the lifecycle
+    -- orders), rather than refuse to start
+    log("warn", string.format("%s (%s): generating startup key sets without the lock", lerr, lcode))
+  end
+  local generated = {}
+  local function failed(...)
+    if lock then lock:release() end
+    return nil, ...
+  end
+  for _, entry in ipairs(missing) do
     local jwks, err, code = keys:key_set(entry.set)
+    if not jwks and code ~= "ERR_KEY_SET_NOT_FOUND" then return failed(err, code) end
     if not jwks then
-      if code ~= "ERR_KEY_SET_NOT_FOUND" then return nil, err, code end
       log("info", string.format("JSON Web Key Set '%s' doesn't exist yet, generating new key pair...",
         entry.set))
       local result
       result, err, code = keys:generate_if_missing(entry.set, entry.alg)
       if not result then
-        return nil, string.format("generating startup key set '%s': %s", entry.set, err), code
+        return failed(string.format("generating startup key set '%s': %s", entry.set, err), code)
       end
       if result == "exists" then
         log("info", string.format("JSON Web Key Set '%s' was created by another instance meanwhile",
           entry.set))
+      else
+        generated[#generated + 1] = entry.set
       end
     end
   end
-  return true
+  if lock then lock:release() end
+  return true, generated
 end
 
 return M
