@@ -17,6 +17,7 @@ describe("verify after sign", function()
       logger = false, hsm = { min_rsa_bits = 2048 } }))
     assert(engine:generate("rsa", "RS256", { kid = "r1", rsa_bits = 2048 }))
     assert(engine:generate("ec", "ES256", { kid = "e1" }))
+    assert(engine:generate("ps", "PS256", { kid = "p1", rsa_bits = 2048 }))
     engine:close()
   end)
   teardown(function() faults.set({}) end)
@@ -54,6 +55,21 @@ describe("verify after sign", function()
 
   it("catches a corrupted RS256 signature by default", function()
     assert_caught(sign_once("rsa", nil, true), "RS256", "r1")
+  end)
+
+  -- RSASSA-PSS signs with the same RSA-CRT arithmetic as PKCS#1 v1.5
+  it("catches a corrupted PS256 signature by default", function()
+    assert_caught(sign_once("ps", nil, true), "PS256", "p1")
+  end)
+
+  -- spec/c/wiped_signature.c: the caller's own buffer, not only what Lua
+  -- sees, holds zeros after a signature that did not verify
+  it("wipes the refused signature from the caller's buffer", function()
+    local out, ok = softhsm.run(string.format("env -u JWKE_FAULT_CONTROL JWKE_FAULT_CORRUPT_SIGNATURE=1 "
+      .. "JWKE_FAULT_MODULE=%s %s/wiped_signature %s %s %s rsa", softhsm.quote(softhsm.LIBRARY), softhsm.BUILD,
+      faults.MODULE, softhsm.quote(token.label), token.pin))
+    assert.is_true(ok, out)
+    assert.matches("code=ERR_SIGNATURE_FAULT wiped=yes", out, 1, true)
   end)
 
   -- A CKA_ID is bytes: the message (and the log line) names an unprintable
