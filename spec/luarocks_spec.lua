@@ -1,8 +1,9 @@
--- The rock: Debian's `luarocks` builds jwkengine from the rockspecs at the
--- root (CMake, JWKE_ROCK) into a throwaway tree, for Lua 5.4 and for
--- LuaJIT (OpenResty's ABI, Lua 5.1); a plain interpreter with only that
--- tree's paths then opens an engine on a throwaway SoftHSM token and signs,
--- and python3-jwcrypto verifies the token. LuaRocks' own build folder
+-- The rock: the README's LuaRocks lines, run as written with Debian's
+-- `luarocks` (LUAROCKS_CONFIG pointing it at a throwaway tree), build
+-- jwkengine from the rockspecs at the root (CMake, JWKE_ROCK) for Lua 5.4
+-- and for LuaJIT (OpenResty's ABI, Lua 5.1); a plain interpreter with only
+-- that tree's paths then opens an engine on a throwaway SoftHSM token and
+-- signs, and python3-jwcrypto verifies the token. LuaRocks' own build folder
 -- (build.luarocks/, ignored by git) is kept between runs, so only the first
 -- build compiles the whole core.
 local cjson = require("cjson")
@@ -29,11 +30,6 @@ print(cjson.encode({ version = jwkengine._VERSION, lua = jit and jit.version or 
   jwks = assert(engine:key_set_json("rock")), token = token }))
 engine:close()
 ]]
-
--- luarocks for one Lua version (extra: variables such as LUA_INCDIR).
-local function luarocks(lua_version, args, extra)
-  return softhsm.run(string.format("luarocks --lua-version %s %s %s", lua_version, args, extra or ""))
-end
 
 describe("the LuaRocks rock", function()
   local tmp
@@ -63,36 +59,71 @@ describe("the LuaRocks rock", function()
     assert.equals(common(scm), common(released))
   end)
 
-  local targets = {
-    { name = "Lua 5.4", lua_version = "5.4", interpreter = "lua5.4", expect = "Lua 5.4" },
-    { name = "LuaJIT (Lua 5.1 ABI)", lua_version = "5.1", interpreter = "luajit",
-      extra = "LUA_INCDIR=/usr/include/luajit-2.1", expect = "LuaJIT" },
-  }
-  for _, target in ipairs(targets) do
-    it("installs into a throwaway tree for " .. target.name .. ", opens an engine on SoftHSM and signs",
-      function()
-        local tree = tmp .. "/tree-" .. target.lua_version
-        local out, ok = luarocks(target.lua_version,
-          "make --deps-mode none --tree " .. q(tree) .. " " .. ROCKSPECS[1], target.extra)
-        assert.is_true(ok, "luarocks make: " .. out)
+  -- The README's LuaRocks block (the sh block after "With LuaRocks"), line
+  -- by line without the comments: the spec runs what a reader types.
+  local function readme_lines()
+    local block = assert(softhsm.read_file("README.md"):match("\nWith LuaRocks.-\n```sh\n(.-)\n```"),
+      "README.md has no sh block after \"With LuaRocks\"")
+    local lines = {}
+    for line in block:gmatch("[^\n]+") do lines[#lines + 1] = (line:gsub("%s+#.*$", "")) end
+    return lines
+  end
 
-        local token = softhsm.new_token("rock")
+  -- Which interpreter loads what a line built: LuaJIT where the line builds
+  -- against its headers.
+  local function interpreter_of(line, lua_version)
+    if line:find("luajit", 1, true) then return "luajit", "LuaJIT" end
+    return "lua" .. lua_version, "Lua " .. lua_version
+  end
+
+  it("runs the README's luarocks lines as written, and each build opens an engine on SoftHSM and signs",
+    function()
+      local lines = readme_lines()
+      -- LUAROCKS_CONFIG names a throwaway tree, so the lines (which install
+      -- into the system tree as root) change nothing outside tmp
+      local config = tmp .. "/luarocks-config.lua"
+      local tree = tmp .. "/tree"
+      softhsm.write_file(config, string.format("rocks_trees = { { name = %q, root = %q } }\n", "throwaway", tree))
+      local env = "env LUAROCKS_CONFIG=" .. q(config) .. " "
+      local built, packages = {}, 0
+      for _, line in ipairs(lines) do
+        local apt = line:match("^apt%-get install %-y (.+)$")
+        if apt then
+          for package in apt:gmatch("%S+") do
+            local status = softhsm.run("dpkg-query -W -f='${Status}' " .. q(package))
+            assert.matches("install ok installed", status, 1, true)
+            packages = packages + 1
+          end
+        else
+          assert.matches("^luarocks ", line)
+          local out, ok = softhsm.run(env .. line)
+          assert.is_true(ok, line .. ": " .. out)
+          local lua_version = line:match("%-%-lua%-version (%S+)")
+          assert.is_truthy(lua_version, "a luarocks line without --lua-version builds for Debian's default, 5.1: " .. line)
+          built[#built + 1] = { line = line, lua_version = lua_version }
+        end
+      end
+      assert.is_true(packages > 0, "the block names no package")
+      assert.same({ "5.4", "5.1" }, { built[1] and built[1].lua_version, built[2] and built[2].lua_version })
+
+      for _, b in ipairs(built) do
+        local token = softhsm.new_token("rock") -- the probe generates its set
+        local interpreter, expect = interpreter_of(b.line, b.lua_version)
         -- only the tree's paths (and the system's, for cjson): nothing from
         -- the checkout or the build folder the other specs use
         local command = string.format("cd %s && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 "
-          .. "-u LUA_CPATH_5_4 sh -c %s", q(tmp), q(string.format(
-            'eval "$(luarocks --lua-version %s path --tree %s)" && %s probe.lua %s %s %s',
-            target.lua_version, q(tree), target.interpreter, q(softhsm.LIBRARY), q(token.label),
-            q(token.pin))))
-        out, ok = softhsm.run(command)
-        assert.is_true(ok, target.name .. ": " .. out)
+          .. "-u LUA_CPATH_5_4 LUAROCKS_CONFIG=%s sh -c %s", q(tmp), q(config), q(string.format(
+            'eval "$(luarocks --lua-version %s path)" && %s probe.lua %s %s %s',
+            b.lua_version, interpreter, q(softhsm.LIBRARY), q(token.label), q(token.pin))))
+        local out, ok = softhsm.run(command)
+        assert.is_true(ok, b.line .. ": " .. out)
         local result = cjson.decode(out:match("{.*}"))
         assert.equals(core._VERSION, result.version)
-        assert.matches(target.expect, result.lua, 1, true)
-        assert.equals(tree .. "/lib/lua/" .. target.lua_version .. "/jwkengine/core.so", result.core)
-        assert.equals(tree .. "/share/lua/" .. target.lua_version .. "/jwkengine/init.lua", result.init)
+        assert.matches(expect, result.lua, 1, true)
+        assert.equals(tree .. "/lib/lua/" .. b.lua_version .. "/jwkengine/core.so", result.core)
+        assert.equals(tree .. "/share/lua/" .. b.lua_version .. "/jwkengine/init.lua", result.init)
         local verified, why = verifier.jwcrypto(result.jwks, result.token)
         assert.is_true(verified, why)
-      end)
-  end
+      end
+    end)
 end)
