@@ -76,6 +76,9 @@ function M.open(hsm_config, options)
     return nil, err, code
   end
   local log = options.logger or function() end
+  -- what opening queued (a pool cut to the token's session limit) is said
+  -- now, at open, not with the first signature's events
+  for _, line in ipairs(token:events() or {}) do log("warn", line) end
   local prefix = hsm_config.key_set_prefix or ""
   -- the lifecycle of each set (jwkengine.rotation.states), its records on
   -- this token
