@@ -183,6 +183,22 @@ describe("nginx integration (4 workers, SoftHSM)", function()
     assert.are.equal("application/jwt", r[11].headers["content-type"])
     assert.are.equal("no-store", r[11].headers["cache-control"])
     check(12, 400, "duplicate")
+    -- each refusal left a line at notice naming its status and code
+    -- (README: "a refused request is logged at notice")
+    local log = server:log()
+    local function logged(what, needle, also)
+      for _, line in ipairs(nginx.lines_matching(log, { needle })) do
+        if line:find("[notice]", 1, true) and line:find(also or "", 1, true) then return end
+      end
+      error(what .. ": no line at notice with '" .. needle .. "':\n" .. tail(log))
+    end
+    logged("GET /token", "refused GET /token with 405 (ERR_HTTP_METHOD): use POST")
+    logged("POST to the JWK Set", "refused POST /.well-known/jwks.json with 405 (ERR_HTTP_METHOD): use GET")
+    logged("text/plain", "refused POST /token with 415 (ERR_HTTP_MEDIA_TYPE)")
+    logged("a list", "refused POST /token with 400 (ERR_HTTP_BODY_INVALID): the body must be a JSON object")
+    logged("an empty body", "refused POST /token with 400 (ERR_HTTP_BODY_INVALID): the body is empty")
+    logged("a duplicate claim", "refused POST /token with 400 (ERR_HTTP_BODY_INVALID)", "duplicate")
+    logged("too large", "refused POST /token with 413 (ERR_HTTP_BODY_TOO_LARGE): the body is larger than 16384")
   end)
 
   it("answers a hostile If-None-Match with the right status, under and over jwkengine's limit", function()
@@ -399,6 +415,11 @@ describe("nginx integration: configuration and PIN failures", function()
       { method = "POST", path = "/token", headers = { ["Content-Type"] = "application/json" }, body = "{}" } })
     assert.are.equal(503, r[1].status)
     assert.are.equal(503, r[2].status)
+    assert.matches("the key engine cannot be opened", r[2].body, 1, true)
+    -- the worker tries no more until a reload: clients are asked to wait
+    -- the longest time between the worker's attempts to open (30 s)
+    assert.are.equal("30", r[1].headers["retry-after"])
+    assert.are.equal("30", r[2].headers["retry-after"])
     assert.is_falsy(r[1].body:find("999999", 1, true))
     assert.is_falsy(server:log():find("999999", 1, true), "the PIN is in the error log")
     -- a reload may carry a fixed PIN: one more attempt
