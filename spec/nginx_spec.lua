@@ -398,6 +398,43 @@ describe("nginx integration: configuration and PIN failures", function()
     server = nil
   end)
 
+  -- issue 21: the example's `user www-data` and a token folder root owns
+  -- answered /health with a bare "no token with label ..."
+  it("names the worker's user and the fix in /health when that user cannot read the token's files", function()
+    local unreadable = require("helpers.unreadable_token")
+    if not unreadable.available() then
+      pending("needs root and runuser to run nginx's workers as " .. unreadable.USER)
+      return
+    end
+    local t = unreadable.new("ngxunreadable")
+    server = nginx.new({ token = { label = t.label, pin = unreadable.PIN }, workers = 1,
+      environment = { SOFTHSM2_CONF = t.conf },
+      render = function(opts)
+        return nginx.replace_once(nginx.render_config(opts), "user root; # the test's token files belong to root",
+          "user " .. unreadable.USER .. " " .. unreadable.GROUP .. ";")
+      end })
+    -- the worker reads JWKENGINE_CONFIG from the prefix folder
+    assert(os.execute("chmod 755 " .. softhsm.quote(server.prefix) .. " && chmod 644 " ..
+      softhsm.quote(server.prefix .. "/jwkengine.yaml")))
+    server:start(30, true)
+    local deadline, body = os.time() + 30, nil
+    repeat -- "not open yet" until the worker has tried
+      local response = server:requests({ { path = "/health" } })[1]
+      assert.are.equal(503, response.status, response.body)
+      body = cjson.decode(response.body)
+      if body.failure ~= "not open yet" then break end
+      nginx.sleep(0.2)
+    until os.time() > deadline
+    server:dispose()
+    server = nil
+    unreadable.remove(t)
+    assert.are.equal("token not present", body.failure, cjson.encode(body))
+    assert.matches("no token with label '" .. t.label .. "' (tokens present: '' in slot", body.checks.engine, 1, true)
+    assert.matches("this process's user (" .. unreadable.USER .. " (uid ", body.checks.engine, 1, true)
+    assert.matches("probably cannot read its files", body.checks.engine, 1, true)
+    assert.matches("the `user` of nginx.conf", body.checks.engine, 1, true)
+  end)
+
   it("tries a wrong PIN once per start or reload, not once per worker, and answers 503", function()
     server = nginx.new({ token = token, workers = 4, pin = "999999" })
     server:start(30, true)

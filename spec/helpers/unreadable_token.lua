@@ -10,6 +10,7 @@ local softhsm = require("helpers.softhsm")
 local M = {}
 
 M.USER = "nobody"
+M.GROUP = "nogroup" -- Debian's group of nobody (nginx would look for a group "nobody")
 M.PIN = softhsm.PIN
 
 local q = softhsm.quote
