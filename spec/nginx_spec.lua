@@ -402,11 +402,8 @@ describe("nginx integration: configuration and PIN failures", function()
   -- answered /health with a bare "no token with label ..."
   it("names the worker's user and the fix in /health when that user cannot read the token's files", function()
     local unreadable = require("helpers.unreadable_token")
-    if not unreadable.available() then
-      pending("needs root and runuser to run nginx's workers as " .. unreadable.USER)
-      return
-    end
-    local t = unreadable.new("ngxunreadable")
+    local t = unreadable.new("ngxunreadable", pending)
+    if not t then return end
     server = nginx.new({ token = { label = t.label, pin = unreadable.PIN }, workers = 1,
       environment = { SOFTHSM2_CONF = t.conf },
       render = function(opts)
