@@ -53,8 +53,14 @@ function M.run_lua(token, chunk, as_root)
   softhsm.write_file(path, string.format("package.path = %q .. package.path\npackage.cpath = %q .. package.cpath\n",
     root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;", build .. "/lib/?.so;") .. chunk)
   assert(os.execute("chmod 644 " .. q(path)))
-  return softhsm.run(string.format("%s env -i PATH=/usr/bin:/bin SOFTHSM2_CONF=%s %s %s",
-    as_root and "" or ("runuser -u " .. M.USER .. " --"), q(token.conf), softhsm.LUA, q(path)))
+  -- the sanitizer pass's settings (softhsm.LUA preloads its runtime) go along
+  local keep = {}
+  for _, name in ipairs({ "ASAN_OPTIONS", "UBSAN_OPTIONS" }) do
+    if os.getenv(name) then keep[#keep + 1] = q(name .. "=" .. os.getenv(name)) end
+  end
+  return softhsm.run(string.format("%s env -i PATH=/usr/bin:/bin SOFTHSM2_CONF=%s %s %s %s",
+    as_root and "" or ("runuser -u " .. M.USER .. " --"), q(token.conf), table.concat(keep, " "), softhsm.LUA,
+    q(path)))
 end
 
 function M.remove(token)
