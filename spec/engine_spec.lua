@@ -455,7 +455,13 @@ print(e and "opened" or (tostring(code) .. " " .. tostring(err)))
 ]], softhsm.LIBRARY, t.label, unreadable.PIN)
     local as_nobody = unreadable.run_lua(t, chunk)
     local as_root = unreadable.run_lua(t, chunk, true)
+    -- a token folder nobody may not even enter: SoftHSM fails C_Initialize
+    assert(os.execute("chmod 700 " .. softhsm.quote(t.dir .. "/tokens")))
+    local no_entry = unreadable.run_lua(t, chunk)
     unreadable.remove(t)
+    assert.matches("C_Initialize: CKR_GENERAL_ERROR (a module answers so when it cannot read its own " ..
+      "configuration or files, SoftHSM among them: check that this process's user (nobody (uid 65534)) can " ..
+      "read the file SOFTHSM2_CONF names", no_entry, 1, true)
     assert.matches("^opened", as_root) -- the token is there and opens (the check below can fail)
     assert.matches("ERR_TOKEN_NOT_FOUND no token with label 'unreadable' (tokens present: '' in slot",
       as_nobody, 1, true)

@@ -22,7 +22,7 @@ end
 -- This process's effective user as "name (uid N)", from /proc and
 -- /etc/passwd (Linux), or nil: nginx's workers run as the `user` of
 -- nginx.conf, not as whoever started nginx.
-local function process_user()
+function M.process_user()
   local status = util.read_file("/proc/self/status")
   local uid = status and status:match("\nUid:%s+%d+%s+(%d+)")
   if not uid then return nil end
@@ -45,7 +45,7 @@ local function unreadable_hint(slots)
         "process's user (%s) probably cannot read its files: give that user read and write access to " ..
         "them (SoftHSM: the token's folder under directories.tokendir of SOFTHSM2_CONF; Debian: add the " ..
         "user to the softhsm group, or chown the folder to it; nginx: the `user` of nginx.conf) or run " ..
-        "as the user that owns them", slot.id, process_user() or "unknown")
+        "as the user that owns them", slot.id, M.process_user() or "unknown")
     end
   end
   return ""
