@@ -48,6 +48,8 @@ end
 -- with engine:signing_key: a probe is not a signature the engine made for
 -- a client, so it stays out of jwkengine_signatures_total and the signing
 -- histogram (it has its own count, jwkengine_health_probes_total, in nginx).
+-- A recovery the probe needed is logged with the engine's next read of a
+-- set or signature (nginx re-reads its sets every jwks.refresh seconds).
 local function sign_probe(engine, set)
   local key, err, code = engine:signing_key(set)
   if not key then return nil, err, code end
