@@ -442,6 +442,34 @@ describe("clear errors", function()
     assert.matches(token.label, err, 1, true)
   end)
 
+  -- issue 21: nginx's worker (user nobody) and a token folder root owns
+  -- showed only "no token with label ... (tokens present: '' in slot 0)"
+  it("names the likely cause and the fix when the token's files are not readable by the process's user", function()
+    local unreadable = require("helpers.unreadable_token")
+    local t = unreadable.new("unreadable", pending)
+    if not t then return end
+    local chunk = string.format([[
+local e, err, code = require("jwkengine").open({ startup = false, logger = false, environment = {
+  HSM_ENABLED = "true", HSM_LIBRARY = %q, HSM_TOKEN_LABEL = %q, HSM_PIN = %q } })
+print(e and "opened" or (tostring(code) .. " " .. tostring(err)))
+]], softhsm.LIBRARY, t.label, unreadable.PIN)
+    local as_nobody = unreadable.run_lua(t, chunk)
+    local as_root = unreadable.run_lua(t, chunk, true)
+    -- a token folder nobody may not even enter: SoftHSM fails C_Initialize
+    assert(os.execute("chmod 700 " .. softhsm.quote(t.dir .. "/tokens")))
+    local no_entry = unreadable.run_lua(t, chunk)
+    unreadable.remove(t)
+    assert.matches("C_Initialize: CKR_GENERAL_ERROR (a module answers so when it cannot read its own " ..
+      "configuration or files, SoftHSM among them: check that this process's user (nobody (uid 65534)) can " ..
+      "read the file SOFTHSM2_CONF names", no_entry, 1, true)
+    assert.matches("^opened", as_root) -- the token is there and opens (the check below can fail)
+    assert.matches("ERR_TOKEN_NOT_FOUND no token with label 'unreadable' (tokens present: '' in slot",
+      as_nobody, 1, true)
+    assert.matches("shows an empty, uninitialized token: if the token exists, this process's user " ..
+      "(nobody (uid 65534)) probably cannot read its files", as_nobody, 1, true)
+    assert.matches("SOFTHSM2_CONF", as_nobody, 1, true)
+  end)
+
   it("says CKR_PIN_INCORRECT for a wrong PIN and never shows the PIN", function()
     local err = refused_keeping("98765", "CKR_PIN_INCORRECT", nil, open_engine(token, { HSM_PIN = "98765" }))
     assert.equals("C_Login: CKR_PIN_INCORRECT", err)

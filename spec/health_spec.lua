@@ -1,7 +1,9 @@
 -- engine:health() against a SoftHSM token through the fault module: ok
 -- when the token is present and each set's probe verifies; the failing
 -- part named when the token is pulled, the probe is slower than the budget,
--- or the token refuses the login. Budgets on the passing side are
+-- the token refuses the login, or the probe's signature does not verify
+-- (verify-after-sign off, the module corrupting it); probes are not
+-- counted as signatures. Budgets on the passing side are
 -- generous, so a loaded machine cannot fail them; the "too slow" case has
 -- the module add 300 ms to C_Sign against a 50 ms budget, which load only
 -- makes slower.
@@ -67,6 +69,33 @@ describe("engine:health()", function()
     faults.set({})
     assert.are.equal("unavailable", result.status)
     assert.are.equal("h.es: login refused", result.failure)
+  end)
+
+  -- verify-after-sign off: only the probe's own verification stands
+  -- between a corrupted signature and "ok"
+  it("names 'probe did not verify' when the token returns a wrong signature and nothing else checks it", function()
+    local unchecked = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
+      startup = false, hsm = { verify_after_sign = false } }))
+    assert.are.equal("ok", unchecked:health({ sets = { "h.es" }, budget = 60 }).status)
+    faults.set({ corrupt_signature = 1 })
+    local result = unchecked:health({ sets = { "h.es" }, budget = 60 })
+    faults.set({})
+    unchecked:close()
+    assert.are.equal("unavailable", result.status)
+    assert.are.equal("h.es: probe did not verify", result.failure)
+    assert.is_false(result.checks.sets["h.es"].ok)
+  end)
+
+  it("does not count its probe signatures as the engine's signatures", function()
+    local prometheus = require("helpers.prometheus")
+    for _ = 1, 3 do assert.are.equal("ok", engine:health({ budget = 60 }).status) end
+    local m = prometheus.parse(engine:metrics({ sets = { "h.es" } }))
+    assert.are.equal(0, prometheus.sum(m, "jwkengine_signatures_total"))
+    assert.are.equal(0, prometheus.sum(m, "jwkengine_signing_duration_seconds_count"))
+    -- a signature of the engine's own is counted (the check above can fail)
+    assert(engine:sign("h.es", "counted"))
+    m = prometheus.parse(engine:metrics({ sets = { "h.es" } }))
+    assert.are.equal(1, prometheus.sum(m, "jwkengine_signatures_total", { set = "h.es" }))
   end)
 
   it("raises for a budget that is not a positive number (a programming error)", function()

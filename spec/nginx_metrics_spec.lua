@@ -88,6 +88,45 @@ describe("nginx /metrics (4 workers, SoftHSM)", function()
     assert.is_true(prometheus.sum(families, "jwkengine_pkcs11_sessions_open") >= 4)
   end)
 
+  -- Prometheus expects every bucket of a histogram on every scrape, zeros
+  -- included: the same buckets engine:metrics() prints, bucket for bucket
+  it("serves every bucket of the signing histogram that engine:metrics() prints, empty ones included", function()
+    local engine = assert(softhsm.open_engine(softhsm.environment(token)))
+    assert(engine:sign(ACCESS_SET, "payload"))
+    local own = prometheus.parse(engine:metrics())
+    engine:close()
+    local function le(sample) return tonumber(sample.labels.le) or math.huge end -- "+Inf"
+    local function buckets(families)
+      local list = {}
+      for _, sample in ipairs(prometheus.samples(families, "jwkengine_signing_duration_seconds_bucket")) do
+        if sample.labels.backend == "hsm" then list[#list + 1] = sample end
+      end
+      table.sort(list, function(a, b) return le(a) < le(b) end)
+      return list
+    end
+    local function bounds(list)
+      local out = {}
+      for i, sample in ipairs(list) do out[i] = sample.labels.le end
+      return out
+    end
+    local expected = buckets(own)
+    assert.are.equal(15, #expected)
+    -- a scrape with nothing signed since the last one serves them all too
+    local families = scrape_until(server, function() return true end)
+    local served = buckets(families)
+    assert.are.same(bounds(expected), bounds(served))
+    for i = 2, #served do assert.is_true(served[i].value >= served[i - 1].value, served[i].labels.le) end
+    assert.are.equal(prometheus.sum(families, "jwkengine_signing_duration_seconds_count", { backend = "hsm" }),
+      served[#served].value)
+    -- and every series engine:metrics() prints at 0 (PKCS#11 recoveries by kind)
+    local kinds = {}
+    for _, sample in ipairs(prometheus.samples(families, "jwkengine_pkcs11_recoveries_total")) do
+      kinds[#kinds + 1] = sample.labels.kind
+    end
+    table.sort(kinds)
+    assert.are.same({ "login", "object", "reinit", "session" }, kinds)
+  end)
+
   it("counts signatures made in the thread pool in the worker's metrics, exactly", function()
     -- /token-threaded (helpers.nginx) signs the ID-token set in nginx's
     -- thread pool (thread_pool = "jwkengine"); nothing else signs with it
@@ -113,6 +152,9 @@ describe("nginx /metrics (4 workers, SoftHSM)", function()
   end)
 
   it("answers /health with 200 and a probe per published set, reused within the cache period", function()
+    -- the signatures so far, every worker's flush in
+    nginx.sleep(1.5)
+    local signed = prometheus.sum(scrape_until(server, function() return true end), "jwkengine_signatures_total")
     local response = get(server, "/health")
     assert.are.equal(200, response.status, response.body)
     local body = cjson.decode(response.body)
@@ -136,6 +178,8 @@ describe("nginx /metrics (4 workers, SoftHSM)", function()
     local periods = math.floor(elapsed / 5) + 1
     assert.is_true(probes >= 1 and probes <= 4 * (periods + 1), "probes: " .. probes .. " in " .. elapsed .. " s")
     assert.is_true(probes < 31, "a probe per request: " .. probes)
+    -- a probe is not a signature the endpoint made
+    assert.are.equal(signed, prometheus.sum(families, "jwkengine_signatures_total"))
   end)
 end)
 
@@ -189,6 +233,32 @@ describe("nginx /health through the fault module", function()
       nginx.sleep(0.5)
     until os.time() > deadline
     assert.are.equal(200, response.status, response.body)
+  end)
+
+  -- the thread-pool VMs' engines are not the worker's: what their PKCS#11
+  -- layer recovered from, and the sessions they hold, reach /metrics too
+  it("serves the PKCS#11 recoveries and sessions of the thread pool's engines", function()
+    server = through_faults(token)
+    server:start(60)
+    if not server:signs_in_threads("/token-threaded", pending) then return end
+    local sign = { method = "POST", path = "/token-threaded", headers = { ["Content-Type"] = "application/json" },
+      body = '{"sub":"threaded"}' }
+    assert.are.equal(200, server:requests({ sign })[1].status) -- a thread VM opened its engine
+    -- the token forgets the login once: the VM's engine logs in again
+    -- (the worker's own engine signs nothing meanwhile)
+    faults.set({ faults = "C_SignInit:CKR_USER_NOT_LOGGED_IN@1" })
+    local r = server:requests({ sign })[1]
+    faults.set({})
+    assert.are.equal(200, r.status, r.body)
+    local families = scrape_until(server, function(f)
+      return prometheus.sum(f, "jwkengine_pkcs11_recoveries_total", { kind = "login" }) >= 1
+    end)
+    assert.are.equal(1, prometheus.sum(families, "jwkengine_pkcs11_recoveries_total", { kind = "login" }))
+    assert.are.equal(0, prometheus.sum(families, "jwkengine_pkcs11_failed_recoveries_total"))
+    -- one worker, whose VMs signed twice: one or two engines, a session each
+    local thread_sessions = prometheus.sum(families, "jwkengine_pkcs11_thread_sessions")
+    assert.is_true(thread_sessions >= 1 and thread_sessions <= 2, "thread sessions: " .. thread_sessions)
+    assert.are.equal("gauge", families.jwkengine_pkcs11_thread_sessions.type)
   end)
 
   it("answers 503 naming 'login refused' when the token refuses to log in", function()

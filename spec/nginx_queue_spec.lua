@@ -106,3 +106,41 @@ describe("nginx thread-pool signing past its queue", function()
       assert.are.equal(0, nginx.count(log, "no available Lua vm"))
     end)
 end)
+
+-- The queue's length bound on its own: a wait (30 s) longer than every
+-- waiter needs (8 signatures of 3 s one at a time take 24 s), so without
+-- the bound every request would be signed; with it, one signs, `length`
+-- wait their turn and sign, and the rest are refused at once.
+describe("nginx thread-pool signing with a full queue", function()
+  local token, server
+  local LENGTH, REQUESTS, SIGN_SECONDS = 2, 8, 3
+
+  setup(function()
+    token = softhsm.new_token("nginx-qlength")
+    server = new_server(token, { in_flight = 1, length = LENGTH, timeout = 30 }, 4, SIGN_SECONDS * 1000000)
+    server:start(120)
+  end)
+
+  teardown(function()
+    if server then server:dispose() end
+  end)
+
+  it("signs the one in flight and the 2 queued, and refuses the other 5 at once naming thread_queue.length",
+    function()
+      local result = server:tokens("/token", REQUESTS, REQUESTS)
+      local expected_refused = REQUESTS - 1 - LENGTH
+      assert.are.same({ ["200"] = 1 + LENGTH, ["503"] = expected_refused }, result.statuses,
+        table.concat(result.problems, "\n"))
+      assert.are.equal(1 + LENGTH, result.valid)
+      assert.are.equal(0, result.retry_after_missing)
+      -- at once: sooner than the one signature they would otherwise wait for
+      assert.is_true(result.slowest["503"] < SIGN_SECONDS,
+        "a refused request waited " .. result.slowest["503"] .. " s")
+      -- the refusals' bodies (the client's problems) name the bound reached
+      assert.are.equal(expected_refused, result.problem_count)
+      for _, problem in ipairs(result.problems) do
+        assert.matches("status 503 .*thread_queue%.length", problem)
+      end
+      assert.is_true(nginx.count(server:log(), "(thread_queue.length)") >= 1, "the overload was not logged")
+    end)
+end)

@@ -184,6 +184,22 @@ describe("nginx integration (4 workers, SoftHSM)", function()
     assert.are.equal("application/jwt", r[11].headers["content-type"])
     assert.are.equal("no-store", r[11].headers["cache-control"])
     check(12, 400, "duplicate")
+    -- each refusal left a line at notice naming its status and code
+    -- (README: "a refused request is logged at notice")
+    local log = server:log()
+    local function logged(what, needle, also)
+      for _, line in ipairs(nginx.lines_matching(log, { needle })) do
+        if line:find("[notice]", 1, true) and line:find(also or "", 1, true) then return end
+      end
+      error(what .. ": no line at notice with '" .. needle .. "':\n" .. tail(log))
+    end
+    logged("GET /token", "refused GET /token with 405 (ERR_HTTP_METHOD): use POST")
+    logged("POST to the JWK Set", "refused POST /.well-known/jwks.json with 405 (ERR_HTTP_METHOD): use GET")
+    logged("text/plain", "refused POST /token with 415 (ERR_HTTP_MEDIA_TYPE)")
+    logged("a list", "refused POST /token with 400 (ERR_HTTP_BODY_INVALID): the body must be a JSON object")
+    logged("an empty body", "refused POST /token with 400 (ERR_HTTP_BODY_INVALID): the body is empty")
+    logged("a duplicate claim", "refused POST /token with 400 (ERR_HTTP_BODY_INVALID)", "duplicate")
+    logged("too large", "refused POST /token with 413 (ERR_HTTP_BODY_TOO_LARGE): the body is larger than 16384")
   end)
 
   it("answers a hostile If-None-Match with the right status, under and over jwkengine's limit", function()
@@ -405,6 +421,40 @@ describe("nginx integration: configuration and PIN failures", function()
     server = nil
   end)
 
+  -- issue 21: the example's `user www-data` and a token folder root owns
+  -- answered /health with a bare "no token with label ..."
+  it("names the worker's user and the fix in /health when that user cannot read the token's files", function()
+    local unreadable = require("helpers.unreadable_token")
+    local t = unreadable.new("ngxunreadable", pending)
+    if not t then return end
+    server = nginx.new({ token = { label = t.label, pin = unreadable.PIN }, workers = 1,
+      environment = { SOFTHSM2_CONF = t.conf },
+      render = function(opts)
+        return nginx.replace_once(nginx.render_config(opts), "user root; # the test's token files belong to root",
+          "user " .. unreadable.USER .. " " .. unreadable.GROUP .. ";")
+      end })
+    -- the worker reads JWKENGINE_CONFIG from the prefix folder
+    assert(os.execute("chmod 755 " .. softhsm.quote(server.prefix) .. " && chmod 644 " ..
+      softhsm.quote(server.prefix .. "/jwkengine.yaml")))
+    server:start(30, true)
+    local deadline, body = os.time() + 30, nil
+    repeat -- "not open yet" until the worker has tried
+      local response = server:requests({ { path = "/health" } })[1]
+      assert.are.equal(503, response.status, response.body)
+      body = cjson.decode(response.body)
+      if body.failure ~= "not open yet" then break end
+      nginx.sleep(0.2)
+    until os.time() > deadline
+    server:dispose()
+    server = nil
+    unreadable.remove(t)
+    assert.are.equal("token not present", body.failure, cjson.encode(body))
+    assert.matches("no token with label '" .. t.label .. "' (tokens present: '' in slot", body.checks.engine, 1, true)
+    assert.matches("this process's user (" .. unreadable.USER .. " (uid ", body.checks.engine, 1, true)
+    assert.matches("probably cannot read its files", body.checks.engine, 1, true)
+    assert.matches("the `user` of nginx.conf", body.checks.engine, 1, true)
+  end)
+
   it("tries a wrong PIN once per start or reload, not once per worker, and answers 503", function()
     server = nginx.new({ token = token, workers = 4, pin = "999999" })
     server:start(30, true)
@@ -422,6 +472,11 @@ describe("nginx integration: configuration and PIN failures", function()
       { method = "POST", path = "/token", headers = { ["Content-Type"] = "application/json" }, body = "{}" } })
     assert.are.equal(503, r[1].status)
     assert.are.equal(503, r[2].status)
+    assert.matches("the key engine cannot be opened", r[2].body, 1, true)
+    -- the worker tries no more until a reload: clients are asked to wait
+    -- the longest time between the worker's attempts to open (30 s)
+    assert.are.equal("30", r[1].headers["retry-after"])
+    assert.are.equal("30", r[2].headers["retry-after"])
     assert.is_falsy(r[1].body:find("999999", 1, true))
     assert.is_falsy(server:log():find("999999", 1, true), "the PIN is in the error log")
     -- a reload may carry a fixed PIN: one more attempt

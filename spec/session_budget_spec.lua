@@ -95,13 +95,15 @@ describe("session budget", function()
     assert.equals(1, counts["window.C_Login"])
   end)
 
-  it("shows the token's limit and the pool size in engine:stats() and logs the cut", function()
+  it("shows the token's limit and the pool size in engine:stats() and logs the cut at open", function()
     faults.set({ token_max_sessions = 3 })
     local lines = {}
     local engine = assert(jwkengine.open({ environment = faults.environment(token), startup = false,
       logger = function(level, message)
         if level ~= "info" then lines[#lines + 1] = level .. " " .. message end
       end }))
+    -- said at open (README: Session budgets), before any signature
+    local at_open = #lines
     assert(engine:sign("b", "payload"))
     local stats = assert(engine:stats())
     engine:close()
@@ -114,6 +116,7 @@ describe("session budget", function()
     assert.equals(left, stats.max_sessions)
     assert.is_true(left < 4)
     assert.equals(1, #lines, table.concat(lines, "\n"))
+    assert.equals(1, at_open, "the cut was not logged at open")
     assert.equals(string.format("warn the token allows 3 sessions and %d are open: the pool holds " ..
       "at most %d beside the login session (hsm.max_sessions is 4)", stats.token_sessions, left), lines[1])
   end)

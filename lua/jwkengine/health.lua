@@ -6,6 +6,7 @@
 -- nginx integration does): each call signs once per set.
 local core = require("jwkengine.core")
 local clock = require("jwkengine.metrics").clock
+local jws = require("jwkengine.jws")
 
 local M = {}
 
@@ -43,10 +44,23 @@ local function check_token(engine)
   return nil, "token not present"
 end
 
+-- The probe as a compact JWS, signed by the set's current key taken out
+-- with engine:signing_key: a probe is not a signature the engine made for
+-- a client, so it stays out of jwkengine_signatures_total and the signing
+-- histogram (it has its own count, jwkengine_health_probes_total, in nginx).
+-- A recovery the probe needed is logged with the engine's next read of a
+-- set or signature (nginx re-reads its sets every jwks.refresh seconds).
+local function sign_probe(engine, set)
+  local key, err, code = engine:signing_key(set)
+  if not key then return nil, err, code end
+  local alg = key:alg()
+  return key:sign_compact(jws.encode_header(alg, key:kid()), M.PROBE_PAYLOAD, alg)
+end
+
 -- Signs the probe with the set's current key and verifies it.
 local function probe(engine, set, budget)
   local started = clock()
-  local token, err, code = engine:sign(set, M.PROBE_PAYLOAD)
+  local token, err, code = sign_probe(engine, set)
   local seconds = clock() - started
   local result = { ok = false, seconds = seconds }
   if not token then

@@ -38,7 +38,16 @@ function M.open(hsm_config, options)
   -- init_args: CK_C_INITIALIZE_ARGS.pReserved, for modules that need it
   -- (NSS softokn's configdir=...), as p11-kit's x-init-reserved
   module, err, code = core.load_module(hsm_config.library, hsm_config.init_args)
-  if not module then return nil, err, code end
+  if not module then
+    if code == "CKR_GENERAL_ERROR" and tostring(err):find("^C_Initialize") then
+      -- what SoftHSM answers when this process's user cannot read its
+      -- configuration or enter its token folder (nginx's worker user)
+      err = string.format("%s (a module answers so when it cannot read its own configuration or files, " ..
+        "SoftHSM among them: check that this process's user (%s) can read the file SOFTHSM2_CONF names " ..
+        "and enter and read its directories.tokendir)", tostring(err), slots.process_user() or "unknown")
+    end
+    return nil, err, code
+  end
   local list
   list, err, code = module:slots()
   if not list then return nil, err, code end
@@ -76,6 +85,9 @@ function M.open(hsm_config, options)
     return nil, err, code
   end
   local log = options.logger or function() end
+  -- what opening queued (a pool cut to the token's session limit) is said
+  -- now, at open, not with the first signature's events
+  for _, line in ipairs(token:events() or {}) do log("warn", line) end
   local prefix = hsm_config.key_set_prefix or ""
   -- the lifecycle of each set (jwkengine.rotation.states), its records on
   -- this token

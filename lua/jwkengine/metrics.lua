@@ -41,6 +41,7 @@ jwkengine_pkcs11_session_waits_total counter Times a signer waited for a free PK
 jwkengine_pkcs11_sessions_opened_total counter PKCS#11 sessions opened.
 jwkengine_pkcs11_sessions_open gauge PKCS#11 sessions of the signing pool open now (the login session not counted).
 jwkengine_pkcs11_max_sessions gauge Bound of the PKCS#11 session pool.
+jwkengine_pkcs11_thread_sessions gauge PKCS#11 sessions held by the engines of nginx's thread-pool Lua VMs (one login session each; nginx only).
 jwkengine_key_state gauge 1 for each published key of a set in its lifecycle state (next, current, previous).
 jwkengine_jwks_requests_total counter JWK Set requests answered, by HTTP status (200 or 304; nginx only).
 jwkengine_health_probes_total counter Health probes run against the token (not served from the health cache), by result (ok or failed).
@@ -180,6 +181,48 @@ function LastCall:take()
   return where, kid, alg, seconds, failure, fallback
 end
 
+-- The PKCS#11 counters of engine:stats() as one flat table (recovery
+-- kinds by name beside the other counts): what a thread VM's engine hands
+-- to its worker, and what Recorder:counters writes.
+local PKCS11_COUNTS = { "failed_recoveries", "session_waits", "sessions_opened" }
+local function pkcs11_counts(stats)
+  local counts = {}
+  for _, kind in ipairs(RECOVERY_KINDS) do counts[kind] = stats.recoveries[kind] or 0 end
+  for _, name in ipairs(PKCS11_COUNTS) do counts[name] = stats[name] or 0 end
+  return counts
+end
+
+-- What an engine's PKCS#11 counters (stats: engine:stats()) grew by since
+-- `reported` (the counts last handed over, a table updated here), or false
+-- when nothing did: nginx's thread VMs hand this to the worker with each
+-- call's counts, so their recoveries and sessions reach its /metrics.
+function M.pkcs11_since(stats, reported)
+  local delta
+  for name, count in pairs(pkcs11_counts(stats)) do
+    local grown = count - (reported[name] or 0)
+    if grown ~= 0 then
+      delta = delta or {}
+      delta[name] = grown
+      reported[name] = count
+    end
+  end
+  return delta or false
+end
+
+-- Adds what another VM's engine counted (M.pkcs11_since's table; its
+-- thread_sessions: sessions it holds now more than before) to this
+-- recorder's PKCS#11 series.
+function Recorder:add_pkcs11(delta)
+  local counts = self.pkcs11
+  if not counts then counts = {}; self.pkcs11 = counts end
+  for name, grown in pairs(delta) do counts[name] = (counts[name] or 0) + grown end
+end
+
+-- Sessions held by other VMs' engines (Recorder:add_pkcs11), or nil.
+function Recorder:thread_sessions()
+  return self.pkcs11 and self.pkcs11.thread_sessions
+end
+
 -- The sets signed with so far (for the key state gauge).
 function Recorder:signed_sets(into)
   for _, by_set in pairs(self.signatures) do
@@ -229,13 +272,15 @@ function Recorder:counters(stats, out)
       add_histogram(out, "jwkengine_signing_duration_seconds", histogram, "backend", backend)
     end
   end
-  if stats then
+  if stats or self.pkcs11 then
+    local counts = stats and pkcs11_counts(stats) or {}
+    for name, grown in pairs(self.pkcs11 or {}) do counts[name] = (counts[name] or 0) + grown end
     for _, kind in ipairs(RECOVERY_KINDS) do
-      out[M.series("jwkengine_pkcs11_recoveries_total", "kind", kind)] = stats.recoveries[kind] or 0
+      out[M.series("jwkengine_pkcs11_recoveries_total", "kind", kind)] = counts[kind] or 0
     end
-    out["jwkengine_pkcs11_failed_recoveries_total"] = stats.failed_recoveries
-    out["jwkengine_pkcs11_session_waits_total"] = stats.session_waits
-    out["jwkengine_pkcs11_sessions_opened_total"] = stats.sessions_opened
+    out["jwkengine_pkcs11_failed_recoveries_total"] = counts.failed_recoveries or 0
+    out["jwkengine_pkcs11_session_waits_total"] = counts.session_waits or 0
+    out["jwkengine_pkcs11_sessions_opened_total"] = counts.sessions_opened or 0
   end
   return out
 end

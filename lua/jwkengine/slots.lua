@@ -19,6 +19,38 @@ local function describe_tokens(slots)
   return #seen > 0 and table.concat(seen, ", ") or "none"
 end
 
+-- This process's effective user as "name (uid N)", from /proc and
+-- /etc/passwd (Linux), or nil: nginx's workers run as the `user` of
+-- nginx.conf, not as whoever started nginx.
+function M.process_user()
+  local status = util.read_file("/proc/self/status")
+  local uid = status and status:match("\nUid:%s+%d+%s+(%d+)")
+  if not uid then return nil end
+  local passwd = util.read_file("/etc/passwd") or ""
+  for line in passwd:gmatch("[^\n]+") do
+    local name, id = line:match("^([^:]*):[^:]*:(%d+):")
+    if id == uid then return string.format("%s (uid %s)", name, uid) end
+  end
+  return "uid " .. uid
+end
+
+-- A wanted token that is not found while a slot shows a token with no
+-- label or not initialized: that is how SoftHSM (and other file-backed
+-- modules) show a token whose files this process may not read, so the
+-- likely cause and its fix are named (nil when no slot looks like that).
+local function unreadable_hint(slots)
+  for _, slot in ipairs(slots) do
+    if slot.token_present and (slot.label == "" or slot.initialized == false) then
+      return string.format("; slot %d shows an empty, uninitialized token: if the token exists, this " ..
+        "process's user (%s) probably cannot read its files: give that user read and write access to " ..
+        "them (SoftHSM: the token's folder under directories.tokendir of SOFTHSM2_CONF; Debian: add the " ..
+        "user to the softhsm group, or chown the folder to it; nginx: the `user` of nginx.conf) or run " ..
+        "as the user that owns them", slot.id, M.process_user() or "unknown")
+    end
+  end
+  return ""
+end
+
 -- Token fields a configuration (or a PKCS#11 URI) may pin down.
 local FILTERS = { { "token_label", "label", "label" }, { "token_serial", "serial", "serial" },
   { "token_manufacturer", "manufacturer", "manufacturer" }, { "token_model", "model", "model" } }
@@ -40,8 +72,8 @@ function M.select(slots, hsm)
       end
       if match and (hsm.slot == nil or hsm.token_label or slot.id == hsm.slot) then return slot end
     end
-    return util.fail("ERR_TOKEN_NOT_FOUND", "no token with %s (tokens present: %s)",
-      table.concat(described, " and "), describe_tokens(slots))
+    return util.fail("ERR_TOKEN_NOT_FOUND", "no token with %s (tokens present: %s)%s",
+      table.concat(described, " and "), describe_tokens(slots), unreadable_hint(slots))
   end
   local wanted_slot = hsm.slot or 0
   for _, slot in ipairs(slots) do

@@ -10,6 +10,7 @@ local logging = require("jwkengine.nginx.logging")
 local metrics = require("jwkengine.nginx.metrics")
 local state = require("jwkengine.nginx.state")
 local threads = require("jwkengine.nginx.threads")
+local worker = require("jwkengine.nginx.worker")
 
 local M = {}
 
@@ -43,9 +44,16 @@ end
 local send_unavailable = M.send_unavailable
 
 -- An error response for a failure's code, with the status http.status_of
--- gives it (503 always with Retry-After).
+-- gives it (503 always with Retry-After). A request refused for its own
+-- mistake (4xx) leaves one line at notice naming its code, so a client's
+-- "why 400?" can be answered from the error log; the engine's failures are
+-- logged where they happen, at error.
 local function send_failure(code, description, headers)
   local status, error_code = http.status_of(code)
+  if status < 500 then
+    logging.logger("notice", string.format("refused %s %s with %d (%s): %s", ngx.req.get_method(),
+      ngx.var.uri, status, tostring(code), description))
+  end
   if status == 503 and not headers then return send_unavailable(description) end
   return send_error(status, error_code, description, headers)
 end
@@ -61,12 +69,15 @@ local function wait_ready()
   return true
 end
 
+-- 503 with Retry-After: the seconds until this worker next tries to open
+-- its engine (worker.retry_after).
 local function not_ready()
   if state.open_given_up then
-    return send_error(503, "temporarily_unavailable", "the key engine cannot be opened (see the error log)")
+    return send_unavailable("the key engine cannot be opened (see the error log)", worker.retry_after())
   end
   return send_unavailable(
-    "the key engine is not open in this worker yet" .. (state.open_error and " (see the error log)" or ""))
+    "the key engine is not open in this worker yet" .. (state.open_error and " (see the error log)" or ""),
+    worker.retry_after())
 end
 
 function M.serve_jwks()
@@ -151,12 +162,16 @@ function M.serve_token(options)
     token, err, code = state.engine:sign_jwt(set, claims, { lifetime = lifetime })
   end
   if not token then
-    local client_error = http.is_client_error(code)
-    -- overload is logged by the queue, once a second, not once a request
-    if code ~= "ERR_OVERLOADED" then logging.logger(client_error and "info" or "error", string.format("signing with key set '%s' failed: %s (%s)",
-      set, tostring(err), tostring(code))) end
-    if client_error then return send_failure(code, tostring(err)) end
+    -- a refusal of the claims is logged by send_failure; overload by the
+    -- queue, once a second, not once a request
+    if http.is_client_error(code) then return send_failure(code, tostring(err)) end
     local headers = http.status_of(code) == 503 and { ["Retry-After"] = retry_after(code, retry_in) } or nil
+    if code == "ERR_OVERLOADED" then
+      -- the queue's own words name the limit that was reached (no secret in them)
+      return send_failure(code, "signing overloaded: " .. tostring(err) .. " (ERR_OVERLOADED)", headers)
+    end
+    logging.logger("error", string.format("signing with key set '%s' failed: %s (%s)", set, tostring(err),
+      tostring(code)))
     return send_failure(code, "signing failed (" .. tostring(code) .. ")", headers)
   end
   return send(200, "application/jwt", token, { ["Cache-Control"] = "no-store" })

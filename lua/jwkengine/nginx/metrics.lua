@@ -5,7 +5,9 @@
 -- timer (metrics.flush_interval) and before it answers a scrape. Counters
 -- in the dict outlive workers and reloads, as Prometheus counters should.
 -- Gauges are per worker: the session pool's are summed from each live
--- worker's last flush (kept for a few flush intervals), key states are the
+-- worker's last flush (kept for a few flush intervals), with the sessions
+-- its thread-pool VMs' engines hold (their PKCS#11 counters reach the
+-- worker with each signature: jwkengine.nginx.threads); key states are the
 -- answering worker's (every worker computes the same ones).
 local metrics = require("jwkengine.metrics")
 local logging = require("jwkengine.nginx.logging")
@@ -45,14 +47,17 @@ local function worker_counters(engine)
   return values
 end
 
--- Adds this worker's counts since the last flush to the shared dict.
+-- Adds this worker's counts since the last flush to the shared dict. A
+-- series this worker has not flushed yet is written even at 0 (incr with
+-- an init value creates it): Prometheus wants every bucket of a histogram,
+-- and every counter the engine prints, on every scrape, zeros included.
 function M.flush()
   local settings = state.settings
   local dict = ngx.shared[settings.shared_dict]
   local engine = state.engine
   for key, value in pairs(worker_counters(engine)) do
     local delta = value - (flushed[key] or 0)
-    if delta ~= 0 then
+    if delta ~= 0 or flushed[key] == nil then
       local _, err = dict:incr(COUNTER_PREFIX .. key, delta, 0)
       if err then
         logging.logger("warn", "metrics: cannot count in lua_shared_dict " .. settings.shared_dict .. ": " .. err)
@@ -67,6 +72,10 @@ function M.flush()
     local pid = ngx.worker.pid()
     dict:set(GAUGE_PREFIX .. pid .. ":jwkengine_pkcs11_sessions_open", stats.sessions_open, ttl)
     dict:set(GAUGE_PREFIX .. pid .. ":jwkengine_pkcs11_max_sessions", stats.max_sessions, ttl)
+    local thread_sessions = engine.metrics_recorder:thread_sessions()
+    if thread_sessions then
+      dict:set(GAUGE_PREFIX .. pid .. ":jwkengine_pkcs11_thread_sessions", thread_sessions, ttl)
+    end
   end
 end
 

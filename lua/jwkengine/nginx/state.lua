@@ -7,5 +7,6 @@ return {
   engine = nil,        -- this worker's engine, once open
   open_error = nil,    -- why the last attempt to open failed
   open_given_up = nil, -- true when that failure is not retried (configuration, PIN)
+  open_retry_at = nil, -- ngx.now() of the next attempt to open, when one is scheduled
   jwks_cache = nil,    -- { body = json, etag = '"..."', count = n }
 }

@@ -53,9 +53,10 @@ end
 -- What ngx.run_worker_thread answered, passed on as thread_sign's answer,
 -- true (counted) and the thread engine's seconds to its next attempt to
 -- come back (nil but during an HSM outage). What the thread's engine did
--- (thread_sign returns it last) is counted in this worker's recorder; a
--- thread that did not run is a signing failure, ERR_THREAD.
-local function count_thread_call(set, ok, token, err, code, retry_in, ...)
+-- (thread_sign returns it last, after what its PKCS#11 counters grew by)
+-- is counted in this worker's recorder; a thread that did not run is a
+-- signing failure, ERR_THREAD.
+local function count_thread_call(set, ok, token, err, code, retry_in, pkcs11, ...)
   local counts = recorder()
   if not ok then
     if token == "no available Lua vm" and not vm_pool_warned then
@@ -67,7 +68,10 @@ local function count_thread_call(set, ok, token, err, code, retry_in, ...)
     if counts then counts:failed("ERR_THREAD") end
     return nil, "worker thread: " .. tostring(token), "ERR_THREAD", true
   end
-  if counts then counts:add_call(set, ...) end
+  if counts then
+    counts:add_call(set, ...)
+    if pkcs11 then counts:add_pkcs11(pkcs11) end
+  end
   return token, err, code, true, retry_in or nil
 end
 
@@ -106,7 +110,7 @@ end
 ------------------------------------------------------------------------
 -- in the worker-thread VMs
 
-local thread_engines = {} -- options JSON -> { engine, refreshed }
+local thread_engines = {} -- options JSON -> { engine, refreshed, reported }
 
 -- Opens a VM's engine on the slot the worker chose, signing on its login
 -- session (max_sessions 0: no pool): a VM serves one thread at a time, so
@@ -134,17 +138,33 @@ local function open_thread_engine(options_json, slot_id, kept_secrets)
   return e
 end
 
+-- What this VM's engine's PKCS#11 counters grew by since it last said
+-- (metrics.pkcs11_since), or false; its first report also counts the one
+-- session it holds (thread_sessions), for the worker's gauge.
+local function pkcs11_report(entry)
+  local e = entry.engine
+  local stats = e.config.hsm.enabled and e:stats()
+  local delta = stats and metrics.pkcs11_since(stats, entry.reported) or false
+  if stats and not entry.announced then
+    entry.announced = true
+    delta = delta or {}
+    delta.thread_sessions = 1
+  end
+  return delta
+end
+
 -- The function ngx.run_worker_thread calls (as jwkengine.nginx.threads.thread_sign).
 -- The set is re-read from the token every `refresh` seconds. Returns the
 -- token (or nil, err, code), the seconds to this engine's next attempt to
 -- come back during an HSM outage (false otherwise), then what the call did
--- for the worker to count (metrics.last_call's take).
+-- for the worker to count: what the engine's PKCS#11 counters grew by
+-- (pkcs11_report) and metrics.last_call's take.
 function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept_secrets)
   local entry = thread_engines[options_json]
   if not entry then
     local e, err, code = open_thread_engine(options_json, slot_id, kept_secrets)
     if not e then return nil, err, code end
-    entry = { engine = e, refreshed = os.time() }
+    entry = { engine = e, refreshed = os.time(), reported = {} }
     thread_engines[options_json] = entry
   end
   local e = entry.engine
@@ -154,11 +174,13 @@ function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept
     e:reload(set) -- on an error the cached set stays and signing reports it
   end
   local claims = cjson.decode(body)
-  if type(claims) ~= "table" then return nil, "claims are not a JSON object", "ERR_JWT_CLAIMS" end
+  if type(claims) ~= "table" then
+    return nil, "claims are not a JSON object", "ERR_JWT_CLAIMS", false, pkcs11_report(entry)
+  end
   local token, err, code = e:sign_jwt(set, claims, { lifetime = lifetime })
   local outage = code == "ERR_HSM_UNAVAILABLE" and e:hsm_outage()
   -- then what the engine counted, for the worker's metrics (see count_thread_call)
-  return token, err, code, outage and outage.retry_in or false, e.metrics_recorder:take()
+  return token, err, code, outage and outage.retry_in or false, pkcs11_report(entry), e.metrics_recorder:take()
 end
 
 return M

@@ -115,9 +115,26 @@ local function warn_session_budget(e)
   end
 end
 
+-- Seconds between a worker's attempts to open its engine: 1, 2, 4 ... up
+-- to this.
+M.MAX_RETRY_DELAY = 30
+
+-- Seconds a client should wait before asking again while this worker's
+-- engine is not open (Retry-After): until the worker's next attempt, at
+-- least 1. A worker that gave up (a configuration or PIN failure) tries
+-- again only after a reload, which no client can foresee: it asks for the
+-- longest wait between attempts, so clients poll slowly while an operator
+-- fixes it.
+function M.retry_after()
+  if state.open_given_up then return M.MAX_RETRY_DELAY end
+  local at = state.open_retry_at
+  return at and math.max(1, math.ceil(at - ngx.now())) or 1
+end
+
 local retry_delay = 1
 local function open_in_timer(premature)
   if premature then return end
+  state.open_retry_at = nil
   local e, err, code = open_engine()
   if not e then
     state.open_error = string.format("%s (%s)", tostring(err), tostring(code))
@@ -130,8 +147,12 @@ local function open_in_timer(premature)
     log("error", "opening the engine in worker " .. ngx.worker.pid() .. " failed: " ..
       state.open_error .. "; retrying in " .. retry_delay .. " s")
     local ok, terr = ngx.timer.at(retry_delay, open_in_timer)
-    if not ok then log("error", "cannot schedule a retry: " .. tostring(terr)) end
-    retry_delay = math.min(retry_delay * 2, 30)
+    if ok then
+      state.open_retry_at = ngx.now() + retry_delay
+    else
+      log("error", "cannot schedule a retry: " .. tostring(terr))
+    end
+    retry_delay = math.min(retry_delay * 2, M.MAX_RETRY_DELAY)
     return
   end
   local slot = e:slot()
