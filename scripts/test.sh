@@ -42,7 +42,8 @@ stop_tree() {
   kill -TERM "$1" 2>/dev/null
   kill -CONT "$1" 2>/dev/null
 }
-trap 'for job in $background; do stop_tree "$job"; done; postgres_stop; rm -rf "$JWKE_TMP"' EXIT
+trap 'for job in $background $(cat "$JWKE_TMP/shard-pids" 2>/dev/null); do stop_tree "$job"; done
+  postgres_stop; rm -rf "$JWKE_TMP"' EXIT
 # sh runs the EXIT trap on exit, not on a signal: a run interrupted or
 # terminated would otherwise leave its PostgreSQL cluster and background
 # jobs running for good.
@@ -132,6 +133,62 @@ busted_run() { # record label build_dir [busted args...]
   $record "$label" "${ok:-0}" "${bad:-1}" "${skipped:-0}"
 }
 
+# busted_sharded SHARDS [EXCLUDE_PATTERN...] -- COMMAND...: runs COMMAND
+# (a busted command line) SHARDS times side by side, each with its share of
+# the spec files (scripts/deal-specs.lua) appended, and each with a SoftHSM
+# token folder, fault-control file, p11-kit socket and PostgreSQL database
+# names of its own (JWKE_SHARD), so no two shards share a token, a file or
+# a server. Prints each shard's output in turn, then one busted summary
+# line over all of them for busted_run to count. A shard that printed no
+# summary (it crashed) counts as one error.
+busted_sharded() {
+  shards=$1
+  shift
+  excludes=""
+  while [ "$1" != "--" ]; do
+    excludes="$excludes $1"
+    shift
+  done
+  shift
+  find spec -name '*_spec.lua' | sort | lua5.4 scripts/deal-specs.lua "$shards" $excludes >"$JWKE_TMP/deal"
+  : >"$JWKE_TMP/shard-pids"
+  k=1
+  while [ "$k" -le "$shards" ]; do
+    dir="$JWKE_TMP/shard$k"
+    mkdir -p "$dir/tokens"
+    sed "s|$JWKE_TMP/tokens|$dir/tokens|" "$SOFTHSM2_CONF" >"$dir/softhsm2.conf"
+    files=$(awk -F '\t' -v k="$k" '$1 == k { print $2 }' "$JWKE_TMP/deal")
+    (
+      export SOFTHSM2_CONF="$dir/softhsm2.conf" JWKE_SHARD="$k" \
+        JWKE_FAULT_CONTROL="$dir/faults.ctl" JWKE_FAULT_STATS="$dir/faults-%p.stats" \
+        P11_KIT_SERVER_ADDRESS="unix:path=$dir/p11kit.sock"
+      # shellcheck disable=SC2086 # one word per spec file
+      exec "$@" $files
+    ) >"$dir/busted.log" 2>&1 &
+    echo $! >>"$JWKE_TMP/shard-pids"
+    k=$((k + 1))
+  done
+  total_ok=0 total_failed=0 total_errors=0 total_pending=0
+  k=1
+  for pid in $(cat "$JWKE_TMP/shard-pids"); do
+    wait "$pid"
+    echo "---- shard $k of $shards: $(awk -F '\t' -v k="$k" '$1 == k { n++ } END { print n + 0 }' "$JWKE_TMP/deal") spec files"
+    cat "$JWKE_TMP/shard$k/busted.log"
+    line=$(grep -E '[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors?' "$JWKE_TMP/shard$k/busted.log" | tail -n 1)
+    if [ -z "$line" ]; then
+      echo "shard $k printed no summary: counted as one error"
+      total_errors=$((total_errors + 1))
+    else
+      set -- $(echo "$line" | sed 's/[^0-9 ]//g')
+      total_ok=$((total_ok + $1)) total_failed=$((total_failed + $2))
+      total_errors=$((total_errors + $3)) total_pending=$((total_pending + ${4:-0}))
+    fi
+    k=$((k + 1))
+  done
+  : >"$JWKE_TMP/shard-pids"
+  echo "$total_ok successes / $total_failed failures / $total_errors errors / $total_pending pending (all $shards shards)"
+}
+
 # Runs ctest in a build folder; counts its summary line.
 ctest_run() { # label build_dir
   (cd "$2" && ctest --output-on-failure) 2>&1 | tee "$log"
@@ -178,8 +235,23 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   beside build_beside_busted
 fi
 
+# The busted passes run their spec files in SHARDS processes side by side
+# (busted_sharded) unless the run names its own files or arguments.
+SHARDS=${JWKE_SHARDS:-3}
+# sharded COMMAND... [-- EXCLUDE_PATTERN...]: as busted_sharded, or the
+# command alone with the run's own arguments.
+busted_cmd() { # exclude patterns are the caller's "$@" before "--"
+  if [ "$extra_args" -gt 0 ]; then "$@"; else busted_sharded "$SHARDS" $pass_excludes -- "$@"; fi
+}
+extra_args=$#
+rm -f build/spec-timings.txt
+
 step "2. busted (Lua 5.4, build/)"
-busted_run add "busted" build lua5.4 /usr/bin/busted -o ${JWKE_BUSTED_OUTPUT:-scripts/busted-timing.lua} "$@"
+pass_excludes=""
+# every spec file's time, for the next deal: see spec/timings.txt
+export JWKE_SPEC_TIMINGS="$PWD/build/spec-timings.txt"
+busted_run add "busted" build busted_cmd lua5.4 /usr/bin/busted -o ${JWKE_BUSTED_OUTPUT:-scripts/busted-timing.lua} "$@"
+unset JWKE_SPEC_TIMINGS
 
 if [ "${JWKE_QUICK:-0}" != 1 ]; then
   step "3. busted against the AddressSanitizer + UBSan build (build-asan/)"
@@ -208,7 +280,8 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
     export JWKE_PRELOAD="$(gcc -print-file-name=libasan.so)"
     # specs may leave out what only waits (the 30 s outage) in this pass
     export JWKE_SANITIZER_PASS=1
-    busted_run add_rerun "busted (ASan+UBSan)" build-asan build-asan/jwkengine /usr/bin/busted \
+    pass_excludes="nginx luarocks"
+    busted_run add_rerun "busted (ASan+UBSan)" build-asan busted_cmd build-asan/jwkengine /usr/bin/busted \
       -o scripts/busted-timing.lua --cpath='build-asan/lib/?.so' --exclude-pattern=nginx \
       --exclude-pattern=luarocks "$@"
     if grep -qE "ERROR: AddressSanitizer|runtime error:" "$log"; then

@@ -26,7 +26,8 @@ function M.backends()
         local admin = os.getenv("JWKE_TEST_POSTGRES_ADMIN")
         assert(dsn and admin, "JWKE_TEST_POSTGRES_DSN is not set: run the specs through scripts/test.sh")
         counter = counter + 1
-        local name = string.format("spec_%d_%d", os.time() % 100000, counter)
+        -- the shard too: scripts/test.sh runs spec files side by side on one cluster
+        local name = string.format("spec_%s_%d_%d", os.getenv("JWKE_SHARD") or "0", os.time() % 100000, counter)
         local out, ok = softhsm.run(admin .. " -q -c 'CREATE DATABASE " .. name .. " OWNER jwke'")
         assert(ok, out)
         local fresh = dsn:gsub("/jwkengine%?", "/" .. name .. "?")
