@@ -17,6 +17,7 @@
 
 #include "ckr_names.h"
 #include "engine_limits.h"
+#include "lock_order.h"
 #include "p11_session.h"
 #include "sigpipe_guard.h"
 
@@ -24,7 +25,6 @@
 
 struct jwke_p11_token {
     jwke_p11_module *module;
-    CK_FUNCTION_LIST_PTR fn;
     CK_SLOT_ID slot;
     char label[33];        /* to find the token again after a re-insertion */
     char serial[17];
@@ -111,11 +111,33 @@ static void catch_up_after_fork(jwke_p11_token *t)
     jwke_p11_fork_unlock();
 }
 
-/* Every entry point that uses the token's state locks it through here. */
+/* The token's lock (the token rank of lock_order.h). Every entry point
+ * catches up with a fork first (catch_up_after_fork takes the module list
+ * lock, which comes before the module's use lock). */
 static void lock_token(jwke_p11_token *t)
 {
-    catch_up_after_fork(t);
-    pthread_mutex_lock(&t->lock);
+    jwke_mutex_lock(&t->lock, JWKE_LOCK_TOKEN);
+}
+
+static void unlock_token(jwke_p11_token *t)
+{
+    jwke_mutex_unlock(&t->lock);
+}
+
+static void lock_outage(jwke_p11_token *t)
+{
+    jwke_mutex_lock(&t->outage_lock, JWKE_LOCK_OUTAGE);
+}
+
+static void unlock_outage(jwke_p11_token *t)
+{
+    jwke_mutex_unlock(&t->outage_lock);
+}
+
+/* The module's function list; the caller is inside the module. */
+static CK_FUNCTION_LIST_PTR fn_of(const jwke_p11_token *t)
+{
+    return jwke_p11_module_fn(t->module);
 }
 
 /* PIN memory: locked so it is never swapped out, kept out of core dumps,
@@ -155,13 +177,11 @@ static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, cons
         jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening a token");
         return NULL;
     }
-    unsigned epoch = jwke_p11_module_check(module, err);
-    if (epoch == 0) {
+    if (jwke_p11_module_check(module, err) == 0) {
         free(t);
         return NULL;
     }
     t->module = module;
-    t->fn = jwke_p11_module_functions(module);
     t->slot = slot;
     snprintf(t->label, sizeof t->label, "%s", label ? label : "");
     snprintf(t->serial, sizeof t->serial, "%s", serial ? serial : "");
@@ -169,7 +189,7 @@ static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, cons
                                  ? options->session_idle_max_ms
                                  : JWKE_POOL_SESSION_IDLE_MAX_MS;
     t->pool = jwke_p11_pool_new(
-        t->fn, options && options->max_sessions != 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS,
+        module, options && options->max_sessions != 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS,
         options && options->session_wait_ms > 0 ? options->session_wait_ms : JWKE_POOL_SESSION_WAIT_MS,
         t->session_idle_max_ms);
     if (!t->pool) {
@@ -190,15 +210,18 @@ static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, cons
     pthread_mutex_init(&t->lock, NULL);
     pthread_mutex_init(&t->outage_lock, NULL);
     t->fork_generation = jwke_p11_fork_generation();
-    t->epoch = epoch;
 
     int former_limit = 0;
     CK_RV rv = CKR_OK;
+    jwke_p11_module_enter(module);
+    /* inside the module its epoch cannot change: the sessions belong to it */
+    t->epoch = jwke_p11_module_check(module, err);
     /* the pool fits what the token has left beside the login session */
     int fitted = jwke_p11_pool_fit_token(t->pool, slot, 1, &former_limit, err) == 0;
     if (fitted)
-        rv = t->fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+        rv = fn_of(t)->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
                                   &t->login_session);
+    jwke_p11_module_leave(module);
     if (!fitted || rv != CKR_OK) {
         if (fitted)
             jwke_fail_ckr(err, "C_OpenSession", rv);
@@ -249,14 +272,16 @@ void jwke_p11_token_close(jwke_p11_token *t)
      * record belong to the parent: touch nothing. */
     if (!inherited(t)) {
         jwke_error ignored;
-        pthread_mutex_lock(&t->lock);
+        jwke_p11_module_enter(t->module);
+        lock_token(t);
         if (t->epoch == jwke_p11_module_check(t->module, &ignored)) {
             jwke_p11_pool_close_idle(t->pool);
             if (t->have_login_session)
-                t->fn->C_CloseSession(t->login_session);
+                fn_of(t)->C_CloseSession(t->login_session);
         }
         t->have_login_session = 0;
-        pthread_mutex_unlock(&t->lock);
+        unlock_token(t);
+        jwke_p11_module_leave(t->module);
         if (t->tracked)
             jwke_p11_module_track_slot(t->module, t->slot, -1);
     }
@@ -300,7 +325,7 @@ static int login_locked(jwke_p11_token *t, jwke_error *err)
         return -1;
     }
     CK_TOKEN_INFO info;
-    CK_RV rv = t->fn->C_GetTokenInfo(t->slot, &info);
+    CK_RV rv = fn_of(t)->C_GetTokenInfo(t->slot, &info);
     if (rv != CKR_OK)
         return jwke_fail_ckr(err, "C_GetTokenInfo", rv);
     if (refuse_by_flags(info.flags, err) != 0)
@@ -326,15 +351,19 @@ static int store_pin_and_login(jwke_p11_token *t, unsigned char *pin, size_t pin
 {
     jwke_sigpipe_guard guard;
     jwke_sigpipe_block(&guard);
+    catch_up_after_fork(t);
+    int current = jwke_p11_module_check(t->module, err) != 0;
+    jwke_p11_module_enter(t->module);
     lock_token(t);
     unsigned char *old = t->pin;
     t->pin = pin;
     t->pin_len = pin_len;
     t->pin_refused = 0; /* a PIN given anew gets one try */
-    int rc = pin ? login_locked(t, err) : -1;
+    int rc = pin && current ? login_locked(t, err) : -1;
     if (rc != 0)
         pin_free(t); /* a refused PIN is not kept */
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
+    jwke_p11_module_leave(t->module);
     jwke_sigpipe_restore(&guard);
     pin_wipe(old);
     return rc;
@@ -387,21 +416,23 @@ int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)
 
 void jwke_p11_token_stats(jwke_p11_token *t, jwke_p11_stats *out)
 {
+    catch_up_after_fork(t);
     lock_token(t);
     *out = t->stats;
     jwke_p11_pool_counts(t->pool, &out->pool);
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
 }
 
 int jwke_p11_take_events(jwke_p11_token *t, char (*out)[JWKE_EVENT_SIZE], int max)
 {
+    catch_up_after_fork(t);
     lock_token(t);
     int n = t->event_count < max ? t->event_count : max;
     for (int i = 0; i < n; i++)
         memcpy(out[i], t->events[i], sizeof out[i]);
     memmove(t->events, t->events + n, (size_t)(t->event_count - n) * sizeof t->events[0]);
     t->event_count -= n;
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
     return n;
 }
 
@@ -459,14 +490,14 @@ static int find_slot_again(jwke_p11_token *t, jwke_error *err)
 {
     CK_TOKEN_INFO info;
     char serial[sizeof t->serial];
-    if (t->fn->C_GetTokenInfo(t->slot, &info) == CKR_OK) {
+    if (fn_of(t)->C_GetTokenInfo(t->slot, &info) == CKR_OK) {
         jwke_p11_copy_padded(serial, sizeof serial, info.serialNumber, sizeof info.serialNumber);
         if (strcmp(serial, t->serial) == 0)
             return 0;
     }
     jwke_p11_slot *slots;
     size_t count;
-    if (jwke_p11_list_slots(t->module, &slots, &count, err) != 0)
+    if (jwke_p11_list_slots_entered(t->module, &slots, &count, err) != 0)
         return -1;
     int found = 0;
     for (size_t i = 0; i < count && !found; i++) {
@@ -502,7 +533,7 @@ static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
     if (!reuse) {
         if (find_slot_again(t, err) != 0)
             return -1;
-        CK_RV rv = t->fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+        CK_RV rv = fn_of(t)->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
                                                 NULL, NULL, &t->login_session);
         if (rv != CKR_OK)
             return jwke_fail_ckr(err, "C_OpenSession", rv);
@@ -525,13 +556,14 @@ static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
     return 0;
 }
 
-/* Locks the token, first catching up with a fork or a module reset. */
+/* Locks the token, first catching up with a module reset (a new epoch).
+ * The caller is inside the module and has caught up with a fork. */
 static int lock_current(jwke_p11_token *t, jwke_error *err)
 {
     lock_token(t);
     unsigned epoch = jwke_p11_module_check(t->module, err);
     if (epoch == 0 || (epoch != t->epoch && reset_locked(t, epoch, err) != 0)) {
-        pthread_mutex_unlock(&t->lock);
+        unlock_token(t);
         return -1;
     }
     return 0;
@@ -571,12 +603,12 @@ static int login_on_free_session_locked(jwke_p11_token *t, jwke_error *err)
  * session from an older epoch is just forgotten. */
 static void give_back(jwke_p11_token *t, CK_SESSION_HANDLE session, unsigned epoch, int healthy)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     if (epoch == t->epoch)
         jwke_p11_pool_give_back(t->pool, session, healthy);
     else /* it belongs to a module state that is gone: just forgotten */
         jwke_p11_pool_signal(t->pool);
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
 }
 
 /* The wait before the next attempt to come back: doubled after each
@@ -642,10 +674,10 @@ static int is_login_refusal(const jwke_error *err)
 static int fail_down_locked(jwke_p11_token *t, const char *cause, CK_RV rv, const char *why,
                             jwke_error *err)
 {
-    pthread_mutex_lock(&t->outage_lock);
+    lock_outage(t);
     mark_down_locked(t, cause, rv, why);
     fail_unavailable_locked(t, err);
-    pthread_mutex_unlock(&t->outage_lock);
+    unlock_outage(t);
     return -1;
 }
 
@@ -653,13 +685,13 @@ int jwke_p11_token_outage(jwke_p11_token *t, long long *retry_in_ms, char *cause
                           size_t cause_size)
 {
     catch_up_after_fork(t);
-    pthread_mutex_lock(&t->outage_lock);
+    lock_outage(t);
     int down = t->down;
     if (down) {
         *retry_in_ms = retry_in_locked(t);
         snprintf(cause, cause_size, "%s", t->down_cause);
     }
-    pthread_mutex_unlock(&t->outage_lock);
+    unlock_outage(t);
     return down;
 }
 
@@ -689,7 +721,7 @@ static void keep_logged_in_locked(jwke_p11_token *t, int now_or_never)
         return;
     t->login_session_checked_ms = now;
     CK_SESSION_INFO info;
-    CK_RV rv = t->fn->C_GetSessionInfo(t->login_session, &info);
+    CK_RV rv = fn_of(t)->C_GetSessionInfo(t->login_session, &info);
     if (rv == CKR_OK && (info.state == CKS_RW_USER_FUNCTIONS || info.state == CKS_RO_USER_FUNCTIONS))
         return;
     if (rv != CKR_OK && rv != CKR_SESSION_HANDLE_INVALID && rv != CKR_SESSION_CLOSED)
@@ -711,12 +743,20 @@ static const char *const recovery_names[JWKE_RECOVER_CLASSES] = {
     "", "opening a new session", "logging in again", "finding the object again",
     "re-initializing the module"};
 
-/* The repair for one recoverable failure. */
+/* The repair for one recoverable failure of a call made in failed_epoch.
+ * The caller is outside the module: a re-initialization takes it for
+ * writing, the other repairs enter it. */
 static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *function, CK_RV rv,
-                   jwke_error *err)
+                   unsigned failed_epoch, jwke_error *err)
 {
-    pthread_mutex_lock(&t->lock);
+    int inside = kind != JWKE_RECOVER_REINIT;
+    if (inside)
+        jwke_p11_module_enter(t->module);
+    lock_token(t);
     int result = 0;
+    jwke_error ignored;
+    if (jwke_p11_module_check(t->module, &ignored) != failed_epoch)
+        kind = JWKE_RECOVER_NONE; /* re-initialized meanwhile: the retry starts over */
     switch (kind) {
     case JWKE_RECOVER_SESSION:
         /* the failed session was closed when it came back; a token that
@@ -749,10 +789,10 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
             break;
         }
         t->last_reinit_ms = now;
-        pthread_mutex_unlock(&t->lock);
+        unlock_token(t);
         /* lock_current() on the retry sees the new epoch and starts over */
-        result = jwke_p11_module_reinitialize(t->module, err);
-        pthread_mutex_lock(&t->lock);
+        result = jwke_p11_module_reinitialize(t->module, failed_epoch, err);
+        lock_token(t);
         if (result != 0)
             fail_down_locked(t, cause, rv, err->message, err); /* copied before err is rewritten */
         break;
@@ -760,7 +800,9 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
     default:
         break;
     }
-    if (result == 0) {
+    if (kind == JWKE_RECOVER_NONE) {
+        /* nothing to repair here */
+    } else if (result == 0) {
         t->stats.recoveries[kind]++;
         /* Only the repair is done here: whether the retry works is told by
          * jwke_p11_run, so this line must not claim the recovery. */
@@ -770,7 +812,9 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
         queue_event(t, "PKCS#11 recovery failed: %s failed with %s and %s did not work", function,
                     ckr(rv), recovery_names[kind]);
     }
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
+    if (inside)
+        jwke_p11_module_leave(t->module);
     return result;
 }
 
@@ -778,9 +822,9 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
  * message keeps the failure that started it all. */
 static int fail_after(jwke_p11_token *t, jwke_error *err, const char *function, CK_RV rv)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     t->stats.failed_recoveries++;
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
     jwke_error why = *err;
     jwke_fail(err, "%s: %s (recovery failed: %s)", function, ckr(rv), why.message);
     err->ckr = rv;
@@ -796,11 +840,15 @@ static int fail_after(jwke_p11_token *t, jwke_error *err, const char *function, 
  * opened and logged in with the kept PIN. */
 static int come_back(jwke_p11_token *t, jwke_error *err)
 {
-    if (jwke_p11_module_check(t->module, err) == 0 ||
-        jwke_p11_module_reinitialize(t->module, err) != 0 || lock_current(t, err) != 0)
+    unsigned epoch = jwke_p11_module_check(t->module, err);
+    if (epoch == 0 || jwke_p11_module_reinitialize(t->module, epoch, err) != 0)
         return -1;
-    pthread_mutex_unlock(&t->lock);
-    return 0;
+    jwke_p11_module_enter(t->module);
+    int result = lock_current(t, err);
+    if (result == 0)
+        unlock_token(t);
+    jwke_p11_module_leave(t->module);
+    return result;
 }
 
 /* Lets a call through when the token is not down; during an outage fails
@@ -809,22 +857,22 @@ static int come_back(jwke_p11_token *t, jwke_error *err)
 static int pass_outage(jwke_p11_token *t, jwke_error *err)
 {
     catch_up_after_fork(t);
-    pthread_mutex_lock(&t->outage_lock); /* not t->lock: an attempt may hold it */
+    lock_outage(t); /* not t->lock: an attempt may hold it */
     int attempt = t->down && !t->coming_back && now_ms() >= t->next_attempt_ms;
     int fail = t->down && !attempt;
     if (fail)
         fail_unavailable_locked(t, err);
     t->coming_back |= attempt;
-    pthread_mutex_unlock(&t->outage_lock);
+    unlock_outage(t);
     if (!attempt)
         return fail ? -1 : 0;
     lock_token(t);
     t->last_reinit_ms = now_ms();
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
     jwke_error why;
     int result = come_back(t, &why);
     lock_token(t);
-    pthread_mutex_lock(&t->outage_lock);
+    lock_outage(t);
     t->coming_back = 0;
     if (result == 0) {
         queue_event(t, "HSM back: the outage after %s is over; the token is logged in again",
@@ -841,8 +889,8 @@ static int pass_outage(jwke_p11_token *t, jwke_error *err)
         mark_down_locked(t, t->down_cause, t->down_rv, why.message);
         fail_unavailable_locked(t, err);
     }
-    pthread_mutex_unlock(&t->outage_lock);
-    pthread_mutex_unlock(&t->lock);
+    unlock_outage(t);
+    unlock_token(t);
     return result;
 }
 
@@ -863,7 +911,7 @@ static int fail_unusable(jwke_p11_token *t, jwke_error *err, const char *functio
     if (function)
         t->stats.failed_recoveries++;
     fail_down_locked(t, cause, function ? rv : why.ckr, why.message, err);
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
     return -1;
 }
 
@@ -881,20 +929,20 @@ static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_erro
          * it: a re-initialization waits for the read lock to go. */
         if (jwke_p11_module_check(t->module, err) == 0)
             return fail_unusable(t, err, failed_function, failed_rv);
-        jwke_p11_module_use_begin(t->module);
+        jwke_p11_module_enter(t->module);
         if (lock_current(t, err) != 0) {
-            jwke_p11_module_use_end(t->module);
+            jwke_p11_module_leave(t->module);
             return fail_unusable(t, err, failed_function, failed_rv);
         }
         keep_logged_in_locked(t, 0);
         unsigned epoch = t->epoch;
         int borrowed = borrow_locked(t, &session, err);
-        pthread_mutex_unlock(&t->lock);
+        unlock_token(t);
 
         const char *function = "C_OpenSession";
         CK_RV rv;
         if (borrowed != 0) {
-            jwke_p11_module_use_end(t->module);
+            jwke_p11_module_leave(t->module);
             /* a session refused because the device is gone is repaired as
              * an operation failing for that reason would be */
             if (classify(err->ckr) != JWKE_RECOVER_REINIT)
@@ -904,7 +952,7 @@ static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_erro
             function = "(no call)";
             rv = op(t, session, ctx, &function, err);
             give_back(t, session, epoch, rv == CKR_OK);
-            jwke_p11_module_use_end(t->module);
+            jwke_p11_module_leave(t->module);
             if (rv == CKR_OK)
                 return 0;
             if (rv == JWKE_OP_FAILED)
@@ -914,7 +962,7 @@ static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_erro
         enum jwke_recovery kind = classify(rv);
         if (kind == JWKE_RECOVER_NONE || attempt == 1) {
             if (attempt == 1) {
-                pthread_mutex_lock(&t->lock);
+                lock_token(t);
                 if (kind != JWKE_RECOVER_NONE)
                     t->stats.failed_recoveries++;
                 queue_event(t, "PKCS#11 recovery failed: the retry after %s failed with %s: %s",
@@ -925,14 +973,14 @@ static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_erro
                     snprintf(cause, sizeof cause, "%s: %s", function, ckr(rv));
                     fail_down_locked(t, cause, rv,
                                      "the retry after re-initializing failed the same way", err);
-                    pthread_mutex_unlock(&t->lock);
+                    unlock_token(t);
                     return -1;
                 }
-                pthread_mutex_unlock(&t->lock);
+                unlock_token(t);
             }
             return jwke_fail_ckr(err, function, rv);
         }
-        if (recover(t, kind, function, rv, err) != 0)
+        if (recover(t, kind, function, rv, epoch, err) != 0)
             return err->code && strcmp(err->code, "ERR_HSM_UNAVAILABLE") == 0
                        ? -1
                        : fail_after(t, err, function, rv);
@@ -964,22 +1012,28 @@ void jwke_p11_token_signature_fault(jwke_p11_token *t, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
+    catch_up_after_fork(t);
     lock_token(t);
     t->stats.signature_faults++;
     queue_event(t, "%s", line);
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
 }
 
 CK_FUNCTION_LIST_PTR jwke_p11_token_functions(const jwke_p11_token *t)
 {
-    return t->fn;
+    return fn_of(t);
+}
+
+jwke_p11_module *jwke_p11_token_module(const jwke_p11_token *t)
+{
+    return t->module;
 }
 
 CK_SLOT_ID jwke_p11_token_slot(jwke_p11_token *t)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     CK_SLOT_ID slot = t->slot;
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
     return slot;
 }
 
@@ -990,15 +1044,15 @@ const char *jwke_p11_token_label(const jwke_p11_token *t)
 
 unsigned jwke_p11_token_object_epoch(jwke_p11_token *t)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     unsigned epoch = t->object_epoch;
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
     return epoch;
 }
 
 void jwke_p11_token_objects_changed(jwke_p11_token *t)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     t->object_epoch++;
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
 }

@@ -130,8 +130,12 @@ void jwke_p11_token_signature_fault(jwke_p11_token *token, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* The function list of the token's module, for operations run by
- * jwke_p11_run. */
+ * jwke_p11_run (inside the module: see jwke_p11_module_fn). */
 CK_FUNCTION_LIST_PTR jwke_p11_token_functions(const jwke_p11_token *token);
+
+/* The token's module, for a caller that calls into it on its own (the
+ * benchmark's raw floor): between jwke_p11_module_enter and _leave. */
+jwke_p11_module *jwke_p11_token_module(const jwke_p11_token *token);
 
 /* The slot the token is in now (a device reset may move it). */
 CK_SLOT_ID jwke_p11_token_slot(jwke_p11_token *token);
