@@ -31,7 +31,8 @@ struct jwke_p11_token {
 
     pthread_mutex_t lock;  /* guards everything below */
     jwke_p11_pool *pool;
-    unsigned fork_generation; /* the process generation this state belongs to */
+    unsigned fork_generation; /* the process generation this state belongs to (atomic:
+                               * read before t->lock, which the catch-up renews) */
     unsigned epoch;        /* module epoch our sessions and login belong to */
     unsigned object_epoch; /* bumped whenever cached object handles go stale */
     CK_SESSION_HANDLE login_session;
@@ -75,12 +76,17 @@ static void queue_event(jwke_p11_token *t, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static long long now_ms(void);
 
+static unsigned token_generation(const jwke_p11_token *t)
+{
+    return __atomic_load_n(&t->fork_generation, __ATOMIC_ACQUIRE);
+}
+
 /* Whether the token's state was copied from the parent by a fork and not
  * caught up yet (catch_up_after_fork): then its handles and its login
  * record are the parent's, and nothing may touch them. */
 static int inherited(const jwke_p11_token *t)
 {
-    return t->fork_generation != jwke_p11_fork_generation() ||
+    return token_generation(t) != jwke_p11_fork_generation() ||
            !jwke_p11_module_is_current(t->module);
 }
 
@@ -92,7 +98,7 @@ static int inherited(const jwke_p11_token *t)
 static void catch_up_after_fork(jwke_p11_token *t)
 {
     unsigned generation = jwke_p11_fork_generation();
-    if (t->fork_generation == generation)
+    if (token_generation(t) == generation)
         return;
     jwke_p11_fork_lock();
     if (t->fork_generation != generation) {
@@ -106,7 +112,8 @@ static void catch_up_after_fork(jwke_p11_token *t)
         /* a parent's thread may have been trying to end an outage: no
          * thread of the child is, and the child must be free to try */
         t->coming_back = 0;
-        t->fork_generation = generation;
+        /* published last: a thread that sees it finds the fresh locks */
+        __atomic_store_n(&t->fork_generation, generation, __ATOMIC_RELEASE);
     }
     jwke_p11_fork_unlock();
 }
@@ -267,7 +274,7 @@ void jwke_p11_token_close(jwke_p11_token *t)
     jwke_sigpipe_guard guard;
     jwke_sigpipe_block(&guard);
     /* a forked child's copy of a lock may be held by a parent's thread */
-    int inherited_locks = t->fork_generation != jwke_p11_fork_generation();
+    int inherited_locks = token_generation(t) != jwke_p11_fork_generation();
     /* In a forked child that never caught up, the handles and the login
      * record belong to the parent: touch nothing. */
     if (!inherited(t)) {
