@@ -20,6 +20,9 @@
  *                  (while the others sign) and finding its key again
  *   idle           3 threads sign with pauses on a token that closes
  *                  sessions idle 30 ms (hsm.session_idle_max 10 ms)
+ *   open-session   while one signer's new pooled session is held up 1.5 s
+ *                  in C_OpenSession, the token's lock is free: its stats
+ *                  (what health reads) answer at once
  * The fault module reads its faults from the environment (set here before
  * the module is loaded). Prints "MODE: ok ..." and exits 0 when every
  * check held; a sanitizer report fails the run (threads.sh). */
@@ -41,6 +44,26 @@ static const char *module_path;
 static int stop;           /* atomic: the timed threads end */
 static int failures;       /* atomic */
 static int expected_fail;  /* list-reinit: signing fails, by design */
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Replaces the fault module's control file (JWKE_FAULT_CONTROL, set by
+ * threads.sh), which it reads again on its next call. */
+static void set_control(const char *text)
+{
+    const char *path = getenv("JWKE_FAULT_CONTROL");
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    fputs(text, f);
+    fclose(f);
+    rename(tmp, path);
+}
 
 static void nap_ms(long ms)
 {
@@ -294,6 +317,31 @@ int main(int argc, char **argv)
                  stats.pool.idle_checks, stats.pool.sessions_expired);
         if (stats.pool.idle_checks == 0)
             fail("no idle session was checked", NULL);
+    } else if (strcmp(mode, "open-session") == 0) {
+        /* one signer keeps the pool's idle session (its C_Sign is slow),
+         * the other opens a new one, held up in C_OpenSession */
+        set_control("latency=C_OpenSession:1500000;C_Sign:300000\n");
+        long before = faultmod_calls("C_OpenSession");
+        signer_args args = {1, 0};
+        pthread_t ids[2];
+        for (int i = 0; i < 2; i++)
+            pthread_create(&ids[i], NULL, signer, &args);
+        long long deadline = now_ms() + 5000;
+        while (faultmod_calls("C_OpenSession") == before && now_ms() < deadline)
+            nap_ms(1);
+        nap_ms(20);
+        long long started = now_ms();
+        jwke_p11_stats stats;
+        jwke_p11_token_stats(opened.token, &stats);
+        long long waited = now_ms() - started;
+        for (int i = 0; i < 2; i++)
+            pthread_join(ids[i], NULL);
+        set_control("");
+        snprintf(extra_out, sizeof extra_out, " stats_waited_ms=%lld", waited);
+        if (faultmod_calls("C_OpenSession") == before)
+            fail("no session was opened", NULL);
+        if (waited > 500)
+            fail("the token's lock was held through C_OpenSession", NULL);
     } else {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;

@@ -13,7 +13,7 @@ set -u
 build=$(cd "$1" && pwd)
 shift
 source_dir=$(cd "$(dirname "$0")/../.." && pwd)
-modes=${*:-"signers list-reinit forced-reinit fork login idle lua"}
+modes=${*:-"signers list-reinit forced-reinit fork login idle open-session lua"}
 tmp=$(mktemp -d /tmp/jwkengine-threads.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/tokens"
@@ -23,6 +23,8 @@ export SOFTHSM2_CONF="$tmp/softhsm2.conf"
 unset JWKE_FAULTS JWKE_FAULT_LATENCY_US JWKE_FAULT_REMOVED JWKE_FAULT_SESSION_IDLE_MS \
   JWKE_FAULT_CONTROL JWKE_FAULT_STATS LD_PRELOAD
 export JWKE_FAULT_MODULE=/usr/lib/softhsm/libsofthsm2.so
+# absent (no settings) until a mode writes it
+export JWKE_FAULT_CONTROL="$tmp/faults.ctl"
 export TSAN_OPTIONS="suppressions=$source_dir/spec/c/tsan.supp exitcode=66 second_deadlock_stack=1 report_signal_unsafe=0 ${TSAN_OPTIONS:-}"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0 ${ASAN_OPTIONS:-}"
 faultmod="$build/spec/faultmod/libjwke_faultmod.so"
@@ -33,8 +35,9 @@ pkcs11-tool --module "$JWKE_FAULT_MODULE" --token-label threads --login --pin $p
 
 failed=0
 for mode in $modes; do
+  rm -f "$tmp/faults.ctl"
   if [ "$mode" = lua ]; then
-    JWKE_FAULT_CONTROL="$tmp/faults.ctl" "$build/lua_threads" "$source_dir" "$faultmod" threads $pin \
+    "$build/lua_threads" "$source_dir" "$faultmod" threads $pin \
       "$tmp/faults.ctl" 2 >"$tmp/out" 2>&1
   else
     "$build/threads" "$mode" "$faultmod" threads $pin t >"$tmp/out" 2>&1
