@@ -1,4 +1,4 @@
--- The outage backoff of a token (core/p11_token.c), read after every failed
+-- The outage backoff of a token (core/p11_outage.c), read after every failed
 -- attempt to come back, not only bounded: each wait doubles from
 -- hsm.reinit_interval_ms up to hsm.reinit_interval_max_ms and is drawn
 -- between half and all of its backoff, so that tokens (and nginx workers)

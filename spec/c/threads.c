@@ -210,6 +210,16 @@ static void run_threads(int n, void *(*fn)(void *), signer_args *args, int ms,
         pthread_join(ids[i], NULL);
 }
 
+/* n signers (args) with the health reader beside them; the token's stats after. */
+static jwke_p11_stats sign_with_health(int n, signer_args args)
+{
+    void *(*health_only[])(void *) = {health};
+    run_threads(n, signer, &args, 0, health_only, 1);
+    jwke_p11_stats stats;
+    jwke_p11_token_stats(opened.token, &stats);
+    return stats;
+}
+
 static int fork_children(int children)
 {
     int bad = 0;
@@ -255,12 +265,10 @@ int main(int argc, char **argv)
     }
     if (test_token_open(&opened, module_path, argv[3], argv[4], argv[5], &options) != 0)
         return 1;
-    void *(*health_only[])(void *) = {health};
     char extra_out[96] = "";
 
     if (strcmp(mode, "signers") == 0) {
-        signer_args args = {150, 0};
-        run_threads(6, signer, &args, 0, health_only, 1);
+        sign_with_health(6, (signer_args){150, 0});
     } else if (strcmp(mode, "list-reinit") == 0) {
         /* set now: the key was loaded; every later C_Initialize reads it */
         setenv("JWKE_FAULTS", "C_Sign:CKR_DEVICE_ERROR", 1);
@@ -300,19 +308,13 @@ int main(int argc, char **argv)
             fail("a forked child could not sign", NULL);
         run_threads(2, signer, &args, 0, NULL, 0);
     } else if (strcmp(mode, "login") == 0) {
-        signer_args args = {150, 0};
-        run_threads(4, signer, &args, 0, health_only, 1);
-        jwke_p11_stats stats;
-        jwke_p11_token_stats(opened.token, &stats);
+        jwke_p11_stats stats = sign_with_health(4, (signer_args){150, 0});
         snprintf(extra_out, sizeof extra_out, " login_recoveries=%lu",
                  stats.recoveries[JWKE_RECOVER_LOGIN]);
         if (stats.recoveries[JWKE_RECOVER_LOGIN] < 2)
             fail("too few login recoveries", NULL);
     } else if (strcmp(mode, "idle") == 0) {
-        signer_args args = {40, 60};
-        run_threads(3, signer, &args, 0, health_only, 1);
-        jwke_p11_stats stats;
-        jwke_p11_token_stats(opened.token, &stats);
+        jwke_p11_stats stats = sign_with_health(3, (signer_args){40, 60});
         snprintf(extra_out, sizeof extra_out, " idle_checks=%lu sessions_expired=%lu",
                  stats.pool.idle_checks, stats.pool.sessions_expired);
         if (stats.pool.idle_checks == 0)
