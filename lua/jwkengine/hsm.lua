@@ -45,7 +45,7 @@ end
 local open_backoff_ms = {}
 
 local function jittered(backoff)
-  local half = backoff // 2
+  local half = math.floor(backoff / 2)
   if half == 0 then return backoff end
   local b1, b2, b3 = core.random_bytes(3):byte(1, 3)
   return backoff - half + (b1 * 65536 + b2 * 256 + b3) % (half + 1)
@@ -58,7 +58,7 @@ local function unavailable(hsm_config, cause)
   local interval = hsm_config.reinit_interval_ms or LIMITS.reinit_interval_ms
   local max = math.max(interval, hsm_config.reinit_interval_max_ms or LIMITS.reinit_interval_max_ms)
   local previous = open_backoff_ms[hsm_config.library]
-  local backoff = previous and (previous < max // 2 and previous * 2 or max) or interval
+  local backoff = previous and (previous < math.floor(max / 2) and previous * 2 or max) or interval
   open_backoff_ms[hsm_config.library] = backoff
   local wait = jittered(backoff)
   return nil, string.format("HSM unavailable: %s; next attempt in %d ms", cause, wait),
