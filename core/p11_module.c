@@ -13,6 +13,7 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include "lock_order.h"
 #include "sigpipe_guard.h"
 
 /* More slots than any device has: a count beyond it is a module's
@@ -30,14 +31,16 @@ typedef struct login_record {
 struct jwke_p11_module {
     char *path;
     char *init_args;          /* CK_C_INITIALIZE_ARGS.pReserved, or NULL */
-    pthread_mutex_t lock;     /* guards logins, epoch and re-initialization */
-    /* Held for reading by every operation in flight and for writing by a
-     * full re-initialization. */
+    pthread_mutex_t lock;     /* guards logins (the login records rank) */
+    /* Held for reading by every call into the module and for writing by
+     * (re-)initialization and finalization (the module use rank). */
     pthread_rwlock_t use_lock;
     login_record *logins;
     void *library;            /* dlopen handle */
     CK_FUNCTION_LIST_PTR fn;
     int references;
+    /* Written under the use lock held for writing, read with atomic loads
+     * (jwke_p11_module_check runs before a caller enters). */
     unsigned fork_generation; /* the process generation this state belongs to */
     int initialized_here;     /* our C_Initialize returned CKR_OK in that generation */
     unsigned epoch;           /* bumped by every (re-)initialization */
@@ -49,12 +52,12 @@ static jwke_p11_module *modules;
 
 /* Bumped in the child after every fork; nothing else happens there, since
  * only async-signal-safe work is allowed in an atfork child handler. */
-static volatile unsigned fork_generation;
+static unsigned fork_generation; /* atomic */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void on_fork_child(void)
 {
-    fork_generation++;
+    __atomic_add_fetch(&fork_generation, 1, __ATOMIC_RELEASE);
     /* The module list lock may have been held by another thread at fork
      * time; the child has one thread, so a fresh lock is the safe state. */
     pthread_mutex_init(&modules_lock, NULL);
@@ -67,19 +70,62 @@ static void register_atfork(void)
 
 unsigned jwke_p11_fork_generation(void)
 {
-    return fork_generation;
+    return __atomic_load_n(&fork_generation, __ATOMIC_ACQUIRE);
 }
 
 void jwke_p11_fork_lock(void)
 {
-    pthread_mutex_lock(&modules_lock);
+    jwke_mutex_lock(&modules_lock, JWKE_LOCK_MODULE_LIST);
 }
 
 void jwke_p11_fork_unlock(void)
 {
-    pthread_mutex_unlock(&modules_lock);
+    jwke_mutex_unlock(&modules_lock);
 }
 
+/* The use lock prefers writers: a re-initialization is not starved by
+ * signers on other threads that keep it read-locked in turn. */
+static void init_use_lock(jwke_p11_module *m)
+{
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&m->use_lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+}
+
+static void write_lock(jwke_p11_module *m)
+{
+    jwke_lock_taking(&m->use_lock, JWKE_LOCK_MODULE_USE);
+    pthread_rwlock_wrlock(&m->use_lock);
+}
+
+static void write_unlock(jwke_p11_module *m)
+{
+    pthread_rwlock_unlock(&m->use_lock);
+    jwke_lock_released(&m->use_lock);
+}
+
+void jwke_p11_module_enter(jwke_p11_module *module)
+{
+    jwke_lock_taking(&module->use_lock, JWKE_LOCK_MODULE_USE);
+    pthread_rwlock_rdlock(&module->use_lock);
+}
+
+void jwke_p11_module_leave(jwke_p11_module *module)
+{
+    pthread_rwlock_unlock(&module->use_lock);
+    jwke_lock_released(&module->use_lock);
+}
+
+CK_FUNCTION_LIST_PTR jwke_p11_module_fn(const jwke_p11_module *module)
+{
+    jwke_lock_require(&module->use_lock, "a call into a PKCS#11 module without its use lock "
+                                         "(jwke_p11_module_enter)");
+    return module->fn;
+}
+
+/* Caller holds the use lock for writing (or owns the module alone). */
 static CK_RV initialize(jwke_p11_module *m)
 {
     /* The module may be called from several threads (a C host, OpenResty's
@@ -93,8 +139,8 @@ static CK_RV initialize(jwke_p11_module *m)
     CK_RV rv = m->fn->C_Initialize(&args);
     jwke_sigpipe_restore(&guard);
     m->initialized_here = rv == CKR_OK;
-    m->fork_generation = fork_generation;
-    m->epoch++;
+    __atomic_store_n(&m->fork_generation, jwke_p11_fork_generation(), __ATOMIC_RELEASE);
+    __atomic_add_fetch(&m->epoch, 1, __ATOMIC_RELEASE);
     return rv == CKR_CRYPTOKI_ALREADY_INITIALIZED ? CKR_OK : rv;
 }
 static void finalize(jwke_p11_module *m)
@@ -165,12 +211,12 @@ jwke_p11_module *jwke_p11_module_acquire(const char *path, const char *init_args
                                          jwke_error *err)
 {
     pthread_once(&atfork_once, register_atfork);
-    pthread_mutex_lock(&modules_lock);
+    jwke_p11_fork_lock();
     jwke_p11_module *m;
     for (m = modules; m; m = m->next) {
         if (strcmp(m->path, path) == 0 && same_init_args(m->init_args, init_args)) {
             m->references++;
-            pthread_mutex_unlock(&modules_lock);
+            jwke_p11_fork_unlock();
             /* in a forked child, the first use re-initializes */
             if (jwke_p11_module_check(m, err) == 0) {
                 jwke_p11_module_release(m);
@@ -183,43 +229,49 @@ jwke_p11_module *jwke_p11_module_acquire(const char *path, const char *init_args
     if (!m || !(m->path = strdup(path)) || (init_args && !(m->init_args = strdup(init_args)))) {
         if (m)
             free_module(m);
-        pthread_mutex_unlock(&modules_lock);
+        jwke_p11_fork_unlock();
         jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory loading PKCS#11 module");
         return NULL;
     }
-    /* C_GetFunctionList may already reach a module's server */
+    /* No other thread can see the module yet; the write lock is taken all
+     * the same, so that the rule has no exception. C_GetFunctionList may
+     * already reach a module's server. */
+    pthread_mutex_init(&m->lock, NULL);
+    init_use_lock(m);
+    write_lock(m);
     jwke_sigpipe_guard guard;
     jwke_sigpipe_block(&guard);
     int loaded = load_and_initialize(m, path, err);
     jwke_sigpipe_restore(&guard);
+    write_unlock(m);
     if (loaded != 0) {
+        pthread_mutex_destroy(&m->lock);
+        pthread_rwlock_destroy(&m->use_lock);
         free_module(m);
-        pthread_mutex_unlock(&modules_lock);
+        jwke_p11_fork_unlock();
         return NULL;
     }
     m->references = 1;
-    pthread_mutex_init(&m->lock, NULL);
-    pthread_rwlock_init(&m->use_lock, NULL);
     m->next = modules;
     modules = m;
-    pthread_mutex_unlock(&modules_lock);
+    jwke_p11_fork_unlock();
     return m;
 }
 
 void jwke_p11_module_retain(jwke_p11_module *module)
 {
-    pthread_mutex_lock(&modules_lock);
+    jwke_p11_fork_lock();
     module->references++;
-    pthread_mutex_unlock(&modules_lock);
+    jwke_p11_fork_unlock();
 }
 
 void jwke_p11_module_release(jwke_p11_module *module)
 {
     if (!module)
         return;
-    pthread_mutex_lock(&modules_lock);
+    jwke_p11_fork_lock();
     if (--module->references > 0) {
-        pthread_mutex_unlock(&modules_lock);
+        jwke_p11_fork_unlock();
         return;
     }
     for (jwke_p11_module **p = &modules; *p; p = &(*p)->next) {
@@ -228,11 +280,14 @@ void jwke_p11_module_release(jwke_p11_module *module)
             break;
         }
     }
-    pthread_mutex_unlock(&modules_lock);
+    jwke_p11_fork_unlock();
     /* Finalizing is only ours to do in the process generation that
-     * initialized the module: a forked child must leave it alone. */
-    if (module->initialized_here && module->fork_generation == fork_generation) {
+     * initialized the module: a forked child must leave it alone. Nobody
+     * else holds a reference; the write lock keeps the rule all the same. */
+    if (module->initialized_here && jwke_p11_module_is_current(module)) {
+        write_lock(module);
         finalize(module);
+        write_unlock(module);
         dlclose(module->library);
     }
     free_logins(module);
@@ -243,22 +298,27 @@ void jwke_p11_module_release(jwke_p11_module *module)
 
 unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err)
 {
-    if (module->fork_generation == fork_generation)
-        return module->epoch;
+    if (jwke_p11_module_is_current(module))
+        return __atomic_load_n(&module->epoch, __ATOMIC_ACQUIRE);
     /* First use in a forked child; several threads may get here at once,
      * so the catch-up is done once, under the process-wide lock. */
-    pthread_mutex_lock(&modules_lock);
+    jwke_p11_fork_lock();
     CK_RV rv = CKR_OK;
-    if (module->fork_generation != fork_generation) {
+    if (!jwke_p11_module_is_current(module)) {
         /* The locks were copied in whatever state the parent's threads
-         * left them; the login records describe the parent's sessions. */
+         * left them; the login records describe the parent's sessions.
+         * The new generation is published (by initialize) only once the
+         * fresh use lock is written, so no thread of the child enters
+         * before. */
         pthread_mutex_init(&module->lock, NULL);
-        pthread_rwlock_init(&module->use_lock, NULL);
+        init_use_lock(module);
         free_logins(module);
+        write_lock(module);
         rv = initialize(module);
+        write_unlock(module);
     }
-    unsigned epoch = module->epoch;
-    pthread_mutex_unlock(&modules_lock);
+    unsigned epoch = __atomic_load_n(&module->epoch, __ATOMIC_ACQUIRE);
+    jwke_p11_fork_unlock();
     if (rv != CKR_OK) {
         jwke_fail_ckr(err, "C_Initialize", rv);
         return 0;
@@ -268,34 +328,33 @@ unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err)
 
 int jwke_p11_module_is_current(const jwke_p11_module *module)
 {
-    return module->fork_generation == fork_generation;
+    return __atomic_load_n(&module->fork_generation, __ATOMIC_ACQUIRE) ==
+           jwke_p11_fork_generation();
 }
 
-CK_FUNCTION_LIST_PTR jwke_p11_module_functions(const jwke_p11_module *module)
+/* Re-initialization holds the use lock for writing across C_Finalize and
+ * C_Initialize together: a reader let in between would call a finalized
+ * module, which is what crashed SoftHSM (its slot list freed under a
+ * listing). It cannot deadlock: the caller holds no lock of the layer (the
+ * lock order puts the use lock before every other, checked in Debug
+ * builds), readers hold the lock only for calls that end (a borrower
+ * waiting for a session waits at most hsm.session_wait_ms), and the lock
+ * prefers writers, so steady signing on other threads does not starve it.
+ * Tokens that failed together (several threads, several tokens on one
+ * module) each ask for it; the epoch they failed in tells the second one
+ * that the first already did it, so the module is not finalized again
+ * under the sessions the first just opened. */
+int jwke_p11_module_reinitialize(jwke_p11_module *module, unsigned failed_epoch,
+                                 jwke_error *err)
 {
-    return module->fn;
-}
-
-void jwke_p11_module_use_begin(jwke_p11_module *module)
-{
-    pthread_rwlock_rdlock(&module->use_lock);
-}
-
-void jwke_p11_module_use_end(jwke_p11_module *module)
-{
-    pthread_rwlock_unlock(&module->use_lock);
-}
-
-int jwke_p11_module_reinitialize(jwke_p11_module *module, jwke_error *err)
-{
-    /* waits for every operation in flight on this module to finish */
-    pthread_rwlock_wrlock(&module->use_lock);
-    pthread_mutex_lock(&module->lock);
-    if (module->initialized_here && module->fork_generation == fork_generation)
-        finalize(module);
-    CK_RV rv = initialize(module);
-    pthread_mutex_unlock(&module->lock);
-    pthread_rwlock_unlock(&module->use_lock);
+    write_lock(module);
+    CK_RV rv = CKR_OK;
+    if (module->epoch == failed_epoch) {
+        if (module->initialized_here && jwke_p11_module_is_current(module))
+            finalize(module);
+        rv = initialize(module);
+    }
+    write_unlock(module);
     if (rv != CKR_OK)
         return jwke_fail_ckr(err, "C_Initialize", rv);
     return 0;
@@ -317,12 +376,13 @@ void jwke_p11_copy_padded(char *dst, size_t dst_size, const unsigned char *src, 
 static int list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
                       jwke_error *err)
 {
+    CK_FUNCTION_LIST_PTR fn = jwke_p11_module_fn(module);
     CK_ULONG n = 0;
     CK_SLOT_ID *ids = NULL;
     CK_RV rv;
     /* The slot count can change between the two calls (hot-plug): retry. */
     for (;;) {
-        rv = module->fn->C_GetSlotList(CK_FALSE, NULL, &n);
+        rv = fn->C_GetSlotList(CK_FALSE, NULL, &n);
         if (rv != CKR_OK)
             return jwke_fail_ckr(err, "C_GetSlotList", rv);
         free(ids);
@@ -337,7 +397,7 @@ static int list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *co
         if (!ids)
             return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory listing slots");
         n = allocated;
-        rv = module->fn->C_GetSlotList(CK_FALSE, ids, &n);
+        rv = fn->C_GetSlotList(CK_FALSE, ids, &n);
         if (rv == CKR_BUFFER_TOO_SMALL)
             continue;
         if (rv == CKR_OK && n > allocated) {
@@ -362,7 +422,7 @@ static int list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *co
     for (CK_ULONG i = 0; i < n; i++) {
         CK_SLOT_INFO slot_info;
         out[i].id = ids[i];
-        rv = module->fn->C_GetSlotInfo(ids[i], &slot_info);
+        rv = fn->C_GetSlotInfo(ids[i], &slot_info);
         if (rv != CKR_OK) {
             free(ids);
             free(out);
@@ -373,7 +433,7 @@ static int list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *co
         if (!out[i].token_present)
             continue;
         CK_TOKEN_INFO token_info;
-        rv = module->fn->C_GetTokenInfo(ids[i], &token_info);
+        rv = fn->C_GetTokenInfo(ids[i], &token_info);
         if (rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_TOKEN_NOT_RECOGNIZED) {
             out[i].token_present = 0; /* removed between the two calls */
             continue;
@@ -399,13 +459,24 @@ static int list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *co
     return 0;
 }
 
-int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
-                        jwke_error *err)
+int jwke_p11_list_slots_entered(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
+                                jwke_error *err)
 {
     jwke_sigpipe_guard guard;
     jwke_sigpipe_block(&guard);
     int result = list_slots(module, slots, count, err);
     jwke_sigpipe_restore(&guard);
+    return result;
+}
+
+int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
+                        jwke_error *err)
+{
+    if (jwke_p11_module_check(module, err) == 0)
+        return -1;
+    jwke_p11_module_enter(module);
+    int result = jwke_p11_list_slots_entered(module, slots, count, err);
+    jwke_p11_module_leave(module);
     return result;
 }
 
@@ -446,7 +517,7 @@ static login_record *find_login_record(jwke_p11_module *module, CK_SLOT_ID slot,
 
 void jwke_p11_module_track_slot(jwke_p11_module *module, CK_SLOT_ID slot, int delta)
 {
-    pthread_mutex_lock(&module->lock);
+    jwke_mutex_lock(&module->lock, JWKE_LOCK_LOGINS);
     login_record *r = find_login_record(module, slot, delta > 0);
     if (r) {
         r->sessions += delta;
@@ -461,17 +532,17 @@ void jwke_p11_module_track_slot(jwke_p11_module *module, CK_SLOT_ID slot, int de
             free(r);
         }
     }
-    pthread_mutex_unlock(&module->lock);
+    jwke_mutex_unlock(&module->lock);
 }
 
 int jwke_p11_module_login(jwke_p11_module *module, CK_SLOT_ID slot,
                           CK_SESSION_HANDLE *session, const unsigned char *pin, size_t pin_len,
                           CK_RV *login_rv, jwke_error *err)
 {
-    CK_FUNCTION_LIST_PTR fn = module->fn;
+    CK_FUNCTION_LIST_PTR fn = jwke_p11_module_fn(module);
     unsigned char fingerprint[SHA256_DIGEST_LENGTH];
     pin_fingerprint(pin, pin_len, fingerprint);
-    pthread_mutex_lock(&module->lock);
+    jwke_mutex_lock(&module->lock, JWKE_LOCK_LOGINS);
     jwke_sigpipe_guard guard;
     jwke_sigpipe_block(&guard);
     CK_RV rv = fn->C_Login(*session, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
@@ -501,7 +572,7 @@ int jwke_p11_module_login(jwke_p11_module *module, CK_SLOT_ID slot,
     } else {
         result = jwke_fail_ckr(err, "C_Login", rv);
     }
-    pthread_mutex_unlock(&module->lock);
+    jwke_mutex_unlock(&module->lock);
     OPENSSL_cleanse(fingerprint, sizeof fingerprint);
     *login_rv = rv;
     return result;

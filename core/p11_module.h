@@ -59,8 +59,18 @@ void jwke_p11_module_release(jwke_p11_module *module);
 /* One more reference to a module already acquired. */
 void jwke_p11_module_retain(jwke_p11_module *module);
 
-/* The module's function list (valid while a reference is held). */
-CK_FUNCTION_LIST_PTR jwke_p11_module_functions(const jwke_p11_module *module);
+/* The one rule of calls into a module: no C_* function runs without the
+ * module's use lock held for reading, and re-initialization holds it for
+ * writing, so C_Finalize never runs under another thread's call (SoftHSM
+ * frees what a listing in another thread is reading; p11-kit's client
+ * closes the socket it is writing to). jwke_p11_module_enter takes it, and
+ * the function list is reachable only through jwke_p11_module_fn, which
+ * Debug and sanitizer builds check is called between enter and leave (see
+ * lock_order.h). Not re-entrant: a caller that is inside already (the
+ * operations jwke_p11_run runs, a token's reset) uses what it has. */
+void jwke_p11_module_enter(jwke_p11_module *module);
+void jwke_p11_module_leave(jwke_p11_module *module);
+CK_FUNCTION_LIST_PTR jwke_p11_module_fn(const jwke_p11_module *module);
 
 /* The process's fork generation (bumped in every child). */
 unsigned jwke_p11_fork_generation(void);
@@ -72,34 +82,38 @@ void jwke_p11_fork_unlock(void);
 
 /* Brings the module up to date with the current process generation: in a
  * forked child, calls C_Initialize again and bumps the epoch. Cheap when
- * nothing changed. Returns the current epoch, or 0 with err set. */
+ * nothing changed (atomic loads). Returns the current epoch, or 0 with err
+ * set. Called before jwke_p11_module_enter: its catch-up takes the module
+ * list lock and writes the use lock. */
 unsigned jwke_p11_module_check(jwke_p11_module *module, jwke_error *err);
 
 /* Whether the module's state belongs to this process generation (a forked
  * child that has not caught up yet must not touch inherited handles). */
 int jwke_p11_module_is_current(const jwke_p11_module *module);
 
-/* Brackets one operation: while any is in flight, a full
- * re-initialization waits, so C_Finalize never runs under another
- * thread's C_Sign. */
-void jwke_p11_module_use_begin(jwke_p11_module *module);
-void jwke_p11_module_use_end(jwke_p11_module *module);
-
-/* Full re-initialization after the device failed (C_Finalize when this
- * process generation initialized it, then C_Initialize); bumps the epoch.
- * Other tokens on the same module follow on their next call. */
-int jwke_p11_module_reinitialize(jwke_p11_module *module, jwke_error *err);
+/* Full re-initialization after the device failed in failed_epoch
+ * (C_Finalize when this process generation initialized it, then
+ * C_Initialize); bumps the epoch. Done at most once per epoch: when another
+ * thread re-initialized since, that is the fresh start asked for and
+ * nothing more is done. The caller holds no lock of the layer (it waits
+ * for every call in flight). Other tokens on the module follow on their
+ * next call. */
+int jwke_p11_module_reinitialize(jwke_p11_module *module, unsigned failed_epoch,
+                                 jwke_error *err);
 
 /* Every slot (with or without a token), in the module's order. The caller
- * frees *slots. */
+ * frees *slots. jwke_p11_list_slots enters the module itself;
+ * jwke_p11_list_slots_entered is for a caller already inside. */
 int jwke_p11_list_slots(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
                         jwke_error *err);
+int jwke_p11_list_slots_entered(jwke_p11_module *module, jwke_p11_slot **slots, size_t *count,
+                                jwke_error *err);
 
 /* Counts the tokens open on a slot; when the last one closes, the slot's
  * login record goes (the token logs out, PKCS#11 §5.6). */
 void jwke_p11_module_track_slot(jwke_p11_module *module, CK_SLOT_ID slot, int delta);
 
-/* CKU_USER login of *session on slot, reopening *session once when it is
+/* (Called between enter and leave.) CKU_USER login of *session on slot, reopening *session once when it is
  * gone. An "already logged in" answer is success only when the same PIN
  * logged the slot in (by fingerprint); otherwise it fails as
  * CKR_PIN_INCORRECT without the PIN being checked. *login_rv is what

@@ -6,8 +6,10 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "lock_order.h"
+
 struct jwke_p11_pool {
-    CK_FUNCTION_LIST_PTR fn;
+    jwke_p11_module *module; /* called into only by a caller inside it */
     pthread_cond_t session_free;
     CK_SESSION_HANDLE idle[JWKE_POOL_LIMIT];
     long long idle_since_ms[JWKE_POOL_LIMIT]; /* when each idle session came back */
@@ -23,13 +25,13 @@ struct jwke_p11_pool {
     jwke_p11_pool_stats stats; /* max_sessions is the bound in use */
 };
 
-jwke_p11_pool *jwke_p11_pool_new(CK_FUNCTION_LIST_PTR fn, int max_sessions, int wait_ms,
+jwke_p11_pool *jwke_p11_pool_new(jwke_p11_module *module, int max_sessions, int wait_ms,
                                  int idle_max_ms)
 {
     jwke_p11_pool *pool = calloc(1, sizeof *pool);
     if (!pool)
         return NULL;
-    pool->fn = fn;
+    pool->module = module;
     pool->lends_login = max_sessions < 0;
     pool->stats.max_sessions = max_sessions < 0 ? 0
                                : max_sessions > JWKE_POOL_LIMIT ? JWKE_POOL_LIMIT : max_sessions;
@@ -73,7 +75,7 @@ int jwke_p11_pool_fit_token(jwke_p11_pool *pool, CK_SLOT_ID slot, int reserved,
 {
     *former_limit = 0;
     CK_TOKEN_INFO info;
-    CK_RV rv = pool->fn->C_GetTokenInfo(slot, &info);
+    CK_RV rv = jwke_p11_module_fn(pool->module)->C_GetTokenInfo(slot, &info);
     if (rv != CKR_OK)
         return jwke_fail_ckr(err, "C_GetTokenInfo", rv);
     pool->stats.token_max_sessions = reported_limit(info.ulMaxSessionCount);
@@ -109,7 +111,7 @@ static int take_idle(jwke_p11_pool *pool, CK_SESSION_HANDLE *session)
             return 1;
         pool->stats.idle_checks++;
         CK_SESSION_INFO info;
-        CK_RV rv = pool->fn->C_GetSessionInfo(*session, &info);
+        CK_RV rv = jwke_p11_module_fn(pool->module)->C_GetSessionInfo(*session, &info);
         if (rv == CKR_OK)
             return 1;
         /* Expired is what the token says of a session it closed; any other
@@ -117,7 +119,7 @@ static int take_idle(jwke_p11_pool *pool, CK_SESSION_HANDLE *session)
          * its own code when the next one is opened. */
         if (rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED)
             pool->stats.sessions_expired++;
-        pool->fn->C_CloseSession(*session); /* the token may still hold it */
+        jwke_p11_module_fn(pool->module)->C_CloseSession(*session); /* the token may still hold it */
         pool->open_count--;
     }
     return 0;
@@ -180,13 +182,25 @@ int jwke_p11_pool_borrow(jwke_p11_pool *pool, pthread_mutex_t *lock, CK_SLOT_ID 
         } else if (take_idle(pool, session)) {
             return 0;
         } else if (pool->open_count < pool->stats.max_sessions) {
-            CK_RV rv = pool->fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
-                                               NULL, session);
+            /* The token's lock is let go while the session opens: on a
+             * network HSM C_OpenSession may take as long as its timeout,
+             * and every other thread of the token (a session given back,
+             * stats, an outage failing fast) needs that lock meanwhile.
+             * The session is counted before, so the bound holds. Nothing
+             * forgets the pool meanwhile: that takes a new module epoch,
+             * which waits for the caller's use lock to go. */
+            pool->open_count++;
+            CK_FUNCTION_LIST_PTR fn = jwke_p11_module_fn(pool->module);
+            jwke_mutex_unlock(lock);
+            CK_RV rv = fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                                         session);
+            jwke_mutex_lock(lock, JWKE_LOCK_TOKEN);
             if (rv == CKR_OK) {
-                pool->open_count++;
                 pool->stats.sessions_opened++;
                 return 0;
             }
+            pool->open_count--;
+            pthread_cond_signal(&pool->session_free); /* the place is free again */
             if (rv != CKR_SESSION_COUNT || pool->open_count == 0)
                 return jwke_fail_ckr(err, "C_OpenSession", rv);
             /* The token allows fewer sessions than configured: learn it. */
@@ -221,7 +235,7 @@ void jwke_p11_pool_give_back(jwke_p11_pool *pool, CK_SESSION_HANDLE session, int
         pool->idle_since_ms[pool->idle_count] = pool->idle_max_ms < 0 ? 0 : monotonic_ms();
         pool->idle[pool->idle_count++] = session;
     } else {
-        pool->fn->C_CloseSession(session);
+        jwke_p11_module_fn(pool->module)->C_CloseSession(session);
         pool->open_count--;
     }
     pthread_cond_signal(&pool->session_free);
@@ -248,7 +262,7 @@ void jwke_p11_pool_after_fork(jwke_p11_pool *pool)
 void jwke_p11_pool_close_idle(jwke_p11_pool *pool)
 {
     while (pool->idle_count > 0) {
-        pool->fn->C_CloseSession(pool->idle[--pool->idle_count]);
+        jwke_p11_module_fn(pool->module)->C_CloseSession(pool->idle[--pool->idle_count]);
         pool->open_count--;
     }
 }

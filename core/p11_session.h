@@ -9,14 +9,16 @@
  * hsm.session_idle_max is checked with C_GetSessionInfo before it is lent,
  * and replaced when the token closed it meanwhile (YubiHSM 2 does after
  * 30 s), so the first operation after a quiet period needs no recovery.
- * Every call but new/free is made with the token's lock held (the lock a
- * borrower waits on). */
+ * Every call but new/free is made inside the module (jwke_p11_module_enter)
+ * with the token's lock held (the lock a borrower waits on); a borrow lets
+ * the token's lock go while C_OpenSession runs. */
 #ifndef JWKE_P11_SESSION_H
 #define JWKE_P11_SESSION_H
 
 #include <pthread.h>
 
 #include "error.h"
+#include "p11_module.h"
 #include "pkcs11_header.h"
 
 #define JWKE_POOL_LIMIT 64
@@ -28,7 +30,7 @@ typedef struct jwke_p11_pool jwke_p11_pool;
  * borrower at a time, for a caller that never needs two at once (one
  * thread); idle_max_ms < 0: idle sessions are never checked. NULL when out
  * of memory. */
-jwke_p11_pool *jwke_p11_pool_new(CK_FUNCTION_LIST_PTR fn, int max_sessions, int wait_ms,
+jwke_p11_pool *jwke_p11_pool_new(jwke_p11_module *module, int max_sessions, int wait_ms,
                                  int idle_max_ms);
 
 /* Lowers the bound to the sessions the token in slot still allows, after
@@ -45,9 +47,9 @@ int jwke_p11_pool_lends_login(const jwke_p11_pool *pool);
 /* Frees the pool without closing a session (close_all does). */
 void jwke_p11_pool_free(jwke_p11_pool *pool, int inherited_lock);
 
-/* Borrows a session on slot: an idle one, a new one while under the bound,
- * or the next one given back within the wait (on lock, held by the
- * caller). When the token refused a session below the bound, the pool
+/* Borrows a session on slot: an idle one, a new one while under the bound
+ * (opened with lock let go), or the next one given back within the wait
+ * (on lock, held by the caller). When the token refused a session below the bound, the pool
  * learns the lower limit and *former_limit is the bound it had (0
  * otherwise), so the caller can say so. */
 int jwke_p11_pool_borrow(jwke_p11_pool *pool, pthread_mutex_t *lock, CK_SLOT_ID slot,

@@ -45,8 +45,10 @@ static CK_RV refind_private(jwke_p11_token *token, CK_SESSION_HANDLE session, jw
                   n == 0 ? "no longer" : "more than once");
         return JWKE_OP_FAILED;
     }
-    key->private_handle = handles[0];
-    key->object_epoch = object_epoch;
+    /* Threads share the key: the handle is stored before the epoch that
+     * says it is current (sign_op reads them the other way round). */
+    __atomic_store_n(&key->private_handle, handles[0], __ATOMIC_RELAXED);
+    __atomic_store_n(&key->object_epoch, object_epoch, __ATOMIC_RELEASE);
     free(handles);
     return CKR_OK;
 }
@@ -57,13 +59,14 @@ static CK_RV sign_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
     sign_context *c = ctx;
     CK_FUNCTION_LIST_PTR fn = jwke_p11_token_functions(token);
     unsigned object_epoch = jwke_p11_token_object_epoch(token);
-    if (c->key->object_epoch != object_epoch) {
+    if (__atomic_load_n(&c->key->object_epoch, __ATOMIC_ACQUIRE) != object_epoch) {
         CK_RV rv = refind_private(token, session, c->key, object_epoch, function, err);
         if (rv != CKR_OK)
             return rv;
     }
     *function = "C_SignInit";
-    CK_RV rv = fn->C_SignInit(session, c->mechanism, c->key->private_handle);
+    CK_RV rv = fn->C_SignInit(session, c->mechanism,
+                              __atomic_load_n(&c->key->private_handle, __ATOMIC_RELAXED));
     if (rv != CKR_OK)
         return rv;
     *function = "C_Sign";

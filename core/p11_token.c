@@ -1,37 +1,41 @@
 /* A token in use (see p11_token.h for the rules): opening and closing it,
- * the fork catch-up, logging in and recovery; its sessions come from a pool
- * (p11_session.c). */
+ * the fork catch-up, its sessions (a pool, p11_session.c) and recovery
+ * (jwke_p11_run). Its login and kept PIN are p11_login.c's, its outage
+ * state p11_outage.c's.
+ *
+ * Names say the lock a function expects: _holding_token, the token's lock
+ * held by the caller, who is also inside the module (jwke_p11_module_enter)
+ * when the function calls into it; no suffix, no lock of ours held (the
+ * function takes what it needs, in the order of lock_order.h). */
 #include "p11_token.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 
 #include <openssl/crypto.h>
-#include <openssl/rand.h>
 
 #include "ckr_names.h"
 #include "engine_limits.h"
+#include "lock_order.h"
+#include "p11_login.h"
+#include "p11_outage.h"
 #include "p11_session.h"
 #include "sigpipe_guard.h"
 
-#define MAX_PIN_LEN 256
-
 struct jwke_p11_token {
     jwke_p11_module *module;
-    CK_FUNCTION_LIST_PTR fn;
     CK_SLOT_ID slot;
     char label[33];        /* to find the token again after a re-insertion */
     char serial[17];
 
     pthread_mutex_t lock;  /* guards everything below */
     jwke_p11_pool *pool;
-    unsigned fork_generation; /* the process generation this state belongs to */
+    unsigned fork_generation; /* the process generation this state belongs to (atomic:
+                               * read before t->lock, which the catch-up renews) */
     unsigned epoch;        /* module epoch our sessions and login belong to */
     unsigned object_epoch; /* bumped whenever cached object handles go stale */
     CK_SESSION_HANDLE login_session;
@@ -39,31 +43,15 @@ struct jwke_p11_token {
     unsigned login_session_epoch; /* module epoch the login session was opened in */
     long long login_session_checked_ms; /* when it was last logged in or asked about */
     int session_idle_max_ms;    /* sessions idle longer are asked about; < 0: never */
-    int reinit_interval_ms;     /* the first wait of the backoff, and the least between re-inits */
-    int reinit_interval_max_ms; /* where the doubling stops */
+    int reinit_interval_ms;     /* the least time between re-initializations */
     long long last_reinit_ms;
     enum jwke_verify_after_sign verify_after_sign;
 
-    /* An outage: a re-initialization did not bring the token back. Calls
-     * fail fast until next_attempt_ms; the call that finds it due tries to
-     * come back (one thread at a time), and each failed try doubles the
-     * wait, with jitter so that nginx workers do not try in step. These
-     * fields have a lock of their own, taken after t->lock when both are:
-     * the attempt holds t->lock through its slow calls (C_OpenSession,
-     * C_Login on a token that may hang), and the others must not wait for
-     * it to fail fast. */
-    pthread_mutex_t outage_lock;
-    int down;
-    int coming_back;       /* a thread is trying now: the others fail fast */
-    int backoff_ms;
-    long long next_attempt_ms;
-    CK_RV down_rv;
-    char down_cause[128];  /* the failure that started the outage */
-    char last_attempt[200]; /* why the latest try to come back failed */
-
-    unsigned char *pin;    /* locked memory, wiped on free */
-    size_t pin_len;
-    int pin_refused;       /* the token said CKR_PIN_INCORRECT: never again */
+    jwke_p11_kept_pin *pin;     /* the login's PIN (p11_login.c) */
+    /* An outage (p11_outage.c): a re-initialization did not bring the token
+     * back. Its own lock, so calls fail fast while an attempt to come back
+     * holds this token's. */
+    jwke_p11_outage *outage;
 
     jwke_p11_stats stats;
     char events[JWKE_EVENT_QUEUE][JWKE_EVENT_SIZE];
@@ -75,12 +63,17 @@ static void queue_event(jwke_p11_token *t, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static long long now_ms(void);
 
+static unsigned token_generation(const jwke_p11_token *t)
+{
+    return __atomic_load_n(&t->fork_generation, __ATOMIC_ACQUIRE);
+}
+
 /* Whether the token's state was copied from the parent by a fork and not
  * caught up yet (catch_up_after_fork): then its handles and its login
  * record are the parent's, and nothing may touch them. */
 static int inherited(const jwke_p11_token *t)
 {
-    return t->fork_generation != jwke_p11_fork_generation() ||
+    return token_generation(t) != jwke_p11_fork_generation() ||
            !jwke_p11_module_is_current(t->module);
 }
 
@@ -92,58 +85,40 @@ static int inherited(const jwke_p11_token *t)
 static void catch_up_after_fork(jwke_p11_token *t)
 {
     unsigned generation = jwke_p11_fork_generation();
-    if (t->fork_generation == generation)
+    if (token_generation(t) == generation)
         return;
     jwke_p11_fork_lock();
     if (t->fork_generation != generation) {
         pthread_mutex_init(&t->lock, NULL);
-        pthread_mutex_init(&t->outage_lock, NULL);
+        jwke_p11_outage_after_fork(t->outage);
         jwke_p11_pool_after_fork(t->pool);
         t->epoch = 0;
         t->have_login_session = 0;
         t->tracked = 0;
         t->object_epoch++;
-        /* a parent's thread may have been trying to end an outage: no
-         * thread of the child is, and the child must be free to try */
-        t->coming_back = 0;
-        t->fork_generation = generation;
+        /* published last: a thread that sees it finds the fresh locks */
+        __atomic_store_n(&t->fork_generation, generation, __ATOMIC_RELEASE);
     }
     jwke_p11_fork_unlock();
 }
 
-/* Every entry point that uses the token's state locks it through here. */
+/* The token's lock (the token rank of lock_order.h). Every entry point
+ * catches up with a fork first (catch_up_after_fork takes the module list
+ * lock, which comes before the module's use lock). */
 static void lock_token(jwke_p11_token *t)
 {
-    catch_up_after_fork(t);
-    pthread_mutex_lock(&t->lock);
+    jwke_mutex_lock(&t->lock, JWKE_LOCK_TOKEN);
 }
 
-/* PIN memory: locked so it is never swapped out, kept out of core dumps,
- * wiped before it is freed. Locking is best effort (RLIMIT_MEMLOCK). */
-static unsigned char *pin_alloc(void)
+static void unlock_token(jwke_p11_token *t)
 {
-    unsigned char *p = calloc(1, MAX_PIN_LEN);
-    if (p) {
-        mlock(p, MAX_PIN_LEN);
-        madvise(p, MAX_PIN_LEN, MADV_DONTDUMP);
-    }
-    return p;
+    jwke_mutex_unlock(&t->lock);
 }
 
-static void pin_wipe(unsigned char *pin)
+/* The module's function list; the caller is inside the module. */
+static CK_FUNCTION_LIST_PTR fn_of(const jwke_p11_token *t)
 {
-    if (!pin)
-        return;
-    OPENSSL_cleanse(pin, MAX_PIN_LEN);
-    munlock(pin, MAX_PIN_LEN);
-    free(pin);
-}
-
-static void pin_free(jwke_p11_token *t)
-{
-    pin_wipe(t->pin);
-    t->pin = NULL;
-    t->pin_len = 0;
+    return jwke_p11_module_fn(t->module);
 }
 
 static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, const char *label,
@@ -155,13 +130,11 @@ static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, cons
         jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening a token");
         return NULL;
     }
-    unsigned epoch = jwke_p11_module_check(module, err);
-    if (epoch == 0) {
+    if (jwke_p11_module_check(module, err) == 0) {
         free(t);
         return NULL;
     }
     t->module = module;
-    t->fn = jwke_p11_module_functions(module);
     t->slot = slot;
     snprintf(t->label, sizeof t->label, "%s", label ? label : "");
     snprintf(t->serial, sizeof t->serial, "%s", serial ? serial : "");
@@ -169,7 +142,7 @@ static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, cons
                                  ? options->session_idle_max_ms
                                  : JWKE_POOL_SESSION_IDLE_MAX_MS;
     t->pool = jwke_p11_pool_new(
-        t->fn, options && options->max_sessions != 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS,
+        module, options && options->max_sessions != 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS,
         options && options->session_wait_ms > 0 ? options->session_wait_ms : JWKE_POOL_SESSION_WAIT_MS,
         t->session_idle_max_ms);
     if (!t->pool) {
@@ -180,30 +153,41 @@ static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, cons
     t->reinit_interval_ms =
         options && options->reinit_interval_ms > 0 ? options->reinit_interval_ms
                                                     : JWKE_POOL_REINIT_INTERVAL_MS;
-    t->reinit_interval_max_ms =
-        options && options->reinit_interval_max_ms > 0 ? options->reinit_interval_max_ms
-                                                        : JWKE_POOL_REINIT_INTERVAL_MAX_MS;
-    if (t->reinit_interval_max_ms < t->reinit_interval_ms)
-        t->reinit_interval_max_ms = t->reinit_interval_ms;
+    t->outage = jwke_p11_outage_new(
+        t->reinit_interval_ms, options && options->reinit_interval_max_ms > 0
+                                   ? options->reinit_interval_max_ms
+                                   : JWKE_POOL_REINIT_INTERVAL_MAX_MS);
+    t->pin = jwke_p11_kept_pin_new();
+    if (!t->outage || !t->pin) {
+        jwke_p11_outage_free(t->outage, 0);
+        jwke_p11_kept_pin_free(t->pin);
+        jwke_p11_pool_free(t->pool, 0);
+        free(t);
+        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening a token");
+        return NULL;
+    }
     t->last_reinit_ms = -1000000;
     t->verify_after_sign = options ? options->verify_after_sign : JWKE_VERIFY_RSA;
     pthread_mutex_init(&t->lock, NULL);
-    pthread_mutex_init(&t->outage_lock, NULL);
     t->fork_generation = jwke_p11_fork_generation();
-    t->epoch = epoch;
 
     int former_limit = 0;
     CK_RV rv = CKR_OK;
+    jwke_p11_module_enter(module);
+    /* inside the module its epoch cannot change: the sessions belong to it */
+    t->epoch = jwke_p11_module_check(module, err);
     /* the pool fits what the token has left beside the login session */
     int fitted = jwke_p11_pool_fit_token(t->pool, slot, 1, &former_limit, err) == 0;
     if (fitted)
-        rv = t->fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+        rv = fn_of(t)->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
                                   &t->login_session);
+    jwke_p11_module_leave(module);
     if (!fitted || rv != CKR_OK) {
         if (fitted)
             jwke_fail_ckr(err, "C_OpenSession", rv);
         pthread_mutex_destroy(&t->lock);
-        pthread_mutex_destroy(&t->outage_lock);
+        jwke_p11_outage_free(t->outage, 0);
+        jwke_p11_kept_pin_free(t->pin);
         jwke_p11_pool_free(t->pool, 0);
         free(t);
         return NULL;
@@ -244,115 +228,73 @@ void jwke_p11_token_close(jwke_p11_token *t)
     jwke_sigpipe_guard guard;
     jwke_sigpipe_block(&guard);
     /* a forked child's copy of a lock may be held by a parent's thread */
-    int inherited_locks = t->fork_generation != jwke_p11_fork_generation();
+    int inherited_locks = token_generation(t) != jwke_p11_fork_generation();
     /* In a forked child that never caught up, the handles and the login
      * record belong to the parent: touch nothing. */
     if (!inherited(t)) {
         jwke_error ignored;
-        pthread_mutex_lock(&t->lock);
+        jwke_p11_module_enter(t->module);
+        lock_token(t);
         if (t->epoch == jwke_p11_module_check(t->module, &ignored)) {
             jwke_p11_pool_close_idle(t->pool);
             if (t->have_login_session)
-                t->fn->C_CloseSession(t->login_session);
+                fn_of(t)->C_CloseSession(t->login_session);
         }
         t->have_login_session = 0;
-        pthread_mutex_unlock(&t->lock);
+        unlock_token(t);
+        jwke_p11_module_leave(t->module);
         if (t->tracked)
             jwke_p11_module_track_slot(t->module, t->slot, -1);
     }
-    pin_free(t);
+    jwke_p11_kept_pin_free(t->pin);
     jwke_p11_module_release(t->module);
-    if (!inherited_locks) {
+    if (!inherited_locks)
         pthread_mutex_destroy(&t->lock);
-        pthread_mutex_destroy(&t->outage_lock);
-    }
+    jwke_p11_outage_free(t->outage, inherited_locks);
     jwke_p11_pool_free(t->pool, inherited_locks);
     free(t);
     jwke_sigpipe_restore(&guard);
 }
 
-static int refuse_by_flags(CK_FLAGS flags, jwke_error *err)
+/* Logs the login session in with the kept PIN (p11_login.c). */
+static int log_in_holding_token(jwke_p11_token *t, jwke_error *err)
 {
-    if (flags & CKF_USER_PIN_LOCKED)
-        jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_LOCKED (the user PIN "
-                  "is locked; unlock it with the security officer PIN)");
-    else if (flags & CKF_USER_PIN_FINAL_TRY)
-        jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_FINAL_TRY (one more "
-                  "wrong PIN locks it; log in by hand to clear the counter)");
-    else if (flags & CKF_USER_PIN_TO_BE_CHANGED)
-        jwke_fail(err, "C_Login refused: the token reports CKF_USER_PIN_TO_BE_CHANGED "
-                  "(change the user PIN first)");
-    else
-        return 0;
-    err->code = "ERR_LOGIN_REFUSED";
-    return -1;
+    if (jwke_p11_kept_pin_log_in(t->pin, t->module, t->slot, &t->login_session, err) != 0)
+        return -1;
+    t->login_session_checked_ms = now_ms();
+    return 0;
 }
 
-/* Logs the login session in with the stored PIN. Caller holds t->lock. */
-static int login_locked(jwke_p11_token *t, jwke_error *err)
-{
-    if (!t->pin)
-        return jwke_fail_code(err, "ERR_CONFIG", "C_Login: no PIN is configured");
-    if (t->pin_refused) {
-        jwke_fail(err, "C_Login: the token refused this PIN before (CKR_PIN_INCORRECT); "
-                  "jwkengine never tries a refused PIN again");
-        err->code = "ERR_LOGIN_REFUSED";
-        return -1;
-    }
-    CK_TOKEN_INFO info;
-    CK_RV rv = t->fn->C_GetTokenInfo(t->slot, &info);
-    if (rv != CKR_OK)
-        return jwke_fail_ckr(err, "C_GetTokenInfo", rv);
-    if (refuse_by_flags(info.flags, err) != 0)
-        return -1;
-
-    CK_RV login_rv;
-    if (jwke_p11_module_login(t->module, t->slot, &t->login_session, t->pin, t->pin_len,
-                              &login_rv, err) == 0) {
-        t->login_session_checked_ms = now_ms();
-        return 0;
-    }
-    if (login_rv == CKR_PIN_INCORRECT || login_rv == CKR_PIN_INVALID ||
-        login_rv == CKR_PIN_LEN_RANGE || login_rv == CKR_PIN_LOCKED || login_rv == CKR_PIN_EXPIRED)
-        t->pin_refused = 1;
-    return -1;
-}
-
-/* Puts a new PIN (from pin_alloc, taken over; NULL drops the PIN) in
- * place of the old one and logs in with it, under t->lock: a recovery in
- * another thread may be logging in with the old one right now. */
-static int store_pin_and_login(jwke_p11_token *t, unsigned char *pin, size_t pin_len,
+/* Puts a new PIN (from jwke_p11_pin_take, taken over; NULL drops the PIN)
+ * in place of the kept one and logs in with it, under the token's lock: a
+ * recovery in another thread may be logging in with the old one right now. */
+static int keep_pin_and_log_in(jwke_p11_token *t, unsigned char *pin, size_t pin_len,
                                jwke_error *err)
 {
     jwke_sigpipe_guard guard;
     jwke_sigpipe_block(&guard);
+    catch_up_after_fork(t);
+    int current = jwke_p11_module_check(t->module, err) != 0;
+    jwke_p11_module_enter(t->module);
     lock_token(t);
-    unsigned char *old = t->pin;
-    t->pin = pin;
-    t->pin_len = pin_len;
-    t->pin_refused = 0; /* a PIN given anew gets one try */
-    int rc = pin ? login_locked(t, err) : -1;
+    jwke_p11_kept_pin_replace(t->pin, pin, pin_len);
+    int rc = pin && current ? log_in_holding_token(t, err) : -1;
     if (rc != 0)
-        pin_free(t); /* a refused PIN is not kept */
-    pthread_mutex_unlock(&t->lock);
+        jwke_p11_kept_pin_drop(t->pin); /* a refused PIN is not kept */
+    unlock_token(t);
+    jwke_p11_module_leave(t->module);
     jwke_sigpipe_restore(&guard);
-    pin_wipe(old);
     return rc;
 }
 
 int jwke_p11_login_from(jwke_p11_token *t, jwke_pin_fill fill, const void *ctx, jwke_error *err)
 {
-    unsigned char *pin = pin_alloc();
-    if (!pin) {
-        store_pin_and_login(t, NULL, 0, err);
-        return jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory storing the PIN");
-    }
-    size_t n = 0;
-    if (fill(ctx, pin, MAX_PIN_LEN, &n, err) != 0) { /* each filler checks 1 <= n < cap */
-        pin_wipe(pin);
-        pin = NULL; /* the old PIN goes all the same: the new one was meant to replace it */
-    }
-    return store_pin_and_login(t, pin, n, err);
+    unsigned char *pin;
+    size_t n;
+    /* a PIN that cannot be taken drops the kept one all the same: the new
+     * one was meant to replace it */
+    jwke_p11_pin_take(fill, ctx, &pin, &n, err);
+    return keep_pin_and_log_in(t, pin, n, err);
 }
 
 int jwke_p11_login(jwke_p11_token *t, const char *pin, size_t pin_len, jwke_error *err)
@@ -361,47 +303,30 @@ int jwke_p11_login(jwke_p11_token *t, const char *pin, size_t pin_len, jwke_erro
     return jwke_p11_login_from(t, jwke_pin_from_bytes, &given, err);
 }
 
-static int pin_from_file(const void *ctx, unsigned char *buf, size_t cap, size_t *len,
-                         jwke_error *err)
-{
-    const char *path = ctx;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return jwke_fail_code(err, "ERR_CONFIG", "cannot read the PIN file '%s': %s", path, strerror(errno));
-    size_t n = fread(buf, 1, cap, f);
-    int failed = ferror(f);
-    fclose(f);
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-        n--;
-    if (failed || n == 0 || n >= cap)
-        return jwke_fail_code(err, "ERR_CONFIG", "the PIN file '%s' %s", path,
-                              failed ? "cannot be read" : n == 0 ? "is empty" : "is too long");
-    *len = n;
-    return 0;
-}
-
 int jwke_p11_login_file(jwke_p11_token *t, const char *path, jwke_error *err)
 {
-    return jwke_p11_login_from(t, pin_from_file, path, err);
+    return jwke_p11_login_from(t, jwke_pin_from_file, path, err);
 }
 
 void jwke_p11_token_stats(jwke_p11_token *t, jwke_p11_stats *out)
 {
+    catch_up_after_fork(t);
     lock_token(t);
     *out = t->stats;
     jwke_p11_pool_counts(t->pool, &out->pool);
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
 }
 
 int jwke_p11_take_events(jwke_p11_token *t, char (*out)[JWKE_EVENT_SIZE], int max)
 {
+    catch_up_after_fork(t);
     lock_token(t);
     int n = t->event_count < max ? t->event_count : max;
     for (int i = 0; i < n; i++)
         memcpy(out[i], t->events[i], sizeof out[i]);
     memmove(t->events, t->events + n, (size_t)(t->event_count - n) * sizeof t->events[0]);
     t->event_count -= n;
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
     return n;
 }
 
@@ -459,14 +384,14 @@ static int find_slot_again(jwke_p11_token *t, jwke_error *err)
 {
     CK_TOKEN_INFO info;
     char serial[sizeof t->serial];
-    if (t->fn->C_GetTokenInfo(t->slot, &info) == CKR_OK) {
+    if (fn_of(t)->C_GetTokenInfo(t->slot, &info) == CKR_OK) {
         jwke_p11_copy_padded(serial, sizeof serial, info.serialNumber, sizeof info.serialNumber);
         if (strcmp(serial, t->serial) == 0)
             return 0;
     }
     jwke_p11_slot *slots;
     size_t count;
-    if (jwke_p11_list_slots(t->module, &slots, &count, err) != 0)
+    if (jwke_p11_list_slots_entered(t->module, &slots, &count, err) != 0)
         return -1;
     int found = 0;
     for (size_t i = 0; i < count && !found; i++) {
@@ -487,7 +412,7 @@ static int find_slot_again(jwke_p11_token *t, jwke_error *err)
  * (never closing them: they belong to a finalized module or to the parent
  * process), finds the token, opens the login session and logs in again.
  * Cached object handles become stale. Caller holds t->lock. */
-static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
+static int start_over_holding_token(jwke_p11_token *t, unsigned epoch, jwke_error *err)
 {
     /* A reset that failed at login keeps the login session it opened for
      * this epoch: trying again must not open (and leak) another one. */
@@ -497,12 +422,12 @@ static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
         t->have_login_session = 0;
         t->object_epoch++;
     }
-    if (t->pin_refused)
-        return login_locked(t, err); /* fails at once, saying why */
+    if (jwke_p11_kept_pin_refused(t->pin))
+        return log_in_holding_token(t, err); /* fails at once, saying why */
     if (!reuse) {
         if (find_slot_again(t, err) != 0)
             return -1;
-        CK_RV rv = t->fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+        CK_RV rv = fn_of(t)->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
                                                 NULL, NULL, &t->login_session);
         if (rv != CKR_OK)
             return jwke_fail_ckr(err, "C_OpenSession", rv);
@@ -514,10 +439,10 @@ static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
         t->tracked = 1;
         jwke_p11_module_track_slot(t->module, t->slot, +1);
     }
-    if (t->pin && login_locked(t, err) != 0) {
+    if (jwke_p11_kept_pin_present(t->pin) && log_in_holding_token(t, err) != 0) {
         /* the PIN refused on the way back is a refusal, not an outage:
-         * it is never tried again (login_locked), so no attempt can end it */
-        if (t->pin_refused)
+         * it is never tried again (p11_login.c), so no attempt can end it */
+        if (jwke_p11_kept_pin_refused(t->pin))
             err->code = "ERR_LOGIN_REFUSED";
         return -1;
     }
@@ -525,13 +450,14 @@ static int reset_locked(jwke_p11_token *t, unsigned epoch, jwke_error *err)
     return 0;
 }
 
-/* Locks the token, first catching up with a fork or a module reset. */
-static int lock_current(jwke_p11_token *t, jwke_error *err)
+/* Locks the token, first catching up with a module reset (a new epoch).
+ * The caller is inside the module and has caught up with a fork. */
+static int lock_token_on_current_epoch(jwke_p11_token *t, jwke_error *err)
 {
     lock_token(t);
     unsigned epoch = jwke_p11_module_check(t->module, err);
-    if (epoch == 0 || (epoch != t->epoch && reset_locked(t, epoch, err) != 0)) {
-        pthread_mutex_unlock(&t->lock);
+    if (epoch == 0 || (epoch != t->epoch && start_over_holding_token(t, epoch, err) != 0)) {
+        unlock_token(t);
         return -1;
     }
     return 0;
@@ -539,7 +465,7 @@ static int lock_current(jwke_p11_token *t, jwke_error *err)
 
 /* Borrows a session from the pool (see p11_session.h). Caller holds
  * t->lock. */
-static int borrow_locked(jwke_p11_token *t, CK_SESSION_HANDLE *session, jwke_error *err)
+static int borrow_holding_token(jwke_p11_token *t, CK_SESSION_HANDLE *session, jwke_error *err)
 {
     int former_limit;
     int result = jwke_p11_pool_borrow(t->pool, &t->lock, t->slot, session, &former_limit, err);
@@ -554,14 +480,14 @@ static int borrow_locked(jwke_p11_token *t, CK_SESSION_HANDLE *session, jwke_err
 
 /* Logs in again. When the pool lends the login session, it is borrowed
  * first: another thread may be signing on it. Caller holds t->lock. */
-static int login_on_free_session_locked(jwke_p11_token *t, jwke_error *err)
+static int log_in_again_holding_token(jwke_p11_token *t, jwke_error *err)
 {
     if (!jwke_p11_pool_lends_login(t->pool))
-        return login_locked(t, err);
+        return log_in_holding_token(t, err);
     CK_SESSION_HANDLE login;
-    if (borrow_locked(t, &login, err) != 0)
+    if (borrow_holding_token(t, &login, err) != 0)
         return -1;
-    int result = login_locked(t, err);
+    int result = log_in_holding_token(t, err);
     jwke_p11_pool_give_back(t->pool, login, 1);
     return result;
 }
@@ -571,67 +497,12 @@ static int login_on_free_session_locked(jwke_p11_token *t, jwke_error *err)
  * session from an older epoch is just forgotten. */
 static void give_back(jwke_p11_token *t, CK_SESSION_HANDLE session, unsigned epoch, int healthy)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     if (epoch == t->epoch)
         jwke_p11_pool_give_back(t->pool, session, healthy);
     else /* it belongs to a module state that is gone: just forgotten */
         jwke_p11_pool_signal(t->pool);
-    pthread_mutex_unlock(&t->lock);
-}
-
-/* The wait before the next attempt to come back: doubled after each
- * failed attempt, between half and all of it at random, so that processes
- * that lost the HSM together (nginx workers) do not all try at once. */
-static long long next_backoff_locked(jwke_p11_token *t)
-{
-    if (t->backoff_ms == 0)
-        t->backoff_ms = t->reinit_interval_ms;
-    else if (t->backoff_ms < t->reinit_interval_max_ms / 2)
-        t->backoff_ms *= 2;
-    else
-        t->backoff_ms = t->reinit_interval_max_ms;
-    unsigned int r = 0;
-    RAND_bytes((unsigned char *)&r, sizeof r);
-    long long half = t->backoff_ms / 2;
-    return t->backoff_ms - half + (half > 0 ? (long long)(r % (unsigned long long)(half + 1)) : 0);
-}
-
-/* Starts an outage, or records one more failed attempt to end it. cause:
- * the failure that started it (kept for the whole outage); why: what the
- * latest repair said. Caller holds t->lock and t->outage_lock. */
-static void mark_down_locked(jwke_p11_token *t, const char *cause, CK_RV rv, const char *why)
-{
-    if (!t->down) {
-        t->down = 1;
-        t->down_rv = rv;
-        snprintf(t->down_cause, sizeof t->down_cause, "%s", cause);
-        queue_event(t, "HSM unavailable: %s; trying to come back (backoff %d to %d ms)",
-                    t->down_cause, t->reinit_interval_ms, t->reinit_interval_max_ms);
-    }
-    snprintf(t->last_attempt, sizeof t->last_attempt, "%s", why ? why : "");
-    t->next_attempt_ms = now_ms() + next_backoff_locked(t);
-}
-
-/* mark_down_locked, then the fast failure (fail_unavailable_locked) in
- * err. Caller holds t->lock. */
-static int fail_down_locked(jwke_p11_token *t, const char *cause, CK_RV rv, const char *why,
-                            jwke_error *err);
-
-static long long retry_in_locked(const jwke_p11_token *t)
-{
-    long long wait = t->next_attempt_ms - now_ms();
-    return wait > 0 ? wait : 0;
-}
-
-/* The fast failure of every call during an outage. Caller holds
- * t->outage_lock. */
-static int fail_unavailable_locked(jwke_p11_token *t, jwke_error *err)
-{
-    jwke_fail_code(err, "ERR_HSM_UNAVAILABLE", "HSM unavailable: %s%s%s%s; next attempt in %lld ms",
-                   t->down_cause, t->last_attempt[0] ? " (last attempt to come back: " : "",
-                   t->last_attempt, t->last_attempt[0] ? ")" : "", retry_in_locked(t));
-    err->ckr = t->down_rv;
-    return -1;
+    unlock_token(t);
 }
 
 static int is_login_refusal(const jwke_error *err)
@@ -639,13 +510,15 @@ static int is_login_refusal(const jwke_error *err)
     return err->code && strcmp(err->code, "ERR_LOGIN_REFUSED") == 0;
 }
 
-static int fail_down_locked(jwke_p11_token *t, const char *cause, CK_RV rv, const char *why,
-                            jwke_error *err)
+/* Starts an outage (or records one more failed attempt to end it) and
+ * fills err with the fast failure; logs the start. Returns -1. */
+static int fail_down_holding_token(jwke_p11_token *t, const char *cause, CK_RV rv,
+                                   const char *why, jwke_error *err)
 {
-    pthread_mutex_lock(&t->outage_lock);
-    mark_down_locked(t, cause, rv, why);
-    fail_unavailable_locked(t, err);
-    pthread_mutex_unlock(&t->outage_lock);
+    char event[JWKE_EVENT_SIZE];
+    jwke_p11_outage_mark_down(t->outage, cause, rv, why, err, event, sizeof event);
+    if (event[0])
+        queue_event(t, "%s", event);
     return -1;
 }
 
@@ -653,14 +526,7 @@ int jwke_p11_token_outage(jwke_p11_token *t, long long *retry_in_ms, char *cause
                           size_t cause_size)
 {
     catch_up_after_fork(t);
-    pthread_mutex_lock(&t->outage_lock);
-    int down = t->down;
-    if (down) {
-        *retry_in_ms = retry_in_locked(t);
-        snprintf(cause, cause_size, "%s", t->down_cause);
-    }
-    pthread_mutex_unlock(&t->outage_lock);
-    return down;
+    return jwke_p11_outage_state(t->outage, retry_in_ms, cause, cause_size);
 }
 
 /* The login session is never handed out, so a token that closes idle
@@ -672,24 +538,26 @@ int jwke_p11_token_outage(jwke_p11_token *t, long long *retry_in_ms, char *cause
  * a token whose timer a call resets); when the token closed it or lost the
  * login, a new one is opened and logged in before the operation: a login
  * recovery, no failure for the caller. A device that does not answer is
- * left to the operation, which meets it and recovers as usual. now_or_never:
- * ask whatever the time (a pooled session was found closed by the token,
- * which then closed the older login session too). Caller holds t->lock. */
-static void keep_logged_in_locked(jwke_p11_token *t, int now_or_never)
+ * left to the operation, which meets it and recovers as usual. NOW asks
+ * whatever the time (a pooled session was found closed by the token, which
+ * then closed the older login session too). */
+enum login_check { WHEN_QUIET, NOW };
+static void check_login_session_holding_token(jwke_p11_token *t, enum login_check when)
 {
     long long now = now_ms();
     jwke_error ignored;
     /* after a re-initialization the login session is another epoch's: the
-     * reset that follows opens a new one and logs in (reset_locked) */
-    if (!t->pin || t->pin_refused || !t->have_login_session ||
+     * reset that follows opens a new one and logs in (start_over_holding_token) */
+    if (!jwke_p11_kept_pin_present(t->pin) || jwke_p11_kept_pin_refused(t->pin) ||
+        !t->have_login_session ||
         t->login_session_epoch != t->epoch || jwke_p11_module_check(t->module, &ignored) != t->epoch)
         return;
-    if (!now_or_never && (t->session_idle_max_ms < 0 ||
+    if (when == WHEN_QUIET && (t->session_idle_max_ms < 0 ||
                           now - t->login_session_checked_ms < t->session_idle_max_ms))
         return;
     t->login_session_checked_ms = now;
     CK_SESSION_INFO info;
-    CK_RV rv = t->fn->C_GetSessionInfo(t->login_session, &info);
+    CK_RV rv = fn_of(t)->C_GetSessionInfo(t->login_session, &info);
     if (rv == CKR_OK && (info.state == CKS_RW_USER_FUNCTIONS || info.state == CKS_RO_USER_FUNCTIONS))
         return;
     if (rv != CKR_OK && rv != CKR_SESSION_HANDLE_INVALID && rv != CKR_SESSION_CLOSED)
@@ -697,7 +565,7 @@ static void keep_logged_in_locked(jwke_p11_token *t, int now_or_never)
     const char *what = rv == CKR_OK ? "the token logged the login session out"
                                     : "the token closed the idle login session";
     jwke_error err;
-    if (login_locked(t, &err) != 0) {
+    if (log_in_holding_token(t, &err) != 0) {
         queue_event(t, "PKCS#11 recovery failed: %s and logging in again did not work: %s", what,
                     err.message);
         return;
@@ -711,33 +579,41 @@ static const char *const recovery_names[JWKE_RECOVER_CLASSES] = {
     "", "opening a new session", "logging in again", "finding the object again",
     "re-initializing the module"};
 
-/* The repair for one recoverable failure. */
+/* The repair for one recoverable failure of a call made in failed_epoch.
+ * The caller is outside the module: a re-initialization takes it for
+ * writing, the other repairs enter it. */
 static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *function, CK_RV rv,
-                   jwke_error *err)
+                   unsigned failed_epoch, jwke_error *err)
 {
-    pthread_mutex_lock(&t->lock);
+    int inside = kind != JWKE_RECOVER_REINIT;
+    if (inside)
+        jwke_p11_module_enter(t->module);
+    lock_token(t);
     int result = 0;
+    jwke_error ignored;
+    if (jwke_p11_module_check(t->module, &ignored) != failed_epoch)
+        kind = JWKE_RECOVER_NONE; /* re-initialized meanwhile: the retry starts over */
     switch (kind) {
     case JWKE_RECOVER_SESSION:
         /* the failed session was closed when it came back; a token that
          * closed it may have closed the login session too */
-        keep_logged_in_locked(t, 1);
+        check_login_session_holding_token(t, NOW);
         break;
     case JWKE_RECOVER_LOGIN:
         /* Tokens may drop private-object handles at logout (SoftHSM does),
          * so keys find theirs again before the retry. */
-        result = login_on_free_session_locked(t, err);
+        result = log_in_again_holding_token(t, err);
         t->object_epoch++;
         break;
     case JWKE_RECOVER_OBJECT:
         /* a token that logged out hides its private objects: logged in
          * again first, or finding the key again would find nothing */
-        keep_logged_in_locked(t, 1);
+        check_login_session_holding_token(t, NOW);
         t->object_epoch++; /* keys find their handles again before use */
         break;
     case JWKE_RECOVER_REINIT: {
         long long now = now_ms();
-        char cause[sizeof t->down_cause];
+        char cause[128];
         snprintf(cause, sizeof cause, "%s: %s", function, ckr(rv));
         if (now - t->last_reinit_ms < t->reinit_interval_ms) {
             /* failing again so soon after a re-initialization: an outage,
@@ -745,22 +621,24 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
             char why[96];
             snprintf(why, sizeof why, "the module was re-initialized %lld ms before",
                      now - t->last_reinit_ms);
-            result = fail_down_locked(t, cause, rv, why, err);
+            result = fail_down_holding_token(t, cause, rv, why, err);
             break;
         }
         t->last_reinit_ms = now;
-        pthread_mutex_unlock(&t->lock);
-        /* lock_current() on the retry sees the new epoch and starts over */
-        result = jwke_p11_module_reinitialize(t->module, err);
-        pthread_mutex_lock(&t->lock);
+        unlock_token(t);
+        /* lock_token_on_current_epoch() on the retry sees the new epoch and starts over */
+        result = jwke_p11_module_reinitialize(t->module, failed_epoch, err);
+        lock_token(t);
         if (result != 0)
-            fail_down_locked(t, cause, rv, err->message, err); /* copied before err is rewritten */
+            fail_down_holding_token(t, cause, rv, err->message, err); /* copied before err is rewritten */
         break;
     }
     default:
         break;
     }
-    if (result == 0) {
+    if (kind == JWKE_RECOVER_NONE) {
+        /* nothing to repair here */
+    } else if (result == 0) {
         t->stats.recoveries[kind]++;
         /* Only the repair is done here: whether the retry works is told by
          * jwke_p11_run, so this line must not claim the recovery. */
@@ -770,7 +648,9 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
         queue_event(t, "PKCS#11 recovery failed: %s failed with %s and %s did not work", function,
                     ckr(rv), recovery_names[kind]);
     }
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
+    if (inside)
+        jwke_p11_module_leave(t->module);
     return result;
 }
 
@@ -778,9 +658,9 @@ static int recover(jwke_p11_token *t, enum jwke_recovery kind, const char *funct
  * message keeps the failure that started it all. */
 static int fail_after(jwke_p11_token *t, jwke_error *err, const char *function, CK_RV rv)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     t->stats.failed_recoveries++;
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
     jwke_error why = *err;
     jwke_fail(err, "%s: %s (recovery failed: %s)", function, ckr(rv), why.message);
     err->ckr = rv;
@@ -794,66 +674,59 @@ static int fail_after(jwke_p11_token *t, jwke_error *err, const char *function, 
  * lost its server, as p11-kit's client, comes back only that way), the
  * token found by serial in whatever slot holds it now, a login session
  * opened and logged in with the kept PIN. */
-static int come_back(jwke_p11_token *t, jwke_error *err)
+static int try_to_end_outage(jwke_p11_token *t, jwke_error *err)
 {
-    if (jwke_p11_module_check(t->module, err) == 0 ||
-        jwke_p11_module_reinitialize(t->module, err) != 0 || lock_current(t, err) != 0)
+    unsigned epoch = jwke_p11_module_check(t->module, err);
+    if (epoch == 0 || jwke_p11_module_reinitialize(t->module, epoch, err) != 0)
         return -1;
-    pthread_mutex_unlock(&t->lock);
-    return 0;
+    jwke_p11_module_enter(t->module);
+    int result = lock_token_on_current_epoch(t, err);
+    if (result == 0)
+        unlock_token(t);
+    jwke_p11_module_leave(t->module);
+    return result;
 }
 
 /* Lets a call through when the token is not down; during an outage fails
  * it at once, unless the next attempt to come back is due: then this call
  * makes it (one thread at a time) and goes on if it worked. */
-static int pass_outage(jwke_p11_token *t, jwke_error *err)
+static int admit_during_outage(jwke_p11_token *t, jwke_error *err)
 {
     catch_up_after_fork(t);
-    pthread_mutex_lock(&t->outage_lock); /* not t->lock: an attempt may hold it */
-    int attempt = t->down && !t->coming_back && now_ms() >= t->next_attempt_ms;
-    int fail = t->down && !attempt;
-    if (fail)
-        fail_unavailable_locked(t, err);
-    t->coming_back |= attempt;
-    pthread_mutex_unlock(&t->outage_lock);
-    if (!attempt)
-        return fail ? -1 : 0;
+    /* the outage's own lock, not the token's: an attempt may hold that */
+    enum jwke_p11_admission admission = jwke_p11_outage_admit(t->outage, err);
+    if (admission != JWKE_ADMIT_ATTEMPT)
+        return admission == JWKE_ADMIT_UP ? 0 : -1;
     lock_token(t);
     t->last_reinit_ms = now_ms();
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
     jwke_error why;
-    int result = come_back(t, &why);
+    int result = try_to_end_outage(t, &why);
+    enum jwke_p11_attempt outcome = result == 0 ? JWKE_ATTEMPT_BACK
+                                    /* reachable again, but the PIN is refused: not retried */
+                                    : is_login_refusal(&why) ? JWKE_ATTEMPT_REFUSED
+                                                             : JWKE_ATTEMPT_FAILED;
+    char event[JWKE_EVENT_SIZE];
     lock_token(t);
-    pthread_mutex_lock(&t->outage_lock);
-    t->coming_back = 0;
-    if (result == 0) {
-        queue_event(t, "HSM back: the outage after %s is over; the token is logged in again",
-                    t->down_cause);
+    jwke_p11_outage_attempt_ended(t->outage, outcome, why.message, err, event, sizeof event);
+    if (outcome == JWKE_ATTEMPT_BACK)
         t->stats.recoveries[JWKE_RECOVER_REINIT]++;
-        t->down = 0;
-        t->backoff_ms = 0;
-    } else if (is_login_refusal(&why)) {
-        /* reachable again, but the PIN is refused: that is not retried */
-        t->down = 0;
-        t->backoff_ms = 0;
+    else if (outcome == JWKE_ATTEMPT_REFUSED)
         *err = why;
-    } else {
-        mark_down_locked(t, t->down_cause, t->down_rv, why.message);
-        fail_unavailable_locked(t, err);
-    }
-    pthread_mutex_unlock(&t->outage_lock);
-    pthread_mutex_unlock(&t->lock);
+    if (event[0])
+        queue_event(t, "%s", event);
+    unlock_token(t);
     return result;
 }
 
-/* The token could not be made usable for a call (lock_current failed):
+/* The token could not be made usable for a call (lock_token_on_current_epoch failed):
  * anything but a refused PIN starts (or continues) an outage. cause: the
  * failure a repair was for, or NULL when there was none. */
 static int fail_unusable(jwke_p11_token *t, jwke_error *err, const char *function, CK_RV rv)
 {
     if (is_login_refusal(err))
         return function ? fail_after(t, err, function, rv) : -1;
-    char cause[sizeof t->down_cause];
+    char cause[128];
     if (function)
         snprintf(cause, sizeof cause, "%s: %s", function, ckr(rv));
     else
@@ -862,8 +735,8 @@ static int fail_unusable(jwke_p11_token *t, jwke_error *err, const char *functio
     lock_token(t);
     if (function)
         t->stats.failed_recoveries++;
-    fail_down_locked(t, cause, function ? rv : why.ckr, why.message, err);
-    pthread_mutex_unlock(&t->lock);
+    fail_down_holding_token(t, cause, function ? rv : why.ckr, why.message, err);
+    unlock_token(t);
     return -1;
 }
 
@@ -874,27 +747,27 @@ static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_erro
     enum jwke_recovery repaired_by = JWKE_RECOVER_NONE;
     for (int attempt = 0;; attempt++) {
         CK_SESSION_HANDLE session;
-        if (pass_outage(t, err) != 0)
+        if (admit_during_outage(t, err) != 0)
             return -1;
         /* In a forked child the module catches up first (that renews its
          * locks); then the module stays initialized while this attempt uses
          * it: a re-initialization waits for the read lock to go. */
         if (jwke_p11_module_check(t->module, err) == 0)
             return fail_unusable(t, err, failed_function, failed_rv);
-        jwke_p11_module_use_begin(t->module);
-        if (lock_current(t, err) != 0) {
-            jwke_p11_module_use_end(t->module);
+        jwke_p11_module_enter(t->module);
+        if (lock_token_on_current_epoch(t, err) != 0) {
+            jwke_p11_module_leave(t->module);
             return fail_unusable(t, err, failed_function, failed_rv);
         }
-        keep_logged_in_locked(t, 0);
+        check_login_session_holding_token(t, WHEN_QUIET);
         unsigned epoch = t->epoch;
-        int borrowed = borrow_locked(t, &session, err);
-        pthread_mutex_unlock(&t->lock);
+        int borrowed = borrow_holding_token(t, &session, err);
+        unlock_token(t);
 
         const char *function = "C_OpenSession";
         CK_RV rv;
         if (borrowed != 0) {
-            jwke_p11_module_use_end(t->module);
+            jwke_p11_module_leave(t->module);
             /* a session refused because the device is gone is repaired as
              * an operation failing for that reason would be */
             if (classify(err->ckr) != JWKE_RECOVER_REINIT)
@@ -904,7 +777,7 @@ static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_erro
             function = "(no call)";
             rv = op(t, session, ctx, &function, err);
             give_back(t, session, epoch, rv == CKR_OK);
-            jwke_p11_module_use_end(t->module);
+            jwke_p11_module_leave(t->module);
             if (rv == CKR_OK)
                 return 0;
             if (rv == JWKE_OP_FAILED)
@@ -914,25 +787,25 @@ static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_erro
         enum jwke_recovery kind = classify(rv);
         if (kind == JWKE_RECOVER_NONE || attempt == 1) {
             if (attempt == 1) {
-                pthread_mutex_lock(&t->lock);
+                lock_token(t);
                 if (kind != JWKE_RECOVER_NONE)
                     t->stats.failed_recoveries++;
                 queue_event(t, "PKCS#11 recovery failed: the retry after %s failed with %s: %s",
                             recovery_names[repaired_by], function, ckr(rv));
                 if (kind == JWKE_RECOVER_REINIT) {
                     /* re-initialized, and the device still fails: an outage */
-                    char cause[sizeof t->down_cause];
+                    char cause[128];
                     snprintf(cause, sizeof cause, "%s: %s", function, ckr(rv));
-                    fail_down_locked(t, cause, rv,
+                    fail_down_holding_token(t, cause, rv,
                                      "the retry after re-initializing failed the same way", err);
-                    pthread_mutex_unlock(&t->lock);
+                    unlock_token(t);
                     return -1;
                 }
-                pthread_mutex_unlock(&t->lock);
+                unlock_token(t);
             }
             return jwke_fail_ckr(err, function, rv);
         }
-        if (recover(t, kind, function, rv, err) != 0)
+        if (recover(t, kind, function, rv, epoch, err) != 0)
             return err->code && strcmp(err->code, "ERR_HSM_UNAVAILABLE") == 0
                        ? -1
                        : fail_after(t, err, function, rv);
@@ -964,22 +837,28 @@ void jwke_p11_token_signature_fault(jwke_p11_token *t, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
+    catch_up_after_fork(t);
     lock_token(t);
     t->stats.signature_faults++;
     queue_event(t, "%s", line);
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
 }
 
 CK_FUNCTION_LIST_PTR jwke_p11_token_functions(const jwke_p11_token *t)
 {
-    return t->fn;
+    return fn_of(t);
+}
+
+jwke_p11_module *jwke_p11_token_module(const jwke_p11_token *t)
+{
+    return t->module;
 }
 
 CK_SLOT_ID jwke_p11_token_slot(jwke_p11_token *t)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     CK_SLOT_ID slot = t->slot;
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
     return slot;
 }
 
@@ -990,15 +869,15 @@ const char *jwke_p11_token_label(const jwke_p11_token *t)
 
 unsigned jwke_p11_token_object_epoch(jwke_p11_token *t)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     unsigned epoch = t->object_epoch;
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
     return epoch;
 }
 
 void jwke_p11_token_objects_changed(jwke_p11_token *t)
 {
-    pthread_mutex_lock(&t->lock);
+    lock_token(t);
     t->object_epoch++;
-    pthread_mutex_unlock(&t->lock);
+    unlock_token(t);
 }

@@ -1,5 +1,7 @@
 /* A token in use, opaque outside p11_token.c: its sessions (a pool,
- * p11_session.c), the login, the fork catch-up and recovery.
+ * p11_session.c), the fork catch-up and recovery; its login and kept PIN
+ * (p11_login.c) and its outage state (p11_outage.c) are objects of their
+ * own. The locks are taken in the order of lock_order.h.
  *
  * Sessions: a dedicated login session is opened first and never handed
  * out, so the login outlives every pooled session. Operations borrow
@@ -27,15 +29,9 @@
  * due) without touching the module, until the attempt is due; the call
  * that finds it due re-initializes the module, finds the token by serial,
  * opens a login session and logs in. A failed attempt doubles the wait
- * (from reinit_interval_ms up to reinit_interval_max_ms, each wait drawn
- * between half and all of it). A refused PIN ends the attempts: it stays
- * ERR_LOGIN_REFUSED. Each recovery is counted and queued as one
- * log event (never with a secret in it).
- *
- * PIN hygiene: the PIN lives in one locked, wiped-on-free buffer, needed
- * for logging in again after a fork or a device reset. A PIN the token
- * refused is never tried again, and no login is attempted while the token
- * says the PIN is locked, on its final try, or must be changed. */
+ * (the backoff: p11_outage.h). A refused PIN ends the attempts: it stays
+ * ERR_LOGIN_REFUSED. Each recovery is counted and queued as one log event
+ * (never with a secret in it). PIN hygiene: p11_login.h. */
 #ifndef JWKE_P11_TOKEN_H
 #define JWKE_P11_TOKEN_H
 
@@ -130,8 +126,12 @@ void jwke_p11_token_signature_fault(jwke_p11_token *token, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* The function list of the token's module, for operations run by
- * jwke_p11_run. */
+ * jwke_p11_run (inside the module: see jwke_p11_module_fn). */
 CK_FUNCTION_LIST_PTR jwke_p11_token_functions(const jwke_p11_token *token);
+
+/* The token's module, for a caller that calls into it on its own (the
+ * benchmark's raw floor): between jwke_p11_module_enter and _leave. */
+jwke_p11_module *jwke_p11_token_module(const jwke_p11_token *token);
 
 /* The slot the token is in now (a device reset may move it). */
 CK_SLOT_ID jwke_p11_token_slot(jwke_p11_token *token);

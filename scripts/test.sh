@@ -11,7 +11,12 @@
 #   5. valgrind memcheck over the C core
 #   6. the C core and its unit tests in the build types CI does not cover
 #      (Debug, MinSizeRel): built and run with ctest
-# The builds of steps 3, 4 and 6 run beside step 2, and the fuzzers and
+#   7. the threaded drivers of the PKCS#11 layer (spec/c/threads.sh: signers,
+#      slot listing and health during re-initialization, forced
+#      re-initialization, fork, login recovery, idle sessions, two Lua
+#      states) under ThreadSanitizer (build-tsan/); step 1 runs them in
+#      build/ and step 3 in build-asan/
+# The builds of steps 3, 4, 6 and 7 run beside step 2, and the fuzzers and
 # memcheck beside step 3, at the lowest priority (see `lowest` below).
 #
 # Ends with one "N passed, N failed" line over the distinct tests and steps
@@ -231,6 +236,7 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
     echo $? >"$JWKE_TMP/build-fuzz.rc"
     build_variant build-debug Debug c_tests
     build_variant build-minsizerel MinSizeRel c_tests
+    build_variant build-tsan RelWithDebInfo thread_drivers -DJWKE_TSAN=ON
   }
   beside build_beside_busted
 fi
@@ -288,6 +294,12 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
       echo "the sanitizers reported an error (above)"
       add_rerun "sanitizer reports" 0 1
     fi
+    # the threaded drivers of step 1 (ctest's `threads`), sanitized
+    if spec/c/threads.sh build-asan; then
+      add_rerun "threaded drivers (ASan+UBSan)" 1 0
+    else
+      add_rerun "threaded drivers (ASan+UBSan)" 0 1
+    fi
     unset ASAN_OPTIONS UBSAN_OPTIONS JWKE_PRELOAD JWKE_SANITIZER_PASS
   else
     tail -n 40 "$JWKE_TMP/build-asan.log"
@@ -326,6 +338,18 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
       add "build ($dir)" 0 1
     fi
   done
+
+  step "7. the threaded drivers under ThreadSanitizer (build-tsan/, built beside step 2)"
+  if built build-tsan; then
+    if spec/c/threads.sh build-tsan; then
+      add "threaded drivers (TSan)" 1 0
+    else
+      add "threaded drivers (TSan)" 0 1
+    fi
+  else
+    tail -n 30 "$JWKE_TMP/build-tsan.log"
+    add "build (build-tsan)" 0 1
+  fi
 fi
 
 step end

@@ -22,6 +22,49 @@ Manager.__index = Manager
 
 local LIMITS = core.limits()
 
+-- What a module answers when it cannot reach its device (or its server):
+-- the codes the C layer's recovery re-initializes for (core/p11_token.c).
+local UNREACHABLE = { CKR_DEVICE_REMOVED = true, CKR_DEVICE_ERROR = true, CKR_TOKEN_NOT_PRESENT = true,
+  CKR_CRYPTOKI_NOT_INITIALIZED = true }
+
+-- Whether a slot list says the module reaches no device: no slot at all
+-- (p11-kit's client with no server), or no token in any slot (every token
+-- pulled). A token missing beside others is the configuration's fault.
+local function reaches_nothing(list)
+  for _, slot in ipairs(list) do
+    if slot.token_present then return false end
+  end
+  return true
+end
+
+-- The backoff of opens that found the HSM unreachable, per library: as a
+-- token's outage, doubled from hsm.reinit_interval_ms up to
+-- hsm.reinit_interval_max_ms after each failed open, each wait drawn
+-- between half and all of it (workers that start together spread out);
+-- forgotten after an open that reached it.
+local open_backoff_ms = {}
+
+local function jittered(backoff)
+  local half = math.floor(backoff / 2)
+  if half == 0 then return backoff end
+  local b1, b2, b3 = core.random_bytes(3):byte(1, 3)
+  return backoff - half + (b1 * 65536 + b2 * 256 + b3) % (half + 1)
+end
+
+-- nil, a message naming the cause and the next attempt, ERR_HSM_UNAVAILABLE
+-- and the seconds until that attempt (the 4th value, as a signing call's
+-- retry_in), so a host answers 503 with Retry-After at startup too.
+local function unavailable(hsm_config, cause)
+  local interval = hsm_config.reinit_interval_ms or LIMITS.reinit_interval_ms
+  local max = math.max(interval, hsm_config.reinit_interval_max_ms or LIMITS.reinit_interval_max_ms)
+  local previous = open_backoff_ms[hsm_config.library]
+  local backoff = previous and (previous < math.floor(max / 2) and previous * 2 or max) or interval
+  open_backoff_ms[hsm_config.library] = backoff
+  local wait = jittered(backoff)
+  return nil, string.format("HSM unavailable: %s; next attempt in %d ms", cause, wait),
+    "ERR_HSM_UNAVAILABLE", wait / 1000
+end
+
 -- Opens the token the configuration names and logs in.
 --   hsm_config: the `hsm` table of jwkengine.config
 --   options.select_slot(slot_list, hsm_config) -> slot | nil, err: slot policy
@@ -39,6 +82,7 @@ function M.open(hsm_config, options)
   -- (NSS softokn's configdir=...), as p11-kit's x-init-reserved
   module, err, code = core.load_module(hsm_config.library, hsm_config.init_args)
   if not module then
+    if UNREACHABLE[code] then return unavailable(hsm_config, err) end
     if code == "CKR_GENERAL_ERROR" and tostring(err):find("^C_Initialize") then
       -- what SoftHSM answers when this process's user cannot read its
       -- configuration or enter its token folder (nginx's worker user)
@@ -50,7 +94,15 @@ function M.open(hsm_config, options)
   end
   local list
   list, err, code = module:slots()
-  if not list then return nil, err, code end
+  if not list then
+    if UNREACHABLE[code] then return unavailable(hsm_config, err) end
+    return nil, err, code
+  end
+  if reaches_nothing(list) then
+    return unavailable(hsm_config, #list == 0 and "the module reports no slot (is its server or device reachable?)"
+      or "no slot holds a token")
+  end
+  open_backoff_ms[hsm_config.library] = nil
   local slot
   slot, err, code = slots.choose(list, hsm_config, options.select_slot)
   if not slot then return nil, err, code end

@@ -117,7 +117,12 @@ end
 -- Opens the key stores the configuration names: the HSM (logged in) when
 -- enabled, the AES-GCM software store when secrets are set (its DSN, or a
 -- driver handed in as options.store_driver), with Hydra's fallback rules
--- between them; then generates the startup sets that are missing.
+-- between them; then generates the startup sets that are missing. Returns
+-- the engine, or nil, err, code; when the HSM cannot be reached (its module
+-- answers CKR_DEVICE_ERROR and the like, reports no slot, or no slot holds
+-- a token) the code is ERR_HSM_UNAVAILABLE and a 4th value gives the
+-- seconds until the next attempt is due (a backoff across opens, as an
+-- open engine's during an outage).
 --   options: see jwkengine.config.load, plus
 --     logger        function(level, message), or false for silence
 --     select_slot   function(slots, hsm_config) -> slot: slot policy
@@ -143,9 +148,12 @@ function M.open(options)
 
   local hsm_keys, software_keys
   if cfg.hsm.enabled then
-    hsm_keys, err, code = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger,
+    -- an unreachable HSM: ERR_HSM_UNAVAILABLE and, 4th, the seconds until
+    -- the next attempt is due (jwkengine.hsm's backoff of opens)
+    local retry_in
+    hsm_keys, err, code, retry_in = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger,
       now = options.now, states = rotation.states(nil, policies, options.now, logger) })
-    if not hsm_keys then return nil, err, code end
+    if not hsm_keys then return nil, err, code, retry_in end
     logger("info", "Hardware Security Module is configured.")
   end
   -- the token keeps the PIN in locked memory; no copy stays in the config,

@@ -61,11 +61,16 @@ static int l_p11_sign(lua_State *L)
     const unsigned char *input = (const unsigned char *)luaL_checklstring(L, 3, &input_len);
     double seconds = luaL_checknumber(L, 4);
 
+    /* inside the module, as every caller (a raw floor: once, not per call) */
+    jwke_p11_module *module = jwke_p11_token_module(token);
+    jwke_p11_module_enter(module);
     CK_FUNCTION_LIST_PTR fn = jwke_p11_token_functions(token);
     CK_SESSION_HANDLE session;
     CK_RV rv = fn->C_OpenSession(jwke_p11_token_slot(token), CKF_SERIAL_SESSION, NULL, NULL, &session);
-    if (rv != CKR_OK)
+    if (rv != CKR_OK) {
+        jwke_p11_module_leave(module);
         return luaL_error(L, "C_OpenSession failed: 0x%lx", (unsigned long)rv);
+    }
     unsigned char sig[1024];
     long ops;
     jwke_error err;
@@ -76,10 +81,12 @@ static int l_p11_sign(lua_State *L)
             fn->C_SignInit(session, &p.mechanism, key->private_handle) != CKR_OK ||
             fn->C_Sign(session, (CK_BYTE_PTR)p.data, (CK_ULONG)p.data_len, sig, &sig_len) != CKR_OK) {
             fn->C_CloseSession(session);
+            jwke_p11_module_leave(module);
             return luaL_error(L, "raw signing failed");
         }
     });
     fn->C_CloseSession(session);
+    jwke_p11_module_leave(module);
     return 1;
 }
 
@@ -93,10 +100,14 @@ static int l_p11_load(lua_State *L)
     luaL_argcheck(L, key != NULL, 1, "an HSM key (for its token)");
     size_t label_len;
     const char *label = luaL_checklstring(L, 2, &label_len);
+    jwke_p11_module *module = jwke_p11_token_module(token);
+    jwke_p11_module_enter(module);
     CK_FUNCTION_LIST_PTR fn = jwke_p11_token_functions(token);
     CK_SESSION_HANDLE session;
-    if (fn->C_OpenSession(jwke_p11_token_slot(token), CKF_SERIAL_SESSION, NULL, NULL, &session) != CKR_OK)
+    if (fn->C_OpenSession(jwke_p11_token_slot(token), CKF_SERIAL_SESSION, NULL, NULL, &session) != CKR_OK) {
+        jwke_p11_module_leave(module);
         return luaL_error(L, "C_OpenSession failed");
+    }
     double start = now();
     CK_ATTRIBUTE search[] = {{CKA_LABEL, (void *)label, (CK_ULONG)label_len}};
     static CK_OBJECT_HANDLE handles[8192];
@@ -121,6 +132,7 @@ static int l_p11_load(lua_State *L)
     }
     double ms = (now() - start) * 1000;
     fn->C_CloseSession(session);
+    jwke_p11_module_leave(module);
     lua_pushnumber(L, ms);
     lua_pushinteger(L, (lua_Integer)n);
     return 2;

@@ -155,7 +155,7 @@ int main(int argc, char **argv)
     snprintf(latency, sizeof latency, "%s:6000000", held_in);
     if (login_mode)
         setenv("JWKE_FAULT_LATENCY_US", latency, 1);
-    if (jwke_p11_module_reinitialize(module, &err) != 0 ||
+    if (jwke_p11_module_reinitialize(module, jwke_p11_module_check(module, &err), &err) != 0 ||
         (!login_mode && (sign_once(&err) == 0 ||
                          strcmp(err.code ? err.code : "", "ERR_HSM_UNAVAILABLE") != 0))) {
         fprintf(stderr, "no outage: %s\n", err.message);
