@@ -1,0 +1,140 @@
+#!/bin/sh
+# jwkengine against what a user would pick instead, on the same SoftHSM
+# token and the same key (BENCHMARKS.md, "Peers"):
+#
+#   scripts/bench/peers.sh [--rounds N] [--seconds S] [--algs "ES256 EdDSA RS256"]
+#
+# Each peer is a process of its own that warms up, makes complete compact
+# JWTs with kid for S seconds (default 1) and prints its rate and a sample
+# token: the raw C floor (host SHA-256 + C_SignInit + C_Sign over a fixed
+# signing input, scripts/bench/peers/floor.c), jwkengine's engine:sign_jwt
+# under Lua 5.4 and under LuaJIT, OpenSSL 3 + libp11's pkcs11 engine in C,
+# Node.js pkcs11js (npm, installed into the run's temporary folder) and
+# PyKCS11. A round runs the floor, every peer (in reverse order every other
+# round), and the floor again; a peer's ratio is its rate over the mean of
+# its round's two floors, and the table shows the median over N rounds
+# (default 5). Every sample token is verified by python3-jwcrypto.
+# Needs scripts/setup.sh's packages and build; nothing outside a
+# temporary folder is touched.
+set -eu
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PEERS_DIR="$ROOT/scripts/bench/peers"
+ROUNDS=5
+SECS=1
+ALGS="ES256 EdDSA RS256"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --seconds) SECS=$2; shift 2 ;;
+    --algs) ALGS=$2; shift 2 ;;
+    *) echo "usage: $0 [--rounds N] [--seconds S] [--algs \"ES256 EdDSA RS256\"]" >&2; exit 2 ;;
+  esac
+done
+MODULE=/usr/lib/softhsm/libsofthsm2.so
+# Debian's python3-pykcs11 and python3-jwcrypto: the system interpreter, not
+# another python3 earlier on PATH
+PYTHON=/usr/bin/python3
+ENGINE_SO=$(find /usr/lib -path '*engines-3/pkcs11.so' 2>/dev/null | head -n 1)
+[ -f "$ROOT/build/lib/jwkengine/core.so" ] && [ -f "$ROOT/build/lib-luajit/jwkengine/core.so" ] || {
+  echo "build jwkengine first (scripts/setup.sh)" >&2; exit 1; }
+[ -n "$ENGINE_SO" ] || { echo "libp11's engine is missing: apt-get install libengine-pkcs11-openssl" >&2; exit 1; }
+
+# tmpfs when there is one: SoftHSM's file store reads the key's file per call
+BASE=/tmp
+[ -d /dev/shm ] && [ -w /dev/shm ] && BASE=/dev/shm
+DIR=$(mktemp -d "$BASE/jwkengine-peers.XXXXXX")
+trap 'rm -rf "$DIR"' EXIT INT TERM
+mkdir "$DIR/tokens"
+printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$DIR" >"$DIR/softhsm2.conf"
+export SOFTHSM2_CONF="$DIR/softhsm2.conf"
+LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;"
+export LUA_PATH
+
+cc -O2 -I/usr/include/p11-kit-1 -o "$DIR/floor" "$PEERS_DIR/floor.c" -lcrypto -ldl
+cc -O2 -o "$DIR/openssl_engine" "$PEERS_DIR/openssl_engine.c" -lcrypto
+(cd "$DIR" && npm install --silent --no-audit --no-fund --prefix "$DIR/node" pkcs11js >"$DIR/npm.log" 2>&1) || {
+  cat "$DIR/npm.log" >&2; exit 1; }
+export NODE_PATH="$DIR/node/node_modules"
+
+kid_of() { echo "peer-$1" | tr 'A-Z' 'a-z'; }
+for alg in $ALGS; do
+  softhsm2-util --init-token --free --label "peers-$alg" --so-pin 0000 --pin 1234 >/dev/null
+  LUA_CPATH="$ROOT/build/lib/?.so;;" lua5.4 "$PEERS_DIR/setup.lua" "$DIR" "peers-$alg" "$alg" "$(kid_of "$alg")"
+done
+
+PEERS="jwkengine-lua5.4 jwkengine-luajit openssl-libp11 node-pkcs11js python-pykcs11"
+REVERSED="python-pykcs11 node-pkcs11js openssl-libp11 jwkengine-luajit jwkengine-lua5.4"
+
+# run PEER ALG: prints "rate N" and "token JWT"
+run() {
+  kid=$(kid_of "$2")
+  id=$(printf '%s' "$kid" | od -An -tx1 | tr -d ' \n')
+  case "$1" in
+    floor) "$DIR/floor" "$MODULE" "peers-$2" 1234 "$2" "$id" "$kid" "$SECS" ;;
+    jwkengine-lua5.4) LUA_CPATH="$ROOT/build/lib/?.so;;" lua5.4 "$PEERS_DIR/jwkengine.lua" "peers-$2" "$SECS" ;;
+    jwkengine-luajit) LUA_CPATH="$ROOT/build/lib-luajit/?.so;;" luajit "$PEERS_DIR/jwkengine.lua" "peers-$2" "$SECS" ;;
+    openssl-libp11)
+      # libp11 0.4.12 cannot list a token holding an Ed25519 key
+      [ "$2" = EdDSA ] && return 0
+      uri_id=$(printf '%s' "$kid" | od -An -tx1 | tr -s ' ' '%' | tr -d '\n' | sed 's/%$//')
+      "$DIR/openssl_engine" "$ENGINE_SO" "$MODULE" "pkcs11:token=peers-$2;id=$uri_id;type=private" 1234 "$2" "$kid" "$SECS" 2>"$DIR/openssl.err" ;;
+    node-pkcs11js) node "$PEERS_DIR/pkcs11js.js" "$MODULE" "peers-$2" 1234 "$2" "$id" "$kid" "$SECS" ;;
+    python-pykcs11) "$PYTHON" "$PEERS_DIR/pykcs11_peer.py" "$MODULE" "peers-$2" 1234 "$2" "$id" "$kid" "$SECS" ;;
+  esac
+}
+
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+: >"$DIR/rates"
+for round in $(seq 1 "$ROUNDS"); do
+  order=$PEERS
+  [ $((round % 2)) -eq 0 ] && order=$REVERSED
+  for alg in $ALGS; do
+    for peer in floor $order floor; do
+      out=$(run "$peer" "$alg") || { echo "$peer $alg failed" >&2; cat "$DIR/openssl.err" >&2 2>/dev/null; exit 1; }
+      [ -n "$out" ] || continue
+      rate=$(echo "$out" | sed -n 's/^rate //p')
+      echo "$round $alg $peer $rate" >>"$DIR/rates"
+      echo "$peer $(echo "$out" | sed -n 's/^token //p')" >>"$DIR/tokens-$alg"
+    done
+    printf '.' >&2
+  done
+done
+echo >&2
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+for alg in $ALGS; do
+  "$PYTHON" "$PEERS_DIR/verify.py" "$DIR/jwks-$alg.json" "$alg" "$(kid_of "$alg")" <"$DIR/tokens-$alg"
+done
+echo "every sample token ($(cat "$DIR"/tokens-* | wc -l)) verified by python3-jwcrypto"
+echo
+
+# the table: median over rounds of rate / mean of the round's two floors
+"$PYTHON" - "$DIR/rates" "$ALGS" "floor $PEERS" <<'PY'
+import statistics, sys
+rates, algs, peers = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+by = {}
+for line in open(rates):
+    r, alg, peer, rate = line.split()
+    by.setdefault((r, alg, peer), []).append(float(rate))
+rounds = sorted({k[0] for k in by}, key=int)
+print("| peer (complete compact JWTs with kid) | " + " | ".join(algs) + " |")
+print("|---|" + "---:|" * len(algs))
+for peer in peers:
+    cells = []
+    for alg in algs:
+        ratios, values = [], []
+        for r in rounds:
+            floor = statistics.mean(by[(r, alg, "floor")])
+            if (r, alg, peer) in by:
+                value = statistics.mean(by[(r, alg, peer)])
+                values.append(value)
+                ratios.append(value / floor)
+        if not ratios:
+            cells.append("—")
+        elif peer == "floor":
+            cells.append(f"{statistics.median(values):,.0f}/s")
+        else:
+            cells.append(f"{statistics.median(ratios):.3f} ({statistics.median(values):,.0f}/s)")
+    print(f"| {peer} | " + " | ".join(cells) + " |")
+print(f"\n(ratio: median over {len(rounds)} rounds of the peer's rate over the mean of the same round's two floor runs)")
+PY

@@ -1,0 +1,24 @@
+-- peers.sh's jwkengine peer, under Lua 5.4 or LuaJIT: engine:sign_jwt on
+-- the set "peers" of the token labelled TOKEN, the same claims as every
+-- peer (iat and exp from the clock per token). Prints "rate N", "token JWT".
+--   lua5.4|luajit jwkengine.lua TOKEN SECONDS
+local jwkengine = require("jwkengine")
+local label, seconds = arg[1], tonumber(arg[2])
+local engine = assert(jwkengine.open({ logger = false, startup = false, environment = {
+  HSM_ENABLED = "true", HSM_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so", HSM_TOKEN_LABEL = label,
+  HSM_PIN = "1234", HSM_MIN_RSA_BITS = "2048", SECRETS_SYSTEM = "peers-bench-secret-0123456789", DSN = "memory" } }))
+local now = jwkengine.core.monotonic
+local claims = { iss = "https://issuer.example", sub = "user-1234567890", aud = "client-app",
+  scope = "openid profile" }
+local options = { lifetime = 300 }
+local token
+for _ = 1, 20 do token = assert(engine:sign_jwt("peers", claims, options)) end
+local ops, start, elapsed = 0, now(), 0
+while elapsed < seconds do
+  for _ = 1, 8 do token = engine:sign_jwt("peers", claims, options) end
+  ops = ops + 8
+  elapsed = now() - start
+end
+assert(token, "signing failed")
+print(string.format("rate %.1f\ntoken %s", ops / elapsed, token))
+engine:close()
