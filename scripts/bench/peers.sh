@@ -17,8 +17,7 @@
 # Needs scripts/setup.sh's packages and build; nothing outside a
 # temporary folder is touched.
 set -eu
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-PEERS_DIR="$ROOT/scripts/bench/peers"
+. "$(dirname "$0")/peers/env.sh"
 ROUNDS=5
 SECS=1
 ALGS="ES256 EdDSA RS256"
@@ -30,25 +29,8 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--rounds N] [--seconds S] [--algs \"ES256 EdDSA RS256\"]" >&2; exit 2 ;;
   esac
 done
-MODULE=/usr/lib/softhsm/libsofthsm2.so
-# Debian's python3-pykcs11 and python3-jwcrypto: the system interpreter, not
-# another python3 earlier on PATH
-PYTHON=/usr/bin/python3
 ENGINE_SO=$(find /usr/lib -path '*engines-3/pkcs11.so' 2>/dev/null | head -n 1)
-[ -f "$ROOT/build/lib/jwkengine/core.so" ] && [ -f "$ROOT/build/lib-luajit/jwkengine/core.so" ] || {
-  echo "build jwkengine first (scripts/setup.sh)" >&2; exit 1; }
 [ -n "$ENGINE_SO" ] || { echo "libp11's engine is missing: apt-get install libengine-pkcs11-openssl" >&2; exit 1; }
-
-# tmpfs when there is one: SoftHSM's file store reads the key's file per call
-BASE=/tmp
-[ -d /dev/shm ] && [ -w /dev/shm ] && BASE=/dev/shm
-DIR=$(mktemp -d "$BASE/jwkengine-peers.XXXXXX")
-trap 'rm -rf "$DIR"' EXIT INT TERM
-mkdir "$DIR/tokens"
-printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$DIR" >"$DIR/softhsm2.conf"
-export SOFTHSM2_CONF="$DIR/softhsm2.conf"
-LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;"
-export LUA_PATH
 
 cc -O2 -I/usr/include/p11-kit-1 -o "$DIR/floor" "$PEERS_DIR/floor.c" -lcrypto -ldl
 cc -O2 -o "$DIR/openssl_engine" "$PEERS_DIR/openssl_engine.c" -lcrypto
@@ -56,11 +38,7 @@ cc -O2 -o "$DIR/openssl_engine" "$PEERS_DIR/openssl_engine.c" -lcrypto
   cat "$DIR/npm.log" >&2; exit 1; }
 export NODE_PATH="$DIR/node/node_modules"
 
-kid_of() { echo "peer-$1" | tr 'A-Z' 'a-z'; }
-for alg in $ALGS; do
-  softhsm2-util --init-token --free --label "peers-$alg" --so-pin 0000 --pin 1234 >/dev/null
-  LUA_CPATH="$ROOT/build/lib/?.so;;" lua5.4 "$PEERS_DIR/setup.lua" "$DIR" "peers-$alg" "$alg" "$(kid_of "$alg")"
-done
+for alg in $ALGS; do make_token "$alg"; done
 
 PEERS="jwkengine-lua5.4 jwkengine-luajit openssl-libp11 node-pkcs11js python-pykcs11"
 REVERSED="python-pykcs11 node-pkcs11js openssl-libp11 jwkengine-luajit jwkengine-lua5.4"
@@ -68,7 +46,7 @@ REVERSED="python-pykcs11 node-pkcs11js openssl-libp11 jwkengine-luajit jwkengine
 # run PEER ALG: prints "rate N" and "token JWT"
 run() {
   kid=$(kid_of "$2")
-  id=$(printf '%s' "$kid" | od -An -tx1 | tr -d ' \n')
+  id=$(key_id_hex "$2")
   case "$1" in
     floor) "$DIR/floor" "$MODULE" "peers-$2" 1234 "$2" "$id" "$kid" "$SECS" ;;
     jwkengine-lua5.4) LUA_CPATH="$ROOT/build/lib/?.so;;" lua5.4 "$PEERS_DIR/jwkengine.lua" "peers-$2" "$SECS" ;;

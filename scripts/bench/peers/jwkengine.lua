@@ -1,7 +1,7 @@
 -- peers.sh's jwkengine peer, under Lua 5.4 or LuaJIT: engine:sign_jwt on
 -- the set "peers" of the token labelled TOKEN, the same claims as every
 -- peer (iat and exp from the clock per token). Prints "rate N", "token JWT".
---   lua5.4|luajit jwkengine.lua TOKEN SECONDS
+--   lua5.4|luajit jwkengine.lua TOKEN SECONDS   (-N: exactly N tokens)
 local jwkengine = require("jwkengine")
 local label, seconds = arg[1], tonumber(arg[2])
 local engine = assert(jwkengine.open({ logger = false, startup = false, environment = {
@@ -14,6 +14,10 @@ local options = { lifetime = 300 }
 local token
 for _ = 1, 20 do token = assert(engine:sign_jwt("peers", claims, options)) end
 local ops, start, elapsed = 0, now(), 0
+if seconds < 0 then -- -N: exactly N tokens, for counting instructions
+  for _ = 1, -seconds do token = engine:sign_jwt("peers", claims, options) end
+  ops, elapsed = -seconds, now() - start
+end
 while elapsed < seconds do
   for _ = 1, 8 do token = engine:sign_jwt("peers", claims, options) end
   ops = ops + 8

@@ -1,7 +1,7 @@
 /* What the C peers of peers.sh share: a monotonic clock, base64url, the
  * claims every peer signs (iat/exp from the clock per token, as a host
- * does), and the timed loop protocol: warm up, sign for SECONDS, print
- * "rate N" and "token JWT" on stdout. Header-only so each peer is one
+ * does), and the timed loop protocol: warm up, sign for SECONDS (or
+ * exactly N tokens when SECONDS is -N), print "rate N" and "token JWT". Header-only so each peer is one
  * compile command. */
 #ifndef PEERS_JWT_COMMON_H
 #define PEERS_JWT_COMMON_H
@@ -79,6 +79,12 @@ static int peer_run(peer_sign_fn sign, void *ctx, const char *alg, const char *k
             return 1;
     long ops = 0;
     double start = peer_now(), elapsed = 0;
+    if (seconds < 0) { /* -N: exactly N tokens, for counting instructions */
+        for (; ops < (long)-seconds; ops++)
+            if (sign(ctx, header, token) != 0)
+                return 1;
+        elapsed = peer_now() - start;
+    }
     while (elapsed < seconds) {
         for (int i = 0; i < 8; i++, ops++)
             if (sign(ctx, header, token) != 0)
