@@ -5,7 +5,7 @@
 #   scripts/bench/instructions.sh [N] [ALG]     (default 1000 ES256)
 #
 # Runs peers.sh's floor (host SHA-256 + C_SignInit + C_Sign, one session)
-# and jwkengine's engine:sign_jwt under Lua 5.4 on the same SoftHSM key,
+# and jwkengine's engine:sign_jwt under Lua 5.4 and LuaJIT on the same key,
 # each with W = 100 and with W + N tokens after the same warm-up; a side's
 # cost per token is (its instructions at W + N - at W) / N, so start-up,
 # warm-up and exit cancel out. The engine's own work is jwkengine minus
@@ -19,37 +19,39 @@ W=100
 cc -O2 -g -I/usr/include/p11-kit-1 -o "$DIR/floor" "$PEERS_DIR/floor.c" -lcrypto -ldl
 make_token "$ALG"
 kid=$(kid_of "$ALG")
-export LUA_CPATH="$ROOT/build/lib/?.so;;"
 
 # side COUNT: the command line signing COUNT tokens
 side() {
   case "$1" in
     floor) echo "$DIR/floor $MODULE peers-$ALG 1234 $ALG $(key_id_hex "$ALG") $kid -$2" ;;
     jwkengine) echo "lua5.4 $PEERS_DIR/jwkengine.lua peers-$ALG -$2" ;;
+    jwkengine-luajit) echo "luajit $PEERS_DIR/jwkengine.lua peers-$ALG -$2" ;;
   esac
 }
+# cpath SIDE: the jwkengine module the side loads
+cpath() { [ "$1" = jwkengine-luajit ] && echo "$ROOT/build/lib-luajit/?.so;;" || echo "$ROOT/build/lib/?.so;;"; }
 # instructions SIDE COUNT
 instructions() {
-  valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.out" $(side "$1" "$2") >"$DIR/vg.out" 2>"$DIR/vg.err" || {
+  LUA_CPATH=$(cpath "$1") valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file="$DIR/cg.out" $(side "$1" "$2") >"$DIR/vg.out" 2>"$DIR/vg.err" || {
     cat "$DIR/vg.err" >&2; exit 1; }
   sed -n 's/^summary: //p; s/^totals: //p' "$DIR/cg.out" | head -n 1
 }
 # allocations SIDE COUNT
 allocations() {
-  valgrind --tool=memcheck $(side "$1" "$2") 2>&1 >/dev/null | sed -n 's/.*total heap usage: \([0-9,]*\) allocs.*/\1/p' | tr -d ,
+  LUA_CPATH=$(cpath "$1") valgrind --tool=memcheck $(side "$1" "$2") 2>&1 >/dev/null | sed -n 's/.*total heap usage: \([0-9,]*\) allocs.*/\1/p' | tr -d ,
 }
 
 echo "per $ALG token, (W + N) - W with W = $W, N = $N, callgrind and memcheck"
 echo
 echo "| side | instructions | allocations |"
 echo "|---|---:|---:|"
-for s in floor jwkengine; do
+for s in floor jwkengine jwkengine-luajit; do
   i0=$(instructions $s $W); i1=$(instructions $s $((W + N)))
   a0=$(allocations $s $W); a1=$(allocations $s $((W + N)))
   per=$(( (i1 - i0) / N ))
-  eval "per_$s=$per"
+  eval "per_$(echo $s | tr -d -)=$per"
   printf '| %s | %s | %s |\n' "$s" "$per" "$(awk "BEGIN { printf \"%.1f\", ($a1 - $a0) / $N }")"
 done
 echo
-echo "the engine's own work per token: $((per_jwkengine - per_floor)) instructions (target: at most 20000)"
-echo "floor / jwkengine: $(awk "BEGIN { printf \"%.3f\", $per_floor / $per_jwkengine }")"
+echo "the engine's own work per token: $((per_jwkengine - per_floor)) instructions under Lua 5.4 (target: at most 20000), $((per_jwkengineluajit - per_floor)) under LuaJIT"
+echo "floor / jwkengine: $(awk "BEGIN { printf \"%.3f\", $per_floor / $per_jwkengine }") (Lua 5.4), $(awk "BEGIN { printf \"%.3f\", $per_floor / $per_jwkengineluajit }") (LuaJIT)"

@@ -2,7 +2,7 @@
 # per algorithm, a token "peers-ALG" holding one key pair jwkengine made
 # (kid "peer-alg"). Sets ROOT, PEERS_DIR, DIR (removed on exit), MODULE,
 # PYTHON, SOFTHSM2_CONF, LUA_PATH; defines kid_of, key_id_hex, make_token.
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+ROOT=${ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 PEERS_DIR="$ROOT/scripts/bench/peers"
 MODULE=/usr/lib/softhsm/libsofthsm2.so
 # Debian's python3-pykcs11 and python3-jwcrypto: the system interpreter, not

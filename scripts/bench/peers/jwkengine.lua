@@ -4,9 +4,12 @@
 --   lua5.4|luajit jwkengine.lua TOKEN SECONDS   (-N: exactly N tokens)
 local jwkengine = require("jwkengine")
 local label, seconds = arg[1], tonumber(arg[2])
+-- PEERS_VERIFY_AFTER_SIGN=true|false overrides hsm.verify_after_sign (unset:
+-- the default, RSA signatures verified)
 local engine = assert(jwkengine.open({ logger = false, startup = false, environment = {
   HSM_ENABLED = "true", HSM_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so", HSM_TOKEN_LABEL = label,
-  HSM_PIN = "1234", HSM_MIN_RSA_BITS = "2048", SECRETS_SYSTEM = "peers-bench-secret-0123456789", DSN = "memory" } }))
+  HSM_PIN = "1234", HSM_MIN_RSA_BITS = "2048", SECRETS_SYSTEM = "peers-bench-secret-0123456789", DSN = "memory",
+  HSM_VERIFY_AFTER_SIGN = os.getenv("PEERS_VERIFY_AFTER_SIGN") } }))
 local now = jwkengine.core.monotonic
 local claims = { iss = "https://issuer.example", sub = "user-1234567890", aud = "client-app",
   scope = "openid profile" }
