@@ -75,7 +75,8 @@ for round in $(seq 1 "$ROUNDS"); do
       out=$(run "$peer" "$alg") || { echo "$peer $alg failed" >&2; cat "$DIR/openssl.err" >&2 2>/dev/null; exit 1; }
       [ -n "$out" ] || continue
       rate=$(echo "$out" | sed -n 's/^rate //p')
-      echo "$round $alg $peer $rate" >>"$DIR/rates"
+      cpu_rate=$(echo "$out" | sed -n 's/^cpu_rate //p')
+      echo "$round $alg $peer $rate $cpu_rate" >>"$DIR/rates"
       echo "$peer $(echo "$out" | sed -n 's/^token //p')" >>"$DIR/tokens-$alg"
     done
     printf '.' >&2
@@ -90,33 +91,38 @@ done
 echo "every sample token ($(cat "$DIR"/tokens-* | wc -l)) verified by python3-jwcrypto"
 echo
 
-# the table: median over rounds of rate / mean of the round's two floors
+# the tables: median over rounds of rate / mean of the round's two floors,
+# by CPU time (what a peer's work costs, whatever else the machine runs)
+# and by wall clock
 "$PYTHON" - "$DIR/rates" "$ALGS" "floor $PEERS" <<'PY'
 import statistics, sys
 rates, algs, peers = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 by = {}
 for line in open(rates):
-    r, alg, peer, rate = line.split()
-    by.setdefault((r, alg, peer), []).append(float(rate))
+    r, alg, peer, wall, cpu = line.split()
+    by.setdefault((r, alg, peer), []).append((float(wall), float(cpu)))
 rounds = sorted({k[0] for k in by}, key=int)
-print("| peer (complete compact JWTs with kid) | " + " | ".join(algs) + " |")
-print("|---|" + "---:|" * len(algs))
-for peer in peers:
-    cells = []
-    for alg in algs:
-        ratios, values = [], []
-        for r in rounds:
-            floor = statistics.mean(by[(r, alg, "floor")])
-            if (r, alg, peer) in by:
-                value = statistics.mean(by[(r, alg, peer)])
-                values.append(value)
-                ratios.append(value / floor)
-        if not ratios:
-            cells.append("—")
-        elif peer == "floor":
-            cells.append(f"{statistics.median(values):,.0f}/s")
-        else:
-            cells.append(f"{statistics.median(ratios):.3f} ({statistics.median(values):,.0f}/s)")
-    print(f"| {peer} | " + " | ".join(cells) + " |")
-print(f"\n(ratio: median over {len(rounds)} rounds of the peer's rate over the mean of the same round's two floor runs)")
+for column, title in ((1, "by CPU time"), (0, "by wall clock")):
+    print(f"{title}:\n")
+    print("| peer (complete compact JWTs with kid) | " + " | ".join(algs) + " |")
+    print("|---|" + "---:|" * len(algs))
+    for peer in peers:
+        cells = []
+        for alg in algs:
+            ratios, values = [], []
+            for r in rounds:
+                floor = statistics.mean(v[column] for v in by[(r, alg, "floor")])
+                if (r, alg, peer) in by:
+                    value = statistics.mean(v[column] for v in by[(r, alg, peer)])
+                    values.append(value)
+                    ratios.append(value / floor)
+            if not ratios:
+                cells.append("—")
+            elif peer == "floor":
+                cells.append(f"{statistics.median(values):,.0f}/s")
+            else:
+                cells.append(f"{statistics.median(ratios):.3f} ({statistics.median(values):,.0f}/s)")
+        print(f"| {peer} | " + " | ".join(cells) + " |")
+    print()
+print(f"(ratio: median over {len(rounds)} rounds of the peer's rate over the mean of the same round's two floor runs)")
 PY

@@ -1,8 +1,9 @@
-/* What the C peers of peers.sh share: a monotonic clock, base64url, the
- * claims every peer signs (iat/exp from the clock per token, as a host
- * does), and the timed loop protocol: warm up, sign for SECONDS (or
- * exactly N tokens when SECONDS is -N), print "rate N" and "token JWT". Header-only so each peer is one
- * compile command. */
+/* What the C peers of peers.sh share: clocks, base64url, the claims every
+ * peer signs (iat/exp from the clock per token, as a host does), and the
+ * loop protocol: warm up, sign for SECONDS (or exactly N tokens when
+ * SECONDS is -N), print "rate N" (wall clock), "cpu_rate N" (the process's
+ * CPU time) and "token JWT". Header-only so each peer is one compile
+ * command. */
 #ifndef PEERS_JWT_COMMON_H
 #define PEERS_JWT_COMMON_H
 
@@ -11,12 +12,13 @@
 #include <string.h>
 #include <time.h>
 
-static double peer_now(void)
+static double peer_clock(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
+#define peer_now() peer_clock(CLOCK_MONOTONIC)
 
 static size_t peer_b64url(const unsigned char *in, size_t len, char *out)
 {
@@ -78,7 +80,7 @@ static int peer_run(peer_sign_fn sign, void *ctx, const char *alg, const char *k
         if (sign(ctx, header, token) != 0)
             return 1;
     long ops = 0;
-    double start = peer_now(), elapsed = 0;
+    double start = peer_now(), elapsed = 0, cpu_start = peer_clock(CLOCK_PROCESS_CPUTIME_ID);
     if (seconds < 0) { /* -N: exactly N tokens, for counting instructions */
         for (; ops < (long)-seconds; ops++)
             if (sign(ctx, header, token) != 0)
@@ -91,7 +93,8 @@ static int peer_run(peer_sign_fn sign, void *ctx, const char *alg, const char *k
                 return 1;
         elapsed = peer_now() - start;
     }
-    printf("rate %.1f\ntoken %s\n", (double)ops / elapsed, token);
+    printf("rate %.1f\ncpu_rate %.1f\ntoken %s\n", (double)ops / elapsed,
+           (double)ops / (peer_clock(CLOCK_PROCESS_CPUTIME_ID) - cpu_start), token);
     return 0;
 }
 

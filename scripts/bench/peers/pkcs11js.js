@@ -38,13 +38,15 @@ let token;
 for (let i = 0; i < 20; i++) token = sign();
 let ops = 0;
 const start = process.hrtime.bigint();
+const cpuStart = process.cpuUsage();
 let elapsed = 0;
 while (elapsed < Number(seconds)) {
   for (let i = 0; i < 8; i++) token = sign();
   ops += 8;
   elapsed = Number(process.hrtime.bigint() - start) / 1e9;
 }
-console.log(`rate ${(ops / elapsed).toFixed(1)}\ntoken ${token}`);
+const cpu = process.cpuUsage(cpuStart);
+console.log(`rate ${(ops / elapsed).toFixed(1)}\ncpu_rate ${(ops / ((cpu.user + cpu.system) / 1e6)).toFixed(1)}\ntoken ${token}`);
 p.C_Logout(session);
 p.C_CloseSession(session);
 p.C_Finalize();
