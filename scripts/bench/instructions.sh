@@ -2,11 +2,12 @@
 # The engine's own work per ES256 token, counted by callgrind (immune to the
 # machine's load; BENCHMARKS.md, "Instructions per token"):
 #
-#   scripts/bench/instructions.sh [N] [ALG]     (default 1000 ES256)
+#   scripts/bench/instructions.sh [N] [ALG] [SIDES]   (default 1000 ES256 "floor jwkengine jwkengine-luajit")
+#   W=20 PEERS_VERIFY_AFTER_SIGN=false scripts/bench/instructions.sh 50 RS256 jwkengine
 #
 # Runs peers.sh's floor (host SHA-256 + C_SignInit + C_Sign, one session)
 # and jwkengine's engine:sign_jwt under Lua 5.4 and LuaJIT on the same key,
-# each with W = 100 and with W + N tokens after the same warm-up; a side's
+# each with W = 100 (or $W) and with W + N tokens after the same warm-up; a side's
 # cost per token is (its instructions at W + N - at W) / N, so start-up,
 # warm-up and exit cancel out. The engine's own work is jwkengine minus
 # the floor. Allocations per token: the same difference of valgrind's heap
@@ -14,7 +15,8 @@
 set -eu
 N=${1:-1000}
 ALG=${2:-ES256}
-W=100
+SIDES=${3:-floor jwkengine jwkengine-luajit}
+W=${W:-100}
 . "$(dirname "$0")/peers/env.sh"
 cc -O2 -g -I/usr/include/p11-kit-1 -o "$DIR/floor" "$PEERS_DIR/floor.c" -lcrypto -ldl
 make_token "$ALG"
@@ -45,13 +47,14 @@ echo "per $ALG token, (W + N) - W with W = $W, N = $N, callgrind and memcheck"
 echo
 echo "| side | instructions | allocations |"
 echo "|---|---:|---:|"
-for s in floor jwkengine jwkengine-luajit; do
+for s in $SIDES; do
   i0=$(instructions $s $W); i1=$(instructions $s $((W + N)))
   a0=$(allocations $s $W); a1=$(allocations $s $((W + N)))
   per=$(( (i1 - i0) / N ))
   eval "per_$(echo $s | tr -d -)=$per"
   printf '| %s | %s | %s |\n' "$s" "$per" "$(awk "BEGIN { printf \"%.1f\", ($a1 - $a0) / $N }")"
 done
+case "$SIDES" in *floor*jwkengine*jwkengine-luajit*) ;; *) exit 0 ;; esac
 echo
 echo "the engine's own work per token: $((per_jwkengine - per_floor)) instructions under Lua 5.4 (target: at most 20000), $((per_jwkengineluajit - per_floor)) under LuaJIT"
 echo "floor / jwkengine: $(awk "BEGIN { printf \"%.3f\", $per_floor / $per_jwkengine }") (Lua 5.4), $(awk "BEGIN { printf \"%.3f\", $per_floor / $per_jwkengineluajit }") (LuaJIT)"
