@@ -444,6 +444,14 @@ static int l_json_claims(lua_State *L)
     b.path_cut = 0;
     b.path[b.path_start] = '\0';
 
+    jwke_error err;
+    if (lua_getmetatable(L, 1)) {
+        /* an __index could answer for a registered claim the encoding's
+         * raw pass does not see: checked by name first, as always */
+        lua_pop(L, 1);
+        if (check_claim_types(L, 1, &err) != 0)
+            return jwke_push_error(L, &err);
+    }
     int ok = 1;
     if (array_length(L, 1) > 0) {
         ok = 0;
@@ -480,7 +488,6 @@ static int l_json_claims(lua_State *L)
     if (!ok) {
         if (b.data != b.inline_data)
             free(b.data);
-        jwke_error err;
         /* a registered claim's type is checked before the encoding (the
          * encoding stops at its first fault, which may come first) */
         if (check_claim_types(L, 1, &err) != 0)
