@@ -58,8 +58,7 @@ run() {
     openssl-libp11)
       # libp11 0.4.12 cannot list a token holding an Ed25519 key
       [ "$2" = EdDSA ] && return 0
-      uri_id=$(printf '%s' "$kid" | od -An -tx1 | tr -s ' ' '%' | tr -d '\n' | sed 's/%$//')
-      "$DIR/openssl_engine" "$ENGINE_SO" "$MODULE" "pkcs11:token=peers-$2;id=$uri_id;type=private" 1234 "$2" "$kid" "$SECS" 2>"$DIR/openssl.err" ;;
+      "$DIR/openssl_engine" "$ENGINE_SO" "$MODULE" "pkcs11:token=peers-$2;id=$(key_id_uri "$2");type=private" 1234 "$2" "$kid" "$SECS" 2>"$DIR/openssl.err" ;;
     node-pkcs11js) node "$PEERS_DIR/pkcs11js.js" "$MODULE" "peers-$2" 1234 "$2" "$id" "$kid" "$SECS" ;;
     python-pykcs11) "$PYTHON" "$PEERS_DIR/pykcs11_peer.py" "$MODULE" "peers-$2" 1234 "$2" "$id" "$kid" "$SECS" ;;
   esac

@@ -1,7 +1,8 @@
 # Sourced by peers.sh and instructions.sh: a throwaway SoftHSM folder and,
 # per algorithm, a token "peers-ALG" holding one key pair jwkengine made
 # (kid "peer-alg"). Sets ROOT, PEERS_DIR, DIR (removed on exit), MODULE,
-# PYTHON, SOFTHSM2_CONF, LUA_PATH; defines kid_of, key_id_hex, make_token.
+# PYTHON, SOFTHSM2_CONF, LUA_PATH; defines kid_of, key_id_hex, key_id_uri,
+# make_token.
 ROOT=${ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 PEERS_DIR="$ROOT/scripts/bench/peers"
 MODULE=/usr/lib/softhsm/libsofthsm2.so
@@ -23,6 +24,8 @@ export LUA_PATH
 
 kid_of() { echo "peer-$1" | tr 'A-Z' 'a-z'; }
 key_id_hex() { printf '%s' "$(kid_of "$1")" | od -An -tx1 | tr -d ' \n'; }
+# the same in a PKCS#11 URI's percent-encoding
+key_id_uri() { key_id_hex "$1" | sed 's/../%&/g'; }
 make_token() {
   softhsm2-util --init-token --free --label "peers-$1" --so-pin 0000 --pin 1234 >/dev/null
   LUA_CPATH="$ROOT/build/lib/?.so;;" lua5.4 "$PEERS_DIR/setup.lua" "$DIR" "peers-$1" "$1" "$(kid_of "$1")"
