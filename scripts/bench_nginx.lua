@@ -1,7 +1,7 @@
 -- jwkengine in nginx against a network-like HSM:
 --   build/jwkengine scripts/bench_nginx.lua [--seconds 8] [--latency-us 1000]
 --     [--connections 64] [--jwks-connections 4] [--workers 4] [--modes event,thread,thread0]
---     [--jwks-rate 0] [--wrk-threads 0] [--in-flight 0]
+--     [--jwks-rate 0] [--wrk-threads 0] [--in-flight 0] [--raw 1]
 --
 -- The fault module (spec/faultmod) adds --latency-us to C_SignInit and to
 -- C_Sign in front of a throwaway SoftHSM token; nginx runs the documented
@@ -15,6 +15,9 @@
 --   event    signing in the event loop (one signer per worker)
 --   thread   thread_pool = "jwkengine" (thread_queue.in_flight signers per worker)
 --   thread0  the same with no added latency: what the CPU alone allows
+--   event0   signing in the event loop on SoftHSM itself (no fault module),
+--            printed against the raw floor: C_SignInit + C_Sign loops in
+--            2 processes on the same token, key and cores (--raw 0: not)
 -- --jwks-rate N caps the JWK Set reader at N requests/s (0: as fast as it
 -- can, which takes every cycle the signers leave idle); --wrk-threads sets
 -- the token wrk's threads (0: 2); --in-flight sets thread_queue.in_flight
@@ -22,8 +25,9 @@
 -- See BENCHMARKS.md. Needs wrk (Debian: wrk) and nginx with the Lua module.
 local options = { seconds = 8, ["latency-us"] = 1000, connections = 64, ["jwks-connections"] = 4, workers = 4,
   modes = "event,thread,thread0", ["jwks-rate"] = 0, ["wrk-threads"] = 0,
-  ["in-flight"] = 0 }
-for i = 1, #arg, 2 do
+  ["in-flight"] = 0, raw = 1 }
+local raw_worker = arg[1] == "--raw-worker" and tonumber(arg[2])
+for i = raw_worker and 3 or 1, #arg, 2 do
   local name = arg[i]:match("^%-%-(.+)$")
   assert(name and options[name] ~= nil and arg[i + 1], "unknown or incomplete option: " .. tostring(arg[i]))
   options[name] = tonumber(arg[i + 1]) or arg[i + 1]
@@ -40,6 +44,22 @@ local util = require("jwkengine.util")
 
 local SESSIONS = 4
 local SET = "hydra.jwt.access-token"
+local SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+
+-- One process of the raw floor: the set's key, the raw loop of
+-- scripts/bench/baseline.c over a token's signing input; prints ops/s.
+if raw_worker then
+  local jwkengine = require("jwkengine")
+  local bench = require("jwkengine_bench")
+  local e = assert(jwkengine.open({ logger = false, startup = false, environment = { HSM_ENABLED = "true",
+    HSM_LIBRARY = SOFTHSM, HSM_TOKEN_LABEL = "hydra", HSM_PIN = "1234", SECRETS_SYSTEM = "bench-nginx-raw-secret",
+    DSN = "memory" } }))
+  local key = assert(e:signing_key(SET))
+  local jwt = assert(e:sign_jwt(SET, { sub = "raw" }))
+  print(bench.p11_sign(key, "ES256", jwt:match("^(.*)%."), raw_worker))
+  e:close()
+  os.exit(0)
+end
 
 sandbox.new_token("hydra")
 
@@ -117,11 +137,11 @@ local function wrk_command(connections, url, script_arg, threads)
 end
 
 local function run_mode(mode)
-  local threaded = mode ~= "event"
-  local latency = mode == "thread0" and 0 or options["latency-us"]
+  local threaded = mode ~= "event" and mode ~= "event0"
+  local latency = (mode == "thread0" or mode == "event0") and 0 or options["latency-us"]
   local server = nginx.new({ token = { label = "hydra", pin = "1234" }, workers = options.workers,
     startup_sets = "  hydra.openid.id-token: ES256\n  hydra.jwt.access-token: ES256\n",
-    environment = { HSM_LIBRARY = faults.MODULE, HSM_MAX_SESSIONS = tostring(SESSIONS),
+    environment = { HSM_LIBRARY = mode == "event0" and SOFTHSM or faults.MODULE, HSM_MAX_SESSIONS = tostring(SESSIONS),
       JWKE_FAULT_LATENCY_US = latency > 0 and string.format("C_SignInit:%d;C_Sign:%d", latency, latency) or false },
     render = render(threaded) })
   server:start(120)
@@ -132,12 +152,15 @@ local function run_mode(mode)
   local workers = server:worker_pids()
   local busy0, total0 = machine_cpu()
   local nginx0, loops0 = process_cpu(workers)
-  local jwks_pipe = io.popen(wrk_command(options["jwks-connections"], base .. "/.well-known/jwks.json",
+  -- --jwks-connections 0: no JWK Set reader (signing alone)
+  local jwks_pipe = options["jwks-connections"] > 0 and io.popen(wrk_command(options["jwks-connections"],
+    base .. "/.well-known/jwks.json",
     options["jwks-rate"] > 0 and "rate=" .. options["jwks-rate"] / options["jwks-connections"]))
   local token_pipe = io.popen(wrk_command(options.connections, base .. "/token", "post", options["wrk-threads"]))
-  local token_out, jwks_out = token_pipe:read("a"), jwks_pipe:read("a")
+  local token_out = token_pipe:read("a")
+  local jwks_out = jwks_pipe and jwks_pipe:read("a") or "requests 0\nseconds 1\np99_ms 0\n"
   token_pipe:close()
-  jwks_pipe:close()
+  if jwks_pipe then jwks_pipe:close() end
   local busy1, total1 = machine_cpu()
   local nginx1, loops1 = process_cpu(workers)
   local log = server:log()
@@ -191,8 +214,10 @@ print("| mode | latency per call | signers | ceiling/s | tokens/s | of ceiling |
   "other non-2xx | token p99 ms | JWKS/s | JWKS p99 ms | machine CPU busy | nginx CPU per request µs | " ..
   "of it event loops µs | pool threads per token µs | wrk CPU per request µs |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+local event0
 for mode in options.modes:gmatch("[^,]+") do
   local r = run_mode(mode)
+  if mode == "event0" then event0 = r.tokens_per_s end
   print(string.format("| %s | %d µs | %d | %s | %.0f | %s | %d (%d) | %d | %.1f | %.0f | %.2f | %.0f%% | %s | %.0f | %s | %.0f |",
     r.mode, r.latency, r.signers, r.ceiling and string.format("%.0f", r.ceiling) or "-", r.tokens_per_s,
     r.ceiling and string.format("%.2f", r.tokens_per_s / r.ceiling) or "-", r.unavailable, r.retry_after,
@@ -203,6 +228,25 @@ for mode in options.modes:gmatch("[^,]+") do
     print(string.format("  (%s: %d 'no available Lua vm' lines in the error log, %d socket errors)", mode,
       r.vm_pool_exhausted, r.socket_errors))
   end
+end
+-- The raw floor the event0 mode is held against: 2 processes, each a
+-- C_SignInit + C_Sign loop, for as long as wrk ran.
+local function raw_floor()
+  local pipes = {}
+  for i = 1, 2 do
+    pipes[i] = assert(io.popen(string.format("%s %s --raw-worker %d", arg[-1], arg[0], options.seconds)))
+  end
+  local total = 0
+  for _, pipe in ipairs(pipes) do
+    total = total + assert(tonumber(pipe:read("a"):match("([%d.]+)")))
+    pipe:close()
+  end
+  return total
+end
+if event0 and options.raw ~= 0 then
+  local raw = raw_floor()
+  print(string.format("\nevent0 against the raw floor: POST /token %.0f/s, raw C_SignInit + C_Sign loops in 2 " ..
+    "processes %.0f/s on the same token and cores: %.2f", event0, raw, event0 / raw))
 end
 print("")
 local slept = real_sleep_ms()

@@ -165,6 +165,12 @@ local API_CASES = {
   { "sub a number", "ERR_JWT_CLAIM_INVALID", "sign_jwt", { "hsm", { sub = 5 } } },
   { "iss null", "ERR_JWT_CLAIM_INVALID", "sign_jwt", { "hsm", { iss = cjson.null } } },
   { "aud a list of numbers", "ERR_JWT_CLAIM_INVALID", "sign_jwt", { "hsm", { aud = { 1 } } } },
+  -- the claims are type-checked in the encoder's pass: a wrong type is still
+  -- named before an encoding fault met first (the array part is iterated
+  -- first), and one an __index answers for is still seen
+  { "exp a string beside a claim named 1", "ERR_JWT_CLAIM_INVALID", "sign_jwt", { "hsm", { [1] = true, exp = "x" } } },
+  { "exp a string from the claims' metatable", "ERR_JWT_CLAIM_INVALID", "sign_jwt",
+    { "hsm", setmetatable({ sub = "a" }, { __index = { exp = "x" } }) } },
 
   -- tokens to verify: malformed JWS, hostile headers (defect 5, 7)
   { "an empty token", "ERR_JWS_INVALID", "verify", { "hsm", "" } },

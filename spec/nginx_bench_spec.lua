@@ -37,4 +37,19 @@ describe("scripts/bench_nginx.lua", function()
     assert.is_true(tonumber(by_name["pool threads per token µs"]) > 0, output)
     assert.is_true(tonumber(by_name["wrk CPU per request µs"]) > 0, output)
   end)
+
+  it("holds event0 (SoftHSM itself, no JWK Set reader) against 2 raw signing processes", function()
+    local output = assert(io.popen(string.format("cd %s/.. && %s/jwkengine scripts/bench_nginx.lua --seconds 1 " ..
+      "--connections 2 --jwks-connections 0 --modes event0 2>&1", softhsm.BUILD, softhsm.BUILD))):read("a")
+    local cells = row(output, "event0")
+    assert.is_table(cells, output)
+    assert.are.equal("0 µs", cells[2], output)
+    local tokens, raw, ratio = output:match(
+      "event0 against the raw floor: POST /token (%d+)/s, raw C_SignInit %+ C_Sign loops in 2 processes (%d+)/s " ..
+      "on the same token and cores: ([%d.]+)")
+    assert.is_truthy(ratio, output)
+    assert.is_true(tonumber(tokens) > 0 and tonumber(raw) > 0, output)
+    -- printed from the unrounded rates
+    assert.is_true(math.abs(tokens / raw - tonumber(ratio)) < 0.011, output)
+  end)
 end)

@@ -96,6 +96,6 @@ void jwke_open_software_key(lua_State *L);
 void jwke_open_jose(lua_State *L);
 void jwke_open_kept_secret(lua_State *L); /* adds keep_pin, keep_uri_pin, keep_secret, kept_secret, forget_* */
 void jwke_open_file_lock(lua_State *L);  /* adds try_lock_file */
-void jwke_open_json(lua_State *L);         /* adds json_claims */         /* adds json_check, jws_decode, digest */
+void jwke_open_json(lua_State *L);         /* adds json_claims, check_claim_types */
 
 #endif

@@ -93,16 +93,25 @@ int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign,
     size_t header_len, payload_len, sig_max;
     const char *header = luaL_checklstring(L, 2, &header_len);
     const char *payload = luaL_checklstring(L, 3, &payload_len);
-    char *out;
     size_t out_len;
     jwke_error err;
-    if (setup(L, 4, signer, &sig_max, &err) != 0 ||
-        jwke_jws_compact(header, header_len, (const unsigned char *)payload, payload_len, sig_max,
-                         sign, signer, &out, &out_len, &err) != 0)
+    if (setup(L, 4, signer, &sig_max, &err) != 0)
         return jwke_push_error(L, &err);
-    lua_pushlstring(L, out, out_len);
-    free(out);
-    return 1;
+    /* a token of the usual size is built on the stack: no malloc per token */
+    char stack[4096];
+    size_t cap = jwke_jws_compact_size(header_len, payload_len, sig_max);
+    char *out = cap <= sizeof stack ? stack : malloc(cap);
+    if (!out) {
+        jwke_fail_code(&err, JWKE_ERR_OUT_OF_MEMORY, "out of memory signing");
+        return jwke_push_error(L, &err);
+    }
+    int failed = jwke_jws_compact(header, header_len, (const unsigned char *)payload, payload_len,
+                                  sig_max, sign, signer, out, cap, &out_len, &err);
+    if (!failed)
+        lua_pushlstring(L, out, out_len);
+    if (out != stack)
+        free(out);
+    return failed ? jwke_push_error(L, &err) : 1;
 }
 
 int jwke_push_signature(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer)

@@ -232,6 +232,10 @@ static void note_index(json_buffer *b, size_t index)
 }
 
 static int put_value(json_buffer *b, lua_State *L, int idx, int depth);
+static int registered_claim_ok(lua_State *L, const char *name, size_t n, int idx);
+/* A registered claim of the wrong type met while encoding: json_claims
+ * reports it as check_claim_types words it. */
+static const char WRONG_TYPE[] = "has a registered claim of the wrong type";
 
 /* A table with exactly the keys 1..n (n > 0) is an array. */
 static size_t array_length(lua_State *L, int idx)
@@ -288,6 +292,10 @@ static int put_table(json_buffer *b, lua_State *L, int idx, int depth)
         int ok = (first || put(b, ",", 1)) && put_string(b, k, klen);
         if (!ok && b->error == NOT_UTF8)
             b->error = "has a name that is not valid UTF-8";
+        if (ok && depth == 1 && !registered_claim_ok(L, k, klen, key + 1)) {
+            b->error = WRONG_TYPE;
+            ok = 0;
+        }
         ok = ok && put(b, ":", 1) && put_value(b, L, key + 1, depth + 1);
         if (!ok) {
             note_member(b, k, klen);
@@ -324,7 +332,106 @@ static int put_value(json_buffer *b, lua_State *L, int idx, int depth)
     }
 }
 
-/* json_claims(claims [, iat [, exp]]) -> JSON text | nil, message, ERR_JWT_CLAIMS */
+/* The registered claims' types (RFC 7519 section 4.1), on the signing path
+ * of every token and on every verified one: exp, nbf and iat NumericDates
+ * (finite numbers: cjson reads 1e999 as infinity, a token that never
+ * expires), iss, sub and jti strings, aud a string or a non-empty list of
+ * strings. Written in C, and checked while the claims are encoded: in Lua
+ * it cost more than the encoding. */
+enum claim_kind { NOT_REGISTERED, DATE_CLAIM, STRING_CLAIM, AUDIENCE };
+
+static enum claim_kind claim_kind(const char *name, size_t n)
+{
+    if (n != 3)
+        return NOT_REGISTERED;
+    if (!memcmp(name, "exp", 3) || !memcmp(name, "nbf", 3) || !memcmp(name, "iat", 3))
+        return DATE_CLAIM;
+    if (!memcmp(name, "iss", 3) || !memcmp(name, "sub", 3) || !memcmp(name, "jti", 3))
+        return STRING_CLAIM;
+    return memcmp(name, "aud", 3) == 0 ? AUDIENCE : NOT_REGISTERED;
+}
+
+/* Whether the value at idx (absolute, not nil) has the claim's type. */
+static int claim_type_ok(lua_State *L, enum claim_kind kind, int idx)
+{
+    int t = lua_type(L, idx);
+    switch (kind) {
+    case DATE_CLAIM:
+        return t == LUA_TNUMBER && isfinite(lua_tonumber(L, idx));
+    case STRING_CLAIM:
+        return t == LUA_TSTRING;
+    case AUDIENCE:
+        break;
+    default:
+        return 1;
+    }
+    if (t != LUA_TTABLE)
+        return t == LUA_TSTRING;
+    /* a list: keys exactly 1..n, n > 0, every value a string */
+    size_t n = (size_t)lua_rawlen(L, idx), count = 0;
+    int ok = n > 0;
+    lua_pushnil(L);
+    while (ok && lua_next(L, idx) != 0) {
+        ok = lua_type(L, -2) == LUA_TNUMBER && lua_type(L, -1) == LUA_TSTRING;
+        if (ok) {
+            lua_Number k = lua_tonumber(L, -2);
+            ok = k >= 1 && k <= (lua_Number)n && k == floor(k);
+            count++;
+        }
+        lua_pop(L, ok ? 1 : 2);
+    }
+    return ok && count == n;
+}
+
+/* The first registered claim of the wrong type, in the order exp, nbf,
+ * iat, iss, sub, jti, aud (whatever order a table iterates in), as a
+ * failure. idx is absolute. */
+static int check_claim_types(lua_State *L, int idx, jwke_error *err)
+{
+    static const char *const names[7] = {"exp", "nbf", "iat", "iss", "sub", "jti", "aud"};
+    for (int i = 0; i < 7; i++) {
+        lua_getfield(L, idx, names[i]);
+        enum claim_kind kind = claim_kind(names[i], 3);
+        int t = lua_type(L, -1);
+        if (t == LUA_TNIL || claim_type_ok(L, kind, lua_gettop(L))) {
+            lua_pop(L, 1);
+            continue;
+        }
+        const char *got = t == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == NULL
+                              ? "null" /* cjson.null */
+                              : lua_typename(L, t);
+        lua_pop(L, 1);
+        if (kind == DATE_CLAIM)
+            return jwke_fail_code(err, "ERR_JWT_CLAIM_INVALID",
+                                  "claim '%s' must be a NumericDate (a finite number of seconds), got %s",
+                                  names[i], got);
+        if (kind == STRING_CLAIM)
+            return jwke_fail_code(err, "ERR_JWT_CLAIM_INVALID", "claim '%s' must be a string", names[i]);
+        return jwke_fail_code(err, "ERR_JWT_CLAIM_INVALID",
+                              "claim 'aud' must be a string or a non-empty list of strings");
+    }
+    return 0;
+}
+
+static int registered_claim_ok(lua_State *L, const char *name, size_t n, int idx)
+{
+    return claim_type_ok(L, claim_kind(name, n), idx);
+}
+
+/* check_claim_types(claims) -> true | nil, message, ERR_JWT_CLAIM_INVALID */
+static int l_check_claim_types(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    jwke_error err;
+    if (check_claim_types(L, 1, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* json_claims(claims [, iat [, exp]]) -> JSON text | nil, message, code:
+ * ERR_JWT_CLAIM_INVALID for a registered claim of the wrong type (as
+ * check_claim_types says it), else ERR_JWT_CLAIMS */
 static int l_json_claims(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -337,6 +444,14 @@ static int l_json_claims(lua_State *L)
     b.path_cut = 0;
     b.path[b.path_start] = '\0';
 
+    jwke_error err;
+    if (lua_getmetatable(L, 1)) {
+        /* an __index could answer for a registered claim the encoding's
+         * raw pass does not see: checked by name first, as always */
+        lua_pop(L, 1);
+        if (check_claim_types(L, 1, &err) != 0)
+            return jwke_push_error(L, &err);
+    }
     int ok = 1;
     if (array_length(L, 1) > 0) {
         ok = 0;
@@ -373,7 +488,10 @@ static int l_json_claims(lua_State *L)
     if (!ok) {
         if (b.data != b.inline_data)
             free(b.data);
-        jwke_error err;
+        /* a registered claim's type is checked before the encoding (the
+         * encoding stops at its first fault, which may come first) */
+        if (check_claim_types(L, 1, &err) != 0)
+            return jwke_push_error(L, &err);
         if (!PATH_EMPTY(&b))
             jwke_fail_code(&err, "ERR_JWT_CLAIMS", "claim '%s' %s", b.path + b.path_start, b.error);
         else
@@ -390,4 +508,6 @@ void jwke_open_json(lua_State *L)
 {
     lua_pushcfunction(L, l_json_claims);
     lua_setfield(L, -2, "json_claims");
+    lua_pushcfunction(L, l_check_claim_types);
+    lua_setfield(L, -2, "check_claim_types");
 }
