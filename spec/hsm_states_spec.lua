@@ -3,7 +3,7 @@
 -- the fault-injecting module in front of SoftHSM.
 local cjson = require("cjson")
 local core = require("jwkengine.core")
-local hsm_states = require("jwkengine.hsm_states")
+local hsm_states = require("jwkengine.lifecycle.token_backend")
 local jwkengine = require("jwkengine")
 local cli = require("helpers.cli")
 local faults = require("helpers.faults")

@@ -54,7 +54,8 @@ M.codes = {
   ERR_JWS_SIGNATURE_INVALID = "the signature does not verify, or has the wrong length for the key",
   ERR_JWS_SIGN = "signing failed",
   ERR_NO_SIGNING_KEY = "the key set exists but holds no private signing key",
-  ERR_KEY_STATE = "the key's lifecycle state forbids it: a next or retired key named to sign, the current key retired",
+  ERR_KEY_STATE = "the key's lifecycle state forbids it: a next or retired key named to sign, the current key retired, a key still needed deleted without force",
+  ERR_KEY_STATES_CORRUPT = "the set's key states cannot be read (corrupt, or a newer format) and none were read before: it neither signs nor publishes until `keys repair SET --current KID`",
   ERR_UNSUPPORTED_ALG = "the algorithm is not one jwkengine signs with (RS*, PS*, ES*, EdDSA)",
   -- keys and key sets
   ERR_JWKS_NO_MATCHING_KEY = "no key of the set fits the token (kid, alg, use, key_ops, key type and size)",

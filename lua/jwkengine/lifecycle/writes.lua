@@ -1,105 +1,38 @@
--- Rotation: the writes of the key lifecycle (jwkengine.lifecycle decides,
--- this module records). Policies per set from the configuration, and the
--- engine methods that run the schedule (maintain) or act by hand (rotate,
--- retire, activate, key_states).
+-- The writes of the key lifecycle (jwkengine.lifecycle.rule decides, this
+-- module records): the engine methods that run the schedule (maintain) or
+-- act by hand (rotate, retire, activate, policy, repair_states), and the
+-- guard of a key's deletion.
 --
 -- Every write is read -> evaluate -> compare-and-swap on the set's state
--- version (jwkengine.key_states), retried on a lost race from a fresh read:
+-- version (jwkengine.lifecycle), retried on a lost race from a fresh read:
 -- of processes running the same schedule at once, exactly one records each
 -- change. A scheduled key is claimed in the records (state next) before it
 -- is generated, so a second process sees the claim and generates nothing.
+-- A write starts from a read that succeeded: records it could not read are
+-- never written over (only repair_states does, on the operator's word).
+--
+-- A manager is reached through two methods only: manager:lifecycle() (its
+-- states object) and manager:outdate(set) (read the set again).
 local core = require("jwkengine.core")
-local key_states = require("jwkengine.key_states")
 local lifecycle = require("jwkengine.lifecycle")
+local policy_module = require("jwkengine.lifecycle.policy")
+local rule = require("jwkengine.lifecycle.rule")
 local util = require("jwkengine.util")
 
 local M = {}
-
-local SECTIONS = {
-  publication = { "max_age", "refresh" },
-  tokens = { "max_lifetime", "clock_tolerance" },
-}
-local ROTATION_KEYS = { "period", "prepublish", "retain", "destroy_after" }
-
-local function seconds(value, origin, name)
-  if type(value) ~= "number" or value < 0 or value ~= value or value == math.huge then
-    return util.fail("ERR_CONFIG", "%s: %s must be a non-negative number of seconds, got %s", origin, name,
-      type(value) == "number" and tostring(value) or type(value))
-  end
-  return value
-end
-
--- The policies of a loaded configuration: { limits, by_set = set -> policy,
--- scheduled = { set, ... } (sets with a rotation table), algs = set -> alg,
--- default = the policy of every other set }. Unsafe policies are errors.
-function M.policies(cfg)
-  local limits = {}
-  for name, value in pairs(lifecycle.DEFAULT_LIMITS) do limits[name] = value end
-  for section, names in pairs(SECTIONS) do
-    for _, name in ipairs(names) do
-      local value = cfg[section] and cfg[section][name]
-      if value ~= nil then
-        local ok, err, code = seconds(value, "configuration", section .. "." .. name)
-        if not ok then return nil, err, code end
-        limits[name] = value
-      end
-    end
-  end
-  limits.cache_ttl = cfg.store and cfg.store.cache_ttl or limits.cache_ttl
-  local default, err, code = lifecycle.policy("*", nil, limits)
-  if not default then return nil, err, code end
-  local policies = { limits = limits, by_set = {}, scheduled = {}, algs = {}, default = default }
-  for _, entry in ipairs(cfg.startup_sets or {}) do
-    policies.algs[entry.set] = entry.alg
-    if entry.rotation ~= nil then
-      local origin = string.format("startup set '%s'", entry.set)
-      if type(entry.rotation) ~= "table" then
-        return util.fail("ERR_CONFIG", "%s: rotation must be a mapping of seconds", origin)
-      end
-      for _, name in ipairs(ROTATION_KEYS) do
-        if entry.rotation[name] ~= nil then
-          local ok
-          ok, err, code = seconds(entry.rotation[name], origin, "rotation." .. name)
-          if not ok then return nil, err, code end
-        end
-      end
-      local policy
-      policy, err, code = lifecycle.policy(entry.set, entry.rotation, limits)
-      if not policy then return nil, err, code end
-      policies.by_set[entry.set] = policy
-      policies.scheduled[#policies.scheduled + 1] = entry.set
-    end
-  end
-  return policies
-end
-
--- What a key manager needs to give its sets states: states:attach(entry,
--- set, where, previous) when it has loaded one (see key_states.attach). A
--- manager may put its own backend in front (setmetatable({ backend = ... },
--- { __index = states })): attach is a method, so it reads that backend.
-function M.states(backend, policies, now, log)
-  return {
-    backend = backend,
-    policy_for = function(set) return policies.by_set[set] or policies.default end,
-    now = now or os.time,
-    log = log or function() end,
-    attach = function(self, entry, set, where, previous)
-      return key_states.attach(entry, set, where, self, previous)
-    end,
-  }
-end
 
 -- The manager holding a set (the HSM first, as signing looks), freshly loaded.
 local function holder(engine, set)
   return engine.keys:holder(set) -- the engine's fallback manager (init.lua hands it in)
 end
 
--- After a write: the manager reads the set again on its next use (see
--- hsm.lua's outdate: a failed read there keeps the keys it had).
-local function forget(manager, set)
-  if manager.outdate then manager:outdate(set)
-  elseif manager.forget then manager:forget(set)
-  else manager.sets[set] = nil end
+-- The manager's states, or an error for a manager that keeps none.
+local function states_of(manager, set)
+  local states = manager:lifecycle()
+  if not states then
+    return util.fail("ERR_CONFIG", "key set '%s': its key manager keeps no key states", set)
+  end
+  return states
 end
 
 -- What differs between two record tables, as changes { set, kid, from, to, at }.
@@ -121,22 +54,27 @@ local NOTHING = {}
 --   modify(records, evaluation, now, entry, policy) -> new records, extra
 --          | NOTHING | nil, err, code
 -- Returns changes, extra, manager.
-local function update(engine, set, modify)
+--   policy_to_write: nil (keep the recorded one, or record the configured
+--          one for a set with none) or the policy to record
+local function update(engine, set, modify, policy_to_write)
   for _ = 1, 8 do
     local manager, entry, code = holder(engine, set)
     if not manager then return nil, entry, code end
-    local states = manager.states
-    local state, err
-    state, err, code = states.backend:read(set)
+    local states, err
+    states, err, code = states_of(manager, set)
+    if not states then return nil, err, code end
+    local state
+    state, err, code = states:read(set)
     if not state then return nil, err, code end
     local now = states.now()
-    local evaluation = lifecycle.evaluate(state.records, key_states.present(entry), states.policy_for(set), now)
-    local records, extra, ecode = modify(state.records, evaluation, now, entry, states.policy_for(set))
+    local policy = states:policy_of(set, state)
+    local evaluation = states:evaluate(entry, state.records, policy, now)
+    local records, extra, ecode = modify(state.records, evaluation, now, entry, policy, state, states)
     if not records then return nil, extra, ecode end
-    if records == NOTHING then return {}, nil, manager end
+    if records == NOTHING then return {}, extra, manager end
     local won
-    won, err, code = states.backend:write(set, state.version, records)
-    forget(manager, set)
+    won, err, code = states:write(set, state.version, records, policy_to_write or states:policy_to_record(set, state))
+    manager:outdate(set)
     if won then return differences(set, state.records, records), extra, manager end
     if won == nil then return nil, err, code end
   end
@@ -178,18 +116,19 @@ end
 -- on the records alone (loading the set at this moment could meet a pair
 -- another process is still making).
 local function next_from_now(manager, set, kid)
-  local states = manager.states
+  local states, serr, scode = states_of(manager, set)
+  if not states then return nil, serr, scode end
   for _ = 1, 8 do
-    local state, err, code = states.backend:read(set)
+    local state, err, code = states:read(set)
     if not state then return nil, err, code end
     if not state.records[kid] or state.records[kid].state ~= "next" then return true end
     local records = {}
     for k, r in pairs(state.records) do records[k] = r end
     record(records, kid, "next", states.now())
     local won
-    won, err, code = states.backend:write(set, state.version, records)
+    won, err, code = states:write(set, state.version, records, states:policy_to_record(set, state))
     if won then
-      forget(manager, set)
+      manager:outdate(set)
       return true
     end
     if won == nil then return nil, err, code end
@@ -210,10 +149,15 @@ end
 -- One set's schedule: record what the rule says happened, claim and make a
 -- next key when the period says so, destroy what destroy_after says.
 local function maintain_set(engine, set)
-  local changes, plan, manager = update(engine, set, function(records, evaluation, now, entry, policy)
+  local changes, plan, manager = update(engine, set, function(records, evaluation, now, entry, policy, state, states)
     local generate = evaluation.generate and not claimed_next(records, evaluation, policy, now)
-    if not evaluation.changed and not generate and #evaluation.destroy == 0 then return NOTHING end
-    local out = lifecycle.records_after(records, evaluation)
+    -- a configured set whose records carry no policy yet gets this
+    -- process's: from then on every process evaluates with it
+    local unrecorded_policy = not state.policy and states:configured(set) ~= nil
+    if not evaluation.changed and not generate and #evaluation.destroy == 0 and not unrecorded_policy then
+      return NOTHING
+    end
+    local out = rule.records_after(records, evaluation)
     local kid
     if generate then
       kid = core.uuid()
@@ -257,12 +201,15 @@ end
 function M.key_states(self, set)
   local manager, entry, code = holder(self, set)
   if not manager then return nil, entry, code end
-  local evaluation = entry.lifecycle and entry.lifecycle.evaluation
+  local lc = entry.lifecycle
+  if lc and lc.refused then return nil, lc.refused[1], lc.refused[2] end
+  local evaluation = lc and lc.evaluation
   local list = {}
   for _, key in ipairs(entry.keys) do
     local state = evaluation and evaluation.keys[key.kid]
     list[#list + 1] = { kid = key.kid, alg = key.alg, use = key.use, error = key.broken,
-      state = state and state.state or "published", times = state and state.times or {} }
+      state = state and state.state or "published", times = state and state.times or {},
+      retired_mark = key.retired_mark or nil }
   end
   return list
 end
@@ -282,7 +229,7 @@ local function rotate_next(self, set, alg)
         "key set '%s' already has a next key '%s', which signs after prepublish (rotate --now replaces the current key at once)",
         set, waiting)
     end
-    local out = lifecycle.records_after(records, evaluation)
+    local out = rule.records_after(records, evaluation)
     record(out, kid, "next", now)
     return out, { alg = new_key_alg(self, set, entry, alg) }
   end)
@@ -312,7 +259,7 @@ function M.rotate(self, set, options)
     if not evaluation.keys[kid] then
       return util.fail("ERR_KEY_NOT_FOUND", "key '%s' of set '%s' vanished after it was generated", kid, set)
     end
-    local out = lifecycle.records_after(records, evaluation)
+    local out = rule.records_after(records, evaluation)
     if evaluation.signer and evaluation.signer ~= kid then record(out, evaluation.signer, "retired", now) end
     record(out, kid, "current", now)
     return out
@@ -335,7 +282,7 @@ function M.retire(self, set, kid)
         kid, set)
     end
     if key.state == "retired" then return NOTHING end
-    local out = lifecycle.records_after(records, evaluation)
+    local out = rule.records_after(records, evaluation)
     record(out, kid, "retired", now)
     return out
   end)
@@ -357,11 +304,157 @@ function M.activate(self, set, kid)
       return nil, entry.by_kid[kid].broken, entry.by_kid[kid].code
     end
     if evaluation.signer == kid then return NOTHING end
-    local out = lifecycle.records_after(records, evaluation)
+    local out = rule.records_after(records, evaluation)
     if evaluation.signer then record(out, evaluation.signer, "previous", now) end
     record(out, kid, "current", now)
     return out
   end)
+end
+
+-- A set's rotation policy: { recorded = the policy recorded with its states
+-- (nil: none yet), configured = this process's (nil: the set is not
+-- configured), effective = the one every process evaluates with }. With
+-- `settings` (any of period, prepublish, retain, destroy_after; false turns
+-- period or destroy_after off), records the effective policy changed by
+-- them, checked against the safety minimums of this process's
+-- configuration, and returns the same table after the write.
+function M.policy(self, set, settings)
+  local manager, entry, code = holder(self, set)
+  if not manager then return nil, entry, code end
+  local states, err
+  states, err, code = states_of(manager, set)
+  if not states then return nil, err, code end
+  local state
+  state, err, code = states:read(set)
+  if not state then return nil, err, code end
+  if settings then
+    local wanted = {}
+    for name, value in pairs(states:policy_of(set, state)) do wanted[name] = value end
+    for _, name in ipairs(policy_module.FIELDS) do
+      if settings[name] == false then wanted[name] = nil
+      elseif settings[name] ~= nil then wanted[name] = settings[name] end
+    end
+    local limits = self.policies and self.policies.limits or policy_module.DEFAULT_LIMITS
+    local policy
+    policy, err, code = policy_module.make(wanted, limits, string.format("key set '%s': ", set))
+    if not policy then return nil, err, code end
+    local changes
+    changes, err, code = update(self, set, function(records, evaluation)
+      return rule.records_after(records, evaluation)
+    end, policy)
+    if not changes then return nil, err, code end
+    state, err, code = states:read(set)
+    if not state then return nil, err, code end
+  end
+  return { recorded = state.policy, configured = states:configured(set), effective = states:policy_of(set, state) }
+end
+
+-- Rewrites a set's records whatever they hold now, on the operator's word:
+-- the repair of a set whose records cannot be read (ERR_KEY_STATES_CORRUPT).
+--   options.current  the kid that signs from now on (required)
+--   options.retire   kids to record as retired (unpublished)
+-- Every other key that may sign is recorded previous as of now (published,
+-- verifying the tokens it signed, unpublished after retain); keys marked
+-- retired on the key itself stay retired. Returns the records written as
+-- changes.
+function M.repair(self, set, options)
+  local manager, entry, code = holder(self, set)
+  if not manager then return nil, entry, code end
+  local states, err
+  states, err, code = states_of(manager, set)
+  if not states then return nil, err, code end
+  local current = options.current
+  local present, rule_options = lifecycle.present(entry)
+  local key = entry.by_kid[current]
+  if not key or not util.contains(present, current) then
+    return util.fail("ERR_KEY_NOT_FOUND", "key set '%s' has no signing key '%s' to make current", set, tostring(current))
+  end
+  if key.broken then return nil, key.broken, key.code end
+  if rule_options.marked[current] then
+    return util.fail("ERR_KEY_STATE", "key '%s' of set '%s' is marked retired on the key: it is not made current by a repair",
+      current, set)
+  end
+  local retire = {}
+  for _, kid in ipairs(options.retire or {}) do
+    if kid == current then
+      return util.fail("ERR_INVALID_ARGUMENT", "key '%s' cannot be both the current key and retired", kid)
+    end
+    retire[kid] = true
+  end
+  -- the recorded policy when the records are readable, else the configured one
+  local state = states:read(set)
+  local policy = state and state.policy or states:configured(set)
+  local now = states.now()
+  local records = {}
+  for _, kid in ipairs(present) do
+    local name = kid == current and "current" or ((retire[kid] or rule_options.marked[kid]) and "retired" or "previous")
+    records[kid] = { state = name, times = { [name] = now } }
+  end
+  local version
+  version, err, code = states:repair(set, records, policy)
+  manager:outdate(set)
+  if not version then return nil, err, code end
+  states.log("warn", string.format("key set '%s': key states rewritten by a repair (version %d), current key '%s'",
+    set, version, current))
+  return differences(set, {}, records)
+end
+
+-- Records a key this process just made (generate, startup generation) at
+-- once, so the first reader never guesses: in a set with no key that may
+-- sign it is the current key (any other unrecorded key, one another
+-- program added meanwhile, is next); otherwise it is next. kid nil: the
+-- set's only key (startup generation).
+function M.record_created(self, set, kid)
+  return update(self, set, function(records, evaluation, now, entry, policy, _, states)
+    if kid and records[kid] then return NOTHING end
+    if kid and not evaluation.keys[kid] then return NOTHING end -- not a signing key
+    if not evaluation.must_record and not evaluation.undecided then return NOTHING end
+    local seeded = {}
+    for k, r in pairs(records) do seeded[k] = r end
+    if kid then
+      local signs = false
+      for k in pairs(records) do
+        local key = evaluation.keys[k]
+        if key and (key.state == "current" or key.state == "next" or key.state == "previous") then signs = true end
+      end
+      if not signs then seeded[kid] = { state = "current", times = { current = now } } end
+    end
+    return rule.records_after(seeded, states:evaluate(entry, seeded, policy, now))
+  end)
+end
+
+-- What deleting a key would break, checked before `delete` (without force):
+-- the current key (the set's signer), a previous key still inside retain
+-- (tokens it signed would fail to verify) and a next key (the key clients
+-- are learning before it signs) are refused with ERR_KEY_STATE.
+function M.check_delete(self, set, kid)
+  local manager, entry, code = holder(self, set)
+  if not manager then return nil, entry, code end
+  local lc = entry.lifecycle
+  if not lc then return true end
+  if lc.refused then
+    return nil, string.format("%s; deleting a key is refused while the set's states cannot be read (force: --force)",
+      lc.refused[1]), lc.refused[2]
+  end
+  local key = lc.evaluation.keys[kid]
+  if not key then return true end
+  local now = lc.now()
+  local why
+  if key.state == "current" then
+    why = "it is the current key: the set's tokens are signed with it, and deleting it makes another key sign "
+      .. "at once, before clients may have cached it (rotate, or rotate --now, first)"
+  elseif key.state == "previous" and now < key.times.previous + lc.policy.retain then
+    why = string.format("it is a previous key inside retain: tokens it signed stay valid until %d and would "
+      .. "fail to verify (retire it after that, or wait)", math.floor(key.times.previous + lc.policy.retain))
+  elseif key.state == "next" then
+    why = "it is the next key, published for clients to learn before it signs: the set's next rotation "
+      .. "would lose its key (it signs at the end of prepublish)"
+  end
+  if why then
+    return util.fail("ERR_KEY_STATE", "key '%s' of set '%s' is not deleted: %s; pass --force (force = true) to "
+      .. "delete it anyway", kid, set, why)
+  end
+  return true
 end
 
 return M
