@@ -49,6 +49,12 @@ local keys_of = setmetatable({}, { __mode = "k" })
 
 local DEFAULT_JWT_OPTIONS = { typ = "JWT" }
 
+-- The key lifecycle's writes (jwkengine.lifecycle.writes) get the managers
+-- from here, and from nowhere else.
+local function lifecycle_of(engine)
+  return { keys = keys_of[engine], policies = engine.policies }
+end
+
 -- Every method that takes a set name or a kid checks them here first (see
 -- jwkengine.names): a wrong type raises, control characters are
 -- ERR_INVALID_ARGUMENT. kid_name is how the caller passed the kid ("kid",
@@ -469,11 +475,7 @@ function Engine:verify(set, token, options)
 end
 
 -- maintain, rotate, retire, activate, key_states, key_policy,
--- repair_states: the key lifecycle's writes (jwkengine.lifecycle.writes)
--- get the managers from here, and from nowhere else.
-local function lifecycle_of(engine)
-  return { keys = keys_of[engine], policies = engine.policies }
-end
+-- repair_states: the key lifecycle's writes (see lifecycle_of).
 
 function Engine:maintain(options) return lifecycle_writes.maintain(lifecycle_of(self), options) end
 function Engine:key_states(set) return lifecycle_writes.key_states(lifecycle_of(self), set) end

@@ -440,7 +440,9 @@ function M.check_delete(self, set, kid)
   if not key then return true end
   local now = lc.now()
   local why
-  if key.state == "current" then
+  -- the set's only key goes as the whole set would (an unguarded delete)
+  local alone = #lifecycle.present(entry) == 1
+  if key.state == "current" and not alone then
     why = "it is the current key: the set's tokens are signed with it, and deleting it makes another key sign "
       .. "at once, before clients may have cached it (rotate, or rotate --now, first)"
   elseif key.state == "previous" and now < key.times.previous + lc.policy.retain then
