@@ -171,6 +171,15 @@ int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
             jwke_fail(err, "C_SignInit: CKR_MECHANISM_INVALID (the token does not sign with %s, "
                       "which %s needs)", alg->sign_mechanism.name, alg->name);
             err->ckr = CKR_MECHANISM_INVALID; /* the message says more; the code stays the CKR */
+        } else if (err->ckr == CKR_KEY_FUNCTION_NOT_PERMITTED) {
+            /* CKA_SIGN went false since the load: another process retired
+             * the key on the token (jwke_p11_set_sign) */
+            char kid[2 * JWKE_MAX_ID_LEN + 3];
+            jwke_fail_code(err, "ERR_KEY_STATE", "C_SignInit: CKR_KEY_FUNCTION_NOT_PERMITTED: key "
+                           "'%s' is retired on the token (CKA_SIGN false) and never signs again; "
+                           "read the set again", jwke_p11_printable_kid(key->id, key->id_len, kid,
+                                                                       sizeof kid));
+            err->ckr = CKR_KEY_FUNCTION_NOT_PERMITTED;
         }
         return jwke_fail_in(err, "ERR_JWS_SIGN"); /* a vanished key, a hash that failed */
     }
