@@ -90,7 +90,7 @@ void jwke_open_token(lua_State *L);      /* adds env_is_set and the token classe
 struct jwke_p11_token **jwke_new_token_object(lua_State *L);
 void jwke_open_public_key(lua_State *L); /* adds public_key */
 /* adds generate_software_key, import_jwk, import_pem, aes_gcm_seal, aes_gcm_open,
- * aes_gcm_reseal, open_sealed_key */
+ * aes_gcm_reseal, open_sealed_key, sealed_key_mark */
 void jwke_open_software_key(lua_State *L);
 void jwke_open_jose(lua_State *L);
 void jwke_open_kept_secret(lua_State *L); /* adds keep_pin, keep_uri_pin, keep_secret, kept_secret, forget_* */

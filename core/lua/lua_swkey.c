@@ -201,6 +201,29 @@ static int l_aes_gcm_reseal(lua_State *L)
     return 1;
 }
 
+/* sealed_key_mark({secret, ...}, text, retired) -> text | nil, err, code:
+ * the row's JWK with key_ops ["verify"] (retired) or without key_ops,
+ * sealed with the first secret, the plaintext never in Lua (sealed_key.h). */
+static int l_sealed_key_mark(lua_State *L)
+{
+    sealed_args a;
+    check_sealed_args(L, &a);
+    jwke_error err;
+    if (lua_type(L, 3) != LUA_TBOOLEAN) {
+        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "sealed_key_mark takes a boolean, got %s",
+                       luaL_typename(L, 3));
+        return jwke_push_error(L, &err);
+    }
+    char *out;
+    size_t out_len;
+    if (jwke_sealed_key_mark(a.secrets, a.count, a.text, a.text_len, lua_toboolean(L, 3), &out,
+                             &out_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, out, out_len);
+    free(out);
+    return 1;
+}
+
 /* ---- methods --------------------------------------------------------- */
 
 static swkey_object *check_key(lua_State *L)
@@ -377,6 +400,7 @@ static const luaL_Reg functions[] = {
     {"aes_gcm_open", l_aes_gcm_open},
     {"aes_gcm_reseal", l_aes_gcm_reseal},
     {"open_sealed_key", l_open_sealed_key},
+    {"sealed_key_mark", l_sealed_key_mark},
     {NULL, NULL},
 };
 

@@ -411,6 +411,37 @@ static int l_key_public_key(lua_State *L)
     return 1;
 }
 
+/* key:retired() -> true when the pair is retired on the key itself (its
+ * private half's CKA_SIGN false, p11_keys.h) as it was loaded */
+static int l_key_retired(lua_State *L)
+{
+    lua_pushboolean(L, check_key(L)->key.retired);
+    return 1;
+}
+
+/* key:set_sign(allowed) -> objects changed | nil, err, code: writes CKA_SIGN
+ * on the pair's private half, found again by label and kid (this object's
+ * handle may be stale); ERR_KEY_MARK_REFUSED where the token will not. The
+ * object itself keeps what it loaded: load the set again to see the mark. */
+static int l_key_set_sign(lua_State *L)
+{
+    hsm_key_object *k = check_key(L);
+    jwke_error err;
+    if (lua_type(L, 2) != LUA_TBOOLEAN) {
+        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "set_sign takes a boolean, got %s",
+                       luaL_typename(L, 2));
+        return jwke_push_error(L, &err);
+    }
+    if (!k->owner->token) {
+        jwke_fail_code(&err, "ERR_CLOSED", "the engine that loaded this key is closed");
+        return jwke_push_error(L, &err);
+    }
+    size_t changed;
+    int rc = jwke_p11_set_sign(k->owner->token, k->key.label, k->key.label_len, k->key.id,
+                               k->key.id_len, lua_toboolean(L, 2), &changed, &err);
+    return jwke_push_count(L, rc, changed, &err);
+}
+
 /* key:public_jwk() -> the public JWK: kty, kid, use, alg and the key members */
 static int l_key_public_jwk(lua_State *L)
 {
@@ -467,6 +498,10 @@ static int signing_setup(lua_State *L, int alg_arg, void *signer, size_t *sig_ma
     if (k->key.use != JWKE_USE_SIG)
         return jwke_fail_code(err, "ERR_JWS_SIGN",
                               "key '%.*s' is an encryption key (use 'enc') and cannot sign",
+                              (int)k->key.id_len, (const char *)k->key.id);
+    if (k->key.retired)
+        return jwke_fail_code(err, "ERR_KEY_STATE",
+                              "key '%.*s' is retired on the token (CKA_SIGN false) and never signs",
                               (int)k->key.id_len, (const char *)k->key.id);
     s->key = k;
     s->alg = lua_isnoneornil(L, alg_arg) ? k->key.alg : jwke_check_alg(L, alg_arg);
@@ -544,6 +579,8 @@ static const luaL_Reg key_methods[] = {
     {"sign", l_key_sign},
     {"sign_compact", l_key_sign_compact},
     {"certificate", l_key_certificate},
+    {"retired", l_key_retired},
+    {"set_sign", l_key_set_sign},
     {"self_signed_certificate", l_key_self_signed_certificate},
     {NULL, NULL},
 };

@@ -140,7 +140,8 @@ function Manager:load(set, refresh)
   entry = { keys = {} }
   for i, object in ipairs(keys) do
     entry.keys[i] = { kid = object:kid(), alg = object:alg(), use = object:use(),
-      private = object:is_private(), object = object, jwk = object:public_jwk() }
+      private = object:is_private(), object = object, jwk = object:public_jwk(),
+      retired_mark = object:retired() or nil }
     self:warn_unprintable_kid(set, entry.keys[i].kid)
     self:report_certificate(set, object)
   end
@@ -274,6 +275,32 @@ function Manager:delete(set, kid)
       return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
     end
     return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
+  end
+  return true
+end
+
+-- Writes retirement on the key itself (retired true: the private half's
+-- CKA_SIGN false, so the token refuses to sign with it whatever the set's
+-- records say) or undoes it (false). ERR_KEY_MARK_REFUSED where the token
+-- will not change the attribute (logged: the records are all there is).
+function Manager:mark_retired(set, kid, retired)
+  if type(retired) ~= "boolean" then error("mark_retired takes a boolean", 2) end
+  local key, err, code = self:key_entry(set, kid)
+  if not key then return nil, err, code end
+  if key.use ~= "sig" then
+    return util.fail("ERR_KEY_USE", "key '%s' of HSM key set '%s' is an encryption key: it has no "
+      .. "signing state to mark", kid, set)
+  end
+  local changed
+  changed, err, code = self:drain(key.object:set_sign(not retired))
+  self:forget(set)
+  if not changed then
+    err = string.format("key set '%s' key '%s': %s", set, kid, err)
+    if code == "ERR_KEY_MARK_REFUSED" then self.log("warn", err) end
+    return nil, err, code
+  end
+  if changed == 0 then
+    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
   end
   return true
 end

@@ -37,6 +37,8 @@ local function prepare_by_state(entry, set, where)
   entry.signer, entry.signer_problem = nil, nil
   if signer and signer.broken then
     entry.signer_problem = { signer.broken, signer.code }
+  elseif signer and signer.retired_mark then
+    entry.signer_problem = { M.retired_on_key(signer, set), "ERR_KEY_STATE" }
   elseif signer then
     entry.signer = signer
   elseif evaluation.undecided then
@@ -50,9 +52,17 @@ local function prepare_by_state(entry, set, where)
   return entry
 end
 
+-- Retirement written on the key itself (CKA_SIGN false on the token, a row
+-- whose key_ops lacks sign: the managers set retired_mark) outranks any
+-- record: such a key never signs and is never published.
+function M.retired_on_key(key, set)
+  return string.format("key '%s' of key set '%s' is retired on the key itself and never signs "
+    .. "again (undo only with activate)", key.kid, set)
+end
+
 -- Whether a key is in the JWK Set and verifies: not when retired.
 local function published(key)
-  return key.state == nil or lifecycle.PUBLISHED[key.state]
+  return not key.retired_mark and (key.state == nil or lifecycle.PUBLISHED[key.state])
 end
 
 -- Re-evaluates the states once the clock passes the set's next state change:
@@ -77,7 +87,7 @@ function M.prepare(entry, set, where, choose)
   for _, key in ipairs(entry.keys) do
     if key.broken then
       if choose == "newest" and not signer then problem = { key.broken, key.code } end
-    elseif key.private and key.use == "sig" then
+    elseif key.private and key.use == "sig" and not key.retired_mark then
       if choose == "newest" then
         if not signer and not problem then signer = key end
       elseif signer then
@@ -117,6 +127,7 @@ function M.signing_key(entry, set, kid, where)
   if key.use ~= "sig" then
     return util.fail("ERR_KEY_USE", "key '%s' is an encryption key (use 'enc') and cannot sign", kid)
   end
+  if key.retired_mark then return nil, M.retired_on_key(key, set), "ERR_KEY_STATE" end
   if key.state and not lifecycle.SIGNS_BY_KID[key.state] then
     return util.fail("ERR_KEY_STATE", "key '%s' of key set '%s' is %s: only the current and previous keys sign",
       kid, set, key.state)
