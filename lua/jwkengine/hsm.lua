@@ -308,7 +308,9 @@ end
 -- Signs payload bytes as a compact JWS. options: kid, typ, alg.
 function Manager:sign(set, payload, options)
   local entry = self.sets[set]
-  if not entry then
+  -- outdated: this process wrote the set's states or keys since it loaded
+  -- it (a lifecycle write, a generation): read it again before signing
+  if not entry or entry.outdated then
     local err, code
     entry, err, code = self:load(set)
     if not entry then return nil, err, code end

@@ -50,12 +50,14 @@ M.RETRY = 5
 -- signer's). Public-only and encryption keys are always published and
 -- never sign. The second value is the rule's options: the keys marked
 -- retired on the key itself, and whether the order is the keys' age.
-function M.present(entry)
+-- except: a kid whose mark is not counted (rotate --now evaluates the
+-- records as they stood before it marked the key it replaces).
+function M.present(entry, except)
   local kids, marked = {}, {}
   for _, key in ipairs(entry.keys) do
     if key.broken or (key.private and key.use == "sig") then
       kids[#kids + 1] = key.kid
-      if key.retired_mark then marked[key.kid] = true end
+      if key.retired_mark and key.kid ~= except then marked[key.kid] = true end
     end
   end
   return kids, { marked = marked, newest_first = entry.newest_first }
@@ -116,10 +118,10 @@ function States:read(set) return self.backend:read(set) end
 function States:write(set, version, records, policy) return self.backend:write(set, version, records, policy) end
 function States:repair(set, records, policy) return self.backend:repair(set, records, policy) end
 
--- The rule over a loaded entry and a value.
-function States:evaluate(entry, records, policy, now)
-  local present, options = M.present(entry)
-  return rule.evaluate(records, present, policy, now, options)
+-- The rule over a loaded entry and a value. options.except: see present.
+function States:evaluate(entry, records, policy, now, options)
+  local present, rule_options = M.present(entry, options and options.except)
+  return rule.evaluate(records, present, policy, now, rule_options)
 end
 
 -- Reads a set's value, or the last good one when the read fails; nil, err,

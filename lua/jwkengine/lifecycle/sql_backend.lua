@@ -126,7 +126,9 @@ end
 
 -- Rewrites a set's row whatever it holds now (keys repair, after the
 -- operator confirmed which key signs), at a version above the one there
--- when that one is readable as a number. Returns the new version.
+-- when that one is readable as a number, and at least the Unix time (as on
+-- the token: above any version a running process may have read). Returns
+-- the new version.
 function Backend:repair(set, records, policy)
   local sid_sql, err, code = self.store:literal("set name", set)
   if not sid_sql then return nil, err, code end
@@ -136,6 +138,7 @@ function Backend:repair(set, records, policy)
     if not rows then return store_error("cannot read the key states of set '" .. set .. "'", qerr) end
     local top = rows[1] and tonumber(rows[1].version) or 0
     if not records_module.valid_version(top) or top >= records_module.MAX_VERSION then top = 0 end
+    top = math.max(top, os.time() - 1)
     local json, jerr, jcode = column(top + 1, records, policy)
     if not json then return nil, jerr, jcode end
     local records_sql

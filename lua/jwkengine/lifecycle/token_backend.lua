@@ -344,9 +344,12 @@ end
 -- Rewrites a set's states whatever the token holds now, unreadable objects
 -- included: the repair an operator runs (keys repair) after confirming
 -- which key signs. The new object is made first, at a version above every
--- version in sight (readable or claimed) and above what this process has
--- seen, so readers move to it at once and nobody meets an older view; then
--- every other state object it can name goes. An object the token cannot
+-- version in sight (readable or claimed) and at least the Unix time: the
+-- corrupt object may have hidden the version a running process last read,
+-- and a process that reads a lower version than it has seen takes it for
+-- a write in progress (above) and refuses. Writers count one a write, so
+-- no set reaches the time's value by writing. Readers move to the new
+-- object at once; then every other state object it can name goes. An object the token cannot
 -- hand over stays (it claims no version: readers skip it beside this one).
 function Backend:repair(set, records, policy)
   local found, err, code = self:find(M.APPLICATION, set)
@@ -361,6 +364,7 @@ function Backend:repair(set, records, policy)
       top = claimed
     end
   end
+  top = math.max(top, os.time() - 1)
   local state
   state, err, code = records_module.encode({ version = top + 1, writer = core.uuid(), records = records,
     policy = policy })

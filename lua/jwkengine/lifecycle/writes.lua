@@ -50,13 +50,46 @@ end
 
 local NOTHING = {}
 
+-- Marks a key retired on the key itself (retired true) or clears the mark
+-- (false), through the manager's mark_retired. A failure is logged here,
+-- but a token that cannot change the key (ERR_KEY_MARK_REFUSED), which
+-- the manager logs itself.
+local function mark(manager, set, kid, retired)
+  if not manager.mark_retired then return true end
+  local ok, err, code = manager:mark_retired(set, kid, retired)
+  if not ok then
+    local states = manager:lifecycle()
+    if states and code ~= "ERR_KEY_MARK_REFUSED" then
+      states.log(code == "ERR_KEY_MARK_REFUSED" and "warn" or "error", string.format(
+        "key set '%s': key '%s' %s on the key: %s (%s)", set, kid,
+        retired and "cannot be marked retired" or "keeps its retired mark", tostring(err), tostring(code)))
+    end
+    return nil, err, code
+  end
+  return true
+end
+
+-- The changes of a retirement whose mark the token refused: the retired
+-- key's change says marked = false and why, so the caller sees it.
+local function with_mark_refusal(changes, kid, marked, mark_err)
+  if marked then return changes end
+  for _, change in ipairs(changes) do
+    if change.kid == kid and change.to == "retired" then
+      change.marked, change.mark_error = false, mark_err
+    end
+  end
+  return changes
+end
+
 -- Reads, evaluates and writes a set's records until the write wins.
 --   modify(records, evaluation, now, entry, policy) -> new records, extra
 --          | NOTHING | nil, err, code
 -- Returns changes, extra, manager.
 --   policy_to_write: nil (keep the recorded one, or record the configured
 --          one for a set with none) or the policy to record
-local function update(engine, set, modify, policy_to_write)
+--   baseline: the records the changes are counted from (nil: the ones this
+--          write replaces; rotate --now counts from before its key existed)
+local function update(engine, set, modify, policy_to_write, baseline)
   for _ = 1, 8 do
     local manager, entry, code = holder(engine, set)
     if not manager then return nil, entry, code end
@@ -75,7 +108,7 @@ local function update(engine, set, modify, policy_to_write)
     local won
     won, err, code = states:write(set, state.version, records, policy_to_write or states:policy_to_record(set, state))
     manager:outdate(set)
-    if won then return differences(set, state.records, records), extra, manager end
+    if won then return differences(set, baseline or state.records, records), extra, manager end
     if won == nil then return nil, err, code end
   end
   return util.fail("ERR_STORE", "key set '%s': the key states kept changing under this write: try again", set)
@@ -146,6 +179,30 @@ local function generate_claimed(manager, set, alg, kid)
   return true
 end
 
+-- Marks on the key every key the records retire that is not marked yet: a
+-- scheduled retirement (previous -> retired when retain ends), a retire
+-- recorded by a process whose mark failed, a set retired before marks.
+-- The order is the records first, then the mark: a scheduled retirement
+-- takes effect by the rule at the second it falls due, in every process,
+-- with no write at all; the mark, written at the schedule's next run,
+-- makes it hold should the records be lost. A failure is logged and
+-- returned (the next run tries again), except a token that cannot mark.
+local function mark_retired_keys(engine, set)
+  local manager, entry, code = holder(engine, set)
+  if not manager then return nil, entry, code end
+  local lc = entry.lifecycle
+  if not lc or lc.refused or not manager.mark_retired then return true end
+  for _, key in ipairs(entry.keys) do
+    local state = lc.evaluation.keys[key.kid]
+    if state and state.state == "retired" and not key.retired_mark and not key.broken then
+      local ok, err
+      ok, err, code = mark(manager, set, key.kid, true)
+      if not ok and code ~= "ERR_KEY_MARK_REFUSED" then return nil, err, code end
+    end
+  end
+  return true
+end
+
 -- One set's schedule: record what the rule says happened, claim and make a
 -- next key when the period says so, destroy what destroy_after says.
 local function maintain_set(engine, set)
@@ -175,6 +232,8 @@ local function maintain_set(engine, set)
     local ok, err, code = manager:delete(set, kid)
     if not ok and code ~= "ERR_KEY_NOT_FOUND" then return nil, err, code end
   end
+  local ok, err, code = mark_retired_keys(engine, set)
+  if not ok then return nil, err, code end
   return changes
 end
 
@@ -248,48 +307,94 @@ function M.rotate(self, set, options)
   if not options.now then return rotate_next(self, set, options.alg) end
   local manager, entry, code = holder(self, set)
   if not manager then return nil, entry, code end
+  local lc = entry.lifecycle
+  if lc and lc.refused then return nil, lc.refused[1], lc.refused[2] end
+  local old = lc and lc.evaluation.signer
   local kid = core.uuid()
   -- made before it is recorded: a load in between sees it as next, which
   -- the write below then overrides
   local jwk, err
   jwk, err, code = manager:generate(set, new_key_alg(self, set, entry, options.alg), { kid = kid })
   if not jwk then return nil, err, code end
+  -- The order is security first: the old key is marked retired on the key
+  -- before the records say so. Should this process die between the two,
+  -- the old key already cannot sign (the rule and the token both refuse
+  -- it) and the new one, the only key that may sign, signs; the other
+  -- order would leave a window in which losing the records brings the old
+  -- key back. A mark that fails is logged and returned, never skipped.
+  local marked, mark_err, mark_code = true, nil, nil
+  if old then marked, mark_err, mark_code = mark(manager, set, old, true) end
+  if not marked and mark_code ~= "ERR_KEY_MARK_REFUSED" then return nil, mark_err, mark_code end
   local changes
-  changes, err, code = update(self, set, function(records, evaluation, now)
+  changes, err, code = update(self, set, function(records, _, now, current_entry, policy, _, states)
+    -- evaluated as the records stand, the old key not yet taken for
+    -- retired by its mark: it is the key this rotation replaces
+    local evaluation = states:evaluate(current_entry, records, policy, now, { except = old })
     if not evaluation.keys[kid] then
       return util.fail("ERR_KEY_NOT_FOUND", "key '%s' of set '%s' vanished after it was generated", kid, set)
     end
     local out = rule.records_after(records, evaluation)
-    if evaluation.signer and evaluation.signer ~= kid then record(out, evaluation.signer, "retired", now) end
+    for _, retiring in ipairs({ old, evaluation.signer }) do
+      if retiring ~= kid and out[retiring] and out[retiring].state ~= "retired" then
+        record(out, retiring, "retired", now)
+      end
+    end
     record(out, kid, "current", now)
     return out
-  end)
+  end, nil, lc and lc.records)
   if not changes then return nil, err, code end
-  return changes
+  return with_mark_refusal(changes, old, marked, mark_err)
 end
 
 -- Takes a key out of the JWK Set (kept; activate brings it back). The
--- current key is refused: the set would have no key to sign with.
+-- current key is refused: the set would have no key to sign with. Marked
+-- retired on the key first, then recorded (security first, as rotate
+-- --now); a mark that fails is returned before anything is recorded,
+-- unless the token cannot mark at all (ERR_KEY_MARK_REFUSED: logged, the
+-- records are all there is, and the change says marked = false).
 function M.retire(self, set, kid)
-  return update(self, set, function(records, evaluation, now)
-    local key = evaluation.keys[kid]
-    if not key then
+  local manager, entry, code = holder(self, set)
+  if not manager then return nil, entry, code end
+  local lc = entry.lifecycle
+  if lc and lc.refused then return nil, lc.refused[1], lc.refused[2] end
+  local key = lc and lc.evaluation.keys[kid]
+  if not key then
+    return util.fail("ERR_KEY_NOT_FOUND", "key set '%s' has no signing key '%s'", set, kid)
+  end
+  if lc.evaluation.signer == kid then
+    return util.fail("ERR_KEY_STATE",
+      "key '%s' is the current key of set '%s': retiring it would leave no key to sign with (rotate --now replaces it)",
+      kid, set)
+  end
+  local marked, mark_err, mark_code = true, nil, nil
+  if not entry.by_kid[kid].retired_mark then marked, mark_err, mark_code = mark(manager, set, kid, true) end
+  if not marked and mark_code ~= "ERR_KEY_MARK_REFUSED" then return nil, mark_err, mark_code end
+  local changes, err
+  changes, err, code = update(self, set, function(records, evaluation, now)
+    if not evaluation.keys[kid] then
       return util.fail("ERR_KEY_NOT_FOUND", "key set '%s' has no signing key '%s'", set, kid)
     end
-    if evaluation.signer == kid then
-      return util.fail("ERR_KEY_STATE",
-        "key '%s' is the current key of set '%s': retiring it would leave no key to sign with (rotate --now replaces it)",
-        kid, set)
-    end
-    if key.state == "retired" then return NOTHING end
+    if records[kid] and records[kid].state == "retired" then return NOTHING end
     local out = rule.records_after(records, evaluation)
-    record(out, kid, "retired", now)
+    if out[kid].state ~= "retired" then record(out, kid, "retired", now) end
     return out
   end)
+  if not changes then return nil, err, code end
+  return with_mark_refusal(changes, kid, marked, mark_err)
 end
 
--- Makes a key current at once; the current key becomes previous.
+-- Makes a key current at once; the current key becomes previous. A key
+-- marked retired on the key has its mark cleared first: when that fails,
+-- nothing is recorded (the key could not sign anyway).
 function M.activate(self, set, kid)
+  local manager, entry, code = holder(self, set)
+  if not manager then return nil, entry, code end
+  local held = entry.by_kid[kid]
+  if held and held.retired_mark then
+    local ok, err
+    ok, err, code = mark(manager, set, kid, false)
+    if not ok then return nil, err, code end
+  end
   return update(self, set, function(records, evaluation, now, entry)
     local key = evaluation.keys[kid]
     if not key then
