@@ -216,8 +216,9 @@ function Backend:current(set)
     end
   end
   return nil, string.format("key set '%s': its key states are being rewritten by another process "
-    .. "(this process knows of version %d, the token shows %s): read again later", set, seen,
-    version == 0 and "no state object" or "version " .. version), "ERR_STORE"
+    .. "(this process knows of version %d, the token shows %s): read again later; if it stays so, a writer "
+    .. "died there: `jwkengine keys repair %s --current KID` (README: Rotating keys)", set, seen,
+    version == 0 and "no state object" or "version " .. version, set), "ERR_STORE"
 end
 
 function Backend:read(set)
