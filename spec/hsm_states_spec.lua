@@ -84,18 +84,7 @@ local function worker_states(token, now, set)
   return by_kid, signing
 end
 
--- A token object of this process, for reading the data objects themselves.
-local function raw_token(token, library)
-  local module = assert(core.load_module(library or softhsm.LIBRARY))
-  for _, slot in ipairs(assert(module:slots())) do
-    if slot.label == token.label then
-      local t = assert(module:open_token(slot.id, { label = slot.label, serial = slot.serial }))
-      assert(t:login(token.pin))
-      return t
-    end
-  end
-  error("token not found: " .. token.label)
-end
+local raw_token = require("helpers.lifecycle").raw_token
 
 describe("key states on the token", function()
   local token

@@ -8,10 +8,10 @@
 -- paths (a raise in the middle of a write, a compare-and-swap lost at the
 -- destroy) leave the set as they found it. Injected clocks throughout.
 local cjson = require("cjson")
-local core = require("jwkengine.core")
 local token_backend = require("jwkengine.lifecycle.token_backend")
 local jwkengine = require("jwkengine")
 local cli = require("helpers.cli")
+local lifecycle_helpers = require("helpers.lifecycle")
 local softhsm = require("helpers.softhsm")
 
 local function open(token, clock, extra)
@@ -21,34 +21,7 @@ local function open(token, clock, extra)
   return assert(jwkengine.open(options))
 end
 
-local function signer(engine, set)
-  local jws, err, code = engine:sign(set, "x")
-  if not jws then return nil, err, code end
-  local _, header = assert(engine:verify(set, jws))
-  return header.kid
-end
-
-local function published(engine, set)
-  local jwks, err, code = engine:key_set(set)
-  if not jwks then return nil, err, code end
-  local kids = {}
-  for _, key in ipairs(jwks.keys) do kids[#kids + 1] = key.kid end
-  table.sort(kids)
-  return kids
-end
-
--- A token object of this process: "another process" on the token.
-local function raw_token(token)
-  local module = assert(core.load_module(softhsm.LIBRARY))
-  for _, slot in ipairs(assert(module:slots())) do
-    if slot.label == token.label then
-      local t = assert(module:open_token(slot.id, { label = slot.label, serial = slot.serial }))
-      assert(t:login(token.pin))
-      return t
-    end
-  end
-  error("token not found: " .. token.label)
-end
+local signer, published, raw_token = lifecycle_helpers.signer, lifecycle_helpers.published, lifecycle_helpers.raw_token
 
 local function state_objects(t, set)
   return assert(t:data_objects(token_backend.APPLICATION, set))

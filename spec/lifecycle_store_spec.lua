@@ -6,6 +6,7 @@
 -- retain.
 local cjson = require("cjson")
 local cli = require("helpers.cli")
+local lifecycle_helpers = require("helpers.lifecycle")
 local softhsm = require("helpers.softhsm")
 local store_module = require("jwkengine.store")
 local sql_backend = require("jwkengine.lifecycle.sql_backend")
@@ -22,21 +23,8 @@ local function open(dsn, clock, rotation, extra)
   return assert(stores.open_engine(dsn, SECRET, options))
 end
 
-local function signer(engine, set)
-  local jws, err, code = engine:sign(set or "rot", "x")
-  if not jws then return nil, err, code end
-  local _, header = assert(engine:verify(set or "rot", jws))
-  return header.kid
-end
-
-local function published(engine, set)
-  local jwks, err, code = engine:key_set(set or "rot")
-  if not jwks then return nil, err, code end
-  local kids = {}
-  for _, key in ipairs(jwks.keys) do kids[#kids + 1] = key.kid end
-  table.sort(kids)
-  return kids
-end
+local function signer(engine, set) return lifecycle_helpers.signer(engine, set or "rot") end
+local function published(engine, set) return lifecycle_helpers.published(engine, set or "rot") end
 
 local function states(engine, set)
   local by_kid = {}

@@ -162,7 +162,13 @@ describe("nginx: publication follows the key schedule", function()
         end
       end
 
-      -- A promotion changes no published key, yet the ETag changes.
+      -- A promotion changes no published key of its set, yet the ETag
+      -- changes. (The second set's keys come and go on their own schedule.)
+      local function own(kids)
+        local mine = {}
+        for _, kid in ipairs(kids) do if by_kid[kid] then mine[#mine + 1] = kid end end
+        return mine
+      end
       local promotions_seen = 0
       for _, s in ipairs(states) do
         local at = s.times.next and s.times.current
@@ -176,7 +182,7 @@ describe("nginx: publication follows the key schedule", function()
             promotions_seen = promotions_seen + 1
             for _, b in ipairs(before) do
               for _, a in ipairs(after) do
-                assert.are.same(b.kids, a.kids, "a promotion changed the published keys")
+                assert.are.same(own(b.kids), own(a.kids), "a promotion changed the published keys")
                 assert.are_not.equal(b.etag, a.etag, "the ETag did not change with the promotion at " .. at)
               end
             end

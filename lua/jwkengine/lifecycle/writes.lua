@@ -35,6 +35,17 @@ local function states_of(manager, set)
   return states
 end
 
+-- The manager holding a set, its entry and its states: manager, entry,
+-- states | nil, nil, nil, err, code.
+local function held_states(engine, set)
+  local manager, entry, code = holder(engine, set)
+  if not manager then return nil, nil, nil, entry, code end
+  local states, err
+  states, err, code = states_of(manager, set)
+  if not states then return nil, nil, nil, err, code end
+  return manager, entry, states
+end
+
 -- What differs between two record tables, as changes { set, kid, from, to, at }.
 local function differences(set, before, after)
   local changes = {}
@@ -424,10 +435,7 @@ end
 -- them, checked against the safety minimums of this process's
 -- configuration, and returns the same table after the write.
 function M.policy(self, set, settings)
-  local manager, entry, code = holder(self, set)
-  if not manager then return nil, entry, code end
-  local states, err
-  states, err, code = states_of(manager, set)
+  local _, _, states, err, code = held_states(self, set)
   if not states then return nil, err, code end
   local state
   state, err, code = states:read(set)
@@ -463,10 +471,7 @@ end
 -- retired on the key itself stay retired. Returns the records written as
 -- changes.
 function M.repair(self, set, options)
-  local manager, entry, code = holder(self, set)
-  if not manager then return nil, entry, code end
-  local states, err
-  states, err, code = states_of(manager, set)
+  local manager, entry, states, err, code = held_states(self, set)
   if not states then return nil, err, code end
   local current = options.current
   local present, rule_options = lifecycle.present(entry)
