@@ -20,6 +20,7 @@ M.STATES = { "next", "current", "previous", "retired", "destroyed" }
 local KNOWN_STATE = {}
 for _, state in ipairs(M.STATES) do KNOWN_STATE[state] = true end
 M.KNOWN_STATE = KNOWN_STATE
+M.STATES_TEXT = table.concat(M.STATES, ", ")
 
 -- Bounds: a set's value is read on every load, so it stays small. 4,096
 -- records is years of hourly rotation with every destroyed key's record
@@ -48,8 +49,9 @@ function M.valid_version(version)
 end
 
 local function check_record(kid, record)
-  if type(kid) ~= "string" or kid == "" or #kid > M.MAX_KID_BYTES then
-    return bad("a record's kid is not a non-empty string of at most %d bytes", M.MAX_KID_BYTES)
+  -- a token's CKA_ID may be empty or any bytes: only the length is bounded
+  if type(kid) ~= "string" or #kid > M.MAX_KID_BYTES then
+    return bad("a record's kid is not a string of at most %d bytes", M.MAX_KID_BYTES)
   end
   local shown = jwk.shown(kid)
   if type(record) ~= "table" then return bad("the record of '%s' is not an object", shown) end
@@ -67,7 +69,6 @@ local function check_record(kid, record)
   end
   return true
 end
-M.STATES_TEXT = table.concat(M.STATES, ", ")
 
 -- Checks a policy table (recorded, or about to be). nil is no policy.
 function M.validate_policy(policy)
