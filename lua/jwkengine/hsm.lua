@@ -125,18 +125,19 @@ function Manager:load(set, refresh)
   local entry = self.sets[set]
   if entry and not refresh then return entry end
   local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits))
-  local stale = self.outdated[set]
-  self.outdated[set] = nil
   if not keys then
     err = string.format("key set '%s': %s", set, err)
+    local stale = self.outdated[set]
     if stale and not refresh then
       -- read again on the next change or refresh, not per signature
+      self.outdated[set] = nil
       self.sets[set] = stale
       self.log("warn", err .. " (" .. tostring(code) .. "); the keys read before go on signing")
       return stale
     end
     return nil, err, code
   end
+  self.outdated[set] = nil
   if #keys == 0 then
     self.sets[set] = nil
     return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
