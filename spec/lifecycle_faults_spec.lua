@@ -319,6 +319,45 @@ describe("key state writes on the token leave the set as they found it", functio
   end)
 end)
 
+describe("key state objects the token cannot hand over", function()
+  local token
+  setup(function() token = softhsm.new_token("lclength") end)
+
+  -- data_objects as the binding answers for an object whose length the
+  -- token reports wrong (the 70,000-byte object): an entry with an error
+  -- and no value, beside the others
+  local function with_unreadable(t)
+    return proxy(t, { data_objects = function(_, application, label)
+      local found, err, code = t:data_objects(application, label)
+      if not found then return nil, err, code end
+      if application == token_backend.APPLICATION then
+        found[#found + 1] = { label = label, error = "CKA_VALUE is larger than its buffer (ERR_TOKEN_LENGTH)" }
+      end
+      return found
+    end })
+  end
+
+  it("skips it beside a readable object, and refuses the set when it is all there is", function()
+    local t = raw_token(token)
+    assert.is_true(token_backend.new(t, ""):write("long", 0, { a = { state = "current", times = { current = 1 } } }))
+    local logged = {}
+    local backend = token_backend.new(with_unreadable(t), "", function(_, line) logged[#logged + 1] = line end)
+    local value = assert(backend:read("long"))
+    assert.equals(1, value.version)
+    assert.equals("current", value.records.a.state)
+    assert.matches("ERR_TOKEN_LENGTH", table.concat(logged, "\n"), 1, true)
+    -- alone: nothing readable, so nothing to believe
+    for _, object in ipairs(state_objects(t, "long")) do
+      assert(t:destroy_data(token_backend.APPLICATION, "long", object.value))
+    end
+    local ok, none, err, code = pcall(backend.read, backend, "long")
+    assert.is_true(ok, tostring(none))
+    assert.is_nil(none)
+    assert.equals("ERR_KEY_STATES_CORRUPT", code, err)
+    t:close()
+  end)
+end)
+
 describe("keys that appear on the token", function()
   local token
   setup(function() token = softhsm.new_token("lcappear") end)
