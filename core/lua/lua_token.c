@@ -318,8 +318,14 @@ static int l_set_id(lua_State *L)
     return jwke_push_count(L, rc, changed, &err);
 }
 
-/* token:data_objects(application [, label]) -> { { label, value }, ... }
- * | nil, err: the data objects of an application (of one label, or all). */
+/* token:data_objects(application [, label]) -> objects [, unreadable]
+ * | nil, err, code: the data objects of an application (of one label, or
+ * all), objects = { { label = ..., value = ... }, ... }. An object that
+ * could not be read (too large for the bound, a length the token should
+ * not report, a sensitive value) does not fail the call: it is left out of
+ * `objects` and described in the second list, unreadable = { { error =
+ * message, code = code }, ... } (nil when every object was read), for the
+ * caller to log and skip. */
 static int l_data_objects(lua_State *L)
 {
     OPEN_TOKEN(t);
@@ -328,9 +334,11 @@ static int l_data_objects(lua_State *L)
     TEXT_ARG(2, "the application", application);
     OPTIONAL_STRING_ARG(3, "the label", label, label_len);
     jwke_p11_data *found;
-    size_t count;
+    jwke_error *unreadable;
+    size_t count, unreadable_count;
     jwke_error err;
-    if (jwke_p11_data_find(t->token, application, label, label_len, &found, &count, &err) != 0)
+    if (jwke_p11_data_find(t->token, application, label, label_len, &found, &count, &unreadable,
+                           &unreadable_count, &err) != 0)
         return jwke_push_error(L, &err);
     lua_createtable(L, (int)count, 0);
     for (size_t i = 0; i < count; i++) {
@@ -342,7 +350,19 @@ static int l_data_objects(lua_State *L)
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     jwke_p11_data_free(found, count);
-    return 1;
+    if (unreadable_count == 0)
+        return 1;
+    lua_createtable(L, (int)unreadable_count, 0);
+    for (size_t i = 0; i < unreadable_count; i++) {
+        lua_createtable(L, 0, 2);
+        jwke_push_error(L, &unreadable[i]); /* nil, message, code */
+        lua_setfield(L, -4, "code");
+        lua_setfield(L, -3, "error");
+        lua_pop(L, 1);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    free(unreadable);
+    return 2;
 }
 
 /* token:create_data(application, label, value) -> true | nil, err */
