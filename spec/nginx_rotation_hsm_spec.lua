@@ -6,7 +6,7 @@
 -- and never refetches on an unknown kid. Periods are seconds long.
 local cjson = require("cjson")
 local faults = require("helpers.faults")
-local hsm_states = require("jwkengine.hsm_states")
+local hsm_states = require("jwkengine.lifecycle.token_backend")
 local nginx = require("helpers.nginx")
 local softhsm = require("helpers.softhsm")
 local jwkengine = require("jwkengine")

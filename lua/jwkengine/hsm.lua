@@ -3,12 +3,12 @@
 -- A set name maps to CKA_LABEL = key_set_prefix .. set on both halves of each
 -- pair; the prefix never shows outside this file. Loaded sets are cached with
 -- their key objects (object handles and public keys) and their key states
--- (a data object under the same label, jwkengine.hsm_states), so signing
+-- (a data object under the same label, jwkengine.lifecycle.token_backend), so signing
 -- never searches the token; generate and delete refresh the set they touch.
 local config = require("jwkengine.config")
 local core = require("jwkengine.core")
 local jwk_module = require("jwkengine.jwk")
-local hsm_states = require("jwkengine.hsm_states")
+local token_backend = require("jwkengine.lifecycle.token_backend")
 local keyset = require("jwkengine.keyset")
 local key_rules = require("jwkengine.key_rules")
 local slots = require("jwkengine.slots")
@@ -26,8 +26,9 @@ local LIMITS = core.limits()
 --   hsm_config: the `hsm` table of jwkengine.config
 --   options.select_slot(slot_list, hsm_config) -> slot | nil, err: slot policy
 --   options.logger(level, message): where recoveries are logged
---   options.states: jwkengine.rotation.states without a backend (the
---     token's data objects are the backend, jwkengine.hsm_states)
+--   options.states: a jwkengine.lifecycle states object without a backend
+--     (the token's data objects are the backend,
+--     jwkengine.lifecycle.token_backend)
 function M.open(hsm_config, options)
   options = options or {}
   local ok, err, code = config.check_hsm(hsm_config)
@@ -77,10 +78,8 @@ function M.open(hsm_config, options)
   end
   local log = options.logger or function() end
   local prefix = hsm_config.key_set_prefix or ""
-  -- the lifecycle of each set (jwkengine.rotation.states), its records on
-  -- this token
-  local states = options.states and setmetatable({ backend = hsm_states.new(token, prefix, log) },
-    { __index = options.states })
+  -- the lifecycle of each set (jwkengine.lifecycle), its records on this token
+  local states = options.states and options.states:with_backend(token_backend.new(token, prefix, log))
   return setmetatable({
     token = token,
     slot = slot,
@@ -309,7 +308,9 @@ end
 -- Signs payload bytes as a compact JWS. options: kid, typ, alg.
 function Manager:sign(set, payload, options)
   local entry = self.sets[set]
-  if not entry then
+  -- outdated: this process wrote the set's states or keys since it loaded
+  -- it (a lifecycle write, a generation): read it again before signing
+  if not entry or entry.outdated then
     local err, code
     entry, err, code = self:load(set)
     if not entry then return nil, err, code end

@@ -7,7 +7,7 @@
 -- Everything the signing path needs is computed once per load, so signing a
 -- token costs one table lookup and one C call on top of the signature.
 local jws = require("jwkengine.jws")
-local lifecycle = require("jwkengine.lifecycle")
+local lifecycle = require("jwkengine.lifecycle.rule")
 local key_rules = require("jwkengine.key_rules")
 local util = require("jwkengine.util")
 local clock = require("jwkengine.metrics").clock
@@ -16,11 +16,19 @@ local M = {}
 
 local HEADER_COUNT = {} -- a table key: never equal to a caller's typ
 
--- With key states (see jwkengine.key_states): the rule's current key signs,
+-- With key states (see jwkengine.lifecycle): the rule's current key signs,
 -- and each key carries its state; keys outside the lifecycle (public-only,
--- encryption) have none and are always published.
+-- encryption) have none and are always published. A set whose records
+-- cannot be read (and none were read before) neither signs, publishes nor
+-- verifies: entry.refused is the error of all three.
 local function prepare_by_state(entry, set, where)
-  local evaluation = entry.lifecycle.evaluation
+  local lc = entry.lifecycle
+  entry.refused = lc.refused
+  if lc.refused then
+    entry.signer, entry.signer_problem = nil, lc.refused
+    return entry
+  end
+  local evaluation = lc.evaluation
   for _, key in ipairs(entry.keys) do
     local state = evaluation.keys[key.kid]
     key.state = state and state.state or nil
@@ -33,6 +41,10 @@ local function prepare_by_state(entry, set, where)
     entry.signer_problem = { M.retired_on_key(signer, set), "ERR_KEY_STATE" }
   elseif signer then
     entry.signer = signer
+  elseif evaluation.undecided then
+    entry.signer_problem = { string.format("%s key set '%s' has several keys and no record of which signs "
+      .. "(the token gives no order to choose by): name the signer with `jwkengine keys activate %s KID`",
+      where, set, set), "ERR_KEY_STATE" }
   else
     entry.signer_problem = { string.format("%s key set '%s' has no private signing key", where, set),
       "ERR_NO_SIGNING_KEY" }
@@ -99,6 +111,7 @@ end
 -- The key that signs: by kid, or the entry's default signer.
 function M.signing_key(entry, set, kid, where)
   current(entry)
+  if entry.refused then return nil, entry.refused[1], entry.refused[2] end
   if kid == nil then
     if entry.signer then return entry.signer end
     return nil, entry.signer_problem[1], entry.signer_problem[2]
@@ -162,6 +175,7 @@ end
 -- algorithms would otherwise reach jws.verify, which raises on it.
 function M.candidates(entry, set, where)
   local candidates = current(entry).candidates
+  if entry.refused then return nil, entry.refused[1], entry.refused[2] end
   if not candidates then
     candidates = { algorithms = {} }
     local seen, first_broken = {}, nil
@@ -189,6 +203,7 @@ end
 -- The public JWK Set, built once per load; broken rows make it an error.
 function M.jwks(entry)
   current(entry)
+  if entry.refused then return nil, entry.refused[1], entry.refused[2] end
   for _, key in ipairs(entry.keys) do
     if key.broken then return nil, key.broken, key.code end
   end
@@ -205,7 +220,7 @@ end
 -- A manager class names it as its base (setmetatable(Manager, { __index =
 -- keyset.Manager })) and provides load(set [, refresh]) -> entry (ending
 -- with self:loaded), `where` ("HSM" or "software", for messages), `sets`
--- (set -> entry) and `states` (jwkengine.rotation.states, or nil).
+-- (set -> entry) and `states` (a jwkengine.lifecycle states object, or nil).
 local Manager = {}
 M.Manager = Manager
 
@@ -268,16 +283,27 @@ function Manager:verification_keys(set)
 end
 
 -- Finishes loading a set: its kid index and signer (prepare; choose as
--- there), its key states when the manager keeps them (the entry it
--- replaces, if any, as key_states.attach's `previous`), and the cache.
+-- there), its key states when the manager keeps them, and the cache.
 function Manager:loaded(set, entry, choose)
   M.prepare(entry, set, self.where, choose)
-  if self.states then self.states:attach(entry, set, self.where, self.sets[set]) end
+  if self.states then self.states:attach(entry, set, self.where) end
   self.sets[set] = entry
   return entry
 end
 
 -- The set's public JWK Set read again now; on an error the cached set stays.
+-- The lifecycle's way into a manager (jwkengine.lifecycle.writes): its
+-- states object, and outdate(set) after a write. Nothing else of a
+-- manager is the lifecycle's business.
+function Manager:lifecycle()
+  return self.states
+end
+
+-- After this process changed a set: the next use reads it again.
+function Manager:outdate(set)
+  self.sets[set] = nil
+end
+
 function Manager:reload(set)
   local entry, err, code = self:load(set, true)
   if not entry then return nil, err, code end

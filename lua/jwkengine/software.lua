@@ -31,7 +31,7 @@ function M.new(store, secrets, options)
     secrets = secrets,
     cache_ttl = options.cache_ttl or 30,
     now = options.now or os.time,
-    states = options.states, -- jwkengine.rotation.states: the lifecycle of each set
+    states = options.states, -- jwkengine.lifecycle states: the lifecycle of each set
     log = options.logger or function() end,
     sets = {},
   }, Manager)
@@ -116,7 +116,8 @@ function Manager:load(set, refresh)
     self.sets[set] = nil
     return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found", set)
   end
-  entry = { keys = {}, loaded_at = self.now() }
+  -- rows come newest first (created_at): the lifecycle may rely on that
+  entry = { keys = {}, loaded_at = self.now(), newest_first = true }
   for i, row in ipairs(rows) do
     local key, kerr, kcode = self:open_row(row)
     entry.keys[i] = key or { kid = row.kid, broken = kerr, code = kcode }

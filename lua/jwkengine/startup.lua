@@ -7,8 +7,9 @@
 local M = {}
 
 -- keys: the engine's fallback manager (jwkengine.fallback); startup_sets:
--- { { set =, alg = }, ... }; log(level, message).
-function M.ensure_sets(keys, startup_sets, log)
+-- { { set =, alg = }, ... }; log(level, message); created(set): called for
+-- each set this call generated (the lifecycle records it).
+function M.ensure_sets(keys, startup_sets, log, created)
   for _, entry in ipairs(startup_sets) do
     local jwks, err, code = keys:key_set(entry.set)
     if not jwks then
@@ -23,6 +24,8 @@ function M.ensure_sets(keys, startup_sets, log)
       if result == "exists" then
         log("info", string.format("JSON Web Key Set '%s' was created by another instance meanwhile",
           entry.set))
+      elseif created then
+        created(entry.set)
       end
     end
   end
