@@ -8,7 +8,7 @@ PACKAGES="build-essential cmake pkg-config lua5.4 liblua5.4-dev libssl-dev opens
   libp11-kit-dev lua-cjson lua-yaml lua-busted lua-sql-sqlite3 lua-sql-postgres softhsm2 opensc
   postgresql python3 python3-jwcrypto python3-cryptography
   nginx libnginx-mod-http-lua libluajit2-5.1-dev luajit2 valgrind libnss3 libnss3-tools
-  p11-kit p11-kit-modules wrk luarocks python3-prometheus-client"
+  p11-kit p11-kit-modules wrk luarocks python3-prometheus-client python3-pykcs11"
 # Node.js (for the npm `jose` interop check) may come with the machine;
 # Debian's is used only when there is none.
 command -v npm >/dev/null 2>&1 || PACKAGES="$PACKAGES nodejs npm"

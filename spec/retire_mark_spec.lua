@@ -122,6 +122,20 @@ describe("retirement written on an HSM key (CKA_SIGN)", function()
     for _, kid in ipairs({ "a", "b", "r" }) do assert.is_true(manager:mark_retired("rm", kid, false)) end
   end)
 
+  it("a process that loaded the set before another retired its signer on the token reads it again", function()
+    assert(manager:generate("two", "ES256", { kid = "x" }))
+    assert(manager:generate("two", "ES256", { kid = "y" }))
+    assert.is_true(manager:mark_retired("two", "y", true))
+    local other = open_manager(token)
+    assert(other:sign("two", "p")) -- loaded: x signs
+    assert.is_true(manager:mark_retired("two", "y", false))
+    assert.is_true(manager:mark_retired("two", "x", true))
+    -- other's entry still names x; the token refuses it; other reads again
+    local jws = assert(other:sign("two", "p"))
+    assert.matches('"kid":"y"', core.b64url_decode(jws:match("^[^.]+")), 1, true)
+    other:close()
+  end)
+
   it("refuses what it cannot mark, by name", function()
     refused("ERR_KEY_NOT_FOUND", "zz", manager:mark_retired("rm", "zz", true))
     refused("ERR_KEY_USE", "encryption key", manager:mark_retired("enc", "e", true))

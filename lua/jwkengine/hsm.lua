@@ -325,6 +325,14 @@ function Manager:sign(set, payload, options)
     if not entry then return nil, err, code end
   end
   local jws, err, code = keyset.sign(entry, set, payload, options, "HSM", self.metrics)
+  -- The token refused a key the set's entry still lets sign: another
+  -- process retired it on the token (CKA_SIGN false, rotate --now) since
+  -- this one loaded the set. Read the set again and sign once more; only
+  -- on that failure, so signing costs nothing more.
+  if code == "ERR_KEY_STATE" and keyset.signing_key(entry, set, options and options.kid, "HSM") then
+    entry = self:load(set, true)
+    if entry then jws, err, code = keyset.sign(entry, set, payload, options, "HSM", self.metrics) end
+  end
   local events = self.token:events() -- nil unless a recovery happened
   if events then self:log_events(events) end
   return jws, err, code
