@@ -11,6 +11,7 @@ local cjson = require("cjson")
 local token_backend = require("jwkengine.lifecycle.token_backend")
 local jwkengine = require("jwkengine")
 local cli = require("helpers.cli")
+local jose = require("helpers.jose")
 local lifecycle_helpers = require("helpers.lifecycle")
 local softhsm = require("helpers.softhsm")
 
@@ -323,38 +324,34 @@ describe("key state objects the token cannot hand over", function()
   local token
   setup(function() token = softhsm.new_token("lclength") end)
 
-  -- data_objects as the binding answers for an object whose length the
-  -- token reports wrong (the 70,000-byte object): an entry with an error
-  -- and no value, beside the others
-  local function with_unreadable(t)
-    return proxy(t, { data_objects = function(_, application, label)
-      local found, err, code = t:data_objects(application, label)
-      if not found then return nil, err, code end
-      if application == token_backend.APPLICATION then
-        found[#found + 1] = { label = label, error = "CKA_VALUE is larger than its buffer (ERR_TOKEN_LENGTH)" }
-      end
-      return found
-    end })
+  -- A state object of `size` bytes under the set's label, made by another
+  -- program (PyKCS11: pkcs11-tool stops at 5000 bytes).
+  local function write_large(set, size)
+    local path = softhsm.tmpname()
+    softhsm.write_file(path, string.rep("z", size))
+    local out, ok = softhsm.run(string.format("%s spec/helpers/p11_other.py %s %s %s create %s %s %s",
+      jose.PYTHON, softhsm.LIBRARY, softhsm.quote(token.label), token.pin,
+      softhsm.quote(token_backend.APPLICATION), set, path))
+    os.remove(path)
+    assert(ok, out)
   end
 
-  it("skips it beside a readable object, and refuses the set when it is all there is", function()
-    local t = raw_token(token)
-    assert.is_true(token_backend.new(t, ""):write("long", 0, { a = { state = "current", times = { current = 1 } } }))
+  it("skips a 70,000-byte object beside the valid one, and refuses the set when it is all there is", function()
+    local new = emergency(token, "long", 1000)
+    write_large("long", 70000)
     local logged = {}
-    local backend = token_backend.new(with_unreadable(t), "", function(_, line) logged[#logged + 1] = line end)
-    local value = assert(backend:read("long"))
-    assert.equals(1, value.version)
-    assert.equals("current", value.records.a.state)
-    assert.matches("ERR_TOKEN_LENGTH", table.concat(logged, "\n"), 1, true)
-    -- alone: nothing readable, so nothing to believe
+    local engine = open(token, { t = 1100 }, { logger = function(_, line) logged[#logged + 1] = line end })
+    assert.equals(new, signer(engine, "long"))
+    assert.same({ new }, published(engine, "long"))
+    engine:close()
+    assert.matches("unreadable key state object beside version", table.concat(logged, "\n"), 1, true)
+    -- alone (the valid one gone): nothing readable, nothing believed
+    local t = raw_token(token)
     for _, object in ipairs(state_objects(t, "long")) do
       assert(t:destroy_data(token_backend.APPLICATION, "long", object.value))
     end
-    local ok, none, err, code = pcall(backend.read, backend, "long")
-    assert.is_true(ok, tostring(none))
-    assert.is_nil(none)
-    assert.equals("ERR_KEY_STATES_CORRUPT", code, err)
     t:close()
+    refuses(token, "long", "old", 1200)
   end)
 end)
 

@@ -6,7 +6,7 @@
 -- whole, never half-used. Nothing here raises on what it is given.
 --
 -- A value is
---   { version = integer >= 1,
+--   { version = integer from 1 to MAX_VERSION,
 --     records = { kid -> { state = one of STATES,
 --                          times = { state name -> finite seconds, ... } } },
 --     policy  = nil | { period, prepublish, retain, destroy_after } }
@@ -28,8 +28,10 @@ M.STATES_TEXT = table.concat(M.STATES, ", ")
 M.MAX_BYTES = 1024 * 1024
 M.MAX_RECORDS = 4096
 M.MAX_KID_BYTES = 1024
--- the largest integer a double holds exactly: version + 1 must be exact
-M.MAX_VERSION = 2 ^ 53 - 1
+-- The largest version written back exactly: lua-cjson writes numbers with
+-- 14 significant digits (Debian's refuses more), so a version of 15 digits
+-- would come back as another (fuzz_records found it).
+M.MAX_VERSION = 10 ^ 14 - 1
 
 local POLICY_FIELDS = { "period", "prepublish", "retain", "destroy_after" }
 M.POLICY_FIELDS = POLICY_FIELDS
@@ -99,7 +101,7 @@ end
 function M.validate(value)
   if type(value) ~= "table" then return bad("the value is not an object") end
   if not M.valid_version(value.version) then
-    return bad("the version is not an integer from 1 to 2^53-1")
+    return bad("the version is not an integer from 1 to 10^14-1")
   end
   local records = value.records
   if type(records) ~= "table" then return bad("'records' is not an object") end
