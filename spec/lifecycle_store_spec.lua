@@ -249,6 +249,30 @@ stores.describe_each("the lifecycle on the software store", function(database, b
     engine:close()
   end)
 
+  it("marks on the key what a scheduled retirement retired, and activate takes the mark off first", function()
+    local clock = { t = 1000 }
+    local unscheduled = { prepublish = ROTATION.prepublish, retain = ROTATION.retain } -- no new key made
+    local engine = open(database.dsn, clock, unscheduled)
+    assert(engine:generate("rot", "ES256", { kid = "a" }))
+    assert(engine:generate("rot", "ES256", { kid = "b" }))
+    clock.t = 1000 + ROTATION.prepublish + ROTATION.retain -- a: previous, then retired by the clock
+    assert(engine:maintain())
+    local a = states(engine).a
+    assert.equals("retired", a.state)
+    assert.is_true(a.retired_mark)
+    -- the records lost: the mark alone keeps it retired
+    sql(database.dsn, "DELETE FROM jwkengine_key_state")
+    local fresh = open(database.dsn, { t = clock.t }, unscheduled)
+    assert.equals("b", signer(fresh))
+    assert.same({ "b" }, published(fresh))
+    fresh:close()
+    engine:refresh("rot")
+    assert(engine:activate("rot", "a"))
+    assert.equals("a", signer(engine))
+    assert.is_nil(states(engine).a.retired_mark)
+    engine:close()
+  end)
+
   it("records a set the engine creates at creation, with the configured policy", function()
     local engine = open(database.dsn, { t = 1000 }, ROTATION, { startup = true })
     local value = recorded(database.dsn)
