@@ -84,18 +84,7 @@ local function worker_states(token, now, set)
   return by_kid, signing
 end
 
--- A token object of this process, for reading the data objects themselves.
-local function raw_token(token, library)
-  local module = assert(core.load_module(library or softhsm.LIBRARY))
-  for _, slot in ipairs(assert(module:slots())) do
-    if slot.label == token.label then
-      local t = assert(module:open_token(slot.id, { label = slot.label, serial = slot.serial }))
-      assert(t:login(token.pin))
-      return t
-    end
-  end
-  error("token not found: " .. token.label)
-end
+local raw_token = require("helpers.lifecycle").raw_token
 
 describe("key states on the token", function()
   local token
@@ -449,7 +438,11 @@ describe("key states through a failing token", function()
     assert(engine:generate("g", "ES256", { kid = "one" }))
     assert.equals("one", signer(engine, "g"))
     faults.set({ lengths = "C_GetAttributeValue:CKA_VALUE=buffer+1" })
-    refused("ERR_TOKEN_LENGTH", "CKA_VALUE is larger than 65536 bytes", engine:retire("g", "one"))
+    -- the object the token cannot hand over is named, and nothing is written
+    -- over it (the binding reports it beside the others: the set's only
+    -- state object unreadable is unreadable records)
+    local err = refused("ERR_KEY_STATES_CORRUPT", "CKA_VALUE is larger than 65536 bytes", engine:rotate("g"))
+    assert.matches("ERR_TOKEN_LENGTH", err, 1, true)
     faults.set({})
     engine:close()
   end)

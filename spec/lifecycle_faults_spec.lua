@@ -8,10 +8,11 @@
 -- paths (a raise in the middle of a write, a compare-and-swap lost at the
 -- destroy) leave the set as they found it. Injected clocks throughout.
 local cjson = require("cjson")
-local core = require("jwkengine.core")
 local token_backend = require("jwkengine.lifecycle.token_backend")
 local jwkengine = require("jwkengine")
 local cli = require("helpers.cli")
+local jose = require("helpers.jose")
+local lifecycle_helpers = require("helpers.lifecycle")
 local softhsm = require("helpers.softhsm")
 
 local function open(token, clock, extra)
@@ -21,34 +22,7 @@ local function open(token, clock, extra)
   return assert(jwkengine.open(options))
 end
 
-local function signer(engine, set)
-  local jws, err, code = engine:sign(set, "x")
-  if not jws then return nil, err, code end
-  local _, header = assert(engine:verify(set, jws))
-  return header.kid
-end
-
-local function published(engine, set)
-  local jwks, err, code = engine:key_set(set)
-  if not jwks then return nil, err, code end
-  local kids = {}
-  for _, key in ipairs(jwks.keys) do kids[#kids + 1] = key.kid end
-  table.sort(kids)
-  return kids
-end
-
--- A token object of this process: "another process" on the token.
-local function raw_token(token)
-  local module = assert(core.load_module(softhsm.LIBRARY))
-  for _, slot in ipairs(assert(module:slots())) do
-    if slot.label == token.label then
-      local t = assert(module:open_token(slot.id, { label = slot.label, serial = slot.serial }))
-      assert(t:login(token.pin))
-      return t
-    end
-  end
-  error("token not found: " .. token.label)
-end
+local signer, published, raw_token = lifecycle_helpers.signer, lifecycle_helpers.published, lifecycle_helpers.raw_token
 
 local function state_objects(t, set)
   return assert(t:data_objects(token_backend.APPLICATION, set))
@@ -343,6 +317,41 @@ describe("key state writes on the token leave the set as they found it", functio
     assert.is_false(destroyed)
     assert.equals(before, state_objects(t, "undo")[1].value)
     t:close()
+  end)
+end)
+
+describe("key state objects the token cannot hand over", function()
+  local token
+  setup(function() token = softhsm.new_token("lclength") end)
+
+  -- A state object of `size` bytes under the set's label, made by another
+  -- program (PyKCS11: pkcs11-tool stops at 5000 bytes).
+  local function write_large(set, size)
+    local path = softhsm.tmpname()
+    softhsm.write_file(path, string.rep("z", size))
+    local out, ok = softhsm.run(string.format("%s spec/helpers/p11_other.py %s %s %s create %s %s %s",
+      jose.PYTHON, softhsm.LIBRARY, softhsm.quote(token.label), token.pin,
+      softhsm.quote(token_backend.APPLICATION), set, path))
+    os.remove(path)
+    assert(ok, out)
+  end
+
+  it("skips a 70,000-byte object beside the valid one, and refuses the set when it is all there is", function()
+    local new = emergency(token, "long", 1000)
+    write_large("long", 70000)
+    local logged = {}
+    local engine = open(token, { t = 1100 }, { logger = function(_, line) logged[#logged + 1] = line end })
+    assert.equals(new, signer(engine, "long"))
+    assert.same({ new }, published(engine, "long"))
+    engine:close()
+    assert.matches("unreadable key state object beside version", table.concat(logged, "\n"), 1, true)
+    -- alone (the valid one gone): nothing readable, nothing believed
+    local t = raw_token(token)
+    for _, object in ipairs(state_objects(t, "long")) do
+      assert(t:destroy_data(token_backend.APPLICATION, "long", object.value))
+    end
+    t:close()
+    refuses(token, "long", "old", 1200)
   end)
 end)
 

@@ -90,6 +90,7 @@ function M.open(hsm_config, options)
     prefix = prefix,
     min_rsa_bits = hsm_config.min_rsa_bits or LIMITS.hsm_min_rsa_bits,
     sets = {},
+    outdated = {}, -- set -> the entry outdate took out of sets (see outdate)
   }, Manager)
 end
 
@@ -122,17 +123,21 @@ end
 -- (remembered for a while by jwkengine.fallback, which asks here first).
 function Manager:load(set, refresh)
   local entry = self.sets[set]
-  if entry and not refresh and not entry.outdated then return entry end
+  if entry and not refresh then return entry end
   local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits))
   if not keys then
     err = string.format("key set '%s': %s", set, err)
-    if entry and entry.outdated and not refresh then
-      entry.outdated = nil -- read again on the next change or refresh, not per signature
+    local stale = self.outdated[set]
+    if stale and not refresh then
+      -- read again on the next change or refresh, not per signature
+      self.outdated[set] = nil
+      self.sets[set] = stale
       self.log("warn", err .. " (" .. tostring(code) .. "); the keys read before go on signing")
-      return entry
+      return stale
     end
     return nil, err, code
   end
+  self.outdated[set] = nil
   if #keys == 0 then
     self.sets[set] = nil
     return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
@@ -191,6 +196,7 @@ end
 
 function Manager:forget(set)
   self.sets[set] = nil
+  self.outdated[set] = nil
 end
 
 -- After this process changed a set (generated a key, recorded key states),
@@ -198,9 +204,14 @@ end
 -- token again, and when that read fails (another process making or
 -- renaming a pair shows one half of it for a moment) signs with the keys it
 -- had instead of failing the request. Engine:refresh forgets outright.
+-- The entry waits in `outdated` rather than `sets`, so the signing path's
+-- one lookup (sets[set]) finds nothing and loads.
 function Manager:outdate(set)
   local entry = self.sets[set]
-  if entry then entry.outdated = true end
+  if entry then
+    self.outdated[set] = entry
+    self.sets[set] = nil
+  end
 end
 
 -- The public JWK of one pair, read by label and CKA_ID: a generation costs
@@ -308,9 +319,7 @@ end
 -- Signs payload bytes as a compact JWS. options: kid, typ, alg.
 function Manager:sign(set, payload, options)
   local entry = self.sets[set]
-  -- outdated: this process wrote the set's states or keys since it loaded
-  -- it (a lifecycle write, a generation): read it again before signing
-  if not entry or entry.outdated then
+  if not entry then
     local err, code
     entry, err, code = self:load(set)
     if not entry then return nil, err, code end
@@ -348,7 +357,7 @@ function Manager:generate_if_missing(set, alg)
 end
 
 function Manager:close()
-  self.sets = {}
+  self.sets, self.outdated = {}, {}
   if self.token then self.token:close() end
 end
 

@@ -111,11 +111,12 @@ end
 -- The key that signs: by kid, or the entry's default signer.
 function M.signing_key(entry, set, kid, where)
   current(entry)
-  if entry.refused then return nil, entry.refused[1], entry.refused[2] end
   if kid == nil then
+    -- a refusing entry has no signer: its problem is the refusal
     if entry.signer then return entry.signer end
     return nil, entry.signer_problem[1], entry.signer_problem[2]
   end
+  if entry.refused then return nil, entry.refused[1], entry.refused[2] end
   local key = entry.by_kid[kid]
   if not key then
     return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in %s key set '%s'", kid, where, set)

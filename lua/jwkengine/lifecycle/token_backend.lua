@@ -104,13 +104,15 @@ local function newer(a, b)
   return a.version > b.version or (a.version == b.version and a.raw < b.raw)
 end
 
--- The set's data objects of one application (its states, or its marker).
+-- The set's data objects of one application (its states, or its marker):
+-- the ones read, and those the token could not hand over ({ error, code }:
+-- a value too large, a length no buffer holds), nil when none.
 function Backend:find(application, set)
-  local found, err, code = self.token:data_objects(application, self.prefix .. set)
+  local found, unreadable, code = self.token:data_objects(application, self.prefix .. set)
   if not found then
-    return nil, string.format("key set '%s': reading its key states from the token: %s", set, err), code
+    return nil, string.format("key set '%s': reading its key states from the token: %s", set, unreadable), code
   end
-  return found
+  return found, unreadable
 end
 
 local function corrupt(set, why)
@@ -122,9 +124,12 @@ end
 -- The set's readable state objects and the newest of them; an error when
 -- an unreadable one may be newer (see the top of this file).
 function Backend:objects(set)
-  local found, err, code = self:find(M.APPLICATION, set)
-  if not found then return nil, err, code end
+  local found, missed, code = self:find(M.APPLICATION, set)
+  if not found then return nil, missed, code end
   local objects, newest, unreadable = {}, nil, {}
+  for _, object in ipairs(missed or {}) do
+    unreadable[#unreadable + 1] = { why = string.format("%s (%s)", tostring(object.error), tostring(object.code)) }
+  end
   for _, object in ipairs(found) do
     local value, why
     if type(object.value) == "string" then
@@ -216,8 +221,9 @@ function Backend:current(set)
     end
   end
   return nil, string.format("key set '%s': its key states are being rewritten by another process "
-    .. "(this process knows of version %d, the token shows %s): read again later", set, seen,
-    version == 0 and "no state object" or "version " .. version), "ERR_STORE"
+    .. "(this process knows of version %d, the token shows %s): read again later; if it stays so, a writer "
+    .. "died there: `jwkengine keys repair %s --current KID` (README: Rotating keys)", set, seen,
+    version == 0 and "no state object" or "version " .. version, set), "ERR_STORE"
 end
 
 function Backend:read(set)

@@ -35,6 +35,23 @@ local function states_of(manager, set)
   return states
 end
 
+-- The manager holding a set, its entry and its states: manager, entry,
+-- states | nil, nil, nil, err, code.
+local function held_states(engine, set)
+  local manager, entry, code = holder(engine, set)
+  if not manager then return nil, nil, nil, entry, code end
+  local states, err
+  states, err, code = states_of(manager, set)
+  if not states then return nil, nil, nil, err, code end
+  return manager, entry, states
+end
+
+-- The changes of an update, without what it returns for its callers here.
+local function changes_only(changes, err, code)
+  if not changes then return nil, err, code end
+  return changes
+end
+
 -- What differs between two record tables, as changes { set, kid, from, to, at }.
 local function differences(set, before, after)
   local changes = {}
@@ -60,7 +77,7 @@ local function mark(manager, set, kid, retired)
   if not ok then
     local states = manager:lifecycle()
     if states and code ~= "ERR_KEY_MARK_REFUSED" then
-      states.log(code == "ERR_KEY_MARK_REFUSED" and "warn" or "error", string.format(
+      states.log("error", string.format(
         "key set '%s': key '%s' %s on the key: %s (%s)", set, kid,
         retired and "cannot be marked retired" or "keeps its retired mark", tostring(err), tostring(code)))
     end
@@ -82,8 +99,9 @@ local function with_mark_refusal(changes, kid, marked, mark_err)
 end
 
 -- Reads, evaluates and writes a set's records until the write wins.
---   modify(records, evaluation, now, entry, policy) -> new records, extra
---          | NOTHING | nil, err, code
+--   modify(records, evaluation, now, entry, policy, value, states)
+--          -> new records, extra | NOTHING | nil, err, code
+--          (value: what was read, { version, records, policy })
 -- Returns changes, extra, manager.
 --   policy_to_write: nil (keep the recorded one, or record the configured
 --          one for a set with none) or the policy to record
@@ -91,10 +109,7 @@ end
 --          write replaces; rotate --now counts from before its key existed)
 local function update(engine, set, modify, policy_to_write, baseline)
   for _ = 1, 8 do
-    local manager, entry, code = holder(engine, set)
-    if not manager then return nil, entry, code end
-    local states, err
-    states, err, code = states_of(manager, set)
+    local manager, entry, states, err, code = held_states(engine, set)
     if not states then return nil, err, code end
     local state
     state, err, code = states:read(set)
@@ -389,31 +404,30 @@ end
 function M.activate(self, set, kid)
   local manager, entry, code = holder(self, set)
   if not manager then return nil, entry, code end
-  local held = entry.by_kid[kid]
-  if held and held.retired_mark then
+  local marked = entry.by_kid[kid]
+  if marked and marked.retired_mark then
     local ok, err
     ok, err, code = mark(manager, set, kid, false)
     if not ok then return nil, err, code end
   end
-  return update(self, set, function(records, evaluation, now, entry)
+  return changes_only(update(self, set, function(records, evaluation, now, current_entry)
     local key = evaluation.keys[kid]
     if not key then
-      local held = entry.by_kid[kid]
+      local held = current_entry.by_kid[kid]
       if held then
         return util.fail("ERR_KEY_USE", "key '%s' of set '%s' cannot sign (public-only or an encryption key)",
           kid, set)
       end
       return util.fail("ERR_KEY_NOT_FOUND", "key set '%s' has no key '%s'", set, kid)
     end
-    if entry.by_kid[kid].broken then
-      return nil, entry.by_kid[kid].broken, entry.by_kid[kid].code
-    end
+    local held = current_entry.by_kid[kid]
+    if held.broken then return nil, held.broken, held.code end
     if evaluation.signer == kid then return NOTHING end
     local out = rule.records_after(records, evaluation)
     if evaluation.signer then record(out, evaluation.signer, "previous", now) end
     record(out, kid, "current", now)
     return out
-  end)
+  end))
 end
 
 -- A set's rotation policy: { recorded = the policy recorded with its states
@@ -424,10 +438,7 @@ end
 -- them, checked against the safety minimums of this process's
 -- configuration, and returns the same table after the write.
 function M.policy(self, set, settings)
-  local manager, entry, code = holder(self, set)
-  if not manager then return nil, entry, code end
-  local states, err
-  states, err, code = states_of(manager, set)
+  local _, _, states, err, code = held_states(self, set)
   if not states then return nil, err, code end
   local state
   state, err, code = states:read(set)
@@ -463,10 +474,7 @@ end
 -- retired on the key itself stay retired. Returns the records written as
 -- changes.
 function M.repair(self, set, options)
-  local manager, entry, code = holder(self, set)
-  if not manager then return nil, entry, code end
-  local states, err
-  states, err, code = states_of(manager, set)
+  local manager, entry, states, err, code = held_states(self, set)
   if not states then return nil, err, code end
   local current = options.current
   local present, rule_options = lifecycle.present(entry)
@@ -510,7 +518,7 @@ end
 -- program added meanwhile, is next); otherwise it is next. kid nil: the
 -- set's only key (startup generation).
 function M.record_created(self, set, kid)
-  return update(self, set, function(records, evaluation, now, entry, policy, _, states)
+  return changes_only(update(self, set, function(records, evaluation, now, entry, policy, _, states)
     if kid and records[kid] then return NOTHING end
     if kid and not evaluation.keys[kid] then return NOTHING end -- not a signing key
     if not evaluation.must_record and not evaluation.undecided then return NOTHING end
@@ -525,7 +533,7 @@ function M.record_created(self, set, kid)
       if not signs then seeded[kid] = { state = "current", times = { current = now } } end
     end
     return rule.records_after(seeded, states:evaluate(entry, seeded, policy, now))
-  end)
+  end))
 end
 
 -- What deleting a key would break, checked before `delete` (without force):
