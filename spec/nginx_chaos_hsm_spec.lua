@@ -36,17 +36,7 @@ local function config_tail()
   }, "\n")
 end
 
--- SoftHSM fails a login that overlaps another process's: a tool or the
--- CLI started while nginx's workers refresh may need another try.
-local function retried(action)
-  local result, err
-  for _ = 1, 20 do
-    result, err = action()
-    if result then return result end
-    nginx.sleep(0.2)
-  end
-  error(err)
-end
+local retried = nginx.retried
 
 local function other_process(token, args)
   return retried(function()
