@@ -30,6 +30,16 @@ static int copy_text(const char *name, const char *value, size_t len, char *out,
     return 0;
 }
 
+/* Adds a member as written to a JSON object being built after its '{'
+ * (sized by the caller to hold it). */
+static void append_member(char *json, size_t *len, const char *member, size_t member_len)
+{
+    if (*len > 1)
+        json[(*len)++] = ',';
+    memcpy(json + *len, member, member_len);
+    *len += member_len;
+}
+
 static int visit_member(void *ctx, const char *name, size_t name_len, const char *member,
                         size_t member_len, const char *value, size_t value_len, jwke_error *err)
 {
@@ -55,10 +65,7 @@ static int visit_member(void *ctx, const char *name, size_t name_len, const char
     if (jwke_jwk_member_is_private(name, name_len))
         return 0;
     /* public_json was sized to the plaintext: the members it keeps fit */
-    if (o->public_len > 1)
-        o->public_json[o->public_len++] = ',';
-    memcpy(o->public_json + o->public_len, member, member_len);
-    o->public_len += member_len;
+    append_member(o->public_json, &o->public_len, member, member_len);
     return 0;
 }
 
@@ -105,7 +112,7 @@ done:
 }
 
 typedef struct marking {
-    unsigned char *json; /* '{' then the members kept, comma-separated */
+    char *json; /* '{' then the members kept, comma-separated */
     size_t len;
 } marking;
 
@@ -116,10 +123,7 @@ static int keep_member(void *ctx, const char *name, size_t name_len, const char 
     marking *m = ctx;
     if (is_named(name, name_len, "key_ops"))
         return 0;
-    if (m->len > 1)
-        m->json[m->len++] = ',';
-    memcpy(m->json + m->len, member, member_len);
-    m->len += member_len;
+    append_member(m->json, &m->len, member, member_len);
     return 0;
 }
 
@@ -146,14 +150,10 @@ int jwke_sealed_key_mark(const jwke_secret *secrets, size_t count, const char *t
         jwke_fail_in(err, "ERR_KEY_INVALID");
         goto done;
     }
-    if (retired) {
-        if (m.len > 1)
-            m.json[m.len++] = ',';
-        memcpy(m.json + m.len, retired_ops, sizeof retired_ops - 1);
-        m.len += sizeof retired_ops - 1;
-    }
+    if (retired)
+        append_member(m.json, &m.len, retired_ops, sizeof retired_ops - 1);
     m.json[m.len++] = '}';
-    rc = jwke_aesgcm_seal(secrets[0].data, secrets[0].len, m.json, m.len, out, out_len, err);
+    rc = jwke_aesgcm_seal(secrets[0].data, secrets[0].len, (const unsigned char *)m.json, m.len, out, out_len, err);
     if (rc != 0)
         jwke_fail_in(err, "ERR_KEY_ENCRYPT");
 done:
