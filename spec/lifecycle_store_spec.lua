@@ -153,6 +153,20 @@ stores.describe_each("the lifecycle on the software store", function(database, b
     assert.equals(500, shown.effective.prepublish)
     assert.equals(2000, shown.configured.prepublish)
     for _, engine in ipairs({ a, b, c }) do engine:close() end
+    -- a process whose own minimums are above the recorded policy says so
+    -- once, and follows it all the same
+    logged = {}
+    local d = open(database.dsn, { t = 2400 }, false, { publication = { max_age = 1000 },
+      logger = function(_, line) logged[#logged + 1] = line end })
+    local before = signer(d)
+    d:refresh("rot")
+    assert.equals(before, signer(d))
+    local unsafe = 0
+    for _, line in ipairs(logged) do
+      if line:find("below this process's safety minimums", 1, true) then unsafe = unsafe + 1 end
+    end
+    assert.equals(1, unsafe, table.concat(logged, "\n"))
+    d:close()
   end)
 
   it("shows and sets the policy from the CLI", function()

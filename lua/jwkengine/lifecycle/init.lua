@@ -93,6 +93,19 @@ function States:policy_of(set, value)
   local configured = self:configured(set)
   local recorded = value and value.policy
   if recorded then
+    local limits = self.policies and self.policies.limits
+    local minimum = limits and policy_module.minimums(limits)
+    if minimum and (recorded.prepublish < minimum.prepublish or recorded.retain < minimum.retain) then
+      local said = "unsafe " .. policy_module.describe(recorded)
+      if self.differs[set .. "\0unsafe"] ~= said then
+        self.differs[set .. "\0unsafe"] = said
+        self.log("warn", string.format("key set '%s': the rotation policy recorded with its states (%s) is "
+          .. "below this process's safety minimums (prepublish %d s, retain %d s: its publication and tokens "
+          .. "settings); it rules all the same, so every process agrees: raise it with `jwkengine keys policy "
+          .. "%s --prepublish N --retain N`", set, policy_module.describe(recorded), minimum.prepublish,
+          minimum.retain, set))
+      end
+    end
     if configured and not policy_module.same(configured, recorded) then
       local said = policy_module.describe(configured) .. " | " .. policy_module.describe(recorded)
       if self.differs[set] ~= said then
