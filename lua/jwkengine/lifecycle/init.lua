@@ -127,6 +127,14 @@ function States:policy_to_record(set, value)
   return value.policy or self:configured(set)
 end
 
+-- Forgets what this process read of a set (its last good version, what it
+-- said about it): the set is gone (deleted here, or found with no key), so
+-- one made again under its name starts its versions afresh.
+function States:forget(set)
+  self.good[set], self.failing[set], self.differs[set] = nil, nil, nil
+  if self.backend and self.backend.forget then self.backend:forget(set) end
+end
+
 -- The set's value, from the backend; a version below the last good one
 -- this process read is an error (see value), for writes as for reads.
 function States:read(set)

@@ -395,6 +395,13 @@ function Backend:repair(set, records, policy)
   return top + 1
 end
 
+-- Forgets the version this process saw of a set and its marker: the set
+-- was deleted (its data objects go with its keys), so a set made again
+-- under the name starts at version 1 without being taken for a rewrite.
+function Backend:forget(set)
+  self.seen[set], self.marked[set] = nil, nil
+end
+
 function Backend:sets()
   local found, err, code = self.token:data_objects(M.APPLICATION)
   if not found then return nil, "reading key states from the token: " .. tostring(err), code end
