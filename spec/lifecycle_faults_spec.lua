@@ -407,5 +407,16 @@ describe("keys that appear on the token", function()
     for _, key in ipairs(assert(engine:key_states("legacy"))) do states[key.kid] = key.state end
     assert.same({ p1 = "next", p2 = "current" }, states)
     engine:close()
+    -- retiring one of several undecided pairs records it, and decides nothing else
+    for _, kid in ipairs({ "q1", "q2", "q3" }) do
+      assert(softhsm.pkcs11_tool_ok(token, "--login --keypairgen --key-type EC:prime256v1 --usage-sign"
+        .. " --label legacy2 --id " .. softhsm.hex(kid)))
+    end
+    engine = open(token, { t = 1000 })
+    assert(engine:retire("legacy2", "q1"))
+    local _, _, code2 = engine:sign("legacy2", "x")
+    assert.equals("ERR_KEY_STATE", code2)
+    assert.same({ "q2", "q3" }, published(engine, "legacy2"))
+    engine:close()
   end)
 end)

@@ -396,7 +396,7 @@ function M.retire(self, set, kid)
     end
     if records[kid] and records[kid].state == "retired" then return NOTHING end
     local out = rule.records_after(records, evaluation)
-    if out[kid].state ~= "retired" then record(out, kid, "retired", now) end
+    if not out[kid] or out[kid].state ~= "retired" then record(out, kid, "retired", now) end
     return out
   end)
   if not changes then return nil, err, code end
