@@ -431,6 +431,22 @@ describe("key states through a failing token", function()
     engine:close()
   end)
 
+  it("retires a key of a set with no signer on a token that refuses the mark, in the records alone", function()
+    for _, kid in ipairs({ "u1", "u2", "u3" }) do
+      assert(softhsm.pkcs11_tool_ok(token, "--login --keypairgen --key-type EC:prime256v1 --usage-sign"
+        .. " --label undecided --id " .. softhsm.hex(kid)))
+    end
+    local engine = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
+      startup = false, now = function() return 1000 end }))
+    faults.set({ faults = "C_SetAttributeValue:CKR_ATTRIBUTE_READ_ONLY" })
+    local changes = assert(engine:retire("undecided", "u1"))
+    faults.set({})
+    assert.equals("retired", changes[1].to)
+    assert.is_false(changes[1].marked)
+    assert.equals("retired", states_of(engine, "undecided").u1.state)
+    engine:close()
+  end)
+
   -- The marker is made before version 1: when version 1 then cannot be
   -- made, a marker left alone would refuse the set to every reader and
   -- writer until removed by hand.
