@@ -83,11 +83,33 @@ typedef struct data_object {
 typedef CK_RV (*data_visit)(void *ctx, jwke_p11_token *token, CK_SESSION_HANDLE session,
                             const data_object *object, const char **function, jwke_error *err);
 
+/* Told why one object could not be read (the walk goes on unless it
+ * answers other than CKR_OK). */
+typedef CK_RV (*data_unreadable)(void *ctx, const jwke_error *why, jwke_error *err);
+
+/* Whether read_data's answer is about that one object (its size, its
+ * attributes), not the session or the token: the walk skips such an object. */
+static int object_unreadable(CK_RV rv, const jwke_error *err)
+{
+    switch (rv) {
+    case JWKE_OP_FAILED:
+        return err->code && strcmp(err->code, JWKE_ERR_TOKEN_LENGTH) == 0;
+    case CKR_BUFFER_TOO_SMALL:
+    case CKR_ATTRIBUTE_SENSITIVE:
+    case CKR_ATTRIBUTE_TYPE_INVALID:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 /* Visits every data object the search finds on `session`; one destroyed
- * since the search (a writer superseded it) is skipped. A visit that
- * answers other than CKR_OK ends the walk with that answer. */
+ * since the search (a writer superseded it) is skipped, one that cannot be
+ * read is told to `unreadable` (NULL: skipped quietly) and skipped. A visit
+ * that answers other than CKR_OK ends the walk with that answer. */
 static CK_RV each_data(jwke_p11_token *token, CK_SESSION_HANDLE session, const data_search *search,
-                       data_visit visit, void *ctx, const char **function, jwke_error *err)
+                       data_visit visit, data_unreadable unreadable, void *ctx,
+                       const char **function, jwke_error *err)
 {
     CK_OBJECT_HANDLE *handles = NULL;
     size_t n = 0;
@@ -109,6 +131,13 @@ static CK_RV each_data(jwke_p11_token *token, CK_SESSION_HANDLE session, const d
             rv = CKR_OK;
             continue;
         }
+        if (object_unreadable(rv, err)) {
+            jwke_error why = *err;
+            if (rv != JWKE_OP_FAILED)
+                jwke_fail_ckr(&why, "C_GetAttributeValue", rv);
+            rv = unreadable ? unreadable(ctx, &why, err) : CKR_OK;
+            continue;
+        }
         if (rv == CKR_OK) {
             data_object object = {handles[i], label, label_len, value, value_len};
             rv = visit(ctx, token, session, &object, function, err);
@@ -123,7 +152,23 @@ typedef struct find_context {
     data_search search;
     jwke_p11_data *found;
     size_t count;
+    jwke_error *unreadable;
+    size_t unreadable_count;
 } find_context;
+
+/* Keeps why one object could not be read. */
+static CK_RV keep_unreadable(void *ctx, const jwke_error *why, jwke_error *err)
+{
+    find_context *c = ctx;
+    jwke_error *grown = realloc(c->unreadable, (c->unreadable_count + 1) * sizeof *grown);
+    if (!grown) {
+        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory reading data objects");
+        return JWKE_OP_FAILED;
+    }
+    c->unreadable = grown;
+    c->unreadable[c->unreadable_count++] = *why;
+    return CKR_OK;
+}
 
 /* Keeps a copy of one object. */
 static CK_RV keep_data(void *ctx, jwke_p11_token *token, CK_SESSION_HANDLE session,
@@ -160,19 +205,26 @@ static CK_RV find_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
     jwke_p11_data_free(c->found, c->count); /* from a failed first attempt */
     c->found = NULL;
     c->count = 0;
-    return each_data(token, session, &c->search, keep_data, c, function, err);
+    free(c->unreadable);
+    c->unreadable = NULL;
+    c->unreadable_count = 0;
+    return each_data(token, session, &c->search, keep_data, keep_unreadable, c, function, err);
 }
 
 int jwke_p11_data_find(jwke_p11_token *token, const char *application, const char *label,
-                       size_t label_len, jwke_p11_data **found, size_t *count, jwke_error *err)
+                       size_t label_len, jwke_p11_data **found, size_t *count,
+                       jwke_error **unreadable, size_t *unreadable_count, jwke_error *err)
 {
-    find_context c = {{application, label, label_len}, NULL, 0};
+    find_context c = {{application, label, label_len}, NULL, 0, NULL, 0};
     if (jwke_p11_run(token, find_op, &c, err) != 0) {
         jwke_p11_data_free(c.found, c.count);
+        free(c.unreadable);
         return -1;
     }
     *found = c.found;
     *count = c.count;
+    *unreadable = c.unreadable;
+    *unreadable_count = c.unreadable_count;
     return 0;
 }
 
@@ -247,7 +299,8 @@ static CK_RV destroy_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *
                         const char **function, jwke_error *err)
 {
     destroy_context *c = ctx;
-    return each_data(token, session, &c->search, destroy_matching, c, function, err);
+    /* an object too large to read cannot hold a value this wrote */
+    return each_data(token, session, &c->search, destroy_matching, NULL, c, function, err);
 }
 
 int jwke_p11_data_destroy(jwke_p11_token *token, const char *application, const char *label,

@@ -27,10 +27,17 @@ typedef struct jwke_p11_data {
 
 /* Every data object of `application` (and labelled `label`, when label is
  * not NULL), with its label and value. An object destroyed by another
- * process between the search and the read is left out. Free with
+ * process between the search and the read is left out. One that cannot be
+ * read (a value over JWKE_DATA_VALUE_MAX, a length no buffer holds,
+ * CKR_ATTRIBUTE_SENSITIVE, ...) does not fail the others: it is left out
+ * of `found` and its reason goes to *unreadable (malloc'd, *unreadable_count
+ * entries, NULL when none; free with free()), so one oversized object
+ * another process wrote beside a set's records cannot hide them. A failed
+ * search or session fails the whole call. Free `found` with
  * jwke_p11_data_free. */
 int jwke_p11_data_find(jwke_p11_token *token, const char *application, const char *label,
-                       size_t label_len, jwke_p11_data **found, size_t *count, jwke_error *err);
+                       size_t label_len, jwke_p11_data **found, size_t *count,
+                       jwke_error **unreadable, size_t *unreadable_count, jwke_error *err);
 
 /* Creates one data object (CKA_TOKEN, CKA_PRIVATE true). */
 int jwke_p11_data_create(jwke_p11_token *token, const char *application, const char *label,

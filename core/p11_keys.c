@@ -313,8 +313,8 @@ int jwke_p11_delete(jwke_p11_token *token, const char *label, size_t label_len,
     return result;
 }
 
-static CK_RV set_id(jwke_p11_token *token, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE handle,
-                    void *arg)
+static CK_RV set_attribute(jwke_p11_token *token, CK_SESSION_HANDLE session,
+                           CK_OBJECT_HANDLE handle, void *arg)
 {
     return jwke_p11_token_functions(token)->C_SetAttributeValue(session, handle, arg, 1);
 }
@@ -331,9 +331,48 @@ int jwke_p11_set_id(jwke_p11_token *token, const char *label, size_t label_len,
         {CKA_ID, (void *)old_id, (CK_ULONG)old_id_len},
     };
     CK_ATTRIBUTE id = {CKA_ID, (void *)new_id, (CK_ULONG)new_id_len};
-    each_object_context c = {search, 2, "C_SetAttributeValue", set_id, &id, 0};
+    each_object_context c = {search, 2, "C_SetAttributeValue", set_attribute, &id, 0};
     int result = jwke_p11_run(token, each_object_op, &c, err);
     *changed = c.done;
     jwke_p11_token_objects_changed(token); /* cached handles are stale */
+    return result;
+}
+int jwke_p11_set_sign(jwke_p11_token *token, const char *label, size_t label_len,
+                      const unsigned char *id, size_t id_len, int allowed, size_t *changed,
+                      jwke_error *err)
+{
+    CK_OBJECT_CLASS private_class = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE search[] = {
+        {CKA_CLASS, &private_class, sizeof private_class},
+        {CKA_LABEL, (void *)label, (CK_ULONG)label_len},
+        {CKA_ID, (void *)id, (CK_ULONG)id_len},
+    };
+    CK_BBOOL value = allowed ? CK_TRUE : CK_FALSE;
+    CK_ATTRIBUTE sign = {CKA_SIGN, &value, sizeof value};
+    each_object_context c = {search, 3, "C_SetAttributeValue", set_attribute, &sign, 0};
+    int result = jwke_p11_run(token, each_object_op, &c, err);
+    *changed = c.done;
+    jwke_p11_token_objects_changed(token); /* loaded keys' retired flags are stale */
+    if (result != 0) {
+        switch (err->ckr) {
+        case CKR_ATTRIBUTE_READ_ONLY:
+        case CKR_ACTION_PROHIBITED:
+        case CKR_ATTRIBUTE_VALUE_INVALID:
+        case CKR_ATTRIBUTE_TYPE_INVALID:
+        case CKR_TEMPLATE_INCONSISTENT:
+        case CKR_FUNCTION_NOT_SUPPORTED: {
+            CK_RV refused = err->ckr;
+            jwke_fail_code(err, "ERR_KEY_MARK_REFUSED",
+                           "token '%s' refused to set CKA_SIGN %s on a private key "
+                           "(C_SetAttributeValue: %s): the key's state lives in the set's "
+                           "records only on this token", jwke_p11_token_label(token),
+                           allowed ? "true" : "false", jwke_ckr_name(refused));
+            err->ckr = refused;
+            break;
+        }
+        default:
+            break;
+        }
+    }
     return result;
 }

@@ -25,6 +25,11 @@ typedef struct jwke_p11_key {
     unsigned object_epoch;             /* token object epoch of the handles */
     const jwke_alg *alg;               /* RS256, ES256, ES384, ES512 or EdDSA */
     enum jwke_key_use use;
+    /* Retired on the key itself: a signing pair whose private half has
+     * CKA_SIGN false (and, RSA, CKA_DECRYPT false). It keeps use sig and is
+     * loaded, but never signs and is never published, and the token itself
+     * refuses C_SignInit on it (jwke_p11_set_sign). */
+    int retired;
     int bits;                          /* RSA modulus size */
     EVP_PKEY *public_key;              /* built from the public half */
     unsigned char *certificate;        /* DER of the pair's X.509 certificate (p11_cert.h), or NULL */
@@ -63,6 +68,16 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
 int jwke_p11_set_id(jwke_p11_token *token, const char *label, size_t label_len,
                     const unsigned char *old_id, size_t old_id_len, const unsigned char *new_id,
                     size_t new_id_len, size_t *changed, jwke_error *err);
+
+/* Sets CKA_SIGN to `allowed` on the private half of the pair (label, id):
+ * how retirement is written on the key itself, so that it holds whatever
+ * happens to the set's records (false), and how activation undoes it
+ * (true). *changed is how many private objects took it (0: no such pair).
+ * A token that will not change the attribute (CKR_ATTRIBUTE_READ_ONLY,
+ * CKR_ACTION_PROHIBITED, ...) fails with ERR_KEY_MARK_REFUSED. */
+int jwke_p11_set_sign(jwke_p11_token *token, const char *label, size_t label_len,
+                      const unsigned char *id, size_t id_len, int allowed, size_t *changed,
+                      jwke_error *err);
 
 /* Destroys every object labelled `label` (and with CKA_ID `id`, when id is
  * not NULL). *destroyed is how many objects went. */

@@ -248,6 +248,8 @@ static int map_pair(const object_attributes *priv, const object_attributes *pub,
             key->use = JWKE_USE_SIG;
         else if (can_decrypt)
             key->use = JWKE_USE_ENC;
+        else if (present(priv, A_SIGN))
+            key->use = JWKE_USE_SIG, key->retired = 1; /* jwke_p11_set_sign's mark */
         else
             return jwke_fail(err, "key '%s': private key has neither CKA_SIGN nor CKA_DECRYPT set, "
                              "so it is unusable", kid);
@@ -280,8 +282,10 @@ static int map_pair(const object_attributes *priv, const object_attributes *pub,
         if (!key->public_key)
             return jwke_fail(err, "key '%s': %s", kid, why.message);
         key->alg = curve;
-        /* EC and Edwards keys cannot decrypt: they are signing keys. */
+        /* EC and Edwards keys cannot decrypt: they are signing keys, retired
+         * on the key when CKA_SIGN reads false (jwke_p11_set_sign). */
         key->use = JWKE_USE_SIG;
+        key->retired = present(priv, A_SIGN) && !priv->sign;
         return 0;
     }
     default:

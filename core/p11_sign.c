@@ -8,6 +8,7 @@
 
 #include <openssl/crypto.h>
 
+#include "ckr_names.h"
 #include "evp_sig.h"
 #include "p11_map.h"
 
@@ -21,7 +22,23 @@ typedef struct sign_context {
     size_t sig_size;     /* the caller's buffer */
     size_t expected_len; /* what the algorithm and key make */
     CK_ULONG sig_len;
+    int retired; /* C_SignInit refused a key whose CKA_SIGN reads false */
 } sign_context;
+
+/* Whether the token refused C_SignInit because the key is retired on the
+ * key (jwke_p11_set_sign): SoftHSM answers CKR_KEY_FUNCTION_NOT_PERMITTED,
+ * NSS softokn CKR_KEY_TYPE_INCONSISTENT; CKA_SIGN reading false is what
+ * tells it from a genuine mismatch. Read only after such a refusal. */
+static int refused_as_retired(CK_FUNCTION_LIST_PTR fn, CK_SESSION_HANDLE session,
+                              CK_OBJECT_HANDLE handle, CK_RV rv)
+{
+    if (rv != CKR_KEY_FUNCTION_NOT_PERMITTED && rv != CKR_KEY_TYPE_INCONSISTENT)
+        return 0;
+    CK_BBOOL sign = CK_TRUE;
+    CK_ATTRIBUTE attribute = {CKA_SIGN, &sign, sizeof sign};
+    return fn->C_GetAttributeValue(session, handle, &attribute, 1) == CKR_OK &&
+           attribute.ulValueLen == sizeof sign && sign == CK_FALSE;
+}
 
 /* Finds the private half again by label and id (after a fork, a device
  * reset or CKR_OBJECT_HANDLE_INVALID). */
@@ -65,10 +82,12 @@ static CK_RV sign_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
             return rv;
     }
     *function = "C_SignInit";
-    CK_RV rv = fn->C_SignInit(session, c->mechanism,
-                              __atomic_load_n(&c->key->private_handle, __ATOMIC_RELAXED));
-    if (rv != CKR_OK)
+    CK_OBJECT_HANDLE private_handle = __atomic_load_n(&c->key->private_handle, __ATOMIC_RELAXED);
+    CK_RV rv = fn->C_SignInit(session, c->mechanism, private_handle);
+    if (rv != CKR_OK) {
+        c->retired = refused_as_retired(fn, session, private_handle, rv);
         return rv;
+    }
     *function = "C_Sign";
     c->sig_len = (CK_ULONG)c->sig_size; /* a failed first attempt may have changed it */
     rv = fn->C_Sign(session, (CK_BYTE_PTR)c->data, (CK_ULONG)c->data_len, c->sig, &c->sig_len);
@@ -168,12 +187,22 @@ int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
     if (jwke_p11_prepare_sign(alg, input, input_len, &prepared, err) != 0)
         return jwke_fail_in(err, "ERR_JWS_SIGN");
     sign_context c = {key, alg, &prepared.mechanism, prepared.data, prepared.data_len, sig,
-                      *sig_len, expected_len, 0};
+                      *sig_len, expected_len, 0, 0};
     if (jwke_p11_run(token, sign_op, &c, err) != 0) {
         if (err->ckr == CKR_MECHANISM_INVALID) {
             jwke_fail(err, "C_SignInit: CKR_MECHANISM_INVALID (the token does not sign with %s, "
                       "which %s needs)", alg->sign_mechanism.name, alg->name);
             err->ckr = CKR_MECHANISM_INVALID; /* the message says more; the code stays the CKR */
+        } else if (c.retired) {
+            /* CKA_SIGN went false since the load: another process retired
+             * the key on the token (jwke_p11_set_sign) */
+            CK_RV refused = err->ckr;
+            char kid[2 * JWKE_MAX_ID_LEN + 3];
+            jwke_fail_code(err, "ERR_KEY_STATE", "C_SignInit: %s: key '%s' is retired on the token "
+                           "(CKA_SIGN false) and never signs again; read the set again",
+                           jwke_ckr_name(refused),
+                           jwke_p11_printable_kid(key->id, key->id_len, kid, sizeof kid));
+            err->ckr = refused;
         }
         return jwke_fail_in(err, "ERR_JWS_SIGN"); /* a vanished key, a hash that failed */
     }

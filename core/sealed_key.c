@@ -30,6 +30,16 @@ static int copy_text(const char *name, const char *value, size_t len, char *out,
     return 0;
 }
 
+/* Adds a member as written to a JSON object being built after its '{'
+ * (sized by the caller to hold it). */
+static void append_member(char *json, size_t *len, const char *member, size_t member_len)
+{
+    if (*len > 1)
+        json[(*len)++] = ',';
+    memcpy(json + *len, member, member_len);
+    *len += member_len;
+}
+
 static int visit_member(void *ctx, const char *name, size_t name_len, const char *member,
                         size_t member_len, const char *value, size_t value_len, jwke_error *err)
 {
@@ -55,10 +65,7 @@ static int visit_member(void *ctx, const char *name, size_t name_len, const char
     if (jwke_jwk_member_is_private(name, name_len))
         return 0;
     /* public_json was sized to the plaintext: the members it keeps fit */
-    if (o->public_len > 1)
-        o->public_json[o->public_len++] = ',';
-    memcpy(o->public_json + o->public_len, member, member_len);
-    o->public_len += member_len;
+    append_member(o->public_json, &o->public_len, member, member_len);
     return 0;
 }
 
@@ -100,6 +107,58 @@ int jwke_sealed_key_open(const jwke_secret *secrets, size_t count, const char *t
 done:
     jwke_jwk_members_clear(&o.members);
     free(o.public_json); /* public members only */
+    jwke_aesgcm_free(plaintext, plaintext_len);
+    return rc;
+}
+
+typedef struct marking {
+    char *json; /* '{' then the members kept, comma-separated */
+    size_t len;
+} marking;
+
+static int keep_member(void *ctx, const char *name, size_t name_len, const char *member,
+                       size_t member_len, const char *value, size_t value_len, jwke_error *err)
+{
+    (void)value, (void)value_len, (void)err;
+    marking *m = ctx;
+    if (is_named(name, name_len, "key_ops"))
+        return 0;
+    append_member(m->json, &m->len, member, member_len);
+    return 0;
+}
+
+int jwke_sealed_key_mark(const jwke_secret *secrets, size_t count, const char *text,
+                         size_t text_len, int retired, char **out, size_t *out_len,
+                         jwke_error *err)
+{
+    static const char retired_ops[] = "\"key_ops\":[\"verify\"]";
+    unsigned char *plaintext;
+    size_t plaintext_len, used;
+    if (jwke_aesgcm_open(secrets, count, text, text_len, &plaintext, &plaintext_len, &used,
+                         err) != 0)
+        return jwke_fail_in(err, "ERR_KEY_DECRYPT");
+    /* '{' members ',' key_ops '}': never longer than the plaintext and these */
+    size_t capacity = plaintext_len + sizeof retired_ops + 3;
+    marking m = {malloc(capacity), 0};
+    int rc = -1;
+    if (!m.json) {
+        jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory marking a key");
+        goto done;
+    }
+    m.json[m.len++] = '{';
+    if (jwke_json_members((const char *)plaintext, plaintext_len, keep_member, &m, err) != 0) {
+        jwke_fail_in(err, "ERR_KEY_INVALID");
+        goto done;
+    }
+    if (retired)
+        append_member(m.json, &m.len, retired_ops, sizeof retired_ops - 1);
+    m.json[m.len++] = '}';
+    rc = jwke_aesgcm_seal(secrets[0].data, secrets[0].len, (const unsigned char *)m.json, m.len, out, out_len, err);
+    if (rc != 0)
+        jwke_fail_in(err, "ERR_KEY_ENCRYPT");
+done:
+    if (m.json)
+        OPENSSL_clear_free(m.json, capacity);
     jwke_aesgcm_free(plaintext, plaintext_len);
     return rc;
 }

@@ -23,7 +23,7 @@ if [ "${1:-}" = "--build-only" ]; then
   shift
 fi
 SECONDS_EACH=${JWKE_FUZZ_SECONDS:-20}
-TARGETS=${*:-"b64url jws jwk ec p11_map pem x509"}
+TARGETS=${*:-"b64url jws jwk ec p11_map pem x509 records"}
 BUILD=build-fuzz
 
 # clang and its libFuzzer/sanitizer runtimes (Debian 12: clang 14).

@@ -14,7 +14,9 @@ local USAGE = [[
 usage: jwkengine keys COMMAND ...    (from a checkout: build/jwkengine scripts/keys.lua COMMAND ...)
   get SET                                     print the set's public JWK Set
   create SET ALG [--use sig|enc] [--kid KID]  generate a key pair, print its public JWK
-  delete SET [KID]                            delete one key, or the whole set
+  delete SET [KID] [--force]                  delete one key, or the whole set; a key the lifecycle
+                                              still needs (current, previous inside retain, next) only
+                                              with --force
   sign SET [--typ TYP] [--kid KID]            sign stdin as the payload, print the compact JWS
   verify SET                                  verify a compact JWS from stdin, print its payload (as is)
   cert SET KID --subject "CN=..." [--days N]  a self-signed X.509 certificate for a key, signed by the key
@@ -30,6 +32,12 @@ usage: jwkengine keys COMMAND ...    (from a checkout: build/jwkengine scripts/k
   activate SET KID                            make a key current at once (the current one: previous)
   maintain                                    create the configured startup sets that are missing, then run
                                               the rotation schedule of every set (for cron)
+  policy SET [--period N|off] [--prepublish N] [--retain N] [--destroy-after N|off]
+                                              show the set's rotation policy (recorded, configured,
+                                              effective); with options, record it (all processes use it)
+  repair SET --current KID [--retire KID,...] rewrite the set's key states when they cannot be read
+                                              (ERR_KEY_STATES_CORRUPT): KID signs, the --retire keys are
+                                              unpublished, every other key is previous
 Lifecycle commands print each change as {"set","kid","from","to","at"}, a JSON object a line.]]
 
 local function die(message, status)
@@ -45,7 +53,7 @@ end
 -- Values an option may take, where the set is closed.
 local OPTION_VALUES = { use = { sig = true, enc = true } }
 -- Options that take no value.
-local FLAGS = { now = true }
+local FLAGS = { now = true, force = true }
 
 -- Splits argv into positional arguments and --name value options.
 local function parse(argv, allowed)
@@ -107,9 +115,9 @@ function commands.create(engine, args)
 end
 
 function commands.delete(engine, args)
-  local p = parse(args, {})
+  local p, o = parse(args, { force = true })
   if #p < 1 or #p > 2 then usage_error("delete takes SET [KID]") end
-  local ok, err = engine:delete(p[1], p[2])
+  local ok, err = engine:delete(p[1], p[2], { force = o.force })
   if not ok then die(err) end
 end
 
@@ -197,6 +205,49 @@ end
 
 commands.retire = key_command("retire")
 commands.activate = key_command("activate")
+
+-- A number of seconds, or off (false) where the setting may be off.
+local function seconds_option(name, value, may_be_off)
+  if value == nil then return nil end
+  if may_be_off and value == "off" then return false end
+  local n = value:match("^%d+$") and tonumber(value)
+  if not n then
+    usage_error(string.format("option --%s: '%s' is not a whole number of seconds%s", name, value,
+      may_be_off and " or off" or ""))
+  end
+  return n
+end
+
+commands.policy = function(engine, args)
+  local p, o = parse(args, { period = true, prepublish = true, retain = true, ["destroy-after"] = true })
+  if #p ~= 1 then usage_error("policy takes SET") end
+  local settings
+  if next(o) then
+    settings = { period = seconds_option("period", o.period, true),
+      prepublish = seconds_option("prepublish", o.prepublish),
+      retain = seconds_option("retain", o.retain),
+      destroy_after = seconds_option("destroy-after", o["destroy-after"], true) }
+  end
+  local shown, err = engine:key_policy(p[1], settings)
+  if not shown then die(err) end
+  local cjson = require("cjson")
+  for _, which in ipairs({ "recorded", "configured", "effective" }) do
+    print(cjson.encode({ set = p[1], policy = which, period = shown[which] and shown[which].period,
+      prepublish = shown[which] and shown[which].prepublish, retain = shown[which] and shown[which].retain,
+      destroy_after = shown[which] and shown[which].destroy_after, none = shown[which] == nil or nil }))
+  end
+end
+
+commands.repair = function(engine, args)
+  local p, o = parse(args, { current = true, retire = true })
+  if #p ~= 1 then usage_error("repair takes SET") end
+  if not o.current then usage_error("repair needs --current KID: the key that signs from now on") end
+  local retire = {}
+  for kid in (o.retire or ""):gmatch("[^,]+") do retire[#retire + 1] = kid end
+  local changes, err = engine:repair_states(p[1], { current = o.current, retire = retire })
+  if not changes then die(err) end
+  print_changes(changes)
+end
 
 -- Creates the configured startup sets that are missing first (as an
 -- engine opening does, once across processes), so that cron bootstraps a

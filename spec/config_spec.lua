@@ -265,7 +265,7 @@ describe("configuration typos", function()
     }, "\n")))
     assert.are.equal("2024", cfg.startup_sets[1].set)
     assert.are.same({ period = 7776000, prepublish = 86400, retain = 172800 }, cfg.startup_sets[1].rotation)
-    local policies = assert(require("jwkengine.rotation").policies(cfg))
+    local policies = assert(require("jwkengine.lifecycle.policy").policies(cfg))
     assert.are.equal(7776000, policies.by_set["2024"].period)
   end)
 

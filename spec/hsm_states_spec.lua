@@ -3,7 +3,7 @@
 -- the fault-injecting module in front of SoftHSM.
 local cjson = require("cjson")
 local core = require("jwkengine.core")
-local hsm_states = require("jwkengine.hsm_states")
+local hsm_states = require("jwkengine.lifecycle.token_backend")
 local jwkengine = require("jwkengine")
 local cli = require("helpers.cli")
 local faults = require("helpers.faults")
@@ -84,18 +84,7 @@ local function worker_states(token, now, set)
   return by_kid, signing
 end
 
--- A token object of this process, for reading the data objects themselves.
-local function raw_token(token, library)
-  local module = assert(core.load_module(library or softhsm.LIBRARY))
-  for _, slot in ipairs(assert(module:slots())) do
-    if slot.label == token.label then
-      local t = assert(module:open_token(slot.id, { label = slot.label, serial = slot.serial }))
-      assert(t:login(token.pin))
-      return t
-    end
-  end
-  error("token not found: " .. token.label)
-end
+local raw_token = require("helpers.lifecycle").raw_token
 
 describe("key states on the token", function()
   local token
@@ -412,7 +401,8 @@ describe("key states through a failing token", function()
     -- the first create fails (the new state object); the replaced one is
     -- put back, so the set keeps its recorded states
     faults.set({ faults = "C_CreateObject:CKR_DEVICE_MEMORY@1" })
-    refused("CKR_DEVICE_MEMORY", "key set 'f': writing its key states to the token", engine:retire("f", "two"))
+    -- (activate: retire would mark "two" on the key first, by design)
+    refused("CKR_DEVICE_MEMORY", "key set 'f': writing its key states to the token", engine:activate("f", "two"))
     faults.set({})
     clock.t = 1100
     assert(engine:refresh("f"))
@@ -420,6 +410,40 @@ describe("key states through a failing token", function()
     assert.equals("next", states.two.state)
     assert.equals(1000, states.two.times.next)
     assert.equals("one", signer(engine, "f"))
+    engine:close()
+  end)
+
+  it("records a retirement whose mark on the key failed, returns the failure, and marks it on retire again", function()
+    local clock = { t = 1000 }
+    local engine = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
+      startup = false, now = function() return clock.t end }))
+    assert(engine:generate("m", "ES256", { kid = "one" }))
+    assert(engine:generate("m", "ES256", { kid = "two" })) -- next
+    faults.set({ faults = "C_SetAttributeValue:CKR_DEVICE_MEMORY@1" })
+    local err = refused("CKR_DEVICE_MEMORY", "is retired in the records but not on the key", engine:retire("m", "two"))
+    assert.matches("keys retire m two", err, 1, true)
+    faults.set({})
+    local states = states_of(engine, "m")
+    assert.equals("retired", states.two.state)
+    assert.is_nil(states.two.retired_mark)
+    assert(engine:retire("m", "two")) -- nothing to record: the mark is written
+    assert.is_true(states_of(engine, "m").two.retired_mark)
+    engine:close()
+  end)
+
+  it("retires a key of a set with no signer on a token that refuses the mark, in the records alone", function()
+    for _, kid in ipairs({ "u1", "u2", "u3" }) do
+      assert(softhsm.pkcs11_tool_ok(token, "--login --keypairgen --key-type EC:prime256v1 --usage-sign"
+        .. " --label undecided --id " .. softhsm.hex(kid)))
+    end
+    local engine = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
+      startup = false, now = function() return 1000 end }))
+    faults.set({ faults = "C_SetAttributeValue:CKR_ATTRIBUTE_READ_ONLY" })
+    local changes = assert(engine:retire("undecided", "u1"))
+    faults.set({})
+    assert.equals("retired", changes[1].to)
+    assert.is_false(changes[1].marked)
+    assert.equals("retired", states_of(engine, "undecided").u1.state)
     engine:close()
   end)
 
@@ -448,7 +472,11 @@ describe("key states through a failing token", function()
     assert(engine:generate("g", "ES256", { kid = "one" }))
     assert.equals("one", signer(engine, "g"))
     faults.set({ lengths = "C_GetAttributeValue:CKA_VALUE=buffer+1" })
-    refused("ERR_TOKEN_LENGTH", "CKA_VALUE is larger than 65536 bytes", engine:retire("g", "one"))
+    -- the object the token cannot hand over is named, and nothing is written
+    -- over it (the binding reports it beside the others: the set's only
+    -- state object unreadable is unreadable records)
+    local err = refused("ERR_KEY_STATES_CORRUPT", "CKA_VALUE is larger than 65536 bytes", engine:rotate("g"))
+    assert.matches("ERR_TOKEN_LENGTH", err, 1, true)
     faults.set({})
     engine:close()
   end)

@@ -1,9 +1,13 @@
--- The one rule of the key lifecycle (jwkengine.lifecycle), as a pure
+-- The one rule of the key lifecycle (jwkengine.lifecycle.rule), as a pure
 -- function of records, keys present, policy and an injected clock.
-local lifecycle = require("jwkengine.lifecycle")
+local lifecycle = require("jwkengine.lifecycle.rule")
+local policy_module = require("jwkengine.lifecycle.policy")
 local refused = require("helpers.refusal").refused
 
-local LIMITS = lifecycle.DEFAULT_LIMITS
+local LIMITS = policy_module.DEFAULT_LIMITS
+local function make_policy(set, rotation, limits)
+  return policy_module.make(rotation, limits, string.format("startup set '%s': rotation.", set))
+end
 local POLICY = { prepublish = 400, retain = 4000 }
 
 local function rec(state, times) return { state = state, times = times } end
@@ -24,11 +28,62 @@ describe("lifecycle rule", function()
     assert.is_true(e.must_record)
   end)
 
-  it("makes the newest of several unrecorded keys current and the others previous", function()
-    local e = lifecycle.evaluate({}, { "new", "old" }, POLICY, 1000)
+  it("makes the newest of several unrecorded keys current and the others previous where the store knows the order", function()
+    local e = lifecycle.evaluate({}, { "new", "old" }, POLICY, 1000, { newest_first = true })
     assert.equals("new", e.signer)
     assert.same({ new = "current", old = "previous" }, states(e))
     assert.equals(1000 + POLICY.retain, e.next_change)
+    -- not the kid order: the newest row signs whatever its kid
+    e = lifecycle.evaluate({}, { "zz", "aa" }, POLICY, 1000, { newest_first = true })
+    assert.equals("zz", e.signer)
+  end)
+
+  it("names no signer among several unrecorded keys in no known order (a token), and records none", function()
+    local e = lifecycle.evaluate({}, { "aa", "zz" }, POLICY, 1000)
+    assert.is_nil(e.signer)
+    assert.is_true(e.undecided)
+    assert.is_false(e.must_record)
+    assert.same({ "aa", "zz" }, e.published)
+    assert.is_nil(e.next_change) -- no clock ever promotes one of them
+    assert.same({}, lifecycle.records_after({}, e))
+    -- one named by the operator (activate) signs; the other enters next
+    e = lifecycle.evaluate({ zz = rec("current", { current = 1000 }) }, { "aa", "zz" }, POLICY, 1001)
+    assert.equals("zz", e.signer)
+    assert.same({ aa = "next", zz = "current" }, states(e))
+  end)
+
+  it("makes a key with no record next whatever its kid sorts as, once the set has a signer", function()
+    for _, kid in ipairs({ "aa", "zzz" }) do
+      local records = { m = rec("current", { current = 10 }) }
+      local e = lifecycle.evaluate(records, { kid, "m" }, POLICY, 1000, { newest_first = true })
+      assert.equals("m", e.signer)
+      assert.equals("next", e.keys[kid].state)
+      e = lifecycle.evaluate(records, { "m", kid }, POLICY, 1000)
+      assert.equals("m", e.signer)
+      assert.equals("next", e.keys[kid].state)
+    end
+  end)
+
+  it("treats a key marked retired on the key as retired whatever its record says", function()
+    local records = { old = rec("current", { current = 10 }), new = rec("next", { next = 20 }) }
+    local e = lifecycle.evaluate(records, { "new", "old" }, POLICY, 100, { marked = { old = true } })
+    assert.equals("retired", e.keys.old.state)
+    assert.is_true(e.changed)
+    -- the next key published longest signs rather than nothing
+    assert.equals("new", e.signer)
+    assert.same({ "new" }, e.published)
+    -- no other key may sign: no signer at all, fail closed
+    e = lifecycle.evaluate({ old = rec("current", { current = 10 }) }, { "old" }, POLICY, 100,
+      { marked = { old = true } })
+    assert.is_nil(e.signer)
+    assert.same({}, e.published)
+    -- records lost: the marked key is still retired; the set's one other
+    -- key (with no record) is the only one that may sign
+    e = lifecycle.evaluate({}, { "old", "fresh" }, POLICY, 100, { marked = { old = true } })
+    assert.equals("fresh", e.signer)
+    assert.equals("retired", e.keys.old.state)
+    e = lifecycle.evaluate({}, { "old" }, POLICY, 100, { marked = { old = true }, newest_first = true })
+    assert.is_nil(e.signer)
   end)
 
   it("makes a key added to a set with a current key next, and promotes it after prepublish", function()
@@ -151,7 +206,7 @@ end)
 
 describe("lifecycle policy", function()
   it("defaults prepublish and retain to the safe minimums, period and destroy off", function()
-    local policy = assert(lifecycle.policy("s", nil, LIMITS))
+    local policy = assert(make_policy("s", nil, LIMITS))
     assert.equals(300 + 30 + 30, policy.prepublish)
     assert.equals(3600 + 60 + 300, policy.retain)
     assert.is_nil(policy.period)
@@ -160,17 +215,17 @@ describe("lifecycle policy", function()
 
   it("refuses prepublish shorter than the cache lifetime plus refresh, by name", function()
     local err = refused("ERR_CONFIG", "rotation.prepublish (359 s) is shorter than publication.max_age + publication.refresh",
-      lifecycle.policy("s", { prepublish = 359 }, LIMITS))
+      make_policy("s", { prepublish = 359 }, LIMITS))
     assert.matches("startup set 's'", err, 1, true)
   end)
 
   it("refuses retain shorter than the token lifetime plus tolerance plus cache lifetime, by name", function()
     refused("ERR_CONFIG", "rotation.retain (3959 s) is shorter than tokens.max_lifetime + tokens.clock_tolerance",
-      lifecycle.policy("s", { retain = 3959 }, LIMITS))
+      make_policy("s", { retain = 3959 }, LIMITS))
   end)
 
   it("refuses a period no longer than prepublish", function()
-    local _, err, code = lifecycle.policy("s", { period = 360 }, LIMITS)
+    local _, err, code = make_policy("s", { period = 360 }, LIMITS)
     assert.equals("ERR_CONFIG", code)
     assert.matches("rotation.period (360 s) must be longer than rotation.prepublish", err, 1, true)
   end)

@@ -6,7 +6,7 @@
 -- and never refetches on an unknown kid. Periods are seconds long.
 local cjson = require("cjson")
 local faults = require("helpers.faults")
-local hsm_states = require("jwkengine.hsm_states")
+local hsm_states = require("jwkengine.lifecycle.token_backend")
 local nginx = require("helpers.nginx")
 local softhsm = require("helpers.softhsm")
 local jwkengine = require("jwkengine")
@@ -47,17 +47,7 @@ local function new_server(token, set, period, workers, environment)
     end })
 end
 
--- SoftHSM fails a login that overlaps another process's: a tool or an
--- engine opened while nginx's workers refresh may need another try.
-local function retried(action)
-  local result, err
-  for _ = 1, 20 do
-    result, err = action()
-    if result then return result end
-    nginx.sleep(0.2)
-  end
-  error(err)
-end
+local retried = nginx.retried
 
 -- The set's keys with their states and times, as a process sharing the
 -- token reads them.

@@ -8,9 +8,15 @@ local nginx = require("helpers.nginx")
 local jwkengine = require("jwkengine")
 
 local SCHEDULED, EMERGENCY = "rotating", "emergency"
+-- a second scheduled set on another schedule: the JWK Set's max-age must
+-- stop at the earlier of the two sets' next changes
+local SECOND = "rotating-b"
+-- a set no worker has read before its records are corrupted
+local CORRUPT = "corrupt"
 local SECRET = "a-rotation-spec-secret-of-40-characters!"
 local MAX_AGE, REFRESH, CACHE_TTL, LIFETIME = 2, 1, 1, 3
 local PERIOD, PREPUBLISH, RETAIN = 12, 4, 6
+local SECOND_PERIOD = 9
 -- Three kids sign within 2 * PERIOD of the first key; the first previous
 -- key is gone by PERIOD + RETAIN + REFRESH.
 local CLIENT_SECONDS = 2 * PERIOD + 8
@@ -25,6 +31,9 @@ local CONFIG_TAIL = table.concat({
   "  - set: " .. SCHEDULED,
   "    alg: ES256",
   string.format("    rotation: { period: %d, prepublish: %d, retain: %d }", PERIOD, PREPUBLISH, RETAIN),
+  "  - set: " .. SECOND,
+  "    alg: ES256",
+  string.format("    rotation: { period: %d, prepublish: %d, retain: %d }", SECOND_PERIOD, PREPUBLISH, RETAIN),
   "  - set: " .. EMERGENCY,
   "    alg: ES256",
   string.format("publication: { max_age: %d, refresh: %d }", MAX_AGE, REFRESH),
@@ -40,6 +49,10 @@ local function render(opts)
             content_by_lua_block { require("jwkengine.nginx").serve_token({ set = "]] .. EMERGENCY .. [[" }) }
         }
 
+        location = /token-corrupt {
+            content_by_lua_block { require("jwkengine.nginx").serve_token({ set = "]] .. CORRUPT .. [[" }) }
+        }
+
         location = /token {]])
 end
 
@@ -53,7 +66,7 @@ describe("nginx: publication follows the key schedule", function()
   local server, environment
 
   setup(function()
-    server = nginx.new({ workers = 4, refresh = REFRESH, sets = { SCHEDULED, EMERGENCY },
+    server = nginx.new({ workers = 4, refresh = REFRESH, sets = { SCHEDULED, SECOND, EMERGENCY },
       startup_sets = CONFIG_TAIL, render = render })
     environment = { HSM_ENABLED = "false", HSM_LIBRARY = false, HSM_TOKEN_LABEL = false, HSM_PIN = false,
       DSN = "sqlite://" .. server.prefix .. "/keys.sqlite", SECRETS_SYSTEM = SECRET,
@@ -125,10 +138,20 @@ describe("nginx: publication follows the key schedule", function()
         if s.times.previous then events[#events + 1] = s.times.previous + RETAIN end
         if s.times.next and s.times.current then events[#events + 1] = s.times.current end
       end
+      -- the second set's changes fall between the first's (another period)
+      local second_events = 0
+      for _, s in ipairs(key_states(SECOND)) do
+        if s.times.previous then events[#events + 1] = s.times.previous + RETAIN end
+        if s.times.next and s.times.current then
+          events[#events + 1] = s.times.current
+          second_events = second_events + 1
+        end
+      end
+      assert.is_true(second_events >= 1, "the second set never rotated")
       table.sort(events)
 
       -- Cache-Control never lets a client keep the set past its next state
-      -- change (a promotion or a retirement).
+      -- change (a promotion or a retirement), whichever set it falls in.
       for _, p in ipairs(probes) do
         for _, at in ipairs(events) do
           if at > p.sent then
@@ -139,7 +162,13 @@ describe("nginx: publication follows the key schedule", function()
         end
       end
 
-      -- A promotion changes no published key, yet the ETag changes.
+      -- A promotion changes no published key of its set, yet the ETag
+      -- changes. (The second set's keys come and go on their own schedule.)
+      local function own(kids)
+        local mine = {}
+        for _, kid in ipairs(kids) do if by_kid[kid] then mine[#mine + 1] = kid end end
+        return mine
+      end
       local promotions_seen = 0
       for _, s in ipairs(states) do
         local at = s.times.next and s.times.current
@@ -153,7 +182,7 @@ describe("nginx: publication follows the key schedule", function()
             promotions_seen = promotions_seen + 1
             for _, b in ipairs(before) do
               for _, a in ipairs(after) do
-                assert.are.same(b.kids, a.kids, "a promotion changed the published keys")
+                assert.are.same(own(b.kids), own(a.kids), "a promotion changed the published keys")
                 assert.are_not.equal(b.etag, a.etag, "the ETag did not change with the promotion at " .. at)
               end
             end
@@ -225,5 +254,47 @@ describe("nginx: publication follows the key schedule", function()
     local after = server:client({ "verify", server.port }, cjson.encode({ old.body }))
     assert.is_false(after.results[1].ok, "a token of the retired key still verifies: " .. cjson.encode(after))
     assert.is_false(nginx.contains(after.kids, old_kid))
+  end)
+
+  it("answers 503 with Retry-After for a set whose records no worker could read, until keys repair", function()
+    local engine = assert(jwkengine.open({ config = environment.JWKENGINE_CONFIG, dsn = environment.DSN,
+      secrets = { system = { SECRET } }, startup = false, logger = false }))
+    local jwk = assert(engine:generate(CORRUPT, "ES256"))
+    engine:close()
+    local store = assert(require("jwkengine.store").open(environment.DSN))
+    assert(store.driver:exec("UPDATE jwkengine_key_state SET records = '{\"format\":2,\"records\":[]}' "
+      .. "WHERE sid = '" .. CORRUPT .. "'"))
+    store:close()
+    local list = {}
+    for i = 1, 12 do
+      list[i] = { method = "POST", path = "/token-corrupt", headers = { ["Content-Type"] = "application/json" },
+        body = '{"sub":"x"}' }
+    end
+    for _, r in ipairs(server:requests(list)) do
+      assert.are.equal(503, r.status, r.body)
+      assert.is_not_nil(r.headers["retry-after"], cjson.encode(r.headers))
+      assert.matches("temporarily_unavailable", r.body, 1, true)
+    end
+    -- the JWK Set the workers serve is untouched (the set is not published)
+    local jwks = server:requests({ { path = "/.well-known/jwks.json" } })[1]
+    assert.are.equal(200, jwks.status)
+
+    local cli_environment = {}
+    for name, value in pairs(environment) do cli_environment[name] = value or nil end
+    local _, err, status = cli.keys(cli_environment, "repair " .. CORRUPT .. " --current " .. jwk.kid)
+    assert.are.equal(0, status, err)
+    -- a refusing set reads its records again within a few seconds
+    local deadline, signed = os.time() + 15, 0
+    while os.time() < deadline and signed < #list do
+      signed = 0
+      for _, r in ipairs(server:requests(list)) do
+        if r.status == 200 then
+          signed = signed + 1
+          assert.are.equal(jwk.kid, kid_of(r.body))
+        end
+      end
+      if signed < #list then nginx.sleep(1) end
+    end
+    assert.are.equal(#list, signed)
   end)
 end)

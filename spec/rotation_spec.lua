@@ -162,7 +162,7 @@ stores.describe_each("key rotation", function(database)
       -- move the set's records back one period so maintain is due now
       local store_module = require("jwkengine.store")
       local s = assert(store_module.open(database.dsn))
-      local backend_state = require("jwkengine.store.key_state").new(s)
+      local backend_state = require("jwkengine.lifecycle.sql_backend").new(s)
       local state = assert(backend_state:read("rot"))
       for _, r in pairs(state.records) do
         for name, t in pairs(r.times) do r.times[name] = t - 1000 end

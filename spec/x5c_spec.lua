@@ -260,10 +260,15 @@ describe("x5c", function()
     assert(engine:generate("long", "ES256", { kid = "l1" }))
     assert(engine:certify("long", "l1", { subject = "CN=long" }))
     engine:close()
-    faults.set({ lengths = "C_GetAttributeValue:CKA_VALUE=buffer+1,CKR_OK" })
     local lines = {}
     engine = assert(softhsm.open_engine(faults.environment(token, EXTRA),
       { logger = function(level, message) lines[#lines + 1] = level .. " " .. message end }))
+    -- read once before the fault: the fault garbles every CKA_VALUE, the
+    -- set's key-state object's too, and a process that never read the
+    -- states refuses the set (fail closed); one that did keeps them
+    assert(engine:key_set("long"))
+    faults.set({ lengths = "C_GetAttributeValue:CKA_VALUE=buffer+1,CKR_OK" })
+    assert(engine:reload("long"))
     local ok, jwk = pcall(engine.key, engine, "long", "l1")
     local jws = ok and engine:sign_jwt("long", { sub = "long" })
     engine:close()

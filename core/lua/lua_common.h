@@ -26,6 +26,28 @@ int jwke_push_error(lua_State *L, const jwke_error *err);
 int jwke_push_done(lua_State *L, int rc, const jwke_error *err);
 int jwke_push_count(lua_State *L, int rc, size_t count, const jwke_error *err);
 
+/* Arguments that come from data (a set name or kid read from a store or
+ * a token, a record's JSON, a sealed row, a file): a missing or mistyped
+ * one is answered nil, err, ERR_INVALID_ARGUMENT, never raised, so nothing
+ * a store or a token holds can raise out of the binding. Each returns 0
+ * when the argument is usable, else pushes that failure and returns
+ * JWKE_ARG_REFUSED, the count the caller returns: `if (jwke_arg_string(...))
+ * return JWKE_ARG_REFUSED;`. A string argument takes a string or a number
+ * (as Lua converts it); an optional one also nil or none (*s NULL, *len 0).
+ * `name` is what the message calls it. */
+#define JWKE_ARG_REFUSED 3
+int jwke_arg_string(lua_State *L, int arg, const char *name, int optional, const char **s,
+                    size_t *len);
+/* The same for a string C reads up to its NUL (a path, a name): one that
+ * holds a NUL byte is refused too. */
+int jwke_arg_text(lua_State *L, int arg, const char *name, const char **s);
+/* An integer (or an integral float) in [min, max]; nil or none gives
+ * `fallback`. */
+int jwke_arg_integer(lua_State *L, int arg, const char *name, lua_Integer fallback,
+                     lua_Integer min, lua_Integer max, lua_Integer *out);
+/* Pushes nil, "<name>: <why>", ERR_INVALID_ARGUMENT; returns JWKE_ARG_REFUSED. */
+int jwke_arg_refused(lua_State *L, const char *name, const char *why);
+
 /* Creates a class metatable named `name` whose __index holds methods and
  * whose __gc is gc (every class frees what its objects hold). */
 void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
@@ -91,7 +113,7 @@ void jwke_open_token(lua_State *L);      /* adds env_is_set and the token classe
 struct jwke_p11_token **jwke_new_token_object(lua_State *L);
 void jwke_open_public_key(lua_State *L); /* adds public_key */
 /* adds generate_software_key, import_jwk, import_pem, aes_gcm_seal, aes_gcm_open,
- * aes_gcm_reseal, open_sealed_key */
+ * aes_gcm_reseal, open_sealed_key, sealed_key_mark */
 void jwke_open_software_key(lua_State *L);
 void jwke_open_jose(lua_State *L);
 void jwke_open_kept_secret(lua_State *L); /* adds keep_pin, keep_uri_pin, keep_secret, kept_secret, forget_* */

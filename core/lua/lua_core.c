@@ -50,6 +50,61 @@ int jwke_push_count(lua_State *L, int rc, size_t count, const jwke_error *err)
     return 1;
 }
 
+int jwke_arg_refused(lua_State *L, const char *name, const char *why)
+{
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", name, why);
+    lua_pushliteral(L, "ERR_INVALID_ARGUMENT");
+    return JWKE_ARG_REFUSED;
+}
+
+int jwke_arg_string(lua_State *L, int arg, const char *name, int optional, const char **s,
+                    size_t *len)
+{
+    int type = lua_type(L, arg);
+    if (optional && type <= LUA_TNIL) { /* LUA_TNONE or LUA_TNIL */
+        *s = NULL;
+        *len = 0;
+        return 0;
+    }
+    if (type != LUA_TSTRING && type != LUA_TNUMBER) {
+        char why[64];
+        snprintf(why, sizeof why, "must be a string, got %s", lua_typename(L, type));
+        return jwke_arg_refused(L, name, why);
+    }
+    *s = lua_tolstring(L, arg, len);
+    return 0;
+}
+
+int jwke_arg_text(lua_State *L, int arg, const char *name, const char **s)
+{
+    size_t len;
+    if (jwke_arg_string(L, arg, name, 0, s, &len))
+        return JWKE_ARG_REFUSED;
+    if (strlen(*s) != len)
+        return jwke_arg_refused(L, name, "holds a NUL byte");
+    return 0;
+}
+
+int jwke_arg_integer(lua_State *L, int arg, const char *name, lua_Integer fallback,
+                     lua_Integer min, lua_Integer max, lua_Integer *out)
+{
+    if (lua_isnoneornil(L, arg)) {
+        *out = fallback;
+        return 0;
+    }
+    int whole = 0;
+    lua_Integer value = lua_type(L, arg) == LUA_TNUMBER ? lua_tointegerx(L, arg, &whole) : 0;
+    if (!whole || value < min || value > max) {
+        char why[96];
+        snprintf(why, sizeof why, "must be a whole number from %lld to %lld", (long long)min,
+                 (long long)max);
+        return jwke_arg_refused(L, name, why);
+    }
+    *out = value;
+    return 0;
+}
+
 void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc)
 {
     luaL_newmetatable(L, name);
@@ -91,8 +146,10 @@ void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len)
 int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer)
 {
     size_t header_len, payload_len, sig_max;
-    const char *header = luaL_checklstring(L, 2, &header_len);
-    const char *payload = luaL_checklstring(L, 3, &payload_len);
+    const char *header, *payload;
+    if (jwke_arg_string(L, 2, "the protected header", 0, &header, &header_len) ||
+        jwke_arg_string(L, 3, "the payload", 0, &payload, &payload_len))
+        return JWKE_ARG_REFUSED;
     size_t out_len;
     jwke_error err;
     if (setup(L, 4, signer, &sig_max, &err) != 0)
@@ -117,7 +174,9 @@ int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign,
 int jwke_push_signature(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer)
 {
     size_t input_len, sig_max;
-    const char *input = luaL_checklstring(L, 2, &input_len);
+    const char *input;
+    if (jwke_arg_string(L, 2, "the signing input", 0, &input, &input_len))
+        return JWKE_ARG_REFUSED;
     unsigned char sig[JWKE_MAX_SIGNATURE];
     jwke_error err;
     if (setup(L, 3, signer, &sig_max, &err) != 0)

@@ -221,13 +221,15 @@ int jwke_push_self_signed(lua_State *L, const EVP_PKEY *pub, const jwke_alg *alg
                           void *signer)
 {
     size_t subject_len;
-    const char *subject = luaL_checklstring(L, 2, &subject_len);
+    const char *subject;
+    if (jwke_arg_string(L, 2, "the subject", 0, &subject, &subject_len))
+        return JWKE_ARG_REFUSED;
     int whole;
     lua_Integer asked = lua_tointegerx(L, 3, &whole);
     if (!whole) { /* a whole number beyond lua_Integer (1e20) is a count C refuses, not a raise */
-        lua_Number number = luaL_checknumber(L, 3);
+        lua_Number number = lua_type(L, 3) == LUA_TNUMBER ? lua_tonumber(L, 3) : 0.5;
         if (!(number >= 0x1p63 || number <= -0x1p63))
-            luaL_argerror(L, 3, "days must be a whole number");
+            return jwke_arg_refused(L, "days", "must be a whole number");
         asked = number > 0 ? INT_MAX : -1;
     }
     int days = asked < 0 ? -1 : asked > INT_MAX ? INT_MAX : (int)asked; /* checked in C */

@@ -54,27 +54,25 @@ static int push_result(lua_State *L, int rc, const jwke_error *err)
 static int l_generate(lua_State *L)
 {
     const jwke_alg *alg = jwke_check_alg(L, 1);
-    int bits = 0;
+    lua_Integer bits = 0;
     if (!lua_isnoneornil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TTABLE);
+        if (lua_type(L, 2) != LUA_TTABLE)
+            return jwke_arg_refused(L, "the options", "must be a table");
         lua_getfield(L, 2, "bits");
-        if (!lua_isnil(L, -1)) {
-            luaL_argcheck(L, lua_type(L, -1) == LUA_TNUMBER, 2, "bits must be an integer");
-            lua_Integer b = lua_tointeger(L, -1);
-            luaL_argcheck(L, b > 0 && b <= JWKE_RSA_MAX_BITS, 2, "bits is out of range");
-            bits = (int)b;
-        }
+        if (jwke_arg_integer(L, -1, "bits", 0, 1, JWKE_RSA_MAX_BITS, &bits))
+            return JWKE_ARG_REFUSED;
         lua_pop(L, 1);
     }
     swkey_object *k = new_key(L);
     jwke_error err;
-    return push_result(L, jwke_swkey_generate(alg, bits, &k->key, &err), &err);
+    return push_result(L, jwke_swkey_generate(alg, (int)bits, &k->key, &err), &err);
 }
 
 /* import_jwk(jwk_table) -> key | nil, err */
 static int l_import_jwk(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
+    if (lua_type(L, 1) != LUA_TTABLE)
+        return jwke_arg_refused(L, "the JWK", "must be a table");
     jwke_jwk_members m;
     jwke_error err;
     swkey_object *k = new_key(L);
@@ -91,7 +89,9 @@ static int l_import_jwk(lua_State *L)
 static int l_import_pem(lua_State *L)
 {
     size_t len;
-    const char *pem = luaL_checklstring(L, 1, &len);
+    const char *pem;
+    if (jwke_arg_string(L, 1, "the PEM text", 0, &pem, &len))
+        return JWKE_ARG_REFUSED;
     swkey_object *k = new_key(L);
     jwke_error err;
     return push_result(L, jwke_swkey_from_pem(pem, len, &k->key, &err), &err);
@@ -103,8 +103,10 @@ static int l_import_pem(lua_State *L)
 static int l_aes_gcm_seal(lua_State *L)
 {
     size_t secret_len, plaintext_len;
-    const char *secret = luaL_checklstring(L, 1, &secret_len);
-    const char *plaintext = luaL_checklstring(L, 2, &plaintext_len);
+    const char *secret, *plaintext;
+    if (jwke_arg_string(L, 1, "the secret", 0, &secret, &secret_len) ||
+        jwke_arg_string(L, 2, "the plaintext", 0, &plaintext, &plaintext_len))
+        return JWKE_ARG_REFUSED;
     char *text;
     size_t text_len;
     jwke_error err;
@@ -119,20 +121,23 @@ static int l_aes_gcm_seal(lua_State *L)
 
 #define MAX_SECRETS 64
 
-/* The list of secrets at arg (strings the table keeps alive); the count. */
-static size_t check_secrets(lua_State *L, int arg, jwke_secret secrets[MAX_SECRETS])
+/* The list of secrets at arg (strings the table keeps alive) into secrets
+ * and *count: 0, or JWKE_ARG_REFUSED with the failure pushed. */
+static int check_secrets(lua_State *L, int arg, jwke_secret secrets[MAX_SECRETS], size_t *count)
 {
-    luaL_checktype(L, arg, LUA_TTABLE);
-    size_t count = (size_t)lua_rawlen(L, arg);
-    luaL_argcheck(L, count <= MAX_SECRETS, arg, "at most 64 secrets");
-    for (size_t i = 0; i < count; i++) {
+    if (lua_type(L, arg) != LUA_TTABLE)
+        return jwke_arg_refused(L, "the secrets", "must be a list of strings");
+    *count = (size_t)lua_rawlen(L, arg);
+    if (*count > MAX_SECRETS)
+        return jwke_arg_refused(L, "the secrets", "at most 64");
+    for (size_t i = 0; i < *count; i++) {
         lua_rawgeti(L, arg, (lua_Integer)i + 1);
         if (lua_type(L, -1) != LUA_TSTRING)
-            luaL_argerror(L, arg, "secrets must be strings");
+            return jwke_arg_refused(L, "the secrets", "must be a list of strings");
         secrets[i].data = (const unsigned char *)lua_tolstring(L, -1, &secrets[i].len);
         lua_pop(L, 1);
     }
-    return count;
+    return 0;
 }
 
 /* What the functions on a store row take: ({secret, ...}, text). */
@@ -143,10 +148,13 @@ typedef struct {
     size_t text_len;
 } sealed_args;
 
-static void check_sealed_args(lua_State *L, sealed_args *a)
+/* 0, or JWKE_ARG_REFUSED with the failure pushed (a row's keydata that is
+ * not text answers, it does not raise). */
+static int check_sealed_args(lua_State *L, sealed_args *a)
 {
-    a->count = check_secrets(L, 1, a->secrets);
-    a->text = luaL_checklstring(L, 2, &a->text_len);
+    if (check_secrets(L, 1, a->secrets, &a->count))
+        return JWKE_ARG_REFUSED;
+    return jwke_arg_string(L, 2, "the sealed text", 0, &a->text, &a->text_len);
 }
 
 /* open_sealed_key({secret, ...}, text) -> key, public_json | nil, err:
@@ -155,7 +163,8 @@ static void check_sealed_args(lua_State *L, sealed_args *a)
 static int l_open_sealed_key(lua_State *L)
 {
     sealed_args a;
-    check_sealed_args(L, &a);
+    if (check_sealed_args(L, &a))
+        return JWKE_ARG_REFUSED;
     swkey_object *k = new_key(L);
     char *public_json;
     size_t public_len;
@@ -172,7 +181,8 @@ static int l_open_sealed_key(lua_State *L)
 static int l_aes_gcm_open(lua_State *L)
 {
     sealed_args a;
-    check_sealed_args(L, &a);
+    if (check_sealed_args(L, &a))
+        return JWKE_ARG_REFUSED;
     unsigned char *plaintext;
     size_t plaintext_len, used;
     jwke_error err;
@@ -190,11 +200,36 @@ static int l_aes_gcm_open(lua_State *L)
 static int l_aes_gcm_reseal(lua_State *L)
 {
     sealed_args a;
-    check_sealed_args(L, &a);
+    if (check_sealed_args(L, &a))
+        return JWKE_ARG_REFUSED;
     char *out;
     size_t out_len;
     jwke_error err;
     if (jwke_aesgcm_reseal(a.secrets, a.count, a.text, a.text_len, &out, &out_len, &err) != 0)
+        return jwke_push_error(L, &err);
+    lua_pushlstring(L, out, out_len);
+    free(out);
+    return 1;
+}
+
+/* sealed_key_mark({secret, ...}, text, retired) -> text | nil, err, code:
+ * the row's JWK with key_ops ["verify"] (retired) or without key_ops,
+ * sealed with the first secret, the plaintext never in Lua (sealed_key.h). */
+static int l_sealed_key_mark(lua_State *L)
+{
+    sealed_args a;
+    if (check_sealed_args(L, &a))
+        return JWKE_ARG_REFUSED;
+    jwke_error err;
+    if (lua_type(L, 3) != LUA_TBOOLEAN) {
+        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "sealed_key_mark takes a boolean, got %s",
+                       luaL_typename(L, 3));
+        return jwke_push_error(L, &err);
+    }
+    char *out;
+    size_t out_len;
+    if (jwke_sealed_key_mark(a.secrets, a.count, a.text, a.text_len, lua_toboolean(L, 3), &out,
+                             &out_len, &err) != 0)
         return jwke_push_error(L, &err);
     lua_pushlstring(L, out, out_len);
     free(out);
@@ -377,6 +412,7 @@ static const luaL_Reg functions[] = {
     {"aes_gcm_open", l_aes_gcm_open},
     {"aes_gcm_reseal", l_aes_gcm_reseal},
     {"open_sealed_key", l_open_sealed_key},
+    {"sealed_key_mark", l_sealed_key_mark},
     {NULL, NULL},
 };
 

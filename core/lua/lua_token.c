@@ -45,20 +45,43 @@ struct jwke_p11_token **jwke_new_token_object(lua_State *L)
     return &t->token;
 }
 
-static token_object *check_open_token(lua_State *L, int arg)
+/* The open token at argument 1; NULL, with nil, err, ERR_CLOSED pushed,
+ * once it is closed (the caller returns JWKE_ARG_REFUSED). Self of another
+ * class is a programming error, raised. */
+static token_object *open_token(lua_State *L)
 {
-    token_object *t = luaL_checkudata(L, arg, JWKE_TOKEN_CLASS);
-    if (!t->token)
-        luaL_error(L, "the token session is closed");
-    return t;
+    token_object *t = luaL_checkudata(L, 1, JWKE_TOKEN_CLASS);
+    if (t->token)
+        return t;
+    lua_pushnil(L);
+    lua_pushliteral(L, "the token session is closed");
+    lua_pushliteral(L, "ERR_CLOSED");
+    return NULL;
 }
+
+/* Shorthands for the methods below: argument checks that answer
+ * nil, err, code (lua_common.h) and return from the method. */
+#define OPEN_TOKEN(t)                                                                       \
+    token_object *t = open_token(L);                                                        \
+    if (!t)                                                                                 \
+        return JWKE_ARG_REFUSED
+#define STRING_ARG(arg, name, s, len)                                                       \
+    if (jwke_arg_string(L, arg, name, 0, &s, &len))                                         \
+        return JWKE_ARG_REFUSED
+#define TEXT_ARG(arg, name, s)                                                              \
+    if (jwke_arg_text(L, arg, name, &s))                                                    \
+        return JWKE_ARG_REFUSED
+#define OPTIONAL_STRING_ARG(arg, name, s, len)                                              \
+    if (jwke_arg_string(L, arg, name, 1, &s, &len))                                         \
+        return JWKE_ARG_REFUSED
 
 /* token:login(pin) -> true | nil, err */
 static int l_login(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
+    OPEN_TOKEN(t);
     size_t pin_len;
-    const char *pin = luaL_checklstring(L, 2, &pin_len);
+    const char *pin;
+    STRING_ARG(2, "the PIN", pin, pin_len);
     jwke_error err;
     int rc = jwke_p11_login(t->token, pin, pin_len, &err);
     return jwke_push_done(L, rc, &err);
@@ -67,9 +90,11 @@ static int l_login(lua_State *L)
 /* token:login_file(path) -> true | nil, err: the PIN never enters Lua */
 static int l_login_file(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
+    OPEN_TOKEN(t);
+    const char *path;
+    TEXT_ARG(2, "the PIN file", path);
     jwke_error err;
-    int rc = jwke_p11_login_file(t->token, luaL_checkstring(L, 2), &err);
+    int rc = jwke_p11_login_file(t->token, path, &err);
     return jwke_push_done(L, rc, &err);
 }
 
@@ -77,8 +102,9 @@ static int l_login_file(lua_State *L)
  * from `where` straight into locked memory. */
 static int login_from(lua_State *L, jwke_pin_fill fill)
 {
-    token_object *t = check_open_token(L, 1);
-    const char *where = luaL_checkstring(L, 2);
+    OPEN_TOKEN(t);
+    const char *where;
+    TEXT_ARG(2, "where the PIN is", where);
     jwke_error err;
     int rc = jwke_p11_login_from(t->token, fill, where, &err);
     return jwke_push_done(L, rc, &err);
@@ -99,11 +125,14 @@ static int l_login_uri(lua_State *L)
     return login_from(L, jwke_pin_from_uri);
 }
 
-/* env_is_set(name) -> set, set_but_empty: without copying the value into
- * Lua (an empty value is a configuration mistake worth naming) */
+/* env_is_set(name) -> set, set_but_empty | nil, err, code: without copying
+ * the value into Lua (an empty value is a configuration mistake worth
+ * naming) */
 static int l_env_is_set(lua_State *L)
 {
-    const char *name = luaL_checkstring(L, 1);
+    const char *name;
+    if (jwke_arg_text(L, 1, "the variable's name", &name))
+        return JWKE_ARG_REFUSED;
     const char *value = getenv(name);
     lua_pushboolean(L, jwke_env_is_set(name));
     lua_pushboolean(L, value != NULL && *value == '\0');
@@ -114,7 +143,7 @@ static int l_env_is_set(lua_State *L)
  * token_max_sessions / token_sessions only when the token reported them */
 static int l_stats(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
+    OPEN_TOKEN(t);
     jwke_p11_stats st;
     jwke_p11_token_stats(t->token, &st);
     lua_createtable(L, 0, 12);
@@ -153,7 +182,7 @@ static int l_stats(lua_State *L)
 /* token:events() -> list of queued log lines (usually nil: nothing queued) */
 static int l_events(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
+    OPEN_TOKEN(t);
     char lines[JWKE_EVENT_QUEUE][JWKE_EVENT_SIZE];
     int n = jwke_p11_take_events(t->token, lines, JWKE_EVENT_QUEUE);
     if (n == 0) /* the common case: nothing queued */
@@ -170,7 +199,7 @@ static int l_events(lua_State *L)
  * the milliseconds until the next attempt to come back and its cause */
 static int l_outage(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
+    OPEN_TOKEN(t);
     long long retry_in_ms;
     char cause[128];
     if (!jwke_p11_token_outage(t->token, &retry_in_ms, cause, sizeof cause))
@@ -184,16 +213,20 @@ static int l_outage(lua_State *L)
  * absent) | nil, err. With kid, only that pair is read. */
 static int l_load_set(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
-    size_t label_len, kid_len = 0;
-    const char *label = luaL_checklstring(L, 2, &label_len);
-    int min_rsa_bits = (int)luaL_optinteger(L, 3, JWKE_HSM_MIN_RSA_BITS);
-    const char *kid = luaL_optlstring(L, 4, NULL, &kid_len);
+    OPEN_TOKEN(t);
+    size_t label_len, kid_len;
+    const char *label, *kid;
+    lua_Integer min_rsa_bits;
+    STRING_ARG(2, "the label", label, label_len);
+    if (jwke_arg_integer(L, 3, "min_rsa_bits", JWKE_HSM_MIN_RSA_BITS, 0, JWKE_RSA_MAX_BITS,
+                         &min_rsa_bits))
+        return JWKE_ARG_REFUSED;
+    OPTIONAL_STRING_ARG(4, "the kid", kid, kid_len);
     jwke_p11_key *keys;
     size_t count;
     jwke_error err;
     if (jwke_p11_load_set(t->token, label, label_len, (const unsigned char *)kid, kid_len,
-                          min_rsa_bits, &keys, &count, &err) != 0)
+                          (int)min_rsa_bits, &keys, &count, &err) != 0)
         return jwke_push_error(L, &err);
 
     lua_createtable(L, (int)count, 0);
@@ -216,40 +249,51 @@ static int l_load_set(lua_State *L)
     return 1;
 }
 
+/* use at arg: 'sig' (also when absent) or 'enc'; 0, with nil, err, code
+ * pushed, for anything else. */
 static enum jwke_key_use check_use(lua_State *L, int arg)
 {
-    const char *use = luaL_optstring(L, arg, "sig");
-    if (strcmp(use, "sig") == 0)
+    size_t len;
+    const char *use;
+    if (jwke_arg_string(L, arg, "use", 1, &use, &len))
+        return 0;
+    if (!use || strcmp(use, "sig") == 0)
         return JWKE_USE_SIG;
     if (strcmp(use, "enc") == 0)
         return JWKE_USE_ENC;
-    luaL_argerror(L, arg, "use must be 'sig' or 'enc'");
+    jwke_arg_refused(L, "use", "must be 'sig' or 'enc'");
     return 0;
 }
 
 /* token:generate(label, alg, kid, use, rsa_bits) -> true | nil, err */
 static int l_generate(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
+    OPEN_TOKEN(t);
     size_t label_len, kid_len;
-    const char *label = luaL_checklstring(L, 2, &label_len);
+    const char *label, *kid;
+    lua_Integer rsa_bits;
+    STRING_ARG(2, "the label", label, label_len);
     const jwke_alg *alg = jwke_check_alg(L, 3);
-    const char *kid = luaL_checklstring(L, 4, &kid_len);
+    STRING_ARG(4, "the kid", kid, kid_len);
     enum jwke_key_use use = check_use(L, 5);
-    int rsa_bits = (int)luaL_optinteger(L, 6, JWKE_RSA_GENERATE_BITS);
+    if (!use)
+        return JWKE_ARG_REFUSED;
+    if (jwke_arg_integer(L, 6, "rsa_bits", JWKE_RSA_GENERATE_BITS, 1, JWKE_RSA_MAX_BITS, &rsa_bits))
+        return JWKE_ARG_REFUSED;
     jwke_error err;
     int rc = jwke_p11_generate(t->token, label, label_len, (const unsigned char *)kid, kid_len, alg,
-                               use, rsa_bits, &err);
+                               use, (int)rsa_bits, &err);
     return jwke_push_done(L, rc, &err);
 }
 
 /* token:delete(label [, kid]) -> number of objects destroyed | nil, err */
 static int l_delete(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
-    size_t label_len, kid_len = 0;
-    const char *label = luaL_checklstring(L, 2, &label_len);
-    const char *kid = luaL_optlstring(L, 3, NULL, &kid_len);
+    OPEN_TOKEN(t);
+    size_t label_len, kid_len;
+    const char *label, *kid;
+    STRING_ARG(2, "the label", label, label_len);
+    OPTIONAL_STRING_ARG(3, "the kid", kid, kid_len);
     size_t destroyed;
     jwke_error err;
     if (jwke_p11_delete(t->token, label, label_len, (const unsigned char *)kid, kid_len,
@@ -262,29 +306,39 @@ static int l_delete(lua_State *L)
 /* token:set_id(label, old_kid, new_kid) -> objects changed | nil, err */
 static int l_set_id(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
+    OPEN_TOKEN(t);
     size_t label_len, old_len, new_len, changed;
-    const char *label = luaL_checklstring(L, 2, &label_len);
-    const char *old_id = luaL_checklstring(L, 3, &old_len);
-    const char *new_id = luaL_checklstring(L, 4, &new_len);
+    const char *label, *old_id, *new_id;
+    STRING_ARG(2, "the label", label, label_len);
+    STRING_ARG(3, "the old kid", old_id, old_len);
+    STRING_ARG(4, "the new kid", new_id, new_len);
     jwke_error err;
     int rc = jwke_p11_set_id(t->token, label, label_len, (const unsigned char *)old_id, old_len,
                              (const unsigned char *)new_id, new_len, &changed, &err);
     return jwke_push_count(L, rc, changed, &err);
 }
 
-/* token:data_objects(application [, label]) -> { { label, value }, ... }
- * | nil, err: the data objects of an application (of one label, or all). */
+/* token:data_objects(application [, label]) -> objects [, unreadable]
+ * | nil, err, code: the data objects of an application (of one label, or
+ * all), objects = { { label = ..., value = ... }, ... }. An object that
+ * could not be read (too large for the bound, a length the token should
+ * not report, a sensitive value) does not fail the call: it is left out of
+ * `objects` and described in the second list, unreadable = { { error =
+ * message, code = code }, ... } (nil when every object was read), for the
+ * caller to log and skip. */
 static int l_data_objects(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
-    const char *application = luaL_checkstring(L, 2);
-    size_t label_len = 0;
-    const char *label = luaL_optlstring(L, 3, NULL, &label_len);
+    OPEN_TOKEN(t);
+    size_t label_len;
+    const char *application, *label;
+    TEXT_ARG(2, "the application", application);
+    OPTIONAL_STRING_ARG(3, "the label", label, label_len);
     jwke_p11_data *found;
-    size_t count;
+    jwke_error *unreadable;
+    size_t count, unreadable_count;
     jwke_error err;
-    if (jwke_p11_data_find(t->token, application, label, label_len, &found, &count, &err) != 0)
+    if (jwke_p11_data_find(t->token, application, label, label_len, &found, &count, &unreadable,
+                           &unreadable_count, &err) != 0)
         return jwke_push_error(L, &err);
     lua_createtable(L, (int)count, 0);
     for (size_t i = 0; i < count; i++) {
@@ -296,17 +350,30 @@ static int l_data_objects(lua_State *L)
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     jwke_p11_data_free(found, count);
-    return 1;
+    if (unreadable_count == 0)
+        return 1;
+    lua_createtable(L, (int)unreadable_count, 0);
+    for (size_t i = 0; i < unreadable_count; i++) {
+        lua_createtable(L, 0, 2);
+        jwke_push_error(L, &unreadable[i]); /* nil, message, code */
+        lua_setfield(L, -4, "code");
+        lua_setfield(L, -3, "error");
+        lua_pop(L, 1);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    free(unreadable);
+    return 2;
 }
 
 /* token:create_data(application, label, value) -> true | nil, err */
 static int l_create_data(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
+    OPEN_TOKEN(t);
     size_t label_len, value_len;
-    const char *application = luaL_checkstring(L, 2);
-    const char *label = luaL_checklstring(L, 3, &label_len);
-    const char *value = luaL_checklstring(L, 4, &value_len);
+    const char *application, *label, *value;
+    TEXT_ARG(2, "the application", application);
+    STRING_ARG(3, "the label", label, label_len);
+    STRING_ARG(4, "the value", value, value_len);
     jwke_error err;
     int rc = jwke_p11_data_create(t->token, application, label, label_len,
                                   (const unsigned char *)value, value_len, &err);
@@ -317,11 +384,12 @@ static int l_create_data(lua_State *L)
  * | nil, err: only the objects holding exactly `value`. */
 static int l_destroy_data(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
+    OPEN_TOKEN(t);
     size_t label_len, value_len, destroyed;
-    const char *application = luaL_checkstring(L, 2);
-    const char *label = luaL_checklstring(L, 3, &label_len);
-    const char *value = luaL_checklstring(L, 4, &value_len);
+    const char *application, *label, *value;
+    TEXT_ARG(2, "the application", application);
+    STRING_ARG(3, "the label", label, label_len);
+    STRING_ARG(4, "the value", value, value_len);
     jwke_error err;
     int rc = jwke_p11_data_destroy(t->token, application, label, label_len,
                                    (const unsigned char *)value, value_len, &destroyed, &err);
@@ -332,11 +400,12 @@ static int l_destroy_data(lua_State *L)
  * the pair, replacing its certificates (p11_cert.h) */
 static int l_store_certificate(lua_State *L)
 {
-    token_object *t = check_open_token(L, 1);
+    OPEN_TOKEN(t);
     size_t label_len, kid_len, der_len;
-    const char *label = luaL_checklstring(L, 2, &label_len);
-    const char *kid = luaL_checklstring(L, 3, &kid_len);
-    const char *der = luaL_checklstring(L, 4, &der_len);
+    const char *label, *kid, *der;
+    STRING_ARG(2, "the label", label, label_len);
+    STRING_ARG(3, "the kid", kid, kid_len);
+    STRING_ARG(4, "the certificate", der, der_len);
     jwke_error err;
     int rc = jwke_p11_store_certificate(t->token, label, label_len, (const unsigned char *)kid,
                                         kid_len, (const unsigned char *)der, der_len, &err);
@@ -411,6 +480,37 @@ static int l_key_public_key(lua_State *L)
     return 1;
 }
 
+/* key:retired() -> true when the pair is retired on the key itself (its
+ * private half's CKA_SIGN false, p11_keys.h) as it was loaded */
+static int l_key_retired(lua_State *L)
+{
+    lua_pushboolean(L, check_key(L)->key.retired);
+    return 1;
+}
+
+/* key:set_sign(allowed) -> objects changed | nil, err, code: writes CKA_SIGN
+ * on the pair's private half, found again by label and kid (this object's
+ * handle may be stale); ERR_KEY_MARK_REFUSED where the token will not. The
+ * object itself keeps what it loaded: load the set again to see the mark. */
+static int l_key_set_sign(lua_State *L)
+{
+    hsm_key_object *k = check_key(L);
+    jwke_error err;
+    if (lua_type(L, 2) != LUA_TBOOLEAN) {
+        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "set_sign takes a boolean, got %s",
+                       luaL_typename(L, 2));
+        return jwke_push_error(L, &err);
+    }
+    if (!k->owner->token) {
+        jwke_fail_code(&err, "ERR_CLOSED", "the engine that loaded this key is closed");
+        return jwke_push_error(L, &err);
+    }
+    size_t changed;
+    int rc = jwke_p11_set_sign(k->owner->token, k->key.label, k->key.label_len, k->key.id,
+                               k->key.id_len, lua_toboolean(L, 2), &changed, &err);
+    return jwke_push_count(L, rc, changed, &err);
+}
+
 /* key:public_jwk() -> the public JWK: kty, kid, use, alg and the key members */
 static int l_key_public_jwk(lua_State *L)
 {
@@ -467,6 +567,10 @@ static int signing_setup(lua_State *L, int alg_arg, void *signer, size_t *sig_ma
     if (k->key.use != JWKE_USE_SIG)
         return jwke_fail_code(err, "ERR_JWS_SIGN",
                               "key '%.*s' is an encryption key (use 'enc') and cannot sign",
+                              (int)k->key.id_len, (const char *)k->key.id);
+    if (k->key.retired)
+        return jwke_fail_code(err, "ERR_KEY_STATE",
+                              "key '%.*s' is retired on the token (CKA_SIGN false) and never signs",
                               (int)k->key.id_len, (const char *)k->key.id);
     s->key = k;
     s->alg = lua_isnoneornil(L, alg_arg) ? k->key.alg : jwke_check_alg(L, alg_arg);
@@ -545,6 +649,8 @@ static const luaL_Reg key_methods[] = {
     {"sign", l_key_sign},
     {"sign_compact", l_key_sign_compact},
     {"certificate", l_key_certificate},
+    {"retired", l_key_retired},
+    {"set_sign", l_key_set_sign},
     {"self_signed_certificate", l_key_self_signed_certificate},
     {NULL, NULL},
 };

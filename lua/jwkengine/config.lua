@@ -38,7 +38,7 @@ local function defaults()
     secrets = { system = {} },
     store = { cache_ttl = 30 },
     publication = {},   -- max_age, refresh; tokens: max_lifetime, clock_tolerance
-    tokens = {},        -- (defaults and checks: jwkengine.rotation)
+    tokens = {},        -- (defaults and checks: jwkengine.lifecycle.policy)
   }
 end
 

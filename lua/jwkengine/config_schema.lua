@@ -6,6 +6,7 @@
 -- top-level sections by name (and `secrets.cookie`). Any other key, at the
 -- top or inside a section jwkengine owns, is an error. The options table of
 -- jwkengine.open takes jwkengine's sections and its own options only.
+local policy = require("jwkengine.lifecycle.policy")
 local util = require("jwkengine.util")
 
 local M = {}
@@ -29,7 +30,6 @@ M.HYDRA_SECTIONS = { "cgroups", "clients", "db", "dev", "feature_flags", "log", 
 local HYDRA_KEYS = { secrets = { cookie = true } }
 
 local STARTUP_SET_KEYS = { set = true, alg = true, rotation = true }
-local ROTATION_KEYS = { period = true, prepublish = true, retain = true, destroy_after = true }
 
 local function edit_distance(a, b)
   local previous = {}
@@ -93,7 +93,7 @@ local function check_startup_sets(value, origin)
       local path = string.format("startup_sets[%d].", i)
       local ok, err, code = check_keys(entry, origin, path, STARTUP_SET_KEYS)
       if ok and type(entry.rotation) == "table" then
-        ok, err, code = check_keys(entry.rotation, origin, path .. "rotation.", ROTATION_KEYS)
+        ok, err, code = check_keys(entry.rotation, origin, path .. "rotation.", policy.FIELD)
       end
       if not ok then return nil, err, code end
     end

@@ -33,7 +33,7 @@ M.codes = {
   -- the software store
   ERR_STORE = "the store's database failed (connection, migration, query), or a set's key states kept changing under a read or a write",
   ERR_KEY_DECRYPT = "a stored key cannot be opened with any of the secrets, or is not a key once opened",
-  ERR_KEY_INVALID = "a stored key is not one jwkengine can use as stored: a row that decrypts but is not a usable key, or a key pair on the token (halves that disagree, RSA below the minimum, neither CKA_SIGN nor CKA_DECRYPT)",
+  ERR_KEY_INVALID = "a stored key is not one jwkengine can use as stored: a row that decrypts but is not a usable key, or a key pair on the token (halves that disagree, RSA below the minimum, CKA_SIGN unreadable and no CKA_DECRYPT)",
   ERR_KEY_ENCRYPT = "a key cannot be sealed for the store",
   -- nginx integration
   ERR_OPEN = "opening the engine in an nginx worker raised",
@@ -54,7 +54,9 @@ M.codes = {
   ERR_JWS_SIGNATURE_INVALID = "the signature does not verify, or has the wrong length for the key",
   ERR_JWS_SIGN = "signing failed",
   ERR_NO_SIGNING_KEY = "the key set exists but holds no private signing key",
-  ERR_KEY_STATE = "the key's lifecycle state forbids it: a next or retired key named to sign, the current key retired",
+  ERR_KEY_MARK_REFUSED = "the token would not change CKA_SIGN on a key (C_SetAttributeValue refused): retirement is not written on the key there, only in the set's records",
+  ERR_KEY_STATE = "the key's lifecycle state forbids it: a next or retired key named to sign, the current key retired, a key retired on the key itself (CKA_SIGN false on the token, key_ops without sign in its row), a key still needed deleted without force, a token set of several keys with no record of which signs",
+  ERR_KEY_STATES_CORRUPT = "the set's key states cannot be read (corrupt, or a newer format) and none were read before: it neither signs nor publishes until `keys repair SET --current KID`",
   ERR_UNSUPPORTED_ALG = "the algorithm is not one jwkengine signs with (RS*, PS*, ES*, EdDSA)",
   -- keys and key sets
   ERR_JWKS_NO_MATCHING_KEY = "no key of the set fits the token (kid, alg, use, key_ops, key type and size)",

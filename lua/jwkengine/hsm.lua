@@ -3,12 +3,12 @@
 -- A set name maps to CKA_LABEL = key_set_prefix .. set on both halves of each
 -- pair; the prefix never shows outside this file. Loaded sets are cached with
 -- their key objects (object handles and public keys) and their key states
--- (a data object under the same label, jwkengine.hsm_states), so signing
+-- (a data object under the same label, jwkengine.lifecycle.token_backend), so signing
 -- never searches the token; generate and delete refresh the set they touch.
 local config = require("jwkengine.config")
 local core = require("jwkengine.core")
 local jwk_module = require("jwkengine.jwk")
-local hsm_states = require("jwkengine.hsm_states")
+local token_backend = require("jwkengine.lifecycle.token_backend")
 local keyset = require("jwkengine.keyset")
 local key_rules = require("jwkengine.key_rules")
 local slots = require("jwkengine.slots")
@@ -69,8 +69,9 @@ end
 --   hsm_config: the `hsm` table of jwkengine.config
 --   options.select_slot(slot_list, hsm_config) -> slot | nil, err: slot policy
 --   options.logger(level, message): where recoveries are logged
---   options.states: jwkengine.rotation.states without a backend (the
---     token's data objects are the backend, jwkengine.hsm_states)
+--   options.states: a jwkengine.lifecycle states object without a backend
+--     (the token's data objects are the backend,
+--     jwkengine.lifecycle.token_backend)
 function M.open(hsm_config, options)
   options = options or {}
   local ok, err, code = config.check_hsm(hsm_config)
@@ -141,10 +142,8 @@ function M.open(hsm_config, options)
   -- now, at open, not with the first signature's events
   for _, line in ipairs(token:events() or {}) do log("warn", line) end
   local prefix = hsm_config.key_set_prefix or ""
-  -- the lifecycle of each set (jwkengine.rotation.states), its records on
-  -- this token
-  local states = options.states and setmetatable({ backend = hsm_states.new(token, prefix, log) },
-    { __index = options.states })
+  -- the lifecycle of each set (jwkengine.lifecycle), its records on this token
+  local states = options.states and options.states:with_backend(token_backend.new(token, prefix, log))
   return setmetatable({
     token = token,
     slot = slot,
@@ -155,6 +154,7 @@ function M.open(hsm_config, options)
     prefix = prefix,
     min_rsa_bits = hsm_config.min_rsa_bits or LIMITS.hsm_min_rsa_bits,
     sets = {},
+    outdated = {}, -- set -> the entry outdate took out of sets (see outdate)
   }, Manager)
 end
 
@@ -187,25 +187,31 @@ end
 -- (remembered for a while by jwkengine.fallback, which asks here first).
 function Manager:load(set, refresh)
   local entry = self.sets[set]
-  if entry and not refresh and not entry.outdated then return entry end
+  if entry and not refresh then return entry end
   local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits))
   if not keys then
     err = string.format("key set '%s': %s", set, err)
-    if entry and entry.outdated and not refresh then
-      entry.outdated = nil -- read again on the next change or refresh, not per signature
+    local stale = self.outdated[set]
+    if stale and not refresh then
+      -- read again on the next change or refresh, not per signature
+      self.outdated[set] = nil
+      self.sets[set] = stale
       self.log("warn", err .. " (" .. tostring(code) .. "); the keys read before go on signing")
-      return entry
+      return stale
     end
     return nil, err, code
   end
+  self.outdated[set] = nil
   if #keys == 0 then
     self.sets[set] = nil
+    if self.states then self.states:forget(set) end -- gone: a set made again starts afresh
     return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
   end
   entry = { keys = {} }
   for i, object in ipairs(keys) do
     entry.keys[i] = { kid = object:kid(), alg = object:alg(), use = object:use(),
-      private = object:is_private(), object = object, jwk = object:public_jwk() }
+      private = object:is_private(), object = object, jwk = object:public_jwk(),
+      retired_mark = object:retired() or nil }
     self:warn_unprintable_kid(set, entry.keys[i].kid)
     self:report_certificate(set, object)
   end
@@ -255,6 +261,7 @@ end
 
 function Manager:forget(set)
   self.sets[set] = nil
+  self.outdated[set] = nil
 end
 
 -- After this process changed a set (generated a key, recorded key states),
@@ -262,9 +269,14 @@ end
 -- token again, and when that read fails (another process making or
 -- renaming a pair shows one half of it for a moment) signs with the keys it
 -- had instead of failing the request. Engine:refresh forgets outright.
+-- The entry waits in `outdated` rather than `sets`, so the signing path's
+-- one lookup (sets[set]) finds nothing and loads.
 function Manager:outdate(set)
   local entry = self.sets[set]
-  if entry then entry.outdated = true end
+  if entry then
+    self.outdated[set] = entry
+    self.sets[set] = nil
+  end
 end
 
 -- The public JWK of one pair, read by label and CKA_ID: a generation costs
@@ -334,11 +346,39 @@ function Manager:delete(set, kid)
   local destroyed, err, code = self:drain(self.token:delete(self.prefix .. set, kid))
   self:forget(set)
   if not destroyed then return nil, err, code end
+  -- the whole set went, its key-state objects with it
+  if not kid and self.states then self.states:forget(set) end
   if destroyed == 0 then
     if kid then
       return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
     end
     return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
+  end
+  return true
+end
+
+-- Writes retirement on the key itself (retired true: the private half's
+-- CKA_SIGN false, so the token refuses to sign with it whatever the set's
+-- records say) or undoes it (false). ERR_KEY_MARK_REFUSED where the token
+-- will not change the attribute (logged: the records are all there is).
+function Manager:mark_retired(set, kid, retired)
+  if type(retired) ~= "boolean" then error("mark_retired takes a boolean", 2) end
+  local key, err, code = self:key_entry(set, kid)
+  if not key then return nil, err, code end
+  if key.use ~= "sig" then
+    return util.fail("ERR_KEY_USE", "key '%s' of HSM key set '%s' is an encryption key: it has no "
+      .. "signing state to mark", kid, set)
+  end
+  local changed
+  changed, err, code = self:drain(key.object:set_sign(not retired))
+  self:forget(set)
+  if not changed then
+    err = string.format("key set '%s' key '%s': %s", set, kid, err)
+    if code == "ERR_KEY_MARK_REFUSED" then self.log("warn", err) end
+    return nil, err, code
+  end
+  if changed == 0 then
+    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
   end
   return true
 end
@@ -352,6 +392,14 @@ function Manager:sign(set, payload, options)
     if not entry then return nil, err, code end
   end
   local jws, err, code = keyset.sign(entry, set, payload, options, "HSM", self.metrics)
+  -- The token refused a key the set's entry still lets sign: another
+  -- process retired it on the token (CKA_SIGN false, rotate --now) since
+  -- this one loaded the set. Read the set again and sign once more; only
+  -- on that failure, so signing costs nothing more.
+  if code == "ERR_KEY_STATE" and keyset.signing_key(entry, set, options and options.kid, "HSM") then
+    entry = self:load(set, true)
+    if entry then jws, err, code = keyset.sign(entry, set, payload, options, "HSM", self.metrics) end
+  end
   local events = self.token:events() -- nil unless a recovery happened
   if events then self:log_events(events) end
   return jws, err, code
@@ -376,7 +424,7 @@ function Manager:generate_if_missing(set, alg)
 end
 
 function Manager:close()
-  self.sets = {}
+  self.sets, self.outdated = {}, {}
   if self.token then self.token:close() end
 end
 

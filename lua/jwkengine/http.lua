@@ -59,6 +59,10 @@ local STATUS = {
   ERR_HSM_UNAVAILABLE = { 503, "temporarily_unavailable" },
   ERR_OVERLOADED = { 503, "temporarily_unavailable" },
   ERR_STORE = { 503, "temporarily_unavailable" },
+  ERR_KEY_STATES_CORRUPT = { 503, "temporarily_unavailable" },
+  -- the set's signer is refused until an operator acts (several keys and
+  -- no record of which signs) or another process just retired it
+  ERR_KEY_STATE = { 503, "temporarily_unavailable" },
 }
 local TOKEN_FAILURE = { 503, "temporarily_unavailable" } -- every CKR_* code
 local ENGINE_FAILURE = { 500, "server_error" }

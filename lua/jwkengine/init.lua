@@ -18,8 +18,10 @@ local jwt = require("jwkengine.jwt")
 local health = require("jwkengine.health")
 local log = require("jwkengine.log")
 local metrics = require("jwkengine.metrics")
-local key_state_store = require("jwkengine.store.key_state")
-local rotation = require("jwkengine.rotation")
+local lifecycle = require("jwkengine.lifecycle")
+local lifecycle_policy = require("jwkengine.lifecycle.policy")
+local lifecycle_writes = require("jwkengine.lifecycle.writes")
+local sql_backend = require("jwkengine.lifecycle.sql_backend")
 local names = require("jwkengine.names")
 local software = require("jwkengine.software")
 local startup = require("jwkengine.startup")
@@ -45,6 +47,12 @@ Engine.__index = Engine
 local keys_of = setmetatable({}, { __mode = "k" })
 
 local DEFAULT_JWT_OPTIONS = { typ = "JWT" }
+
+-- The key lifecycle's writes (jwkengine.lifecycle.writes) get the managers
+-- from here, and from nowhere else.
+local function lifecycle_of(engine)
+  return { keys = keys_of[engine], policies = engine.policies }
+end
 
 -- Every method that takes a set name or a kid checks them here first (see
 -- jwkengine.names): a wrong type raises, control characters are
@@ -104,7 +112,7 @@ end
 -- The configuration open would use, checked as open checks it but without
 -- loading the PKCS#11 module or touching a store: a host that checks before
 -- it starts (nginx's master) calls this. Returns cfg, policies (the
--- rotation policies of jwkengine.rotation) or nil, err, code.
+-- rotation policies of jwkengine.lifecycle.policy) or nil, err, code.
 function M.check_config(options)
   local cfg, err, code = config.load(options)
   if not cfg then return nil, err, code end
@@ -112,7 +120,7 @@ function M.check_config(options)
   usable, err, code = config.check_stores(cfg, options)
   if not usable then return nil, err, code end
   local policies
-  policies, err, code = rotation.policies(cfg)
+  policies, err, code = lifecycle_policy.policies(cfg)
   if not policies then return nil, err, code end
   return cfg, policies
 end
@@ -155,7 +163,7 @@ function M.open(options)
     -- the next attempt is due (jwkengine.hsm's backoff of opens)
     local retry_in
     hsm_keys, err, code, retry_in = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger,
-      now = options.now, states = rotation.states(nil, policies, options.now, logger) })
+      now = options.now, states = lifecycle.new(nil, policies, options.now, logger) })
     if not hsm_keys then return nil, err, code, retry_in end
     logger("info", "Hardware Security Module is configured.")
   end
@@ -171,7 +179,7 @@ function M.open(options)
       return nil, err, code
     end
     software_keys = software.new(key_store, cfg.secrets.system, { cache_ttl = cfg.store.cache_ttl,
-      now = options.now, logger = logger, states = rotation.states(key_state_store.new(key_store), policies, options.now, logger) })
+      now = options.now, logger = logger, states = lifecycle.new(sql_backend.new(key_store), policies, options.now, logger) })
     cfg.secrets = nil -- the software manager holds them; engine.config does not
   end
 
@@ -244,7 +252,15 @@ function Engine:ensure_startup_sets(sets)
     local ok, err, code = check_names(entry.set)
     if not ok then return nil, err, code end
   end
-  return startup.ensure_sets(keys_of[self], sets, self.log)
+  local engine = self
+  return startup.ensure_sets(keys_of[self], sets, self.log, { created = function(set)
+    -- recorded at creation: the first reader never guesses
+    local ok, err, code = lifecycle_writes.record_created(lifecycle_of(engine), set)
+    if not ok then
+      engine.log("warn", string.format("key set '%s': its first key is not recorded yet (%s: %s)", set,
+        tostring(code), tostring(err)))
+    end
+  end })
 end
 
 -- The key object that signs for a set (by kid, or the set's default
@@ -315,8 +331,21 @@ Engine.key = checked_call("key", kid_argument, "kid", true)
 
 -- Generates a key pair; options: kid, use ("sig" | "enc"), rsa_bits, and
 -- thumbprint_kid (true, or "SHA-256" / "SHA-384" / "SHA-512"): the new
--- key's kid is its RFC 7638 thumbprint. Returns the public JWK.
-Engine.generate = checked_call("generate", kid_in_options, "options.kid")
+-- key's kid is its RFC 7638 thumbprint. Returns the public JWK. The key is
+-- recorded in the set's states at once (current in a set with no key that
+-- may sign, else next), so no reader has to guess its state.
+local generate = checked_call("generate", kid_in_options, "options.kid")
+function Engine:generate(set, alg, options)
+  local jwk_made, err, code = generate(self, set, alg, options)
+  if not jwk_made then return nil, err, code end
+  local ok
+  ok, err, code = lifecycle_writes.record_created(lifecycle_of(self), set, jwk_made.kid)
+  if not ok then
+    self.log("warn", string.format("key set '%s': the new key '%s' is not recorded yet (%s: %s); the next "
+      .. "reader records it as next", set, tostring(jwk_made.kid), tostring(code), tostring(err)))
+  end
+  return jwk_made
+end
 
 -- Adds a key to the software store (never the HSM): a JWK (table or JSON)
 -- or a PEM block. options: kid, alg, use. Returns the public JWK.
@@ -344,8 +373,18 @@ function Engine:rotate_secrets()
   return keys_of[self]:rotate_secrets()
 end
 
--- Deletes one key (kid given) or the whole set.
-Engine.delete = checked_call("delete", kid_argument, "kid")
+-- Deletes one key (kid given) or the whole set. A key the lifecycle still
+-- needs (the current key, a previous key inside retain, a next key) is
+-- refused with ERR_KEY_STATE unless options.force.
+local delete = checked_call("delete", kid_argument, "kid")
+function Engine:delete(set, kid, options)
+  if options ~= nil and type(options) ~= "table" then error("options must be a table { force = true }", 2) end
+  if kid ~= nil and not (options and options.force) and check_names(set, kid, "kid") then
+    local ok, err, code = lifecycle_writes.check_delete(lifecycle_of(self), set, kid)
+    if not ok and code ~= "ERR_KEY_SET_NOT_FOUND" then return nil, err, code end
+  end
+  return delete(self, set, kid)
+end
 
 -- Signs payload bytes as a compact JWS; options: kid, typ, alg.
 function Engine:sign(set, payload, options)
@@ -447,18 +486,35 @@ function Engine:verify(set, token, options)
   return jws.verify(token, candidates, { algorithms = options.algorithms, min_rsa_bits = options.min_rsa_bits })
 end
 
--- maintain, rotate, retire, activate, key_states: the key lifecycle's writes
--- The key lifecycle's writes (jwkengine.rotation) get the managers from
--- here, and from nowhere else.
-local function lifecycle_of(engine)
-  return { keys = keys_of[engine], policies = engine.policies }
+-- maintain, rotate, retire, activate, key_states, key_policy,
+-- repair_states: the key lifecycle's writes (see lifecycle_of).
+
+function Engine:maintain(options) return lifecycle_writes.maintain(lifecycle_of(self), options) end
+function Engine:key_states(set) return lifecycle_writes.key_states(lifecycle_of(self), set) end
+function Engine:rotate(set, options) return lifecycle_writes.rotate(lifecycle_of(self), set, options) end
+function Engine:retire(set, kid) return lifecycle_writes.retire(lifecycle_of(self), set, kid) end
+function Engine:activate(set, kid) return lifecycle_writes.activate(lifecycle_of(self), set, kid) end
+
+-- A set's rotation policy: { recorded, configured, effective } (see
+-- jwkengine.lifecycle.writes.policy); with settings ({ period, prepublish,
+-- retain, destroy_after }, false turning one off) records it first.
+function Engine:key_policy(set, settings)
+  local ok, err, code = check_names(set)
+  if not ok then return nil, err, code end
+  if settings ~= nil and type(settings) ~= "table" then error("settings must be a table", 2) end
+  return lifecycle_writes.policy(lifecycle_of(self), set, settings)
 end
 
-function Engine:maintain(options) return rotation.maintain(lifecycle_of(self), options) end
-function Engine:key_states(set) return rotation.key_states(lifecycle_of(self), set) end
-function Engine:rotate(set, options) return rotation.rotate(lifecycle_of(self), set, options) end
-function Engine:retire(set, kid) return rotation.retire(lifecycle_of(self), set, kid) end
-function Engine:activate(set, kid) return rotation.activate(lifecycle_of(self), set, kid) end
+-- Rewrites a set's key states on the operator's word, whatever they hold
+-- (the repair of ERR_KEY_STATES_CORRUPT): options.current = the kid that
+-- signs, options.retire = kids to unpublish. Returns the changes.
+function Engine:repair_states(set, options)
+  if type(options) ~= "table" then error("options must be a table { current = KID }", 2) end
+  local ok, err, code = check_names(set, options.current, "options.current", true)
+  if not ok then return nil, err, code end
+  if options.retire ~= nil and type(options.retire) ~= "table" then error("options.retire must be a list of kids", 2) end
+  return lifecycle_writes.repair(lifecycle_of(self), set, options)
+end
 
 -- What every call on a closed engine answers: a clear error rather than
 -- "attempt to index a nil value".

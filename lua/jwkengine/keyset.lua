@@ -7,7 +7,7 @@
 -- Everything the signing path needs is computed once per load, so signing a
 -- token costs one table lookup and one C call on top of the signature.
 local jws = require("jwkengine.jws")
-local lifecycle = require("jwkengine.lifecycle")
+local lifecycle = require("jwkengine.lifecycle.rule")
 local key_rules = require("jwkengine.key_rules")
 local util = require("jwkengine.util")
 local clock = require("jwkengine.metrics").clock
@@ -16,11 +16,19 @@ local M = {}
 
 local HEADER_COUNT = {} -- a table key: never equal to a caller's typ
 
--- With key states (see jwkengine.key_states): the rule's current key signs,
+-- With key states (see jwkengine.lifecycle): the rule's current key signs,
 -- and each key carries its state; keys outside the lifecycle (public-only,
--- encryption) have none and are always published.
+-- encryption) have none and are always published. A set whose records
+-- cannot be read (and none were read before) neither signs, publishes nor
+-- verifies: entry.refused is the error of all three.
 local function prepare_by_state(entry, set, where)
-  local evaluation = entry.lifecycle.evaluation
+  local lc = entry.lifecycle
+  entry.refused = lc.refused
+  if lc.refused then
+    entry.signer, entry.signer_problem = nil, lc.refused
+    return entry
+  end
+  local evaluation = lc.evaluation
   for _, key in ipairs(entry.keys) do
     local state = evaluation.keys[key.kid]
     key.state = state and state.state or nil
@@ -29,8 +37,14 @@ local function prepare_by_state(entry, set, where)
   entry.signer, entry.signer_problem = nil, nil
   if signer and signer.broken then
     entry.signer_problem = { signer.broken, signer.code }
+  elseif signer and signer.retired_mark then
+    entry.signer_problem = { M.retired_on_key(signer, set), "ERR_KEY_STATE" }
   elseif signer then
     entry.signer = signer
+  elseif evaluation.undecided then
+    entry.signer_problem = { string.format("%s key set '%s' has several keys and no record of which signs "
+      .. "(the token gives no order to choose by): name the signer with `jwkengine keys activate %s KID`",
+      where, set, set), "ERR_KEY_STATE" }
   else
     entry.signer_problem = { string.format("%s key set '%s' has no private signing key", where, set),
       "ERR_NO_SIGNING_KEY" }
@@ -38,9 +52,17 @@ local function prepare_by_state(entry, set, where)
   return entry
 end
 
+-- Retirement written on the key itself (CKA_SIGN false on the token, a row
+-- whose key_ops lacks sign: the managers set retired_mark) outranks any
+-- record: such a key never signs and is never published.
+function M.retired_on_key(key, set)
+  return string.format("key '%s' of key set '%s' is retired on the key itself and never signs "
+    .. "again (undo only with activate)", key.kid, set)
+end
+
 -- Whether a key is in the JWK Set and verifies: not when retired.
 local function published(key)
-  return key.state == nil or lifecycle.PUBLISHED[key.state]
+  return not key.retired_mark and (key.state == nil or lifecycle.PUBLISHED[key.state])
 end
 
 -- Re-evaluates the states once the clock passes the set's next state change:
@@ -65,7 +87,7 @@ function M.prepare(entry, set, where, choose)
   for _, key in ipairs(entry.keys) do
     if key.broken then
       if choose == "newest" and not signer then problem = { key.broken, key.code } end
-    elseif key.private and key.use == "sig" then
+    elseif key.private and key.use == "sig" and not key.retired_mark then
       if choose == "newest" then
         if not signer and not problem then signer = key end
       elseif signer then
@@ -90,9 +112,11 @@ end
 function M.signing_key(entry, set, kid, where)
   current(entry)
   if kid == nil then
+    -- a refusing entry has no signer: its problem is the refusal
     if entry.signer then return entry.signer end
     return nil, entry.signer_problem[1], entry.signer_problem[2]
   end
+  if entry.refused then return nil, entry.refused[1], entry.refused[2] end
   local key = entry.by_kid[kid]
   if not key then
     return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in %s key set '%s'", kid, where, set)
@@ -104,6 +128,7 @@ function M.signing_key(entry, set, kid, where)
   if key.use ~= "sig" then
     return util.fail("ERR_KEY_USE", "key '%s' is an encryption key (use 'enc') and cannot sign", kid)
   end
+  if key.retired_mark then return nil, M.retired_on_key(key, set), "ERR_KEY_STATE" end
   if key.state and not lifecycle.SIGNS_BY_KID[key.state] then
     return util.fail("ERR_KEY_STATE", "key '%s' of key set '%s' is %s: only the current and previous keys sign",
       kid, set, key.state)
@@ -151,6 +176,7 @@ end
 -- algorithms would otherwise reach jws.verify, which raises on it.
 function M.candidates(entry, set, where)
   local candidates = current(entry).candidates
+  if entry.refused then return nil, entry.refused[1], entry.refused[2] end
   if not candidates then
     candidates = { algorithms = {} }
     local seen, first_broken = {}, nil
@@ -178,6 +204,7 @@ end
 -- The public JWK Set, built once per load; broken rows make it an error.
 function M.jwks(entry)
   current(entry)
+  if entry.refused then return nil, entry.refused[1], entry.refused[2] end
   for _, key in ipairs(entry.keys) do
     if key.broken then return nil, key.broken, key.code end
   end
@@ -194,7 +221,7 @@ end
 -- A manager class names it as its base (setmetatable(Manager, { __index =
 -- keyset.Manager })) and provides load(set [, refresh]) -> entry (ending
 -- with self:loaded), `where` ("HSM" or "software", for messages), `sets`
--- (set -> entry) and `states` (jwkengine.rotation.states, or nil).
+-- (set -> entry) and `states` (a jwkengine.lifecycle states object, or nil).
 local Manager = {}
 M.Manager = Manager
 
@@ -257,16 +284,27 @@ function Manager:verification_keys(set)
 end
 
 -- Finishes loading a set: its kid index and signer (prepare; choose as
--- there), its key states when the manager keeps them (the entry it
--- replaces, if any, as key_states.attach's `previous`), and the cache.
+-- there), its key states when the manager keeps them, and the cache.
 function Manager:loaded(set, entry, choose)
   M.prepare(entry, set, self.where, choose)
-  if self.states then self.states:attach(entry, set, self.where, self.sets[set]) end
+  if self.states then self.states:attach(entry, set, self.where) end
   self.sets[set] = entry
   return entry
 end
 
 -- The set's public JWK Set read again now; on an error the cached set stays.
+-- The lifecycle's way into a manager (jwkengine.lifecycle.writes): its
+-- states object, and outdate(set) after a write. Nothing else of a
+-- manager is the lifecycle's business.
+function Manager:lifecycle()
+  return self.states
+end
+
+-- After this process changed a set: the next use reads it again.
+function Manager:outdate(set)
+  self.sets[set] = nil
+end
+
 function Manager:reload(set)
   local entry, err, code = self:load(set, true)
   if not entry then return nil, err, code end

@@ -31,7 +31,7 @@ function M.new(store, secrets, options)
     secrets = secrets,
     cache_ttl = options.cache_ttl or 30,
     now = options.now or os.time,
-    states = options.states, -- jwkengine.rotation.states: the lifecycle of each set
+    states = options.states, -- jwkengine.lifecycle states: the lifecycle of each set
     log = options.logger or function() end,
     sets = {},
   }, Manager)
@@ -66,7 +66,19 @@ function Manager:open_row(row)
   if not ok then return invalid(err) end
   public.kid, public.alg, public.use = row.kid, alg, use
   self:add_certificate(row, key, jwk.x5c, public)
-  return { kid = row.kid, alg = alg, use = use, object = key, private = key:is_private(), jwk = public }
+  return { kid = row.kid, alg = alg, use = use, object = key, private = key:is_private(), jwk = public,
+    retired_mark = M.retired_on_row(jwk, use) or nil }
+end
+
+-- Retirement written on a software key (mark_retired): its sealed JWK's
+-- key_ops is a list without "sign". Rows without key_ops (Hydra's, and
+-- every key jwkengine writes otherwise) are not marked.
+function M.retired_on_row(jwk, use)
+  if use ~= "sig" or type(jwk.key_ops) ~= "table" then return false end
+  for _, op in ipairs(jwk.key_ops) do
+    if op == "sign" then return false end
+  end
+  return true
 end
 
 -- The stored JWK's x5c (the certificate keys.lua cert made, kept in the
@@ -104,7 +116,8 @@ function Manager:load(set, refresh)
     self.sets[set] = nil
     return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found", set)
   end
-  entry = { keys = {}, loaded_at = self.now() }
+  -- rows come newest first (created_at): the lifecycle may rely on that
+  entry = { keys = {}, loaded_at = self.now(), newest_first = true }
   for i, row in ipairs(rows) do
     local key, kerr, kcode = self:open_row(row)
     entry.keys[i] = key or { kid = row.kid, broken = kerr, code = kcode }
@@ -258,6 +271,9 @@ end
 function Manager:certify(set, kid, options)
   local key, err, code = self:key_entry(set, kid)
   if not key then return nil, err, code end
+  -- as the token refuses a retired pair's signature (and re-sealing here
+  -- would drop the mark)
+  if key.retired_mark then return nil, keyset.retired_on_key(key, set), "ERR_KEY_STATE" end
   local der
   der, err, code = key.object:self_signed_certificate(options.subject, options.days)
   if not der then return nil, string.format("key set '%s': %s", set, err), code end
@@ -282,6 +298,37 @@ function Manager:delete(set, kid)
     if kid then return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set) end
     return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found", set)
   end
+  return true
+end
+
+-- Writes retirement on the key itself (retired true: the sealed JWK gets
+-- key_ops ["verify"], so it never signs again whatever the set's records
+-- say) or undoes it (false: key_ops removed). The row is read, re-sealed
+-- in C (the private members never reach Lua) and written back in one
+-- transaction, keeping its place and Hydra's hydra_jwk schema.
+function Manager:mark_retired(set, kid, retired)
+  if type(retired) ~= "boolean" then error("mark_retired takes a boolean", 2) end
+  local ok, err, code = self.store:transaction(function(store)
+    local rows, rerr, rcode = store:rows(set)
+    if not rows then return nil, rerr, rcode end
+    for _, row in ipairs(rows) do
+      if row.kid == kid then
+        local key, stored, kcode = core.open_sealed_key(self.secrets, row.keydata)
+        if not key then return util.fail(kcode, "key set '%s' key '%s': %s", set, kid, stored) end
+        local jwk = cjson.decode(stored)
+        if jwk.use ~= nil and jwk.use ~= "sig" then
+          return util.fail("ERR_KEY_USE", "key '%s' of key set '%s' is an encryption key: it has "
+            .. "no signing state to mark", kid, set)
+        end
+        local sealed, serr, scode = core.sealed_key_mark(self.secrets, row.keydata, retired)
+        if not sealed then return util.fail(scode, "key set '%s' key '%s': %s", set, kid, serr) end
+        return store:update_keydata(row.pk, sealed)
+      end
+    end
+    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set)
+  end)
+  self.sets[set] = nil
+  if not ok then return nil, err, code end
   return true
 end
 

@@ -55,7 +55,9 @@ end
 
 -- keys: the engine's fallback manager (jwkengine.fallback); startup_sets:
 -- { { set =, alg = }, ... }; log(level, message); options.lock_file (default
--- M.lock_file()), options.lock_timeout (default M.LOCK_TIMEOUT).
+-- M.lock_file()), options.lock_timeout (default M.LOCK_TIMEOUT),
+-- options.created(set): called for each set this call generated (the
+-- lifecycle records it).
 -- Returns true, the names of the sets this call generated.
 function M.ensure_sets(keys, startup_sets, log, options)
   options = options or {}
@@ -97,6 +99,7 @@ function M.ensure_sets(keys, startup_sets, log, options)
           entry.set))
       else
         generated[#generated + 1] = entry.set
+        if options.created then options.created(entry.set) end
       end
     end
   end

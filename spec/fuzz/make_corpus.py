@@ -307,8 +307,49 @@ def x509_seeds():
     write("x509", "issuer-primitive-tag", b"\x00" + field(own[:issuer] + b"\x10" + own[issuer + 1:]))
 
 
+def records_seeds():
+    """Key-state record sets (lua/jwkengine/lifecycle/records.lua): valid
+    ones, and each corruption issue 19 lists (what another process or a
+    fault writes into a set's data object)."""
+    import json
+
+    def record(state, **times):
+        return {"state": state, "times": times}
+
+    valid = {
+        "valid-one-key": {"version": 1, "writer": "w", "records": {"a": record("current", current=1000)}},
+        "valid-four-states-policy": {
+            "version": 7, "writer": "nginx-1",
+            "records": {"k1": record("retired", next=10, current=100, previous=200, retired=300),
+                        "k2": record("previous", next=150, current=200, previous=400),
+                        "k3": record("current", next=350, current=400),
+                        "k4": record("next", next=700)},
+            "policy": {"period": 300, "prepublish": 100, "retain": 200, "destroy_after": 1000}},
+        "valid-destroyed": {"version": 3, "records": {"a": record("destroyed", destroyed=1.5)}},
+        # structurally valid: what the rule makes of it is the rule's business
+        "rival-every-key-current": {"version": 99, "records": {"a": record("current", current=1),
+                                                               "b": record("current", current=1)}},
+    }
+    for name, value in valid.items():
+        write("records", name, json.dumps(value, separators=(",", ":")))
+    one = '"records":{"a":{"state":"current","times":{"current":1}}}'
+    write("records", "corrupt-version-string", '{"version":"2",' + one + "}")
+    write("records", "corrupt-records-not-object", '{"version":2,"records":5}')
+    write("records", "corrupt-truncated", '{"version":2,"records":{"a":{"state":"current","ti')
+    write("records", "corrupt-version-inf", '{"version":1e999,' + one + "}")
+    write("records", "corrupt-record-without-times", '{"version":2,"records":{"a":{"state":"current"}}}')
+    write("records", "corrupt-records-list", '{"version":2,"records":[{"kid":"a","state":"current"}]}')
+    write("records", "corrupt-duplicate-member", '{"version":2,"records":{},"version":3}')
+    write("records", "corrupt-policy-period",
+          '{"version":2,' + one + ',"policy":{"prepublish":10,"retain":1,"period":5}}')
+    # 16 digits: more than the 14 significant digits lua-cjson writes
+    write("records", "version-beyond-14-digits", '{"version":9007199254740991,"records":{}}')
+    write("records", "empty", "")
+
+
 SEEDS = {"b64url": b64url_seeds, "jws": jws_seeds, "jwk": jwk_seeds, "ec": ec_seeds,
-         "p11_map": p11_map_seeds, "pem": pem_seeds, "x509": x509_seeds}
+         "p11_map": p11_map_seeds, "pem": pem_seeds, "x509": x509_seeds,
+         "records": records_seeds}
 
 if __name__ == "__main__":
     args = sys.argv[1:]

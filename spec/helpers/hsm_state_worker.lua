@@ -13,7 +13,7 @@
 -- can start two of them at the same instant.
 local cjson = require("cjson")
 local core = require("jwkengine.core")
-local hsm_states = require("jwkengine.hsm_states")
+local hsm_states = require("jwkengine.lifecycle.token_backend")
 local jwkengine = require("jwkengine")
 
 local mode, set, tag = arg[1], arg[2], arg[4] or arg[3] or "x"

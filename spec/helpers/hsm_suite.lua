@@ -31,6 +31,9 @@
 --   allowed_mechanisms = false,          -- the token refuses the
 --                                        -- CKA_ALLOWED_MECHANISMS mark PS256
 --                                        -- keys carry (NSS)
+--   sign_mark = "CKR_...",               -- the token refuses to change
+--                                        -- CKA_SIGN (retirement on the key)
+--                                        -- with this code
 -- }
 -- The engine's own settings only (never os.getenv): the same token can be
 -- described to a child process through cli.env_prefix.
@@ -265,6 +268,45 @@ function M.define(implementation, busted)
         local listing = assert(token.tool("--login --list-objects --type data"))
         assert.matches("label:%s+'" .. set:gsub("%-", "%%-") .. "'", listing)
       end
+    end)
+
+    it("retires a key on the key itself (CKA_SIGN false): never signs, not published, the token refuses it", function()
+      local set = "suite-retired"
+      assert(engine:generate(set, "ES256", { kid = "gone" }))
+      assert(engine:generate(set, "ES256", { kid = "kept" }))
+      local manager = assert(require("jwkengine.hsm").open(
+        assert(require("jwkengine.config").load({ environment = env })).hsm))
+      local ok, err, code = manager:mark_retired(set, "gone", true)
+      if implementation.sign_mark then
+        assert.is_nil(ok)
+        assert.equals("ERR_KEY_MARK_REFUSED", code, err)
+        assert.matches(implementation.sign_mark, err, 1, true)
+        manager:close()
+        return
+      end
+      assert.is_true(ok, err)
+      local entry = assert(manager:load(set, true))
+      assert.is_true(entry.by_kid.gone.retired_mark)
+      assert.equals("ERR_KEY_STATE", select(3, manager:sign(set, "x", { kid = "gone" })))
+      -- the token's own refusal, to a key object loaded before the mark
+      assert(manager:mark_retired(set, "gone", false))
+      local before = assert(manager:load(set, true)).by_kid.gone.object
+      assert(manager:mark_retired(set, "gone", true))
+      local _, message, refusal = before:sign_compact("e30", "x", "ES256")
+      assert.equals("ERR_KEY_STATE", refusal, message)
+      assert.matches("is retired on the token", message, 1, true)
+      local kids = {}
+      for _, jwk in ipairs(assert(engine:reload(set)).keys) do kids[#kids + 1] = jwk.kid end
+      assert.same({ "kept" }, kids)
+      if token.tool then
+        local listing = assert(token.tool("--login --list-objects --type privkey"))
+        local usage = listing:match("label:%s+" .. set:gsub("%-", "%%-") .. "\n%s+ID:%s+676f6e65\n%s+Usage:%s+([^\n]*)")
+        assert.is_string(usage, listing)
+        assert.not_matches("sign", usage)
+      end
+      assert(manager:mark_retired(set, "gone", false))
+      assert(manager:sign(set, "x", { kid = "gone" }))
+      manager:close()
     end)
 
     it("reads keys another process added when the set is reloaded", function()

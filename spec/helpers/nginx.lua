@@ -24,6 +24,19 @@ local function sleep(seconds)
 end
 M.sleep = sleep
 
+-- SoftHSM fails a login that overlaps another process's: a tool, the CLI
+-- or an engine started while nginx's workers refresh may need another try.
+-- action() -> result | nil, err; the last err is raised after 20 tries.
+function M.retried(action)
+  local result, err
+  for _ = 1, 20 do
+    result, err = action()
+    if result then return result end
+    sleep(0.2)
+  end
+  error(err)
+end
+
 -- The repository root (the specs run from it) as an absolute path.
 function M.root()
   local out = run("pwd")

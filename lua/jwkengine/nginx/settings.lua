@@ -7,7 +7,7 @@ local config = require("jwkengine.config")
 -- Loaded in the master, so the workers share the code pages; loading the C
 -- module touches no PKCS#11 library (that happens in open()).
 local jwkengine = require("jwkengine")
-local lifecycle = require("jwkengine.lifecycle")
+local lifecycle = require("jwkengine.lifecycle.policy")
 local logging = require("jwkengine.nginx.logging")
 local secrets = require("jwkengine.nginx.secrets")
 local threads = require("jwkengine.nginx.threads")

@@ -10,7 +10,7 @@
 -- created and upgraded by versioned migrations run when the store opens.
 local core = require("jwkengine.core")
 local hydra_schema = require("jwkengine.store.hydra_schema")
-local key_state = require("jwkengine.store.key_state")
+local key_state = require("jwkengine.lifecycle.sql_backend")
 local luasql = require("jwkengine.store.luasql")
 local util = require("jwkengine.util")
 

@@ -13,13 +13,12 @@
 --
 -- A record is { state = NAME, times = { next = t, current = t, ... } }: the
 -- time the key entered each state it went through (seconds).
-local util = require("jwkengine.util")
+local records_module = require("jwkengine.lifecycle.records")
 
 local M = {}
 
-M.STATES = { "next", "current", "previous", "retired", "destroyed" }
-local KNOWN_STATE = {}
-for _, state in ipairs(M.STATES) do KNOWN_STATE[state] = true end
+M.STATES = records_module.STATES
+local KNOWN_STATE = records_module.KNOWN_STATE
 M.KNOWN_STATE = KNOWN_STATE
 
 -- States in the JWK Set, and states a caller may name by kid to sign with:
@@ -27,55 +26,8 @@ M.KNOWN_STATE = KNOWN_STATE
 -- yet (that is what prepublish waits for), a retired one is in none.
 M.PUBLISHED = { next = true, current = true, previous = true }
 M.SIGNS_BY_KID = { current = true, previous = true }
-
--- The defaults of the settings the safety rules read; nginx's jwks.max_age
--- and jwks.refresh default to these (jwkengine.nginx.settings).
-M.DEFAULT_LIMITS = { max_age = 300, refresh = 30, cache_ttl = 30, max_lifetime = 3600, clock_tolerance = 60 }
-
--- How long a next key must be published before it signs, and how long a
--- previous key must stay published, for no client to meet an unknown kid.
---   limits: max_age, refresh (publication), cache_ttl (store),
---           max_lifetime, clock_tolerance (tokens)
-function M.minimums(limits)
-  return {
-    prepublish = limits.max_age + limits.refresh + limits.cache_ttl,
-    retain = limits.max_lifetime + limits.clock_tolerance + limits.max_age,
-  }
-end
-
-local PREPUBLISH_RULE = "publication.max_age + publication.refresh + store.cache_ttl"
-local RETAIN_RULE = "tokens.max_lifetime + tokens.clock_tolerance + publication.max_age"
-
--- A set's policy from its `rotation` table (nil: none), checked against the
--- safety rules. Returns { period, prepublish, retain, destroy_after } with
--- the minimums as the defaults of prepublish and retain; period and
--- destroy_after stay nil (off) unless given.
-function M.policy(set, rotation, limits)
-  local minimum = M.minimums(limits)
-  rotation = rotation or {}
-  local policy = {
-    period = rotation.period,
-    prepublish = rotation.prepublish or minimum.prepublish,
-    retain = rotation.retain or minimum.retain,
-    destroy_after = rotation.destroy_after,
-  }
-  local where = string.format("startup set '%s': rotation.", set)
-  if policy.prepublish < minimum.prepublish then
-    return util.fail("ERR_CONFIG",
-      "%sprepublish (%d s) is shorter than %s (%d s): a client could meet the new key before its cached JWK Set has it",
-      where, policy.prepublish, PREPUBLISH_RULE, minimum.prepublish)
-  end
-  if policy.retain < minimum.retain then
-    return util.fail("ERR_CONFIG",
-      "%sretain (%d s) is shorter than %s (%d s): tokens it signed would outlive the key in the JWK Set",
-      where, policy.retain, RETAIN_RULE, minimum.retain)
-  end
-  if policy.period and policy.period <= policy.prepublish then
-    return util.fail("ERR_CONFIG", "%speriod (%d s) must be longer than rotation.prepublish (%d s)",
-      where, policy.period, policy.prepublish)
-  end
-  return policy
-end
+-- States of a key that signs now or may sign later without an operator.
+local MAY_SIGN = { next = true, current = true, previous = true }
 
 local function copy_times(times)
   local copy = {}
@@ -95,7 +47,7 @@ local function first_in(keys, state, order, comes_first)
   local best
   for _, kid in ipairs(order) do
     local key = keys[kid]
-    if key and key.state == state then
+    if key and key.state == state and not key.undecided then
       local t, bt = key.times[state] or 0, best and (keys[best].times[state] or 0)
       if not best or comes_first(t, bt) or (t == bt and comes_first(kid, best)) then best = kid end
     end
@@ -119,7 +71,8 @@ local function next_event(keys, order, policy, limit)
   for _, k in ipairs(order) do
     local key = keys[k]
     local t, a
-    if key.state == "next" then
+    if key.undecided then -- luacheck: ignore 542 (never promoted by the clock)
+    elseif key.state == "next" then
       t, a = key.times.next + policy.prepublish, "promote"
     elseif key.state == "previous" then
       t, a = key.times.previous + policy.retain, "retire"
@@ -135,14 +88,24 @@ local function next_event(keys, order, policy, limit)
 end
 
 -- The one rule.
---   records  kid -> recorded { state, times } (from the state backend)
+--   records  kid -> recorded { state, times } (checked by
+--            jwkengine.lifecycle.records)
 --   present  the kids of the keys that may sign, in the set's order
 --            (newest first where the store knows it)
---   policy   from M.policy
---   now      seconds
+--   policy   { period, prepublish, retain, destroy_after }
+--            (jwkengine.lifecycle.policy)
+--   now      seconds: the caller's clock (the rule never reads one)
+--   options  nil or
+--            marked       kid -> true for keys marked retired on the key
+--                         itself (retired_mark): retired, whatever their
+--                         record says
+--            newest_first true when `present` is in the order the keys
+--                         were made, newest first (the software store's
+--                         rows); false for a token, whose listing order
+--                         means nothing
 -- Returns {
 --   keys        kid -> { state, times } for every present key, as of now
---   signer      the current key's kid (nil when no key is present)
+--   signer      the current key's kid (nil when no key may sign)
 --   published   the kids in the JWK Set (next, current, previous), in order
 --   next_change the earliest time after now at which anything here changes
 --               (a promotion, a retirement, a due generation or destruction)
@@ -151,15 +114,30 @@ end
 --   must_record true when `keys` holds times taken from `now` (first-seen
 --               keys, a signer chosen because the current key is gone):
 --               processes agree on them only once they are written
+--   undecided   true when no key may sign and several unrecorded keys are
+--               present in no known order (a token's legacy set): none
+--               signs until an operator names one (keys activate SET KID)
 --   generate    true when the period says a next key is due
 --   destroy     kids whose destroy_after has passed
 -- }
-function M.evaluate(records, present, policy, now)
+function M.evaluate(records, present, policy, now, options)
+  local marked = options and options.marked or {}
+  local newest_first = options and options.newest_first
   local keys, unrecorded, changed, must_record = {}, {}, false, false
   for _, kid in ipairs(present) do
     local record = records[kid]
     if record and KNOWN_STATE[record.state] and record.state ~= "destroyed" then
       keys[kid] = { state = record.state, times = copy_times(record.times) }
+      if marked[kid] and record.state ~= "retired" then
+        -- the mark on the key outranks its record: a retired key never
+        -- signs again, whatever a record (lost, rolled back, forged) says
+        enter(keys[kid], "retired", record.times.retired or now)
+        changed = true
+      end
+    elseif marked[kid] then
+      keys[kid] = { times = {} }
+      enter(keys[kid], "retired", now)
+      changed = true
     else
       unrecorded[#unrecorded + 1] = kid
     end
@@ -174,14 +152,28 @@ function M.evaluate(records, present, policy, now)
       changed = true
     end
   end
-  -- Keys with no record: in a set that has a signer (or one on the way)
-  -- they are next from now on, as pkcs11-tool's pairs are; otherwise the
-  -- first (newest) is current and any others previous.
-  local has_signer = current or earliest(keys, "next", present)
+  -- Keys with no record are next from now on, whatever their kid, as
+  -- pkcs11-tool's pairs are: a key nobody has seen yet is in no client's
+  -- cache. The one exception is a set with no key that may sign (a legacy
+  -- set, or one whose every key is new): one unrecorded key signs; of
+  -- several, the newest where the store knows the order (its first), and
+  -- the others are previous; in no known order (a token), none signs until
+  -- an operator names one: kid order would let whoever picks a kid choose.
+  local has_signer = false
+  for _, kid in ipairs(present) do
+    local key = keys[kid]
+    if key and MAY_SIGN[key.state] then has_signer = true end
+  end
+  local undecided = not has_signer and #unrecorded > 1 and not newest_first
   for i, kid in ipairs(unrecorded) do
     keys[kid] = { times = {} }
-    enter(keys[kid], has_signer and "next" or (i == 1 and "current" or "previous"), now)
-    changed, must_record = true, true
+    if undecided then
+      -- published (clients learn it), recorded by nobody until it is named
+      keys[kid].state, keys[kid].undecided = "next", true
+    else
+      enter(keys[kid], has_signer and "next" or (i == 1 and "current" or "previous"), now)
+      changed, must_record = true, true
+    end
   end
   -- Replay the schedule up to now, event by event, at the times the events
   -- fell due (not at now), so every process records the same times.
@@ -198,8 +190,9 @@ function M.evaluate(records, present, policy, now)
     end
     changed = true
   end
-  -- No current key (it was deleted): the next key published longest signs,
-  -- else the previous key that signed last, rather than nothing.
+  -- No current key (it was deleted, or marked retired): the next key
+  -- published longest signs, else the previous key that signed last,
+  -- rather than nothing. Marked keys are retired: never chosen here.
   current = latest(keys, "current", present)
   if not current then
     current = earliest(keys, "next", present) or latest(keys, "previous", present)
@@ -210,12 +203,12 @@ function M.evaluate(records, present, policy, now)
   end
 
   local result = { keys = keys, signer = current, published = {}, changed = changed, destroy = {},
-    must_record = must_record }
+    must_record = must_record, undecided = undecided or nil }
   local upcoming = {}
   for _, kid in ipairs(present) do
     local key = keys[kid]
     if M.PUBLISHED[key.state] then result.published[#result.published + 1] = kid end
-    if key.state == "next" then upcoming[#upcoming + 1] = key.times.next + policy.prepublish end
+    if key.state == "next" and not key.undecided then upcoming[#upcoming + 1] = key.times.next + policy.prepublish end
     if key.state == "previous" then upcoming[#upcoming + 1] = key.times.previous + policy.retain end
     if key.state == "retired" and policy.destroy_after then
       local due = key.times.retired + policy.destroy_after
@@ -233,11 +226,14 @@ function M.evaluate(records, present, policy, now)
 end
 
 -- The records to write after an evaluation: the evaluated keys, plus the
--- records of keys no longer present (destroyed keys keep theirs).
+-- records of keys no longer present (destroyed keys keep theirs). Keys the
+-- rule left undecided stay unrecorded.
 function M.records_after(records, evaluation)
   local out = {}
   for kid, record in pairs(records) do out[kid] = record end
-  for kid, key in pairs(evaluation.keys) do out[kid] = { state = key.state, times = key.times } end
+  for kid, key in pairs(evaluation.keys) do
+    if not key.undecided then out[kid] = { state = key.state, times = key.times } end
+  end
   return out
 end
 

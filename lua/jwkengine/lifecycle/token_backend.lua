@@ -1,9 +1,19 @@
--- The HSM's state backend (see jwkengine.key_states): a set's key states
--- live on the token, next to its keys, as PKCS#11 data objects (CKO_DATA,
--- CKA_APPLICATION = APPLICATION, CKA_LABEL = the set's prefixed label,
--- CKA_VALUE = JSON { version, writer, records }, token and private). Every
--- instance sharing the HSM partition reads the same objects, so they agree
--- without a database. Readers take the newest version.
+-- The HSM's state backend (the contract: jwkengine.lifecycle): a set's key
+-- states live on the token, next to its keys, as PKCS#11 data objects
+-- (CKO_DATA, CKA_APPLICATION = APPLICATION, CKA_LABEL = the set's prefixed
+-- label, CKA_VALUE = JSON { version, writer, records, policy }, token and
+-- private). Every instance sharing the HSM partition reads the same
+-- objects, so they agree without a database. Readers take the newest
+-- version that jwkengine.lifecycle.records accepts.
+--
+-- What a reader does with an object it cannot read (not JSON, a version
+-- that is no integer, a record without its time, a future format, an
+-- object the token cannot hand over): beside a readable one of a higher
+-- version, it is logged once and skipped (garbage a fault or another
+-- program left); when it claims a version at least as high as the newest
+-- readable one, or is alone, the read fails with ERR_KEY_STATES_CORRUPT: it
+-- may be a newer format, and the records it replaced must not be
+-- believed. A writer never destroys what it could not read.
 --
 -- The compare-and-swap. PKCS#11 has no atomic update and tokens do not
 -- keep labels unique; what a token does do atomically is destroy an
@@ -44,8 +54,9 @@
 -- the first-seen times they recorded, readers settle on the same one, and
 -- the next write replaces both). A first writer whose version 1 cannot be
 -- created takes back the marker it made.
-local cjson = require("cjson.safe")
 local core = require("jwkengine.core")
+local records_module = require("jwkengine.lifecycle.records")
+local util = require("jwkengine.util")
 
 local M = {}
 
@@ -77,19 +88,14 @@ Backend.__index = Backend
 --     passes its own to act as the other writer at a known moment)
 function M.new(token, prefix, log, pause)
   return setmetatable({ token = token, prefix = prefix or "", log = log or function() end, seen = {}, marked = {},
-    pause = pause or core.pause }, Backend)
+    skipped = {}, pause = pause or core.pause }, Backend)
 end
 
--- A data object's value as { version, writer, records, raw }, or nil for
--- one this version cannot read (left alone: it may be a newer format).
+-- A data object's value as { version, writer, records, policy, raw }, or
+-- nil, err for one this version cannot read (left alone: it may be a newer
+-- format).
 local function parse(raw)
-  local value = cjson.decode(raw)
-  if type(value) ~= "table" or type(value.version) ~= "number" or value.version ~= math.floor(value.version)
-      or value.version < 1 or type(value.records) ~= "table" then
-    return nil
-  end
-  value.raw = raw
-  return value
+  return records_module.parse(raw)
 end
 
 -- Of two states of one version (two first writers on a token that hid
@@ -98,25 +104,58 @@ local function newer(a, b)
   return a.version > b.version or (a.version == b.version and a.raw < b.raw)
 end
 
--- The set's data objects of one application (its states, or its marker).
+-- The set's data objects of one application (its states, or its marker):
+-- the ones read, and those the token could not hand over ({ error, code }:
+-- a value too large, a length no buffer holds), nil when none.
 function Backend:find(application, set)
-  local found, err, code = self.token:data_objects(application, self.prefix .. set)
+  local found, unreadable, code = self.token:data_objects(application, self.prefix .. set)
   if not found then
-    return nil, string.format("key set '%s': reading its key states from the token: %s", set, err), code
+    return nil, string.format("key set '%s': reading its key states from the token: %s", set, unreadable), code
   end
-  return found
+  return found, unreadable
 end
 
--- The set's readable state objects and the newest of them.
+local function corrupt(set, why)
+  return util.fail("ERR_KEY_STATES_CORRUPT", "key set '%s': its key states on the token cannot be read (%s): "
+    .. "refusing to sign from it rather than guess; repair with `jwkengine keys repair %s --current KID` "
+    .. "(README: Rotating keys)", set, why, set)
+end
+
+-- The set's readable state objects and the newest of them; an error when
+-- an unreadable one may be newer (see the top of this file).
 function Backend:objects(set)
-  local found, err, code = self:find(M.APPLICATION, set)
-  if not found then return nil, err, code end
-  local objects, newest = {}, nil
+  local found, missed, code = self:find(M.APPLICATION, set)
+  if not found then return nil, missed, code end
+  local objects, newest, unreadable = {}, nil, {}
+  for _, object in ipairs(missed or {}) do
+    unreadable[#unreadable + 1] = { why = string.format("%s (%s)", tostring(object.error), tostring(object.code)) }
+  end
   for _, object in ipairs(found) do
-    local value = parse(object.value)
+    local value, why
+    if type(object.value) == "string" then
+      value, why = parse(object.value)
+    else
+      why = object.error or "the token did not hand over its value"
+    end
     if value then
       objects[#objects + 1] = value
       if not newest or newer(value, newest) then newest = value end
+    else
+      unreadable[#unreadable + 1] = { raw = object.value, why = why,
+        claimed = records_module.claimed_version(object.value) }
+    end
+  end
+  for _, bad in ipairs(unreadable) do
+    if not newest then return corrupt(set, bad.why) end
+    if bad.claimed and bad.claimed >= newest.version then
+      return corrupt(set, string.format("an object claiming version %s, not below the newest readable "
+        .. "version %d, is unreadable: %s", tostring(bad.claimed), newest.version, bad.why))
+    end
+    local key = set .. "\0" .. tostring(bad.raw)
+    if not self.skipped[key] then
+      self.skipped[key] = true
+      self.log("warn", string.format("key set '%s': an unreadable key state object beside version %d is "
+        .. "skipped (%s)", set, newest.version, bad.why))
     end
   end
   return objects, newest
@@ -182,15 +221,16 @@ function Backend:current(set)
     end
   end
   return nil, string.format("key set '%s': its key states are being rewritten by another process "
-    .. "(this process knows of version %d, the token shows %s): read again later", set, seen,
-    version == 0 and "no state object" or "version " .. version), "ERR_STORE"
+    .. "(this process knows of version %d, the token shows %s): read again later; if it stays so, a writer "
+    .. "died there: `jwkengine keys repair %s --current KID` (README: Rotating keys)", set, seen,
+    version == 0 and "no state object" or "version " .. version, set), "ERR_STORE"
 end
 
 function Backend:read(set)
   local objects, newest, code = self:current(set)
   if not objects then return nil, newest, code end
   if not newest then return { version = 0, records = {} } end
-  return { version = newest.version, records = newest.records }
+  return { version = newest.version, records = newest.records, policy = newest.policy }
 end
 
 local function write_error(set, err, code)
@@ -211,6 +251,13 @@ function Backend:clean(set, objects, below)
   end
 end
 
+-- Creates the object of `text`, a raise from the binding taken as an error.
+local function create(token, label, text)
+  local ran, ok, err, code = pcall(token.create_data, token, M.APPLICATION, label, text)
+  if not ran then return nil, tostring(ok), "ERR_STORE" end
+  return ok, err, code
+end
+
 -- The first write of a set: nothing to destroy, so keep version 1 unless
 -- a rival readers would pick instead (newer) is in sight. Backing off for
 -- any rival would let two first writers that see each other's objects both
@@ -220,7 +267,7 @@ function Backend:first_write(set, state)
   local marked, made, code = self:mark(set, true) -- made: or the error, when not marked
   if not marked then return write_error(set, made, code) end
   local ok, err
-  ok, err, code = self.token:create_data(M.APPLICATION, label, state)
+  ok, err, code = create(self.token, label, state)
   if not ok then
     if made then self:unmark(set) end
     return write_error(set, err, code)
@@ -242,8 +289,14 @@ end
 
 -- Lost (false) unless the token shows exactly `version`: a set between
 -- another writer's destroy and create shows none, which is not version 0
--- when the set has its marker.
-function Backend:write(set, version, records)
+-- when the set has its marker. policy: the set's rotation policy, recorded
+-- with its states (nil: none).
+--
+-- Nothing between the destroy and the create can raise or fail before the
+-- create: the new value is encoded and checked as a reader will check it
+-- first, and when the create fails (or raises) the replaced object is put
+-- back, so a write never leaves the set with less than it found.
+function Backend:write(set, version, records, policy)
   local objects, newest, code = self:objects(set)
   if not objects then return nil, newest, code end
   if (newest and newest.version or 0) ~= version then return false end
@@ -255,10 +308,13 @@ function Backend:write(set, version, records)
   end
   -- the writer id makes every object's bytes unique, so a destroy by value
   -- takes exactly this object
-  local state = cjson.encode({ version = version + 1, writer = core.uuid(), records = records })
+  local state, err
+  state, err, code = records_module.encode({ version = version + 1, writer = core.uuid(), records = records,
+    policy = policy })
+  if not state then return write_error(set, err, code) end
   if version == 0 then return self:first_write(set, state) end
   local label = self.prefix .. set
-  local marked, err
+  local marked
   marked, err, code = self:mark(set) -- a set written before markers
   if not marked then return write_error(set, err, code) end
   local destroyed
@@ -275,15 +331,75 @@ function Backend:write(set, version, records)
   end
   if destroyed == 0 then return false end -- another writer destroyed it first
   local ok
-  ok, err, code = self.token:create_data(M.APPLICATION, label, state)
+  ok, err, code = create(self.token, label, state)
   if not ok then
     -- put the replaced state back rather than leave the set with none
-    self.token:create_data(M.APPLICATION, label, newest.raw)
+    local back, berr = create(self.token, label, newest.raw)
+    if not back then
+      self.log("error", string.format("key set '%s': the key states replaced by a failed write cannot be "
+        .. "put back (%s): the set refuses until `jwkengine keys repair %s` (README: Rotating keys)",
+        set, tostring(berr), set))
+    end
     return write_error(set, err, code)
   end
   self.seen[set] = version + 1
   self:clean(set, objects, version + 1)
   return true
+end
+
+-- Rewrites a set's states whatever the token holds now, unreadable objects
+-- included: the repair an operator runs (keys repair) after confirming
+-- which key signs. The new object is made first, at a version above every
+-- version in sight (readable or claimed) and at least the Unix time: the
+-- corrupt object may have hidden the version a running process last read,
+-- and a process that reads a lower version than it has seen takes it for
+-- a write in progress (above) and refuses. Writers count one a write, so
+-- no set reaches the time's value by writing. Readers move to the new
+-- object at once; then every other state object it can name goes. An object the token cannot
+-- hand over stays (it claims no version: readers skip it beside this one).
+function Backend:repair(set, records, policy)
+  local found, err, code = self:find(M.APPLICATION, set)
+  if not found then return nil, err, code end
+  local top = self.seen[set] or 0
+  for _, object in ipairs(found) do
+    local claimed = records_module.claimed_version(object.value)
+    -- a version no writer could have written (1e999, 2^60) is no version
+    -- anybody has seen: stepping over it is not needed
+    if claimed and records_module.valid_version(claimed) and claimed < records_module.MAX_VERSION
+        and claimed > top then
+      top = claimed
+    end
+  end
+  top = math.max(top, os.time() - 1)
+  local state
+  state, err, code = records_module.encode({ version = top + 1, writer = core.uuid(), records = records,
+    policy = policy })
+  if not state then return nil, err, code end
+  local label = self.prefix .. set
+  local marked
+  marked, err, code = self:mark(set, true)
+  if not marked then return write_error(set, err, code) end
+  local ok
+  ok, err, code = create(self.token, label, state)
+  if not ok then return write_error(set, err, code) end
+  for _, object in ipairs(found) do
+    if type(object.value) == "string" then
+      local gone, derr = self.token:destroy_data(M.APPLICATION, label, object.value)
+      if not gone then
+        self.log("warn", string.format("key set '%s': an old key state object stays on the token (%s)",
+          set, tostring(derr)))
+      end
+    end
+  end
+  self.seen[set] = top + 1
+  return top + 1
+end
+
+-- Forgets the version this process saw of a set and its marker: the set
+-- was deleted (its data objects go with its keys), so a set made again
+-- under the name starts at version 1 without being taken for a rewrite.
+function Backend:forget(set)
+  self.seen[set], self.marked[set] = nil, nil
 end
 
 function Backend:sets()

@@ -1,0 +1,152 @@
+-- The rotation policy: its schema, its defaults and its safety minimums,
+-- in one place (the configuration's checks, the CLI's `keys policy` and the
+-- records' validation all come here).
+--
+-- A policy is { period, prepublish, retain, destroy_after } in seconds:
+--   period        how long a key is current before the next one is due
+--                 (nil: no scheduled rotation)
+--   prepublish    how long a next key is published before it signs
+--   retain        how long a previous key stays published after it signed
+--   destroy_after how long a retired key is kept before it is destroyed
+--                 (nil: kept)
+--
+-- Whose policy rules: the one recorded with the set's states (see
+-- jwkengine.lifecycle), so every process agrees on which key signs whatever
+-- its own configuration says; a process's configured policy is only used
+-- for a set with none recorded, and recorded by the first write of such a
+-- set. `keys policy SET --period ...` rewrites a recorded policy.
+local util = require("jwkengine.util")
+
+local M = {}
+
+M.FIELDS = { "period", "prepublish", "retain", "destroy_after" }
+local FIELD = {}
+for _, name in ipairs(M.FIELDS) do FIELD[name] = true end
+M.FIELD = FIELD
+
+-- The defaults of the settings the safety rules read; nginx's jwks.max_age
+-- and jwks.refresh default to these (jwkengine.nginx.settings).
+M.DEFAULT_LIMITS = { max_age = 300, refresh = 30, cache_ttl = 30, max_lifetime = 3600, clock_tolerance = 60 }
+
+-- Where each limit comes from in the configuration.
+local SECTIONS = {
+  publication = { "max_age", "refresh" },
+  tokens = { "max_lifetime", "clock_tolerance" },
+}
+
+-- How long a next key must be published before it signs, and how long a
+-- previous key must stay published, for no client to meet an unknown kid.
+--   limits: max_age, refresh (publication), cache_ttl (store),
+--           max_lifetime, clock_tolerance (tokens)
+function M.minimums(limits)
+  return {
+    prepublish = limits.max_age + limits.refresh + limits.cache_ttl,
+    retain = limits.max_lifetime + limits.clock_tolerance + limits.max_age,
+  }
+end
+
+local PREPUBLISH_RULE = "publication.max_age + publication.refresh + store.cache_ttl"
+local RETAIN_RULE = "tokens.max_lifetime + tokens.clock_tolerance + publication.max_age"
+
+local function seconds(value, origin, name)
+  if type(value) ~= "number" or value < 0 or value ~= value or value == math.huge then
+    return util.fail("ERR_CONFIG", "%s: %s must be a non-negative number of seconds, got %s", origin, name,
+      type(value) == "number" and tostring(value) or type(value))
+  end
+  return value
+end
+
+-- A policy from a `rotation` table (nil: none), checked against the safety
+-- rules. Returns { period, prepublish, retain, destroy_after } with the
+-- minimums as the defaults of prepublish and retain; period and
+-- destroy_after stay nil (off) unless given. where: how the error names it.
+function M.make(rotation, limits, where)
+  local minimum = M.minimums(limits)
+  rotation = rotation or {}
+  where = where or "rotation."
+  for name, value in pairs(rotation) do
+    if not FIELD[name] then return util.fail("ERR_CONFIG", "%s%s is not a rotation setting", where, tostring(name)) end
+    if type(value) ~= "number" or value < 0 or value ~= value or value == math.huge then
+      return util.fail("ERR_CONFIG", "%s%s must be a non-negative number of seconds, got %s", where, name,
+        type(value) == "number" and tostring(value) or type(value))
+    end
+  end
+  local policy = {
+    period = rotation.period,
+    prepublish = rotation.prepublish or minimum.prepublish,
+    retain = rotation.retain or minimum.retain,
+    destroy_after = rotation.destroy_after,
+  }
+  if policy.prepublish < minimum.prepublish then
+    return util.fail("ERR_CONFIG",
+      "%sprepublish (%d s) is shorter than %s (%d s): a client could meet the new key before its cached JWK Set has it",
+      where, policy.prepublish, PREPUBLISH_RULE, minimum.prepublish)
+  end
+  if policy.retain < minimum.retain then
+    return util.fail("ERR_CONFIG",
+      "%sretain (%d s) is shorter than %s (%d s): tokens it signed would outlive the key in the JWK Set",
+      where, policy.retain, RETAIN_RULE, minimum.retain)
+  end
+  if policy.period and policy.period <= policy.prepublish then
+    return util.fail("ERR_CONFIG", "%speriod (%d s) must be longer than rotation.prepublish (%d s)",
+      where, policy.period, policy.prepublish)
+  end
+  return policy
+end
+
+-- Whether two policies say the same.
+function M.same(a, b)
+  if a == nil or b == nil then return a == b end
+  for _, name in ipairs(M.FIELDS) do
+    if a[name] ~= b[name] then return false end
+  end
+  return true
+end
+
+-- One line naming a policy's settings, for logs and the CLI.
+function M.describe(policy)
+  local parts = {}
+  for _, name in ipairs(M.FIELDS) do
+    parts[#parts + 1] = string.format("%s=%s", name, policy[name] == nil and "off" or tostring(policy[name]))
+  end
+  return table.concat(parts, " ")
+end
+
+-- The policies of a loaded configuration: { limits, by_set = set -> policy,
+-- scheduled = { set, ... } (sets with a rotation table), algs = set -> alg,
+-- default = the policy of every other set }. Unsafe policies are errors.
+function M.policies(cfg)
+  local limits = {}
+  for name, value in pairs(M.DEFAULT_LIMITS) do limits[name] = value end
+  for section, names in pairs(SECTIONS) do
+    for _, name in ipairs(names) do
+      local value = cfg[section] and cfg[section][name]
+      if value ~= nil then
+        local ok, err, code = seconds(value, "configuration", section .. "." .. name)
+        if not ok then return nil, err, code end
+        limits[name] = value
+      end
+    end
+  end
+  limits.cache_ttl = cfg.store and cfg.store.cache_ttl or limits.cache_ttl
+  local default, err, code = M.make(nil, limits)
+  if not default then return nil, err, code end
+  local policies = { limits = limits, by_set = {}, scheduled = {}, algs = {}, default = default }
+  for _, entry in ipairs(cfg.startup_sets or {}) do
+    policies.algs[entry.set] = entry.alg
+    if entry.rotation ~= nil then
+      local where = string.format("startup set '%s': rotation.", entry.set)
+      if type(entry.rotation) ~= "table" then
+        return util.fail("ERR_CONFIG", "startup set '%s': rotation must be a mapping of seconds", entry.set)
+      end
+      local policy
+      policy, err, code = M.make(entry.rotation, limits, where)
+      if not policy then return nil, err, code end
+      policies.by_set[entry.set] = policy
+      policies.scheduled[#policies.scheduled + 1] = entry.set
+    end
+  end
+  return policies
+end
+
+return M
