@@ -413,6 +413,40 @@ describe("key states through a failing token", function()
     engine:close()
   end)
 
+  it("records a retirement whose mark on the key failed, returns the failure, and marks it on retire again", function()
+    local clock = { t = 1000 }
+    local engine = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
+      startup = false, now = function() return clock.t end }))
+    assert(engine:generate("m", "ES256", { kid = "one" }))
+    assert(engine:generate("m", "ES256", { kid = "two" })) -- next
+    faults.set({ faults = "C_SetAttributeValue:CKR_DEVICE_MEMORY@1" })
+    local err = refused("CKR_DEVICE_MEMORY", "is retired in the records but not on the key", engine:retire("m", "two"))
+    assert.matches("keys retire m two", err, 1, true)
+    faults.set({})
+    local states = states_of(engine, "m")
+    assert.equals("retired", states.two.state)
+    assert.is_nil(states.two.retired_mark)
+    assert(engine:retire("m", "two")) -- nothing to record: the mark is written
+    assert.is_true(states_of(engine, "m").two.retired_mark)
+    engine:close()
+  end)
+
+  it("retires a key of a set with no signer on a token that refuses the mark, in the records alone", function()
+    for _, kid in ipairs({ "u1", "u2", "u3" }) do
+      assert(softhsm.pkcs11_tool_ok(token, "--login --keypairgen --key-type EC:prime256v1 --usage-sign"
+        .. " --label undecided --id " .. softhsm.hex(kid)))
+    end
+    local engine = assert(jwkengine.open({ environment = faults.environment(token), logger = false,
+      startup = false, now = function() return 1000 end }))
+    faults.set({ faults = "C_SetAttributeValue:CKR_ATTRIBUTE_READ_ONLY" })
+    local changes = assert(engine:retire("undecided", "u1"))
+    faults.set({})
+    assert.equals("retired", changes[1].to)
+    assert.is_false(changes[1].marked)
+    assert.equals("retired", states_of(engine, "undecided").u1.state)
+    engine:close()
+  end)
+
   -- The marker is made before version 1: when version 1 then cannot be
   -- made, a marker left alone would refuse the set to every reader and
   -- writer until removed by hand.

@@ -376,6 +376,21 @@ describe("keys that appear on the token", function()
     end)
   end
 
+  it("starts a set deleted and made again afresh in the process that deleted it", function()
+    local clock = { t = 1000 }
+    local engine = open(token, clock)
+    assert(engine:generate("again", "ES256", { kid = "k1" }))
+    assert(engine:rotate("again")) -- a few versions written
+    assert(engine:activate("again", "k1"))
+    assert.is_true(engine:delete("again")) -- keys and key-state objects
+    assert(engine:generate("again", "ES256", { kid = "k2" }))
+    assert.equals("k2", signer(engine, "again"))
+    clock.t = 1100
+    assert(engine:rotate("again"))
+    assert.equals("k2", signer(engine, "again"))
+    engine:close()
+  end)
+
   it("names no signer for a set of several pairs and no records until the operator activates one", function()
     for _, kid in ipairs({ "p1", "p2" }) do
       assert(softhsm.pkcs11_tool_ok(token, "--login --keypairgen --key-type EC:prime256v1 --usage-sign"
@@ -391,6 +406,17 @@ describe("keys that appear on the token", function()
     local states = {}
     for _, key in ipairs(assert(engine:key_states("legacy"))) do states[key.kid] = key.state end
     assert.same({ p1 = "next", p2 = "current" }, states)
+    engine:close()
+    -- retiring one of several undecided pairs records it, and decides nothing else
+    for _, kid in ipairs({ "q1", "q2", "q3" }) do
+      assert(softhsm.pkcs11_tool_ok(token, "--login --keypairgen --key-type EC:prime256v1 --usage-sign"
+        .. " --label legacy2 --id " .. softhsm.hex(kid)))
+    end
+    engine = open(token, { t = 1000 })
+    assert(engine:retire("legacy2", "q1"))
+    local _, _, code2 = engine:sign("legacy2", "x")
+    assert.equals("ERR_KEY_STATE", code2)
+    assert.same({ "q2", "q3" }, published(engine, "legacy2"))
     engine:close()
   end)
 end)

@@ -153,6 +153,20 @@ stores.describe_each("the lifecycle on the software store", function(database, b
     assert.equals(500, shown.effective.prepublish)
     assert.equals(2000, shown.configured.prepublish)
     for _, engine in ipairs({ a, b, c }) do engine:close() end
+    -- a process whose own minimums are above the recorded policy says so
+    -- once, and follows it all the same
+    logged = {}
+    local d = open(database.dsn, { t = 2400 }, false, { publication = { max_age = 1000 },
+      logger = function(_, line) logged[#logged + 1] = line end })
+    local before = signer(d)
+    d:refresh("rot")
+    assert.equals(before, signer(d))
+    local unsafe = 0
+    for _, line in ipairs(logged) do
+      if line:find("below this process's safety minimums", 1, true) then unsafe = unsafe + 1 end
+    end
+    assert.equals(1, unsafe, table.concat(logged, "\n"))
+    d:close()
   end)
 
   it("shows and sets the policy from the CLI", function()
@@ -247,6 +261,35 @@ stores.describe_each("the lifecycle on the software store", function(database, b
     clock.t = promoted + ROTATION.retain
     assert.same({ "b" }, published(engine))
     engine:close()
+  end)
+
+  it("marks on the key what a scheduled retirement retired, and activate takes the mark off first", function()
+    local clock = { t = 1000 }
+    local unscheduled = { prepublish = ROTATION.prepublish, retain = ROTATION.retain } -- no new key made
+    local engine = open(database.dsn, clock, unscheduled)
+    assert(engine:generate("rot", "ES256", { kid = "a" }))
+    assert(engine:generate("rot", "ES256", { kid = "b" }))
+    clock.t = 1000 + ROTATION.prepublish + ROTATION.retain -- a: previous, then retired by the clock
+    assert(engine:maintain())
+    local a = states(engine).a
+    assert.equals("retired", a.state)
+    assert.is_true(a.retired_mark)
+    -- the records lost: the mark alone keeps it retired
+    sql(database.dsn, "DELETE FROM jwkengine_key_state")
+    local fresh = open(database.dsn, { t = clock.t }, unscheduled)
+    assert.equals("b", signer(fresh))
+    assert.same({ "b" }, published(fresh))
+    -- a process that read the lost records keeps them, and writes nothing
+    assert.equals("b", signer(engine))
+    local _, err, code = engine:activate("rot", "a")
+    assert.equals("ERR_KEY_STATES_CORRUPT", code)
+    assert.matches("went back from version", err, 1, true)
+    engine:close()
+    -- activate (in a process that never read them) takes the mark off first
+    assert(fresh:activate("rot", "a"))
+    assert.equals("a", signer(fresh))
+    assert.is_nil(states(fresh).a.retired_mark)
+    fresh:close()
   end)
 
   it("records a set the engine creates at creation, with the configured policy", function()

@@ -140,6 +140,7 @@ function Manager:load(set, refresh)
   self.outdated[set] = nil
   if #keys == 0 then
     self.sets[set] = nil
+    if self.states then self.states:forget(set) end -- gone: a set made again starts afresh
     return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
   end
   entry = { keys = {} }
@@ -281,6 +282,8 @@ function Manager:delete(set, kid)
   local destroyed, err, code = self:drain(self.token:delete(self.prefix .. set, kid))
   self:forget(set)
   if not destroyed then return nil, err, code end
+  -- the whole set went, its key-state objects with it
+  if not kid and self.states then self.states:forget(set) end
   if destroyed == 0 then
     if kid then
       return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)

@@ -36,6 +36,7 @@
 -- per change in the log); one that has none refuses to sign from the set,
 -- and reads again every RETRY seconds. Nothing is written from a read that
 -- failed, and a set whose records exist is never decided from its keys.
+local keyset = require("jwkengine.keyset")
 local policy_module = require("jwkengine.lifecycle.policy")
 local rule = require("jwkengine.lifecycle.rule")
 
@@ -93,6 +94,19 @@ function States:policy_of(set, value)
   local configured = self:configured(set)
   local recorded = value and value.policy
   if recorded then
+    local limits = self.policies and self.policies.limits
+    local minimum = limits and policy_module.minimums(limits)
+    if minimum and (recorded.prepublish < minimum.prepublish or recorded.retain < minimum.retain) then
+      local said = "unsafe " .. policy_module.describe(recorded)
+      if self.differs[set .. "\0unsafe"] ~= said then
+        self.differs[set .. "\0unsafe"] = said
+        self.log("warn", string.format("key set '%s': the rotation policy recorded with its states (%s) is "
+          .. "below this process's safety minimums (prepublish %d s, retain %d s: its publication and tokens "
+          .. "settings); it rules all the same, so every process agrees: raise it with `jwkengine keys policy "
+          .. "%s --prepublish N --retain N`", set, policy_module.describe(recorded), minimum.prepublish,
+          minimum.retain, set))
+      end
+    end
     if configured and not policy_module.same(configured, recorded) then
       local said = policy_module.describe(configured) .. " | " .. policy_module.describe(recorded)
       if self.differs[set] ~= said then
@@ -113,8 +127,26 @@ function States:policy_to_record(set, value)
   return value.policy or self:configured(set)
 end
 
--- The set's value, from the backend.
-function States:read(set) return self.backend:read(set) end
+-- Forgets what this process read of a set (its last good version, what it
+-- said about it): the set is gone (deleted here, or found with no key), so
+-- one made again under its name starts its versions afresh.
+function States:forget(set)
+  self.good[set], self.failing[set], self.differs[set] = nil, nil, nil
+  if self.backend and self.backend.forget then self.backend:forget(set) end
+end
+
+-- The set's value, from the backend; a version below the last good one
+-- this process read is an error (see value), for writes as for reads.
+function States:read(set)
+  local value, err, code = self.backend:read(set)
+  local good = self.good[set]
+  if value and good and value.version < good.version then
+    return nil, string.format("key set '%s': its key states went back from version %d to %d (records lost "
+      .. "or rolled back): repair with `jwkengine keys repair %s --current KID` (README: Rotating keys)",
+      set, good.version, value.version, set), "ERR_KEY_STATES_CORRUPT"
+  end
+  return value, err, code
+end
 function States:write(set, version, records, policy) return self.backend:write(set, version, records, policy) end
 function States:repair(set, records, policy) return self.backend:repair(set, records, policy) end
 
@@ -126,18 +158,22 @@ end
 
 -- Reads a set's value, or the last good one when the read fails; nil, err,
 -- code when there is none. The second value says whether it was read now.
+-- A version below the last good one is a failed read too: versions only
+-- grow (a repair writes above them all), so the records were lost or
+-- rolled back (a row deleted by hand), and deciding from what is left
+-- could bring back a key the set moved past.
 function States:value(set)
-  local value, err, code = self.backend:read(set)
+  local value, err, code = self:read(set)
+  local good = self.good[set]
   if value then
     if self.failing[set] then
       self.log("warn", string.format("key set '%s': its key states are readable again (version %d)", set,
         value.version))
       self.failing[set] = nil
     end
-    if value.version >= 1 then self.good[set] = value else self.good[set] = nil end
+    if value.version >= 1 then self.good[set] = value end
     return value, true
   end
-  local good = self.good[set]
   if self.failing[set] ~= err then
     self.failing[set] = err
     self.log(good and "warn" or "error", string.format("key set '%s': %s (%s); %s", set, tostring(err),
@@ -156,7 +192,7 @@ local function apply(entry, set, where, states, now)
   if lc.refused then return M.read_into(entry, set, where, states, now) end
   lc.evaluation = states:evaluate(entry, lc.records, lc.policy, now)
   lc.valid_until = lc.evaluation.next_change
-  return require("jwkengine.keyset").prepare(entry, set, where)
+  return keyset.prepare(entry, set, where)
 end
 
 -- Reads the set's records into the entry and evaluates; records first-seen
@@ -169,7 +205,7 @@ function M.read_into(entry, set, where, states, now)
   if not value then
     lc.refused = { read_now, code }
     lc.valid_until = now + M.RETRY
-    return require("jwkengine.keyset").prepare(entry, set, where)
+    return keyset.prepare(entry, set, where)
   end
   lc.records, lc.policy = value.records, states:policy_of(set, value)
   apply(entry, set, where, states, now)

@@ -86,10 +86,17 @@ local function mark(manager, set, kid, retired)
   return true
 end
 
--- The changes of a retirement whose mark the token refused: the retired
--- key's change says marked = false and why, so the caller sees it.
-local function with_mark_refusal(changes, kid, marked, mark_err)
+-- What a retirement returns once it is recorded, given how its mark went:
+-- the changes; where the token cannot mark at all (ERR_KEY_MARK_REFUSED),
+-- the changes with the retired key's change saying marked = false and why;
+-- any other failure to mark, the error, saying that the records do retire
+-- the key and how to mark it again.
+local function after_mark(set, changes, kid, marked, mark_err, mark_code)
   if marked then return changes end
+  if mark_code ~= "ERR_KEY_MARK_REFUSED" then
+    return nil, string.format("key set '%s': key '%s' is retired in the records but not on the key (%s): "
+      .. "run `jwkengine keys retire %s %s` to mark it", set, kid, tostring(mark_err), set, kid), mark_code
+  end
   for _, change in ipairs(changes) do
     if change.kid == kid and change.to == "retired" then
       change.marked, change.mark_error = false, mark_err
@@ -336,10 +343,10 @@ function M.rotate(self, set, options)
   -- the old key already cannot sign (the rule and the token both refuse
   -- it) and the new one, the only key that may sign, signs; the other
   -- order would leave a window in which losing the records brings the old
-  -- key back. A mark that fails is logged and returned, never skipped.
+  -- key back. A mark that fails is logged and returned, never skipped;
+  -- the records still retire the key (see after_mark).
   local marked, mark_err, mark_code = true, nil, nil
   if old then marked, mark_err, mark_code = mark(manager, set, old, true) end
-  if not marked and mark_code ~= "ERR_KEY_MARK_REFUSED" then return nil, mark_err, mark_code end
   local changes
   changes, err, code = update(self, set, function(records, _, now, current_entry, policy, _, states)
     -- evaluated as the records stand, the old key not yet taken for
@@ -358,15 +365,14 @@ function M.rotate(self, set, options)
     return out
   end, nil, lc and lc.records)
   if not changes then return nil, err, code end
-  return with_mark_refusal(changes, old, marked, mark_err)
+  return after_mark(set, changes, old, marked, mark_err, mark_code)
 end
 
 -- Takes a key out of the JWK Set (kept; activate brings it back). The
 -- current key is refused: the set would have no key to sign with. Marked
 -- retired on the key first, then recorded (security first, as rotate
--- --now); a mark that fails is returned before anything is recorded,
--- unless the token cannot mark at all (ERR_KEY_MARK_REFUSED: logged, the
--- records are all there is, and the change says marked = false).
+-- --now); a mark that fails is returned once the records retire the key
+-- (see after_mark). Retiring a retired key again marks it if it is not.
 function M.retire(self, set, kid)
   local manager, entry, code = holder(self, set)
   if not manager then return nil, entry, code end
@@ -383,7 +389,6 @@ function M.retire(self, set, kid)
   end
   local marked, mark_err, mark_code = true, nil, nil
   if not entry.by_kid[kid].retired_mark then marked, mark_err, mark_code = mark(manager, set, kid, true) end
-  if not marked and mark_code ~= "ERR_KEY_MARK_REFUSED" then return nil, mark_err, mark_code end
   local changes, err
   changes, err, code = update(self, set, function(records, evaluation, now)
     if not evaluation.keys[kid] then
@@ -391,11 +396,11 @@ function M.retire(self, set, kid)
     end
     if records[kid] and records[kid].state == "retired" then return NOTHING end
     local out = rule.records_after(records, evaluation)
-    if out[kid].state ~= "retired" then record(out, kid, "retired", now) end
+    if not out[kid] or out[kid].state ~= "retired" then record(out, kid, "retired", now) end
     return out
   end)
   if not changes then return nil, err, code end
-  return with_mark_refusal(changes, kid, marked, mark_err)
+  return after_mark(set, changes, kid, marked, mark_err, mark_code)
 end
 
 -- Makes a key current at once; the current key becomes previous. A key
