@@ -3,7 +3,9 @@
 -- when missing, in the HSM when it is enabled, else in the software store.
 -- A set found in either place counts as present (Hydra's fallback rule).
 -- Any error other than "not found" stops the start: creating a second key
--- because a token hiccuped would be worse than not starting.
+-- because a token hiccuped would be worse than not starting. A set whose
+-- key states cannot be read (ERR_KEY_STATES_CORRUPT) exists: it is logged
+-- and refuses by itself, the start goes on.
 --
 -- Once across processes: PKCS#11 has no "create if missing", so two
 -- processes finding a set missing at once would each make a first key.
@@ -85,8 +87,13 @@ function M.ensure_sets(keys, startup_sets, log, options)
   end
   for _, entry in ipairs(missing) do
     local jwks, err, code = keys:key_set(entry.set)
-    if not jwks and code ~= "ERR_KEY_SET_NOT_FOUND" then return failed(err, code) end
-    if not jwks then
+    if not jwks and code == "ERR_KEY_STATES_CORRUPT" then
+      -- the set exists and refuses by itself until keys repair: the start
+      -- goes on, so the other sets serve and this one answers at once
+      log("error", string.format("startup key set '%s': %s", entry.set, err))
+    elseif not jwks and code ~= "ERR_KEY_SET_NOT_FOUND" then
+      return failed(err, code)
+    elseif not jwks then
       log("info", string.format("JSON Web Key Set '%s' doesn't exist yet, generating new key pair...",
         entry.set))
       local result

@@ -22,11 +22,12 @@ for _, state in ipairs(M.STATES) do KNOWN_STATE[state] = true end
 M.KNOWN_STATE = KNOWN_STATE
 M.STATES_TEXT = table.concat(M.STATES, ", ")
 
--- Bounds: a set's value is read on every load, so it stays small. 4,096
--- records is years of hourly rotation with every destroyed key's record
--- kept; 1 MiB of JSON holds that with room.
-M.MAX_BYTES = 1024 * 1024
-M.MAX_RECORDS = 4096
+-- Bounds: a set's value is read on every load, so it stays small, and a
+-- token hands back at most 64 KiB of a data object's value (the binding's
+-- JWKE_DATA_VALUE_MAX): a value a reader could not read back is never
+-- written. 400 records of about 150 bytes (a UUID kid, five times) fit.
+M.MAX_BYTES = 64 * 1024
+M.MAX_RECORDS = 400
 M.MAX_KID_BYTES = 1024
 -- The largest version written back exactly: lua-cjson writes numbers with
 -- 14 significant digits (Debian's refuses more), so a version of 15 digits

@@ -237,17 +237,20 @@ local function write_error(set, err, code)
   return nil, string.format("key set '%s': writing its key states to the token: %s", set, err), code
 end
 
--- Destroys superseded objects; a failure only leaves garbage that readers
--- skip (older versions), so it is logged, not returned.
+-- Destroys one state object of the set by its value; a failure only
+-- leaves garbage that readers skip (older versions), so it is logged.
+function Backend:discard(set, raw)
+  local destroyed, err = self.token:destroy_data(M.APPLICATION, self.prefix .. set, raw)
+  if not destroyed then
+    self.log("warn", string.format("key set '%s': a superseded key state object stays on the token (%s)",
+      set, tostring(err)))
+  end
+end
+
+-- Destroys superseded objects (see discard).
 function Backend:clean(set, objects, below)
   for _, object in ipairs(objects) do
-    if object.version < below then
-      local destroyed, err = self.token:destroy_data(M.APPLICATION, self.prefix .. set, object.raw)
-      if not destroyed then
-        self.log("warn", string.format("key set '%s': a superseded key state object stays on the token (%s)",
-          set, tostring(err)))
-      end
-    end
+    if object.version < below then self:discard(set, object.raw) end
   end
 end
 
@@ -383,13 +386,7 @@ function Backend:repair(set, records, policy)
   ok, err, code = create(self.token, label, state)
   if not ok then return write_error(set, err, code) end
   for _, object in ipairs(found) do
-    if type(object.value) == "string" then
-      local gone, derr = self.token:destroy_data(M.APPLICATION, label, object.value)
-      if not gone then
-        self.log("warn", string.format("key set '%s': an old key state object stays on the token (%s)",
-          set, tostring(derr)))
-      end
-    end
+    if type(object.value) == "string" then self:discard(set, object.value) end
   end
   self.seen[set] = top + 1
   return top + 1

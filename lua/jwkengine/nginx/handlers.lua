@@ -85,7 +85,12 @@ function M.serve_jwks()
   if method ~= "GET" and method ~= "HEAD" then
     return send_failure("ERR_HTTP_METHOD", "use GET", { Allow = "GET, HEAD" })
   end
-  if not wait_ready() or not state.jwks_cache then return not_ready() end
+  if not wait_ready() then return not_ready() end
+  -- A worker whose sets refused when it opened (records that could not be
+  -- read) has no JWK Set yet: built here as soon as they read again, so it
+  -- never signs with a key it does not publish until the next refresh.
+  if not state.jwks_cache then jwks.rebuild(false) end
+  if not state.jwks_cache then return not_ready() end
   local max_age = jwks.max_age(ngx.now())
   local cache = state.jwks_cache
   local headers = {
