@@ -93,9 +93,9 @@ void fm_terminate_op(CK_FUNCTION_LIST_PTR R, CK_SESSION_HANDLE real, int op);
  *   SESSION_BASE(name, on_fault, forward) expands to
  *       fm_enter_session(FN_name, ...)            (sets c, and real = the real
  *                                                session behind hSession)
- *       injected fault: on_fault; rv = deliver(the fault, on the session)
+ *       injected fault: on_fault; rv = fm_deliver(the fault, on the session)
  *       otherwise:      rv = forward            (an expression using `real`)
- *       return finish(&c, rv)
+ *       return fm_finish(&c, rv)
  *   SESSION_CALL(name, args)     forwarded as c.R->name args (args name
  *                                `real` as the session), or failed
  *   UPDATE_CALL(name, op, args)  as SESSION_CALL; a fault ends operation op
@@ -152,9 +152,9 @@ void fm_terminate_op(CK_FUNCTION_LIST_PTR R, CK_SESSION_HANDLE real, int op);
  *       fm_enter(FN_name, ...)                  (sets c)
  *       token removed and removal_wins: rv = when_removed (removal wins over
  *                                                an injected fault)
- *       injected fault:  rv = deliver(the fault)
+ *       injected fault:  rv = fm_deliver(the fault)
  *       otherwise:       rv = forward
- *       return finish(&c, rv)
+ *       return fm_finish(&c, rv)
  *   PLAIN_CALL(name, args)        needs neither a session nor a token:
  *                                 forwarded as c.R->name args, or failed
  *   TOKEN_CALL(name, slot, args)  as PLAIN_CALL, for a call that needs the

@@ -63,15 +63,23 @@ int fm_sessions_issued_locked(CK_SESSION_HANDLE h)
     return h >= 1 && h < next_handle;
 }
 
+/* Takes the session at *pp out of the map, after closing it in close_in
+ * (the real module) unless NULL. */
+static void unlink_session(fm_session **pp, CK_FUNCTION_LIST_PTR close_in)
+{
+    fm_session *s = *pp;
+    if (close_in)
+        close_in->C_CloseSession(s->real);
+    *pp = s->next;
+    free(s);
+    nsessions--;
+}
+
 void fm_sessions_forget_locked(CK_SESSION_HANDLE h)
 {
     fm_session **pp = session_slot(h);
-    if (*pp) {
-        fm_session *s = *pp;
-        *pp = s->next;
-        free(s);
-        nsessions--;
-    }
+    if (*pp)
+        unlink_session(pp, NULL);
 }
 
 void fm_sessions_drop_locked(int all_slots, CK_SLOT_ID slot, CK_FUNCTION_LIST_PTR close_in)
@@ -79,16 +87,10 @@ void fm_sessions_drop_locked(int all_slots, CK_SLOT_ID slot, CK_FUNCTION_LIST_PT
     for (int b = 0; b < FM_BUCKETS; b++) {
         fm_session **pp = &sessions[b];
         while (*pp) {
-            fm_session *s = *pp;
-            if (all_slots || s->slot == slot) {
-                if (close_in)
-                    close_in->C_CloseSession(s->real);
-                *pp = s->next;
-                free(s);
-                nsessions--;
-            } else {
-                pp = &s->next;
-            }
+            if (all_slots || (*pp)->slot == slot)
+                unlink_session(pp, close_in);
+            else
+                pp = &(*pp)->next;
         }
     }
 }
@@ -120,11 +122,7 @@ void fm_sessions_expire_idle_locked(unsigned long idle_ms, CK_FUNCTION_LIST_PTR 
             fm_stats_count_locked(FM_STAT_EXPIRED_SESSIONS);
             fm_log("session %lu idle for more than %lu ms: closed by the token",
                    (unsigned long)s->handle, idle_ms);
-            if (real)
-                real->C_CloseSession(s->real);
-            *pp = s->next;
-            free(s);
-            nsessions--;
+            unlink_session(pp, real);
         }
     }
 }

@@ -14,7 +14,7 @@ CK_RV w_C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
 }
 
 /* C_Sign forwards as the single-part family does, then may corrupt what
- * the token returned (corrupt_signature). */
+ * the token returned (fm_corrupt_signature). */
 static CK_RV forward_C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
                             CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
 {

@@ -22,7 +22,7 @@ FM_SESSION_WRAPPER(C_GetObjectSize, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDL
                    (real, hObject, pulSize))
 
 /* C_GetAttributeValue forwarded; with JWKE_FAULT_LENGTHS rules, the lengths
- * as they misreport them (misreport_attributes needs the buffer sizes the
+ * as they misreport them (fm_misreport_attributes needs the buffer sizes the
  * caller gave, which the real call overwrites). */
 static CK_RV get_attributes(fm_call *c, CK_SESSION_HANDLE real, CK_OBJECT_HANDLE hObject,
                             CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
