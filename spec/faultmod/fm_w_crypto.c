@@ -43,7 +43,7 @@ CK_RV w_C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
 
 /* The wrappers that differ only in their name, written once per family:
  * the family's parameter list, and how the wrapper treats its calls (the
- * *_CALL macros above). The others are written out above. */
+ * *_CALL macros of fm_call.h). The others are written out above. */
 
 /* C_xInit(session, mechanism, key): forwarded, or failed. */
 #define FM_INIT_FUNCTIONS(X)                                                     \
