@@ -623,7 +623,7 @@ static void scenario_removal(void)
 }
 
 /* What the wrappers' shared bodies (SESSION_BASE, SLOT_BASE, fm_output_call
- * in faultmod.c) must keep, where no other scenario looks: an injected
+ * in fm_call.h) must keep, where no other scenario looks: an injected
  * CKR_BUFFER_TOO_SMALL on a final call keeps the operation and reports the
  * real length, another fault on a final call ends it without writing the
  * caller's buffer; while the token is removed, the slot calls that need it
