@@ -9,12 +9,7 @@ local policy = require("jwkengine.lifecycle.policy")
 local settings = require("jwkengine.config_settings")
 local softhsm = require("helpers.softhsm")
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local read = softhsm.read_file
 
 local function refused(pattern, ...)
   local value, err, code = ...
@@ -44,7 +39,9 @@ describe("the configuration schema", function()
   it("is where config.load takes its defaults from", function()
     local cfg = assert(config.load({ environment = {} }))
     for _, setting in ipairs(settings.SETTINGS) do
-      if setting.default ~= nil and setting.file ~= false then
+      -- publication and tokens stay unset: the rotation policy applies their defaults (below)
+      if setting.default ~= nil and setting.file ~= false and setting.section ~= "publication"
+        and setting.section ~= "tokens" then
         local section = setting.section == "" and cfg or cfg[setting.section]
         assert.same(setting.default, section[setting.key], setting.name)
       end
@@ -124,5 +121,30 @@ describe("module:open_token", function()
     assert.has_error(function() module:open_token(slot.id, { verify_after_sign = 1 }) end,
       "open_token: option 'verify_after_sign' must be a boolean")
     assert.has_error(function() module:open_token(slot.id, { session_idle_max = 2 ^ 40 }) end)
+  end)
+end)
+
+describe("after config.load", function()
+  -- The checks and clamps the schema made redundant, as they were written
+  -- before it: none may come back downstream of config.load.
+  local RECHECKS = {
+    "config%.check_hsm%(hsm_config",          -- hsm.lua checking again what check_stores checked
+    "or LIMITS%.reinit_interval",             -- hsm.lua re-defaulting loaded settings
+    "math%.max%(interval,",                   -- hsm.lua re-clamping the backoff
+    "== 0 and %-1",                           -- hsm.lua translating sentinels by hand
+    "seconds%(value, \"configuration\"",      -- policy.lua re-checking publication/tokens
+    "options%->[%w_]+ > 0 %?",                -- p11_token.c clamping non-positive options
+    "max_ms < interval_ms %?",                -- p11_outage.c clamping the backoff's bounds
+  }
+  local FILES = { "lua/jwkengine/hsm.lua", "lua/jwkengine/lifecycle/policy.lua", "lua/jwkengine/nginx/settings.lua",
+    "core/p11_token.c", "core/p11_outage.c", "core/p11_login.c", "core/lua/lua_module.c" }
+
+  it("nothing checks or clamps again what the schema checked", function()
+    for _, path in ipairs(FILES) do
+      local text = read(path)
+      for _, pattern in ipairs(RECHECKS) do
+        assert.is_nil(text:find(pattern), string.format("%s re-checks a setting (%s)", path, pattern))
+      end
+    end
   end)
 end)

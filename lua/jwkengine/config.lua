@@ -15,12 +15,18 @@ M.DEFAULT_STARTUP_SETS = {
 
 local LIMITS = core.limits()
 
+-- Sections left as set in the loaded configuration: the rotation policy
+-- applies their defaults (jwkengine.lifecycle.policy), and a host tells a
+-- value set from a default (nginx refuses a publication that differs from
+-- what it serves).
+local LEFT_UNSET = { publication = true, tokens = true }
+
 -- The defaults, from the schema (jwkengine.config_settings).
 local function defaults()
   local cfg = { startup_sets = M.DEFAULT_STARTUP_SETS, secrets = {}, store = {}, publication = {}, tokens = {},
     hsm = {} }
   for _, setting in ipairs(settings.SETTINGS) do
-    if setting.file ~= false and setting.default ~= nil then
+    if setting.file ~= false and setting.default ~= nil and not LEFT_UNSET[setting.section] then
       local section = setting.section == "" and cfg or cfg[setting.section]
       section[setting.key] = settings.default(setting.name)
     end
