@@ -44,6 +44,11 @@
 #define JWKE_POOL_REINIT_INTERVAL_MAX_MS 2000
 #define JWKE_POOL_SESSION_IDLE_MAX_MS 20000
 
+/* The most sessions a pool holds: its arrays have this many places, so the
+ * pool caps max_sessions here (a memory-safety bound; hsm.max_sessions's
+ * range in lua/jwkengine/config_settings.lua is the one a user meets). */
+#define JWKE_POOL_LIMIT 64
+
 /* The largest X.509 certificate (DER) read from a token or a store or
  * made by `keys cert`: a certificate is a few KB (an RSA 16384 key and
  * its signature are 4 KB together); a token reporting more is refused by

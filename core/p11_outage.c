@@ -46,7 +46,7 @@ jwke_p11_outage *jwke_p11_outage_new(int interval_ms, int max_ms)
     if (!o)
         return NULL;
     o->interval_ms = interval_ms;
-    o->max_ms = max_ms < interval_ms ? interval_ms : max_ms;
+    o->max_ms = max_ms; /* at least interval_ms: the configuration's schema checked it */
     pthread_mutex_init(&o->lock, NULL);
     return o;
 }

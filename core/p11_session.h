@@ -21,7 +21,7 @@
 #include "p11_module.h"
 #include "pkcs11_header.h"
 
-#define JWKE_POOL_LIMIT 64
+#include "engine_limits.h"
 
 typedef struct jwke_p11_pool jwke_p11_pool;
 

@@ -138,25 +138,23 @@ static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, cons
     t->slot = slot;
     snprintf(t->label, sizeof t->label, "%s", label ? label : "");
     snprintf(t->serial, sizeof t->serial, "%s", serial ? serial : "");
-    t->session_idle_max_ms = options && options->session_idle_max_ms != 0
-                                 ? options->session_idle_max_ms
-                                 : JWKE_POOL_SESSION_IDLE_MAX_MS;
-    t->pool = jwke_p11_pool_new(
-        module, options && options->max_sessions != 0 ? options->max_sessions : JWKE_POOL_MAX_SESSIONS,
-        options && options->session_wait_ms > 0 ? options->session_wait_ms : JWKE_POOL_SESSION_WAIT_MS,
-        t->session_idle_max_ms);
+    /* 0 (or no options) takes the default; any other value is used as
+     * given: the configuration's schema (lua/jwkengine/config_settings.lua)
+     * checked it, and nothing here checks it again. */
+    jwke_p11_options o = options ? *options : (jwke_p11_options){.verify_after_sign = JWKE_VERIFY_RSA};
+    t->session_idle_max_ms = o.session_idle_max_ms ? o.session_idle_max_ms : JWKE_POOL_SESSION_IDLE_MAX_MS;
+    t->pool = jwke_p11_pool_new(module, o.max_sessions ? o.max_sessions : JWKE_POOL_MAX_SESSIONS,
+                                o.session_wait_ms ? o.session_wait_ms : JWKE_POOL_SESSION_WAIT_MS,
+                                t->session_idle_max_ms);
     if (!t->pool) {
         free(t);
         jwke_fail_code(err, JWKE_ERR_OUT_OF_MEMORY, "out of memory opening a token");
         return NULL;
     }
-    t->reinit_interval_ms =
-        options && options->reinit_interval_ms > 0 ? options->reinit_interval_ms
-                                                    : JWKE_POOL_REINIT_INTERVAL_MS;
-    t->outage = jwke_p11_outage_new(
-        t->reinit_interval_ms, options && options->reinit_interval_max_ms > 0
-                                   ? options->reinit_interval_max_ms
-                                   : JWKE_POOL_REINIT_INTERVAL_MAX_MS);
+    t->reinit_interval_ms = o.reinit_interval_ms ? o.reinit_interval_ms : JWKE_POOL_REINIT_INTERVAL_MS;
+    t->outage = jwke_p11_outage_new(t->reinit_interval_ms, o.reinit_interval_max_ms
+                                                               ? o.reinit_interval_max_ms
+                                                               : JWKE_POOL_REINIT_INTERVAL_MAX_MS);
     t->pin = jwke_p11_kept_pin_new();
     if (!t->outage || !t->pin) {
         jwke_p11_outage_free(t->outage, 0);
@@ -167,7 +165,7 @@ static jwke_p11_token *token_open(jwke_p11_module *module, CK_SLOT_ID slot, cons
         return NULL;
     }
     t->last_reinit_ms = -1000000;
-    t->verify_after_sign = options ? options->verify_after_sign : JWKE_VERIFY_RSA;
+    t->verify_after_sign = o.verify_after_sign;
     pthread_mutex_init(&t->lock, NULL);
     t->fork_generation = jwke_p11_fork_generation();
 

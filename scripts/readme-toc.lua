@@ -47,35 +47,16 @@ function M.block(headings)
   return table.concat(lines, "\n")
 end
 
+local readme_block = assert(loadfile("scripts/readme-block.lua"))()
+
 -- text with its block rewritten, or nil, message when the markers are not
 -- there once each, in order.
 function M.rewrite(text)
-  local first = text:find(M.BEGIN, 1, true)
-  local last = text:find(M.END, 1, true)
-  if not first or not last or last < first or text:find(M.BEGIN, first + 1, true) then
-    return nil, "the README needs the two marker lines once each:\n" .. M.BEGIN .. "\n" .. M.END
-  end
-  return text:sub(1, first - 1) .. M.block(M.headings(text)) .. text:sub(last + #M.END)
+  return readme_block.rewrite(text, M.BEGIN, M.END, M.block(M.headings(text)))
 end
 
 -- loadfile("scripts/readme-toc.lua")("module") returns M (the spec);
 -- run as a script, it rewrites the file.
-if ... ~= "module" then
-  local path = ... or "README.md"
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  local new, err = M.rewrite(text)
-  if not new then
-    io.stderr:write("readme-toc.lua: ", path, ": ", err, "\n")
-    os.exit(1)
-  end
-  if new ~= text then
-    f = assert(io.open(path, "wb"))
-    f:write(new)
-    f:close()
-    print("readme-toc.lua: " .. path .. ": table of contents rewritten")
-  end
-end
+if ... ~= "module" then readme_block.main("readme-toc.lua", ..., M.rewrite, "table of contents") end
 
 return M

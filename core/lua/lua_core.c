@@ -375,6 +375,7 @@ static int l_limits(lua_State *L)
     set_integer(L, "reinit_interval_ms", JWKE_POOL_REINIT_INTERVAL_MS);
     set_integer(L, "reinit_interval_max_ms", JWKE_POOL_REINIT_INTERVAL_MAX_MS);
     set_integer(L, "session_idle_max", JWKE_POOL_SESSION_IDLE_MAX_MS / 1000);
+    set_integer(L, "pool_limit", JWKE_POOL_LIMIT);
     return 1;
 }
 

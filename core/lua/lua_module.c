@@ -2,7 +2,9 @@
  * module:slots(), module:open_token(slot_id [, options]) (libp11's
  * context -> slots -> session). The module is loaded and initialized once
  * for all of them; core.slots(library) is the one-call form. */
+#include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "lua_common.h"
 #include "p11_module.h"
@@ -95,34 +97,35 @@ static int l_slots(lua_State *L)
     return pushed;
 }
 
-static int opt_int_field(lua_State *L, int table, const char *name, int fallback)
+/* An integer option that must fit C's int: the only bound checked here,
+ * for memory safety (a wider value would wrap); the configuration's schema
+ * (lua/jwkengine/config_settings.lua) owns the ranges. */
+static int int_option(lua_State *L, const char *name)
 {
-    if (lua_isnoneornil(L, table))
-        return fallback;
-    lua_getfield(L, table, name);
-    int value = lua_isnil(L, -1) ? fallback : (int)luaL_checkinteger(L, -1);
-    lua_pop(L, 1);
-    return value;
+    if (lua_type(L, -1) != LUA_TNUMBER)
+        luaL_error(L, "open_token: option '%s' must be an integer", name);
+    lua_Number value = lua_tonumber(L, -1); /* LuaJIT has no integer subtype */
+    if (!(value >= INT_MIN && value <= INT_MAX) || value != (lua_Number)(int)value)
+        luaL_error(L, "open_token: option '%s' must be an integer that fits an int", name);
+    return (int)value;
 }
 
 /* A string option (only a string: its text stays alive in the table; a
- * number would be converted into a temporary that the pop frees). */
-static const char *opt_string_field(lua_State *L, int table, const char *name)
+ * number would be converted into a temporary). */
+static const char *string_option(lua_State *L, const char *name)
 {
-    if (lua_isnoneornil(L, table))
-        return NULL;
-    lua_getfield(L, table, name);
-    const char *value = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    if (!value && !lua_isnil(L, -1))
+    if (lua_type(L, -1) != LUA_TSTRING)
         luaL_error(L, "open_token: option '%s' must be a string", name);
-    lua_pop(L, 1);
-    return value;
+    return lua_tostring(L, -1);
 }
 
-/* module:open_token(slot_id [, {label=, serial=, max_sessions=,
- * session_wait_ms=, reinit_interval_ms=, reinit_interval_max_ms=,
- * session_idle_max_ms= (< 0: never checked), verify_after_sign= (nil: RSA
- * only, true: all, false: none)}]) -> token | nil, err. The token holds its
+/* module:open_token(slot_id [, options]) -> token | nil, err. options are
+ * named as the configuration's hsm settings, in their units: label, serial,
+ * max_sessions (0: no pool, the login session signs), session_wait_ms,
+ * reinit_interval_ms, reinit_interval_max_ms, session_idle_max (seconds, 0:
+ * never checked), verify_after_sign (nil: RSA only, true: all, false:
+ * none); an absent one takes its default (engine_limits.h). An unknown or
+ * mistyped option is a programming error and raises. The token holds its
  * own reference to the module. */
 static int l_module_open_token(lua_State *L)
 {
@@ -131,25 +134,42 @@ static int l_module_open_token(lua_State *L)
     luaL_argcheck(L, slot >= 0, 2, "slot id must not be negative");
     if (!lua_isnoneornil(L, 3))
         luaL_checktype(L, 3, LUA_TTABLE);
-    jwke_p11_options options = {
-        opt_int_field(L, 3, "max_sessions", 0),
-        opt_int_field(L, 3, "session_wait_ms", 0),
-        opt_int_field(L, 3, "reinit_interval_ms", 0),
-        opt_int_field(L, 3, "reinit_interval_max_ms", 0),
-        opt_int_field(L, 3, "session_idle_max_ms", 0),
-        JWKE_VERIFY_RSA,
-    };
+    jwke_p11_options options = {.verify_after_sign = JWKE_VERIFY_RSA}; /* 0: C's defaults */
+    const char *label = NULL, *serial = NULL;
     if (lua_istable(L, 3)) {
-        lua_getfield(L, 3, "verify_after_sign");
-        int verify = lua_type(L, -1);
-        if (verify != LUA_TNIL && verify != LUA_TBOOLEAN)
-            return luaL_error(L, "verify_after_sign must be a boolean or nil");
-        if (verify != LUA_TNIL)
-            options.verify_after_sign = lua_toboolean(L, -1) ? JWKE_VERIFY_ALL : JWKE_VERIFY_NONE;
-        lua_pop(L, 1);
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            if (lua_type(L, -2) != LUA_TSTRING)
+                return luaL_error(L, "open_token: option names must be strings");
+            const char *name = lua_tostring(L, -2);
+            if (strcmp(name, "label") == 0) {
+                label = string_option(L, name);
+            } else if (strcmp(name, "serial") == 0) {
+                serial = string_option(L, name);
+            } else if (strcmp(name, "max_sessions") == 0) {
+                int n = int_option(L, name);
+                options.max_sessions = n == 0 ? -1 : n; /* C's "no pool" is < 0 */
+            } else if (strcmp(name, "session_wait_ms") == 0) {
+                options.session_wait_ms = int_option(L, name);
+            } else if (strcmp(name, "reinit_interval_ms") == 0) {
+                options.reinit_interval_ms = int_option(L, name);
+            } else if (strcmp(name, "reinit_interval_max_ms") == 0) {
+                options.reinit_interval_max_ms = int_option(L, name);
+            } else if (strcmp(name, "session_idle_max") == 0) {
+                int seconds = int_option(L, name);
+                if (seconds < 0 || seconds > INT_MAX / 1000)
+                    return luaL_error(L, "open_token: option 'session_idle_max' does not fit an int in ms");
+                options.session_idle_max_ms = seconds == 0 ? -1 : seconds * 1000; /* C's "never" is < 0 */
+            } else if (strcmp(name, "verify_after_sign") == 0) {
+                if (!lua_isboolean(L, -1))
+                    return luaL_error(L, "open_token: option 'verify_after_sign' must be a boolean");
+                options.verify_after_sign = lua_toboolean(L, -1) ? JWKE_VERIFY_ALL : JWKE_VERIFY_NONE;
+            } else {
+                return luaL_error(L, "open_token: unknown option '%s'", name);
+            }
+            lua_pop(L, 1);
+        }
     }
-    const char *label = opt_string_field(L, 3, "label");
-    const char *serial = opt_string_field(L, 3, "serial");
 
     struct jwke_p11_token **token = jwke_new_token_object(L);
     jwke_error err;

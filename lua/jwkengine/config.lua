@@ -2,6 +2,7 @@
 -- jwkengine.open. The file is JSON or YAML with Hydra's `hsm:` block; the
 -- environment variables are Hydra's (HSM_ENABLED, HSM_LIBRARY, ...).
 local config_schema = require("jwkengine.config_schema")
+local settings = require("jwkengine.config_settings")
 local core = require("jwkengine.core")
 local util = require("jwkengine.util")
 
@@ -14,37 +15,26 @@ M.DEFAULT_STARTUP_SETS = {
 
 local LIMITS = core.limits()
 
+-- Sections left as set in the loaded configuration: the rotation policy
+-- applies their defaults (jwkengine.lifecycle.policy), and a host tells a
+-- value set from a default (nginx refuses a publication that differs from
+-- what it serves).
+local LEFT_UNSET = { publication = true, tokens = true }
+
+-- The defaults, from the schema (jwkengine.config_settings).
 local function defaults()
-  return {
-    hsm = {
-      enabled = false,
-      library = nil,
-      token_label = nil,
-      slot = nil,         -- unset: slot 0, unless a token label (or URI) names the token
-      pin = nil,
-      pin_file = nil,
-      key_set_prefix = "",
-      min_rsa_bits = LIMITS.hsm_min_rsa_bits,
-      max_sessions = LIMITS.max_sessions,
-      session_wait_ms = LIMITS.session_wait_ms,
-      reinit_interval_ms = LIMITS.reinit_interval_ms,
-      reinit_interval_max_ms = LIMITS.reinit_interval_max_ms,
-      session_idle_max = LIMITS.session_idle_max, -- seconds; 0: idle sessions are never checked
-      verify_after_sign = nil, -- unset: RSA signatures only; true: every one; false: none
-      negative_cache_ttl = 30,
-    },
-    startup_sets = M.DEFAULT_STARTUP_SETS,
-    dsn = nil,          -- nil: the store's default (sqlite://jwkengine.sqlite)
-    secrets = { system = {} },
-    store = { cache_ttl = 30 },
-    publication = {},   -- max_age, refresh; tokens: max_lifetime, clock_tolerance
-    tokens = {},        -- (defaults and checks: jwkengine.lifecycle.policy)
-  }
+  local cfg = { startup_sets = M.DEFAULT_STARTUP_SETS, secrets = {}, store = {}, publication = {}, tokens = {},
+    hsm = {} }
+  for _, setting in ipairs(settings.SETTINGS) do
+    if setting.file ~= false and setting.default ~= nil and not LEFT_UNSET[setting.section] then
+      local section = setting.section == "" and cfg or cfg[setting.section]
+      section[setting.key] = settings.default(setting.name)
+    end
+  end
+  return cfg
 end
 
 M.MIN_SECRET_LENGTH = LIMITS.min_secret_length
--- a day: longer than any HSM keeps an idle session, and it fits C's int in ms
-M.MAX_SESSION_IDLE = 86400
 
 -- Options of jwkengine.open that steer opening rather than configure.
 M.OPEN_OPTIONS = { config = true, environment = true, logger = true, select_slot = true,
@@ -52,40 +42,18 @@ M.OPEN_OPTIONS = { config = true, environment = true, logger = true, select_slot
 
 -- The type each `hsm` key must have once parsed; anything else is a typo
 -- or a mistake and is reported rather than ignored.
-local hsm_schema = {
-  enabled = "boolean",
-  library = "string",
-  token_label = "string",
-  slot = "integer",
-  pin = "string",
-  pin_file = "string",
-  key_set_prefix = "string",
-  min_rsa_bits = "integer",
-  max_sessions = "integer",
-  session_wait_ms = "integer",
-  reinit_interval_ms = "integer",
-  reinit_interval_max_ms = "integer",
-  session_idle_max = "integer",
-  verify_after_sign = "boolean",
-  negative_cache_ttl = "integer",
-  uri = "string",
-  token_serial = "string",
-  token_manufacturer = "string",
-  token_model = "string",
-  init_args = "string",
-}
-
--- The hsm keys that Hydra also reads from the environment, each as
--- HSM_<KEY> (HSM_TOKEN_LABEL for token_label): environment variable -> key.
+local hsm_schema = {}
+-- The hsm keys that Hydra also reads from the environment: variable -> key.
 local hsm_environment = {}
-for _, key in ipairs { "enabled", "library", "token_label", "slot", "pin", "pin_file",
-  "key_set_prefix", "min_rsa_bits", "max_sessions", "session_idle_max", "verify_after_sign", "uri",
-  "token_serial", "init_args" } do
-  hsm_environment["HSM_" .. key:upper()] = key
+for key, setting in pairs(settings.section("hsm")) do
+  hsm_schema[key] = setting.type
+  if setting.env then hsm_environment[setting.env] = key end
 end
 
 -- The other variables load reads.
-local CONFIG_VARIABLE, DSN_VARIABLE, SECRETS_VARIABLE = "JWKENGINE_CONFIG", "DSN", "SECRETS_SYSTEM"
+local CONFIG_VARIABLE = settings.BY_NAME.config.env
+local DSN_VARIABLE = settings.BY_NAME.dsn.env
+local SECRETS_VARIABLE = settings.BY_NAME["secrets.system"].env
 
 -- Every environment variable load reads: a host that filters its
 -- environment (nginx keeps only what `env` directives name) passes these.
@@ -143,6 +111,11 @@ local function apply_hsm(cfg, source, origin, names, as_written)
         or kind == "boolean" and "true or false (or 1 or 0)"
         or kind == "string" and "a string: quote it" or ("a " .. kind)
       return util.fail("ERR_CONFIG", "%s: %s must be %s, got %s", origin, name, wanted, shown)
+    end
+    local setting = settings.section("hsm")[key]
+    if (setting.min and parsed < setting.min) or (setting.max and parsed > setting.max) then
+      return util.fail("ERR_CONFIG", "%s: %s must be from %d to %d, got %d", origin, name, setting.min or 0,
+        setting.max, parsed)
     end
     cfg.hsm[key] = parsed
   end
@@ -219,6 +192,18 @@ local function decode_file(path)
   return data, as_written
 end
 
+-- Checks a value of a store, publication or tokens setting against its
+-- type in the schema (a seconds setting: a non-negative number).
+local function check_value(setting, value, origin)
+  if setting.type == "seconds" and (type(value) ~= "number" or value < 0 or value ~= value or value == math.huge) then
+    return util.fail("ERR_CONFIG", "%s: %s must be a non-negative number of seconds, got %s", origin, setting.name,
+      type(value) == "number" and tostring(value) or type(value))
+  elseif setting.type == "string" and (type(value) ~= "string" or value == "") then
+    return util.fail("ERR_CONFIG", "%s: %s must be a non-empty string, got %s", origin, setting.name, describe(value))
+  end
+  return true
+end
+
 -- Hydra config files carry much more than `hsm:`; jwkengine reads its own
 -- sections and leaves the rest alone. as_written: the same document with
 -- scalars as the text written (YAML; see decode_file), the source of every
@@ -251,23 +236,15 @@ local function apply_document(cfg, doc, origin, as_written)
     end
     if secrets.system ~= nil then cfg.secrets.system = secrets.system end
   end
-  if doc.store ~= nil then
-    local ttl = type(doc.store) == "table" and doc.store.cache_ttl
-    if ttl ~= nil and (type(ttl) ~= "number" or ttl < 0) then
-      return util.fail("ERR_CONFIG", "%s: store.cache_ttl must be a non-negative number of seconds", origin)
-    end
-    if ttl then cfg.store.cache_ttl = ttl end
-    local network_id = type(doc.store) == "table" and doc.store.network_id
-    if network_id ~= nil and (type(network_id) ~= "string" or network_id == "") then
-      return util.fail("ERR_CONFIG", "%s: store.network_id must be a non-empty string (a Hydra 2.x network id)", origin)
-    end
-    if network_id then cfg.store.network_id = network_id end
-  end
-  for _, section in ipairs({ "publication", "tokens" }) do
+  for _, section in ipairs({ "store", "publication", "tokens" }) do
     if doc[section] ~= nil and type(doc[section]) ~= "table" then
       return util.fail("ERR_CONFIG", "%s: %s must be a mapping", origin, section)
     end
-    for key, value in pairs(doc[section] or {}) do cfg[section][key] = value end
+    for key, value in pairs(doc[section] or {}) do
+      local ok, err, code = check_value(settings.section(section)[key], value, origin)
+      if not ok then return nil, err, code end
+      cfg[section][key] = value
+    end
   end
   for key, value in pairs(doc) do
     if cfg[key] == nil then cfg[key] = value end
@@ -364,18 +341,6 @@ function M.check_hsm(hsm)
   file:close()
   local pin_problem = M.pin_problem(hsm)
   if pin_problem then return util.fail("ERR_CONFIG", "%s", pin_problem) end
-  if hsm.max_sessions < 0 then
-    return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 0 (0: no pool, the login session signs), got %d",
-      hsm.max_sessions)
-  end
-  if hsm.reinit_interval_ms < 1 or hsm.reinit_interval_max_ms < hsm.reinit_interval_ms then
-    return util.fail("ERR_CONFIG", "hsm.reinit_interval_ms (%d) must be at least 1 and at most "
-      .. "hsm.reinit_interval_max_ms (%d)", hsm.reinit_interval_ms, hsm.reinit_interval_max_ms)
-  end
-  if hsm.session_idle_max > M.MAX_SESSION_IDLE then
-    return util.fail("ERR_CONFIG", "hsm.session_idle_max (HSM_SESSION_IDLE_MAX) is %d seconds; at most %d",
-      hsm.session_idle_max, M.MAX_SESSION_IDLE)
-  end
   return true
 end
 
@@ -477,6 +442,13 @@ function M.load(options)
   if not ok then return nil, err, code end
   ok, err, code = check_pin_settings(cfg.hsm)
   if not ok then return nil, err, code end
+  -- the one check between two settings: after every layer, as each may set either
+  for key, setting in pairs(settings.section("hsm")) do
+    if setting.at_least and cfg.hsm[key] < cfg.hsm[setting.at_least] then
+      return util.fail("ERR_CONFIG", "hsm.%s (%d) must be at least hsm.%s (%d)", key, cfg.hsm[key],
+        setting.at_least, cfg.hsm[setting.at_least])
+    end
+  end
   return cfg
 end
 

@@ -7,21 +7,25 @@
 -- top or inside a section jwkengine owns, is an error. The options table of
 -- jwkengine.open takes jwkengine's sections and its own options only.
 local policy = require("jwkengine.lifecycle.policy")
+local settings = require("jwkengine.config_settings")
 local util = require("jwkengine.util")
 
 local M = {}
 
--- jwkengine's sections, each with the keys it may hold (hsm's come from
--- the caller, which owns their types); true: any keys (startup_sets as a
--- map set -> alg) or a plain value.
-local SECTIONS = {
-  startup_sets = true,
-  dsn = true,
-  secrets = { system = true },
-  store = { cache_ttl = true, network_id = true },
-  publication = { max_age = true, refresh = true },
-  tokens = { max_lifetime = true, clock_tolerance = true },
-}
+-- jwkengine's sections, each with the keys it may hold, from the schema
+-- (jwkengine.config_settings; hsm's come from the caller); true: a
+-- top-level setting (startup_sets: any keys, as a map set -> alg).
+local SECTIONS = {}
+for section, keys in pairs(settings.SECTIONS) do
+  if section == "" then
+    for key, setting in pairs(keys) do
+      if setting.file ~= false then SECTIONS[key] = true end
+    end
+  elseif section ~= "hsm" then
+    SECTIONS[section] = {}
+    for key in pairs(keys) do SECTIONS[section][key] = true end
+  end
+end
 
 -- The top-level sections of Ory Hydra's config file (v1.x and v2.x) that
 -- jwkengine leaves alone, and Hydra's keys inside sections jwkengine reads.

@@ -5,7 +5,7 @@
 -- their key objects (object handles and public keys) and their key states
 -- (a data object under the same label, jwkengine.lifecycle.token_backend), so signing
 -- never searches the token; generate and delete refresh the set they touch.
-local config = require("jwkengine.config")
+local settings = require("jwkengine.config_settings")
 local core = require("jwkengine.core")
 local jwk_module = require("jwkengine.jwk")
 local token_backend = require("jwkengine.lifecycle.token_backend")
@@ -19,8 +19,6 @@ local M = {}
 -- base, keyset.Manager; load and what only a token does are below.
 local Manager = setmetatable({ where = "HSM" }, { __index = keyset.Manager })
 Manager.__index = Manager
-
-local LIMITS = core.limits()
 
 -- What a module answers when it cannot reach its device (or its server):
 -- the codes the C layer's recovery re-initializes for (core/p11_token.c).
@@ -55,8 +53,7 @@ end
 -- and the seconds until that attempt (the 4th value, as a signing call's
 -- retry_in), so a host answers 503 with Retry-After at startup too.
 local function unavailable(hsm_config, cause)
-  local interval = hsm_config.reinit_interval_ms or LIMITS.reinit_interval_ms
-  local max = math.max(interval, hsm_config.reinit_interval_max_ms or LIMITS.reinit_interval_max_ms)
+  local interval, max = hsm_config.reinit_interval_ms, hsm_config.reinit_interval_max_ms
   local previous = open_backoff_ms[hsm_config.library]
   local backoff = previous and (previous < math.floor(max / 2) and previous * 2 or max) or interval
   open_backoff_ms[hsm_config.library] = backoff
@@ -74,8 +71,7 @@ end
 --     jwkengine.lifecycle.token_backend)
 function M.open(hsm_config, options)
   options = options or {}
-  local ok, err, code = config.check_hsm(hsm_config)
-  if not ok then return nil, err, code end
+  local err, code
   -- One module object for listing and opening: the module is loaded and
   -- initialized once per open (the token keeps it after `module` goes).
   local module
@@ -109,19 +105,13 @@ function M.open(hsm_config, options)
   if not slot then return nil, err, code end
 
   local token
-  token, err, code = module:open_token(slot.id, {
-    label = slot.label, serial = slot.serial,
-    -- 0: no pool, the login session is lent (C takes that as < 0; 0 there
-    -- means its default)
-    max_sessions = hsm_config.max_sessions == 0 and -1 or hsm_config.max_sessions,
-    session_wait_ms = hsm_config.session_wait_ms,
-    reinit_interval_ms = hsm_config.reinit_interval_ms,
-    reinit_interval_max_ms = hsm_config.reinit_interval_max_ms,
-    -- 0 turns the idle check off; the C default applies when unset
-    session_idle_max_ms = hsm_config.session_idle_max and
-      (hsm_config.session_idle_max == 0 and -1 or hsm_config.session_idle_max * 1000),
-    verify_after_sign = hsm_config.verify_after_sign,
-  })
+  -- the token's settings, by the names and in the units of the schema
+  -- (config.load checked them; the binding takes them as they are)
+  local token_options = { label = slot.label, serial = slot.serial }
+  for key, setting in pairs(settings.section("hsm")) do
+    if setting.token then token_options[key] = hsm_config[key] end
+  end
+  token, err, code = module:open_token(slot.id, token_options)
   if not token then return nil, err, code end
   local ok
   if hsm_config.pin_file then
@@ -152,7 +142,7 @@ function M.open(hsm_config, options)
     states = states,
     warned_kids = {},
     prefix = prefix,
-    min_rsa_bits = hsm_config.min_rsa_bits or LIMITS.hsm_min_rsa_bits,
+    min_rsa_bits = hsm_config.min_rsa_bits,
     sets = {},
     outdated = {}, -- set -> the entry outdate took out of sets (see outdate)
   }, Manager)

@@ -15,6 +15,7 @@
 -- its own configuration says; a process's configured policy is only used
 -- for a set with none recorded, and recorded by the first write of such a
 -- set. `keys policy SET --period ...` rewrites a recorded policy.
+local settings = require("jwkengine.config_settings")
 local util = require("jwkengine.util")
 
 local M = {}
@@ -24,15 +25,17 @@ local FIELD = {}
 for _, name in ipairs(M.FIELDS) do FIELD[name] = true end
 M.FIELD = FIELD
 
--- The defaults of the settings the safety rules read; nginx's jwks.max_age
--- and jwks.refresh default to these (jwkengine.nginx.settings).
-M.DEFAULT_LIMITS = { max_age = 300, refresh = 30, cache_ttl = 30, max_lifetime = 3600, clock_tolerance = 60 }
-
--- Where each limit comes from in the configuration.
+-- Where each limit the safety rules read comes from in the configuration;
+-- their defaults are the schema's (jwkengine.config_settings).
 local SECTIONS = {
   publication = { "max_age", "refresh" },
   tokens = { "max_lifetime", "clock_tolerance" },
+  store = { "cache_ttl" },
 }
+M.DEFAULT_LIMITS = {}
+for section, names in pairs(SECTIONS) do
+  for _, name in ipairs(names) do M.DEFAULT_LIMITS[name] = settings.default(section .. "." .. name) end
+end
 
 -- How long a next key must be published before it signs, and how long a
 -- previous key must stay published, for no client to meet an unknown kid.
@@ -47,14 +50,6 @@ end
 
 local PREPUBLISH_RULE = "publication.max_age + publication.refresh + store.cache_ttl"
 local RETAIN_RULE = "tokens.max_lifetime + tokens.clock_tolerance + publication.max_age"
-
-local function seconds(value, origin, name)
-  if type(value) ~= "number" or value < 0 or value ~= value or value == math.huge then
-    return util.fail("ERR_CONFIG", "%s: %s must be a non-negative number of seconds, got %s", origin, name,
-      type(value) == "number" and tostring(value) or type(value))
-  end
-  return value
-end
 
 -- A policy from a `rotation` table (nil: none), checked against the safety
 -- rules. Returns { period, prepublish, retain, destroy_after } with the
@@ -116,19 +111,15 @@ end
 -- scheduled = { set, ... } (sets with a rotation table), algs = set -> alg,
 -- default = the policy of every other set }. Unsafe policies are errors.
 function M.policies(cfg)
+  -- the values were checked when the configuration was loaded (config.load)
   local limits = {}
-  for name, value in pairs(M.DEFAULT_LIMITS) do limits[name] = value end
   for section, names in pairs(SECTIONS) do
     for _, name in ipairs(names) do
       local value = cfg[section] and cfg[section][name]
-      if value ~= nil then
-        local ok, err, code = seconds(value, "configuration", section .. "." .. name)
-        if not ok then return nil, err, code end
-        limits[name] = value
-      end
+      if value == nil then value = M.DEFAULT_LIMITS[name] end
+      limits[name] = value
     end
   end
-  limits.cache_ttl = cfg.store and cfg.store.cache_ttl or limits.cache_ttl
   local default, err, code = M.make(nil, limits)
   if not default then return nil, err, code end
   local policies = { limits = limits, by_set = {}, scheduled = {}, algs = {}, default = default }

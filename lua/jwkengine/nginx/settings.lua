@@ -7,7 +7,7 @@ local config = require("jwkengine.config")
 -- Loaded in the master, so the workers share the code pages; loading the C
 -- module touches no PKCS#11 library (that happens in open()).
 local jwkengine = require("jwkengine")
-local lifecycle = require("jwkengine.lifecycle.policy")
+local engine_settings = require("jwkengine.config_settings")
 local logging = require("jwkengine.nginx.logging")
 local secrets = require("jwkengine.nginx.secrets")
 local threads = require("jwkengine.nginx.threads")
@@ -24,8 +24,9 @@ local DEFAULTS = {
   shared_dict = "jwkengine",
   ready_timeout = 10,          -- seconds a request waits for its worker's engine
   startup_lock_timeout = 300,  -- seconds the startup generation may hold the lock
-  -- the engine's publication defaults: nginx serves with those
-  jwks = { max_age = lifecycle.DEFAULT_LIMITS.max_age, refresh = lifecycle.DEFAULT_LIMITS.refresh },
+  -- the engine's publication defaults (its schema): nginx serves with those
+  jwks = { max_age = engine_settings.default("publication.max_age"),
+    refresh = engine_settings.default("publication.refresh") },
   token = { lifetime = 300, max_body = 16384 },
   health = { budget = 1, cache = 5 },
   metrics = { flush_interval = 1 },
