@@ -3,14 +3,13 @@
 -- hold no copy of them. The values are random per run, so a match cannot
 -- be a coincidence; spec/helpers/memscan.py reads the child from outside.
 local jwkengine = require("jwkengine")
-local core = require("jwkengine.core")
 local softhsm = require("helpers.softhsm")
 
 local MEMSCAN = "spec/helpers/memscan.py"
 
 -- A random printable secret (hex), never seen in any other process.
 local function random_secret(bytes)
-  return softhsm.hex(core.random_bytes(bytes))
+  return softhsm.random_hex(bytes)
 end
 
 -- Every byte percent-encoded, so the URI text never holds the PIN in clear.
