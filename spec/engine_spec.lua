@@ -379,8 +379,9 @@ describe("PKCS#11 URIs", function()
     engine = assert(jwkengine.open({ environment = { HSM_ENABLED = "true", HSM_URI = uri },
       logger = false, startup = false }))
     -- the PIN the URI carried is not kept in the engine's configuration
-    assert.not_matches("pin%-value=" .. token.pin, engine.config.hsm.uri)
-    assert.is_nil(engine.config.hsm.pin)
+    local hsm_config = engine:configuration().hsm
+    assert.not_matches("pin%-value=" .. token.pin, hsm_config.uri)
+    assert.is_nil(hsm_config.pin)
     engine:close()
 
     local missing, err, code = jwkengine.open({ environment = { HSM_ENABLED = "true",

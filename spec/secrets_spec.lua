@@ -125,12 +125,12 @@ describe("secrets left in memory", function()
     assert.same({ memory = 0, environ = 0 }, found.d)
   end)
 
-  it("engine.config keeps no PIN when the HSM is disabled", function()
+  it("engine:configuration() holds no PIN when the HSM is disabled", function()
     local db = os.tmpname()
     local engine = assert(jwkengine.open({ logger = false, startup = false,
       environment = { HSM_ENABLED = "false", HSM_PIN = random_secret(8),
         SECRETS_SYSTEM = random_secret(16), DSN = "sqlite://" .. db } }))
-    local pin = engine.config.hsm.pin
+    local pin = engine:configuration().hsm.pin
     engine:close()
     os.remove(db)
     assert.is_nil(pin)
