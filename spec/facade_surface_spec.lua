@@ -5,10 +5,7 @@
 local jwkengine = require("jwkengine")
 
 local function read(path)
-  local f = assert(io.open(path, "r"))
-  local text = f:read("a")
-  f:close()
-  return text
+  return assert(require("jwkengine.util").read_file(path))
 end
 
 -- The code block that opens the README's "## Lua API" section.
