@@ -263,7 +263,7 @@ end
 Engine.reload = checked_call("reload")
 
 -- Generates the startup sets that are missing (by default the configured
--- ones, engine.config.startup_sets): { { set =, alg = }, ... }, once across
+-- ones, engine:configuration().startup_sets): { { set =, alg = }, ... }, once across
 -- the processes of the host (jwkengine.startup's lock file). open does
 -- this unless options.startup is false; so does `keys maintain`. Returns
 -- true, the names of the sets it generated.
