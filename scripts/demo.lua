@@ -31,8 +31,11 @@ print(string.format("\nVerified: alg=%s kid=%s claims=%s", header.alg, header.ki
 -- Keys added from outside always go to the software store; with the HSM
 -- enabled they are found there because the HSM says "not found".
 -- (Without a software store, import says ERR_CONFIG and this part is skipped.)
-local imported = assert(jwkengine.core.generate_software_key("EdDSA"))
-local jwk, err, code = engine:import("demo.imported", imported:private_jwk(), { kid = "imported-1" })
+-- a PEM private key made outside, as an operator would bring one
+local pipe = assert(io.popen("openssl genpkey -algorithm ed25519 2>/dev/null"))
+local imported = pipe:read("a")
+pipe:close()
+local jwk, err, code = engine:import("demo.imported", imported, { kid = "imported-1" })
 if not jwk and code ~= "ERR_CONFIG" then error(err) end
 if jwk then
   local jws = assert(engine:sign("demo.imported", "signed by an imported software key"))

@@ -87,7 +87,7 @@ local commands = {}
 -- created yet says how to create it: reads never generate keys.
 local function die_reading(engine, set, err, code)
   if code == "ERR_KEY_SET_NOT_FOUND" then
-    for _, entry in ipairs(engine.config.startup_sets) do
+    for _, entry in ipairs(engine:configuration().startup_sets) do
       if entry.set == set then
         die(string.format("key set '%s' is configured (startup_sets) but not created yet: run "
           .. "`keys maintain` (it creates the configured sets that are missing), or `keys create %s %s`",

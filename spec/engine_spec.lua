@@ -1,14 +1,13 @@
 -- The engine core against a real SoftHSM token: mapping pkcs11-tool keys to
 -- JWKs, generation, prefixes, slot choice, startup, signing and errors.
 local jwkengine = require("jwkengine")
-local core = require("jwkengine.core")
 local softhsm = require("helpers.softhsm")
 local verifier = require("helpers.verifier")
 local refused = require("helpers.refusal").refused
 local refused_keeping = require("helpers.refusal").refused_keeping
 
 local function hex_of_b64url(s)
-  return softhsm.hex(assert(core.b64url_decode(s)))
+  return softhsm.hex(assert(jwkengine.b64url_decode(s)))
 end
 
 -- The public key the token reports, through pkcs11-tool and openssl: the
@@ -87,7 +86,7 @@ describe("engine core on SoftHSM", function()
         assert.equals(reported, hex_of_b64url(jwk.x))
       else
         assert.equals("EC", jwk.kty)
-        assert.equals(case.size, #core.b64url_decode(jwk.x))
+        assert.equals(case.size, #jwkengine.b64url_decode(jwk.x))
         assert.equals(reported, "04" .. hex_of_b64url(jwk.x) .. hex_of_b64url(jwk.y))
       end
       -- and it signs: the token's key, our verifier and jwcrypto agree
@@ -380,8 +379,9 @@ describe("PKCS#11 URIs", function()
     engine = assert(jwkengine.open({ environment = { HSM_ENABLED = "true", HSM_URI = uri },
       logger = false, startup = false }))
     -- the PIN the URI carried is not kept in the engine's configuration
-    assert.not_matches("pin%-value=" .. token.pin, engine.config.hsm.uri)
-    assert.is_nil(engine.config.hsm.pin)
+    local hsm_config = engine:configuration().hsm
+    assert.not_matches("pin%-value=" .. token.pin, hsm_config.uri)
+    assert.is_nil(hsm_config.pin)
     engine:close()
 
     local missing, err, code = jwkengine.open({ environment = { HSM_ENABLED = "true",
@@ -408,7 +408,7 @@ describe("startup generation", function()
       local jwks = assert(engine:key_set(set))
       assert.equals(1, #jwks.keys)
       assert.equals("RS256", jwks.keys[1].alg)
-      assert.equals(4096, #core.b64url_decode(jwks.keys[1].n) * 8)
+      assert.equals(4096, #jwkengine.b64url_decode(jwks.keys[1].n) * 8)
     end
     engine:close()
 

@@ -19,7 +19,7 @@ local WORKERS = 2
 
 -- Seconds on the monotonic clock (the wall clock in whole seconds is too
 -- coarse to time a recovery).
-local clock = require("jwkengine.core").monotonic
+local clock = require("jwkengine").metrics.clock
 
 -- The engines' backoff: the first wait after an outage begins is half to
 -- all of this (README, "Outages"), so a Retry-After taken from the engine

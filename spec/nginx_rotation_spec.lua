@@ -58,7 +58,7 @@ end
 
 -- The kid in a compact JWS's protected header.
 local function kid_of(token)
-  local header = assert(jwkengine.core.b64url_decode(token:match("^([^.]+)%.")))
+  local header = assert(jwkengine.b64url_decode(token:match("^([^.]+)%.")))
   return cjson.decode(header).kid
 end
 

@@ -6,7 +6,6 @@
 -- metatables, environments) and counts the strings holding a random PIN
 -- or secret; signing in the event loop and in the thread pool still works.
 local cjson = require("cjson")
-local core = require("jwkengine.core")
 local softhsm = require("helpers.softhsm")
 local nginx = require("helpers.nginx")
 
@@ -60,8 +59,8 @@ describe("nginx: secrets given to init() as options", function()
   local server, token, pin, secret
 
   setup(function()
-    pin = softhsm.hex(core.random_bytes(12))
-    secret = softhsm.hex(core.random_bytes(16))
+    pin = softhsm.random_hex(12)
+    secret = softhsm.random_hex(16)
     token = softhsm.new_token("ngxsecret", pin)
     server = nginx.new({ token = token, workers = 2,
       startup_sets = "  hydra.openid.id-token: ES256\n  hydra.jwt.access-token: ES256\n",

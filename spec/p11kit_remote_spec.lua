@@ -12,7 +12,7 @@ local verifier = require("helpers.verifier")
 
 -- Seconds on the monotonic clock (the wall clock in whole seconds is too
 -- coarse to time a recovery).
-local clock = require("jwkengine.core").monotonic
+local clock = require("jwkengine").metrics.clock
 
 local function nap() os.execute("sleep 0.02") end
 

@@ -3,14 +3,13 @@
 -- hold no copy of them. The values are random per run, so a match cannot
 -- be a coincidence; spec/helpers/memscan.py reads the child from outside.
 local jwkengine = require("jwkengine")
-local core = require("jwkengine.core")
 local softhsm = require("helpers.softhsm")
 
 local MEMSCAN = "spec/helpers/memscan.py"
 
 -- A random printable secret (hex), never seen in any other process.
 local function random_secret(bytes)
-  return softhsm.hex(core.random_bytes(bytes))
+  return softhsm.random_hex(bytes)
 end
 
 -- Every byte percent-encoded, so the URI text never holds the PIN in clear.
@@ -126,12 +125,12 @@ describe("secrets left in memory", function()
     assert.same({ memory = 0, environ = 0 }, found.d)
   end)
 
-  it("engine.config keeps no PIN when the HSM is disabled", function()
+  it("engine:configuration() holds no PIN when the HSM is disabled", function()
     local db = os.tmpname()
     local engine = assert(jwkengine.open({ logger = false, startup = false,
       environment = { HSM_ENABLED = "false", HSM_PIN = random_secret(8),
         SECRETS_SYSTEM = random_secret(16), DSN = "sqlite://" .. db } }))
-    local pin = engine.config.hsm.pin
+    local pin = engine:configuration().hsm.pin
     engine:close()
     os.remove(db)
     assert.is_nil(pin)

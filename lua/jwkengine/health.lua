@@ -1,10 +1,9 @@
 -- engine:health(): whether the engine can sign right now, checked the way
--- a client would find out: the token is still in its slot (C_GetTokenInfo
--- through the module the engine already holds: no new C_Initialize), and
+-- a client would find out: the token is still in its slot
+-- (engine:token_check), and
 -- a probe signature with each set's current key verifies within a time
 -- budget. A caller that answers health checks caches the result (the
 -- nginx integration does): each call signs once per set.
-local core = require("jwkengine.core")
 local clock = require("jwkengine.metrics").clock
 local jws = require("jwkengine.jws")
 
@@ -24,25 +23,6 @@ local function part_of(code)
   return nil
 end
 M.part_of = part_of
-
--- "ok", or nil and why: the token with the engine's label and serial is
--- present in some slot of the engine's module (slot ids may move after a
--- re-initialization; the serial does not).
-local function check_token(engine)
-  local hsm = engine.config.hsm
-  if not hsm.enabled then return "not used" end
-  local slot = engine:slot()
-  local module, err, code = core.load_module(hsm.library, hsm.init_args)
-  if not module then return nil, string.format("token not present (%s)", tostring(code or err)) end
-  local list
-  list, err, code = module:slots()
-  module:close()
-  if not list then return nil, string.format("token not present (%s)", tostring(code or err)) end
-  for _, s in ipairs(list) do
-    if s.token_present and s.serial == slot.serial and s.label == slot.label then return "ok" end
-  end
-  return nil, "token not present"
-end
 
 -- The probe as a compact JWS, signed by the set's current key taken out
 -- with engine:signing_key: a probe is not a signature the engine made for
@@ -88,7 +68,7 @@ end
 function M.check(engine, sets, budget)
   local checks = { engine = "ok", sets = {} }
   local result = { status = "ok", checks = checks }
-  local token_ok, token_err = check_token(engine)
+  local token_ok, token_err = engine:token_check()
   checks.token = token_ok or token_err
   if not token_ok then
     result.status, result.failure = "unavailable", token_err

@@ -28,14 +28,37 @@ local startup = require("jwkengine.startup")
 local store = require("jwkengine.store")
 local util = require("jwkengine.util")
 
+-- What hosts (nginx, the CLI, an application) may use: these names and
+-- the engine's methods, as the README's Lua API lists them (facade_spec
+-- holds the two lists equal). The binding, jwkengine.core, is not among
+-- them: it is the library's own, required by its modules directly.
 local M = {
   _VERSION = core._VERSION,
-  core = core,
   config = config,
   jws = jws,
   jwt = jwt,
   jwk = jwk,
   errors = errors,
+  metrics = metrics,
+}
+
+-- A digest (hash "SHA-256", "SHA-384", "SHA-512") of bytes, and base64url
+-- without padding: what a host needs for ETags and to read a token's parts.
+M.digest = core.digest
+M.b64url_encode = core.b64url_encode
+M.b64url_decode = core.b64url_decode
+
+-- Secrets kept in C, in locked memory, under a name, for a host that reads
+-- them once (nginx's master) and opens engines later (its workers): a PIN
+-- kept under a variable's name is what a login that would read that
+-- variable finds (keep_uri_pin: the pin-value of a PKCS#11 URI).
+M.kept_secrets = {
+  keep_pin = core.keep_pin,
+  keep_uri_pin = core.keep_uri_pin,
+  forget_pin = core.forget_pin,
+  keep_secret = core.keep_secret,
+  kept_secret = core.kept_secret,
+  forget_secret = core.forget_secret,
 }
 
 local Engine = {}
@@ -240,7 +263,7 @@ end
 Engine.reload = checked_call("reload")
 
 -- Generates the startup sets that are missing (by default the configured
--- ones, engine.config.startup_sets): { { set =, alg = }, ... }, once across
+-- ones, engine:configuration().startup_sets): { { set =, alg = }, ... }, once across
 -- the processes of the host (jwkengine.startup's lock file). open does
 -- this unless options.startup is false; so does `keys maintain`. Returns
 -- true, the names of the sets it generated.
@@ -302,6 +325,39 @@ function Engine:metrics(options)
   local stats = self.config.hsm.enabled and keys_of[self]:stats() or nil
   local values = self.metrics_recorder:counters(stats)
   return metrics.text(metrics.gauges(self, stats, sets, values))
+end
+
+-- A copy of the configuration the engine was opened with, as
+-- jwkengine.check_config returns it: no PIN, no store secrets, a PKCS#11
+-- URI masked. Changing the copy changes nothing.
+local function copy_of(value)
+  if type(value) ~= "table" then return value end
+  local c = {}
+  for k, v in pairs(value) do c[k] = copy_of(v) end
+  return c
+end
+function Engine:configuration()
+  return copy_of(self.config)
+end
+
+-- "ok" when the HSM's token (its label and serial: slot ids may move after
+-- a re-initialization) is present in some slot of the engine's module,
+-- "not used" without an HSM; else nil, why. Asks the module the engine
+-- already holds (loading it again is no new C_Initialize).
+function Engine:token_check()
+  local hsm_config = self.config.hsm
+  if not hsm_config.enabled then return "not used" end
+  local slot = self:slot()
+  local module, err, code = core.load_module(hsm_config.library, hsm_config.init_args)
+  if not module then return nil, string.format("token not present (%s)", tostring(code or err)) end
+  local list
+  list, err, code = module:slots()
+  module:close()
+  if not list then return nil, string.format("token not present (%s)", tostring(code or err)) end
+  for _, s in ipairs(list) do
+    if s.token_present and s.serial == slot.serial and s.label == slot.label then return "ok" end
+  end
+  return nil, "token not present"
 end
 
 -- Whether the engine can sign now (see jwkengine.health): the token is

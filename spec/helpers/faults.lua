@@ -42,7 +42,7 @@ end
 -- module so it reloads and writes its stats.
 function M.counts(next_settings)
   M.set(next_settings or {})
-  require("jwkengine.core").slots(M.MODULE)
+  require("jwkengine").slots(M.MODULE)
   local stats_path = os.getenv("JWKE_FAULT_STATS"):gsub("%%p", pid())
   local counts = {}
   for line in io.lines(stats_path) do

@@ -1,7 +1,7 @@
 -- Shared by the jose_* specs: RFC vectors, bit flips, and the independent
 -- implementations (python3-jwcrypto from Debian, the npm `jose` package).
 local cjson = require("cjson")
-local core = require("jwkengine.core")
+local jwkengine = require("jwkengine")
 local softhsm = require("helpers.softhsm")
 
 local M = {}
@@ -24,8 +24,8 @@ function M.vector(name)
   return cjson.decode(M.read_file("spec/vectors/" .. name .. ".json"))
 end
 
-function M.b64(bytes) return core.b64url_encode(bytes) end
-function M.unb64(text) return assert(core.b64url_decode(text)) end
+function M.b64(bytes) return jwkengine.b64url_encode(bytes) end
+function M.unb64(text) return assert(jwkengine.b64url_decode(text)) end
 
 -- Copies a JWK without its private members.
 function M.public_jwk(jwk)

@@ -115,6 +115,14 @@ function M.hex(bytes)
   return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
 end
 
+-- n random bytes from the kernel as hex: a PIN or secret no other process saw.
+function M.random_hex(n)
+  local f = assert(io.open("/dev/urandom", "rb"))
+  local bytes = f:read(n)
+  f:close()
+  return M.hex(bytes)
+end
+
 function M.write_file(path, data)
   local f = assert(io.open(path, "wb"))
   f:write(data)

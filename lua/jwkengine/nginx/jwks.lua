@@ -1,7 +1,7 @@
 -- The worker's JWK Set: the public keys of the published sets as one
 -- canonical JSON body with a strong ETag, rebuilt on a timer.
-local core = require("jwkengine.core")
-local jwk = require("jwkengine.jwk")
+local jwkengine = require("jwkengine")
+local jwk = jwkengine.jwk
 local logging = require("jwkengine.nginx.logging")
 local state = require("jwkengine.nginx.state")
 
@@ -30,7 +30,7 @@ end
 -- states: a promotion (next -> current) changes no published key, yet a
 -- client that revalidates must learn that the set's schedule moved on.
 local function etag_of(body, states)
-  return '"' .. core.b64url_encode(core.digest("SHA-256", body .. "\n" .. states)) .. '"'
+  return '"' .. jwkengine.b64url_encode(jwkengine.digest("SHA-256", body .. "\n" .. states)) .. '"'
 end
 
 -- Re-reads the published sets from the token or store when `reread` (not

@@ -32,12 +32,12 @@ function M.count_probe(ok)
 end
 
 local function stats_of(engine)
-  return engine and engine.config.hsm.enabled and engine:stats() or nil
+  return engine and (engine:stats()) or nil -- nil without an HSM
 end
 
 -- This worker's counters, cumulative since it started.
 local function worker_counters(engine)
-  local values = engine and engine.metrics_recorder:counters(stats_of(engine)) or {}
+  local values = engine and state.metrics:counters(stats_of(engine)) or {}
   for status, count in pairs(jwks_counts) do
     values[metrics.series("jwkengine_jwks_requests_total", "status", status)] = count
   end
@@ -72,7 +72,7 @@ function M.flush()
     local pid = ngx.worker.pid()
     dict:set(GAUGE_PREFIX .. pid .. ":jwkengine_pkcs11_sessions_open", stats.sessions_open, ttl)
     dict:set(GAUGE_PREFIX .. pid .. ":jwkengine_pkcs11_max_sessions", stats.max_sessions, ttl)
-    local thread_sessions = engine.metrics_recorder:thread_sessions()
+    local thread_sessions = state.metrics:thread_sessions()
     if thread_sessions then
       dict:set(GAUGE_PREFIX .. pid .. ":jwkengine_pkcs11_thread_sessions", thread_sessions, ttl)
     end

@@ -18,7 +18,7 @@ M.copy = copy
 
 -- What a previous configuration kept is not this one's PIN.
 function M.forget_pin()
-  require("jwkengine.core").forget_pin(M.PIN_NAME)
+  require("jwkengine").kept_secrets.forget_pin(M.PIN_NAME)
 end
 
 -- Keeps the secrets among the open options in C and returns the options
@@ -27,15 +27,15 @@ end
 -- needed: it is dropped, not kept). A reload forgets what the previous
 -- configuration kept.
 function M.keep(open_options, cfg)
-  local core = require("jwkengine.core")
+  local kept = require("jwkengine").kept_secrets
   local public = copy(open_options)
   if type(open_options.hsm) == "table" then
     public.hsm = copy(open_options.hsm)
     local ok, err, code = true, nil, nil
     if cfg.hsm.enabled and public.hsm.pin ~= nil then
-      ok, err, code = core.keep_pin(M.PIN_NAME, public.hsm.pin)
+      ok, err, code = kept.keep_pin(M.PIN_NAME, public.hsm.pin)
     elseif cfg.hsm.enabled and cfg.hsm.pin_in_uri and public.hsm.uri then
-      ok, err, code = core.keep_uri_pin(M.PIN_NAME, public.hsm.uri)
+      ok, err, code = kept.keep_uri_pin(M.PIN_NAME, public.hsm.uri)
     end
     if not ok then return nil, string.format("configuration: %s (%s)", tostring(err), tostring(code)) end
     if public.hsm.uri then public.hsm.uri = require("jwkengine.pkcs11_uri").without_pin(public.hsm.uri) end
@@ -43,11 +43,11 @@ function M.keep(open_options, cfg)
   end
   local secrets = type(open_options.secrets) == "table" and open_options.secrets.system or {}
   for i, secret in ipairs(secrets) do
-    local ok, err, code = core.keep_secret(SECRET_NAME .. i, secret)
+    local ok, err, code = kept.keep_secret(SECRET_NAME .. i, secret)
     if not ok then return nil, string.format("configuration: %s (%s)", tostring(err), tostring(code)) end
   end
   local stale = #secrets + 1
-  while core.forget_secret(SECRET_NAME .. stale) do stale = stale + 1 end
+  while kept.forget_secret(SECRET_NAME .. stale) do stale = stale + 1 end
   public.secrets = nil
   return public, #secrets
 end
@@ -56,9 +56,9 @@ end
 -- jwkengine.open: `o` with the store secrets the master kept read back.
 function M.with_kept(o, kept_secrets)
   if kept_secrets and kept_secrets > 0 then
-    local core = require("jwkengine.core")
+    local kept = require("jwkengine").kept_secrets
     local system = {}
-    for i = 1, kept_secrets do system[i] = core.kept_secret(SECRET_NAME .. i) end
+    for i = 1, kept_secrets do system[i] = kept.kept_secret(SECRET_NAME .. i) end
     o.secrets = { system = system }
   end
   return o

@@ -47,7 +47,7 @@ local vm_pool_warned = false
 -- This worker's recorder (the counts /metrics serves), or nil before its
 -- engine is open.
 local function recorder()
-  return state.engine and state.engine.metrics_recorder
+  return state.engine and state.metrics
 end
 
 -- What ngx.run_worker_thread answered, passed on as thread_sign's answer,
@@ -135,7 +135,7 @@ local function open_thread_engine(options_json, slot_id, kept_secrets)
   local e, err, code = jwkengine.open(o)
   if not e then return nil, err, code end
   logging.thread_logger("info", "a worker-thread Lua VM opened its engine")
-  return e
+  return e, nil, nil, o.metrics
 end
 
 -- What this VM's engine's PKCS#11 counters grew by since it last said
@@ -143,7 +143,7 @@ end
 -- session it holds (thread_sessions), for the worker's gauge.
 local function pkcs11_report(entry)
   local e = entry.engine
-  local stats = e.config.hsm.enabled and e:stats()
+  local stats = (e:stats()) -- nil without an HSM
   local delta = stats and metrics.pkcs11_since(stats, entry.reported) or false
   if stats and not entry.announced then
     entry.announced = true
@@ -162,9 +162,9 @@ end
 function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept_secrets)
   local entry = thread_engines[options_json]
   if not entry then
-    local e, err, code = open_thread_engine(options_json, slot_id, kept_secrets)
+    local e, err, code, recorder = open_thread_engine(options_json, slot_id, kept_secrets)
     if not e then return nil, err, code end
-    entry = { engine = e, refreshed = os.time(), reported = {} }
+    entry = { engine = e, recorder = recorder, refreshed = os.time(), reported = {} }
     thread_engines[options_json] = entry
   end
   local e = entry.engine
@@ -180,7 +180,7 @@ function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept
   local token, err, code = e:sign_jwt(set, claims, { lifetime = lifetime })
   local outage = code == "ERR_HSM_UNAVAILABLE" and e:hsm_outage()
   -- then what the engine counted, for the worker's metrics (see count_thread_call)
-  return token, err, code, outage and outage.retry_in or false, pkcs11_report(entry), e.metrics_recorder:take()
+  return token, err, code, outage and outage.retry_in or false, pkcs11_report(entry), entry.recorder:take()
 end
 
 return M

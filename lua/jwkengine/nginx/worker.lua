@@ -42,6 +42,8 @@ local function open_engine()
   local jwkengine = require("jwkengine")
   local o = secrets.with_kept(secrets.copy(settings.open_options), settings.kept_secrets)
   o.startup = false -- generation happens below, under the lock
+  -- the recorder /metrics reads (jwkengine.nginx.metrics), kept beside the engine
+  o.metrics = jwkengine.metrics.new()
   local dict = ngx.shared[settings.shared_dict]
   local locked, lerr = startup_lock.acquire(dict, settings.shared_dict, LOCK_KEY, settings.startup_lock_timeout)
   if not locked then return nil, lerr, "ERR_STARTUP_LOCK" end
@@ -58,7 +60,7 @@ local function open_engine()
     if not opened then return nil, "jwkengine.open raised: " .. tostring(e), "ERR_OPEN" end
     return nil, err, code
   end
-  local sets = e.config and e.config.startup_sets or settings.startup_sets
+  local sets = e:configuration().startup_sets
   if settings.open_options.startup ~= false and #sets > 0 then
     local ran, done, gerr, gcode = pcall(e.ensure_startup_sets, e, sets)
     if not ran or not done then
@@ -69,6 +71,7 @@ local function open_engine()
     end
   end
   startup_lock.release(dict, LOCK_KEY)
+  state.metrics = o.metrics -- read once state.engine is e
   return e
 end
 
@@ -101,7 +104,7 @@ end
 -- Said once (by worker 0) when the workers together may need more sessions
 -- than the token reports it has.
 local function warn_session_budget(e)
-  local hsm = e.config and e.config.hsm
+  local hsm = e:configuration().hsm
   local stats = hsm and hsm.enabled and ngx.worker.id() == 0 and e:stats()
   local limit = stats and stats.token_max_sessions
   if not limit then return end

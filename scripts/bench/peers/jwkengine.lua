@@ -11,7 +11,7 @@ local engine = assert(jwkengine.open({ logger = false, startup = false, environm
   HSM_ENABLED = "true", HSM_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so", HSM_TOKEN_LABEL = label,
   HSM_PIN = "1234", HSM_MIN_RSA_BITS = "2048", SECRETS_SYSTEM = "peers-bench-secret-0123456789", DSN = "memory",
   HSM_VERIFY_AFTER_SIGN = os.getenv("PEERS_VERIFY_AFTER_SIGN") } }))
-local now = jwkengine.core.monotonic
+local now = jwkengine.metrics.clock -- monotonic
 local claims = { iss = "https://issuer.example", sub = "user-1234567890", aud = "client-app",
   scope = "openid profile" }
 local options = { lifetime = 300 }
