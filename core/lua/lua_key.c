@@ -52,7 +52,7 @@ static key_object *check_facts(lua_State *L, jwke_key_facts *facts)
 static int cannot(lua_State *L, const key_object *k, const char *what)
 {
     jwke_error err;
-    jwke_fail_code(&err, "ERR_KEY_USE", "a %s key cannot %s", k->holder->name, what);
+    jwke_fail_code(&err, "ERR_KEY_USE", "this %s key cannot %s", k->holder->name, what);
     return jwke_push_error(L, &err);
 }
 
