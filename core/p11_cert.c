@@ -1,5 +1,6 @@
 /* X.509 certificates beside key pairs on a token (see p11_cert.h). */
 #include "p11_cert.h"
+#include "p11_key_struct.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,6 @@
 /* Key sets on the token (see p11_keys.h). */
 #include "p11_keys.h"
+#include "p11_key_struct.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 #include "ec_der.h"
 #include "p11_cert.h"
 #include "p11_map.h"
+#include "pkey.h"
 
 CK_RV jwke_p11_find(jwke_p11_token *t, CK_SESSION_HANDLE session, CK_ATTRIBUTE *template,
                     CK_ULONG template_len, CK_OBJECT_HANDLE **found, size_t *count,
@@ -375,4 +377,88 @@ int jwke_p11_set_sign(jwke_p11_token *token, const char *label, size_t label_len
         }
     }
     return result;
+}
+
+/* ---- one key, for the binding and hosts (the struct is opaque there) -- */
+
+const unsigned char *jwke_p11_key_id(const jwke_p11_key *key, size_t *len)
+{
+    *len = key->id_len;
+    return key->id;
+}
+
+const jwke_alg *jwke_p11_key_alg(const jwke_p11_key *key)
+{
+    return key->alg;
+}
+
+enum jwke_key_use jwke_p11_key_use(const jwke_p11_key *key)
+{
+    return key->use;
+}
+
+int jwke_p11_key_retired(const jwke_p11_key *key)
+{
+    return key->retired;
+}
+
+EVP_PKEY *jwke_p11_key_public(const jwke_p11_key *key)
+{
+    return key->public_key;
+}
+
+const unsigned char *jwke_p11_key_certificate(const jwke_p11_key *key, size_t *len,
+                                              const jwke_error **problem)
+{
+    *problem = key->certificate_problem;
+    *len = key->certificate_len;
+    return key->certificate;
+}
+
+int jwke_p11_key_signing(const jwke_p11_key *key, const jwke_alg **alg, size_t *sig_max,
+                         jwke_error *err)
+{
+    if (key->use != JWKE_USE_SIG)
+        return jwke_fail_code(err, "ERR_JWS_SIGN",
+                              "key '%.*s' is an encryption key (use 'enc') and cannot sign",
+                              (int)key->id_len, (const char *)key->id);
+    if (key->retired)
+        return jwke_fail_code(err, "ERR_KEY_STATE",
+                              "key '%.*s' is retired on the token (CKA_SIGN false) and never signs",
+                              (int)key->id_len, (const char *)key->id);
+    if (!*alg)
+        *alg = key->alg;
+    else if (*alg != key->alg && jwke_pkey_fits_alg(key->public_key, *alg, 0, err) != 0)
+        return jwke_fail_in(err, "ERR_JWS_SIGN");
+    *sig_max = jwke_alg_signature_size(*alg, EVP_PKEY_get_bits(key->public_key));
+    return 0;
+}
+
+int jwke_p11_key_set_sign(jwke_p11_token *token, const jwke_p11_key *key, int allowed,
+                          size_t *changed, jwke_error *err)
+{
+    return jwke_p11_set_sign(token, key->label, key->label_len, key->id, key->id_len, allowed,
+                             changed, err);
+}
+
+jwke_p11_key *jwke_p11_keys_take(jwke_p11_key *keys, size_t i)
+{
+    jwke_p11_key *key = malloc(sizeof *key);
+    if (!key)
+        return NULL;
+    *key = keys[i];
+    /* what the key owns moves with it */
+    keys[i].public_key = NULL;
+    keys[i].label = NULL;
+    keys[i].certificate = NULL;
+    keys[i].certificate_problem = NULL;
+    return key;
+}
+
+void jwke_p11_key_free(jwke_p11_key *key)
+{
+    if (!key)
+        return;
+    jwke_p11_key_clear(key);
+    free(key);
 }

@@ -14,28 +14,42 @@
 
 enum jwke_key_use { JWKE_USE_SIG = 1, JWKE_USE_ENC = 2 };
 
-/* One key pair of a set, mapped to what a JWK needs. */
-typedef struct jwke_p11_key {
-    unsigned char id[JWKE_MAX_ID_LEN]; /* CKA_ID: the kid */
-    size_t id_len;
-    char *label;                       /* CKA_LABEL, to find the key again */
-    size_t label_len;
-    CK_OBJECT_HANDLE private_handle;
-    CK_OBJECT_HANDLE public_handle;
-    unsigned object_epoch;             /* token object epoch of the handles */
-    const jwke_alg *alg;               /* RS256, ES256, ES384, ES512 or EdDSA */
-    enum jwke_key_use use;
-    /* Retired on the key itself: a signing pair whose private half has
-     * CKA_SIGN false (and, RSA, CKA_DECRYPT false). It keeps use sig and is
-     * loaded, but never signs and is never published, and the token itself
-     * refuses C_SignInit on it (jwke_p11_set_sign). */
-    int retired;
-    int bits;                          /* RSA modulus size */
-    EVP_PKEY *public_key;              /* built from the public half */
-    unsigned char *certificate;        /* DER of the pair's X.509 certificate (p11_cert.h), or NULL */
-    size_t certificate_len;
-    jwke_error *certificate_problem;   /* why a certificate beside the pair is not used, or NULL */
-} jwke_p11_key;
+/* One key pair of a set, mapped to what a JWK needs. Opaque: its fields
+ * are the core's (p11_key_struct.h); the binding and hosts read it through
+ * the functions below. */
+typedef struct jwke_p11_key jwke_p11_key;
+
+/* The kid (CKA_ID), len bytes. */
+const unsigned char *jwke_p11_key_id(const jwke_p11_key *key, size_t *len);
+/* RS256, ES256, ES384, ES512 or EdDSA: the algorithm the pair was made for. */
+const jwke_alg *jwke_p11_key_alg(const jwke_p11_key *key);
+enum jwke_key_use jwke_p11_key_use(const jwke_p11_key *key);
+/* 1 when retired on the key itself as loaded: a signing pair whose private
+ * half has CKA_SIGN false (and, RSA, CKA_DECRYPT false). It keeps use sig
+ * and is loaded, but never signs and is never published, and the token
+ * itself refuses C_SignInit on it (jwke_p11_set_sign). */
+int jwke_p11_key_retired(const jwke_p11_key *key);
+/* The public half as an EVP_PKEY, owned by the key. */
+EVP_PKEY *jwke_p11_key_public(const jwke_p11_key *key);
+/* DER of the pair's X.509 certificate (p11_cert.h) or NULL; *problem is
+ * why a certificate beside the pair is not used, or NULL. */
+const unsigned char *jwke_p11_key_certificate(const jwke_p11_key *key, size_t *len,
+                                              const jwke_error **problem);
+/* Whether the key signs with alg (NULL: its own, which *alg then names)
+ * and *sig_max, the largest signature it makes: 0, or -1 with err
+ * (ERR_JWS_SIGN for an encryption key or an alg that does not fit,
+ * ERR_KEY_STATE for a key retired on the token). */
+int jwke_p11_key_signing(const jwke_p11_key *key, const jwke_alg **alg, size_t *sig_max,
+                         jwke_error *err);
+/* jwke_p11_set_sign on this key's pair, found again by label and kid (its
+ * handles may be stale). */
+int jwke_p11_key_set_sign(jwke_p11_token *token, const jwke_p11_key *key, int allowed,
+                          size_t *changed, jwke_error *err);
+/* Moves key i of a loaded set to a key of its own (NULL when out of
+ * memory), which jwke_p11_key_free releases; jwke_p11_keys_free still
+ * frees the set. */
+jwke_p11_key *jwke_p11_keys_take(jwke_p11_key *keys, size_t i);
+void jwke_p11_key_free(jwke_p11_key *key);
 
 /* Every object matching the template, on the given session (inside a
  * jwke_p11_run operation). A token that reports more handles than asked

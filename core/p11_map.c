@@ -1,6 +1,7 @@
 /* Token objects to keys (see p11_map.h). Mapping rules follow DESIGN.md
  * ("Behaviour to match"). */
 #include "p11_map.h"
+#include "p11_key_struct.h"
 
 #include <ctype.h>
 #include <stdint.h>

@@ -2,6 +2,7 @@
  * sized for the result. The hash is computed on the host where the mechanism
  * allows it, which is faster than streaming the input to the token. */
 #include "p11_sign.h"
+#include "p11_key_struct.h"
 
 #include <stdlib.h>
 #include <string.h>

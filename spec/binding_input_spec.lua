@@ -81,6 +81,34 @@ describe("token methods answer bad input", function()
     assert(key:sign_compact("e30", "p"))
   end)
 
+  -- issue 22, Deliver 3: one key class whatever holds the key; what a
+  -- holder cannot do is answered, not raised
+  it("token and software keys are one class; a method the holder cannot do answers ERR_KEY_USE", function()
+    local hsm_key = assert(manager.token:load_set("in", 2048))[1]
+    local sw_key = assert(core.generate_software_key("ES256"))
+    assert.equals(getmetatable(hsm_key), getmetatable(sw_key))
+    assert.equals("jwkengine.key", getmetatable(sw_key).__name)
+    answers("ERR_KEY_USE", "HSM key cannot give its private members", hsm_key.private_jwk, hsm_key)
+    answers("ERR_KEY_USE", "software key cannot be marked", sw_key.set_sign, sw_key, false)
+    answers("ERR_KEY_USE", "software key cannot be retired", sw_key.retired, sw_key)
+    answers("ERR_KEY_USE", "software key cannot hold a certificate", sw_key.certificate, sw_key)
+    answers("ERR_JWS_SIGN", "name one", sw_key.sign_compact, sw_key, "e30", "p")
+    -- the facts each holder has, through the same methods
+    assert.same({ "k", "ES256", "sig", false }, { hsm_key:kid(), hsm_key:alg(), hsm_key:use(), hsm_key:retired() })
+    assert.same({}, { sw_key:kid(), sw_key:alg(), sw_key:use() })
+    assert.same({ "EC", 256, true }, { hsm_key:kty(), hsm_key:bits(), hsm_key:is_private() })
+    assert.same({ "EC", 256, true }, { sw_key:kty(), sw_key:bits(), sw_key:is_private() })
+    assert.equals("k", hsm_key:public_jwk().kid)
+    assert.is_nil(sw_key:public_jwk().kid)
+    assert.is_string(assert(sw_key:private_jwk()).d)
+    for _, key in ipairs({ hsm_key, sw_key }) do
+      assert.is_true(key:fits("ES256"))
+      assert.is_string(assert(key:sign_compact("e30", "p", "ES256")))
+      assert.is_string(assert(key:self_signed_certificate("CN=x", 1)))
+      assert.equals(key:public_jwk().x, key:public_key():jwk().x)
+    end
+  end)
+
   it("a closed token answers ERR_CLOSED", function()
     local cfg = assert(config.load({ environment = softhsm.environment(token) }))
     local other = assert(hsm.open(cfg.hsm))

@@ -12,9 +12,8 @@
 
 #define JWKE_MODULE_CLASS "jwkengine.module"
 #define JWKE_TOKEN_CLASS "jwkengine.token"
-#define JWKE_HSM_KEY_CLASS "jwkengine.hsm_key"
+#define JWKE_KEY_CLASS "jwkengine.key" /* whatever holds it (lua_key.c) */
 #define JWKE_PUBLIC_KEY_CLASS "jwkengine.public_key"
-#define JWKE_SOFTWARE_KEY_CLASS "jwkengine.software_key"
 
 /* The one way the binding reports a failure: pushes nil, message, code
  * (err->code, else the CKR name of a PKCS#11 failure, else
@@ -72,28 +71,76 @@ int jwke_push_self_signed(lua_State *L, const EVP_PKEY *pub, const jwke_alg *alg
 /* Pushes a new public-key object sharing pkey (takes its own reference). */
 void jwke_push_public_key(lua_State *L, EVP_PKEY *pkey);
 
-/* The key interface HSM and software keys share (kid, alg, use, kty, bits,
- * is_private, public_jwk, public_key, fits, sign): the methods whose answer
- * depends only on the EVP_PKEY are written once, here. */
 /* Pushes "RSA", "EC", "OKP" (or nil for another type). */
 int jwke_push_kty(lua_State *L, const EVP_PKEY *pkey);
 /* key:fits(alg [, min_rsa_bits]): the key object at 1, alg at 2, the
  * minimum at 3 (default_min_bits when absent). Pushes true | false, why. */
 int jwke_push_fits(lua_State *L, const EVP_PKEY *pkey, int default_min_bits);
 
-/* A key class's signing set-up: readies `signer` (the class's own) for the
- * algorithm at alg_arg and sets *sig_max, the largest signature it makes;
- * 0, or -1 with err when the key cannot sign with it. */
+/* A key class's signing set-up: readies `signer` for the algorithm at
+ * alg_arg and sets *sig_max, the largest signature it makes; 0, or -1 with
+ * err when the key cannot sign with it. */
 typedef int (*jwke_signing_setup)(lua_State *L, int alg_arg, void *signer, size_t *sig_max,
                                   jwke_error *err);
 
-/* key:sign(input, alg) of every key class: pushes the signature bytes
- * | nil, err, code. */
+/* key:sign(input, alg): pushes the signature bytes | nil, err, code. */
 int jwke_push_signature(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer);
 
-/* key:sign_compact(header_b64, payload, alg) of every key class: pushes
- * the compact JWS | nil, err, code. */
+/* key:sign_compact(header_b64, payload, alg): pushes the compact JWS
+ * | nil, err, code. */
 int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer);
+
+/* ---- the one key class (lua_key.c) -----------------------------------
+ * A key object is the same Lua class whatever holds the key: a token (an
+ * HSM key, lua_token.c) or OpenSSL in this process (a software key,
+ * lua_swkey.c). The class's methods are written once; what differs is the
+ * holder, a table of functions on the holder's state, which lives inside
+ * the key object. A method a holder cannot do (no function) answers nil,
+ * err, ERR_KEY_USE. */
+
+/* What a key is, as its holder knows it. */
+typedef struct jwke_key_facts {
+    const unsigned char *kid; /* NULL: bound to none (a software key's row holds it) */
+    size_t kid_len;
+    const jwke_alg *alg;      /* NULL: signs with any alg that fits */
+    const char *use;          /* "sig", "enc" or NULL */
+    int is_private;
+    EVP_PKEY *public_key;     /* never NULL */
+} jwke_key_facts;
+
+/* What sign hands to a holder's sign function: its state and the alg. */
+typedef struct jwke_key_signer {
+    void *state;
+    const jwke_alg *alg;
+} jwke_key_signer;
+
+typedef struct jwke_key_holder {
+    const char *name;     /* "HSM" or "software", in messages */
+    size_t state_size;    /* bytes of state in the key object, zeroed at first */
+    int default_min_bits; /* key:fits's minimum RSA size when none is given */
+    /* Fills facts: 0, or -1 for an empty or released key (raised). */
+    int (*facts)(const void *state, jwke_key_facts *out);
+    /* Whether the key signs with *alg (NULL: its own, which *alg then
+     * names) and *sig_max: 0, or -1 with err. The hot path: per token. */
+    int (*signing)(void *state, const jwke_alg **alg, size_t *sig_max, jwke_error *err);
+    /* signer is a jwke_key_signer; the signature is made by whatever holds the key */
+    jwke_sign_fn sign;
+    void (*clear)(void *state); /* __gc: releases what the state holds */
+    /* Optional: NULL when the holder cannot. */
+    const unsigned char *(*certificate)(const void *state, size_t *len,
+                                        const jwke_error **problem);
+    int (*retired)(const void *state);
+    int (*set_sign)(void *state, int allowed, size_t *changed, jwke_error *err);
+    /* pushes the private JWK, or nil, err, code */
+    int (*push_private_jwk)(lua_State *L, void *state);
+} jwke_key_holder;
+
+/* Pushes a new key object held by holder, with one user value (nil) for
+ * the holder to keep what the key needs alive; returns its state. */
+void *jwke_new_key_object(lua_State *L, const jwke_key_holder *holder);
+/* The state of the key object at idx when holder holds it, else NULL. */
+void *jwke_key_state(lua_State *L, int idx, const jwke_key_holder *holder);
+void jwke_open_key(lua_State *L); /* the key class */
 
 /* Pushes a base64url (no padding) string of bytes. */
 void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len);
@@ -108,7 +155,7 @@ struct jwke_swkey *jwke_lua_software_key(lua_State *L, int idx);
 struct jwke_p11_key *jwke_lua_hsm_key(lua_State *L, int idx, struct jwke_p11_token **token);
 
 void jwke_open_module(lua_State *L);     /* adds load_module, slots */
-void jwke_open_token(lua_State *L);      /* adds env_is_set and the token classes */
+void jwke_open_token(lua_State *L);      /* adds env_is_set and the token class */
 /* Pushes a token object (closed until the returned slot is filled). */
 struct jwke_p11_token **jwke_new_token_object(lua_State *L);
 void jwke_open_public_key(lua_State *L); /* adds public_key */

@@ -425,6 +425,7 @@ int luaopen_jwkengine_core(lua_State *L)
     lua_pushcclosure(L, l_alg_info, 1);
     lua_setfield(L, -2, "alg_info");
     jwke_open_module(L);
+    jwke_open_key(L);
     jwke_open_token(L);
     jwke_open_public_key(L);
     jwke_open_software_key(L);

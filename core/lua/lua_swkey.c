@@ -1,8 +1,7 @@
 /* Software keys and the store's AES-GCM sealing in Lua.
  *
- * A software key object owns its EVP_PKEYs until it is collected. Its
- * public_key() is a separate public-only object, so verifiers never keep
- * private material alive. */
+ * OpenSSL in this process as the holder of keys (lua_key.c): a software
+ * key object owns its EVP_PKEYs until it is collected. */
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,8 +16,8 @@
 #include "pkey.h"
 #include "sealed_key.h"
 #include "swkey.h"
-#include "x509_cert.h"
 
+/* A key's state when this process holds it. */
 typedef struct swkey_object {
     jwke_swkey key; /* pkey NULL until filled in */
     /* The last algorithm this key was checked to fit, and its signature
@@ -27,19 +26,18 @@ typedef struct swkey_object {
     size_t fits_sig_size;
 } swkey_object;
 
+static const jwke_key_holder software_holder;
+
 struct jwke_swkey *jwke_lua_software_key(lua_State *L, int idx)
 {
-    swkey_object *k = luaL_testudata(L, idx, JWKE_SOFTWARE_KEY_CLASS);
+    swkey_object *k = jwke_key_state(L, idx, &software_holder);
     return k && k->key.pkey ? &k->key : NULL;
 }
 
 /* A new, empty key object on the stack: __gc is safe from the start. */
 static swkey_object *new_key(lua_State *L)
 {
-    swkey_object *k = lua_newuserdatauv(L, sizeof *k, 0);
-    memset(k, 0, sizeof *k);
-    luaL_setmetatable(L, JWKE_SOFTWARE_KEY_CLASS);
-    return k;
+    return jwke_new_key_object(L, &software_holder);
 }
 
 /* Pushes the key object filled by `rc == 0`, or nil, err. */
@@ -236,63 +234,61 @@ static int l_sealed_key_mark(lua_State *L)
     return 1;
 }
 
-/* ---- methods --------------------------------------------------------- */
+/* ---- this process as a key's holder (lua_common.h) -------------------- */
 
-static swkey_object *check_key(lua_State *L)
+/* kid, alg and use stay NULL: a software key is bound to none (its store
+ * row holds them) and signs with any alg that fits it. */
+static int sw_facts(const void *state, jwke_key_facts *out)
 {
-    swkey_object *k = luaL_checkudata(L, 1, JWKE_SOFTWARE_KEY_CLASS);
+    const swkey_object *k = state;
     if (!k->key.pkey)
-        luaL_error(L, "the software key is empty or released");
-    return k;
+        return -1;
+    memset(out, 0, sizeof *out);
+    out->is_private = k->key.is_private;
+    out->public_key = k->key.public_pkey;
+    return 0;
 }
 
-static int l_is_private(lua_State *L)
+/* The alg must be named; the fit is checked once per alg, not per
+ * signature (a key never changes). */
+static int sw_signing(void *state, const jwke_alg **alg, size_t *sig_max, jwke_error *err)
 {
-    lua_pushboolean(L, check_key(L)->key.is_private);
-    return 1;
+    swkey_object *k = state;
+    if (!k->key.pkey)
+        return jwke_fail_code(err, "ERR_JWS_SIGN", "the software key is empty or released");
+    if (!*alg)
+        return jwke_fail_code(err, "ERR_JWS_SIGN", "a software key signs with the alg it is given: name one");
+    if (!k->key.is_private)
+        return jwke_fail_code(err, "ERR_JWS_SIGN", "the key is public only and cannot sign");
+    if (k->fits_alg != *alg) {
+        if (jwke_pkey_fits_alg(k->key.pkey, *alg, JWKE_RSA_MIN_BITS, err) != 0)
+            return jwke_fail_in(err, "ERR_JWS_SIGN");
+        k->fits_alg = *alg;
+        k->fits_sig_size = jwke_alg_signature_size(*alg, EVP_PKEY_get_bits(k->key.pkey));
+    }
+    *sig_max = k->fits_sig_size;
+    return 0;
 }
 
-static int l_kty(lua_State *L)
+static int sw_sign(void *signer, const unsigned char *input, size_t input_len,
+                   unsigned char *sig, size_t *sig_len, jwke_error *err)
 {
-    return jwke_push_kty(L, check_key(L)->key.pkey);
+    jwke_key_signer *s = signer;
+    swkey_object *k = s->state;
+    return jwke_evp_sign(k->key.pkey, s->alg, input, input_len, sig, sig_len, err);
 }
 
-/* key:kid(), key:alg(), key:use() -> nil: a software key is bound to none
- * (its store row holds them) and signs with any alg that fits it; an HSM
- * key answers its own. */
-static int l_unbound(lua_State *L)
+static void sw_clear(void *state)
 {
-    check_key(L);
-    lua_pushnil(L);
-    return 1;
-}
-
-static int l_bits(lua_State *L)
-{
-    lua_pushinteger(L, EVP_PKEY_get_bits(check_key(L)->key.pkey));
-    return 1;
-}
-
-static int l_public_key(lua_State *L)
-{
-    jwke_push_public_key(L, check_key(L)->key.public_pkey);
-    return 1;
-}
-
-/* key:public_jwk() -> {kty, n, e} | {kty, crv, x[, y]} */
-static int l_public_jwk(lua_State *L)
-{
-    jwke_error err;
-    if (jwke_push_public_members(L, check_key(L)->key.public_pkey, &err) != 0)
-        return jwke_push_error(L, &err);
-    return 1;
+    swkey_object *k = state;
+    jwke_swkey_free(&k->key);
 }
 
 /* key:private_jwk() -> all members, base64url. For the encrypted store
  * only: the result holds the private key in plain Lua strings. */
-static int l_private_jwk(lua_State *L)
+static int sw_push_private_jwk(lua_State *L, void *state)
 {
-    swkey_object *k = check_key(L);
+    swkey_object *k = state;
     jwke_jwk_members m;
     jwke_error err;
     if (jwke_swkey_private_members(&k->key, &m, &err) != 0)
@@ -315,93 +311,17 @@ static int l_private_jwk(lua_State *L)
     return 1;
 }
 
-/* key:fits(alg [, min_rsa_bits]) -> true | false, err */
-static int l_fits(lua_State *L)
-{
-    return jwke_push_fits(L, check_key(L)->key.pkey, JWKE_RSA_MIN_BITS);
-}
-
-typedef struct sw_signer {
-    EVP_PKEY *pkey;
-    const jwke_alg *alg;
-} sw_signer;
-
-static int sw_sign(void *signer, const unsigned char *input, size_t input_len,
-                   unsigned char *sig, size_t *sig_len, jwke_error *err)
-{
-    sw_signer *s = signer;
-    return jwke_evp_sign(s->pkey, s->alg, input, input_len, sig, sig_len, err);
-}
-
-/* Checks that the key can sign with the algorithm at alg_arg. */
-static int signing_setup(lua_State *L, int alg_arg, void *signer, size_t *sig_max,
-                         jwke_error *err)
-{
-    sw_signer *s = signer;
-    swkey_object *k = check_key(L);
-    s->alg = jwke_check_alg(L, alg_arg);
-    s->pkey = k->key.pkey;
-    if (!k->key.is_private)
-        return jwke_fail_code(err, "ERR_JWS_SIGN", "the key is public only and cannot sign");
-    if (k->fits_alg != s->alg) {
-        if (jwke_pkey_fits_alg(s->pkey, s->alg, JWKE_RSA_MIN_BITS, err) != 0)
-            return jwke_fail_in(err, "ERR_JWS_SIGN");
-        k->fits_alg = s->alg;
-        k->fits_sig_size = jwke_alg_signature_size(s->alg, EVP_PKEY_get_bits(s->pkey));
-    }
-    *sig_max = k->fits_sig_size;
-    return 0;
-}
-
-/* key:self_signed_certificate(subject, days) -> DER | nil, err, code */
-static int l_self_signed_certificate(lua_State *L)
-{
-    swkey_object *k = check_key(L);
-    sw_signer s = {k->key.pkey, jwke_x509_signature_alg(k->key.public_pkey, NULL)};
-    if (!k->key.is_private) {
-        jwke_error err;
-        jwke_fail_code(&err, "ERR_KEY_NOT_PRIVATE", "a public-only key cannot sign a certificate");
-        return jwke_push_error(L, &err);
-    }
-    return jwke_push_self_signed(L, k->key.public_pkey, s.alg, sw_sign, &s);
-}
-
-/* key:sign(input, alg) -> signature bytes | nil, err */
-static int l_sign(lua_State *L)
-{
-    sw_signer s;
-    return jwke_push_signature(L, signing_setup, sw_sign, &s);
-}
-
-/* key:sign_compact(header_b64, payload, alg) -> compact JWS | nil, err */
-static int l_sign_compact(lua_State *L)
-{
-    sw_signer s;
-    return jwke_push_compact(L, signing_setup, sw_sign, &s);
-}
-
-static int l_gc(lua_State *L)
-{
-    swkey_object *k = luaL_checkudata(L, 1, JWKE_SOFTWARE_KEY_CLASS);
-    jwke_swkey_free(&k->key);
-    return 0;
-}
-
-static const luaL_Reg methods[] = {
-    {"kid", l_unbound},
-    {"alg", l_unbound},
-    {"use", l_unbound},
-    {"is_private", l_is_private},
-    {"kty", l_kty},
-    {"bits", l_bits},
-    {"public_key", l_public_key},
-    {"public_jwk", l_public_jwk},
-    {"private_jwk", l_private_jwk},
-    {"fits", l_fits},
-    {"sign", l_sign},
-    {"self_signed_certificate", l_self_signed_certificate},
-    {"sign_compact", l_sign_compact},
-    {NULL, NULL},
+/* certificate, retired and set_sign: none here; a stored key's x5c and
+ * retirement mark are in its store row (sealed_key_mark) */
+static const jwke_key_holder software_holder = {
+    .name = "software",
+    .state_size = sizeof(swkey_object),
+    .default_min_bits = JWKE_RSA_MIN_BITS,
+    .facts = sw_facts,
+    .signing = sw_signing,
+    .sign = sw_sign,
+    .clear = sw_clear,
+    .push_private_jwk = sw_push_private_jwk,
 };
 
 static const luaL_Reg functions[] = {
@@ -418,6 +338,5 @@ static const luaL_Reg functions[] = {
 
 void jwke_open_software_key(lua_State *L)
 {
-    jwke_new_class(L, JWKE_SOFTWARE_KEY_CLASS, methods, l_gc);
     luaL_setfuncs(L, functions, 0);
 }

@@ -1,14 +1,13 @@
-/* Tokens and HSM keys in Lua (tokens are opened by module:open_token,
- * lua_module.c).
+/* Tokens in Lua (opened by module:open_token, lua_module.c), and the token
+ * as the holder of keys (lua_key.c).
  *
- * A token object owns an opened token (its session pool). HSM key objects returned by
- * load_set keep their token object alive (through a user value) and cache
- * the object handle, the algorithm and the public key, so signing never
- * searches the token. */
+ * A token object owns an opened token (its session pool). The key objects
+ * load_set returns keep their token object alive (through a user value)
+ * and cache the object handle, the algorithm and the public key, so
+ * signing never searches the token. */
 #include <stdlib.h>
 #include <string.h>
 
-#include "evp_sig.h"
 #include "lua_common.h"
 #include "p11_cert.h"
 #include "p11_data.h"
@@ -16,25 +15,26 @@
 #include "p11_map.h"
 #include "p11_sign.h"
 #include "p11_token.h"
-#include "pkey.h"
-#include "x509_cert.h"
 
 typedef struct token_object {
     jwke_p11_token *token; /* NULL once closed */
 } token_object;
 
-typedef struct hsm_key_object {
+/* A key's state when a token holds it. */
+typedef struct hsm_key {
     token_object *owner;
-    jwke_p11_key key;
-} hsm_key_object;
+    jwke_p11_key *key; /* NULL until load_set fills it in */
+} hsm_key;
+
+static const jwke_key_holder hsm_holder;
 
 struct jwke_p11_key *jwke_lua_hsm_key(lua_State *L, int idx, struct jwke_p11_token **token)
 {
-    hsm_key_object *k = luaL_testudata(L, idx, JWKE_HSM_KEY_CLASS);
-    if (!k || !k->owner->token)
+    hsm_key *k = jwke_key_state(L, idx, &hsm_holder);
+    if (!k || !k->key || !k->owner->token)
         return NULL;
     *token = k->owner->token;
-    return &k->key;
+    return k->key;
 }
 
 struct jwke_p11_token **jwke_new_token_object(lua_State *L)
@@ -231,14 +231,14 @@ static int l_load_set(lua_State *L)
 
     lua_createtable(L, (int)count, 0);
     for (size_t i = 0; i < count; i++) {
-        hsm_key_object *k = lua_newuserdatauv(L, sizeof *k, 1);
+        hsm_key *k = jwke_new_key_object(L, &hsm_holder);
         k->owner = t;
-        k->key = keys[i];
-        keys[i].public_key = NULL; /* ownership moves to the Lua object */
-        keys[i].label = NULL;
-        keys[i].certificate = NULL;
-        keys[i].certificate_problem = NULL;
-        luaL_setmetatable(L, JWKE_HSM_KEY_CLASS);
+        k->key = jwke_p11_keys_take(keys, i);
+        if (!k->key) {
+            jwke_p11_keys_free(keys, count);
+            jwke_fail_code(&err, JWKE_ERR_OUT_OF_MEMORY, "out of memory loading a key set");
+            return jwke_push_error(L, &err);
+        }
         lua_newtable(L);
         lua_pushvalue(L, 1);
         lua_rawseti(L, -2, 1); /* keeps the token object alive */
@@ -422,199 +422,81 @@ static int l_token_close(lua_State *L)
     return 0;
 }
 
-static hsm_key_object *check_key(lua_State *L)
+/* ---- the token as a key's holder (lua_common.h) ----------------------- */
+
+static int hsm_facts(const void *state, jwke_key_facts *out)
 {
-    return luaL_checkudata(L, 1, JWKE_HSM_KEY_CLASS);
+    const hsm_key *k = state;
+    if (!k->key)
+        return -1;
+    out->kid = jwke_p11_key_id(k->key, &out->kid_len);
+    out->alg = jwke_p11_key_alg(k->key);
+    out->use = jwke_p11_key_use(k->key) == JWKE_USE_SIG ? "sig" : "enc";
+    out->is_private = 1; /* load_set finds pairs: it signs (or decrypts) on the token */
+    out->public_key = jwke_p11_key_public(k->key);
+    return 0;
 }
 
-static int l_key_kid(lua_State *L)
+static int hsm_signing(void *state, const jwke_alg **alg, size_t *sig_max, jwke_error *err)
 {
-    hsm_key_object *k = check_key(L);
-    lua_pushlstring(L, (const char *)k->key.id, k->key.id_len);
-    return 1;
+    hsm_key *k = state;
+    if (!k->owner->token)
+        return jwke_fail_code(err, "ERR_JWS_SIGN", "the engine that loaded this key is closed");
+    return jwke_p11_key_signing(k->key, alg, sig_max, err);
 }
-
-static int l_key_alg(lua_State *L)
-{
-    lua_pushstring(L, check_key(L)->key.alg->name);
-    return 1;
-}
-
-static int l_key_use(lua_State *L)
-{
-    lua_pushstring(L, check_key(L)->key.use == JWKE_USE_SIG ? "sig" : "enc");
-    return 1;
-}
-
-static int l_key_bits(lua_State *L)
-{
-    lua_pushinteger(L, EVP_PKEY_get_bits(check_key(L)->key.public_key));
-    return 1;
-}
-
-static int l_key_kty(lua_State *L)
-{
-    return jwke_push_kty(L, check_key(L)->key.public_key);
-}
-
-/* An HSM key object is always the private half of a pair (load_set finds
- * pairs): it signs (or decrypts), though its private members never leave
- * the token. */
-static int l_key_is_private(lua_State *L)
-{
-    check_key(L);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* key:fits(alg [, min_rsa_bits]); the load already held the key to
- * hsm.min_rsa_bits, so no further minimum unless one is given. */
-static int l_key_fits(lua_State *L)
-{
-    return jwke_push_fits(L, check_key(L)->key.public_key, 0);
-}
-
-static int l_key_public_key(lua_State *L)
-{
-    jwke_push_public_key(L, check_key(L)->key.public_key);
-    return 1;
-}
-
-/* key:retired() -> true when the pair is retired on the key itself (its
- * private half's CKA_SIGN false, p11_keys.h) as it was loaded */
-static int l_key_retired(lua_State *L)
-{
-    lua_pushboolean(L, check_key(L)->key.retired);
-    return 1;
-}
-
-/* key:set_sign(allowed) -> objects changed | nil, err, code: writes CKA_SIGN
- * on the pair's private half, found again by label and kid (this object's
- * handle may be stale); ERR_KEY_MARK_REFUSED where the token will not. The
- * object itself keeps what it loaded: load the set again to see the mark. */
-static int l_key_set_sign(lua_State *L)
-{
-    hsm_key_object *k = check_key(L);
-    jwke_error err;
-    if (lua_type(L, 2) != LUA_TBOOLEAN) {
-        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "set_sign takes a boolean, got %s",
-                       luaL_typename(L, 2));
-        return jwke_push_error(L, &err);
-    }
-    if (!k->owner->token) {
-        jwke_fail_code(&err, "ERR_CLOSED", "the engine that loaded this key is closed");
-        return jwke_push_error(L, &err);
-    }
-    size_t changed;
-    int rc = jwke_p11_set_sign(k->owner->token, k->key.label, k->key.label_len, k->key.id,
-                               k->key.id_len, lua_toboolean(L, 2), &changed, &err);
-    return jwke_push_count(L, rc, changed, &err);
-}
-
-/* key:public_jwk() -> the public JWK: kty, kid, use, alg and the key members */
-static int l_key_public_jwk(lua_State *L)
-{
-    hsm_key_object *k = check_key(L);
-    jwke_error err;
-    if (jwke_push_public_members(L, k->key.public_key, &err) != 0)
-        return jwke_push_error(L, &err);
-    lua_pushlstring(L, (const char *)k->key.id, k->key.id_len);
-    lua_setfield(L, -2, "kid");
-    lua_pushstring(L, k->key.use == JWKE_USE_SIG ? "sig" : "enc");
-    lua_setfield(L, -2, "use");
-    lua_pushstring(L, k->key.alg->name);
-    lua_setfield(L, -2, "alg");
-    if (k->key.certificate)
-        jwke_push_certificate_members(L, k->key.certificate, k->key.certificate_len);
-    return 1;
-}
-
-/* key:certificate() -> DER | nil (none beside the pair) | nil, err, code
- * (one is there but is not published: ERR_CERTIFICATE_MISMATCH, ...) */
-static int l_key_certificate(lua_State *L)
-{
-    hsm_key_object *k = check_key(L);
-    if (k->key.certificate_problem)
-        return jwke_push_error(L, k->key.certificate_problem);
-    if (!k->key.certificate)
-        return 0;
-    lua_pushlstring(L, (const char *)k->key.certificate, k->key.certificate_len);
-    return 1;
-}
-
-typedef struct hsm_signer {
-    hsm_key_object *key;
-    const jwke_alg *alg;
-} hsm_signer;
 
 static int hsm_sign(void *signer, const unsigned char *input, size_t input_len,
                     unsigned char *sig, size_t *sig_len, jwke_error *err)
 {
-    hsm_signer *s = signer;
-    return jwke_p11_sign(s->key->owner->token, &s->key->key, s->alg, input, input_len, sig,
-                         sig_len, err);
+    jwke_key_signer *s = signer;
+    hsm_key *k = s->state;
+    return jwke_p11_sign(k->owner->token, k->key, s->alg, input, input_len, sig, sig_len, err);
 }
 
-/* The algorithm to sign with: the key's own, or (arg given) one that fits
- * it, e.g. PS256 for an RSA key. Fails for keys that cannot sign. */
-static int signing_setup(lua_State *L, int alg_arg, void *signer, size_t *sig_max,
-                         jwke_error *err)
+static void hsm_clear(void *state)
 {
-    hsm_signer *s = signer;
-    hsm_key_object *k = check_key(L);
+    hsm_key *k = state;
+    jwke_p11_key_free(k->key);
+    k->key = NULL;
+}
+
+static const unsigned char *hsm_certificate(const void *state, size_t *len,
+                                            const jwke_error **problem)
+{
+    const hsm_key *k = state;
+    return jwke_p11_key_certificate(k->key, len, problem);
+}
+
+/* retired on the key itself (its private half's CKA_SIGN false) as it was
+ * loaded */
+static int hsm_retired(const void *state)
+{
+    const hsm_key *k = state;
+    return jwke_p11_key_retired(k->key);
+}
+
+/* writes CKA_SIGN on the pair's private half; ERR_KEY_MARK_REFUSED where
+ * the token will not. Load the set again to see the mark. */
+static int hsm_set_sign(void *state, int allowed, size_t *changed, jwke_error *err)
+{
+    hsm_key *k = state;
     if (!k->owner->token)
-        return jwke_fail_code(err, "ERR_JWS_SIGN", "the engine that loaded this key is closed");
-    if (k->key.use != JWKE_USE_SIG)
-        return jwke_fail_code(err, "ERR_JWS_SIGN",
-                              "key '%.*s' is an encryption key (use 'enc') and cannot sign",
-                              (int)k->key.id_len, (const char *)k->key.id);
-    if (k->key.retired)
-        return jwke_fail_code(err, "ERR_KEY_STATE",
-                              "key '%.*s' is retired on the token (CKA_SIGN false) and never signs",
-                              (int)k->key.id_len, (const char *)k->key.id);
-    s->key = k;
-    s->alg = lua_isnoneornil(L, alg_arg) ? k->key.alg : jwke_check_alg(L, alg_arg);
-    if (s->alg != k->key.alg && jwke_pkey_fits_alg(k->key.public_key, s->alg, 0, err) != 0)
-        return jwke_fail_in(err, "ERR_JWS_SIGN");
-    *sig_max = jwke_alg_signature_size(s->alg, EVP_PKEY_get_bits(k->key.public_key));
-    return 0;
+        return jwke_fail_code(err, "ERR_CLOSED", "the engine that loaded this key is closed");
+    return jwke_p11_key_set_sign(k->owner->token, k->key, allowed, changed, err);
 }
 
-/* key:sign(input [, alg]) -> signature bytes | nil, err */
-static int l_key_sign(lua_State *L)
-{
-    hsm_signer s;
-    return jwke_push_signature(L, signing_setup, hsm_sign, &s);
-}
-
-/* key:self_signed_certificate(subject, days) -> DER | nil, err, code: a
- * certificate for the pair whose signature the token makes; nothing is
- * stored. */
-static int l_key_self_signed_certificate(lua_State *L)
-{
-    hsm_key_object *k = check_key(L);
-    hsm_signer s;
-    size_t sig_max;
-    jwke_error err;
-    if (signing_setup(L, 4, &s, &sig_max, &err) != 0)
-        return jwke_push_error(L, &err);
-    /* fits: same kind and curve; a PSS key (maybe PSS-only) signs with PSS */
-    s.alg = jwke_x509_signature_alg(k->key.public_key, k->key.alg);
-    return jwke_push_self_signed(L, k->key.public_key, s.alg, hsm_sign, &s);
-}
-
-/* key:sign_compact(header_b64, payload [, alg]) -> compact JWS | nil, err */
-static int l_key_sign_compact(lua_State *L)
-{
-    hsm_signer s;
-    return jwke_push_compact(L, signing_setup, hsm_sign, &s);
-}
-
-static int l_key_gc(lua_State *L)
-{
-    jwke_p11_key_clear(&check_key(L)->key);
-    return 0;
-}
+static const jwke_key_holder hsm_holder = {
+    .name = "HSM",
+    .state_size = sizeof(hsm_key),
+    .default_min_bits = 0, /* the load held the key to hsm.min_rsa_bits */
+    .facts = hsm_facts,
+    .signing = hsm_signing,
+    .sign = hsm_sign,
+    .clear = hsm_clear,
+    .certificate = hsm_certificate,
+    .retired = hsm_retired,
+    .set_sign = hsm_set_sign,
+};
 
 static const luaL_Reg token_methods[] = {
     {"login", l_login},
@@ -636,29 +518,9 @@ static const luaL_Reg token_methods[] = {
     {NULL, NULL},
 };
 
-static const luaL_Reg key_methods[] = {
-    {"kid", l_key_kid},
-    {"alg", l_key_alg},
-    {"use", l_key_use},
-    {"kty", l_key_kty},
-    {"bits", l_key_bits},
-    {"is_private", l_key_is_private},
-    {"public_jwk", l_key_public_jwk},
-    {"public_key", l_key_public_key},
-    {"fits", l_key_fits},
-    {"sign", l_key_sign},
-    {"sign_compact", l_key_sign_compact},
-    {"certificate", l_key_certificate},
-    {"retired", l_key_retired},
-    {"set_sign", l_key_set_sign},
-    {"self_signed_certificate", l_key_self_signed_certificate},
-    {NULL, NULL},
-};
-
 void jwke_open_token(lua_State *L)
 {
     jwke_new_class(L, JWKE_TOKEN_CLASS, token_methods, l_token_close);
-    jwke_new_class(L, JWKE_HSM_KEY_CLASS, key_methods, l_key_gc);
     lua_pushcfunction(L, l_env_is_set);
     lua_setfield(L, -2, "env_is_set");
 }

@@ -25,6 +25,7 @@
 #include "evp_sig.h"
 #include "lua_common.h"
 #include "p11_keys.h"
+#include "p11_key_struct.h"
 #include "p11_sign.h"
 #include "p11_token.h"
 #include "swkey.h"

@@ -4,6 +4,7 @@
 #define JWKE_TEST_TOKEN_SETUP_H
 
 #include "p11_keys.h"
+#include "p11_key_struct.h"
 #include "p11_token.h"
 
 typedef struct test_token {

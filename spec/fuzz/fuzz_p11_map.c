@@ -15,6 +15,7 @@
 #include <openssl/err.h>
 
 #include "fuzz_input.h"
+#include "p11_key_struct.h"
 #include "p11_map.h"
 #include "pkey.h"
 
