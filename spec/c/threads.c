@@ -23,8 +23,15 @@
  *                  while a pooled session stays open: a key found again
  *                  there, and a set read there, must log in again rather
  *                  than read "not on the token"
- *   idle           3 threads sign with pauses on a token that closes
- *                  sessions idle 30 ms (hsm.session_idle_max 10 ms)
+ *   idle           3 threads sign with pauses of up to 400 ms on a token
+ *                  that closes sessions idle 150 ms (hsm.session_idle_max
+ *                  40 ms): sessions expire, in the pool and all at once
+ *                  (the token logs out), and every signature succeeds.
+ *                  The token's clock is far above scheduling delays: with
+ *                  30 ms, a loaded machine (ThreadSanitizer, load 10 on 2
+ *                  cores) stalled a thread past it between a repair and
+ *                  its one retry, which no engine can promise to win (a
+ *                  real token: 30 s)
  *   open-session   while one signer's new pooled session is held up 1.5 s
  *                  in C_OpenSession, the token's lock is free: its stats
  *                  (what health reads) answer at once
@@ -285,8 +292,8 @@ int main(int argc, char **argv)
                "C_SignInit:CKR_USER_NOT_LOGGED_IN@50~;C_SignInit:CKR_USER_NOT_LOGGED_IN@300~;"
                "C_SignInit:CKR_USER_NOT_LOGGED_IN@550~", 1);
     if (strcmp(mode, "idle") == 0) {
-        setenv("JWKE_FAULT_SESSION_IDLE_MS", "30", 1);
-        options.session_idle_max_ms = 10;
+        setenv("JWKE_FAULT_SESSION_IDLE_MS", "150", 1);
+        options.session_idle_max_ms = 40;
     }
     if (test_token_open(&opened, module_path, argv[3], argv[4], argv[5], &options) != 0)
         return 1;
@@ -364,11 +371,15 @@ int main(int argc, char **argv)
         snprintf(extra_out, sizeof extra_out, " login_recoveries=%lu",
                  stats.recoveries[JWKE_RECOVER_LOGIN]);
     } else if (strcmp(mode, "idle") == 0) {
-        jwke_p11_stats stats = sign_with_health(3, (signer_args){40, 60});
-        snprintf(extra_out, sizeof extra_out, " idle_checks=%lu sessions_expired=%lu",
-                 stats.pool.idle_checks, stats.pool.sessions_expired);
+        jwke_p11_stats stats = sign_with_health(3, (signer_args){12, 400});
+        snprintf(extra_out, sizeof extra_out,
+                 " idle_checks=%lu sessions_expired=%lu login_recoveries=%lu",
+                 stats.pool.idle_checks, stats.pool.sessions_expired,
+                 stats.recoveries[JWKE_RECOVER_LOGIN]);
         if (stats.pool.idle_checks == 0)
             fail("no idle session was checked", NULL);
+        if (stats.pool.sessions_expired == 0)
+            fail("no session expired", NULL);
     } else if (strcmp(mode, "open-session") == 0) {
         /* one signer keeps the pool's idle session (its C_Sign is slow),
          * the other opens a new one, held up in C_OpenSession */
