@@ -62,6 +62,20 @@ CK_RV jwke_p11_find(jwke_p11_token *t, CK_SESSION_HANDLE session, CK_ATTRIBUTE *
     return CKR_OK;
 }
 
+CK_RV jwke_p11_private_hidden(jwke_p11_token *token, CK_SESSION_HANDLE session)
+{
+    if (!jwke_p11_token_keeps_pin(token))
+        return CKR_OK; /* never logged in: public halves are all it can read */
+    CK_SESSION_INFO info;
+    CK_RV rv = jwke_p11_token_functions(token)->C_GetSessionInfo(session, &info);
+    if (rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED)
+        return rv;
+    if (rv != CKR_OK || info.state == CKS_RW_USER_FUNCTIONS ||
+        info.state == CKS_RO_USER_FUNCTIONS)
+        return CKR_OK;
+    return CKR_USER_NOT_LOGGED_IN;
+}
+
 typedef struct load_context {
     const char *label;
     size_t label_len;
@@ -81,6 +95,8 @@ static CK_RV load_op(jwke_p11_token *token, CK_SESSION_HANDLE session, void *ctx
     jwke_p11_objects_free(c->objects); /* from a failed first attempt */
     c->objects = NULL;
     CK_RV rv = jwke_p11_find(token, session, search, c->id ? 2 : 1, &handles, &n, function, err);
+    if (rv == CKR_OK && (rv = jwke_p11_private_hidden(token, session)) != CKR_OK)
+        free(handles); /* only the public halves were found: log in and read again */
     if (rv != CKR_OK)
         return rv;
     c->objects = jwke_p11_objects_new(n, err);

@@ -58,6 +58,15 @@ CK_RV jwke_p11_find(jwke_p11_token *token, CK_SESSION_HANDLE session, CK_ATTRIBU
                     CK_ULONG template_len, CK_OBJECT_HANDLE **found, size_t *count,
                     const char **function, jwke_error *err);
 
+/* Why a search on the session may have missed private objects: the token
+ * logged out (a token that closed every idle session, as YubiHSM 2 does
+ * after 30 s, is logged out when the next one opens, and its searches then
+ * answer CKR_OK without the private keys) -- CKR_USER_NOT_LOGGED_IN, which
+ * jwke_p11_run repairs by logging in and running the operation again -- or
+ * the session closed. CKR_OK when it is logged in, cannot say, or the token
+ * keeps no PIN to log in with. */
+CK_RV jwke_p11_private_hidden(jwke_p11_token *token, CK_SESSION_HANDLE session);
+
 /* Reads every key pair labelled `label` (one object search, one attribute
  * read per object), or only the pair with CKA_ID `id` when id is not NULL.
  * Pairs are matched by CKA_ID; a half without its partner, an unsupported

@@ -57,9 +57,22 @@ static CK_RV refind_private(jwke_p11_token *token, CK_SESSION_HANDLE session, jw
     CK_RV rv = jwke_p11_find(token, session, search, 3, &handles, &n, function, err);
     if (rv != CKR_OK)
         return rv;
+    CK_RV hidden = n == 0 ? jwke_p11_private_hidden(token, session) : CKR_OK;
+    if (hidden != CKR_OK) {
+        /* A logged-out token hides its private keys: the search finds
+         * nothing and says CKR_OK. A token that closed every idle session
+         * (YubiHSM 2 after 30 s) is logged out when the next one opens, so
+         * this is a login (or a session) to repair and the search to run
+         * again, not a key that went away. */
+        free(handles);
+        *function = "C_FindObjects";
+        return hidden;
+    }
     if (n != 1) {
         free(handles);
-        jwke_fail(err, "key '%.*s' is %s on the token", (int)key->id_len, (const char *)key->id,
+        char kid[2 * JWKE_MAX_ID_LEN + 3]; /* a CKA_ID is bytes: hex unless printable */
+        jwke_fail(err, "key '%s' (label '%s') is %s on the token",
+                  jwke_p11_printable_kid(key->id, key->id_len, kid, sizeof kid), key->label,
                   n == 0 ? "no longer" : "more than once");
         return JWKE_OP_FAILED;
     }

@@ -873,6 +873,14 @@ unsigned jwke_p11_token_object_epoch(jwke_p11_token *t)
     return epoch;
 }
 
+int jwke_p11_token_keeps_pin(jwke_p11_token *t)
+{
+    lock_token(t);
+    int keeps = jwke_p11_kept_pin_present(t->pin) && !jwke_p11_kept_pin_refused(t->pin);
+    unlock_token(t);
+    return keeps;
+}
+
 void jwke_p11_token_objects_changed(jwke_p11_token *t)
 {
     lock_token(t);

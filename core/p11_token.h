@@ -133,6 +133,10 @@ CK_FUNCTION_LIST_PTR jwke_p11_token_functions(const jwke_p11_token *token);
  * benchmark's raw floor): between jwke_p11_module_enter and _leave. */
 jwke_p11_module *jwke_p11_token_module(const jwke_p11_token *token);
 
+/* Whether a PIN is kept to log in again with (jwke_p11_login and friends,
+ * not refused since). */
+int jwke_p11_token_keeps_pin(jwke_p11_token *token);
+
 /* The slot the token is in now (a device reset may move it). */
 CK_SLOT_ID jwke_p11_token_slot(jwke_p11_token *token);
 

@@ -18,8 +18,20 @@
  *   login          4 threads sign while 3 C_SignInit calls, 250 apart, answer
  *                  CKR_USER_NOT_LOGGED_IN: each recovers by logging in again
  *                  (while the others sign) and finding its key again
- *   idle           3 threads sign with pauses on a token that closes
- *                  sessions idle 30 ms (hsm.session_idle_max 10 ms)
+ *   logged-out     (one thread) the token logs out behind the engine's
+ *                  back, as one does when it closed every idle session,
+ *                  while a pooled session stays open: a key found again
+ *                  there, and a set read there, must log in again rather
+ *                  than read "not on the token"
+ *   idle           3 threads sign with pauses of up to 400 ms on a token
+ *                  that closes sessions idle 150 ms (hsm.session_idle_max
+ *                  40 ms): sessions expire, in the pool and all at once
+ *                  (the token logs out), and every signature succeeds.
+ *                  The token's clock is far above scheduling delays: with
+ *                  30 ms, a loaded machine (ThreadSanitizer, load 10 on 2
+ *                  cores) stalled a thread past it between a repair and
+ *                  its one retry, which no engine can promise to win (a
+ *                  real token: 30 s)
  *   open-session   while one signer's new pooled session is held up 1.5 s
  *                  in C_OpenSession, the token's lock is free: its stats
  *                  (what health reads) answer at once
@@ -36,6 +48,7 @@
 #include <unistd.h>
 
 #include "evp_sig.h"
+#include "p11_map.h"
 #include "p11_sign.h"
 #include "token_setup.h"
 
@@ -90,6 +103,25 @@ static int sign_once(int n, jwke_error *err)
         return -1;
     return jwke_evp_verify(key->public_key, key->alg, (unsigned char *)input, (size_t)len, sig,
                            sig_len, err) == 1 ? 0 : -1;
+}
+
+/* C_Logout on a session of our own (the login is the token's, so every
+ * session of the process is logged out), closed after: the engine's pooled
+ * session stays open and sees a logged-out token. */
+static void log_out_behind_the_engine(void)
+{
+    jwke_p11_module_enter(opened.module);
+    CK_FUNCTION_LIST_PTR fn = jwke_p11_token_functions(opened.token);
+    CK_SESSION_HANDLE own;
+    CK_RV rv = fn->C_OpenSession(jwke_p11_token_slot(opened.token), CKF_SERIAL_SESSION, NULL, NULL,
+                                 &own);
+    if (rv == CKR_OK) {
+        rv = fn->C_Logout(own);
+        fn->C_CloseSession(own);
+    }
+    jwke_p11_module_leave(opened.module);
+    if (rv != CKR_OK)
+        fail("could not log the token out", NULL);
 }
 
 typedef struct signer_args {
@@ -260,8 +292,8 @@ int main(int argc, char **argv)
                "C_SignInit:CKR_USER_NOT_LOGGED_IN@50~;C_SignInit:CKR_USER_NOT_LOGGED_IN@300~;"
                "C_SignInit:CKR_USER_NOT_LOGGED_IN@550~", 1);
     if (strcmp(mode, "idle") == 0) {
-        setenv("JWKE_FAULT_SESSION_IDLE_MS", "30", 1);
-        options.session_idle_max_ms = 10;
+        setenv("JWKE_FAULT_SESSION_IDLE_MS", "150", 1);
+        options.session_idle_max_ms = 40;
     }
     if (test_token_open(&opened, module_path, argv[3], argv[4], argv[5], &options) != 0)
         return 1;
@@ -313,12 +345,41 @@ int main(int argc, char **argv)
                  stats.recoveries[JWKE_RECOVER_LOGIN]);
         if (stats.recoveries[JWKE_RECOVER_LOGIN] < 2)
             fail("too few login recoveries", NULL);
+    } else if (strcmp(mode, "logged-out") == 0) {
+        jwke_error err;
+        jwke_p11_stats stats;
+        if (sign_once(1, &err) != 0)
+            fail("the first signature failed", &err);
+        for (int round = 0; round < 2; round++) {
+            log_out_behind_the_engine();
+            if (round == 0) {
+                jwke_p11_token_objects_changed(opened.token); /* the key is found again */
+                if (sign_once(2, &err) != 0)
+                    fail("a signature after the logout failed", &err);
+            } else {
+                jwke_p11_key *keys = NULL;
+                size_t n = 0;
+                if (jwke_p11_load_set(opened.token, opened.key->label, opened.key->label_len, NULL,
+                                      0, 2048, &keys, &n, &err) != 0)
+                    fail("reading the set after the logout failed", &err);
+                else if (n != 1)
+                    fail("reading the set after the logout did not find the key", NULL);
+                jwke_p11_keys_free(keys, n);
+            }
+        }
+        jwke_p11_token_stats(opened.token, &stats);
+        snprintf(extra_out, sizeof extra_out, " login_recoveries=%lu",
+                 stats.recoveries[JWKE_RECOVER_LOGIN]);
     } else if (strcmp(mode, "idle") == 0) {
-        jwke_p11_stats stats = sign_with_health(3, (signer_args){40, 60});
-        snprintf(extra_out, sizeof extra_out, " idle_checks=%lu sessions_expired=%lu",
-                 stats.pool.idle_checks, stats.pool.sessions_expired);
+        jwke_p11_stats stats = sign_with_health(3, (signer_args){12, 400});
+        snprintf(extra_out, sizeof extra_out,
+                 " idle_checks=%lu sessions_expired=%lu login_recoveries=%lu",
+                 stats.pool.idle_checks, stats.pool.sessions_expired,
+                 stats.recoveries[JWKE_RECOVER_LOGIN]);
         if (stats.pool.idle_checks == 0)
             fail("no idle session was checked", NULL);
+        if (stats.pool.sessions_expired == 0)
+            fail("no session expired", NULL);
     } else if (strcmp(mode, "open-session") == 0) {
         /* one signer keeps the pool's idle session (its C_Sign is slow),
          * the other opens a new one, held up in C_OpenSession */

@@ -31,10 +31,11 @@ int test_token_open(test_token *t, const char *module_path, const char *token_la
                                    options, &err);
     free(slots);
     size_t n_keys = 0;
-    if (!t->token || jwke_p11_login(t->token, pin, strlen(pin), &err) != 0 ||
-        jwke_p11_load_set(t->token, key_label, strlen(key_label), NULL, 0, 2048, &t->key, &n_keys,
-                          &err) != 0 || n_keys != 1) {
-        fprintf(stderr, "setup failed: %s\n", n_keys ? err.message : "no key");
+    int failed = !t->token || jwke_p11_login(t->token, pin, strlen(pin), &err) != 0 ||
+                 jwke_p11_load_set(t->token, key_label, strlen(key_label), NULL, 0, 2048, &t->key,
+                                   &n_keys, &err) != 0;
+    if (failed || n_keys != 1) {
+        fprintf(stderr, "setup failed: %s\n", failed ? err.message : "not one key in the set");
         return -1;
     }
     return 0;
