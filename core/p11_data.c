@@ -35,7 +35,17 @@ static CK_RV find_data(jwke_p11_token *token, CK_SESSION_HANDLE session, const d
         {CKA_APPLICATION, (void *)s->application, (CK_ULONG)strlen(s->application)},
         {CKA_LABEL, (void *)s->label, (CK_ULONG)s->label_len},
     };
-    return jwke_p11_find(token, session, search, s->label ? 3 : 2, handles, count, function, err);
+    CK_RV rv = jwke_p11_find(token, session, search, s->label ? 3 : 2, handles, count, function, err);
+    /* The states are private objects: a session the token logged out
+     * (its last session closed idle) finds none of them and answers CKR_OK.
+     * Read as "no states", that would look like a set never written:
+     * log in and search again instead (jwke_p11_run's login repair). */
+    if (rv == CKR_OK && (rv = jwke_p11_private_hidden(token, session)) != CKR_OK) {
+        free(*handles);
+        *handles = NULL;
+        *count = 0;
+    }
+    return rv;
 }
 
 /* Reads one object's label and value into the caller's buffers (label:

@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "evp_sig.h"
+#include "p11_data.h"
 #include "p11_map.h"
 #include "p11_sign.h"
 #include "token_setup.h"
@@ -350,9 +351,27 @@ int main(int argc, char **argv)
         jwke_p11_stats stats;
         if (sign_once(1, &err) != 0)
             fail("the first signature failed", &err);
-        for (int round = 0; round < 2; round++) {
+        /* a private data object, as the key states are */
+        static const char app[] = "jwkengine threads", label[] = "logged-out";
+        if (jwke_p11_data_create(opened.token, app, label, sizeof label - 1,
+                                 (const unsigned char *)"1", 1, &err) != 0)
+            fail("could not create a data object", &err);
+        for (int round = 0; round < 3; round++) {
             log_out_behind_the_engine();
-            if (round == 0) {
+            if (round == 2) {
+                /* read as "no object", a set's key states would look never
+                 * written: the search must log in again instead */
+                jwke_p11_data *found = NULL;
+                jwke_error *unreadable = NULL;
+                size_t n = 0, n_unreadable = 0;
+                if (jwke_p11_data_find(opened.token, app, label, sizeof label - 1, &found, &n,
+                                       &unreadable, &n_unreadable, &err) != 0)
+                    fail("reading data objects after the logout failed", &err);
+                else if (n != 1)
+                    fail("reading data objects after the logout did not find the object", NULL);
+                jwke_p11_data_free(found, n);
+                free(unreadable);
+            } else if (round == 0) {
                 jwke_p11_token_objects_changed(opened.token); /* the key is found again */
                 if (sign_once(2, &err) != 0)
                     fail("a signature after the logout failed", &err);
