@@ -136,6 +136,21 @@ static void *health(void *arg)
 
 static int listings;
 
+/* jwkengine.slots(library): acquire the module, list, release. */
+static void slots_of_library(void)
+{
+    jwke_error err;
+    jwke_p11_slot *slots;
+    size_t count;
+    jwke_p11_module *module = jwke_p11_module_acquire(module_path, NULL, &err);
+    if (!module || jwke_p11_list_slots(module, &slots, &count, &err) != 0)
+        fail("jwkengine.slots failed", &err);
+    else
+        free(slots);
+    jwke_p11_module_release(module);
+    __atomic_add_fetch(&listings, 1, __ATOMIC_SEQ_CST);
+}
+
 /* module:slots() on the shared module, and jwkengine.slots(library), which
  * acquires the module (the same one), lists and releases it. */
 static void *lister(void *arg)
@@ -149,13 +164,7 @@ static void *lister(void *arg)
             fail("listing the slots failed", &err);
         else
             free(slots);
-        jwke_p11_module *module = jwke_p11_module_acquire(module_path, NULL, &err);
-        if (!module || jwke_p11_list_slots(module, &slots, &count, &err) != 0)
-            fail("jwkengine.slots failed", &err);
-        else
-            free(slots);
-        jwke_p11_module_release(module);
-        __atomic_add_fetch(&listings, 1, __ATOMIC_SEQ_CST);
+        slots_of_library();
     }
     return NULL;
 }
@@ -165,18 +174,8 @@ static void *lister(void *arg)
 static void *acquirer(void *arg)
 {
     (void)arg;
-    while (!__atomic_load_n(&stop, __ATOMIC_SEQ_CST)) {
-        jwke_error err;
-        jwke_p11_slot *slots;
-        size_t count;
-        jwke_p11_module *module = jwke_p11_module_acquire(module_path, NULL, &err);
-        if (!module || jwke_p11_list_slots(module, &slots, &count, &err) != 0)
-            fail("acquire and list failed", &err);
-        else
-            free(slots);
-        jwke_p11_module_release(module);
-        __atomic_add_fetch(&listings, 1, __ATOMIC_SEQ_CST);
-    }
+    while (!__atomic_load_n(&stop, __ATOMIC_SEQ_CST))
+        slots_of_library();
     return NULL;
 }
 
