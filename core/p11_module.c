@@ -280,16 +280,23 @@ void jwke_p11_module_release(jwke_p11_module *module)
             break;
         }
     }
-    jwke_p11_fork_unlock();
     /* Finalizing is only ours to do in the process generation that
      * initialized the module: a forked child must leave it alone. Nobody
-     * else holds a reference; the write lock keeps the rule all the same. */
+     * else holds a reference; the write lock keeps the rule all the same.
+     * The module list stays locked until the library is finalized and
+     * closed: an acquire of the same path that found no module here would
+     * otherwise load and initialize it again, as a module object of its
+     * own (with a use lock of its own), while this C_Finalize and dlclose
+     * run -- and its calls would land in a finalized or unloaded library
+     * (the lua_threads crash: jwkengine.slots releasing the last reference
+     * while an engine opened, threads.c acquire-release). */
     if (module->initialized_here && jwke_p11_module_is_current(module)) {
         write_lock(module);
         finalize(module);
         write_unlock(module);
         dlclose(module->library);
     }
+    jwke_p11_fork_unlock();
     free_logins(module);
     pthread_mutex_destroy(&module->lock);
     pthread_rwlock_destroy(&module->use_lock);

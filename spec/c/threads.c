@@ -35,6 +35,11 @@
  *   open-session   while one signer's new pooled session is held up 1.5 s
  *                  in C_OpenSession, the token's lock is free: its stats
  *                  (what health reads) answer at once
+ *   acquire-release  with no engine holding the module, 8 threads each
+ *                  acquire it, list the slots and release it in a loop
+ *                  (jwkengine.slots beside an engine that opens or
+ *                  closes): the last release finalizes and unloads the
+ *                  module while the next acquire loads it again
  * The fault module reads its faults from the environment (set here before
  * the module is loaded). Prints "MODE: ok ..." and exits 0 when every
  * check held; a sanitizer report fails the run (threads.sh). */
@@ -164,6 +169,21 @@ static void *health(void *arg)
 
 static int listings;
 
+/* jwkengine.slots(library): acquire the module, list, release. */
+static void slots_of_library(void)
+{
+    jwke_error err;
+    jwke_p11_slot *slots;
+    size_t count;
+    jwke_p11_module *module = jwke_p11_module_acquire(module_path, NULL, &err);
+    if (!module || jwke_p11_list_slots(module, &slots, &count, &err) != 0)
+        fail("jwkengine.slots failed", &err);
+    else
+        free(slots);
+    jwke_p11_module_release(module);
+    __atomic_add_fetch(&listings, 1, __ATOMIC_SEQ_CST);
+}
+
 /* module:slots() on the shared module, and jwkengine.slots(library), which
  * acquires the module (the same one), lists and releases it. */
 static void *lister(void *arg)
@@ -177,14 +197,18 @@ static void *lister(void *arg)
             fail("listing the slots failed", &err);
         else
             free(slots);
-        jwke_p11_module *module = jwke_p11_module_acquire(module_path, NULL, &err);
-        if (!module || jwke_p11_list_slots(module, &slots, &count, &err) != 0)
-            fail("jwkengine.slots failed", &err);
-        else
-            free(slots);
-        jwke_p11_module_release(module);
-        __atomic_add_fetch(&listings, 1, __ATOMIC_SEQ_CST);
+        slots_of_library();
     }
+    return NULL;
+}
+
+/* jwkengine.slots(library) with nothing else holding the module: every
+ * acquire may load it and every release may be the last one. */
+static void *acquirer(void *arg)
+{
+    (void)arg;
+    while (!__atomic_load_n(&stop, __ATOMIC_SEQ_CST))
+        slots_of_library();
     return NULL;
 }
 
@@ -296,9 +320,18 @@ int main(int argc, char **argv)
         setenv("JWKE_FAULT_SESSION_IDLE_MS", "150", 1);
         options.session_idle_max_ms = 40;
     }
+    char extra_out[96] = "";
+    if (strcmp(mode, "acquire-release") == 0) {
+        run_threads(8, acquirer, NULL, 1500, NULL, 0);
+        int bad = __atomic_load_n(&failures, __ATOMIC_SEQ_CST);
+        if (listings < 30) /* not contended enough to prove anything */
+            bad++;
+        printf("%s: %s failures=%d listings=%d\n", mode, bad ? "FAILED" : "ok", bad,
+               __atomic_load_n(&listings, __ATOMIC_SEQ_CST));
+        return bad ? 1 : 0;
+    }
     if (test_token_open(&opened, module_path, argv[3], argv[4], argv[5], &options) != 0)
         return 1;
-    char extra_out[96] = "";
 
     if (strcmp(mode, "signers") == 0) {
         sign_with_health(6, (signer_args){150, 0});

@@ -13,7 +13,7 @@ set -u
 build=$(cd "$1" && pwd)
 shift
 source_dir=$(cd "$(dirname "$0")/../.." && pwd)
-modes=${*:-"signers list-reinit forced-reinit fork login logged-out idle open-session lua"}
+modes=${*:-"signers list-reinit forced-reinit fork login logged-out idle open-session acquire-release lua"}
 tmp=$(mktemp -d /tmp/jwkengine-threads.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/tokens"
