@@ -81,7 +81,7 @@ static int l_import_jwk(lua_State *L)
         rc = jwke_swkey_from_jwk(&m, &k->key, &err);
     jwke_jwk_members_clear(&m);
     if (rc != 0)
-        jwke_fail_in(&err, "ERR_KEY_IMPORT");
+        jwke_fail_in(&err, JWKE_ERR_KEY_IMPORT);
     return push_result(L, rc, &err);
 }
 
@@ -222,7 +222,7 @@ static int l_sealed_key_mark(lua_State *L)
         return JWKE_ARG_REFUSED;
     jwke_error err;
     if (lua_type(L, 3) != LUA_TBOOLEAN) {
-        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "sealed_key_mark takes a boolean, got %s",
+        jwke_fail_code(&err, JWKE_ERR_INVALID_ARGUMENT, "sealed_key_mark takes a boolean, got %s",
                        luaL_typename(L, 3));
         return jwke_push_error(L, &err);
     }
@@ -342,10 +342,10 @@ static int signing_setup(lua_State *L, int alg_arg, void *signer, size_t *sig_ma
     s->alg = jwke_check_alg(L, alg_arg);
     s->pkey = k->key.pkey;
     if (!k->key.is_private)
-        return jwke_fail_code(err, "ERR_JWS_SIGN", "the key is public only and cannot sign");
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN, "the key is public only and cannot sign");
     if (k->fits_alg != s->alg) {
         if (jwke_pkey_fits_alg(s->pkey, s->alg, JWKE_RSA_MIN_BITS, err) != 0)
-            return jwke_fail_in(err, "ERR_JWS_SIGN");
+            return jwke_fail_in(err, JWKE_ERR_JWS_SIGN);
         k->fits_alg = s->alg;
         k->fits_sig_size = jwke_alg_signature_size(s->alg, EVP_PKEY_get_bits(s->pkey));
     }
@@ -360,7 +360,7 @@ static int l_self_signed_certificate(lua_State *L)
     sw_signer s = {k->key.pkey, jwke_x509_signature_alg(k->key.public_pkey, NULL)};
     if (!k->key.is_private) {
         jwke_error err;
-        jwke_fail_code(&err, "ERR_KEY_NOT_PRIVATE", "a public-only key cannot sign a certificate");
+        jwke_fail_code(&err, JWKE_ERR_KEY_NOT_PRIVATE, "a public-only key cannot sign a certificate");
         return jwke_push_error(L, &err);
     }
     return jwke_push_self_signed(L, k->key.public_pkey, s.alg, sw_sign, &s);

@@ -55,7 +55,7 @@ static token_object *open_token(lua_State *L)
         return t;
     lua_pushnil(L);
     lua_pushliteral(L, "the token session is closed");
-    lua_pushliteral(L, "ERR_CLOSED");
+    lua_pushliteral(L, JWKE_ERR_CLOSED);
     return NULL;
 }
 
@@ -497,12 +497,12 @@ static int l_key_set_sign(lua_State *L)
     hsm_key_object *k = check_key(L);
     jwke_error err;
     if (lua_type(L, 2) != LUA_TBOOLEAN) {
-        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "set_sign takes a boolean, got %s",
+        jwke_fail_code(&err, JWKE_ERR_INVALID_ARGUMENT, "set_sign takes a boolean, got %s",
                        luaL_typename(L, 2));
         return jwke_push_error(L, &err);
     }
     if (!k->owner->token) {
-        jwke_fail_code(&err, "ERR_CLOSED", "the engine that loaded this key is closed");
+        jwke_fail_code(&err, JWKE_ERR_CLOSED, "the engine that loaded this key is closed");
         return jwke_push_error(L, &err);
     }
     size_t changed;
@@ -563,19 +563,19 @@ static int signing_setup(lua_State *L, int alg_arg, void *signer, size_t *sig_ma
     hsm_signer *s = signer;
     hsm_key_object *k = check_key(L);
     if (!k->owner->token)
-        return jwke_fail_code(err, "ERR_JWS_SIGN", "the engine that loaded this key is closed");
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN, "the engine that loaded this key is closed");
     if (k->key.use != JWKE_USE_SIG)
-        return jwke_fail_code(err, "ERR_JWS_SIGN",
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN,
                               "key '%.*s' is an encryption key (use 'enc') and cannot sign",
                               (int)k->key.id_len, (const char *)k->key.id);
     if (k->key.retired)
-        return jwke_fail_code(err, "ERR_KEY_STATE",
+        return jwke_fail_code(err, JWKE_ERR_KEY_STATE,
                               "key '%.*s' is retired on the token (CKA_SIGN false) and never signs",
                               (int)k->key.id_len, (const char *)k->key.id);
     s->key = k;
     s->alg = lua_isnoneornil(L, alg_arg) ? k->key.alg : jwke_check_alg(L, alg_arg);
     if (s->alg != k->key.alg && jwke_pkey_fits_alg(k->key.public_key, s->alg, 0, err) != 0)
-        return jwke_fail_in(err, "ERR_JWS_SIGN");
+        return jwke_fail_in(err, JWKE_ERR_JWS_SIGN);
     *sig_max = jwke_alg_signature_size(s->alg, EVP_PKEY_get_bits(k->key.public_key));
     return 0;
 }
