@@ -2,6 +2,7 @@
 -- generates the startup sets when missing), publish the ID-token JWK Set,
 -- sign a JWT and verify it.
 local jwkengine = require("jwkengine")
+local E = require("jwkengine.errors").E
 
 local engine, err = jwkengine.open()
 if not engine then
@@ -33,7 +34,7 @@ print(string.format("\nVerified: alg=%s kid=%s claims=%s", header.alg, header.ki
 -- (Without a software store, import says ERR_CONFIG and this part is skipped.)
 local imported = assert(jwkengine.core.generate_software_key("EdDSA"))
 local jwk, err, code = engine:import("demo.imported", imported:private_jwk(), { kid = "imported-1" })
-if not jwk and code ~= "ERR_CONFIG" then error(err) end
+if not jwk and code ~= E.ERR_CONFIG then error(err) end
 if jwk then
   local jws = assert(engine:sign("demo.imported", "signed by an imported software key"))
   local text = assert(engine:verify("demo.imported", jws))

@@ -4,6 +4,7 @@
 local config_schema = require("jwkengine.config_schema")
 local core = require("jwkengine.core")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -133,7 +134,7 @@ local function apply_hsm(cfg, source, origin, names, as_written)
     if kind == "string" and as_written then value = as_written[key] end
     local name = names and names[key] or ("hsm." .. tostring(key))
     if not kind then
-      return util.fail("ERR_CONFIG", "%s: unknown setting '%s' (known: %s)", origin, name,
+      return util.fail(E.ERR_CONFIG, "%s: unknown setting '%s' (known: %s)", origin, name,
         table.concat(util.sorted_keys(hsm_schema), ", "))
     end
     local parsed = coerce(kind, value)
@@ -142,7 +143,7 @@ local function apply_hsm(cfg, source, origin, names, as_written)
       local wanted = kind == "integer" and "a non-negative integer"
         or kind == "boolean" and "true or false (or 1 or 0)"
         or kind == "string" and "a string: quote it" or ("a " .. kind)
-      return util.fail("ERR_CONFIG", "%s: %s must be %s, got %s", origin, name, wanted, shown)
+      return util.fail(E.ERR_CONFIG, "%s: %s must be %s, got %s", origin, name, wanted, shown)
     end
     cfg.hsm[key] = parsed
   end
@@ -155,13 +156,13 @@ end
 -- rotation policy's seconds come from.
 local function normalize_startup_sets(value, origin, parsed)
   if type(value) ~= "table" then
-    return util.fail("ERR_CONFIG", "%s: startup_sets must be a list or a map", origin)
+    return util.fail(E.ERR_CONFIG, "%s: startup_sets must be a list or a map", origin)
   end
   local sets = {}
   if #value > 0 then
     for i, entry in ipairs(value) do
       if type(entry) ~= "table" or type(entry.set) ~= "string" then
-        return util.fail("ERR_CONFIG", "%s: startup_sets[%d] needs a string 'set': quote it", origin, i)
+        return util.fail(E.ERR_CONFIG, "%s: startup_sets[%d] needs a string 'set': quote it", origin, i)
       end
       local rotation = type(parsed) == "table" and type(parsed[i]) == "table" and parsed[i].rotation
       sets[#sets + 1] = { set = entry.set, alg = entry.alg or "RS256", rotation = rotation or entry.rotation }
@@ -173,7 +174,7 @@ local function normalize_startup_sets(value, origin, parsed)
   end
   for _, entry in ipairs(sets) do
     if type(entry.alg) ~= "string" then
-      return util.fail("ERR_CONFIG", "%s: the algorithm of startup set '%s' must be a string",
+      return util.fail(E.ERR_CONFIG, "%s: the algorithm of startup set '%s' must be a string",
         origin, entry.set)
     end
   end
@@ -183,13 +184,13 @@ end
 local function decode_file(path)
   local text, err = util.read_file(path)
   if not text then
-    return util.fail("ERR_CONFIG", "cannot read config file: %s", err)
+    return util.fail(E.ERR_CONFIG, "cannot read config file: %s", err)
   end
   if path:match("%.json$") or text:match("^%s*{") then
     local cjson = require("cjson.safe")
     local data, perr = cjson.decode(text)
     if type(data) ~= "table" then
-      return util.fail("ERR_CONFIG", "config file %s is not a JSON object: %s", path,
+      return util.fail(E.ERR_CONFIG, "config file %s is not a JSON object: %s", path,
         perr or "not an object")
     end
     return data
@@ -197,15 +198,15 @@ local function decode_file(path)
   local ok, lyaml = pcall(require, "lyaml")
   local implicit = ok and require("lyaml.implicit")
   if not ok then
-    return util.fail("ERR_CONFIG", "config file %s is YAML, which needs lyaml (Debian: lua-yaml)", path)
+    return util.fail(E.ERR_CONFIG, "config file %s is YAML, which needs lyaml (Debian: lua-yaml)", path)
   end
   local parsed_ok, data = pcall(lyaml.load, text)
   if not parsed_ok then
-    return util.fail("ERR_CONFIG", "config file %s is not valid YAML: %s", path, tostring(data))
+    return util.fail(E.ERR_CONFIG, "config file %s is not valid YAML: %s", path, tostring(data))
   end
   if data == nil then data = {} end
   if type(data) ~= "table" then
-    return util.fail("ERR_CONFIG", "config file %s must hold a mapping at the top", path)
+    return util.fail(E.ERR_CONFIG, "config file %s must hold a mapping at the top", path)
   end
   -- YAML makes numbers of unquoted text that looks like one (pin: 01234 is
   -- the octal 668, 0000 is 0, a 20-digit PIN loses digits) and booleans of
@@ -227,7 +228,7 @@ local function apply_document(cfg, doc, origin, as_written)
   as_written = as_written or doc
   if doc.hsm ~= nil then
     if type(doc.hsm) ~= "table" then
-      return util.fail("ERR_CONFIG", "%s: hsm must be a mapping", origin)
+      return util.fail(E.ERR_CONFIG, "%s: hsm must be a mapping", origin)
     end
     local ok, err, code = apply_hsm(cfg, doc.hsm, origin, nil, as_written.hsm)
     if not ok then return nil, err, code end
@@ -240,32 +241,32 @@ local function apply_document(cfg, doc, origin, as_written)
   local dsn = as_written.dsn
   if dsn ~= nil then
     if type(dsn) ~= "string" then
-      return util.fail("ERR_CONFIG", "%s: dsn must be a string: quote it", origin)
+      return util.fail(E.ERR_CONFIG, "%s: dsn must be a string: quote it", origin)
     end
     cfg.dsn = dsn
   end
   local secrets = as_written.secrets
   if secrets ~= nil then
     if type(secrets) ~= "table" or (secrets.system ~= nil and type(secrets.system) ~= "table") then
-      return util.fail("ERR_CONFIG", "%s: secrets.system must be a list of strings", origin)
+      return util.fail(E.ERR_CONFIG, "%s: secrets.system must be a list of strings", origin)
     end
     if secrets.system ~= nil then cfg.secrets.system = secrets.system end
   end
   if doc.store ~= nil then
     local ttl = type(doc.store) == "table" and doc.store.cache_ttl
     if ttl ~= nil and (type(ttl) ~= "number" or ttl < 0) then
-      return util.fail("ERR_CONFIG", "%s: store.cache_ttl must be a non-negative number of seconds", origin)
+      return util.fail(E.ERR_CONFIG, "%s: store.cache_ttl must be a non-negative number of seconds", origin)
     end
     if ttl then cfg.store.cache_ttl = ttl end
     local network_id = type(doc.store) == "table" and doc.store.network_id
     if network_id ~= nil and (type(network_id) ~= "string" or network_id == "") then
-      return util.fail("ERR_CONFIG", "%s: store.network_id must be a non-empty string (a Hydra 2.x network id)", origin)
+      return util.fail(E.ERR_CONFIG, "%s: store.network_id must be a non-empty string (a Hydra 2.x network id)", origin)
     end
     if network_id then cfg.store.network_id = network_id end
   end
   for _, section in ipairs({ "publication", "tokens" }) do
     if doc[section] ~= nil and type(doc[section]) ~= "table" then
-      return util.fail("ERR_CONFIG", "%s: %s must be a mapping", origin, section)
+      return util.fail(E.ERR_CONFIG, "%s: %s must be a mapping", origin, section)
     end
     for key, value in pairs(doc[section] or {}) do cfg[section][key] = value end
   end
@@ -280,10 +281,10 @@ end
 local function check_secrets(secrets, origin)
   for i, secret in ipairs(secrets) do
     if type(secret) ~= "string" then
-      return util.fail("ERR_CONFIG", "%s: secret #%d must be a string: quote it", origin, i)
+      return util.fail(E.ERR_CONFIG, "%s: secret #%d must be a string: quote it", origin, i)
     end
     if #secret < M.MIN_SECRET_LENGTH then
-      return util.fail("ERR_CONFIG", "%s: secret #%d is shorter than %d characters", origin, i,
+      return util.fail(E.ERR_CONFIG, "%s: secret #%d is shorter than %d characters", origin, i,
         M.MIN_SECRET_LENGTH)
     end
   end
@@ -309,7 +310,7 @@ function M.apply_uri(hsm)
       local explicit = hsm[key]
       if key == "pin" then explicit = explicit or hsm.pin_env end
       if explicit ~= nil then
-        return util.fail("ERR_CONFIG", "hsm.uri and hsm.%s both set the %s: use one of them", key,
+        return util.fail(E.ERR_CONFIG, "hsm.uri and hsm.%s both set the %s: use one of them", key,
           key == "pin" and "PIN" or key:gsub("_", " "))
       end
       if key == "pin" then
@@ -328,10 +329,10 @@ end
 local function check_pin_settings(hsm)
   if not hsm.enabled then return true end
   if hsm.pin == "" then
-    return util.fail("ERR_CONFIG", "HSM_PIN (hsm.pin) is set but empty")
+    return util.fail(E.ERR_CONFIG, "HSM_PIN (hsm.pin) is set but empty")
   end
   if hsm.pin_file == "" then
-    return util.fail("ERR_CONFIG", "HSM_PIN_FILE (hsm.pin_file) is set but empty")
+    return util.fail(E.ERR_CONFIG, "HSM_PIN_FILE (hsm.pin_file) is set but empty")
   end
   return true
 end
@@ -354,26 +355,26 @@ end
 -- loading the PKCS#11 module.
 function M.check_hsm(hsm)
   if not hsm.library or hsm.library == "" then
-    return util.fail("ERR_CONFIG", "the HSM is enabled but HSM_LIBRARY (hsm.library) is not set")
+    return util.fail(E.ERR_CONFIG, "the HSM is enabled but HSM_LIBRARY (hsm.library) is not set")
   end
   local file, err = io.open(hsm.library, "rb")
   if not file then
     local reason = err:sub(1, #hsm.library + 2) == hsm.library .. ": " and err:sub(#hsm.library + 3) or err
-    return util.fail("ERR_CONFIG", "PKCS#11 module '%s' cannot be read: %s", hsm.library, reason)
+    return util.fail(E.ERR_CONFIG, "PKCS#11 module '%s' cannot be read: %s", hsm.library, reason)
   end
   file:close()
   local pin_problem = M.pin_problem(hsm)
-  if pin_problem then return util.fail("ERR_CONFIG", "%s", pin_problem) end
+  if pin_problem then return util.fail(E.ERR_CONFIG, "%s", pin_problem) end
   if hsm.max_sessions < 0 then
-    return util.fail("ERR_CONFIG", "hsm.max_sessions must be at least 0 (0: no pool, the login session signs), got %d",
+    return util.fail(E.ERR_CONFIG, "hsm.max_sessions must be at least 0 (0: no pool, the login session signs), got %d",
       hsm.max_sessions)
   end
   if hsm.reinit_interval_ms < 1 or hsm.reinit_interval_max_ms < hsm.reinit_interval_ms then
-    return util.fail("ERR_CONFIG", "hsm.reinit_interval_ms (%d) must be at least 1 and at most "
+    return util.fail(E.ERR_CONFIG, "hsm.reinit_interval_ms (%d) must be at least 1 and at most "
       .. "hsm.reinit_interval_max_ms (%d)", hsm.reinit_interval_ms, hsm.reinit_interval_max_ms)
   end
   if hsm.session_idle_max > M.MAX_SESSION_IDLE then
-    return util.fail("ERR_CONFIG", "hsm.session_idle_max (HSM_SESSION_IDLE_MAX) is %d seconds; at most %d",
+    return util.fail(E.ERR_CONFIG, "hsm.session_idle_max (HSM_SESSION_IDLE_MAX) is %d seconds; at most %d",
       hsm.session_idle_max, M.MAX_SESSION_IDLE)
   end
   return true
@@ -391,11 +392,11 @@ function M.check_stores(cfg, options)
   local software = #cfg.secrets.system > 0
   local driver = options and options.store_driver
   if not software and (cfg.dsn or driver) then
-    return util.fail("ERR_CONFIG", "%s but SECRETS_SYSTEM (secrets.system) is not set",
+    return util.fail(E.ERR_CONFIG, "%s but SECRETS_SYSTEM (secrets.system) is not set",
       driver and "a store_driver is given" or "a DSN is configured")
   end
   if not cfg.hsm.enabled and not software then
-    return util.fail("ERR_CONFIG",
+    return util.fail(E.ERR_CONFIG,
       "no key store is enabled: set HSM_ENABLED=true for the HSM and/or SECRETS_SYSTEM for the software store")
   end
   return true

@@ -12,6 +12,7 @@
 -- under it; the software store's first key is also written with an atomic
 -- insert-if-empty. Nothing is locked while every set exists.
 local core = require("jwkengine.core")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -47,7 +48,7 @@ local function acquire(path, timeout, log)
     end
     if core.monotonic() > deadline then
       return nil, string.format("timed out after %d s waiting for the startup lock %s", timeout, path),
-        "ERR_STARTUP_LOCK", true
+        E.ERR_STARTUP_LOCK, true
     end
     core.pause(0.05)
   end
@@ -85,7 +86,7 @@ function M.ensure_sets(keys, startup_sets, log, options)
   end
   for _, entry in ipairs(missing) do
     local jwks, err, code = keys:key_set(entry.set)
-    if not jwks and code ~= "ERR_KEY_SET_NOT_FOUND" then return failed(err, code) end
+    if not jwks and code ~= E.ERR_KEY_SET_NOT_FOUND then return failed(err, code) end
     if not jwks then
       log("info", string.format("JSON Web Key Set '%s' doesn't exist yet, generating new key pair...",
         entry.set))
