@@ -14,6 +14,7 @@ if script then
   package.path = here .. "/../lua/?.lua;" .. here .. "/../lua/?/init.lua;" .. package.path
 end
 local errors = require("jwkengine.errors")
+local block = dofile(here .. "/lib/marked_block.lua")
 
 M.BEGIN = "<!-- error codes: made by scripts/gen-error-codes.lua from lua/jwkengine/errors.lua; edit the registry, then rerun it -->"
 M.END = "<!-- /error codes -->"
@@ -52,15 +53,8 @@ function M.table()
   return table.concat(lines, "\n")
 end
 
--- text with its table rewritten, or nil, message when the markers are not
--- there once each, in order.
 function M.rewrite(text)
-  local first = text:find(M.BEGIN, 1, true)
-  local last = text:find(M.END, 1, true)
-  if not first or not last or last < first or text:find(M.BEGIN, first + 1, true) then
-    return nil, "the README needs the two marker lines once each:\n" .. M.BEGIN .. "\n" .. M.END
-  end
-  return text:sub(1, first - 1) .. M.table() .. text:sub(last + #M.END)
+  return block.replace(text, M.BEGIN, M.END, M.table())
 end
 
 local function write(path, text)
@@ -74,16 +68,7 @@ local what, path = ...
 if what == "header" then
   write(path or here .. "/../core/error_codes.h", M.header())
 elseif what == "readme" then
-  path = path or "README.md"
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  local new, err = M.rewrite(text)
-  if not new then
-    io.stderr:write("gen-error-codes.lua: ", path, ": ", err, "\n")
-    os.exit(1)
-  end
-  if new ~= text then write(path, new) end
+  block.rewrite_file("gen-error-codes.lua", path or "README.md", M.rewrite)
 elseif what ~= "module" then
   io.stderr:write("usage: lua5.4 scripts/gen-error-codes.lua header [OUT] | readme [README.md]\n")
   os.exit(2)

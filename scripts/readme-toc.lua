@@ -8,6 +8,10 @@
 -- for repeats).
 local M = {}
 
+-- beside this script when run as one; from the top of the tree for the spec
+local script = arg and arg[0] and arg[0]:match("readme%-toc%.lua$") and arg[0]
+local marked_block = dofile((script and (script:match("^(.*)/[^/]*$") or ".") or "scripts") .. "/lib/marked_block.lua")
+
 M.BEGIN = "<!-- toc: made by scripts/readme-toc.lua; rerun it after editing headings -->"
 M.END = "<!-- /toc -->"
 
@@ -47,33 +51,15 @@ function M.block(headings)
   return table.concat(lines, "\n")
 end
 
--- text with its block rewritten, or nil, message when the markers are not
--- there once each, in order.
 function M.rewrite(text)
-  local first = text:find(M.BEGIN, 1, true)
-  local last = text:find(M.END, 1, true)
-  if not first or not last or last < first or text:find(M.BEGIN, first + 1, true) then
-    return nil, "the README needs the two marker lines once each:\n" .. M.BEGIN .. "\n" .. M.END
-  end
-  return text:sub(1, first - 1) .. M.block(M.headings(text)) .. text:sub(last + #M.END)
+  return marked_block.replace(text, M.BEGIN, M.END, M.block(M.headings(text)))
 end
 
 -- loadfile("scripts/readme-toc.lua")("module") returns M (the spec);
 -- run as a script, it rewrites the file.
 if ... ~= "module" then
   local path = ... or "README.md"
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  local new, err = M.rewrite(text)
-  if not new then
-    io.stderr:write("readme-toc.lua: ", path, ": ", err, "\n")
-    os.exit(1)
-  end
-  if new ~= text then
-    f = assert(io.open(path, "wb"))
-    f:write(new)
-    f:close()
+  if marked_block.rewrite_file("readme-toc.lua", path, M.rewrite) then
     print("readme-toc.lua: " .. path .. ": table of contents rewritten")
   end
 end

@@ -4,6 +4,7 @@
 -- constant belongs, and a README table or C header that is not what
 -- scripts/gen-error-codes.lua makes from the registry.
 local errors = require("jwkengine.errors")
+local util = require("jwkengine.util")
 local gen = assert(loadfile("scripts/gen-error-codes.lua"))("module")
 
 local HEADER = "core/error_codes.h"
@@ -17,10 +18,7 @@ local function lines_of(command)
 end
 
 local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
+  return assert(util.read_file(path))
 end
 
 -- Codes the code uses: E.ERR_X in Lua, JWKE_ERR_X in C, and any literal
