@@ -43,6 +43,9 @@ local function literal_codes()
     local comment = before:find("%-%-") or before:find("//") or before:match("^%s*/?%*")
     if not comment then hits[#hits + 1] = line end
   end
+  -- and a bare key of a status map ({ ERR_STORE = ... }), which no typo check reaches
+  local keys = "grep -rnE '^[[:space:]]*ERR_[A-Z0-9_]+[[:space:]]*=[^=]' lua scripts --exclude=errors.lua"
+  for _, line in ipairs(lines_of(keys)) do hits[#hits + 1] = line end
   return hits
 end
 
