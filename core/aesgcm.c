@@ -65,11 +65,11 @@ int jwke_aesgcm_seal(const unsigned char *secret, size_t secret_len,
                      size_t *out_len, jwke_error *err)
 {
     if (secret_len < JWKE_MIN_SECRET_LENGTH)
-        return jwke_fail_code(err, "ERR_KEY_ENCRYPT",
+        return jwke_fail_code(err, JWKE_ERR_KEY_ENCRYPT,
                               "the encryption secret must be at least %d bytes long",
                               JWKE_MIN_SECRET_LENGTH);
     if (plaintext_len > (size_t)INT_MAX - OVERHEAD)
-        return jwke_fail_code(err, "ERR_KEY_ENCRYPT", "plaintext is too large to seal");
+        return jwke_fail_code(err, JWKE_ERR_KEY_ENCRYPT, "plaintext is too large to seal");
 
     size_t raw_len = OVERHEAD + plaintext_len;
     unsigned char *raw = malloc(raw_len);
@@ -105,7 +105,7 @@ done:
     OPENSSL_cleanse(key, sizeof key);
     free(raw); /* nonce and ciphertext only: nothing secret */
     free(text);
-    return rc == 0 ? 0 : jwke_fail_in(err, "ERR_KEY_ENCRYPT");
+    return rc == 0 ? 0 : jwke_fail_in(err, JWKE_ERR_KEY_ENCRYPT);
 }
 
 int jwke_aesgcm_open(const jwke_secret *secrets, size_t count, const char *text,
@@ -113,7 +113,7 @@ int jwke_aesgcm_open(const jwke_secret *secrets, size_t count, const char *text,
                      size_t *used, jwke_error *err)
 {
     if (count == 0)
-        return jwke_fail_code(err, "ERR_KEY_DECRYPT", "cannot decrypt: no secrets are configured");
+        return jwke_fail_code(err, JWKE_ERR_KEY_DECRYPT, "cannot decrypt: no secrets are configured");
     size_t raw_size = jwke_b64url_decoded_max(text_len);
     unsigned char *raw = malloc(raw_size);
     if (!raw)
@@ -122,12 +122,12 @@ int jwke_aesgcm_open(const jwke_secret *secrets, size_t count, const char *text,
     long raw_len = jwke_b64url_decode(text, text_len, raw, raw_size, JWKE_B64_PAD, &why);
     if (raw_len < 0) {
         free(raw);
-        return jwke_fail_code(err, "ERR_KEY_DECRYPT", "encrypted key data is not valid base64url: %s",
+        return jwke_fail_code(err, JWKE_ERR_KEY_DECRYPT, "encrypted key data is not valid base64url: %s",
                               why);
     }
     if ((size_t)raw_len < OVERHEAD) {
         free(raw);
-        return jwke_fail_code(err, "ERR_KEY_DECRYPT",
+        return jwke_fail_code(err, JWKE_ERR_KEY_DECRYPT,
                               "ciphertext is truncated: %ld bytes, at least %d expected", raw_len,
                               OVERHEAD);
     }
@@ -169,7 +169,7 @@ done:
     if (out)
         OPENSSL_clear_free(out, len + 1);
     free(raw);
-    return rc == 0 ? 0 : jwke_fail_in(err, "ERR_KEY_DECRYPT");
+    return rc == 0 ? 0 : jwke_fail_in(err, JWKE_ERR_KEY_DECRYPT);
 }
 
 int jwke_aesgcm_reseal(const jwke_secret *secrets, size_t count, const char *text,
@@ -179,13 +179,13 @@ int jwke_aesgcm_reseal(const jwke_secret *secrets, size_t count, const char *tex
     size_t plaintext_len, used;
     if (jwke_aesgcm_open(secrets, count, text, text_len, &plaintext, &plaintext_len, &used,
                          err) != 0) {
-        err->code = "ERR_KEY_DECRYPT";
+        err->code = JWKE_ERR_KEY_DECRYPT;
         return -1;
     }
     int rc = jwke_aesgcm_seal(secrets[0].data, secrets[0].len, plaintext, plaintext_len, out,
                               out_len, err);
     if (rc != 0)
-        err->code = "ERR_KEY_ENCRYPT";
+        err->code = JWKE_ERR_KEY_ENCRYPT;
     jwke_aesgcm_free(plaintext, plaintext_len);
     return rc;
 }

@@ -8,6 +8,11 @@
 
 #include <stddef.h>
 #include "pkcs11_header.h"
+/* JWKE_ERR_* (made from lua/jwkengine/errors.lua, the one registry). A
+ * failure path that sets no code is a bug: the binding names it
+ * JWKE_ERR_INTERNAL, and spec/error_codes_spec.lua keeps every reachable
+ * path away from it. */
+#include "error_codes.h"
 
 typedef struct jwke_error {
     char message[512];
@@ -33,12 +38,6 @@ int jwke_fail_code(jwke_error *err, const char *code, const char *fmt, ...)
  * so helpers shared by several operations need not know which one called
  * them. Always returns -1. */
 int jwke_fail_in(jwke_error *err, const char *operation_code);
-
-/* The code of a failure the binding cannot name otherwise: a failure path
- * that sets no code is a bug (spec/error_codes_spec.lua keeps every
- * reachable one away from it). */
-#define JWKE_ERR_INTERNAL "ERR_INTERNAL"
-#define JWKE_ERR_OUT_OF_MEMORY "ERR_OUT_OF_MEMORY"
 
 /* "C_Login: CKR_PIN_INCORRECT" (or "CKR_0x80000001 (vendor defined)"). */
 int jwke_fail_ckr(jwke_error *err, const char *function, CK_RV rv);

@@ -117,7 +117,7 @@ int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *inpu
     const size_t room = *sig_len;
     size_t expected = jwke_alg_signature_size(alg, EVP_PKEY_get_bits(pkey));
     if (expected > room)
-        return jwke_fail_code(err, "ERR_JWS_SIGN",
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN,
                               "a %s signature of %zu bytes does not fit the %zu bytes given",
                               alg->name, expected, room);
     int result = -1;
@@ -150,5 +150,5 @@ int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *inpu
     result = 0;
 done:
     EVP_MD_CTX_free(md_ctx);
-    return result == 0 ? 0 : jwke_fail_in(err, "ERR_JWS_SIGN");
+    return result == 0 ? 0 : jwke_fail_in(err, JWKE_ERR_JWS_SIGN);
 }

@@ -416,7 +416,7 @@ int jwke_jws_split(const char *token, size_t len, const jwke_jws_limits *limits,
 {
     /* The size goes first: a 10 MB "token" is refused before it is read. */
     if (limits && limits->max_token && len > limits->max_token) {
-        jwke_fail_code(err, "ERR_JWS_TOO_LARGE", "JWS of %zu bytes is larger than the limit of %zu "
+        jwke_fail_code(err, JWKE_ERR_JWS_TOO_LARGE, "JWS of %zu bytes is larger than the limit of %zu "
                        "bytes", len, limits->max_token);
         return JWKE_JOSE_TOO_LARGE;
     }
@@ -436,7 +436,7 @@ int jwke_jws_split(const char *token, size_t len, const jwke_jws_limits *limits,
         }
         /* Still in the header and already past its limit: stop reading. */
         if (n_dots == 0 && limits && limits->max_header && i >= limits->max_header) {
-            jwke_fail_code(err, "ERR_JWS_TOO_LARGE",
+            jwke_fail_code(err, JWKE_ERR_JWS_TOO_LARGE,
                            "JWS header segment is larger than the limit of %zu characters",
                            limits->max_header);
             return JWKE_JOSE_TOO_LARGE;
@@ -494,7 +494,7 @@ int jwke_jws_decode(const char *token, size_t len, const jwke_jws_limits *limits
     jwke_jws_segments s;
     int rc = jwke_jws_split(token, len, limits, &s, err);
     if (rc != 0) {
-        jwke_fail_in(err, "ERR_JWS_INVALID");
+        jwke_fail_in(err, JWKE_ERR_JWS_INVALID);
         return rc;
     }
     if (decode_segment("header", s.header, s.header_len, &out->header, &out->header_len, err) ||
@@ -503,12 +503,12 @@ int jwke_jws_decode(const char *token, size_t len, const jwke_jws_limits *limits
         decode_segment("signature", s.signature, s.signature_len, &out->signature,
                        &out->signature_len, err)) {
         jwke_jws_decoded_free(out);
-        return jwke_fail_in(err, "ERR_JWS_INVALID");
+        return jwke_fail_in(err, JWKE_ERR_JWS_INVALID);
     }
     jwke_error why;
     if (jwke_json_check((const char *)out->header, out->header_len, 1,
                         limits ? limits->max_depth : 0, &why) != 0) {
-        jwke_fail_code(err, "ERR_JWS_INVALID", "JWS header: %s", why.message);
+        jwke_fail_code(err, JWKE_ERR_JWS_INVALID, "JWS header: %s", why.message);
         jwke_jws_decoded_free(out);
         return -1;
     }

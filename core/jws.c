@@ -17,7 +17,7 @@ int jwke_jws_compact(const char *header_b64, size_t header_len, const unsigned c
                      char *buf, size_t cap, size_t *out_len, jwke_error *err)
 {
     if (sig_max > JWKE_MAX_SIGNATURE)
-        return jwke_fail_code(err, "ERR_JWS_SIGN", "signature of %zu bytes is larger than supported",
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN, "signature of %zu bytes is larger than supported",
                               sig_max);
     if (cap < jwke_jws_compact_size(header_len, payload_len, sig_max))
         return jwke_fail(err, "the token does not fit its buffer");
@@ -39,7 +39,7 @@ int jwke_jws_compact(const char *header_b64, size_t header_len, const unsigned c
         return -1;
     /* buf has room for sig_max bytes of signature, whatever a signer says */
     if (sig_len > sig_max)
-        return jwke_fail_code(err, "ERR_JWS_SIGN", "the signer reported a signature of %zu bytes, "
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN, "the signer reported a signature of %zu bytes, "
                               "more than the %zu bytes it was given", sig_len, sig_max);
     buf[used++] = '.';
     encoded = jwke_b64url_encode(sig, sig_len, buf + used, total - used, JWKE_B64_NOPAD);

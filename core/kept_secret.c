@@ -41,7 +41,7 @@ int jwke_kept_fill(const char *name, size_t cap, jwke_pin_fill fill, const void 
                    jwke_error *err)
 {
     if (strlen(name) >= sizeof slots[0].name)
-        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "a kept secret's name is too long");
+        return jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT, "a kept secret's name is too long");
     unsigned char *data = calloc(1, cap);
     if (!data)
         return jwke_fail(err, "out of memory keeping a secret");
@@ -84,9 +84,9 @@ int jwke_kept_copy(const void *name, unsigned char *buf, size_t cap, size_t *len
     pthread_mutex_lock(&kept_lock);
     kept_slot *slot = find(name);
     if (!slot) {
-        rc = jwke_fail_code(err, "ERR_CONFIG", "%s is not set", (const char *)name);
+        rc = jwke_fail_code(err, JWKE_ERR_CONFIG, "%s is not set", (const char *)name);
     } else if (slot->len >= cap) {
-        rc = jwke_fail_code(err, "ERR_CONFIG", "%s: the secret must be 1 to %zu bytes long",
+        rc = jwke_fail_code(err, JWKE_ERR_CONFIG, "%s: the secret must be 1 to %zu bytes long",
                             (const char *)name, cap - 1);
     } else {
         memcpy(buf, slot->data, slot->len);

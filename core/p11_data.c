@@ -258,11 +258,11 @@ int jwke_p11_data_create(jwke_p11_token *token, const char *application, const c
                          jwke_error *err)
 {
     if (value_len > JWKE_DATA_VALUE_MAX)
-        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT",
+        return jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT,
                               "a data object's value of %zu bytes is over the limit of %d bytes",
                               value_len, JWKE_DATA_VALUE_MAX);
     if (label_len > JWKE_DATA_LABEL_MAX)
-        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT",
+        return jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT,
                               "a data object's label of %zu bytes is over the limit of %d bytes",
                               label_len, JWKE_DATA_LABEL_MAX);
     CK_OBJECT_CLASS data_class = CKO_DATA;

@@ -184,7 +184,7 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
     CK_MECHANISM mechanism = {0, NULL, 0};
 
     if (id_len > JWKE_MAX_ID_LEN)
-        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "kid is longer than %d bytes",
+        return jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT, "kid is longer than %d bytes",
                               JWKE_MAX_ID_LEN);
 
     /* Tokens default other usages (wrap, unwrap, derive) to true; a JWT
@@ -219,7 +219,7 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
     CK_MECHANISM_TYPE pss_only[2];
 
     if (!alg->hsm_generates)
-        return jwke_fail_code(err, "ERR_UNSUPPORTED_ALG", "the HSM does not generate keys for %s", alg->name);
+        return jwke_fail_code(err, JWKE_ERR_UNSUPPORTED_ALG, "the HSM does not generate keys for %s", alg->name);
     mechanism.mechanism = alg->generate_mechanism.type;
     if (alg->kind == JWKE_KIND_RSA) {
         public_template[public_count++] =
@@ -228,7 +228,7 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
             (CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, exponent_65537, sizeof exponent_65537};
         if (alg->scheme == JWKE_SCHEME_RSA_PSS) {
             if (use != JWKE_USE_SIG)
-                return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "%s keys can only sign: use "
+                return jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT, "%s keys can only sign: use "
                                       "must be 'sig'", alg->name);
             pss_only[0] = alg->sign_mechanism.type;
             pss_only[1] = alg->digest->rsa_pss.type;
@@ -237,12 +237,12 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
         }
     } else {
         if (use != JWKE_USE_SIG)
-            return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "%s keys can only sign: use must be 'sig'",
+            return jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT, "%s keys can only sign: use must be 'sig'",
                                   alg->name);
         const unsigned char *params;
         size_t params_len;
         if (jwke_ec_params_der(alg, &params, &params_len) != 0)
-            return jwke_fail_code(err, "ERR_UNSUPPORTED_ALG", "no curve known for %s", alg->name);
+            return jwke_fail_code(err, JWKE_ERR_UNSUPPORTED_ALG, "no curve known for %s", alg->name);
         public_template[public_count++] =
             (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)params, (CK_ULONG)params_len};
     }
@@ -256,7 +256,7 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
      * generation): name the token and the mechanism it lacks, under the code
      * a program branches on, rather than a bare CKR. */
     if (result != 0 && err->ckr == CKR_MECHANISM_INVALID)
-        jwke_fail_code(err, "ERR_UNSUPPORTED_ALG",
+        jwke_fail_code(err, JWKE_ERR_UNSUPPORTED_ALG,
                        "token '%s' has no %s: it cannot generate %s keys "
                        "(C_GenerateKeyPair: CKR_MECHANISM_INVALID)",
                        jwke_p11_token_label(token), alg->generate_mechanism.name, alg->name);
@@ -267,7 +267,7 @@ int jwke_p11_generate(jwke_p11_token *token, const char *label, size_t label_len
              (err->ckr == CKR_GENERAL_ERROR || err->ckr == CKR_ATTRIBUTE_TYPE_INVALID ||
               err->ckr == CKR_ATTRIBUTE_VALUE_INVALID || err->ckr == CKR_TEMPLATE_INCONSISTENT)) {
         CK_RV refused = err->ckr;
-        jwke_fail_code(err, "ERR_UNSUPPORTED_ALG",
+        jwke_fail_code(err, JWKE_ERR_UNSUPPORTED_ALG,
                        "token '%s' refused a key pair marked with CKA_ALLOWED_MECHANISMS, the mark "
                        "that makes an RSA key %s: it cannot hold %s keys (C_GenerateKeyPair: %s)",
                        jwke_p11_token_label(token), alg->name, alg->name, jwke_ckr_name(refused));
@@ -342,7 +342,7 @@ int jwke_p11_set_id(jwke_p11_token *token, const char *label, size_t label_len,
                     size_t new_id_len, size_t *changed, jwke_error *err)
 {
     if (new_id_len > JWKE_MAX_ID_LEN)
-        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "kid is longer than %d bytes",
+        return jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT, "kid is longer than %d bytes",
                               JWKE_MAX_ID_LEN);
     CK_ATTRIBUTE search[] = {
         {CKA_LABEL, (void *)label, (CK_ULONG)label_len},
@@ -380,7 +380,7 @@ int jwke_p11_set_sign(jwke_p11_token *token, const char *label, size_t label_len
         case CKR_TEMPLATE_INCONSISTENT:
         case CKR_FUNCTION_NOT_SUPPORTED: {
             CK_RV refused = err->ckr;
-            jwke_fail_code(err, "ERR_KEY_MARK_REFUSED",
+            jwke_fail_code(err, JWKE_ERR_KEY_MARK_REFUSED,
                            "token '%s' refused to set CKA_SIGN %s on a private key "
                            "(C_SetAttributeValue: %s): the key's state lives in the set's "
                            "records only on this token", jwke_p11_token_label(token),
@@ -435,17 +435,17 @@ int jwke_p11_key_signing(const jwke_p11_key *key, const jwke_alg **alg, size_t *
                          jwke_error *err)
 {
     if (key->use != JWKE_USE_SIG)
-        return jwke_fail_code(err, "ERR_JWS_SIGN",
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN,
                               "key '%.*s' is an encryption key (use 'enc') and cannot sign",
                               (int)key->id_len, (const char *)key->id);
     if (key->retired)
-        return jwke_fail_code(err, "ERR_KEY_STATE",
+        return jwke_fail_code(err, JWKE_ERR_KEY_STATE,
                               "key '%.*s' is retired on the token (CKA_SIGN false) and never signs",
                               (int)key->id_len, (const char *)key->id);
     if (!*alg)
         *alg = key->alg;
     else if (*alg != key->alg && jwke_pkey_fits_alg(key->public_key, *alg, 0, err) != 0)
-        return jwke_fail_in(err, "ERR_JWS_SIGN");
+        return jwke_fail_in(err, JWKE_ERR_JWS_SIGN);
     *sig_max = jwke_alg_signature_size(*alg, EVP_PKEY_get_bits(key->public_key));
     return 0;
 }

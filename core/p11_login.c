@@ -104,7 +104,7 @@ static int refuse_by_flags(CK_FLAGS flags, jwke_error *err)
                   "(change the user PIN first)");
     else
         return 0;
-    err->code = "ERR_LOGIN_REFUSED";
+    err->code = JWKE_ERR_LOGIN_REFUSED;
     return -1;
 }
 
@@ -112,11 +112,11 @@ int jwke_p11_kept_pin_log_in(jwke_p11_kept_pin *kept, jwke_p11_module *module, C
                              CK_SESSION_HANDLE *session, jwke_error *err)
 {
     if (!kept->pin)
-        return jwke_fail_code(err, "ERR_CONFIG", "C_Login: no PIN is configured");
+        return jwke_fail_code(err, JWKE_ERR_CONFIG, "C_Login: no PIN is configured");
     if (kept->refused) {
         jwke_fail(err, "C_Login: the token refused this PIN before (CKR_PIN_INCORRECT); "
                   "jwkengine never tries a refused PIN again");
-        err->code = "ERR_LOGIN_REFUSED";
+        err->code = JWKE_ERR_LOGIN_REFUSED;
         return -1;
     }
     CK_TOKEN_INFO info;
@@ -141,14 +141,14 @@ int jwke_pin_from_file(const void *ctx, unsigned char *buf, size_t cap, size_t *
     const char *path = ctx;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return jwke_fail_code(err, "ERR_CONFIG", "cannot read the PIN file '%s': %s", path, strerror(errno));
+        return jwke_fail_code(err, JWKE_ERR_CONFIG, "cannot read the PIN file '%s': %s", path, strerror(errno));
     size_t n = fread(buf, 1, cap, f);
     int failed = ferror(f);
     fclose(f);
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
         n--;
     if (failed || n == 0 || n >= cap)
-        return jwke_fail_code(err, "ERR_CONFIG", "the PIN file '%s' %s", path,
+        return jwke_fail_code(err, JWKE_ERR_CONFIG, "the PIN file '%s' %s", path,
                               failed ? "cannot be read" : n == 0 ? "is empty" : "is too long");
     *len = n;
     return 0;

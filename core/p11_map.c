@@ -146,7 +146,7 @@ CK_RV jwke_p11_object_check(jwke_p11_objects *objects, size_t i, CK_RV rv, jwke_
     if (present(o, A_CLASS) && o->object_class != CKO_PRIVATE_KEY && o->object_class != CKO_PUBLIC_KEY)
         return CKR_OK;
     if (!present(o, A_CLASS) || !present(o, A_ID)) {
-        jwke_fail_code(err, "ERR_KEY_INVALID", "object on the token has no readable CKA_CLASS or CKA_ID");
+        jwke_fail_code(err, JWKE_ERR_KEY_INVALID, "object on the token has no readable CKA_CLASS or CKA_ID");
         return JWKE_OP_FAILED;
     }
     return CKR_OK;
@@ -374,7 +374,7 @@ done:
     free(pubs);
     if (result != 0) {
         jwke_p11_keys_free(keys, n_keys);
-        return jwke_fail_in(err, "ERR_KEY_INVALID"); /* a pair jwkengine cannot use as it is */
+        return jwke_fail_in(err, JWKE_ERR_KEY_INVALID); /* a pair jwkengine cannot use as it is */
     }
     *keys_out = keys;
     *count_out = n_keys;

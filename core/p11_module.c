@@ -155,16 +155,16 @@ static int load_and_initialize(jwke_p11_module *m, const char *path, jwke_error 
 {
     struct stat st;
     if (stat(path, &st) != 0)
-        return jwke_fail_code(err, "ERR_CONFIG", "PKCS#11 module '%s' cannot be read: %s", path, strerror(errno));
+        return jwke_fail_code(err, JWKE_ERR_CONFIG, "PKCS#11 module '%s' cannot be read: %s", path, strerror(errno));
 
     m->library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!m->library)
-        return jwke_fail_code(err, "ERR_CONFIG", "PKCS#11 module '%s' cannot be loaded: %s", path, dlerror());
+        return jwke_fail_code(err, JWKE_ERR_CONFIG, "PKCS#11 module '%s' cannot be loaded: %s", path, dlerror());
 
     CK_C_GetFunctionList get_function_list =
         (CK_C_GetFunctionList)dlsym(m->library, "C_GetFunctionList");
     if (!get_function_list) {
-        jwke_fail_code(err, "ERR_CONFIG", "'%s' is not a PKCS#11 module: it has no C_GetFunctionList", path);
+        jwke_fail_code(err, JWKE_ERR_CONFIG, "'%s' is not a PKCS#11 module: it has no C_GetFunctionList", path);
         goto fail;
     }
     CK_RV rv = get_function_list(&m->fn);

@@ -30,11 +30,6 @@
 
 typedef struct jwke_p11_module jwke_p11_module;
 
-/* The code of a length a token reported that its buffer cannot hold (or a
- * wrong one for a fixed-size value): the token misbehaves, whatever CKR it
- * returned. The message names the function and what was measured. */
-#define JWKE_ERR_TOKEN_LENGTH "ERR_TOKEN_LENGTH"
-
 typedef struct jwke_p11_slot {
     CK_SLOT_ID id;
     int token_present;

@@ -91,7 +91,7 @@ static long long retry_in_holding(const jwke_p11_outage *o)
 /* The fast failure of every call during the outage. Caller holds o->lock. */
 static void fail_fast_holding(const jwke_p11_outage *o, jwke_error *err)
 {
-    jwke_fail_code(err, "ERR_HSM_UNAVAILABLE", "HSM unavailable: %s%s%s%s; next attempt in %lld ms",
+    jwke_fail_code(err, JWKE_ERR_HSM_UNAVAILABLE, "HSM unavailable: %s%s%s%s; next attempt in %lld ms",
                    o->down_cause, o->last_attempt[0] ? " (last attempt to come back: " : "",
                    o->last_attempt, o->last_attempt[0] ? ")" : "", retry_in_holding(o));
     err->ckr = o->down_rv;

@@ -215,10 +215,10 @@ int jwke_p11_pool_borrow(jwke_p11_pool *pool, pthread_mutex_t *lock, CK_SLOT_ID 
         if (pthread_cond_timedwait(&pool->session_free, lock, &deadline) == ETIMEDOUT &&
             !session_available(pool)) {
             if (pool->lends_login)
-                return jwke_fail_code(err, "ERR_HSM_BUSY", "the login session (hsm.max_sessions = 0: no "
+                return jwke_fail_code(err, JWKE_ERR_HSM_BUSY, "the login session (hsm.max_sessions = 0: no "
                                       "pool) did not become free within %d ms (raise hsm.max_sessions "
                                       "or hsm.session_wait_ms)", pool->wait_ms);
-            return jwke_fail_code(err, "ERR_HSM_BUSY", "no PKCS#11 session became free within %d ms (all %d are busy; "
+            return jwke_fail_code(err, JWKE_ERR_HSM_BUSY, "no PKCS#11 session became free within %d ms (all %d are busy; "
                              "raise hsm.max_sessions or hsm.session_wait_ms)",
                              pool->wait_ms, pool->stats.max_sessions);
         }

@@ -179,9 +179,9 @@ static int check_signature(jwke_p11_token *token, const jwke_p11_key *key, const
         return 0;
     OPENSSL_cleanse(sig, sig_len);
     if (valid < 0)
-        return jwke_fail_in(err, "ERR_JWS_SIGN");
+        return jwke_fail_in(err, JWKE_ERR_JWS_SIGN);
     char kid[2 * JWKE_MAX_ID_LEN + 3]; /* a CKA_ID is bytes: hex unless printable */
-    jwke_fail_code(err, "ERR_SIGNATURE_FAULT",
+    jwke_fail_code(err, JWKE_ERR_SIGNATURE_FAULT,
                    "the token's %s signature with key '%s' does not verify against its public "
                    "key (hsm.verify_after_sign): the HSM may be faulty; no token was made",
                    alg->name, jwke_p11_printable_kid(key->id, key->id_len, kid, sizeof kid));
@@ -195,11 +195,11 @@ int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
 {
     size_t expected_len = jwke_alg_signature_size(alg, EVP_PKEY_get_bits(key->public_key));
     if (*sig_len < expected_len)
-        return jwke_fail_code(err, "ERR_JWS_SIGN", "a %s signature with this key has %zu bytes, "
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN, "a %s signature with this key has %zu bytes, "
                               "more than the %zu-byte buffer", alg->name, expected_len, *sig_len);
     jwke_p11_prepared prepared;
     if (jwke_p11_prepare_sign(alg, input, input_len, &prepared, err) != 0)
-        return jwke_fail_in(err, "ERR_JWS_SIGN");
+        return jwke_fail_in(err, JWKE_ERR_JWS_SIGN);
     sign_context c = {key, alg, &prepared.mechanism, prepared.data, prepared.data_len, sig,
                       *sig_len, expected_len, 0, 0};
     if (jwke_p11_run(token, sign_op, &c, err) != 0) {
@@ -212,13 +212,13 @@ int jwke_p11_sign(jwke_p11_token *token, jwke_p11_key *key, const jwke_alg *alg,
              * the key on the token (jwke_p11_set_sign) */
             CK_RV refused = err->ckr;
             char kid[2 * JWKE_MAX_ID_LEN + 3];
-            jwke_fail_code(err, "ERR_KEY_STATE", "C_SignInit: %s: key '%s' is retired on the token "
+            jwke_fail_code(err, JWKE_ERR_KEY_STATE, "C_SignInit: %s: key '%s' is retired on the token "
                            "(CKA_SIGN false) and never signs again; read the set again",
                            jwke_ckr_name(refused),
                            jwke_p11_printable_kid(key->id, key->id_len, kid, sizeof kid));
             err->ckr = refused;
         }
-        return jwke_fail_in(err, "ERR_JWS_SIGN"); /* a vanished key, a hash that failed */
+        return jwke_fail_in(err, JWKE_ERR_JWS_SIGN); /* a vanished key, a hash that failed */
     }
     if (verifies_after_sign(token, alg) &&
         check_signature(token, key, alg, input, input_len, sig, c.sig_len, err) != 0)

@@ -401,7 +401,7 @@ static int find_slot_again(jwke_p11_token *t, jwke_error *err)
     }
     free(slots);
     if (!found)
-        return jwke_fail_code(err, "ERR_TOKEN_NOT_FOUND", "token '%s' (serial %s) is not present",
+        return jwke_fail_code(err, JWKE_ERR_TOKEN_NOT_FOUND, "token '%s' (serial %s) is not present",
                               t->label, t->serial);
     return 0;
 }
@@ -441,7 +441,7 @@ static int start_over_holding_token(jwke_p11_token *t, unsigned epoch, jwke_erro
         /* the PIN refused on the way back is a refusal, not an outage:
          * it is never tried again (p11_login.c), so no attempt can end it */
         if (jwke_p11_kept_pin_refused(t->pin))
-            err->code = "ERR_LOGIN_REFUSED";
+            err->code = JWKE_ERR_LOGIN_REFUSED;
         return -1;
     }
     t->epoch = epoch;
@@ -505,7 +505,7 @@ static void give_back(jwke_p11_token *t, CK_SESSION_HANDLE session, unsigned epo
 
 static int is_login_refusal(const jwke_error *err)
 {
-    return err->code && strcmp(err->code, "ERR_LOGIN_REFUSED") == 0;
+    return err->code && strcmp(err->code, JWKE_ERR_LOGIN_REFUSED) == 0;
 }
 
 /* Starts an outage (or records one more failed attempt to end it) and
@@ -663,7 +663,7 @@ static int fail_after(jwke_p11_token *t, jwke_error *err, const char *function, 
     jwke_fail(err, "%s: %s (recovery failed: %s)", function, ckr(rv), why.message);
     err->ckr = rv;
     /* a refused login stays recognizable; any other cause is told by the CKR */
-    if (why.code && strcmp(why.code, "ERR_LOGIN_REFUSED") == 0)
+    if (why.code && strcmp(why.code, JWKE_ERR_LOGIN_REFUSED) == 0)
         err->code = why.code;
     return -1;
 }
@@ -804,7 +804,7 @@ static int run_unguarded(jwke_p11_token *t, jwke_p11_op op, void *ctx, jwke_erro
             return jwke_fail_ckr(err, function, rv);
         }
         if (recover(t, kind, function, rv, epoch, err) != 0)
-            return err->code && strcmp(err->code, "ERR_HSM_UNAVAILABLE") == 0
+            return err->code && strcmp(err->code, JWKE_ERR_HSM_UNAVAILABLE) == 0
                        ? -1
                        : fail_after(t, err, function, rv);
         repaired_by = kind;

@@ -45,10 +45,10 @@ static int take(const char *name, jwke_error *err)
     const char *value = getenv(name);
     size_t n = value ? strlen(value) : 0;
     if (n == 0)
-        return jwke_kept_len(name) > 0 ? 0 : jwke_fail_code(err, "ERR_CONFIG", "%s is not set", name);
+        return jwke_kept_len(name) > 0 ? 0 : jwke_fail_code(err, JWKE_ERR_CONFIG, "%s is not set", name);
     if (n >= JWKE_PIN_KEPT_CAP) {
         jwke_env_erase(name);
-        return jwke_fail_code(err, "ERR_CONFIG", "%s: the PIN must be 1 to %d bytes long", name, JWKE_PIN_KEPT_CAP - 1);
+        return jwke_fail_code(err, JWKE_ERR_CONFIG, "%s: the PIN must be 1 to %d bytes long", name, JWKE_PIN_KEPT_CAP - 1);
     }
     jwke_pin_bytes bytes = {(const unsigned char *)value, n, "a secret"};
     int rc = jwke_kept_fill(name, JWKE_PIN_KEPT_CAP, jwke_pin_from_bytes, &bytes, err);
@@ -61,7 +61,7 @@ int jwke_pin_from_bytes(const void *ctx, unsigned char *buf, size_t cap, size_t 
 {
     const jwke_pin_bytes *given = ctx;
     if (given->len == 0 || given->len >= cap)
-        return jwke_fail_code(err, "ERR_CONFIG", "%s must be 1 to %zu bytes long", given->what,
+        return jwke_fail_code(err, JWKE_ERR_CONFIG, "%s must be 1 to %zu bytes long", given->what,
                               cap - 1);
     memcpy(buf, given->data, given->len);
     *len = given->len;
@@ -78,7 +78,7 @@ int jwke_pin_from_env(const void *ctx, unsigned char *buf, size_t cap, size_t *l
     if (rc != 0)
         return rc;
     if (jwke_kept_copy(name, buf, cap, len, err) != 0)
-        return jwke_fail_code(err, "ERR_CONFIG", "%s: the PIN must be 1 to %zu bytes long", name, cap - 1);
+        return jwke_fail_code(err, JWKE_ERR_CONFIG, "%s: the PIN must be 1 to %zu bytes long", name, cap - 1);
     return 0;
 }
 
@@ -106,20 +106,20 @@ static int percent_decode(const char *text, size_t text_len, unsigned char *buf,
             int lo = complete ? hex_value((unsigned char)text[i + 2]) : -1;
             if (hi < 0 || lo < 0) {
                 OPENSSL_cleanse(buf, n);
-                return jwke_fail_code(err, "ERR_PKCS11_URI", "PKCS#11 URI: pin-value has a malformed percent-encoding");
+                return jwke_fail_code(err, JWKE_ERR_PKCS11_URI, "PKCS#11 URI: pin-value has a malformed percent-encoding");
             }
             byte = hi * 16 + lo;
             i += 2;
         }
         if (n + 1 >= cap) {
             OPENSSL_cleanse(buf, n);
-            return jwke_fail_code(err, "ERR_PKCS11_URI", "PKCS#11 URI: the pin-value must be 1 to %zu bytes long",
+            return jwke_fail_code(err, JWKE_ERR_PKCS11_URI, "PKCS#11 URI: the pin-value must be 1 to %zu bytes long",
                              cap - 1);
         }
         buf[n++] = (unsigned char)byte;
     }
     if (n == 0)
-        return jwke_fail_code(err, "ERR_PKCS11_URI", "PKCS#11 URI: pin-value is empty");
+        return jwke_fail_code(err, JWKE_ERR_PKCS11_URI, "PKCS#11 URI: pin-value is empty");
     *len = n;
     return 0;
 }
@@ -139,5 +139,5 @@ int jwke_pin_from_uri(const void *ctx, unsigned char *buf, size_t cap, size_t *l
                                   buf, cap, len, err);
         query = next;
     }
-    return jwke_fail_code(err, "ERR_PKCS11_URI", "PKCS#11 URI: no pin-value in the query");
+    return jwke_fail_code(err, JWKE_ERR_PKCS11_URI, "PKCS#11 URI: no pin-value in the query");
 }

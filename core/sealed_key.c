@@ -77,7 +77,7 @@ int jwke_sealed_key_open(const jwke_secret *secrets, size_t count, const char *t
     size_t plaintext_len, used;
     if (jwke_aesgcm_open(secrets, count, text, text_len, &plaintext, &plaintext_len, &used,
                          err) != 0)
-        return jwke_fail_in(err, "ERR_KEY_DECRYPT");
+        return jwke_fail_in(err, JWKE_ERR_KEY_DECRYPT);
     opening o;
     memset(&o, 0, sizeof o);
     o.public_json = malloc(plaintext_len + 2); /* '{' members '}' NUL: never longer */
@@ -89,13 +89,13 @@ int jwke_sealed_key_open(const jwke_secret *secrets, size_t count, const char *t
     o.public_json[o.public_len++] = '{';
     /* it decrypted: whatever fails now is a row that is not a usable key */
     if (jwke_json_members((const char *)plaintext, plaintext_len, visit_member, &o, err) != 0) {
-        jwke_fail_in(err, "ERR_KEY_INVALID");
+        jwke_fail_in(err, JWKE_ERR_KEY_INVALID);
         goto done;
     }
     o.members.kty = o.kty[0] ? o.kty : NULL;
     o.members.crv = o.crv[0] ? o.crv : NULL;
     if (jwke_swkey_from_jwk(&o.members, key, err) != 0) {
-        jwke_fail_in(err, "ERR_KEY_INVALID");
+        jwke_fail_in(err, JWKE_ERR_KEY_INVALID);
         goto done;
     }
     o.public_json[o.public_len++] = '}';
@@ -136,7 +136,7 @@ int jwke_sealed_key_mark(const jwke_secret *secrets, size_t count, const char *t
     size_t plaintext_len, used;
     if (jwke_aesgcm_open(secrets, count, text, text_len, &plaintext, &plaintext_len, &used,
                          err) != 0)
-        return jwke_fail_in(err, "ERR_KEY_DECRYPT");
+        return jwke_fail_in(err, JWKE_ERR_KEY_DECRYPT);
     /* '{' members ',' key_ops '}': never longer than the plaintext and these */
     size_t capacity = plaintext_len + sizeof retired_ops + 3;
     marking m = {malloc(capacity), 0};
@@ -147,7 +147,7 @@ int jwke_sealed_key_mark(const jwke_secret *secrets, size_t count, const char *t
     }
     m.json[m.len++] = '{';
     if (jwke_json_members((const char *)plaintext, plaintext_len, keep_member, &m, err) != 0) {
-        jwke_fail_in(err, "ERR_KEY_INVALID");
+        jwke_fail_in(err, JWKE_ERR_KEY_INVALID);
         goto done;
     }
     if (retired)
@@ -155,7 +155,7 @@ int jwke_sealed_key_mark(const jwke_secret *secrets, size_t count, const char *t
     m.json[m.len++] = '}';
     rc = jwke_aesgcm_seal(secrets[0].data, secrets[0].len, (const unsigned char *)m.json, m.len, out, out_len, err);
     if (rc != 0)
-        jwke_fail_in(err, "ERR_KEY_ENCRYPT");
+        jwke_fail_in(err, JWKE_ERR_KEY_ENCRYPT);
 done:
     if (m.json)
         OPENSSL_clear_free(m.json, capacity);

@@ -301,7 +301,7 @@ static int generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke_err
 
 int jwke_swkey_generate(const jwke_alg *alg, int rsa_bits, jwke_swkey *out, jwke_error *err)
 {
-    return generate(alg, rsa_bits, out, err) == 0 ? 0 : jwke_fail_in(err, "ERR_KEY_GENERATE");
+    return generate(alg, rsa_bits, out, err) == 0 ? 0 : jwke_fail_in(err, JWKE_ERR_KEY_GENERATE);
 }
 
 /* ---- JWK import ------------------------------------------------------ */
@@ -588,7 +588,7 @@ static int read_pem(const char *pem, size_t pem_len, jwke_swkey *out, jwke_error
 
 int jwke_swkey_from_pem(const char *pem, size_t pem_len, jwke_swkey *out, jwke_error *err)
 {
-    return read_pem(pem, pem_len, out, err) == 0 ? 0 : jwke_fail_in(err, "ERR_KEY_IMPORT");
+    return read_pem(pem, pem_len, out, err) == 0 ? 0 : jwke_fail_in(err, JWKE_ERR_KEY_IMPORT);
 }
 
 /* ---- private export -------------------------------------------------- */
@@ -622,7 +622,7 @@ int jwke_swkey_private_members(const jwke_swkey *key, jwke_jwk_members *out, jwk
 {
     memset(out, 0, sizeof *out);
     if (!key->is_private)
-        return jwke_fail_code(err, "ERR_KEY_NOT_PRIVATE", "the key has no private half to export");
+        return jwke_fail_code(err, JWKE_ERR_KEY_NOT_PRIVATE, "the key has no private half to export");
     const EVP_PKEY *pkey = key->pkey;
     int ok = 0;
     switch (jwke_pkey_kind(pkey)) {

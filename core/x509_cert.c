@@ -130,16 +130,16 @@ static int add_part(char *part, X509_NAME *name, jwke_error *err)
     char *type = trimmed(part, equals ? equals : part + strlen(part));
     char *value = equals ? trimmed(equals + 1, equals + 1 + strlen(equals + 1)) : NULL;
     if (!equals || !*type || !*value)
-        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "subject part '%.64s' is not "
+        return jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT, "subject part '%.64s' is not "
                               "TYPE=VALUE (e.g. CN=issuer.example)", type);
     if (OBJ_txt2nid(type) == NID_undef)
-        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "subject attribute '%.32s' is "
+        return jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT, "subject attribute '%.32s' is "
                               "not one X.509 knows (CN, O, OU, C, L, ST, ...)", type);
     if (!X509_NAME_add_entry_by_txt(name, type, MBSTRING_UTF8, (const unsigned char *)value,
                                     -1, -1, 0)) {
         unsigned long reason = ERR_peek_last_error();
         ERR_clear_error();
-        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "subject attribute %.32s: the "
+        return jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT, "subject attribute %.32s: the "
                               "value '%.64s' is refused (%s)", type, value,
                               reason ? ERR_reason_error_string(reason) : "not valid UTF-8?");
     }
@@ -152,7 +152,7 @@ static int add_part(char *part, X509_NAME *name, jwke_error *err)
 static int parse_subject(const char *subject, X509_NAME *name, jwke_error *err)
 {
     if (subject[strspn(subject, " ")] == '\0')
-        return jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "the subject is empty "
+        return jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT, "the subject is empty "
                               "(e.g. CN=issuer.example)");
     size_t len = strlen(subject);
     char *copy = malloc(len + 1);
@@ -282,7 +282,7 @@ static X509 *draft(const EVP_PKEY *key, const char *subject, int days, const jwk
                    jwke_error *err)
 {
     if (days < 1 || days > 36500) {
-        jwke_fail_code(err, "ERR_INVALID_ARGUMENT", "a certificate is valid for 1 to 36500 "
+        jwke_fail_code(err, JWKE_ERR_INVALID_ARGUMENT, "a certificate is valid for 1 to 36500 "
                        "days, not %d", days);
         return NULL;
     }
@@ -367,7 +367,7 @@ int jwke_x509_self_signed(const EVP_PKEY *key, const jwke_alg *alg, const char *
                           jwke_error *err)
 {
     if (!alg)
-        return jwke_fail_code(err, "ERR_UNSUPPORTED_ALG", "no certificate signature for this key");
+        return jwke_fail_code(err, JWKE_ERR_UNSUPPORTED_ALG, "no certificate signature for this key");
     X509 *cert = draft(key, subject, days, alg, err);
     if (!cert)
         return jwke_fail_in(err, JWKE_ERR_CERTIFICATE_INVALID);

@@ -12,9 +12,6 @@
 #include "error.h"
 #include "jws.h" /* jwke_sign_fn */
 
-#define JWKE_ERR_CERTIFICATE_INVALID "ERR_CERTIFICATE_INVALID"
-#define JWKE_ERR_CERTIFICATE_MISMATCH "ERR_CERTIFICATE_MISMATCH"
-
 /* 0 when der is exactly one X.509 certificate (at most
  * JWKE_CERTIFICATE_MAX_LEN bytes) whose public key is `key`; else -1 with
  * ERR_CERTIFICATE_INVALID or ERR_CERTIFICATE_MISMATCH and a message naming

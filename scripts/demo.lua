@@ -2,6 +2,7 @@
 -- generates the startup sets when missing), publish the ID-token JWK Set,
 -- sign a JWT and verify it.
 local jwkengine = require("jwkengine")
+local E = require("jwkengine.errors").E
 
 local engine, err = jwkengine.open()
 if not engine then
@@ -36,7 +37,7 @@ local pipe = assert(io.popen("openssl genpkey -algorithm ed25519 2>/dev/null"))
 local imported = pipe:read("a")
 pipe:close()
 local jwk, err, code = engine:import("demo.imported", imported, { kid = "imported-1" })
-if not jwk and code ~= "ERR_CONFIG" then error(err) end
+if not jwk and code ~= E.ERR_CONFIG then error(err) end
 if jwk then
   local jws = assert(engine:sign("demo.imported", "signed by an imported software key"))
   local text = assert(engine:verify("demo.imported", jws))

@@ -4,6 +4,7 @@
 -- environment). Exit status: 0 done, 1 the operation failed, 2 usage error;
 -- every failure is one line on stderr.
 local jwkengine = require("jwkengine")
+local E = require("jwkengine.errors").E
 local json = jwkengine.jwk.encode -- JWKs as JWK tools print them: "/" unescaped
 local log = require("jwkengine.log")
 local util = require("jwkengine.util")
@@ -86,7 +87,7 @@ local commands = {}
 -- A read of a set the configuration names (startup_sets) but nobody has
 -- created yet says how to create it: reads never generate keys.
 local function die_reading(engine, set, err, code)
-  if code == "ERR_KEY_SET_NOT_FOUND" then
+  if code == E.ERR_KEY_SET_NOT_FOUND then
     for _, entry in ipairs(engine:configuration().startup_sets) do
       if entry.set == set then
         die(string.format("key set '%s' is configured (startup_sets) but not created yet: run "

@@ -48,16 +48,21 @@ function M.block()
   return table.concat(lines, "\n")
 end
 
-local readme_block = assert(loadfile("scripts/readme-block.lua"))()
+local marked_block = assert(loadfile("scripts/lib/marked_block.lua"))()
 
 -- text with its block rewritten, or nil, message when the markers are not
 -- there once each, in order.
 function M.rewrite(text)
-  return readme_block.rewrite(text, M.BEGIN, M.END, M.block())
+  return marked_block.replace(text, M.BEGIN, M.END, M.block())
 end
 
 -- loadfile("scripts/readme-config.lua")("module") returns M (the spec);
 -- run as a script, it rewrites the file.
-if ... ~= "module" then readme_block.main("readme-config.lua", ..., M.rewrite, "configuration table") end
+if ... ~= "module" then
+  local path = ... or "README.md"
+  if marked_block.rewrite_file("readme-config.lua", path, M.rewrite) then
+    print("readme-config.lua: " .. path .. ": configuration table rewritten")
+  end
+end
 
 return M

@@ -8,6 +8,10 @@
 -- for repeats).
 local M = {}
 
+-- beside this script when run as one; from the top of the tree for the spec
+local script = arg and arg[0] and arg[0]:match("readme%-toc%.lua$") and arg[0]
+local marked_block = dofile((script and (script:match("^(.*)/[^/]*$") or ".") or "scripts") .. "/lib/marked_block.lua")
+
 M.BEGIN = "<!-- toc: made by scripts/readme-toc.lua; rerun it after editing headings -->"
 M.END = "<!-- /toc -->"
 
@@ -47,16 +51,17 @@ function M.block(headings)
   return table.concat(lines, "\n")
 end
 
-local readme_block = assert(loadfile("scripts/readme-block.lua"))()
-
--- text with its block rewritten, or nil, message when the markers are not
--- there once each, in order.
 function M.rewrite(text)
-  return readme_block.rewrite(text, M.BEGIN, M.END, M.block(M.headings(text)))
+  return marked_block.replace(text, M.BEGIN, M.END, M.block(M.headings(text)))
 end
 
 -- loadfile("scripts/readme-toc.lua")("module") returns M (the spec);
 -- run as a script, it rewrites the file.
-if ... ~= "module" then readme_block.main("readme-toc.lua", ..., M.rewrite, "table of contents") end
+if ... ~= "module" then
+  local path = ... or "README.md"
+  if marked_block.rewrite_file("readme-toc.lua", path, M.rewrite) then
+    print("readme-toc.lua: " .. path .. ": table of contents rewritten")
+  end
+end
 
 return M

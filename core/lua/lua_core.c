@@ -54,7 +54,7 @@ int jwke_arg_refused(lua_State *L, const char *name, const char *why)
 {
     lua_pushnil(L);
     lua_pushfstring(L, "%s: %s", name, why);
-    lua_pushliteral(L, "ERR_INVALID_ARGUMENT");
+    lua_pushliteral(L, JWKE_ERR_INVALID_ARGUMENT);
     return JWKE_ARG_REFUSED;
 }
 
@@ -183,7 +183,7 @@ int jwke_push_signature(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sig
         return jwke_push_error(L, &err);
     size_t sig_len = sig_max;
     if (sig_max > sizeof sig) {
-        jwke_fail_code(&err, "ERR_JWS_SIGN", "a signature of %zu bytes is larger than supported",
+        jwke_fail_code(&err, JWKE_ERR_JWS_SIGN, "a signature of %zu bytes is larger than supported",
                        sig_max);
         return jwke_push_error(L, &err);
     }
@@ -220,7 +220,7 @@ static int l_b64url_decode(lua_State *L)
     long n = jwke_b64url_decode(in, len, out, room, pad, &why);
     if (n < 0) {
         jwke_error err;
-        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "invalid base64url: %s", why);
+        jwke_fail_code(&err, JWKE_ERR_INVALID_ARGUMENT, "invalid base64url: %s", why);
         return jwke_push_error(L, &err);
     }
     jwke_buffer_push(L, &b, (size_t)n);

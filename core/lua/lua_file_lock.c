@@ -29,7 +29,7 @@ static int l_try_lock_file(lua_State *L)
     jwke_error err;
     int fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
-        jwke_fail_code(&err, "ERR_STARTUP_LOCK", "cannot open the lock file %s: %s", path, strerror(errno));
+        jwke_fail_code(&err, JWKE_ERR_STARTUP_LOCK, "cannot open the lock file %s: %s", path, strerror(errno));
         return jwke_push_error(L, &err);
     }
     int rc;
@@ -42,7 +42,7 @@ static int l_try_lock_file(lua_State *L)
             lua_pushboolean(L, 0);
             return 1;
         }
-        jwke_fail_code(&err, "ERR_STARTUP_LOCK", "cannot lock %s: %s", path, strerror(why));
+        jwke_fail_code(&err, JWKE_ERR_STARTUP_LOCK, "cannot lock %s: %s", path, strerror(why));
         return jwke_push_error(L, &err);
     }
     file_lock *lock = lua_newuserdata(L, sizeof *lock);

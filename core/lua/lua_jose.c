@@ -36,7 +36,7 @@ static int l_json_check(lua_State *L)
     jwke_error err;
     if (jwke_json_check(text, len, require_object, depth, &err) != 0) {
         /* the text is the argument: its callers say what it was meant to be */
-        jwke_fail_in(&err, "ERR_INVALID_ARGUMENT");
+        jwke_fail_in(&err, JWKE_ERR_INVALID_ARGUMENT);
         return jwke_push_error(L, &err);
     }
     lua_pushboolean(L, 1);

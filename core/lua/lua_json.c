@@ -402,12 +402,12 @@ static int check_claim_types(lua_State *L, int idx, jwke_error *err)
                               : lua_typename(L, t);
         lua_pop(L, 1);
         if (kind == DATE_CLAIM)
-            return jwke_fail_code(err, "ERR_JWT_CLAIM_INVALID",
+            return jwke_fail_code(err, JWKE_ERR_JWT_CLAIM_INVALID,
                                   "claim '%s' must be a NumericDate (a finite number of seconds), got %s",
                                   names[i], got);
         if (kind == STRING_CLAIM)
-            return jwke_fail_code(err, "ERR_JWT_CLAIM_INVALID", "claim '%s' must be a string", names[i]);
-        return jwke_fail_code(err, "ERR_JWT_CLAIM_INVALID",
+            return jwke_fail_code(err, JWKE_ERR_JWT_CLAIM_INVALID, "claim '%s' must be a string", names[i]);
+        return jwke_fail_code(err, JWKE_ERR_JWT_CLAIM_INVALID,
                               "claim 'aud' must be a string or a non-empty list of strings");
     }
     return 0;
@@ -493,9 +493,9 @@ static int l_json_claims(lua_State *L)
         if (check_claim_types(L, 1, &err) != 0)
             return jwke_push_error(L, &err);
         if (!PATH_EMPTY(&b))
-            jwke_fail_code(&err, "ERR_JWT_CLAIMS", "claim '%s' %s", b.path + b.path_start, b.error);
+            jwke_fail_code(&err, JWKE_ERR_JWT_CLAIMS, "claim '%s' %s", b.path + b.path_start, b.error);
         else
-            jwke_fail_code(&err, "ERR_JWT_CLAIMS", "claims %s", b.error);
+            jwke_fail_code(&err, JWKE_ERR_JWT_CLAIMS, "claims %s", b.error);
         return jwke_push_error(L, &err);
     }
     lua_pushlstring(L, b.data, b.len);

@@ -52,7 +52,7 @@ static key_object *check_facts(lua_State *L, jwke_key_facts *facts)
 static int cannot(lua_State *L, const key_object *k, const char *what)
 {
     jwke_error err;
-    jwke_fail_code(&err, "ERR_KEY_USE", "this %s key cannot %s", k->holder->name, what);
+    jwke_fail_code(&err, JWKE_ERR_KEY_USE, "this %s key cannot %s", k->holder->name, what);
     return jwke_push_error(L, &err);
 }
 
@@ -215,7 +215,7 @@ static int l_set_sign(lua_State *L)
         return cannot(L, k, "be marked on the key itself (a stored key's mark is in its row)");
     jwke_error err;
     if (lua_type(L, 2) != LUA_TBOOLEAN) {
-        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "set_sign takes a boolean, got %s",
+        jwke_fail_code(&err, JWKE_ERR_INVALID_ARGUMENT, "set_sign takes a boolean, got %s",
                        luaL_typename(L, 2));
         return jwke_push_error(L, &err);
     }
@@ -262,7 +262,7 @@ static int l_self_signed_certificate(lua_State *L)
     key_object *k = check_facts(L, &f);
     jwke_error err;
     if (!f.is_private) {
-        jwke_fail_code(&err, "ERR_KEY_NOT_PRIVATE", "a public-only key cannot sign a certificate");
+        jwke_fail_code(&err, JWKE_ERR_KEY_NOT_PRIVATE, "a public-only key cannot sign a certificate");
         return jwke_push_error(L, &err);
     }
     /* fits: same kind and curve; a PSS key (maybe PSS-only) signs with PSS */

@@ -139,7 +139,7 @@ static int l_public_key(lua_State *L)
         rc = jwke_swkey_from_jwk(&m, &key, &err);
     jwke_jwk_members_clear(&m);
     if (rc != 0) {
-        jwke_fail_in(&err, "ERR_JWK_INVALID");
+        jwke_fail_in(&err, JWKE_ERR_JWK_INVALID);
         return jwke_push_error(L, &err);
     }
     jwke_push_public_key(L, key.public_pkey);
@@ -237,7 +237,7 @@ int jwke_push_self_signed(lua_State *L, const EVP_PKEY *pub, const jwke_alg *alg
     size_t der_len;
     jwke_error err;
     if (strlen(subject) != subject_len) { /* C would read only the part before the NUL */
-        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "the subject holds a NUL byte");
+        jwke_fail_code(&err, JWKE_ERR_INVALID_ARGUMENT, "the subject holds a NUL byte");
         return jwke_push_error(L, &err);
     }
     if (jwke_x509_self_signed(pub, alg, subject, days, sign, signer, &der, &der_len, &err) != 0)

@@ -79,7 +79,7 @@ static int l_import_jwk(lua_State *L)
         rc = jwke_swkey_from_jwk(&m, &k->key, &err);
     jwke_jwk_members_clear(&m);
     if (rc != 0)
-        jwke_fail_in(&err, "ERR_KEY_IMPORT");
+        jwke_fail_in(&err, JWKE_ERR_KEY_IMPORT);
     return push_result(L, rc, &err);
 }
 
@@ -220,7 +220,7 @@ static int l_sealed_key_mark(lua_State *L)
         return JWKE_ARG_REFUSED;
     jwke_error err;
     if (lua_type(L, 3) != LUA_TBOOLEAN) {
-        jwke_fail_code(&err, "ERR_INVALID_ARGUMENT", "sealed_key_mark takes a boolean, got %s",
+        jwke_fail_code(&err, JWKE_ERR_INVALID_ARGUMENT, "sealed_key_mark takes a boolean, got %s",
                        luaL_typename(L, 3));
         return jwke_push_error(L, &err);
     }
@@ -255,14 +255,14 @@ static int sw_signing(void *state, const jwke_alg **alg, size_t *sig_max, jwke_e
 {
     swkey_object *k = state;
     if (!k->key.pkey)
-        return jwke_fail_code(err, "ERR_JWS_SIGN", "the software key is empty or released");
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN, "the software key is empty or released");
     if (!*alg)
-        return jwke_fail_code(err, "ERR_JWS_SIGN", "a software key signs with the alg it is given: name one");
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN, "a software key signs with the alg it is given: name one");
     if (!k->key.is_private)
-        return jwke_fail_code(err, "ERR_JWS_SIGN", "the key is public only and cannot sign");
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN, "the key is public only and cannot sign");
     if (k->fits_alg != *alg) {
         if (jwke_pkey_fits_alg(k->key.pkey, *alg, JWKE_RSA_MIN_BITS, err) != 0)
-            return jwke_fail_in(err, "ERR_JWS_SIGN");
+            return jwke_fail_in(err, JWKE_ERR_JWS_SIGN);
         k->fits_alg = *alg;
         k->fits_sig_size = jwke_alg_signature_size(*alg, EVP_PKEY_get_bits(k->key.pkey));
     }

@@ -55,7 +55,7 @@ static token_object *open_token(lua_State *L)
         return t;
     lua_pushnil(L);
     lua_pushliteral(L, "the token session is closed");
-    lua_pushliteral(L, "ERR_CLOSED");
+    lua_pushliteral(L, JWKE_ERR_CLOSED);
     return NULL;
 }
 
@@ -441,7 +441,7 @@ static int hsm_signing(void *state, const jwke_alg **alg, size_t *sig_max, jwke_
 {
     hsm_key *k = state;
     if (!k->owner->token)
-        return jwke_fail_code(err, "ERR_JWS_SIGN", "the engine that loaded this key is closed");
+        return jwke_fail_code(err, JWKE_ERR_JWS_SIGN, "the engine that loaded this key is closed");
     return jwke_p11_key_signing(k->key, alg, sig_max, err);
 }
 
@@ -481,7 +481,7 @@ static int hsm_set_sign(void *state, int allowed, size_t *changed, jwke_error *e
 {
     hsm_key *k = state;
     if (!k->owner->token)
-        return jwke_fail_code(err, "ERR_CLOSED", "the engine that loaded this key is closed");
+        return jwke_fail_code(err, JWKE_ERR_CLOSED, "the engine that loaded this key is closed");
     return jwke_p11_key_set_sign(k->owner->token, k->key, allowed, changed, err);
 }
 

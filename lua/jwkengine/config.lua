@@ -5,6 +5,7 @@ local config_schema = require("jwkengine.config_schema")
 local settings = require("jwkengine.config_settings")
 local core = require("jwkengine.core")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -101,7 +102,7 @@ local function apply_hsm(cfg, source, origin, names, as_written)
     if kind == "string" and as_written then value = as_written[key] end
     local name = names and names[key] or ("hsm." .. tostring(key))
     if not kind then
-      return util.fail("ERR_CONFIG", "%s: unknown setting '%s' (known: %s)", origin, name,
+      return util.fail(E.ERR_CONFIG, "%s: unknown setting '%s' (known: %s)", origin, name,
         table.concat(util.sorted_keys(hsm_schema), ", "))
     end
     local parsed = coerce(kind, value)
@@ -110,11 +111,11 @@ local function apply_hsm(cfg, source, origin, names, as_written)
       local wanted = kind == "integer" and "a non-negative integer"
         or kind == "boolean" and "true or false (or 1 or 0)"
         or kind == "string" and "a string: quote it" or ("a " .. kind)
-      return util.fail("ERR_CONFIG", "%s: %s must be %s, got %s", origin, name, wanted, shown)
+      return util.fail(E.ERR_CONFIG, "%s: %s must be %s, got %s", origin, name, wanted, shown)
     end
     local setting = settings.section("hsm")[key]
     if (setting.min and parsed < setting.min) or (setting.max and parsed > setting.max) then
-      return util.fail("ERR_CONFIG", "%s: %s must be from %d to %d, got %d", origin, name, setting.min or 0,
+      return util.fail(E.ERR_CONFIG, "%s: %s must be from %d to %d, got %d", origin, name, setting.min or 0,
         setting.max, parsed)
     end
     cfg.hsm[key] = parsed
@@ -128,13 +129,13 @@ end
 -- rotation policy's seconds come from.
 local function normalize_startup_sets(value, origin, parsed)
   if type(value) ~= "table" then
-    return util.fail("ERR_CONFIG", "%s: startup_sets must be a list or a map", origin)
+    return util.fail(E.ERR_CONFIG, "%s: startup_sets must be a list or a map", origin)
   end
   local sets = {}
   if #value > 0 then
     for i, entry in ipairs(value) do
       if type(entry) ~= "table" or type(entry.set) ~= "string" then
-        return util.fail("ERR_CONFIG", "%s: startup_sets[%d] needs a string 'set': quote it", origin, i)
+        return util.fail(E.ERR_CONFIG, "%s: startup_sets[%d] needs a string 'set': quote it", origin, i)
       end
       local rotation = type(parsed) == "table" and type(parsed[i]) == "table" and parsed[i].rotation
       sets[#sets + 1] = { set = entry.set, alg = entry.alg or "RS256", rotation = rotation or entry.rotation }
@@ -146,7 +147,7 @@ local function normalize_startup_sets(value, origin, parsed)
   end
   for _, entry in ipairs(sets) do
     if type(entry.alg) ~= "string" then
-      return util.fail("ERR_CONFIG", "%s: the algorithm of startup set '%s' must be a string",
+      return util.fail(E.ERR_CONFIG, "%s: the algorithm of startup set '%s' must be a string",
         origin, entry.set)
     end
   end
@@ -156,13 +157,13 @@ end
 local function decode_file(path)
   local text, err = util.read_file(path)
   if not text then
-    return util.fail("ERR_CONFIG", "cannot read config file: %s", err)
+    return util.fail(E.ERR_CONFIG, "cannot read config file: %s", err)
   end
   if path:match("%.json$") or text:match("^%s*{") then
     local cjson = require("cjson.safe")
     local data, perr = cjson.decode(text)
     if type(data) ~= "table" then
-      return util.fail("ERR_CONFIG", "config file %s is not a JSON object: %s", path,
+      return util.fail(E.ERR_CONFIG, "config file %s is not a JSON object: %s", path,
         perr or "not an object")
     end
     return data
@@ -170,15 +171,15 @@ local function decode_file(path)
   local ok, lyaml = pcall(require, "lyaml")
   local implicit = ok and require("lyaml.implicit")
   if not ok then
-    return util.fail("ERR_CONFIG", "config file %s is YAML, which needs lyaml (Debian: lua-yaml)", path)
+    return util.fail(E.ERR_CONFIG, "config file %s is YAML, which needs lyaml (Debian: lua-yaml)", path)
   end
   local parsed_ok, data = pcall(lyaml.load, text)
   if not parsed_ok then
-    return util.fail("ERR_CONFIG", "config file %s is not valid YAML: %s", path, tostring(data))
+    return util.fail(E.ERR_CONFIG, "config file %s is not valid YAML: %s", path, tostring(data))
   end
   if data == nil then data = {} end
   if type(data) ~= "table" then
-    return util.fail("ERR_CONFIG", "config file %s must hold a mapping at the top", path)
+    return util.fail(E.ERR_CONFIG, "config file %s must hold a mapping at the top", path)
   end
   -- YAML makes numbers of unquoted text that looks like one (pin: 01234 is
   -- the octal 668, 0000 is 0, a 20-digit PIN loses digits) and booleans of
@@ -196,10 +197,10 @@ end
 -- type in the schema (a seconds setting: a non-negative number).
 local function check_value(setting, value, origin)
   if setting.type == "seconds" and (type(value) ~= "number" or value < 0 or value ~= value or value == math.huge) then
-    return util.fail("ERR_CONFIG", "%s: %s must be a non-negative number of seconds, got %s", origin, setting.name,
+    return util.fail(E.ERR_CONFIG, "%s: %s must be a non-negative number of seconds, got %s", origin, setting.name,
       type(value) == "number" and tostring(value) or type(value))
   elseif setting.type == "string" and (type(value) ~= "string" or value == "") then
-    return util.fail("ERR_CONFIG", "%s: %s must be a non-empty string, got %s", origin, setting.name, describe(value))
+    return util.fail(E.ERR_CONFIG, "%s: %s must be a non-empty string, got %s", origin, setting.name, describe(value))
   end
   return true
 end
@@ -212,7 +213,7 @@ local function apply_document(cfg, doc, origin, as_written)
   as_written = as_written or doc
   if doc.hsm ~= nil then
     if type(doc.hsm) ~= "table" then
-      return util.fail("ERR_CONFIG", "%s: hsm must be a mapping", origin)
+      return util.fail(E.ERR_CONFIG, "%s: hsm must be a mapping", origin)
     end
     local ok, err, code = apply_hsm(cfg, doc.hsm, origin, nil, as_written.hsm)
     if not ok then return nil, err, code end
@@ -225,20 +226,20 @@ local function apply_document(cfg, doc, origin, as_written)
   local dsn = as_written.dsn
   if dsn ~= nil then
     if type(dsn) ~= "string" then
-      return util.fail("ERR_CONFIG", "%s: dsn must be a string: quote it", origin)
+      return util.fail(E.ERR_CONFIG, "%s: dsn must be a string: quote it", origin)
     end
     cfg.dsn = dsn
   end
   local secrets = as_written.secrets
   if secrets ~= nil then
     if type(secrets) ~= "table" or (secrets.system ~= nil and type(secrets.system) ~= "table") then
-      return util.fail("ERR_CONFIG", "%s: secrets.system must be a list of strings", origin)
+      return util.fail(E.ERR_CONFIG, "%s: secrets.system must be a list of strings", origin)
     end
     if secrets.system ~= nil then cfg.secrets.system = secrets.system end
   end
   for _, section in ipairs({ "store", "publication", "tokens" }) do
     if doc[section] ~= nil and type(doc[section]) ~= "table" then
-      return util.fail("ERR_CONFIG", "%s: %s must be a mapping", origin, section)
+      return util.fail(E.ERR_CONFIG, "%s: %s must be a mapping", origin, section)
     end
     for key, value in pairs(doc[section] or {}) do
       local ok, err, code = check_value(settings.section(section)[key], value, origin)
@@ -257,10 +258,10 @@ end
 local function check_secrets(secrets, origin)
   for i, secret in ipairs(secrets) do
     if type(secret) ~= "string" then
-      return util.fail("ERR_CONFIG", "%s: secret #%d must be a string: quote it", origin, i)
+      return util.fail(E.ERR_CONFIG, "%s: secret #%d must be a string: quote it", origin, i)
     end
     if #secret < M.MIN_SECRET_LENGTH then
-      return util.fail("ERR_CONFIG", "%s: secret #%d is shorter than %d characters", origin, i,
+      return util.fail(E.ERR_CONFIG, "%s: secret #%d is shorter than %d characters", origin, i,
         M.MIN_SECRET_LENGTH)
     end
   end
@@ -286,7 +287,7 @@ function M.apply_uri(hsm)
       local explicit = hsm[key]
       if key == "pin" then explicit = explicit or hsm.pin_env end
       if explicit ~= nil then
-        return util.fail("ERR_CONFIG", "hsm.uri and hsm.%s both set the %s: use one of them", key,
+        return util.fail(E.ERR_CONFIG, "hsm.uri and hsm.%s both set the %s: use one of them", key,
           key == "pin" and "PIN" or key:gsub("_", " "))
       end
       if key == "pin" then
@@ -305,10 +306,10 @@ end
 local function check_pin_settings(hsm)
   if not hsm.enabled then return true end
   if hsm.pin == "" then
-    return util.fail("ERR_CONFIG", "HSM_PIN (hsm.pin) is set but empty")
+    return util.fail(E.ERR_CONFIG, "HSM_PIN (hsm.pin) is set but empty")
   end
   if hsm.pin_file == "" then
-    return util.fail("ERR_CONFIG", "HSM_PIN_FILE (hsm.pin_file) is set but empty")
+    return util.fail(E.ERR_CONFIG, "HSM_PIN_FILE (hsm.pin_file) is set but empty")
   end
   return true
 end
@@ -331,16 +332,16 @@ end
 -- loading the PKCS#11 module.
 function M.check_hsm(hsm)
   if not hsm.library or hsm.library == "" then
-    return util.fail("ERR_CONFIG", "the HSM is enabled but HSM_LIBRARY (hsm.library) is not set")
+    return util.fail(E.ERR_CONFIG, "the HSM is enabled but HSM_LIBRARY (hsm.library) is not set")
   end
   local file, err = io.open(hsm.library, "rb")
   if not file then
     local reason = err:sub(1, #hsm.library + 2) == hsm.library .. ": " and err:sub(#hsm.library + 3) or err
-    return util.fail("ERR_CONFIG", "PKCS#11 module '%s' cannot be read: %s", hsm.library, reason)
+    return util.fail(E.ERR_CONFIG, "PKCS#11 module '%s' cannot be read: %s", hsm.library, reason)
   end
   file:close()
   local pin_problem = M.pin_problem(hsm)
-  if pin_problem then return util.fail("ERR_CONFIG", "%s", pin_problem) end
+  if pin_problem then return util.fail(E.ERR_CONFIG, "%s", pin_problem) end
   return true
 end
 
@@ -356,11 +357,11 @@ function M.check_stores(cfg, options)
   local software = #cfg.secrets.system > 0
   local driver = options and options.store_driver
   if not software and (cfg.dsn or driver) then
-    return util.fail("ERR_CONFIG", "%s but SECRETS_SYSTEM (secrets.system) is not set",
+    return util.fail(E.ERR_CONFIG, "%s but SECRETS_SYSTEM (secrets.system) is not set",
       driver and "a store_driver is given" or "a DSN is configured")
   end
   if not cfg.hsm.enabled and not software then
-    return util.fail("ERR_CONFIG",
+    return util.fail(E.ERR_CONFIG,
       "no key store is enabled: set HSM_ENABLED=true for the HSM and/or SECRETS_SYSTEM for the software store")
   end
   return true
@@ -445,7 +446,7 @@ function M.load(options)
   -- the one check between two settings: after every layer, as each may set either
   for key, setting in pairs(settings.section("hsm")) do
     if setting.at_least and cfg.hsm[key] < cfg.hsm[setting.at_least] then
-      return util.fail("ERR_CONFIG", "hsm.%s (%d) must be at least hsm.%s (%d)", key, cfg.hsm[key],
+      return util.fail(E.ERR_CONFIG, "hsm.%s (%d) must be at least hsm.%s (%d)", key, cfg.hsm[key],
         setting.at_least, cfg.hsm[setting.at_least])
     end
   end

@@ -9,6 +9,7 @@
 local policy = require("jwkengine.lifecycle.policy")
 local settings = require("jwkengine.config_settings")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -61,18 +62,18 @@ end
 
 local function unknown(origin, path, key, known)
   local suggestion = type(key) == "string" and closest(key, known)
-  return util.fail("ERR_CONFIG", "%s: unknown setting '%s%s'%s", origin, path, tostring(key),
+  return util.fail(E.ERR_CONFIG, "%s: unknown setting '%s%s'%s", origin, path, tostring(key),
     suggestion and string.format(" (did you mean '%s%s'?)", path, suggestion) or "")
 end
 
 -- A mapping: a table whose keys are all strings ({} counts).
 local function check_mapping(value, origin, name)
   if type(value) ~= "table" then
-    return util.fail("ERR_CONFIG", "%s: %s must be a mapping (key: value), got %s", origin, name, type(value))
+    return util.fail(E.ERR_CONFIG, "%s: %s must be a mapping (key: value), got %s", origin, name, type(value))
   end
   for key in pairs(value) do
     if type(key) ~= "string" then
-      return util.fail("ERR_CONFIG", "%s: %s must be a mapping (key: value), not a list", origin, name)
+      return util.fail(E.ERR_CONFIG, "%s: %s must be a mapping (key: value), not a list", origin, name)
     end
   end
   return true

@@ -14,13 +14,14 @@
 -- every software set is asked of the HSM first, and a token search per
 -- signature would cost more than the signature.
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 local Manager = {}
 Manager.__index = Manager
 
 local function not_found(code)
-  return code == "ERR_KEY_SET_NOT_FOUND" or code == "ERR_KEY_NOT_FOUND"
+  return code == E.ERR_KEY_SET_NOT_FOUND or code == E.ERR_KEY_NOT_FOUND
 end
 
 -- options.negative_ttl: seconds the HSM's "not found" is trusted (30);
@@ -45,7 +46,7 @@ end
 
 -- Passes an HSM answer through, remembering a "set not found".
 function Manager:remember(set, a, b, c)
-  if a == nil and c == "ERR_KEY_SET_NOT_FOUND" then
+  if a == nil and c == E.ERR_KEY_SET_NOT_FOUND then
     self.missing[set] = { expires = self.now() + self.negative_ttl, message = b }
   end
   return a, b, c
@@ -55,7 +56,7 @@ end
 -- lacks the whole set while the HSM has it (and only lacks the kid): "key
 -- set not found" would name a set that exists.
 local function after_miss(hsm_err, hsm_code, a, b, c)
-  if a == nil and c == "ERR_KEY_SET_NOT_FOUND" and hsm_code == "ERR_KEY_NOT_FOUND" then
+  if a == nil and c == E.ERR_KEY_SET_NOT_FOUND and hsm_code == E.ERR_KEY_NOT_FOUND then
     return nil, hsm_err, hsm_code
   end
   return a, b, c
@@ -74,11 +75,11 @@ function Manager:lookup(method, set, ...)
       if a ~= nil or not not_found(c) or not software then return a, b, c end
       hsm_err, hsm_code = b, c
     elseif not software then
-      return nil, missing.message, "ERR_KEY_SET_NOT_FOUND"
+      return nil, missing.message, E.ERR_KEY_SET_NOT_FOUND
     end
   end
   if software then return after_miss(hsm_err, hsm_code, software[method](software, set, ...)) end
-  return util.fail("ERR_CONFIG", "no key store is configured")
+  return util.fail(E.ERR_CONFIG, "no key store is configured")
 end
 
 function Manager:key_set(set) return self:lookup("key_set", set) end
@@ -118,7 +119,7 @@ function Manager:sign(set, payload, options)
       if not software or not not_found(code) then return sign_failed(self, err, code) end
       hsm_err, hsm_code = err, code
     elseif not software then
-      return sign_failed(self, missing.message, "ERR_KEY_SET_NOT_FOUND")
+      return sign_failed(self, missing.message, E.ERR_KEY_SET_NOT_FOUND)
     end
     if self.metrics then self.metrics:fell_back(set) end
   end
@@ -140,11 +141,11 @@ end
 -- engine has neither side.
 function Manager:holder(set)
   local hsm, software = self.hsm, self.software
-  if not hsm and not software then return util.fail("ERR_CLOSED", "the engine is closed") end
+  if not hsm and not software then return util.fail(E.ERR_CLOSED, "the engine is closed") end
   if hsm then
     local entry, err, code = hsm:load(set, true)
     if entry then return hsm, entry end
-    if code ~= "ERR_KEY_SET_NOT_FOUND" or not software then return nil, err, code end
+    if code ~= E.ERR_KEY_SET_NOT_FOUND or not software then return nil, err, code end
   end
   local entry, err, code = software:load(set, true)
   if not entry then return nil, err, code end
@@ -176,7 +177,7 @@ end
 
 function Manager:software_store()
   if not self.software then
-    return util.fail("ERR_CONFIG",
+    return util.fail(E.ERR_CONFIG,
       "adding or updating keys needs the software store: set SECRETS_SYSTEM (secrets.system)")
   end
   return self.software
@@ -202,7 +203,7 @@ end
 
 -- The HSM's pool and recovery counters.
 function Manager:stats()
-  if not self.hsm then return util.fail("ERR_CONFIG", "the HSM is not enabled: there are no HSM stats") end
+  if not self.hsm then return util.fail(E.ERR_CONFIG, "the HSM is not enabled: there are no HSM stats") end
   return self.hsm:stats()
 end
 

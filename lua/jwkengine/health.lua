@@ -6,6 +6,7 @@
 -- nginx integration does): each call signs once per set.
 local clock = require("jwkengine.metrics").clock
 local jws = require("jwkengine.jws")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -13,11 +14,11 @@ M.PROBE_PAYLOAD = "jwkengine health probe"
 
 -- The failing part, named for an operator, of a failure code.
 local function part_of(code)
-  if code == "ERR_LOGIN_REFUSED" or (type(code) == "string" and code:find("^CKR_PIN")) or
+  if code == E.ERR_LOGIN_REFUSED or (type(code) == "string" and code:find("^CKR_PIN")) or
       code == "CKR_USER_NOT_LOGGED_IN" then
     return "login refused"
   end
-  if code == "CKR_TOKEN_NOT_PRESENT" or code == "CKR_DEVICE_REMOVED" or code == "ERR_TOKEN_NOT_FOUND" then
+  if code == "CKR_TOKEN_NOT_PRESENT" or code == "CKR_DEVICE_REMOVED" or code == E.ERR_TOKEN_NOT_FOUND then
     return "token not present"
   end
   return nil

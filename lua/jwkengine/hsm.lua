@@ -13,6 +13,7 @@ local keyset = require("jwkengine.keyset")
 local key_rules = require("jwkengine.key_rules")
 local slots = require("jwkengine.slots")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 -- key_set, key, signing_key, verification_keys and reload come from the
@@ -59,7 +60,7 @@ local function unavailable(hsm_config, cause)
   open_backoff_ms[hsm_config.library] = backoff
   local wait = jittered(backoff)
   return nil, string.format("HSM unavailable: %s; next attempt in %d ms", cause, wait),
-    "ERR_HSM_UNAVAILABLE", wait / 1000
+    E.ERR_HSM_UNAVAILABLE, wait / 1000
 end
 
 -- Opens the token the configuration names and logs in.
@@ -195,7 +196,7 @@ function Manager:load(set, refresh)
   if #keys == 0 then
     self.sets[set] = nil
     if self.states then self.states:forget(set) end -- gone: a set made again starts afresh
-    return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
+    return util.fail(E.ERR_KEY_SET_NOT_FOUND, "key set '%s' not found in the HSM", set)
   end
   entry = { keys = {} }
   for i, object in ipairs(keys) do
@@ -280,7 +281,7 @@ end
 function Manager:generate(set, alg, options)
   options = options or {}
   if not key_rules.generates("hsm", alg) then
-    return util.fail("ERR_UNSUPPORTED_ALG", "the HSM cannot generate keys for algorithm '%s' (%s)",
+    return util.fail(E.ERR_UNSUPPORTED_ALG, "the HSM cannot generate keys for algorithm '%s' (%s)",
       tostring(alg), key_rules.generated_list("hsm"))
   end
   local use = options.use or "sig"
@@ -288,7 +289,7 @@ function Manager:generate(set, alg, options)
   if not usable then return nil, uerr, ucode end
   -- a key the engine would then refuse to load is never made
   if core.alg_info(alg).kty == "RSA" and options.rsa_bits and options.rsa_bits < self.min_rsa_bits then
-    return util.fail("ERR_INVALID_ARGUMENT", "an RSA key of %d bits is below hsm.min_rsa_bits (%d)",
+    return util.fail(E.ERR_INVALID_ARGUMENT, "an RSA key of %d bits is below hsm.min_rsa_bits (%d)",
       options.rsa_bits, self.min_rsa_bits)
   end
   local hash = options.thumbprint_kid
@@ -298,7 +299,7 @@ function Manager:generate(set, alg, options)
     local jwk, err, code = self:pair_jwk(set, kid)
     if jwk == nil and err then return nil, err, code end
     if jwk then
-      return util.fail("ERR_KEY_EXISTS", "key '%s' already exists in HSM key set '%s'", kid, set)
+      return util.fail(E.ERR_KEY_EXISTS, "key '%s' already exists in HSM key set '%s'", kid, set)
     end
     return true
   end
@@ -340,9 +341,9 @@ function Manager:delete(set, kid)
   if not kid and self.states then self.states:forget(set) end
   if destroyed == 0 then
     if kid then
-      return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
+      return util.fail(E.ERR_KEY_NOT_FOUND, "key '%s' not found in HSM key set '%s'", kid, set)
     end
-    return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found in the HSM", set)
+    return util.fail(E.ERR_KEY_SET_NOT_FOUND, "key set '%s' not found in the HSM", set)
   end
   return true
 end
@@ -356,7 +357,7 @@ function Manager:mark_retired(set, kid, retired)
   local key, err, code = self:key_entry(set, kid)
   if not key then return nil, err, code end
   if key.use ~= "sig" then
-    return util.fail("ERR_KEY_USE", "key '%s' of HSM key set '%s' is an encryption key: it has no "
+    return util.fail(E.ERR_KEY_USE, "key '%s' of HSM key set '%s' is an encryption key: it has no "
       .. "signing state to mark", kid, set)
   end
   local changed
@@ -364,11 +365,11 @@ function Manager:mark_retired(set, kid, retired)
   self:forget(set)
   if not changed then
     err = string.format("key set '%s' key '%s': %s", set, kid, err)
-    if code == "ERR_KEY_MARK_REFUSED" then self.log("warn", err) end
+    if code == E.ERR_KEY_MARK_REFUSED then self.log("warn", err) end
     return nil, err, code
   end
   if changed == 0 then
-    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in HSM key set '%s'", kid, set)
+    return util.fail(E.ERR_KEY_NOT_FOUND, "key '%s' not found in HSM key set '%s'", kid, set)
   end
   return true
 end
@@ -386,7 +387,7 @@ function Manager:sign(set, payload, options)
   -- process retired it on the token (CKA_SIGN false, rotate --now) since
   -- this one loaded the set. Read the set again and sign once more; only
   -- on that failure, so signing costs nothing more.
-  if code == "ERR_KEY_STATE" and keyset.signing_key(entry, set, options and options.kid, "HSM") then
+  if code == E.ERR_KEY_STATE and keyset.signing_key(entry, set, options and options.kid, "HSM") then
     entry = self:load(set, true)
     if entry then jws, err, code = keyset.sign(entry, set, payload, options, "HSM", self.metrics) end
   end
@@ -398,7 +399,7 @@ end
 -- Keys cannot be added to an HSM from outside (Hydra's rule): adding and
 -- updating go to the software store.
 function Manager:import()
-  return util.fail("ERR_HSM_IMPORT_UNSUPPORTED",
+  return util.fail(E.ERR_HSM_IMPORT_UNSUPPORTED,
     "the HSM does not accept imported keys: adding and updating keys go to the software store")
 end
 
@@ -406,7 +407,7 @@ end
 function Manager:generate_if_missing(set, alg)
   local entry, err, code = self:load(set)
   if entry then return "exists" end
-  if code ~= "ERR_KEY_SET_NOT_FOUND" then return nil, err, code end
+  if code ~= E.ERR_KEY_SET_NOT_FOUND then return nil, err, code end
   local jwk
   jwk, err, code = self:generate(set, alg, { use = "sig" })
   if not jwk then return nil, err, code end

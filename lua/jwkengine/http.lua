@@ -5,6 +5,7 @@
 -- loops, never with patterns that can backtrack, so a request costs time
 -- linear in its size. Written for LuaJIT / Lua 5.1 as well as Lua 5.4.
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -47,22 +48,22 @@ end
 -- trying again may help (the token or the store), 500 otherwise.
 local STATUS = {
   -- the request itself (the handlers' own checks)
-  ERR_HTTP_METHOD = { 405, "invalid_request" },
-  ERR_HTTP_MEDIA_TYPE = { 415, "invalid_request" },
-  ERR_HTTP_BODY_TOO_LARGE = { 413, "invalid_request" },
-  ERR_HTTP_BODY_INVALID = { 400, "invalid_request" },
+  [E.ERR_HTTP_METHOD] = { 405, "invalid_request" },
+  [E.ERR_HTTP_MEDIA_TYPE] = { 415, "invalid_request" },
+  [E.ERR_HTTP_BODY_TOO_LARGE] = { 413, "invalid_request" },
+  [E.ERR_HTTP_BODY_INVALID] = { 400, "invalid_request" },
   -- the claims it asked for (jwkengine.errors)
-  ERR_JWT_CLAIMS = { 400, "invalid_request" },
-  ERR_JWT_CLAIM_INVALID = { 400, "invalid_request" },
+  [E.ERR_JWT_CLAIMS] = { 400, "invalid_request" },
+  [E.ERR_JWT_CLAIM_INVALID] = { 400, "invalid_request" },
   -- the engine
-  ERR_THREAD = { 503, "temporarily_unavailable" },
-  ERR_HSM_UNAVAILABLE = { 503, "temporarily_unavailable" },
-  ERR_OVERLOADED = { 503, "temporarily_unavailable" },
-  ERR_STORE = { 503, "temporarily_unavailable" },
-  ERR_KEY_STATES_CORRUPT = { 503, "temporarily_unavailable" },
+  [E.ERR_THREAD] = { 503, "temporarily_unavailable" },
+  [E.ERR_HSM_UNAVAILABLE] = { 503, "temporarily_unavailable" },
+  [E.ERR_OVERLOADED] = { 503, "temporarily_unavailable" },
+  [E.ERR_STORE] = { 503, "temporarily_unavailable" },
+  [E.ERR_KEY_STATES_CORRUPT] = { 503, "temporarily_unavailable" },
   -- the set's signer is refused until an operator acts (several keys and
   -- no record of which signs) or another process just retired it
-  ERR_KEY_STATE = { 503, "temporarily_unavailable" },
+  [E.ERR_KEY_STATE] = { 503, "temporarily_unavailable" },
 }
 local TOKEN_FAILURE = { 503, "temporarily_unavailable" } -- every CKR_* code
 local ENGINE_FAILURE = { 500, "server_error" }

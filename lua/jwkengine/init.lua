@@ -27,6 +27,7 @@ local software = require("jwkengine.software")
 local startup = require("jwkengine.startup")
 local store = require("jwkengine.store")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 -- What hosts (nginx, the CLI, an application) may use: these names and
 -- the engine's methods, as the README's Lua API lists them (facade_spec
@@ -121,7 +122,7 @@ local function check_sign_options(options)
   if alg ~= nil then
     if type(alg) ~= "string" then error("options.alg must be a string, got " .. type(alg), 3) end
     if not core.alg_info(alg) then
-      return util.fail("ERR_UNSUPPORTED_ALG", "cannot sign with algorithm '%s'", jwk.shown(alg))
+      return util.fail(E.ERR_UNSUPPORTED_ALG, "cannot sign with algorithm '%s'", jwk.shown(alg))
     end
   end
   return true
@@ -437,7 +438,7 @@ function Engine:delete(set, kid, options)
   if options ~= nil and type(options) ~= "table" then error("options must be a table { force = true }", 2) end
   if kid ~= nil and not (options and options.force) and check_names(set, kid, "kid") then
     local ok, err, code = lifecycle_writes.check_delete(lifecycle_of(self), set, kid)
-    if not ok and code ~= "ERR_KEY_SET_NOT_FOUND" then return nil, err, code end
+    if not ok and code ~= E.ERR_KEY_SET_NOT_FOUND then return nil, err, code end
   end
   return delete(self, set, kid)
 end
@@ -464,7 +465,7 @@ local function encode_claims_fast(claims, lifetime)
   end
   local payload, err, code = core.json_claims(claims, iat, exp)
   if payload then return payload end
-  if code == "ERR_JWT_CLAIM_INVALID" then return nil, err, code end
+  if code == E.ERR_JWT_CLAIM_INVALID then return nil, err, code end
   return util.fail(code, "claims cannot be encoded: %s", err)
 end
 
@@ -575,7 +576,7 @@ end
 -- What every call on a closed engine answers: a clear error rather than
 -- "attempt to index a nil value".
 local CLOSED_KEYS = setmetatable({}, { __index = function()
-  return function() return util.fail("ERR_CLOSED", "the engine is closed") end
+  return function() return util.fail(E.ERR_CLOSED, "the engine is closed") end
 end })
 
 function Engine:close()

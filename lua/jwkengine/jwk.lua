@@ -9,6 +9,7 @@
 local core = require("jwkengine.core")
 local cjson = require("cjson.safe").new()
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -150,20 +151,20 @@ function M.parse_set(jwks, options)
   if type(jwks) == "string" then
     local max = options.max_size or M.DEFAULT_MAX_SET_SIZE
     if #jwks > max then
-      return util.fail("ERR_JWKS_INVALID", "JWK Set of %d bytes is larger than the limit of %d bytes",
+      return util.fail(E.ERR_JWKS_INVALID, "JWK Set of %d bytes is larger than the limit of %d bytes",
         #jwks, max)
     end
     local decoded, err = M.decode_json(jwks)
-    if not decoded then return util.fail("ERR_JWKS_INVALID", "JWK Set is not valid JSON: %s", err) end
+    if not decoded then return util.fail(E.ERR_JWKS_INVALID, "JWK Set is not valid JSON: %s", err) end
     jwks = decoded
   elseif type(jwks) ~= "table" then
     error("a JWK Set must be JSON text or a table, got " .. type(jwks), 2)
   end
   if not M.is_object(jwks) or jwks.keys == nil then
-    return util.fail("ERR_JWKS_INVALID", "JWK Set has no 'keys' member")
+    return util.fail(E.ERR_JWKS_INVALID, "JWK Set has no 'keys' member")
   end
   if not M.is_array(jwks.keys) then
-    return util.fail("ERR_JWKS_INVALID", "JWK Set member 'keys' is not an array")
+    return util.fail(E.ERR_JWKS_INVALID, "JWK Set member 'keys' is not an array")
   end
   local candidates, unusable = {}, {}
   for i, jwk in ipairs(jwks.keys) do
@@ -174,7 +175,7 @@ function M.parse_set(jwks, options)
     else
       local kid = type(jwk) == "table" and type(jwk.kid) == "string" and jwk.kid or nil
       if options.strict then
-        return util.fail("ERR_JWKS_INVALID", "JWK Set key %s %s", M.label(kid, i), reason)
+        return util.fail(E.ERR_JWKS_INVALID, "JWK Set key %s %s", M.label(kid, i), reason)
       end
       unusable[#unusable + 1] = { index = i, kid = kid, reason = reason }
     end
@@ -252,10 +253,10 @@ function M.selection_failure(candidates, kid, alg, count, reasons, min_rsa_bits)
     else
       detail = "the key set has no key with this kid"
     end
-    return util.fail("ERR_JWKS_NO_MATCHING_KEY", "no key matches the JWS (%s): %s", token, detail)
+    return util.fail(E.ERR_JWKS_NO_MATCHING_KEY, "no key matches the JWS (%s): %s", token, detail)
   end
   if kid then
-    return util.fail("ERR_JWKS_MULTIPLE_MATCHING_KEYS",
+    return util.fail(E.ERR_JWKS_MULTIPLE_MATCHING_KEYS,
       "%d keys match the JWS (%s): the key set has several keys with this kid", count, token)
   end
   local names = {}
@@ -265,7 +266,7 @@ function M.selection_failure(candidates, kid, alg, count, reasons, min_rsa_bits)
       names[#names + 1] = M.label(c.kid, c.index or i)
     end
   end
-  return util.fail("ERR_JWKS_MULTIPLE_MATCHING_KEYS",
+  return util.fail(E.ERR_JWKS_MULTIPLE_MATCHING_KEYS,
     "%d keys match the JWS (%s): %s; a kid is needed to pick one", count, token,
     table.concat(names, ", "))
 end
@@ -300,7 +301,7 @@ local function public_members(key)
   end
   if type(key) == "string" then
     local jwk, err = M.decode_json(key)
-    if not jwk then return util.fail("ERR_JWK_INVALID", "JWK is not valid JSON: %s", err) end
+    if not jwk then return util.fail(E.ERR_JWK_INVALID, "JWK is not valid JSON: %s", err) end
     return jwk
   end
   if type(key) ~= "table" then
@@ -317,7 +318,7 @@ function M.thumbprint_input(key)
   local jwk, err, code = public_members(key)
   if not jwk then return nil, err, code end
   if jwk.kty == "oct" then
-    return util.fail("ERR_JWK_INVALID", "symmetric keys (kty 'oct') are not supported")
+    return util.fail(E.ERR_JWK_INVALID, "symmetric keys (kty 'oct') are not supported")
   end
   local public
   public, err, code = core.public_key(jwk)

@@ -19,6 +19,7 @@ local cjson = require("cjson.safe").new()
 local jwk = require("jwkengine.jwk")
 local key_rules = require("jwkengine.key_rules")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -73,7 +74,7 @@ end
 --   options: max_token_size, max_header_size
 function M.parse(token, options)
   if type(token) ~= "string" then
-    return util.fail("ERR_JWS_INVALID", "JWS must be a string, got %s", type(token))
+    return util.fail(E.ERR_JWS_INVALID, "JWS must be a string, got %s", type(token))
   end
   local header_json, payload, signature, input_len = core.jws_decode(token,
     limit(options, "max_token_size", M.DEFAULT_MAX_TOKEN_SIZE),
@@ -82,7 +83,7 @@ function M.parse(token, options)
   if not header_json then return nil, payload, signature end
   -- core.jws_decode has already put the header through the strict check
   local header, err = cjson.decode(header_json)
-  if type(header) ~= "table" then return util.fail("ERR_JWS_INVALID", "JWS header: %s", tostring(err)) end
+  if type(header) ~= "table" then return util.fail(E.ERR_JWS_INVALID, "JWS header: %s", tostring(err)) end
   return {
     header = header,
     header_json = header_json,
@@ -108,7 +109,7 @@ local function check_header(header, understood)
       -- [] and {} decode alike: an empty table passes as an array (an
       -- empty crit is refused below)
       if got ~= expected and not (expected == "array" and got == "object" and next(value) == nil) then
-        return util.fail("ERR_JWS_INVALID", "JWS header member '%s' must be %s %s, got %s", name,
+        return util.fail(E.ERR_JWS_INVALID, "JWS header member '%s' must be %s %s, got %s", name,
           (expected == "array" or expected == "object") and "an" or "a", expected, got)
       end
     end
@@ -117,36 +118,36 @@ local function check_header(header, understood)
   local crit = header.crit
   if crit ~= nil then
     if #crit == 0 then
-      return util.fail("ERR_JWS_INVALID", "JWS header member 'crit' must not be empty (RFC 7515 section 4.1.11)")
+      return util.fail(E.ERR_JWS_INVALID, "JWS header member 'crit' must not be empty (RFC 7515 section 4.1.11)")
     end
     local seen = {}
     for _, name in ipairs(crit) do
       if type(name) ~= "string" then
-        return util.fail("ERR_JWS_INVALID", "JWS header member 'crit' must list strings")
+        return util.fail(E.ERR_JWS_INVALID, "JWS header member 'crit' must list strings")
       end
       if seen[name] then
-        return util.fail("ERR_JWS_INVALID", "JWS header member 'crit' lists '%s' twice", jwk.shown(name))
+        return util.fail(E.ERR_JWS_INVALID, "JWS header member 'crit' lists '%s' twice", jwk.shown(name))
       end
       seen[name] = true
       -- b64 is the one registered name crit may carry (RFC 7797 section 6)
       if REGISTERED[name] and name ~= "b64" then
-        return util.fail("ERR_JWS_INVALID",
+        return util.fail(E.ERR_JWS_INVALID,
           "JWS header member 'crit' lists '%s', which is defined by RFC 7515/7518 and must not be listed",
           name)
       end
       if header[name] == nil then
-        return util.fail("ERR_JWS_INVALID",
+        return util.fail(E.ERR_JWS_INVALID,
           "critical header parameter '%s' is not in the protected header", jwk.shown(name))
       end
       if name ~= "b64" and not understood[name] then
-        return util.fail("ERR_JWS_CRIT_UNSUPPORTED",
+        return util.fail(E.ERR_JWS_CRIT_UNSUPPORTED,
           "JWS header lists critical extension '%s', which is not understood", jwk.shown(name))
       end
     end
   end
 
   if header.b64 ~= nil and header.b64 ~= true then
-    return util.fail("ERR_JWS_B64_UNSUPPORTED",
+    return util.fail(E.ERR_JWS_B64_UNSUPPORTED,
       "JWS header has b64: false (unencoded payload, RFC 7797), which is not supported")
   end
   return true
@@ -226,7 +227,7 @@ function M.candidates(keys, options)
   if keys.keys ~= nil then return jwk.parse_set(keys, options) end
   if keys.kty ~= nil then
     local candidate, reason = jwk.parse_key(keys, options)
-    if not candidate then return util.fail("ERR_JWK_INVALID", "JWK %s", reason) end
+    if not candidate then return util.fail(E.ERR_JWK_INVALID, "JWK %s", reason) end
     return { candidate }
   end
   if candidates_memo[keys] then return keys end
@@ -250,7 +251,7 @@ local function check_signature_size(alg, public_key, signature)
   if info.scheme == "ECDSA" and signature:byte(1) == 0x30 then
     hint = " (it looks DER-encoded; a JWS carries raw R || S)"
   end
-  return util.fail("ERR_JWS_SIGNATURE_INVALID", "%s signature must be %d bytes, got %d%s", alg,
+  return util.fail(E.ERR_JWS_SIGNATURE_INVALID, "%s signature must be %d bytes, got %d%s", alg,
     expected, #signature, hint)
 end
 
@@ -271,19 +272,19 @@ function M.verify(token, keys, options)
   local header = jws.header
 
   local alg = header.alg
-  if alg == nil then return util.fail("ERR_JWS_INVALID", "JWS header has no 'alg'") end
+  if alg == nil then return util.fail(E.ERR_JWS_INVALID, "JWS header has no 'alg'") end
   if type(alg) ~= "string" then
-    return util.fail("ERR_JWS_INVALID", "JWS header member 'alg' must be a string")
+    return util.fail(E.ERR_JWS_INVALID, "JWS header member 'alg' must be a string")
   end
   if alg:upper() == "NONE" then
-    return util.fail("ERR_JOSE_ALG_NOT_ALLOWED", "algorithm 'none' is never accepted")
+    return util.fail(E.ERR_JOSE_ALG_NOT_ALLOWED, "algorithm 'none' is never accepted")
   end
   if alg:sub(1, 2) == "HS" then
-    return util.fail("ERR_JOSE_ALG_NOT_ALLOWED",
+    return util.fail(E.ERR_JOSE_ALG_NOT_ALLOWED,
       "HMAC algorithm '%s' is never accepted (jwkengine has no symmetric keys)", jwk.shown(alg))
   end
   if not allowed[alg] then
-    return util.fail("ERR_JOSE_ALG_NOT_ALLOWED", "algorithm '%s' is not allowed", jwk.shown(alg))
+    return util.fail(E.ERR_JOSE_ALG_NOT_ALLOWED, "algorithm '%s' is not allowed", jwk.shown(alg))
   end
   local ok
   -- A verifier sees the same few headers token after token: one that passed
@@ -336,7 +337,7 @@ function M.verify(token, keys, options)
   local verr
   ok, verr = key.public_key:verify(alg, jws.signing_input, jws.signature, min_rsa_bits)
   if not ok then
-    return util.fail("ERR_JWS_SIGNATURE_INVALID", "JWS signature is invalid: %s", verr)
+    return util.fail(E.ERR_JWS_SIGNATURE_INVALID, "JWS signature is invalid: %s", verr)
   end
   return jws.payload, header, key
 end
@@ -368,7 +369,7 @@ function M.sign(key, payload, options)
     alg = M.implied_alg(key)
   end
   if not alg or not core.alg_info(alg) then
-    return util.fail("ERR_UNSUPPORTED_ALG", "cannot sign with algorithm '%s'", tostring(alg))
+    return util.fail(E.ERR_UNSUPPORTED_ALG, "cannot sign with algorithm '%s'", tostring(alg))
   end
   local extra = options.header
   if options.cty then

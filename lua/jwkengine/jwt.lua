@@ -12,6 +12,7 @@ local cjson = require("cjson.safe").new()
 local jwk = require("jwkengine.jwk")
 local jws = require("jwkengine.jws")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -146,7 +147,7 @@ function M.check_claims(claims, header, options)
 
   if options.typ ~= nil then
     if type(header.typ) ~= "string" or media_type(header.typ) ~= media_type(options.typ) then
-      return util.fail("ERR_JWT_TYPE_MISMATCH", "JWT typ is %s, expected '%s'",
+      return util.fail(E.ERR_JWT_TYPE_MISMATCH, "JWT typ is %s, expected '%s'",
         header.typ and ("'" .. jwk.shown(header.typ) .. "'") or "absent", options.typ)
     end
   end
@@ -160,30 +161,30 @@ function M.check_claims(claims, header, options)
   for _, name in ipairs(options.required_claims or {}) do required[#required + 1] = name end
   for _, name in ipairs(required) do
     if claims[name] == nil or claims[name] == cjson.null then
-      return util.fail("ERR_JWT_CLAIM_MISSING", "JWT has no '%s' claim", jwk.shown(name))
+      return util.fail(E.ERR_JWT_CLAIM_MISSING, "JWT has no '%s' claim", jwk.shown(name))
     end
   end
 
   local now = now_of(options)
   if claims.exp ~= nil and now >= claims.exp + tolerance then
-    return util.fail("ERR_JWT_EXPIRED", "JWT expired at %s; now is %s (tolerance %ds)",
+    return util.fail(E.ERR_JWT_EXPIRED, "JWT expired at %s; now is %s (tolerance %ds)",
       iso(claims.exp), iso(now), tolerance)
   end
   if claims.nbf ~= nil and now + tolerance < claims.nbf then
-    return util.fail("ERR_JWT_NOT_YET_VALID", "JWT is not valid before %s; now is %s (tolerance %ds)",
+    return util.fail(E.ERR_JWT_NOT_YET_VALID, "JWT is not valid before %s; now is %s (tolerance %ds)",
       iso(claims.nbf), iso(now), tolerance)
   end
   if claims.iat ~= nil and claims.iat > now + tolerance then
-    return util.fail("ERR_JWT_ISSUED_IN_FUTURE", "JWT was issued in the future, at %s; now is %s (tolerance %ds)",
+    return util.fail(E.ERR_JWT_ISSUED_IN_FUTURE, "JWT was issued in the future, at %s; now is %s (tolerance %ds)",
       iso(claims.iat), iso(now), tolerance)
   end
   if options.max_age ~= nil and now - claims.iat > options.max_age + tolerance then
-    return util.fail("ERR_JWT_TOO_OLD", "JWT was issued at %s, more than %ds ago (tolerance %ds)",
+    return util.fail(E.ERR_JWT_TOO_OLD, "JWT was issued at %s, more than %ds ago (tolerance %ds)",
       iso(claims.iat), options.max_age, tolerance)
   end
 
   if options.issuer ~= nil and not util.contains(string_list(options.issuer), claims.iss) then
-    return util.fail("ERR_JWT_ISSUER_MISMATCH", "JWT issuer '%s' is not accepted", jwk.shown(claims.iss))
+    return util.fail(E.ERR_JWT_ISSUER_MISMATCH, "JWT issuer '%s' is not accepted", jwk.shown(claims.iss))
   end
   if options.audience ~= nil then
     local accepted, found = string_list(options.audience), false
@@ -191,11 +192,11 @@ function M.check_claims(claims, header, options)
       if util.contains(accepted, aud) then found = true break end
     end
     if not found then
-      return util.fail("ERR_JWT_AUDIENCE_MISMATCH", "JWT audience does not include an accepted audience")
+      return util.fail(E.ERR_JWT_AUDIENCE_MISMATCH, "JWT audience does not include an accepted audience")
     end
   end
   if options.subject ~= nil and claims.sub ~= options.subject then
-    return util.fail("ERR_JWT_SUBJECT_MISMATCH", "JWT subject '%s' is not the expected one",
+    return util.fail(E.ERR_JWT_SUBJECT_MISMATCH, "JWT subject '%s' is not the expected one",
       jwk.shown(claims.sub))
   end
   return true
@@ -203,10 +204,10 @@ end
 
 local function decode_claims(payload, header)
   if type(header.cty) == "string" and media_type(header.cty) == "jwt" then
-    return util.fail("ERR_JWT_INVALID", "nested JWTs (cty JWT) are not supported")
+    return util.fail(E.ERR_JWT_INVALID, "nested JWTs (cty JWT) are not supported")
   end
   local claims, err = jwk.decode_json(payload)
-  if not claims then return util.fail("ERR_JWT_INVALID", "JWT claims set is not a JSON object: %s", err) end
+  if not claims then return util.fail(E.ERR_JWT_INVALID, "JWT claims set is not a JSON object: %s", err) end
   return claims
 end
 

@@ -3,6 +3,7 @@
 -- stored or used in a way another path would then refuse.
 local core = require("jwkengine.core")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -53,10 +54,10 @@ function M.signing_alg(own_alg, requested, kid)
   if requested == nil or requested == own_alg then return own_alg end
   if type(requested) ~= "string" then error("options.alg must be a string", 3) end
   if not core.alg_info(requested) then
-    return util.fail("ERR_UNSUPPORTED_ALG",
+    return util.fail(E.ERR_UNSUPPORTED_ALG,
       "cannot sign with algorithm '%s' (jwkengine signs with RS*, PS*, ES* and EdDSA)", requested)
   end
-  return util.fail("ERR_KEY_USE", "key '%s' is for alg %s and does not sign with %s",
+  return util.fail(E.ERR_KEY_USE, "key '%s' is for alg %s and does not sign with %s",
     tostring(kid), tostring(own_alg), requested)
 end
 
@@ -64,11 +65,11 @@ end
 -- marked enc would be stored, published and never usable.
 function M.check_use(alg, use)
   if use ~= "sig" and use ~= "enc" then
-    return util.fail("ERR_INVALID_ARGUMENT", "use must be 'sig' or 'enc', got %s", shown(use))
+    return util.fail(E.ERR_INVALID_ARGUMENT, "use must be 'sig' or 'enc', got %s", shown(use))
   end
   local info = core.alg_info(alg)
   if use == "enc" and not (info and info.kty == "RSA") then
-    return util.fail("ERR_INVALID_ARGUMENT", "%s keys can only sign: use must be 'sig'", tostring(alg))
+    return util.fail(E.ERR_INVALID_ARGUMENT, "%s keys can only sign: use must be 'sig'", tostring(alg))
   end
   return true
 end
@@ -88,7 +89,7 @@ end
 -- sign and would fail only later, as ERR_NO_SIGNING_KEY.
 function M.check_private(key)
   if not key:is_private() then
-    return util.fail("ERR_KEY_NOT_PRIVATE",
+    return util.fail(E.ERR_KEY_NOT_PRIVATE,
       "the key is public only: the store holds private keys (a PEM private key, or a JWK with 'd')")
   end
   return true

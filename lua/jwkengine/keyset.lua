@@ -11,6 +11,7 @@ local lifecycle = require("jwkengine.lifecycle.rule")
 local key_rules = require("jwkengine.key_rules")
 local util = require("jwkengine.util")
 local clock = require("jwkengine.metrics").clock
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -38,16 +39,16 @@ local function prepare_by_state(entry, set, where)
   if signer and signer.broken then
     entry.signer_problem = { signer.broken, signer.code }
   elseif signer and signer.retired_mark then
-    entry.signer_problem = { M.retired_on_key(signer, set), "ERR_KEY_STATE" }
+    entry.signer_problem = { M.retired_on_key(signer, set), E.ERR_KEY_STATE }
   elseif signer then
     entry.signer = signer
   elseif evaluation.undecided then
     entry.signer_problem = { string.format("%s key set '%s' has several keys and no record of which signs "
       .. "(the token gives no order to choose by): name the signer with `jwkengine keys activate %s KID`",
-      where, set, set), "ERR_KEY_STATE" }
+      where, set, set), E.ERR_KEY_STATE }
   else
     entry.signer_problem = { string.format("%s key set '%s' has no private signing key", where, set),
-      "ERR_NO_SIGNING_KEY" }
+      E.ERR_NO_SIGNING_KEY }
   end
   return entry
 end
@@ -92,7 +93,7 @@ function M.prepare(entry, set, where, choose)
         if not signer and not problem then signer = key end
       elseif signer then
         problem = { string.format("%s key set '%s' has several signing keys: pass a kid to choose one",
-          where, set), "ERR_JWKS_MULTIPLE_MATCHING_KEYS" }
+          where, set), E.ERR_JWKS_MULTIPLE_MATCHING_KEYS }
       else
         signer = key
       end
@@ -101,7 +102,7 @@ function M.prepare(entry, set, where, choose)
   if not signer and not problem then
     -- not ERR_KEY_NOT_FOUND: the set exists, so the fallback must not go
     -- looking for a same-named set elsewhere
-    problem = { string.format("%s key set '%s' has no private signing key", where, set), "ERR_NO_SIGNING_KEY" }
+    problem = { string.format("%s key set '%s' has no private signing key", where, set), E.ERR_NO_SIGNING_KEY }
   end
   entry.signer = problem == nil and signer or nil
   entry.signer_problem = problem
@@ -119,18 +120,18 @@ function M.signing_key(entry, set, kid, where)
   if entry.refused then return nil, entry.refused[1], entry.refused[2] end
   local key = entry.by_kid[kid]
   if not key then
-    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in %s key set '%s'", kid, where, set)
+    return util.fail(E.ERR_KEY_NOT_FOUND, "key '%s' not found in %s key set '%s'", kid, where, set)
   end
   if key.broken then return nil, key.broken, key.code end
   if not key.private then
-    return util.fail("ERR_KEY_NOT_PRIVATE", "key '%s' in key set '%s' is public only", kid, set)
+    return util.fail(E.ERR_KEY_NOT_PRIVATE, "key '%s' in key set '%s' is public only", kid, set)
   end
   if key.use ~= "sig" then
-    return util.fail("ERR_KEY_USE", "key '%s' is an encryption key (use 'enc') and cannot sign", kid)
+    return util.fail(E.ERR_KEY_USE, "key '%s' is an encryption key (use 'enc') and cannot sign", kid)
   end
-  if key.retired_mark then return nil, M.retired_on_key(key, set), "ERR_KEY_STATE" end
+  if key.retired_mark then return nil, M.retired_on_key(key, set), E.ERR_KEY_STATE end
   if key.state and not lifecycle.SIGNS_BY_KID[key.state] then
-    return util.fail("ERR_KEY_STATE", "key '%s' of key set '%s' is %s: only the current and previous keys sign",
+    return util.fail(E.ERR_KEY_STATE, "key '%s' of key set '%s' is %s: only the current and previous keys sign",
       kid, set, key.state)
   end
   return key
@@ -194,7 +195,7 @@ function M.candidates(entry, set, where)
     end
     if #candidates == 0 then
       if first_broken then return nil, first_broken.broken, first_broken.code end
-      return util.fail("ERR_KEY_SET_NOT_FOUND", "%s key set '%s' holds no key", where, set)
+      return util.fail(E.ERR_KEY_SET_NOT_FOUND, "%s key set '%s' holds no key", where, set)
     end
     entry.candidates = candidates
   end
@@ -238,7 +239,7 @@ function Manager:key_entry(set, kid)
   if not entry then return nil, err, code end
   local key = entry.by_kid[kid]
   if not key then
-    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in %s key set '%s'", kid, self.where, set)
+    return util.fail(E.ERR_KEY_NOT_FOUND, "key '%s' not found in %s key set '%s'", kid, self.where, set)
   end
   if key.broken then return nil, key.broken, key.code end
   return key

@@ -10,6 +10,7 @@
 -- the order the format wants (see series_order). jwkengine.nginx.metrics
 -- sums these keys over workers in a shared dict and writes them with M.text.
 local core = require("jwkengine.core")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -126,7 +127,7 @@ end
 -- answering with many of them must not make the label set grow without
 -- bound (the error log has each one).
 local function failure_label(code)
-  if not code then return "ERR_INTERNAL" end
+  if not code then return E.ERR_INTERNAL end
   if code:find("^CKR_0x") then return "CKR_VENDOR_DEFINED" end
   return code
 end
@@ -165,7 +166,7 @@ function LastCall:signed(where, _, kid, alg, seconds)
 end
 
 function LastCall:failed(code)
-  self.failure = code or "ERR_INTERNAL"
+  self.failure = code or E.ERR_INTERNAL
 end
 
 function LastCall:fell_back()

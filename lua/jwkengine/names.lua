@@ -5,6 +5,7 @@
 -- "victim\0x" would act on set "victim"), and other control characters
 -- split log lines: both are refused before anything is looked up.
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -26,7 +27,7 @@ function M.check(value, what, optional, level)
   end
   local at = value:find("%c")
   if at then
-    return util.fail("ERR_INVALID_ARGUMENT",
+    return util.fail(E.ERR_INVALID_ARGUMENT,
       "%s must not contain control characters (byte 0x%02x at position %d)", what, value:byte(at), at)
   end
   if clean_count >= CLEAN_MAX then clean, clean_count = {}, 0 end

@@ -51,7 +51,8 @@
 --
 -- Lua 5.1 syntax (OpenResty) and 5.4.
 
-local M = { _VERSION = "0.1.0", ERR = "ERR_PKCS11_URI" }
+local E = require("jwkengine.errors").E
+local M = { _VERSION = "0.1.0", ERR = E.ERR_PKCS11_URI }
 
 local CODE = M.ERR
 local MAX_SLOT_ID = 9007199254740991 -- 2^53 - 1, exact in every Lua

@@ -6,6 +6,7 @@
 -- manufacturer or model (from the configuration or a PKCS#11 URI) narrows
 -- the choice further; a URI's slot-id with no label must match too.
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -72,19 +73,19 @@ function M.select(slots, hsm)
       end
       if match and (hsm.slot == nil or hsm.token_label or slot.id == hsm.slot) then return slot end
     end
-    return util.fail("ERR_TOKEN_NOT_FOUND", "no token with %s (tokens present: %s)%s",
+    return util.fail(E.ERR_TOKEN_NOT_FOUND, "no token with %s (tokens present: %s)%s",
       table.concat(described, " and "), describe_tokens(slots), unreadable_hint(slots))
   end
   local wanted_slot = hsm.slot or 0
   for _, slot in ipairs(slots) do
     if slot.id == wanted_slot then
       if not slot.token_present then
-        return util.fail("ERR_TOKEN_NOT_FOUND", "slot %d has no token", wanted_slot)
+        return util.fail(E.ERR_TOKEN_NOT_FOUND, "slot %d has no token", wanted_slot)
       end
       return slot
     end
   end
-  return util.fail("ERR_TOKEN_NOT_FOUND", "there is no slot %d (tokens present: %s)", wanted_slot,
+  return util.fail(E.ERR_TOKEN_NOT_FOUND, "there is no slot %d (tokens present: %s)", wanted_slot,
     describe_tokens(slots))
 end
 
@@ -105,14 +106,14 @@ function M.choose(slot_list, hsm, select_slot)
   local slot, err, code = select_slot(slot_list, without_pin(hsm))
   if slot == nil then
     if err == nil then
-      return util.fail("ERR_TOKEN_NOT_FOUND", "select_slot chose no slot (and gave no reason)")
+      return util.fail(E.ERR_TOKEN_NOT_FOUND, "select_slot chose no slot (and gave no reason)")
     end
-    return nil, err, code or "ERR_TOKEN_NOT_FOUND"
+    return nil, err, code or E.ERR_TOKEN_NOT_FOUND
   end
   for _, candidate in ipairs(slot_list) do
     if candidate == slot then return slot end
   end
-  return util.fail("ERR_INVALID_ARGUMENT",
+  return util.fail(E.ERR_INVALID_ARGUMENT,
     "select_slot must return one of the slot tables it was given, got %s %s", type(slot), tostring(slot))
 end
 

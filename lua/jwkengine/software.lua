@@ -12,6 +12,7 @@ local keyset = require("jwkengine.keyset")
 local key_rules = require("jwkengine.key_rules")
 local names = require("jwkengine.names")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 -- key_set, key, signing_key, verification_keys and reload come from the
@@ -49,7 +50,7 @@ end
 -- can use and publish as stored is ERR_KEY_INVALID (C sets which).
 function Manager:open_row(row)
   local function invalid(why)
-    return util.fail("ERR_KEY_INVALID", "key set '%s' key '%s': %s", row.sid, row.kid, why)
+    return util.fail(E.ERR_KEY_INVALID, "key set '%s' key '%s': %s", row.sid, row.kid, why)
   end
   local key, stored, code = core.open_sealed_key(self.secrets, row.keydata)
   if not key then
@@ -91,7 +92,7 @@ function Manager:add_certificate(row, key, x5c, public)
   local first = type(x5c) == "table" and x5c[1]
   if type(first) ~= "string" or not first:find("^[%w+/]+=?=?$") then
     err, code = string.format("key '%s': member 'x5c' is not a list of base64 certificates", row.kid),
-      "ERR_CERTIFICATE_INVALID"
+      E.ERR_CERTIFICATE_INVALID
   else
     local der = core.b64url_decode((first:gsub("[+/=]", { ["+"] = "-", ["/"] = "_", ["="] = "" })))
     members, err, code = key:public_key():certificate_members(der or "", row.kid)
@@ -114,7 +115,7 @@ function Manager:load(set, refresh)
   if not rows then return nil, err, code end
   if #rows == 0 then
     self.sets[set] = nil
-    return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found", set)
+    return util.fail(E.ERR_KEY_SET_NOT_FOUND, "key set '%s' not found", set)
   end
   -- rows come newest first (created_at): the lifecycle may rely on that
   entry = { keys = {}, loaded_at = self.now(), newest_first = true }
@@ -136,7 +137,7 @@ local WRITES = {
     for _, row in ipairs(rows) do
       if row.kid == kid then return store:update_keydata(row.pk, keydata) end
     end
-    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set)
+    return util.fail(E.ERR_KEY_NOT_FOUND, "key '%s' not found in key set '%s'", kid, set)
   end,
   first_in_set = function(store, set, kid, keydata)
     local present, err, code = store:set_exists(set)
@@ -168,7 +169,7 @@ end
 function Manager:generate(set, alg, options)
   options = options or {}
   if not key_rules.generates("software", alg) then
-    return util.fail("ERR_UNSUPPORTED_ALG", "cannot generate keys for algorithm '%s'", tostring(alg))
+    return util.fail(E.ERR_UNSUPPORTED_ALG, "cannot generate keys for algorithm '%s'", tostring(alg))
   end
   local use = options.use or "sig"
   local ok, err, code = key_rules.check_use(alg, use)
@@ -190,7 +191,7 @@ end
 -- processes sharing the store. Returns "generated" or "exists".
 function Manager:generate_if_missing(set, alg)
   if not key_rules.generates("software", alg) then
-    return util.fail("ERR_UNSUPPORTED_ALG", "cannot generate keys for algorithm '%s'", tostring(alg))
+    return util.fail(E.ERR_UNSUPPORTED_ALG, "cannot generate keys for algorithm '%s'", tostring(alg))
   end
   local exists, err, code = self.store:set_exists(set)
   if exists == nil then return nil, err, code end
@@ -219,7 +220,7 @@ local function write_key(self, set, input, options, mode)
       local derr
       jwk, derr = jwk_module.decode_json(input)
       if type(jwk) ~= "table" then
-        return util.fail("ERR_KEY_IMPORT", "input is neither a PEM block nor a JSON Web Key%s",
+        return util.fail(E.ERR_KEY_IMPORT, "input is neither a PEM block nor a JSON Web Key%s",
           input:match("^%s*[{%[]") and (": " .. tostring(derr)) or "")
       end
     elseif type(input) == "table" then
@@ -228,7 +229,7 @@ local function write_key(self, set, input, options, mode)
       error("import takes a JWK (table or JSON) or a PEM string", 3)
     end
     if jwk.keys then
-      return util.fail("ERR_KEY_IMPORT", "input is a JWK Set: import one key at a time")
+      return util.fail(E.ERR_KEY_IMPORT, "input is a JWK Set: import one key at a time")
     end
     key, err, code = core.import_jwk(jwk)
   end
@@ -236,9 +237,9 @@ local function write_key(self, set, input, options, mode)
   local private, perr, pcode = key_rules.check_private(key)
   if not private then return nil, perr, pcode end
   local alg = options.alg or jwk.alg or implied_alg(key:public_jwk())
-  if not alg then return util.fail("ERR_KEY_IMPORT", "cannot tell the key's algorithm: pass alg") end
+  if not alg then return util.fail(E.ERR_KEY_IMPORT, "cannot tell the key's algorithm: pass alg") end
   local fits, ferr = key_rules.check_alg(key, alg)
-  if not fits then return util.fail("ERR_KEY_IMPORT", "cannot import key: %s", ferr) end
+  if not fits then return util.fail(E.ERR_KEY_IMPORT, "cannot import key: %s", ferr) end
   local use = options.use or jwk.use or "sig"
   local ok, uerr, ucode = key_rules.check_use(alg, use)
   if not ok then return nil, uerr, ucode end
@@ -246,7 +247,7 @@ local function write_key(self, set, input, options, mode)
   if kid == nil then
     kid = core.uuid()
   elseif type(kid) ~= "string" then
-    return util.fail("ERR_KEY_IMPORT", "cannot import key: kid must be a string, got %s", key_rules.shown(kid))
+    return util.fail(E.ERR_KEY_IMPORT, "cannot import key: kid must be a string, got %s", key_rules.shown(kid))
   else
     ok, uerr, ucode = names.check(kid, "kid")
     if not ok then return nil, uerr, ucode end
@@ -273,7 +274,7 @@ function Manager:certify(set, kid, options)
   if not key then return nil, err, code end
   -- as the token refuses a retired pair's signature (and re-sealing here
   -- would drop the mark)
-  if key.retired_mark then return nil, keyset.retired_on_key(key, set), "ERR_KEY_STATE" end
+  if key.retired_mark then return nil, keyset.retired_on_key(key, set), E.ERR_KEY_STATE end
   local der
   der, err, code = key.object:self_signed_certificate(options.subject, options.days)
   if not der then return nil, string.format("key set '%s': %s", set, err), code end
@@ -295,8 +296,8 @@ function Manager:delete(set, kid)
   self.sets[set] = nil
   if not count then return nil, err, code end
   if count == 0 then
-    if kid then return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set) end
-    return util.fail("ERR_KEY_SET_NOT_FOUND", "key set '%s' not found", set)
+    if kid then return util.fail(E.ERR_KEY_NOT_FOUND, "key '%s' not found in key set '%s'", kid, set) end
+    return util.fail(E.ERR_KEY_SET_NOT_FOUND, "key set '%s' not found", set)
   end
   return true
 end
@@ -317,7 +318,7 @@ function Manager:mark_retired(set, kid, retired)
         if not key then return util.fail(kcode, "key set '%s' key '%s': %s", set, kid, stored) end
         local jwk = cjson.decode(stored)
         if jwk.use ~= nil and jwk.use ~= "sig" then
-          return util.fail("ERR_KEY_USE", "key '%s' of key set '%s' is an encryption key: it has "
+          return util.fail(E.ERR_KEY_USE, "key '%s' of key set '%s' is an encryption key: it has "
             .. "no signing state to mark", kid, set)
         end
         local sealed, serr, scode = core.sealed_key_mark(self.secrets, row.keydata, retired)
@@ -325,7 +326,7 @@ function Manager:mark_retired(set, kid, retired)
         return store:update_keydata(row.pk, sealed)
       end
     end
-    return util.fail("ERR_KEY_NOT_FOUND", "key '%s' not found in key set '%s'", kid, set)
+    return util.fail(E.ERR_KEY_NOT_FOUND, "key '%s' not found in key set '%s'", kid, set)
   end)
   self.sets[set] = nil
   if not ok then return nil, err, code end

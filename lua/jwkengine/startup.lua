@@ -14,6 +14,7 @@
 -- under it; the software store's first key is also written with an atomic
 -- insert-if-empty. Nothing is locked while every set exists.
 local core = require("jwkengine.core")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -49,7 +50,7 @@ local function acquire(path, timeout, log)
     end
     if core.monotonic() > deadline then
       return nil, string.format("timed out after %d s waiting for the startup lock %s", timeout, path),
-        "ERR_STARTUP_LOCK", true
+        E.ERR_STARTUP_LOCK, true
     end
     core.pause(0.05)
   end
@@ -87,11 +88,11 @@ function M.ensure_sets(keys, startup_sets, log, options)
   end
   for _, entry in ipairs(missing) do
     local jwks, err, code = keys:key_set(entry.set)
-    if not jwks and code == "ERR_KEY_STATES_CORRUPT" then
+    if not jwks and code == E.ERR_KEY_STATES_CORRUPT then
       -- the set exists and refuses by itself until keys repair: the start
       -- goes on, so the other sets serve and this one answers at once
       log("error", string.format("startup key set '%s': %s", entry.set, err))
-    elseif not jwks and code ~= "ERR_KEY_SET_NOT_FOUND" then
+    elseif not jwks and code ~= E.ERR_KEY_SET_NOT_FOUND then
       return failed(err, code)
     elseif not jwks then
       log("info", string.format("JSON Web Key Set '%s' doesn't exist yet, generating new key pair...",

@@ -39,6 +39,7 @@
 local keyset = require("jwkengine.keyset")
 local policy_module = require("jwkengine.lifecycle.policy")
 local rule = require("jwkengine.lifecycle.rule")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -143,7 +144,7 @@ function States:read(set)
   if value and good and value.version < good.version then
     return nil, string.format("key set '%s': its key states went back from version %d to %d (records lost "
       .. "or rolled back): repair with `jwkengine keys repair %s --current KID` (README: Rotating keys)",
-      set, good.version, value.version, set), "ERR_KEY_STATES_CORRUPT"
+      set, good.version, value.version, set), E.ERR_KEY_STATES_CORRUPT
   end
   return value, err, code
 end

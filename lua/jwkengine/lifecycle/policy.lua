@@ -17,6 +17,7 @@
 -- set. `keys policy SET --period ...` rewrites a recorded policy.
 local settings = require("jwkengine.config_settings")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -60,9 +61,9 @@ function M.make(rotation, limits, where)
   rotation = rotation or {}
   where = where or "rotation."
   for name, value in pairs(rotation) do
-    if not FIELD[name] then return util.fail("ERR_CONFIG", "%s%s is not a rotation setting", where, tostring(name)) end
+    if not FIELD[name] then return util.fail(E.ERR_CONFIG, "%s%s is not a rotation setting", where, tostring(name)) end
     if type(value) ~= "number" or value < 0 or value ~= value or value == math.huge then
-      return util.fail("ERR_CONFIG", "%s%s must be a non-negative number of seconds, got %s", where, name,
+      return util.fail(E.ERR_CONFIG, "%s%s must be a non-negative number of seconds, got %s", where, name,
         type(value) == "number" and tostring(value) or type(value))
     end
   end
@@ -73,17 +74,17 @@ function M.make(rotation, limits, where)
     destroy_after = rotation.destroy_after,
   }
   if policy.prepublish < minimum.prepublish then
-    return util.fail("ERR_CONFIG",
+    return util.fail(E.ERR_CONFIG,
       "%sprepublish (%d s) is shorter than %s (%d s): a client could meet the new key before its cached JWK Set has it",
       where, policy.prepublish, PREPUBLISH_RULE, minimum.prepublish)
   end
   if policy.retain < minimum.retain then
-    return util.fail("ERR_CONFIG",
+    return util.fail(E.ERR_CONFIG,
       "%sretain (%d s) is shorter than %s (%d s): tokens it signed would outlive the key in the JWK Set",
       where, policy.retain, RETAIN_RULE, minimum.retain)
   end
   if policy.period and policy.period <= policy.prepublish then
-    return util.fail("ERR_CONFIG", "%speriod (%d s) must be longer than rotation.prepublish (%d s)",
+    return util.fail(E.ERR_CONFIG, "%speriod (%d s) must be longer than rotation.prepublish (%d s)",
       where, policy.period, policy.prepublish)
   end
   return policy
@@ -128,7 +129,7 @@ function M.policies(cfg)
     if entry.rotation ~= nil then
       local where = string.format("startup set '%s': rotation.", entry.set)
       if type(entry.rotation) ~= "table" then
-        return util.fail("ERR_CONFIG", "startup set '%s': rotation must be a mapping of seconds", entry.set)
+        return util.fail(E.ERR_CONFIG, "startup set '%s': rotation must be a mapping of seconds", entry.set)
       end
       local policy
       policy, err, code = M.make(entry.rotation, limits, where)

@@ -13,6 +13,7 @@
 -- where each record's times hold at least the time it entered its state.
 local jwk = require("jwkengine.jwk")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -43,7 +44,7 @@ end
 M.finite = finite
 
 local function bad(why, ...)
-  return util.fail("ERR_KEY_STATES_CORRUPT", "key states: " .. why, ...)
+  return util.fail(E.ERR_KEY_STATES_CORRUPT, "key states: " .. why, ...)
 end
 
 -- Whether `version` is one a writer may have written.

@@ -18,6 +18,7 @@
 local cjson = require("cjson.safe")
 local records_module = require("jwkengine.lifecycle.records")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local FORMAT = 2
 
@@ -44,7 +45,7 @@ M.MIGRATION = {
 }
 
 local function store_error(what, err)
-  return util.fail("ERR_STORE", "key store: %s: %s", what, tostring(err))
+  return util.fail(E.ERR_STORE, "key store: %s: %s", what, tostring(err))
 end
 
 -- store: an open jwkengine.store (its driver and Hydra 2.x network).
@@ -67,7 +68,7 @@ function Backend:read(set)
   local value
   value, err = M.value_of(rows[1])
   if not value then
-    return util.fail("ERR_KEY_STATES_CORRUPT", "key set '%s': its key states in jwkengine_key_state cannot be "
+    return util.fail(E.ERR_KEY_STATES_CORRUPT, "key set '%s': its key states in jwkengine_key_state cannot be "
       .. "read (%s): refusing to sign from it rather than guess; repair with `jwkengine keys repair %s "
       .. "--current KID` (README: Rotating keys)", set, err, set)
   end
@@ -97,7 +98,7 @@ local function column(version, records, policy)
   local ok, err, code = records_module.validate({ version = version, records = records, policy = policy })
   if not ok then return nil, err, code end
   local json = cjson.encode({ format = FORMAT, records = records, policy = policy })
-  if not json then return util.fail("ERR_KEY_STATES_CORRUPT", "key states: the value cannot be encoded") end
+  if not json then return util.fail(E.ERR_KEY_STATES_CORRUPT, "key states: the value cannot be encoded") end
   return json
 end
 

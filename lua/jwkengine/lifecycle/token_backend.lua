@@ -57,6 +57,7 @@
 local core = require("jwkengine.core")
 local records_module = require("jwkengine.lifecycle.records")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -116,7 +117,7 @@ function Backend:find(application, set)
 end
 
 local function corrupt(set, why)
-  return util.fail("ERR_KEY_STATES_CORRUPT", "key set '%s': its key states on the token cannot be read (%s): "
+  return util.fail(E.ERR_KEY_STATES_CORRUPT, "key set '%s': its key states on the token cannot be read (%s): "
     .. "refusing to sign from it rather than guess; repair with `jwkengine keys repair %s --current KID` "
     .. "(README: Rotating keys)", set, why, set)
 end
@@ -223,7 +224,7 @@ function Backend:current(set)
   return nil, string.format("key set '%s': its key states are being rewritten by another process "
     .. "(this process knows of version %d, the token shows %s): read again later; if it stays so, a writer "
     .. "died there: `jwkengine keys repair %s --current KID` (README: Rotating keys)", set, seen,
-    version == 0 and "no state object" or "version " .. version, set), "ERR_STORE"
+    version == 0 and "no state object" or "version " .. version, set), E.ERR_STORE
 end
 
 function Backend:read(set)
@@ -257,7 +258,7 @@ end
 -- Creates the object of `text`, a raise from the binding taken as an error.
 local function create(token, label, text)
   local ran, ok, err, code = pcall(token.create_data, token, M.APPLICATION, label, text)
-  if not ran then return nil, tostring(ok), "ERR_STORE" end
+  if not ran then return nil, tostring(ok), E.ERR_STORE end
   return ok, err, code
 end
 

@@ -18,6 +18,7 @@ local lifecycle = require("jwkengine.lifecycle")
 local policy_module = require("jwkengine.lifecycle.policy")
 local rule = require("jwkengine.lifecycle.rule")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -30,7 +31,7 @@ end
 local function states_of(manager, set)
   local states = manager:lifecycle()
   if not states then
-    return util.fail("ERR_CONFIG", "key set '%s': its key manager keeps no key states", set)
+    return util.fail(E.ERR_CONFIG, "key set '%s': its key manager keeps no key states", set)
   end
   return states
 end
@@ -76,7 +77,7 @@ local function mark(manager, set, kid, retired)
   local ok, err, code = manager:mark_retired(set, kid, retired)
   if not ok then
     local states = manager:lifecycle()
-    if states and code ~= "ERR_KEY_MARK_REFUSED" then
+    if states and code ~= E.ERR_KEY_MARK_REFUSED then
       states.log("error", string.format(
         "key set '%s': key '%s' %s on the key: %s (%s)", set, kid,
         retired and "cannot be marked retired" or "keeps its retired mark", tostring(err), tostring(code)))
@@ -93,7 +94,7 @@ end
 -- the key and how to mark it again.
 local function after_mark(set, changes, kid, marked, mark_err, mark_code)
   if marked then return changes end
-  if mark_code ~= "ERR_KEY_MARK_REFUSED" then
+  if mark_code ~= E.ERR_KEY_MARK_REFUSED then
     return nil, string.format("key set '%s': key '%s' is retired in the records but not on the key (%s): "
       .. "run `jwkengine keys retire %s %s` to mark it", set, kid, tostring(mark_err), set, kid), mark_code
   end
@@ -133,7 +134,7 @@ local function update(engine, set, modify, policy_to_write, baseline)
     if won then return differences(set, baseline or state.records, records), extra, manager end
     if won == nil then return nil, err, code end
   end
-  return util.fail("ERR_STORE", "key set '%s': the key states kept changing under this write: try again", set)
+  return util.fail(E.ERR_STORE, "key set '%s': the key states kept changing under this write: try again", set)
 end
 
 local function record(records, kid, state, now)
@@ -188,7 +189,7 @@ local function next_from_now(manager, set, kid)
     end
     if won == nil then return nil, err, code end
   end
-  return util.fail("ERR_STORE", "key set '%s': the key states kept changing under this write: try again", set)
+  return util.fail(E.ERR_STORE, "key set '%s': the key states kept changing under this write: try again", set)
 end
 
 -- Generates a key claimed in the records, then starts its prepublish time.
@@ -219,7 +220,7 @@ local function mark_retired_keys(engine, set)
     if state and state.state == "retired" and not key.retired_mark and not key.broken then
       local ok, err
       ok, err, code = mark(manager, set, key.kid, true)
-      if not ok and code ~= "ERR_KEY_MARK_REFUSED" then return nil, err, code end
+      if not ok and code ~= E.ERR_KEY_MARK_REFUSED then return nil, err, code end
     end
   end
   return true
@@ -252,7 +253,7 @@ local function maintain_set(engine, set)
   end
   for _, kid in ipairs(plan and plan.destroy or {}) do
     local ok, err, code = manager:delete(set, kid)
-    if not ok and code ~= "ERR_KEY_NOT_FOUND" then return nil, err, code end
+    if not ok and code ~= E.ERR_KEY_NOT_FOUND then return nil, err, code end
   end
   local ok, err, code = mark_retired_keys(engine, set)
   if not ok then return nil, err, code end
@@ -306,7 +307,7 @@ local function rotate_next(self, set, alg)
       if evaluation.keys[present].state == "next" then waiting = present end
     end
     if waiting then
-      return util.fail("ERR_KEY_STATE",
+      return util.fail(E.ERR_KEY_STATE,
         "key set '%s' already has a next key '%s', which signs after prepublish (rotate --now replaces the current key at once)",
         set, waiting)
     end
@@ -353,7 +354,7 @@ function M.rotate(self, set, options)
     -- retired by its mark: it is the key this rotation replaces
     local evaluation = states:evaluate(current_entry, records, policy, now, { except = old })
     if not evaluation.keys[kid] then
-      return util.fail("ERR_KEY_NOT_FOUND", "key '%s' of set '%s' vanished after it was generated", kid, set)
+      return util.fail(E.ERR_KEY_NOT_FOUND, "key '%s' of set '%s' vanished after it was generated", kid, set)
     end
     local out = rule.records_after(records, evaluation)
     for _, retiring in ipairs({ old, evaluation.signer }) do
@@ -380,10 +381,10 @@ function M.retire(self, set, kid)
   if lc and lc.refused then return nil, lc.refused[1], lc.refused[2] end
   local key = lc and lc.evaluation.keys[kid]
   if not key then
-    return util.fail("ERR_KEY_NOT_FOUND", "key set '%s' has no signing key '%s'", set, kid)
+    return util.fail(E.ERR_KEY_NOT_FOUND, "key set '%s' has no signing key '%s'", set, kid)
   end
   if lc.evaluation.signer == kid then
-    return util.fail("ERR_KEY_STATE",
+    return util.fail(E.ERR_KEY_STATE,
       "key '%s' is the current key of set '%s': retiring it would leave no key to sign with (rotate --now replaces it)",
       kid, set)
   end
@@ -392,7 +393,7 @@ function M.retire(self, set, kid)
   local changes, err
   changes, err, code = update(self, set, function(records, evaluation, now)
     if not evaluation.keys[kid] then
-      return util.fail("ERR_KEY_NOT_FOUND", "key set '%s' has no signing key '%s'", set, kid)
+      return util.fail(E.ERR_KEY_NOT_FOUND, "key set '%s' has no signing key '%s'", set, kid)
     end
     if records[kid] and records[kid].state == "retired" then return NOTHING end
     local out = rule.records_after(records, evaluation)
@@ -420,10 +421,10 @@ function M.activate(self, set, kid)
     if not key then
       local held = current_entry.by_kid[kid]
       if held then
-        return util.fail("ERR_KEY_USE", "key '%s' of set '%s' cannot sign (public-only or an encryption key)",
+        return util.fail(E.ERR_KEY_USE, "key '%s' of set '%s' cannot sign (public-only or an encryption key)",
           kid, set)
       end
-      return util.fail("ERR_KEY_NOT_FOUND", "key set '%s' has no key '%s'", set, kid)
+      return util.fail(E.ERR_KEY_NOT_FOUND, "key set '%s' has no key '%s'", set, kid)
     end
     local held = current_entry.by_kid[kid]
     if held.broken then return nil, held.broken, held.code end
@@ -485,17 +486,17 @@ function M.repair(self, set, options)
   local present, rule_options = lifecycle.present(entry)
   local key = entry.by_kid[current]
   if not key or not util.contains(present, current) then
-    return util.fail("ERR_KEY_NOT_FOUND", "key set '%s' has no signing key '%s' to make current", set, tostring(current))
+    return util.fail(E.ERR_KEY_NOT_FOUND, "key set '%s' has no signing key '%s' to make current", set, tostring(current))
   end
   if key.broken then return nil, key.broken, key.code end
   if rule_options.marked[current] then
-    return util.fail("ERR_KEY_STATE", "key '%s' of set '%s' is marked retired on the key: it is not made current by a repair",
+    return util.fail(E.ERR_KEY_STATE, "key '%s' of set '%s' is marked retired on the key: it is not made current by a repair",
       current, set)
   end
   local retire = {}
   for _, kid in ipairs(options.retire or {}) do
     if kid == current then
-      return util.fail("ERR_INVALID_ARGUMENT", "key '%s' cannot be both the current key and retired", kid)
+      return util.fail(E.ERR_INVALID_ARGUMENT, "key '%s' cannot be both the current key and retired", kid)
     end
     retire[kid] = true
   end
@@ -571,7 +572,7 @@ function M.check_delete(self, set, kid)
       .. "would lose its key (it signs at the end of prepublish)"
   end
   if why then
-    return util.fail("ERR_KEY_STATE", "key '%s' of set '%s' is not deleted: %s; pass --force (force = true) to "
+    return util.fail(E.ERR_KEY_STATE, "key '%s' of set '%s' is not deleted: %s; pass --force (force = true) to "
       .. "delete it anyway", kid, set, why)
   end
   return true

@@ -11,6 +11,7 @@ local metrics = require("jwkengine.nginx.metrics")
 local state = require("jwkengine.nginx.state")
 local threads = require("jwkengine.nginx.threads")
 local worker = require("jwkengine.nginx.worker")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -83,7 +84,7 @@ end
 function M.serve_jwks()
   local method = ngx.req.get_method()
   if method ~= "GET" and method ~= "HEAD" then
-    return send_failure("ERR_HTTP_METHOD", "use GET", { Allow = "GET, HEAD" })
+    return send_failure(E.ERR_HTTP_METHOD, "use GET", { Allow = "GET, HEAD" })
   end
   if not wait_ready() then return not_ready() end
   -- A worker whose sets refused when it opened (records that could not be
@@ -107,32 +108,32 @@ end
 local function read_claims()
   local max_body = state.settings.max_body
   if ngx.req.get_method() ~= "POST" then
-    return nil, send_failure("ERR_HTTP_METHOD", "use POST with a JSON object of claims", { Allow = "POST" })
+    return nil, send_failure(E.ERR_HTTP_METHOD, "use POST with a JSON object of claims", { Allow = "POST" })
   end
   if not http.is_json(ngx.var.content_type) then
-    return nil, send_failure("ERR_HTTP_MEDIA_TYPE", "the body must be application/json")
+    return nil, send_failure(E.ERR_HTTP_MEDIA_TYPE, "the body must be application/json")
   end
   local too_large = "the body is larger than " .. max_body .. " bytes"
   local length = tonumber(ngx.var.content_length)
   if length and length > max_body then
-    return nil, send_failure("ERR_HTTP_BODY_TOO_LARGE", too_large)
+    return nil, send_failure(E.ERR_HTTP_BODY_TOO_LARGE, too_large)
   end
   ngx.req.read_body()
   local body = ngx.req.get_body_data()
   if not body then
     if ngx.req.get_body_file() then -- larger than client_body_buffer_size
-      return nil, send_failure("ERR_HTTP_BODY_TOO_LARGE", too_large)
+      return nil, send_failure(E.ERR_HTTP_BODY_TOO_LARGE, too_large)
     end
-    return nil, send_failure("ERR_HTTP_BODY_INVALID", "the body is empty: send a JSON object of claims")
+    return nil, send_failure(E.ERR_HTTP_BODY_INVALID, "the body is empty: send a JSON object of claims")
   end
   if #body > max_body then
-    return nil, send_failure("ERR_HTTP_BODY_TOO_LARGE", too_large)
+    return nil, send_failure(E.ERR_HTTP_BODY_TOO_LARGE, too_large)
   end
   -- as strict as every other JSON the engine reads (valid UTF-8, no
   -- duplicate claim names, no NaN), not resolved by whichever wins
   local claims, derr = jwk.decode_json(body)
   if not claims then
-    return nil, send_failure("ERR_HTTP_BODY_INVALID", "the body must be a JSON object of claims: " .. tostring(derr))
+    return nil, send_failure(E.ERR_HTTP_BODY_INVALID, "the body must be a JSON object of claims: " .. tostring(derr))
   end
   return claims, body
 end
@@ -141,7 +142,7 @@ end
 -- the engine that signed (the thread's, when it says: retry_in; else this
 -- worker's) next tries to come back.
 local function retry_after(code, retry_in)
-  if code == "ERR_HSM_UNAVAILABLE" and not retry_in then
+  if code == E.ERR_HSM_UNAVAILABLE and not retry_in then
     local outage = state.engine and state.engine:hsm_outage()
     retry_in = outage and outage.retry_in
   end
@@ -171,7 +172,7 @@ function M.serve_token(options)
     -- queue, once a second, not once a request
     if http.is_client_error(code) then return send_failure(code, tostring(err)) end
     local headers = http.status_of(code) == 503 and { ["Retry-After"] = retry_after(code, retry_in) } or nil
-    if code == "ERR_OVERLOADED" then
+    if code == E.ERR_OVERLOADED then
       -- the queue's own words name the limit that was reached (no secret in them)
       return send_failure(code, "signing overloaded: " .. tostring(err) .. " (ERR_OVERLOADED)", headers)
     end

@@ -4,6 +4,7 @@ local jwkengine = require("jwkengine")
 local jwk = jwkengine.jwk
 local logging = require("jwkengine.nginx.logging")
 local state = require("jwkengine.nginx.state")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -49,7 +50,7 @@ function M.rebuild(reread)
   for _, set in ipairs(settings.sets) do
     if reread then
       local ok, rerr, rcode = engine:reload(set)
-      if not ok and rcode ~= "ERR_KEY_SET_NOT_FOUND" then
+      if not ok and rcode ~= E.ERR_KEY_SET_NOT_FOUND then
         logging.logger("warn", string.format("re-reading key set '%s' (the cached keys stay): %s (%s)",
           set, tostring(rerr), tostring(rcode)))
       end
@@ -69,7 +70,7 @@ function M.rebuild(reread)
       states[#states + 1] = canonical({ set = set, states = publication.states })
       local change = publication.next_change
       if change and (not valid_until or change < valid_until) then valid_until = change end
-    elseif code ~= "ERR_KEY_SET_NOT_FOUND" then
+    elseif code ~= E.ERR_KEY_SET_NOT_FOUND then
       return nil, string.format("key set '%s': %s", set, tostring(err))
     end
   end

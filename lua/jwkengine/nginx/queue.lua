@@ -7,6 +7,7 @@
 -- A request past the queue gets ERR_OVERLOADED, which the handler answers
 -- with 503 and Retry-After.
 local logging = require("jwkengine.nginx.logging")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -24,7 +25,7 @@ local function refuse(message)
       "report (%s)", refused, message))
     refused, last_report = 0, now
   end
-  return nil, message, "ERR_OVERLOADED"
+  return nil, message, E.ERR_OVERLOADED
 end
 
 -- Frees the slot, then passes on what fn returned (or what it raised).
@@ -55,7 +56,7 @@ function M.run(limits, fn, ...)
       return refuse(string.format("no signing slot of this worker became free within %g s (thread_queue.timeout)",
         limits.timeout))
     end
-    return nil, "waiting for a signing slot: " .. tostring(err), "ERR_THREAD"
+    return nil, "waiting for a signing slot: " .. tostring(err), E.ERR_THREAD
   end
   return release(pcall(fn, ...))
 end

@@ -8,6 +8,7 @@ local metrics = require("jwkengine.metrics")
 local queue = require("jwkengine.nginx.queue")
 local secrets = require("jwkengine.nginx.secrets")
 local state = require("jwkengine.nginx.state")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -65,8 +66,8 @@ local function count_thread_call(set, ok, token, err, code, retry_in, pkcs11, ..
         "thread_queue.in_flight (%d): set lua_worker_thread_vm_pool_size to at least that",
         state.settings.thread_queue.in_flight))
     end
-    if counts then counts:failed("ERR_THREAD") end
-    return nil, "worker thread: " .. tostring(token), "ERR_THREAD", true
+    if counts then counts:failed(E.ERR_THREAD) end
+    return nil, "worker thread: " .. tostring(token), E.ERR_THREAD, true
   end
   if counts then
     counts:add_call(set, ...)
@@ -95,10 +96,10 @@ end
 function M.sign(pool, set, body, lifetime)
   local settings = state.settings
   if not settings.thread_options_json then
-    return nil, tostring(settings.thread_options_problem), "ERR_CONFIG"
+    return nil, tostring(settings.thread_options_problem), E.ERR_CONFIG
   end
   if not ngx.run_worker_thread then
-    return nil, "this nginx Lua module has no ngx.run_worker_thread", "ERR_CONFIG"
+    return nil, "this nginx Lua module has no ngx.run_worker_thread", E.ERR_CONFIG
   end
   local token, err, code, counted, retry_in = queue.run(settings.thread_queue, run_in_thread, pool, set, body,
     lifetime)
@@ -129,7 +130,7 @@ local function open_thread_engine(options_json, slot_id, kept_secrets)
       for _, slot in ipairs(list) do
         if slot.id == slot_id then return slot end
       end
-      return nil, "slot " .. tostring(slot_id) .. " (the worker's) is gone", "ERR_TOKEN_NOT_FOUND"
+      return nil, "slot " .. tostring(slot_id) .. " (the worker's) is gone", E.ERR_TOKEN_NOT_FOUND
     end
   end
   local e, err, code = jwkengine.open(o)
@@ -175,10 +176,10 @@ function M.thread_sign(options_json, slot_id, set, body, lifetime, refresh, kept
   end
   local claims = cjson.decode(body)
   if type(claims) ~= "table" then
-    return nil, "claims are not a JSON object", "ERR_JWT_CLAIMS", false, pkcs11_report(entry)
+    return nil, "claims are not a JSON object", E.ERR_JWT_CLAIMS, false, pkcs11_report(entry)
   end
   local token, err, code = e:sign_jwt(set, claims, { lifetime = lifetime })
-  local outage = code == "ERR_HSM_UNAVAILABLE" and e:hsm_outage()
+  local outage = code == E.ERR_HSM_UNAVAILABLE and e:hsm_outage()
   -- then what the engine counted, for the worker's metrics (see count_thread_call)
   return token, err, code, outage and outage.retry_in or false, pkcs11_report(entry), entry.recorder:take()
 end

@@ -12,6 +12,7 @@ local schedule = require("jwkengine.nginx.schedule")
 local secrets = require("jwkengine.nginx.secrets")
 local startup_lock = require("jwkengine.nginx.startup_lock")
 local state = require("jwkengine.nginx.state")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -31,7 +32,7 @@ end
 -- True for failures where trying again would only repeat a wrong PIN: the
 -- code says so (C sets ERR_LOGIN_REFUSED where it refuses to log in).
 local function login_refused(code)
-  if code == "ERR_LOGIN_REFUSED" then return true end
+  if code == E.ERR_LOGIN_REFUSED then return true end
   return type(code) == "string" and code:find("^CKR_PIN") ~= nil
 end
 
@@ -46,18 +47,18 @@ local function open_engine()
   o.metrics = jwkengine.metrics.new()
   local dict = ngx.shared[settings.shared_dict]
   local locked, lerr = startup_lock.acquire(dict, settings.shared_dict, LOCK_KEY, settings.startup_lock_timeout)
-  if not locked then return nil, lerr, "ERR_STARTUP_LOCK" end
+  if not locked then return nil, lerr, E.ERR_STARTUP_LOCK end
   local refused = dict:get(LOGIN_REFUSED_KEY)
   if refused then
     startup_lock.release(dict, LOCK_KEY)
     return nil, "another worker's login was refused (" .. tostring(refused) ..
-      "); the PIN is not tried again until nginx is reloaded or restarted", "ERR_LOGIN_REFUSED"
+      "); the PIN is not tried again until nginx is reloaded or restarted", E.ERR_LOGIN_REFUSED
   end
   local opened, e, err, code = pcall(jwkengine.open, o)
   if not opened or not e then
     if opened and login_refused(code) then dict:set(LOGIN_REFUSED_KEY, tostring(code or err)) end
     startup_lock.release(dict, LOCK_KEY)
-    if not opened then return nil, "jwkengine.open raised: " .. tostring(e), "ERR_OPEN" end
+    if not opened then return nil, "jwkengine.open raised: " .. tostring(e), E.ERR_OPEN end
     return nil, err, code
   end
   local sets = e:configuration().startup_sets
@@ -66,7 +67,7 @@ local function open_engine()
     if not ran or not done then
       startup_lock.release(dict, LOCK_KEY)
       e:close()
-      if not ran then return nil, "startup generation raised: " .. tostring(done), "ERR_STARTUP" end
+      if not ran then return nil, "startup generation raised: " .. tostring(done), E.ERR_STARTUP end
       return nil, gerr, gcode
     end
   end
@@ -141,7 +142,7 @@ local function open_in_timer(premature)
   local e, err, code = open_engine()
   if not e then
     state.open_error = string.format("%s (%s)", tostring(err), tostring(code))
-    if code == "ERR_CONFIG" or code == "ERR_LOGIN_REFUSED" or login_refused(code) then
+    if code == E.ERR_CONFIG or code == E.ERR_LOGIN_REFUSED or login_refused(code) then
       state.open_given_up = true
       log("error", "opening the engine in worker " .. ngx.worker.pid() .. " failed: " ..
         state.open_error .. "; not retrying: fix the configuration and reload nginx")

@@ -7,6 +7,7 @@
 --   network, so rows written without it would be invisible to Hydra, and
 --   rows of another network are not ours to read or re-seal.
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
@@ -17,7 +18,7 @@ local COLUMNS_SQL = {
 }
 
 local function store_error(what, err)
-  return util.fail("ERR_STORE", "key store: %s: %s", what, tostring(err))
+  return util.fail(E.ERR_STORE, "key store: %s: %s", what, tostring(err))
 end
 
 -- "hydra2" when hydra_jwk has Hydra 2.x's network column, else "hydra1"
@@ -45,15 +46,15 @@ function M.network(driver, wanted)
     for _, id in ipairs(ids) do
       if id:lower() == wanted:lower() then return id end
     end
-    return util.fail("ERR_CONFIG", "store.network_id '%s' is not in Hydra's networks table (it holds: %s)",
+    return util.fail(E.ERR_CONFIG, "store.network_id '%s' is not in Hydra's networks table (it holds: %s)",
       wanted, #ids > 0 and table.concat(ids, ", ") or "none")
   end
   if #ids == 1 then return ids[1] end
   if #ids == 0 then
-    return util.fail("ERR_CONFIG",
+    return util.fail(E.ERR_CONFIG,
       "Hydra's networks table is empty: start Hydra once (it creates its network) or set store.network_id")
   end
-  return util.fail("ERR_CONFIG", "Hydra's networks table holds %d networks (%s): set store.network_id to the one to use",
+  return util.fail(E.ERR_CONFIG, "Hydra's networks table holds %d networks (%s): set store.network_id to the one to use",
     #ids, table.concat(ids, ", "))
 end
 

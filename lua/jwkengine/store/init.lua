@@ -13,6 +13,7 @@ local hydra_schema = require("jwkengine.store.hydra_schema")
 local key_state = require("jwkengine.lifecycle.sql_backend")
 local luasql = require("jwkengine.store.luasql")
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 local Store = {}
@@ -27,13 +28,13 @@ end
 -- Parses a DSN into { kind = "sqlite", path } | { kind = "postgres", ... }.
 function M.parse_dsn(dsn)
   if type(dsn) ~= "string" or dsn == "" then
-    return util.fail("ERR_CONFIG", "DSN must be a non-empty string")
+    return util.fail(E.ERR_CONFIG, "DSN must be a non-empty string")
   end
   if dsn == "memory" then return { kind = "sqlite", path = ":memory:" } end
   local path = dsn:match("^sqlite3?://(.+)$")
   if path then
     path = path:gsub("%?.*$", "") -- Hydra's DSNs carry driver options such as ?_fk=true
-    if path == "" then return util.fail("ERR_CONFIG", "sqlite DSN has no file path") end
+    if path == "" then return util.fail(E.ERR_CONFIG, "sqlite DSN has no file path") end
     return { kind = "sqlite", path = percent_decode(path) }
   end
   local rest = dsn:match("^postgres://(.+)$") or dsn:match("^postgresql://(.+)$")
@@ -44,7 +45,7 @@ function M.parse_dsn(dsn)
     if not userinfo then hostpart = rest end
     local hostport, database = hostpart:match("^([^/]*)/(.+)$")
     if not database then
-      return util.fail("ERR_CONFIG", "postgres DSN must name a database: postgres://USER:PASS@HOST:PORT/DB")
+      return util.fail(E.ERR_CONFIG, "postgres DSN must name a database: postgres://USER:PASS@HOST:PORT/DB")
     end
     local host, port = hostport:match("^(.*):(%d+)$")
     if not host then host = hostport end
@@ -57,12 +58,12 @@ function M.parse_dsn(dsn)
     end
     for pair in query:gmatch("[^&]+") do
       local name, value = pair:match("^([^=]+)=(.*)$")
-      if not name then return util.fail("ERR_CONFIG", "postgres DSN option '%s' has no value", pair) end
+      if not name then return util.fail(E.ERR_CONFIG, "postgres DSN option '%s' has no value", pair) end
       settings.options[percent_decode(name)] = percent_decode(value)
     end
     return settings
   end
-  return util.fail("ERR_CONFIG",
+  return util.fail(E.ERR_CONFIG,
     "unsupported DSN (use sqlite://PATH, postgres://USER:PASS@HOST:PORT/DB or memory)")
 end
 
@@ -130,7 +131,7 @@ function M.open(dsn_or_driver, options)
 end
 
 local function store_error(what, err)
-  return util.fail("ERR_STORE", "key store: %s: %s", what, tostring(err))
+  return util.fail(E.ERR_STORE, "key store: %s: %s", what, tostring(err))
 end
 
 -- Runs fn(store) in one transaction that holds the store's write lock
@@ -173,7 +174,7 @@ function Store:migrate()
     if not rows then return store_error("cannot read the schema version", err) end
     local current = tonumber(rows[1] and rows[1].version) or 0
     if current > M.SCHEMA_VERSION then
-      return util.fail("ERR_STORE", "key store schema version %d is newer than this jwkengine (%d)",
+      return util.fail(E.ERR_STORE, "key store schema version %d is newer than this jwkengine (%d)",
         current, M.SCHEMA_VERSION)
     end
     local schema, serr, scode = hydra_schema.detect(driver)
@@ -206,7 +207,7 @@ function Store:adopt_schema(network_id)
   self.schema = schema
   if schema == "hydra1" then
     if network_id then
-      return util.fail("ERR_CONFIG", "store.network_id is set but hydra_jwk is Hydra 1.x's (it has no nid column)")
+      return util.fail(E.ERR_CONFIG, "store.network_id is set but hydra_jwk is Hydra 1.x's (it has no nid column)")
     end
     -- the integer pk grows with each insert and breaks ties within a second
     self.insertion_order = "pk"
@@ -241,7 +242,7 @@ local COLUMNS = "pk, sid, kid, version, keydata, created_at"
 local function literal(store, what, value)
   local sql, err = store.driver:quote(value)
   if not sql then
-    return util.fail("ERR_INVALID_ARGUMENT", "key store: %s: %s", what, tostring(err))
+    return util.fail(E.ERR_INVALID_ARGUMENT, "key store: %s: %s", what, tostring(err))
   end
   return sql
 end
@@ -291,7 +292,7 @@ function Store:insert(sid, kid, keydata)
     "SELECT 1 AS found FROM hydra_jwk%s", self:where("sid = " .. sid_sql, "kid = " .. kid_sql)))
   if not rows then return store_error("cannot read key set '" .. sid .. "'", err) end
   if #rows > 0 then
-    return util.fail("ERR_KEY_EXISTS", "key '%s' already exists in key set '%s'", kid, sid)
+    return util.fail(E.ERR_KEY_EXISTS, "key '%s' already exists in key set '%s'", kid, sid)
   end
   local sql = string.format("INSERT INTO hydra_jwk (sid, kid, version, keydata) VALUES (%s, %s, 0, %s)",
     sid_sql, kid_sql, keydata_sql)

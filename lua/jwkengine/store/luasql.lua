@@ -11,6 +11,7 @@
 -- LuaSQL (2.6, as Debian ships it) has no parameter binding, so every value
 -- goes through quote().
 local util = require("jwkengine.util")
+local E = require("jwkengine.errors").E
 
 local M = {}
 local Driver = {}
@@ -75,7 +76,7 @@ end
 local function luasql_module(dialect, database, name)
   local ok, luasql = pcall(require, "luasql." .. name)
   if not ok then
-    return util.fail("ERR_STORE", "%s store needs LuaSQL for %s (Debian: lua-sql-%s)", dialect, database, name)
+    return util.fail(E.ERR_STORE, "%s store needs LuaSQL for %s (Debian: lua-sql-%s)", dialect, database, name)
   end
   return luasql
 end
@@ -85,7 +86,7 @@ local function configure(driver, sql, what)
   local ok, err = driver:exec(sql)
   if not ok then
     driver:close()
-    return util.fail("ERR_STORE", "cannot configure %s: %s", what, err)
+    return util.fail(E.ERR_STORE, "cannot configure %s: %s", what, err)
   end
   return driver
 end
@@ -97,7 +98,7 @@ function M.sqlite(path)
   local connection, err = environment:connect(path)
   if not connection then
     environment:close()
-    return util.fail("ERR_STORE", "cannot open SQLite database %s: %s", path, tostring(err))
+    return util.fail(E.ERR_STORE, "cannot open SQLite database %s: %s", path, tostring(err))
   end
   local driver = setmetatable({ dialect = "sqlite", connection = connection,
     environment = environment }, Driver)
@@ -125,7 +126,7 @@ function M.postgres(settings)
   local connection, err = environment:connect(table.concat(parts, " "))
   if not connection then
     environment:close()
-    return util.fail("ERR_STORE", "cannot connect to PostgreSQL %s@%s:%s/%s: %s",
+    return util.fail(E.ERR_STORE, "cannot connect to PostgreSQL %s@%s:%s/%s: %s",
       tostring(settings.user), tostring(settings.host), tostring(settings.port),
       tostring(settings.database), scrub(driver, err))
   end
