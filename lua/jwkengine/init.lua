@@ -241,7 +241,8 @@ Engine.reload = checked_call("reload")
 
 -- Generates the startup sets that are missing (by default the configured
 -- ones, engine.config.startup_sets): { { set =, alg = }, ... }, once across
--- the processes of the host (jwkengine.startup's lock file). open does
+-- the processes generating into the same token or store (jwkengine.startup's
+-- lock file). open does
 -- this unless options.startup is false; so does `keys maintain`. Returns
 -- true, the names of the sets it generated.
 function Engine:ensure_startup_sets(sets)
@@ -253,7 +254,8 @@ function Engine:ensure_startup_sets(sets)
     if not ok then return nil, err, code end
   end
   local engine = self
-  return startup.ensure_sets(keys_of[self], sets, self.log, { created = function(set)
+  return startup.ensure_sets(keys_of[self], sets, self.log, { identity = startup.identity(self.config),
+    created = function(set)
     -- recorded at creation: the first reader never guesses
     local ok, err, code = lifecycle_writes.record_created(lifecycle_of(engine), set)
     if not ok then
