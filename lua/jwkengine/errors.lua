@@ -56,6 +56,7 @@ M.codes = {
   ERR_NO_SIGNING_KEY = "the key set exists but holds no private signing key",
   ERR_KEY_MARK_REFUSED = "the token would not change CKA_SIGN on a key (C_SetAttributeValue refused): retirement is not written on the key there, only in the set's records",
   ERR_KEY_STATE = "the key's lifecycle state forbids it: a next or retired key named to sign, the current key retired, a key retired on the key itself (CKA_SIGN false on the token, key_ops without sign in its row), a key still needed deleted without force, a token set of several keys with no record of which signs",
+  ERR_KEY_STATES_UNSUPPORTED = "the token keeps no data objects (NSS softokn), so key states cannot be recorded on it: a set with one signing key signs; a set of several keys, rotation and keys activate refuse",
   ERR_KEY_STATES_CORRUPT = "the set's key states cannot be read (corrupt, or a newer format) and none were read before: it neither signs nor publishes until `keys repair SET --current KID`",
   ERR_UNSUPPORTED_ALG = "the algorithm is not one jwkengine signs with (RS*, PS*, ES*, EdDSA)",
   -- keys and key sets

@@ -258,7 +258,7 @@ function Engine:ensure_startup_sets(sets)
     created = function(set)
     -- recorded at creation: the first reader never guesses
     local ok, err, code = lifecycle_writes.record_created(lifecycle_of(engine), set)
-    if not ok then
+    if not ok and code ~= "ERR_KEY_STATES_UNSUPPORTED" then -- that one is said once
       engine.log("warn", string.format("key set '%s': its first key is not recorded yet (%s: %s)", set,
         tostring(code), tostring(err)))
     end
@@ -342,7 +342,7 @@ function Engine:generate(set, alg, options)
   if not jwk_made then return nil, err, code end
   local ok
   ok, err, code = lifecycle_writes.record_created(lifecycle_of(self), set, jwk_made.kid)
-  if not ok then
+  if not ok and code ~= "ERR_KEY_STATES_UNSUPPORTED" then -- that one is said once
     self.log("warn", string.format("key set '%s': the new key '%s' is not recorded yet (%s: %s); the next "
       .. "reader records it as next", set, tostring(jwk_made.kid), tostring(code), tostring(err)))
   end
