@@ -481,3 +481,56 @@ describe("key states through a failing token", function()
     engine:close()
   end)
 end)
+
+-- C_GenerateKeyPair of another process writes one half, then the other: a
+-- set read between the two has a lone half for a moment, which the load
+-- waits out (hsm.LONE_HALF_WAIT) instead of failing the whole set.
+describe("a lone half of a pair another process is making", function()
+  local hsm = require("jwkengine.hsm")
+  local token, dir, saved
+  setup(function()
+    token = softhsm.new_token("lonehalf")
+    dir = softhsm.run("mktemp -d"):gsub("%s+$", "")
+    local out, ok = softhsm.run(string.format("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 "
+      .. "-outform DER -out %s/priv.der && openssl pkey -inform DER -in %s/priv.der -pubout -outform DER "
+      .. "-out %s/pub.der", dir, dir, dir))
+    assert(ok, out)
+    saved = hsm.LONE_HALF_WAIT
+  end)
+  teardown(function()
+    hsm.LONE_HALF_WAIT = saved
+    os.execute("rm -rf " .. softhsm.quote(dir))
+  end)
+
+  local function write_half(set, class, file, login)
+    return string.format("pkcs11-tool --module %s --token-label %s --pin %s %s --write-object %s/%s "
+      .. "--type %s --label %s --id 6c6f6e65 --usage-sign", softhsm.quote(softhsm.LIBRARY),
+      softhsm.quote(token.label), token.pin, login and "--login" or "", dir, file, class, set)
+  end
+
+  it("is waited for while the other half comes, then the pair signs", function()
+    softhsm.pkcs11_tool_ok(token, "--write-object " .. dir .. "/pub.der --type pubkey --label lone-a --id 6c6f6e65")
+    -- long enough for any machine: the load returns as soon as the half is there
+    hsm.LONE_HALF_WAIT = 60
+    local engine = assert(open(token, { t = 1000 }))
+    assert(os.execute("(sleep 0.5; " .. write_half("lone-a", "privkey", "priv.der", true) .. ") >/dev/null 2>&1 &"))
+    local jwks, err, code = engine:key_set("lone-a")
+    assert.is_truthy(jwks, tostring(code) .. ": " .. tostring(err))
+    assert.same({ "lone" }, { jwks.keys[1].kid })
+    assert.equals("lone", signer(engine, "lone-a"))
+    engine:close()
+  end)
+
+  it("fails the set by name when the half stays alone: never published, never signs", function()
+    softhsm.pkcs11_tool_ok(token, "--write-object " .. dir .. "/pub.der --type pubkey --label lone-b --id 6c6f6e65")
+    hsm.LONE_HALF_WAIT = 0.2
+    local engine = assert(open(token, { t = 1000 }))
+    local jwks, err, code = engine:key_set("lone-b")
+    assert.is_nil(jwks)
+    assert.equals("ERR_KEY_INVALID", code)
+    assert.matches("has a public half but no private half", err, 1, true)
+    assert.matches("delete the lone half or import its other half", err, 1, true)
+    assert.is_nil(engine:sign("lone-b", "x"))
+    engine:close()
+  end)
+end)

@@ -487,6 +487,86 @@ describe("with no HSM at all", function()
     os.remove(path)
   end)
 
+  -- Only processes generating into the same store wait for each other
+  -- (the startup lock is per token or store, not per host).
+  describe("the startup lock", function()
+    local startup = require("jwkengine.startup")
+    local saved_timeout
+    before_each(function()
+      saved_timeout = startup.LOCK_TIMEOUT
+      startup.LOCK_TIMEOUT = 1
+    end)
+    after_each(function() startup.LOCK_TIMEOUT = saved_timeout end)
+
+    local function held(dsn)
+      return assert(core.try_lock_file(startup.lock_file(startup.identity({ hsm = {}, dsn = dsn }))))
+    end
+
+    it("is not waited for by a process generating into another store", function()
+      local path = os.tmpname() .. ".sqlite"
+      local lock = held("sqlite://" .. path .. "-other")
+      local lines = {}
+      local engine, err, code = open("sqlite://" .. path, nil, { startup = true,
+        logger = function(_, m) lines[#lines + 1] = m end })
+      lock:release()
+      assert.is_truthy(engine, tostring(code) .. ": " .. tostring(err))
+      for _, line in ipairs(lines) do assert.no.matches("another process", line, 1, true) end
+      assert.equals(2, #lines)
+      engine:close()
+      -- and it is the one a process generating into the same store takes
+      os.remove(path)
+      lock = held("sqlite://" .. path)
+      engine, err, code = open("sqlite://" .. path, nil, { startup = true, logger = false })
+      lock:release()
+      assert.is_nil(engine)
+      assert.equals("ERR_STARTUP_LOCK", code, err)
+      os.remove(path)
+    end)
+
+    it("is named by a hash: no password of the DSN, no PIN of the token in its path", function()
+      local a = startup.lock_file(startup.identity({ hsm = {}, dsn = "postgresql://u:s3cret@db/keys?password=p4ss" }))
+      local b = startup.lock_file(startup.identity({ hsm = {}, dsn = "postgresql://other:x@db/keys?password=other" }))
+      assert.no.matches("s3cret", a, 1, true)
+      assert.matches("/jwkengine%-startup%-%x+%.lock$", a)
+      assert.equals(a, b) -- the same database, whoever logs in
+      assert.no.equals(a, startup.lock_file(startup.identity({ hsm = {}, dsn = "postgresql://u@db/other" })))
+      local t1 = startup.identity({ hsm = { enabled = true, library = "/l.so", uri = "pkcs11:token=t;pin-value=1234" } })
+      assert.no.matches("1234", t1, 1, true)
+      assert.no.equals(startup.lock_file(t1), startup.lock_file(startup.identity({ hsm = { enabled = true,
+        library = "/l.so", uri = "pkcs11:token=u" } })))
+    end)
+
+    it("is not taken for a set whose key states are unreadable: it exists and refuses by itself", function()
+      local path = os.tmpname() .. ".sqlite"
+      local dsn = "sqlite://" .. path
+      local engine = assert(open(dsn, nil, { startup = false }))
+      assert(engine:generate("hydra.openid.id-token", "ES256", { kid = "a" }))
+      assert(engine:generate("hydra.openid.id-token", "ES256", { kid = "b" }))
+      assert(engine:generate("hydra.jwt.access-token", "ES256", { kid = "c" }))
+      assert(engine:maintain())
+      engine:close()
+      local s = assert(store_module.open(dsn))
+      assert(s.driver:exec([[UPDATE jwkengine_key_state SET records = '{"format":2,"records":7}']]))
+      s:close()
+      local lock = held(dsn)
+      local lines = {}
+      local err, code
+      engine, err, code = open(dsn, nil, { startup = true, logger = function(_, m) lines[#lines + 1] = m end })
+      lock:release()
+      assert.is_truthy(engine, tostring(code) .. ": " .. tostring(err))
+      local _, kerr, kcode = engine:key_set("hydra.openid.id-token")
+      assert.equals("ERR_KEY_STATES_CORRUPT", kcode, kerr)
+      local said = 0
+      for _, line in ipairs(lines) do
+        assert.no.matches("another process", line, 1, true)
+        if line:find("startup key set 'hydra.openid.id-token'", 1, true) then said = said + 1 end
+      end
+      assert.equals(1, said)
+      engine:close()
+      os.remove(path)
+    end)
+  end)
+
   it("says what to configure when neither store is enabled", function()
     local engine, err = jwkengine.open({ environment = {}, logger = false })
     assert.is_nil(engine)

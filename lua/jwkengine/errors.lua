@@ -65,6 +65,7 @@ local registry = {
   { "ERR_NO_SIGNING_KEY", "the set exists but holds no private signing key (the fallback does not look elsewhere for it)" },
   { "ERR_KEY_MARK_REFUSED", "the token would not change `CKA_SIGN` on a key (`C_SetAttributeValue` refused, e.g. `CKR_ATTRIBUTE_READ_ONLY`): the retirement is not written on the key there, only in the set's records" },
   { "ERR_KEY_STATE", "the key's lifecycle state forbids it: a `next` or `retired` key named to sign, the current key retired, a key retired on the key itself (`CKA_SIGN` false on the token, `key_ops` without `sign` in its row; also the token's `CKR_KEY_FUNCTION_NOT_PERMITTED` at `C_SignInit`), a key the lifecycle still needs deleted without `--force`, a token set of several keys with no record of which signs (until `keys activate`)" },
+  { "ERR_KEY_STATES_UNSUPPORTED", "the token keeps no data objects (NSS softokn refuses every `CKO_DATA`), so key states cannot be recorded on it: a set with one signing key signs; a set of several keys, rotation, `keys activate` and `keys repair` refuse" },
   { "ERR_KEY_STATES_CORRUPT", "the set's key states cannot be read (corrupt, or a newer format) and this process read no good version before: the set neither signs, publishes nor verifies (nginx: 503 with `Retry-After`) until `keys repair SET --current KID` (see [Rotating keys](#rotating-keys))" },
   { "ERR_UNSUPPORTED_ALG", "an algorithm jwkengine does not sign with (HMAC, `none`) or cannot generate (on the HSM: also one whose mechanism the token lacks; the message names it)" },
   "keys and key sets",

@@ -174,12 +174,35 @@ function Manager:outage()
   return nil
 end
 
+-- How long a load waits for the other half of a lone half, in seconds:
+-- C_GenerateKeyPair of another process writes one half, then the other,
+-- and a set read between the two has a public half alone for a moment.
+M.LONE_HALF_WAIT = 0.5
+local LONE_HALF = "half but no %a+ half with the same CKA_ID"
+
+-- The set's keys as the token holds them; a lone half is read again for
+-- up to LONE_HALF_WAIT before the set fails with it (ERR_KEY_INVALID: a
+-- lone private half never signs, a lone public half is never published).
+function Manager:read_keys(set)
+  local deadline
+  while true do
+    local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits))
+    if keys or code ~= E.ERR_KEY_INVALID or not tostring(err):find(LONE_HALF) then return keys, err, code end
+    deadline = deadline or core.monotonic() + M.LONE_HALF_WAIT
+    if core.monotonic() >= deadline then
+      return nil, err .. string.format(" (still after %g s: if no process is making this pair, delete the lone "
+        .. "half or import its other half)", M.LONE_HALF_WAIT), code
+    end
+    core.pause(0.05)
+  end
+end
+
 -- Loads a set (from the cache unless refresh). An empty set is "not found"
 -- (remembered for a while by jwkengine.fallback, which asks here first).
 function Manager:load(set, refresh)
   local entry = self.sets[set]
   if entry and not refresh then return entry end
-  local keys, err, code = self:drain(self.token:load_set(self.prefix .. set, self.min_rsa_bits))
+  local keys, err, code = self:read_keys(set)
   if not keys then
     err = string.format("key set '%s': %s", set, err)
     local stale = self.outdated[set]

@@ -61,6 +61,7 @@ local STATUS = {
   [E.ERR_OVERLOADED] = { 503, "temporarily_unavailable" },
   [E.ERR_STORE] = { 503, "temporarily_unavailable" },
   [E.ERR_KEY_STATES_CORRUPT] = { 503, "temporarily_unavailable" },
+  [E.ERR_KEY_STATES_UNSUPPORTED] = { 503, "temporarily_unavailable" },
   -- the set's signer is refused until an operator acts (several keys and
   -- no record of which signs) or another process just retired it
   [E.ERR_KEY_STATE] = { 503, "temporarily_unavailable" },

@@ -265,7 +265,8 @@ Engine.reload = checked_call("reload")
 
 -- Generates the startup sets that are missing (by default the configured
 -- ones, engine:configuration().startup_sets): { { set =, alg = }, ... }, once across
--- the processes of the host (jwkengine.startup's lock file). open does
+-- the processes generating into the same token or store (jwkengine.startup's
+-- lock file). open does
 -- this unless options.startup is false; so does `keys maintain`. Returns
 -- true, the names of the sets it generated.
 function Engine:ensure_startup_sets(sets)
@@ -277,10 +278,11 @@ function Engine:ensure_startup_sets(sets)
     if not ok then return nil, err, code end
   end
   local engine = self
-  return startup.ensure_sets(keys_of[self], sets, self.log, { created = function(set)
+  return startup.ensure_sets(keys_of[self], sets, self.log, { identity = startup.identity(self.config),
+    created = function(set)
     -- recorded at creation: the first reader never guesses
     local ok, err, code = lifecycle_writes.record_created(lifecycle_of(engine), set)
-    if not ok then
+    if not ok and code ~= E.ERR_KEY_STATES_UNSUPPORTED then -- that one is said once
       engine.log("warn", string.format("key set '%s': its first key is not recorded yet (%s: %s)", set,
         tostring(code), tostring(err)))
     end
@@ -397,7 +399,7 @@ function Engine:generate(set, alg, options)
   if not jwk_made then return nil, err, code end
   local ok
   ok, err, code = lifecycle_writes.record_created(lifecycle_of(self), set, jwk_made.kid)
-  if not ok then
+  if not ok and code ~= E.ERR_KEY_STATES_UNSUPPORTED then -- that one is said once
     self.log("warn", string.format("key set '%s': the new key '%s' is not recorded yet (%s: %s); the next "
       .. "reader records it as next", set, tostring(jwk_made.kid), tostring(code), tostring(err)))
   end

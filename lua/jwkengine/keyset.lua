@@ -42,6 +42,10 @@ local function prepare_by_state(entry, set, where)
     entry.signer_problem = { M.retired_on_key(signer, set), E.ERR_KEY_STATE }
   elseif signer then
     entry.signer = signer
+  elseif evaluation.undecided and lc.unsupported and select(3, lc.unsupported()) then
+    local _, why, code = lc.unsupported()
+    entry.signer_problem = { string.format("%s key set '%s' has several keys and no record of which signs: %s",
+      where, set, why), code }
   elseif evaluation.undecided then
     entry.signer_problem = { string.format("%s key set '%s' has several keys and no record of which signs "
       .. "(the token gives no order to choose by): name the signer with `jwkengine keys activate %s KID`",

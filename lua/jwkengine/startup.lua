@@ -9,9 +9,9 @@
 --
 -- Once across processes: PKCS#11 has no "create if missing", so two
 -- processes finding a set missing at once would each make a first key.
--- Whoever finds one missing takes a lock file of the host (flock; nginx's
--- workers hold their shared-dict lock around this as well) and looks again
--- under it; the software store's first key is also written with an atomic
+-- Whoever finds one missing takes a lock file of what it generates into
+-- (flock; nginx's workers hold their shared-dict lock around this as well)
+-- and looks again under it; the software store's first key is also written with an atomic
 -- insert-if-empty. Nothing is locked while every set exists.
 local core = require("jwkengine.core")
 local E = require("jwkengine.errors").E
@@ -31,12 +31,36 @@ local function lock_dir()
   return os.getenv("TMPDIR") or "/tmp"
 end
 
--- The lock file every process of this host takes before generating.
-function M.lock_file()
-  return lock_dir() .. "/jwkengine-startup.lock"
+-- What identifies the place startup generates into, as text: the HSM's
+-- library and token (its URI without a PIN, label, serial, slot) and the
+-- key set prefix, or the store's DSN without its user and password.
+-- Processes generating into other tokens or stores never wait for each
+-- other; the text is only ever hashed into a file name.
+function M.identity(config)
+  local hsm = config.hsm or {}
+  if hsm.enabled then
+    local uri = hsm.uri and hsm.uri:gsub("[;?&]?pin%-[%w]+=[^;?&]*", "")
+    return table.concat({ "hsm", tostring(hsm.library), tostring(uri), tostring(hsm.token_label),
+      tostring(hsm.token_serial), tostring(hsm.slot), tostring(hsm.key_set_prefix) }, "\0")
+  end
+  local dsn = config.dsn or "sqlite://jwkengine.sqlite"
+  dsn = dsn:gsub("^(%a[%w+.-]*://)[^/@]*@", "%1"):gsub("([?&])password=[^&]*", "%1")
+  return "store\0" .. dsn
 end
 
--- The host's startup lock, waited for up to timeout seconds: lock, or
+-- The lock file processes generating into the same place (identity, see
+-- M.identity) take before generating; a short hash of it names the file.
+function M.lock_file(identity)
+  local name = "jwkengine-startup.lock"
+  if identity then
+    local digest = core.digest("SHA-256", identity):sub(1, 8)
+    name = "jwkengine-startup-" .. digest:gsub(".", function(c) return string.format("%02x", c:byte()) end)
+      .. ".lock"
+  end
+  return lock_dir() .. "/" .. name
+end
+
+-- The startup lock, waited for up to timeout seconds: lock, or
 -- nil, err, code (ERR_STARTUP_LOCK), timed_out.
 local function acquire(path, timeout, log)
   local deadline = core.monotonic() + timeout
@@ -58,7 +82,7 @@ end
 
 -- keys: the engine's fallback manager (jwkengine.fallback); startup_sets:
 -- { { set =, alg = }, ... }; log(level, message); options.lock_file (default
--- M.lock_file()), options.lock_timeout (default M.LOCK_TIMEOUT),
+-- M.lock_file(options.identity)), options.lock_timeout (default M.LOCK_TIMEOUT),
 -- options.created(set): called for each set this call generated (the
 -- lifecycle records it).
 -- Returns true, the names of the sets this call generated.
@@ -67,12 +91,18 @@ function M.ensure_sets(keys, startup_sets, log, options)
   -- A set that does not read back as present is looked at again under the
   -- lock, whatever the read said: another process generating it leaves it
   -- half made (a public half without its private half) for a moment.
+  -- A set whose key states cannot be read exists: said once here, no lock.
   local missing = {}
   for _, entry in ipairs(startup_sets) do
-    if not keys:key_set(entry.set) then missing[#missing + 1] = entry end
+    local jwks, err, code = keys:key_set(entry.set)
+    if not jwks and code == E.ERR_KEY_STATES_CORRUPT then
+      log("error", string.format("startup key set '%s': %s", entry.set, err))
+    elseif not jwks then
+      missing[#missing + 1] = entry
+    end
   end
   if #missing == 0 then return true, {} end
-  local path = options.lock_file or M.lock_file()
+  local path = options.lock_file or M.lock_file(options.identity)
   local lock, lerr, lcode, timed_out = acquire(path, options.lock_timeout or M.LOCK_TIMEOUT, log)
   if timed_out then return nil, lerr, lcode end
   if not lock then

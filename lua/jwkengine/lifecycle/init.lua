@@ -148,6 +148,12 @@ function States:read(set)
   end
   return value, err, code
 end
+-- nil, or nil, why, ERR_KEY_STATES_UNSUPPORTED once the backend is known
+-- to keep no states (a token without data objects).
+function States:unsupported()
+  if self.backend.unsupported then return self.backend:unsupported() end
+  return nil
+end
 function States:write(set, version, records, policy) return self.backend:write(set, version, records, policy) end
 function States:repair(set, records, policy) return self.backend:repair(set, records, policy) end
 
@@ -200,7 +206,7 @@ end
 -- keys (compare-and-swap; whoever loses reads the winner's records).
 function M.read_into(entry, set, where, states, now)
   local value, read_now, code = states:value(set)
-  local lc = { present = M.present(entry), now = states.now,
+  local lc = { present = M.present(entry), now = states.now, unsupported = function() return states:unsupported() end,
     reevaluate = function(e) return apply(e, set, where, states, states.now()) end }
   entry.lifecycle = lc
   if not value then
@@ -215,7 +221,7 @@ function M.read_into(entry, set, where, states, now)
   local evaluation = lc.evaluation
   if read_now and evaluation.must_record then
     local records = rule.records_after(value.records, evaluation)
-    local written, werr = states:write(set, value.version, records, states:policy_to_record(set, value))
+    local written, werr, wcode = states:write(set, value.version, records, states:policy_to_record(set, value))
     if written == false then
       local again = states:value(set)
       if again then
@@ -224,7 +230,7 @@ function M.read_into(entry, set, where, states, now)
       end
     elseif written then
       lc.records = records
-    else
+    elseif wcode ~= E.ERR_KEY_STATES_UNSUPPORTED then -- that one is said once
       states.log("warn", string.format("key set '%s': first-seen key states cannot be recorded (%s)",
         set, tostring(werr)))
     end

@@ -169,6 +169,25 @@ function Backend:is_marked(set)
   return #found > 0
 end
 
+-- A token that refuses the one-byte marker with one of these keeps no
+-- data objects at all (NSS softokn: C_CreateObject of any CKO_DATA,
+-- CKR_ATTRIBUTE_VALUE_INVALID): key states cannot live there.
+local NO_DATA_OBJECTS = { CKR_ATTRIBUTE_VALUE_INVALID = true, CKR_TEMPLATE_INCONSISTENT = true,
+  CKR_ATTRIBUTE_TYPE_INVALID = true }
+
+-- nil, the refusal and ERR_KEY_STATES_UNSUPPORTED once the token is known
+-- to keep no data objects; said once per process, not per set.
+function Backend:unsupported(cause)
+  if cause and not self.no_data_objects then
+    self.no_data_objects = string.format("the token keeps no data objects (%s), so key states cannot be "
+      .. "recorded on it: a set with one signing key signs with it; a set of several keys, rotation and "
+      .. "`keys activate` refuse (README: What was verified on which implementation)", cause)
+    self.log("error", self.no_data_objects .. " (ERR_KEY_STATES_UNSUPPORTED)")
+  end
+  if self.no_data_objects then return nil, self.no_data_objects, E.ERR_KEY_STATES_UNSUPPORTED end
+  return nil
+end
+
 -- Gives the set its marker before a write can open the gap. Remembered
 -- for later writes, but looked up again by a first write (deleting a set
 -- takes its marker). The second value says whether this call made it.
@@ -179,6 +198,9 @@ function Backend:mark(set, first)
   if not marked then
     local ok
     ok, err, code = self.token:create_data(M.MARKER_APPLICATION, self.prefix .. set, MARKER_VALUE)
+    if not ok and (NO_DATA_OBJECTS[code] or NO_DATA_OBJECTS[tostring(err):match("C_CreateObject: (CKR_[%u_]+)")]) then
+      return self:unsupported(tostring(err))
+    end
     if not ok then return nil, err, code end
   end
   self.marked[set] = true
@@ -235,6 +257,7 @@ function Backend:read(set)
 end
 
 local function write_error(set, err, code)
+  if code == E.ERR_KEY_STATES_UNSUPPORTED then return nil, err, code end
   return nil, string.format("key set '%s': writing its key states to the token: %s", set, err), code
 end
 
@@ -301,6 +324,7 @@ end
 -- first, and when the create fails (or raises) the replaced object is put
 -- back, so a write never leaves the set with less than it found.
 function Backend:write(set, version, records, policy)
+  if self.no_data_objects then return self:unsupported() end
   local objects, newest, code = self:objects(set)
   if not objects then return nil, newest, code end
   if (newest and newest.version or 0) ~= version then return false end
@@ -362,6 +386,7 @@ end
 -- object at once; then every other state object it can name goes. An object the token cannot
 -- hand over stays (it claims no version: readers skip it beside this one).
 function Backend:repair(set, records, policy)
+  if self.no_data_objects then return self:unsupported() end
   local found, err, code = self:find(M.APPLICATION, set)
   if not found then return nil, err, code end
   local top = self.seen[set] or 0

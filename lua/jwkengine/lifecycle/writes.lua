@@ -325,8 +325,22 @@ end
 -- options.now the current key at once, the old current one retired at
 -- once (emergency). options.alg: the new key's algorithm. Returns the
 -- changes.
+-- A token known to keep no key states (ERR_KEY_STATES_UNSUPPORTED): a
+-- rotation is refused before it makes a key it could never record (the
+-- set would then hold two keys and refuse to sign).
+local function states_unsupported(self, set)
+  local manager, entry = holder(self, set)
+  local lc = manager and entry.lifecycle
+  if lc and lc.unsupported then
+    local _, err, code = lc.unsupported()
+    if code then return err, code end
+  end
+end
+
 function M.rotate(self, set, options)
   options = options or {}
+  local unsupported, ucode = states_unsupported(self, set)
+  if unsupported then return nil, string.format("key set '%s': %s", set, unsupported), ucode end
   if not options.now then return rotate_next(self, set, options.alg) end
   local manager, entry, code = holder(self, set)
   if not manager then return nil, entry, code end
