@@ -35,7 +35,7 @@ int jwke_fail_code(jwke_error *err, const char *code, const char *fmt, ...)
 int jwke_fail_in(jwke_error *err, const char *operation_code);
 
 /* The code of a failure the binding cannot name otherwise: a failure path
- * that sets no code is a bug (spec/error_codes_spec.lua keeps every
+ * that sets no code is a bug (spec/core/error_codes_spec.lua keeps every
  * reachable one away from it). */
 #define JWKE_ERR_INTERNAL "ERR_INTERNAL"
 #define JWKE_ERR_OUT_OF_MEMORY "ERR_OUT_OF_MEMORY"

@@ -1,5 +1,5 @@
 -- Every stable error code jwkengine returns, each with what it means (the
--- one registry: spec/errors_spec.lua checks it against the code and the
+-- one registry: spec/core/errors_spec.lua checks it against the code and the
 -- README). Failures return `nil, message, code`: programs branch on the
 -- code, people read the message. Codes never change meaning; new ones may
 -- be added. CKR_* names of PKCS#11 failures come on top of these.
