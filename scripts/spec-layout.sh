@@ -55,6 +55,7 @@ hsm softhsm_suite_spec.lua
 engine cli_spec.lua
 engine engine_spec.lua
 engine facade_spec.lua
+engine facade_surface_spec.lua
 engine health_spec.lua
 engine hostile_input_spec.lua
 engine hsm_pss_spec.lua
