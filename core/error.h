@@ -10,7 +10,7 @@
 #include "pkcs11_header.h"
 /* JWKE_ERR_* (made from lua/jwkengine/errors.lua, the one registry). A
  * failure path that sets no code is a bug: the binding names it
- * JWKE_ERR_INTERNAL, and spec/error_codes_spec.lua keeps every reachable
+ * JWKE_ERR_INTERNAL, and spec/core/error_codes_spec.lua keeps every reachable
  * path away from it. */
 #include "error_codes.h"
 

@@ -3,7 +3,7 @@
 --   lua5.4 scripts/gen-error-codes.lua readme [README]  the README's table
 -- The README's table is rewritten in place between its two marker lines.
 -- A ctest (error_codes_current) fails while core/error_codes.h is not what
--- this makes, and spec/errors_spec.lua while the README's table is not.
+-- this makes, and spec/core/errors_spec.lua while the README's table is not.
 local M = {}
 
 -- run as a script, the registry is found beside it; loaded as a module

@@ -3,7 +3,7 @@
 -- marker comments in place, so a setting added or changed there needs only
 --   lua5.4 scripts/readme-config.lua [README.md]
 -- (from the repository, after the build: the schema reads the C limits).
--- spec/config_settings_spec.lua fails while the block is not what this makes.
+-- spec/core/config_settings_spec.lua fails while the block is not what this makes.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = "build/lib/?.so;" .. package.cpath
 local settings = require("jwkengine.config_settings")

@@ -2,7 +2,7 @@
 -- the block between the two marker comments in place, so that a merge
 -- that adds or renames a section needs only
 --   lua5.4 scripts/readme-toc.lua [README.md]
--- spec/readme_toc_spec.lua fails while the block is not what this makes.
+-- spec/project/readme_toc_spec.lua fails while the block is not what this makes.
 -- Headings inside fenced code blocks are not headings; anchors are the ones
 -- GitHub gives (lowercase, punctuation dropped, spaces to "-", "-1", "-2"
 -- for repeats).

@@ -23,7 +23,7 @@
 # (busted's pending tests shown beside it); the sanitizer pass re-runs the
 # same specs, so it has a line of its own, outside that count, and any
 # failure in it still fails the run. Extra arguments go
-# to the busted runs (e.g. scripts/test.sh spec/engine_spec.lua); set
+# to the busted runs (e.g. scripts/test.sh spec/engine/engine_spec.lua); set
 # JWKE_QUICK=1 to run only steps 1 and 2, JWKE_BUSTED_OUTPUT to give step 2
 # another busted output handler (e.g. a file of your own that times tests).
 set -u
@@ -82,7 +82,7 @@ export P11_KIT_SERVER_ADDRESS="unix:path=$JWKE_TMP/p11kit.sock"
 mkdir -p "$JWKE_TMP/npm-jose"
 cp scripts/npm-jose/package.json scripts/npm-jose/*.mjs "$JWKE_TMP/npm-jose/"
 (cd "$JWKE_TMP/npm-jose" && npm install --no-audit --no-fund --loglevel=error >/dev/null) ||
-  echo "npm install of jose failed: spec/jose_interop_spec.lua will report it"
+  echo "npm install of jose failed: spec/jose/jose_interop_spec.lua will report it"
 export JWKE_NPM_JOSE_DIR="$JWKE_TMP/npm-jose"
 
 # Each step's wall time, printed with the summary: the suite has a time

@@ -1,7 +1,7 @@
 -- Every stable error code jwkengine returns, each with its one meaning: the
 -- one registry. core/error_codes.h (the C core's JWKE_ERR_* names) and the
 -- README's table of codes are made from it by scripts/gen-error-codes.lua;
--- a ctest (error_codes_current) and spec/errors_spec.lua fail when either
+-- a ctest (error_codes_current) and spec/core/errors_spec.lua fail when either
 -- differs, or when a code is used that is not here or is here but unused.
 --
 -- Failures return `nil, message, code`: programs branch on the code, people

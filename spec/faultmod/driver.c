@@ -2,7 +2,7 @@
  * jwke_faultmod_driver: in-process checks of libjwke_faultmod.so that
  * pkcs11-tool cannot show (counts within one process, operation state after
  * an injected fault, session handles across removal and re-insertion,
- * threads, fork). Run from spec/faultmod_spec.lua:
+ * threads, fork). Run from spec/project/faultmod_spec.lua:
  *
  *   jwke_faultmod_driver MODULE TOKEN_LABEL PIN TMPDIR SCENARIO
  *

@@ -9,7 +9,7 @@ seeds are rewritten when targets are named):
 
     /usr/bin/python3 fuzz/make_corpus.py [--out DIR] [TARGET...]
 
-Every run writes the same bytes (spec/corpus_spec.lua checks that the
+Every run writes the same bytes (spec/project/corpus_spec.lua checks that the
 committed seeds are what it writes): keys come from the RFC examples or from
 fixed private values, never from a generator. DIR defaults to spec/fuzz/corpus.
 """

@@ -1,4 +1,4 @@
--- What the nginx chaos specs (spec/nginx_chaos_*_spec.lua) check of a
+-- What the nginx chaos specs (spec/nginx/nginx_chaos_*_spec.lua) check of a
 -- client run (spec/nginx/client.py rotation) while another process damages
 -- a set's key states, and how they wait for signing to resume.
 local assert = require("luassert")

@@ -5,7 +5,8 @@
 --   states SET             one JSON line per key (kid, state, times), then
 --                          {"signer": kid}
 --   write SET VERSION TAG  a raw compare-and-swap on the token's state
---                          objects; prints "won" or "lost"
+--                          objects; prints "won", "lost at the destroy" or
+--                          "lost before the destroy"
 --   maintain SET | rotate SET   engine:maintain / engine:rotate: one JSON
 --                          line per change, or "refused CODE"
 -- With JWKE_READY and JWKE_GO set, a process opens the token, creates
@@ -84,11 +85,29 @@ elseif mode == "write" then
       end
     end
   end)
+  -- The writer sees the token through a proxy that notes whether it got
+  -- as far as destroying the version it read: a loser that did read that
+  -- version while it stood, as the winner did (the two contended); one that
+  -- did not found the winner's write already done (the load serialized
+  -- them), which proves nothing about the race.
+  local destroyed = false
+  local proxy = setmetatable({}, {
+    __index = function(_, name)
+      if name == "destroy_data" then
+        return function(_, ...)
+          destroyed = true
+          return token:destroy_data(...)
+        end
+      end
+      local method = token[name]
+      return function(_, ...) return method(token, ...) end
+    end,
+  })
   barrier()
-  local won, err = hsm_states.new(token, ""):write(set, tonumber(arg[3]),
+  local won, err = hsm_states.new(proxy, ""):write(set, tonumber(arg[3]),
     { [tag] = { state = "current", times = { current = now } } })
   assert(won ~= nil, err)
-  print(won and "won" or "lost")
+  print(won and "won" or (destroyed and "lost at the destroy" or "lost before the destroy"))
   token:close()
 else
   error("unknown mode " .. tostring(mode))

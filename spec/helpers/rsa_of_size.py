@@ -6,7 +6,7 @@ Deterministic: the seed is the size.
 
     /usr/bin/python3 spec/helpers/rsa_of_size.py BITS   # JSON {pem, jwk}
 
-Used by spec/hostile_keys_spec.lua and spec/fuzz/make_corpus.py."""
+Used by spec/core/hostile_keys_spec.lua and spec/fuzz/make_corpus.py."""
 import base64
 import json
 import math

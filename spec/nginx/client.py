@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Load client for spec/nginx_spec.lua: concurrent requests against the test
+"""Load client for spec/nginx/nginx_spec.lua: concurrent requests against the test
 nginx on 127.0.0.1, one connection per request (so the kernel spreads them
 over every worker), and independent verification with python3-jwcrypto.
 

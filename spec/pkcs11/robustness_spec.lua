@@ -26,7 +26,7 @@ describe("session pool", function()
 end)
 
 -- The pre-forking host (8 children signing beside the parent) is proven by
--- scripts/soak.lua's fork check, run from spec/soak_spec.lua.
+-- scripts/soak.lua's fork check, run from spec/engine/soak_spec.lua.
 
 describe("PIN hygiene", function()
   local token

@@ -186,7 +186,7 @@ describe("idle sessions", function()
     assert.equals(before.idle_checks + 1, after.idle_checks)
     assert.equals(before.sessions_expired + 1, after.sessions_expired)
     -- the pooled session and the login session (the token closed both, and
-    -- logged out: spec/idle_login_spec.lua)
+    -- logged out: spec/pkcs11/idle_login_spec.lua)
     assert.equals(2, counts["window.C_GetSessionInfo"])
     assert.equals(1, counts["window.C_SignInit"]) -- signed once, no retry
     assert.is_true(counts.expired_sessions >= 1)

@@ -8,7 +8,7 @@
 -- issue lists. Running and freshly started workers never publish nor sign
 -- with the retired kid and never answer 500; after `keys repair` every
 -- worker signs and the client verifies every token. (PostgreSQL's rows are
--- damaged the same ways at the engine level: spec/lifecycle_store_spec.lua.)
+-- damaged the same ways at the engine level: spec/lifecycle/lifecycle_store_spec.lua.)
 local cjson = require("cjson")
 local chaos = require("helpers.chaos")
 local cli = require("helpers.cli")

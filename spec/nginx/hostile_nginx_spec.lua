@@ -4,7 +4,7 @@
 -- each with the 4xx the row names and a JSON error body (never 200, never
 -- 5xx); the JWK Set endpoint must answer hostile conditional requests with
 -- the published set itself or 304, never an error. The Lua API and CLI half
--- of the corpus is spec/hostile_input_spec.lua (nginx cannot load the
+-- of the corpus is spec/engine/hostile_input_spec.lua (nginx cannot load the
 -- sanitizer build, so this half lives in a file that pass leaves out).
 local cjson = require("cjson")
 local jose = require("helpers.jose")

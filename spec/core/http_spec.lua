@@ -1,6 +1,6 @@
 -- jwkengine.http: the request headers the nginx endpoints read, parsed in
 -- time linear in their length, and the one table from failures to statuses.
--- (spec/nginx_spec.lua sends the same inputs through real nginx.)
+-- (spec/nginx/nginx_spec.lua sends the same inputs through real nginx.)
 local http = require("jwkengine.http")
 local errors = require("jwkengine.errors")
 
