@@ -124,6 +124,27 @@ function M.render_rotation(opts, rotation)
     'schedule_interval = 1,\n            -- thread_pool = "jwkengine",')
 end
 
+-- The startup sets and timings of the rotation specs' configuration file
+-- (startup_sets of M.new): sets is a list of { set, period, prepublish,
+-- retain } (no prepublish: no rotation table; no period: none in it),
+-- timings { max_age, refresh, lifetime, cache_ttl }.
+function M.rotation_config(sets, timings)
+  local lines = {}
+  for _, entry in ipairs(sets) do
+    lines[#lines + 1] = "  - set: " .. entry.set
+    lines[#lines + 1] = "    alg: ES256"
+    if entry.prepublish then
+      lines[#lines + 1] = string.format("    rotation: { %sprepublish: %d, retain: %d }",
+        entry.period and string.format("period: %d, ", entry.period) or "", entry.prepublish, entry.retain)
+    end
+  end
+  lines[#lines + 1] = string.format("publication: { max_age: %d, refresh: %d }", timings.max_age, timings.refresh)
+  lines[#lines + 1] = string.format("tokens: { max_lifetime: %d, clock_tolerance: 0 }", timings.lifetime)
+  lines[#lines + 1] = string.format("store: { cache_ttl: %d }", timings.cache_ttl)
+  lines[#lines + 1] = ""
+  return table.concat(lines, "\n")
+end
+
 M.contains = require("jwkengine.util").contains
 
 local Server = {}

@@ -26,15 +26,8 @@ local CORRUPTIONS = { "version-string", "records-not-object", "truncated", "over
   "version-inf", "record-without-times", "records-list", "rival-all-current", "delete-all" }
 
 local function config_tail()
-  return table.concat({
-    "  - set: " .. SET,
-    "    alg: ES256",
-    string.format("    rotation: { period: %d, prepublish: %d, retain: %d }", PERIOD, PREPUBLISH, RETAIN),
-    string.format("publication: { max_age: %d, refresh: %d }", MAX_AGE, REFRESH),
-    string.format("tokens: { max_lifetime: %d, clock_tolerance: 0 }", LIFETIME),
-    string.format("store: { cache_ttl: %d }", CACHE_TTL),
-    "",
-  }, "\n")
+  return nginx.rotation_config({ { set = SET, period = PERIOD, prepublish = PREPUBLISH, retain = RETAIN } },
+    { max_age = MAX_AGE, refresh = REFRESH, lifetime = LIFETIME, cache_ttl = CACHE_TTL })
 end
 
 local retried = nginx.retried

@@ -22,15 +22,8 @@ local PREPUBLISH, RETAIN = 4, 5
 local PERIOD = 3600 -- the schedule runs every second; no rotation falls due
 local SET = "chaos-store"
 
-local CONFIG_TAIL = table.concat({
-  "  - set: " .. SET,
-  "    alg: ES256",
-  string.format("    rotation: { period: %d, prepublish: %d, retain: %d }", PERIOD, PREPUBLISH, RETAIN),
-  string.format("publication: { max_age: %d, refresh: %d }", MAX_AGE, REFRESH),
-  string.format("tokens: { max_lifetime: %d, clock_tolerance: 0 }", LIFETIME),
-  string.format("store: { cache_ttl: %d }", CACHE_TTL),
-  "",
-}, "\n")
+local CONFIG_TAIL = nginx.rotation_config({ { set = SET, period = PERIOD, prepublish = PREPUBLISH, retain = RETAIN } },
+  { max_age = MAX_AGE, refresh = REFRESH, lifetime = LIFETIME, cache_ttl = CACHE_TTL })
 
 -- Runs SQL on the store as another program would.
 local function sql(dsn, statement, query)

@@ -24,16 +24,8 @@ local OPERATOR_KID = "operator-key"
 -- The configuration file of the workers and of this spec: a set with no
 -- period (its keys come from the operator), or one rotating every PERIOD.
 local function config_tail(set, period)
-  return table.concat({
-    "  - set: " .. set,
-    "    alg: ES256",
-    string.format("    rotation: { %sprepublish: %d, retain: %d }",
-      period and string.format("period: %d, ", period) or "", PREPUBLISH, RETAIN),
-    string.format("publication: { max_age: %d, refresh: %d }", MAX_AGE, REFRESH),
-    string.format("tokens: { max_lifetime: %d, clock_tolerance: 0 }", LIFETIME),
-    string.format("store: { cache_ttl: %d }", CACHE_TTL),
-    "",
-  }, "\n")
+  return nginx.rotation_config({ { set = set, period = period, prepublish = PREPUBLISH, retain = RETAIN } },
+    { max_age = MAX_AGE, refresh = REFRESH, lifetime = LIFETIME, cache_ttl = CACHE_TTL })
 end
 
 -- environment: extra variables for nginx (the workers see

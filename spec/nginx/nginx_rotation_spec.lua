@@ -27,20 +27,11 @@ local TIMER_SLACK = 1
 -- The configuration file the workers, the CLI and this spec read: the
 -- publication settings agree with nginx's jwks settings (init() refuses
 -- them otherwise), and the rotation policy passes the safety rules.
-local CONFIG_TAIL = table.concat({
-  "  - set: " .. SCHEDULED,
-  "    alg: ES256",
-  string.format("    rotation: { period: %d, prepublish: %d, retain: %d }", PERIOD, PREPUBLISH, RETAIN),
-  "  - set: " .. SECOND,
-  "    alg: ES256",
-  string.format("    rotation: { period: %d, prepublish: %d, retain: %d }", SECOND_PERIOD, PREPUBLISH, RETAIN),
-  "  - set: " .. EMERGENCY,
-  "    alg: ES256",
-  string.format("publication: { max_age: %d, refresh: %d }", MAX_AGE, REFRESH),
-  string.format("tokens: { max_lifetime: %d, clock_tolerance: 0 }", LIFETIME),
-  string.format("store: { cache_ttl: %d }", CACHE_TTL),
-  "",
-}, "\n")
+local CONFIG_TAIL = nginx.rotation_config({
+  { set = SCHEDULED, period = PERIOD, prepublish = PREPUBLISH, retain = RETAIN },
+  { set = SECOND, period = SECOND_PERIOD, prepublish = PREPUBLISH, retain = RETAIN },
+  { set = EMERGENCY },
+}, { max_age = MAX_AGE, refresh = REFRESH, lifetime = LIFETIME, cache_ttl = CACHE_TTL })
 
 local function render(opts)
   local text = nginx.render_rotation(opts, { max_age = MAX_AGE, set = SCHEDULED, lifetime = LIFETIME })
