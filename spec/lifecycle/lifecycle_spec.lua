@@ -178,6 +178,25 @@ describe("lifecycle rule", function()
     assert.is_nil(lifecycle.evaluate(records, { "c" }, POLICY, 100).keys.x)
   end)
 
+  it("keeps the newest KEEP_DESTROYED records of destroyed keys and every other record", function()
+    local keep = lifecycle.KEEP_DESTROYED
+    local records = { c = rec("current", { current = 0 }), gone = rec("previous", { previous = 1 }) }
+    for i = 1, keep + 10 do
+      records["d" .. i] = rec("destroyed", { retired = i, destroyed = 1000 + i })
+    end
+    local out = lifecycle.records_after(records, lifecycle.evaluate(records, { "c" }, POLICY, 5000))
+    local destroyed = 0
+    for _, record in pairs(out) do
+      if record.state == "destroyed" then destroyed = destroyed + 1 end
+    end
+    assert.equals(keep, destroyed)
+    for i = 1, 10 do assert.is_nil(out["d" .. i], "the oldest go first: d" .. i) end
+    for i = 11, keep + 10 do assert.is_not_nil(out["d" .. i], "d" .. i) end
+    -- records that decide something stay, present or not
+    assert.equals("current", out.c.state)
+    assert.equals("previous", out.gone.state)
+  end)
+
   it("runs several scheduled cycles, one signer at every instant", function()
     local policy = { period = 1000, prepublish = 400, retain = 1500 }
     local records = { k1 = rec("current", { current = 0 }) }

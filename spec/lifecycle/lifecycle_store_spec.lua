@@ -9,6 +9,7 @@ local cli = require("helpers.cli")
 local lifecycle_helpers = require("helpers.lifecycle")
 local softhsm = require("helpers.softhsm")
 local store_module = require("jwkengine.store")
+local lifecycle_rule = require("jwkengine.lifecycle.rule")
 local sql_backend = require("jwkengine.lifecycle.sql_backend")
 local stores = require("helpers.stores")
 
@@ -300,6 +301,40 @@ stores.describe_each("the lifecycle on the software store", function(database, b
     for kid, record in pairs(value.records) do kids[#kids + 1] = kid; assert.equals("current", record.state) end
     assert.equals(1, #kids)
     assert.equals(ROTATION.prepublish, value.policy.prepublish)
+    engine:close()
+  end)
+
+  it("keeps writing when destroyed keys' records would pass the records' bound: the oldest go", function()
+    local clock = { t = 1000 }
+    local rotation = { period = 1000, prepublish = 400, retain = 4000, destroy_after = 10 }
+    local engine = open(database.dsn, clock, rotation, { startup = true })
+    local first = signer(engine)
+    -- a long history: the set's own record and 399 destroyed ones, the
+    -- records' bound (MAX_RECORDS) reached
+    local value = recorded(database.dsn)
+    local records = { [first] = value.records[first] }
+    for i = 1, 399 do
+      records[string.format("d%03d", i)] = { state = "destroyed", times = { retired = i, destroyed = 10 + i } }
+    end
+    local s = assert(store_module.open(database.dsn))
+    assert.is_true(assert(sql_backend.new(s):write("rot", value.version, records, value.policy)))
+    s:close()
+    -- the new signer's record would make 401: rotate --now must still work
+    -- (it retires the first key now; maintain destroys it 10 s later)
+    assert(engine:rotate("rot", { now = true }))
+    clock.t = clock.t + 11
+    assert(engine:maintain())
+    local after = recorded(database.dsn)
+    local destroyed, total = 0, 0
+    for _, record in pairs(after.records) do
+      total = total + 1
+      if record.state == "destroyed" then destroyed = destroyed + 1 end
+    end
+    assert.equals("destroyed", after.records[first].state, "the newest destroyed record stays")
+    assert.equals(lifecycle_rule.KEEP_DESTROYED, destroyed)
+    assert.is_nil(after.records.d001, "the oldest goes")
+    assert.is_true(total < 400)
+    assert.is_not_nil(signer(engine))
     engine:close()
   end)
 end)

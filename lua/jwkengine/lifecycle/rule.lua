@@ -225,15 +225,43 @@ function M.evaluate(records, present, policy, now, options)
   return result
 end
 
+-- How many records of destroyed keys a set keeps. A destroyed record
+-- decides nothing: the rule passes over it, and a destroyed key that came
+-- back (a token restored from a backup) is kept from signing by the mark
+-- its retirement left on the key, not by its record. It is history, and
+-- history without a bound would fill the set's records (records.lua allows
+-- MAX_RECORDS): an hourly rotation with destroy_after set would refuse
+-- every write after about 16 days. The oldest go first.
+M.KEEP_DESTROYED = 64
+
+local function destroyed_at(record) return record.times.destroyed or 0 end
+
+-- Drops the oldest destroyed records beyond KEEP_DESTROYED (ties by kid,
+-- so every process drops the same ones), in place.
+function M.prune_destroyed(records)
+  local destroyed = {}
+  for kid, record in pairs(records) do
+    if record.state == "destroyed" then destroyed[#destroyed + 1] = kid end
+  end
+  if #destroyed <= M.KEEP_DESTROYED then return end
+  table.sort(destroyed, function(a, b)
+    local ta, tb = destroyed_at(records[a]), destroyed_at(records[b])
+    if ta ~= tb then return ta < tb end
+    return a < b
+  end)
+  for i = 1, #destroyed - M.KEEP_DESTROYED do records[destroyed[i]] = nil end
+end
+
 -- The records to write after an evaluation: the evaluated keys, plus the
--- records of keys no longer present (destroyed keys keep theirs). Keys the
--- rule left undecided stay unrecorded.
+-- records of keys no longer present (the newest KEEP_DESTROYED destroyed
+-- keys keep theirs). Keys the rule left undecided stay unrecorded.
 function M.records_after(records, evaluation)
   local out = {}
   for kid, record in pairs(records) do out[kid] = record end
   for kid, key in pairs(evaluation.keys) do
     if not key.undecided then out[kid] = { state = key.state, times = key.times } end
   end
+  M.prune_destroyed(out)
   return out
 end
 

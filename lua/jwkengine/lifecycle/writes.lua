@@ -244,6 +244,7 @@ local function maintain_set(engine, set)
       record(out, kid, "next", now)
     end
     for _, destroyed in ipairs(evaluation.destroy) do record(out, destroyed, "destroyed", now) end
+    rule.prune_destroyed(out)
     return out, { kid = kid, alg = new_key_alg(engine, set, entry), destroy = evaluation.destroy }
   end)
   if not changes then return nil, plan, manager end
