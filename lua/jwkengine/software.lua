@@ -32,7 +32,6 @@ function M.new(store, secrets, options)
     secrets = secrets,
     cache_ttl = options.cache_ttl or 30,
     now = options.now or os.time,
-    states = options.states, -- jwkengine.lifecycle states: the lifecycle of each set
     log = options.logger or function() end,
     sets = {},
   }, Manager)

@@ -1,7 +1,8 @@
 -- The facade is closed: require("jwkengine") exports exactly the names the
 -- README's Lua API lists, an engine answers exactly the methods it lists,
 -- and the hosts inside the library (the nginx package, health.lua) use
--- nothing else: not the binding, not an engine's fields.
+-- nothing else: not the binding, not an engine's fields. Below the facade,
+-- the key managers never call up into the lifecycle that governs them.
 local jwkengine = require("jwkengine")
 
 local function read(path)
@@ -91,5 +92,17 @@ describe("the facade", function()
       end
     end
     assert.same({}, reach)
+  end)
+
+  it("has data flow one way: the key managers never call up into the lifecycle", function()
+    -- the engine puts each manager under its states (jwkengine.lifecycle.govern)
+    local up = {}
+    for _, path in ipairs({ "lua/jwkengine/keyset.lua", "lua/jwkengine/hsm.lua", "lua/jwkengine/software.lua",
+      "lua/jwkengine/fallback.lua" }) do
+      local code = code_of(read(path))
+      for call in code:gmatch("states:[%a_]+") do up[#up + 1] = path .. ": " .. call end
+      if code:find("options%.states") then up[#up + 1] = path .. ": takes options.states" end
+    end
+    assert.same({}, up)
   end)
 end)
