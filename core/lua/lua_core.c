@@ -233,8 +233,11 @@ static int l_random_bytes(lua_State *L)
     luaL_argcheck(L, n >= 0 && n <= 4096, 1, "between 0 and 4096 bytes");
     luaL_Buffer b;
     unsigned char *out = (unsigned char *)jwke_buffer_init(L, &b, (size_t)n);
-    if (RAND_bytes(out, (int)n) != 1)
-        return luaL_error(L, "the random generator failed");
+    if (RAND_bytes(out, (int)n) != 1) {
+        jwke_error err;
+        jwke_fail_openssl(&err, "the random generator failed");
+        return jwke_push_error(L, &err);
+    }
     jwke_buffer_push(L, &b, (size_t)n);
     return 1;
 }
