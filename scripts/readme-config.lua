@@ -59,7 +59,7 @@ function M.nginx_block()
   local lines = { M.NGINX_BEGIN, "| Option | Type | Meaning | Default |", "|---|---|---|---|" }
   for _, option in ipairs(nginx_options.OPTIONS) do
     local default = option.shown or option.default ~= nil and "`" .. tostring(option.default) .. "`" or "—"
-    lines[#lines + 1] = string.format("| `%s` | %s | %s | %s |", option.name, nginx_options.wanted(option),
+    lines[#lines + 1] = string.format("| `%s` | %s | %s | %s |", option.name, settings.wanted(option),
       option.doc, default)
   end
   lines[#lines + 1] = M.NGINX_END

@@ -196,12 +196,8 @@ end
 -- Checks a value of a store, publication or tokens setting against its
 -- type in the schema (a seconds setting: a non-negative number).
 local function check_value(setting, value, origin)
-  if setting.type == "seconds" and (type(value) ~= "number" or value < 0 or value ~= value or value == math.huge) then
-    return util.fail(E.ERR_CONFIG, "%s: %s must be a non-negative number of seconds, got %s", origin, setting.name,
-      type(value) == "number" and tostring(value) or type(value))
-  elseif setting.type == "string" and (type(value) ~= "string" or value == "") then
-    return util.fail(E.ERR_CONFIG, "%s: %s must be a non-empty string, got %s", origin, setting.name, describe(value))
-  end
+  local ok, err = settings.check(setting, value)
+  if ok == nil then return util.fail(E.ERR_CONFIG, "%s: %s", origin, err) end
   return true
 end
 

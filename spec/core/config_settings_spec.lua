@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): module:open_token takes the schema's settings by name (and the C limits).
 -- The configuration schema (jwkengine.config_settings) is the one source of
 -- each setting's type, default, environment variable, range and
 -- documentation: config.load's defaults, environment names and range
@@ -67,6 +68,24 @@ describe("the configuration schema", function()
     -- whether the HSM is enabled or not: the value is wrong either way
     refused("publication.max_age must be a non-negative number of seconds, got -1",
       config.load({ environment = {}, publication = { max_age = -1 } }))
+  end)
+end)
+
+describe("a setting's value", function()
+  it("is checked by one function (config_settings.check) wherever it is read", function()
+    -- config.load, the rotation policy and nginx's options give its words
+    refused("publication.max_age must be a non-negative number of seconds, got \"soon\"",
+      config.load({ environment = {}, publication = { max_age = "soon" } }))
+    local made, err = policy.make({ period = -5 }, policy.DEFAULT_LIMITS)
+    assert.is_nil(made)
+    assert.equals("rotation.period must be a non-negative number of seconds, got -5", err)
+    -- and nothing else writes a check of seconds of its own
+    local pipe = assert(io.popen("grep -l 'math.huge' lua/jwkengine/config.lua lua/jwkengine/lifecycle/policy.lua "
+      .. "lua/jwkengine/nginx/*.lua"))
+    local found = {}
+    for path in pipe:lines() do found[#found + 1] = path end
+    pipe:close()
+    assert.same({}, found)
   end)
 end)
 

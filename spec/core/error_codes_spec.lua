@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): every C entry point's failure codes.
 -- Every failure of a C entry point (jwkengine.core) comes back as
 -- `nil, message, code`, with the code set in C where the failure happened:
 -- a registered ERR_* code or the CKR_* name of a PKCS#11 failure, never

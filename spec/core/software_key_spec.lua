@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): the software key class and AES-GCM sealing in C.
 -- Software keys and the store's AES-GCM sealing (jwkengine.core), checked
 -- against independent implementations: python3-jwcrypto verifies the
 -- signatures, python3-cryptography the Hydra sealing format, and the

@@ -3,6 +3,7 @@
 -- checks and fills every option from it, refuses what it refuses in its
 -- words, and the README's table of options is the one made from it. Runs
 -- the loader in plain Lua 5.4, as nginx's master would, without nginx.
+local engine_settings = require("jwkengine.config_settings")
 local nginx = require("jwkengine.nginx")
 local options_schema = require("jwkengine.nginx.options")
 local settings = require("jwkengine.nginx.settings")
@@ -52,7 +53,7 @@ describe("nginx's init() options", function()
     for _, option in ipairs(options_schema.OPTIONS) do
       local s, err = settings.load(with(option, wrong(option)))
       assert.is_nil(s, option.name)
-      assert.matches(option.name .. " must be " .. options_schema.wanted(option), err, 1, true)
+      assert.matches(option.name .. " must be " .. engine_settings.wanted(option), err, 1, true)
     end
     local s, err = settings.load(options({ thread_queue = { length = -1 } }))
     assert.is_nil(s)
@@ -62,7 +63,7 @@ describe("nginx's init() options", function()
     assert.equals("thread_queue.in_flight must be a whole number from 1 to 2^31 - 1, got 2147483648.0", err)
     s, err = settings.load(options({ jwks = { refresh = 0 } }))
     assert.is_nil(s)
-    assert.equals("jwks.refresh must be a number of seconds above 0, got 0", err)
+    assert.equals("jwks.refresh must be a positive number of seconds, got 0", err)
   end)
 
   it("stop init() with the mistake raised at the line that called init()", function()

@@ -182,7 +182,7 @@ function Backend:unsupported(cause)
     self.no_data_objects = string.format("the token keeps no data objects (%s), so key states cannot be "
       .. "recorded on it: a set with one signing key signs with it; a set of several keys, rotation and "
       .. "`keys activate` refuse (README: What was verified on which implementation)", cause)
-    self.log("error", self.no_data_objects .. " (ERR_KEY_STATES_UNSUPPORTED)")
+    self.log("error", self.no_data_objects .. " (" .. E.ERR_KEY_STATES_UNSUPPORTED .. ")")
   end
   if self.no_data_objects then return nil, self.no_data_objects, E.ERR_KEY_STATES_UNSUPPORTED end
   return nil

@@ -6,8 +6,7 @@
 -- (scripts/readme-config.lua; spec/nginx/nginx_options_spec.lua compares).
 --
 -- name     as init() takes it ("jwks.max_age": options.jwks.max_age)
--- type     as in config_settings (seconds: a non-negative number), plus
---          string: a non-empty string
+-- type     as in config_settings, whose check() checks each value
 -- positive a seconds value that must be above 0
 -- min/max  the range of an integer
 -- default  the value when the option is not given (nil: unset, or worked
@@ -15,10 +14,11 @@
 -- shown    how the README shows the default when it is not a plain value
 -- doc      one line for the README
 local engine_settings = require("jwkengine.config_settings")
+local E = require("jwkengine.errors").E
 
 local M = {}
 
-local INT_MAX = 2 ^ 31 - 1
+local INT_MAX = engine_settings.INT_MAX
 
 M.OPTIONS = {
   { name = "jwks.sets", type = "list", shown = "the startup sets",
@@ -41,9 +41,9 @@ M.OPTIONS = {
     shown = "`hsm.max_sessions` (at least 1)",
     doc = "per worker, signatures running at once in the thread pool" },
   { name = "thread_queue.length", type = "integer", min = 0, max = INT_MAX, default = 256,
-    doc = "per worker, requests waiting for a turn in the thread pool (503 `ERR_OVERLOADED` beyond)" },
+    doc = "per worker, requests waiting for a turn in the thread pool (503 `" .. E.ERR_OVERLOADED .. "` beyond)" },
   { name = "thread_queue.timeout", type = "seconds", positive = true, default = 2,
-    doc = "seconds a request waits for its turn in the thread pool (503 `ERR_OVERLOADED` after)" },
+    doc = "seconds a request waits for its turn in the thread pool (503 `" .. E.ERR_OVERLOADED .. "` after)" },
   { name = "shared_dict", type = "string", default = "jwkengine",
     doc = "the `lua_shared_dict` holding the startup lock, the schedule lock and the metrics" },
   { name = "ready_timeout", type = "seconds", positive = true, default = 10,
@@ -68,42 +68,6 @@ for _, option in ipairs(M.OPTIONS) do
   option.section, option.key = section, key
   M.SECTIONS[section] = M.SECTIONS[section] or {}
   M.SECTIONS[section][key] = option
-end
-
--- The option's value as given, or nil, a message naming what it must be.
-function M.check(option, value)
-  local kind, ok = option.type, true
-  if kind == "seconds" then
-    ok = type(value) == "number" and value == value and value ~= math.huge
-      and (value > 0 or (value == 0 and not option.positive))
-  elseif kind == "integer" then
-    ok = type(value) == "number" and value == math.floor(value) and value >= option.min and value <= option.max
-  elseif kind == "string" then
-    ok = type(value) == "string" and value ~= ""
-  elseif kind == "list" then
-    ok = type(value) == "table" and #value > 0
-    for _, item in ipairs(ok and value or {}) do
-      if type(item) ~= "string" or item == "" then ok = false end
-    end
-  end
-  if ok then return value end
-  return nil, string.format("%s must be %s, got %s", option.name, M.wanted(option),
-    type(value) == "string" and string.format("%q", value) or type(value) == "number" and tostring(value)
-    or type(value))
-end
-
--- What a value of the option must be, in words (errors, README).
-function M.wanted(option)
-  local kind = option.type
-  if kind == "seconds" then
-    return option.positive and "a number of seconds above 0" or "a number of seconds, 0 or more"
-  elseif kind == "integer" then
-    return string.format("a whole number from %d to %s", option.min,
-      option.max == INT_MAX and "2^31 - 1" or string.format("%d", option.max))
-  elseif kind == "string" then
-    return "a non-empty string"
-  end
-  return "a non-empty list of strings"
 end
 
 return M

@@ -7,6 +7,7 @@ local config = require("jwkengine.config")
 -- Loaded in the master, so the workers share the code pages; loading the C
 -- module touches no PKCS#11 library (that happens in open()).
 local jwkengine = require("jwkengine")
+local engine_settings = require("jwkengine.config_settings")
 local logging = require("jwkengine.nginx.logging")
 local options_schema = require("jwkengine.nginx.options")
 local secrets = require("jwkengine.nginx.secrets")
@@ -49,7 +50,7 @@ local function section_values(options, section)
       value = option.default
     else
       local err
-      value, err = options_schema.check(option, value)
+      value, err = engine_settings.check(option, value)
       if value == nil then return nil, err end
     end
     values[key] = value
