@@ -2,7 +2,8 @@
 -- README's Lua API lists, an engine answers exactly the methods it lists,
 -- and the hosts inside the library (the nginx package, health.lua) use
 -- nothing else: not the binding, not an engine's fields. Below the facade,
--- the key managers never call up into the lifecycle that governs them.
+-- the key managers never call up into the lifecycle that governs them; a
+-- spec requires the binding only when it says it is about the binding.
 local jwkengine = require("jwkengine")
 
 local function read(path)
@@ -104,5 +105,16 @@ describe("the facade", function()
       if code:find("options%.states") then up[#up + 1] = path .. ": takes options.states" end
     end
     assert.same({}, up)
+  end)
+
+  it("is what the specs test, except a spec that says in its first line it is about the binding", function()
+    local pipe = assert(io.popen("grep -rl 'require(\"jwkengine.core\")' spec --include='*_spec.lua'"))
+    local unsaid = {}
+    for path in pipe:lines() do
+      local first = read(path):match("^[^\n]*")
+      if not first:find("^%-%- About the binding %(jwkengine%.core%)") then unsaid[#unsaid + 1] = path end
+    end
+    pipe:close()
+    assert.same({}, unsaid)
   end)
 end)
