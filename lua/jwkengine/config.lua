@@ -114,9 +114,11 @@ local function apply_hsm(cfg, source, origin, names, as_written)
       return util.fail(E.ERR_CONFIG, "%s: %s must be %s, got %s", origin, name, wanted, shown)
     end
     local setting = settings.section("hsm")[key]
-    if (setting.min and parsed < setting.min) or (setting.max and parsed > setting.max) then
-      return util.fail(E.ERR_CONFIG, "%s: %s must be from %d to %d, got %d", origin, name, setting.min or 0,
-        setting.max, parsed)
+    if setting.type == "integer" then
+      -- the range, named as the value came (HSM_MAX_SESSIONS or hsm.max_sessions)
+      local ok, range_err = settings.check({ name = name, type = "integer", min = setting.min, max = setting.max },
+        parsed)
+      if ok == nil then return util.fail(E.ERR_CONFIG, "%s: %s", origin, range_err) end
     end
     cfg.hsm[key] = parsed
   end

@@ -58,11 +58,11 @@ describe("the configuration schema", function()
   end)
 
   it("refuses a value outside its range when the configuration is loaded, naming the range", function()
-    refused("HSM_MAX_SESSIONS must be from 0 to " .. core.limits().pool_limit .. ", got 65",
+    refused("HSM_MAX_SESSIONS must be a whole number from 0 to " .. core.limits().pool_limit .. ", got 65",
       config.load({ environment = { HSM_MAX_SESSIONS = "65" } }))
-    refused("HSM_SESSION_IDLE_MAX must be from 0 to 86400, got 86401",
+    refused("HSM_SESSION_IDLE_MAX must be a whole number from 0 to 86400, got 86401",
       config.load({ environment = { HSM_SESSION_IDLE_MAX = "86401" } }))
-    refused("hsm.reinit_interval_ms must be from 1 to", config.load({ environment = {}, hsm = { reinit_interval_ms = 0 } }))
+    refused("hsm.reinit_interval_ms must be a whole number from 1 to", config.load({ environment = {}, hsm = { reinit_interval_ms = 0 } }))
     refused("hsm.reinit_interval_max_ms (100) must be at least hsm.reinit_interval_ms (500)",
       config.load({ environment = {}, hsm = { reinit_interval_ms = 500, reinit_interval_max_ms = 100 } }))
     -- whether the HSM is enabled or not: the value is wrong either way
