@@ -98,15 +98,21 @@ M.SETTINGS = {
     doc = "sets generated on startup when missing, with their algorithm (and a `rotation` table each)" },
 }
 
--- name -> setting, and section -> { key -> setting } ("" for the top level).
-M.BY_NAME, M.SECTIONS = {}, {}
-for _, setting in ipairs(M.SETTINGS) do
-  M.BY_NAME[setting.name] = setting
-  local section, key = setting.name:match("^(.-)%.?([^.]+)$")
-  setting.section, setting.key = section, key
-  M.SECTIONS[section] = M.SECTIONS[section] or {}
-  M.SECTIONS[section][key] = setting
+-- A schema's indexes: name -> setting, and section -> { key -> setting }
+-- ("" for the top level); each setting gets its section and key. For this
+-- list and for others in its form (jwkengine.nginx.options).
+function M.index(list)
+  local by_name, sections = {}, {}
+  for _, setting in ipairs(list) do
+    by_name[setting.name] = setting
+    local section, key = setting.name:match("^(.-)%.?([^.]+)$")
+    setting.section, setting.key = section, key
+    sections[section] = sections[section] or {}
+    sections[section][key] = setting
+  end
+  return by_name, sections
 end
+M.BY_NAME, M.SECTIONS = M.index(M.SETTINGS)
 
 -- The settings of a section, or of the top level ("").
 function M.section(name)

@@ -81,6 +81,9 @@ describe("the facade", function()
     for _, path in ipairs(host_files()) do
       local code = code_of(read(path))
       if code:find("jwkengine%.core") then reach[#reach + 1] = path .. ": requires jwkengine.core" end
+      -- an engine handed to a library module (health.check(state.engine, ...))
+      -- instead of asked through its method
+      for call in code:gmatch("[%w_%.]+%(state%.engine[,)]") do reach[#reach + 1] = path .. ": " .. call end
       -- an engine (engine, e, state.engine) indexed with "." names a method
       -- the README lists, never a field
       for before, name in code:gmatch("([%w_%.]*)engine%.([%a_][%w_]*)") do

@@ -61,13 +61,6 @@ M.OPTIONS = {
 }
 
 -- name -> option, and section -> { key -> option } ("" for the top level).
-M.BY_NAME, M.SECTIONS = {}, {}
-for _, option in ipairs(M.OPTIONS) do
-  M.BY_NAME[option.name] = option
-  local section, key = option.name:match("^(.-)%.?([^.]+)$")
-  option.section, option.key = section, key
-  M.SECTIONS[section] = M.SECTIONS[section] or {}
-  M.SECTIONS[section][key] = option
-end
+M.BY_NAME, M.SECTIONS = engine_settings.index(M.OPTIONS)
 
 return M
