@@ -46,7 +46,9 @@ local open_backoff_ms = {}
 local function jittered(backoff)
   local half = math.floor(backoff / 2)
   if half == 0 then return backoff end
-  local b1, b2, b3 = core.random_bytes(3):byte(1, 3)
+  local bytes = core.random_bytes(3)
+  if not bytes then return backoff end -- no jitter without randomness: the wait is still bounded
+  local b1, b2, b3 = bytes:byte(1, 3)
   return backoff - half + (b1 * 65536 + b2 * 256 + b3) % (half + 1)
 end
 
@@ -325,7 +327,12 @@ function Manager:generate(set, alg, options)
     local ok, err, code = exists(options.kid)
     if not ok then return nil, err, code end
   end
-  local kid = options.kid or core.uuid()
+  local kid = options.kid
+  if not kid then
+    local err, code
+    kid, err, code = core.uuid()
+    if not kid then return nil, err, code end
+  end
   local ok, err, code = self:drain(self.token:generate(label, alg, kid, use, options.rsa_bits))
   self:outdate(set) -- read again, once, when next used
   if not ok then return nil, err, code end
