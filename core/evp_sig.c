@@ -44,12 +44,12 @@ int jwke_ecdsa_raw_to_der(const unsigned char *raw, size_t half, unsigned char *
         ECDSA_SIG_free(sig);
         BN_free(r);
         BN_free(s);
-        return 0;
+        return -1;
     }
     *der = NULL;
     *der_len = i2d_ECDSA_SIG(sig, der);
     ECDSA_SIG_free(sig);
-    return *der_len > 0;
+    return *der_len > 0 ? 0 : -1;
 }
 
 /* OpenSSL's DER signature to fixed-size raw R || S (2 * half bytes) in
@@ -84,7 +84,7 @@ int jwke_evp_verify(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *in
     unsigned char *der = NULL;
     int der_len = 0;
     if (alg->scheme == JWKE_SCHEME_ECDSA) {
-        if (!jwke_ecdsa_raw_to_der(sig, alg->coordinate_size, &der, &der_len)) {
+        if (jwke_ecdsa_raw_to_der(sig, alg->coordinate_size, &der, &der_len) != 0) {
             jwke_fail_openssl(err, "cannot decode ECDSA signature");
             return -1;
         }

@@ -25,7 +25,8 @@ int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *inpu
                   size_t input_len, unsigned char *sig, size_t *sig_len, jwke_error *err);
 
 /* Raw R || S (JWS, `half` bytes each) to the DER ECDSA-Sig-Value that
- * OpenSSL and X.509 use; *der is OpenSSL's (OPENSSL_free). 1 on success. */
+ * OpenSSL and X.509 use; *der is OpenSSL's (OPENSSL_free). 0, or -1 when
+ * OpenSSL fails (the caller names the failure). */
 int jwke_ecdsa_raw_to_der(const unsigned char *raw, size_t half, unsigned char **der,
                           int *der_len);
 

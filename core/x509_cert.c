@@ -320,7 +320,7 @@ static int set_signature(X509 *cert, const jwke_alg *alg, const unsigned char *s
     int der_len = (int)sig_len;
     if (alg->scheme == JWKE_SCHEME_ECDSA) {
         if (sig_len != 2 * alg->coordinate_size ||
-            !jwke_ecdsa_raw_to_der(sig, alg->coordinate_size, &der, &der_len))
+            jwke_ecdsa_raw_to_der(sig, alg->coordinate_size, &der, &der_len) != 0)
             return 0;
         sig = der;
     }

@@ -37,7 +37,7 @@ usage: jwkengine keys COMMAND ...    (from a checkout: build/jwkengine scripts/k
                                               show the set's rotation policy (recorded, configured,
                                               effective); with options, record it (all processes use it)
   repair SET --current KID [--retire KID,...] rewrite the set's key states when they cannot be read
-                                              (ERR_KEY_STATES_CORRUPT): KID signs, the --retire keys are
+                                              (]] .. E.ERR_KEY_STATES_CORRUPT .. [[): KID signs, the --retire keys are
                                               unpublished, every other key is previous
 Lifecycle commands print each change as {"set","kid","from","to","at"}, a JSON object a line.]]
 

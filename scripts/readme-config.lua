@@ -1,17 +1,23 @@
 -- The README's configuration table, made from the schema
--- (lua/jwkengine/config_settings.lua): rewrites the block between the two
--- marker comments in place, so a setting added or changed there needs only
+-- (lua/jwkengine/config_settings.lua), and its table of nginx's init()
+-- options, made from theirs (lua/jwkengine/nginx/options.lua): rewrites the
+-- blocks between their marker comments in place, so a setting added or
+-- changed there needs only
 --   lua5.4 scripts/readme-config.lua [README.md]
 -- (from the repository, after the build: the schema reads the C limits).
--- spec/core/config_settings_spec.lua fails while the block is not what this makes.
+-- spec/core/config_settings_spec.lua and spec/nginx/nginx_options_spec.lua
+-- fail while a block is not what this makes.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = "build/lib/?.so;" .. package.cpath
 local settings = require("jwkengine.config_settings")
+local nginx_options = require("jwkengine.nginx.options")
 
 local M = {}
 
 M.BEGIN = "<!-- config: made by scripts/readme-config.lua from lua/jwkengine/config_settings.lua -->"
 M.END = "<!-- /config -->"
+M.NGINX_BEGIN = "<!-- nginx options: made by scripts/readme-config.lua from lua/jwkengine/nginx/options.lua -->"
+M.NGINX_END = "<!-- /nginx options -->"
 
 local function shown_default(setting)
   if setting.shown then return setting.shown end
@@ -48,12 +54,27 @@ function M.block()
   return table.concat(lines, "\n")
 end
 
+-- The nginx options' block (markers included).
+function M.nginx_block()
+  local lines = { M.NGINX_BEGIN, "| Option | Type | Meaning | Default |", "|---|---|---|---|" }
+  for _, option in ipairs(nginx_options.OPTIONS) do
+    local default = option.shown or option.default ~= nil and "`" .. tostring(option.default) .. "`" or "—"
+    lines[#lines + 1] = string.format("| `%s` | %s | %s | %s |", option.name, settings.wanted(option),
+      option.doc, default)
+  end
+  lines[#lines + 1] = M.NGINX_END
+  return table.concat(lines, "\n")
+end
+
 local marked_block = assert(loadfile("scripts/lib/marked_block.lua"))()
 
 -- text with its block rewritten, or nil, message when the markers are not
 -- there once each, in order.
 function M.rewrite(text)
-  return marked_block.replace(text, M.BEGIN, M.END, M.block())
+  local err
+  text, err = marked_block.replace(text, M.BEGIN, M.END, M.block())
+  if not text then return nil, err end
+  return marked_block.replace(text, M.NGINX_BEGIN, M.NGINX_END, M.nginx_block())
 end
 
 -- loadfile("scripts/readme-config.lua")("module") returns M (the spec);
@@ -61,7 +82,7 @@ end
 if ... ~= "module" then
   local path = ... or "README.md"
   if marked_block.rewrite_file("readme-config.lua", path, M.rewrite) then
-    print("readme-config.lua: " .. path .. ": configuration table rewritten")
+    print("readme-config.lua: " .. path .. ": configuration tables rewritten")
   end
 end
 

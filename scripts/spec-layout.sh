@@ -79,6 +79,7 @@ nginx nginx_bench_spec.lua
 nginx nginx_chaos_hsm_spec.lua
 nginx nginx_chaos_store_spec.lua
 nginx nginx_metrics_spec.lua
+nginx nginx_options_spec.lua
 nginx nginx_outage_spec.lua
 nginx nginx_queue_spec.lua
 nginx nginx_readme_spec.lua

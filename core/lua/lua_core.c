@@ -227,6 +227,16 @@ static int l_b64url_decode(lua_State *L)
     return 1;
 }
 
+/* nil, message, ERR_RANDOM: OpenSSL's generator failed (its configuration,
+ * the system's entropy), an operational failure like any other. */
+static int random_failed(lua_State *L)
+{
+    jwke_error err;
+    jwke_fail_openssl(&err, "the random generator failed");
+    jwke_fail_in(&err, JWKE_ERR_RANDOM);
+    return jwke_push_error(L, &err);
+}
+
 static int l_random_bytes(lua_State *L)
 {
     lua_Integer n = luaL_checkinteger(L, 1);
@@ -234,7 +244,7 @@ static int l_random_bytes(lua_State *L)
     luaL_Buffer b;
     unsigned char *out = (unsigned char *)jwke_buffer_init(L, &b, (size_t)n);
     if (RAND_bytes(out, (int)n) != 1)
-        return luaL_error(L, "the random generator failed");
+        return random_failed(L);
     jwke_buffer_push(L, &b, (size_t)n);
     return 1;
 }
@@ -244,7 +254,7 @@ static int l_uuid(lua_State *L)
 {
     unsigned char u[16];
     if (RAND_bytes(u, sizeof u) != 1)
-        return luaL_error(L, "the random generator failed");
+        return random_failed(L);
     u[6] = (u[6] & 0x0f) | 0x40;
     u[8] = (u[8] & 0x3f) | 0x80;
     char text[37];

@@ -78,8 +78,11 @@ static int l_digest(lua_State *L)
                                                       "SHA-384 or SHA-512)", name));
     unsigned char out[EVP_MAX_MD_SIZE];
     unsigned int out_len = 0;
-    if (!EVP_Digest(data, len, out, &out_len, md, NULL))
-        return luaL_error(L, "the %s digest failed", name);
+    if (!EVP_Digest(data, len, out, &out_len, md, NULL)) {
+        jwke_error err;
+        jwke_fail_openssl(&err, "the digest failed");
+        return jwke_push_error(L, &err);
+    }
     lua_pushlstring(L, (const char *)out, out_len);
     return 1;
 }

@@ -55,12 +55,12 @@ int jwke_push_kty(lua_State *L, const EVP_PKEY *pkey)
     return 1;
 }
 
-/* The answer of a check that failed: false and why. */
-static int push_false(lua_State *L, const jwke_error *err)
+/* The answer of a check or a verification that failed, through the one
+ * error exit: nil, why, and the code (`code` unless the failure named one). */
+static int push_refused(lua_State *L, jwke_error *err, const char *code)
 {
-    lua_pushboolean(L, 0);
-    lua_pushstring(L, err->message);
-    return 2;
+    jwke_fail_in(err, code);
+    return jwke_push_error(L, err);
 }
 
 int jwke_push_fits(lua_State *L, const EVP_PKEY *pkey, int default_min_bits)
@@ -69,7 +69,7 @@ int jwke_push_fits(lua_State *L, const EVP_PKEY *pkey, int default_min_bits)
     int min_bits = (int)luaL_optinteger(L, 3, default_min_bits);
     jwke_error err;
     if (jwke_pkey_fits_alg(pkey, alg, min_bits, &err) != 0) {
-        return push_false(L, &err);
+        return push_refused(L, &err, JWKE_ERR_KEY_USE);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -155,7 +155,7 @@ static public_key *check_public_key(lua_State *L)
     return pk;
 }
 
-/* key:verify(alg, signing_input, signature [, min_rsa_bits]) -> true | false, err */
+/* key:verify(alg, signing_input, signature [, min_rsa_bits]) -> true | nil, err, code */
 static int l_verify(lua_State *L)
 {
     public_key *pk = check_public_key(L);
@@ -166,7 +166,7 @@ static int l_verify(lua_State *L)
     int min_rsa_bits = (int)luaL_optinteger(L, 5, JWKE_RSA_MIN_BITS);
     jwke_error err;
     if (check_fits(pk, alg, min_rsa_bits, &err) != 0) {
-        return push_false(L, &err);
+        return push_refused(L, &err, JWKE_ERR_KEY_USE);
     }
     int ok = jwke_evp_verify(pk->pkey, alg, (const unsigned char *)input, input_len,
                              (const unsigned char *)sig, sig_len, &err);
@@ -174,17 +174,17 @@ static int l_verify(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
-    return push_false(L, &err);
+    return push_refused(L, &err, JWKE_ERR_JWS_SIGNATURE_INVALID);
 }
 
-/* key:fits(alg [, min_rsa_bits]) -> true | false, err */
+/* key:fits(alg [, min_rsa_bits]) -> true | nil, err, code */
 static int l_fits(lua_State *L)
 {
     public_key *pk = check_public_key(L);
     const jwke_alg *alg = jwke_check_alg(L, 2);
     jwke_error err;
     if (check_fits(pk, alg, (int)luaL_optinteger(L, 3, JWKE_RSA_MIN_BITS), &err) != 0) {
-        return push_false(L, &err);
+        return push_refused(L, &err, JWKE_ERR_KEY_USE);
     }
     lua_pushboolean(L, 1);
     return 1;

@@ -114,9 +114,11 @@ local function apply_hsm(cfg, source, origin, names, as_written)
       return util.fail(E.ERR_CONFIG, "%s: %s must be %s, got %s", origin, name, wanted, shown)
     end
     local setting = settings.section("hsm")[key]
-    if (setting.min and parsed < setting.min) or (setting.max and parsed > setting.max) then
-      return util.fail(E.ERR_CONFIG, "%s: %s must be from %d to %d, got %d", origin, name, setting.min or 0,
-        setting.max, parsed)
+    if setting.type == "integer" then
+      -- the range, named as the value came (HSM_MAX_SESSIONS or hsm.max_sessions)
+      local ok, range_err = settings.check({ name = name, type = "integer", min = setting.min, max = setting.max },
+        parsed)
+      if ok == nil then return util.fail(E.ERR_CONFIG, "%s: %s", origin, range_err) end
     end
     cfg.hsm[key] = parsed
   end
@@ -196,12 +198,8 @@ end
 -- Checks a value of a store, publication or tokens setting against its
 -- type in the schema (a seconds setting: a non-negative number).
 local function check_value(setting, value, origin)
-  if setting.type == "seconds" and (type(value) ~= "number" or value < 0 or value ~= value or value == math.huge) then
-    return util.fail(E.ERR_CONFIG, "%s: %s must be a non-negative number of seconds, got %s", origin, setting.name,
-      type(value) == "number" and tostring(value) or type(value))
-  elseif setting.type == "string" and (type(value) ~= "string" or value == "") then
-    return util.fail(E.ERR_CONFIG, "%s: %s must be a non-empty string, got %s", origin, setting.name, describe(value))
-  end
+  local ok, err = settings.check(setting, value)
+  if ok == nil then return util.fail(E.ERR_CONFIG, "%s: %s", origin, err) end
   return true
 end
 

@@ -11,6 +11,7 @@
 -- default  the value when nothing sets it (nil: unset)
 -- env      the environment variable (Hydra's name), if any
 -- min/max  the range of an integer, beside its type's own
+-- positive a seconds setting that must be above 0
 -- token    passed by this name to module:open_token (core/lua/lua_module.c)
 -- file     false: not a key of the config file (an option of jwkengine.open)
 -- shown    how the README shows the default when it is not a plain value
@@ -97,19 +98,69 @@ M.SETTINGS = {
     doc = "sets generated on startup when missing, with their algorithm (and a `rotation` table each)" },
 }
 
--- name -> setting, and section -> { key -> setting } ("" for the top level).
-M.BY_NAME, M.SECTIONS = {}, {}
-for _, setting in ipairs(M.SETTINGS) do
-  M.BY_NAME[setting.name] = setting
-  local section, key = setting.name:match("^(.-)%.?([^.]+)$")
-  setting.section, setting.key = section, key
-  M.SECTIONS[section] = M.SECTIONS[section] or {}
-  M.SECTIONS[section][key] = setting
+-- A schema's indexes: name -> setting, and section -> { key -> setting }
+-- ("" for the top level); each setting gets its section and key. For this
+-- list and for others in its form (jwkengine.nginx.options).
+function M.index(list)
+  local by_name, sections = {}, {}
+  for _, setting in ipairs(list) do
+    by_name[setting.name] = setting
+    local section, key = setting.name:match("^(.-)%.?([^.]+)$")
+    setting.section, setting.key = section, key
+    sections[section] = sections[section] or {}
+    sections[section][key] = setting
+  end
+  return by_name, sections
 end
+M.BY_NAME, M.SECTIONS = M.index(M.SETTINGS)
 
 -- The settings of a section, or of the top level ("").
 function M.section(name)
   return M.SECTIONS[name] or {}
+end
+
+M.INT_MAX = 2 ^ 31 - 1
+
+-- What a value of a setting must be, in words (errors, README).
+function M.wanted(setting)
+  local kind = setting.type
+  if kind == "seconds" then
+    return setting.positive and "a positive number of seconds" or "a non-negative number of seconds"
+  elseif kind == "integer" then
+    return string.format("a whole number from %d to %s", setting.min or 0,
+      setting.max == M.INT_MAX and "2^31 - 1" or string.format("%d", setting.max or 2 ^ 53 - 1))
+  elseif kind == "string" then
+    return "a non-empty string"
+  elseif kind == "list" then
+    return "a non-empty list of strings"
+  end
+  return "a " .. kind
+end
+
+-- The one check of a value against its setting's type and range, for the
+-- engine's settings, the rotation policy's seconds and nginx's options:
+-- the value, or nil and a message naming the setting and what it must be.
+-- (The environment's text is converted to the type first: config.lua.)
+function M.check(setting, value)
+  local kind, ok = setting.type, true
+  if kind == "seconds" then
+    ok = type(value) == "number" and value == value and value ~= math.huge
+      and (value > 0 or (value == 0 and not setting.positive))
+  elseif kind == "integer" then
+    ok = type(value) == "number" and value == math.floor(value) and value >= (setting.min or 0)
+      and value <= (setting.max or 2 ^ 53 - 1)
+  elseif kind == "string" then
+    ok = type(value) == "string" and value ~= ""
+  elseif kind == "list" then
+    ok = type(value) == "table" and #value > 0
+    for _, item in ipairs(ok and value or {}) do
+      if type(item) ~= "string" or item == "" then ok = false end
+    end
+  end
+  if ok then return value end
+  return nil, string.format("%s must be %s, got %s", setting.name, M.wanted(setting),
+    type(value) == "string" and string.format("%q", value) or type(value) == "number" and tostring(value)
+    or type(value))
 end
 
 -- The default of a setting, by name (a fresh copy of a table).

@@ -27,6 +27,7 @@ local registry = {
   { "ERR_HSM_BUSY", "no PKCS#11 session became free within `hsm.session_wait_ms` (all `hsm.max_sessions` are busy)" },
   { "ERR_SIGNATURE_FAULT", "the token's signature did not verify against the key's public half (`hsm.verify_after_sign`): no token was made; the HSM may be faulty" },
   { "ERR_OUT_OF_MEMORY", "memory ran out during the call" },
+  { "ERR_RANDOM", "OpenSSL's random generator failed (the message gives OpenSSL's reason: check the `random` section of `OPENSSL_CONF`, or the system's entropy source): no kid, writer id or jitter is made from anything else" },
   { "ERR_INTERNAL", "a failure the C core gave no code: a bug, never returned on any path the specs reach (please report it)" },
   "key sets and keys",
   { "ERR_KEY_SET_NOT_FOUND", "no key set of that name (in the HSM or the software store)" },

@@ -46,7 +46,9 @@ local open_backoff_ms = {}
 local function jittered(backoff)
   local half = math.floor(backoff / 2)
   if half == 0 then return backoff end
-  local b1, b2, b3 = core.random_bytes(3):byte(1, 3)
+  local bytes = core.random_bytes(3)
+  if not bytes then return backoff end -- no jitter without randomness: the wait is still bounded
+  local b1, b2, b3 = bytes:byte(1, 3)
   return backoff - half + (b1 * 65536 + b2 * 256 + b3) % (half + 1)
 end
 
@@ -67,9 +69,6 @@ end
 --   hsm_config: the `hsm` table of jwkengine.config
 --   options.select_slot(slot_list, hsm_config) -> slot | nil, err: slot policy
 --   options.logger(level, message): where recoveries are logged
---   options.states: a jwkengine.lifecycle states object without a backend
---     (the token's data objects are the backend,
---     jwkengine.lifecycle.token_backend)
 function M.open(hsm_config, options)
   options = options or {}
   local err, code
@@ -133,14 +132,11 @@ function M.open(hsm_config, options)
   -- now, at open, not with the first signature's events
   for _, line in ipairs(token:events() or {}) do log("warn", line) end
   local prefix = hsm_config.key_set_prefix or ""
-  -- the lifecycle of each set (jwkengine.lifecycle), its records on this token
-  local states = options.states and options.states:with_backend(token_backend.new(token, prefix, log))
   return setmetatable({
     token = token,
     slot = slot,
     log = log,
     now = options.now or os.time,
-    states = states,
     warned_kids = {},
     prefix = prefix,
     min_rsa_bits = hsm_config.min_rsa_bits,
@@ -218,7 +214,7 @@ function Manager:load(set, refresh)
   self.outdated[set] = nil
   if #keys == 0 then
     self.sets[set] = nil
-    if self.states then self.states:forget(set) end -- gone: a set made again starts afresh
+    self:on_gone(set)
     return util.fail(E.ERR_KEY_SET_NOT_FOUND, "key set '%s' not found in the HSM", set)
   end
   entry = { keys = {} }
@@ -331,7 +327,12 @@ function Manager:generate(set, alg, options)
     local ok, err, code = exists(options.kid)
     if not ok then return nil, err, code end
   end
-  local kid = options.kid or core.uuid()
+  local kid = options.kid
+  if not kid then
+    local err, code
+    kid, err, code = core.uuid()
+    if not kid then return nil, err, code end
+  end
   local ok, err, code = self:drain(self.token:generate(label, alg, kid, use, options.rsa_bits))
   self:outdate(set) -- read again, once, when next used
   if not ok then return nil, err, code end
@@ -356,12 +357,18 @@ function Manager:generate(set, alg, options)
   return self:pair_jwk(set, thumbprint)
 end
 
+-- Where this token keeps its sets' key states (data objects beside the
+-- keys): the backend the engine's lifecycle governs this manager with.
+function Manager:key_state_backend()
+  return token_backend.new(self.token, self.prefix, self.log)
+end
+
 function Manager:delete(set, kid)
   local destroyed, err, code = self:drain(self.token:delete(self.prefix .. set, kid))
   self:forget(set)
   if not destroyed then return nil, err, code end
   -- the whole set went, its key-state objects with it
-  if not kid and self.states then self.states:forget(set) end
+  if not kid then self:on_gone(set) end
   if destroyed == 0 then
     if kid then
       return util.fail(E.ERR_KEY_NOT_FOUND, "key '%s' not found in HSM key set '%s'", kid, set)

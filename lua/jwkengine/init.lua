@@ -187,8 +187,10 @@ function M.open(options)
     -- the next attempt is due (jwkengine.hsm's backoff of opens)
     local retry_in
     hsm_keys, err, code, retry_in = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger,
-      now = options.now, states = lifecycle.new(nil, policies, options.now, logger) })
+      now = options.now })
     if not hsm_keys then return nil, err, code, retry_in end
+    -- the lifecycle governs the keys; its records live on the same token
+    lifecycle.govern(hsm_keys, lifecycle.new(hsm_keys:key_state_backend(), policies, options.now, logger))
     logger("info", "Hardware Security Module is configured.")
   end
   -- the token keeps the PIN in locked memory; no copy stays in the config,
@@ -203,7 +205,8 @@ function M.open(options)
       return nil, err, code
     end
     software_keys = software.new(key_store, cfg.secrets.system, { cache_ttl = cfg.store.cache_ttl,
-      now = options.now, logger = logger, states = lifecycle.new(sql_backend.new(key_store), policies, options.now, logger) })
+      now = options.now, logger = logger })
+    lifecycle.govern(software_keys, lifecycle.new(sql_backend.new(key_store), policies, options.now, logger))
     cfg.secrets = nil -- the software manager holds them; engine.config does not
   end
 

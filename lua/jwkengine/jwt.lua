@@ -72,7 +72,12 @@ function M.encode_claims(claims, options, default_lifetime)
   if body.sub == nil then body.sub = options.subject end
   if body.aud == nil then body.aud = options.audience end
   if body.jti == nil and options.jti ~= nil then
-    body.jti = options.jti == true and core.uuid() or options.jti
+    body.jti = options.jti
+    if options.jti == true then
+      local err, code
+      body.jti, err, code = core.uuid()
+      if not body.jti then return nil, err, code end
+    end
   end
   local ok, err, code = check_types(body)
   if not ok then return nil, err, code end

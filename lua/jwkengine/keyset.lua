@@ -225,8 +225,11 @@ end
 -- The base class of the HSM and software managers: the lookups they share.
 -- A manager class names it as its base (setmetatable(Manager, { __index =
 -- keyset.Manager })) and provides load(set [, refresh]) -> entry (ending
--- with self:loaded), `where` ("HSM" or "software", for messages), `sets`
--- (set -> entry) and `states` (a jwkengine.lifecycle states object, or nil).
+-- with self:loaded), `where` ("HSM" or "software", for messages) and `sets`
+-- (set -> entry). A manager knows no policy: what governs its sets (the key
+-- lifecycle) is installed over it by whoever composes the engine
+-- (jwkengine.lifecycle.govern replaces the hooks on_load, on_gone and
+-- lifecycle below on the manager object).
 local Manager = {}
 M.Manager = Manager
 
@@ -289,21 +292,27 @@ function Manager:verification_keys(set)
 end
 
 -- Finishes loading a set: its kid index and signer (prepare; choose as
--- there), its key states when the manager keeps them, and the cache.
+-- there), what governs the set makes of it (on_load), and the cache. Only
+-- a load runs this: signing from a cached entry does not.
 function Manager:loaded(set, entry, choose)
   M.prepare(entry, set, self.where, choose)
-  if self.states then self.states:attach(entry, set, self.where) end
+  self:on_load(entry, set)
   self.sets[set] = entry
   return entry
 end
 
+-- Hooks for what governs a manager's sets, nothing by default: on_load(entry,
+-- set) before a freshly loaded entry is cached and used; on_gone(set) when
+-- the set no longer exists (a set made again starts afresh).
+function Manager.on_load() end
+function Manager.on_gone() end
+
 -- The set's public JWK Set read again now; on an error the cached set stays.
--- The lifecycle's way into a manager (jwkengine.lifecycle.writes): its
--- states object, and outdate(set) after a write. Nothing else of a
--- manager is the lifecycle's business.
-function Manager:lifecycle()
-  return self.states
-end
+-- The lifecycle's way into a manager (jwkengine.lifecycle.writes): the
+-- states object governing it (nil: none; set by jwkengine.lifecycle.govern),
+-- and outdate(set) after a write. Nothing else of a manager is the
+-- lifecycle's business.
+function Manager.lifecycle() return nil end
 
 -- After this process changed a set: the next use reads it again.
 function Manager:outdate(set)

@@ -32,7 +32,6 @@ function M.new(store, secrets, options)
     secrets = secrets,
     cache_ttl = options.cache_ttl or 30,
     now = options.now or os.time,
-    states = options.states, -- jwkengine.lifecycle states: the lifecycle of each set
     log = options.logger or function() end,
     sets = {},
   }, Manager)
@@ -184,7 +183,11 @@ function Manager:generate(set, alg, options)
     kid, err, code = jwk_module.thumbprint(key, hash)
     if not kid then return nil, err, code end
   end
-  return self:store_key(set, key, kid or core.uuid(), alg, use)
+  if not kid then
+    kid, err, code = core.uuid()
+    if not kid then return nil, err, code end
+  end
+  return self:store_key(set, key, kid, alg, use)
 end
 
 -- Generates a key for a set only if the set has none, atomically across
@@ -200,8 +203,10 @@ function Manager:generate_if_missing(set, alg)
   local key
   key, err, code = core.generate_software_key(alg)
   if not key then return nil, err, code end
-  local result
-  result, err, code = self:store_key(set, key, core.uuid(), alg, "sig", "first_in_set")
+  local result, kid
+  kid, err, code = core.uuid()
+  if not kid then return nil, err, code end
+  result, err, code = self:store_key(set, key, kid, alg, "sig", "first_in_set")
   if not result then return nil, err, code end
   return result == "exists" and "exists" or "generated"
 end
@@ -245,7 +250,8 @@ local function write_key(self, set, input, options, mode)
   if not ok then return nil, uerr, ucode end
   local kid = options.kid or jwk.kid
   if kid == nil then
-    kid = core.uuid()
+    kid, uerr, ucode = core.uuid()
+    if not kid then return nil, uerr, ucode end
   elseif type(kid) ~= "string" then
     return util.fail(E.ERR_KEY_IMPORT, "cannot import key: kid must be a string, got %s", key_rules.shown(kid))
   else

@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): the C algorithm table and limits as the binding returns them.
 -- The one algorithm table (core/alg.c, core.algorithms()) and the one set
 -- of limits (core/engine_limits.h, core.limits()): checked against facts
 -- that do not come from jwkengine (the openssl command line's digests, curve

@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): its answer to bad input from outside.
 -- The binding never raises on bad input from outside (issue 19, Deliver 3):
 -- every argument that can come from data (a set name or kid read from a
 -- store or a token, a record's JSON that did not encode, a sealed row, a

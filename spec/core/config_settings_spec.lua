@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): module:open_token takes the schema's settings by name (and the C limits).
 -- The configuration schema (jwkengine.config_settings) is the one source of
 -- each setting's type, default, environment variable, range and
 -- documentation: config.load's defaults, environment names and range
@@ -57,16 +58,34 @@ describe("the configuration schema", function()
   end)
 
   it("refuses a value outside its range when the configuration is loaded, naming the range", function()
-    refused("HSM_MAX_SESSIONS must be from 0 to " .. core.limits().pool_limit .. ", got 65",
+    refused("HSM_MAX_SESSIONS must be a whole number from 0 to " .. core.limits().pool_limit .. ", got 65",
       config.load({ environment = { HSM_MAX_SESSIONS = "65" } }))
-    refused("HSM_SESSION_IDLE_MAX must be from 0 to 86400, got 86401",
+    refused("HSM_SESSION_IDLE_MAX must be a whole number from 0 to 86400, got 86401",
       config.load({ environment = { HSM_SESSION_IDLE_MAX = "86401" } }))
-    refused("hsm.reinit_interval_ms must be from 1 to", config.load({ environment = {}, hsm = { reinit_interval_ms = 0 } }))
+    refused("hsm.reinit_interval_ms must be a whole number from 1 to", config.load({ environment = {}, hsm = { reinit_interval_ms = 0 } }))
     refused("hsm.reinit_interval_max_ms (100) must be at least hsm.reinit_interval_ms (500)",
       config.load({ environment = {}, hsm = { reinit_interval_ms = 500, reinit_interval_max_ms = 100 } }))
     -- whether the HSM is enabled or not: the value is wrong either way
     refused("publication.max_age must be a non-negative number of seconds, got -1",
       config.load({ environment = {}, publication = { max_age = -1 } }))
+  end)
+end)
+
+describe("a setting's value", function()
+  it("is checked by one function (config_settings.check) wherever it is read", function()
+    -- config.load, the rotation policy and nginx's options give its words
+    refused("publication.max_age must be a non-negative number of seconds, got \"soon\"",
+      config.load({ environment = {}, publication = { max_age = "soon" } }))
+    local made, err = policy.make({ period = -5 }, policy.DEFAULT_LIMITS)
+    assert.is_nil(made)
+    assert.equals("rotation.period must be a non-negative number of seconds, got -5", err)
+    -- and nothing else writes a check of seconds of its own
+    local pipe = assert(io.popen("grep -l 'math.huge' lua/jwkengine/config.lua lua/jwkengine/lifecycle/policy.lua "
+      .. "lua/jwkengine/nginx/*.lua"))
+    local found = {}
+    for path in pipe:lines() do found[#found + 1] = path end
+    pipe:close()
+    assert.same({}, found)
   end)
 end)
 

@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): every C entry point's failure codes.
 -- Every failure of a C entry point (jwkengine.core) comes back as
 -- `nil, message, code`, with the code set in C where the failure happened:
 -- a registered ERR_* code or the CKR_* name of a PKCS#11 failure, never
@@ -184,5 +185,37 @@ describe("codes of C failures", function()
       fails_with("CKR_USER_NOT_LOGGED_IN", t:generate("refused", "ES256", "k1"))
       t:close()
     end)
+  end)
+end)
+
+describe("OpenSSL's random generator failing", function()
+  -- An operational failure, not a programming error: random_bytes and uuid
+  -- (kids, writer ids, jitter) answer nil, message, ERR_RANDOM and an
+  -- engine's import passes it on, where the binding used to raise. The
+  -- failure is real: OpenSSL configured with a generator that does not exist.
+  it("is nil, message, ERR_RANDOM from the binding and the engine, never a raise", function()
+    local dir = softhsm.tmpname() -- a file: the folder goes beside it
+    os.remove(dir)
+    assert(os.execute("mkdir " .. softhsm.quote(dir)))
+    softhsm.write_file(dir .. "/openssl.cnf", "openssl_conf = init\n[init]\nrandom = random\n"
+      .. "[random]\nrandom = NO-SUCH-DRBG\n")
+    softhsm.write_file(dir .. "/child.lua", [[
+local core = require("jwkengine.core")
+local jwkengine = require("jwkengine")
+local function show(...) print(select("#", ...), (select(3, ...))) end
+show(core.random_bytes(4))
+show(core.uuid())
+local engine = assert(jwkengine.open({ logger = false, startup = false, environment = {
+  HSM_ENABLED = "false", SECRETS_SYSTEM = "rand-child-secret-0123456789", DSN = "memory" } }))
+local jwk = { kty = "EC", crv = "P-256", x = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+  y = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0", d = "jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI" }
+show(engine:import("s", jwk, { alg = "ES256" }))
+]])
+    local out, ok = softhsm.run(string.format("OPENSSL_CONF=%s %s -e %s %s", softhsm.quote(dir .. "/openssl.cnf"),
+      softhsm.LUA, softhsm.quote(string.format("package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path; "
+        .. "package.cpath = '%s/lib/?.so;' .. package.cpath", softhsm.BUILD)), softhsm.quote(dir .. "/child.lua")))
+    os.execute("rm -rf " .. softhsm.quote(dir))
+    assert.is_true(ok, out)
+    assert.equals("3\tERR_RANDOM\n3\tERR_RANDOM\n3\tERR_RANDOM\n", out)
   end)
 end)

@@ -32,20 +32,26 @@ local function codes_in_code()
   return found
 end
 
--- "file:line: text" of every literal code outside the registry and its
--- header that is not in a comment.
+-- "file: CODE" of every registered code written out in code (in a string
+-- of its own or inside a message, a bare table key) rather than as E.CODE
+-- or JWKE_CODE, outside the registry and its header; comments aside.
 local function literal_codes()
   local hits = {}
-  local grep = "grep -rnE '\"ERR_[A-Z0-9_]+\"' lua core scripts --exclude=errors.lua --exclude=error_codes.h"
-  for _, line in ipairs(lines_of(grep)) do
-    local text = line:match("^[^:]+:%d+:(.*)$")
-    local before = text:match('^(.-)"ERR_')
-    local comment = before:find("%-%-") or before:find("//") or before:match("^%s*/?%*")
-    if not comment then hits[#hits + 1] = line end
+  for _, path in ipairs(lines_of("find lua core scripts -name '*.lua' -o -name '*.c' -o -name '*.h'")) do
+    if path ~= "lua/jwkengine/errors.lua" and path ~= HEADER then
+      local text = read(path)
+      if path:match("%.lua$") then
+        text = text:gsub("%-%-%[(=*)%[.-%]%1%]", ""):gsub("%-%-[^\n]*", "")
+      else
+        text = text:gsub("/%*.-%*/", ""):gsub("//[^\n]*", "")
+      end
+      for before, name in text:gmatch("([%w_%.]?)(ERR_[%u%d_]+)") do
+        if not before:match("[%w_%.]") and rawget(errors.E, name) ~= nil then
+          hits[#hits + 1] = path .. ": " .. name
+        end
+      end
+    end
   end
-  -- and a bare key of a status map ({ ERR_STORE = ... }), which no typo check reaches
-  local keys = "grep -rnE '^[[:space:]]*ERR_[A-Z0-9_]+[[:space:]]*=[^=]' lua scripts --exclude=errors.lua"
-  for _, line in ipairs(lines_of(keys)) do hits[#hits + 1] = line end
   return hits
 end
 

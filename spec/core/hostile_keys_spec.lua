@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): the C key importers against hostile keys.
 -- Keys built to break the importers rather than to sign: RSA moduli past
 -- the supported maximum (they once overflowed the signature buffers) and
 -- JWK tables whose metamethods run the garbage collector mid-read (they

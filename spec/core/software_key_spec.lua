@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): the software key class and AES-GCM sealing in C.
 -- Software keys and the store's AES-GCM sealing (jwkengine.core), checked
 -- against independent implementations: python3-jwcrypto verifies the
 -- signatures, python3-cryptography the Hydra sealing format, and the
@@ -90,11 +91,13 @@ describe("software keys", function()
         local public = key:public_key()
         assert.is_true(public:verify(alg, input, sig))
         local bad_input, bad_sig = split(tampered(token))
-        local ok, err = public:verify(alg, bad_input, bad_sig)
-        assert.is_false(ok)
+        -- nil, message, code through the binding's one error exit, never false
+        local ok, err, code = public:verify(alg, bad_input, bad_sig)
+        assert.is_nil(ok)
         assert.is_string(err)
+        assert.equals("ERR_JWS_SIGNATURE_INVALID", code)
         -- A changed payload with the original signature fails too.
-        assert.is_false(public:verify(alg, input .. "x", sig))
+        assert.is_nil(public:verify(alg, input .. "x", sig))
 
         local verdicts = jwcrypto_verdicts(key:public_jwk(), alg, { token, tampered(token) })
         assert.same({ "valid", "invalid" }, verdicts)
@@ -110,9 +113,10 @@ describe("software keys", function()
 
     it("refuses algorithms that do not fit the key", function()
       local key = key_for("ES256")
-      local ok, err = key:fits("ES384")
-      assert.is_false(ok)
+      local ok, err, code = key:fits("ES384")
+      assert.is_nil(ok)
       assert.matches("P%-384", err)
+      assert.equals("ERR_KEY_USE", code)
       local token, sign_err = key:sign_compact(header_for("RS256"), "x", "RS256")
       assert.is_nil(token)
       assert.matches("does not fit", sign_err)

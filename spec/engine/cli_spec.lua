@@ -254,7 +254,7 @@ describe("the runner", function()
     assert.is_true(ok, out)
     assert.matches(prefix .. "/bin/../share/lua/5.4/jwkengine/init.lua", out, 1, true)
     -- the installed C module loads in plain lua5.4 from the standard layout
-    out, ok = softhsm.run(string.format([[cd / && LUA_PATH='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua;;' LUA_CPATH='%s/lib/lua/5.4/?.so;;' %s -e 'print(require("jwkengine.core")._VERSION)']],
+    out, ok = softhsm.run(string.format([[cd / && LUA_PATH='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua;;' LUA_CPATH='%s/lib/lua/5.4/?.so;;' %s -e 'print(require("jwkengine")._VERSION)']],
       prefix, prefix, prefix, softhsm.LUA))
     assert.is_true(ok, out)
     -- and the admin CLI comes with it: `jwkengine keys ...` against a real token

@@ -1,7 +1,9 @@
 -- The facade is closed: require("jwkengine") exports exactly the names the
 -- README's Lua API lists, an engine answers exactly the methods it lists,
 -- and the hosts inside the library (the nginx package, health.lua) use
--- nothing else: not the binding, not an engine's fields.
+-- nothing else: not the binding, not an engine's fields. Below the facade,
+-- the key managers never call up into the lifecycle that governs them; a
+-- spec requires the binding only when it says it is about the binding.
 local jwkengine = require("jwkengine")
 
 local function read(path)
@@ -79,6 +81,9 @@ describe("the facade", function()
     for _, path in ipairs(host_files()) do
       local code = code_of(read(path))
       if code:find("jwkengine%.core") then reach[#reach + 1] = path .. ": requires jwkengine.core" end
+      -- an engine handed to a library module (health.check(state.engine, ...))
+      -- instead of asked through its method
+      for call in code:gmatch("[%w_%.]+%(state%.engine[,)]") do reach[#reach + 1] = path .. ": " .. call end
       -- an engine (engine, e, state.engine) indexed with "." names a method
       -- the README lists, never a field
       for before, name in code:gmatch("([%w_%.]*)engine%.([%a_][%w_]*)") do
@@ -91,5 +96,28 @@ describe("the facade", function()
       end
     end
     assert.same({}, reach)
+  end)
+
+  it("has data flow one way: the key managers never call up into the lifecycle", function()
+    -- the engine puts each manager under its states (jwkengine.lifecycle.govern)
+    local up = {}
+    for _, path in ipairs({ "lua/jwkengine/keyset.lua", "lua/jwkengine/hsm.lua", "lua/jwkengine/software.lua",
+      "lua/jwkengine/fallback.lua" }) do
+      local code = code_of(read(path))
+      for call in code:gmatch("states:[%a_]+") do up[#up + 1] = path .. ": " .. call end
+      if code:find("options%.states") then up[#up + 1] = path .. ": takes options.states" end
+    end
+    assert.same({}, up)
+  end)
+
+  it("is what the specs test, except a spec that says in its first line it is about the binding", function()
+    local pipe = assert(io.popen("grep -rl 'require(\"jwkengine.core\")' spec --include='*_spec.lua'"))
+    local unsaid = {}
+    for path in pipe:lines() do
+      local first = read(path):match("^[^\n]*")
+      if not first:find("^%-%- About the binding %(jwkengine%.core%)") then unsaid[#unsaid + 1] = path end
+    end
+    pipe:close()
+    assert.same({}, unsaid)
   end)
 end)

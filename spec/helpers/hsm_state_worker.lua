@@ -12,8 +12,10 @@
 -- With JWKE_READY and JWKE_GO set, a process opens the token, creates
 -- JWKE_READY.TAG and waits for JWKE_GO before it acts, so that the spec
 -- can start two of them at the same instant.
+-- spec/ on the path, as busted has it: the runner runs this file alone
+package.path = arg[0]:gsub("helpers/[^/]*$", "?.lua;") .. package.path
 local cjson = require("cjson")
-local core = require("jwkengine.core")
+local core = require("helpers.binding")
 local hsm_states = require("jwkengine.lifecycle.token_backend")
 local jwkengine = require("jwkengine")
 

@@ -38,7 +38,7 @@
 -- The engine's own settings only (never os.getenv): the same token can be
 -- described to a child process through cli.env_prefix.
 local cjson = require("cjson")
-local core = require("jwkengine.core")
+local core = require("helpers.binding")
 local cli = require("helpers.cli")
 local jose = require("helpers.jose")
 local softhsm = require("helpers.softhsm")

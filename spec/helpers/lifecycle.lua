@@ -1,7 +1,7 @@
 -- What the lifecycle specs share: the kid that signs a set, the kids its
 -- JWK Set publishes, and a token object of the spec's own process (another
 -- program on the token).
-local core = require("jwkengine.core")
+local core = require("helpers.binding")
 local softhsm = require("helpers.softhsm")
 
 local M = {}

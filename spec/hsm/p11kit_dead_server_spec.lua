@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): every way into a PKCS#11 module survives SIGPIPE.
 -- Calls into p11-kit's client module after its server died: the client
 -- writes to a socket whose other end is gone, which raises SIGPIPE, and
 -- SIGPIPE's default action ends the process (exit 141). Every way into the

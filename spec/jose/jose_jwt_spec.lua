@@ -1,7 +1,7 @@
 -- JWT signing and verification with claim checks: exp, nbf, iat, max age,
 -- iss, aud, sub, typ, required claims, clock tolerance and an injected
 -- clock; each failure has its stable code.
-local core = require("jwkengine.core")
+local core = require("helpers.binding") -- keys and stored bytes; the spec is not about the binding
 local cjson = require("cjson")
 local jwt = require("jwkengine.jwt")
 local errors = require("jwkengine.errors")

@@ -2,7 +2,7 @@
 -- keys): real SoftHSM tokens, real processes (the runner), pkcs11-tool, and
 -- the fault-injecting module in front of SoftHSM.
 local cjson = require("cjson")
-local core = require("jwkengine.core")
+local core = require("helpers.binding") -- keys and stored bytes; the spec is not about the binding
 local hsm_states = require("jwkengine.lifecycle.token_backend")
 local jwkengine = require("jwkengine")
 local cli = require("helpers.cli")

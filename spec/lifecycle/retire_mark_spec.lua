@@ -4,7 +4,7 @@
 -- whatever the set's records say; the token itself refuses C_SignInit. Real
 -- SoftHSM, pkcs11-tool as the independent reader, the fault-injecting
 -- module for a token that refuses the change, SQLite and PostgreSQL.
-local core = require("jwkengine.core")
+local core = require("helpers.binding") -- keys and stored bytes; the spec is not about the binding
 local config = require("jwkengine.config")
 local hsm = require("jwkengine.hsm")
 local keyset = require("jwkengine.keyset")

@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): the PKCS#11 layer's outage backoff, read from the token object.
 -- The outage backoff of a token (core/p11_outage.c), read after every failed
 -- attempt to come back, not only bounded: each wait doubles from
 -- hsm.reinit_interval_ms up to hsm.reinit_interval_max_ms and is drawn

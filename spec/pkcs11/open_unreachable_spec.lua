@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): an unreachable module at the PKCS#11 layer, beside jwkengine.open.
 -- jwkengine.open against an HSM it cannot reach fails with
 -- ERR_HSM_UNAVAILABLE and the seconds until the next attempt is due (not
 -- the raw CKR code), so a host retries with the backoff and nginx answers

@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): the PKCS#11 module object and its C_Initialize count.
 -- The PKCS#11 module object: one jwkengine.open() loads and initializes the
 -- module once (listing slots and opening the token share it), and signing
 -- never searches the token. Proven with OpenSC's pkcs11-spy, which logs

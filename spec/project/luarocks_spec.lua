@@ -1,3 +1,4 @@
+-- About the binding (jwkengine.core): the built C module installed where the rock puts it.
 -- The rock: the README's LuaRocks lines, run as written with Debian's
 -- `luarocks` (LUAROCKS_CONFIG pointing it at a throwaway tree), build
 -- jwkengine from the rockspecs at the root (CMake, JWKE_ROCK) for Lua 5.4

@@ -3,7 +3,7 @@
 -- independent implementation of Hydra's format, rows jwkengine writes opened
 -- by it; and Hydra 1.x's table (the one jwkengine creates) beside it.
 local cjson = require("cjson")
-local core = require("jwkengine.core")
+local core = require("helpers.binding") -- keys and stored bytes; the spec is not about the binding
 local store_module = require("jwkengine.store")
 local luasql = require("jwkengine.store.luasql")
 local hydra2_schema = require("helpers.hydra2_schema")

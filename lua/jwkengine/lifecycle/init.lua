@@ -5,10 +5,12 @@
 -- policy (the rotation policy's schema and safety minimums), token_backend
 -- and sql_backend (where records live), writes (maintain, rotate, retire,
 -- activate, policy, repair, the delete guard). This file is the narrow
--- interface: a manager is given a `states` object (new, with_backend) and
--- calls states:attach on every set it loads; the writes reach a manager's
--- states through manager:lifecycle() and tell it a set changed through
--- manager:outdate(set).
+-- interface: whoever composes the engine makes a `states` object (new,
+-- with_backend) and puts a manager under it with govern(manager, states);
+-- from then on every set the manager loads gets its states before use. The
+-- manager never calls into the lifecycle by name. The writes reach a
+-- manager's states through manager:lifecycle() and tell it a set changed
+-- through manager:outdate(set).
 --
 -- A backend keeps, per set, one value { version, records, policy } (see
 -- jwkengine.lifecycle.records) and has these methods:
@@ -236,6 +238,16 @@ function M.read_into(entry, set, where, states, now)
     end
   end
   return entry
+end
+
+-- Puts a key manager (a jwkengine.keyset.Manager) under states: its loads
+-- attach them, a set it finds gone is forgotten, and the writes find them
+-- through manager:lifecycle(). Returns the manager.
+function M.govern(manager, states)
+  function manager.on_load(m, entry, set) states:attach(entry, set, m.where) end
+  function manager.on_gone(_, set) states:forget(set) end
+  function manager.lifecycle() return states end
+  return manager
 end
 
 -- Gives a freshly loaded entry its states: reads the set's records once

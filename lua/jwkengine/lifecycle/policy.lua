@@ -62,10 +62,8 @@ function M.make(rotation, limits, where)
   where = where or "rotation."
   for name, value in pairs(rotation) do
     if not FIELD[name] then return util.fail(E.ERR_CONFIG, "%s%s is not a rotation setting", where, tostring(name)) end
-    if type(value) ~= "number" or value < 0 or value ~= value or value == math.huge then
-      return util.fail(E.ERR_CONFIG, "%s%s must be a non-negative number of seconds, got %s", where, name,
-        type(value) == "number" and tostring(value) or type(value))
-    end
+    local ok, err = settings.check({ name = where .. name, type = "seconds" }, value)
+    if ok == nil then return util.fail(E.ERR_CONFIG, "%s", err) end
   end
   local policy = {
     period = rotation.period,

@@ -182,7 +182,7 @@ function Backend:unsupported(cause)
     self.no_data_objects = string.format("the token keeps no data objects (%s), so key states cannot be "
       .. "recorded on it: a set with one signing key signs with it; a set of several keys, rotation and "
       .. "`keys activate` refuse (README: What was verified on which implementation)", cause)
-    self.log("error", self.no_data_objects .. " (ERR_KEY_STATES_UNSUPPORTED)")
+    self.log("error", self.no_data_objects .. " (" .. E.ERR_KEY_STATES_UNSUPPORTED .. ")")
   end
   if self.no_data_objects then return nil, self.no_data_objects, E.ERR_KEY_STATES_UNSUPPORTED end
   return nil
@@ -336,9 +336,12 @@ function Backend:write(set, version, records, policy)
   end
   -- the writer id makes every object's bytes unique, so a destroy by value
   -- takes exactly this object
-  local state, err
-  state, err, code = records_module.encode({ version = version + 1, writer = core.uuid(), records = records,
-    policy = policy })
+  local writer, state, err
+  writer, err, code = core.uuid()
+  if writer then
+    state, err, code = records_module.encode({ version = version + 1, writer = writer, records = records,
+      policy = policy })
+  end
   if not state then return write_error(set, err, code) end
   if version == 0 then return self:first_write(set, state) end
   local label = self.prefix .. set
@@ -400,9 +403,12 @@ function Backend:repair(set, records, policy)
     end
   end
   top = math.max(top, os.time() - 1)
-  local state
-  state, err, code = records_module.encode({ version = top + 1, writer = core.uuid(), records = records,
-    policy = policy })
+  local writer, state
+  writer, err, code = core.uuid()
+  if writer then
+    state, err, code = records_module.encode({ version = top + 1, writer = writer, records = records,
+      policy = policy })
+  end
   if not state then return nil, err, code end
   local label = self.prefix .. set
   local marked

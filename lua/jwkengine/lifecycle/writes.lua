@@ -240,7 +240,9 @@ local function maintain_set(engine, set)
     local out = rule.records_after(records, evaluation)
     local kid
     if generate then
-      kid = core.uuid()
+      local err, code
+      kid, err, code = core.uuid()
+      if not kid then return nil, err, code end
       record(out, kid, "next", now)
     end
     for _, destroyed in ipairs(evaluation.destroy) do record(out, destroyed, "destroyed", now) end
@@ -301,7 +303,8 @@ end
 -- of processes rotating at once only one makes a key; refused while the set
 -- has a next key (present or claimed).
 local function rotate_next(self, set, alg)
-  local kid = core.uuid()
+  local kid, kerr, kcode = core.uuid()
+  if not kid then return nil, kerr, kcode end
   local changes, plan, manager = update(self, set, function(records, evaluation, now, entry, policy)
     local waiting = claimed_next(records, evaluation, policy, now)
     for _, present in ipairs(evaluation.published) do
@@ -348,7 +351,8 @@ function M.rotate(self, set, options)
   local lc = entry.lifecycle
   if lc and lc.refused then return nil, lc.refused[1], lc.refused[2] end
   local old = lc and lc.evaluation.signer
-  local kid = core.uuid()
+  local kid, kerr, kcode = core.uuid()
+  if not kid then return nil, kerr, kcode end
   -- made before it is recorded: a load in between sees it as next, which
   -- the write below then overrides
   local jwk, err

@@ -174,7 +174,7 @@ function M.serve_token(options)
     local headers = http.status_of(code) == 503 and { ["Retry-After"] = retry_after(code, retry_in) } or nil
     if code == E.ERR_OVERLOADED then
       -- the queue's own words name the limit that was reached (no secret in them)
-      return send_failure(code, "signing overloaded: " .. tostring(err) .. " (ERR_OVERLOADED)", headers)
+      return send_failure(code, "signing overloaded: " .. tostring(err) .. " (" .. code .. ")", headers)
     end
     logging.logger("error", string.format("signing with key set '%s' failed: %s (%s)", set, tostring(err),
       tostring(code)))

@@ -5,6 +5,7 @@
 -- seconds, so health checks, however frequent, sign at most once per set
 -- per worker and period (counted as jwkengine_health_probes_total).
 local cjson = require("cjson.safe")
+-- part_of: the failing part a code names (the probe itself is engine:health)
 local health = require("jwkengine.health")
 local metrics = require("jwkengine.nginx.metrics")
 local state = require("jwkengine.nginx.state")
@@ -27,7 +28,7 @@ end
 local function evaluate()
   local settings = state.settings
   if not state.engine then return not_open() end
-  local result = health.check(state.engine, settings.sets, settings.health_budget)
+  local result = state.engine:health({ sets = settings.sets, budget = settings.health_budget })
   metrics.count_probe(result.status == "ok")
   return result
 end

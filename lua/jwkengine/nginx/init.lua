@@ -37,43 +37,31 @@ local M = { _VERSION = "0.1.0" }
 
 -- Reads and checks the configuration in init_by_lua. options: everything
 -- jwkengine.open takes (config, environment, hsm, startup_sets, dsn, secrets,
--- store, select_slot, logger), plus
---   jwks = { sets = {names}, max_age = 300, refresh = 30 }
---     sets: the sets whose public keys GET /.well-known/jwks.json publishes
---     (default: the startup sets); max_age: Cache-Control max-age; refresh:
---     seconds between re-reads of the sets from the token, per worker
---   token = { set = name, lifetime = 300, max_body = 16384 }
---     set: the set POST /token signs with (default: hydra.jwt.access-token
---     when published, else the first published set); lifetime: exp - iat;
---     max_body: the largest claims body accepted, in bytes
---   thread_pool = "name": sign in that nginx thread pool (ngx.run_worker_thread)
---   thread_queue = { in_flight = hsm.max_sessions, length = 256, timeout = 2 }:
---     per worker, signatures run at once in the pool, requests kept waiting
---     for a turn, seconds one waits; past that 503 (jwkengine.nginx.queue)
---   shared_dict = "jwkengine": the lua_shared_dict holding the startup lock
---   ready_timeout = 10: seconds a request waits for its worker's engine
---   startup_lock_timeout = 300: seconds one worker may hold the startup lock
---   health = { budget = 1, cache = 5 }: seconds a probe signature may take;
---     seconds a worker reuses its health result
---   metrics = { flush_interval = 1 }: seconds between a worker's flushes of
---     its counts into the shared dict
+-- store, select_slot, logger), plus nginx's own options: jwks, token,
+-- thread_pool, thread_queue, shared_dict, ready_timeout, startup_lock_timeout,
+-- schedule_interval, health, metrics (each with its type, default and
+-- meaning in jwkengine.nginx.options, the README's table of them).
 function M.init(options)
+  local s, err
   if ngx and ngx.get_phase and ngx.get_phase() ~= "init" then
-    settings.fail("init() belongs in init_by_lua_block (it runs in nginx's master)", 2)
+    err = "init() belongs in init_by_lua_block (it runs in nginx's master)"
+  else
+    s, err = settings.load(options or {})
   end
-  local s = settings.load(options or {})
+  -- A mistake in the options stops nginx: raised here, at the caller's line.
+  if not s then error("jwkengine.nginx: " .. err, 2) end
   state.settings = s
   return true
 end
 
 -- Opens the engine in this worker and schedules the JWK Set refresh.
 function M.init_worker()
-  if not state.settings then
-    settings.fail("init_worker() needs init() in init_by_lua_block first", 2)
+  local ok, err = false, "init_worker() needs init() in init_by_lua_block first"
+  if state.settings then
+    ok, err = worker.start()
+    if ok then ok, err = metrics.start() end
   end
-  local ok, err = worker.start()
-  if ok then ok, err = metrics.start() end
-  if not ok then settings.fail(err, 2) end
+  if not ok then error("jwkengine.nginx: " .. tostring(err), 2) end
 end
 
 -- GET /metrics: Prometheus text of every worker, summed (keep it on

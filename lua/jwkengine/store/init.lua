@@ -299,8 +299,11 @@ function Store:insert(sid, kid, keydata)
   if self.network then
     -- what Hydra 2.x writes: its network and a random UUID primary key
     local q = function(v) return self.driver:quote(v) end
+    local pk
+    pk, err, code = core.uuid()
+    if not pk then return nil, err, code end
     sql = string.format("INSERT INTO hydra_jwk (pk, nid, sid, kid, version, keydata) VALUES (%s, %s, %s, %s, 0, %s)",
-      q(core.uuid()), q(self.network), sid_sql, kid_sql, keydata_sql)
+      q(pk), q(self.network), sid_sql, kid_sql, keydata_sql)
   end
   local ok
   ok, err = self.driver:exec(sql)
