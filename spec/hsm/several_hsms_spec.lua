@@ -318,6 +318,68 @@ describe("several HSM tokens", function()
     end)
   end)
 
+  describe("the CLI", function()
+    local cli = require("helpers.cli")
+    local path
+
+    setup(function()
+      faults.set({})
+      path = os.tmpname() .. ".json"
+      softhsm.write_file(path, cjson.encode({ hsm = { enabled = true,
+        tokens = { token_entry(primary, softhsm.LIBRARY), token_entry(second, second_library) } } }))
+    end)
+
+    teardown(function() os.remove(path) end)
+
+    local function keys(args)
+      return cli.keys({ SOFTHSM2_CONF = os.getenv("SOFTHSM2_CONF"), JWKENGINE_CONFIG = path }, args)
+    end
+
+    local function lines_of(out)
+      local list = {}
+      for line in out:gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
+      return list
+    end
+
+    it("lists the tokens with their state and which signs", function()
+      local out, err, status = keys("tokens")
+      assert.are.equal(0, status, err)
+      local list = lines_of(out)
+      assert.are.equal(2, #list)
+      assert.are.same({ 1, primary.label, "up", true }, { list[1].token, list[1].label, list[1].state, list[1].signing })
+      assert.are.same({ 2, second.label, "up", false }, { list[2].token, list[2].label, list[2].state, list[2].signing })
+      assert.are.equal(second_library, list[2].library)
+    end)
+
+    it("acts on every token, or on --token N", function()
+      local out, err, status = keys("create m.cli ES256")
+      assert.are.equal(0, status, err)
+      assert.are.equal(2, #lines_of(out))
+      out, err, status = keys("create m.cli ES256 --token 2")
+      assert.are.equal(0, status, err)
+      assert.are.equal(1, #lines_of(out))
+      out, err, status = keys("keys m.cli")
+      assert.are.equal(0, status, err)
+      local count = { 0, 0 }
+      for _, key in ipairs(lines_of(out)) do count[key.token] = count[key.token] + 1 end
+      assert.are.same({ 1, 2 }, count)
+      out, err, status = keys("--token 1 keys m.cli")
+      assert.are.equal(0, status, err)
+      assert.are.equal(1, #lines_of(out))
+      _, err, status = keys("delete m.cli --token 2")
+      assert.are.equal(0, status, err)
+      out = keys("keys m.cli")
+      assert.are.equal(1, #lines_of(out))
+      assert.are.equal(1, lines_of(out)[1].token)
+      _, err, status = keys("keys m.cli --token 3")
+      assert.are.equal(1, status)
+      assert.matches("there is no HSM token 3", err, 1, true)
+      _, err, status = keys("keys m.cli --token x")
+      assert.are.equal(2, status)
+      assert.matches("--token needs a token number", err, 1, true)
+    end)
+  end)
+
   describe("when a token was never reached", function()
     it("opens on the other, publishes only what it reached, says unreached and degraded", function()
       faults.set({})
