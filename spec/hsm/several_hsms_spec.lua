@@ -338,6 +338,18 @@ describe("several HSM tokens", function()
       assert.are.equal(1, #assert(engine:publication("m.down")).keys)
       faults.set({})
     end)
+
+    it("rotates the tokens it reaches and passes over the down one, saying so", function()
+      faults.set({ removed = 1 })
+      lines = {}
+      local changes, err = engine:rotate("m.down")
+      faults.set({})
+      assert.truthy(changes, err)
+      assert.are.equal(1, #changes)
+      assert.are.equal(2, changes[1].token)
+      assert.are.equal("next", changes[1].to)
+      assert.matches("HSM token 1 .* is passed over", table.concat(lines, "\n"))
+    end)
   end)
 
   describe("the CLI", function()
