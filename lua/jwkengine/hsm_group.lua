@@ -312,6 +312,8 @@ function Group:parts(set, kind, read)
       if down then
         member.down_since = member.down_since or now
         until_time = member.down_since + self:retain(member, set)
+      else
+        member.down_since = nil -- back: the next outage counts retain from its own start
       end
       if (value or (down and seen)) and (not until_time or now < until_time) then
         parts[#parts + 1] = { member = member, value = value or seen, until_time = until_time }
