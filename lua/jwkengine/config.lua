@@ -93,17 +93,38 @@ local function describe(value)
   return type(value)
 end
 
--- Applies `source` (a table of hsm keys) over cfg.hsm, checking each.
+-- The settings of one token (per_token in the schema): the keys of each
+-- hsm.tokens entry.
+local token_schema = {}
+for key, setting in pairs(settings.section("hsm")) do
+  if setting.per_token then token_schema[key] = setting.type end
+end
+
+local normalize_tokens, expand_tokens
+
+-- Applies `source` (a table of hsm keys) over target (cfg.hsm, or one
+-- token's entry), checking each against schema (hsm_schema, token_schema).
 -- `origin` names where the values came from, for error messages; secret
--- values are never echoed back.
-local function apply_hsm(cfg, source, origin, names, as_written)
+-- values are never echoed back. prefix: how names are shown ("hsm.",
+-- "hsm.tokens[2]."); given: records the per-token settings set on hsm itself.
+local function apply_settings(target, source, origin, names, as_written, schema, prefix, given)
   for key, value in pairs(source) do
-    local kind = hsm_schema[key]
+    local kind = schema[key]
     if kind == "string" and as_written then value = as_written[key] end
-    local name = names and names[key] or ("hsm." .. tostring(key))
+    local name = names and names[key] or (prefix .. tostring(key))
     if not kind then
+      if schema == token_schema and hsm_schema[key] then
+        return util.fail(E.ERR_CONFIG, "%s: %s is not a setting of one token: set hsm.%s, it applies to every token",
+          origin, name, tostring(key))
+      end
       return util.fail(E.ERR_CONFIG, "%s: unknown setting '%s' (known: %s)", origin, name,
-        table.concat(util.sorted_keys(hsm_schema), ", "))
+        table.concat(util.sorted_keys(schema), ", "))
+    end
+    if kind == "tokens" then
+      local list, err, code = normalize_tokens(value, as_written and as_written[key], origin)
+      if not list then return nil, err, code end
+      target.tokens = list
+      goto continue
     end
     local parsed = coerce(kind, value)
     if parsed == nil then
@@ -120,9 +141,38 @@ local function apply_hsm(cfg, source, origin, names, as_written)
         parsed)
       if ok == nil then return util.fail(E.ERR_CONFIG, "%s: %s", origin, range_err) end
     end
-    cfg.hsm[key] = parsed
+    target[key] = parsed
+    if given and token_schema[key] and value ~= "" then given[key] = name end
+    ::continue::
   end
   return true
+end
+
+local function apply_hsm(cfg, source, origin, names, as_written)
+  return apply_settings(cfg.hsm, source, origin, names, as_written, hsm_schema, "hsm.", cfg.given)
+end
+
+-- hsm.tokens as written: a non-empty list of mappings, each checked as a
+-- token's settings (the values only; defaults and the checks between
+-- settings come once every layer is applied, see expand_tokens).
+function normalize_tokens(value, as_written, origin)
+  local count = 0
+  for _ in pairs(type(value) == "table" and value or {}) do count = count + 1 end
+  if type(value) ~= "table" or #value == 0 or count ~= #value then
+    return util.fail(E.ERR_CONFIG, "%s: hsm.tokens must be a non-empty list of token entries", origin)
+  end
+  local list = {}
+  for i, entry in ipairs(value) do
+    local prefix = string.format("hsm.tokens[%d].", i)
+    if type(entry) ~= "table" then
+      return util.fail(E.ERR_CONFIG, "%s: hsm.tokens[%d] must be a mapping of token settings", origin, i)
+    end
+    list[i] = {}
+    local ok, err, code = apply_settings(list[i], entry, origin, nil, type(as_written) == "table"
+      and type(as_written[i]) == "table" and as_written[i] or nil, token_schema, prefix)
+    if not ok then return nil, err, code end
+  end
+  return list
 end
 
 -- Startup sets may be written as a list of {set=, alg=} or as a map
@@ -349,8 +399,10 @@ end
 --   options.store_driver: a SQL driver given instead of the DSN
 function M.check_stores(cfg, options)
   if cfg.hsm.enabled then
-    local ok, err, code = M.check_hsm(cfg.hsm)
-    if not ok then return nil, err, code end
+    for i, token in ipairs(cfg.hsm.tokens or { cfg.hsm }) do
+      local ok, err, code = M.check_hsm(token)
+      if not ok then return nil, cfg.hsm.tokens and string.format("hsm.tokens[%d]: %s", i, err) or err, code end
+    end
   end
   local software = #cfg.secrets.system > 0
   local driver = options and options.store_driver
@@ -373,6 +425,49 @@ local function split_secrets(text)
   return secrets
 end
 
+-- The one check between two settings: after every layer, as each may set either.
+local function check_at_least(hsm, prefix)
+  for key, setting in pairs(settings.section("hsm")) do
+    if setting.at_least and hsm[key] < hsm[setting.at_least] then
+      return util.fail(E.ERR_CONFIG, "%s%s (%d) must be at least %s%s (%d)", prefix, key, hsm[key],
+        prefix, setting.at_least, hsm[setting.at_least])
+    end
+  end
+  return true
+end
+
+-- With hsm.tokens, each entry becomes a whole token configuration, as
+-- hsm.open takes it: its own settings over their defaults, and the
+-- settings of every token (key_set_prefix, min_rsa_bits, ...) from hsm.
+-- A per-token setting on hsm itself as well would leave "which token" to
+-- a guess: refused, naming both.
+function expand_tokens(hsm, given)
+  local first = util.sorted_keys(given)[1]
+  if first then
+    return util.fail(E.ERR_CONFIG, "%s and hsm.tokens both configure a token: set %s in each hsm.tokens entry "
+      .. "instead (or drop hsm.tokens for a single token)", given[first], first)
+  end
+  for i, entry in ipairs(hsm.tokens) do
+    local token = {}
+    for key, setting in pairs(settings.section("hsm")) do
+      if setting.per_token then
+        if entry[key] ~= nil then token[key] = entry[key] else token[key] = settings.default(setting.name) end
+      elseif key ~= "tokens" then
+        token[key] = hsm[key]
+      end
+    end
+    local prefix = string.format("hsm.tokens[%d].", i)
+    local ok, err, code = M.apply_uri(token)
+    if ok then ok, err, code = check_pin_settings(token) end
+    if not ok then return nil, string.format("hsm.tokens[%d]: %s", i, err), code end
+    ok, err, code = check_at_least(token, prefix)
+    if not ok then return nil, err, code end
+    token.index = i
+    hsm.tokens[i] = token
+  end
+  return true
+end
+
 -- Loads the configuration.
 --   options.config       path of the config file (else JWKENGINE_CONFIG)
 --   options.environment  a table standing in for os.getenv (tests)
@@ -387,6 +482,7 @@ function M.load(options)
   local known, kerr, kcode = config_schema.check_options(options, hsm_schema, M.OPEN_OPTIONS)
   if not known then return nil, kerr, kcode end
   local cfg = defaults()
+  cfg.given = {} -- per-token settings set on hsm itself (apply_settings), until expand_tokens
 
   local path = options.config or getenv(CONFIG_VARIABLE)
   if path and path ~= "" then
@@ -415,6 +511,7 @@ function M.load(options)
     if set then
       cfg.hsm.pin = nil -- the environment overrides the file
       cfg.hsm.pin_env = "HSM_PIN"
+      cfg.given.pin = "HSM_PIN"
     elseif empty then
       cfg.hsm.pin = "" -- HSM_PIN= is a mistake check_pin_settings names
     end
@@ -441,12 +538,13 @@ function M.load(options)
   if not ok then return nil, err, code end
   ok, err, code = check_pin_settings(cfg.hsm)
   if not ok then return nil, err, code end
-  -- the one check between two settings: after every layer, as each may set either
-  for key, setting in pairs(settings.section("hsm")) do
-    if setting.at_least and cfg.hsm[key] < cfg.hsm[setting.at_least] then
-      return util.fail(E.ERR_CONFIG, "hsm.%s (%d) must be at least hsm.%s (%d)", key, cfg.hsm[key],
-        setting.at_least, cfg.hsm[setting.at_least])
-    end
+  ok, err, code = check_at_least(cfg.hsm, "hsm.")
+  if not ok then return nil, err, code end
+  local given = cfg.given
+  cfg.given = nil
+  if cfg.hsm.tokens then
+    ok, err, code = expand_tokens(cfg.hsm, given)
+    if not ok then return nil, err, code end
   end
   return cfg
 end

@@ -13,6 +13,8 @@
 -- min/max  the range of an integer, beside its type's own
 -- positive a seconds setting that must be above 0
 -- token    passed by this name to module:open_token (core/lua/lua_module.c)
+-- per_token  a setting of one token: also a key of each `hsm.tokens` entry
+--          (the others of `hsm` apply to every token)
 -- file     false: not a key of the config file (an option of jwkengine.open)
 -- shown    how the README shows the default when it is not a plain value
 -- doc      one line for the README
@@ -25,48 +27,53 @@ local M = {}
 M.SETTINGS = {
   { name = "hsm.enabled", type = "boolean", default = false, env = "HSM_ENABLED",
     doc = "use the HSM: `true`/`false` or `1`/`0`, in any case (`TRUE`); `yes`/`no` are refused; empty is `false`" },
-  { name = "hsm.library", type = "string", env = "HSM_LIBRARY", doc = "path of the vendor's PKCS#11 module" },
-  { name = "hsm.token_label", type = "string", env = "HSM_TOKEN_LABEL",
+  { name = "hsm.library", per_token = true, type = "string", env = "HSM_LIBRARY", doc = "path of the vendor's PKCS#11 module" },
+  { name = "hsm.token_label", per_token = true, type = "string", env = "HSM_TOKEN_LABEL",
     doc = "token label; wins over the slot; the first slot holding it is used" },
-  { name = "hsm.slot", type = "integer", env = "HSM_SLOT", shown = "unset = `0`",
+  { name = "hsm.slot", per_token = true, type = "integer", env = "HSM_SLOT", shown = "unset = `0`",
     doc = "`CK_SLOT_ID` (as `pkcs11-tool --slot`) when no label is set" },
-  { name = "hsm.pin", type = "string", env = "HSM_PIN",
+  { name = "hsm.pin", per_token = true, type = "string", env = "HSM_PIN",
     doc = "user PIN (never logged, never in an error); set but empty is a configuration error" },
-  { name = "hsm.pin_file", type = "string", env = "HSM_PIN_FILE",
+  { name = "hsm.pin_file", per_token = true, type = "string", env = "HSM_PIN_FILE",
     doc = "a file holding the PIN (its content, trailing newlines dropped, at most 255 bytes); read in C into "
       .. "locked memory, never through Lua; not together with `HSM_PIN`" },
-  { name = "hsm.uri", type = "string", env = "HSM_URI",
+  { name = "hsm.uri", per_token = true, type = "string", env = "HSM_URI",
     doc = "an RFC 7512 PKCS#11 URI naming token, module and PIN (see below)" },
-  { name = "hsm.init_args", type = "string", env = "HSM_INIT_ARGS",
+  { name = "hsm.init_args", per_token = true, type = "string", env = "HSM_INIT_ARGS",
     doc = "passed to the module's `C_Initialize` as `CK_C_INITIALIZE_ARGS.pReserved`, for modules that need it "
       .. "(NSS softokn: `configdir='sql:/path' certPrefix='' keyPrefix='' secmod='secmod.db' flags=`)" },
-  { name = "hsm.token_serial", type = "string", env = "HSM_TOKEN_SERIAL",
+  { name = "hsm.token_serial", per_token = true, type = "string", env = "HSM_TOKEN_SERIAL",
     doc = "the token's serial number; with a label, both must match" },
-  { name = "hsm.token_manufacturer", type = "string", doc = "the token's manufacturer ID; must match when set" },
-  { name = "hsm.token_model", type = "string", doc = "the token's model; must match when set" },
-  { name = "hsm.max_sessions", type = "integer", default = LIMITS.max_sessions, env = "HSM_MAX_SESSIONS",
+  { name = "hsm.token_manufacturer", per_token = true, type = "string", doc = "the token's manufacturer ID; must match when set" },
+  { name = "hsm.token_model", per_token = true, type = "string", doc = "the token's model; must match when set" },
+  { name = "hsm.max_sessions", per_token = true, type = "integer", default = LIMITS.max_sessions, env = "HSM_MAX_SESSIONS",
     min = 0, max = LIMITS.pool_limit, token = true,
     doc = "bound of the session pool, per process (the login session is extra); lowered at open to what the "
       .. "token reports free (see \"Session budgets\"); `0` = no pool: every operation runs on the login "
       .. "session, one at a time" },
-  { name = "hsm.session_idle_max", type = "integer", default = LIMITS.session_idle_max,
+  { name = "hsm.session_idle_max", per_token = true, type = "integer", default = LIMITS.session_idle_max,
     env = "HSM_SESSION_IDLE_MAX", min = 0, max = 86400, token = true, -- a day fits C's int in ms
     doc = "seconds a pooled session may idle before it is checked with `C_GetSessionInfo` (and replaced if "
       .. "the token closed it); `0` = never checked" },
-  { name = "hsm.verify_after_sign", type = "boolean", env = "HSM_VERIFY_AFTER_SIGN", token = true,
+  { name = "hsm.verify_after_sign", per_token = true, type = "boolean", env = "HSM_VERIFY_AFTER_SIGN", token = true,
     shown = "unset = RSA only",
     doc = "check each token-made signature against the key's public half on the host before it is used: "
       .. "`true` = every algorithm, `false` = none" },
-  { name = "hsm.session_wait_ms", type = "integer", default = LIMITS.session_wait_ms, min = 1,
+  { name = "hsm.session_wait_ms", per_token = true, type = "integer", default = LIMITS.session_wait_ms, min = 1,
     max = 2 ^ 31 - 1, token = true,
     doc = "how long a signer waits for a free session before a clear error" },
-  { name = "hsm.reinit_interval_ms", type = "integer", default = LIMITS.reinit_interval_ms, min = 1,
+  { name = "hsm.reinit_interval_ms", per_token = true, type = "integer", default = LIMITS.reinit_interval_ms, min = 1,
     max = 2 ^ 31 - 1, token = true,
     doc = "minimum time between two full re-initializations after device errors; the first wait of the "
       .. "backoff during an outage (\"Using a real HSM\")" },
-  { name = "hsm.reinit_interval_max_ms", type = "integer", default = LIMITS.reinit_interval_max_ms,
+  { name = "hsm.reinit_interval_max_ms", per_token = true, type = "integer", default = LIMITS.reinit_interval_max_ms,
     min = 1, max = 2 ^ 31 - 1, at_least = "reinit_interval_ms", token = true,
     doc = "the longest wait between two attempts to come back from an outage" },
+  { name = "hsm.tokens", type = "tokens", shown = "unset = one token, from the settings above",
+    doc = "several tokens holding the same sets (see \"Several HSMs\"): a list of entries, each taking the "
+      .. "settings marked *per token*; the first is the primary; not together with those settings on `hsm` itself" },
+  { name = "hsm.failback_after", type = "integer", default = 30, min = 0, max = 86400,
+    doc = "with `hsm.tokens`: seconds the primary must answer before signing returns to it from another token" },
   { name = "hsm.negative_cache_ttl", type = "integer", default = 30,
     doc = "seconds the HSM's \"set not found\" is remembered (the fallback asks the HSM first on every call)" },
   { name = "hsm.key_set_prefix", type = "string", default = "", env = "HSM_KEY_SET_PREFIX", shown = "empty",

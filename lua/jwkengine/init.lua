@@ -69,6 +69,9 @@ Engine.__index = Engine
 -- managers), out of callers' reach: the methods below are the way in.
 -- Weak keys: an engine dropped without close is still collected.
 local keys_of = setmetatable({}, { __mode = "k" })
+-- With hsm.tokens, the engine's token group (jwkengine.hsm_group): what
+-- acts on each token in turn (lifecycle writes, startup generation) asks it.
+local group_of = setmetatable({}, { __mode = "k" })
 
 local DEFAULT_JWT_OPTIONS = { typ = "JWT" }
 
@@ -76,6 +79,81 @@ local DEFAULT_JWT_OPTIONS = { typ = "JWT" }
 -- from here, and from nowhere else.
 local function lifecycle_of(engine)
   return { keys = keys_of[engine], policies = engine.policies }
+end
+
+-- The lifecycle writes of each HSM token in turn (fn(lifecycle context) ->
+-- value, err, code), or once when the engine has one token. A context's
+-- holder is that token's manager: each token's keys have their own
+-- records. token: only that token (an index of hsm.tokens). A token that
+-- lacks the set (or the kid) is passed over; a token that is down is
+-- passed over and logged unless it was named; when no token holds the
+-- set, the software store's holder (lifecycle_of) answers. Returns the
+-- list { { token = index, value = value } } or nil, err, code; with one
+-- token, fn's own answer.
+local function lifecycle_each(engine, token, fn)
+  local group = group_of[engine]
+  if not group then
+    if token ~= nil and token ~= 1 then
+      return util.fail(E.ERR_INVALID_ARGUMENT, "there is no HSM token %s: hsm.tokens is not configured", tostring(token))
+    end
+    return fn(lifecycle_of(engine))
+  end
+  local targets, err, code = group:each(token)
+  if not targets then return nil, err, code end
+  local results, failures = {}, {}
+  local missing_err, missing_code
+  for _, member in ipairs(targets) do
+    local manager = member.manager
+    local context = { policies = engine.policies, keys = { holder = function(_, set)
+      local entry, lerr, lcode = manager:load(set, true)
+      if not entry then return nil, lerr, lcode end
+      return manager, entry
+    end } }
+    local value, ferr, fcode = fn(context)
+    if value then
+      results[#results + 1] = { token = member.index, value = value }
+    elseif fcode == E.ERR_KEY_SET_NOT_FOUND or (fcode == E.ERR_KEY_NOT_FOUND and token == nil) then
+      if not missing_err or missing_code == E.ERR_KEY_SET_NOT_FOUND then missing_err, missing_code = ferr, fcode end
+    elseif require("jwkengine.hsm_group").DOWN[fcode] and token == nil then
+      engine.log("warn", string.format("HSM token %d (%s) is passed over: %s (%s)", member.index, member.label,
+        tostring(ferr), tostring(fcode)))
+    else
+      failures[#failures + 1] = { member = member, err = ferr, code = fcode }
+    end
+  end
+  if #failures > 0 then
+    local parts = {}
+    for _, f in ipairs(failures) do
+      parts[#parts + 1] = string.format("HSM token %d (%s): %s", f.member.index, f.member.label, tostring(f.err))
+    end
+    for _, r in ipairs(results) do parts[#parts + 1] = string.format("HSM token %d: done", r.token) end
+    return nil, table.concat(parts, "; "), failures[1].code
+  end
+  if #results == 0 then
+    if missing_code == E.ERR_KEY_SET_NOT_FOUND and token == nil then return fn(lifecycle_of(engine)) end
+    return nil, missing_err or "no HSM token can be reached", missing_code or E.ERR_HSM_UNAVAILABLE
+  end
+  return results
+end
+
+-- options.token: the one HSM token an operation acts on (nil: every token).
+local function token_option(options)
+  return type(options) == "table" and options.token or nil
+end
+
+-- Lists from each token (changes, key states) as one list, each item
+-- with its token's index.
+local function joined(results, err, code)
+  if not results then return nil, err, code end
+  if not results[1] or results[1].token == nil then return results end -- one token: as it is
+  local list = {}
+  for _, result in ipairs(results) do
+    for _, item in ipairs(result.value) do
+      item.token = result.token
+      list[#list + 1] = item
+    end
+  end
+  return list
 end
 
 -- Every method that takes a set name or a kid checks them here first (see
@@ -182,19 +260,47 @@ function M.open(options)
   local logger = log.new(options.logger)
 
   local hsm_keys, software_keys
+  local engine -- the engine below, for a token of the group reached after open
   if cfg.hsm.enabled then
     -- an unreachable HSM: ERR_HSM_UNAVAILABLE and, 4th, the seconds until
-    -- the next attempt is due (jwkengine.hsm's backoff of opens)
+    -- the next attempt is due (jwkengine.hsm's backoff of opens); with
+    -- several tokens, only when none opens
     local retry_in
-    hsm_keys, err, code, retry_in = hsm.open(cfg.hsm, { select_slot = options.select_slot, logger = logger,
-      now = options.now })
+    -- the lifecycle governs each token's keys; their records live on that token
+    local function govern(manager)
+      return lifecycle.govern(manager, lifecycle.new(manager:key_state_backend(), policies, options.now, logger))
+    end
+    local hsm_options = { select_slot = options.select_slot, logger = logger, now = options.now }
+    if cfg.hsm.tokens then
+      hsm_options.negative_ttl = cfg.hsm.negative_cache_ttl
+      hsm_options.retain = policies.default.retain or policies.limits.max_lifetime + policies.limits.clock_tolerance
+      hsm_options.govern = govern
+      hsm_options.reached = function(member)
+        -- whatever options.startup said: a host that generates after open
+        -- (nginx's workers, under their lock) has done so for the tokens
+        -- open reached; the startup lock on the token keeps it once
+        if not engine then return end
+        local ok, serr, scode = engine:ensure_startup_sets(nil, { token = member.index })
+        if not ok then
+          logger("error", string.format("HSM token %d: startup key sets: %s (%s)", member.index, tostring(serr),
+            tostring(scode)))
+        end
+      end
+      -- loaded only here: an engine of one token carries none of it
+      hsm_keys, err, code, retry_in = require("jwkengine.hsm_group").open(cfg.hsm, hsm_options)
+    else
+      hsm_keys, err, code, retry_in = hsm.open(cfg.hsm, hsm_options)
+      if hsm_keys then govern(hsm_keys) end
+    end
     if not hsm_keys then return nil, err, code, retry_in end
-    -- the lifecycle governs the keys; its records live on the same token
-    lifecycle.govern(hsm_keys, lifecycle.new(hsm_keys:key_state_backend(), policies, options.now, logger))
     logger("info", "Hardware Security Module is configured.")
   end
   -- the token keeps the PIN in locked memory; no copy stays in the config,
   -- whether the HSM is enabled or not
+  for _, token in ipairs(cfg.hsm.tokens or {}) do
+    token.pin = nil
+    if token.uri then token.uri = require("jwkengine.pkcs11_uri").redact(token.uri) end
+  end
   cfg.hsm.pin = nil
   if cfg.hsm.uri then cfg.hsm.uri = require("jwkengine.pkcs11_uri").redact(cfg.hsm.uri) end
   if #cfg.secrets.system > 0 then
@@ -210,8 +316,9 @@ function M.open(options)
     cfg.secrets = nil -- the software manager holds them; engine.config does not
   end
 
-  local engine = setmetatable({ config = cfg, log = logger, policies = policies,
+  engine = setmetatable({ config = cfg, log = logger, policies = policies,
     json_cache = setmetatable({}, { __mode = "k" }), metrics_recorder = options.metrics or metrics.new() }, Engine)
+  if cfg.hsm.tokens and hsm_keys then group_of[engine] = hsm_keys end
   keys_of[engine] = fallback.new(hsm_keys, software_keys, { negative_ttl = cfg.hsm.negative_cache_ttl,
     now = options.now, metrics = engine.metrics_recorder })
   if options.startup ~= false then
@@ -272,7 +379,7 @@ Engine.reload = checked_call("reload")
 -- lock file). open does
 -- this unless options.startup is false; so does `keys maintain`. Returns
 -- true, the names of the sets it generated.
-function Engine:ensure_startup_sets(sets)
+function Engine:ensure_startup_sets(sets, options)
   sets = sets or self.config.startup_sets
   if type(sets) ~= "table" then error("sets must be a list of { set =, alg = }", 2) end
   for i, entry in ipairs(sets) do
@@ -281,15 +388,48 @@ function Engine:ensure_startup_sets(sets)
     if not ok then return nil, err, code end
   end
   local engine = self
-  return startup.ensure_sets(keys_of[self], sets, self.log, { identity = startup.identity(self.config),
-    created = function(set)
-    -- recorded at creation: the first reader never guesses
-    local ok, err, code = lifecycle_writes.record_created(lifecycle_of(engine), set)
-    if not ok and code ~= E.ERR_KEY_STATES_UNSUPPORTED then -- that one is said once
-      engine.log("warn", string.format("key set '%s': its first key is not recorded yet (%s: %s)", set,
-        tostring(code), tostring(err)))
+  local function created(token)
+    return function(set)
+      -- recorded at creation: the first reader never guesses
+      local ok, err, code = lifecycle_each(engine, token, function(context)
+        return lifecycle_writes.record_created(context, set)
+      end)
+      if not ok and code ~= E.ERR_KEY_STATES_UNSUPPORTED then -- that one is said once
+        engine.log("warn", string.format("key set '%s': its first key is not recorded yet (%s: %s)", set,
+          tostring(code), tostring(err)))
+      end
     end
-  end })
+  end
+  local group = group_of[self]
+  if not group then
+    return startup.ensure_sets(keys_of[self], sets, self.log, { identity = startup.identity(self.config),
+      created = created(nil) })
+  end
+  -- several tokens: each its own first keys, under its own lock; a set
+  -- the software store holds counts as present (Hydra's rule)
+  local software = keys_of[self].software
+  local targets, err, code = group:each(options and options.token)
+  if not targets then return nil, err, code end
+  local generated = {}
+  for _, member in ipairs(targets) do
+    local manager = member.manager
+    local view = {
+      key_set = function(_, set)
+        local jwks, kerr, kcode = manager:key_set(set)
+        if not jwks and kcode == E.ERR_KEY_SET_NOT_FOUND and software and software:key_set(set) then
+          return software:key_set(set)
+        end
+        return jwks, kerr, kcode
+      end,
+      generate_if_missing = function(_, set, alg) return manager:generate_if_missing(set, alg) end,
+    }
+    local ok, made
+    ok, made, code = startup.ensure_sets(view, sets, self.log, { identity = startup.identity({ hsm = member.config }),
+      created = created(member.index) })
+    if not ok then return nil, string.format("HSM token %d (%s): %s", member.index, member.label, tostring(made)), code end
+    for _, set in ipairs(made) do generated[#generated + 1] = set end
+  end
+  return true, generated
 end
 
 -- The key object that signs for a set (by kid, or the set's default
@@ -304,9 +444,25 @@ function Engine:signing_key(set, kid)
   return key.object
 end
 
--- The HSM's session pool and recovery counters; ERR_CONFIG without an HSM.
+-- The HSM's session pool and recovery counters (added up over the tokens
+-- of hsm.tokens), with hsm_tokens = { { index, label, library, state =
+-- "up" | "down" | "unreached", signing, failovers }, ... } and
+-- hsm_failovers (calls another token signed because the signing one could
+-- not); ERR_CONFIG without an HSM.
 function Engine:stats()
-  return keys_of[self]:stats()
+  local stats, err, code = keys_of[self]:stats()
+  if not stats then return nil, err, code end
+  local group = group_of[self]
+  if group then
+    stats.hsm_tokens, stats.hsm_failovers = group:tokens()
+  else
+    local slot = self:slot()
+    local down = self:hsm_outage() ~= nil
+    stats.hsm_tokens = { { index = 1, label = slot and slot.label or "", library = self.config.hsm.library,
+      state = down and "down" or "up", signing = not down, failovers = 0 } }
+    stats.hsm_failovers = 0
+  end
+  return stats
 end
 
 -- While the HSM is down (calls fail with ERR_HSM_UNAVAILABLE): { retry_in
@@ -328,7 +484,7 @@ function Engine:metrics(options)
     for _, entry in ipairs(self.config.startup_sets) do seen[entry.set] = true end
     sets = util.sorted_keys(seen)
   end
-  local stats = self.config.hsm.enabled and keys_of[self]:stats() or nil
+  local stats = self.config.hsm.enabled and self:stats() or nil
   local values = self.metrics_recorder:counters(stats)
   return metrics.text(metrics.gauges(self, stats, sets, values))
 end
@@ -353,6 +509,11 @@ end
 function Engine:token_check()
   local hsm_config = self.config.hsm
   if not hsm_config.enabled then return "not used" end
+  local group = group_of[self]
+  if group then
+    -- several tokens: the signing one (health says which are down)
+    hsm_config = group.signer.config
+  end
   local slot = self:slot()
   local module, err, code = core.load_module(hsm_config.library, hsm_config.init_args)
   if not module then return nil, string.format("token not present (%s)", tostring(code or err)) end
@@ -398,15 +559,20 @@ Engine.key = checked_call("key", kid_argument, "kid", true)
 -- may sign, else next), so no reader has to guess its state.
 local generate = checked_call("generate", kid_in_options, "options.kid")
 function Engine:generate(set, alg, options)
-  local jwk_made, err, code = generate(self, set, alg, options)
-  if not jwk_made then return nil, err, code end
-  local ok
-  ok, err, code = lifecycle_writes.record_created(lifecycle_of(self), set, jwk_made.kid)
-  if not ok and code ~= E.ERR_KEY_STATES_UNSUPPORTED then -- that one is said once
-    self.log("warn", string.format("key set '%s': the new key '%s' is not recorded yet (%s: %s); the next "
-      .. "reader records it as next", set, tostring(jwk_made.kid), tostring(code), tostring(err)))
+  local jwk_made, made, code = generate(self, set, alg, options)
+  if not jwk_made then return nil, made, code end
+  -- with several tokens, each made its own key (made: { { token, jwk } })
+  for _, one in ipairs(type(made) == "table" and made or { { jwk = jwk_made } }) do
+    local ok, err
+    ok, err, code = lifecycle_each(self, one.token, function(context)
+      return lifecycle_writes.record_created(context, set, one.jwk.kid)
+    end)
+    if not ok and code ~= E.ERR_KEY_STATES_UNSUPPORTED then -- that one is said once
+      self.log("warn", string.format("key set '%s': the new key '%s' is not recorded yet (%s: %s); the next "
+        .. "reader records it as next", set, tostring(one.jwk.kid), tostring(code), tostring(err)))
+    end
   end
-  return jwk_made
+  return jwk_made, type(made) == "table" and made or nil
 end
 
 -- Adds a key to the software store (never the HSM): a JWK (table or JSON)
@@ -441,9 +607,18 @@ end
 local delete = checked_call("delete", kid_argument, "kid")
 function Engine:delete(set, kid, options)
   if options ~= nil and type(options) ~= "table" then error("options must be a table { force = true }", 2) end
+  local token = token_option(options)
   if kid ~= nil and not (options and options.force) and check_names(set, kid, "kid") then
-    local ok, err, code = lifecycle_writes.check_delete(lifecycle_of(self), set, kid)
-    if not ok and code ~= E.ERR_KEY_SET_NOT_FOUND then return nil, err, code end
+    local ok, err, code = lifecycle_each(self, token, function(context)
+      return lifecycle_writes.check_delete(context, set, kid)
+    end)
+    if not ok and code ~= E.ERR_KEY_SET_NOT_FOUND and code ~= E.ERR_KEY_NOT_FOUND then return nil, err, code end
+  end
+  if token ~= nil and group_of[self] then
+    local ok, err, code = check_names(set, kid, "kid")
+    if not ok then return nil, err, code end
+    keys_of[self]:forget(set)
+    return group_of[self]:delete(set, kid, token)
   end
   return delete(self, set, kid)
 end
@@ -551,20 +726,56 @@ end
 -- maintain, rotate, retire, activate, key_states, key_policy,
 -- repair_states: the key lifecycle's writes (see lifecycle_of).
 
-function Engine:maintain(options) return lifecycle_writes.maintain(lifecycle_of(self), options) end
-function Engine:key_states(set) return lifecycle_writes.key_states(lifecycle_of(self), set) end
-function Engine:rotate(set, options) return lifecycle_writes.rotate(lifecycle_of(self), set, options) end
-function Engine:retire(set, kid) return lifecycle_writes.retire(lifecycle_of(self), set, kid) end
-function Engine:activate(set, kid) return lifecycle_writes.activate(lifecycle_of(self), set, kid) end
+-- With several HSM tokens each acts on every token (options.token: on
+-- that one), and the changes and key states carry their token's index.
+
+function Engine:maintain(options)
+  return joined(lifecycle_each(self, token_option(options), function(context)
+    return lifecycle_writes.maintain(context, options)
+  end))
+end
+function Engine:key_states(set, options)
+  return joined(lifecycle_each(self, token_option(options), function(context)
+    return lifecycle_writes.key_states(context, set)
+  end))
+end
+function Engine:rotate(set, options)
+  return joined(lifecycle_each(self, token_option(options), function(context)
+    return lifecycle_writes.rotate(context, set, options)
+  end))
+end
+function Engine:retire(set, kid, options)
+  return joined(lifecycle_each(self, token_option(options), function(context)
+    return lifecycle_writes.retire(context, set, kid)
+  end))
+end
+function Engine:activate(set, kid, options)
+  return joined(lifecycle_each(self, token_option(options), function(context)
+    return lifecycle_writes.activate(context, set, kid)
+  end))
+end
 
 -- A set's rotation policy: { recorded, configured, effective } (see
 -- jwkengine.lifecycle.writes.policy); with settings ({ period, prepublish,
 -- retain, destroy_after }, false turning one off) records it first.
-function Engine:key_policy(set, settings)
+-- With several tokens: the first token's answer, and `tokens` = each
+-- token's ({ token, recorded, configured, effective }).
+function Engine:key_policy(set, settings, options)
   local ok, err, code = check_names(set)
   if not ok then return nil, err, code end
   if settings ~= nil and type(settings) ~= "table" then error("settings must be a table", 2) end
-  return lifecycle_writes.policy(lifecycle_of(self), set, settings)
+  local results
+  results, err, code = lifecycle_each(self, token_option(options), function(context)
+    return lifecycle_writes.policy(context, set, settings)
+  end)
+  if not results or not results[1] or results[1].token == nil then return results, err, code end
+  local answer = { tokens = {} }
+  for k, v in pairs(results[1].value) do answer[k] = v end
+  for i, result in ipairs(results) do
+    result.value.token = result.token
+    answer.tokens[i] = result.value
+  end
+  return answer
 end
 
 -- Rewrites a set's key states on the operator's word, whatever they hold
@@ -575,7 +786,9 @@ function Engine:repair_states(set, options)
   local ok, err, code = check_names(set, options.current, "options.current", true)
   if not ok then return nil, err, code end
   if options.retire ~= nil and type(options.retire) ~= "table" then error("options.retire must be a list of kids", 2) end
-  return lifecycle_writes.repair(lifecycle_of(self), set, options)
+  return joined(lifecycle_each(self, options.token, function(context)
+    return lifecycle_writes.repair(context, set, options)
+  end))
 end
 
 -- What every call on a closed engine answers: a clear error rather than
