@@ -7,8 +7,9 @@
 -- verify it; then the primary signs again.
 --
 -- NSS keeps no CKO_DATA objects, so no key states are recorded there
--- (ERR_KEY_STATES_UNSUPPORTED): a set of one key signs, a set of several
--- refuses (README, "Key states").
+-- (ERR_KEY_STATES_UNSUPPORTED): a set of one key signs, a set of several,
+-- a rotation, `keys activate` refuse. A rotation of the set rotates the
+-- primary and is refused on NSS by name, leaving NSS's one key signing.
 local cjson = require("cjson")
 local jwkengine = require("jwkengine")
 local nss = require("helpers.nss")
@@ -108,6 +109,26 @@ describe("two HSMs: SoftHSM behind p11-kit, then NSS softokn", function()
     local jws = assert(engine:sign_jwt(SET, { sub = "before" }))
     assert.is_true(on_primary[kid_of(jws)], "not signed by the primary")
     assert.is_true(stats_of(1).signing)
+  end)
+
+  it("rotates the set on the primary; NSS refuses by name and keeps its one key, which still signs", function()
+    local before = nss_kids()
+    local changes, err, code = engine:rotate(SET)
+    assert.is_nil(changes)
+    assert.are.equal("ERR_KEY_STATES_UNSUPPORTED", code, err)
+    assert.matches("HSM token 2 (NSS Certificate DB)", err, 1, true)
+    assert.matches("keeps no data objects", err, 1, true)
+    -- the primary rotated: a next key beside its current one
+    local states = {}
+    for _, key in ipairs(assert(engine:key_states(SET, { token = 1 }))) do states[key.state] = key.kid end
+    assert.is_string(states.next, "the primary did not rotate")
+    assert.is_string(states.current)
+    assert.are.equal(2, count(primary_kids()))
+    -- NSS still holds exactly the key it had: a lone key, current
+    assert.are.same(before, nss_kids())
+    local nss_states = assert(engine:key_states(SET, { token = 2 }))
+    assert.are.equal(1, #nss_states)
+    assert.are.equal("current", nss_states[1].state)
   end)
 
   it("signs ES256 with NSS's key while the primary's server is down; jwcrypto and openssl verify it", function()
