@@ -39,7 +39,13 @@ usage: jwkengine keys COMMAND ...    (from a checkout: build/jwkengine scripts/k
   repair SET --current KID [--retire KID,...] rewrite the set's key states when they cannot be read
                                               (ERR_KEY_STATES_CORRUPT): KID signs, the --retire keys are
                                               unpublished, every other key is previous
-Lifecycle commands print each change as {"set","kid","from","to","at"}, a JSON object a line.]]
+  tokens                                      each HSM token (hsm.tokens): index, label, library, state
+                                              (up, down, unreached) and whether it signs
+With several HSM tokens (hsm.tokens) every command acts on every token; --token N (before or after the
+command's arguments) acts on token N only (create, delete, keys, rotate, retire, activate, maintain,
+policy, repair).
+Lifecycle commands print each change as {"set","kid","from","to","at"}, a JSON object a line (with
+"token" when there are several tokens).]]
 
 local function die(message, status)
   io.stderr:write("keys.lua: ", log.escape(message), "\n") -- one line, whatever the message holds
@@ -84,6 +90,10 @@ end
 
 local commands = {}
 
+-- --token N, taken out of the arguments before any command parses them:
+-- the HSM token (an index of hsm.tokens) a command acts on; nil: every token.
+local token
+
 -- A read of a set the configuration names (startup_sets) but nobody has
 -- created yet says how to create it: reads never generate keys.
 local function die_reading(engine, set, err, code)
@@ -110,15 +120,16 @@ end
 function commands.create(engine, args)
   local p, o = parse(args, { use = true, kid = true })
   if #p ~= 2 then usage_error("create takes SET ALG") end
-  local jwk, err = engine:generate(p[1], p[2], { use = o.use, kid = o.kid })
-  if not jwk then die(err) end
-  print(json(jwk))
+  local jwk, made = engine:generate(p[1], p[2], { use = o.use, kid = o.kid, token = token })
+  if not jwk then die(made) end
+  -- several tokens: each made its own key
+  for _, one in ipairs(made or { { jwk = jwk } }) do print(json(one.jwk)) end
 end
 
 function commands.delete(engine, args)
   local p, o = parse(args, { force = true })
   if #p < 1 or #p > 2 then usage_error("delete takes SET [KID]") end
-  local ok, err = engine:delete(p[1], p[2], { force = o.force })
+  local ok, err = engine:delete(p[1], p[2], { force = o.force, token = token })
   if not ok then die(err) end
 end
 
@@ -180,7 +191,7 @@ end
 commands.keys = function(engine, args)
   local p = parse(args, {})
   if #p ~= 1 then usage_error("keys takes SET") end
-  local list, err, code = engine:key_states(p[1])
+  local list, err, code = engine:key_states(p[1], { token = token })
   if not list then die_reading(engine, p[1], err, code) end
   for _, key in ipairs(list) do print(json(key)) end
 end
@@ -188,7 +199,7 @@ end
 commands.rotate = function(engine, args)
   local p, o = parse(args, { alg = true, now = true })
   if #p ~= 1 then usage_error("rotate takes SET") end
-  local changes, err = engine:rotate(p[1], { alg = o.alg, now = o.now })
+  local changes, err = engine:rotate(p[1], { alg = o.alg, now = o.now, token = token })
   if not changes then die(err) end
   print_changes(changes)
 end
@@ -198,7 +209,7 @@ local function key_command(name)
   return function(engine, args)
     local p = parse(args, {})
     if #p ~= 2 then usage_error(name .. " takes SET KID") end
-    local changes, err = engine[name](engine, p[1], p[2])
+    local changes, err = engine[name](engine, p[1], p[2], { token = token })
     if not changes then die(err) end
     print_changes(changes)
   end
@@ -229,13 +240,16 @@ commands.policy = function(engine, args)
       retain = seconds_option("retain", o.retain),
       destroy_after = seconds_option("destroy-after", o["destroy-after"], true) }
   end
-  local shown, err = engine:key_policy(p[1], settings)
+  local shown, err = engine:key_policy(p[1], settings, { token = token })
   if not shown then die(err) end
   local cjson = require("cjson")
-  for _, which in ipairs({ "recorded", "configured", "effective" }) do
-    print(cjson.encode({ set = p[1], policy = which, period = shown[which] and shown[which].period,
-      prepublish = shown[which] and shown[which].prepublish, retain = shown[which] and shown[which].retain,
-      destroy_after = shown[which] and shown[which].destroy_after, none = shown[which] == nil or nil }))
+  for _, one in ipairs(shown.tokens or { shown }) do
+    for _, which in ipairs({ "recorded", "configured", "effective" }) do
+      print(cjson.encode({ set = p[1], policy = which, period = one[which] and one[which].period,
+        prepublish = one[which] and one[which].prepublish, retain = one[which] and one[which].retain,
+        destroy_after = one[which] and one[which].destroy_after, none = one[which] == nil or nil,
+        token = one.token }))
+    end
   end
 end
 
@@ -245,7 +259,7 @@ commands.repair = function(engine, args)
   if not o.current then usage_error("repair needs --current KID: the key that signs from now on") end
   local retire = {}
   for kid in (o.retire or ""):gmatch("[^,]+") do retire[#retire + 1] = kid end
-  local changes, err = engine:repair_states(p[1], { current = o.current, retire = retire })
+  local changes, err = engine:repair_states(p[1], { current = o.current, retire = retire, token = token })
   if not changes then die(err) end
   print_changes(changes)
 end
@@ -255,17 +269,43 @@ end
 -- fresh token, then runs the schedule.
 commands.maintain = function(engine, args)
   if #args ~= 0 then usage_error("maintain takes no arguments") end
-  local ok, generated = engine:ensure_startup_sets()
+  local ok, generated = engine:ensure_startup_sets(nil, { token = token })
   if not ok then die(generated) end
   for _, set in ipairs(generated) do
     io.stderr:write(string.format("keys.lua: created the configured key set '%s' (startup_sets)\n", set))
   end
-  local changes, err = engine:maintain()
+  local changes, err = engine:maintain({ token = token })
   if not changes then die(err) end
   print_changes(changes)
 end
 
-local command = arg[1]
+-- The HSM tokens and their state, a JSON object a line.
+commands.tokens = function(engine, args)
+  if #args ~= 0 then usage_error("tokens takes no arguments") end
+  local stats, err = engine:stats()
+  if not stats then die(err) end
+  for _, t in ipairs(stats.hsm_tokens) do
+    print(json({ token = t.index, label = t.label, library = t.library, state = t.state, signing = t.signing,
+      failovers = t.failovers }))
+  end
+end
+
+local argv = {}
+do
+  local i = 1
+  while i <= #arg do
+    if arg[i] == "--token" then
+      token = arg[i + 1] and arg[i + 1]:match("^%d+$") and tonumber(arg[i + 1])
+      if not token or token < 1 then usage_error("option --token needs a token number (1 is the first of hsm.tokens)") end
+      i = i + 2
+    else
+      argv[#argv + 1] = arg[i]
+      i = i + 1
+    end
+  end
+end
+
+local command = argv[1]
 if command == "-h" or command == "--help" then
   print(USAGE)
   os.exit(0)
@@ -277,7 +317,7 @@ if not run then usage_error("unknown command '" .. command .. "'") end
 local engine, err = jwkengine.open({ logger = false, startup = false })
 if not engine then die(err) end
 local rest = {}
-for i = 2, #arg do rest[#rest + 1] = arg[i] end
+for i = 2, #argv do rest[#rest + 1] = argv[i] end
 local ok, failure = pcall(run, engine, rest)
 engine:close()
 if not ok then die(tostring(failure)) end

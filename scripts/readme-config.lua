@@ -32,6 +32,8 @@ local function shown_type(setting)
     kind = "list of strings"
   elseif kind == "sets" then
     kind = "list or map"
+  elseif kind == "tokens" then
+    kind = "list of mappings"
   end
   return kind
 end
@@ -42,7 +44,8 @@ function M.block()
   for _, setting in ipairs(settings.SETTINGS) do
     local name = setting.file == false and "—" or "`" .. setting.name .. "`"
     lines[#lines + 1] = string.format("| %s | %s | %s | %s | %s |", setting.env and "`" .. setting.env .. "`" or "—",
-      name, shown_type(setting), setting.doc, shown_default(setting))
+      name, shown_type(setting), setting.doc .. (setting.per_token and "; *per token* (a key of each `hsm.tokens` entry too)" or ""),
+      shown_default(setting))
   end
   lines[#lines + 1] = M.END
   return table.concat(lines, "\n")

@@ -53,6 +53,7 @@ hsm nss_softokn_spec.lua
 hsm p11kit_dead_server_spec.lua
 hsm p11kit_remote_spec.lua
 hsm several_hsms_nss_spec.lua
+hsm several_hsms_spec.lua
 hsm softhsm_suite_spec.lua
 engine cli_spec.lua
 engine engine_spec.lua

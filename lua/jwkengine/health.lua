@@ -62,9 +62,30 @@ local function probe(engine, set, budget)
   return result
 end
 
--- { status = "ok" | "unavailable", failure = the first failing part (nil
--- when ok), checks = { engine = "ok", token = "ok" | "not used" | why,
--- sets = { [set] = { ok, kid, alg, seconds, error } } } }.
+-- With several HSM tokens (hsm.tokens): "degraded" while the probes pass
+-- (a token signs) but a token is down or was never reached; checks.tokens
+-- lists each (engine:stats().hsm_tokens).
+local function tokens_degraded(engine, result)
+  if not engine.config.hsm.enabled or not engine.config.hsm.tokens then return end
+  local stats = engine:stats()
+  if not stats then return end
+  result.checks.tokens = stats.hsm_tokens
+  local signer, away
+  for _, token in ipairs(stats.hsm_tokens) do
+    if token.signing then signer = token end
+    if token.state ~= "up" and not away then away = token end
+  end
+  if away and signer and result.status == "ok" then
+    result.status = "degraded"
+    result.failure = string.format("HSM token %d (%s) is %s; token %d (%s) signs", away.index, away.label,
+      away.state, signer.index, signer.label)
+  end
+end
+
+-- { status = "ok" | "degraded" | "unavailable", failure = the first
+-- failing part (nil when ok), checks = { engine = "ok", token = "ok" |
+-- "not used" | why, sets = { [set] = { ok, kid, alg, seconds, error } },
+-- tokens = (several tokens) engine:stats().hsm_tokens } }.
 -- sets: the set names to probe; budget: seconds a probe may take.
 function M.check(engine, sets, budget)
   local checks = { engine = "ok", sets = {} }
@@ -82,6 +103,7 @@ function M.check(engine, sets, budget)
       result.status, result.failure = "unavailable", string.format("%s: %s", set, r.error)
     end
   end
+  tokens_degraded(engine, result)
   return result
 end
 

@@ -496,11 +496,14 @@ function Group:generate_if_missing(set, alg)
   return result
 end
 
--- Deletes a key (on the token holding it) or the set on every token.
-function Group:delete(set, kid)
+-- Deletes a key (on the token holding it) or the set on every token
+-- (token: on that one only).
+function Group:delete(set, kid, token)
+  local targets, err, code = self:targets(token)
+  if not targets then return nil, err, code end
   local first_err, first_code
   local deleted = false
-  for _, member in ipairs(self:targets()) do
+  for _, member in ipairs(targets) do
     local ok, err, code = member.manager:delete(set, kid)
     if ok then deleted = true
     elseif not first_err or first_code == E.ERR_KEY_SET_NOT_FOUND then first_err, first_code = err, code end

@@ -137,6 +137,11 @@ local function lifecycle_each(engine, token, fn)
   return results
 end
 
+-- options.token: the one HSM token an operation acts on (nil: every token).
+local function token_option(options)
+  return type(options) == "table" and options.token or nil
+end
+
 -- Lists from each token (changes, key states) as one list, each item
 -- with its token's index.
 local function joined(results, err, code)
@@ -593,11 +598,18 @@ end
 local delete = checked_call("delete", kid_argument, "kid")
 function Engine:delete(set, kid, options)
   if options ~= nil and type(options) ~= "table" then error("options must be a table { force = true }", 2) end
+  local token = token_option(options)
   if kid ~= nil and not (options and options.force) and check_names(set, kid, "kid") then
-    local ok, err, code = lifecycle_each(self, nil, function(context)
+    local ok, err, code = lifecycle_each(self, token, function(context)
       return lifecycle_writes.check_delete(context, set, kid)
     end)
     if not ok and code ~= E.ERR_KEY_SET_NOT_FOUND and code ~= E.ERR_KEY_NOT_FOUND then return nil, err, code end
+  end
+  if token ~= nil and group_of[self] then
+    local ok, err, code = check_names(set, kid, "kid")
+    if not ok then return nil, err, code end
+    keys_of[self]:forget(set)
+    return group_of[self]:delete(set, kid, token)
   end
   return delete(self, set, kid)
 end
@@ -707,9 +719,6 @@ end
 
 -- With several HSM tokens each acts on every token (options.token: on
 -- that one), and the changes and key states carry their token's index.
-local function token_option(options)
-  return type(options) == "table" and options.token or nil
-end
 
 function Engine:maintain(options)
   return joined(lifecycle_each(self, token_option(options), function(context)

@@ -43,8 +43,8 @@ jwkengine_pkcs11_sessions_opened_total counter PKCS#11 sessions opened.
 jwkengine_pkcs11_sessions_open gauge PKCS#11 sessions of the signing pool open now (the login session not counted).
 jwkengine_pkcs11_max_sessions gauge Bound of the PKCS#11 session pool.
 jwkengine_pkcs11_thread_sessions gauge PKCS#11 sessions held by the engines of nginx's thread-pool Lua VMs (one login session each; nginx only).
-jwkengine_hsm_token_up gauge 1 while an HSM token answers, 0 while it is down or has never been reached, by token (its index in hsm.tokens) and label.
-jwkengine_hsm_token_signing gauge 1 for the HSM token that signs, 0 for the others, by token and label.
+jwkengine_hsm_token_up gauge 1 while an HSM token answers, 0 while it is down or has never been reached, by token (its index in hsm.tokens) and label (nginx: the number of workers that see it up).
+jwkengine_hsm_token_signing gauge 1 for the HSM token that signs, 0 for the others, by token and label (nginx: the number of workers signing with it).
 jwkengine_hsm_failovers_total counter Signing calls another HSM token signed because the signing token could not.
 jwkengine_key_state gauge 1 for each published key of a set in its lifecycle state (next, current, previous).
 jwkengine_jwks_requests_total counter JWK Set requests answered, by HTTP status (200 or 304; nginx only).
@@ -286,6 +286,19 @@ function Recorder:counters(stats, out)
     out["jwkengine_pkcs11_session_waits_total"] = counts.session_waits or 0
     out["jwkengine_pkcs11_sessions_opened_total"] = counts.sessions_opened or 0
   end
+  if stats and stats.hsm_failovers then out["jwkengine_hsm_failovers_total"] = stats.hsm_failovers end
+  return out
+end
+
+-- Each HSM token's gauges (stats.hsm_tokens of engine:stats()): up and
+-- signing, 0 or 1 (nginx adds them up over its workers: how many workers
+-- see the token up, sign with it).
+function M.token_gauges(stats, out)
+  for _, token in ipairs(stats.hsm_tokens or {}) do
+    local index = string.format("%d", token.index)
+    out[M.series("jwkengine_hsm_token_up", "token", index, "label", token.label)] = token.state == "up" and 1 or 0
+    out[M.series("jwkengine_hsm_token_signing", "token", index, "label", token.label)] = token.signing and 1 or 0
+  end
   return out
 end
 
@@ -296,12 +309,7 @@ function M.gauges(engine, stats, sets, out)
   if stats then
     out["jwkengine_pkcs11_sessions_open"] = stats.sessions_open
     out["jwkengine_pkcs11_max_sessions"] = stats.max_sessions
-    for _, token in ipairs(stats.hsm_tokens or {}) do
-      local index = string.format("%d", token.index)
-      out[M.series("jwkengine_hsm_token_up", "token", index, "label", token.label)] = token.state == "up" and 1 or 0
-      out[M.series("jwkengine_hsm_token_signing", "token", index, "label", token.label)] = token.signing and 1 or 0
-    end
-    if stats.hsm_failovers then out["jwkengine_hsm_failovers_total"] = stats.hsm_failovers end
+    M.token_gauges(stats, out)
   end
   for _, set in ipairs(sets) do
     local publication = engine:publication(set)

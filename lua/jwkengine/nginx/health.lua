@@ -1,7 +1,8 @@
 -- GET /health: 200 {"status":"ok",...} when this worker's engine is open,
 -- the token is present and a probe signature with each published set's
 -- current key verifies within health.budget seconds; 503 with the failing
--- part named otherwise. The result is cached per worker for health.cache
+-- part named otherwise; 200 {"status":"degraded",...} while one of several
+-- HSM tokens (hsm.tokens) signs and another is down. The result is cached per worker for health.cache
 -- seconds, so health checks, however frequent, sign at most once per set
 -- per worker and period (counted as jwkengine_health_probes_total).
 local cjson = require("cjson.safe")
@@ -28,7 +29,7 @@ local function evaluate()
   local settings = state.settings
   if not state.engine then return not_open() end
   local result = health.check(state.engine, settings.sets, settings.health_budget)
-  metrics.count_probe(result.status == "ok")
+  metrics.count_probe(result.status ~= "unavailable")
   return result
 end
 
@@ -39,7 +40,7 @@ function M.serve_health()
     -- a worker whose engine is not open yet probes nothing: no caching
     -- needed, and the answer turns 200 as soon as it opens
     local ttl = state.engine and state.settings.health_cache or 0
-    cached = { body = cjson.encode(result) .. "\n", status = result.status == "ok" and 200 or 503,
+    cached = { body = cjson.encode(result) .. "\n", status = result.status ~= "unavailable" and 200 or 503,
       expires = now + ttl }
   end
   ngx.status = cached.status

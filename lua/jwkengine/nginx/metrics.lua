@@ -72,6 +72,9 @@ function M.flush()
     local pid = ngx.worker.pid()
     dict:set(GAUGE_PREFIX .. pid .. ":jwkengine_pkcs11_sessions_open", stats.sessions_open, ttl)
     dict:set(GAUGE_PREFIX .. pid .. ":jwkengine_pkcs11_max_sessions", stats.max_sessions, ttl)
+    for series, value in pairs(metrics.token_gauges(stats, {})) do
+      dict:set(GAUGE_PREFIX .. pid .. ":" .. series, value, ttl)
+    end
     local thread_sessions = state.metrics:thread_sessions()
     if thread_sessions then
       dict:set(GAUGE_PREFIX .. pid .. ":jwkengine_pkcs11_thread_sessions", thread_sessions, ttl)

@@ -38,6 +38,14 @@ function M.keep(open_options, cfg)
       ok, err, code = kept.keep_uri_pin(M.PIN_NAME, public.hsm.uri)
     end
     if not ok then return nil, string.format("configuration: %s (%s)", tostring(err), tostring(code)) end
+    -- one PIN is kept (under HSM_PIN); the tokens of hsm.tokens read theirs
+    -- from files, so no PIN travels in the options the workers inherit
+    for i, token in ipairs(type(public.hsm.tokens) == "table" and public.hsm.tokens or {}) do
+      if type(token) == "table" and (token.pin ~= nil or (type(token.uri) == "string" and token.uri:find("pin%-value="))) then
+        return nil, string.format("configuration: hsm.tokens[%d] gives its PIN in the options: under nginx give "
+          .. "each token a pin_file (or put hsm.tokens in the config file)", i)
+      end
+    end
     if public.hsm.uri then public.hsm.uri = require("jwkengine.pkcs11_uri").without_pin(public.hsm.uri) end
     public.hsm.pin = nil
   end

@@ -113,6 +113,32 @@ end
 
 local thread_engines = {} -- options JSON -> { engine, refreshed, reported }
 
+-- With hsm.tokens (from the options or the config file) max_sessions is
+-- each token's: the entries as configured, each with max_sessions 0 (the
+-- settings a URI named are left to the URI, as written). nil without
+-- hsm.tokens.
+local function tokens_without_pool(jwkengine, o)
+  local cfg = jwkengine.check_config(o)
+  if not (cfg and cfg.hsm.tokens) then return nil end
+  local settings = require("jwkengine.config_settings")
+  local pkcs11_uri = require("jwkengine.pkcs11_uri")
+  local tokens = {}
+  for i, token in ipairs(cfg.hsm.tokens) do
+    local named = {}
+    if token.uri then
+      local parsed = pkcs11_uri.parse(token.uri, { pin_stays_encoded = true })
+      named = parsed and pkcs11_uri.to_hsm_config(parsed) or {}
+    end
+    local entry = {}
+    for key, setting in pairs(settings.section("hsm")) do
+      if setting.per_token and named[key] == nil and token[key] ~= nil then entry[key] = token[key] end
+    end
+    entry.max_sessions = 0
+    tokens[i] = entry
+  end
+  return tokens
+end
+
 -- Opens a VM's engine on the slot the worker chose, signing on its login
 -- session (max_sessions 0: no pool): a VM serves one thread at a time, so
 -- one session is enough, and each VM holds one session of the token's
@@ -124,7 +150,13 @@ local function open_thread_engine(options_json, slot_id, kept_secrets)
   o.logger = logging.thread_logger
   o.metrics = metrics.last_call() -- its calls are counted by the worker
   o.hsm = o.hsm or {}
-  o.hsm.max_sessions = 0
+  local tokens = tokens_without_pool(jwkengine, o)
+  if tokens then
+    o.hsm.tokens = tokens
+    slot_id = nil -- the worker's slot is one token's; each token is found by its own settings
+  else
+    o.hsm.max_sessions = 0
+  end
   if slot_id then
     o.select_slot = function(list)
       for _, slot in ipairs(list) do
