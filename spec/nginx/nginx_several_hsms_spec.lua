@@ -45,8 +45,11 @@ local function config_tail(primary, second)
   local text = nginx.rotation_config({ { set = STEADY },
     { set = ROTATING, period = PERIOD, prepublish = PREPUBLISH, retain = RETAIN } },
     { max_age = MAX_AGE, refresh = REFRESH, lifetime = LIFETIME, cache_ttl = CACHE_TTL })
+  -- each token's PIN in a file of its own (HSM_PIN would be one token's)
   local function entry(library, token)
-    return string.format("    - { library: %q, token_label: %q, pin: %q }\n", library, token.label, token.pin)
+    local pin_file = primary.dir .. "/" .. token.label .. ".pin"
+    softhsm.write_file(pin_file, token.pin .. "\n")
+    return string.format("    - { library: %q, token_label: %q, pin_file: %q }\n", library, token.label, pin_file)
   end
   return text .. "hsm:\n  enabled: true\n  failback_after: " .. FAILBACK_AFTER .. "\n  tokens:\n"
     .. entry(p11kit.CLIENT, primary.token) .. entry(softhsm.LIBRARY, second)
