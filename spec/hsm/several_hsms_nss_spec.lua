@@ -12,10 +12,12 @@
 -- primary and is refused on NSS by name, leaving NSS's one key signing.
 local cjson = require("cjson")
 local jwkengine = require("jwkengine")
+local jose = require("helpers.jose")
 local nss = require("helpers.nss")
 local p11kit = require("helpers.p11kit")
 local softhsm = require("helpers.softhsm")
 local verifier = require("helpers.verifier")
+local util = require("jwkengine.util")
 
 local SET = "multi-nss"
 -- seconds the primary stays quiet before it signs again
@@ -23,26 +25,12 @@ local FAILBACK_AFTER = 1
 
 local q = softhsm.quote
 
--- The kids (hex of CKA_ID) of a set's private keys, from a pkcs11-tool
--- listing.
-local function kids_in(listing, set)
-  local kids, label = {}, nil
-  for line in listing:gmatch("[^\n]+") do
-    label = line:match("^%s+label:%s*(.-)%s*$") or label
-    local id = line:match("^%s+ID:%s*(%x+)")
-    if id and label == set then kids[id] = true end
-  end
-  return kids
-end
-
 local function count(map)
-  local n = 0
-  for _ in pairs(map) do n = n + 1 end
-  return n
+  return #util.sorted_keys(map)
 end
 
 local function kid_of(jws)
-  return softhsm.hex(cjson.decode((assert(jwkengine.b64url_decode(jws:match("^([^.]+)"))))).kid)
+  return softhsm.hex(jose.header(jws).kid)
 end
 
 -- An unsigned big-endian integer as a DER INTEGER.
@@ -90,13 +78,13 @@ describe("two HSMs: SoftHSM behind p11-kit, then NSS softokn", function()
   end)
 
   local function primary_kids()
-    return kids_in(softhsm.pkcs11_tool(server.token, "--login --list-objects --type privkey"), SET)
+    return softhsm.ids(softhsm.objects(server.token, "privkey"), SET)
   end
 
   local function nss_kids()
     local out, ok = tool("--login --list-objects --type privkey")
     assert(ok, out)
-    return kids_in(out, SET)
+    return softhsm.ids(softhsm.parse_objects(out), SET)
   end
 
   it("generates the startup set on both tokens, publishes both keys, and signs with the primary's", function()
@@ -137,7 +125,7 @@ describe("two HSMs: SoftHSM behind p11-kit, then NSS softokn", function()
     assert.is_string(jws, tostring(err) .. " (" .. tostring(code) .. ")")
     local kid = kid_of(jws)
     assert.is_true(nss_kids()[kid], "not signed by NSS's key")
-    assert.are.equal("ES256", cjson.decode((assert(jwkengine.b64url_decode(jws:match("^[^.]+"))))).alg)
+    assert.are.equal("ES256", jose.header(jws).alg)
     -- jwcrypto, against the JWK Set a client fetches
     local ok, out = verifier.jwcrypto(assert(engine:key_set_json(SET)), jws)
     assert.is_true(ok, out)
@@ -147,7 +135,7 @@ describe("two HSMs: SoftHSM behind p11-kit, then NSS softokn", function()
     assert(ok, out)
     local input, sig64 = jws:match("^([^.]+%.[^.]+)%.(.+)$")
     softhsm.write_file(dir .. "/input", input)
-    softhsm.write_file(dir .. "/sig.der", der_signature((assert(jwkengine.b64url_decode(sig64)))))
+    softhsm.write_file(dir .. "/sig.der", der_signature(jose.unb64(sig64)))
     out, ok = softhsm.run(string.format("openssl dgst -sha256 -binary -out %s %s && "
       .. "openssl pkeyutl -verify -pubin -keyform DER -inkey %s -sigfile %s -in %s", q(dir .. "/digest"),
       q(dir .. "/input"), q(pub), q(dir .. "/sig.der"), q(dir .. "/digest")))
