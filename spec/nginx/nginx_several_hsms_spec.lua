@@ -12,8 +12,12 @@
 --                    the JWK Set while it is down, and must be published
 --                    again before the primary signs with it
 --   /token-rotating  a set rotating every PERIOD seconds across the
---                    outage, whose retain outlasts it: the primary's keys
---                    stay published while it is down
+--                    outage, whose retain outlasts it (the primary's keys
+--                    stay published while it is down); the outage begins
+--                    right after a worker made the next key, which the
+--                    other workers may not have read yet: when the
+--                    primary returns, that key is overdue, and every
+--                    worker must publish it before it signs
 local cjson = require("cjson")
 local chaos = require("helpers.chaos")
 local jose = require("helpers.jose")
@@ -31,7 +35,12 @@ local PREPUBLISH, RETAIN, PERIOD = 4, 30, 6
 -- seconds the primary stays quiet before it signs again: short, the
 -- spec has a time budget
 local FAILBACK_AFTER = 1
-local LEAD, OUTAGE, AFTER = 2, 5, 7
+-- seconds the clients run before the kill (about: the kill waits for the
+-- next key, due PERIOD after the one before, give or take the schedule's
+-- second), and after the restart: enough for the primary to come back
+-- (its module's backoff, at most hsm.reinit_interval_max_ms 2 s; a probe
+-- a second; failback_after)
+local LEAD, OUTAGE, AFTER = 1.5, 5, 5
 local STEADY, ROTATING = "multi-steady", "multi-rotating"
 -- the steady set's keys stay published this long after their token went
 -- down: less than the outage
@@ -179,8 +188,9 @@ describe("nginx over two HSMs: the primary behind p11-kit goes down for " .. OUT
     end
     assert.are.equal(0, unpublished, worst and string.format("%s: %d tokens signed with a key a JWK Set served "
       .. "less than max_age (%d s) before lacked; e.g. kid %s, signed %.2f s after the kill began, %.2f s after "
-      .. "worker %s served a JWK Set without it", path, unpublished, MAX_AGE, worst.token.kid,
-      worst.token.sent - stopping, worst.gap, tostring(worst.probe.worker)))
+      .. "worker %s served a JWK Set without it (%s); the key is on the %s token", path, unpublished, MAX_AGE,
+      worst.token.kid, worst.token.sent - stopping, worst.gap, tostring(worst.probe.worker),
+      table.concat(worst.probe.kids, ", "), on_primary[softhsm.hex(worst.token.kid)] and "primary" or "second"))
     print(string.format("%s: %d tokens, every one verified; %s", path, #run.tokens, cjson.encode(phases)))
     assert.is_true((phases.before.primary or 0) > 5, path .. ": too few tokens before the outage")
     assert.is_nil(phases.before.second, path .. ": the second token signed while the primary was up")
@@ -188,6 +198,18 @@ describe("nginx over two HSMs: the primary behind p11-kit goes down for " .. OUT
     assert.is_nil(phases.during.primary, path .. ": the primary signed while its server was down")
     assert.is_true((phases.after.primary or 0) > 0, path .. ": the primary never signed again")
     return phases
+  end
+
+  -- Waits until a worker logs that it made a next key of the rotating set
+  -- (after byte `from` of the error log).
+  local function wait_prepublished(from, timeout)
+    local deadline = chaos.now() + timeout
+    local pattern = "key set '" .. ROTATING:gsub("%-", "%%-") .. "': key '[^']+' new %-> next"
+    while not server:log():find(pattern, from + 1) do
+      assert(chaos.now() < deadline, "no next key of " .. ROTATING .. " within " .. timeout .. " s:\n"
+        .. server:log():sub(-3000))
+      nginx.sleep(0.05)
+    end
   end
 
   -- GET /metrics, parsed; and the sum of one series over the workers
@@ -200,9 +222,15 @@ describe("nginx over two HSMs: the primary behind p11-kit goes down for " .. OUT
 
   it("signs every request, with the second token's key during the outage and the primary's after; every worker is back on the primary",
     function()
-      local steady = server:client_start({ "rotation", server.port, "/token", LEAD + OUTAGE + AFTER })
-      local rotating = server:client_start({ "rotation", server.port, "/token-rotating", LEAD + OUTAGE + AFTER })
-      nginx.sleep(LEAD)
+      -- the kill falls right after the rotating set's next key is made (by
+      -- one worker, on both tokens; the others read it within refresh):
+      -- a key whose prepublication the outage cuts short
+      wait_prepublished(#server:log(), 2 * PERIOD + 2)
+      nginx.sleep(PERIOD - LEAD)
+      local seconds = LEAD + 1.5 + OUTAGE + AFTER
+      local steady = server:client_start({ "rotation", server.port, "/token", seconds })
+      local rotating = server:client_start({ "rotation", server.port, "/token-rotating", seconds })
+      wait_prepublished(#server:log(), LEAD + 1.5)
       stopping = chaos.now()
       primary:stop()
       down_at = chaos.now()
