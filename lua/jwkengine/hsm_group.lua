@@ -308,10 +308,8 @@ function Group:parts(set, kind, read)
       end
       if (value or (down and seen)) and (not until_time or now < until_time) then
         parts[#parts + 1] = { member = member, value = value or seen, until_time = until_time }
-      elseif not value and not first_err and code ~= E.ERR_KEY_SET_NOT_FOUND then
-        first_err, first_code = err, code
-      elseif not value and not first_err then
-        first_err, first_code = err, code
+      elseif not value and (not first_err or first_code == E.ERR_KEY_SET_NOT_FOUND) then
+        first_err, first_code = err, code -- a token's failure says more than another's "not found"
       end
     end
   end

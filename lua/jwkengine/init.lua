@@ -12,7 +12,6 @@ local config = require("jwkengine.config")
 local fallback = require("jwkengine.fallback")
 local errors = require("jwkengine.errors")
 local hsm = require("jwkengine.hsm")
-local hsm_group = require("jwkengine.hsm_group")
 local jwk = require("jwkengine.jwk")
 local jws = require("jwkengine.jws")
 local jwt = require("jwkengine.jwt")
@@ -115,7 +114,7 @@ local function lifecycle_each(engine, token, fn)
       results[#results + 1] = { token = member.index, value = value }
     elseif fcode == E.ERR_KEY_SET_NOT_FOUND or (fcode == E.ERR_KEY_NOT_FOUND and token == nil) then
       if not missing_err or missing_code == E.ERR_KEY_SET_NOT_FOUND then missing_err, missing_code = ferr, fcode end
-    elseif hsm_group.DOWN[fcode] and token == nil then
+    elseif require("jwkengine.hsm_group").DOWN[fcode] and token == nil then
       engine.log("warn", string.format("HSM token %d (%s) is passed over: %s (%s)", member.index, member.label,
         tostring(ferr), tostring(fcode)))
     else
@@ -280,7 +279,8 @@ function M.open(options)
             tostring(scode)))
         end
       end
-      hsm_keys, err, code, retry_in = hsm_group.open(cfg.hsm, hsm_options)
+      -- loaded only here: an engine of one token carries none of it
+      hsm_keys, err, code, retry_in = require("jwkengine.hsm_group").open(cfg.hsm, hsm_options)
     else
       hsm_keys, err, code, retry_in = hsm.open(cfg.hsm, hsm_options)
     end
