@@ -63,8 +63,11 @@ describe("two HSMs: SoftHSM behind p11-kit, then NSS softokn", function()
     -- the client module in this process reads the exported address only
     assert(server.in_process, "P11_KIT_SERVER_ADDRESS is not exported: run the spec through scripts/test.sh")
     dir, tool = nss.new_database()
+    -- short publication settings: a failback may wait until the primary's
+    -- keys have been published long enough (max_age + refresh + cache_ttl)
     engine = assert(jwkengine.open({ environment = {}, logger = false,
       startup_sets = { { set = SET, alg = "ES256" } },
+      publication = { max_age = 1, refresh = 1 }, store = { cache_ttl = 1 },
       hsm = { enabled = true, failback_after = FAILBACK_AFTER, tokens = {
         { library = p11kit.CLIENT, token_label = server.token.label, pin = server.token.pin },
         { library = nss.SOFTOKN, token_label = nss.LABEL, pin = nss.PASSWORD, init_args = nss.init_args(dir) },

@@ -37,10 +37,12 @@ local PREPUBLISH, RETAIN, PERIOD = 4, 30, 6
 local FAILBACK_AFTER = 1
 -- seconds the clients run before the kill (about: the kill waits for the
 -- next key, due PERIOD after the one before, give or take the schedule's
--- second), and after the restart: enough for the primary to come back
--- (its module's backoff, at most hsm.reinit_interval_max_ms 2 s; a probe
--- a second; failback_after)
-local LEAD, OUTAGE, AFTER = 1.5, 5, 5
+-- second), and after the restart: enough for the primary to come back and
+-- sign a while -- its module's backoff (at most hsm.reinit_interval_max_ms,
+-- 2 s), a probe a second, and failback_after or, where the primary's keys
+-- may have to be published again first, the publication window
+-- (max_age + refresh + cache_ttl = PREPUBLISH)
+local LEAD, OUTAGE, AFTER = 1.5, 5, 9
 local STEADY, ROTATING = "multi-steady", "multi-rotating"
 -- the steady set's keys stay published this long after their token went
 -- down: less than the outage
