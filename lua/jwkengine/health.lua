@@ -66,9 +66,8 @@ end
 -- (a token signs) but a token is down or was never reached; checks.tokens
 -- lists each (engine:stats().hsm_tokens).
 local function tokens_degraded(engine, result)
-  if not engine.config.hsm.enabled or not engine.config.hsm.tokens then return end
-  local stats = engine:stats()
-  if not stats then return end
+  local stats = engine:stats() -- nil without an HSM
+  if not stats or #stats.hsm_tokens < 2 then return end
   result.checks.tokens = stats.hsm_tokens
   local signer, away
   for _, token in ipairs(stats.hsm_tokens) do

@@ -65,7 +65,12 @@ function M.open(hsm_config, options)
   }, Group)
   local first_err
   for i, token_config in ipairs(hsm_config.tokens) do
-    local member = { index = i, config = token_config, failovers = 0, seen = {}, next_open = 0,
+    -- a copy: the engine drops the PINs from its configuration after open,
+    -- and a token that did not open needs its PIN to open later (dropped
+    -- here too once it opens: the token keeps it in locked memory)
+    local own = {}
+    for k, v in pairs(token_config) do own[k] = v end
+    local member = { index = i, config = own, failovers = 0, seen = {}, next_open = 0,
       label = token_config.token_label or (token_config.slot and ("slot " .. token_config.slot)) or "",
       library = token_config.library }
     group.members[i] = member
@@ -95,6 +100,8 @@ function Group:open_member(member)
     return nil, err, code, retry_in
   end
   member.manager, member.open_error = manager, nil
+  member.config.pin = nil
+  if member.config.uri then member.config.uri = require("jwkengine.pkcs11_uri").redact(member.config.uri) end
   member.label = manager.slot and manager.slot.label or member.label
   manager.metrics = self.metrics
   member.down, member.up_since = false, nil

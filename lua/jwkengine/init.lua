@@ -272,7 +272,10 @@ function M.open(options)
       hsm_options.negative_ttl = cfg.hsm.negative_cache_ttl
       hsm_options.retain = policies.default.retain or policies.limits.max_lifetime + policies.limits.clock_tolerance
       hsm_options.reached = function(member)
-        if not engine or options.startup == false then return end
+        -- whatever options.startup said: a host that generates after open
+        -- (nginx's workers, under their lock) has done so for the tokens
+        -- open reached; the startup lock on the token keeps it once
+        if not engine then return end
         local ok, serr, scode = engine:ensure_startup_sets(nil, { token = member.index })
         if not ok then
           logger("error", string.format("HSM token %d: startup key sets: %s (%s)", member.index, tostring(serr),

@@ -421,6 +421,45 @@ describe("several HSM tokens", function()
       engine:close()
     end)
 
+    it("opens a primary that was down at startup once it is back, makes its startup sets, then signs there", function()
+      local late = faults.fresh_token("multi-late")
+      faults.set({ removed = 1 })
+      local engine = assert(jwkengine.open({ environment = {}, now = clock, logger = false,
+        startup_sets = { { set = "m.late", alg = "ES256" } },
+        hsm = { enabled = true, failback_after = 30,
+          tokens = { token_entry(late, faults.MODULE), token_entry(second, second_library) } } }))
+      assert.are.equal("unreached", assert(engine:stats()).hsm_tokens[1].state)
+      assert.are.equal(2, token_of(engine, "m.late", assert(engine:sign("m.late", "p"))))
+      faults.set({})
+      now = now + 2
+      assert.are.equal(2, token_of(engine, "m.late", assert(engine:sign("m.late", "p")))) -- opened, probed
+      local stats = assert(engine:stats())
+      assert.are.equal("up", stats.hsm_tokens[1].state)
+      assert.are.equal(1, #softhsm.objects(late, "privkey")) -- its startup set, made when it opened
+      now = now + 31
+      local jws = assert(engine:sign_jwt("m.late", { sub = "late" }))
+      assert.are.equal(1, token_of(engine, "m.late", jws))
+      independently_verified(engine, "m.late", jws)
+      engine:close()
+    end)
+
+    it("fails over when the primary refuses the login it needs again", function()
+      faults.set({})
+      local engine = assert(open({ startup_sets = { { set = "m.login", alg = "ES256" } } }))
+      assert.are.equal(1, token_of(engine, "m.login", assert(engine:sign("m.login", "p"))))
+      -- the token drops the login, and its PIN is locked when the engine logs in again
+      faults.set({ faults = "C_SignInit:CKR_USER_NOT_LOGGED_IN", token_flags = "CKF_USER_PIN_LOCKED" })
+      local jws, err = engine:sign_jwt("m.login", { sub = "a" })
+      faults.set({})
+      assert.truthy(jws, err)
+      assert.are.equal(2, token_of(engine, "m.login", jws))
+      independently_verified(engine, "m.login", jws)
+      local stats = assert(engine:stats())
+      assert.are.equal(1, stats.hsm_failovers)
+      assert.is_true(stats.hsm_tokens[2].signing)
+      engine:close()
+    end)
+
     it("fails to open when no token can be reached, with the primary's error", function()
       local engine, _, code = jwkengine.open({ environment = {}, logger = false,
         hsm = { enabled = true, tokens = { token_entry({ label = "x1", pin = "1" }, softhsm.LIBRARY),
