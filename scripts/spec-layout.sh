@@ -52,6 +52,7 @@ pkcs11 verify_after_sign_spec.lua
 hsm nss_softokn_spec.lua
 hsm p11kit_dead_server_spec.lua
 hsm p11kit_remote_spec.lua
+hsm several_hsms_nss_spec.lua
 hsm several_hsms_spec.lua
 hsm softhsm_suite_spec.lua
 engine cli_spec.lua
@@ -88,6 +89,7 @@ nginx nginx_rotation_hsm_spec.lua
 nginx nginx_rotation_spec.lua
 nginx nginx_secrets_spec.lua
 nginx nginx_session_budget_spec.lua
+nginx nginx_several_hsms_spec.lua
 nginx nginx_spec.lua
 project corpus_spec.lua
 project faultmod_spec.lua

@@ -27,6 +27,9 @@ end
 function M.b64(bytes) return jwkengine.b64url_encode(bytes) end
 function M.unb64(text) return assert(jwkengine.b64url_decode(text)) end
 
+-- The protected header of a compact JWS, decoded, not verified.
+function M.header(jws) return cjson.decode((M.unb64(jws:match("^[^.]+")))) end
+
 -- Copies a JWK without its private members.
 function M.public_jwk(jwk)
   local public = {}

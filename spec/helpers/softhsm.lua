@@ -74,6 +74,12 @@ end
 function M.objects(token, class)
   local out, ok = M.pkcs11_tool(token, "--login --list-objects --type " .. class)
   assert(ok, out)
+  return M.parse_objects(out)
+end
+
+-- The objects of a pkcs11-tool --list-objects listing (of any token), as
+-- M.objects returns them.
+function M.parse_objects(out)
   local objects = {}
   for line in out:gmatch("[^\n]+") do
     if line:find("Object;", 1, true) or line:find("^Data object") then
@@ -86,6 +92,16 @@ function M.objects(token, class)
     end
   end
   return objects
+end
+
+-- The ids (hex) of the objects labelled `label`, as a set: a key set's
+-- kids, for telling which token holds a kid.
+function M.ids(objects, label)
+  local ids = {}
+  for _, object in ipairs(objects) do
+    if object.label == label then ids[object.id] = true end
+  end
+  return ids
 end
 
 -- The environment table an engine is opened with (instead of os.getenv).

@@ -4,47 +4,17 @@
 -- CK_C_INITIALIZE_ARGS.pReserved). The whole HSM suite runs there
 -- (spec/helpers/hsm_suite.lua), with pkcs11-tool as the independent tool.
 --
--- pkcs11-tool cannot pass init args; p11-kit's proxy module can
--- (x-init-reserved in a module config), but p11-kit reads a user's module
--- configs only for a user other than root: as root the tool runs as
--- `nobody` (setpriv), with HOME pointing at the config and the database
--- handed to that user.
---
--- NSS softokn is initialized once per process with the first configdir it
--- is given, so this spec makes one database and every test shares it.
+-- NSS softokn keeps the configdir of its first C_Initialize until it is
+-- finalized, so this spec makes one database and every test shares it
+-- (spec/helpers/nss.lua makes it, and runs pkcs11-tool there).
 local jwkengine = require("jwkengine")
 local hsm_suite = require("helpers.hsm_suite")
+local nss = require("helpers.nss")
 local softhsm = require("helpers.softhsm")
 
-local SOFTOKN = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so"
-local P11_KIT_PROXY = "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so"
-local PASSWORD = "nss-db-password-1"
-local LABEL = "NSS Certificate DB"
+local SOFTOKN, PASSWORD, LABEL, init_args = nss.SOFTOKN, nss.PASSWORD, nss.LABEL, nss.init_args
 
-local function init_args(dir)
-  return string.format("configdir='sql:%s' certPrefix='' keyPrefix='' secmod='secmod.db' flags=", dir)
-end
-
--- A fresh NSS database in a temp folder, with what pkcs11-tool needs.
-local function new_database()
-  local dir = softhsm.run("mktemp -d /tmp/jwkengine-nss.XXXXXX"):gsub("%s+$", "")
-  softhsm.write_file(dir .. "/pw", PASSWORD .. "\n")
-  local out, ok = softhsm.run(string.format("certutil -N -d sql:%s -f %s/pw", dir, dir))
-  assert(ok, "certutil -N: " .. out)
-  assert(os.execute("mkdir -p " .. dir .. "/home/.config/pkcs11/modules"))
-  softhsm.write_file(dir .. "/home/.config/pkcs11/modules/nss-softokn.module",
-    string.format("module: %s\nx-init-reserved: %s\n", SOFTOKN, init_args(dir)))
-  local as_user = ""
-  if softhsm.run("id -u"):match("^0") then
-    assert(os.execute("chown -R nobody:nogroup " .. dir))
-    as_user = "setpriv --reuid=nobody --regid=nogroup --clear-groups "
-  end
-  local tool = string.format("%senv HOME=%s/home pkcs11-tool --module %s --token-label %s --pin %s",
-    as_user, dir, P11_KIT_PROXY, softhsm.quote(LABEL), PASSWORD)
-  return dir, function(args) return softhsm.run(tool .. " " .. args) end
-end
-
-local dir, tool = new_database()
+local dir, tool = nss.new_database()
 
 describe("NSS softokn without its initialization arguments", function()
   it("does not load, and says why with a code", function()
