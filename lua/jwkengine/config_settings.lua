@@ -73,7 +73,7 @@ M.SETTINGS = {
     doc = "several tokens holding the same sets (see \"Several HSMs\"): a list of entries, each taking the "
       .. "settings marked *per token*; the first is the primary; not together with those settings on `hsm` itself" },
   { name = "hsm.failback_after", type = "integer", default = 30, min = 0, max = 86400,
-    doc = "with `hsm.tokens`: seconds the primary must answer before signing returns to it from another token" },
+    doc = "with `hsm.tokens`: seconds the primary must answer before signing returns to it from another token (never sooner than the publication window: see Several HSMs)" },
   { name = "hsm.negative_cache_ttl", type = "integer", default = 30,
     doc = "seconds the HSM's \"set not found\" is remembered (the fallback asks the HSM first on every call)" },
   { name = "hsm.key_set_prefix", type = "string", default = "", env = "HSM_KEY_SET_PREFIX", shown = "empty",

@@ -53,6 +53,12 @@ M.PROBE_PAYLOAD = "jwkengine failback probe"
 --     published (its keys' retain; default tokens.max_lifetime + tolerance)
 --   options.reached(member): called when a token that had not opened opens
 --     later (the engine generates its startup sets there)
+--   options.publish_window: seconds a returning token's keys need to be
+--     in every process's JWK Set and every client's cache before they sign
+--     again: failback waits at least that long, whatever failback_after
+--     says (a down token's keys may have left the union, and a next key
+--     made just before the outage may never have been read by some
+--     processes; once back, the schedule makes it current at once)
 --   options.govern(manager): puts a token's freshly opened manager under
 --     its key states (jwkengine.lifecycle.govern; the records on that token)
 -- A token that cannot be opened is logged and tried again later; the
@@ -62,7 +68,8 @@ function M.open(hsm_config, options)
   local log = options.logger or function() end
   local group = setmetatable({
     members = {}, log = log, now = options.now or os.time, options = options,
-    failback_after = hsm_config.failback_after or 30, by_set = {}, next_probe = 0, failovers = 0,
+    failback_after = hsm_config.failback_after or 30, publish_window = options.publish_window or 0,
+    by_set = {}, next_probe = 0, failovers = 0,
     unions = {}, where = "HSM",
   }, Group)
   local first_err
@@ -187,7 +194,8 @@ end
 
 -- While another token signs: at most once per PROBE_INTERVAL, asks the
 -- tokens before it (the primary first) and returns signing to the first
--- that has answered for failback_after; sets the primary lacked are
+-- that has answered for failback_after (and at least publish_window);
+-- sets the primary lacked are
 -- asked of it again once their time is up.
 function Group:try_failback(set)
   local now = self.now()
@@ -200,7 +208,7 @@ function Group:try_failback(set)
     if member == self.signer then break end
     if self:probe(member, set) then
       member.up_since = member.up_since or now
-      if now - member.up_since >= self.failback_after then
+      if now - member.up_since >= math.max(self.failback_after, self.publish_window) then
         self:switch_to(member, string.format("it has answered for %d s", now - member.up_since))
         break
       end

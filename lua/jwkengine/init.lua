@@ -272,9 +272,19 @@ function M.open(options)
     end
     local hsm_options = { select_slot = options.select_slot, logger = logger, now = options.now }
     if cfg.hsm.tokens then
+      -- loaded only here: an engine of one token carries none of it
+      local hsm_group = require("jwkengine.hsm_group")
       hsm_options.negative_ttl = cfg.hsm.negative_cache_ttl
       hsm_options.retain = policies.default.retain or policies.limits.max_lifetime + policies.limits.clock_tolerance
       hsm_options.govern = govern
+      -- a returning token's keys are published again (every process reads
+      -- the token within refresh, clients refetch within max_age) before
+      -- it signs: the prepublish minimum, plus the spread of processes
+      -- seeing it back (the slowest module backoff, one probe interval)
+      local backoff_ms = 0
+      for _, token in ipairs(cfg.hsm.tokens) do backoff_ms = math.max(backoff_ms, token.reinit_interval_max_ms or 0) end
+      hsm_options.publish_window = lifecycle_policy.minimums(policies.limits).prepublish + math.ceil(backoff_ms / 1000) +
+        hsm_group.PROBE_INTERVAL
       hsm_options.reached = function(member)
         -- whatever options.startup said: a host that generates after open
         -- (nginx's workers, under their lock) has done so for the tokens
@@ -286,8 +296,7 @@ function M.open(options)
             tostring(scode)))
         end
       end
-      -- loaded only here: an engine of one token carries none of it
-      hsm_keys, err, code, retry_in = require("jwkengine.hsm_group").open(cfg.hsm, hsm_options)
+      hsm_keys, err, code, retry_in = hsm_group.open(cfg.hsm, hsm_options)
     else
       hsm_keys, err, code, retry_in = hsm.open(cfg.hsm, hsm_options)
       if hsm_keys then govern(hsm_keys) end

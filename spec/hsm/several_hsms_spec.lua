@@ -20,6 +20,7 @@ describe("several HSM tokens", function()
   local lines
 
   local function clock() return now end
+  local SHORT_PUBLICATION = { max_age = 10, refresh = 5 }
 
   local function token_entry(token, library)
     return { library = library, token_label = token.label, pin = token.pin, reinit_interval_ms = 1,
@@ -28,7 +29,10 @@ describe("several HSM tokens", function()
 
   local function open(extra)
     lines = {}
+    -- a publication window (max_age + refresh + cache_ttl + backoff + a
+    -- probe interval: 21 s) shorter than failback_after, unless a test says
     local options = { environment = {}, now = clock, startup_sets = { { set = "m.es", alg = "ES256" } },
+      publication = SHORT_PUBLICATION, store = { cache_ttl = 5 },
       logger = function(level, message) lines[#lines + 1] = level .. " " .. message end,
       hsm = { enabled = true, failback_after = 30,
         tokens = { token_entry(primary, faults.MODULE), token_entry(second, second_library) } } }
@@ -352,6 +356,35 @@ describe("several HSM tokens", function()
     end)
   end)
 
+  describe("when the publication window is longer than failback_after", function()
+    it("returns to the primary only once its keys have been published again for the window", function()
+      faults.set({})
+      -- window: max_age 60 + refresh 5 + cache_ttl 5 + backoff 0 + probe 1
+      local engine = assert(open({ startup_sets = { { set = "m.window", alg = "ES256" } },
+        hsm = { failback_after = 1 }, publication = { max_age = 60, refresh = 5 } }))
+      assert.are.equal(1, token_of(engine, "m.window", assert(engine:sign("m.window", "p"))))
+      faults.set({ removed = 1 })
+      assert.are.equal(2, token_of(engine, "m.window", assert(engine:sign("m.window", "p"))))
+      faults.set({})
+      local answered
+      for _ = 1, 10 do
+        now = now + 1
+        assert.are.equal(2, token_of(engine, "m.window", assert(engine:sign("m.window", "p"))))
+        if assert(engine:stats()).hsm_tokens[1].state == "up" then answered = now break end
+      end
+      assert(answered, "the primary did not answer again")
+      -- failback_after (1 s) has long passed; clients may still hold a JWK
+      -- Set fetched while the primary's keys were out of it
+      now = answered + 69
+      assert.are.equal(2, token_of(engine, "m.window", assert(engine:sign("m.window", "p"))))
+      now = answered + 72
+      local jws = assert(engine:sign_jwt("m.window", { sub = "w" }))
+      assert.are.equal(1, token_of(engine, "m.window", jws))
+      independently_verified(engine, "m.window", jws)
+      engine:close()
+    end)
+  end)
+
   describe("the CLI", function()
     local cli = require("helpers.cli")
     local path
@@ -437,7 +470,7 @@ describe("several HSM tokens", function()
       local late = faults.fresh_token("multi-late")
       faults.set({ removed = 1 })
       local engine = assert(jwkengine.open({ environment = {}, now = clock, logger = false,
-        startup_sets = { { set = "m.late", alg = "ES256" } },
+        startup_sets = { { set = "m.late", alg = "ES256" } }, publication = SHORT_PUBLICATION, store = { cache_ttl = 5 },
         hsm = { enabled = true, failback_after = 30,
           tokens = { token_entry(late, faults.MODULE), token_entry(second, second_library) } } }))
       assert.are.equal("unreached", assert(engine:stats()).hsm_tokens[1].state)
