@@ -87,8 +87,10 @@ typedef int (*jwke_signing_setup)(lua_State *L, int alg_arg, void *signer, size_
 int jwke_push_signature(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer);
 
 /* key:sign_compact(header_b64, payload, alg): pushes the compact JWS
- * | nil, err, code. */
-int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer);
+ * | nil, err, code; timed: the JWS and the seconds signing took
+ * (CLOCK_MONOTONIC, the metrics' histogram: no clock call from Lua). */
+int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer,
+                      int timed);
 
 /* ---- the one key class (lua_key.c) -----------------------------------
  * A key object is the same Lua class whatever holds the key: a token (an
