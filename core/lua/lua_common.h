@@ -51,6 +51,13 @@ int jwke_arg_refused(lua_State *L, const char *name, const char *why);
  * whose __gc is gc (every class frees what its objects hold). */
 void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
 
+/* The class name's metatable also kept under a light userdata key (id's
+ * address), and self (argument 1) checked against it: luaL_checkudata's
+ * lookup by name costs ~300 instructions, twice per token (sign_timed,
+ * token:events). A wrong self raises as luaL_checkudata does. */
+void jwke_class_id(lua_State *L, const char *name, const void *id);
+void *jwke_check_self(lua_State *L, const void *id, const char *name);
+
 /* The algorithm named by argument `arg`, or a Lua error for unknown names
  * (a programming error, not an operational failure). */
 const jwke_alg *jwke_check_alg(lua_State *L, int arg);

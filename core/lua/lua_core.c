@@ -118,6 +118,27 @@ void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua
     lua_pop(L, 1);
 }
 
+void jwke_class_id(lua_State *L, const char *name, const void *id)
+{
+    lua_pushlightuserdata(L, (void *)id);
+    luaL_getmetatable(L, name);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+void *jwke_check_self(lua_State *L, const void *id, const char *name)
+{
+    void *self = lua_touserdata(L, 1);
+    if (self && lua_getmetatable(L, 1)) {
+        lua_pushlightuserdata(L, (void *)id);
+        lua_rawget(L, LUA_REGISTRYINDEX);
+        int same = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (same)
+            return self;
+    }
+    return luaL_checkudata(L, 1, name); /* raises luaL_checkudata's message */
+}
+
 const jwke_alg *jwke_check_alg(lua_State *L, int arg)
 {
     const char *name = luaL_checkstring(L, arg);

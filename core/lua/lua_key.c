@@ -31,10 +31,12 @@ void *jwke_key_state(lua_State *L, int idx, const jwke_key_holder *holder)
     return k && k->holder == holder ? STATE(k) : NULL;
 }
 
+static const char key_class_id; /* its address: jwke_check_self's key */
+
 /* Self of another class is a programming error, raised. */
 static key_object *check_key(lua_State *L)
 {
-    return luaL_checkudata(L, 1, JWKE_KEY_CLASS);
+    return jwke_check_self(L, &key_class_id, JWKE_KEY_CLASS);
 }
 
 /* The key at 1 and what its holder knows of it; raises for a key that
@@ -314,4 +316,5 @@ static const luaL_Reg methods[] = {
 void jwke_open_key(lua_State *L)
 {
     jwke_new_class(L, JWKE_KEY_CLASS, methods, l_gc);
+    jwke_class_id(L, JWKE_KEY_CLASS, &key_class_id);
 }
