@@ -67,6 +67,7 @@ static const jwke_alg algorithms[] = {
 
 #define N_ALGORITHMS (sizeof algorithms / sizeof algorithms[0])
 #define N_DIGESTS (sizeof digests / sizeof digests[0])
+_Static_assert(N_DIGESTS == JWKE_DIGEST_COUNT, "JWKE_DIGEST_COUNT names the table's length");
 
 const jwke_alg *jwke_alg_by_name(const char *name)
 {
@@ -119,6 +120,11 @@ const jwke_digest *jwke_digest_by_name(const char *name)
         if (strcmp(digests[i].name, name) == 0)
             return &digests[i];
     return NULL;
+}
+
+size_t jwke_digest_index(const jwke_digest *digest)
+{
+    return (size_t)(digest - digests);
 }
 
 const char *jwke_kind_name(enum jwke_key_kind kind)

@@ -95,6 +95,11 @@ const jwke_alg *jwke_alg_at(size_t index);
 /* The digest named as JOSE names it ("SHA-256"), or NULL. */
 const jwke_digest *jwke_digest_by_name(const char *name);
 
+/* A digest's place in the table, 0 .. JWKE_DIGEST_COUNT - 1 (for caches
+ * kept beside the constant table). */
+#define JWKE_DIGEST_COUNT 3
+size_t jwke_digest_index(const jwke_digest *digest);
+
 /* The JWK kty of a key kind ("RSA", "EC", "OKP"), and the name of a
  * signature scheme ("RSASSA-PKCS1-v1_5", "RSASSA-PSS", "ECDSA", "EdDSA"). */
 const char *jwke_kind_name(enum jwke_key_kind kind);

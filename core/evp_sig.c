@@ -7,10 +7,30 @@
 #include <openssl/err.h>
 #include <openssl/rsa.h>
 
+/* One fetched method per digest of the table, kept for the process: the
+ * static one EVP_get_digestbyname returns (itself a name lookup) makes
+ * every EVP_Digest and DigestSignInit fetch the provider's method again, a
+ * lookup under a lock, ~3 k instructions per signature. Written once with
+ * compare-and-swap: a thread that loses the race frees its own. */
+static EVP_MD *fetched[JWKE_DIGEST_COUNT];
+
 const EVP_MD *jwke_alg_md(const jwke_alg *alg)
 {
-    /* EVP_get_digestbyname returns a static method: no fetch per signature. */
-    return alg->digest ? EVP_get_digestbyname(alg->digest->openssl_name) : NULL;
+    if (!alg->digest)
+        return NULL;
+    EVP_MD **slot = &fetched[jwke_digest_index(alg->digest)];
+    EVP_MD *md = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (md)
+        return md;
+    md = EVP_MD_fetch(NULL, alg->digest->openssl_name, NULL);
+    if (!md) /* not cached: the lookup of before, which fails the same way */
+        return EVP_get_digestbyname(alg->digest->openssl_name);
+    EVP_MD *none = NULL;
+    if (!__atomic_compare_exchange_n(slot, &none, md, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        EVP_MD_free(md);
+        md = none;
+    }
+    return md;
 }
 
 /* Sets up a DigestSign/DigestVerify context for the algorithm's padding. */

@@ -51,6 +51,13 @@ int jwke_arg_refused(lua_State *L, const char *name, const char *why);
  * whose __gc is gc (every class frees what its objects hold). */
 void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
 
+/* The class name's metatable also kept under a light userdata key (id's
+ * address), and self (argument 1) checked against it: luaL_checkudata's
+ * lookup by name costs ~300 instructions, twice per token (sign_timed,
+ * token:events). A wrong self raises as luaL_checkudata does. */
+void jwke_class_id(lua_State *L, const char *name, const void *id);
+void *jwke_check_self(lua_State *L, const void *id, const char *name);
+
 /* The algorithm named by argument `arg`, or a Lua error for unknown names
  * (a programming error, not an operational failure). */
 const jwke_alg *jwke_check_alg(lua_State *L, int arg);
@@ -87,8 +94,10 @@ typedef int (*jwke_signing_setup)(lua_State *L, int alg_arg, void *signer, size_
 int jwke_push_signature(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer);
 
 /* key:sign_compact(header_b64, payload, alg): pushes the compact JWS
- * | nil, err, code. */
-int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer);
+ * | nil, err, code; timed: the JWS and the seconds signing took
+ * (CLOCK_MONOTONIC, the metrics' histogram: no clock call from Lua). */
+int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer,
+                      int timed);
 
 /* ---- the one key class (lua_key.c) -----------------------------------
  * A key object is the same Lua class whatever holds the key: a token (an

@@ -118,6 +118,27 @@ void jwke_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua
     lua_pop(L, 1);
 }
 
+void jwke_class_id(lua_State *L, const char *name, const void *id)
+{
+    lua_pushlightuserdata(L, (void *)id);
+    luaL_getmetatable(L, name);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+void *jwke_check_self(lua_State *L, const void *id, const char *name)
+{
+    void *self = lua_touserdata(L, 1);
+    if (self && lua_getmetatable(L, 1)) {
+        lua_pushlightuserdata(L, (void *)id);
+        lua_rawget(L, LUA_REGISTRYINDEX);
+        int same = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (same)
+            return self;
+    }
+    return luaL_checkudata(L, 1, name); /* raises luaL_checkudata's message */
+}
+
 const jwke_alg *jwke_check_alg(lua_State *L, int arg)
 {
     const char *name = luaL_checkstring(L, arg);
@@ -143,7 +164,8 @@ void jwke_push_b64url(lua_State *L, const unsigned char *bytes, size_t len)
     push_encoded(L, bytes, len, JWKE_B64_NOPAD);
 }
 
-int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer)
+int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer,
+                      int timed)
 {
     size_t header_len, payload_len, sig_max;
     const char *header, *payload;
@@ -162,13 +184,21 @@ int jwke_push_compact(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign,
         jwke_fail_code(&err, JWKE_ERR_OUT_OF_MEMORY, "out of memory signing");
         return jwke_push_error(L, &err);
     }
+    /* timed here, so metrics need no clock call from Lua either side */
+    struct timespec started, ended;
+    clock_gettime(CLOCK_MONOTONIC, &started);
     int failed = jwke_jws_compact(header, header_len, (const unsigned char *)payload, payload_len,
                                   sig_max, sign, signer, out, cap, &out_len, &err);
-    if (!failed)
+    clock_gettime(CLOCK_MONOTONIC, &ended);
+    if (!failed) {
         lua_pushlstring(L, out, out_len);
+        if (timed)
+            lua_pushnumber(L, (lua_Number)(ended.tv_sec - started.tv_sec) +
+                                  (lua_Number)(ended.tv_nsec - started.tv_nsec) / 1e9);
+    }
     if (out != stack)
         free(out);
-    return failed ? jwke_push_error(L, &err) : 1;
+    return failed ? jwke_push_error(L, &err) : 1 + (timed != 0);
 }
 
 int jwke_push_signature(lua_State *L, jwke_signing_setup setup, jwke_sign_fn sign, void *signer)

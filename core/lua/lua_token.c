@@ -48,9 +48,11 @@ struct jwke_p11_token **jwke_new_token_object(lua_State *L)
 /* The open token at argument 1; NULL, with nil, err, ERR_CLOSED pushed,
  * once it is closed (the caller returns JWKE_ARG_REFUSED). Self of another
  * class is a programming error, raised. */
+static const char token_class_id; /* its address: jwke_check_self's key */
+
 static token_object *open_token(lua_State *L)
 {
-    token_object *t = luaL_checkudata(L, 1, JWKE_TOKEN_CLASS);
+    token_object *t = jwke_check_self(L, &token_class_id, JWKE_TOKEN_CLASS);
     if (t->token)
         return t;
     lua_pushnil(L);
@@ -521,6 +523,7 @@ static const luaL_Reg token_methods[] = {
 void jwke_open_token(lua_State *L)
 {
     jwke_new_class(L, JWKE_TOKEN_CLASS, token_methods, l_token_close);
+    jwke_class_id(L, JWKE_TOKEN_CLASS, &token_class_id);
     lua_pushcfunction(L, l_env_is_set);
     lua_setfield(L, -2, "env_is_set");
 }

@@ -667,6 +667,26 @@ end
 -- fixes the clock.
 function Engine:sign_jwt(set, claims, options)
   if type(claims) ~= "table" then error("claims must be a table", 2) end
+  -- the common call (no options but lifetime) in this frame: the same
+  -- checks as below with five Lua calls fewer per token
+  if options == nil or (type(options) == "table" and options.kid == nil and options.alg == nil
+      and options.typ == nil and options.issuer == nil and options.subject == nil
+      and options.audience == nil and options.jti == nil and options.now == nil) then
+    local ok, err, code = names.check(set, "set", false, 3)
+    if not ok then return nil, err, code end
+    local lifetime = options and options.lifetime
+    if lifetime == nil then
+      local max = self.policies.limits.max_lifetime
+      lifetime = jwt.DEFAULT_LIFETIME
+      if max < lifetime then lifetime = max end
+    elseif lifetime ~= false and (type(lifetime) ~= "number" or lifetime <= 0) then
+      jwt.lifetime(lifetime, nil, 2) -- raises its own message
+    end
+    local payload
+    payload, err, code = encode_claims_fast(claims, lifetime)
+    if not payload then return nil, err, code end
+    return keys_of[self]:sign(set, payload, DEFAULT_JWT_OPTIONS)
+  end
   local ok, err, code = check_names(set, option_kid(options), "options.kid")
   if ok then ok, err, code = check_sign_options(options) end
   if not ok then return nil, err, code end

@@ -3,6 +3,7 @@
 # token and the same key (BENCHMARKS.md, "Peers"):
 #
 #   scripts/bench/peers.sh [--rounds N] [--seconds S] [--algs "ES256 EdDSA RS256"]
+#   PEERS_BASELINE=/path/to/other/tree scripts/bench/peers.sh ...   (before and after)
 #
 # Each peer is a process of its own that warms up, makes complete compact
 # JWTs with kid for S seconds (default 1) and prints its rate and a sample
@@ -45,6 +46,14 @@ for alg in $ALGS; do make_token "$alg"; done
 # the default, which does not verify them)
 PEERS="jwkengine-lua5.4 jwkengine-luajit openssl-libp11 node-pkcs11js python-pykcs11 jwkengine-lua5.4-no-verify"
 REVERSED="jwkengine-lua5.4-no-verify python-pykcs11 node-pkcs11js openssl-libp11 jwkengine-luajit jwkengine-lua5.4"
+# PEERS_BASELINE=DIR: one more peer, "jwkengine-baseline", the Lua 5.4
+# engine of another tree (its lua/ and build/lib/, e.g. `git worktree add`
+# of main, built): a change's before and after in the same rounds
+if [ -n "${PEERS_BASELINE:-}" ]; then
+  [ -f "$PEERS_BASELINE/build/lib/jwkengine/core.so" ] || { echo "PEERS_BASELINE: build $PEERS_BASELINE first" >&2; exit 1; }
+  PEERS="jwkengine-baseline $PEERS"
+  REVERSED="$REVERSED jwkengine-baseline"
+fi
 
 # run PEER ALG: prints "rate N" and "token JWT"
 run() {
@@ -54,6 +63,8 @@ run() {
     floor) "$DIR/floor" "$MODULE" "peers-$2" 1234 "$2" "$id" "$kid" "$SECS" ;;
     jwkengine-lua5.4) LUA_CPATH="$ROOT/build/lib/?.so;;" lua5.4 "$PEERS_DIR/jwkengine.lua" "peers-$2" "$SECS" ;;
     jwkengine-lua5.4-no-verify) PEERS_VERIFY_AFTER_SIGN=false LUA_CPATH="$ROOT/build/lib/?.so;;" lua5.4 "$PEERS_DIR/jwkengine.lua" "peers-$2" "$SECS" ;;
+    jwkengine-baseline) LUA_PATH="$PEERS_BASELINE/lua/?.lua;$PEERS_BASELINE/lua/?/init.lua;;" \
+      LUA_CPATH="$PEERS_BASELINE/build/lib/?.so;;" lua5.4 "$PEERS_DIR/jwkengine.lua" "peers-$2" "$SECS" ;;
     jwkengine-luajit) LUA_CPATH="$ROOT/build/lib-luajit/?.so;;" luajit "$PEERS_DIR/jwkengine.lua" "peers-$2" "$SECS" ;;
     openssl-libp11)
       # libp11 0.4.12 cannot list a token holding an Ed25519 key

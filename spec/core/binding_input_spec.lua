@@ -126,6 +126,18 @@ describe("token methods answer bad input", function()
     local t = manager.token
     assert.has_error(function() t.data_objects({}, "app") end)
     assert.has_error(function() t:generate("in", "HS256", "x") end)
+    -- self of another class (the check by the class's registry key, not by
+    -- name): another class's object, another userdata, a table wearing the
+    -- class's metatable, nothing
+    local key = assert(t:load_set("in", 2048))[1]
+    for _, wrong in ipairs({ key:public_key(), io.stdout, setmetatable({}, getmetatable(key)), 1 }) do
+      assert.has_error(function() key.sign_timed(wrong, "e30", "p", "ES256") end, nil, tostring(wrong))
+      assert.has_error(function() t.events(wrong) end)
+    end
+    assert.has_error(function() t.events(key) end)
+    assert.has_error(function() key.sign_compact(t, "e30", "p") end)
+    assert.is_nil(t:events())
+    assert.equals("number", type(select(2, assert(key:sign_timed("e30", "p", "ES256")))))
   end)
 end)
 

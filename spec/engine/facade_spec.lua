@@ -119,7 +119,7 @@ describe("the Engine facade", function()
 
   describe("one key interface", function()
     local METHODS = { "kid", "alg", "use", "kty", "bits", "is_private", "public_jwk", "public_key",
-      "fits", "sign", "sign_compact" }
+      "fits", "sign", "sign_compact", "sign_timed" }
 
     it("HSM and software keys answer the same methods", function()
       local hsm_key = assert(engine:signing_key("hsm-ec"))

@@ -48,6 +48,20 @@ describe("JWT", function()
 
 
   describe("signing", function()
+    it("times a signature in C: sign_timed gives the token and its seconds, sign_compact the token alone", function()
+      local payload = '{"sub":"alice","exp":' .. (NOW + 60) .. '}'
+      local token, seconds, extra = key:sign_timed(helper.b64('{"alg":"ES256","kid":"k1"}'), payload, "ES256")
+      assert.equals("number", math.type(seconds) and "number")
+      assert.is_true(seconds >= 0 and seconds < 10)
+      assert.is_nil(extra)
+      assert.same({ sub = "alice", exp = NOW + 60 }, (verify(token)))
+      assert.equals(1, select("#", key:sign_compact(helper.b64('{"alg":"ES256","kid":"k1"}'), payload, "ES256")))
+      local none, err, code = key:sign_timed(helper.b64('{"alg":"ES256"}'), payload, "RS256")
+      assert.is_nil(none)
+      assert.is_string(err)
+      assert.is_string(code)
+    end)
+
     it("sets iat from the clock and exp from the lifetime, with typ JWT", function()
       local token = sign({ sub = "alice" }, { lifetime = 300 })
       local claims, header = verify(token)
@@ -228,6 +242,25 @@ describe("JWT", function()
       refused("ERR_JOSE_ALG_NOT_ALLOWED", nil, verify(token, { algorithms = { "ES384" } }))
       refused("ERR_JWS_SIGNATURE_INVALID", nil, verify(token:sub(1, -3) .. (token:sub(-2) == "AA" and "AQ" or "AA")))
     end)
+  end)
+
+  it("writes claim text byte for byte: plain runs as they are, quote, backslash and controls escaped", function()
+    local plain = string.rep("https://issuer.example/~a-Z_0.9 ", 4) .. "\127"
+    local cases = {
+      { plain, plain },
+      { 'a"b\\c', 'a\\"b\\\\c' },
+      { "\n\r\t\b\f\0\31", "\\n\\r\\t\\b\\f\\u0000\\u001f" },
+      { "x\1yy\"", "x\\u0001yy\\\"" },
+      { "caf\195\169 \226\130\172 \240\159\152\128!", "caf\195\169 \226\130\172 \240\159\152\128!" },
+      { "", "" },
+    }
+    for _, c in ipairs(cases) do
+      assert.equals('{"x":"' .. c[2] .. '"}', core.json_claims({ x = c[1] }))
+      assert.equals(c[1], cjson.decode(core.json_claims({ x = c[1] })).x)
+    end
+    local _, message, code = core.json_claims({ x = "ok then \255" })
+    assert.equals("ERR_JWT_CLAIMS", code)
+    assert.matches("UTF%-8", message)
   end)
 
   it("decodes without verifying, for routing only", function()
