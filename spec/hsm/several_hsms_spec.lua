@@ -268,10 +268,17 @@ describe("several HSM tokens", function()
         end
         return total
       end
+      -- no collection meanwhile: the finalizers of engines other spec files
+      -- of this busted process left behind would close their sessions in
+      -- the fault module, counted here as if this engine had called it
+      collectgarbage("collect")
+      collectgarbage("stop")
       faults.counts({ removed = 1 })
       local idle = calls(faults.counts({ removed = 1 }))
       for _ = 1, 20 do assert(engine:sign("m.down", "payload")) end
-      assert.is_true(calls(faults.counts({ removed = 1 })) - idle < 20)
+      local asked = calls(faults.counts({ removed = 1 })) - idle
+      collectgarbage("restart")
+      assert.is_true(asked < 20, "calls into the down primary: " .. asked)
       assert.are.equal(1, assert(engine:stats()).hsm_failovers)
     end)
 

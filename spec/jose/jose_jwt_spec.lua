@@ -255,10 +255,11 @@ describe("JWT", function()
       { "", "" },
     }
     for _, c in ipairs(cases) do
-      assert.equals('{"x":"' .. c[2] .. '"}', core.json_claims({ x = c[1] }))
-      assert.equals(c[1], cjson.decode(core.json_claims({ x = c[1] })).x)
+      local payload = core.b64url_decode(sign({ x = c[1] }, { lifetime = 60 }):match("^[^.]+%.([^.]+)"))
+      assert.truthy(payload:find('"x":"' .. c[2] .. '"', 1, true), payload)
+      assert.equals(c[1], cjson.decode(payload).x)
     end
-    local _, message, code = core.json_claims({ x = "ok then \255" })
+    local _, message, code = jwt.sign(key, { x = "ok then \255" }, { now = NOW, kid = "k1", lifetime = 60 })
     assert.equals("ERR_JWT_CLAIMS", code)
     assert.matches("UTF%-8", message)
   end)
