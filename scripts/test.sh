@@ -17,9 +17,9 @@
 #      states) under ThreadSanitizer (build-tsan/); step 1 runs them in
 #      build/ and step 3 in build-asan/
 # The builds of steps 3, 4, 6 and 7 run beside step 2 (those after the
-# sanitized one beside step 3 too), and memcheck and
-# then the fuzzers (as soon as they are built) beside steps 2 and 3, all at
-# the lowest priority (see `lowest` below).
+# sanitized one beside step 3 too), and memcheck and the fuzzers (as soon
+# as they are built) beside steps 2 and 3, all at the lowest priority (see
+# `lowest` below).
 #
 # Ends with one "N passed, N failed" line over the distinct tests and steps
 # (busted's pending tests shown beside it); the sanitizer pass re-runs the
@@ -243,23 +243,27 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
     build_variant build-tsan RelWithDebInfo thread_drivers -DJWKE_TSAN=ON
   }
   beside builds build_beside_busted
-  # Memcheck (step 5, over build/, on a SoftHSM token folder of its own),
-  # then the fuzzers (step 4) once they are built: beside both busted
-  # passes. Run after the passes they took 170 s of the budget (8 targets
-  # of 15 s each, one after the other, plus memcheck); libFuzzer stops on
-  # time, memcheck counts errors, so neither depends on the CPU it gets.
+  # Memcheck (step 5, over build/, on a SoftHSM token folder of its own)
+  # from the start, and the fuzzers (step 4) as soon as they are built:
+  # beside both busted passes. Run after the first pass they took 170 s of
+  # the budget (8 targets of 15 s each, one after the other, then
+  # memcheck); libFuzzer stops on time and memcheck counts errors, so
+  # neither depends on the CPU it gets.
   mkdir -p "$JWKE_TMP/memcheck-tokens"
   sed "s|$JWKE_TMP/tokens|$JWKE_TMP/memcheck-tokens|" "$SOFTHSM2_CONF" >"$JWKE_TMP/memcheck-softhsm2.conf"
-  checks_beside_busted() {
+  memcheck_beside_busted() {
     SOFTHSM2_CONF="$JWKE_TMP/memcheck-softhsm2.conf" lowest scripts/memcheck.sh build >"$JWKE_TMP/memcheck.log" 2>&1
     echo $? >"$JWKE_TMP/memcheck.rc"
-    while ! [ -e "$JWKE_TMP/build-fuzz.rc" ]; do sleep 1; done
-    if [ "$(cat "$JWKE_TMP/build-fuzz.rc")" = 0 ]; then
+  }
+  beside memcheck memcheck_beside_busted
+  fuzz_beside_busted() {
+    while ! [ -e "$JWKE_TMP/build-fuzz.rc" ] && kill -0 "$builds" 2>/dev/null; do sleep 1; done
+    if [ "$(cat "$JWKE_TMP/build-fuzz.rc" 2>/dev/null)" = 0 ]; then
       JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} lowest scripts/fuzz.sh >"$JWKE_TMP/fuzz.log" 2>&1
       echo $? >"$JWKE_TMP/fuzz.rc"
     fi
   }
-  beside checks checks_beside_busted
+  beside fuzz fuzz_beside_busted
 fi
 
 # The busted passes run their spec files in SHARDS processes side by side
@@ -319,8 +323,8 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   fi
 
   step "4. fuzzers (built beside step 2, run beside steps 2 and 3)"
-  joined "$checks"
-  if ! [ "$(cat "$JWKE_TMP/build-fuzz.rc")" = 0 ]; then
+  joined "$fuzz"
+  if ! [ "$(cat "$JWKE_TMP/build-fuzz.rc" 2>/dev/null)" = 0 ]; then
     tail -n 40 "$JWKE_TMP/build-fuzz.log"
     add "fuzzers" 0 1
   elif grep -E '^(== |Done |fuzz: )' "$JWKE_TMP/fuzz.log" && [ "$(cat "$JWKE_TMP/fuzz.rc")" = 0 ]; then
@@ -330,7 +334,8 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
     add "fuzzers" 0 1
   fi
 
-  step "5. valgrind memcheck over the core (run beside step 2)"
+  step "5. valgrind memcheck over the core (run beside steps 2 and 3)"
+  joined "$memcheck"
   cat "$JWKE_TMP/memcheck.log"
   mc_ok=$(grep -c "^memcheck .*: 0 errors, 0 leak records" "$JWKE_TMP/memcheck.log")
   mc_bad=$(( $(grep -c "^memcheck .*errors" "$JWKE_TMP/memcheck.log") - mc_ok ))
