@@ -100,6 +100,17 @@ function M.wait_unpublished(server, kid, count)
   end
 end
 
+-- A key retired by `keys rotate SET --now` (rotate() runs it and returns
+-- its output) in the setup of a file that does not run the emergency
+-- rotation under the client; waits, as M.emergency does, until no worker
+-- signs with or publishes it. Returns the current and the retired kid.
+function M.retire_now(server, rotate)
+  local current, retired = M.rotated(rotate())
+  M.wait_signing(server, 16, retired)
+  M.wait_unpublished(server, retired, 16)
+  return current, retired
+end
+
 -- The emergency rotation under a client: rotate() runs `keys rotate SET
 -- --now` and returns its output; marked(retired) checks, independently,
 -- that the retirement is written on the key. No answer is a 500; no token
