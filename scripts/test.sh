@@ -268,7 +268,7 @@ fi
 
 # The busted passes run their spec files in SHARDS processes side by side
 # (busted_sharded) unless the run names its own files or arguments.
-SHARDS=${JWKE_SHARDS:-4}
+SHARDS=${JWKE_SHARDS:-3}
 # sharded COMMAND... [-- EXCLUDE_PATTERN...]: as busted_sharded, or the
 # command alone with the run's own arguments.
 busted_cmd() { # exclude patterns are the caller's "$@" before "--"
