@@ -79,7 +79,11 @@ stores store_spec.lua
 nginx hostile_nginx_spec.lua
 nginx nginx_bench_spec.lua
 nginx nginx_chaos_hsm_spec.lua
+nginx nginx_chaos_hsm_rivals_spec.lua
+nginx nginx_chaos_hsm_schema_spec.lua
 nginx nginx_chaos_store_spec.lua
+nginx nginx_chaos_store_rivals_spec.lua
+nginx nginx_chaos_store_schema_spec.lua
 nginx nginx_metrics_spec.lua
 nginx nginx_options_spec.lua
 nginx nginx_outage_spec.lua

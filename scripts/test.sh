@@ -16,8 +16,10 @@
 #      re-initialization, fork, login recovery, idle sessions, two Lua
 #      states) under ThreadSanitizer (build-tsan/); step 1 runs them in
 #      build/ and step 3 in build-asan/
-# The builds of steps 3, 4, 6 and 7 run beside step 2, and the fuzzers and
-# memcheck beside step 3, at the lowest priority (see `lowest` below).
+# The builds of steps 3, 4, 6 and 7 run beside step 2 (those after the
+# sanitized one beside step 3 too), and memcheck and the fuzzers (as soon
+# as they are built) beside steps 2 and 3, all at the lowest priority (see
+# `lowest` below).
 #
 # Ends with one "N passed, N failed" line over the distinct tests and steps
 # (busted's pending tests shown beside it); the sanitizer pass re-runs the
@@ -35,7 +37,7 @@ scripts/setup.sh || exit 1
 # each with everything it started (stop_tree). Killing only the subshell
 # left its cmake, fuzzers or valgrind running after the run, writing into
 # build-asan/ or a deleted $JWKE_TMP while the next run started.
-background=""
+background="" # their pids
 # stop_tree PID: terminates PID and its descendants, each stopped before
 # its children are listed so that it starts no new one meanwhile. TERM,
 # not KILL: make deletes the object file a killed compiler left half
@@ -55,16 +57,18 @@ trap 'for job in $background $(cat "$JWKE_TMP/shard-pids" 2>/dev/null); do stop_
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
-# beside COMMAND...: runs it in the background, one at a time: joined
-# (waited for, and forgotten: its id may be reused by then) before the
-# next starts.
+# beside VAR COMMAND...: runs COMMAND in the background, its pid in VAR;
+# joined PID waits for it and forgets it (its id may be reused by then).
 beside() {
+  beside_var=$1
+  shift
   "$@" &
-  background=$!
+  eval "$beside_var=$!"
+  background="$background $!"
 }
 joined() {
-  wait "$background"
-  background=""
+  wait "$1"
+  background=$(for job in $background; do [ "$job" = "$1" ] || echo "$job"; done)
 }
 
 # A developer's own settings must not leak into the specs.
@@ -238,7 +242,28 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
     build_variant build-minsizerel MinSizeRel c_tests
     build_variant build-tsan RelWithDebInfo thread_drivers -DJWKE_TSAN=ON
   }
-  beside build_beside_busted
+  beside builds build_beside_busted
+  # Memcheck (step 5, over build/, on a SoftHSM token folder of its own)
+  # from the start, and the fuzzers (step 4) as soon as they are built:
+  # beside both busted passes. Run after the first pass they took 170 s of
+  # the budget (8 targets of 15 s each, one after the other, then
+  # memcheck); libFuzzer stops on time and memcheck counts errors, so
+  # neither depends on the CPU it gets.
+  mkdir -p "$JWKE_TMP/memcheck-tokens"
+  sed "s|$JWKE_TMP/tokens|$JWKE_TMP/memcheck-tokens|" "$SOFTHSM2_CONF" >"$JWKE_TMP/memcheck-softhsm2.conf"
+  memcheck_beside_busted() {
+    SOFTHSM2_CONF="$JWKE_TMP/memcheck-softhsm2.conf" lowest scripts/memcheck.sh build >"$JWKE_TMP/memcheck.log" 2>&1
+    echo $? >"$JWKE_TMP/memcheck.rc"
+  }
+  beside memcheck memcheck_beside_busted
+  fuzz_beside_busted() {
+    while ! [ -e "$JWKE_TMP/build-fuzz.rc" ] && kill -0 "$builds" 2>/dev/null; do sleep 1; done
+    if [ "$(cat "$JWKE_TMP/build-fuzz.rc" 2>/dev/null)" = 0 ]; then
+      JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} lowest scripts/fuzz.sh >"$JWKE_TMP/fuzz.log" 2>&1
+      echo $? >"$JWKE_TMP/fuzz.rc"
+    fi
+  }
+  beside fuzz fuzz_beside_busted
 fi
 
 # The busted passes run their spec files in SHARDS processes side by side
@@ -261,18 +286,8 @@ unset JWKE_SPEC_TIMINGS
 
 if [ "${JWKE_QUICK:-0}" != 1 ]; then
   step "3. busted against the AddressSanitizer + UBSan build (build-asan/)"
-  joined
-  # Run while step 3 runs: the fuzzers (step 4), then memcheck (step 5),
-  # on a SoftHSM token folder of memcheck's own.
-  mkdir -p "$JWKE_TMP/memcheck-tokens"
-  sed "s|$JWKE_TMP/tokens|$JWKE_TMP/memcheck-tokens|" "$SOFTHSM2_CONF" >"$JWKE_TMP/memcheck-softhsm2.conf"
-  check_beside_sanitized() {
-    JWKE_FUZZ_SECONDS=${JWKE_FUZZ_SECONDS:-15} lowest scripts/fuzz.sh >"$JWKE_TMP/fuzz.log" 2>&1
-    echo $? >"$JWKE_TMP/fuzz.rc"
-    SOFTHSM2_CONF="$JWKE_TMP/memcheck-softhsm2.conf" lowest scripts/memcheck.sh build >"$JWKE_TMP/memcheck.log" 2>&1
-    echo $? >"$JWKE_TMP/memcheck.rc"
-  }
-  beside check_beside_sanitized
+  # only build-asan/ (the first build): the others go on beside this pass
+  while ! [ -e "$JWKE_TMP/build-asan.rc" ] && kill -0 "$builds" 2>/dev/null; do sleep 1; done
 
   # a failed build must not leave an older build-asan/ to be tested
   if built build-asan; then
@@ -307,9 +322,9 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
     add_rerun "busted (ASan+UBSan)" 0 1
   fi
 
-  step "4. fuzzers (built beside step 2, run beside step 3)"
-  joined
-  if ! [ "$(cat "$JWKE_TMP/build-fuzz.rc")" = 0 ]; then
+  step "4. fuzzers (built beside step 2, run beside steps 2 and 3)"
+  joined "$fuzz"
+  if ! [ "$(cat "$JWKE_TMP/build-fuzz.rc" 2>/dev/null)" = 0 ]; then
     tail -n 40 "$JWKE_TMP/build-fuzz.log"
     add "fuzzers" 0 1
   elif grep -E '^(== |Done |fuzz: )' "$JWKE_TMP/fuzz.log" && [ "$(cat "$JWKE_TMP/fuzz.rc")" = 0 ]; then
@@ -319,7 +334,8 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
     add "fuzzers" 0 1
   fi
 
-  step "5. valgrind memcheck over the core (run beside step 3)"
+  step "5. valgrind memcheck over the core (run beside steps 2 and 3)"
+  joined "$memcheck"
   cat "$JWKE_TMP/memcheck.log"
   mc_ok=$(grep -c "^memcheck .*: 0 errors, 0 leak records" "$JWKE_TMP/memcheck.log")
   mc_bad=$(( $(grep -c "^memcheck .*errors" "$JWKE_TMP/memcheck.log") - mc_ok ))
@@ -328,7 +344,8 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
   [ "$mc_ok" -gt 0 ] || [ "$mc_bad" -gt 0 ] || mc_bad=1
   add "memcheck" "$mc_ok" "$mc_bad"
 
-  step "6. other build types (built beside step 2): ctest"
+  step "6. other build types (built beside steps 2 and 3): ctest"
+  joined "$builds"
   for dir in build-debug build-minsizerel; do
     type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$dir/CMakeCache.txt" 2>/dev/null)
     if built "$dir"; then
@@ -339,7 +356,7 @@ if [ "${JWKE_QUICK:-0}" != 1 ]; then
     fi
   done
 
-  step "7. the threaded drivers under ThreadSanitizer (build-tsan/, built beside step 2)"
+  step "7. the threaded drivers under ThreadSanitizer (build-tsan/, built beside steps 2 and 3)"
   if built build-tsan; then
     if spec/c/threads.sh build-tsan; then
       add "threaded drivers (TSan)" 1 0

@@ -3,6 +3,7 @@
 -- a set's key states, and how they wait for signing to resume.
 local assert = require("luassert")
 local cjson = require("cjson")
+local jwkengine = require("jwkengine")
 local nginx = require("helpers.nginx")
 
 local M = {}
@@ -43,19 +44,71 @@ function M.now()
   return t
 end
 
--- Waits until `count` requests in a row sign (every worker serving again).
-function M.wait_signing(server, count)
+-- The kid in a compact JWS's protected header.
+local function kid_of(token)
+  local header = assert(jwkengine.b64url_decode(token:match("^([^.]+)%.")))
+  return cjson.decode(header).kid
+end
+
+-- Waits until `count` requests in a row sign (every worker serving
+-- again), none with the key `not_kid` when given.
+function M.wait_signing(server, count, not_kid)
   local list = {}
   for i = 1, count do list[i] = { method = "POST", path = "/token", headers = { ["Content-Type"] = "application/json" },
     body = '{"sub":"probe"}' } end
   local deadline = os.time() + 30
   while true do
     local all = true
-    for _, r in ipairs(server:requests(list)) do all = all and r.status == 200 end
+    for _, r in ipairs(server:requests(list)) do
+      all = all and r.status == 200 and (not not_kid or kid_of(r.body) ~= not_kid)
+    end
     if all then return end
     assert(os.time() < deadline, "signing did not resume:\n" .. server:log():sub(-3000))
     nginx.sleep(0.3)
   end
+end
+
+-- The current and the retired kid in the output of `keys rotate SET
+-- --now` (a JSON object a line, one per change of state).
+function M.rotated(out)
+  local current, retired
+  for line in out:gmatch("[^\n]+") do
+    local change = cjson.decode(line)
+    if change.to == "current" then current = change.kid end
+    if change.to == "retired" then retired = change.kid end
+  end
+  assert.is_string(current, out)
+  assert.is_string(retired, out)
+  return current, retired
+end
+
+-- Waits until `count` JWK Set requests in a row leave out `kid` (every
+-- worker read the set again since it was retired).
+function M.wait_unpublished(server, kid, count)
+  local list = {}
+  for i = 1, count do list[i] = { path = "/.well-known/jwks.json" } end
+  local deadline = os.time() + 30
+  while true do
+    local gone = true
+    for _, r in ipairs(server:requests(list)) do
+      gone = gone and r.status == 200
+      for _, key in ipairs(gone and cjson.decode(r.body).keys or {}) do gone = gone and key.kid ~= kid end
+    end
+    if gone then return end
+    assert(os.time() < deadline, kid .. " is still published:\n" .. server:log():sub(-3000))
+    nginx.sleep(0.3)
+  end
+end
+
+-- A key retired by `keys rotate SET --now` (rotate() runs it and returns
+-- its output) in the setup of a file that does not run the emergency
+-- rotation under the client; waits, as M.emergency does, until no worker
+-- signs with or publishes it. Returns the current and the retired kid.
+function M.retire_now(server, rotate)
+  local current, retired = M.rotated(rotate())
+  M.wait_signing(server, 16, retired)
+  M.wait_unpublished(server, retired, 16)
+  return current, retired
 end
 
 -- The emergency rotation under a client: rotate() runs `keys rotate SET
@@ -71,14 +124,7 @@ function M.emergency(server, windows, rotate, marked)
   nginx.sleep(1.5)
   local out = rotate()
   local done = M.now()
-  local current, retired
-  for line in out:gmatch("[^\n]+") do
-    local change = cjson.decode(line)
-    if change.to == "current" then current = change.kid end
-    if change.to == "retired" then retired = change.kid end
-  end
-  assert.is_string(current, out)
-  assert.is_string(retired, out)
+  local current, retired = M.rotated(out)
   marked(retired)
   local run = finish()
   for _, t in ipairs(run.tokens) do

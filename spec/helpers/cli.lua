@@ -31,4 +31,25 @@ function M.keys(env, args, stdin, cpu_seconds)
   return stdout, stderr, ok and 0 or status
 end
 
+-- `command` (shell) with its start and end times (date +%s.%N) written to
+-- PATH.start and PATH.end, for M.together: processes started side by side
+-- on a loaded machine may still run one after the other, and a race spec
+-- must show they did not.
+function M.timed(command, path)
+  return string.format("{ date +%%s.%%N > %s.start; %s; date +%%s.%%N > %s.end; }", softhsm.quote(path), command,
+    softhsm.quote(path))
+end
+
+-- Seconds during which every run timed to these paths (M.timed) was
+-- running at once; 0 or less when they did not all run together.
+function M.together(paths)
+  local latest_start, first_end = -math.huge, math.huge
+  for _, path in ipairs(paths) do
+    latest_start = math.max(latest_start, (assert(tonumber(softhsm.read_file(path .. ".start")), path)))
+    first_end = math.min(first_end, (assert(tonumber(softhsm.read_file(path .. ".end")), path)))
+    os.remove(path .. ".start"); os.remove(path .. ".end")
+  end
+  return first_end - latest_start
+end
+
 return M
