@@ -271,14 +271,23 @@ describe("several HSM tokens", function()
       -- no collection meanwhile: the finalizers of engines other spec files
       -- of this busted process left behind would close their sessions in
       -- the fault module, counted here as if this engine had called it
-      collectgarbage("collect")
-      collectgarbage("stop")
-      faults.counts({ removed = 1 })
-      local idle = calls(faults.counts({ removed = 1 }))
-      for _ = 1, 20 do assert(engine:sign("m.down", "payload")) end
-      local asked = calls(faults.counts({ removed = 1 })) - idle
-      collectgarbage("restart")
-      assert.is_true(asked < 20, "calls into the down primary: " .. asked)
+      -- The fewest of up to three windows counts: a call per request shows
+      -- in every window, while calls this engine did not make (once seen
+      -- in a loaded sanitizer run: 37 in one window, none when run again)
+      -- do not repeat in all three.
+      local fewest
+      for _ = 1, 3 do
+        collectgarbage("collect")
+        collectgarbage("stop")
+        faults.counts({ removed = 1 })
+        local idle = calls(faults.counts({ removed = 1 }))
+        for _ = 1, 20 do assert(engine:sign("m.down", "payload")) end
+        local asked = calls(faults.counts({ removed = 1 })) - idle
+        collectgarbage("restart")
+        fewest = math.min(fewest or asked, asked)
+        if fewest < 20 then break end
+      end
+      assert.is_true(fewest < 20, "calls into the down primary: " .. fewest)
       assert.are.equal(1, assert(engine:stats()).hsm_failovers)
     end)
 
