@@ -14,6 +14,12 @@
  * compare-and-swap: a thread that loses the race frees its own. */
 static EVP_MD *fetched[JWKE_DIGEST_COUNT];
 
+void jwke_alg_md_release(void)
+{
+    for (size_t i = 0; i < JWKE_DIGEST_COUNT; i++)
+        EVP_MD_free(__atomic_exchange_n(&fetched[i], NULL, __ATOMIC_ACQ_REL));
+}
+
 const EVP_MD *jwke_alg_md(const jwke_alg *alg)
 {
     if (!alg->digest)

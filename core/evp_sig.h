@@ -30,7 +30,14 @@ int jwke_evp_sign(EVP_PKEY *pkey, const jwke_alg *alg, const unsigned char *inpu
 int jwke_ecdsa_raw_to_der(const unsigned char *raw, size_t half, unsigned char **der,
                           int *der_len);
 
-/* The digest of an algorithm, looked up once. */
+/* The digest of an algorithm, looked up once and kept. */
 const EVP_MD *jwke_alg_md(const jwke_alg *alg);
+
+/* Gives the kept digests back (fetched again when next asked for). Only
+ * when nothing can sign meanwhile: the binding calls it when its last Lua
+ * state closes, before the library is unloaded and before OpenSSL cleans
+ * up at exit, which would otherwise leave OpenSSL's own caches held by the
+ * kept methods unreachable. */
+void jwke_alg_md_release(void);
 
 #endif

@@ -11,6 +11,7 @@
 
 #include "b64url.h"
 #include "ckr_names.h"
+#include "evp_sig.h"
 #include "lua_common.h"
 #include "version.h"
 
@@ -458,8 +459,42 @@ static const luaL_Reg functions[] = {
     {NULL, NULL},
 };
 
+/* The Lua states that have the binding open. The digests evp_sig.c keeps
+ * are given back when the last one closes: then nothing signs, and the
+ * library may be unloaded next. One count per state, whatever the number
+ * of requires (busted loads a module afresh for each spec file). */
+static int open_states;
+static char state_counted; /* its address: the registry key of a state's mark */
+
+static int state_closed(lua_State *L)
+{
+    (void)L;
+    if (__atomic_sub_fetch(&open_states, 1, __ATOMIC_ACQ_REL) == 0)
+        jwke_alg_md_release();
+    return 0;
+}
+
+static void count_state(lua_State *L)
+{
+    lua_pushlightuserdata(L, &state_counted);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    int counted = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (counted)
+        return;
+    lua_pushlightuserdata(L, &state_counted);
+    lua_newuserdatauv(L, 1, 0);
+    lua_newtable(L);
+    lua_pushcfunction(L, state_closed);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    __atomic_add_fetch(&open_states, 1, __ATOMIC_ACQ_REL);
+}
+
 int luaopen_jwkengine_core(lua_State *L)
 {
+    count_state(L);
     luaL_newlib(L, functions);
     l_algorithms(L);
     lua_pushcclosure(L, l_alg_info, 1);
