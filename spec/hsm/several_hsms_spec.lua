@@ -54,6 +54,18 @@ describe("several HSM tokens", function()
     end
   end
 
+  -- Signs once a second (of the injected clock) until a probe finds the
+  -- primary answering again (the module's recovery may take a try or two);
+  -- the second token signs meanwhile. Returns the second it answered.
+  local function until_answers(engine, set)
+    for _ = 1, 10 do
+      now = now + 1
+      assert.are.equal(2, token_of(engine, set, assert(engine:sign(set, "p"))))
+      if assert(engine:stats()).hsm_tokens[1].state == "up" then return now end
+    end
+    error("the primary did not answer again: " .. table.concat(lines or {}, "\n"))
+  end
+
   local function independently_verified(engine, set, jws)
     local ok, out = verifier.jwcrypto(assert(engine:key_set_json(set)), jws)
     assert(ok, out)
@@ -302,17 +314,7 @@ describe("several HSM tokens", function()
       assert.matches("\njwkengine_hsm_failovers_total 1\n", text, 1, true)
     end)
 
-    -- Signs once a second (of the injected clock) until a probe finds the
-    -- primary answering again (the module's recovery may take a try or
-    -- two); returns the second it answered.
-    local function until_primary_answers()
-      for _ = 1, 10 do
-        now = now + 1
-        assert.are.equal(2, token_of(engine, "m.down", assert(engine:sign("m.down", "p"))))
-        if assert(engine:stats()).hsm_tokens[1].state == "up" then return now end
-      end
-      error("the primary did not answer again: " .. table.concat(lines, "\n"))
-    end
+    local function until_primary_answers() return until_answers(engine, "m.down") end
 
     it("returns to the primary only once it has answered for failback_after", function()
       faults.set({})
@@ -382,13 +384,7 @@ describe("several HSM tokens", function()
       faults.set({ removed = 1 })
       assert.are.equal(2, token_of(engine, "m.window", assert(engine:sign("m.window", "p"))))
       faults.set({})
-      local answered
-      for _ = 1, 10 do
-        now = now + 1
-        assert.are.equal(2, token_of(engine, "m.window", assert(engine:sign("m.window", "p"))))
-        if assert(engine:stats()).hsm_tokens[1].state == "up" then answered = now break end
-      end
-      assert(answered, "the primary did not answer again")
+      local answered = until_answers(engine, "m.window")
       -- failback_after (1 s) has long passed; clients may still hold a JWK
       -- Set fetched while the primary's keys were out of it
       now = answered + 69
