@@ -89,12 +89,17 @@ end
 -- Seconds a client may cache the JWK Set from now on: jwks.max_age, cut
 -- at the next state change. Rebuilds the cache first when that change has
 -- come (the engine re-evaluates the states on its own clock: no re-read).
-function M.max_age(now)
+-- clock() -> the current time, read after the rebuild: a rebuild blocks,
+-- and a time read before it (nginx caches its time per event loop turn)
+-- would let max-age reach past the change by as long as it blocked.
+function M.max_age(clock)
   local cache = state.jwks_cache
+  local now = clock()
   if cache.valid_until and now >= cache.valid_until then
     local ok, err = M.rebuild(false)
     if not ok then logging.logger("warn", "rebuilding the JWK Set at a state change: " .. err) end
     cache = state.jwks_cache
+    now = clock()
   end
   local max_age = state.settings.max_age
   if cache.valid_until then
