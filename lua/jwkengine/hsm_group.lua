@@ -14,7 +14,8 @@
 -- moved, and the primary is probed at most once a second (a probe
 -- signature, out of the metrics); signing returns to it once it has
 -- answered for hsm.failback_after seconds, so an HSM that comes and goes
--- does not make the kid flap. While a token is down its module's outage
+-- does not make the kid flap, and never before its keys can be in every
+-- client's JWK Set again (options.publish_window). While a token is down its module's outage
 -- backoff (core/p11_outage.c) answers at once; a token that never opened
 -- is opened again when its open backoff (jwkengine.hsm) says.
 local hsm = require("jwkengine.hsm")
@@ -68,7 +69,8 @@ function M.open(hsm_config, options)
   local log = options.logger or function() end
   local group = setmetatable({
     members = {}, log = log, now = options.now or os.time, options = options,
-    failback_after = hsm_config.failback_after or 30, publish_window = options.publish_window or 0,
+    -- how long the primary must answer before it signs again
+    failback_wait = math.max(hsm_config.failback_after or 30, options.publish_window or 0),
     by_set = {}, next_probe = 0, failovers = 0,
     unions = {}, where = "HSM",
   }, Group)
@@ -194,8 +196,7 @@ end
 
 -- While another token signs: at most once per PROBE_INTERVAL, asks the
 -- tokens before it (the primary first) and returns signing to the first
--- that has answered for failback_after (and at least publish_window);
--- sets the primary lacked are
+-- that has answered for failback_wait; sets the primary lacked are
 -- asked of it again once their time is up.
 function Group:try_failback(set)
   local now = self.now()
@@ -208,7 +209,7 @@ function Group:try_failback(set)
     if member == self.signer then break end
     if self:probe(member, set) then
       member.up_since = member.up_since or now
-      if now - member.up_since >= math.max(self.failback_after, self.publish_window) then
+      if now - member.up_since >= self.failback_wait then
         self:switch_to(member, string.format("it has answered for %d s", now - member.up_since))
         break
       end
@@ -417,28 +418,14 @@ function Group:holder_of(set, kid)
     first_code or E.ERR_KEY_NOT_FOUND
 end
 
-function Group:key(set, kid)
-  local member, err, code = self:holder_of(set, kid)
-  if not member then return nil, err, code end
-  return member.manager:key(set, kid)
-end
-
-function Group:key_entry(set, kid)
-  local member, err, code = self:holder_of(set, kid)
-  if not member then return nil, err, code end
-  return member.manager:key_entry(set, kid)
-end
-
-function Group:certify(set, kid, options)
-  local member, err, code = self:holder_of(set, kid)
-  if not member then return nil, err, code end
-  return member.manager:certify(set, kid, options)
-end
-
-function Group:mark_retired(set, kid, retired)
-  local member, err, code = self:holder_of(set, kid)
-  if not member then return nil, err, code end
-  return member.manager:mark_retired(set, kid, retired)
+-- What acts on one kid goes to the token holding it.
+for _, method in ipairs({ "key", "key_entry", "certify", "mark_retired" }) do
+  Group[method] = function(self, set, kid, ...)
+    local member, err, code = self:holder_of(set, kid)
+    if not member then return nil, err, code end
+    local manager = member.manager
+    return manager[method](manager, set, kid, ...)
+  end
 end
 
 -- The members an operation acts on: every token that can be asked, or
